@@ -1,0 +1,37 @@
+# Every target installs what it needs into .venv by itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.recis-installed
+CONSTRAINTS := -c requirements/constraints.txt
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/stack.txt requirements/constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "setuptools>=75" wheel
+	$(PIP) install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 $(CONSTRAINTS)
+	$(PIP) install -q --no-deps torchrec==1.9.2
+	$(PIP) install -q -r requirements/stack.txt $(CONSTRAINTS)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

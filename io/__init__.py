@@ -1,0 +1,16 @@
+"""recis.io: readers on pyarrow, batches, synthetic data."""
+
+from .batch import Batch
+from .convert import to_batch
+from .reader import ParquetReader, resolve_paths
+from .synthetic import SyntheticInfo, generate_ctr, load_info
+
+__all__ = [
+    "Batch",
+    "ParquetReader",
+    "SyntheticInfo",
+    "generate_ctr",
+    "load_info",
+    "resolve_paths",
+    "to_batch",
+]

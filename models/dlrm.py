@@ -1,0 +1,85 @@
+"""DLRM (Naumov et al., 2019): the CTR baseline.
+
+Dense features go through a bottom MLP to a ``D``-dim vector; each sparse
+feature is a pooled ``D``-dim embedding; the interaction layer takes the dot
+product of every pair among those ``F + 1`` vectors; the top MLP maps the
+dense vector and the ``(F + 1) F / 2`` dots to one logit per task.
+
+Shapes: ``B`` batch, ``F`` sparse features, ``Dd`` dense features, ``D`` embedding dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from recis.io.batch import Batch
+from torch import nn
+
+from recis.config import STRICT, ModelConfig
+from recis.embedding import build_embedding_collection
+from recis.features import Schema
+
+from .layers import MLP
+
+
+@dataclass(config=STRICT)
+class DLRMConfig(ModelConfig):
+    """``bottom_mlp[-1]`` must equal the tables' dim (the dot interaction needs one width)."""
+
+    bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
+    top_mlp: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class DLRM(nn.Module):
+    """DLRM with dot interactions, one logit per task.
+
+    Args:
+        config: model options.
+        schema: features and labels; tasks are the label names.
+        device: where parameters live.
+
+    Example::
+
+        model = DLRM(DLRMConfig(tables=[...]), schema, torch.device("cpu"))
+        logits = model(batch)  # {"click": [B]}
+    """
+
+    config_class = DLRMConfig
+
+    def __init__(self, config: DLRMConfig, schema: Schema, device: torch.device) -> None:
+        super().__init__()
+        dims = {t.name: t.dim for t in config.tables}
+        d = config.bottom_mlp[-1]
+        for f in schema.sparse:
+            if dims.get(f.table_name, d) != d:
+                raise ValueError(
+                    f"model.tables.{f.table_name}.dim: {dims[f.table_name]} != bottom_mlp[-1] {d}"
+                )
+        self.tasks = [label.name for label in schema.labels]
+        self.num_dense = len(schema.dense)
+        self.sparse_arch = build_embedding_collection(config.tables, schema.sparse, device)
+        self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
+        n = len(schema.sparse) + 1
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        self.register_buffer("_tri_rows", rows.to(device), persistent=False)
+        self.register_buffer("_tri_cols", cols.to(device), persistent=False)
+        self.top_arch = MLP(
+            d + n * (n - 1) // 2,
+            [*config.top_mlp, len(self.tasks)],
+            dropout=config.dropout,
+            last_activation=False,
+            device=device,
+        )
+        self.feature_names = [f.name for f in schema.sparse]
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        dense = self.dense_arch(batch.dense)  # [B, D]
+        kt = self.sparse_arch(batch.sparse)
+        emb = kt.to_dict()
+        stacked = torch.stack([dense] + [emb[k] for k in self.feature_names], dim=1)  # [B, F+1, D]
+        dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F+1, F+1]
+        inter = dots[:, self._tri_rows, self._tri_cols]  # [B, (F+1)F/2]
+        logits = self.top_arch(torch.cat([dense, inter], dim=1))  # [B, T]
+        return {t: logits[:, i] for i, t in enumerate(self.tasks)}

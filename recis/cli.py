@@ -1,0 +1,71 @@
+"""The ``recis`` command line.
+
+recis train CONFIG.yaml [--set a.b=value ...]
+recis eval CONFIG.yaml --checkpoint DIR [--set ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recis.errors import RecisError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recis", description="recis: sparse-dense training for recommendation and search."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("config", help="YAML run config")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set train.max_steps=100 (repeatable)",
+        )
+        return sp
+
+    add("train", "train a model from a YAML config")
+    ev = add("eval", "evaluate a checkpoint on the config's eval data")
+    ev.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder (run_dir/checkpoints/NAME)"
+    )
+    return p
+
+
+def _print_result(result: dict) -> None:
+    width = max(len(k) for k in result) if result else 0
+    print("evaluation:")
+    for k, v in result.items():
+        print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from recis.config import load_config
+        from recis.train import runner
+
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "train":
+            result = runner.train(cfg)
+            _print_result(result)
+            print(f"run directory: {cfg.run_dir}")
+        else:
+            _print_result(runner.evaluate(cfg, args.checkpoint))
+    except RecisError as err:
+        print(f"recis: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Exceptions raised by recis.
+
+Every error says where the fault is: the config field, or the file, row and
+column of the data. Catch :class:`RecisError` to handle them all.
+"""
+
+from __future__ import annotations
+
+
+class RecisError(Exception):
+    """Base class of every error recis raises on purpose."""
+
+
+class ConfigError(RecisError, ValueError):
+    """A config file or override is invalid. The message names the field path."""
+
+
+class DataError(RecisError, ValueError):
+    """Input data is unreadable or invalid.
+
+    Args:
+        message: what is wrong.
+        path: the file at fault, when known.
+        column: the column at fault, when known.
+        row: the row (0-based, within the file) at fault, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        column: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.path = path
+        self.column = column
+        self.row = row
+        where = []
+        if path is not None:
+            where.append(f"file {path}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class EmbeddingError(RecisError):
+    """Misuse of the embedding engine (bad ids, unknown feature, ...)."""
+
+
+class TableFullError(EmbeddingError):
+    """A table has no free row and neither eviction nor growth is configured."""
+
+
+class CheckpointError(RecisError):
+    """A checkpoint is missing, incomplete or does not match the model."""
