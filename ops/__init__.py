@@ -1,0 +1,5 @@
+"""recis.ops: low-level operators on the hot path (hashing, id mapping, jagged helpers)."""
+
+from .hashing import hash_int64, hash_strings, salt64
+
+__all__ = ["hash_int64", "hash_strings", "salt64"]
