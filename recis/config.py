@@ -104,6 +104,27 @@ class TrainConfig:
     progress: bool = True
 
 
+ShardingKind = Literal["table_wise", "row_wise", "column_wise", "data_parallel", "auto"]
+
+
+@dataclass(config=STRICT)
+class DistributedConfig:
+    """Multi-process training (see docs/distributed.md).
+
+    ``launcher``: ``none`` (one process), ``torchrun``, ``horovod`` or ``auto`` (detected
+    from the environment the launcher sets); ``recis train --launcher`` overrides it.
+    ``sharding`` maps a table name to how it is split over ranks; other tables use
+    ``default_sharding``. ``checkpoint_every`` saves a resumable sharded checkpoint every
+    N steps (torchrun restarts resume from the latest).
+    """
+
+    launcher: Literal["none", "auto", "torchrun", "horovod"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    default_sharding: ShardingKind = "auto"
+    sharding: dict[str, ShardingKind] = Field(default_factory=dict)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+
+
 @dataclass(config=STRICT)
 class RunConfig:
     """A whole run: data, model, training, and where outputs go."""
@@ -116,6 +137,7 @@ class RunConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = Field(default=None, gt=0)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

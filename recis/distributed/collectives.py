@@ -1,0 +1,113 @@
+"""Small collectives over the default process group: global metrics, even batch counts,
+and whole (unsharded) tensors from a sharded model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
+
+T = TypeVar("T")
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate every rank's arrays, in rank order, on every rank.
+
+    Used for metrics that are not averages (AUC): the global AUC is computed over all
+    ranks' predictions, which is not the mean of per-rank AUCs.
+    """
+    if not _active():
+        return arrays
+    parts: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    keys = list(arrays)
+    return {k: np.concatenate([p[k] for p in parts if p is not None]) for k in keys}
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Average scalars over ranks (for logging per-step losses)."""
+    if not _active() or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(values, t.tolist()))
+
+
+def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool]]:
+    """Yield ``(batch, real)`` so that every rank yields the same number of items.
+
+    Every step of a sharded model is a collective (embedding all-to-alls), so ranks must
+    run the same number of steps or the longer one hangs. Each step all-reduces one flag:
+    without ``pad`` all ranks stop when the first runs out (training); with ``pad`` a
+    rank that ran out repeats its last batch with ``real=False`` until all are done
+    (evaluation: nothing is dropped, padded predictions are discarded).
+    """
+    it = iter(data)
+    last: T | None = None
+    while True:
+        try:
+            item: T | None = next(it)
+        except StopIteration:
+            item = None
+        if not _active():
+            if item is None:
+                return
+            yield item, True
+            continue
+        if pad:
+            done = torch.tensor([1 if item is None else 0])
+            dist.all_reduce(done)  # number of ranks that ran out
+            if int(done) == dist.get_world_size():
+                return
+            if item is None:
+                if last is None:
+                    raise RuntimeError("even_batches(pad=True): a rank had no batch at all")
+                yield last, False
+            else:
+                last = item
+                yield item, True
+        else:
+            have = torch.tensor([0 if item is None else 1])
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            if int(have) == 0:
+                return
+            assert item is not None
+            yield item, True
+
+
+def full_tensor(value: Any) -> Any:
+    """The whole tensor behind a ShardedTensor / DTensor (collective); others pass through."""
+    if isinstance(value, DTensor):
+        return value.full_tensor()
+    if isinstance(value, ShardedTensor):
+        shards = [(s.metadata.shard_offsets, s.tensor.detach().cpu()) for s in value.local_shards()]
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, shards)
+        out = torch.zeros(value.size(), dtype=value.metadata().tensor_properties.dtype)
+        for rank_shards in every:
+            for offsets, t in rank_shards:
+                index = tuple(slice(o, o + n) for o, n in zip(offsets, t.shape))
+                out[index] = t
+        return out
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return value
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` with every sharded tensor assembled whole, on every rank.
+
+    Meant for small models and tests (all shards travel to all ranks); checkpoints of
+    large models go through :mod:`recis.distributed.checkpoint` instead.
+    """
+    return {k: full_tensor(v) for k, v in model.state_dict().items()}

@@ -1,0 +1,141 @@
+"""One rank of the multi-process tests (run by torchrun, horovodrun, or with RANK/WORLD_SIZE
+set by hand for a single rank). Not collected by pytest.
+
+    python tests/distributed_worker.py OUT --kinds table_wise,row_wise [--launcher torchrun]
+        [--save-ckpt DIR] [--load-ckpt DIR --expect FILE]
+
+For each sharding kind: build DLRM (tiny), shard it, train STEPS steps on the same global
+batches (rank r takes rows [r*G/W, (r+1)*G/W) of each), and have rank 0 write the global
+losses and the whole final state to OUT/<kind>.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from recis.io.batch import Batch
+from recis.models.dlrm import DLRM, DLRMConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.config import SparseOptimizerConfig, TableConfig, TrainConfig
+from recis.distributed import checkpoint as dcp_checkpoint
+from recis.distributed import init_distributed, shard_model, shutdown
+from recis.distributed.collectives import full_state_dict
+from recis.distributed.trainer import DistributedTrainer
+from recis.features import Schema
+
+F, G, STEPS, DIM = 3, 16, 4, 8
+SCHEMA = Schema(
+    dense=[{"name": "I0"}, {"name": "I1"}],
+    sparse=[{"name": f"C{i}"} for i in range(F)],
+    labels=[{"name": "click", "column": "label"}],
+)
+MODEL = DLRMConfig(
+    tables=[TableConfig(name=f"C{i}", dim=DIM, capacity=40 + 20 * i) for i in range(F)],
+    bottom_mlp=[8, DIM],
+    top_mlp=[8],
+)
+TRAIN = TrainConfig(
+    dense_optimizer={"name": "adam", "lr": 0.01},
+    sparse_optimizer={"name": "adagrad", "lr": 0.1},
+    progress=False,
+)
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lengths [F, G], ids per feature [F, G, 2], dense [G, 2], labels [G]) for ``step``."""
+    g = torch.Generator().manual_seed(1000 + step)
+    lengths = torch.randint(0, 3, (F, G), generator=g)
+    ids = torch.randint(0, 1000, (F, G, 2), generator=g)
+    dense = torch.randn(G, 2, generator=g)
+    labels = (torch.rand(G, generator=g) < 0.4).float()
+    return lengths, ids, dense, labels
+
+
+def rank_batch(step: int, rank: int, world: int) -> Batch:
+    """Rows ``[rank * G / world, (rank + 1) * G / world)`` of global batch ``step``."""
+    lengths, ids, dense, labels = global_batch(step)
+    lo, hi = rank * G // world, (rank + 1) * G // world
+    values = [ids[f, r, : lengths[f, r]] for f in range(F) for r in range(lo, hi)]
+    kjt = KeyedJaggedTensor(
+        keys=[f"C{i}" for i in range(F)],
+        values=torch.cat(values),
+        lengths=lengths[:, lo:hi].reshape(-1),
+    )
+    return Batch(sparse=kjt, dense=dense[lo:hi], labels={"click": labels[lo:hi]})
+
+
+def parse_kind(kind: str) -> tuple[str, dict[str, str]]:
+    """``row_wise`` -> all tables row-wise; ``C0=data_parallel+C1=row_wise+auto`` -> mixed."""
+    per_table, default = {}, "table_wise"
+    for part in kind.split("+"):
+        if "=" in part:
+            name, k = part.split("=")
+            per_table[name] = k
+        else:
+            default = part
+    return default, per_table
+
+
+def build(ctx, kind: str) -> DistributedTrainer:
+    torch.manual_seed(0)  # same unsharded init at every world size
+    model = DLRM(MODEL, SCHEMA, ctx.device)
+    default, per_table = parse_kind(kind)
+    sharded = shard_model(
+        model,
+        ctx,
+        SparseOptimizerConfig(name="adagrad", lr=0.1),
+        default=default,
+        per_table=per_table,
+        data_parallel_dense=ctx.launcher != "horovod",
+    )
+    data = [rank_batch(s, ctx.rank, ctx.world_size) for s in range(STEPS)]
+    return DistributedTrainer(sharded, data, None, TRAIN, ctx)
+
+
+def wait_for(path: Path, timeout: float = 300.0) -> None:
+    """Another process group writes ``path``: poll for it."""
+    t0 = time.time()
+    while not path.exists():
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--kinds", default="table_wise")
+    p.add_argument("--launcher", default="torchrun")
+    p.add_argument("--save-ckpt", default=None, help="save the first kind's final state here")
+    p.add_argument("--load-ckpt", default=None, help="load this checkpoint into a fresh model")
+    p.add_argument("--load-kind", default="row_wise", help="sharding to load the checkpoint into")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    ctx = init_distributed(args.launcher, "cpu", "gloo")
+    for i, kind in enumerate(args.kinds.split(",")):
+        trainer = build(ctx, kind)
+        losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
+        state = full_state_dict(trainer.model)
+        if i == 0 and args.save_ckpt:
+            dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": STEPS})
+        if ctx.rank == 0:
+            torch.save({"losses": losses, "state": state}, out / f"{kind}.pt")
+    if args.load_ckpt:
+        wait_for(Path(args.load_ckpt) / "meta.json")
+        trainer = build(ctx, args.load_kind)
+        meta = dcp_checkpoint.load(args.load_ckpt, trainer.model, trainer.optimizer)
+        # one more step after loading: exercises the restored optimizer state too
+        loss = trainer.train_step(rank_batch(STEPS, ctx.rank, ctx.world_size))["loss"]
+        state = full_state_dict(trainer.model)
+        if ctx.rank == 0:
+            torch.save({"meta": meta, "state": state, "loss": loss}, out / "loaded.pt")
+    shutdown(ctx)
+
+
+if __name__ == "__main__":
+    main()
