@@ -12,6 +12,10 @@ losses and the whole final state to OUT/<kind>.pt.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +31,10 @@ from recis.distributed.collectives import full_state_dict
 from recis.distributed.trainer import DistributedTrainer
 from recis.features import Schema
 
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve()
+BIN = Path(sys.executable).parent
+TORCHRUN = BIN / "torchrun"
 F, G, STEPS, DIM = 3, 16, 4, 8
 SCHEMA = Schema(
     dense=[{"name": "I0"}, {"name": "I1"}],
@@ -96,6 +104,26 @@ def build(ctx, kind: str) -> DistributedTrainer:
     return DistributedTrainer(sharded, data, None, TRAIN, ctx)
 
 
+def single_process_reference() -> dict:
+    """Losses and final state of the plain single-process Trainer on the global batches."""
+    from recis.train import Trainer
+
+    torch.manual_seed(0)
+    model = DLRM(MODEL, SCHEMA, torch.device("cpu"))
+    batches = [rank_batch(s, 0, 1) for s in range(STEPS)]
+    trainer = Trainer(model, batches, None, TRAIN)
+    losses = [trainer.train_step(b)["loss"] for b in batches]
+    return {"losses": losses, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def assert_trained(state: dict) -> None:
+    """Training moved every table away from its start (so equality checks have teeth)."""
+    torch.manual_seed(0)
+    init = DLRM(MODEL, SCHEMA, torch.device("cpu")).state_dict()
+    for name in (f"sparse_arch.ebc.embedding_bags.C{i}.weight" for i in range(F)):
+        assert (state[name] - init[name]).abs().max() > 1e-3, name
+
+
 def wait_for(path: Path, timeout: float = 300.0) -> None:
     """Another process group writes ``path``: poll for it."""
     t0 = time.time()
@@ -103,6 +131,41 @@ def wait_for(path: Path, timeout: float = 300.0) -> None:
         if time.time() - t0 > timeout:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # horovodrun finds python
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a launcher or worker from the repository root, output captured."""
+    return subprocess.Popen(
+        [str(a) for a in args],
+        cwd=ROOT,
+        env=env or worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    """Wait for every process; a failure shows the end of its output."""
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"{p.args} failed:\n{out[-6000:]}"
+        outs.append(out)
+    return outs
 
 
 def main() -> None:
@@ -121,21 +184,53 @@ def main() -> None:
         trainer = build(ctx, kind)
         losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
         state = full_state_dict(trainer.model)
-        if i == 0 and args.save_ckpt:
-            dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": STEPS})
         if ctx.rank == 0:
             torch.save({"losses": losses, "state": state}, out / f"{kind}.pt")
+        if i == 0 and args.save_ckpt:
+            dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": STEPS})
+            # the step a resumed run must reproduce (same model and optimizer state)
+            loss = trainer.train_step(rank_batch(STEPS, ctx.rank, ctx.world_size))["loss"]
+            state = full_state_dict(trainer.model)
+            if ctx.rank == 0:
+                torch.save({"loss": loss, "state": state}, out / "continued.pt")
     if args.load_ckpt:
         wait_for(Path(args.load_ckpt) / "meta.json")
         trainer = build(ctx, args.load_kind)
         meta = dcp_checkpoint.load(args.load_ckpt, trainer.model, trainer.optimizer)
+        restored = full_state_dict(trainer.model)
         # one more step after loading: exercises the restored optimizer state too
         loss = trainer.train_step(rank_batch(STEPS, ctx.rank, ctx.world_size))["loss"]
         state = full_state_dict(trainer.model)
         if ctx.rank == 0:
-            torch.save({"meta": meta, "state": state, "loss": loss}, out / "loaded.pt")
+            torch.save(
+                {"meta": meta, "restored": restored, "state": state, "loss": loss},
+                out / "loaded.pt",
+            )
     shutdown(ctx)
 
 
+def cli_main(argv: list[str]) -> int:
+    """``recis`` CLI, with a fault injected when RECIS_TEST_DIE_AT_STEP is set: rank 1 dies
+    right after that step, once (a marker file remembers it across torchrun's restart)."""
+    from recis import cli
+
+    die_at = int(os.environ.get("RECIS_TEST_DIE_AT_STEP", "0"))
+    marker = Path(os.environ.get("RECIS_TEST_DIE_MARKER", "/nonexistent/marker"))
+    if die_at and int(os.environ.get("RANK", "0")) == 1 and not marker.exists():
+        step_once = DistributedTrainer.train_step
+
+        def train_step(self: DistributedTrainer, batch: Batch) -> dict[str, float]:
+            out = step_once(self, batch)
+            if self.step == die_at:
+                marker.touch()
+                os._exit(1)  # a crash: no cleanup, no barrier
+            return out
+
+        DistributedTrainer.train_step = train_step  # type: ignore[method-assign]
+    return cli.main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "cli":
+        sys.exit(cli_main(sys.argv[2:]))
     main()

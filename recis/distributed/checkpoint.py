@@ -21,6 +21,7 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
 
@@ -73,6 +74,8 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     if not (path / _META).is_file() or not (path / ".metadata").is_file():
         raise CheckpointError(f"{path}: not a complete distributed checkpoint")
     meta = json.loads((path / _META).read_text())
+    if optimizer is not None:
+        _init_optimizer_state(optimizer)
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
@@ -84,6 +87,23 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     return meta
+
+
+def _init_optimizer_state(optimizer: Any) -> None:
+    """Create lazy optimizer state (Adam moments...) so DCP can load into it in place.
+
+    torchrec's ``init_state`` takes one step with zero gradients; fused (in-backward)
+    optimizers already hold their state and are skipped.
+    """
+    parts = (
+        [o for _, o in optimizer.optimizers]
+        if isinstance(optimizer, CombinedOptimizer)
+        else [optimizer]
+    )
+    for part in parts:
+        if isinstance(part, KeyedOptimizerWrapper):
+            part.init_state()
+            part.zero_grad(set_to_none=True)
 
 
 def latest(checkpoints: str | Path) -> Path | None:

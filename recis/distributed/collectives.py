@@ -88,7 +88,7 @@ def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool
 def full_tensor(value: Any) -> Any:
     """The whole tensor behind a ShardedTensor / DTensor (collective); others pass through."""
     if isinstance(value, DTensor):
-        return value.full_tensor()
+        return value.full_tensor().detach().to("cpu", copy=True)
     if isinstance(value, ShardedTensor):
         shards = [(s.metadata.shard_offsets, s.tensor.detach().cpu()) for s in value.local_shards()]
         every: list[Any] = [None] * dist.get_world_size()
@@ -100,7 +100,7 @@ def full_tensor(value: Any) -> Any:
                 out[index] = t
         return out
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        return value.detach().to("cpu", copy=True)  # a snapshot, not a view of live weights
     return value
 
 
