@@ -42,7 +42,8 @@ if [[ ${#wheels[@]} -eq 0 ]]; then
     grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
         || { echo "error: C++ standard patch did not apply" >&2; exit 1; }
     # The build imports torch from the venv, so no build isolation; it needs these tools.
-    "${PIP[@]}" install -q "setuptools>=75" wheel packaging psutil pyyaml cloudpickle cffi
+    "${PIP[@]}" install -q "setuptools>=75" wheel packaging psutil pyyaml cloudpickle cffi \
+        -c requirements/stack.txt
     HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
         HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
         MAKEFLAGS="-j${HOROVOD_BUILD_JOBS:-$(nproc)}" \
@@ -55,7 +56,6 @@ if [[ ${#wheels[@]} -eq 0 ]]; then
 fi
 
 echo "installing ${wheels[0]}"
-# Horovod's runtime deps (cloudpickle, psutil, pyyaml, packaging, cffi) come from PyPI normally;
-# torch stays pinned by the constraints file.
-"${PIP[@]}" install -q "${wheels[0]}" -c requirements/constraints.txt
-"$PY" -c "import horovod.torch as hvd; print('horovod', hvd.__version__ if hasattr(hvd, '__version__') else '', 'ok')"
+# Horovod's runtime deps are pinned in requirements/stack.txt; torch stays pinned too.
+"${PIP[@]}" install -q "${wheels[0]}" -c requirements/constraints.txt -c requirements/stack.txt
+"$PY" -c "import horovod, horovod.torch; print('horovod', horovod.__version__, 'with torch: ok')"
