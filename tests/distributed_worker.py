@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from recis.io.batch import Batch
 from recis.models.dlrm import DLRM, DLRMConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -207,6 +208,65 @@ def main() -> None:
                 out / "loaded.pt",
             )
     shutdown(ctx)
+
+
+TABLES = [("C1", 20), ("C2", 60), ("C3", 200), ("C4", 600)]
+
+
+def cli_config(tmp: Path, name: str, data: Path) -> Path:
+    cfg = {
+        "run_dir": str(tmp / name),
+        "device": "cpu",
+        "seed": 0,
+        "threads": 1,
+        "data": {
+            "train": str(data / "train"),
+            "eval": str(data / "eval"),
+            "batch_size": 100,
+            "eval_batch_size": 300,
+            "shuffle": True,
+            "schema": {
+                "labels": [{"name": "click", "column": "label"}],
+                "dense": [{"name": "I1", "transform": "log"}, {"name": "I2", "transform": "log"}],
+                "sparse": [{"name": t} for t, _ in TABLES],
+            },
+        },
+        "model": {
+            "name": "dlrm",
+            "bottom_mlp": [8, 8],
+            "top_mlp": [16],
+            "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],
+        },
+        "train": {
+            "epochs": 1,
+            "max_steps": 8,
+            "dense_optimizer": {"name": "adam", "lr": 0.01},
+            "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
+            "log_every": 2,
+            "progress": False,
+        },
+        "distributed": {
+            "default_sharding": "row_wise",
+            "sharding": {"C1": "table_wise", "C2": "column_wise"},
+            "checkpoint_every": 2,
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def final_model(run_dir: Path, config: Path) -> torch.nn.Module:
+    """The run's final checkpoint loaded into a plain, unsharded model."""
+    from recis.models import build_model
+
+    from recis.config import load_config
+    from recis.distributed import checkpoint as dcp_checkpoint
+
+    cfg = load_config(config)
+    model = build_model(cfg.model, cfg.data.schema_, "cpu")
+    dcp_checkpoint.load(run_dir / "checkpoints" / "final", model)
+    return model
 
 
 def cli_main(argv: list[str]) -> int:

@@ -10,58 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import distributed_worker as w  # noqa: E402
 
 sys.path.pop(0)
-
-TABLES = [("C1", 20), ("C2", 60), ("C3", 200), ("C4", 600)]
-
-
-def write_config(tmp: Path, name: str, data: Path) -> Path:
-    cfg = {
-        "run_dir": str(tmp / name),
-        "device": "cpu",
-        "seed": 0,
-        "threads": 1,
-        "data": {
-            "train": str(data / "train"),
-            "eval": str(data / "eval"),
-            "batch_size": 100,
-            "eval_batch_size": 300,
-            "shuffle": True,
-            "schema": {
-                "labels": [{"name": "click", "column": "label"}],
-                "dense": [{"name": "I1", "transform": "log"}, {"name": "I2", "transform": "log"}],
-                "sparse": [{"name": t} for t, _ in TABLES],
-            },
-        },
-        "model": {
-            "name": "dlrm",
-            "bottom_mlp": [8, 8],
-            "top_mlp": [16],
-            "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],
-        },
-        "train": {
-            "epochs": 1,
-            "max_steps": 8,
-            "dense_optimizer": {"name": "adam", "lr": 0.01},
-            "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
-            "log_every": 2,
-            "progress": False,
-        },
-        "distributed": {
-            "default_sharding": "row_wise",
-            "sharding": {"C1": "table_wise", "C2": "column_wise"},
-            "checkpoint_every": 2,
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +25,8 @@ def cli_runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("cli")
     generate_ctr(tmp / "data", num_train=2000, num_eval=900, files=2, seed=3)
-    plain = write_config(tmp, "plain", tmp / "data")
-    killed = write_config(tmp, "killed", tmp / "data")
+    plain = w.cli_config(tmp, "plain", tmp / "data")
+    killed = w.cli_config(tmp, "killed", tmp / "data")
     torchrun = [w.TORCHRUN, "--nproc-per-node", "2"]
     outs = w.run_all(
         [
@@ -98,19 +52,6 @@ def cli_runs(tmp_path_factory):
     return tmp, outs
 
 
-def final_model(run_dir: Path, config: Path) -> torch.nn.Module:
-    """The run's final checkpoint loaded into a plain, unsharded model."""
-    from recis.models import build_model
-
-    from recis.config import load_config
-    from recis.distributed import checkpoint as dcp_checkpoint
-
-    cfg = load_config(config)
-    model = build_model(cfg.model, cfg.data.schema_, "cpu")
-    dcp_checkpoint.load(run_dir / "checkpoints" / "final", model)
-    return model
-
-
 def test_torchrun_cli_trains_and_logs_once(cli_runs):
     tmp, outs = cli_runs
     assert outs[0].count("evaluation:") == 1  # rank 0 reports, rank 1 stays quiet
@@ -129,7 +70,7 @@ def test_eval_auc_is_global(cli_runs):
 
     tmp, _ = cli_runs
     config = tmp / "plain.yaml"
-    model = final_model(tmp / "plain", config).eval()
+    model = w.final_model(tmp / "plain", config).eval()
     cfg = load_config(config)
     probs, labels = [], []
     with torch.no_grad():
@@ -146,8 +87,8 @@ def test_killed_rank_restarts_to_the_same_model(cli_runs):
     tmp, outs = cli_runs
     assert (tmp / "died").exists(), "the fault was not injected"
     assert "resumed from" in outs[1] and "at step 4" in outs[1]
-    a = final_model(tmp / "plain", tmp / "plain.yaml").state_dict()
-    b = final_model(tmp / "killed", tmp / "killed.yaml").state_dict()
+    a = w.final_model(tmp / "plain", tmp / "plain.yaml").state_dict()
+    b = w.final_model(tmp / "killed", tmp / "killed.yaml").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     ea = json.loads((tmp / "plain" / "eval.json").read_text())

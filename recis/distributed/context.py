@@ -151,7 +151,9 @@ def _init_horovod(device: str | torch.device, backend: str, timeout_s: float) ->
         if rank == 0:
             # horovodrun names hosts as the user wrote them in -H; those names reach rank 0
             host = os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
-            store = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout)
+            store = dist.TCPStore(
+                host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False
+            )
             addr = (host, store.port)
         else:
             addr = None
