@@ -169,6 +169,21 @@ def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
     return outs
 
 
+def check_even_batches(rank: int, world: int) -> None:
+    """Rank r holds 2r items (rank 0 none): training stops with the shortest rank, eval
+    pads every rank to the longest, rank 0 with a batch borrowed from rank 1."""
+    from recis.distributed.collectives import even_batches
+
+    mine = [f"r{rank}b{i}" for i in range(2 * rank)]
+    assert list(even_batches(mine)) == []
+    padded = list(even_batches(mine, pad=True))
+    assert len(padded) == 2 * (world - 1), padded
+    real = [b for b, ok in padded if ok]
+    assert real == mine, (real, mine)
+    if rank == 0 and world > 1:
+        assert padded[0] == ("r1b0", False), padded
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -194,6 +209,7 @@ def main() -> None:
             state = full_state_dict(trainer.model)
             if ctx.rank == 0:
                 torch.save({"loss": loss, "state": state}, out / "continued.pt")
+    check_even_batches(ctx.rank, ctx.world_size)
     if args.load_ckpt:
         wait_for(Path(args.load_ckpt) / "meta.json")
         trainer = build(ctx, args.load_kind)

@@ -53,35 +53,37 @@ def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool
     (evaluation: nothing is dropped, padded predictions are discarded).
     """
     it = iter(data)
-    last: T | None = None
-    while True:
-        try:
-            item: T | None = next(it)
-        except StopIteration:
-            item = None
-        if not _active():
-            if item is None:
-                return
+    if not _active():
+        for item in it:
             yield item, True
-            continue
-        if pad:
-            done = torch.tensor([1 if item is None else 0])
-            dist.all_reduce(done)  # number of ranks that ran out
-            if int(done) == dist.get_world_size():
-                return
-            if item is None:
-                if last is None:
-                    raise RuntimeError("even_batches(pad=True): a rank had no batch at all")
-                yield last, False
-            else:
-                last = item
-                yield item, True
-        else:
+        return
+    last: T | None = None
+    first = True
+    while True:
+        item: T | None = next(it, None)
+        if not pad:
             have = torch.tensor([0 if item is None else 1])
             dist.all_reduce(have, op=dist.ReduceOp.MIN)
             if int(have) == 0:
                 return
-            assert item is not None
+            yield item, True  # type: ignore[misc]
+            continue
+        have = torch.zeros(dist.get_world_size(), dtype=torch.int64)
+        have[dist.get_rank()] = 0 if item is None else 1
+        dist.all_reduce(have)  # which ranks still have data
+        if int(have.sum()) == 0:
+            return
+        if first and int(have.min()) == 0:
+            # a rank with no batch at all still has to run the steps: borrow one to pad with
+            src = int(torch.nonzero(have)[0])
+            box = [item if dist.get_rank() == src else None]
+            dist.broadcast_object_list(box, src=src)
+            last = item if item is not None else box[0]
+        first = False
+        if item is None:
+            yield last, False  # type: ignore[misc]
+        else:
+            last = item
             yield item, True
 
 
