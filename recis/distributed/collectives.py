@@ -29,8 +29,8 @@ def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return arrays
     parts: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, arrays)
-    keys = list(arrays)
-    return {k: np.concatenate([p[k] for p in parts if p is not None]) for k in keys}
+    keys = list(dict.fromkeys(k for p in parts if p is not None for k in p))  # a rank may have none
+    return {k: np.concatenate([p[k] for p in parts if p is not None and k in p]) for k in keys}
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
