@@ -156,14 +156,23 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: a hung launch is killed whole
     )
 
 
 def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
     """Wait for every process; a failure shows the end of its output."""
     outs = []
+    deadline = time.time() + timeout
     for p in procs:
-        out, _ = p.communicate(timeout=timeout)
+        try:
+            out, _ = p.communicate(timeout=max(deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    os.killpg(q.pid, 9)
+            out, _ = p.communicate()
+            raise AssertionError(f"{p.args} timed out after {timeout} s:\n{out[-6000:]}") from None
         assert p.returncode == 0, f"{p.args} failed:\n{out[-6000:]}"
         outs.append(out)
     return outs
@@ -291,6 +300,10 @@ def cli_main(argv: list[str]) -> int:
     from recis import cli
 
     die_at = int(os.environ.get("RECIS_TEST_DIE_AT_STEP", "0"))
+    if os.environ.get("RECIS_TEST_STACKS_AFTER"):  # debugging hangs: dump every thread's stack
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["RECIS_TEST_STACKS_AFTER"]))
     marker = Path(os.environ.get("RECIS_TEST_DIE_MARKER", "/nonexistent/marker"))
     if die_at and int(os.environ.get("RANK", "0")) == 1 and not marker.exists():
         step_once = DistributedTrainer.train_step

@@ -34,8 +34,14 @@ def cli_runs(tmp_path_factory):
             w.spawn(
                 [
                     *torchrun,
-                    "--master-port",
-                    w.free_port(),
+                    # c10d rendezvous: each restart is a new round with fresh store keys (the
+                    # static one can hand restarted ranks the dead attempt's gloo addresses)
+                    "--rdzv-backend",
+                    "c10d",
+                    "--rdzv-endpoint",
+                    f"127.0.0.1:{w.free_port()}",
+                    "--rdzv-id",
+                    "killed",
                     "--max-restarts",
                     "1",
                     w.WORKER,
@@ -47,7 +53,8 @@ def cli_runs(tmp_path_factory):
                     RECIS_TEST_DIE_AT_STEP="5", RECIS_TEST_DIE_MARKER=str(tmp / "died")
                 ),
             ),
-        ]
+        ],
+        timeout=400,
     )
     return tmp, outs
 

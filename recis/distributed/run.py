@@ -128,12 +128,16 @@ def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
                 if ctx.is_main:
                     print(f"resumed from {last} at step {trainer.step}", flush=True)
         result = trainer.fit()
-        if not ctx.is_main:
-            return None
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-        return result
-    finally:
-        shutdown(ctx)
+    except BaseException:
+        # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(ctx)
+    if not ctx.is_main:
+        return None
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _enable_periodic_checkpoints(trainer: DistributedTrainer, every: int) -> None:
