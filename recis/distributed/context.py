@@ -123,13 +123,36 @@ def init_distributed(
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         dev, backend = _device_and_backend(device, backend, local_rank)
         if not dist.is_initialized():
+            timeout = timedelta(seconds=timeout_s)
+            store = _torchrun_store(rank, world, timeout)
             dist.init_process_group(
-                backend, init_method="env://", timeout=timedelta(seconds=timeout_s)
+                backend, store=store, rank=rank, world_size=world, timeout=timeout
             )
         return DistContext(rank, world, local_rank, dev, backend, "torchrun")
     if launcher == "horovod":
         return _init_horovod(device, backend, timeout_s)
     raise ConfigError(f"--launcher: unknown launcher {launcher!r}; use none|torchrun|horovod|auto")
+
+
+def _torchrun_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """torchrun's rendezvous store, with keys private to this restart attempt.
+
+    What ``env://`` does, plus a per-attempt prefix: torchrun's agent keeps its store
+    across ``--max-restarts`` restarts, and without the prefix restarted ranks can read
+    the dead attempt's gloo addresses and fail to connect ("Connection refused").
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not use_agent_store and rank == 0,
+        timeout=timeout,
+        multi_tenant=True,
+        wait_for_workers=False,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"recis/attempt_{attempt}", store)
 
 
 def import_horovod():  # -> module horovod.torch
