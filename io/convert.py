@@ -1,110 +1,201 @@
-"""Arrow record batch -> :class:`~recis.io.batch.Batch`, following a :class:`~recis.features.Schema`."""
+"""Arrow table -> :class:`~recis.io.batch.Batch`, following a :class:`~recis.features.Schema`.
+
+Shapes: ``B`` rows, ``Dd`` dense width (sum of the dense features' ``dim``),
+``T`` text length. Every step is vectorized over the batch (Arrow compute and
+numpy); there is no Python loop over rows.
+"""
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from recis.ops.hashing import hash_strings
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.errors import DataError
-from recis.features import DenseFeature, Schema, SparseFeature
+from recis.features import DenseFeature, Schema, SparseFeature, TextFeature
 
 from .batch import Batch
+from .validate import bad_rows, check_columns, is_list, list_lengths
 
 
-def _column(rb: pa.RecordBatch, name: str, path: str | None) -> pa.Array:
-    idx = rb.schema.get_field_index(name)
-    if idx < 0:
-        raise DataError("missing column", path=path, column=name)
-    return rb.column(idx)
+def _array(table: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _first_bad_row(mask: np.ndarray, offset: int) -> int:
-    return offset + int(np.flatnonzero(mask)[0])
+def _floats(arr: pa.Array, fill: float) -> np.ndarray:
+    """float32 values with nulls and NaNs replaced by ``fill``."""
+    if pa.types.is_null(arr.type):
+        return np.full(len(arr), fill, dtype=np.float32)
+    v = arr.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
+    v[np.isnan(v)] = fill  # nulls come out of to_numpy as NaN
+    return v
 
 
-def _dense(
-    rb: pa.RecordBatch, feats: list[DenseFeature], path: str | None, offset: int
-) -> torch.Tensor:
-    out = np.empty((rb.num_rows, len(feats)), dtype=np.float32)
-    for j, f in enumerate(feats):
-        col = _column(rb, f.source, path)
-        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-            raise DataError(f"expected a number column, got {col.type}", path=path, column=f.source)
-        v = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-        v[np.isnan(v)] = f.fill
+def _dense(table: pa.Table, feats: list[DenseFeature]) -> torch.Tensor:
+    """``[B, Dd]`` float32."""
+    n = table.num_rows
+    out = np.empty((n, sum(f.dim for f in feats)), dtype=np.float32)
+    j = 0
+    for f in feats:
+        col = _array(table, f.source)
+        if is_list(col.type):
+            lengths = list_lengths(col)
+            v = np.full((n, f.dim), f.fill, dtype=np.float32)
+            full = lengths == f.dim  # empty / null rows keep the fill value
+            flat = _floats(col.flatten(), f.fill)
+            v[full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim)
+        else:
+            v = _floats(col, f.fill)[:, None]
         if f.transform == "log":
             v = np.log1p(np.maximum(v, 0.0))
         elif f.transform == "standardize":
             v = (v - f.mean) / f.std
-        out[:, j] = v
+        out[:, j : j + f.dim] = v
+        j += f.dim
     return torch.from_numpy(out)
 
 
-def _ids(
-    rb: pa.RecordBatch, f: SparseFeature, path: str | None, offset: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and per-row lengths of one id feature."""
-    col = _column(rb, f.source, path)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+def _flat_index(lengths: np.ndarray, keep: np.ndarray, dim: int) -> np.ndarray:
+    """Positions in the flattened values of the rows in ``keep`` (each ``dim`` long)."""
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[keep]
+    return (starts[:, None] + np.arange(dim)[None, :]).reshape(-1)
+
+
+def _truncate(
+    values: pa.Array, lengths: np.ndarray, max_len: int, keep_last: bool
+) -> tuple[pa.Array, np.ndarray]:
+    """Keep at most ``max_len`` values per row (the first or the last ones)."""
+    if not lengths.size or lengths.max() <= max_len:
+        return values, lengths
+    row_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pos = np.arange(len(values)) - row_start  # position of each value within its row
+    if keep_last:
+        mask = pos >= np.repeat(lengths, lengths) - max_len
+    else:
+        mask = pos < max_len
+    return values.filter(pa.array(mask)), np.minimum(lengths, max_len)
+
+
+def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """int64 ids ``[sum(L)]``, lengths ``[B]``, float32 weights ``[sum(L)]`` or None."""
+    col = _array(table, f.source)
+    weights = _array(table, f.weight_column) if f.weight_column else None
+    if pa.types.is_null(col.type):
+        n = len(col)
+        return np.zeros(0, np.int64), np.zeros(n, np.int64), np.zeros(0, np.float32)
+    if is_list(col.type):
+        lengths = list_lengths(col)
         values = col.flatten()
-        if f.max_len is not None and lengths.size and lengths.max() > f.max_len:
-            # keep the first max_len of each row
-            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            keep = np.minimum(lengths, f.max_len)
-            take = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, keep)])
-            values = values.take(pa.array(take))
-            lengths = keep
+        w = weights.flatten() if weights is not None else None
+        if values.null_count:  # a null id inside a list means "no id": drop it
+            valid = values.is_valid().to_numpy(zero_copy_only=False)
+            rows = np.repeat(np.arange(len(col)), lengths)
+            lengths = np.bincount(rows[valid], minlength=len(col)).astype(np.int64)
+            values = values.filter(pa.array(valid))
+            w = w.filter(pa.array(valid)) if w is not None else None
+        if f.max_len is not None:
+            if w is not None:
+                w, _ = _truncate(w, lengths, f.max_len, f.truncate == "last")
+            values, lengths = _truncate(values, lengths, f.max_len, f.truncate == "last")
     else:
         valid = col.is_valid().to_numpy(zero_copy_only=False)
         lengths = valid.astype(np.int64)
         values = col.filter(pa.array(valid)) if not valid.all() else col
-    if not pa.types.is_integer(values.type):
-        raise DataError(f"expected integer ids, got {values.type}", path=path, column=f.source)
-    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), lengths
+        w = None
+        if weights is not None:
+            w = weights.filter(pa.array(valid)) if not valid.all() else weights
+    if f.dtype == "string":
+        ids = hash_strings(values, salt=f.table_name)
+    else:
+        ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    wv = None if w is None else _floats(w, 1.0)
+    return ids, lengths, wv
 
 
-def _labels(
-    rb: pa.RecordBatch, schema: Schema, path: str | None, offset: int
-) -> dict[str, torch.Tensor]:
-    labels = {}
-    for spec in schema.labels:
-        col = _column(rb, spec.source, path)
-        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-            raise DataError(
-                f"expected a number column, got {col.type}", path=path, column=spec.source
-            )
-        v = col.to_numpy(zero_copy_only=False).astype(np.float32)
-        bad = np.isnan(v)
-        if bad.any():
-            raise DataError(
-                "null or NaN label", path=path, column=spec.source, row=_first_bad_row(bad, offset)
-            )
-        labels[spec.name] = torch.from_numpy(v)
-    return labels
+@lru_cache(maxsize=8)
+def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
+    """A tokenizer from a local directory (cached: one load per process and path)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load tokenizer: {str(err).splitlines()[0]}", path=path) from None
 
 
-def to_batch(rb: pa.RecordBatch, schema: Schema, path: str | None = None, offset: int = 0) -> Batch:
-    """Convert one record batch. ``offset`` is the row of ``rb[0]`` within ``path`` (for errors)."""
-    values, lengths = [], []
+def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, torch.Tensor]:
+    """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64."""
+    out: dict[str, torch.Tensor] = {}
+    for f in feats:
+        col = _array(table, f.source)
+        texts = pc.fill_null(col.cast(pa.string()), "").to_pylist()
+        enc = load_tokenizer(f.tokenizer)(
+            texts,
+            max_length=f.max_length,
+            truncation=True,
+            padding="max_length",
+            return_tensors="np",
+        )
+        out[f.name] = torch.from_numpy(enc["input_ids"].astype(np.int64))
+        out[f"{f.name}_mask"] = torch.from_numpy(enc["attention_mask"].astype(np.int64))
+    return out
+
+
+def convert(table: pa.Table | pa.RecordBatch, schema: Schema) -> Batch:
+    """Build a Batch from rows already validated (see :func:`to_batch`)."""
+    values, lengths, weights = [], [], []
+    weighted = any(f.weight_column for f in schema.sparse)
     for f in schema.sparse:
-        v, n = _ids(rb, f, path, offset)
+        v, n, w = _ids(table, f)
         values.append(v)
         lengths.append(n)
+        # KJT weights are per value for all keys: unweighted features get 1.0 (sum is unchanged)
+        weights.append(w if w is not None else np.ones(len(v), np.float32))
+    empty = np.zeros(0, np.int64)
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=[f.name for f in schema.sparse],
-        values=torch.from_numpy(np.concatenate(values))
-        if values
-        else torch.empty(0, dtype=torch.int64),
-        lengths=torch.from_numpy(np.concatenate(lengths))
-        if lengths
-        else torch.empty(0, dtype=torch.int64),
+        values=torch.from_numpy(np.concatenate(values) if values else empty),
+        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else empty),
+        weights=torch.from_numpy(np.concatenate(weights)) if weighted else None,
     )
+    labels = {
+        s.name: torch.from_numpy(_floats(_array(table, s.source), np.nan)) for s in schema.labels
+    }
+    extras = {
+        c: torch.from_numpy(_array(table, c).to_numpy(zero_copy_only=False).copy())
+        for c in schema.extras
+    }
     return Batch(
         sparse=kjt,
-        dense=_dense(rb, schema.dense, path, offset),
-        labels=_labels(rb, schema, path, offset),
+        dense=_dense(table, schema.dense),
+        labels=labels,
+        text=_text(table, schema.text),
+        extras=extras,
     )
+
+
+def to_batch(
+    rb: pa.Table | pa.RecordBatch,
+    schema: Schema,
+    path: str | None = None,
+    offset: int = 0,
+    nan_policy: str = "fill",
+) -> Batch:
+    """Validate and convert rows. ``offset`` is the row of ``rb[0]`` within ``path`` (for errors).
+
+    Raises DataError naming ``path``, the column and the row on the first problem.
+    """
+    table = pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+    check_columns(schema, table.schema, path or "<memory>")
+    code, reasons = bad_rows(table, schema, nan_policy)
+    if code.any():
+        i = int(np.flatnonzero(code)[0])
+        column, what = reasons[code[i] - 1].split(": ", 1)
+        raise DataError(what, path=path, column=column, row=offset + i)
+    return convert(table, schema)
