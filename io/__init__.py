@@ -3,7 +3,7 @@
 from .batch import Batch
 from .convert import to_batch
 from .loader import Loader, ShardDataset
-from .reader import ParquetReader, Reader, make_reader
+from .reader import ParquetReader, Reader, make_reader, reader_from_config
 from .sources import CRITEO_COLUMNS, CsvOptions, resolve_paths
 from .synthetic import SyntheticInfo, generate_ctr, load_info
 
@@ -19,6 +19,7 @@ __all__ = [
     "generate_ctr",
     "load_info",
     "make_reader",
+    "reader_from_config",
     "resolve_paths",
     "to_batch",
 ]

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from recis.config import DataConfig
 from recis.errors import DataError
 from recis.features import Schema
 
@@ -231,7 +232,7 @@ class Reader:
         while g < hi and k < len(units):
             u = units[k]
             if u.file not in self._checked:
-                check_columns(self.schema, self.source.schemas[u.file], self.files[u.file])
+                check_columns(self.schema, self.source.schema(u.file), self.files[u.file])
                 self._checked.add(u.file)
             offset = g - int(starts[k])
             for t in self.source.read(u, offset):
@@ -416,3 +417,44 @@ def make_reader(paths: str | os.PathLike | list, schema: Schema, **kwargs: Any) 
 
         return Loader(paths, schema, num_workers=workers, **kwargs)
     return Reader(paths, schema, **kwargs)
+
+
+def reader_from_config(
+    data: DataConfig,
+    paths: str | os.PathLike | list,
+    *,
+    train: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Reader:
+    """The reader a :class:`~recis.config.DataConfig` describes (train or eval split).
+
+    Eval readers never shuffle or drop rows and use ``eval_batch_size``.
+    """
+    c = data.csv
+    csv = CsvOptions(
+        delimiter=c.delimiter,
+        header=c.header,
+        column_names=c.column_names,
+        null_values=c.null_values,
+        layout=None if c.layout == "none" else c.layout,
+    )
+    return make_reader(
+        paths,
+        data.schema_,
+        batch_size=data.batch_size if train else (data.eval_batch_size or data.batch_size),
+        format=data.format,
+        shuffle=data.shuffle and train,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=data.shuffle_buffer,
+        prefetch=data.prefetch,
+        nan_policy=data.nan_policy,
+        on_bad_row=data.on_bad_row,
+        quarantine=data.quarantine,
+        csv=csv,
+        drop_last=data.drop_last and train,
+        num_workers=data.num_workers,
+    )

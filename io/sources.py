@@ -227,7 +227,6 @@ class Source:
     def _units_csv(self, i: int) -> list[Unit]:
         # one streaming parse of the first column counts the rows (CSV has no footer)
         reader = self._open_csv(i, count_only=True)
-        self.schemas[i] = reader.schema
         n = sum(b.num_rows for b in reader)
         if n == 0:
             raise DataError("empty file (no rows)", path=self.files[i])
@@ -269,8 +268,17 @@ class Source:
                 conv_kw["column_types"] = {first: pa.string()}
         return pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
 
+    def schema(self, i: int) -> pa.Schema:
+        """Arrow schema of file ``i`` (CSV: types as inferred from its first block)."""
+        if i not in self.schemas:
+            try:
+                self.schemas[i] = self._open_csv(i).schema
+            except (pa.ArrowException, OSError) as err:
+                self._fail(self.files[i], err)
+        return self.schemas[i]
+
     def _present(self, i: int) -> list[str]:
-        names = set(self.schemas[i].names) if i in self.schemas else set()
+        names = set(self.schema(i).names)
         return [c for c in self.columns if c in names]
 
     def read(self, unit: Unit, start: int = 0) -> Iterator[pa.Table]:

@@ -38,12 +38,29 @@ class SyntheticConfig:
 
 
 @dataclass(config=STRICT)
+class CsvConfig:
+    """CSV/TSV parsing. ``layout: criteo`` is the Criteo TSV (label, I1..I13, C1..C26, no header)."""
+
+    layout: Literal["none", "criteo"] = "none"
+    delimiter: str | None = None
+    header: bool = True
+    column_names: list[str] | None = None
+    null_values: list[str] | None = None
+
+
+@dataclass(config=STRICT)
 class DataConfig:
     """Where the data is and how to read it.
 
     ``train`` and ``eval`` are a file, a directory, a glob or a list of them.
     With ``synthetic`` set, data is generated under ``path`` (``train/`` and
     ``eval/``) on first use and ``train``/``eval`` default to those folders.
+
+    Reader options (see ``docs/data.md``): ``nan_policy`` for null/NaN dense
+    values, ``on_bad_row`` (``skip`` writes skipped rows to ``quarantine``),
+    ``prefetch`` batches converted ahead in a background thread,
+    ``shuffle_buffer`` rows per shuffle chunk, ``num_workers`` DataLoader
+    worker processes (0: read in the training process).
     """
 
     schema_: Schema = Field(alias="schema")
@@ -55,6 +72,14 @@ class DataConfig:
     shuffle: bool = True
     synthetic: SyntheticConfig | None = None
     path: str = "data/synthetic_ctr"
+    csv: CsvConfig = Field(default_factory=CsvConfig)
+    nan_policy: Literal["fill", "raise"] = "fill"
+    on_bad_row: Literal["raise", "skip"] = "raise"
+    quarantine: str | None = None
+    prefetch: int = Field(default=2, ge=0)
+    shuffle_buffer: int = Field(default=65536, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    drop_last: bool = False
 
 
 @dataclass(config=STRICT)

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.io import ParquetReader, generate_ctr, load_info
+from recis.io import generate_ctr, load_info, reader_from_config
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
@@ -55,14 +55,10 @@ def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, Synthetic
     train_path, eval_path, info = prepare_data(cfg)
     schema = cfg.data.schema_
     device = torch.device(cfg.device)
-    train_data = ParquetReader(
-        train_path, schema, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.seed
-    )
+    train_data = reader_from_config(cfg.data, train_path, train=True, seed=cfg.seed)
     eval_data = None
     if eval_path is not None:
-        eval_data = ParquetReader(
-            eval_path, schema, cfg.data.eval_batch_size or cfg.data.batch_size
-        )
+        eval_data = reader_from_config(cfg.data, eval_path, train=False, seed=cfg.seed)
     model = build_model(cfg.model, schema, device)
     trainer = Trainer(model, train_data, eval_data, cfg.train, run_dir=cfg.run_dir, device=device)
     return trainer, info
