@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -182,6 +183,9 @@ class Source:
         if isinstance(err, FileNotFoundError | PermissionError):
             what = "unreadable path"
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        line = re.search(r"CSV parse error: Row #(\d+): (.*)", msg)
+        if line:  # a CSV line with the wrong number of fields
+            raise DataError(f"bad line: {line.group(2)}", path=path, row=int(line.group(1)))
         raise DataError(f"{what}: {msg}", path=path) from None
 
     def _check_nonempty(self, i: int) -> None:
@@ -233,19 +237,18 @@ class Source:
         return [Unit(i, 0, n)]
 
     # -- reading ---------------------------------------------------------------------------
-    def _open_csv(self, i: int, count_only: bool = False) -> pacsv.CSVStreamingReader:
+    def _open_csv(
+        self, i: int, count_only: bool = False, quiet: bool = False
+    ) -> pacsv.CSVStreamingReader:
         o, path = self.csv, self.files[i]
 
         def invalid(row: pacsv.InvalidRow) -> str:
-            if count_only:
-                return "skip"
+            # a raise inside this callback is swallowed by Arrow: "error" makes it raise
+            # ArrowInvalid("CSV parse error: Row #N ..."), which _fail turns into a DataError
+            if count_only or quiet:
+                return "skip" if self.on_invalid_line is not None else "error"
             if self.on_invalid_line is None:
-                raise DataError(
-                    f"expected {row.expected_columns} fields, got {row.actual_columns}: "
-                    f"{row.text[:80]!r}",
-                    path=path,
-                    row=row.number,
-                )
+                return "error"
             self.on_invalid_line(path, row.number, row.text)
             return "skip"
 
@@ -272,7 +275,7 @@ class Source:
         """Arrow schema of file ``i`` (CSV: types as inferred from its first block)."""
         if i not in self.schemas:
             try:
-                self.schemas[i] = self._open_csv(i).schema
+                self.schemas[i] = self._open_csv(i, quiet=True).schema
             except (pa.ArrowException, OSError) as err:
                 self._fail(self.files[i], err)
         return self.schemas[i]
