@@ -90,7 +90,8 @@ def test_empty_file(tmp_path):
 
 def test_truncated_file(tmp_path):
     f = _write(tmp_path / "a.parquet")
-    data = open(f, "rb").read()
+    with open(f, "rb") as src:
+        data = src.read()
     with open(f, "wb") as out:
         out.write(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"a\.parquet: corrupt or truncated file"):
