@@ -7,6 +7,7 @@ numpy); there is no Python loop over rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -28,6 +29,11 @@ def _array(table: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+def _writable(x: np.ndarray) -> np.ndarray:
+    """Arrow's zero-copy numpy views are read-only; tensors over them must not be written."""
+    return x if x.flags.writeable else x.copy()
+
+
 def _floats(arr: pa.Array, fill: float) -> np.ndarray:
     """float32 values with nulls and NaNs replaced by ``fill``."""
     if pa.types.is_null(arr.type):
@@ -37,7 +43,7 @@ def _floats(arr: pa.Array, fill: float) -> np.ndarray:
     return v
 
 
-def _dense(table: pa.Table, feats: list[DenseFeature]) -> torch.Tensor:
+def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
     """``[B, Dd]`` float32."""
     n = table.num_rows
     out = np.empty((n, sum(f.dim for f in feats)), dtype=np.float32)
@@ -58,7 +64,7 @@ def _dense(table: pa.Table, feats: list[DenseFeature]) -> torch.Tensor:
             v = (v - f.mean) / f.std
         out[:, j : j + f.dim] = v
         j += f.dim
-    return torch.from_numpy(out)
+    return out
 
 
 def _flat_index(lengths: np.ndarray, keep: np.ndarray, dim: int) -> np.ndarray:
@@ -113,7 +119,7 @@ def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.
     if f.dtype == "string":
         ids = hash_strings(values, salt=f.table_name)
     else:
-        ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        ids = _writable(values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
     wv = None if w is None else _floats(w, 1.0)
     return ids, lengths, wv
 
@@ -129,7 +135,7 @@ def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
         raise DataError(f"cannot load tokenizer: {str(err).splitlines()[0]}", path=path) from None
 
 
-def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, torch.Tensor]:
+def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
     """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64."""
     out: dict[str, torch.Tensor] = {}
     for f in feats:
@@ -142,42 +148,128 @@ def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, torch.Tensor]:
             padding="max_length",
             return_tensors="np",
         )
-        out[f.name] = torch.from_numpy(enc["input_ids"].astype(np.int64))
-        out[f"{f.name}_mask"] = torch.from_numpy(enc["attention_mask"].astype(np.int64))
+        out[f.name] = enc["input_ids"].astype(np.int64)
+        out[f"{f.name}_mask"] = enc["attention_mask"].astype(np.int64)
     return out
+
+
+@dataclass
+class Columns:
+    """Converted rows as numpy arrays, cheap to slice and concatenate into batches.
+
+    Readers convert a whole shuffle chunk at once (per-column overhead paid once
+    per chunk, not per batch) and cut batches from it with :meth:`slice`.
+    ``ids[k]`` is ``(values [sum L], lengths [B], weights [sum L] or None)``.
+    """
+
+    keys: list[str]
+    ids: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    weighted: bool
+    dense: np.ndarray
+    labels: dict[str, np.ndarray]
+    text: dict[str, np.ndarray]
+    extras: dict[str, np.ndarray]
+    offsets: list[np.ndarray] | None = None  # per key, cumsum of lengths (built on first slice)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.dense.shape[0])
+
+    def slice(self, a: int, b: int) -> Columns:
+        if self.offsets is None:
+            self.offsets = [np.concatenate(([0], np.cumsum(n))) for _, n, _ in self.ids]
+        ids = []
+        for (v, n, w), off in zip(self.ids, self.offsets):
+            lo, hi = int(off[a]), int(off[b])
+            ids.append((v[lo:hi], n[a:b], None if w is None else w[lo:hi]))
+        cut = lambda d: {k: x[a:b] for k, x in d.items()}  # noqa: E731
+        return Columns(
+            self.keys,
+            ids,
+            self.weighted,
+            self.dense[a:b],
+            cut(self.labels),
+            cut(self.text),
+            cut(self.extras),
+        )
+
+    @staticmethod
+    def concat(parts: list[Columns]) -> Columns:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        ids = []
+        for k in range(len(first.keys)):
+            vs = [p.ids[k] for p in parts]
+            w = None if vs[0][2] is None else np.concatenate([x[2] for x in vs])
+            ids.append((np.concatenate([x[0] for x in vs]), np.concatenate([x[1] for x in vs]), w))
+        cat = lambda name: {  # noqa: E731
+            k: np.concatenate([getattr(p, name)[k] for p in parts]) for k in getattr(first, name)
+        }
+        return Columns(
+            first.keys,
+            ids,
+            first.weighted,
+            np.concatenate([p.dense for p in parts]),
+            cat("labels"),
+            cat("text"),
+            cat("extras"),
+        )
+
+    def to_batch(self) -> Batch:
+        empty = np.zeros(0, np.int64)
+        values = [v for v, _, _ in self.ids]
+        weights = (
+            [w if w is not None else np.ones(len(v), np.float32) for v, _, w in self.ids]
+            if self.weighted
+            else []
+        )
+        # length_per_key from numpy: KJT would otherwise sum lengths with a torch op, which
+        # costs milliseconds per batch when torch's intra-op pool is busy with training
+        kjt = KeyedJaggedTensor(
+            keys=list(self.keys),
+            values=torch.from_numpy(np.concatenate(values) if values else empty),
+            lengths=torch.from_numpy(
+                np.concatenate([n for _, n, _ in self.ids]) if values else empty
+            ),
+            weights=torch.from_numpy(np.concatenate(weights)) if self.weighted else None,
+            stride=self.num_rows,
+            length_per_key=[len(v) for v in values],
+        )
+        t = lambda d: {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in d.items()}  # noqa: E731
+        return Batch(
+            sparse=kjt,
+            dense=torch.from_numpy(np.ascontiguousarray(self.dense)),
+            labels=t(self.labels),
+            text=t(self.text),
+            extras=t(self.extras),
+        )
+
+
+def convert_columns(table: pa.Table | pa.RecordBatch, schema: Schema) -> Columns:
+    """Convert rows already validated (see :func:`to_batch`) to numpy :class:`Columns`."""
+    weighted = any(f.weight_column for f in schema.sparse)
+    ids = []
+    for f in schema.sparse:
+        v, n, w = _ids(table, f)
+        # KJT weights are per value for all keys: unweighted features weigh 1 (sums unchanged)
+        ids.append((v, n, w if weighted else None))
+    return Columns(
+        keys=[f.name for f in schema.sparse],
+        ids=ids,
+        weighted=weighted,
+        dense=_dense(table, schema.dense),
+        labels={s.name: _floats(_array(table, s.source), np.nan) for s in schema.labels},
+        text=_text(table, schema.text),
+        extras={
+            c: _writable(_array(table, c).to_numpy(zero_copy_only=False)) for c in schema.extras
+        },
+    )
 
 
 def convert(table: pa.Table | pa.RecordBatch, schema: Schema) -> Batch:
     """Build a Batch from rows already validated (see :func:`to_batch`)."""
-    values, lengths, weights = [], [], []
-    weighted = any(f.weight_column for f in schema.sparse)
-    for f in schema.sparse:
-        v, n, w = _ids(table, f)
-        values.append(v)
-        lengths.append(n)
-        # KJT weights are per value for all keys: unweighted features get 1.0 (sum is unchanged)
-        weights.append(w if w is not None else np.ones(len(v), np.float32))
-    empty = np.zeros(0, np.int64)
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=[f.name for f in schema.sparse],
-        values=torch.from_numpy(np.concatenate(values) if values else empty),
-        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else empty),
-        weights=torch.from_numpy(np.concatenate(weights)) if weighted else None,
-    )
-    labels = {
-        s.name: torch.from_numpy(_floats(_array(table, s.source), np.nan)) for s in schema.labels
-    }
-    extras = {
-        c: torch.from_numpy(_array(table, c).to_numpy(zero_copy_only=False).copy())
-        for c in schema.extras
-    }
-    return Batch(
-        sparse=kjt,
-        dense=_dense(table, schema.dense),
-        labels=labels,
-        text=_text(table, schema.text),
-        extras=extras,
-    )
+    return convert_columns(table, schema).to_batch()
 
 
 def to_batch(

@@ -37,7 +37,7 @@ from recis.errors import DataError
 from recis.features import Schema
 
 from .batch import Batch
-from .convert import convert
+from .convert import Columns, convert_columns
 from .sources import SUFFIXES as _SUFFIXES
 from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
 from .validate import bad_rows, check_columns
@@ -277,7 +277,7 @@ class Reader:
         """(batch, state after it) for the rest of the current epoch."""
         s = dict(self._state)
         epoch, skipped = s["epoch"], s["skipped"]
-        carry: pa.Table | None = None
+        carry: Columns | None = None
         for c, table, files, rows in self._chunks(epoch, s["chunk"]):
             n = table.num_rows
             perm = (
@@ -292,18 +292,20 @@ class Reader:
                 p = pos + int(np.flatnonzero(code[pos:])[0])
                 self._raise_bad(reasons[code[p] - 1], files[perm[p]], rows[perm[p]])
             good = pos + np.flatnonzero(code[pos:] == 0)
+            # convert the chunk's remaining good rows once, in emission order; batches are slices
+            idx = perm[good]
+            if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
+                cols = convert_columns(table.slice(int(idx[0]), len(idx)), self.schema)
+            else:
+                cols = convert_columns(table.take(pa.array(idx)), self.schema)
             k = 0
             while k < len(good):
                 need = self.batch_size - (carry.num_rows if carry is not None else 0)
                 sel = good[k : k + need]
                 end = int(sel[-1]) + 1 if len(sel) == need else n
                 skipped += self._skip(table, code, perm, reasons, files, rows, pos, end)
-                idx = perm[sel]
-                if not self.shuffle and len(idx) and idx[-1] - idx[0] == len(idx) - 1:
-                    part = table.slice(int(idx[0]), len(idx))  # contiguous: zero copy
-                else:
-                    part = table.take(pa.array(idx))
-                carry = part if carry is None else pa.concat_tables([carry, part])
+                part = cols.slice(k, k + len(sel))
+                carry = part if carry is None else Columns.concat([carry, part])
                 pos, k = end, k + need
                 if carry.num_rows == self.batch_size:
                     state = {"epoch": epoch, "chunk": c, "pos": pos, "skipped": skipped}
@@ -334,8 +336,8 @@ class Reader:
             )
         return len(bad)
 
-    def _finish(self, table: pa.Table) -> Batch:
-        batch = convert(table, self.schema)
+    def _finish(self, cols: Columns) -> Batch:
+        batch = cols.to_batch()
         return batch.pin_memory() if self.pin else batch
 
     def __iter__(self) -> Iterator[Batch]:
