@@ -2,8 +2,9 @@
 
 from .batch import Batch
 from .convert import to_batch
+from .factory import make_reader, reader_from_config
 from .loader import Loader, ShardDataset
-from .reader import ParquetReader, Reader, make_reader, reader_from_config
+from .reader import ParquetReader, Reader
 from .sources import CRITEO_COLUMNS, CsvOptions, resolve_paths
 from .synthetic import SyntheticInfo, generate_ctr, load_info
 
