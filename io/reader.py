@@ -272,8 +272,24 @@ class Reader:
         column, what = reason.split(": ", 1)
         raise DataError(what, path=self.files[fidx], column=column, row=int(row))
 
-    def _produce(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
-        """(batch, state after it) for the rest of the current epoch."""
+    def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
+        """(batch, state after it) for the rest of the current epoch.
+
+        Each batch is held back until the next one exists, so the last batch of
+        the epoch carries the start of the next epoch as its state (a run that
+        stops right after it resumes in the next epoch, not in an empty tail).
+        An epoch with no batch left yields ``(None, next epoch)``.
+        """
+        held = None
+        for item in self._batches():
+            if item[0] is None:  # end of epoch
+                yield (held[0], item[1]) if held is not None else item
+                return
+            if held is not None:
+                yield held
+            held = item
+
+    def _batches(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         s = dict(self._state)
         epoch, skipped = s["epoch"], s["skipped"]
         carry: Columns | None = None
@@ -313,7 +329,6 @@ class Reader:
             skipped += self._skip(table, code, perm, reasons, files, rows, pos, n)
         if carry is not None and carry.num_rows and not self.drop_last:
             yield self._finish(carry), self._start_state(epoch + 1, skipped)
-        # the epoch is over: the next iteration starts the next epoch
         yield None, self._start_state(epoch + 1, skipped)
 
     def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> int:  # noqa: ANN001
@@ -341,18 +356,19 @@ class Reader:
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch (the rest of it after a resume or an interrupted iteration)."""
-        if self.prefetch <= 0:
-            for batch, state in self._produce():
-                with self._lock:
-                    self._state = state
-                if batch is not None:
-                    yield batch
-            return
-        yield from self._iter_prefetch()
+        items = self._produce() if self.prefetch <= 0 else self._prefetched()
+        for batch, state in items:
+            # the position moves only when the consumer receives the batch
+            with self._lock:
+                self._state = state
+            if batch is not None:
+                yield batch
 
-    def _iter_prefetch(self) -> Iterator[Batch]:
+    def _prefetched(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
+        """``_produce`` run ``prefetch`` items ahead in a background thread."""
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
+        end = object()
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -368,6 +384,7 @@ class Reader:
                 for item in self._produce():
                     if not put(item):
                         return
+                put(end)
             except BaseException as err:  # handed to the consumer, raised there
                 put(err)
 
@@ -376,14 +393,11 @@ class Reader:
         try:
             while True:
                 item = q.get()
+                if item is end:
+                    return
                 if isinstance(item, BaseException):
                     raise item
-                batch, state = item
-                with self._lock:
-                    self._state = state
-                if batch is None:
-                    return
-                yield batch
+                yield item
         finally:
             stop.set()
             thread.join(timeout=5)
