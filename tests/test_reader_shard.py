@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recis.io import Loader, ParquetReader, Reader
 
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
@@ -160,3 +162,74 @@ def test_state_from_another_layout_is_refused(uneven):
     state = Reader(path, SCHEMA, 8, world_size=2).state_dict()
     with pytest.raises(DataError, match="num_shards"):
         Reader(path, SCHEMA, 8, world_size=3).load_state_dict(state)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    row_group=st.integers(1, 16),
+    world=st.integers(1, 4),
+    workers=st.integers(1, 3),
+    batch=st.integers(1, 9),
+    buffer=st.integers(1, 50),
+    shuffle=st.booleans(),
+)
+def test_sharding_property(
+    tmp_path_factory, sizes, row_group, world, workers, batch, buffer, shuffle
+):
+    """Any files, row groups, shard counts (even more shards than rows): each row exactly once."""
+    path = tmp_path_factory.mktemp("prop")
+    rid = 0
+    for i, n in enumerate(sizes):
+        r = np.arange(rid, rid + n)
+        t = pa.table({"rid": r, "x": r * 1.0, "ids": r, "y": np.zeros(n, np.float32)})
+        pq.write_table(t, path / f"p{i}.parquet", row_group_size=row_group)
+        rid += n
+    schema = Schema(
+        sparse=[SparseFeature(name="ids")], labels=[LabelSpec(name="y")], extras=["rid"]
+    )
+    seen = []
+    for rank in range(world):
+        for w in range(workers):
+            r = Reader(
+                path,
+                schema,
+                batch,
+                shuffle=shuffle,
+                rank=rank,
+                world_size=world,
+                worker=w,
+                num_workers=workers,
+                shuffle_buffer=buffer,
+                prefetch=0,
+            )
+            got = list(r)
+            assert all(b.batch_size == batch for b in got[:-1])
+            assert len(got) == len(r)
+            seen += rids(got)
+    assert sorted(seen) == list(range(rid))
+
+
+@pytest.mark.parametrize("fmt", ["orc", "csv"])
+def test_resume_orc_and_csv(tmp_path, fmt):
+    import pyarrow.csv as pacsv
+    import pyarrow.orc as orc
+
+    for i in range(2):
+        r = np.arange(i * 60, i * 60 + 60)
+        t = pa.table({"rid": r, "x": r * 1.0, "ids": r, "y": (r % 2).astype(np.float32)})
+        if fmt == "orc":
+            orc.write_table(t, tmp_path / f"p{i}.orc")
+        else:
+            pacsv.write_csv(t, tmp_path / f"p{i}.csv")
+    kw = dict(format=fmt, shuffle=True, seed=9, shuffle_buffer=25)
+    full = rids(Reader(tmp_path, SCHEMA, 8, **kw))
+    assert sorted(full) == list(range(120))
+    r = Reader(tmp_path, SCHEMA, 8, **kw)
+    it = iter(r)
+    head = rids(next(it) for _ in range(7))
+    state = r.state_dict()
+    del it
+    again = Reader(tmp_path, SCHEMA, 8, **kw)
+    again.load_state_dict(state)
+    assert head + rids(again) == full
