@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
-from recis.io import Reader, generate_ctr, resolve_paths
-from recis.models import build_model
 
 from recis.config import load_config
+from recis.io import Reader, generate_ctr, resolve_paths
+from recis.models import build_model
 from recis.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from recis.ops.hashing import hash_strings
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.errors import DataError
 from recis.features import DenseFeature, Schema, SparseFeature, TextFeature
+from recis.ops.hashing import hash_strings
 
 from .batch import Batch
 from .validate import bad_rows, check_columns, is_list, list_lengths

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from recis.io import Reader
 
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import Reader
 
 SCHEMA = Schema(
     dense=[DenseFeature(name="x")],

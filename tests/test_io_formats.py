@@ -9,10 +9,10 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from recis.io import CRITEO_COLUMNS, CsvOptions, Reader, to_batch
-from recis.ops.hashing import hash_strings
 
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature, TextFeature
+from recis.io import CRITEO_COLUMNS, CsvOptions, Reader, to_batch
+from recis.ops.hashing import hash_strings
 
 N = 50
 

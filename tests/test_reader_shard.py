@@ -11,9 +11,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recis.io import Loader, ParquetReader, Reader
 
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import Loader, ParquetReader, Reader
 
 SCHEMA = Schema(
     dense=[DenseFeature(name="x")],

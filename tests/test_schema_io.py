@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recis.io import Loader, Reader, reader_from_config
 
 from recis.config import DataConfig, validate
 from recis.errors import ConfigError
 from recis.features import Schema
+from recis.io import Loader, Reader, reader_from_config
 
 RAW_SCHEMA = {
     "labels": [{"name": "click", "column": "label"}],
