@@ -40,6 +40,9 @@ CRITEO_TYPES = {
 }
 
 
+_CSV_ROWS: dict[tuple, int] = {}
+
+
 @dataclass
 class CsvOptions:
     """How to parse CSV/TSV text. ``layout="criteo"`` sets the Criteo TSV columns and types."""
@@ -229,9 +232,22 @@ class Source:
         return [Unit(i, 0, int(f.nrows))]
 
     def _units_csv(self, i: int) -> list[Unit]:
-        # one streaming parse of the first column counts the rows (CSV has no footer)
-        reader = self._open_csv(i, count_only=True)
-        n = sum(b.num_rows for b in reader)
+        # one streaming parse of the first column counts the rows (CSV has no footer); the
+        # count is cached by file identity, so forked DataLoader workers and later epochs
+        # of readers in this process do not parse the file again
+        info = self.fs.get_file_info(self.files[i])
+        key = (
+            type(self.fs).__name__,
+            info.path,
+            info.size,
+            info.mtime_ns,
+            repr(self.csv),
+            self.on_invalid_line is None,
+        )
+        n = _CSV_ROWS.get(key)
+        if n is None:
+            n = sum(b.num_rows for b in self._open_csv(i, count_only=True))
+            _CSV_ROWS[key] = n
         if n == 0:
             raise DataError("empty file (no rows)", path=self.files[i])
         return [Unit(i, 0, n)]
