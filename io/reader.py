@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from recis.errors import DataError
 from recis.features import Schema
@@ -66,7 +67,7 @@ class Reader:
         csv: CSV/TSV parsing options (delimiter, header, column names, ``layout="criteo"``).
         filesystem: a pyarrow or fsspec filesystem for the paths.
         drop_last: drop the short last batch of each epoch.
-        pin_memory: pin batches in the prefetch thread (for fast host-to-GPU copies).
+        pin_memory: pin batches in the prefetch thread (fast host-to-GPU copies; no-op on CPU).
     """
 
     def __init__(
@@ -113,7 +114,8 @@ class Reader:
         self.on_bad_row = on_bad_row
         self.quarantine = str(quarantine) if quarantine is not None else None
         self.drop_last = drop_last
-        self.pin = pin_memory
+        # pinning needs an accelerator runtime; without one it is a no-op rather than an error
+        self.pin = pin_memory and torch.accelerator.is_available()
         self.source = Source(
             self.files,
             schema.columns,
