@@ -275,23 +275,13 @@ class Reader:
         raise DataError(what, path=self.files[fidx], column=column, row=int(row))
 
     def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
-        """(batch, state after it) for the rest of the current epoch.
+        """(batch, state after it) for the rest of the current epoch, then (None, next epoch).
 
-        Each batch is held back until the next one exists, so the last batch of
-        the epoch carries the start of the next epoch as its state (a run that
-        stops right after it resumes in the next epoch, not in an empty tail).
-        An epoch with no batch left yields ``(None, next epoch)``.
+        The last batch of an epoch leaves the state at the end of that epoch, not
+        at the start of the next: a resumed ``for batch in reader`` then yields the
+        (empty) rest of the epoch, so a trainer that counts an epoch when its loop
+        over the reader completes stays in step with the reader.
         """
-        held = None
-        for item in self._batches():
-            if item[0] is None:  # end of epoch
-                yield (held[0], item[1]) if held is not None else item
-                return
-            if held is not None:
-                yield held
-            held = item
-
-    def _batches(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         s = dict(self._state)
         epoch, skipped = s["epoch"], s["skipped"]
         carry: Columns | None = None
@@ -329,8 +319,10 @@ class Reader:
                     yield self._finish(carry), state
                     carry = None
             skipped += self._skip(table, code, perm, reasons, files, rows, pos, n)
+            last = (c, n)
         if carry is not None and carry.num_rows and not self.drop_last:
-            yield self._finish(carry), self._start_state(epoch + 1, skipped)
+            end = {"epoch": epoch, "chunk": last[0], "pos": last[1], "skipped": skipped}
+            yield self._finish(carry), end
         yield None, self._start_state(epoch + 1, skipped)
 
     def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> int:  # noqa: ANN001

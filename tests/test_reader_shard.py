@@ -134,10 +134,13 @@ def test_resume_across_an_epoch_boundary(uneven):
     for _ in range(-(-n // 64)):  # stop right after the last batch, without asking for more
         next(it)
     state = full.state_dict()
-    assert state["epoch"] == 1 and state["rows_in_epoch"] == 0
+    # still in epoch 0: a trainer that counts an epoch when its loop completes stays in step
+    assert state["epoch"] == 0 and state["rows_in_epoch"] == n
+    assert next(it, None) is None and full.state_dict()["epoch"] == 1
     second = rids(full)
     other = Reader(path, SCHEMA, 64, shuffle=True, seed=2)
     other.load_state_dict(state)
+    assert rids(other) == [] and other.epoch == 1  # the rest of epoch 0 is empty
     assert rids(other) == second
 
 
