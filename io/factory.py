@@ -62,5 +62,6 @@ def reader_from_config(
         quarantine=data.quarantine,
         csv=csv,
         drop_last=data.drop_last and train,
+        pin_memory=data.pin_memory,
         num_workers=data.num_workers,
     )

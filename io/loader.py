@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recis.features import Schema
@@ -83,6 +84,8 @@ class Loader:
         **reader_kwargs: Any,
     ) -> None:
         self.prefetch = max(1, int(reader_kwargs.pop("prefetch", 2)))
+        # pinning happens in the DataLoader's pin thread of this process (not in the workers)
+        self.pin = bool(reader_kwargs.pop("pin_memory", False)) and torch.accelerator.is_available()
         self.args = {"paths": paths, "schema": schema, "batch_size": batch_size, **reader_kwargs}
         self.num_workers = num_workers
         # one reader here validates paths and metadata early and answers __len__
@@ -102,6 +105,7 @@ class Loader:
             num_workers=self.num_workers,
             collate_fn=_identity,
             prefetch_factor=self.prefetch,
+            pin_memory=self.pin,
         )
         for w, state, batch in loader:
             self._states[w] = state

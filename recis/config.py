@@ -62,7 +62,8 @@ class DataConfig:
     values, ``on_bad_row`` (``skip`` writes skipped rows to ``quarantine``),
     ``prefetch`` batches converted ahead in a background thread,
     ``shuffle_buffer`` rows per shuffle chunk, ``num_workers`` DataLoader
-    worker processes (0: read in the training process).
+    worker processes (0: read in the training process), ``pin_memory`` for
+    fast copies to an accelerator.
     """
 
     schema_: Schema = Field(alias="schema")
@@ -82,6 +83,7 @@ class DataConfig:
     shuffle_buffer: int = Field(default=65536, gt=0)
     num_workers: int = Field(default=0, ge=0)
     drop_last: bool = False
+    pin_memory: bool = False
 
 
 @dataclass(config=STRICT)
