@@ -182,7 +182,10 @@ class Columns:
         for (v, n, w), off in zip(self.ids, self.offsets):
             lo, hi = int(off[a]), int(off[b])
             ids.append((v[lo:hi], n[a:b], None if w is None else w[lo:hi]))
-        cut = lambda d: {k: x[a:b] for k, x in d.items()}  # noqa: E731
+
+        def cut(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: x[a:b] for k, x in d.items()}
+
         return Columns(
             self.keys,
             ids,
@@ -203,9 +206,13 @@ class Columns:
             vs = [p.ids[k] for p in parts]
             w = None if vs[0][2] is None else np.concatenate([x[2] for x in vs])
             ids.append((np.concatenate([x[0] for x in vs]), np.concatenate([x[1] for x in vs]), w))
-        cat = lambda name: {  # noqa: E731
-            k: np.concatenate([getattr(p, name)[k] for p in parts]) for k in getattr(first, name)
-        }
+
+        def cat(name: str) -> dict[str, np.ndarray]:
+            return {
+                k: np.concatenate([getattr(p, name)[k] for p in parts])
+                for k in getattr(first, name)
+            }
+
         return Columns(
             first.keys,
             ids,
@@ -236,7 +243,10 @@ class Columns:
             stride=self.num_rows,
             length_per_key=[len(v) for v in values],
         )
-        t = lambda d: {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in d.items()}  # noqa: E731
+
+        def t(d: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in d.items()}
+
         return Batch(
             sparse=kjt,
             dense=torch.from_numpy(np.ascontiguousarray(self.dense)),

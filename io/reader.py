@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.errors import DataError
+from recis.errors import ConfigError, DataError
 from recis.features import Schema
 
 from .batch import Batch
@@ -93,12 +93,22 @@ class Reader:
         drop_last: bool = False,
         pin_memory: bool = False,
     ) -> None:
-        if batch_size <= 0 or shuffle_buffer <= 0:
-            raise ValueError("batch_size and shuffle_buffer must be positive")
-        if not (0 <= rank < world_size and 0 <= worker < num_workers):
-            raise ValueError(f"bad shard: rank {rank}/{world_size}, worker {worker}/{num_workers}")
-        if nan_policy not in ("fill", "raise") or on_bad_row not in ("raise", "skip"):
-            raise ValueError("nan_policy is fill|raise, on_bad_row is raise|skip")
+        given = dict(locals())
+        checks = {
+            "batch_size": batch_size > 0,
+            "shuffle_buffer": shuffle_buffer > 0,
+            "format": format in _SUFFIXES,
+            "rank": 0 <= rank < world_size,
+            "worker": 0 <= worker < num_workers,
+            "nan_policy": nan_policy in ("fill", "raise"),
+            "on_bad_row": on_bad_row in ("raise", "skip"),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            values = {"rank": f"{rank}/{world_size}", "worker": f"{worker}/{num_workers}"}
+            raise ConfigError(
+                "; ".join(f"{k}: invalid value {values.get(k, given[k])!r}" for k in bad)
+            )
         fs = as_arrow_fs(filesystem)
         self.files = resolve_paths(paths, _SUFFIXES[format], fs)
         self.schema = schema

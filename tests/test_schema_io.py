@@ -70,3 +70,8 @@ def test_reader_from_config_criteo_tsv(tmp_path):
     loader = reader_from_config(validate(DataConfig, {**raw, "num_workers": 2}), str(tmp_path))
     assert isinstance(loader, Loader)
     assert np.isclose(sum(x.batch_size for x in loader), 2)
+
+
+def test_bad_reader_arguments_name_the_argument(tmp_path):
+    with pytest.raises(ConfigError, match=r"batch_size: invalid value 0; format: .*'xls'; rank"):
+        Reader(tmp_path, Schema(), 0, format="xls", rank=3, world_size=2)
