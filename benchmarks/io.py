@@ -10,7 +10,8 @@
    on, prefetch thread) divided by rows/s of DLRM ``Trainer.train_step`` (the
    example config's model, CPU) on the same batch size. Target >= 5.
 
-Each side is timed best-of-``--repeats`` after a warm-up pass (page cache warm for both).
+Each side is timed best-of-``--repeats``, the sides alternating, after a warm-up round
+(page cache warm for all).
 The last line printed is one JSON object.
 """
 
@@ -47,13 +48,16 @@ def read_all(reader: Reader) -> int:
     return sum(b.batch_size for b in reader)
 
 
-def best_rate(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        rows = fn()
-        best = max(best, rows / (time.perf_counter() - t0))
+def best_rates(sides: dict, repeats: int) -> dict[str, float]:
+    """Best rows/s of each side; the sides alternate (a, b, c, a, b, c, ...) after a warm-up
+    round, so a change in machine load hits all of them alike."""
+    best = dict.fromkeys(sides, 0.0)
+    for rep in range(repeats + 1):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            rows = fn()
+            if rep:
+                best[name] = max(best[name], rows / (time.perf_counter() - t0))
     return best
 
 
@@ -75,14 +79,17 @@ def main() -> None:
         files = resolve_paths(Path(tmp) / "train")
         cols = schema.columns
 
-        raw = best_rate(lambda: raw_pyarrow(files, cols), args.repeats)
-        plain = best_rate(
-            lambda: read_all(Reader(files, schema, args.batch_size, prefetch=2)), args.repeats
-        )
-        shuffled = best_rate(
-            lambda: read_all(Reader(files, schema, args.batch_size, shuffle=True, seed=0)),
+        rates = best_rates(
+            {
+                "raw": lambda: raw_pyarrow(files, cols),
+                "plain": lambda: read_all(Reader(files, schema, args.batch_size, prefetch=2)),
+                "shuffled": lambda: read_all(
+                    Reader(files, schema, args.batch_size, shuffle=True, seed=0)
+                ),
+            },
             args.repeats,
         )
+        raw, plain, shuffled = rates["raw"], rates["plain"], rates["shuffled"]
 
         model = build_model(cfg.model, schema, torch.device("cpu"))
         trainer = Trainer(model, [], None, cfg.train, run_dir=None)

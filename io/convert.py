@@ -34,37 +34,42 @@ def _writable(x: np.ndarray) -> np.ndarray:
     return x if x.flags.writeable else x.copy()
 
 
-def _floats(arr: pa.Array, fill: float) -> np.ndarray:
-    """float32 values with nulls and NaNs replaced by ``fill``."""
+def _floats(arr: pa.Array, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values with nulls and NaNs replaced by ``fill`` (written into ``out`` if given)."""
+    if out is None:
+        out = np.empty(len(arr), dtype=np.float32)
     if pa.types.is_null(arr.type):
-        return np.full(len(arr), fill, dtype=np.float32)
-    v = arr.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-    v[np.isnan(v)] = fill  # nulls come out of to_numpy as NaN
-    return v
+        out[:] = fill
+        return out
+    np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
+    if arr.null_count or pa.types.is_floating(arr.type):
+        np.copyto(out, np.float32(fill), where=np.isnan(out))  # nulls come out as NaN
+    return out
 
 
 def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
     """``[B, Dd]`` float32."""
     n = table.num_rows
-    out = np.empty((n, sum(f.dim for f in feats)), dtype=np.float32)
+    # feature-major while filling (each feature writes a contiguous row), one transpose at the end
+    buf = np.empty((sum(f.dim for f in feats), n), dtype=np.float32)
     j = 0
     for f in feats:
         col = _array(table, f.source)
+        v = buf[j : j + f.dim]
         if is_list(col.type):
             lengths = list_lengths(col)
-            v = np.full((n, f.dim), f.fill, dtype=np.float32)
+            v[:] = f.fill
             full = lengths == f.dim  # empty / null rows keep the fill value
             flat = _floats(col.flatten(), f.fill)
-            v[full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim)
+            v[:, full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim).T
         else:
-            v = _floats(col, f.fill)[:, None]
+            _floats(col, f.fill, out=v[0])
         if f.transform == "log":
-            v = np.log1p(np.maximum(v, 0.0))
+            np.log1p(np.maximum(v, 0.0, out=v), out=v)
         elif f.transform == "standardize":
-            v = (v - f.mean) / f.std
-        out[:, j : j + f.dim] = v
+            np.multiply(np.subtract(v, f.mean, out=v), 1.0 / f.std, out=v)
         j += f.dim
-    return out
+    return np.ascontiguousarray(buf.T)
 
 
 def _flat_index(lengths: np.ndarray, keep: np.ndarray, dim: int) -> np.ndarray:
@@ -109,17 +114,18 @@ def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.
             if w is not None:
                 w, _ = _truncate(w, lengths, f.max_len, f.truncate == "last")
             values, lengths = _truncate(values, lengths, f.max_len, f.truncate == "last")
-    else:
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        lengths = valid.astype(np.int64)
-        values = col.filter(pa.array(valid)) if not valid.all() else col
-        w = None
-        if weights is not None:
-            w = weights.filter(pa.array(valid)) if not valid.all() else weights
+    elif col.null_count == 0:
+        lengths, values, w = np.ones(len(col), np.int64), col, weights
+    else:  # a null scalar is "no id"
+        valid = col.is_valid()
+        lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = col.filter(valid)
+        w = weights.filter(valid) if weights is not None else None
     if f.dtype == "string":
         ids = hash_strings(values, salt=f.table_name)
     else:
-        ids = _writable(values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        # may be a read-only view of Arrow memory: batches concatenate it into new arrays
+        ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     wv = None if w is None else _floats(w, 1.0)
     return ids, lengths, wv
 
@@ -169,7 +175,7 @@ class Columns:
     labels: dict[str, np.ndarray]
     text: dict[str, np.ndarray]
     extras: dict[str, np.ndarray]
-    offsets: list[np.ndarray] | None = None  # per key, cumsum of lengths (built on first slice)
+    offsets: list[np.ndarray | None] | None = None  # per key, cumsum of lengths (lazy)
 
     @property
     def num_rows(self) -> int:
@@ -177,10 +183,14 @@ class Columns:
 
     def slice(self, a: int, b: int) -> Columns:
         if self.offsets is None:
-            self.offsets = [np.concatenate(([0], np.cumsum(n))) for _, n, _ in self.ids]
+            # one id per row (a scalar column without nulls): row i's id is at i, no cumsum
+            self.offsets = [
+                None if len(v) == len(n) and (n == 1).all() else np.concatenate(([0], n.cumsum()))
+                for v, n, _ in self.ids
+            ]
         ids = []
         for (v, n, w), off in zip(self.ids, self.offsets):
-            lo, hi = int(off[a]), int(off[b])
+            lo, hi = (a, b) if off is None else (int(off[a]), int(off[b]))
             ids.append((v[lo:hi], n[a:b], None if w is None else w[lo:hi]))
 
         def cut(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
