@@ -94,7 +94,7 @@ def _truncate(
 
 
 def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """int64 ids ``[sum(L)]``, lengths ``[B]``, float32 weights ``[sum(L)]`` or None."""
+    """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
     col = _array(table, f.source)
     weights = _array(table, f.weight_column) if f.weight_column else None
     if pa.types.is_null(col.type):
@@ -115,7 +115,7 @@ def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.
                 w, _ = _truncate(w, lengths, f.max_len, f.truncate == "last")
             values, lengths = _truncate(values, lengths, f.max_len, f.truncate == "last")
     elif col.null_count == 0:
-        lengths, values, w = np.ones(len(col), np.int64), col, weights
+        lengths, values, w = None, col, weights  # one id per row
     else:  # a null scalar is "no id"
         valid = col.is_valid()
         lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -159,17 +159,22 @@ def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
     return out
 
 
+def _lengths(n: np.ndarray | None, rows: int) -> np.ndarray:
+    return np.ones(rows, np.int64) if n is None else n
+
+
 @dataclass
 class Columns:
     """Converted rows as numpy arrays, cheap to slice and concatenate into batches.
 
     Readers convert a whole shuffle chunk at once (per-column overhead paid once
     per chunk, not per batch) and cut batches from it with :meth:`slice`.
-    ``ids[k]`` is ``(values [sum L], lengths [B], weights [sum L] or None)``.
+    ``ids[k]`` is ``(values [sum L], lengths [B], weights [sum L] or None)``; lengths
+    None means one id per row (a scalar column without nulls: no lengths to cut or sum).
     """
 
     keys: list[str]
-    ids: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    ids: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
     weighted: bool
     dense: np.ndarray
     labels: dict[str, np.ndarray]
@@ -183,15 +188,13 @@ class Columns:
 
     def slice(self, a: int, b: int) -> Columns:
         if self.offsets is None:
-            # one id per row (a scalar column without nulls): row i's id is at i, no cumsum
             self.offsets = [
-                None if len(v) == len(n) and (n == 1).all() else np.concatenate(([0], n.cumsum()))
-                for v, n, _ in self.ids
+                None if n is None else np.concatenate(([0], n.cumsum())) for _, n, _ in self.ids
             ]
         ids = []
         for (v, n, w), off in zip(self.ids, self.offsets):
             lo, hi = (a, b) if off is None else (int(off[a]), int(off[b]))
-            ids.append((v[lo:hi], n[a:b], None if w is None else w[lo:hi]))
+            ids.append((v[lo:hi], None if n is None else n[a:b], None if w is None else w[lo:hi]))
 
         def cut(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {k: x[a:b] for k, x in d.items()}
@@ -215,7 +218,10 @@ class Columns:
         for k in range(len(first.keys)):
             vs = [p.ids[k] for p in parts]
             w = None if vs[0][2] is None else np.concatenate([x[2] for x in vs])
-            ids.append((np.concatenate([x[0] for x in vs]), np.concatenate([x[1] for x in vs]), w))
+            n = None
+            if any(x[1] is not None for x in vs):
+                n = np.concatenate([_lengths(x[1], len(x[0])) for x in vs])
+            ids.append((np.concatenate([x[0] for x in vs]), n, w))
 
         def cat(name: str) -> dict[str, np.ndarray]:
             return {
@@ -247,7 +253,9 @@ class Columns:
             keys=list(self.keys),
             values=torch.from_numpy(np.concatenate(values) if values else empty),
             lengths=torch.from_numpy(
-                np.concatenate([n for _, n, _ in self.ids]) if values else empty
+                np.concatenate([_lengths(n, self.num_rows) for _, n, _ in self.ids])
+                if values
+                else empty
             ),
             weights=torch.from_numpy(np.concatenate(weights)) if self.weighted else None,
             stride=self.num_rows,

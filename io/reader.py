@@ -295,7 +295,10 @@ class Reader:
         s = dict(self._state)
         epoch, skipped = s["epoch"], s["skipped"]
         carry: Columns | None = None
-        for c, table, files, rows in self._chunks(epoch, s["chunk"]):
+        chunks = self._chunks(epoch, s["chunk"])
+        if self.prefetch > 0:  # decode the next chunk (Arrow, GIL released) while converting
+            chunks = background(chunks, 1, "recis-io-read")
+        for c, table, files, rows in chunks:
             n = table.num_rows
             perm = (
                 np.random.default_rng([self.seed, epoch, self.shard, c]).permutation(n)
@@ -360,7 +363,9 @@ class Reader:
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch (the rest of it after a resume or an interrupted iteration)."""
-        items = self._produce() if self.prefetch <= 0 else self._prefetched()
+        items = self._produce()
+        if self.prefetch > 0:
+            items = background(items, self.prefetch, "recis-io-prefetch")
         for batch, state in items:
             # the position moves only when the consumer receives the batch
             with self._lock:
@@ -368,43 +373,57 @@ class Reader:
             if batch is not None:
                 yield batch
 
-    def _prefetched(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
-        """``_produce`` run ``prefetch`` items ahead in a background thread."""
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        end = object()
 
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+def background(items: Iterator[Any], depth: int, name: str) -> Iterator[Any]:
+    """Run ``items`` in a daemon thread, ``depth`` items ahead of the consumer.
 
-        def work() -> None:
+    Exceptions are raised in the consumer; closing the returned generator (a
+    ``break`` in the consumer) stops the thread at its next item.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
             try:
-                for item in self._produce():
-                    if not put(item):
-                        return
-                put(end)
-            except BaseException as err:  # handed to the consumer, raised there
-                put(err)
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        thread = threading.Thread(target=work, name="recis-io-prefetch", daemon=True)
-        thread.start()
+    def work() -> None:
         try:
-            while True:
-                item = q.get()
-                if item is end:
+            for item in items:
+                if not put(item):
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            put(end)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(_Raised(err))
         finally:
-            stop.set()
-            thread.join(timeout=5)
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, _Raised):
+                raise item.err
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _Raised:
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
 
 
 class ParquetReader(Reader):
