@@ -34,7 +34,9 @@ def _writable(x: np.ndarray) -> np.ndarray:
     return x if x.flags.writeable else x.copy()
 
 
-def _floats(arr: pa.Array, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+def _floats(
+    arr: pa.Array | pa.ChunkedArray, fill: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """float32 values with nulls and NaNs replaced by ``fill`` (written into ``out`` if given)."""
     if out is None:
         out = np.empty(len(arr), dtype=np.float32)
@@ -54,16 +56,17 @@ def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
     buf = np.empty((sum(f.dim for f in feats), n), dtype=np.float32)
     j = 0
     for f in feats:
-        col = _array(table, f.source)
+        col = table.column(f.source)
         v = buf[j : j + f.dim]
         if is_list(col.type):
+            col = _array(table, f.source)
             lengths = list_lengths(col)
             v[:] = f.fill
             full = lengths == f.dim  # empty / null rows keep the fill value
             flat = _floats(col.flatten(), f.fill)
             v[:, full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim).T
         else:
-            _floats(col, f.fill, out=v[0])
+            _floats(col, f.fill, out=v[0])  # from the chunked column: no Arrow concat first
         if f.transform == "log":
             np.log1p(np.maximum(v, 0.0, out=v), out=v)
         elif f.transform == "standardize":
@@ -95,8 +98,10 @@ def _truncate(
 
 def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
-    col = _array(table, f.source)
+    col = table.column(f.source)
     weights = _array(table, f.weight_column) if f.weight_column else None
+    if is_list(col.type) or col.null_count:
+        col = _array(table, f.source)  # one Arrow array for the list/null handling below
     if pa.types.is_null(col.type):
         n = len(col)
         return np.zeros(0, np.int64), np.zeros(n, np.int64), np.zeros(0, np.float32)
@@ -287,7 +292,7 @@ def convert_columns(table: pa.Table | pa.RecordBatch, schema: Schema) -> Columns
         ids=ids,
         weighted=weighted,
         dense=_dense(table, schema.dense),
-        labels={s.name: _floats(_array(table, s.source), np.nan) for s in schema.labels},
+        labels={s.name: _floats(table.column(s.source), np.nan) for s in schema.labels},
         text=_text(table, schema.text),
         extras={
             c: _writable(_array(table, c).to_numpy(zero_copy_only=False)) for c in schema.extras
