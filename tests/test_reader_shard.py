@@ -236,3 +236,21 @@ def test_resume_orc_and_csv(tmp_path, fmt):
     again = Reader(tmp_path, SCHEMA, 8, **kw)
     again.load_state_dict(state)
     assert head + rids(again) == full
+
+
+def test_break_stops_the_background_threads_and_errors_reach_the_consumer(uneven, tmp_path):
+    import threading
+
+    from recis.errors import DataError
+
+    path, _ = uneven
+    r = Reader(path, SCHEMA, 8, prefetch=2)
+    for i, _batch in enumerate(r):
+        if i == 2:
+            break
+    assert not [t for t in threading.enumerate() if t.name.startswith("recis-io")]
+    assert r.state_dict()["rows_in_epoch"] == 24  # three batches delivered, not the prefetched
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"rid": [0, 1], "x": [1.0, 2.0], "ids": [1, 2], "y": [0.0, None]}), bad)
+    with pytest.raises(DataError, match="row 1: null or NaN label"):
+        list(Reader([path, str(bad)], SCHEMA, 8, prefetch=2))
