@@ -275,10 +275,32 @@ class Reader:
         if parts:
             yield chunk, *self._join(parts)
 
-    @staticmethod
-    def _join(parts: list) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-        table = pa.concat_tables([p[0] for p in parts], promote_options="permissive")
+    def _join(self, parts: list) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        try:
+            table = pa.concat_tables([p[0] for p in parts], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            self._raise_type_clash(parts)
         return table, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    def _raise_type_clash(self, parts: list) -> None:
+        """Two files give one column types that cannot be unified (e.g. int64 and list<int64>)."""
+        first, first_file = parts[0][0].schema, self.files[parts[0][1][0]]
+        for t, f, _ in parts[1:]:
+            for name in first.names:
+                a, b = first.field(name).type, t.schema.field(name).type
+                if a != b:
+                    try:
+                        pa.unify_schemas(
+                            [pa.schema([(name, a)]), pa.schema([(name, b)])],
+                            promote_options="permissive",
+                        )
+                    except (pa.ArrowTypeError, pa.ArrowInvalid):
+                        raise DataError(
+                            f"type {b} does not match {a} in {first_file}",
+                            path=self.files[f[0]],
+                            column=name,
+                        ) from None
+        raise DataError("files have incompatible schemas", path=first_file)
 
     def _raise_bad(self, reason: str, fidx: int, row: int) -> None:
         column, what = reason.split(": ", 1)

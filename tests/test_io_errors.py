@@ -153,3 +153,10 @@ def test_csv_bad_lines_skipped_to_quarantine(tmp_path):
     assert b.sparse["ids"].values().tolist() == [1, 3]
     (line,) = [json.loads(x) for x in q.read_text().splitlines()]
     assert line["text"] == "2.0,2" and line["file"].endswith("a.csv")
+
+
+def test_files_that_disagree_on_a_column_type(tmp_path):
+    _write(tmp_path / "a.parquet")
+    _write(tmp_path / "b.parquet", ids=pa.array([[i] for i in range(40)], pa.list_(pa.int64())))
+    with pytest.raises(DataError, match=r"b\.parquet, column 'ids': type list<.*int64> does not"):
+        _read(tmp_path)

@@ -251,6 +251,7 @@ def test_break_stops_the_background_threads_and_errors_reach_the_consumer(uneven
     assert not [t for t in threading.enumerate() if t.name.startswith("recis-io")]
     assert r.state_dict()["rows_in_epoch"] == 24  # three batches delivered, not the prefetched
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.table({"rid": [0, 1], "x": [1.0, 2.0], "ids": [1, 2], "y": [0.0, None]}), bad)
+    ids = pa.array([[1], [2]], pa.list_(pa.int64()))
+    pq.write_table(pa.table({"rid": [0, 1], "x": [1.0, 2.0], "ids": ids, "y": [0.0, None]}), bad)
     with pytest.raises(DataError, match="row 1: null or NaN label"):
         list(Reader([path, str(bad)], SCHEMA, 8, prefetch=2))
