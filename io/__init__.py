@@ -4,6 +4,7 @@ from .batch import Batch
 from .convert import to_batch
 from .reader import ParquetReader, resolve_paths
 from .synthetic import SyntheticInfo, generate_ctr, load_info
+from .synthetic_multitask import MultiTaskInfo, generate_ctr_cvr  # noqa: F401
 
 __all__ = [
     "Batch",

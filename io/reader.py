@@ -75,6 +75,20 @@ class ParquetReader:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self._batch = 0  # batches yielded so far in this epoch
+        self._skip = 0  # batches to skip on the next iteration (resume)
+
+    def state_dict(self) -> dict[str, int]:
+        """Reading position: epoch and batches already yielded in it."""
+        return {"epoch": self.epoch, "batch": self._batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at ``state``: the next iteration skips the batches already read.
+
+        Exact because the shuffle order depends only on ``seed`` and the epoch.
+        """
+        self.epoch = int(state["epoch"])
+        self._skip = int(state["batch"])
 
     def _read(self, path: str) -> pa.Table:
         try:
@@ -92,13 +106,29 @@ class ParquetReader:
         files = list(self.files)
         if self.shuffle:
             files = [files[i] for i in rng.permutation(len(files))]
+        skip, self._skip, self._batch = self._skip, 0, 0
         for path in files:
+            if skip:
+                rows = pq.ParquetFile(path).metadata.num_rows
+                n = -(-rows // self.batch_size)
+                if skip >= n:  # skip the whole file, keeping the shuffle stream in step
+                    if self.shuffle:
+                        rng.permutation(rows)
+                    skip -= n
+                    self._batch += n
+                    continue
             table = self._read(path)
             order = rng.permutation(table.num_rows) if self.shuffle else None
             for start in range(0, table.num_rows, self.batch_size):
+                if skip:
+                    skip -= 1
+                    self._batch += 1
+                    continue
+                self._batch += 1
                 if order is not None:
                     rb = table.take(pa.array(order[start : start + self.batch_size]))
                 else:
                     rb = table.slice(start, self.batch_size)
                 yield to_batch(rb.combine_chunks().to_batches()[0], self.schema, path, start)
         self.epoch += 1
+        self._batch = 0
