@@ -121,13 +121,16 @@ class PriorityConfig:
 
     ``stage_steps``: optimizer steps each priority level trains before the next
     level joins (its losses then set the reference levels). ``multiplier_lr``:
-    dual ascent rate on the relative violation. ``ema``: smoothing of the
-    tracked per-task losses the constraints read.
+    dual ascent rate on the relative violation. ``damping``: weight of the
+    current violation added to the multiplier in the primal step (Platt and
+    Barr's damping). ``ema``: smoothing of the tracked per-task losses the
+    constraints read.
     """
 
     stage_steps: int = Field(default=200, ge=0)
     multiplier_lr: float = Field(default=0.5, gt=0)
-    ema: float = Field(default=0.98, ge=0, lt=1)
+    damping: float = Field(default=10.0, ge=0)
+    ema: float = Field(default=0.95, ge=0, lt=1)
 
 
 @dataclass(config=STRICT)

@@ -20,7 +20,9 @@ Lagrangian
 
     L = sum_{active k} L_k + sum_{constrained j} lambda_j (L_j - eps_j)
 
-and after each optimizer step the multipliers move by projected gradient
+(with Platt and Barr's damping, the multiplier the primal step sees is
+``max(0, lambda_j + damping * (L_j / eps_j - 1))`` on the current batch,
+which keeps the multiplier dynamics from oscillating), and after each optimizer step the multipliers move by projected gradient
 ascent on the relative violation:
 
     lambda_j <- max(0, lambda_j + multiplier_lr * (ema_j / eps_j - 1)),
@@ -119,13 +121,18 @@ class PriorityObjective:
     def __call__(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The Lagrangian's task-dependent part (constants ``-lambda eps`` add no gradient)."""
         top = self.active_level()
+        live = set(self.constrained())
         total = None
         for t, v in losses.items():
             if t not in self.tasks:
                 raise ConfigError(f"train.tasks: model output {t!r} is not a listed task")
             if self._level(t) > top:
                 continue  # its stage has not started
-            coef = 1.0 + (self.lam.get(t, 0.0) if t in self.ref else 0.0)
+            coef = 1.0
+            if t in live:
+                # damped multiplier (Platt & Barr): lambda + damping * current relative violation
+                g = float(v.detach()) / self.eps(t) - 1.0
+                coef += max(0.0, self.lam[t] + self.config.damping * g)
             total = coef * v if total is None else total + coef * v
         assert total is not None
         return total
