@@ -88,7 +88,7 @@ class ParquetReader:
         Exact because the shuffle order depends only on ``seed`` and the epoch.
         """
         self.epoch = int(state["epoch"])
-        self._skip = int(state["batch"])
+        self._skip = self._batch = int(state["batch"])
 
     def _read(self, path: str) -> pa.Table:
         try:
