@@ -1,6 +1,6 @@
 """Priority objective vs a 5-point grid of weighted sums, on the two-task synthetic data.
 
-    .venv/bin/python benchmarks/multitask.py [--rows 200000] [--epochs 2] [--threads 2]
+    .venv/bin/python benchmarks/multitask.py [--rows 200000] [--epochs 2] [--threads 1]
 
 Runs examples/multitask_synthetic.yaml (DLRM with a one-unit shared layer,
 click priority 0 with tolerance 5%, conversion priority 1) in one process:
@@ -99,7 +99,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-dir", default="runs/bench_multitask")
     p.add_argument("--data", default="data/synthetic_ctr_cvr")
     p.add_argument("--plot", help="write the AUC trade-off PNG here")

@@ -35,6 +35,11 @@ from .runlog import RunLogger
 from .state import rng_state, set_rng_state
 
 
+def _is_rank0() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class Trainer:
     """Trains a model whose ``forward(batch)`` returns ``{task: logits [B]}``.
 
@@ -177,15 +182,18 @@ class Trainer:
         ("sigterm" or "early_stopping") when training ended early.
         """
         cfg = self.config
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and _is_rank0():
             self.checkpoints.clean_partial()
         handler = None
         if threading.current_thread() is threading.main_thread():
             handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         for cb in self.callbacks:
             cb.on_train_start(self)
+        total = cfg.max_steps
+        if total is None and hasattr(self.train_data, "__len__"):  # batches per epoch known
+            total = cfg.epochs * len(self.train_data) // cfg.grad_accum  # type: ignore[arg-type]
         bar = tqdm(
-            total=cfg.max_steps,
+            total=total,
             initial=self.step,
             disable=not cfg.progress,
             unit="step",
@@ -213,7 +221,11 @@ class Trainer:
                     self._log(record, tensorboard=self.step % cfg.log_every == 0)
                     for cb in self.callbacks:
                         cb.on_step_end(self, record)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_data:
+                    if (
+                        cfg.eval_every
+                        and self.step % cfg.eval_every == 0
+                        and self.eval_data is not None
+                    ):
                         result, evaluated_at = self.evaluate(), self.step
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
@@ -334,7 +346,7 @@ class Trainer:
         """Write a checkpoint (``step-N``, or ``name``) under run_dir/checkpoints; rank 0 only."""
         if self.checkpoints is None or (name is None and self._last_saved == self.step):
             return None
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if not _is_rank0():
             return None
         meta = {"step": self.step, "epoch": self.epoch, "time": time.time()}
         if name is None:
