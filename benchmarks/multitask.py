@@ -53,7 +53,7 @@ def plot(grid: dict[float, dict], prio: dict, single: dict, bound: float, path: 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     xs = [g["conversion/auc"] for g in grid.values()]
     ys = [g["click/auc"] for g in grid.values()]
-    ax.plot(xs, ys, "o-", color="tab:gray", label="weighted sum grid (5 runs)")
+    ax.plot(xs, ys, "o", color="tab:gray", label="weighted sum grid (5 runs)")
     for w, x, y in zip(grid, xs, ys):
         ax.annotate(f"w_click={w}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.plot(
@@ -83,6 +83,8 @@ def run(cfg: Any, tasks: list[TaskConfig], objective: str, name: str) -> dict[st
         trainer.callbacks.append(_Lambda(lam))
     t0 = time.perf_counter()
     result = trainer.fit()
+    if result.get("stopped") == "sigterm":  # the trainer checkpointed and returned: stop here
+        sys.exit(143)
     seconds = time.perf_counter() - t0
     out = {k: v for k, v in result.items() if k.endswith(("/auc", "/logloss"))}
     out["seconds"] = round(seconds, 2)
@@ -140,6 +142,7 @@ def main() -> None:
         "grid_best_auc": {t: grid[best][f"{t}/auc"] for t in ("click", "conversion")},
         "grid_time_ratio": round(grid_time / prio["seconds"], 2),
         "grid_best_weight_click": best,
+        "single_click_auc": single["click/auc"],
         "click_logloss": {
             "single": single["click/logloss"],
             "bound": bound,

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             result = runner.train(cfg, resume=args.resume)
             _print_result(result)
             print(f"run directory: {cfg.run_dir}")
+            if result.get("stopped") == "sigterm":  # checkpointed; resume with --resume
+                return 143
         else:
             _print_result(runner.evaluate(cfg, args.checkpoint))
     except RecisError as err:

@@ -60,7 +60,7 @@ def normalized_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7)
     if rate <= 0.0 or rate >= 1.0:
         return float("nan")
     base = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
-    return logloss(probs, labels, eps) / base
+    return float(logloss(probs, labels, eps) / base)
 
 
 def calibration(probs: np.ndarray, labels: np.ndarray) -> float:
