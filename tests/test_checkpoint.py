@@ -18,8 +18,13 @@ from recis.train import CheckpointManager, latest_checkpoint, load_checkpoint
 # The child writes a 64 MiB checkpoint whose pickling also blocks on a slow object, so the
 # parent can kill it inside torch.save (state.pt open, unfinished), whatever the disk speed.
 _CHILD = r"""
-import sys, time, torch
-from recis.train import CheckpointManager
+import importlib.util, sys, time, torch
+
+# load checkpoint.py alone (not the recis.train package): the child starts in a second
+spec = importlib.util.spec_from_file_location("ckpt", sys.argv[2])
+ckpt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ckpt)
+CheckpointManager = ckpt.CheckpointManager
 
 class Slow:
     def __reduce__(self):
@@ -35,7 +40,9 @@ def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoints"
     mgr = CheckpointManager(ckpt, keep_last=3)
     first = mgr.save(1, {"w": torch.arange(10.0), "step": 1}, {"step": 1})
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(ckpt)])
+    import recis.train.checkpoint as module
+
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(ckpt), module.__file__])
     try:
         deadline = time.monotonic() + 120
         tmp = None
