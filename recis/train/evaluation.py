@@ -65,7 +65,13 @@ def predict(
             if t.group_column is not None:
                 ids = group_ids(batch, t.group_column)
                 d.setdefault("group", []).append(metrics.torch_to_numpy(ids))
-    return {t: {k: np.concatenate(v) for k, v in d.items()} for t, d in out.items()}
+    for t in tasks:  # a rank with no eval rows still joins the all-gather with empty arrays
+        for key in ("pred", "label", *(("group",) if t.group_column else ())):
+            out[t.name].setdefault(key, [])
+    return {
+        t: {k: np.concatenate(v) if v else np.empty(0) for k, v in d.items()}
+        for t, d in out.items()
+    }
 
 
 def task_metrics(task: TaskConfig, arrays: dict[str, np.ndarray]) -> dict[str, float]:
