@@ -161,3 +161,18 @@ def test_priority_keeps_the_high_priority_task_within_tolerance(two_task) -> Non
             assert s < 0  # rises only while violated
         elif cur < prev:
             assert s > 0  # falls only with slack
+
+
+def test_three_levels_join_in_stages() -> None:
+    tasks = [TaskConfig("a", priority=0), TaskConfig("b", priority=1), TaskConfig("c", priority=5)]
+    obj = PriorityObjective(tasks, PriorityConfig(stage_steps=2, ema=0.0))
+    seen = []
+    for step in range(6):
+        xs = {t: _t(1.0) for t in "abc"}
+        obj(xs).backward()
+        seen.append("".join(t for t in "abc" if xs[t].grad is not None))
+        obj.update({"a": 1.0 - step / 10, "b": 2.0, "c": 3.0})
+    assert seen == ["a", "a", "ab", "ab", "abc", "abc"]
+    assert set(obj.lam) == {"a", "b"}  # the lowest level has no multiplier
+    # a's reference ratchets down with its tracked loss; b's is set when c joins
+    assert obj.ref["a"] == pytest.approx(0.5) and obj.ref["b"] == 2.0
