@@ -11,6 +11,8 @@ applied to the raw mapping before validation, so they are checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -192,18 +194,48 @@ class RunConfig:
     threads: int | None = Field(default=None, gt=0)
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``dotted.path: message``."""
+def _known_fields(cls: type | None, loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (to suggest a fix for a typo)."""
+    node: Any = cls
+    for part in loc[:-1]:
+        if isinstance(part, int) or node is None:
+            continue  # list index: the item type was already unwrapped
+        try:
+            hints = typing.get_type_hints(node)
+        except Exception:
+            return []
+        node = _unwrap(hints.get(part, hints.get(f"{part}_")))
+    return [n.rstrip("_") for n in getattr(node, "__dataclass_fields__", {})]
+
+
+def _unwrap(tp: Any) -> Any:
+    """The dataclass inside ``X | None`` / ``list[X]`` annotations, if any."""
+    if isinstance(tp, str):
+        return None
+    if hasattr(tp, "__dataclass_fields__"):
+        return tp
+    for arg in getattr(tp, "__args__", ()):
+        found = _unwrap(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", cls: type | None = None) -> str:
+    """One clause per problem, ``dotted.path: message``, joined by ``; ``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "schema_") or "<root>"
-        loc = loc.replace("schema_", "schema")
+        parts = [p for p in e["loc"] if p not in ("function-after", "function-wrap")]
+        loc_str = ".".join(str(p).rstrip("_") for p in parts) or "<root>"
         if prefix:
-            loc = f"{prefix}.{loc}"
+            loc_str = f"{prefix}.{loc_str}" if parts else prefix
         kind = e["type"]
-        if kind == "extra_forbidden":
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown field"
-        elif kind == "missing":
+            close = difflib.get_close_matches(str(parts[-1]), _known_fields(cls, tuple(parts)), n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif kind in ("missing", "missing_argument"):
             msg = "field required"
         elif "input" in e and kind.endswith(("_type", "_parsing")):
             expected = kind.split("_")[0]
@@ -212,7 +244,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             msg = e["msg"]
             if "input" in e and not isinstance(e["input"], dict | list):
                 msg = f"{msg}, got {e['input']!r}"
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc_str}: {msg}")
     return "; ".join(lines)
 
 
@@ -221,7 +253,7 @@ def validate(cls: type[T], raw: Any, prefix: str = "") -> T:
     try:
         return TypeAdapter(cls).validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix)) from None
+        raise ConfigError(format_validation_error(err, prefix, cls)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -240,18 +272,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides in place; a numeric part indexes a list (``tables.0.dim=8``)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None:
-                nxt = {}
-                node[part] = nxt
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is not a mapping")
-            node = nxt
-        node[parts[-1]] = value
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {where}: no list index {part!r}")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+                if not last and node.get(key) is None:
+                    node[key] = {}
+            else:
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[:i])} is not a mapping")
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
     return raw
 
 
