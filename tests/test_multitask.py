@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from recis.io import ParquetReader, generate_ctr_cvr
 from torch import nn
 
 from recis.config import OptimizerConfig, PriorityConfig, TaskConfig, TrainConfig
 from recis.errors import ConfigError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import ParquetReader, generate_ctr_cvr
 from recis.optim import PriorityObjective, WeightedSumObjective
 from recis.train import Trainer
 

@@ -7,9 +7,6 @@ import signal
 
 import pytest
 import torch
-from recis.io import ParquetReader
-from recis.io.synthetic import dense_names, sparse_names
-from recis.models import DLRM, DLRMConfig
 
 from recis.config import (
     EarlyStoppingConfig,
@@ -21,6 +18,9 @@ from recis.config import (
     TrainConfig,
 )
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import ParquetReader
+from recis.io.synthetic import dense_names, sparse_names
+from recis.models import DLRM, DLRMConfig
 from recis.optim import lr_factor
 from recis.train import Callback, EarlyStopping, Trainer, latest_checkpoint
 

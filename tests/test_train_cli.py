@@ -43,7 +43,9 @@ def test_train_resume_plot(tmp_path: Path, capsys) -> None:
     result = json.loads((run / "eval.json").read_text())
     assert {"click/auc", "click/gauc", "conversion/auc", "click/oracle_auc"} <= result.keys()
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["step-00000010", "step-00000020"]
+    assert names == ["final", "step-00000010", "step-00000020"]
+    final = run / "checkpoints" / "final" / "state.pt"
+    assert final.stat().st_ino == (run / "checkpoints" / "step-00000020" / "state.pt").stat().st_ino
     state, _ = load_checkpoint(run / "checkpoints" / "step-00000020")
     assert {"model", "optimizers", "objective", "data", "rng", "scheduler"} <= state.keys()
     assert "lambda" in state["objective"] and state["step"] == 20
@@ -56,6 +58,8 @@ def test_train_resume_plot(tmp_path: Path, capsys) -> None:
     assert [r["step"] for r in records if r["split"] == "eval"] == [10, 20, 30]
     assert any(p.name.startswith("events.") for p in (run / "tb").iterdir())
 
+    assert load_checkpoint(run / "checkpoints" / "final")[0]["step"] == 30
+    assert main(["eval", config, *args, "--checkpoint", str(run / "checkpoints" / "final")]) == 0
     assert main(["plot", str(run)]) == 0
     for name in ("loss.png", "multipliers.png", "eval_click.png", "eval_conversion.png"):
         png = run / "plots" / name

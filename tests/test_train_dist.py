@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from recis.io.batch import Batch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import TaskConfig, TrainConfig
+from recis.io.batch import Batch
 from recis.train import Trainer
 
 

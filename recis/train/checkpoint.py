@@ -121,6 +121,34 @@ class CheckpointManager:
         return path
 
 
+def link_checkpoint(source: Path, name: str) -> Path:
+    """Make ``source.parent / name`` a copy of checkpoint ``source`` made of hard links.
+
+    Costs no disk space; built under a temporary name and renamed like any
+    checkpoint (``final`` is kept this way beside the numbered ones).
+    """
+    path = source.parent / name
+    tmp = source.parent / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for f in source.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:  # file system without hard links
+            shutil.copy2(f, tmp / f.name)
+    _fsync_dir(tmp)
+    old = None
+    if path.exists():
+        old = source.parent / f".old-{name}-{os.getpid()}"
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old)
+    return path
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest complete checkpoint of a run directory, or :class:`CheckpointError`."""
     path = CheckpointManager(Path(run_dir) / "checkpoints").latest()

@@ -30,7 +30,7 @@ from recis.optim import (
 
 from . import evaluation
 from .callbacks import Callback, EarlyStopping, as_callbacks
-from .checkpoint import CheckpointManager, load_checkpoint
+from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint
 from .runlog import RunLogger
 from .state import rng_state, set_rng_state
 
@@ -240,6 +240,9 @@ class Trainer:
                 if self.eval_data is not None and evaluated_at != self.step:
                     result = self.evaluate()
                 self.save()
+                latest = self.checkpoints.latest() if self.checkpoints is not None else None
+                if latest is not None and _is_rank0():  # checkpoints/final: the end state
+                    link_checkpoint(latest, "final")
                 if self.should_stop:
                     result = {**result, "stopped": "early_stopping"}
         finally:
