@@ -7,6 +7,7 @@ from .loader import Loader, ShardDataset
 from .reader import ParquetReader, Reader
 from .sources import CRITEO_COLUMNS, CsvOptions, resolve_paths
 from .synthetic import SyntheticInfo, generate_ctr, load_info
+from .synthetic_multitask import MultiTaskInfo, generate_ctr_cvr  # noqa: F401
 
 __all__ = [
     "CRITEO_COLUMNS",

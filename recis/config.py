@@ -32,7 +32,8 @@ T = TypeVar("T")
 class SyntheticConfig:
     """Built-in synthetic data: generated into ``DataConfig.path`` when absent."""
 
-    kind: Literal["ctr"] = "ctr"
+    # ctr: recis.io.generate_ctr; ctr_cvr: the two-task recis.io.generate_ctr_cvr
+    kind: Literal["ctr", "ctr_cvr"] = "ctr"
     num_train: int = Field(default=200_000, gt=0)
     num_eval: int = Field(default=50_000, gt=0)
     files: int = Field(default=4, gt=0)
@@ -124,13 +125,86 @@ class SparseOptimizerConfig:
 
 
 @dataclass(config=STRICT)
+class TaskConfig:
+    """One training task: which loss, and how it ranks against the others.
+
+    ``priority`` 0 is the most important; larger numbers are less important.
+    ``tolerance`` is how far (relative) the task's loss may rise above its
+    reference level while lower-priority tasks train (objective ``priority``).
+    ``weight`` is used only by objective ``weighted_sum``. ``group_column``
+    names the GAUC grouping column (``batch.extras[...]``, or a single-valued
+    sparse feature of that name).
+    """
+
+    name: str
+    loss: Literal["bce", "mse"] = "bce"
+    priority: int = Field(default=0, ge=0)
+    tolerance: float = Field(default=0.05, ge=0)
+    weight: float = Field(default=1.0, ge=0)
+    group_column: str | None = None
+
+
+@dataclass(config=STRICT)
+class PriorityConfig:
+    """Options of the Lagrangian priority objective (see docs/multitask.md).
+
+    ``stage_steps``: optimizer steps each priority level trains before the next
+    level joins (its losses then set the reference levels). ``multiplier_lr``:
+    dual ascent rate on the relative violation. ``damping``: weight of the
+    current violation added to the multiplier in the primal step (Platt and
+    Barr's damping). ``ema``: smoothing of the tracked per-task losses the
+    constraints read.
+    """
+
+    stage_steps: int = Field(default=200, ge=0)
+    multiplier_lr: float = Field(default=0.5, gt=0)
+    damping: float = Field(default=10.0, ge=0)
+    ema: float = Field(default=0.95, ge=0, lt=1)
+
+
+@dataclass(config=STRICT)
+class ScheduleConfig:
+    """Dense learning-rate schedule: linear warmup, then constant, cosine or linear decay."""
+
+    name: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    total_steps: int | None = Field(default=None, gt=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+@dataclass(config=STRICT)
+class EarlyStoppingConfig:
+    """Stop when eval ``metric`` (e.g. ``click/auc``) has not improved for ``patience`` evals."""
+
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(default=3, gt=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+@dataclass(config=STRICT)
 class TrainConfig:
+    """Training options. ``tasks`` empty: every model output is a BCE task of weight 1."""
+
     epochs: int = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     dense_optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     sparse_optimizer: SparseOptimizerConfig = Field(default_factory=SparseOptimizerConfig)
     log_every: int = Field(default=50, gt=0)
     progress: bool = True
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    objective: Literal["weighted_sum", "priority"] = "weighted_sum"
+    priority: PriorityConfig = Field(default_factory=PriorityConfig)
+    eval_every: int | None = Field(default=None, gt=0)
+    eval_batches: int | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    keep_last: int = Field(default=3, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    clip: float | None = Field(default=None, gt=0)
+    bf16: bool = False
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    tensorboard: bool = True
 
 
 @dataclass(config=STRICT)
