@@ -64,18 +64,6 @@ class WeightedSumObjective:
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = dict(weights or {})
 
-    def violation(self, task: str, loss: float) -> float:
-        """``(loss - eps) / (band * ref)``: the violation in units of the tolerance band.
-
-        ``band = max(tolerance, MIN_BAND)``. Measured this way a loss halfway
-        through the band above ``eps`` reads 0.5 whatever the task's loss scale
-        or tolerance, so one ``multiplier_lr`` / ``damping`` reacts within tens
-        of steps for 1% and 10% tolerances alike (dividing by ``eps`` alone made
-        a 1%-of-the-loss violation move the multiplier by 1% of the rate).
-        """
-        band = max(self.tasks[task].tolerance, MIN_BAND) * self.ref[task]
-        return (loss - self.eps(task)) / band
-
     def __call__(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights.get(t, 1.0) * v for t, v in losses.items())  # type: ignore[return-value]
 
