@@ -34,14 +34,14 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: build DLRM, shard it, train on synthetic batches, rank 0 reports samples/s."""
     import torch
     import torch.distributed as dist
-    from recis.io.batch import Batch
-    from recis.models.dlrm import DLRM, DLRMConfig
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from recis.config import SparseOptimizerConfig, TableConfig, TrainConfig
     from recis.distributed import init_distributed, shard_model, shutdown
     from recis.distributed.trainer import DistributedTrainer
     from recis.features import Schema
+    from recis.io.batch import Batch
+    from recis.models.dlrm import DLRM, DLRMConfig
 
     torch.set_num_threads(1)
     ctx = init_distributed(args.launcher, "cpu", "gloo")

@@ -1,7 +1,8 @@
 """The ``recis`` command line.
 
-recis train CONFIG.yaml [--set a.b=value ...]
+recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
+recis plot RUN_DIR
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = add("train", "train a model from a YAML config")
     tr.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint (writes into RUN_DIR)",
+    )
+    tr.add_argument(
         "--launcher",
         choices=["auto", "none", "torchrun", "horovod"],
         default=None,
@@ -43,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--checkpoint", required=True, help="checkpoint folder (run_dir/checkpoints/NAME)"
     )
+    pl = sub.add_parser(
+        "plot", help="write PNG curves of a run", description="write PNG curves of a run"
+    )
+    pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
     return p
 
 
@@ -64,6 +74,12 @@ def _launcher(cfg, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "plot":
+            from recis.train.plot import plot_run
+
+            for path in plot_run(args.run_dir):
+                print(path)
+            return 0
         from recis.config import load_config
         from recis.train import runner
 
@@ -76,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                 _print_result(result)
                 print(f"run directory: {cfg.run_dir}")
         elif args.command == "train":
-            result = runner.train(cfg)
+            result = runner.train(cfg, resume=args.resume)
             _print_result(result)
             print(f"run directory: {cfg.run_dir}")
+            if result.get("stopped") == "sigterm":  # checkpointed; resume with --resume
+                return 143
         else:
             _print_result(runner.evaluate(cfg, args.checkpoint))
     except RecisError as err:

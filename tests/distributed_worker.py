@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from recis.io.batch import Batch
-from recis.models.dlrm import DLRM, DLRMConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig, TrainConfig
@@ -31,6 +29,8 @@ from recis.distributed import init_distributed, shard_model, shutdown
 from recis.distributed.collectives import full_state_dict
 from recis.distributed.trainer import DistributedTrainer
 from recis.features import Schema
+from recis.io.batch import Batch
+from recis.models.dlrm import DLRM, DLRMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve()
@@ -268,12 +268,12 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
             "dense_optimizer": {"name": "adam", "lr": 0.01},
             "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
             "log_every": 2,
+            "checkpoint_every": 2,
             "progress": False,
         },
         "distributed": {
             "default_sharding": "row_wise",
             "sharding": {"C1": "table_wise", "C2": "column_wise"},
-            "checkpoint_every": 2,
         },
     }
     path = tmp / f"{name}.yaml"
@@ -283,10 +283,9 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
 
 def final_model(run_dir: Path, config: Path) -> torch.nn.Module:
     """The run's final checkpoint loaded into a plain, unsharded model."""
-    from recis.models import build_model
-
     from recis.config import load_config
     from recis.distributed import checkpoint as dcp_checkpoint
+    from recis.models import build_model
 
     cfg = load_config(config)
     model = build_model(cfg.model, cfg.data.schema_, "cpu")

@@ -125,9 +125,8 @@ def test_reshard_on_load_both_ways(torchrun_runs):
 
 def test_checkpoint_loads_into_unsharded_model(torchrun_runs):
     """A DCP checkpoint from 2 ranks loads into a plain model in a process with no group."""
-    from recis.models.dlrm import DLRM
-
     from recis.distributed import checkpoint as dcp_checkpoint
+    from recis.models.dlrm import DLRM
 
     model = DLRM(w.MODEL, w.SCHEMA, torch.device("cpu"))
     meta = dcp_checkpoint.load(torchrun_runs / "ck2", model)

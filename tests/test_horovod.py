@@ -60,7 +60,7 @@ def test_horovod_cli_trains(horovod_runs):
     tmp, outs = horovod_runs
     assert outs[1].count("evaluation:") == 1
     records = [json.loads(x) for x in (tmp / "cli" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 7))
     result = json.loads((tmp / "cli" / "eval.json").read_text())
     assert 0.0 < result["click/logloss"] < 1.0
     state = w.final_model(tmp / "cli", tmp / "cli.yaml").state_dict()

@@ -2,13 +2,14 @@
 
 Each rank reads its own share of the data (``data.batch_size`` rows per rank and step),
 holds its shards of the embedding tables, and steps in lockstep with the others.
-With ``distributed.checkpoint_every`` set, a sharded checkpoint is written every N
-steps and a restarted run (``torchrun --max-restarts``) resumes from the latest one.
+With ``train.checkpoint_every`` set, a sharded checkpoint is written every N steps and
+a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.io import ParquetReader
+from recis.io import reader_from_config
 from recis.io.batch import Batch
 from recis.models import build_model
 
@@ -26,41 +27,6 @@ from . import checkpoint as dcp_checkpoint
 from .context import DistContext, init_distributed, shutdown
 from .sharding import shard_model
 from .trainer import DistributedTrainer
-
-
-class RankShard:
-    """Batches ``rank, rank + W, rank + 2W, ...`` of a reader that every rank reads whole.
-
-    The stand-in for readers without ``rank``/``world_size`` arguments: correct (every
-    batch goes to exactly one rank, and ranks get equal counts but for the last group)
-    but each rank decodes all files.
-    """
-
-    def __init__(self, data: Iterable[Batch], rank: int, world_size: int) -> None:
-        self.data, self.rank, self.world_size = data, rank, world_size
-
-    def __iter__(self) -> Iterator[Batch]:
-        for i, batch in enumerate(self.data):
-            if i % self.world_size == self.rank:
-                yield batch
-
-
-def make_reader(paths: Any, cfg: RunConfig, batch_size: int, shuffle: bool, ctx: DistContext):
-    """This rank's reader over ``paths``."""
-    schema = cfg.data.schema_
-    try:  # readers that shard by rank themselves (file/row-group assignment)
-        return ParquetReader(
-            paths,
-            schema,
-            batch_size,
-            shuffle=shuffle,
-            seed=cfg.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
-    except TypeError:
-        reader = ParquetReader(paths, schema, batch_size, shuffle=shuffle, seed=cfg.seed)
-        return RankShard(reader, ctx.rank, ctx.world_size)
 
 
 class _SkipFirst:
@@ -88,12 +54,11 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     if ctx.is_distributed:
         dist.barrier()
     train_path, eval_path, _ = prepare_data(cfg)
-    train = make_reader(train_path, cfg, cfg.data.batch_size, cfg.data.shuffle, ctx)
+    shard = {"seed": cfg.seed, "rank": ctx.rank, "world_size": ctx.world_size}
+    train = reader_from_config(cfg.data, train_path, train=True, **shard)
     evals = None
     if eval_path is not None:
-        evals = make_reader(
-            eval_path, cfg, cfg.data.eval_batch_size or cfg.data.batch_size, False, ctx
-        )
+        evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
     model = build_model(cfg.model, cfg.data.schema_, ctx.device)
     d = cfg.distributed
     sharded = shard_model(
@@ -118,15 +83,13 @@ def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer = build(cfg, ctx)
-        every = cfg.distributed.checkpoint_every
-        if every:
-            _enable_periodic_checkpoints(trainer, every)
-            last = dcp_checkpoint.latest(run_dir / "checkpoints")
-            if last is not None:
-                trainer.load(last)
-                trainer.train_data = _SkipFirst(trainer.train_data, trainer.step)
-                if ctx.is_main:
-                    print(f"resumed from {last} at step {trainer.step}", flush=True)
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        last = dcp_checkpoint.latest(run_dir / "checkpoints") if restarts else None
+        if last is not None:  # restarted by torchrun --max-restarts: continue from there
+            trainer.load(last)
+            trainer.train_data = _SkipFirst(trainer.train_data, trainer.step)
+            if ctx.is_main:
+                print(f"resumed from {last} at step {trainer.step}", flush=True)
         result = trainer.fit()
     except BaseException:
         # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
@@ -138,16 +101,3 @@ def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
         return None
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _enable_periodic_checkpoints(trainer: DistributedTrainer, every: int) -> None:
-    """Save ``step-<N>`` every ``every`` steps (all ranks at the same step: it is collective)."""
-    step_once = trainer.train_step
-
-    def train_step(batch: Batch) -> dict[str, float]:
-        out = step_once(batch)
-        if trainer.step % every == 0:
-            trainer.save(f"step-{trainer.step}")
-        return out
-
-    trainer.train_step = train_step  # type: ignore[method-assign]

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torchrec.distributed.types import ShardedModule
@@ -28,11 +27,11 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recis.config import SparseOptimizerConfig, TrainConfig
 from recis.io.batch import Batch
+from recis.optim import build_schedule, dense_optimizer
 from recis.train import Trainer
-from recis.train.trainer import dense_optimizer
 
 from . import checkpoint as dcp_checkpoint
-from .collectives import even_batches, gather_arrays, mean_over_ranks
+from .collectives import even_batches, mean_over_ranks
 from .context import DistContext, import_horovod
 
 
@@ -45,6 +44,26 @@ class _EvenBatches:
     def __iter__(self) -> Iterator[Batch]:
         for batch, _ in even_batches(self.data):
             yield batch
+
+
+class _PaddedEval:
+    """Eval batches of this rank, with the padding steps run inside the iterator.
+
+    A sharded forward is a collective, so a rank that ran out of eval batches keeps
+    running the model on its last batch (output discarded) until every rank is done; the
+    consumer (the trainer's evaluation) only ever sees this rank's real batches.
+    """
+
+    def __init__(self, data: Iterable[Batch], model: nn.Module, device: torch.device) -> None:
+        self.data, self.model, self.device = data, model, device
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, real in even_batches(self.data, pad=True):
+            if real:
+                yield batch
+            else:
+                with torch.no_grad():
+                    self.model(batch.to(self.device))
 
 
 def _sgd_like(cfg: SparseOptimizerConfig) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
@@ -119,7 +138,7 @@ class DistributedTrainer(Trainer):
         config: TrainConfig,
         ctx: DistContext,
         run_dir: str | Path | None = None,
-        callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
@@ -129,45 +148,57 @@ class DistributedTrainer(Trainer):
         self.ctx = ctx
         self.optimizer = build_optimizer(model, config, ctx)
         self.optimizers = [self.optimizer]
+        dense = dict(self.optimizer.optimizers).get("dense")
+        if dense is not None:  # the LR schedule and clipping act on the real dense optimizer
+            self.dense_optimizer = dense._optimizer  # type: ignore[attr-defined]
+            self.dense_params = list(dense.params.values())
+            self.scheduler = build_schedule(self.dense_optimizer, config.schedule, config.max_steps)
+        inner = getattr(model, "module", model)
+        if self.tasks is None and getattr(inner, "tasks", None):
+            # known up front: finding them by a forward on one rank would desync the ranks
+            self._set_tasks(list(inner.tasks))
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, Any] | None:
         out = super().train_step(batch)
-        return mean_over_ranks(out)  # the logged loss is the global batch's loss
+        if out is None:
+            return None
+        floats = {k: v for k, v in out.items() if isinstance(v, float)}
+        return {**out, **mean_over_ranks(floats)}  # logged losses are the global batch's
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
         if self.ctx.is_main:
-            super()._log(record)
+            super()._log(record, tensorboard)
 
-    @torch.no_grad()
-    def predict(self, data: Iterable[Batch]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Probabilities and labels per task over every rank's ``data`` (rank order)."""
-        self.model.eval()
-        probs: dict[str, list[np.ndarray]] = {}
-        labels: dict[str, list[np.ndarray]] = {}
-        for batch, real in even_batches(data, pad=True):
-            batch = batch.to(self.device)
-            logits = self.model(batch)  # padded steps still run: the all-to-alls need everyone
-            if not real:
-                continue
-            for t, logit in logits.items():
-                probs.setdefault(t, []).append(torch.sigmoid(logit.float()).cpu().numpy())
-                labels.setdefault(t, []).append(batch.labels[t].cpu().numpy())
-        local_p = {t: np.concatenate(v) for t, v in probs.items()}
-        local_y = {t: np.concatenate(v) for t, v in labels.items()}
-        return gather_arrays(local_p), gather_arrays(local_y)
+    def evaluate(self, data: Iterable[Batch] | None = None) -> dict[str, float]:
+        """Global metrics: every rank's predictions are gathered (by the base evaluation)."""
+        data = data if data is not None else self.eval_data
+        assert data is not None, "no eval data"
+        return super().evaluate(_PaddedEval(data, self.model, self.device))
+
+    def fit(self) -> dict[str, Any]:
+        result = super().fit()
+        self.save("final")  # sharded; loads at any world size or unsharded
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def save(self, name: str) -> Path | None:
-        if self.run_dir is None:
+    def save(self, name: str | None = None) -> Path | None:
+        """Sharded checkpoint ``step-N`` (or ``name``), written by every rank (collective)."""
+        if self.run_dir is None or (name is None and self._last_saved == self.step):
             return None
-        return dcp_checkpoint.save(
-            self.run_dir / "checkpoints" / name, self.model, self.optimizer, {"step": self.step}
+        path = dcp_checkpoint.save(
+            self.run_dir / "checkpoints" / (name or f"step-{self.step}"),
+            self.model,
+            self.optimizer,
+            {"step": self.step, "epoch": self.epoch},
         )
+        if name is None:
+            self._last_saved = self.step
+        return path
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore model, optimizer and step from a checkpoint saved at any world size."""
         meta = dcp_checkpoint.load(path, self.model, self.optimizer)
-        self.step = int(meta.get("step", 0))
+        self.step = self._last_saved = int(meta.get("step", 0))
         return meta
