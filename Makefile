@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml requirements/stack.txt requirements/constraints.txt Mak
 	touch $(STAMP)
 
 # Horovod 0.28.1 built from source against torch 2.13 (C++17 patch, Gloo only); the wheel is
-# cached in $(HOROVOD_CACHE), so only the first install on a machine compiles (~6 min, 2 cores).
+# cached in $(HOROVOD_CACHE), so only the first install on a machine compiles it (about 6 min
+# on 2 idle cores by STACK-NOTES; 16 min measured on a busy shared one).
 HOROVOD_CACHE ?= $(HOME)/.cache/recis/wheels
 horovod:
 	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) scripts/build_horovod.sh $(PY)
