@@ -301,7 +301,8 @@ class IdMapper:
             reset.append(freed)
         if n > self.n_free and self.eviction == "none":
             raise TableFullError(
-                f"table {self.name!r} is full: {self.capacity} rows in use and {n} new ids; "
+                f"table {self.name!r} is full: {self.size} of {self.capacity} rows in use, "
+                f"{n} new ids need rows; "
                 "raise capacity or set eviction (lru|lfu|ttl) or growable: true"
             )
         n = min(n, self.n_free)

@@ -128,6 +128,8 @@ class ModelConfig:
 
     name: str = "dlrm"
     tables: list[TableConfig] = Field(default_factory=list)
+    # optimizer of the embedding rows; None: filled from train.sparse_optimizer
+    sparse_optimizer: SparseOptimizerConfig | None = None
 
 
 @dataclass(config=STRICT)
@@ -253,6 +255,8 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 
     cfg = validate(RunConfig, raw)
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
+    if getattr(cfg.model, "sparse_optimizer", "unset") is None:
+        cfg.model.sparse_optimizer = cfg.train.sparse_optimizer
     return cfg
 
 

@@ -26,8 +26,12 @@ _SPARSE_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(sparse, dense): parameters of embedding collections vs everything else."""
-    sparse_ids = set()
+    """(sparse, dense): parameters of embedding collections vs everything else.
+
+    Parameters updated in backward by a fused optimizer (torchrec's
+    ``_in_backward_optimizers`` mark) go to neither.
+    """
+    sparse_ids = {id(p) for p in model.parameters() if hasattr(p, "_in_backward_optimizers")}
     sparse = []
     for module in model.modules():
         if isinstance(module, _SPARSE_MODULES):
