@@ -103,6 +103,11 @@ class HashedEmbeddingCollection(nn.Module):
                     max_capacity=t.max_capacity,
                     seed=seed + i,
                 )
+            if opt.name not in ("adam", "adamw") and t.dim % 4:
+                raise ConfigError(
+                    f"model.tables.{t.name}.dim: {t.dim} is not a multiple of 4, "
+                    f"which fbgemm's {opt.name} kernels need"
+                )
             key = _group_key(t, opt)
             spec[key] = (t.pooling, t.dtype, opt)
             slots.setdefault(key, []).append(
