@@ -12,7 +12,7 @@ Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 * ``row_key``: int64 ``[C]``, the id stored in each row (so slots need no key).
 * ``row_last``: int32 ``[C]``, step a row was last seen (only with eviction).
 * ``row_count``: int32 ``[C]``, occurrences of a row (only with LFU).
-* ``free``: int64 ``[C]``, a stack of free rows.
+* ``free``: int32 ``[C]``, a stack of free rows.
 * with ``min_count > 1``: a count-min sketch ``[depth, width]`` of int32.
 
 Admission: a missing id is *admitted* (gets a row) once it was seen
@@ -155,7 +155,7 @@ class IdMapper:
         self.row_key = np.zeros(capacity, np.uint64)
         self.row_last = np.full(capacity, -1, np.int32) if self.eviction != "none" else None
         self.row_count = np.zeros(capacity, np.int32) if self.eviction == "lfu" else None
-        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int64)  # pop from the end: 0, 1, ..
+        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int32)  # pop from the end: 0, 1, ..
         self.n_free = capacity
         self._set_slots(_num_slots(capacity))
 
@@ -306,7 +306,7 @@ class IdMapper:
                 "raise capacity or set eviction (lru|lfu|ttl) or growable: true"
             )
         n = min(n, self.n_free)
-        rows = self.free[self.n_free - n : self.n_free][::-1].copy()
+        rows = self.free[self.n_free - n : self.n_free][::-1].astype(np.int64)
         self.n_free -= n
         return rows
 
@@ -349,8 +349,8 @@ class IdMapper:
             self.row_last = np.concatenate([self.row_last, np.full(new - old, -1, np.int32)])
         if self.row_count is not None:
             self.row_count = np.concatenate([self.row_count, np.zeros(new - old, np.int32)])
-        free = np.empty(new, np.int64)
-        added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+        free = np.empty(new, np.int32)
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
         free[: len(added)] = added  # new rows at the bottom: old free rows go first
         free[len(added) : len(added) + self.n_free] = self.free[: self.n_free]
         self.free = free
@@ -364,7 +364,7 @@ class IdMapper:
             "capacity": self.capacity,
             "n_free": self.n_free,
             "row_key": torch.from_numpy(self.row_key.view(np.int64).copy()),
-            "free": torch.from_numpy(self.free[: self.n_free].copy()),
+            "free": torch.from_numpy(self.free[: self.n_free].astype(np.int64)),
             "rng": self.rng.bit_generator.state,
         }
         if self.row_last is not None:
