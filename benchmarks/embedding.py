@@ -39,9 +39,7 @@ def zipf_batches(steps: int, seed: int, a: float = 1.2) -> list[list[np.ndarray]
     from recis.ops.hashing import hash_int64
 
     gen = np.random.default_rng(seed)
-    return [
-        [hash_int64(gen.zipf(a, B * L), f"f{f}") for f in range(F)] for _ in range(steps)
-    ]
+    return [[hash_int64(gen.zipf(a, B * L), f"f{f}") for f in range(F)] for _ in range(steps)]
 
 
 def to_kjt(ids: list[np.ndarray]):
@@ -55,18 +53,16 @@ def to_kjt(ids: list[np.ndarray]):
 
 
 def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
+    from recis.ops.id_mapper import IdMapper
     from torchrec import EmbeddingBagConfig
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     from recis.config import SparseOptimizerConfig, TableConfig
     from recis.embedding import build_embedding_collection
     from recis.features import SparseFeature
-    from recis.ops.id_mapper import IdMapper
 
     batches = zipf_batches(steps + warmup, seed=0)
-    tables = [
-        TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)
-    ]
+    tables = [TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)]
     feats = [SparseFeature(name=f"f{f}", table=f"t{f}") for f in range(F)]
     opt = SparseOptimizerConfig(name="adagrad", lr=0.05)
     hashed = build_embedding_collection(tables, feats, "cpu", optimizer=opt)
@@ -126,15 +122,16 @@ def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, f
 
 
 def bench_mappers(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
+    from recis.ops.id_mapper import IdMapper
     from torchrec.modules.mc_modules import LRU_EvictionPolicy, MCHManagedCollisionModule
     from torchrec.sparse.jagged_tensor import JaggedTensor
-
-    from recis.ops.id_mapper import IdMapper
 
     gen = np.random.default_rng(1)
     from recis.ops.hashing import hash_int64
 
-    stream = [torch.from_numpy(hash_int64(gen.zipf(1.2, B * L), "m")) for _ in range(steps + warmup)]
+    stream = [
+        torch.from_numpy(hash_int64(gen.zipf(1.2, B * L), "m")) for _ in range(steps + warmup)
+    ]
     mine = IdMapper(capacity, eviction="lru")
     mch = MCHManagedCollisionModule(
         zch_size=capacity,

@@ -297,7 +297,9 @@ class IdMapper:
         if n > self.n_free and self.growable:
             self._grow(self.size + n)
         if n > self.n_free and self.eviction != "none":
-            freed = self._evict(max(n - self.n_free, int(self.evict_fraction * self.capacity)), step)
+            freed = self._evict(
+                max(n - self.n_free, int(self.evict_fraction * self.capacity)), step
+            )
             reset.append(freed)
         if n > self.n_free and self.eviction == "none":
             raise TableFullError(

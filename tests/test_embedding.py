@@ -27,7 +27,10 @@ def kjt(ids: dict[str, list[list[int]]], weights: dict[str, list[list[float]]] |
     if weights is not None:
         w = torch.tensor([x for k in keys for bag in weights[k] for x in bag])
     return KeyedJaggedTensor(
-        keys=keys, values=torch.tensor(vals, dtype=torch.int64), lengths=torch.tensor(lens), weights=w
+        keys=keys,
+        values=torch.tensor(vals, dtype=torch.int64),
+        lengths=torch.tensor(lens),
+        weights=w,
     )
 
 
@@ -56,7 +59,9 @@ def test_bypassed_mapper_equals_torchrec_fused_ebc(opt, torch_opt, kwargs) -> No
     ec = build_embedding_collection(tables, feats, CPU, SparseOptimizerConfig(name=opt, lr=0.1))
     ref = FusedEmbeddingBagCollection(
         tables=[
-            EmbeddingBagConfig(name="a", embedding_dim=4, num_embeddings=8, feature_names=["f1", "f2"]),
+            EmbeddingBagConfig(
+                name="a", embedding_dim=4, num_embeddings=8, feature_names=["f1", "f2"]
+            ),
         ],
         optimizer_type=torch_opt,
         optimizer_kwargs=kwargs,
@@ -76,7 +81,9 @@ def test_bypassed_mapper_equals_torchrec_fused_ebc(opt, torch_opt, kwargs) -> No
     )
     with torch.no_grad():
         ref.state_dict()["embedding_bags.a.weight"].copy_(ec.groups[ec.where["a"][0]].weight(0))
-        ref_mean.state_dict()["embedding_bags.b.weight"].copy_(ec.groups[ec.where["b"][0]].weight(0))
+        ref_mean.state_dict()["embedding_bags.b.weight"].copy_(
+            ec.groups[ec.where["b"][0]].weight(0)
+        )
     gen = torch.Generator().manual_seed(0)
     for batch in BATCHES:
         x = kjt(batch)
@@ -191,7 +198,10 @@ def test_growth_keeps_weights_and_optimizer_state(opt: str) -> None:
     states = [s[1:4].clone() for s in ec.groups[g].states(j)]
     ec.train()
     ec(kjt({"f1": [[10 + i] for i in range(8)], "f2": [[]] * 8, "q": [[]] * 8}))
-    assert ec.mappers["a"].capacity >= 12 and ec.groups[g].tables[j].rows == ec.mappers["a"].capacity + 1
+    assert (
+        ec.mappers["a"].capacity >= 12
+        and ec.groups[g].tables[j].rows == ec.mappers["a"].capacity + 1
+    )
     ec.eval()
     assert torch.equal(ec(probe).values(), before)
     for s, old in zip(ec.groups[g].states(j), states):
@@ -212,7 +222,9 @@ def test_full_table_without_eviction_raises_with_name() -> None:
 def test_bad_input() -> None:
     ec = _hashed("sgd")
     bad = KeyedJaggedTensor(
-        keys=["f1", "f2", "q"], values=torch.tensor([1.5, 2.0, 3.0]), lengths=torch.tensor([1, 1, 1])
+        keys=["f1", "f2", "q"],
+        values=torch.tensor([1.5, 2.0, 3.0]),
+        lengths=torch.tensor([1, 1, 1]),
     )
     with pytest.raises(EmbeddingError, match="integers"):
         ec(bad)
@@ -225,7 +237,9 @@ def test_bad_input() -> None:
     out = ec(many).to_dict()["f1"]
     assert ec.mappers["a"].size == 1 and torch.isfinite(out).all()
     with pytest.raises(ConfigError, match="model.tables.a.dim"):
-        build_embedding_collection([TableConfig(name="a", dim=2, capacity=4)], [SparseFeature(name="a")], CPU)
+        build_embedding_collection(
+            [TableConfig(name="a", dim=2, capacity=4)], [SparseFeature(name="a")], CPU
+        )
     bypass = build_embedding_collection(
         [TableConfig(name="a", dim=4, capacity=4, mapper="none")], [SparseFeature(name="a")], CPU
     )

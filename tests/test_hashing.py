@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from recis.ops.hashing import hash_int64, hash_strings, salt64
 
 M64 = (1 << 64) - 1
@@ -49,7 +48,9 @@ def test_string_hash_matches_scalar_reference(values: list[str], salt: str) -> N
     want = [_signed(_splitmix64(_fnv1a(v.encode()) ^ s)) for v in values]
     assert hash_strings(values, salt).tolist() == want
     assert hash_strings(pa.array(values, pa.large_string()), salt).tolist() == want
-    chunked = pa.chunked_array([pa.array(values[:3], pa.string()), pa.array(values[3:], pa.string())])
+    chunked = pa.chunked_array(
+        [pa.array(values[:3], pa.string()), pa.array(values[3:], pa.string())]
+    )
     assert hash_strings(chunked, salt).tolist() == want
 
 

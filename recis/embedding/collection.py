@@ -172,9 +172,7 @@ class HashedEmbeddingCollection(nn.Module):
             self.groups[g].set_row(j, 0, getattr(self, f"fallback_{name}"))
 
     # ------------------------------------------------------------------ forward
-    def lookup(
-        self, kjt: KeyedJaggedTensor
-    ) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         """Pooled KeyedTensor (or None) and sequence JaggedTensors, in one pass."""
         if self.training:
             self.step += 1
@@ -190,8 +188,8 @@ class HashedEmbeddingCollection(nn.Module):
         at = {k: i for i, k in enumerate(keys)}
         seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
         rows: dict[str, torch.Tensor] = {}
-        for table, t in self.tables.items():
-            fs = [f for f in self.where_features(table)]
+        for table in self.tables:
+            fs = self.where_features(table)
             ids = torch.cat([values[seg[f][0] : seg[f][1]] for f in fs]) if fs else values[:0]
             r = self._rows(table, ids)
             o = 0

@@ -278,7 +278,9 @@ class TorchTableGroup(nn.Module):
                     outs.append(F.embedding(idx, sub))
                     continue
                 off = offsets[(f + j) * b : (f + j + 1) * b + 1] - bounds[f + j]
-                psw = per_sample_weights[lo + a : lo + z] if per_sample_weights is not None else None
+                psw = (
+                    per_sample_weights[lo + a : lo + z] if per_sample_weights is not None else None
+                )
                 outs.append(
                     F.embedding_bag(
                         idx,
