@@ -282,3 +282,13 @@ def test_trainer_skips_fused_parameters() -> None:
     model = torch.nn.ModuleDict({"emb": ec, "mlp": torch.nn.Linear(3, 1)})
     sparse, dense = split_parameters(model)
     assert sparse == [] and {id(p) for p in dense} == {id(p) for p in model["mlp"].parameters()}
+
+
+def test_torchrec_tables_describe_the_layout() -> None:
+    from torchrec import EmbeddingBagCollection, EmbeddingCollection
+
+    ec = _hashed("sgd")
+    cfgs = {c.name: c for c in ec.torchrec_tables()}
+    assert cfgs["a"].num_embeddings == 7 and cfgs["a"].feature_names == ["f1", "f2"]
+    EmbeddingBagCollection(tables=[cfgs["a"]], device=torch.device("meta"))
+    EmbeddingCollection(tables=[cfgs["s"]], device=torch.device("meta"))

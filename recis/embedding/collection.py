@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torchrec import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
@@ -271,6 +272,32 @@ class HashedEmbeddingCollection(nn.Module):
             g, j = self.where[name]
             if self.groups[g].tables[j].rows != rows:
                 self.groups[g].resize(j, rows)
+
+    def torchrec_tables(self) -> list[EmbeddingBagConfig | EmbeddingConfig]:
+        """torchrec configs of the tables as laid out here (rows include the fallback row).
+
+        For sharding: a torchrec ``EmbeddingBagCollection`` / ``EmbeddingCollection``
+        built from these, with ``apply_optimizer_in_backward`` of the same optimizer,
+        is what ``DistributedModelParallel`` shards; see docs/embedding.md.
+        """
+        out: list[EmbeddingBagConfig | EmbeddingConfig] = []
+        for name, (g, j) in self.where.items():
+            slot = self.groups[g].tables[j]
+            dtype = DataType.FP16 if self.tables[name].dtype == "fp16" else DataType.FP32
+            common = dict(
+                name=name,
+                embedding_dim=slot.dim,
+                num_embeddings=slot.rows,
+                feature_names=list(slot.features),
+                data_type=dtype,
+            )
+            pooling = self.tables[name].pooling
+            if pooling == "none":
+                out.append(EmbeddingConfig(**common))
+            else:
+                pt = PoolingType.SUM if pooling == "sum" else PoolingType.MEAN
+                out.append(EmbeddingBagConfig(**common, pooling=pt))
+        return out
 
     def export_embeddings(self, path: str | Path) -> None:
         """Write live rows as safetensors: ``{table}.ids`` int64 ``[N]``, ``{table}.weights`` ``[N, D]``."""
