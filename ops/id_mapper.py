@@ -51,6 +51,7 @@ _SKETCH_MUL = np.array(
      0xC4CEB9FE1A85EC53, 0x9FB21C651E98DF25, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
     dtype=np.uint64,
 )  # fmt: skip
+_FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
 _MAX_LOAD = 0.7  # live rows / slots, at most
 _REBUILD_AT = 0.85  # (live + tombstones) / slots that triggers a rebuild
 
@@ -153,7 +154,7 @@ class IdMapper:
     def _allocate(self, capacity: int) -> None:
         self.capacity = capacity
         self.row_key = np.zeros(capacity, np.uint64)
-        self.row_last = np.full(capacity, -1, np.int32) if self.eviction != "none" else None
+        self.row_last = np.full(capacity, _FREE, np.int32) if self.eviction != "none" else None
         self.row_count = np.zeros(capacity, np.int32) if self.eviction == "lfu" else None
         self.free = np.arange(capacity - 1, -1, -1, dtype=np.int32)  # pop from the end: 0, 1, ..
         self.n_free = capacity
@@ -181,17 +182,28 @@ class IdMapper:
             return ((keys * _FIB) >> self.shift).astype(np.int64)
 
     # ------------------------------------------------------------------ probing
-    def _find(self, keys: np.ndarray) -> np.ndarray:
-        """Slot position of each key, -1 where absent. ``keys`` uint64 ``[N]``."""
-        pos = self._home(keys)
-        out = np.full(len(keys), -1, np.int64)
-        idx = np.arange(len(keys))
+    def _find(self, keys: np.ndarray, rows: bool = False) -> np.ndarray:
+        """Slot position (or row, if ``rows``) of each key, -1 where absent.
+
+        ``keys`` uint64 ``[N]``. The first probe round runs on all keys without
+        index bookkeeping; later rounds only on the few keys still probing.
+        """
         slots, row_key = self.slots, self.row_key
+        pos = self._home(keys)
+        s = slots[pos]
+        occupied = s >= 0
+        hit = row_key[np.where(occupied, s, 0)] == keys
+        hit &= occupied
+        out = np.where(hit, s if rows else pos, -1).astype(np.int64)
+        go = s != EMPTY
+        go &= ~hit
+        idx = np.flatnonzero(go)
+        keys, pos = keys[idx], (pos[idx] + 1) & self.mask
         while idx.size:
             s = slots[pos]
             occupied = s >= 0
             hit = occupied & (row_key[np.where(occupied, s, 0)] == keys)
-            out[idx[hit]] = pos[hit]
+            out[idx[hit]] = s[hit] if rows else pos[hit]
             go = (s != EMPTY) & ~hit
             idx, keys, pos = idx[go], keys[go], (pos[go] + 1) & self.mask
         return out
@@ -221,10 +233,7 @@ class IdMapper:
     # ------------------------------------------------------------------ public
     def lookup(self, ids: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Rows of ``ids`` (int64 ``[N]``), ``-1`` where unknown; changes nothing."""
-        keys = _as_keys(ids, self.name)
-        pos = self._find(keys)
-        rows = np.where(pos >= 0, self.slots[np.maximum(pos, 0)], -1).astype(np.int64)
-        return torch.from_numpy(rows)
+        return torch.from_numpy(self._find(_as_keys(ids, self.name), rows=True))
 
     def map(self, ids: torch.Tensor | np.ndarray, step: int, insert: bool = True) -> MapResult:
         """Rows of ``ids`` (int64 ``[N]``), inserting admitted new ids when ``insert``.
@@ -233,8 +242,7 @@ class IdMapper:
         are marked seen at ``step`` and are not evicted by this call.
         """
         keys = _as_keys(ids, self.name)
-        pos = self._find(keys)
-        rows = np.where(pos >= 0, self.slots[np.maximum(pos, 0)], -1).astype(np.int64)
+        rows = self._find(keys, rows=True)
         if not insert:
             return MapResult(torch.from_numpy(rows), capacity=self.capacity)
         reset = [np.zeros(0, np.int64)]
@@ -313,25 +321,37 @@ class IdMapper:
         return rows
 
     def _evict(self, k: int, step: int) -> np.ndarray:
-        """Free up to ``k`` rows by the eviction policy; returns the rows freed."""
-        live = self.live_rows()
-        last = self.row_last[live]
-        evictable = last < step  # rows of this batch stay
+        """Free up to ``k`` rows by the eviction policy; returns the rows freed.
+
+        Free rows carry ``row_last == _FREE`` (never evictable), so no list of
+        live rows is built: one or two O(C) passes over int32 arrays.
+        """
+        last = self.row_last
         if self.eviction == "ttl":
-            evictable &= last < step - self.ttl_steps
-            victims = live[evictable]
+            victims = np.flatnonzero(last < step - self.ttl_steps)
         else:
-            score = (self.row_count[live] if self.eviction == "lfu" else last).astype(np.int64)
-            score[~evictable] = np.iinfo(np.int64).max
-            k = min(k, int(evictable.sum()))
+            evictable = last < step  # rows of this batch (and free rows) stay
+            n = int(np.count_nonzero(evictable))
+            k = min(k, n)
             if k == 0:
                 return np.zeros(0, np.int64)
-            victims = live[np.argpartition(score, k - 1)[:k]] if k < len(live) else live
+            if self.eviction == "lfu":
+                score = np.where(evictable, self.row_count, np.iinfo(np.int32).max)
+            else:
+                score = last
+            if k == n:
+                victims = np.flatnonzero(evictable)
+            else:
+                kth = np.partition(score, k - 1)[k - 1]  # k-th smallest score
+                below = np.flatnonzero(score < kth)
+                ties = np.flatnonzero(score == kth)[: k - len(below)]
+                victims = np.concatenate([below, ties])
         if len(victims) == 0:
             return victims.astype(np.int64)
         pos = self._find(self.row_key[victims])
         self.slots[pos] = TOMB
         self.n_tomb += len(victims)
+        last[victims] = _FREE
         self.free[self.n_free : self.n_free + len(victims)] = victims[::-1]
         self.n_free += len(victims)
         return victims.astype(np.int64)
@@ -348,7 +368,7 @@ class IdMapper:
         self.capacity = new
         self.row_key = np.concatenate([self.row_key, np.zeros(new - old, np.uint64)])
         if self.row_last is not None:
-            self.row_last = np.concatenate([self.row_last, np.full(new - old, -1, np.int32)])
+            self.row_last = np.concatenate([self.row_last, np.full(new - old, _FREE, np.int32)])
         if self.row_count is not None:
             self.row_count = np.concatenate([self.row_count, np.zeros(new - old, np.int32)])
         free = np.empty(new, np.int32)

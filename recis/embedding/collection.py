@@ -15,7 +15,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature
-from recis.ops.id_mapper import IdMapper
+from recis.ops.id_mapper import IdMapper, MapResult
 
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
 
@@ -144,8 +144,8 @@ class HashedEmbeddingCollection(nn.Module):
         ]
 
     # ------------------------------------------------------------------ mapping
-    def _rows(self, table: str, ids: torch.Tensor) -> torch.Tensor:
-        """TBE rows of ``ids`` (int64 ``[N]``) for ``table``; inserts when training."""
+    def _map(self, table: str, ids: torch.Tensor) -> MapResult | torch.Tensor:
+        """Phase 1 (thread-safe across tables): ids int64 ``[N]`` to mapper rows."""
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise EmbeddingError(f"table {table!r}: ids must be integers, got {ids.dtype}")
         mapper = self.mappers.get(table)
@@ -157,7 +157,12 @@ class HashedEmbeddingCollection(nn.Module):
                     f"got [{int(ids.min())}, {int(ids.max())}]"
                 )
             return ids.to(torch.int64)
-        res = mapper.map(ids, self.step, insert=self.training)
+        return mapper.map(ids, self.step, insert=self.training)
+
+    def _apply(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
+        """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``."""
+        if isinstance(res, torch.Tensor):
+            return res
         g, j = self.where[table]
         grp = self.groups[g]
         if res.capacity + 1 != grp.tables[j].rows:
@@ -165,6 +170,14 @@ class HashedEmbeddingCollection(nn.Module):
         if len(res.reset_rows):
             grp.reset_rows(j, torch.from_numpy(res.reset_rows + 1).to(self.device))
         return (res.rows + 1).to(self.device)
+
+    def _map_all(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map every table's ids (all mappers first, then the table updates they ask for).
+
+        Threads over tables were measured no faster on 2 shared cores, so this is serial.
+        """
+        results = {t: self._map(t, v) for t, v in ids.items()}
+        return {t: self._apply(t, r) for t, r in results.items()}
 
     def _restore_fallbacks(self) -> None:
         # the fallback row may have been moved by the last fused update: put it back
@@ -188,11 +201,13 @@ class HashedEmbeddingCollection(nn.Module):
         vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
         at = {k: i for i, k in enumerate(keys)}
         seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
+        table_ids = {
+            t: torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
+            for t in self.tables
+        }
         rows: dict[str, torch.Tensor] = {}
-        for table in self.tables:
+        for table, r in self._map_all(table_ids).items():
             fs = self.where_features(table)
-            ids = torch.cat([values[seg[f][0] : seg[f][1]] for f in fs]) if fs else values[:0]
-            r = self._rows(table, ids)
             o = 0
             for f in fs:
                 n = seg[f][1] - seg[f][0]
