@@ -292,3 +292,21 @@ def test_torchrec_tables_describe_the_layout() -> None:
     assert cfgs["a"].num_embeddings == 7 and cfgs["a"].feature_names == ["f1", "f2"]
     EmbeddingBagCollection(tables=[cfgs["a"]], device=torch.device("meta"))
     EmbeddingCollection(tables=[cfgs["s"]], device=torch.device("meta"))
+
+
+def test_output_keys_follow_feature_order_across_groups() -> None:
+    tables = [
+        TableConfig(name="a", dim=4, capacity=8),
+        TableConfig(name="b", dim=8, capacity=8, pooling="mean"),
+    ]
+    feats = [
+        SparseFeature(name="x", table="b"),
+        SparseFeature(name="y", table="a"),
+        SparseFeature(name="z", table="b"),
+    ]
+    ec = build_embedding_collection(tables, feats, CPU)
+    kt = ec(kjt({"x": [[1]], "y": [[2]], "z": [[1, 1]]}))
+    assert kt.keys() == ["x", "y", "z"] and kt.length_per_key() == [8, 4, 8]
+    d = kt.to_dict()
+    torch.testing.assert_close(d["x"], d["z"])  # same table, same id, mean pooling
+    torch.testing.assert_close(kt.values()[:, 8:12], d["y"])

@@ -136,12 +136,10 @@ class HashedEmbeddingCollection(nn.Module):
             if self.tables[name].default == "zero":
                 fallback.zero_()
             self.register_buffer(f"fallback_{name}", fallback)
-        self.pooled_features = [
-            f for g in self.groups.values() if g.pooling != "none" for f in g.feature_names
-        ]
-        self.sequence_features = [
-            f for g in self.groups.values() if g.pooling == "none" for f in g.feature_names
-        ]
+        # in the order features were given (the output KeyedTensor's key order)
+        pooling = {f.name: by_name[f.table_name].pooling for f in features}
+        self.pooled_features = [f.name for f in features if pooling[f.name] != "none"]
+        self.sequence_features = [f.name for f in features if pooling[f.name] == "none"]
 
     # ------------------------------------------------------------------ mapping
     def _map(self, table: str, ids: torch.Tensor) -> MapResult | torch.Tensor:
@@ -180,7 +178,6 @@ class HashedEmbeddingCollection(nn.Module):
         return {t: self._apply(t, r) for t, r in results.items()}
 
     def _restore_fallbacks(self) -> None:
-        # the fallback row may have been moved by the last fused update: put it back
         for name in self.mappers:
             g, j = self.where[name]
             self.groups[g].set_row(j, 0, getattr(self, f"fallback_{name}"))
@@ -190,7 +187,8 @@ class HashedEmbeddingCollection(nn.Module):
         """Pooled KeyedTensor (or None) and sequence JaggedTensors, in one pass."""
         if self.training:
             self.step += 1
-            self._restore_fallbacks()
+        # the last fused update may have moved the fallback rows: put them back
+        self._restore_fallbacks()
         keys = kjt.keys()
         missing = [f for f in self.pooled_features + self.sequence_features if f not in keys]
         if missing:
@@ -213,9 +211,8 @@ class HashedEmbeddingCollection(nn.Module):
                 n = seg[f][1] - seg[f][0]
                 rows[f] = r[o : o + n]
                 o += n
-        pooled_vals: list[torch.Tensor] = []
-        pooled_keys: list[str] = []
-        pooled_dims: list[int] = []
+        pooled: dict[str, torch.Tensor] = {}
+        last_pooled: tuple[list[str], torch.Tensor] | None = None
         seqs: dict[str, JaggedTensor] = {}
         for grp in self.groups.values():
             fs = grp.feature_names
@@ -243,15 +240,22 @@ class HashedEmbeddingCollection(nn.Module):
                     )
                     o += n
             else:
-                pooled_vals.append(out)
-                pooled_keys += fs
-                pooled_dims += grp.feature_dims
+                last_pooled = (fs, out)
+                o = 0
+                for f, d in zip(fs, grp.feature_dims):
+                    pooled[f] = out[:, o : o + d]
+                    o += d
         kt = None
-        if pooled_vals:
+        if pooled:
+            # keys in the features' order (as given to the constructor), whatever the grouping
+            if last_pooled is not None and last_pooled[0] == self.pooled_features:
+                values = last_pooled[1]  # one pooled group, already in order: no copy
+            else:
+                values = torch.cat([pooled[f] for f in self.pooled_features], dim=1)
             kt = KeyedTensor(
-                keys=pooled_keys,
-                length_per_key=pooled_dims,
-                values=torch.cat(pooled_vals, dim=1) if len(pooled_vals) > 1 else pooled_vals[0],
+                keys=self.pooled_features,
+                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
+                values=values,
             )
         return kt, seqs
 
