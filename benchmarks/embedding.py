@@ -179,32 +179,37 @@ def rss():
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.embedding import build_embedding_collection
 from recis.features import SparseFeature
-rows = int(sys.argv[1])
+rows, opt = int(sys.argv[1]), sys.argv[2]
 base = rss()
 ec = build_embedding_collection(
     [TableConfig(name="t", dim=16, capacity=rows, eviction="lru")],
-    [SparseFeature(name="t")], "cpu", optimizer=SparseOptimizerConfig(name="adagrad"))
+    [SparseFeature(name="t")], "cpu", optimizer=SparseOptimizerConfig(name=opt))
 m = ec.mappers["t"]
 gen = np.random.default_rng(0)
 chunk = 1_000_000
 for i in range(0, rows, chunk):  # fill every row with a random 64-bit id
     m.map(gen.integers(-2**63, 2**63 - 1, min(chunk, rows - i), dtype=np.int64), step=1)
 used = rss() - base
-table = rows * 16 * 4 * 2  # weights + Adagrad state, fp32
+state = rows * 16 * 4 if opt == "adagrad" else rows * 4  # row-wise: one float per row
+table = rows * 16 * 4 + state  # fp32 weights + optimizer state
 print(json.dumps({"rss_bytes": used, "table_bytes": table, "size": m.size}))
 """
 
 
 def bench_memory(rows: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(rows)], capture_output=True, text=True, check=True
-    )
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    return {
-        "memory_ratio": res["rss_bytes"] / res["table_bytes"],
-        "memory_rows": res["size"],
-        "memory_mb": res["rss_bytes"] / 2**20,
-    }
+    out: dict[str, float] = {}
+    for opt, suffix in (("adagrad", ""), ("rowwise_adagrad", "_rowwise")):
+        run = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, str(rows), opt],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        res = json.loads(run.stdout.strip().splitlines()[-1])
+        out[f"memory_ratio{suffix}"] = res["rss_bytes"] / res["table_bytes"]
+        out[f"memory_mb{suffix}"] = res["rss_bytes"] / 2**20
+        out["memory_rows"] = res["size"]
+    return out
 
 
 def main() -> None:
