@@ -12,7 +12,8 @@ Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 * ``row_key``: int64 ``[C]``, the id stored in each row (so slots need no key).
 * ``row_last``: int32 ``[C]``, step a row was last seen (only with eviction).
 * ``row_count``: int32 ``[C]``, occurrences of a row (only with LFU).
-* ``free``: int32 ``[C]``, a stack of free rows.
+* ``recycled``: int32, a stack of rows freed by eviction (short: they are
+  reused at once); never-used rows are the range ``[next_unused, C)``.
 * with ``min_count > 1``: a count-min sketch ``[depth, width]`` of int32.
 
 Admission: a missing id is *admitted* (gets a row) once it was seen
@@ -156,8 +157,8 @@ class IdMapper:
         self.row_key = np.zeros(capacity, np.uint64)
         self.row_last = np.full(capacity, _FREE, np.int32) if self.eviction != "none" else None
         self.row_count = np.zeros(capacity, np.int32) if self.eviction == "lfu" else None
-        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int32)  # pop from the end: 0, 1, ..
-        self.n_free = capacity
+        self.next_unused = 0  # rows >= this were never used
+        self.recycled = np.zeros(0, np.int32)  # rows freed by eviction, reused first
         self._set_slots(_num_slots(capacity))
 
     def _set_slots(self, n: int) -> None:
@@ -171,10 +172,16 @@ class IdMapper:
         """Rows in use."""
         return self.capacity - self.n_free
 
+    @property
+    def n_free(self) -> int:
+        """Rows free: never used plus recycled."""
+        return self.capacity - self.next_unused + len(self.recycled)
+
     def live_rows(self) -> np.ndarray:
         """Rows in use, ascending, int64 ``[size]``."""
         live = np.ones(self.capacity, bool)
-        live[self.free[: self.n_free]] = False
+        live[self.next_unused :] = False
+        live[self.recycled] = False
         return np.flatnonzero(live)
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
@@ -316,8 +323,11 @@ class IdMapper:
                 "raise capacity or set eviction (lru|lfu|ttl) or growable: true"
             )
         n = min(n, self.n_free)
-        rows = self.free[self.n_free - n : self.n_free][::-1].astype(np.int64)
-        self.n_free -= n
+        k = min(n, len(self.recycled))
+        fresh = np.arange(self.next_unused, self.next_unused + n - k, dtype=np.int64)
+        rows = np.concatenate([self.recycled[:k].astype(np.int64), fresh])
+        self.recycled = self.recycled[k:]
+        self.next_unused += n - k
         return rows
 
     def _evict(self, k: int, step: int) -> np.ndarray:
@@ -352,8 +362,7 @@ class IdMapper:
         self.slots[pos] = TOMB
         self.n_tomb += len(victims)
         last[victims] = _FREE
-        self.free[self.n_free : self.n_free + len(victims)] = victims[::-1]
-        self.n_free += len(victims)
+        self.recycled = np.concatenate([self.recycled, victims.astype(np.int32)])
         return victims.astype(np.int64)
 
     def _grow(self, need: int) -> None:
@@ -371,12 +380,6 @@ class IdMapper:
             self.row_last = np.concatenate([self.row_last, np.full(new - old, _FREE, np.int32)])
         if self.row_count is not None:
             self.row_count = np.concatenate([self.row_count, np.zeros(new - old, np.int32)])
-        free = np.empty(new, np.int32)
-        added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
-        free[: len(added)] = added  # new rows at the bottom: old free rows go first
-        free[len(added) : len(added) + self.n_free] = self.free[: self.n_free]
-        self.free = free
-        self.n_free += new - old
         self._rebuild(_num_slots(new))
 
     # ------------------------------------------------------------------ state
@@ -384,9 +387,9 @@ class IdMapper:
         """Tensors and numbers that fully restore the mapper."""
         st: dict[str, Any] = {
             "capacity": self.capacity,
-            "n_free": self.n_free,
+            "next_unused": self.next_unused,
             "row_key": torch.from_numpy(self.row_key.view(np.int64).copy()),
-            "free": torch.from_numpy(self.free[: self.n_free].astype(np.int64)),
+            "recycled": torch.from_numpy(self.recycled.astype(np.int64)),
             "rng": self.rng.bit_generator.state,
         }
         if self.row_last is not None:
@@ -400,8 +403,8 @@ class IdMapper:
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self._allocate(int(st["capacity"]))
         self.row_key[:] = st["row_key"].numpy().view(np.uint64)
-        self.n_free = int(st["n_free"])
-        self.free[: self.n_free] = st["free"].numpy()
+        self.next_unused = int(st["next_unused"])
+        self.recycled = st["recycled"].numpy().astype(np.int32)
         if self.row_last is not None:
             self.row_last[:] = st["row_last"].numpy()
         if self.row_count is not None:
