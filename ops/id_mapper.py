@@ -54,7 +54,7 @@ _SKETCH_MUL = np.array(
 )  # fmt: skip
 _FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
 _MAX_LOAD = 0.7  # live rows / slots, at most
-_REBUILD_AT = 0.85  # (live + tombstones) / slots that triggers a rebuild
+_REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
 
 Eviction = Literal["none", "lru", "lfu", "ttl"]
 
