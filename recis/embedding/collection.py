@@ -143,7 +143,7 @@ class HashedEmbeddingCollection(nn.Module):
 
     # ------------------------------------------------------------------ mapping
     def _map(self, table: str, ids: torch.Tensor) -> MapResult | torch.Tensor:
-        """Phase 1 (thread-safe across tables): ids int64 ``[N]`` to mapper rows."""
+        """Phase 1: ids int64 ``[N]`` to mapper rows (tables themselves are not touched)."""
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise EmbeddingError(f"table {table!r}: ids must be integers, got {ids.dtype}")
         mapper = self.mappers.get(table)
