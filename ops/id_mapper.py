@@ -36,7 +36,10 @@ keep their index, so weights and optimizer state are only copied.
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -52,11 +55,37 @@ _SKETCH_MUL = np.array(
      0xC4CEB9FE1A85EC53, 0x9FB21C651E98DF25, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
     dtype=np.uint64,
 )  # fmt: skip
+_EMPTY_I32 = torch.zeros(0, dtype=torch.int32)
 _FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
 _MAX_LOAD = 0.7  # live rows / slots, at most
 _REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
 
 Eviction = Literal["none", "lru", "lfu", "ttl"]
+
+_NATIVE: Any = None  # the compiled probe loops, False when they cannot be built
+
+
+def native_kernels() -> Any:
+    """The C++ probe loops (``ops/csrc/id_mapper.cpp``), built on first use, or None.
+
+    torch compiles them once per machine (~40 s) into its extension cache. Set
+    ``RECIS_NATIVE=0`` to use the numpy loops only; a failed build warns and
+    falls back to them.
+    """
+    global _NATIVE
+    if _NATIVE is None:
+        _NATIVE = False
+        if os.environ.get("RECIS_NATIVE", "1") != "0":
+            try:
+                from torch.utils.cpp_extension import load
+
+                src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
+                _NATIVE = load(name="recis_id_mapper", sources=[str(src)], extra_cflags=["-O3"])
+            except Exception as err:  # no compiler, no headers: numpy still works
+                warnings.warn(
+                    f"recis.ops.IdMapper: native kernels unavailable ({err})", stacklevel=2
+                )
+    return _NATIVE or None
 
 
 @dataclass
@@ -106,6 +135,7 @@ class IdMapper:
         max_capacity: growth stops here.
         sketch_width, sketch_depth: count-min sketch shape.
         seed: seed of the admission coin.
+        native: use the C++ probe loops (None: when they build; False: numpy only).
 
     Example::
 
@@ -129,6 +159,7 @@ class IdMapper:
         sketch_width: int = 1 << 20,
         sketch_depth: int = 4,
         seed: int = 0,
+        native: bool | None = None,
     ) -> None:
         if capacity <= 0:
             raise EmbeddingError(f"table {name!r}: capacity must be > 0, got {capacity}")
@@ -144,6 +175,9 @@ class IdMapper:
         self.grow_at = grow_at
         self.max_capacity = max_capacity
         self.rng = np.random.default_rng(seed)
+        self._nat = native_kernels() if native in (None, True) else None
+        if native and self._nat is None:
+            raise EmbeddingError(f"table {name!r}: native IdMapper kernels could not be built")
         self.sketch = (
             np.zeros((sketch_depth, 1 << int(np.log2(sketch_width))), np.int32)
             if min_count > 1
@@ -189,12 +223,27 @@ class IdMapper:
             return ((keys * _FIB) >> self.shift).astype(np.int64)
 
     # ------------------------------------------------------------------ probing
-    def _find(self, keys: np.ndarray, rows: bool = False) -> np.ndarray:
+    def _find(self, keys: np.ndarray, rows: bool = False, touch: int | None = None) -> np.ndarray:
         """Slot position (or row, if ``rows``) of each key, -1 where absent.
 
-        ``keys`` uint64 ``[N]``. The first probe round runs on all keys without
-        index bookkeeping; later rounds only on the few keys still probing.
+        ``keys`` uint64 ``[N]``. With ``touch``, found rows get ``row_last = touch``
+        (native path only; the caller does it otherwise). numpy path: the first
+        probe round runs on all keys without index bookkeeping; later rounds only
+        on the few keys still probing.
         """
+        if self._nat is not None:
+            last = self.row_last if touch is not None else None
+            out = self._nat.find(
+                torch.from_numpy(self.slots),
+                torch.from_numpy(self.row_key.view(np.int64)),
+                torch.from_numpy(keys.view(np.int64)),
+                int(self.shift),
+                int(self.mask),
+                not rows,
+                torch.from_numpy(last) if last is not None else _EMPTY_I32,
+                touch or 0,
+            )
+            return out.numpy()
         slots, row_key = self.slots, self.row_key
         pos = self._home(keys)
         s = slots[pos]
@@ -217,6 +266,16 @@ class IdMapper:
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
+        if self._nat is not None:
+            self.n_tomb -= self._nat.insert(
+                torch.from_numpy(self.slots),
+                torch.from_numpy(self.row_key.view(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)),
+                int(self.shift),
+                int(self.mask),
+            )
+            return
         self.row_key[rows] = keys
         pos = self._home(keys)
         rows32 = rows.astype(np.int32)
@@ -249,7 +308,11 @@ class IdMapper:
         are marked seen at ``step`` and are not evicted by this call.
         """
         keys = _as_keys(ids, self.name)
-        rows = self._find(keys, rows=True)
+        # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
+        touch = (
+            step if insert and self._nat is not None and self.eviction in ("lru", "lfu") else None
+        )
+        rows = self._find(keys, rows=True, touch=touch)
         if not insert:
             return MapResult(torch.from_numpy(rows), capacity=self.capacity)
         reset = [np.zeros(0, np.int64)]
@@ -259,7 +322,7 @@ class IdMapper:
             expired = self.row_last[hit_rows] < step - self.ttl_steps
             if expired.any():  # not seen for too long: same row, fresh content
                 reset.append(np.unique(hit_rows[expired]))
-        if self.row_last is not None:
+        if self.row_last is not None and touch is None:
             self.row_last[rows[hit]] = step
         missing = ~hit
         if missing.any():

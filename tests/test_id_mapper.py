@@ -146,3 +146,21 @@ def test_state_dict_round_trip_with_tombstones() -> None:
     nxt = torch.from_numpy(gen.integers(0, 300, 50))
     r1, r2 = m.map(nxt, step=30), m2.map(nxt, step=30)
     assert torch.equal(r1.rows, r2.rows) and np.array_equal(r1.reset_rows, r2.reset_rows)
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu", "ttl", "none"])
+def test_native_and_numpy_paths_agree(eviction: str) -> None:
+    from recis.ops.id_mapper import native_kernels
+
+    if native_kernels() is None:
+        pytest.skip("native kernels not built here")
+    kw = dict(eviction=eviction, ttl_steps=3, growable=eviction == "none", evict_fraction=0.05)
+    a, b = IdMapper(64, native=True, **kw), IdMapper(64, native=False, **kw)
+    gen = np.random.default_rng(3)
+    for step in range(1, 40):
+        ids = torch.from_numpy(gen.integers(-(2**63), 2**63 - 1, 30) % 150)
+        ra, rb = a.map(ids, step), b.map(ids, step)
+        assert torch.equal(ra.rows, rb.rows)
+        assert np.array_equal(ra.reset_rows, rb.reset_rows) and ra.capacity == rb.capacity
+    probe = torch.arange(-10, 160)
+    assert torch.equal(a.lookup(probe), b.lookup(probe))
