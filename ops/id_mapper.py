@@ -1,9 +1,9 @@
 """IdMapper: zero-collision map from 64-bit ids to embedding-table rows.
 
-A vectorized open-addressing hash table (linear probing, Fibonacci hashing of
-the 64-bit key) written with numpy: every step of a lookup or insert is one
-array operation over all ids still probing, so there is no Python loop over
-ids; the loop runs over *probe rounds* (about 1-3 at the load factors used).
+An open-addressing hash table (linear probing, Fibonacci hashing of the 64-bit
+key) over numpy arrays; its probe loops (:mod:`recis.ops.id_mapper_probe`) run
+in C++ when the torch extension builds, else vectorized in numpy. Admission,
+eviction and growth here are numpy array code: no Python loop over ids.
 
 Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 
@@ -36,10 +36,7 @@ keep their index, so weights and optimizer state are only copied.
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -47,45 +44,19 @@ import torch
 
 from recis.errors import EmbeddingError, TableFullError
 
-EMPTY = np.int32(-1)
-TOMB = np.int32(-2)
-_FIB = np.uint64(0x9E3779B97F4A7C15)
+from . import id_mapper_probe as probe
+from .id_mapper_probe import EMPTY, TOMB, native_kernels
+
 _SKETCH_MUL = np.array(
     [0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
      0xC4CEB9FE1A85EC53, 0x9FB21C651E98DF25, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
     dtype=np.uint64,
 )  # fmt: skip
-_EMPTY_I32 = torch.zeros(0, dtype=torch.int32)
 _FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
 _MAX_LOAD = 0.7  # live rows / slots, at most
 _REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
 
 Eviction = Literal["none", "lru", "lfu", "ttl"]
-
-_NATIVE: Any = None  # the compiled probe loops, False when they cannot be built
-
-
-def native_kernels() -> Any:
-    """The C++ probe loops (``ops/csrc/id_mapper.cpp``), built on first use, or None.
-
-    torch compiles them once per machine (~40 s) into its extension cache. Set
-    ``RECIS_NATIVE=0`` to use the numpy loops only; a failed build warns and
-    falls back to them.
-    """
-    global _NATIVE
-    if _NATIVE is None:
-        _NATIVE = False
-        if os.environ.get("RECIS_NATIVE", "1") != "0":
-            try:
-                from torch.utils.cpp_extension import load
-
-                src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
-                _NATIVE = load(name="recis_id_mapper", sources=[str(src)], extra_cflags=["-O3"])
-            except Exception as err:  # no compiler, no headers: numpy still works
-                warnings.warn(
-                    f"recis.ops.IdMapper: native kernels unavailable ({err})", stacklevel=2
-                )
-    return _NATIVE or None
 
 
 @dataclass
@@ -218,78 +189,25 @@ class IdMapper:
         live[self.recycled] = False
         return np.flatnonzero(live)
 
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return ((keys * _FIB) >> self.shift).astype(np.int64)
-
-    # ------------------------------------------------------------------ probing
     def _find(self, keys: np.ndarray, rows: bool = False, touch: int | None = None) -> np.ndarray:
-        """Slot position (or row, if ``rows``) of each key, -1 where absent.
-
-        ``keys`` uint64 ``[N]``. With ``touch``, found rows get ``row_last = touch``
-        (native path only; the caller does it otherwise). numpy path: the first
-        probe round runs on all keys without index bookkeeping; later rounds only
-        on the few keys still probing.
-        """
-        if self._nat is not None:
-            last = self.row_last if touch is not None else None
-            out = self._nat.find(
-                torch.from_numpy(self.slots),
-                torch.from_numpy(self.row_key.view(np.int64)),
-                torch.from_numpy(keys.view(np.int64)),
-                int(self.shift),
-                int(self.mask),
-                not rows,
-                torch.from_numpy(last) if last is not None else _EMPTY_I32,
-                touch or 0,
-            )
-            return out.numpy()
-        slots, row_key = self.slots, self.row_key
-        pos = self._home(keys)
-        s = slots[pos]
-        occupied = s >= 0
-        hit = row_key[np.where(occupied, s, 0)] == keys
-        hit &= occupied
-        out = np.where(hit, s if rows else pos, -1).astype(np.int64)
-        go = s != EMPTY
-        go &= ~hit
-        idx = np.flatnonzero(go)
-        keys, pos = keys[idx], (pos[idx] + 1) & self.mask
-        while idx.size:
-            s = slots[pos]
-            occupied = s >= 0
-            hit = occupied & (row_key[np.where(occupied, s, 0)] == keys)
-            out[idx[hit]] = s[hit] if rows else pos[hit]
-            go = (s != EMPTY) & ~hit
-            idx, keys, pos = idx[go], keys[go], (pos[go] + 1) & self.mask
-        return out
+        """Slot (or row) of each uint64 key, -1 where absent; see :func:`probe.find`."""
+        return probe.find(
+            self.slots,
+            self.row_key,
+            keys,
+            self.shift,
+            self.mask,
+            self._nat,
+            rows,
+            self.row_last,
+            touch,
+        )
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
-        if self._nat is not None:
-            self.n_tomb -= self._nat.insert(
-                torch.from_numpy(self.slots),
-                torch.from_numpy(self.row_key.view(np.int64)),
-                torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
-                torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)),
-                int(self.shift),
-                int(self.mask),
-            )
-            return
-        self.row_key[rows] = keys
-        pos = self._home(keys)
-        rows32 = rows.astype(np.int32)
-        slots = self.slots
-        while rows32.size:
-            s = slots[pos]
-            open_ = s < 0
-            p, r = pos[open_], rows32[open_]
-            slots[p] = r  # several keys may race for one slot: the last write wins
-            won = np.zeros(len(rows32), bool)
-            won[open_] = slots[p] == r
-            self.n_tomb -= int(np.count_nonzero(s[won] == TOMB))
-            go = ~won
-            rows32, keys, pos = rows32[go], keys[go], (pos[go] + 1) & self.mask
+        self.n_tomb -= probe.insert(
+            self.slots, self.row_key, keys, rows, self.shift, self.mask, self._nat
+        )
 
     def _rebuild(self, n_slots: int | None = None) -> None:
         live = self.live_rows()
