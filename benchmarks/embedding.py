@@ -54,13 +54,13 @@ def to_kjt(ids: list[np.ndarray]):
 
 
 def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
-    from recis.ops.id_mapper import IdMapper
     from torchrec import EmbeddingBagConfig
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     from recis.config import SparseOptimizerConfig, TableConfig
     from recis.embedding import build_embedding_collection
     from recis.features import SparseFeature
+    from recis.ops.id_mapper import IdMapper
 
     batches = zipf_batches(steps + warmup, seed=0)
     tables = [TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)]
@@ -130,9 +130,10 @@ def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, f
 
 
 def bench_mappers(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
-    from recis.ops.id_mapper import IdMapper
     from torchrec.modules.mc_modules import LRU_EvictionPolicy, MCHManagedCollisionModule
     from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    from recis.ops.id_mapper import IdMapper
 
     gen = np.random.default_rng(1)
     from recis.ops.hashing import hash_int64

@@ -14,7 +14,7 @@ from recis.config import SparseOptimizerConfig, TableConfig
 from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError, EmbeddingError, TableFullError
 from recis.features import SparseFeature
-from recis.train.trainer import split_parameters
+from recis.optim.dense import split_parameters
 
 CPU = torch.device("cpu")
 

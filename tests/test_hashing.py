@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from recis.ops.hashing import hash_int64, hash_strings, salt64
 
 M64 = (1 << 64) - 1

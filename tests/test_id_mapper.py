@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recis.ops.id_mapper import IdMapper
 
 from recis.errors import EmbeddingError, TableFullError
+from recis.ops.id_mapper import IdMapper
 
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
