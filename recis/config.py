@@ -194,17 +194,20 @@ class PriorityConfig:
     """Options of the Lagrangian priority objective (see docs/multitask.md).
 
     ``stage_steps``: optimizer steps each priority level trains before the next
-    level joins (its losses then set the reference levels). ``multiplier_lr``:
-    dual ascent rate on the relative violation. ``damping``: weight of the
-    current violation added to the multiplier in the primal step (Platt and
-    Barr's damping). ``ema``: smoothing of the tracked per-task losses the
-    constraints read.
+    level joins (its losses then set the reference levels); give the level
+    enough steps to converge alone. ``multiplier_lr``: dual ascent rate on the
+    tracked violation measured in units of the task's tolerance band.
+    ``damping``: weight of the current batch's violation (same units) added to
+    the multiplier in the primal step (Platt and Barr's damping). ``ema``:
+    per-step smoothing of the tracked per-task losses the dual step and the
+    references read (0.9: about 20 steps of memory, short enough not to lag the
+    primal dynamics into oscillation).
     """
 
     stage_steps: int = Field(default=200, ge=0)
-    multiplier_lr: float = Field(default=0.5, gt=0)
-    damping: float = Field(default=10.0, ge=0)
-    ema: float = Field(default=0.95, ge=0, lt=1)
+    multiplier_lr: float = Field(default=1.0, gt=0)
+    damping: float = Field(default=5.0, ge=0)
+    ema: float = Field(default=0.9, ge=0, lt=1)
 
 
 @dataclass(config=STRICT)
