@@ -59,7 +59,9 @@ class DLRM(nn.Module):
                 )
         self.tasks = [label.name for label in schema.labels]
         self.num_dense = len(schema.dense)
-        self.sparse_arch = build_embedding_collection(config.tables, schema.sparse, device)
+        self.sparse_arch = build_embedding_collection(
+            config.tables, schema.sparse, device, optimizer=config.sparse_optimizer
+        )
         self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
         n = len(schema.sparse) + 1
         rows, cols = torch.triu_indices(n, n, offset=1)

@@ -88,13 +88,64 @@ class DataConfig:
 
 
 @dataclass(config=STRICT)
+class SparseOptimizerConfig:
+    """Optimizer of embedding rows, applied in backward (fused; see docs/embedding.md).
+
+    ``sgd``, ``adagrad`` and ``rowwise_adagrad`` run in fbgemm's kernels; ``adam`` and
+    ``adamw`` are recis's lazy row-wise versions (moments of rows in the batch only).
+    """
+
+    name: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"] = "rowwise_adagrad"
+    lr: float = Field(default=0.05, gt=0)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+
+
+@dataclass(config=STRICT)
 class TableConfig:
-    """One embedding table. ``capacity`` is the number of rows."""
+    """One embedding table. ``capacity`` is the number of rows.
+
+    Ids are mapped to rows by a collision-free :class:`recis.ops.IdMapper`
+    (``mapper: hash``) or used as rows directly (``mapper: none``, ids must be in
+    ``[0, capacity)``). See docs/embedding.md for admission/eviction semantics.
+    """
 
     name: str
     dim: int = Field(gt=0)
     capacity: int = Field(gt=0)
     pooling: Literal["sum", "mean", "none"] = "sum"
+    dtype: Literal["fp32", "fp16"] = "fp32"
+    init: Literal["uniform", "normal", "zeros"] = "uniform"
+    # uniform bound / normal std; default sqrt(1 / capacity) (torchrec's default)
+    init_scale: float | None = Field(default=None, gt=0)
+    mapper: Literal["hash", "none"] = "hash"
+    admission_min_count: int = Field(default=1, ge=1)
+    admission_prob: float = Field(default=1.0, gt=0, le=1)
+    # what ids without a row read: a zero vector or one shared (fixed) random row
+    default: Literal["zero", "shared"] = "zero"
+    eviction: Literal["none", "lru", "lfu", "ttl"] = "none"
+    ttl_steps: int | None = Field(default=None, gt=0)
+    evict_fraction: float = Field(default=0.01, ge=0, le=1)
+    growable: bool = False
+    grow_at: float = Field(default=0.9, gt=0, le=1)
+    max_capacity: int | None = Field(default=None, gt=0)
+    # per-table override of train.sparse_optimizer
+    optimizer: SparseOptimizerConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.eviction == "ttl" and self.ttl_steps is None:
+            raise ValueError("eviction 'ttl' needs ttl_steps")
+        if self.mapper == "none" and (
+            self.eviction != "none"
+            or self.growable
+            or self.admission_min_count > 1
+            or self.admission_prob < 1
+        ):
+            raise ValueError("mapper 'none' allows no admission, eviction or growth")
+        if self.max_capacity is not None and self.max_capacity < self.capacity:
+            raise ValueError("max_capacity must be >= capacity")
 
 
 @dataclass(config=STRICT)
@@ -107,20 +158,14 @@ class ModelConfig:
 
     name: str = "dlrm"
     tables: list[TableConfig] = Field(default_factory=list)
+    # optimizer of the embedding rows; None: filled from train.sparse_optimizer
+    sparse_optimizer: SparseOptimizerConfig | None = None
 
 
 @dataclass(config=STRICT)
 class OptimizerConfig:
     name: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-
-
-@dataclass(config=STRICT)
-class SparseOptimizerConfig:
-    name: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"] = "rowwise_adagrad"
-    lr: float = Field(default=0.05, gt=0)
-    eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
 
 
@@ -376,6 +421,8 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 
     cfg = validate(RunConfig, raw)
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
+    if getattr(cfg.model, "sparse_optimizer", "unset") is None:
+        cfg.model.sparse_optimizer = cfg.train.sparse_optimizer
     return cfg
 
 

@@ -1,80 +1,43 @@
 """Embedding engine.
 
 :func:`build_embedding_collection` is the one entry point models use: it turns
-table and feature specs into a module ``KeyedJaggedTensor -> KeyedTensor``
-(pooled embeddings, one key per feature).
+table and feature specs into a :class:`HashedEmbeddingCollection`, a module
+``KeyedJaggedTensor`` of raw 64-bit ids ``-> KeyedTensor`` (pooled embeddings,
+one key per feature); sequence (pooling ``none``) tables are read with
+``forward_sequences`` or ``lookup``. See docs/embedding.md.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recis.config import TableConfig
-from recis.errors import ConfigError
+from recis.config import SparseOptimizerConfig, TableConfig
 from recis.features import SparseFeature
 
-_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+from .collection import HashedEmbeddingCollection
+from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup
 
-
-class ModuloEmbeddingBagCollection(nn.Module):
-    """torchrec ``EmbeddingBagCollection`` over ``id mod capacity``.
-
-    Collision-free only when ids are already in ``[0, capacity)``.
-
-    Shapes: input KJT with ``F`` keys and ``B`` rows; output KeyedTensor
-    ``[B, sum of D]``, one key per feature.
-    """
-
-    def __init__(
-        self, tables: list[TableConfig], features: list[SparseFeature], device: torch.device
-    ) -> None:
-        super().__init__()
-        by_name = {t.name: t for t in tables}
-        feats_of: dict[str, list[str]] = {}
-        for f in features:
-            if f.table_name not in by_name:
-                raise ConfigError(
-                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
-                )
-            feats_of.setdefault(f.table_name, []).append(f.name)
-        configs = []
-        for t in tables:
-            if t.name not in feats_of:
-                continue
-            if t.pooling not in _POOLING:
-                raise ConfigError(
-                    f"model.tables.{t.name}.pooling: {t.pooling!r} needs a sequence model"
-                )
-            configs.append(
-                EmbeddingBagConfig(
-                    name=t.name,
-                    embedding_dim=t.dim,
-                    num_embeddings=t.capacity,
-                    feature_names=feats_of[t.name],
-                    pooling=_POOLING[t.pooling],
-                )
-            )
-        self.capacity = {f.name: by_name[f.table_name].capacity for f in features}
-        self.feature_names = [f.name for f in features]
-        self.ebc = EmbeddingBagCollection(tables=configs, device=device)
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
-        per_value = torch.repeat_interleave(caps, torch.tensor(kjt.length_per_key()))
-        mapped = KeyedJaggedTensor(
-            keys=kjt.keys(),
-            values=torch.remainder(kjt.values(), per_value),
-            lengths=kjt.lengths(),
-            weights=kjt.weights_or_none(),
-        )
-        return self.ebc(mapped)
+__all__ = [
+    "FbgemmTableGroup",
+    "HashedEmbeddingCollection",
+    "TableSlot",
+    "TorchTableGroup",
+    "build_embedding_collection",
+]
 
 
 def build_embedding_collection(
-    tables: list[TableConfig], features: list[SparseFeature], device: torch.device
-) -> nn.Module:
-    """The embedding module for ``features``: ``KeyedJaggedTensor -> KeyedTensor``."""
-    return ModuloEmbeddingBagCollection(tables, features, device)
+    tables: list[TableConfig],
+    features: list[SparseFeature],
+    device: torch.device | str,
+    optimizer: SparseOptimizerConfig | None = None,
+    seed: int = 0,
+) -> HashedEmbeddingCollection:
+    """The embedding module for ``features``: ``KeyedJaggedTensor -> KeyedTensor``.
+
+    ``optimizer`` is the run's ``train.sparse_optimizer`` (default: row-wise
+    Adagrad, lr 0.05); rows are updated in backward by it, so the trainer must
+    not give these weights to a torch optimizer (they carry
+    ``_in_backward_optimizers``, or are buffers).
+    """
+    return HashedEmbeddingCollection(tables, features, device, optimizer=optimizer, seed=seed)

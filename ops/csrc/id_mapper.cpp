@@ -1,0 +1,69 @@
+// Native probe loops of recis.ops.IdMapper (linear probing, Fibonacci hashing).
+// The table layout is IdMapper's numpy arrays, shared without copies:
+//   slots int32 [S] (row >= 0, -1 empty, -2 deleted), row_key int64 [C].
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+namespace {
+constexpr uint64_t kFib = 0x9E3779B97F4A7C15ULL;
+constexpr int32_t kEmpty = -1;
+constexpr int32_t kTomb = -2;
+}  // namespace
+
+// Row (or slot position if want_pos) of each key, -1 where absent. When
+// row_last is non-empty, rows found get row_last[row] = step (LRU/TTL touch).
+torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift,
+                   int64_t mask, bool want_pos, torch::Tensor row_last, int64_t step) {
+  const int64_t n = keys.numel();
+  auto out = torch::empty({n}, torch::kInt64);
+  const int32_t* s = slots.data_ptr<int32_t>();
+  const int64_t* rk = row_key.data_ptr<int64_t>();
+  const int64_t* k = keys.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  int32_t* last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
+  const int32_t st = static_cast<int32_t>(step);
+  at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint64_t key = static_cast<uint64_t>(k[i]);
+      uint64_t p = (key * kFib) >> shift;
+      int64_t r = -1;
+      for (;;) {
+        const int32_t v = s[p];
+        if (v == kEmpty) break;
+        if (v >= 0 && static_cast<uint64_t>(rk[v]) == key) {
+          r = want_pos ? static_cast<int64_t>(p) : v;
+          if (last) last[v] = st;  // same value from every thread: a benign race
+          break;
+        }
+        p = (p + 1) & static_cast<uint64_t>(mask);
+      }
+      o[i] = r;
+    }
+  });
+  return out;
+}
+
+// Insert distinct keys known to be absent at rows; returns how many deleted
+// slots were reused.
+int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor rows,
+               int64_t shift, int64_t mask) {
+  int32_t* s = slots.data_ptr<int32_t>();
+  int64_t* rk = row_key.data_ptr<int64_t>();
+  const int64_t* k = keys.data_ptr<int64_t>();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  int64_t reused = 0;
+  for (int64_t i = 0; i < keys.numel(); ++i) {
+    const uint64_t key = static_cast<uint64_t>(k[i]);
+    rk[r[i]] = k[i];
+    uint64_t p = (key * kFib) >> shift;
+    while (s[p] >= 0) p = (p + 1) & static_cast<uint64_t>(mask);
+    reused += s[p] == kTomb;
+    s[p] = static_cast<int32_t>(r[i]);
+  }
+  return reused;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("find", &find, "find rows of keys");
+  m.def("insert", &insert, "insert absent keys");
+}

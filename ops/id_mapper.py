@@ -1,0 +1,401 @@
+"""IdMapper: zero-collision map from 64-bit ids to embedding-table rows.
+
+An open-addressing hash table (linear probing, Fibonacci hashing of the 64-bit
+key) over numpy arrays; its probe loops (:mod:`recis.ops.id_mapper_probe`) run
+in C++ when the torch extension builds, else vectorized in numpy. Admission,
+eviction and growth here are numpy array code: no Python loop over ids.
+
+Memory per table of capacity ``C`` (the part a plain embedding table lacks):
+
+* ``slots``: int32 ``[S]``, ``S`` the power of two ``>= C / 0.7`` (4 bytes/slot);
+  a slot holds a row (``>= 0``), ``EMPTY`` (-1) or ``TOMB`` (-2, a deleted entry).
+* ``row_key``: int64 ``[C]``, the id stored in each row (so slots need no key).
+* ``row_last``: int32 ``[C]``, step a row was last seen (only with eviction).
+* ``row_count``: int32 ``[C]``, occurrences of a row (only with LFU).
+* ``recycled``: int32, a stack of rows freed by eviction (short: they are
+  reused at once); never-used rows are the range ``[next_unused, C)``.
+* with ``min_count > 1``: a count-min sketch ``[depth, width]`` of int32.
+
+Admission: a missing id is *admitted* (gets a row) once it was seen
+``min_count`` times, counted by a count-min sketch (it can only over-count,
+so an id may be admitted early after sketch collisions, never late), and then
+with probability ``admit_prob`` (one draw per id per step it is missing).
+
+Eviction (when the table is full): ``lru`` frees the rows seen longest ago,
+``lfu`` the rows seen least often, ``ttl`` the rows not seen for more than
+``ttl_steps`` steps (a known id past its TTL is also treated as new on its
+next lookup: its row is reset). Rows used in the current batch are never
+evicted. To amortize the ``O(C)`` scan, one eviction frees
+``max(needed, evict_fraction * C)`` rows. Ids still without a row read the
+fallback (row ``-1`` here).
+
+Growth: a growable mapper doubles ``C`` (up to ``max_capacity``) when
+occupancy passes ``grow_at`` or a batch needs more rows than are free; rows
+keep their index, so weights and optimizer state are only copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from recis.errors import EmbeddingError, TableFullError
+
+from . import id_mapper_probe as probe
+from .id_mapper_probe import EMPTY, TOMB, native_kernels
+
+_SKETCH_MUL = np.array(
+    [0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
+     0xC4CEB9FE1A85EC53, 0x9FB21C651E98DF25, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
+    dtype=np.uint64,
+)  # fmt: skip
+_FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
+_MAX_LOAD = 0.7  # live rows / slots, at most
+_REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
+
+Eviction = Literal["none", "lru", "lfu", "ttl"]
+
+
+@dataclass
+class MapResult:
+    """What one :meth:`IdMapper.map` call did.
+
+    ``rows``: int64 ``[N]`` row per input id, ``-1`` where the id has no row
+    (not admitted, or no room). ``reset_rows``: int64 rows whose content must
+    be re-initialized (evicted or expired, then possibly reused).
+    ``capacity``: the capacity after the call (larger than before if it grew).
+    """
+
+    rows: torch.Tensor
+    reset_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    capacity: int = 0
+
+
+def _num_slots(capacity: int) -> int:
+    return 1 << max(4, int(np.ceil(np.log2(capacity / _MAX_LOAD))))
+
+
+def _as_keys(ids: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    """int64 ids as a uint64 numpy view (no copy for CPU int64 input)."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise EmbeddingError(f"table {name!r}: ids must be integers, got {ids.dtype}")
+        ids = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise EmbeddingError(f"table {name!r}: ids must be integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr.reshape(-1).astype(np.int64, copy=False)).view(np.uint64)
+
+
+class IdMapper:
+    """Map arbitrary int64 ids to rows ``[0, capacity)`` with no collisions.
+
+    Args:
+        capacity: rows available (initially, if ``growable``).
+        name: table name, used in error messages.
+        eviction: ``none``, ``lru``, ``lfu`` or ``ttl``.
+        ttl_steps: for ``ttl``: a row not seen for more than this many steps expires.
+        evict_fraction: fraction of ``capacity`` freed at once when eviction runs.
+        min_count: occurrences before an id is admitted (count-min sketch when > 1).
+        admit_prob: probability that a missing (and counted-enough) id is admitted.
+        growable: double capacity instead of failing or evicting when full.
+        grow_at: occupancy fraction that triggers growth.
+        max_capacity: growth stops here.
+        sketch_width, sketch_depth: count-min sketch shape.
+        seed: seed of the admission coin.
+        native: use the C++ probe loops (None: when they build; False: numpy only).
+
+    Example::
+
+        m = IdMapper(1000, name="user", eviction="lru")
+        res = m.map(torch.tensor([7, -3, 2**62, 7]), step=1)
+        res.rows  # tensor([0, 1, 2, 0])
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        name: str = "table",
+        eviction: Eviction = "none",
+        ttl_steps: int | None = None,
+        evict_fraction: float = 0.01,
+        min_count: int = 1,
+        admit_prob: float = 1.0,
+        growable: bool = False,
+        grow_at: float = 0.9,
+        max_capacity: int | None = None,
+        sketch_width: int = 1 << 20,
+        sketch_depth: int = 4,
+        seed: int = 0,
+        native: bool | None = None,
+    ) -> None:
+        if capacity <= 0:
+            raise EmbeddingError(f"table {name!r}: capacity must be > 0, got {capacity}")
+        if eviction == "ttl" and not ttl_steps:
+            raise EmbeddingError(f"table {name!r}: eviction 'ttl' needs ttl_steps > 0")
+        self.name = name
+        self.eviction = eviction
+        self.ttl_steps = ttl_steps
+        self.evict_fraction = evict_fraction
+        self.min_count = min_count
+        self.admit_prob = admit_prob
+        self.growable = growable
+        self.grow_at = grow_at
+        self.max_capacity = max_capacity
+        self.rng = np.random.default_rng(seed)
+        self._nat = native_kernels() if native in (None, True) else None
+        if native and self._nat is None:
+            raise EmbeddingError(f"table {name!r}: native IdMapper kernels could not be built")
+        self.sketch = (
+            np.zeros((sketch_depth, 1 << int(np.log2(sketch_width))), np.int32)
+            if min_count > 1
+            else None
+        )
+        self._allocate(capacity)
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.row_key = np.zeros(capacity, np.uint64)
+        self.row_last = np.full(capacity, _FREE, np.int32) if self.eviction != "none" else None
+        self.row_count = np.zeros(capacity, np.int32) if self.eviction == "lfu" else None
+        self.next_unused = 0  # rows >= this were never used
+        self.recycled = np.zeros(0, np.int32)  # rows freed by eviction, reused first
+        self._set_slots(_num_slots(capacity))
+
+    def _set_slots(self, n: int) -> None:
+        self.slots = np.full(n, EMPTY, np.int32)
+        self.mask = np.int64(n - 1)
+        self.shift = np.uint64(64 - int(np.log2(n)))
+        self.n_tomb = 0
+
+    @property
+    def size(self) -> int:
+        """Rows in use."""
+        return self.capacity - self.n_free
+
+    @property
+    def n_free(self) -> int:
+        """Rows free: never used plus recycled."""
+        return self.capacity - self.next_unused + len(self.recycled)
+
+    def live_rows(self) -> np.ndarray:
+        """Rows in use, ascending, int64 ``[size]``."""
+        live = np.ones(self.capacity, bool)
+        live[self.next_unused :] = False
+        live[self.recycled] = False
+        return np.flatnonzero(live)
+
+    def _find(self, keys: np.ndarray, rows: bool = False, touch: int | None = None) -> np.ndarray:
+        """Slot (or row) of each uint64 key, -1 where absent; see :func:`probe.find`."""
+        return probe.find(
+            self.slots,
+            self.row_key,
+            keys,
+            self.shift,
+            self.mask,
+            self._nat,
+            rows,
+            self.row_last,
+            touch,
+        )
+
+    def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Insert distinct keys known to be absent, at ``rows``."""
+        self.n_tomb -= probe.insert(
+            self.slots, self.row_key, keys, rows, self.shift, self.mask, self._nat
+        )
+
+    def _rebuild(self, n_slots: int | None = None) -> None:
+        live = self.live_rows()
+        self._set_slots(n_slots or len(self.slots))
+        self._insert(self.row_key[live], live)
+
+    # ------------------------------------------------------------------ public
+    def lookup(self, ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Rows of ``ids`` (int64 ``[N]``), ``-1`` where unknown; changes nothing."""
+        return torch.from_numpy(self._find(_as_keys(ids, self.name), rows=True))
+
+    def map(self, ids: torch.Tensor | np.ndarray, step: int, insert: bool = True) -> MapResult:
+        """Rows of ``ids`` (int64 ``[N]``), inserting admitted new ids when ``insert``.
+
+        ``step`` is the caller's training step (for LRU/TTL); rows used here
+        are marked seen at ``step`` and are not evicted by this call.
+        """
+        keys = _as_keys(ids, self.name)
+        # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
+        touch = (
+            step if insert and self._nat is not None and self.eviction in ("lru", "lfu") else None
+        )
+        rows = self._find(keys, rows=True, touch=touch)
+        if not insert:
+            return MapResult(torch.from_numpy(rows), capacity=self.capacity)
+        reset = [np.zeros(0, np.int64)]
+        hit = rows >= 0
+        if self.eviction == "ttl":
+            hit_rows = rows[hit]
+            expired = self.row_last[hit_rows] < step - self.ttl_steps
+            if expired.any():  # not seen for too long: same row, fresh content
+                reset.append(np.unique(hit_rows[expired]))
+        if self.row_last is not None and touch is None:
+            self.row_last[rows[hit]] = step
+        missing = ~hit
+        if missing.any():
+            new_keys, inverse, counts = np.unique(
+                keys[missing], return_inverse=True, return_counts=True
+            )
+            admit = self._admit(new_keys, counts)
+            new_keys = new_keys[admit]
+            if len(new_keys):
+                new_rows = self._take_rows(len(new_keys), step, reset)
+                n = len(new_rows)
+                self._insert(new_keys[:n], new_rows)
+                if self.row_last is not None:
+                    self.row_last[new_rows] = step
+                if self.row_count is not None:
+                    self.row_count[new_rows] = 0
+                got = np.full(len(admit), -1, np.int64)
+                got[np.flatnonzero(admit)[:n]] = new_rows
+                rows[missing] = got[inverse]
+        if self.row_count is not None:
+            r = rows[rows >= 0]
+            np.add.at(self.row_count, r, 1)
+        if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
+            self._rebuild()
+        if self.growable and self.size > self.grow_at * self.capacity:
+            self._grow(self.capacity + 1)
+        return MapResult(torch.from_numpy(rows), np.concatenate(reset), self.capacity)
+
+    def _admit(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        admit = np.ones(len(keys), bool)
+        if self.sketch is not None:
+            depth, width = self.sketch.shape
+            est = None
+            with np.errstate(over="ignore"):
+                for d in range(depth):
+                    h = ((keys ^ _SKETCH_MUL[d + 4 & 7]) * _SKETCH_MUL[d & 7]) >> np.uint64(
+                        64 - int(np.log2(width))
+                    )
+                    h = h.astype(np.int64)
+                    np.add.at(self.sketch[d], h, counts.astype(np.int32))
+                    e = self.sketch[d][h]
+                    est = e if est is None else np.minimum(est, e)
+            admit &= est >= self.min_count
+        if self.admit_prob < 1.0:
+            admit &= self.rng.random(len(keys)) < self.admit_prob
+        return admit
+
+    def _take_rows(self, n: int, step: int, reset: list[np.ndarray]) -> np.ndarray:
+        """Pop ``n`` free rows, growing or evicting first; may return fewer."""
+        if n > self.n_free and self.growable:
+            self._grow(self.size + n)
+        if n > self.n_free and self.eviction != "none":
+            freed = self._evict(
+                max(n - self.n_free, int(self.evict_fraction * self.capacity)), step
+            )
+            reset.append(freed)
+        if n > self.n_free and self.eviction == "none":
+            raise TableFullError(
+                f"table {self.name!r} is full: {self.size} of {self.capacity} rows in use, "
+                f"{n} new ids need rows; "
+                "raise capacity or set eviction (lru|lfu|ttl) or growable: true"
+            )
+        n = min(n, self.n_free)
+        k = min(n, len(self.recycled))
+        fresh = np.arange(self.next_unused, self.next_unused + n - k, dtype=np.int64)
+        rows = np.concatenate([self.recycled[:k].astype(np.int64), fresh])
+        self.recycled = self.recycled[k:]
+        self.next_unused += n - k
+        return rows
+
+    def _evict(self, k: int, step: int) -> np.ndarray:
+        """Free up to ``k`` rows by the eviction policy; returns the rows freed.
+
+        Free rows carry ``row_last == _FREE`` (never evictable), so no list of
+        live rows is built: one or two O(C) passes over int32 arrays.
+        """
+        last = self.row_last
+        if self.eviction == "ttl":
+            victims = np.flatnonzero(last < step - self.ttl_steps)
+        else:
+            evictable = last < step  # rows of this batch (and free rows) stay
+            n = int(np.count_nonzero(evictable))
+            k = min(k, n)
+            if k == 0:
+                return np.zeros(0, np.int64)
+            if self.eviction == "lfu":
+                score = np.where(evictable, self.row_count, np.iinfo(np.int32).max)
+            else:
+                score = last
+            if k == n:
+                victims = np.flatnonzero(evictable)
+            else:
+                kth = np.partition(score, k - 1)[k - 1]  # k-th smallest score
+                below = np.flatnonzero(score < kth)
+                ties = np.flatnonzero(score == kth)[: k - len(below)]
+                victims = np.concatenate([below, ties])
+        if len(victims) == 0:
+            return victims.astype(np.int64)
+        pos = self._find(self.row_key[victims])
+        self.slots[pos] = TOMB
+        self.n_tomb += len(victims)
+        last[victims] = _FREE
+        self.recycled = np.concatenate([self.recycled, victims.astype(np.int32)])
+        return victims.astype(np.int64)
+
+    def _grow(self, need: int) -> None:
+        new = self.capacity
+        while new < need:
+            new *= 2
+        if self.max_capacity is not None:
+            new = min(new, self.max_capacity)
+        if new <= self.capacity:
+            return
+        old = self.capacity
+        self.capacity = new
+        self.row_key = np.concatenate([self.row_key, np.zeros(new - old, np.uint64)])
+        if self.row_last is not None:
+            self.row_last = np.concatenate([self.row_last, np.full(new - old, _FREE, np.int32)])
+        if self.row_count is not None:
+            self.row_count = np.concatenate([self.row_count, np.zeros(new - old, np.int32)])
+        self._rebuild(_num_slots(new))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and numbers that fully restore the mapper."""
+        st: dict[str, Any] = {
+            "capacity": self.capacity,
+            "next_unused": self.next_unused,
+            "row_key": torch.from_numpy(self.row_key.view(np.int64).copy()),
+            "recycled": torch.from_numpy(self.recycled.astype(np.int64)),
+            "rng": self.rng.bit_generator.state,
+        }
+        if self.row_last is not None:
+            st["row_last"] = torch.from_numpy(self.row_last.copy())
+        if self.row_count is not None:
+            st["row_count"] = torch.from_numpy(self.row_count.copy())
+        if self.sketch is not None:
+            st["sketch"] = torch.from_numpy(self.sketch.copy())
+        return st
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self._allocate(int(st["capacity"]))
+        self.row_key[:] = st["row_key"].numpy().view(np.uint64)
+        self.next_unused = int(st["next_unused"])
+        self.recycled = st["recycled"].numpy().astype(np.int32)
+        if self.row_last is not None:
+            self.row_last[:] = st["row_last"].numpy()
+        if self.row_count is not None:
+            self.row_count[:] = st["row_count"].numpy()
+        if self.sketch is not None and "sketch" in st:
+            self.sketch[...] = st["sketch"].numpy()
+        self.rng.bit_generator.state = st["rng"]
+        self._rebuild()
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 ``[size]``, rows int64 ``[size]``) of every live row, by row."""
+        live = self.live_rows()
+        return self.row_key[live].view(np.int64), live

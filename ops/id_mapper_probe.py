@@ -1,0 +1,145 @@
+"""Probe loops of :class:`recis.ops.IdMapper`'s hash table: find and insert.
+
+The table is two arrays shared with the mapper: ``slots`` int32 ``[S]`` (a row
+``>= 0``, ``EMPTY`` -1 or ``TOMB`` -2) and ``row_key`` uint64 ``[C]``. A key's home
+slot is ``(key * 0x9E3779B97F4A7C15) >> shift`` (Fibonacci hashing), then linear
+probing. Two implementations with identical results: C++ (``csrc/id_mapper.cpp``,
+built by torch on first use) and vectorized numpy (one array operation per probe
+round over all keys still probing).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+EMPTY = np.int32(-1)
+TOMB = np.int32(-2)
+_FIB = np.uint64(0x9E3779B97F4A7C15)
+_EMPTY_I32 = torch.zeros(0, dtype=torch.int32)
+
+_NATIVE: Any = None  # the compiled probe loops, False when they cannot be built
+
+
+def native_kernels() -> Any:
+    """The C++ probe loops (``ops/csrc/id_mapper.cpp``), built on first use, or None.
+
+    torch compiles them once per machine (~40 s) into its extension cache. Set
+    ``RECIS_NATIVE=0`` to use the numpy loops only; a failed build warns and
+    falls back to them.
+    """
+    global _NATIVE
+    if _NATIVE is None:
+        _NATIVE = False
+        if os.environ.get("RECIS_NATIVE", "1") != "0":
+            try:
+                from torch.utils.cpp_extension import load
+
+                src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
+                _NATIVE = load(name="recis_id_mapper", sources=[str(src)], extra_cflags=["-O3"])
+            except Exception as err:  # no compiler, no headers: numpy still works
+                warnings.warn(
+                    f"recis.ops.IdMapper: native kernels unavailable ({err})", stacklevel=2
+                )
+    return _NATIVE or None
+
+
+def home(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
+    """Home slot of each uint64 key, int64 ``[N]``."""
+    with np.errstate(over="ignore"):
+        return ((keys * _FIB) >> shift).astype(np.int64)
+
+
+def find(
+    slots: np.ndarray,
+    row_key: np.ndarray,
+    keys: np.ndarray,
+    shift: np.uint64,
+    mask: np.int64,
+    nat: Any,
+    rows: bool = False,
+    row_last: np.ndarray | None = None,
+    touch: int | None = None,
+) -> np.ndarray:
+    """Slot position (or row, if ``rows``) of each uint64 key, -1 where absent.
+
+    With ``nat`` (the native module) and ``touch``, found rows also get
+    ``row_last[row] = touch``; the numpy path leaves that to the caller. numpy:
+    the first probe round runs on all keys without index bookkeeping, later
+    rounds only on the few keys still probing.
+    """
+    if nat is not None:
+        out = nat.find(
+            torch.from_numpy(slots),
+            torch.from_numpy(row_key.view(np.int64)),
+            torch.from_numpy(keys.view(np.int64)),
+            int(shift),
+            int(mask),
+            not rows,
+            torch.from_numpy(row_last)
+            if touch is not None and row_last is not None
+            else _EMPTY_I32,
+            touch or 0,
+        )
+        return out.numpy()
+    pos = home(keys, shift)
+    s = slots[pos]
+    occupied = s >= 0
+    hit = row_key[np.where(occupied, s, 0)] == keys
+    hit &= occupied
+    out = np.where(hit, s if rows else pos, -1).astype(np.int64)
+    go = s != EMPTY
+    go &= ~hit
+    idx = np.flatnonzero(go)
+    keys, pos = keys[idx], (pos[idx] + 1) & mask
+    while idx.size:
+        s = slots[pos]
+        occupied = s >= 0
+        hit = occupied & (row_key[np.where(occupied, s, 0)] == keys)
+        out[idx[hit]] = s[hit] if rows else pos[hit]
+        go = (s != EMPTY) & ~hit
+        idx, keys, pos = idx[go], keys[go], (pos[go] + 1) & mask
+    return out
+
+
+def insert(
+    slots: np.ndarray,
+    row_key: np.ndarray,
+    keys: np.ndarray,
+    rows: np.ndarray,
+    shift: np.uint64,
+    mask: np.int64,
+    nat: Any,
+) -> int:
+    """Insert distinct uint64 keys known to be absent at ``rows``; returns tombstones reused."""
+    if nat is not None:
+        return int(
+            nat.insert(
+                torch.from_numpy(slots),
+                torch.from_numpy(row_key.view(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)),
+                int(shift),
+                int(mask),
+            )
+        )
+    row_key[rows] = keys
+    pos = home(keys, shift)
+    rows32 = rows.astype(np.int32)
+    reused = 0
+    while rows32.size:
+        s = slots[pos]
+        open_ = s < 0
+        p, r = pos[open_], rows32[open_]
+        slots[p] = r  # several keys may race for one slot: the last write wins
+        won = np.zeros(len(rows32), bool)
+        won[open_] = slots[p] == r
+        reused += int(np.count_nonzero(s[won] == TOMB))
+        go = ~won
+        rows32, keys, pos = rows32[go], keys[go], (pos[go] + 1) & mask
+    return reused

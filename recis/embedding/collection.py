@@ -1,0 +1,334 @@
+"""HashedEmbeddingCollection: raw 64-bit ids in, embeddings out, rows updated in backward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torchrec import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+
+from recis.config import SparseOptimizerConfig, TableConfig
+from recis.errors import ConfigError, EmbeddingError
+from recis.features import SparseFeature
+from recis.ops.id_mapper import IdMapper, MapResult
+
+from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
+
+
+def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
+    # pooling 'none' returns [N, D]: one dim per group
+    dim = f"_d{t.dim}" if t.pooling == "none" else ""
+    return (
+        f"{t.pooling}{dim}_{t.dtype}_{opt.name}_lr{opt.lr:g}_eps{opt.eps:g}_wd{opt.weight_decay:g}"
+        f"_b{opt.beta1:g}_{opt.beta2:g}"
+    ).replace(".", "p")
+
+
+class HashedEmbeddingCollection(nn.Module):
+    """Embedding tables over raw 64-bit ids: collision-free mapping, then fused lookup.
+
+    Each table has an :class:`recis.ops.IdMapper` (unless ``mapper: none``)
+    that turns ids into rows; row 0 of a mapped table is the fallback row that
+    ids without a row (not admitted, no room) read, and it never changes. Tables
+    with the same pooling, dtype and optimizer share one fbgemm TBE (one kernel
+    call forward and one fused update in backward); Adam/AdamW tables use
+    :class:`TorchTableGroup`.
+
+    The collection counts training steps: ``step`` goes up by one on each
+    forward in training mode (``module.training``); LRU and TTL use it. Eval
+    forwards neither insert ids nor count.
+
+    Shapes: input KJT with ``F`` keys, batch ``B``; :meth:`forward` returns a
+    KeyedTensor ``[B, sum of D]`` with one key per pooled feature;
+    :meth:`forward_sequences` returns ``{feature: JaggedTensor [N_f, D]}`` for
+    pooling ``none`` tables.
+
+    Args:
+        tables: table configs (tables no feature uses are skipped).
+        features: sparse features; ``table`` names the table (shared tables allowed).
+        device: where weights live and outputs go.
+        optimizer: sparse optimizer, unless a table sets its own.
+
+    Example::
+
+        ec = HashedEmbeddingCollection([TableConfig("u", 16, 1000)], [SparseFeature("u")], cpu)
+        kt = ec(kjt)           # KeyedTensor, kt["u"] is [B, 16]
+    """
+
+    def __init__(
+        self,
+        tables: list[TableConfig],
+        features: list[SparseFeature],
+        device: torch.device | str = "cpu",
+        optimizer: SparseOptimizerConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        device = torch.device(device)
+        optimizer = optimizer or SparseOptimizerConfig()
+        by_name = {t.name: t for t in tables}
+        feats_of: dict[str, list[str]] = {}
+        for f in features:
+            if f.table_name not in by_name:
+                raise ConfigError(
+                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
+                )
+            feats_of.setdefault(f.table_name, []).append(f.name)
+        self.device = device
+        self.step = 0
+        self.tables = {t.name: t for t in tables if t.name in feats_of}
+        self.table_of = {f.name: f.table_name for f in features}
+        self.weighted = {f.name: f.weight_column is not None for f in features}
+        self.mappers: dict[str, IdMapper] = {}
+        slots: dict[str, list[TableSlot]] = {}
+        spec: dict[str, tuple[str, str, SparseOptimizerConfig]] = {}
+        for i, t in enumerate(self.tables.values()):
+            opt = t.optimizer or optimizer
+            mapped = t.mapper == "hash"
+            if mapped:
+                self.mappers[t.name] = IdMapper(
+                    t.capacity,
+                    name=t.name,
+                    eviction=t.eviction,
+                    ttl_steps=t.ttl_steps,
+                    evict_fraction=t.evict_fraction,
+                    min_count=t.admission_min_count,
+                    admit_prob=t.admission_prob,
+                    growable=t.growable,
+                    grow_at=t.grow_at,
+                    max_capacity=t.max_capacity,
+                    seed=seed + i,
+                )
+            if opt.name not in ("adam", "adamw") and t.dim % 4:
+                raise ConfigError(
+                    f"model.tables.{t.name}.dim: {t.dim} is not a multiple of 4, "
+                    f"which fbgemm's {opt.name} kernels need"
+                )
+            key = _group_key(t, opt)
+            spec[key] = (t.pooling, t.dtype, opt)
+            slots.setdefault(key, []).append(
+                TableSlot(
+                    name=t.name,
+                    dim=t.dim,
+                    rows=t.capacity + int(mapped),
+                    init=t.init,
+                    init_scale=t.init_scale or default_scale(t.capacity),
+                    features=feats_of[t.name],
+                )
+            )
+        self.groups = nn.ModuleDict()
+        self.where: dict[str, tuple[str, int]] = {}  # table -> (group, index in group)
+        for key, ts in slots.items():
+            pooling, dtype, opt = spec[key]
+            cls = TorchTableGroup if opt.name in ("adam", "adamw") else FbgemmTableGroup
+            self.groups[key] = cls(ts, pooling, dtype, opt, device)
+            for j, s in enumerate(ts):
+                self.where[s.name] = (key, j)
+        for name in self.mappers:
+            g, j = self.where[name]
+            grp = self.groups[g]
+            fallback = grp.weight(j)[0].float().clone()
+            if self.tables[name].default == "zero":
+                fallback.zero_()
+            self.register_buffer(f"fallback_{name}", fallback)
+        # in the order features were given (the output KeyedTensor's key order)
+        pooling = {f.name: by_name[f.table_name].pooling for f in features}
+        self.pooled_features = [f.name for f in features if pooling[f.name] != "none"]
+        self.sequence_features = [f.name for f in features if pooling[f.name] == "none"]
+
+    # ------------------------------------------------------------------ mapping
+    def _map(self, table: str, ids: torch.Tensor) -> MapResult | torch.Tensor:
+        """Phase 1: ids int64 ``[N]`` to mapper rows (tables themselves are not touched)."""
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise EmbeddingError(f"table {table!r}: ids must be integers, got {ids.dtype}")
+        mapper = self.mappers.get(table)
+        if mapper is None:
+            cap = self.tables[table].capacity
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cap):
+                raise EmbeddingError(
+                    f"table {table!r} (mapper: none): ids must be in [0, {cap}), "
+                    f"got [{int(ids.min())}, {int(ids.max())}]"
+                )
+            return ids.to(torch.int64)
+        return mapper.map(ids, self.step, insert=self.training)
+
+    def _apply(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
+        """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``."""
+        if isinstance(res, torch.Tensor):
+            return res
+        g, j = self.where[table]
+        grp = self.groups[g]
+        if res.capacity + 1 != grp.tables[j].rows:
+            grp.resize(j, res.capacity + 1)
+        if len(res.reset_rows):
+            grp.reset_rows(j, torch.from_numpy(res.reset_rows + 1).to(self.device))
+        return (res.rows + 1).to(self.device)
+
+    def _map_all(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map every table's ids (all mappers first, then the table updates they ask for).
+
+        Threads over tables were measured no faster on 2 shared cores, so this is serial.
+        """
+        results = {t: self._map(t, v) for t, v in ids.items()}
+        return {t: self._apply(t, r) for t, r in results.items()}
+
+    def _restore_fallbacks(self) -> None:
+        for name in self.mappers:
+            g, j = self.where[name]
+            self.groups[g].set_row(j, 0, getattr(self, f"fallback_{name}"))
+
+    # ------------------------------------------------------------------ forward
+    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+        """Pooled KeyedTensor (or None) and sequence JaggedTensors, in one pass."""
+        if self.training:
+            self.step += 1
+        # the last fused update may have moved the fallback rows: put them back
+        self._restore_fallbacks()
+        keys = kjt.keys()
+        missing = [f for f in self.pooled_features + self.sequence_features if f not in keys]
+        if missing:
+            raise EmbeddingError(f"input has no feature(s) {missing} (keys: {keys})")
+        b = kjt.stride()
+        values, lengths = kjt.values(), kjt.lengths()
+        weights = kjt.weights_or_none()
+        vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
+        at = {k: i for i, k in enumerate(keys)}
+        seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
+        table_ids = {
+            t: torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
+            for t in self.tables
+        }
+        rows: dict[str, torch.Tensor] = {}
+        for table, r in self._map_all(table_ids).items():
+            fs = self.where_features(table)
+            o = 0
+            for f in fs:
+                n = seg[f][1] - seg[f][0]
+                rows[f] = r[o : o + n]
+                o += n
+        pooled: dict[str, torch.Tensor] = {}
+        last_pooled: tuple[list[str], torch.Tensor] | None = None
+        seqs: dict[str, JaggedTensor] = {}
+        for grp in self.groups.values():
+            fs = grp.feature_names
+            idx = torch.cat([rows[f] for f in fs])
+            lens = torch.cat([lengths[at[f] * b : (at[f] + 1) * b] for f in fs]).to(self.device)
+            offsets = torch.zeros(lens.numel() + 1, dtype=torch.int64, device=self.device)
+            torch.cumsum(lens, 0, out=offsets[1:])
+            psw = None
+            if any(self.weighted[f] for f in fs) and weights is not None:
+                psw = torch.cat(
+                    [
+                        weights[seg[f][0] : seg[f][1]]
+                        if self.weighted[f]
+                        else torch.ones(seg[f][1] - seg[f][0], device=weights.device)
+                        for f in fs
+                    ]
+                ).to(self.device, torch.float32)
+            out = grp(idx, offsets, psw)
+            if grp.pooling == "none":
+                o = 0
+                for f in fs:
+                    n = seg[f][1] - seg[f][0]
+                    seqs[f] = JaggedTensor(
+                        values=out[o : o + n], lengths=lengths[at[f] * b : (at[f] + 1) * b]
+                    )
+                    o += n
+            else:
+                last_pooled = (fs, out)
+                o = 0
+                for f, d in zip(fs, grp.feature_dims):
+                    pooled[f] = out[:, o : o + d]
+                    o += d
+        kt = None
+        if pooled:
+            # keys in the features' order (as given to the constructor), whatever the grouping
+            if last_pooled is not None and last_pooled[0] == self.pooled_features:
+                values = last_pooled[1]  # one pooled group, already in order: no copy
+            else:
+                values = torch.cat([pooled[f] for f in self.pooled_features], dim=1)
+            kt = KeyedTensor(
+                keys=self.pooled_features,
+                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
+                values=values,
+            )
+        return kt, seqs
+
+    def where_features(self, table: str) -> list[str]:
+        g, j = self.where[table]
+        return self.groups[g].tables[j].features
+
+    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
+        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
+        kt, _ = self.lookup(kjt)
+        if kt is None:
+            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
+        return kt
+
+    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
+        return self.lookup(kjt)[1]
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "mappers": {n: m.state_dict() for n, m in self.mappers.items()},
+            "rows": {n: self.groups[g].tables[j].rows for n, (g, j) in self.where.items()},
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        # runs before the groups load theirs: resize grown tables first
+        self.step = int(state["step"])
+        for name, st in state["mappers"].items():
+            self.mappers[name].load_state_dict(st)
+        for name, rows in state["rows"].items():
+            g, j = self.where[name]
+            if self.groups[g].tables[j].rows != rows:
+                self.groups[g].resize(j, rows)
+
+    def torchrec_tables(self) -> list[EmbeddingBagConfig | EmbeddingConfig]:
+        """torchrec configs of the tables as laid out here (rows include the fallback row).
+
+        For sharding: a torchrec ``EmbeddingBagCollection`` / ``EmbeddingCollection``
+        built from these, with ``apply_optimizer_in_backward`` of the same optimizer,
+        is what ``DistributedModelParallel`` shards; see docs/embedding.md.
+        """
+        out: list[EmbeddingBagConfig | EmbeddingConfig] = []
+        for name, (g, j) in self.where.items():
+            slot = self.groups[g].tables[j]
+            dtype = DataType.FP16 if self.tables[name].dtype == "fp16" else DataType.FP32
+            common = dict(
+                name=name,
+                embedding_dim=slot.dim,
+                num_embeddings=slot.rows,
+                feature_names=list(slot.features),
+                data_type=dtype,
+            )
+            pooling = self.tables[name].pooling
+            if pooling == "none":
+                out.append(EmbeddingConfig(**common))
+            else:
+                pt = PoolingType.SUM if pooling == "sum" else PoolingType.MEAN
+                out.append(EmbeddingBagConfig(**common, pooling=pt))
+        return out
+
+    def export_embeddings(self, path: str | Path) -> None:
+        """Write live rows as safetensors: ``{table}.ids`` int64 ``[N]``, ``{table}.weights`` ``[N, D]``."""
+        out: dict[str, torch.Tensor] = {}
+        for name, (g, j) in self.where.items():
+            w = self.groups[g].weight(j).detach()
+            if name in self.mappers:
+                ids, rows = self.mappers[name].items()
+                vec = w[torch.from_numpy(rows + 1).to(w.device)]
+                ids_t = torch.from_numpy(ids.copy())
+            else:
+                vec, ids_t = w, torch.arange(w.shape[0], dtype=torch.int64)
+            out[f"{name}.ids"] = ids_t.contiguous()
+            out[f"{name}.weights"] = vec.float().cpu().contiguous()
+        save_file(out, str(path))

@@ -1,0 +1,308 @@
+"""Table groups: tables of one pooling, dtype and optimizer behind one lookup call.
+
+* :class:`FbgemmTableGroup` - fbgemm's ``SplitTableBatchedEmbeddingBagsCodegen``
+  (TBE, the kernel torchrec's fused and sharded collections run) with its
+  optimizer fused into backward: SGD, Adagrad, row-wise Adagrad.
+* :class:`TorchTableGroup` - Adam / AdamW, which fbgemm lacks on CPU: a plain
+  ``embedding_bag`` over the rows of the batch, with a gradient hook that
+  applies :func:`recis.optim.sparse_adam.adam_update_rows` in backward.
+
+Both take the group's ids as one flat tensor: ``indices`` int64 ``[N]``,
+feature-major (all ids of feature 0, then feature 1, ...), ``offsets`` int64
+``[F * B + 1]`` and optional ``per_sample_weights`` float ``[N]``, and return
+``[B, sum of D]`` (pooled) or ``[N, D]`` (pooling ``none``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    ComputeDevice,
+    SplitTableBatchedEmbeddingBagsCodegen,
+    WeightDecayMode,
+)
+from torch import nn
+
+from recis.config import SparseOptimizerConfig
+from recis.optim.sparse_adam import AdamHyper, adam_state, adam_update_rows
+
+_POOLING = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
+_FBGEMM_OPT = {
+    "sgd": EmbOptimType.EXACT_SGD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+}
+_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class TableSlot:
+    """One table inside a group: ``rows`` includes the fallback row of mapped tables."""
+
+    name: str
+    dim: int
+    rows: int
+    init: str = "uniform"
+    init_scale: float = 0.01
+    features: list[str] = field(default_factory=list)
+
+    def initial(self, n: int, device: torch.device) -> torch.Tensor:
+        """``[n, dim]`` float32 fresh rows drawn from this table's init."""
+        out = torch.empty(n, self.dim, device=device)
+        if self.init == "zeros":
+            return out.zero_()
+        if self.init == "normal":
+            return out.normal_(0.0, self.init_scale)
+        return out.uniform_(-self.init_scale, self.init_scale)
+
+
+def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
+    # torchrec's convention (apply_optimizer_in_backward): the trainer keeps such
+    # parameters away from its dense and sparse torch optimizers.
+    param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]
+
+
+class FbgemmTableGroup(nn.Module):
+    """Tables updated by an fbgemm fused optimizer, looked up in one TBE call.
+
+    Args:
+        tables: the tables, in TBE order; ``features`` of each are its features.
+        pooling: ``sum``, ``mean`` or ``none``.
+        dtype: ``fp32`` or ``fp16`` weights (outputs are fp32).
+        optimizer: ``sgd``, ``adagrad`` or ``rowwise_adagrad`` settings.
+        device: where weights live (CPU: ``EmbeddingLocation.HOST``).
+    """
+
+    def __init__(
+        self,
+        tables: list[TableSlot],
+        pooling: str,
+        dtype: str,
+        optimizer: SparseOptimizerConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.tables = tables
+        self.pooling, self.dtype, self.opt, self.device = pooling, dtype, optimizer, device
+        self.feature_names = [f for t in tables for f in t.features]
+        self.feature_dims = [t.dim for t in tables for _ in t.features]
+        self._build()
+        for t, w in zip(self.tables, self._weights):
+            w.copy_(t.initial(t.rows, device).to(w.dtype))
+
+    def _build(self) -> None:
+        cpu = self.device.type == "cpu"
+        loc = EmbeddingLocation.HOST if cpu else EmbeddingLocation.DEVICE
+        comp = ComputeDevice.CPU if cpu else ComputeDevice.CUDA
+        ftm = [i for i, t in enumerate(self.tables) for _ in t.features]
+        wd = self.opt.weight_decay
+        self.tbe = SplitTableBatchedEmbeddingBagsCodegen(
+            [(t.rows, t.dim, loc, comp) for t in self.tables],
+            feature_table_map=ftm,
+            optimizer=_FBGEMM_OPT[self.opt.name],
+            pooling_mode=_POOLING[self.pooling],
+            weights_precision=SparseType.FP16 if self.dtype == "fp16" else SparseType.FP32,
+            output_dtype=SparseType.FP32,
+            learning_rate=self.opt.lr,
+            eps=self.opt.eps,
+            weight_decay=wd,
+            weight_decay_mode=WeightDecayMode.L2 if wd else WeightDecayMode.NONE,
+            device=self.device,
+        )
+        for p in self.tbe.parameters():
+            _mark_in_backward(p, self)
+        self._cache_views()
+
+    def _cache_views(self) -> None:
+        # views into the TBE's flat buffers: stay valid across in-place loads
+        self._weights = self.tbe.split_embedding_weights()
+        states = self.tbe.split_optimizer_states() if self.opt.name != "sgd" else []
+        self._states = [[s for s in per_table] for per_table in states] or [[] for _ in self.tables]
+
+    def weight(self, i: int) -> torch.Tensor:
+        """``[rows, D]`` view of table ``i``'s weights."""
+        return self._weights[i]
+
+    def states(self, i: int) -> list[torch.Tensor]:
+        """Optimizer state views of table ``i`` (``[rows, D]`` or ``[rows]``)."""
+        return self._states[i]
+
+    @torch.no_grad()
+    def reset_rows(self, i: int, rows: torch.Tensor) -> None:
+        """Fresh init and zero optimizer state for ``rows`` of table ``i``."""
+        if rows.numel() == 0:
+            return
+        w = self._weights[i]
+        w[rows] = self.tables[i].initial(rows.numel(), w.device).to(w.dtype)
+        for s in self._states[i]:
+            s[rows] = 0
+
+    @torch.no_grad()
+    def set_row(self, i: int, row: int, value: torch.Tensor) -> None:
+        """Write ``value`` ``[D]`` into one row and clear its optimizer state."""
+        self._weights[i][row] = value.to(self._weights[i].dtype)
+        for s in self._states[i]:
+            s[row] = 0
+
+    @torch.no_grad()
+    def resize(self, i: int, rows: int) -> None:
+        """Change table ``i`` to ``rows`` rows, keeping rows and state that still fit."""
+        old_w = [w.clone() for w in self._weights]
+        old_s = [[s.clone() for s in st] for st in self._states]
+        self.tables[i].rows = rows
+        self._build()
+        for j, t in enumerate(self.tables):
+            n = min(old_w[j].shape[0], t.rows)
+            self._weights[j][:n] = old_w[j][:n]
+            if t.rows > n:
+                self._weights[j][n:] = t.initial(t.rows - n, self.device).to(old_w[j].dtype)
+            for s, o in zip(self._states[j], old_s[j]):
+                s[:n] = o[:n]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._cache_views()
+
+    def forward(
+        self,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, sum D]`` pooled, or ``[N, D]`` for pooling ``none``."""
+        return self.tbe(indices, offsets, per_sample_weights=per_sample_weights)
+
+
+class TorchTableGroup(nn.Module):
+    """Tables updated by recis's lazy row-wise Adam / AdamW, in backward.
+
+    Weights and moments are buffers (never seen by a torch optimizer); the
+    batch's distinct rows are gathered into a leaf tensor whose gradient hook
+    updates the table.
+    """
+
+    def __init__(
+        self,
+        tables: list[TableSlot],
+        pooling: str,
+        dtype: str,
+        optimizer: SparseOptimizerConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.tables = tables
+        self.pooling, self.dtype, self.opt, self.device = pooling, dtype, optimizer, device
+        self.hyper = AdamHyper(
+            lr=optimizer.lr,
+            beta1=optimizer.beta1,
+            beta2=optimizer.beta2,
+            eps=optimizer.eps,
+            weight_decay=optimizer.weight_decay,
+            decoupled=optimizer.name == "adamw",
+        )
+        self.feature_names = [f for t in tables for f in t.features]
+        self.feature_dims = [t.dim for t in tables for _ in t.features]
+        for i, t in enumerate(tables):
+            self.register_buffer(f"weight_{i}", t.initial(t.rows, device).to(_DTYPE[dtype]))
+            for k, v in adam_state(t.rows, t.dim, device).items():
+                self.register_buffer(f"{k}_{i}", v)
+
+    def weight(self, i: int) -> torch.Tensor:
+        return getattr(self, f"weight_{i}")
+
+    def states(self, i: int) -> list[torch.Tensor]:
+        return [getattr(self, f"{k}_{i}") for k in ("exp_avg", "exp_avg_sq", "step")]
+
+    def _state_dict_of(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"{k}_{i}") for k in ("exp_avg", "exp_avg_sq", "step")}
+
+    @torch.no_grad()
+    def reset_rows(self, i: int, rows: torch.Tensor) -> None:
+        if rows.numel() == 0:
+            return
+        w = self.weight(i)
+        w[rows] = self.tables[i].initial(rows.numel(), w.device).to(w.dtype)
+        for s in self.states(i):
+            s[rows] = 0
+
+    @torch.no_grad()
+    def set_row(self, i: int, row: int, value: torch.Tensor) -> None:
+        self.weight(i)[row] = value.to(self.weight(i).dtype)
+        for s in self.states(i):
+            s[row] = 0
+
+    @torch.no_grad()
+    def resize(self, i: int, rows: int) -> None:
+        t = self.tables[i]
+        n = min(rows, t.rows)
+        for name in ("weight", "exp_avg", "exp_avg_sq", "step"):
+            old = getattr(self, f"{name}_{i}")
+            new = torch.zeros((rows, *old.shape[1:]), dtype=old.dtype, device=old.device)
+            new[:n] = old[:n]
+            if name == "weight" and rows > n:
+                new[n:] = t.initial(rows - n, old.device).to(old.dtype)
+            setattr(self, f"{name}_{i}", new)
+        t.rows = rows
+
+    def forward(
+        self,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Same contract as :meth:`FbgemmTableGroup.forward`."""
+        nf = len(self.feature_names)
+        b = (offsets.numel() - 1) // max(nf, 1)
+        bounds = offsets[:: max(b, 1)].tolist() if b else [0] * (nf + 1)
+        outs: list[torch.Tensor] = []
+        f = 0
+        for i, t in enumerate(self.tables):
+            k = len(t.features)
+            lo, hi = bounds[f], bounds[f + k]
+            ids = indices[lo:hi]
+            uniq, inv = torch.unique(ids, return_inverse=True)
+            sub = self.weight(i)[uniq].float()
+            if torch.is_grad_enabled():
+                sub.requires_grad_(True)
+                sub.register_hook(self._updater(i, uniq))
+            for j in range(k):
+                a, z = bounds[f + j] - lo, bounds[f + j + 1] - lo
+                idx = inv[a:z]
+                if self.pooling == "none":
+                    outs.append(F.embedding(idx, sub))
+                    continue
+                off = offsets[(f + j) * b : (f + j + 1) * b + 1] - bounds[f + j]
+                psw = (
+                    per_sample_weights[lo + a : lo + z] if per_sample_weights is not None else None
+                )
+                outs.append(
+                    F.embedding_bag(
+                        idx,
+                        sub,
+                        off[:-1],
+                        mode=self.pooling,
+                        per_sample_weights=psw,
+                        include_last_offset=False,
+                    )
+                    if b
+                    else sub.new_zeros(0, t.dim)
+                )
+            f += k
+        return torch.cat(outs, dim=0 if self.pooling == "none" else 1)
+
+    def _updater(self, i: int, uniq: torch.Tensor):  # type: ignore[no-untyped-def]
+        def hook(grad: torch.Tensor) -> None:
+            adam_update_rows(self.weight(i), self._state_dict_of(i), uniq, grad, self.hyper)
+
+        return hook
+
+
+def default_scale(capacity: int) -> float:
+    """torchrec's default init bound: ``sqrt(1 / num_embeddings)``."""
+    return math.sqrt(1.0 / capacity)

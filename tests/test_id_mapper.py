@@ -1,0 +1,166 @@
+"""IdMapper: injective mapping, admission, eviction, growth, state, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recis.errors import EmbeddingError, TableFullError
+from recis.ops.id_mapper import IdMapper
+
+I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(I64, min_size=1, max_size=200, unique=True), st.integers(0, 3))
+def test_distinct_ids_map_injectively_and_stay(ids: list[int], extra: int) -> None:
+    m = IdMapper(len(ids) + extra, name="t")
+    t = torch.tensor(ids, dtype=torch.int64)
+    rows = m.map(t, step=1).rows
+    assert len(set(rows.tolist())) == len(ids)
+    assert rows.min() >= 0 and rows.max() < m.capacity
+    perm = torch.randperm(len(ids))
+    again = m.map(torch.cat([t[perm], t[perm]]), step=2).rows
+    assert torch.equal(again, torch.cat([rows[perm], rows[perm]]))
+    assert torch.equal(m.lookup(t), rows)
+    assert m.size == len(ids)
+
+
+def test_in_batch_duplicates_share_one_row() -> None:
+    m = IdMapper(8)
+    rows = m.map(torch.tensor([5, -1, 5, 2**63 - 1, -1]), step=1).rows
+    assert rows[0] == rows[2] and rows[1] == rows[4]
+    assert len({rows[0].item(), rows[1].item(), rows[3].item()}) == 3
+
+
+def test_admission_min_count() -> None:
+    m = IdMapper(16, min_count=3)
+    assert m.map(torch.tensor([7, 8]), step=1).rows.tolist() == [-1, -1]
+    assert m.map(torch.tensor([7]), step=2).rows.tolist() == [-1]
+    r = m.map(torch.tensor([7, 8]), step=3).rows.tolist()
+    assert r[0] >= 0 and r[1] == -1  # 7 seen 3 times, 8 twice
+    assert m.map(torch.tensor([8, 8]), step=4).rows.tolist()[0] >= 0  # both counted
+
+
+def test_admission_probability() -> None:
+    m = IdMapper(10_000, admit_prob=0.3, seed=1)
+    rows = m.map(torch.arange(4000), step=1).rows
+    frac = (rows >= 0).float().mean().item()
+    assert 0.26 < frac < 0.34
+    # one admitted id keeps its row; rejected ids get another chance later
+    again = m.map(torch.arange(4000), step=2).rows
+    assert torch.equal(again[rows >= 0], rows[rows >= 0])
+    assert (again >= 0).float().mean().item() > frac + 0.1
+
+
+def test_lru_evicts_least_recently_seen() -> None:
+    m = IdMapper(4, eviction="lru", evict_fraction=0.0)
+    for step, i in enumerate([10, 20, 30, 40], start=1):
+        m.map(torch.tensor([i]), step=step)
+    m.map(torch.tensor([10]), step=5)
+    res = m.map(torch.tensor([50]), step=6)
+    assert m.lookup(torch.tensor([20])).item() == -1  # oldest after 10 was touched
+    assert (m.lookup(torch.tensor([10, 30, 40, 50])) >= 0).all()
+    assert res.reset_rows.tolist() == [1] and res.rows.item() == 1  # 20's row reused
+
+
+def test_lfu_evicts_least_frequent() -> None:
+    m = IdMapper(4, eviction="lfu", evict_fraction=0.0)
+    m.map(torch.tensor([1, 1, 1, 2, 3, 3, 4, 4]), step=1)
+    m.map(torch.tensor([5]), step=2)
+    assert m.lookup(torch.tensor([2])).item() == -1
+    assert (m.lookup(torch.tensor([1, 3, 4, 5])) >= 0).all()
+
+
+def test_lfu_keeps_rows_of_current_batch() -> None:
+    m = IdMapper(2, eviction="lfu", evict_fraction=0.0)
+    m.map(torch.tensor([1, 1, 2]), step=1)
+    rows = m.map(torch.tensor([2, 3]), step=2).rows  # 2 is in the batch: 1 goes
+    assert rows.tolist()[1] >= 0 and m.lookup(torch.tensor([1])).item() == -1
+
+
+def test_ttl_evicts_expired_and_resets_stale_hits() -> None:
+    m = IdMapper(3, eviction="ttl", ttl_steps=2)
+    m.map(torch.tensor([1, 2]), step=1)
+    m.map(torch.tensor([3]), step=3)
+    res = m.map(torch.tensor([4]), step=4)  # full: 1 and 2 (last seen 1 < 4 - 2) expire
+    assert res.rows.item() >= 0
+    assert (m.lookup(torch.tensor([1, 2])) == -1).all()
+    assert m.lookup(torch.tensor([3])).item() >= 0
+    row3 = m.lookup(torch.tensor([3])).item()
+    res = m.map(torch.tensor([3]), step=10)  # stale hit: same row, fresh content
+    assert res.rows.item() == row3 and res.reset_rows.tolist() == [row3]
+
+
+def test_growth_keeps_every_row() -> None:
+    m = IdMapper(4, growable=True, grow_at=0.5)
+    first = m.map(torch.tensor([11, 12, 13]), step=1).rows
+    assert m.capacity == 8  # 3 > 0.5 * 4
+    res = m.map(torch.arange(100, 120), step=2)
+    assert res.capacity == m.capacity >= 23 and (res.rows >= 0).all()
+    assert torch.equal(m.lookup(torch.tensor([11, 12, 13])), first)
+
+
+def test_growth_stops_at_max_capacity() -> None:
+    m = IdMapper(4, name="t", growable=True, max_capacity=8)
+    with pytest.raises(TableFullError, match="'t'"):
+        m.map(torch.arange(20), step=1)
+
+
+def test_full_table_without_eviction_names_table() -> None:
+    m = IdMapper(3, name="user_id")
+    m.map(torch.tensor([1, 2, 3]), step=1)
+    with pytest.raises(TableFullError, match="user_id"):
+        m.map(torch.tensor([4]), step=2)
+
+
+def test_bad_and_edge_input() -> None:
+    m = IdMapper(4, name="t")
+    with pytest.raises(EmbeddingError, match="integers"):
+        m.map(torch.tensor([1.5]), step=1)
+    with pytest.raises(EmbeddingError, match="integers"):
+        m.map(np.array([1.0]), step=1)
+    assert m.map(torch.zeros(0, dtype=torch.int64), step=1).rows.numel() == 0
+    rows = m.map(torch.full((1_000_000,), 42, dtype=torch.int64), step=2).rows
+    assert (rows == rows[0]).all() and m.size == 1
+
+
+def test_eval_lookup_does_not_insert() -> None:
+    m = IdMapper(4)
+    assert m.map(torch.tensor([9]), step=1, insert=False).rows.item() == -1
+    assert m.size == 0
+
+
+def test_state_dict_round_trip_with_tombstones() -> None:
+    m = IdMapper(64, eviction="lru", evict_fraction=0.1, min_count=2)
+    gen = np.random.default_rng(0)
+    for step in range(1, 30):
+        m.map(torch.from_numpy(gen.integers(-(2**62), 2**62, 40) % 200), step=step)
+    m2 = IdMapper(64, eviction="lru", evict_fraction=0.1, min_count=2)
+    m2.load_state_dict(m.state_dict())
+    probe = torch.arange(-5, 205)
+    assert torch.equal(m.lookup(probe), m2.lookup(probe))
+    nxt = torch.from_numpy(gen.integers(0, 300, 50))
+    r1, r2 = m.map(nxt, step=30), m2.map(nxt, step=30)
+    assert torch.equal(r1.rows, r2.rows) and np.array_equal(r1.reset_rows, r2.reset_rows)
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu", "ttl", "none"])
+def test_native_and_numpy_paths_agree(eviction: str) -> None:
+    from recis.ops.id_mapper import native_kernels
+
+    if native_kernels() is None:
+        pytest.skip("native kernels not built here")
+    kw = dict(eviction=eviction, ttl_steps=3, growable=eviction == "none", evict_fraction=0.05)
+    a, b = IdMapper(64, native=True, **kw), IdMapper(64, native=False, **kw)
+    gen = np.random.default_rng(3)
+    for step in range(1, 40):
+        ids = torch.from_numpy(gen.integers(-(2**63), 2**63 - 1, 30) % 150)
+        ra, rb = a.map(ids, step), b.map(ids, step)
+        assert torch.equal(ra.rows, rb.rows)
+        assert np.array_equal(ra.reset_rows, rb.reset_rows) and ra.capacity == rb.capacity
+    probe = torch.arange(-10, 160)
+    assert torch.equal(a.lookup(probe), b.lookup(probe))
