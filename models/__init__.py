@@ -11,10 +11,12 @@ from recis.config import ModelConfig, validate
 from recis.errors import ConfigError
 from recis.features import Schema
 
+from .deepfm import DeepFM, DeepFMConfig
 from .dlrm import DLRM, DLRMConfig
+from .hhft import HHFT, HHFTConfig
 
 # name -> model class; read-only, built once at import (no registration at run time)
-MODELS: dict[str, type[nn.Module]] = {"dlrm": DLRM}
+MODELS: dict[str, type[nn.Module]] = {"dlrm": DLRM, "deepfm": DeepFM, "hhft": HHFT}
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -38,4 +40,15 @@ def build_model(config: ModelConfig, schema: Schema, device: torch.device | str)
     return model_class(config.name)(config, schema, torch.device(device))
 
 
-__all__ = ["DLRM", "DLRMConfig", "MODELS", "build_model", "model_class", "model_config"]
+__all__ = [
+    "DLRM",
+    "DLRMConfig",
+    "DeepFM",
+    "DeepFMConfig",
+    "HHFT",
+    "HHFTConfig",
+    "MODELS",
+    "build_model",
+    "model_class",
+    "model_config",
+]
