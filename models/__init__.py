@@ -14,9 +14,15 @@ from recis.features import Schema
 from .deepfm import DeepFM, DeepFMConfig
 from .dlrm import DLRM, DLRMConfig
 from .hhft import HHFT, HHFTConfig
+from .two_tower import TwoTower, TwoTowerConfig
 
 # name -> model class; read-only, built once at import (no registration at run time)
-MODELS: dict[str, type[nn.Module]] = {"dlrm": DLRM, "deepfm": DeepFM, "hhft": HHFT}
+MODELS: dict[str, type[nn.Module]] = {
+    "dlrm": DLRM,
+    "deepfm": DeepFM,
+    "hhft": HHFT,
+    "two_tower": TwoTower,
+}
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -48,6 +54,8 @@ __all__ = [
     "HHFT",
     "HHFTConfig",
     "MODELS",
+    "TwoTower",
+    "TwoTowerConfig",
     "build_model",
     "model_class",
     "model_config",

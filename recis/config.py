@@ -30,7 +30,7 @@ T = TypeVar("T")
 class SyntheticConfig:
     """Built-in synthetic data: generated into ``DataConfig.path`` when absent."""
 
-    kind: Literal["ctr"] = "ctr"
+    kind: Literal["ctr", "retrieval", "relevance"] = "ctr"
     num_train: int = Field(default=200_000, gt=0)
     num_eval: int = Field(default=50_000, gt=0)
     files: int = Field(default=4, gt=0)

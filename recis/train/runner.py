@@ -12,7 +12,13 @@ import torch
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.io import ParquetReader, generate_ctr, load_info
+from recis.io import (
+    ParquetReader,
+    generate_ctr,
+    generate_relevance,
+    generate_retrieval,
+    load_info,
+)
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
@@ -38,7 +44,12 @@ def prepare_data(
         wanted = (s.num_train, s.num_eval, s.seed)
         if info is None or (info.num_train, info.num_eval, info.seed) != wanted:
             print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
-            info = generate_ctr(data.path, s.num_train, s.num_eval, s.files, s.seed)
+            generate = {
+                "ctr": generate_ctr,
+                "retrieval": generate_retrieval,
+                "relevance": generate_relevance,
+            }[s.kind]
+            info = generate(data.path, s.num_train, s.num_eval, s.files, s.seed)
     train = data.train or (str(Path(data.path) / "train") if data.synthetic else None)
     evals = data.eval or (str(Path(data.path) / "eval") if data.synthetic else None)
     if train is None:

@@ -108,6 +108,10 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def loss(self, logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        # models whose objective is not per-row BCE (in-batch softmax, regularizers) define it
+        model_loss = getattr(self.model, "loss", None)
+        if callable(model_loss):
+            return model_loss(logits, batch)
         return {
             t: F.binary_cross_entropy_with_logits(logits[t].float(), batch.labels[t])
             for t in logits
