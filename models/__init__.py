@@ -11,6 +11,7 @@ from recis.config import ModelConfig, validate
 from recis.errors import ConfigError
 from recis.features import Schema
 
+from .deepbow import DeepBoW, DeepBoWConfig, DenseRelevance
 from .deepfm import DeepFM, DeepFMConfig
 from .dlrm import DLRM, DLRMConfig
 from .hhft import HHFT, HHFTConfig
@@ -22,6 +23,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "deepfm": DeepFM,
     "hhft": HHFT,
     "two_tower": TwoTower,
+    "deepbow": DeepBoW,
+    "dense_relevance": DenseRelevance,
 }
 
 
@@ -48,6 +51,9 @@ def build_model(config: ModelConfig, schema: Schema, device: torch.device | str)
 
 __all__ = [
     "DLRM",
+    "DeepBoW",
+    "DeepBoWConfig",
+    "DenseRelevance",
     "DLRMConfig",
     "DeepFM",
     "DeepFMConfig",

@@ -98,10 +98,14 @@ class LLMTower(nn.Module):
             self.model.eval()  # a frozen tower keeps dropout off
         return self
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token states ``[B, T, H]`` in float32."""
+        return self.model(
             input_ids=torch.remainder(ids, self.vocab), attention_mask=mask.long()
-        ).last_hidden_state.float()  # [B, T, H]
+        ).last_hidden_state.float()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.hidden(ids, mask)  # [B, T, H]
         if self.pooling == "cls":
             return out[:, 0]
         if self.pooling == "last":
