@@ -130,3 +130,23 @@ def test_llm_tower_trains_saves_and_loads(tmp_path) -> None:
     queries = ParquetReader(data / "queries.parquet", q_schema, 512)
     metrics = evaluate_retrieval(model, queries, index, relevant, ks=(10, 50))
     assert 0.0 <= metrics["recall@10"] <= metrics["recall@50"] <= 1.0
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+def test_llm_tower_pooling_and_bf16(pooling) -> None:
+    from recis.models.text_towers import LLMTower, LLMTowerConfig
+
+    torch.manual_seed(0)
+    tower = LLMTower(LLMTowerConfig(config=TINY_BERT, pooling=pooling, dtype="bfloat16")).eval()
+    assert next(tower.model.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = ids > 0
+    with torch.no_grad():
+        out, h = tower(ids, mask), tower.hidden(ids, mask)
+    assert out.dtype == torch.float32 and out.shape == (2, 32)
+    expected = {
+        "mean": torch.stack([h[0, :3].mean(0), h[1, :2].mean(0)]),
+        "cls": h[:, 0],
+        "last": torch.stack([h[0, 2], h[1, 1]]),
+    }[pooling]
+    torch.testing.assert_close(out, expected)
