@@ -43,6 +43,7 @@ def _train(example: str, data_dir: Path, run_dir: Path, overrides: list[str]) ->
     result["seconds"] = time.perf_counter() - t0
     result["trainer"] = trainer
     result["info"] = info
+    result["schema"] = cfg.data.schema_
     return result
 
 
@@ -80,7 +81,7 @@ def retrieval(work: Path, steps: int, num_train: int) -> dict[str, float]:
         ],
     )
     trainer = res["trainer"]
-    model, schema, bs = trainer.model, trainer.train_data.schema, 2048
+    model, schema, bs = trainer.model, res["schema"], 2048
     from recis.io import ParquetReader
 
     data = work / "retrieval"

@@ -1,6 +1,14 @@
-"""Arrow record batch -> :class:`~recis.io.batch.Batch`, following a :class:`~recis.features.Schema`."""
+"""Arrow table -> :class:`~recis.io.batch.Batch`, following a :class:`~recis.features.Schema`.
+
+Shapes: ``B`` rows, ``Dd`` dense width (sum of the dense features' ``dim``),
+``T`` text length. Every step is vectorized over the batch (Arrow compute and
+numpy); there is no Python loop over rows.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -9,102 +17,310 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.errors import DataError
-from recis.features import DenseFeature, Schema, SparseFeature
+from recis.features import DenseFeature, Schema, SparseFeature, TextFeature
+from recis.ops.hashing import hash_strings
 
 from .batch import Batch
+from .validate import bad_rows, check_columns, is_list, list_lengths
 
 
-def _column(rb: pa.RecordBatch, name: str, path: str | None) -> pa.Array:
-    idx = rb.schema.get_field_index(name)
-    if idx < 0:
-        raise DataError("missing column", path=path, column=name)
-    return rb.column(idx)
+def _array(table: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _first_bad_row(mask: np.ndarray, offset: int) -> int:
-    return offset + int(np.flatnonzero(mask)[0])
+def _writable(x: np.ndarray) -> np.ndarray:
+    """Arrow's zero-copy numpy views are read-only; tensors over them must not be written."""
+    return x if x.flags.writeable else x.copy()
 
 
-def _dense(
-    rb: pa.RecordBatch, feats: list[DenseFeature], path: str | None, offset: int
-) -> torch.Tensor:
-    out = np.empty((rb.num_rows, len(feats)), dtype=np.float32)
-    for j, f in enumerate(feats):
-        col = _column(rb, f.source, path)
-        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-            raise DataError(f"expected a number column, got {col.type}", path=path, column=f.source)
-        v = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-        v[np.isnan(v)] = f.fill
+def _floats(
+    arr: pa.Array | pa.ChunkedArray, fill: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 values with nulls and NaNs replaced by ``fill`` (written into ``out`` if given)."""
+    if out is None:
+        out = np.empty(len(arr), dtype=np.float32)
+    if pa.types.is_null(arr.type):
+        out[:] = fill
+        return out
+    np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
+    if arr.null_count or pa.types.is_floating(arr.type):
+        np.copyto(out, np.float32(fill), where=np.isnan(out))  # nulls come out as NaN
+    return out
+
+
+def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
+    """``[B, Dd]`` float32."""
+    n = table.num_rows
+    # feature-major while filling (each feature writes a contiguous row), one transpose at the end
+    buf = np.empty((sum(f.dim for f in feats), n), dtype=np.float32)
+    j = 0
+    for f in feats:
+        col = table.column(f.source)
+        v = buf[j : j + f.dim]
+        if is_list(col.type):
+            col = _array(table, f.source)
+            lengths = list_lengths(col)
+            v[:] = f.fill
+            full = lengths == f.dim  # empty / null rows keep the fill value
+            flat = _floats(col.flatten(), f.fill)
+            v[:, full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim).T
+        else:
+            _floats(col, f.fill, out=v[0])  # from the chunked column: no Arrow concat first
         if f.transform == "log":
-            v = np.log1p(np.maximum(v, 0.0))
+            np.log1p(np.maximum(v, 0.0, out=v), out=v)
         elif f.transform == "standardize":
-            v = (v - f.mean) / f.std
-        out[:, j] = v
-    return torch.from_numpy(out)
+            np.multiply(np.subtract(v, f.mean, out=v), 1.0 / f.std, out=v)
+        j += f.dim
+    return np.ascontiguousarray(buf.T)
 
 
-def _ids(
-    rb: pa.RecordBatch, f: SparseFeature, path: str | None, offset: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and per-row lengths of one id feature."""
-    col = _column(rb, f.source, path)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-        values = col.flatten()
-        if f.max_len is not None and lengths.size and lengths.max() > f.max_len:
-            # keep the first max_len of each row
-            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            keep = np.minimum(lengths, f.max_len)
-            take = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, keep)])
-            values = values.take(pa.array(take))
-            lengths = keep
+def _flat_index(lengths: np.ndarray, keep: np.ndarray, dim: int) -> np.ndarray:
+    """Positions in the flattened values of the rows in ``keep`` (each ``dim`` long)."""
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[keep]
+    return (starts[:, None] + np.arange(dim)[None, :]).reshape(-1)
+
+
+def _truncate(
+    values: pa.Array, lengths: np.ndarray, max_len: int, keep_last: bool
+) -> tuple[pa.Array, np.ndarray]:
+    """Keep at most ``max_len`` values per row (the first or the last ones)."""
+    if not lengths.size or lengths.max() <= max_len:
+        return values, lengths
+    row_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pos = np.arange(len(values)) - row_start  # position of each value within its row
+    if keep_last:
+        mask = pos >= np.repeat(lengths, lengths) - max_len
     else:
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        lengths = valid.astype(np.int64)
-        values = col.filter(pa.array(valid)) if not valid.all() else col
-    if not pa.types.is_integer(values.type):
-        raise DataError(f"expected integer ids, got {values.type}", path=path, column=f.source)
-    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), lengths
+        mask = pos < max_len
+    return values.filter(pa.array(mask)), np.minimum(lengths, max_len)
 
 
-def _labels(
-    rb: pa.RecordBatch, schema: Schema, path: str | None, offset: int
-) -> dict[str, torch.Tensor]:
-    labels = {}
-    for spec in schema.labels:
-        col = _column(rb, spec.source, path)
-        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-            raise DataError(
-                f"expected a number column, got {col.type}", path=path, column=spec.source
-            )
-        v = col.to_numpy(zero_copy_only=False).astype(np.float32)
-        bad = np.isnan(v)
-        if bad.any():
-            raise DataError(
-                "null or NaN label", path=path, column=spec.source, row=_first_bad_row(bad, offset)
-            )
-        labels[spec.name] = torch.from_numpy(v)
-    return labels
+def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
+    col = table.column(f.source)
+    weights = _array(table, f.weight_column) if f.weight_column else None
+    if is_list(col.type) or col.null_count:
+        col = _array(table, f.source)  # one Arrow array for the list/null handling below
+    if pa.types.is_null(col.type):
+        n = len(col)
+        return np.zeros(0, np.int64), np.zeros(n, np.int64), np.zeros(0, np.float32)
+    if is_list(col.type):
+        lengths = list_lengths(col)
+        values = col.flatten()
+        w = weights.flatten() if weights is not None else None
+        if values.null_count:  # a null id inside a list means "no id": drop it
+            valid = values.is_valid().to_numpy(zero_copy_only=False)
+            rows = np.repeat(np.arange(len(col)), lengths)
+            lengths = np.bincount(rows[valid], minlength=len(col)).astype(np.int64)
+            values = values.filter(pa.array(valid))
+            w = w.filter(pa.array(valid)) if w is not None else None
+        if f.max_len is not None:
+            if w is not None:
+                w, _ = _truncate(w, lengths, f.max_len, f.truncate == "last")
+            values, lengths = _truncate(values, lengths, f.max_len, f.truncate == "last")
+    elif col.null_count == 0:
+        lengths, values, w = None, col, weights  # one id per row
+    else:  # a null scalar is "no id"
+        valid = col.is_valid()
+        lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = col.filter(valid)
+        w = weights.filter(valid) if weights is not None else None
+    if f.dtype == "string":
+        ids = hash_strings(values, salt=f.table_name)
+    else:
+        # may be a read-only view of Arrow memory: batches concatenate it into new arrays
+        ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    wv = None if w is None else _floats(w, 1.0)
+    return ids, lengths, wv
 
 
-def to_batch(rb: pa.RecordBatch, schema: Schema, path: str | None = None, offset: int = 0) -> Batch:
-    """Convert one record batch. ``offset`` is the row of ``rb[0]`` within ``path`` (for errors)."""
-    values, lengths = [], []
+@lru_cache(maxsize=8)
+def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
+    """A tokenizer from a local directory (cached: one load per process and path)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load tokenizer: {str(err).splitlines()[0]}", path=path) from None
+
+
+def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
+    """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64."""
+    out: dict[str, torch.Tensor] = {}
+    for f in feats:
+        col = _array(table, f.source)
+        texts = pc.fill_null(col.cast(pa.string()), "").to_pylist()
+        enc = load_tokenizer(f.tokenizer)(
+            texts,
+            max_length=f.max_length,
+            truncation=True,
+            padding="max_length",
+            return_tensors="np",
+        )
+        out[f.name] = enc["input_ids"].astype(np.int64)
+        out[f"{f.name}_mask"] = enc["attention_mask"].astype(np.int64)
+    return out
+
+
+def _lengths(n: np.ndarray | None, rows: int) -> np.ndarray:
+    return np.ones(rows, np.int64) if n is None else n
+
+
+@dataclass
+class Columns:
+    """Converted rows as numpy arrays, cheap to slice and concatenate into batches.
+
+    Readers convert a whole shuffle chunk at once (per-column overhead paid once
+    per chunk, not per batch) and cut batches from it with :meth:`slice`.
+    ``ids[k]`` is ``(values [sum L], lengths [B], weights [sum L] or None)``; lengths
+    None means one id per row (a scalar column without nulls: no lengths to cut or sum).
+    """
+
+    keys: list[str]
+    ids: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+    weighted: bool
+    dense: np.ndarray
+    labels: dict[str, np.ndarray]
+    text: dict[str, np.ndarray]
+    extras: dict[str, np.ndarray]
+    offsets: list[np.ndarray | None] | None = None  # per key, cumsum of lengths (lazy)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.dense.shape[0])
+
+    def slice(self, a: int, b: int) -> Columns:
+        if self.offsets is None:
+            self.offsets = [
+                None if n is None else np.concatenate(([0], n.cumsum())) for _, n, _ in self.ids
+            ]
+        ids = []
+        for (v, n, w), off in zip(self.ids, self.offsets):
+            lo, hi = (a, b) if off is None else (int(off[a]), int(off[b]))
+            ids.append((v[lo:hi], None if n is None else n[a:b], None if w is None else w[lo:hi]))
+
+        def cut(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: x[a:b] for k, x in d.items()}
+
+        return Columns(
+            self.keys,
+            ids,
+            self.weighted,
+            self.dense[a:b],
+            cut(self.labels),
+            cut(self.text),
+            cut(self.extras),
+        )
+
+    @staticmethod
+    def concat(parts: list[Columns]) -> Columns:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        ids = []
+        for k in range(len(first.keys)):
+            vs = [p.ids[k] for p in parts]
+            w = None if vs[0][2] is None else np.concatenate([x[2] for x in vs])
+            n = None
+            if any(x[1] is not None for x in vs):
+                n = np.concatenate([_lengths(x[1], len(x[0])) for x in vs])
+            ids.append((np.concatenate([x[0] for x in vs]), n, w))
+
+        def cat(name: str) -> dict[str, np.ndarray]:
+            return {
+                k: np.concatenate([getattr(p, name)[k] for p in parts])
+                for k in getattr(first, name)
+            }
+
+        return Columns(
+            first.keys,
+            ids,
+            first.weighted,
+            np.concatenate([p.dense for p in parts]),
+            cat("labels"),
+            cat("text"),
+            cat("extras"),
+        )
+
+    def to_batch(self) -> Batch:
+        empty = np.zeros(0, np.int64)
+        values = [v for v, _, _ in self.ids]
+        weights = (
+            [w if w is not None else np.ones(len(v), np.float32) for v, _, w in self.ids]
+            if self.weighted
+            else []
+        )
+        # length_per_key from numpy: KJT would otherwise sum lengths with a torch op, which
+        # costs milliseconds per batch when torch's intra-op pool is busy with training
+        kjt = KeyedJaggedTensor(
+            keys=list(self.keys),
+            values=torch.from_numpy(np.concatenate(values) if values else empty),
+            lengths=torch.from_numpy(
+                np.concatenate([_lengths(n, self.num_rows) for _, n, _ in self.ids])
+                if values
+                else empty
+            ),
+            weights=torch.from_numpy(np.concatenate(weights)) if self.weighted else None,
+            stride=self.num_rows,
+            length_per_key=[len(v) for v in values],
+        )
+
+        def t(d: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in d.items()}
+
+        return Batch(
+            sparse=kjt,
+            dense=torch.from_numpy(np.ascontiguousarray(self.dense)),
+            labels=t(self.labels),
+            text=t(self.text),
+            extras=t(self.extras),
+        )
+
+
+def convert_columns(table: pa.Table | pa.RecordBatch, schema: Schema) -> Columns:
+    """Convert rows already validated (see :func:`to_batch`) to numpy :class:`Columns`."""
+    weighted = any(f.weight_column for f in schema.sparse)
+    ids = []
     for f in schema.sparse:
-        v, n = _ids(rb, f, path, offset)
-        values.append(v)
-        lengths.append(n)
-    kjt = KeyedJaggedTensor.from_lengths_sync(
+        v, n, w = _ids(table, f)
+        # KJT weights are per value for all keys: unweighted features weigh 1 (sums unchanged)
+        ids.append((v, n, w if weighted else None))
+    return Columns(
         keys=[f.name for f in schema.sparse],
-        values=torch.from_numpy(np.concatenate(values))
-        if values
-        else torch.empty(0, dtype=torch.int64),
-        lengths=torch.from_numpy(np.concatenate(lengths))
-        if lengths
-        else torch.empty(0, dtype=torch.int64),
+        ids=ids,
+        weighted=weighted,
+        dense=_dense(table, schema.dense),
+        labels={s.name: _floats(table.column(s.source), np.nan) for s in schema.labels},
+        text=_text(table, schema.text),
+        extras={
+            c: _writable(_array(table, c).to_numpy(zero_copy_only=False)) for c in schema.extras
+        },
     )
-    return Batch(
-        sparse=kjt,
-        dense=_dense(rb, schema.dense, path, offset),
-        labels=_labels(rb, schema, path, offset),
-    )
+
+
+def convert(table: pa.Table | pa.RecordBatch, schema: Schema) -> Batch:
+    """Build a Batch from rows already validated (see :func:`to_batch`)."""
+    return convert_columns(table, schema).to_batch()
+
+
+def to_batch(
+    rb: pa.Table | pa.RecordBatch,
+    schema: Schema,
+    path: str | None = None,
+    offset: int = 0,
+    nan_policy: str = "fill",
+) -> Batch:
+    """Validate and convert rows. ``offset`` is the row of ``rb[0]`` within ``path`` (for errors).
+
+    Raises DataError naming ``path``, the column and the row on the first problem.
+    """
+    table = pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+    check_columns(schema, table.schema, path or "<memory>")
+    code, reasons = bad_rows(table, schema, nan_policy)
+    if code.any():
+        i = int(np.flatnonzero(code)[0])
+        column, what = reasons[code[i] - 1].split(": ", 1)
+        raise DataError(what, path=path, column=column, row=offset + i)
+    return convert(table, schema)

@@ -1,104 +1,413 @@
-"""Readers: files -> :class:`~recis.io.batch.Batch` iterators."""
+"""Readers: files -> sharded, shuffled, prefetched, resumable :class:`~recis.io.Batch` streams.
+
+How rows flow (see ``docs/data.md``):
+
+1. The files are split into *units* (parquet row groups, ORC/CSV files) with
+   row counts from metadata (:mod:`recis.io.sources`).
+2. Each epoch the units are ordered (permuted by ``[seed, epoch]`` when
+   shuffling; every rank computes the same order) and their rows laid end to
+   end. Shard ``s`` of ``S = world_size * num_workers`` takes the contiguous
+   row range ``[N*s//S, N*(s+1)//S)``: every row belongs to exactly one shard,
+   whatever the file and row-group counts, and shards differ by at most one row.
+3. A shard reads its range in chunks of ``shuffle_buffer`` rows; with
+   ``shuffle`` each chunk is permuted by an RNG seeded ``[seed, epoch, shard,
+   chunk]``, so the RNG state is a function of the position, never data.
+4. Batches of ``batch_size`` valid rows are cut from the permuted chunks, bad
+   rows raised on or skipped (``on_bad_row``), and converted in a background
+   thread ``prefetch`` batches ahead of the consumer.
+
+The position after each delivered batch is ``(epoch, chunk, pos)``: resuming
+re-reads that chunk, re-permutes it identically and continues at ``pos``.
+"""
 
 from __future__ import annotations
 
-import glob as globlib
+import json
 import os
+import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import torch
 
-from recis.errors import DataError
+from recis.errors import ConfigError, DataError
 from recis.features import Schema
 
 from .batch import Batch
-from .convert import to_batch
+from .convert import Columns, convert_columns
+from .prefetch import background
+from .sources import SUFFIXES as _SUFFIXES
+from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
+from .validate import bad_rows, check_columns
+
+_STATE_VERSION = 1
 
 
-def resolve_paths(
-    paths: str | os.PathLike | list, suffixes: tuple[str, ...] = (".parquet",)
-) -> list[str]:
-    """Expand a file, a directory, a glob, or a list of those into a sorted file list."""
-    items = paths if isinstance(paths, list | tuple) else [paths]
-    out: list[str] = []
-    for item in items:
-        item = str(item)
-        if any(ch in item for ch in "*?["):
-            matches = sorted(globlib.glob(item))
-            if not matches:
-                raise DataError("glob matched no file", path=item)
-            out.extend(matches)
-        elif os.path.isdir(item):
-            found = sorted(
-                str(p)
-                for p in Path(item).rglob("*")
-                if p.is_file() and p.suffix in suffixes and not p.name.startswith((".", "_"))
-            )
-            if not found:
-                raise DataError(f"directory has no {'/'.join(suffixes)} file", path=item)
-            out.extend(found)
-        elif os.path.isfile(item):
-            out.append(item)
-        else:
-            raise DataError("no such file or directory", path=item)
-    return out
-
-
-class ParquetReader:
-    """Reads parquet files into batches of ``batch_size`` rows.
-
-    With ``shuffle``, file order and rows within each file are permuted by
-    ``seed`` and the epoch number.
+class Reader:
+    """Reads parquet, ORC or CSV/TSV files into batches for one shard.
 
     Args:
-        paths: file, directory, glob or list.
+        paths: file, directory, glob or list (local, a URI, or on ``filesystem``).
         schema: which columns become which features.
-        batch_size: rows per batch (the last batch of a file may be shorter).
-        shuffle: permute files and rows.
-        seed: shuffle seed.
+        batch_size: rows per batch (only the last batch of an epoch may be shorter).
+        format: ``parquet``, ``orc``, ``csv`` or ``tsv``.
+        shuffle: permute unit order per epoch and rows within each buffer.
+        seed: shuffle seed; the order depends only on seed, epoch and shard layout.
+        rank, world_size: this process's place among the training processes
+            (passed in explicitly; never read from the environment).
+        worker, num_workers: this reader's place among the data-loading workers of a rank.
+        shuffle_buffer: rows per shuffle chunk (also the read granularity).
+        prefetch: batches converted ahead in a background thread (0: synchronous).
+        nan_policy: ``fill`` or ``raise`` on null/NaN dense values.
+        on_bad_row: ``raise`` (DataError naming file, column, row) or ``skip``
+            (count in ``skipped`` and append the row as JSON to ``quarantine``).
+        quarantine: JSON-lines file for skipped rows (None: only counted).
+        csv: CSV/TSV parsing options (delimiter, header, column names, ``layout="criteo"``).
+        filesystem: a pyarrow or fsspec filesystem for the paths.
+        drop_last: drop the short last batch of each epoch.
+        pin_memory: pin batches in the prefetch thread (fast host-to-GPU copies; no-op on CPU).
     """
 
     def __init__(
         self,
-        paths: str | list,
+        paths: str | os.PathLike | list,
+        schema: Schema,
+        batch_size: int,
+        *,
+        format: str = "parquet",
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        worker: int = 0,
+        num_workers: int = 1,
+        shuffle_buffer: int = 65536,
+        prefetch: int = 2,
+        nan_policy: str = "fill",
+        on_bad_row: str = "raise",
+        quarantine: str | os.PathLike | None = None,
+        csv: CsvOptions | None = None,
+        filesystem: object | None = None,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        given = dict(locals())
+        checks = {
+            "batch_size": batch_size > 0,
+            "shuffle_buffer": shuffle_buffer > 0,
+            "format": format in _SUFFIXES,
+            "rank": 0 <= rank < world_size,
+            "worker": 0 <= worker < num_workers,
+            "nan_policy": nan_policy in ("fill", "raise"),
+            "on_bad_row": on_bad_row in ("raise", "skip"),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            values = {"rank": f"{rank}/{world_size}", "worker": f"{worker}/{num_workers}"}
+            raise ConfigError(
+                "; ".join(f"{k}: invalid value {values.get(k, given[k])!r}" for k in bad)
+            )
+        fs = as_arrow_fs(filesystem)
+        self.files = resolve_paths(paths, _SUFFIXES[format], fs)
+        self.schema = schema
+        self.batch_size = batch_size
+        self.format = format
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shard = rank * num_workers + worker
+        self.num_shards = world_size * num_workers
+        self.buffer = shuffle_buffer
+        self.prefetch = prefetch
+        self.nan_policy = nan_policy
+        self.on_bad_row = on_bad_row
+        self.quarantine = str(quarantine) if quarantine is not None else None
+        self.drop_last = drop_last
+        # pinning needs an accelerator runtime; without one it is a no-op rather than an error
+        self.pin = pin_memory and torch.accelerator.is_available()
+        self.source = Source(
+            self.files,
+            schema.columns,
+            format,
+            fs,
+            csv,
+            on_invalid_line=self._invalid_line if on_bad_row == "skip" else None,
+        )
+        self.num_rows = sum(u.num_rows for u in self.source.units)
+        self._checked: set[int] = set()
+        self._lock = threading.Lock()
+        self._state = self._start_state(0)
+
+    # -- position --------------------------------------------------------------------------
+    def _start_state(self, epoch: int, skipped: int = 0) -> dict[str, Any]:
+        return {"epoch": epoch, "chunk": 0, "pos": 0, "skipped": skipped}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next iteration."""
+        with self._lock:
+            self._state = self._start_state(epoch, self._state["skipped"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self._state["epoch"])
+
+    @property
+    def skipped(self) -> int:
+        """Rows dropped by ``on_bad_row="skip"`` so far (all epochs)."""
+        return int(self._state["skipped"])
+
+    def _plan(self, epoch: int) -> tuple[list[Unit], np.ndarray, int, int]:
+        """Units in this epoch's order, their start offsets, and this shard's row range."""
+        units = list(self.source.units)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(units))
+            units = [units[i] for i in order]
+        starts = np.cumsum([0] + [u.num_rows for u in units])
+        n = int(starts[-1])
+        lo = n * self.shard // self.num_shards
+        hi = n * (self.shard + 1) // self.num_shards
+        return units, starts, lo, hi
+
+    def __len__(self) -> int:
+        """Batches per epoch for this shard (exact when no row is skipped)."""
+        _, _, lo, hi = self._plan(self.epoch)
+        n = hi - lo
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next delivered batch starts: a small picklable dict (positions, no data).
+
+        ``file``/``row_group``/``row`` say where the current chunk starts in the
+        files; ``rng`` is the seed sequence of the chunk's permutation.
+        """
+        with self._lock:
+            s = dict(self._state)
+        units, starts, lo, hi = self._plan(s["epoch"])
+        g = min(lo + s["chunk"] * self.buffer, max(hi - 1, lo))
+        k = max(0, int(np.searchsorted(starts, g, side="right")) - 1)
+        u = units[min(k, len(units) - 1)]
+        return {
+            "version": _STATE_VERSION,
+            **s,
+            "rows_in_epoch": s["chunk"] * self.buffer + s["pos"],
+            "file": self.files[u.file],
+            "row_group": u.part,
+            "row": u.row0 + g - int(starts[k]),
+            "rng": [self.seed, s["epoch"], self.shard, s["chunk"]] if self.shuffle else None,
+            "layout": self._layout(),
+        }
+
+    def _layout(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shard": self.shard,
+            "num_shards": self.num_shards,
+            "batch_size": self.batch_size,
+            "shuffle_buffer": self.buffer,
+            "num_files": len(self.files),
+            "num_rows": self.num_rows,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly after the last batch delivered by the reader that saved ``state``."""
+        if state.get("version") != _STATE_VERSION:
+            raise DataError(f"reader state version {state.get('version')} is not supported")
+        if state["layout"] != self._layout():
+            diff = {
+                k: (v, self._layout().get(k))
+                for k, v in state["layout"].items()
+                if self._layout().get(k) != v
+            }
+            raise DataError(f"reader state does not match this reader (saved, now): {diff}")
+        with self._lock:
+            self._state = {k: int(state[k]) for k in ("epoch", "chunk", "pos", "skipped")}
+
+    # -- reading ---------------------------------------------------------------------------
+    def _invalid_line(self, path: str, line: int | None, text: str) -> None:
+        self._quarantine_write([{"file": path, "row": line, "reason": "bad line", "text": text}])
+
+    def _quarantine_write(self, records: list[dict[str, Any]]) -> None:
+        if self.quarantine is None or not records:
+            return
+        with open(self.quarantine, "a") as f:
+            for r in records:
+                f.write(json.dumps(r, default=str) + "\n")
+
+    def _pieces(self, epoch: int, pos: int) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray]]:
+        """This shard's rows from position ``pos``: (table, file index [n], file row [n])."""
+        units, starts, lo, hi = self._plan(epoch)
+        g = lo + pos
+        k = int(np.searchsorted(starts, g, side="right")) - 1
+        while g < hi and k < len(units):
+            u = units[k]
+            if u.file not in self._checked:
+                check_columns(self.schema, self.source.schema(u.file), self.files[u.file])
+                self._checked.add(u.file)
+            offset = g - int(starts[k])
+            for t in self.source.read(u, offset):
+                t = t.slice(0, hi - g)
+                if t.num_rows:
+                    r0 = u.row0 + offset
+                    yield t, np.full(t.num_rows, u.file, np.int32), np.arange(r0, r0 + t.num_rows)
+                    g += t.num_rows
+                    offset += t.num_rows
+                if g >= hi:
+                    return
+            k += 1
+
+    def _chunks(
+        self, epoch: int, chunk: int
+    ) -> Iterator[tuple[int, pa.Table, np.ndarray, np.ndarray]]:
+        """Chunks of ``shuffle_buffer`` rows from chunk ``chunk`` on: (index, table, files, rows)."""
+        parts: list[tuple[pa.Table, np.ndarray, np.ndarray]] = []
+        have = 0
+        for t, f, r in self._pieces(epoch, chunk * self.buffer):
+            while t.num_rows:
+                take = min(t.num_rows, self.buffer - have)
+                parts.append((t.slice(0, take), f[:take], r[:take]))
+                have += take
+                t, f, r = t.slice(take), f[take:], r[take:]
+                if have == self.buffer:
+                    yield chunk, *self._join(parts)
+                    chunk, parts, have = chunk + 1, [], 0
+        if parts:
+            yield chunk, *self._join(parts)
+
+    def _join(self, parts: list) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        try:
+            table = pa.concat_tables([p[0] for p in parts], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            self._raise_type_clash(parts)
+        return table, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    def _raise_type_clash(self, parts: list) -> None:
+        """Two files give one column types that cannot be unified (e.g. int64 and list<int64>)."""
+        first, first_file = parts[0][0].schema, self.files[parts[0][1][0]]
+        for t, f, _ in parts[1:]:
+            for name in first.names:
+                a, b = first.field(name).type, t.schema.field(name).type
+                if a != b:
+                    try:
+                        pa.unify_schemas(
+                            [pa.schema([(name, a)]), pa.schema([(name, b)])],
+                            promote_options="permissive",
+                        )
+                    except (pa.ArrowTypeError, pa.ArrowInvalid):
+                        raise DataError(
+                            f"type {b} does not match {a} in {first_file}",
+                            path=self.files[f[0]],
+                            column=name,
+                        ) from None
+        raise DataError("files have incompatible schemas", path=first_file)
+
+    def _raise_bad(self, reason: str, fidx: int, row: int) -> None:
+        column, what = reason.split(": ", 1)
+        raise DataError(what, path=self.files[fidx], column=column, row=int(row))
+
+    def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
+        """(batch, state after it) for the rest of the current epoch, then (None, next epoch).
+
+        The last batch of an epoch leaves the state at the end of that epoch, not
+        at the start of the next: a resumed ``for batch in reader`` then yields the
+        (empty) rest of the epoch, so a trainer that counts an epoch when its loop
+        over the reader completes stays in step with the reader.
+        """
+        s = dict(self._state)
+        epoch, skipped = s["epoch"], s["skipped"]
+        carry: Columns | None = None
+        chunks = self._chunks(epoch, s["chunk"])
+        if self.prefetch > 0:  # decode the next chunk (Arrow, GIL released) while converting
+            chunks = background(chunks, 1, "recis-io-read")
+        for c, table, files, rows in chunks:
+            n = table.num_rows
+            perm = (
+                np.random.default_rng([self.seed, epoch, self.shard, c]).permutation(n)
+                if self.shuffle
+                else np.arange(n)
+            )
+            code, reasons = bad_rows(table, self.schema, self.nan_policy)
+            code = code[perm]
+            pos = s["pos"] if c == s["chunk"] else 0
+            if self.on_bad_row == "raise" and code[pos:].any():
+                p = pos + int(np.flatnonzero(code[pos:])[0])
+                self._raise_bad(reasons[code[p] - 1], files[perm[p]], rows[perm[p]])
+            good = pos + np.flatnonzero(code[pos:] == 0)
+            # convert the chunk's remaining good rows once, in emission order; batches are slices
+            idx = perm[good]
+            if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
+                cols = convert_columns(table.slice(int(idx[0]), len(idx)), self.schema)
+            else:
+                cols = convert_columns(table.take(pa.array(idx)), self.schema)
+            k = 0
+            while k < len(good):
+                need = self.batch_size - (carry.num_rows if carry is not None else 0)
+                sel = good[k : k + need]
+                end = int(sel[-1]) + 1 if len(sel) == need else n
+                skipped += self._skip(table, code, perm, reasons, files, rows, pos, end)
+                part = cols.slice(k, k + len(sel))
+                carry = part if carry is None else Columns.concat([carry, part])
+                pos, k = end, k + need
+                if carry.num_rows == self.batch_size:
+                    state = {"epoch": epoch, "chunk": c, "pos": pos, "skipped": skipped}
+                    yield self._finish(carry), state
+                    carry = None
+            skipped += self._skip(table, code, perm, reasons, files, rows, pos, n)
+            last = (c, n)
+        if carry is not None and carry.num_rows and not self.drop_last:
+            end = {"epoch": epoch, "chunk": last[0], "pos": last[1], "skipped": skipped}
+            yield self._finish(carry), end
+        yield None, self._start_state(epoch + 1, skipped)
+
+    def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> int:  # noqa: ANN001
+        """Quarantine the bad rows among permuted positions ``[lo, hi)``; returns how many."""
+        bad = lo + np.flatnonzero(code[lo:hi])
+        if len(bad) and self.quarantine is not None:
+            idx = perm[bad]
+            values = table.take(pa.array(idx)).to_pylist()
+            self._quarantine_write(
+                [
+                    {
+                        "file": self.files[files[i]],
+                        "row": int(rows[i]),
+                        "reason": reasons[code[b] - 1],
+                        "values": v,
+                    }
+                    for b, i, v in zip(bad, idx, values)
+                ]
+            )
+        return len(bad)
+
+    def _finish(self, cols: Columns) -> Batch:
+        batch = cols.to_batch()
+        return batch.pin_memory() if self.pin else batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch (the rest of it after a resume or an interrupted iteration)."""
+        items = self._produce()
+        if self.prefetch > 0:
+            items = background(items, self.prefetch, "recis-io-prefetch")
+        for batch, state in items:
+            # the position moves only when the consumer receives the batch
+            with self._lock:
+                self._state = state
+            if batch is not None:
+                yield batch
+
+
+class ParquetReader(Reader):
+    """A :class:`Reader` of parquet files (``format="parquet"``)."""
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | list,
         schema: Schema,
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        self.files = resolve_paths(paths)
-        self.schema = schema
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def _read(self, path: str) -> pa.Table:
-        try:
-            return pq.read_table(path, columns=self.schema.columns)
-        except (pa.ArrowInvalid, OSError) as err:
-            missing = [
-                c for c in self.schema.columns if f"'{c}'" in str(err) or f" {c} " in str(err)
-            ]
-            if missing:
-                raise DataError("missing column", path=path, column=missing[0]) from None
-            raise DataError(f"cannot read parquet: {err}", path=path) from None
-
-    def __iter__(self) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        files = list(self.files)
-        if self.shuffle:
-            files = [files[i] for i in rng.permutation(len(files))]
-        for path in files:
-            table = self._read(path)
-            order = rng.permutation(table.num_rows) if self.shuffle else None
-            for start in range(0, table.num_rows, self.batch_size):
-                if order is not None:
-                    rb = table.take(pa.array(order[start : start + self.batch_size]))
-                else:
-                    rb = table.slice(start, self.batch_size)
-                yield to_batch(rb.combine_chunks().to_batches()[0], self.schema, path, start)
-        self.epoch += 1
+        super().__init__(
+            paths, schema, batch_size, format="parquet", shuffle=shuffle, seed=seed, **kwargs
+        )

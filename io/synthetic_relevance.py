@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from recis.ops.hashing import hash_strings
 
 from recis.metrics import auc
+from recis.ops.hashing import hash_strings
 
 from .synthetic import SyntheticInfo
 

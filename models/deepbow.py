@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from recis.io.batch import Batch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
 from recis.errors import ConfigError, DataError
 from recis.features import Schema
+from recis.io.batch import Batch
 
 from .layers import masked_softmax, padded_ids
 from .text_towers import LLMTower, LLMTowerConfig

@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from recis.io.batch import Batch
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
 from recis.embedding import build_embedding_collection
 from recis.features import Schema
+from recis.io.batch import Batch
 
 from .layers import MLP
 

@@ -32,13 +32,13 @@ import math
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from recis.io.batch import Batch
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
 from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import Schema
+from recis.io.batch import Batch
 
 from .layers import MLP, SequenceEmbedding, masked_softmax, select_features
 

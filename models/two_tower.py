@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from recis.io.batch import Batch
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
 from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import Schema
+from recis.io.batch import Batch
 
 from .layers import MLP, padded_ids, select_features
 from .text_towers import HashedBagTower, LLMTower, LLMTowerConfig

@@ -1,7 +1,8 @@
 """The ``recis`` command line.
 
-recis train CONFIG.yaml [--set a.b=value ...]
+recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
+recis plot RUN_DIR
 """
 
 from __future__ import annotations
@@ -31,11 +32,20 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    add("train", "train a model from a YAML config")
+    tr = add("train", "train a model from a YAML config")
+    tr.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint (writes into RUN_DIR)",
+    )
     ev = add("eval", "evaluate a checkpoint on the config's eval data")
     ev.add_argument(
         "--checkpoint", required=True, help="checkpoint folder (run_dir/checkpoints/NAME)"
     )
+    pl = sub.add_parser(
+        "plot", help="write PNG curves of a run", description="write PNG curves of a run"
+    )
+    pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
     return p
 
 
@@ -49,14 +59,22 @@ def _print_result(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "plot":
+            from recis.train.plot import plot_run
+
+            for path in plot_run(args.run_dir):
+                print(path)
+            return 0
         from recis.config import load_config
         from recis.train import runner
 
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
-            result = runner.train(cfg)
+            result = runner.train(cfg, resume=args.resume)
             _print_result(result)
             print(f"run directory: {cfg.run_dir}")
+            if result.get("stopped") == "sigterm":  # checkpointed; resume with --resume
+                return 143
         else:
             _print_result(runner.evaluate(cfg, args.checkpoint))
     except RecisError as err:

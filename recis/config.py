@@ -11,6 +11,8 @@ applied to the raw mapping before validation, so they are checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -30,11 +32,24 @@ T = TypeVar("T")
 class SyntheticConfig:
     """Built-in synthetic data: generated into ``DataConfig.path`` when absent."""
 
-    kind: Literal["ctr", "retrieval", "relevance"] = "ctr"
+    # ctr: recis.io.generate_ctr; ctr_cvr: the two-task recis.io.generate_ctr_cvr;
+    # retrieval / relevance: recis.io.generate_retrieval / generate_relevance
+    kind: Literal["ctr", "ctr_cvr", "retrieval", "relevance"] = "ctr"
     num_train: int = Field(default=200_000, gt=0)
     num_eval: int = Field(default=50_000, gt=0)
     files: int = Field(default=4, gt=0)
     seed: int = 0
+
+
+@dataclass(config=STRICT)
+class CsvConfig:
+    """CSV/TSV parsing. ``layout: criteo`` is the Criteo TSV (label, I1..I13, C1..C26, no header)."""
+
+    layout: Literal["none", "criteo"] = "none"
+    delimiter: str | None = None
+    header: bool = True
+    column_names: list[str] | None = None
+    null_values: list[str] | None = None
 
 
 @dataclass(config=STRICT)
@@ -44,6 +59,13 @@ class DataConfig:
     ``train`` and ``eval`` are a file, a directory, a glob or a list of them.
     With ``synthetic`` set, data is generated under ``path`` (``train/`` and
     ``eval/``) on first use and ``train``/``eval`` default to those folders.
+
+    Reader options (see ``docs/data.md``): ``nan_policy`` for null/NaN dense
+    values, ``on_bad_row`` (``skip`` writes skipped rows to ``quarantine``),
+    ``prefetch`` batches converted ahead in a background thread,
+    ``shuffle_buffer`` rows per shuffle chunk, ``num_workers`` DataLoader
+    worker processes (0: read in the training process), ``pin_memory`` for
+    fast copies to an accelerator.
     """
 
     schema_: Schema = Field(alias="schema")
@@ -55,6 +77,15 @@ class DataConfig:
     shuffle: bool = True
     synthetic: SyntheticConfig | None = None
     path: str = "data/synthetic_ctr"
+    csv: CsvConfig = Field(default_factory=CsvConfig)
+    nan_policy: Literal["fill", "raise"] = "fill"
+    on_bad_row: Literal["raise", "skip"] = "raise"
+    quarantine: str | None = None
+    prefetch: int = Field(default=2, ge=0)
+    shuffle_buffer: int = Field(default=65536, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    drop_last: bool = False
+    pin_memory: bool = False
 
 
 @dataclass(config=STRICT)
@@ -95,13 +126,86 @@ class SparseOptimizerConfig:
 
 
 @dataclass(config=STRICT)
+class TaskConfig:
+    """One training task: which loss, and how it ranks against the others.
+
+    ``priority`` 0 is the most important; larger numbers are less important.
+    ``tolerance`` is how far (relative) the task's loss may rise above its
+    reference level while lower-priority tasks train (objective ``priority``).
+    ``weight`` is used only by objective ``weighted_sum``. ``group_column``
+    names the GAUC grouping column (``batch.extras[...]``, or a single-valued
+    sparse feature of that name).
+    """
+
+    name: str
+    loss: Literal["bce", "mse"] = "bce"
+    priority: int = Field(default=0, ge=0)
+    tolerance: float = Field(default=0.05, ge=0)
+    weight: float = Field(default=1.0, ge=0)
+    group_column: str | None = None
+
+
+@dataclass(config=STRICT)
+class PriorityConfig:
+    """Options of the Lagrangian priority objective (see docs/multitask.md).
+
+    ``stage_steps``: optimizer steps each priority level trains before the next
+    level joins (its losses then set the reference levels). ``multiplier_lr``:
+    dual ascent rate on the relative violation. ``damping``: weight of the
+    current violation added to the multiplier in the primal step (Platt and
+    Barr's damping). ``ema``: smoothing of the tracked per-task losses the
+    constraints read.
+    """
+
+    stage_steps: int = Field(default=200, ge=0)
+    multiplier_lr: float = Field(default=0.5, gt=0)
+    damping: float = Field(default=10.0, ge=0)
+    ema: float = Field(default=0.95, ge=0, lt=1)
+
+
+@dataclass(config=STRICT)
+class ScheduleConfig:
+    """Dense learning-rate schedule: linear warmup, then constant, cosine or linear decay."""
+
+    name: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    total_steps: int | None = Field(default=None, gt=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+@dataclass(config=STRICT)
+class EarlyStoppingConfig:
+    """Stop when eval ``metric`` (e.g. ``click/auc``) has not improved for ``patience`` evals."""
+
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(default=3, gt=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+@dataclass(config=STRICT)
 class TrainConfig:
+    """Training options. ``tasks`` empty: every model output is a BCE task of weight 1."""
+
     epochs: int = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     dense_optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     sparse_optimizer: SparseOptimizerConfig = Field(default_factory=SparseOptimizerConfig)
     log_every: int = Field(default=50, gt=0)
     progress: bool = True
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    objective: Literal["weighted_sum", "priority"] = "weighted_sum"
+    priority: PriorityConfig = Field(default_factory=PriorityConfig)
+    eval_every: int | None = Field(default=None, gt=0)
+    eval_batches: int | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    keep_last: int = Field(default=3, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    clip: float | None = Field(default=None, gt=0)
+    bf16: bool = False
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    tensorboard: bool = True
 
 
 @dataclass(config=STRICT)
@@ -118,18 +222,48 @@ class RunConfig:
     threads: int | None = Field(default=None, gt=0)
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``dotted.path: message``."""
+def _known_fields(cls: type | None, loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (to suggest a fix for a typo)."""
+    node: Any = cls
+    for part in loc[:-1]:
+        if isinstance(part, int) or node is None:
+            continue  # list index: the item type was already unwrapped
+        try:
+            hints = typing.get_type_hints(node)
+        except Exception:
+            return []
+        node = _unwrap(hints.get(part, hints.get(f"{part}_")))
+    return [n.rstrip("_") for n in getattr(node, "__dataclass_fields__", {})]
+
+
+def _unwrap(tp: Any) -> Any:
+    """The dataclass inside ``X | None`` / ``list[X]`` annotations, if any."""
+    if isinstance(tp, str):
+        return None
+    if hasattr(tp, "__dataclass_fields__"):
+        return tp
+    for arg in getattr(tp, "__args__", ()):
+        found = _unwrap(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", cls: type | None = None) -> str:
+    """One clause per problem, ``dotted.path: message``, joined by ``; ``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "schema_") or "<root>"
-        loc = loc.replace("schema_", "schema")
+        parts = [p for p in e["loc"] if p not in ("function-after", "function-wrap")]
+        loc_str = ".".join(str(p).rstrip("_") for p in parts) or "<root>"
         if prefix:
-            loc = f"{prefix}.{loc}"
+            loc_str = f"{prefix}.{loc_str}" if parts else prefix
         kind = e["type"]
-        if kind == "extra_forbidden":
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown field"
-        elif kind == "missing":
+            close = difflib.get_close_matches(str(parts[-1]), _known_fields(cls, tuple(parts)), n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif kind in ("missing", "missing_argument"):
             msg = "field required"
         elif "input" in e and kind.endswith(("_type", "_parsing")):
             expected = kind.split("_")[0]
@@ -138,7 +272,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             msg = e["msg"]
             if "input" in e and not isinstance(e["input"], dict | list):
                 msg = f"{msg}, got {e['input']!r}"
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc_str}: {msg}")
     return "; ".join(lines)
 
 
@@ -147,7 +281,7 @@ def validate(cls: type[T], raw: Any, prefix: str = "") -> T:
     try:
         return TypeAdapter(cls).validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix)) from None
+        raise ConfigError(format_validation_error(err, prefix, cls)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -166,18 +300,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides in place; a numeric part indexes a list (``tables.0.dim=8``)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None:
-                nxt = {}
-                node[part] = nxt
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is not a mapping")
-            node = nxt
-        node[parts[-1]] = value
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {where}: no list index {part!r}")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+                if not last and node.get(key) is None:
+                    node[key] = {}
+            else:
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[:i])} is not a mapping")
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
     return raw
 
 

@@ -1,8 +1,9 @@
 """Feature specs: how table columns become model inputs.
 
 A :class:`Schema` maps columns of the input files to dense features, sparse
-(id) features and labels. Readers in :mod:`recis.io` turn Arrow record batches
-into a :class:`recis.io.Batch` by following it.
+(id) features, text features and labels. Readers in :mod:`recis.io` turn Arrow
+record batches into a :class:`recis.io.Batch` by following it; see
+``docs/data.md`` for the full mapping reference.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ _STRICT = ConfigDict(extra="forbid")
 
 @dataclass(config=_STRICT)
 class DenseFeature:
-    """A float column. Nulls/NaNs get ``fill``; ``transform`` is applied after filling.
+    """A float column (or a ``list<double>`` column of ``dim`` values per row).
 
-    ``log`` is ``log1p(max(x, 0))``, ``standardize`` is ``(x - mean) / std``
-    with ``mean``/``std`` given in the spec.
+    Nulls/NaNs are handled by the reader's ``nan_policy``: ``fill`` puts
+    ``fill`` in their place, ``raise`` stops with a DataError (``on_nan``
+    overrides the reader's policy for this feature). ``transform`` is applied
+    after filling: ``log`` is ``log1p(max(x, 0))``, ``standardize`` is
+    ``(x - mean) / std`` with ``mean``/``std`` given in the spec.
     """
 
     name: str
@@ -29,6 +33,8 @@ class DenseFeature:
     transform: Literal["none", "log", "standardize"] = "none"
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
+    dim: int = Field(default=1, gt=0)
+    on_nan: Literal["fill", "raise"] | None = None
 
     @property
     def source(self) -> str:
@@ -39,8 +45,17 @@ class DenseFeature:
 class SparseFeature:
     """An id feature looked up in embedding table ``table`` (default: its own name).
 
-    ``dtype`` ``int`` reads int64 ids (scalar or list column); ``string`` hashes
-    strings to 64-bit ids salted by the feature (or table) name.
+    The column is a scalar (one id per row, null = no id) or a list (multi-hot,
+    a sequence). ``dtype`` ``int`` passes int64 ids through unchanged (negative
+    and huge values included: the embedding engine maps them); ``string``
+    hashes strings with :func:`recis.ops.hashing.hash_strings` salted by the
+    table name, so features sharing a table share ids.
+
+    ``max_len`` truncates list rows to at most that many ids, keeping the
+    ``first`` or the ``last`` ones (``truncate``; ``last`` keeps the most
+    recent items of a behaviour sequence stored oldest-first).
+    ``weight_column`` names a ``list<float>`` column aligned with the ids
+    (or a float column for scalar ids): the values become the KJT weights.
     """
 
     name: str
@@ -48,6 +63,7 @@ class SparseFeature:
     table: str | None = None
     dtype: Literal["int", "string"] = "int"
     max_len: int | None = Field(default=None, gt=0)
+    truncate: Literal["first", "last"] = "first"
     weight_column: str | None = None
 
     @property
@@ -60,8 +76,27 @@ class SparseFeature:
 
 
 @dataclass(config=_STRICT)
+class TextFeature:
+    """A string column tokenized with a transformers tokenizer from a local directory.
+
+    Produces ``text[name]`` token ids ``[B, max_length]`` (int64, padded) and
+    ``text[name + "_mask"]`` the attention mask ``[B, max_length]``. Nulls
+    tokenize as the empty string.
+    """
+
+    name: str
+    tokenizer: str
+    column: str | None = None
+    max_length: int = Field(default=32, gt=0)
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@dataclass(config=_STRICT)
 class LabelSpec:
-    """A label column; ``name`` is the task it trains."""
+    """A label column; ``name`` is the task it trains. Null or NaN labels are a DataError."""
 
     name: str
     column: str | None = None
@@ -73,13 +108,25 @@ class LabelSpec:
 
 @dataclass(config=_STRICT)
 class Schema:
+    """Columns -> features. ``columns`` lists every column the readers must read."""
+
     dense: list[DenseFeature] = Field(default_factory=list)
     sparse: list[SparseFeature] = Field(default_factory=list)
     labels: list[LabelSpec] = Field(default_factory=list)
+    text: list[TextFeature] = Field(default_factory=list)
+    # columns passed through as ``Batch.extras[column]`` (numbers, e.g. a GAUC group id)
+    extras: list[str] = Field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
         cols = [f.source for f in self.dense] + [f.source for f in self.sparse]
         cols += [f.weight_column for f in self.sparse if f.weight_column]
         cols += [label.source for label in self.labels]
+        cols += [t.source for t in self.text]
+        cols += list(self.extras)
         return list(dict.fromkeys(cols))
+
+    @property
+    def dense_dim(self) -> int:
+        """Width ``Dd`` of ``Batch.dense``."""
+        return sum(f.dim for f in self.dense)

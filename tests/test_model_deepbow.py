@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.features import LabelSpec, Schema, SparseFeature
 from recis.io.batch import Batch
 from recis.io.synthetic_relevance import hashed_ngrams
 from recis.models import DeepBoW, DeepBoWConfig
 from recis.models.deepbow import load_bags, score_bags, score_exported
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-from recis.features import LabelSpec, Schema, SparseFeature
 
 QUERIES = ["red shoe", "blue phone case", "cheap red shoe", "lamp"]
 PRODUCTS = ["red running shoe sale", "phone case blue silicone", "shoe rack", "desk lamp led"]

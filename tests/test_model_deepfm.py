@@ -5,14 +5,14 @@ from __future__ import annotations
 import itertools
 
 import torch
-from recis.io import ParquetReader
-from recis.io.batch import Batch
-from recis.io.synthetic import dense_names, sparse_names
-from recis.models import DeepFM, DeepFMConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import TableConfig, TrainConfig
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import ParquetReader
+from recis.io.batch import Batch
+from recis.io.synthetic import dense_names, sparse_names
+from recis.models import DeepFM, DeepFMConfig
 from recis.train.trainer import Trainer
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from recis.io.batch import Batch
-from recis.models import HHFT, HHFTConfig, build_model
-from recis.models.hhft import HeterogeneousLayer, HiformerLayer
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import TableConfig
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io.batch import Batch
+from recis.models import HHFT, HHFTConfig, build_model
+from recis.models.hhft import HeterogeneousLayer, HiformerLayer
 
 D = 8
 

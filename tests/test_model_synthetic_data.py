@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+
 from recis.io import generate_relevance, generate_retrieval
 from recis.io.synthetic_relevance import hashed_ngrams, ngrams
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from recis.config import TrainConfig, load_config
 from recis.io import ParquetReader, generate_retrieval
 from recis.models import TwoTower, TwoTowerConfig
 from recis.models.two_tower import (
@@ -17,8 +19,7 @@ from recis.models.two_tower import (
     read_relevant,
     recall_ndcg,
 )
-
-from recis.config import TrainConfig, load_config
+from recis.train.callbacks import Callback
 from recis.train.trainer import Trainer
 
 
@@ -94,10 +95,14 @@ def test_llm_tower_trains_saves_and_loads(tmp_path) -> None:
     before = model.text.model.embeddings.word_embeddings.weight.detach().clone()
     train = ParquetReader(data / "train", schema, 128, shuffle=True)
     losses = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer: Trainer, record: dict) -> None:
+            losses.append(record)
+
     trainer = Trainer(
-        model, train, None, TrainConfig(max_steps=5, progress=False), callbacks=[losses.append]
+        model, train, None, TrainConfig(max_steps=5, progress=False), callbacks=[Record()]
     )
-    trainer.config.log_every = 1
     trainer.fit()
     assert int(model.seen) > 0  # the reservoir of negatives filled up
     after = model.text.model.embeddings.word_embeddings.weight.detach()

@@ -1,6 +1,15 @@
-"""recis.train: the trainer and checkpoints."""
+"""recis.train: the trainer, callbacks, checkpoints, run logs and plots."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .callbacks import Callback, EarlyStopping
+from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint, save_checkpoint
 from .trainer import Trainer
 
-__all__ = ["Trainer", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Callback",
+    "CheckpointManager",
+    "EarlyStopping",
+    "Trainer",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,23 @@ import torch
 import yaml
 
 from recis.config import RunConfig, to_dict
+from recis.errors import ConfigError
 from recis.io import (
-    ParquetReader,
+    MultiTaskInfo,
     generate_ctr,
+    generate_ctr_cvr,
     generate_relevance,
     generate_retrieval,
     load_info,
+    reader_from_config,
 )
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
-from .checkpoint import load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint
 from .trainer import Trainer
+
+Info = SyntheticInfo | MultiTaskInfo
 
 
 def seed_everything(seed: int) -> None:
@@ -32,65 +38,81 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_data(
-    cfg: RunConfig,
-) -> tuple[str | list[str], str | list[str] | None, SyntheticInfo | None]:
+def _synthetic(cfg: RunConfig) -> Info:
+    data, s = cfg.data, cfg.data.synthetic
+    assert s is not None
+    info_path = Path(data.path) / "info.json"
+    wanted = (s.num_train, s.num_eval, s.seed)
+    if s.kind == "ctr_cvr":
+        if info_path.exists():
+            mt = MultiTaskInfo(**json.loads(info_path.read_text()))
+            if (mt.num_train, mt.num_eval, mt.seed) == wanted:
+                return mt
+        print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
+        return generate_ctr_cvr(data.path, s.num_train, s.num_eval, s.files, s.seed)
+    info = load_info(data.path)
+    if info is None or (info.num_train, info.num_eval, info.seed) != wanted:
+        print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
+        generate = {
+            "ctr": generate_ctr,
+            "retrieval": generate_retrieval,
+            "relevance": generate_relevance,
+        }[s.kind]
+        info = generate(data.path, s.num_train, s.num_eval, s.files, s.seed)
+    return info
+
+
+def prepare_data(cfg: RunConfig) -> tuple[str | list[str], str | list[str] | None, Info | None]:
     """Train and eval paths; generates the synthetic data first when configured and absent."""
     data = cfg.data
-    info = None
-    if data.synthetic is not None:
-        info = load_info(data.path)
-        s = data.synthetic
-        wanted = (s.num_train, s.num_eval, s.seed)
-        if info is None or (info.num_train, info.num_eval, info.seed) != wanted:
-            print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
-            generate = {
-                "ctr": generate_ctr,
-                "retrieval": generate_retrieval,
-                "relevance": generate_relevance,
-            }[s.kind]
-            info = generate(data.path, s.num_train, s.num_eval, s.files, s.seed)
+    info = _synthetic(cfg) if data.synthetic is not None else None
     train = data.train or (str(Path(data.path) / "train") if data.synthetic else None)
     evals = data.eval or (str(Path(data.path) / "eval") if data.synthetic else None)
     if train is None:
-        from recis.errors import ConfigError
-
         raise ConfigError("data.train: field required (or set data.synthetic)")
     return train, evals, info
 
 
-def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, SyntheticInfo | None]:
+def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, Info | None]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     train_path, eval_path, info = prepare_data(cfg)
     schema = cfg.data.schema_
     device = torch.device(cfg.device)
-    train_data = ParquetReader(
-        train_path, schema, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.seed
-    )
+    train_data = reader_from_config(cfg.data, train_path, train=True, seed=cfg.seed)
     eval_data = None
     if eval_path is not None:
-        eval_data = ParquetReader(
-            eval_path, schema, cfg.data.eval_batch_size or cfg.data.batch_size
-        )
+        eval_data = reader_from_config(cfg.data, eval_path, train=False, seed=cfg.seed)
     model = build_model(cfg.model, schema, device)
     trainer = Trainer(model, train_data, eval_data, cfg.train, run_dir=cfg.run_dir, device=device)
     return trainer, info
 
 
-def report(result: dict[str, float], info: SyntheticInfo | None) -> dict[str, Any]:
+def report(result: dict[str, Any], info: Info | None) -> dict[str, Any]:
+    """The eval result, with the synthetic data's oracle AUC beside it."""
     out: dict[str, Any] = dict(result)
-    if info is not None:
+    if isinstance(info, SyntheticInfo):
         out["oracle_auc"] = info.oracle_auc
+    elif isinstance(info, MultiTaskInfo):
+        for task, value in asdict(info)["oracle_auc"].items():
+            out[f"{task}/oracle_auc"] = value
     return out
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
+def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train from ``cfg``; with ``resume`` (a run directory), continue from its newest
+    checkpoint, writing into that directory."""
+    if resume is not None:
+        cfg.run_dir = str(resume)
+        checkpoint = latest_checkpoint(resume)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     trainer, info = build(cfg)
+    if resume is not None:
+        print(f"resuming from {checkpoint}", flush=True)
+        trainer.resume(checkpoint)
     result = report(trainer.fit(), info)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,9 +1,10 @@
-"""The training loop: train, evaluate, log, checkpoint."""
+"""The training loop: train and evaluate interleaved, log, checkpoint, resume exactly."""
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,68 +12,60 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from tqdm import tqdm
 
-from recis import metrics
-from recis.config import OptimizerConfig, SparseOptimizerConfig, TrainConfig
+from recis.config import TaskConfig, TrainConfig
+from recis.errors import CheckpointError
 from recis.io.batch import Batch
+from recis.optim import (
+    build_objective,
+    build_schedule,
+    dense_optimizer,
+    resolve_tasks,
+    sparse_optimizer,
+    split_parameters,
+    task_loss,
+)
 
-from .checkpoint import save_checkpoint
-
-_SPARSE_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
-
-
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(sparse, dense): parameters of embedding collections vs everything else."""
-    sparse_ids = set()
-    sparse = []
-    for module in model.modules():
-        if isinstance(module, _SPARSE_MODULES):
-            for p in module.parameters():
-                if id(p) not in sparse_ids:
-                    sparse_ids.add(id(p))
-                    sparse.append(p)
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
-    return sparse, dense
+from . import evaluation
+from .callbacks import Callback, EarlyStopping, as_callbacks
+from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint
+from .runlog import RunLogger
+from .state import rng_state, set_rng_state
 
 
-def dense_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    kinds = {
-        "adam": torch.optim.Adam,
-        "adamw": torch.optim.AdamW,
-        "adagrad": torch.optim.Adagrad,
-        "sgd": torch.optim.SGD,
-    }
-    return kinds[cfg.name](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def sparse_optimizer(
-    params: list[nn.Parameter], cfg: SparseOptimizerConfig
-) -> torch.optim.Optimizer:
-    if cfg.name in ("adagrad", "rowwise_adagrad"):
-        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+def _is_rank0() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class Trainer:
     """Trains a model whose ``forward(batch)`` returns ``{task: logits [B]}``.
 
-    Each task's loss is binary cross-entropy against ``batch.labels[task]``;
-    the objective is their sum.
+    Each task's loss (BCE or MSE against ``batch.labels[task]``) goes into the
+    multi-task objective (``weighted_sum`` or ``priority``, see
+    :mod:`recis.optim.multitask`); the dense parameters step through a torch
+    optimizer with a learning-rate schedule, torchrec embedding-collection
+    weights through the sparse optimizer, and parameters the embedding engine
+    updates inside backward are left to it.
 
     Args:
         model: the model (already on ``device``).
-        train_data: an iterable of :class:`~recis.io.Batch`, re-iterated each epoch.
+        train_data: an iterable of :class:`~recis.io.Batch`, re-iterated each
+            epoch; if it has ``state_dict``/``load_state_dict`` its position is
+            checkpointed (exact resume).
         eval_data: an iterable of batches for evaluation, or None.
         config: training options.
-        run_dir: where metrics.jsonl and checkpoints go (None: write nothing).
+        run_dir: where metrics.jsonl, tb/ and checkpoints/ go (None: write nothing).
         device: where batches are moved.
+        callbacks: :class:`~recis.train.callbacks.Callback` objects, or plain
+            ``fn(record)`` called with every logged record.
+
+    Example::
+
+        trainer = Trainer(model, train_reader, eval_reader, TrainConfig(max_steps=1000))
+        result = trainer.fit()  # {"click/auc": ..., "click/logloss": ...}
     """
 
     def __init__(
@@ -83,7 +76,7 @@ class Trainer:
         config: TrainConfig,
         run_dir: str | Path | None = None,
         device: torch.device | str = "cpu",
-        callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+        callbacks: list[Callback | Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.model = model
         self.train_data = train_data
@@ -91,121 +84,290 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = callbacks or []
+        self.callbacks = as_callbacks(callbacks)
+        if config.early_stopping is not None:
+            self.callbacks.append(EarlyStopping(config.early_stopping))
         sparse, dense = split_parameters(model)
-        self.optimizers = [dense_optimizer(dense, config.dense_optimizer)]
+        self.dense_params = dense
+        self.dense_optimizer = dense_optimizer(dense, config.dense_optimizer)
+        self.optimizers = [self.dense_optimizer]
         if sparse:
             self.optimizers.append(sparse_optimizer(sparse, config.sparse_optimizer))
-        self.step = 0
+        self.scheduler = build_schedule(self.dense_optimizer, config.schedule, config.max_steps)
+        self.tasks: list[TaskConfig] | None = None
+        self.objective: Any = None
+        outputs = getattr(model, "tasks", None)
+        if config.tasks or outputs:
+            self._set_tasks(list(outputs or [t.name for t in config.tasks]))
+        self.logger = RunLogger(run_dir, tensorboard=config.tensorboard)
+        self.checkpoints = (
+            CheckpointManager(self.run_dir / "checkpoints", config.keep_last)
+            if self.run_dir is not None
+            else None
+        )
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0  # completed epochs
+        self.should_stop = False
+        self._micro = 0
+        self._acc: np.ndarray | None = None
+        self._sigterm = False
+        self._last_saved = -1
 
-    def _log(self, record: dict[str, Any]) -> None:
-        for cb in self.callbacks:
-            cb(record)
-        if self.run_dir is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+    # ---- objective -------------------------------------------------------------
+    def _set_tasks(self, outputs: list[str]) -> None:
+        self.tasks = resolve_tasks(self.config, outputs)
+        self.objective = build_objective(self.config, self.tasks)
+        pending = getattr(self, "_pending_objective", None)
+        if pending:
+            self.objective.load_state_dict(pending)
 
-    def loss(self, logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-task mean losses (float32 scalars)."""
+        if self.tasks is None:
+            self._set_tasks(list(logits))
+        assert self.tasks is not None
         # models whose objective is not per-row BCE (in-batch softmax, regularizers) define it
-        model_loss = getattr(self.model, "loss", None)
+        model_loss = getattr(getattr(self.model, "module", self.model), "loss", None)
         if callable(model_loss):
             return model_loss(logits, batch)
-        return {
-            t: F.binary_cross_entropy_with_logits(logits[t].float(), batch.labels[t])
-            for t in logits
-        }
+        return {t.name: task_loss(t.loss, logits[t.name], batch.labels[t.name]) for t in self.tasks}
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    # ---- one step --------------------------------------------------------------
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """Forward and backward on one micro-batch; an optimizer step every ``grad_accum``.
+
+        Returns the step's record (mean losses over its micro-batches, objective
+        state, learning rate) after an optimizer step, None between them.
+        """
+        cfg = self.config
         self.model.train()
         batch = batch.to(self.device)
-        losses = self.loss(self.model(batch), batch)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"step {self.step}: loss is {total.item()}")
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = self.model(batch)
+        losses = self.losses(logits, batch)
+        total = self.objective(losses)
+        if cfg.grad_accum > 1:
+            total = total / cfg.grad_accum
         total.backward()
+        # one device->host copy for all task losses and the objective
+        values = torch.stack([total.detach() * cfg.grad_accum, *losses.values()]).tolist()
+        if not np.isfinite(values[0]):
+            raise FloatingPointError(f"step {self.step}: loss is {values[0]} ({values[1:]})")
+        self._acc = np.asarray(values) if self._acc is None else self._acc + values
+        self._micro += 1
+        if self._micro < cfg.grad_accum:
+            return None
+        mean = self._acc / self._micro
+        self._acc, self._micro = None, 0
+        if cfg.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.dense_params, cfg.clip)
         for opt in self.optimizers:
             opt.step()
+            opt.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        per_task = dict(zip(losses, mean[1:].tolist()))
+        self.objective.update(per_task)
         self.step += 1
-        return {"loss": total.item(), **{f"loss/{t}": v.item() for t, v in losses.items()}}
+        record = {"loss": float(mean[0]), "lr": lr}
+        record.update({f"loss/{t}": v for t, v in per_task.items()})
+        record.update(self.objective.log())
+        return record
 
-    def fit(self) -> dict[str, float]:
+    # ---- loop ------------------------------------------------------------------
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm = True
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` or ``max_steps``; evaluate every ``eval_every`` steps and at
+        the end; checkpoint every ``checkpoint_every`` steps, on SIGTERM and at the end.
+
+        Returns the last evaluation (``{}`` without eval data), plus ``stopped``
+        ("sigterm" or "early_stopping") when training ended early.
+        """
         cfg = self.config
+        if self.checkpoints is not None and _is_rank0():
+            self.checkpoints.clean_partial()
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        total = cfg.max_steps
+        if total is None and hasattr(self.train_data, "__len__"):  # batches per epoch known
+            total = cfg.epochs * len(self.train_data) // cfg.grad_accum  # type: ignore[arg-type]
         bar = tqdm(
-            total=cfg.max_steps,
+            total=total,
+            initial=self.step,
             disable=not cfg.progress,
             unit="step",
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 10.0,
         )
+        result: dict[str, Any] = {}
+        evaluated_at = -1
         samples, t0, ema = 0, time.perf_counter(), None
-        done = False
-        for epoch in range(cfg.epochs):
-            for batch in self.train_data:
-                out = self.train_step(batch)
-                samples += batch.batch_size
-                ema = out["loss"] if ema is None else 0.98 * ema + 0.02 * out["loss"]
-                rate = samples / max(time.perf_counter() - t0, 1e-9)
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=epoch, loss=f"{ema:.4f}", samples_s=f"{rate:,.0f}", refresh=False
-                )
-                if self.step % cfg.log_every == 0:
-                    self._log({"step": self.step, "split": "train", "samples_per_s": rate, **out})
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                    done = True
-                    break
-            if done:
-                break
-        bar.close()
-        result = self.evaluate() if self.eval_data is not None else {}
-        self.save("final")
+        try:
+            while self.epoch < cfg.epochs and not self._done():
+                for batch in self.train_data:
+                    record = self.train_step(batch)
+                    samples += batch.batch_size
+                    if record is None:
+                        continue
+                    rate = samples / max(time.perf_counter() - t0, 1e-9)
+                    ema = record["loss"] if ema is None else 0.98 * ema + 0.02 * record["loss"]
+                    bar.update(1)
+                    bar.set_postfix(
+                        epoch=self.epoch, loss=f"{ema:.4f}", samples_s=f"{rate:,.0f}", refresh=False
+                    )
+                    record = {"step": self.step, "split": "train", "epoch": self.epoch, **record}
+                    record["samples_per_s"] = rate
+                    self._log(record, tensorboard=self.step % cfg.log_every == 0)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, record)
+                    if (
+                        cfg.eval_every
+                        and self.step % cfg.eval_every == 0
+                        and self.eval_data is not None
+                    ):
+                        result, evaluated_at = self.evaluate(), self.step
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if self._done():
+                        break
+                else:
+                    self.epoch += 1
+            if self._sigterm:
+                self.save()
+                result = {**result, "stopped": "sigterm"}
+            else:
+                if self.eval_data is not None and evaluated_at != self.step:
+                    result = self.evaluate()
+                self.save()
+                latest = self.checkpoints.latest() if self.checkpoints is not None else None
+                if latest is not None and _is_rank0():  # checkpoints/final: the end state
+                    link_checkpoint(latest, "final")
+                if self.should_stop:
+                    result = {**result, "stopped": "early_stopping"}
+        finally:
+            bar.close()
+            self.logger.close()
+            if handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
         return result
 
-    @torch.no_grad()
+    def _done(self) -> bool:
+        cfg = self.config
+        budget = cfg.max_steps is not None and self.step >= cfg.max_steps
+        return budget or self.should_stop or self._sigterm
+
+    def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
+        self.logger.log(record)
+        if tensorboard:
+            self.logger.scalars(record)
+        for cb in self.callbacks:
+            cb.on_log(self, record)
+
+    # ---- evaluation --------------------------------------------------------------
     def predict(self, data: Iterable[Batch]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Probabilities and labels per task over ``data``."""
-        self.model.eval()
-        probs: dict[str, list[np.ndarray]] = {}
-        labels: dict[str, list[np.ndarray]] = {}
-        for batch in data:
-            batch = batch.to(self.device)
-            for t, logit in self.model(batch).items():
-                probs.setdefault(t, []).append(torch.sigmoid(logit.float()).cpu().numpy())
-                labels.setdefault(t, []).append(batch.labels[t].cpu().numpy())
-        return (
-            {t: np.concatenate(v) for t, v in probs.items()},
-            {t: np.concatenate(v) for t, v in labels.items()},
+        """Probabilities (BCE tasks) and labels per task over ``data`` (this rank only)."""
+        self._ensure_tasks(data)
+        assert self.tasks is not None
+        out = evaluation.predict(
+            self.model, data, self.tasks, self.device, autocast=self.config.bf16
         )
+        return {t: d["pred"] for t, d in out.items()}, {t: d["label"] for t, d in out.items()}
 
-    def evaluate(self) -> dict[str, float]:
-        assert self.eval_data is not None
-        probs, labels = self.predict(self.eval_data)
-        result: dict[str, float] = {}
-        for t in probs:
-            result[f"{t}/auc"] = metrics.auc(probs[t], labels[t])
-            result[f"{t}/logloss"] = metrics.logloss(probs[t], labels[t])
+    def _ensure_tasks(self, data: Iterable[Batch]) -> None:
+        if self.tasks is None:  # model without a ``tasks`` attribute: look at one batch
+            with torch.no_grad():
+                self._set_tasks(list(self.model(next(iter(data)).to(self.device))))
+
+    def evaluate(self, data: Iterable[Batch] | None = None) -> dict[str, float]:
+        """Metrics per task on ``data`` (default: the eval data), logged and passed to callbacks."""
+        data = data if data is not None else self.eval_data
+        assert data is not None, "no eval data"
+        self._ensure_tasks(data)
+        assert self.tasks is not None
+        result = evaluation.evaluate(
+            self.model,
+            data,
+            self.tasks,
+            self.device,
+            max_batches=self.config.eval_batches,
+            autocast=self.config.bf16,
+        )
         self._log({"step": self.step, "split": "eval", **result})
+        self.logger.flush()
+        for cb in self.callbacks:
+            cb.on_eval(self, result)
         return result
 
+    # ---- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Everything exact resume needs: weights, optimizers, schedule, objective,
+        reader position, RNG states, step and epoch, callback states."""
+        state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict() if self.objective is not None else {},
             "step": self.step,
+            "epoch": self.epoch,
+            "rng": rng_state(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
+        if hasattr(self.train_data, "state_dict"):
+            state["data"] = self.train_data.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise CheckpointError(
+                f"checkpoint has {len(state['optimizers'])} optimizers, trainer has "
+                f"{len(self.optimizers)}: the model's sparse/dense split changed"
+            )
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         self.step = state["step"]
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("objective"):
+            if self.objective is not None:
+                self.objective.load_state_dict(state["objective"])
+            else:  # tasks known only after the first batch
+                self._pending_objective = state["objective"]
+        self.epoch = state.get("epoch", 0)
+        for cb, s in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(s)
+        if "data" in state and hasattr(self.train_data, "load_state_dict"):
+            self.train_data.load_state_dict(state["data"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self._last_saved = self.step
 
-    def save(self, name: str) -> Path | None:
-        if self.run_dir is None:
+    def save(self, name: str | None = None) -> Path | None:
+        """Write a checkpoint (``step-N``, or ``name``) under run_dir/checkpoints; rank 0 only."""
+        if self.checkpoints is None or (name is None and self._last_saved == self.step):
             return None
-        meta = {"step": self.step, "time": time.time()}
-        return save_checkpoint(self.run_dir / "checkpoints" / name, self.state_dict(), meta)
+        if not _is_rank0():
+            return None
+        meta = {"step": self.step, "epoch": self.epoch, "time": time.time()}
+        if name is None:
+            path = self.checkpoints.save(self.step, self.state_dict(), meta)
+            self._last_saved = self.step
+        else:
+            from .checkpoint import save_checkpoint
+
+            path = save_checkpoint(self.checkpoints.directory / name, self.state_dict(), meta)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, path)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Load a checkpoint folder written by :meth:`save` and continue from it."""
+        state, _ = load_checkpoint(path, map_location=self.device)
+        self.load_state_dict(state)

@@ -1,0 +1,91 @@
+"""Training callbacks: hooks the trainer calls, and early stopping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recis.config import EarlyStoppingConfig
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class Callback:
+    """Override any hook. ``record`` / ``result`` are the dicts the trainer logs.
+
+    A callback that keeps state across steps returns it from :meth:`state_dict`
+    so it is checkpointed with the trainer.
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+
+    def on_eval(self, trainer: Trainer, result: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, result: dict[str, Any]) -> None: ...
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class FunctionCallback(Callback):
+    """A plain ``fn(record)`` called with every logged record (train and eval)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        self.fn = fn
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.fn(record)
+
+
+class EarlyStopping(Callback):
+    """Asks the trainer to stop when ``metric`` has not improved for ``patience`` evaluations."""
+
+    def __init__(self, config: EarlyStoppingConfig) -> None:
+        self.config = config
+        self.best: float | None = None
+        self.bad = 0
+
+    def on_eval(self, trainer: Trainer, result: dict[str, float]) -> None:
+        cfg = self.config
+        if cfg.metric not in result:
+            from recis.errors import ConfigError
+
+            raise ConfigError(
+                f"train.early_stopping.metric: {cfg.metric!r} not in eval results {sorted(result)}"
+            )
+        value = result[cfg.metric]
+        if math.isnan(value):
+            return
+        better = (
+            self.best is None
+            or (cfg.mode == "max" and value > self.best + cfg.min_delta)
+            or (cfg.mode == "min" and value < self.best - cfg.min_delta)
+        )
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+            if self.bad >= cfg.patience:
+                trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
+def as_callbacks(items: list[Callback | Callable[[dict[str, Any]], None]] | None) -> list[Callback]:
+    return [c if isinstance(c, Callback) else FunctionCallback(c) for c in items or []]

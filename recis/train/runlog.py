@@ -1,0 +1,94 @@
+"""Run logs: buffered JSONL (every record) and TensorBoard scalars, in the run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    """Appends records to ``run_dir/metrics.jsonl`` and scalars to ``run_dir/tb``.
+
+    JSONL lines are buffered and written every ``flush_every`` records (and on
+    :meth:`flush`), so logging every step costs a ``json.dumps``, not a write.
+
+    Args:
+        run_dir: the run directory (None: keep nothing).
+        tensorboard: also write TensorBoard event files (needs ``tensorboard``).
+        flush_every: records per JSONL write.
+    """
+
+    def __init__(
+        self, run_dir: str | Path | None, tensorboard: bool = True, flush_every: int = 200
+    ) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.flush_every = flush_every
+        self._lines: list[str] = []
+        self._tb: Any = None
+        self._want_tb = tensorboard and self.run_dir is not None
+
+    def _writer(self) -> Any:
+        if self._tb is None and self._want_tb:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional extra (recis[plots])
+                warnings.warn("tensorboard is not installed: no TensorBoard logs", stacklevel=2)
+                self._want_tb = False
+                return None
+            assert self.run_dir is not None
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        return self._tb
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Keep one JSON record (``step`` and ``split`` by convention)."""
+        if self.run_dir is None:
+            return
+        self._lines.append(json.dumps(record))
+        if len(self._lines) >= self.flush_every:
+            self.flush()
+
+    def scalars(self, record: dict[str, Any]) -> None:
+        """Write the numeric fields of ``record`` to TensorBoard under ``split/name``."""
+        writer = self._writer()
+        if writer is None:
+            return
+        split, step = record.get("split", "train"), int(record.get("step", 0))
+        for k, v in record.items():
+            if k in ("step", "split", "epoch") or not isinstance(v, int | float):
+                continue
+            if isinstance(v, float) and math.isnan(v):
+                continue
+            writer.add_scalar(f"{split}/{k}", v, step)
+
+    def flush(self) -> None:
+        if self.run_dir is None:
+            return
+        if self._lines:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write("\n".join(self._lines) + "\n")
+            self._lines.clear()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl``; for a resumed run, the last one per (split, step)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                last[(r.get("split", "train"), int(r.get("step", 0)))] = r
+    return sorted(last.values(), key=lambda r: (int(r.get("step", 0)), r.get("split", "")))

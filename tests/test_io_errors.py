@@ -1,0 +1,162 @@
+"""Every bad input stops with a DataError naming the file (and column and row when there is one)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recis.errors import DataError
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import Reader
+
+SCHEMA = Schema(
+    dense=[DenseFeature(name="x")],
+    sparse=[SparseFeature(name="ids")],
+    labels=[LabelSpec(name="y")],
+)
+
+
+def _write(path, n: int = 40, **override) -> str:
+    cols = {
+        "x": np.arange(n, dtype=np.float64),
+        "ids": np.arange(n, dtype=np.int64),
+        "y": np.zeros(n, dtype=np.float32),
+    }
+    cols.update(override)
+    pq.write_table(pa.table(cols), path, row_group_size=16)
+    return str(path)
+
+
+def _read(path, schema: Schema = SCHEMA, **kw) -> list:
+    return list(Reader(path, schema, 8, **kw))
+
+
+def test_missing_column(tmp_path):
+    f = _write(tmp_path / "a.parquet")
+    schema = Schema(dense=[DenseFeature(name="price")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"a\.parquet, column 'price': missing column") as e:
+        _read(f, schema)
+    assert e.value.path == f and e.value.column == "price"
+
+
+def test_wrong_type(tmp_path):
+    f = _write(tmp_path / "a.parquet", x=[f"s{i}" for i in range(40)])
+    with pytest.raises(DataError, match=r"a\.parquet, column 'x': wrong type string"):
+        _read(f)
+
+
+def test_ids_in_a_float_column(tmp_path):
+    f = _write(tmp_path / "a.parquet", ids=np.arange(40, dtype=np.float64))
+    with pytest.raises(DataError, match=r"column 'ids': .*ids in a float column"):
+        _read(f)
+
+
+@pytest.mark.parametrize("bad", ["null", "nan"])
+def test_null_or_nan_label(tmp_path, bad):
+    y = np.zeros(40, dtype=np.float32)
+    y[21] = np.nan
+    label = pa.array(y, mask=np.isnan(y)) if bad == "null" else pa.array(y)
+    f = _write(tmp_path / "a.parquet", y=label)
+    with pytest.raises(DataError, match=r"a\.parquet, column 'y', row 21: null or NaN label"):
+        _read(f, shuffle=True, seed=3)
+
+
+def test_nan_dense_value_fill_or_raise(tmp_path):
+    x = np.arange(40, dtype=np.float64)
+    x[33] = np.nan
+    f = _write(tmp_path / "a.parquet", x=x)
+    dense = np.concatenate([b.dense[:, 0].numpy() for b in _read(f)])
+    assert dense[33] == 0.0 and dense[34] == 34.0  # fill (the default policy)
+    with pytest.raises(DataError, match=r"column 'x', row 33: null or NaN dense value"):
+        _read(f, nan_policy="raise")
+    strict = Schema(dense=[DenseFeature(name="x", on_nan="raise")], labels=SCHEMA.labels)
+    with pytest.raises(DataError, match="row 33"):
+        _read(f, strict)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.parquet: empty file"):
+        _read(tmp_path / "empty.parquet")
+    f = _write(tmp_path / "norows.parquet", n=0)
+    with pytest.raises(DataError, match=r"norows\.parquet: empty file \(no rows\)"):
+        _read(f)
+
+
+def test_truncated_file(tmp_path):
+    f = _write(tmp_path / "a.parquet")
+    with open(f, "rb") as src:
+        data = src.read()
+    with open(f, "wb") as out:
+        out.write(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"a\.parquet: corrupt or truncated file"):
+        _read(f)
+
+
+def test_corrupt_bytes_inside_a_file(tmp_path):
+    f = tmp_path / "a.parquet"
+    pq.write_table(
+        pa.table({"x": np.arange(4000.0), "ids": np.arange(4000), "y": np.zeros(4000)}),
+        f,
+        compression="snappy",
+    )
+    data = bytearray(f.read_bytes())
+    data[64:2000] = os.urandom(1936)  # inside the first data pages, footer intact
+    f.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"a\.parquet: corrupt or truncated file"):
+        _read(f)
+
+
+def test_unreadable_path(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.parquet: unreadable path"):
+        _read(tmp_path / "nope.parquet")
+    with pytest.raises(DataError, match="glob matched no file"):
+        _read(str(tmp_path / "*.parquet"))
+
+
+def test_csv_line_with_missing_fields_names_file_and_line(tmp_path):
+    (tmp_path / "a.csv").write_text("x,ids,y\n1.0,1,0\n2.0,2\n3.0,3,1\n")
+    with pytest.raises(DataError, match=r"a\.csv, row 3: bad line: Expected 3 columns, got 2"):
+        _read(tmp_path / "a.csv", format="csv")
+
+
+def test_on_bad_row_skip_counts_and_quarantines(tmp_path):
+    y = np.zeros(40, dtype=np.float32)
+    y[[2, 30]] = np.nan
+    x = np.arange(40, dtype=np.float64)
+    x[17] = np.nan
+    f = _write(tmp_path / "a.parquet", y=y, x=x)
+    q = tmp_path / "quarantine.jsonl"
+    r = Reader(f, SCHEMA, 8, on_bad_row="skip", quarantine=q, nan_policy="raise", shuffle=True)
+    batches = list(r)
+    ids = sorted(int(v) for b in batches for v in b.sparse["ids"].values())
+    assert ids == [i for i in range(40) if i not in (2, 17, 30)]
+    assert [b.batch_size for b in batches] == [8, 8, 8, 8, 5] and r.skipped == 3
+    lines = [json.loads(line) for line in q.read_text().splitlines()]
+    assert sorted((d["row"], d["reason"]) for d in lines) == [
+        (2, "y: null or NaN label"),
+        (17, "x: null or NaN dense value"),
+        (30, "y: null or NaN label"),
+    ]
+    assert all(d["file"] == f and d["values"]["ids"] == d["row"] for d in lines)
+
+
+def test_csv_bad_lines_skipped_to_quarantine(tmp_path):
+    (tmp_path / "a.csv").write_text("x,ids,y\n1.0,1,0\n2.0,2\n3.0,3,1\n")
+    q = tmp_path / "q.jsonl"
+    (b,) = _read(tmp_path / "a.csv", format="csv", on_bad_row="skip", quarantine=q)
+    assert b.sparse["ids"].values().tolist() == [1, 3]
+    (line,) = [json.loads(x) for x in q.read_text().splitlines()]
+    assert line["text"] == "2.0,2" and line["file"].endswith("a.csv")
+
+
+def test_files_that_disagree_on_a_column_type(tmp_path):
+    _write(tmp_path / "a.parquet")
+    _write(tmp_path / "b.parquet", ids=pa.array([[i] for i in range(40)], pa.list_(pa.int64())))
+    with pytest.raises(DataError, match=r"b\.parquet, column 'ids': type list<.*int64> does not"):
+        _read(tmp_path)

@@ -1,0 +1,56 @@
+"""io/, ops/ and models/ install as recis.io, recis.ops, recis.models (editable and wheel)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_from_another_directory(tmp_path):
+    code = (
+        "import recis.io, recis.ops, recis.models, io; print(recis.io.__file__); print(io.__file__)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    ours, stdlib = proc.stdout.split()
+    assert Path(ours).parent.name == "io"
+    assert "site-packages" not in stdlib  # the standard library io is not shadowed
+
+
+def test_wheel_maps_sibling_folders(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("recis-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in (
+        "recis/io/batch.py",
+        "recis/ops/hashing.py",
+        "recis/models/dlrm.py",
+        "recis/cli.py",
+        "recis/train/trainer.py",
+    ):
+        assert module in names, module
+    assert not any(n.startswith(("io/", "ops/", "models/")) for n in names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "recis = recis.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
