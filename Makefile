@@ -6,18 +6,26 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.recis-installed
 CONSTRAINTS := -c requirements/constraints.txt
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean horovod
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/stack.txt requirements/constraints.txt Makefile
+$(STAMP): pyproject.toml requirements/stack.txt requirements/constraints.txt Makefile scripts/build_horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=75" wheel
 	$(PIP) install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 $(CONSTRAINTS)
 	$(PIP) install -q --no-deps torchrec==1.9.2
 	$(PIP) install -q -r requirements/stack.txt $(CONSTRAINTS)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory horovod
 	touch $(STAMP)
+
+# Horovod 0.28.1 built from source against torch 2.13 (C++17 patch, Gloo only); the wheel is
+# cached in $(HOROVOD_CACHE), so only the first install on a machine compiles it (about 6 min
+# on 2 idle cores by STACK-NOTES; 16 min measured on a busy shared one).
+HOROVOD_CACHE ?= $(HOME)/.cache/recis/wheels
+horovod:
+	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) scripts/build_horovod.sh $(PY)
 
 demo: $(STAMP)
 	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml

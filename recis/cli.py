@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest checkpoint (writes into RUN_DIR)",
     )
+    tr.add_argument(
+        "--launcher",
+        choices=["auto", "none", "torchrun", "horovod"],
+        default=None,
+        help="how the processes were started (default: config distributed.launcher, 'auto' "
+        "detects torchrun / horovodrun from the environment); see docs/distributed.md",
+    )
     ev = add("eval", "evaluate a checkpoint on the config's eval data")
     ev.add_argument(
         "--checkpoint", required=True, help="checkpoint folder (run_dir/checkpoints/NAME)"
@@ -56,6 +63,14 @@ def _print_result(result: dict) -> None:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
+def _launcher(cfg, args: argparse.Namespace) -> str:
+    """The launcher for this run: --launcher, else the config's, with ``auto`` resolved."""
+    from recis.distributed.context import detect_launcher
+
+    chosen = getattr(args, "launcher", None) or cfg.distributed.launcher
+    return detect_launcher() if chosen == "auto" else chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -69,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         from recis.train import runner
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "train":
+        if args.command == "train" and _launcher(cfg, args) != "none":
+            from recis.distributed import run as distributed_run
+
+            result = distributed_run.train(cfg, _launcher(cfg, args))
+            if result is not None:  # rank 0
+                _print_result(result)
+                print(f"run directory: {cfg.run_dir}")
+        elif args.command == "train":
             result = runner.train(cfg, resume=args.resume)
             _print_result(result)
             print(f"run directory: {cfg.run_dir}")

@@ -150,17 +150,20 @@ class PriorityConfig:
     """Options of the Lagrangian priority objective (see docs/multitask.md).
 
     ``stage_steps``: optimizer steps each priority level trains before the next
-    level joins (its losses then set the reference levels). ``multiplier_lr``:
-    dual ascent rate on the relative violation. ``damping``: weight of the
-    current violation added to the multiplier in the primal step (Platt and
-    Barr's damping). ``ema``: smoothing of the tracked per-task losses the
-    constraints read.
+    level joins (its losses then set the reference levels); give the level
+    enough steps to converge alone. ``multiplier_lr``: dual ascent rate on the
+    tracked violation measured in units of the task's tolerance band.
+    ``damping``: weight of the current batch's violation (same units) added to
+    the multiplier in the primal step (Platt and Barr's damping). ``ema``:
+    per-step smoothing of the tracked per-task losses the dual step and the
+    references read (0.9: about 20 steps of memory, short enough not to lag the
+    primal dynamics into oscillation).
     """
 
     stage_steps: int = Field(default=200, ge=0)
-    multiplier_lr: float = Field(default=0.5, gt=0)
-    damping: float = Field(default=10.0, ge=0)
-    ema: float = Field(default=0.95, ge=0, lt=1)
+    multiplier_lr: float = Field(default=1.0, gt=0)
+    damping: float = Field(default=5.0, ge=0)
+    ema: float = Field(default=0.9, ge=0, lt=1)
 
 
 @dataclass(config=STRICT)
@@ -208,6 +211,26 @@ class TrainConfig:
     tensorboard: bool = True
 
 
+ShardingKind = Literal["table_wise", "row_wise", "column_wise", "data_parallel", "auto"]
+
+
+@dataclass(config=STRICT)
+class DistributedConfig:
+    """Multi-process training (see docs/distributed.md).
+
+    ``launcher``: ``none`` (one process), ``torchrun``, ``horovod`` or ``auto`` (detected
+    from the environment the launcher sets); ``recis train --launcher`` overrides it.
+    ``sharding`` maps a table name to how it is split over ranks; other tables use
+    ``default_sharding``. Sharded checkpoints follow ``train.checkpoint_every``; a run
+    restarted by ``torchrun --max-restarts`` resumes from the latest.
+    """
+
+    launcher: Literal["none", "auto", "torchrun", "horovod"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    default_sharding: ShardingKind = "auto"
+    sharding: dict[str, ShardingKind] = Field(default_factory=dict)
+
+
 @dataclass(config=STRICT)
 class RunConfig:
     """A whole run: data, model, training, and where outputs go."""
@@ -220,6 +243,7 @@ class RunConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = Field(default=None, gt=0)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def _known_fields(cls: type | None, loc: tuple) -> list[str]:

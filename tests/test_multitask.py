@@ -54,21 +54,38 @@ def test_multiplier_rises_while_violated_and_returns_to_zero_with_slack() -> Non
         obj.update({"a": 1.0, "b": 2.0})
     assert obj.ref["a"] == 1.0 and obj.eps("a") == pytest.approx(1.1)
     lams = []
-    for _ in range(4):  # b joins and pushes a to 1.32: violated by 20%
+    for _ in range(4):  # b joins and pushes a to 1.32: 0.22 above eps, 2.2 tolerance bands
         obj.update({"a": 1.32, "b": 1.0})
         lams.append(obj.lam["a"])
-    assert lams == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert lams == pytest.approx([1.1, 2.2, 3.3, 4.4])
     assert obj.log()["slack/a"] == pytest.approx(1.1 - 1.32)
     # the primal step now weighs a by 1 + lambda
     a, b = _t(1.32), _t(1.0)
     obj({"a": a, "b": b}).backward()
-    assert a.grad.item() == pytest.approx(1.4) and b.grad.item() == 1.0
-    for _ in range(20):  # a back at 0.99: slack, the multiplier decays to exactly zero
+    assert a.grad.item() == pytest.approx(5.4) and b.grad.item() == 1.0
+    down = []
+    for _ in range(12):  # a back at 0.99: slack, the multiplier decays to exactly zero
         obj.update({"a": 0.99, "b": 1.0})
+        down.append(obj.lam["a"])
+    assert all(x >= y for x, y in zip(down, down[1:])) and down[-1] == 0.0
     assert obj.lam["a"] == 0.0
     assert obj.log()["slack/a"] > 0
     # the reference ratchets down with the task's best level
     assert obj.ref["a"] == 0.99
+
+
+def test_damping_reads_the_current_batch_in_tolerance_bands() -> None:
+    cfg = PriorityConfig(stage_steps=1, multiplier_lr=1.0, ema=0.0, damping=5.0)
+    obj = PriorityObjective(TASKS, cfg)
+    obj.update({"a": 1.0, "b": 2.0})  # reference 1.0, eps 1.1, band 0.1
+    for loss, coef in ((1.15, 1 + 5 * 0.5), (1.05, 1.0)):  # half a band over; inside: no push
+        a, b = _t(loss), _t(1.0)
+        obj({"a": a, "b": b}).backward()
+        assert a.grad.item() == pytest.approx(coef)
+    # the same relative violation reads the same whatever the loss scale
+    big = PriorityObjective(TASKS, cfg)
+    big.update({"a": 100.0, "b": 2.0})
+    assert big.violation("a", 115.0) == pytest.approx(obj.violation("a", 1.15))
 
 
 def test_priority_state_roundtrip_and_errors() -> None:
@@ -113,9 +130,14 @@ def two_task(tmp_path_factory):
     return path, info, schema
 
 
-def _train(two_task, tasks: list[TaskConfig], objective: str, steps: int = 300):
+def _train(two_task, tasks: list[TaskConfig], objective: str, seed: int, steps: int = 300):
+    """300 Adam steps at batch 256 (about 4 epochs); click trains alone for the first 150.
+
+    Click alone has converged by step 150 (its eval logloss at 150 and 300
+    steps differs by < 0.5%), so stage 1 gives the reference a fair level.
+    """
     path, _, schema = two_task
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = SharedBottom([t.name for t in tasks])
     cfg = TrainConfig(
         epochs=100,
@@ -129,7 +151,7 @@ def _train(two_task, tasks: list[TaskConfig], objective: str, steps: int = 300):
     records: list[dict] = []
     trainer = Trainer(
         model,
-        ParquetReader(path / "train", schema, 256, shuffle=True, seed=0),
+        ParquetReader(path / "train", schema, 256, shuffle=True, seed=seed),
         ParquetReader(path / "eval", schema, 5000),
         cfg,
         callbacks=[records.append],
@@ -137,16 +159,22 @@ def _train(two_task, tasks: list[TaskConfig], objective: str, steps: int = 300):
     return trainer.fit(), [r for r in records if r["split"] == "train"]
 
 
-def test_priority_keeps_the_high_priority_task_within_tolerance(two_task) -> None:
+# Two data orders / initialisations. Measured on 6 (reader, model) seeds with the
+# default PriorityConfig: priority click eval logloss +0.4% .. +4.3% over click alone,
+# equal weights +9.1% .. +11.3% (docs/multitask.md).
+@pytest.mark.parametrize("seed", [0, 1])
+def test_priority_keeps_the_high_priority_task_within_tolerance(two_task, seed) -> None:
     _, info, _ = two_task
     assert info.conflict < 0 and min(info.oracle_auc.values()) > 0.8
     tol = 0.05
-    single, _ = _train(two_task, [TaskConfig("click")], "weighted_sum")
-    equal, _ = _train(two_task, [TaskConfig("click"), TaskConfig("conversion")], "weighted_sum")
+    single, _ = _train(two_task, [TaskConfig("click")], "weighted_sum", seed)
+    both = [TaskConfig("click"), TaskConfig("conversion")]
+    equal, _ = _train(two_task, both, "weighted_sum", seed)
     prio, records = _train(
         two_task,
         [TaskConfig("click", priority=0, tolerance=tol), TaskConfig("conversion", priority=1)],
         "priority",
+        seed,
     )
     ref = single["click/logloss"]
     assert equal["click/logloss"] > (1 + tol) * ref  # equal weights break the tolerance
@@ -156,11 +184,14 @@ def test_priority_keeps_the_high_priority_task_within_tolerance(two_task) -> Non
     slack = [r["slack/click"] for r in records]
     assert all(v == 0.0 for v in lam[:150])  # stage 1: no constraint yet
     assert max(lam) > 0.0  # the conflict violates the constraint
+    assert sum(v > 0 for v in lam) < 150  # and the multiplier is not stuck up
     for prev, cur, s in zip(lam, lam[1:], slack[1:]):
         if cur > prev:
             assert s < 0  # rises only while violated
         elif cur < prev:
             assert s > 0  # falls only with slack
+    # the tracked training loss the constraint reads ends within a tolerance band of eps
+    assert records[-1]["slack/click"] > -tol * records[-1]["eps/click"]
 
 
 def test_three_levels_join_in_stages() -> None:

@@ -20,13 +20,17 @@ Lagrangian
 
     L = sum_{active k} L_k + sum_{constrained j} lambda_j (L_j - eps_j)
 
-(with Platt and Barr's damping, the multiplier the primal step sees is
-``max(0, lambda_j + damping * (L_j / eps_j - 1))`` on the current batch,
-which keeps the multiplier dynamics from oscillating), and after each optimizer step the multipliers move by projected gradient
-ascent on the relative violation:
+with a damped multiplier in the primal step (Platt and Barr's modified
+differential method of multipliers): the coefficient the primal step puts
+on ``L_j`` is ``1 + max(0, lambda_j + damping * v_j(L_j on this batch))``, a
+proportional response without the tracker's lag. After each optimizer step
+the multipliers move by projected gradient ascent on the tracked violation:
 
-    lambda_j <- max(0, lambda_j + multiplier_lr * (ema_j / eps_j - 1)),
+    lambda_j <- max(0, lambda_j + multiplier_lr * v_j(Lbar_j)),
+    v_j(x) = (x - eps_j) / (max(tolerance_j, MIN_BAND) * ref_j),
 
+the violation measured in units of the tolerance band (our choice: it makes
+one rate react within tens of steps whatever the loss scale and tolerance),
 so a multiplier grows while its constraint is violated and decays back to
 zero once the constraint has slack. No per-task weight is tuned.
 """
@@ -41,6 +45,9 @@ import torch.nn.functional as F
 
 from recis.config import PriorityConfig, TaskConfig, TrainConfig
 from recis.errors import ConfigError
+
+# smallest tolerance band the violation is measured in (relative): tolerance 0 stays finite
+MIN_BAND = 0.01
 
 
 def task_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -118,6 +125,18 @@ class PriorityObjective:
     def eps(self, task: str) -> float:
         return (1.0 + self.tasks[task].tolerance) * self.ref[task]
 
+    def violation(self, task: str, loss: float) -> float:
+        """``(loss - eps) / (band * ref)``: the violation in units of the tolerance band.
+
+        ``band = max(tolerance, MIN_BAND)``. Measured this way a loss halfway
+        through the band above ``eps`` reads 0.5 whatever the task's loss scale
+        or tolerance, so one ``multiplier_lr`` / ``damping`` reacts within tens
+        of steps for 1% and 10% tolerances alike (dividing by ``eps`` alone made
+        a 1%-of-the-loss violation move the multiplier by 1% of the rate).
+        """
+        band = max(self.tasks[task].tolerance, MIN_BAND) * self.ref[task]
+        return (loss - self.eps(task)) / band
+
     def __call__(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The Lagrangian's task-dependent part (constants ``-lambda eps`` add no gradient)."""
         top = self.active_level()
@@ -130,8 +149,9 @@ class PriorityObjective:
                 continue  # its stage has not started
             coef = 1.0
             if t in live:
-                # damped multiplier (Platt & Barr): lambda + damping * current relative violation
-                g = float(v.detach()) / self.eps(t) - 1.0
+                # damped multiplier (Platt & Barr): lambda + damping * violation of this batch,
+                # a proportional response without the tracker's lag
+                g = self.violation(t, float(v.detach()))
                 coef += max(0.0, self.lam[t] + self.config.damping * g)
             total = coef * v if total is None else total + coef * v
         assert total is not None
@@ -156,8 +176,8 @@ class PriorityObjective:
             # the reference starts where the task got without lower tasks, then ratchets down
             self.ref[t] = cur if t not in self.ref else min(self.ref[t], cur)
         for t in self.constrained():
-            violation = self.tracked(t) / self.eps(t) - 1.0
-            self.lam[t] = max(0.0, self.lam[t] + self.config.multiplier_lr * violation)
+            step = self.config.multiplier_lr * self.violation(t, self.tracked(t))
+            self.lam[t] = max(0.0, self.lam[t] + step)
 
     def log(self) -> dict[str, float]:
         """``lambda/<t>``, ``slack/<t>`` (``eps - tracked``; < 0 violated), ``eps/<t>``."""

@@ -1,0 +1,121 @@
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP).
+
+Every rank writes its own shards (no gather to rank 0), and a checkpoint saved by N
+ranks loads into M ranks with any other sharding plan, or into an unsharded model in
+one process: DCP reads the parts of each saved shard that overlap what the loading rank
+owns. Replicated tensors (dense parameters, their optimizer state) are written once.
+
+Layout: ``<path>/`` holds DCP's ``.metadata`` and ``__<rank>_*.distcp`` files plus
+``meta.json`` (step, world size). Writes go to ``.tmp-<name>`` first and rank 0 renames
+it after every rank has finished, so a crash mid-save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+from recis.errors import CheckpointError
+
+_META = "meta.json"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(path: str | Path, model: nn.Module, optimizer: Any | None, meta: dict[str, Any]) -> Path:
+    """Save ``model`` (and ``optimizer``, a torchrec KeyedOptimizer) to the folder ``path``.
+
+    Collective: every rank calls it.
+    """
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}"
+    if _rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    state: dict[str, Any] = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    dcp.save(state, checkpoint_id=str(tmp))
+    _barrier()
+    if _rank() == 0:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        full_meta = {**meta, "world_size": world, "time": time.time()}
+        (tmp / _META).write_text(json.dumps(full_meta, indent=2) + "\n")
+        old = path.parent / f".old-{path.name}"
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return path
+
+
+def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save` (at any world size) into ``model`` and
+    ``optimizer`` in place; returns its meta. Collective when a process group is up."""
+    path = Path(path)
+    if not (path / _META).is_file() or not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path}: not a complete distributed checkpoint")
+    meta = json.loads((path / _META).read_text())
+    if optimizer is not None:
+        _init_optimizer_state(optimizer)
+    state: dict[str, Any] = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as err:  # missing keys, shape mismatch: say which checkpoint
+        raise CheckpointError(f"{path}: cannot load checkpoint: {err}") from None
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return meta
+
+
+def _init_optimizer_state(optimizer: Any) -> None:
+    """Create lazy optimizer state (Adam moments...) so DCP can load into it in place.
+
+    torchrec's ``init_state`` takes one step with zero gradients; fused (in-backward)
+    optimizers already hold their state and are skipped.
+    """
+    parts = (
+        [o for _, o in optimizer.optimizers]
+        if isinstance(optimizer, CombinedOptimizer)
+        else [optimizer]
+    )
+    for part in parts:
+        if isinstance(part, KeyedOptimizerWrapper):
+            part.init_state()
+            part.zero_grad(set_to_none=True)
+
+
+def latest(checkpoints: str | Path) -> Path | None:
+    """The most recent complete checkpoint under ``checkpoints`` (by saved step)."""
+    root = Path(checkpoints)
+    best: tuple[int, Path] | None = None
+    if not root.is_dir():
+        return None
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / _META).is_file() or not (d / ".metadata").is_file():
+            continue
+        step = int(json.loads((d / _META).read_text()).get("step", -1))
+        if best is None or step > best[0]:
+            best = (step, d)
+    return best[1] if best else None

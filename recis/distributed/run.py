@@ -1,0 +1,103 @@
+"""Config -> a multi-process run: what ``recis train --launcher torchrun|horovod`` does.
+
+Each rank reads its own share of the data (``data.batch_size`` rows per rank and step),
+holds its shards of the embedding tables, and steps in lockstep with the others.
+With ``train.checkpoint_every`` set, a sharded checkpoint is written every N steps and
+a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from recis.config import RunConfig, to_dict
+from recis.io import reader_from_config
+from recis.io.batch import Batch
+from recis.models import build_model
+
+from . import checkpoint as dcp_checkpoint
+from .context import DistContext, init_distributed, shutdown
+from .sharding import shard_model
+from .trainer import DistributedTrainer
+
+
+class _SkipFirst:
+    """Skips the first ``n`` batches of the first pass (resume at a step)."""
+
+    def __init__(self, data: Iterable[Batch], n: int) -> None:
+        self.data, self.n = data, n
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, self.n = self.n, 0
+        for i, batch in enumerate(self.data):
+            if i >= n:
+                yield batch
+
+
+def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
+    """Data, sharded model and trainer for this rank."""
+    from recis.train.runner import prepare_data, seed_everything
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)  # same seed everywhere: identical dense init before DDP
+    if ctx.rank == 0:
+        prepare_data(cfg)  # generates synthetic data once, not once per rank
+    if ctx.is_distributed:
+        dist.barrier()
+    train_path, eval_path, _ = prepare_data(cfg)
+    shard = {"seed": cfg.seed, "rank": ctx.rank, "world_size": ctx.world_size}
+    train = reader_from_config(cfg.data, train_path, train=True, **shard)
+    evals = None
+    if eval_path is not None:
+        evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
+    model = build_model(cfg.model, cfg.data.schema_, ctx.device)
+    d = cfg.distributed
+    sharded = shard_model(
+        model,
+        ctx,
+        cfg.train.sparse_optimizer,
+        default=d.default_sharding,
+        per_table=dict(d.sharding),
+        data_parallel_dense=ctx.launcher != "horovod",
+    )
+    return DistributedTrainer(sharded, train, evals, cfg.train, ctx, run_dir=cfg.run_dir)
+
+
+def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
+    """Train ``cfg`` on this rank; returns the global eval result on rank 0, None elsewhere."""
+    ctx = init_distributed(
+        launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
+    )
+    try:
+        run_dir = Path(cfg.run_dir)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        trainer = build(cfg, ctx)
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        last = dcp_checkpoint.latest(run_dir / "checkpoints") if restarts else None
+        if last is not None:  # restarted by torchrun --max-restarts: continue from there
+            trainer.load(last)
+            trainer.train_data = _SkipFirst(trainer.train_data, trainer.step)
+            if ctx.is_main:
+                print(f"resumed from {last} at step {trainer.step}", flush=True)
+        result = trainer.fit()
+    except BaseException:
+        # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(ctx)
+    if not ctx.is_main:
+        return None
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

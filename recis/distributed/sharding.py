@@ -1,0 +1,269 @@
+"""Sharding a model's embedding tables with torchrec's DistributedModelParallel.
+
+Each table gets a sharding type from config (``distributed.sharding`` per table,
+``distributed.default_sharding`` for the rest):
+
+============== =================================================================
+table_wise     the whole table on one rank (greedy placement by size)
+row_wise       rows split in contiguous blocks over all ranks; each id has one owner
+column_wise    the embedding dim split over all ranks (dim must divide evenly)
+data_parallel  replicated on every rank, gradients all-reduced like dense params
+auto           torchrec's ``EmbeddingShardingPlanner`` chooses
+============== =================================================================
+
+On CPU the planner refuses row-wise (and table-row-wise), so every explicit choice is
+built by hand with ``construct_module_sharding_plan(..., device_type=...)``; only
+``auto`` tables go through the planner (its plan is computed on rank 0 and broadcast).
+
+Sharded tables use fbgemm's fused kernels: the sparse optimizer runs inside backward
+(``fused_params``), so the trainer only steps dense parameters. torchrec divides
+embedding gradients by the world size in its all-to-all backward, matching the
+data-parallel mean over the global batch, so N ranks on N slices of a global batch
+take the same step as one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType as OptimType
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torchrec import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import (
+    column_wise,
+    construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_wise,
+)
+from torchrec.distributed.types import (
+    EmbeddingModuleShardingPlan,
+    ModuleSharder,
+    ShardingPlan,
+    ShardingType,
+)
+
+from recis.config import SparseOptimizerConfig
+from recis.errors import ConfigError
+
+from .context import DistContext
+
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
+_FUSED = "fused"
+_EMBEDDING_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
+# fbgemm's CPU kernels: the rest (Adam, LAMB, ...) raise "not supported in CPU mode"
+_CPU_FUSED = {"sgd", "adagrad", "rowwise_adagrad"}
+
+
+def fused_params(cfg: SparseOptimizerConfig, device: torch.device) -> dict[str, Any]:
+    """fbgemm in-backward optimizer settings for ``cfg``."""
+    kinds = {
+        "sgd": OptimType.EXACT_SGD,
+        "adagrad": OptimType.EXACT_ADAGRAD,
+        "rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD,
+        "adam": OptimType.ADAM,
+        "adamw": OptimType.ADAM,
+    }
+    if device.type == "cpu" and cfg.name not in _CPU_FUSED:
+        raise ConfigError(
+            f"train.sparse_optimizer.name: {cfg.name!r} has no fused fbgemm kernel on CPU; "
+            f"use one of {sorted(_CPU_FUSED)} for sharded tables"
+        )
+    params: dict[str, Any] = {
+        "optimizer": kinds[cfg.name],
+        "learning_rate": cfg.lr,
+        "eps": cfg.eps,
+        "weight_decay": cfg.weight_decay,
+    }
+    return params
+
+
+def sharders(cfg: SparseOptimizerConfig, device: torch.device) -> list[ModuleSharder[nn.Module]]:
+    fp = fused_params(cfg, device)
+    return [
+        EmbeddingBagCollectionSharder(fused_params=fp),
+        EmbeddingCollectionSharder(fused_params=fp),
+    ]
+
+
+def _tables(module: nn.Module) -> list[Any]:
+    if isinstance(module, EmbeddingBagCollection):
+        return list(module.embedding_bag_configs())
+    return list(module.embedding_configs())
+
+
+def embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Module path -> torchrec embedding collection, for every collection in ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _EMBEDDING_MODULES)}
+
+
+def table_sharding(model: nn.Module, default: str, per_table: dict[str, str]) -> dict[str, str]:
+    """Sharding type of every table in ``model``; unknown table names are config errors."""
+    names = [t.name for m in embedding_modules(model).values() for t in _tables(m)]
+    for name, kind in per_table.items():
+        if name not in names:
+            raise ConfigError(
+                f"distributed.sharding.{name}: no embedding table named {name!r}; tables: {names}"
+            )
+        if kind not in SHARDING_TYPES:
+            raise ConfigError(f"distributed.sharding.{name}: {kind!r} not in {SHARDING_TYPES}")
+    return {n: per_table.get(n, default) for n in names}
+
+
+def build_plan(
+    model: nn.Module,
+    ctx: DistContext,
+    kinds: dict[str, str],
+    module_sharders: list[ModuleSharder[nn.Module]],
+) -> ShardingPlan:
+    """A :class:`ShardingPlan` giving each table of ``model`` the sharding in ``kinds``."""
+    world, device_type = ctx.world_size, ctx.device.type
+    sharder_of = {s.module_type: s for s in module_sharders}
+    auto_plan = (
+        _planner_plan(model, ctx, kinds, module_sharders) if "auto" in kinds.values() else None
+    )
+    load = [0] * world  # bytes placed per rank by table_wise, for greedy balance
+    plan: dict[str, EmbeddingModuleShardingPlan] = {}
+    for path, module in embedding_modules(model).items():
+        per_param: dict[str, Any] = {}
+        for t in sorted(_tables(module), key=lambda t: -t.num_embeddings * t.embedding_dim):
+            kind = kinds[t.name]
+            if kind in ("table_wise", "auto"):  # auto: replaced by the planner's choice below
+                rank = min(range(world), key=lambda r: load[r])
+                load[rank] += t.num_embeddings * t.embedding_dim
+                per_param[t.name] = table_wise(rank=rank, compute_kernel=_FUSED)
+            elif kind == "row_wise":
+                per_param[t.name] = row_wise(compute_kernel=_FUSED)
+            elif kind == "column_wise":
+                if t.embedding_dim % world:
+                    raise ConfigError(
+                        f"distributed.sharding.{t.name}: column_wise needs dim {t.embedding_dim} "
+                        f"divisible by world size {world}"
+                    )
+                per_param[t.name] = column_wise(ranks=list(range(world)), compute_kernel=_FUSED)
+            elif kind == "data_parallel":
+                per_param[t.name] = data_parallel()
+        module_plan = construct_module_sharding_plan(
+            module,
+            per_param,
+            sharder=sharder_of[type(module)],
+            local_size=_local_size(ctx),
+            world_size=world,
+            device_type=device_type,
+        )
+        if auto_plan is not None:
+            chosen = auto_plan.plan.get(path)
+            for t in _tables(module):
+                if kinds[t.name] == "auto":
+                    module_plan[t.name] = chosen[t.name]  # type: ignore[index]
+        plan[path] = module_plan
+    return ShardingPlan(plan)  # type: ignore[arg-type]
+
+
+def _local_size(ctx: DistContext) -> int:
+    # processes per node; torchrun and horovodrun both export it
+    import os
+
+    for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return ctx.world_size
+
+
+def _planner_plan(
+    model: nn.Module,
+    ctx: DistContext,
+    kinds: dict[str, str],
+    module_sharders: list[ModuleSharder[nn.Module]],
+) -> ShardingPlan:
+    """torchrec's planner over the whole model; tables not marked ``auto`` are pinned to a
+    type the CPU planner accepts and replaced by the manual plan afterwards."""
+    fixed = {
+        "table_wise": ShardingType.TABLE_WISE.value,
+        "row_wise": ShardingType.TABLE_WISE.value,  # placeholder: CPU planner refuses row-wise
+        "column_wise": ShardingType.COLUMN_WISE.value,
+        "data_parallel": ShardingType.DATA_PARALLEL.value,
+    }
+    constraints = {
+        name: ParameterConstraints(sharding_types=[fixed[kind]])
+        for name, kind in kinds.items()
+        if kind != "auto"
+    }
+    topology = Topology(
+        world_size=ctx.world_size,
+        compute_device=ctx.device.type,
+        local_world_size=_local_size(ctx),
+    )
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    return planner.collective_plan(model, module_sharders, dist.GroupMember.WORLD)
+
+
+def shard_model(
+    model: nn.Module,
+    ctx: DistContext,
+    sparse_optimizer: SparseOptimizerConfig,
+    default: str = "auto",
+    per_table: dict[str, str] | None = None,
+    data_parallel_dense: bool = True,
+) -> DistributedModelParallel:
+    """Wrap ``model`` in DistributedModelParallel with the configured per-table plan.
+
+    Args:
+        model: an unsharded model holding torchrec embedding collections (on ``ctx.device``).
+        ctx: this process's context; its process group carries the embedding all-to-alls.
+        sparse_optimizer: run inside backward by fbgemm on the sharded tables.
+        default: sharding for tables not in ``per_table``.
+        per_table: table name -> sharding type.
+        data_parallel_dense: wrap dense parameters in DDP (torchrun); False under Horovod,
+            whose ``DistributedOptimizer`` reduces them instead.
+    """
+    module_sharders = sharders(sparse_optimizer, ctx.device)
+    kinds = table_sharding(model, default, per_table or {})
+    plan = build_plan(model, ctx, kinds, module_sharders)
+    # Sharded tables are re-initialized by torchrec, rank by rank; copy the unsharded
+    # weights in so that a run's start does not depend on the world size or the plan.
+    initial = {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if any(k.startswith(p + ".") for p in embedding_modules(model))
+    }
+    dmp = DistributedModelParallel(
+        model,
+        device=ctx.device,
+        plan=plan,
+        sharders=module_sharders,
+        init_data_parallel=data_parallel_dense,
+    )
+    copy_into_shards(dmp, initial)
+    return dmp
+
+
+@torch.no_grad()
+def copy_into_shards(model: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors ``full`` (state-dict names) into the matching local shards of
+    ``model`` (ShardedTensor / DTensor / plain tensors)."""
+    for name, value in model.state_dict().items():
+        if name not in full:
+            continue
+        src = full[name]
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                index = tuple(
+                    slice(o, o + n)
+                    for o, n in zip(shard.metadata.shard_offsets, shard.tensor.shape)
+                )
+                shard.tensor.copy_(src[index])
+        elif isinstance(value, DTensor):
+            value.to_local().copy_(
+                distribute_tensor(src, value.device_mesh, value.placements).to_local()
+            )
+        else:
+            value.copy_(src)

@@ -1,0 +1,204 @@
+"""The trainer on a sharded model: fused sparse updates, reduced dense gradients, global
+metrics, sharded checkpoints.
+
+It reuses :class:`recis.train.Trainer`'s loop and changes what differs across ranks:
+
+- optimizers: the sharded tables update inside backward (fbgemm fused optimizer, exposed
+  as ``model.fused_optimizer``); dense parameters get the configured torch optimizer,
+  whose gradients DDP (torchrun) or ``hvd.DistributedOptimizer`` (Horovod) average;
+- every rank runs the same number of steps (:func:`even_batches`), since every step is
+  a collective;
+- evaluation gathers all ranks' predictions and computes AUC / logloss once, globally;
+- only rank 0 logs; checkpoints are written by all ranks with torch.distributed.checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.distributed.types import ShardedModule
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recis.config import SparseOptimizerConfig, TrainConfig
+from recis.io.batch import Batch
+from recis.optim import build_schedule, dense_optimizer
+from recis.train import Trainer
+
+from . import checkpoint as dcp_checkpoint
+from .collectives import even_batches, mean_over_ranks
+from .context import DistContext, import_horovod
+
+
+class _EvenBatches:
+    """Re-iterable view of ``data`` where all ranks yield the same number of batches."""
+
+    def __init__(self, data: Iterable[Batch]) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, _ in even_batches(self.data):
+            yield batch
+
+
+class _PaddedEval:
+    """Eval batches of this rank, with the padding steps run inside the iterator.
+
+    A sharded forward is a collective, so a rank that ran out of eval batches keeps
+    running the model on its last batch (output discarded) until every rank is done; the
+    consumer (the trainer's evaluation) only ever sees this rank's real batches.
+    """
+
+    def __init__(self, data: Iterable[Batch], model: nn.Module, device: torch.device) -> None:
+        self.data, self.model, self.device = data, model, device
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, real in even_batches(self.data, pad=True):
+            if real:
+                yield batch
+            else:
+                with torch.no_grad():
+                    self.model(batch.to(self.device))
+
+
+def _sgd_like(cfg: SparseOptimizerConfig) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
+    """torch optimizer for data-parallel (replicated) tables, matching the fused one."""
+    if cfg.name == "sgd":
+        return lambda ps: torch.optim.SGD(ps, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return lambda ps: torch.optim.Adagrad(ps, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> CombinedOptimizer:
+    """Fused sparse optimizer + keyed dense optimizer(s) for a DistributedModelParallel model.
+
+    Under Horovod the dense optimizers are wrapped in ``hvd.DistributedOptimizer`` (which
+    all-reduces their gradients) and their parameters broadcast from rank 0.
+    """
+    table_params = {
+        id(p) for m in model.modules() if isinstance(m, ShardedModule) for p in m.parameters()
+    }
+    dense: dict[str, nn.Parameter] = {}
+    replicated_tables: dict[str, nn.Parameter] = {}
+    for name, p in in_backward_optimizer_filter(model.named_parameters()):
+        if not p.requires_grad:
+            continue
+        if id(p) in table_params:
+            replicated_tables[name] = p  # data_parallel tables: not fused
+        else:
+            dense[name] = p
+
+    def wrap(
+        named: dict[str, nn.Parameter], make: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    ) -> KeyedOptimizer:
+        if ctx.launcher != "horovod":
+            return KeyedOptimizerWrapper(named, make)
+        hvd = import_horovod()
+        hvd.broadcast_parameters(named, root_rank=0)
+        names = {id(p): n for n, p in named.items()}
+        return KeyedOptimizerWrapper(
+            named,
+            lambda ps: hvd.DistributedOptimizer(
+                make(ps), named_parameters=[(names[id(p)], p) for p in ps]
+            ),
+        )
+
+    parts: list[tuple[str, KeyedOptimizer]] = []
+    fused = getattr(model, "fused_optimizer", None)
+    if fused is not None and fused.params:
+        parts.append(("sparse", fused))
+    if dense:
+        parts.append(("dense", wrap(dense, lambda ps: dense_optimizer(ps, config.dense_optimizer))))
+    if replicated_tables:
+        parts.append(("tables", wrap(replicated_tables, _sgd_like(config.sparse_optimizer))))
+    return CombinedOptimizer(parts)
+
+
+class DistributedTrainer(Trainer):
+    """:class:`~recis.train.Trainer` for a model sharded by :func:`~recis.distributed.shard_model`.
+
+    Args:
+        model: a DistributedModelParallel model.
+        train_data: this rank's batches (``B`` rows each, per rank).
+        eval_data: this rank's eval batches, or None.
+        config: training options.
+        ctx: this process's :class:`DistContext`.
+        run_dir: metrics (rank 0) and checkpoints (all ranks).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Iterable[Batch],
+        eval_data: Iterable[Batch] | None,
+        config: TrainConfig,
+        ctx: DistContext,
+        run_dir: str | Path | None = None,
+        callbacks: list[Any] | None = None,
+    ) -> None:
+        if not ctx.is_main:
+            config = dataclasses.replace(config, progress=False)
+        super().__init__(
+            model, _EvenBatches(train_data), eval_data, config, run_dir, ctx.device, callbacks
+        )
+        self.ctx = ctx
+        self.optimizer = build_optimizer(model, config, ctx)
+        self.optimizers = [self.optimizer]
+        dense = dict(self.optimizer.optimizers).get("dense")
+        if dense is not None:  # the LR schedule and clipping act on the real dense optimizer
+            self.dense_optimizer = dense._optimizer  # type: ignore[attr-defined]
+            self.dense_params = list(dense.params.values())
+            self.scheduler = build_schedule(self.dense_optimizer, config.schedule, config.max_steps)
+        inner = getattr(model, "module", model)
+        if self.tasks is None and getattr(inner, "tasks", None):
+            # known up front: finding them by a forward on one rank would desync the ranks
+            self._set_tasks(list(inner.tasks))
+
+    def train_step(self, batch: Batch) -> dict[str, Any] | None:
+        out = super().train_step(batch)
+        if out is None:
+            return None
+        floats = {k: v for k, v in out.items() if isinstance(v, float)}
+        return {**out, **mean_over_ranks(floats)}  # logged losses are the global batch's
+
+    def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
+        if self.ctx.is_main:
+            super()._log(record, tensorboard)
+
+    def evaluate(self, data: Iterable[Batch] | None = None) -> dict[str, float]:
+        """Global metrics: every rank's predictions are gathered (by the base evaluation)."""
+        data = data if data is not None else self.eval_data
+        assert data is not None, "no eval data"
+        return super().evaluate(_PaddedEval(data, self.model, self.device))
+
+    def fit(self) -> dict[str, Any]:
+        result = super().fit()
+        self.save("final")  # sharded; loads at any world size or unsharded
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def save(self, name: str | None = None) -> Path | None:
+        """Sharded checkpoint ``step-N`` (or ``name``), written by every rank (collective)."""
+        if self.run_dir is None or (name is None and self._last_saved == self.step):
+            return None
+        path = dcp_checkpoint.save(
+            self.run_dir / "checkpoints" / (name or f"step-{self.step}"),
+            self.model,
+            self.optimizer,
+            {"step": self.step, "epoch": self.epoch},
+        )
+        if name is None:
+            self._last_saved = self.step
+        return path
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore model, optimizer and step from a checkpoint saved at any world size."""
+        meta = dcp_checkpoint.load(path, self.model, self.optimizer)
+        self.step = self._last_saved = int(meta.get("step", 0))
+        return meta
