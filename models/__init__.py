@@ -11,10 +11,21 @@ from recis.config import ModelConfig, validate
 from recis.errors import ConfigError
 from recis.features import Schema
 
+from .deepbow import DeepBoW, DeepBoWConfig, DenseRelevance
+from .deepfm import DeepFM, DeepFMConfig
 from .dlrm import DLRM, DLRMConfig
+from .hhft import HHFT, HHFTConfig
+from .two_tower import TwoTower, TwoTowerConfig
 
 # name -> model class; read-only, built once at import (no registration at run time)
-MODELS: dict[str, type[nn.Module]] = {"dlrm": DLRM}
+MODELS: dict[str, type[nn.Module]] = {
+    "dlrm": DLRM,
+    "deepfm": DeepFM,
+    "hhft": HHFT,
+    "two_tower": TwoTower,
+    "deepbow": DeepBoW,
+    "dense_relevance": DenseRelevance,
+}
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -38,4 +49,20 @@ def build_model(config: ModelConfig, schema: Schema, device: torch.device | str)
     return model_class(config.name)(config, schema, torch.device(device))
 
 
-__all__ = ["DLRM", "DLRMConfig", "MODELS", "build_model", "model_class", "model_config"]
+__all__ = [
+    "DLRM",
+    "DeepBoW",
+    "DeepBoWConfig",
+    "DenseRelevance",
+    "DLRMConfig",
+    "DeepFM",
+    "DeepFMConfig",
+    "HHFT",
+    "HHFTConfig",
+    "MODELS",
+    "TwoTower",
+    "TwoTowerConfig",
+    "build_model",
+    "model_class",
+    "model_config",
+]

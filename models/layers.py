@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.config import TableConfig
+from recis.errors import ConfigError
+from recis.features import SparseFeature
 
 
 class MLP(nn.Sequential):
@@ -36,3 +42,93 @@ class MLP(nn.Sequential):
                     layers.append(nn.Dropout(dropout))
             in_dim = out
         super().__init__(*layers)
+
+
+def select_features(kjt: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
+    """The sub-KJT holding only ``keys`` (in that order); ``B`` is kept."""
+    if list(kjt.keys()) == keys:
+        return kjt
+    jts = kjt.to_dict()
+    return KeyedJaggedTensor.from_jt_dict({k: jts[k] for k in keys})
+
+
+def padded_ids(
+    kjt: KeyedJaggedTensor, key: str, max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One list-of-ids feature as padded ids ``[B, L]`` (0 where padded) and mask ``[B, L]``.
+
+    ``L`` is ``max_len`` when given (longer rows are cut), else the longest row of the batch.
+    """
+    jt = kjt[key]
+    lengths = jt.lengths()
+    length = int(max_len) if max_len is not None else max(int(lengths.max().item()), 1)
+    ids = jt.to_padded_dense(desired_length=length, padding_value=0)
+    mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+    return ids, mask
+
+
+class SequenceEmbedding(nn.Module):
+    """Per-position embeddings of list-of-ids features (behaviour sequences).
+
+    Isolated here until :mod:`recis.embedding` grows sequence support: a torchrec
+    ``EmbeddingCollection`` (no pooling) over ``id mod capacity``.
+
+    Shapes: KJT with the sequence features, ``B`` rows -> per feature
+    ``values [B, L, D]`` and ``mask [B, L]`` (``L`` = longest row, or ``max_len``).
+
+    Args:
+        tables: table specs; every table a feature uses must share one dim.
+        features: the sequence features (their ``table_name`` picks the table).
+        device: where the tables live.
+    """
+
+    def __init__(
+        self, tables: list[TableConfig], features: list[SparseFeature], device: torch.device
+    ) -> None:
+        super().__init__()
+        by_name = {t.name: t for t in tables}
+        feats_of: dict[str, list[str]] = {}
+        for f in features:
+            if f.table_name not in by_name:
+                raise ConfigError(
+                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
+                )
+            feats_of.setdefault(f.table_name, []).append(f.name)
+        configs = [
+            EmbeddingConfig(
+                name=t,
+                embedding_dim=by_name[t].dim,
+                num_embeddings=by_name[t].capacity,
+                feature_names=names,
+            )
+            for t, names in feats_of.items()
+        ]
+        self.capacity = {f.name: by_name[f.table_name].capacity for f in features}
+        self.max_len = {f.name: f.max_len for f in features}
+        self.feature_names = [f.name for f in features]
+        self.ec = EmbeddingCollection(tables=configs, device=device)
+
+    def forward(self, kjt: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        kjt = select_features(kjt, self.feature_names)
+        caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
+        per_value = torch.repeat_interleave(
+            caps, torch.tensor(kjt.length_per_key(), device=caps.device)
+        )
+        mapped = KeyedJaggedTensor(
+            keys=kjt.keys(), values=torch.remainder(kjt.values(), per_value), lengths=kjt.lengths()
+        )
+        out = {}
+        for name, jt in self.ec(mapped).items():
+            lengths = jt.lengths()
+            length = self.max_len[name] or max(int(lengths.max().item()) if len(lengths) else 1, 1)
+            values = jt.to_padded_dense(desired_length=length, padding_value=0.0)  # [B, L, D]
+            mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+            out[name] = (values, mask)
+        return out
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` ignoring masked-out entries; an all-masked row gives zeros."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=dim)
+    return torch.nan_to_num(probs, nan=0.0)

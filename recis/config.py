@@ -32,8 +32,9 @@ T = TypeVar("T")
 class SyntheticConfig:
     """Built-in synthetic data: generated into ``DataConfig.path`` when absent."""
 
-    # ctr: recis.io.generate_ctr; ctr_cvr: the two-task recis.io.generate_ctr_cvr
-    kind: Literal["ctr", "ctr_cvr"] = "ctr"
+    # ctr: recis.io.generate_ctr; ctr_cvr: the two-task recis.io.generate_ctr_cvr;
+    # retrieval / relevance: recis.io.generate_retrieval / generate_relevance
+    kind: Literal["ctr", "ctr_cvr", "retrieval", "relevance"] = "ctr"
     num_train: int = Field(default=200_000, gt=0)
     num_eval: int = Field(default=50_000, gt=0)
     files: int = Field(default=4, gt=0)

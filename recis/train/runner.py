@@ -14,7 +14,15 @@ import yaml
 
 from recis.config import RunConfig, to_dict
 from recis.errors import ConfigError
-from recis.io import MultiTaskInfo, generate_ctr, generate_ctr_cvr, load_info, reader_from_config
+from recis.io import (
+    MultiTaskInfo,
+    generate_ctr,
+    generate_ctr_cvr,
+    generate_relevance,
+    generate_retrieval,
+    load_info,
+    reader_from_config,
+)
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
@@ -45,7 +53,12 @@ def _synthetic(cfg: RunConfig) -> Info:
     info = load_info(data.path)
     if info is None or (info.num_train, info.num_eval, info.seed) != wanted:
         print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
-        info = generate_ctr(data.path, s.num_train, s.num_eval, s.files, s.seed)
+        generate = {
+            "ctr": generate_ctr,
+            "retrieval": generate_retrieval,
+            "relevance": generate_relevance,
+        }[s.kind]
+        info = generate(data.path, s.num_train, s.num_eval, s.files, s.seed)
     return info
 
 

@@ -126,6 +126,10 @@ class Trainer:
         if self.tasks is None:
             self._set_tasks(list(logits))
         assert self.tasks is not None
+        # models whose objective is not per-row BCE (in-batch softmax, regularizers) define it
+        model_loss = getattr(getattr(self.model, "module", self.model), "loss", None)
+        if callable(model_loss):
+            return model_loss(logits, batch)
         return {t.name: task_loss(t.loss, logits[t.name], batch.labels[t.name]) for t in self.tasks}
 
     # ---- one step --------------------------------------------------------------

@@ -1,0 +1,353 @@
+"""DeepBoW (KDD'24, arXiv 2407.09395): query-product relevance through sparse bags of words.
+
+Query and product are each encoded (one shared text encoder) into a sparse bag of
+``(term, weight)`` pairs over a term space of ``V`` hashed n-gram ids:
+
+* **term-weighting bag**: the terms present in the text, weighted by an attention score
+  normalized over the text (softmax over positions; repeated terms add up);
+* **synonym-expansion bag**: ``log(1 + relu(W h + b))`` over the whole vocabulary from the
+  attention-pooled text state ``h``, keeping the top ``expansion_k`` terms (terms that may
+  not appear in the text);
+* the bag is their sum, cut to the ``bag_size`` largest weights (the sparsity budget).
+
+Relevance ``s = sum_{t in Q and P} w_q(t) w_p(t)`` (only shared terms contribute), calibrated
+as ``logit = a s + b``. Training: BCE against the graded label scaled to ``[0, 1]`` plus
+``sparsity_weight`` x FLOPS regularizer ``sum_t (mean_batch w(t))^2`` on both sides.
+
+Our reading of the paper (inferred): one merged bag per text; expansion from the pooled
+state rather than max-pooled per position (cheaper on CPU); product bags are exported by
+:meth:`DeepBoW.encode_products` for an inverted index and scored by :func:`score_bags`.
+Shapes: ``B`` batch, ``T`` tokens, ``d`` width, ``V`` term space, ``K`` bag size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from recis.config import STRICT, ModelConfig
+from recis.errors import ConfigError, DataError
+from recis.features import Schema
+from recis.io.batch import Batch
+
+from .layers import masked_softmax, padded_ids
+from .text_towers import LLMTower, LLMTowerConfig
+
+
+@dataclass(config=STRICT)
+class DeepBoWConfig(ModelConfig):
+    name: str = "deepbow"
+    query_text: str = "query_tokens"  # features holding token ids (hashed n-grams)
+    product_text: str = "product_tokens"
+    product_id: str | None = "product_id"  # id feature used by encode_products
+    max_len: int = Field(default=16, gt=0)
+    vocab: int = Field(default=8192, gt=0)  # term space: token id mod vocab
+    dim: int = Field(default=32, gt=0)
+    layers: int = Field(default=1, ge=0)
+    heads: int = Field(default=2, gt=0)
+    llm: LLMTowerConfig | None = None  # an LLM encoder instead of the small transformer
+    expansion_k: int = Field(default=16, ge=0)
+    bag_size: int = Field(default=32, gt=0)
+    sparsity_weight: float = Field(default=1e-3, ge=0)
+
+
+class TextEncoder(nn.Module):
+    """Token ids ``[B, T]`` + mask -> states ``[B, T, d]``: small transformer or an LLM."""
+
+    def __init__(self, config: DeepBoWConfig, device: torch.device) -> None:
+        super().__init__()
+        self.vocab = config.vocab
+        self.llm = LLMTower(config.llm, device) if config.llm is not None else None
+        if self.llm is not None:
+            self.out_dim = self.llm.out_dim
+            return
+        d = config.dim
+        self.embedding = nn.Embedding(config.vocab, d, device=device)
+        self.position = nn.Embedding(config.max_len, d, device=device)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True, device=device
+        )
+        self.encoder = (
+            nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+            if config.layers
+            else None
+        )
+        self.out_dim = d
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.llm is not None:
+            return self.llm.hidden(ids, mask)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.embedding(torch.remainder(ids, self.vocab)) + self.position(pos)[None]
+        if self.encoder is not None:
+            x = self.encoder(x, src_key_padding_mask=~mask)
+        return x * mask.unsqueeze(-1)
+
+
+def _text(batch: Batch, name: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[B, T]`` and mask of a text: ``batch.text[name]`` or a list-of-ids feature."""
+    if name in batch.text:
+        ids = batch.text[name][:, :max_len]
+        mask = batch.text.get(f"{name}_mask", torch.ones_like(ids, dtype=torch.bool))
+        return ids, mask[:, :max_len].bool()
+    if name not in batch.sparse.keys():
+        raise DataError(f"batch has no text or list-of-ids feature {name!r}", column=name)
+    return padded_ids(batch.sparse, name, max_len)
+
+
+def score_bags(
+    q_terms: torch.Tensor, q_weights: torch.Tensor, p_terms: torch.Tensor, p_weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_{t shared} w_q(t) w_p(t)`` row by row from sparse bags ``[B, K]`` (weight 0 = empty)."""
+    match = q_terms[:, :, None] == p_terms[:, None, :]  # [B, Kq, Kp]
+    return (match * q_weights[:, :, None] * p_weights[:, None, :]).sum((1, 2))
+
+
+class DeepBoW(nn.Module):
+    """DeepBoW relevance model; ``forward`` -> ``{task: a s + b [B]}``.
+
+    Args:
+        config: encoder, term space and sparsity budget.
+        schema: must hold the two text features; tasks are the label names (graded
+            labels scaled to ``[0, 1]`` train as soft BCE targets).
+        device: where parameters live.
+
+    Example::
+
+        model = DeepBoW(DeepBoWConfig(), schema, "cpu")
+        terms, weights = model.bag(ids, mask)  # [B, K] each
+    """
+
+    config_class = DeepBoWConfig
+
+    def __init__(self, config: DeepBoWConfig, schema: Schema, device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.tasks = [label.name for label in schema.labels]
+        self.encoder = TextEncoder(config, device)
+        d = self.encoder.out_dim
+        self.term_score = nn.Linear(d, 1, device=device)
+        self.pool_score = nn.Linear(d, 1, device=device)
+        self.expand = nn.Linear(d, config.vocab, device=device) if config.expansion_k else None
+        self.scale = nn.Parameter(torch.tensor(5.0, device=device))
+        self.bias = nn.Parameter(torch.tensor(-1.0, device=device))
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def dense_bag(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The bag as a dense ``[B, V]`` vector with at most ``bag_size`` non-zeros per row."""
+        cfg = self.config
+        h = self.encoder(ids, mask)  # [B, T, d]
+        terms = torch.remainder(ids, cfg.vocab)
+        w = masked_softmax(self.term_score(h).squeeze(-1), mask)  # [B, T], sums to 1
+        bag = torch.zeros(ids.shape[0], cfg.vocab, device=h.device, dtype=h.dtype)
+        bag = bag.scatter_add(1, terms, w)
+        if self.expand is not None:
+            pooled = torch.einsum(
+                "bt,btd->bd", masked_softmax(self.pool_score(h).squeeze(-1), mask), h
+            )
+            exp = torch.log1p(F.relu(self.expand(pooled)))  # [B, V]
+            top, idx = exp.topk(min(cfg.expansion_k, cfg.vocab), dim=1)
+            bag = bag + torch.zeros_like(bag).scatter(1, idx, top)
+        top, idx = bag.topk(min(cfg.bag_size, cfg.vocab), dim=1)
+        return torch.zeros_like(bag).scatter(1, idx, top)
+
+    def bag(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse bag: terms ``[B, K]`` and weights ``[B, K]`` (``K = bag_size``, unused = 0)."""
+        weights, terms = self.dense_bag(ids, mask).topk(
+            min(self.config.bag_size, self.config.vocab), 1
+        )
+        return terms, weights
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        q = self.dense_bag(*_text(batch, cfg.query_text, cfg.max_len))
+        p = self.dense_bag(*_text(batch, cfg.product_text, cfg.max_len))
+        if self.training:
+            self._last = (q, p)
+        logit = self.scale * (q * p).sum(-1) + self.bias  # only shared terms are non-zero in both
+        return {t: logit for t in self.tasks}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Soft-label BCE per task plus the FLOPS sparsity penalty (added to the first task)."""
+        out = {
+            t: F.binary_cross_entropy_with_logits(outputs[t].float(), batch.labels[t].clamp(0, 1))
+            for t in self.tasks
+        }
+        if self._last is not None and self.config.sparsity_weight:
+            q, p = self._last
+            flops = q.abs().mean(0).pow(2).sum() + p.abs().mean(0).pow(2).sum()
+            out[self.tasks[0]] = out[self.tasks[0]] + self.config.sparsity_weight * flops
+        self._last = None
+        return out
+
+    def calibrate(self, s: torch.Tensor) -> torch.Tensor:
+        """Raw bag score -> logit."""
+        return self.scale * s + self.bias
+
+    @torch.no_grad()
+    def encode_products(
+        self,
+        batches: Iterable[Batch],
+        path: str | Path,
+        format: Literal["parquet", "safetensors"] = "parquet",
+    ) -> Path:
+        """Export the product bags of ``batches`` (rows with the product text and id).
+
+        parquet: ``product_id`` int64, ``terms`` list<int64>, ``weights`` list<float32>;
+        safetensors: ``product_id [N]``, ``indptr [N+1]``, ``terms [nnz]``, ``weights [nnz]``.
+        Zero weights are dropped. Returns ``path``.
+        """
+        self.eval()
+        cfg = self.config
+        ids, terms, weights = [], [], []
+        for batch in batches:
+            t, w = self.bag(*_text(batch, cfg.product_text, cfg.max_len))
+            if cfg.product_id and cfg.product_id in batch.sparse.keys():
+                ids.append(batch.sparse[cfg.product_id].values().cpu().numpy())
+            else:
+                start = sum(len(x) for x in ids)
+                ids.append(np.arange(start, start + t.shape[0]))
+            for row_t, row_w in zip(t.cpu().numpy(), w.float().cpu().numpy()):
+                keep = row_w > 0
+                terms.append(row_t[keep].astype(np.int64))
+                weights.append(row_w[keep].astype(np.float32))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pid = np.concatenate(ids).astype(np.int64)
+        if format == "parquet":
+            table = pa.table(
+                {
+                    "product_id": pid,
+                    "terms": pa.array([x.tolist() for x in terms], pa.list_(pa.int64())),
+                    "weights": pa.array([x.tolist() for x in weights], pa.list_(pa.float32())),
+                }
+            )
+            pq.write_table(table, path)
+        elif format == "safetensors":
+            lengths = np.array([len(x) for x in terms], dtype=np.int64)
+            save_file(
+                {
+                    "product_id": pid,
+                    "indptr": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                    "terms": np.concatenate(terms) if terms else np.zeros(0, np.int64),
+                    "weights": np.concatenate(weights) if weights else np.zeros(0, np.float32),
+                },
+                str(path),
+            )
+        else:
+            raise ConfigError(f"encode_products.format: {format!r} is not parquet or safetensors")
+        return path
+
+    @torch.no_grad()
+    def explain(
+        self, query: str, product: str, vocabulary: dict[int, str] | None = None
+    ) -> list[dict[str, float | str | int]]:
+        """The shared terms of ``query`` and ``product`` and their contributions, largest first.
+
+        Each entry: ``term`` (the n-gram, from the two texts or ``vocabulary``, else ``#id``),
+        ``term_id``, ``query_weight``, ``product_weight``, ``contribution`` (their product;
+        the contributions sum to the raw score ``s``).
+        """
+        from recis.io.synthetic_relevance import hashed_ngrams, ngrams
+
+        self.eval()
+        cfg = self.config
+        names = dict(vocabulary or {})
+        for text in (query, product):
+            for gram, h in zip(ngrams(text), hashed_ngrams([text])[0]):
+                names.setdefault(int(h % cfg.vocab), gram)
+        bags = []
+        for text in (query, product):
+            tok = hashed_ngrams([text])[0][: cfg.max_len]
+            ids = torch.tensor(tok, dtype=torch.int64).reshape(1, -1)
+            bags.append(self.dense_bag(ids, torch.ones_like(ids, dtype=torch.bool))[0])
+        q, p = bags
+        shared = torch.nonzero((q > 0) & (p > 0)).flatten().tolist()
+        rows = [
+            {
+                "term": names.get(t, f"#{t}"),
+                "term_id": t,
+                "query_weight": float(q[t]),
+                "product_weight": float(p[t]),
+                "contribution": float(q[t] * p[t]),
+            }
+            for t in shared
+        ]
+        return sorted(rows, key=lambda r: -float(r["contribution"]))
+
+
+def load_bags(path: str | Path) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Read exported product bags: ``(product_id [N], terms per product, weights per product)``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        t = load_file(str(path))
+        ptr = t["indptr"]
+        terms = [t["terms"][ptr[i] : ptr[i + 1]] for i in range(len(ptr) - 1)]
+        weights = [t["weights"][ptr[i] : ptr[i + 1]] for i in range(len(ptr) - 1)]
+        return t["product_id"], terms, weights
+    table = pq.read_table(path)
+    terms = [np.asarray(x, np.int64) for x in table.column("terms").to_pylist()]
+    weights = [np.asarray(x, np.float32) for x in table.column("weights").to_pylist()]
+    return table.column("product_id").to_numpy(), terms, weights
+
+
+def score_exported(
+    q_terms: np.ndarray, q_weights: np.ndarray, p_terms: np.ndarray, p_weights: np.ndarray
+) -> float:
+    """Raw score of one query bag against one exported product bag (an inverted-index merge)."""
+    common, qi, pi = np.intersect1d(q_terms, p_terms, return_indices=True)
+    return float((q_weights[qi].astype(np.float64) * p_weights[pi]).sum()) if len(common) else 0.0
+
+
+class DenseRelevance(nn.Module):
+    """Dense dual-tower baseline for relevance: same encoder, attention-pooled, cosine.
+
+    ``logit = a cos(u_q, u_p) + b`` with ``u = W pool(h)``; soft-label BCE (the trainer's).
+    Takes a :class:`DeepBoWConfig` (bag fields unused) so both train from one YAML.
+    """
+
+    config_class = DeepBoWConfig
+
+    def __init__(self, config: DeepBoWConfig, schema: Schema, device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.tasks = [label.name for label in schema.labels]
+        self.encoder = TextEncoder(config, device)
+        d = self.encoder.out_dim
+        self.pool_score = nn.Linear(d, 1, device=device)
+        self.proj = nn.Linear(d, d, device=device)
+        self.scale = nn.Parameter(torch.tensor(5.0, device=device))
+        self.bias = nn.Parameter(torch.tensor(-1.0, device=device))
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(ids, mask)
+        w = masked_softmax(self.pool_score(h).squeeze(-1), mask)
+        return F.normalize(self.proj(torch.einsum("bt,btd->bd", w, h)), dim=-1)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        q = self.embed(*_text(batch, cfg.query_text, cfg.max_len))
+        p = self.embed(*_text(batch, cfg.product_text, cfg.max_len))
+        logit = self.scale * (q * p).sum(-1) + self.bias
+        return {t: logit for t in self.tasks}
+
+
+__all__ = [
+    "DeepBoW",
+    "DeepBoWConfig",
+    "DenseRelevance",
+    "load_bags",
+    "score_bags",
+    "score_exported",
+]

@@ -1,0 +1,344 @@
+"""Dual-tower retrieval (Yi et al., RecSys'19 recipe) with hashed-id and LLM/text towers.
+
+``u(q) = normalize(MLP_q([ids_q ; text_q]))``, ``v(i) = normalize(MLP_i([ids_i ; text_i]))``
+with pooled id embeddings and a text tower (:class:`~recis.models.text_towers.LLMTower`
+from transformers, or a hashed n-gram bag), shared by both sides.
+
+Training (:meth:`TwoTower.loss`): in-batch softmax over the positive rows (``label > 0.5``):
+``logits[a, j] = <u_a, v_j> / tau - log p_j`` with ``p_j`` the streaming frequency estimate
+of item ``j`` (:class:`FrequencyEstimator`), duplicates of the row's own item masked, plus
+optional extra negatives drawn from a reservoir of past item embeddings (sampled in
+proportion to frequency, so the same ``log p`` correction applies). ``forward`` returns the
+per-row score ``<u, v> / tau`` (eval AUC over positive and random rows).
+
+Evaluation: :func:`build_index` encodes the corpus, :func:`exact_topk` is exact top-K by
+chunked matmul, :func:`evaluate_retrieval` gives Recall@K and NDCG@K.
+Shapes: ``B`` batch, ``P`` positive rows, ``D`` output dim, ``N`` corpus, ``Q`` queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass as plain_dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from recis.config import STRICT, ModelConfig
+from recis.embedding import build_embedding_collection
+from recis.errors import ConfigError
+from recis.features import Schema
+from recis.io.batch import Batch
+
+from .layers import MLP, padded_ids, select_features
+from .text_towers import HashedBagTower, LLMTower, LLMTowerConfig
+
+
+@dataclass(config=STRICT)
+class TowerConfig:
+    """One side: pooled id features and an optional text feature (token ids)."""
+
+    sparse: list[str] = Field(default_factory=list)
+    text: str | None = None
+    max_len: int = Field(default=32, gt=0)
+    mlp: list[int] = Field(default_factory=lambda: [64])
+
+
+@dataclass(config=STRICT)
+class TwoTowerConfig(ModelConfig):
+    name: str = "two_tower"
+    query: TowerConfig = Field(default_factory=TowerConfig)
+    item: TowerConfig = Field(default_factory=TowerConfig)
+    item_id: str = "item_id"  # the feature whose id names an item (frequency, dedupe, index)
+    dim: int = Field(default=32, gt=0)
+    llm: LLMTowerConfig | None = None  # None: hashed n-gram bag text tower
+    text_vocab: int = Field(default=1 << 15, gt=0)
+    text_dim: int = Field(default=32, gt=0)
+    temperature: float = Field(default=0.05, gt=0)
+    logq: bool = True
+    freq_buckets: int = Field(default=1 << 16, gt=0)
+    freq_alpha: float = Field(default=0.05, gt=0, le=1)
+    extra_negatives: int = Field(default=0, ge=0)
+    reservoir: int = Field(default=4096, gt=0)
+
+
+def in_batch_softmax_loss(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampled softmax with the positive of row ``a`` in column ``a``.
+
+    ``u [P, D]``, ``v [C, D]`` (``C >= P``, the first ``P`` columns are the positives),
+    ``log_q [C]`` subtracted from every row's logits (logQ correction), ``mask [P, C]``
+    True where a column must be ignored. Returns the mean cross-entropy.
+    """
+    logits = u @ v.T / temperature  # [P, C]
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    if mask is not None:
+        logits = logits.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
+
+
+class FrequencyEstimator(nn.Module):
+    """Streaming item probability (Yi et al. 2019): hashed last-seen step and mean gap.
+
+    On sighting id ``x`` at step ``t``: ``B[h] <- (1 - a) B[h] + a (t - A[h])``, ``A[h] <- t``;
+    the estimate is ``p = 1 / B[h]`` (clamped to ``(0, 1]``).
+    """
+
+    def __init__(self, buckets: int, alpha: float) -> None:
+        super().__init__()
+        self.buckets, self.alpha = buckets, alpha
+        self.register_buffer("last", torch.zeros(buckets, dtype=torch.float64))
+        self.register_buffer("gap", torch.ones(buckets, dtype=torch.float64))
+        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+
+    def _bucket(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.remainder(ids, self.buckets)
+
+    def update(self, ids: torch.Tensor) -> None:
+        self.step += 1
+        h = torch.unique(self._bucket(ids))
+        self.gap[h] = (1 - self.alpha) * self.gap[h] + self.alpha * (self.step - self.last[h])
+        self.last[h] = self.step
+
+    def log_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        return -torch.log(self.gap[self._bucket(ids)].clamp_min(1.0)).float()
+
+
+class TwoTower(nn.Module):
+    """Query and item towers; ``forward`` -> ``{task: <u, v> / tau [B]}``.
+
+    Args:
+        config: towers, text tower, loss options.
+        schema: the sparse features named by the towers; tasks are the label names.
+        device: where parameters live.
+
+    Example::
+
+        model = TwoTower(TwoTowerConfig(tables=[...], query=..., item=...), schema, "cpu")
+        u = model.encode_queries(batch)  # [B, D], unit norm
+    """
+
+    config_class = TwoTowerConfig
+
+    def __init__(self, config: TwoTowerConfig, schema: Schema, device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.tasks = [label.name for label in schema.labels]
+        sparse = {f.name: f for f in schema.sparse}
+        for side in ("query", "item"):
+            tower: TowerConfig = getattr(config, side)
+            for name in [*tower.sparse, *([tower.text] if tower.text else [])]:
+                if name not in sparse:
+                    raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
+        if config.item_id not in config.item.sparse:
+            raise ConfigError(f"model.item_id: {config.item_id!r} is not in model.item.sparse")
+        self.query_features = [*config.query.sparse, *filter(None, [config.query.text])]
+        self.item_features = [*config.item.sparse, *filter(None, [config.item.text])]
+        # one collection per tower: each side is encoded from its own features alone
+        self.embedding = nn.ModuleDict(
+            {
+                side: build_embedding_collection(
+                    config.tables, [sparse[n] for n in getattr(config, side).sparse], device
+                )
+                for side in ("query", "item")
+                if getattr(config, side).sparse
+            }
+        )
+        dims = {t.name: t.dim for t in config.tables}
+        use_text = bool(config.query.text or config.item.text)
+        self.text = None
+        if use_text:
+            self.text = (
+                LLMTower(config.llm, device)
+                if config.llm is not None
+                else HashedBagTower(config.text_vocab, config.text_dim, device)
+            )
+        text_dim = self.text.out_dim if self.text is not None else 0
+
+        def mlp(tower: TowerConfig) -> MLP:
+            width = sum(dims[sparse[n].table_name] for n in tower.sparse)
+            width += text_dim if tower.text else 0
+            return MLP(width, [*tower.mlp, config.dim], last_activation=False, device=device)
+
+        self.query_mlp = mlp(config.query)
+        self.item_mlp = mlp(config.item)
+        self.freq = FrequencyEstimator(config.freq_buckets, config.freq_alpha).to(device)
+        self.register_buffer("bank", torch.zeros(config.reservoir, config.dim, device=device))
+        self.register_buffer("bank_ids", torch.full((config.reservoir,), -1, device=device))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.int64, device=device))
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _encode(self, batch: Batch, side: str) -> torch.Tensor:
+        tower: TowerConfig = getattr(self.config, side)
+        mlp = self.query_mlp if side == "query" else self.item_mlp
+        parts = []
+        if tower.sparse:
+            emb = self.embedding[side](select_features(batch.sparse, tower.sparse)).to_dict()
+            parts += [emb[n] for n in tower.sparse]
+        if tower.text:
+            if tower.text in batch.text:
+                ids = batch.text[tower.text][:, : tower.max_len]
+                mask = batch.text.get(f"{tower.text}_mask", torch.ones_like(ids, dtype=torch.bool))
+                mask = mask[:, : tower.max_len].bool()
+            else:
+                ids, mask = padded_ids(batch.sparse, tower.text, tower.max_len)
+            parts.append(self.text(ids, mask))  # type: ignore[misc]
+        return F.normalize(mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+    def encode_queries(self, batch: Batch) -> torch.Tensor:
+        """``[B, D]`` unit-norm query embeddings (only query features are read)."""
+        return self._encode(batch, "query")
+
+    def encode_items(self, batch: Batch) -> torch.Tensor:
+        """``[B, D]`` unit-norm item embeddings (only item features are read)."""
+        return self._encode(batch, "item")
+
+    def item_ids(self, batch: Batch) -> torch.Tensor:
+        """``[B]`` the id of each row's item."""
+        return batch.sparse[self.config.item_id].values()
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        u, v = self.encode_queries(batch), self.encode_items(batch)
+        if self.training:  # kept for loss(): the embeddings are not part of the task logits
+            self._last = (u, v, self.item_ids(batch))
+        score = (u * v).sum(-1) / self.config.temperature  # [B]
+        return {t: score for t in self.tasks}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """In-batch softmax with logQ correction over the positive rows, one value per task."""
+        if self._last is None:
+            raise RuntimeError("TwoTower.loss needs a forward pass in training mode first")
+        u, v, ids = self._last
+        self._last = None
+        task = self.tasks[0]
+        pos = batch.labels[task] > 0.5
+        u, v, ids = u[pos], v[pos], ids[pos]
+        self.freq.update(ids)
+        cand_v, cand_ids = v, ids
+        k = self.config.extra_negatives
+        filled = int(min(self.seen.item(), self.config.reservoir))
+        if k and filled:
+            pick = torch.randint(filled, (k,), device=v.device)
+            cand_v = torch.cat([v, self.bank[pick]])
+            cand_ids = torch.cat([ids, self.bank_ids[pick]])
+        log_q = self.freq.log_prob(cand_ids) if self.config.logq else None
+        # another copy of a row's own item is not a negative
+        mask = ids[:, None] == cand_ids[None, :]
+        mask[torch.arange(len(ids)), torch.arange(len(ids))] = False
+        loss = in_batch_softmax_loss(u, cand_v, self.config.temperature, log_q, mask)
+        if k:
+            self._remember(v.detach(), ids)
+        return {t: loss for t in self.tasks}
+
+    @torch.no_grad()
+    def _remember(self, v: torch.Tensor, ids: torch.Tensor) -> None:
+        """Reservoir sampling (Algorithm R) over the stream of positive items."""
+        for row in range(v.shape[0]):
+            n = int(self.seen.item())
+            slot = n if n < self.config.reservoir else int(torch.randint(n + 1, ()).item())
+            if slot < self.config.reservoir:
+                self.bank[slot] = v[row]
+                self.bank_ids[slot] = ids[row]
+            self.seen += 1
+
+
+@plain_dataclass
+class ItemIndex:
+    """The encoded corpus: ``ids [N]`` and unit-norm ``embeddings [N, D]``."""
+
+    ids: torch.Tensor
+    embeddings: torch.Tensor
+
+
+@torch.no_grad()
+def build_index(model: TwoTower, item_batches: Iterable[Batch]) -> ItemIndex:
+    """Encode every item of ``item_batches`` (batches holding the item features)."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids, embs = [], []
+    for batch in item_batches:
+        batch = batch.to(device)
+        ids.append(model.item_ids(batch))
+        embs.append(model.encode_items(batch))
+    return ItemIndex(torch.cat(ids), torch.cat(embs))
+
+
+@torch.no_grad()
+def exact_topk(
+    queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` inner products: ``queries [Q, D]``, ``items [N, D]`` -> scores, rows ``[Q, k]``.
+
+    The corpus is scanned in chunks of ``chunk`` rows; each chunk's top-k is merged with
+    the running top-k, so memory is ``Q x (k + chunk)``.
+    """
+    k = min(k, items.shape[0])
+    best_s = torch.full((queries.shape[0], 0), float("-inf"), device=queries.device)
+    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
+    for start in range(0, items.shape[0], chunk):
+        s = queries @ items[start : start + chunk].T  # [Q, c]
+        top_s, top_i = s.topk(min(k, s.shape[1]), dim=1)
+        cat_s = torch.cat([best_s, top_s], dim=1)
+        cat_i = torch.cat([best_i, top_i + start], dim=1)
+        best_s, sel = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
+        best_i = cat_i.gather(1, sel)
+    return best_s, best_i
+
+
+def recall_ndcg(
+    retrieved: np.ndarray, relevant: list[np.ndarray], ks: Iterable[int]
+) -> dict[str, float]:
+    """Mean Recall@K (``|top-K & R| / |R|``) and binary NDCG@K over queries.
+
+    ``retrieved [Q, K_max]`` item ids in rank order; ``relevant[q]`` the relevant ids.
+    """
+    out: dict[str, float] = {}
+    discount = 1.0 / np.log2(np.arange(2, retrieved.shape[1] + 2))
+    for k in ks:
+        rec, ndcg = [], []
+        for row, rel in zip(retrieved[:, :k], relevant):
+            hit = np.isin(row, rel)
+            rec.append(hit.sum() / max(len(rel), 1))
+            ideal = discount[: min(k, len(rel))].sum()
+            ndcg.append((hit * discount[: len(row)]).sum() / ideal if ideal else 0.0)
+        out[f"recall@{k}"] = float(np.mean(rec))
+        out[f"ndcg@{k}"] = float(np.mean(ndcg))
+    return out
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: TwoTower,
+    query_batches: Iterable[Batch],
+    index: ItemIndex,
+    relevant: list[np.ndarray],
+    ks: Iterable[int] = (50,),
+) -> dict[str, float]:
+    """Recall@K and NDCG@K of exact top-K retrieval; ``relevant`` follows the query order."""
+    model.eval()
+    ks = list(ks)
+    device = index.embeddings.device
+    found = []
+    for batch in query_batches:
+        u = model.encode_queries(batch.to(device))
+        _, rows = exact_topk(u, index.embeddings, max(ks))
+        found.append(index.ids[rows].cpu().numpy())
+    return recall_ndcg(np.concatenate(found), relevant, ks)
+
+
+def read_relevant(path: str | Path, column: str = "relevant") -> list[np.ndarray]:
+    """The relevant item ids per query, from a list<int64> column of a parquet file."""
+    col = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    return [np.asarray(r, dtype=np.int64) for r in col]

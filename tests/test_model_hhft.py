@@ -1,0 +1,159 @@
+"""HHFT: heterogeneous layer, Hiformer composite projection and pruning, sequence padding."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.config import TableConfig
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io.batch import Batch
+from recis.models import HHFT, HHFTConfig, build_model
+from recis.models.hhft import HeterogeneousLayer, HiformerLayer
+
+D = 8
+
+
+def _schema() -> Schema:
+    return Schema(
+        dense=[DenseFeature(name="age"), DenseFeature(name="price")],
+        sparse=[
+            SparseFeature(name="user"),
+            SparseFeature(name="item"),
+            SparseFeature(name="cat"),
+            SparseFeature(name="hist_item", table="item_seq"),
+        ],
+        labels=[LabelSpec(name="click"), LabelSpec(name="buy")],
+    )
+
+
+def _config(**kw) -> HHFTConfig:
+    tables = [
+        TableConfig(name="user", dim=D, capacity=50),
+        TableConfig(name="item", dim=D, capacity=40),
+        TableConfig(name="cat", dim=4, capacity=10),
+        TableConfig(name="item_seq", dim=D, capacity=40, pooling="none"),
+    ]
+    blocks = [
+        {"name": "user", "sparse": ["user"], "dense": ["age"], "tokens": 2},
+        {"name": "item", "sparse": ["item", "cat"], "dense": ["price"]},
+        {"name": "behaviour", "sequence": ["hist_item"], "target": ["item"]},
+    ]
+    args = dict(tables=tables, blocks=blocks, d_model=16, num_heads=2, head_mlp=[8])
+    args.update(kw)
+    return HHFTConfig(**args)
+
+
+def _batch(rows: list[tuple[int, int, int, list[int]]]) -> Batch:
+    """rows: (user, item, cat, history)."""
+    values, lengths = [], []
+    for col in range(3):
+        values += [r[col] for r in rows]
+        lengths += [1] * len(rows)
+    for r in rows:
+        values += r[3]
+        lengths.append(len(r[3]))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["user", "item", "cat", "hist_item"],
+        values=torch.tensor(values, dtype=torch.int64),
+        lengths=torch.tensor(lengths, dtype=torch.int64),
+    )
+    dense = torch.tensor([[0.1 * r[0], 0.2 * r[1]] for r in rows], dtype=torch.float32)
+    y = torch.tensor([float(r[0] % 2) for r in rows])
+    return Batch(sparse=kjt, dense=dense, labels={"click": y, "buy": y})
+
+
+def test_tied_heterogeneous_attention_equals_multihead_attention() -> None:
+    torch.manual_seed(0)
+    d, heads, groups = 16, 4, [0, 0, 1, 2, 2, 3]
+    layer = HeterogeneousLayer(groups, d, heads, ffn_mult=2)
+    mha = nn.MultiheadAttention(d, heads, batch_first=True)
+    w_in = mha.in_proj_weight.detach()
+    b_in = mha.in_proj_bias.detach()
+    with torch.no_grad():
+        for i, (w, b) in enumerate(
+            ((layer.wq, layer.bq), (layer.wk, layer.bk), (layer.wv, layer.bv))
+        ):
+            w.copy_(w_in[i * d : (i + 1) * d].T.expand_as(w))
+            b.copy_(b_in[i * d : (i + 1) * d].expand_as(b))
+        layer.wo.copy_(mha.out_proj.weight.detach().T.expand_as(layer.wo))
+        layer.bo.copy_(mha.out_proj.bias.detach().expand_as(layer.bo))
+    x = torch.randn(3, len(groups), d)
+    expected, _ = mha(x, x, x, need_weights=False)
+    torch.testing.assert_close(layer.attention(x), expected, atol=1e-5, rtol=1e-5)
+    # untied weights give a different result (the test can fail)
+    with torch.no_grad():
+        layer.wq[1].add_(0.5)
+    assert not torch.allclose(layer.attention(x), expected, atol=1e-3)
+
+
+def test_full_rank_factorized_composite_equals_unfactorized() -> None:
+    torch.manual_seed(1)
+    n, d = 4, 8
+    full = HiformerLayer(n, d, heads=2, ffn_mult=2, rank=None)
+    fact = HiformerLayer(n, d, heads=2, ffn_mult=2, rank=n * d)
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("kv.")}
+    fact.load_state_dict(state, strict=False)
+    w = full.kv.weight.detach()  # [2 N d, N d]
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)  # w = u diag(s) vh, rank N d
+    with torch.no_grad():
+        fact.kv[0].weight.copy_(vh)  # [r, N d]
+        fact.kv[1].weight.copy_(u * s)  # [2 N d, r]
+        fact.kv[1].bias.copy_(full.kv.bias)
+    x = torch.randn(5, n, d)
+    torch.testing.assert_close(fact(x), full(x), atol=1e-4, rtol=1e-4)
+    # a lower rank is a different function
+    low = HiformerLayer(n, d, heads=2, ffn_mult=2, rank=2)
+    low.load_state_dict(state, strict=False)
+    assert not torch.allclose(low(x), full(x), atol=1e-3)
+
+
+def test_pruned_last_layer_matches_full_layer_on_task_tokens() -> None:
+    torch.manual_seed(2)
+    layer = HiformerLayer(6, 8, heads=2, ffn_mult=2, rank=5)
+    x = torch.randn(4, 6, 8)
+    idx = torch.tensor([4, 5])
+    torch.testing.assert_close(layer(x, only=idx), layer(x)[:, idx], atol=1e-6, rtol=1e-6)
+    # and the whole model gives the same logits with and without pruning
+    torch.manual_seed(3)
+    pruned = HHFT(_config(hiformer_layers=2, kv_rank=12), _schema(), torch.device("cpu"))
+    unpruned = HHFT(_config(hiformer_layers=2, kv_rank=12, prune_last=False), _schema(), "cpu")
+    unpruned.load_state_dict(pruned.state_dict())
+    batch = _batch([(1, 2, 3, [4, 5]), (6, 7, 1, [8]), (9, 3, 2, [])])
+    a, b = pruned(batch), unpruned(batch)
+    for t in ("click", "buy"):
+        torch.testing.assert_close(a[t], b[t], atol=1e-6, rtol=1e-6)
+
+
+def test_padding_does_not_change_outputs() -> None:
+    torch.manual_seed(4)
+    model = HHFT(_config(), _schema(), torch.device("cpu")).eval()
+    rows = [(1, 2, 3, [4, 5]), (6, 7, 1, [8]), (9, 3, 2, [])]
+    alone = model(_batch(rows))
+    # a row with a long history pads every other row's sequence to length 9
+    padded = model(_batch(rows + [(2, 2, 2, list(range(1, 10)))]))
+    for t in ("click", "buy"):
+        torch.testing.assert_close(padded[t][:3], alone[t], atol=1e-6, rtol=1e-6)
+    # the history does matter
+    changed = model(_batch([(1, 2, 3, [9, 9])] + rows[1:]))
+    assert not torch.allclose(changed["click"][0], alone["click"][0])
+
+
+def test_hhft_trains_and_builds_from_registry() -> None:
+    torch.manual_seed(5)
+    model = build_model(_config(kv_rank=4), _schema(), "cpu")
+    batch = _batch([(i % 7, (3 * i) % 11, i % 5, [i % 13, (i + 1) % 13]) for i in range(32)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        out = model(batch)
+        loss = sum(
+            nn.functional.binary_cross_entropy_with_logits(out[t], batch.labels[t]) for t in out
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(out) == {"click", "buy"} and out["click"].shape == (32,)
+    assert losses[-1] < 0.5 * losses[0]
