@@ -52,6 +52,7 @@ def worker(args: argparse.Namespace) -> None:
         labels=[{"name": "click", "column": "label"}],
     )
     model_cfg = DLRMConfig(
+        embedding="modulo",  # the engine recis.distributed shards today
         tables=[TableConfig(name=f"C{i}", dim=d, capacity=args.rows) for i in range(f)],
         bottom_mlp=[64, d],
         top_mlp=[128, 64],

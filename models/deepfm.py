@@ -64,13 +64,17 @@ class DeepFM(nn.Module):
             raise ConfigError(f"model.tables: DeepFM needs one embedding dim, got {sorted(used)}")
         d = used.pop() if used else 0
         self.feature_names = [f.name for f in schema.sparse]
-        self.embedding = build_embedding_collection(config.tables, schema.sparse, device)
+        self.embedding = build_embedding_collection(
+            config.tables, schema.sparse, device, config.sparse_optimizer, engine=config.embedding
+        )
         # first-order weights: a dim-1 copy of every table
         wide_tables = [
             dataclasses.replace(t, name=f"{t.name}_w", dim=1, pooling="sum") for t in config.tables
         ]
         wide_feats = [dataclasses.replace(f, table=f"{f.table_name}_w") for f in schema.sparse]
-        self.first_order = build_embedding_collection(wide_tables, wide_feats, device)
+        self.first_order = build_embedding_collection(
+            wide_tables, wide_feats, device, config.sparse_optimizer, engine=config.embedding
+        )
         num_dense = len(schema.dense)
         self.dense_linear = nn.Linear(num_dense, len(self.tasks), device=device)
         self.dnn = MLP(

@@ -60,7 +60,7 @@ class DLRM(nn.Module):
         self.tasks = [label.name for label in schema.labels]
         self.num_dense = len(schema.dense)
         self.sparse_arch = build_embedding_collection(
-            config.tables, schema.sparse, device, optimizer=config.sparse_optimizer
+            config.tables, schema.sparse, device, config.sparse_optimizer, engine=config.embedding
         )
         self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
         n = len(schema.sparse) + 1

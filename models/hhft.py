@@ -249,7 +249,11 @@ class HHFT(nn.Module):
         self.pooled_names = list(dict.fromkeys(pooled))
         self.seq_names = list(dict.fromkeys(seq))
         self.pooled = build_embedding_collection(
-            config.tables, [sparse[n] for n in self.pooled_names], device
+            config.tables,
+            [sparse[n] for n in self.pooled_names],
+            device,
+            config.sparse_optimizer,
+            engine=config.embedding,
         )
         self.sequence = (
             SequenceEmbedding(config.tables, [sparse[n] for n in self.seq_names], device)

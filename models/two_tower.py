@@ -150,7 +150,11 @@ class TwoTower(nn.Module):
         self.embedding = nn.ModuleDict(
             {
                 side: build_embedding_collection(
-                    config.tables, [sparse[n] for n in getattr(config, side).sparse], device
+                    config.tables,
+                    [sparse[n] for n in getattr(config, side).sparse],
+                    device,
+                    config.sparse_optimizer,
+                    engine=config.embedding,
                 )
                 for side in ("query", "item")
                 if getattr(config, side).sparse

@@ -43,6 +43,7 @@ SCHEMA = Schema(
     labels=[{"name": "click", "column": "label"}],
 )
 MODEL = DLRMConfig(
+    embedding="modulo",  # recis.distributed shards torchrec EBCs; hashed tables are not sharded yet
     tables=[TableConfig(name=f"C{i}", dim=DIM, capacity=40 + 20 * i) for i in range(F)],
     bottom_mlp=[8, DIM],
     top_mlp=[8],
@@ -258,6 +259,7 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
         },
         "model": {
             "name": "dlrm",
+            "embedding": "modulo",
             "bottom_mlp": [8, 8],
             "top_mlp": [16],
             "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],

@@ -16,10 +16,12 @@ from recis.features import SparseFeature
 
 from .collection import HashedEmbeddingCollection
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup
+from .modulo import ModuloEmbeddingBagCollection
 
 __all__ = [
     "FbgemmTableGroup",
     "HashedEmbeddingCollection",
+    "ModuloEmbeddingBagCollection",
     "TableSlot",
     "TorchTableGroup",
     "build_embedding_collection",
@@ -32,12 +34,19 @@ def build_embedding_collection(
     device: torch.device | str,
     optimizer: SparseOptimizerConfig | None = None,
     seed: int = 0,
-) -> HashedEmbeddingCollection:
+    engine: str = "hashed",
+) -> HashedEmbeddingCollection | ModuloEmbeddingBagCollection:
     """The embedding module for ``features``: ``KeyedJaggedTensor -> KeyedTensor``.
 
     ``optimizer`` is the run's ``train.sparse_optimizer`` (default: row-wise
     Adagrad, lr 0.05); rows are updated in backward by it, so the trainer must
     not give these weights to a torch optimizer (they carry
     ``_in_backward_optimizers``, or are buffers).
+
+    ``engine="modulo"`` gives a plain torchrec ``EmbeddingBagCollection`` over
+    ``id mod capacity`` instead (pre-mapped ids; what :mod:`recis.distributed`
+    shards today); its rows go to the trainer's sparse torch optimizer.
     """
+    if engine == "modulo":
+        return ModuloEmbeddingBagCollection(tables, features, torch.device(device))
     return HashedEmbeddingCollection(tables, features, device, optimizer=optimizer, seed=seed)

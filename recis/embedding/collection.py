@@ -157,7 +157,7 @@ class HashedEmbeddingCollection(nn.Module):
             return ids.to(torch.int64)
         return mapper.map(ids, self.step, insert=self.training)
 
-    def _apply(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
+    def _apply_map(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
         """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``."""
         if isinstance(res, torch.Tensor):
             return res
@@ -175,7 +175,7 @@ class HashedEmbeddingCollection(nn.Module):
         Threads over tables were measured no faster on 2 shared cores, so this is serial.
         """
         results = {t: self._map(t, v) for t, v in ids.items()}
-        return {t: self._apply(t, r) for t, r in results.items()}
+        return {t: self._apply_map(t, r) for t, r in results.items()}
 
     def _restore_fallbacks(self) -> None:
         for name in self.mappers:

@@ -1,0 +1,75 @@
+"""Plain torchrec ``EmbeddingBagCollection`` over ``id mod capacity``.
+
+The engine for ``model.embedding: modulo``: no id mapper, so it is
+collision-free only when ids are already in ``[0, capacity)`` (pre-mapped
+data). It is what :mod:`recis.distributed` shards today with torchrec's
+DistributedModelParallel; the hashed engine's sharded form is not built yet
+(docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recis.config import TableConfig
+from recis.errors import ConfigError
+from recis.features import SparseFeature
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+class ModuloEmbeddingBagCollection(nn.Module):
+    """torchrec ``EmbeddingBagCollection`` over ``id mod capacity``.
+
+    Collision-free only when ids are already in ``[0, capacity)``.
+
+    Shapes: input KJT with ``F`` keys and ``B`` rows; output KeyedTensor
+    ``[B, sum of D]``, one key per feature.
+    """
+
+    def __init__(
+        self, tables: list[TableConfig], features: list[SparseFeature], device: torch.device
+    ) -> None:
+        super().__init__()
+        by_name = {t.name: t for t in tables}
+        feats_of: dict[str, list[str]] = {}
+        for f in features:
+            if f.table_name not in by_name:
+                raise ConfigError(
+                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
+                )
+            feats_of.setdefault(f.table_name, []).append(f.name)
+        configs = []
+        for t in tables:
+            if t.name not in feats_of:
+                continue
+            if t.pooling not in _POOLING:
+                raise ConfigError(
+                    f"model.tables.{t.name}.pooling: {t.pooling!r} needs a sequence model"
+                )
+            configs.append(
+                EmbeddingBagConfig(
+                    name=t.name,
+                    embedding_dim=t.dim,
+                    num_embeddings=t.capacity,
+                    feature_names=feats_of[t.name],
+                    pooling=_POOLING[t.pooling],
+                )
+            )
+        self.capacity = {f.name: by_name[f.table_name].capacity for f in features}
+        self.feature_names = [f.name for f in features]
+        self.ebc = EmbeddingBagCollection(tables=configs, device=device)
+
+    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
+        caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
+        per_value = torch.repeat_interleave(caps, torch.tensor(kjt.length_per_key()))
+        mapped = KeyedJaggedTensor(
+            keys=kjt.keys(),
+            values=torch.remainder(kjt.values(), per_value),
+            lengths=kjt.lengths(),
+            weights=kjt.weights_or_none(),
+        )
+        return self.ebc(mapped)
