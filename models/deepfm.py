@@ -67,9 +67,10 @@ class DeepFM(nn.Module):
         self.embedding = build_embedding_collection(
             config.tables, schema.sparse, device, config.sparse_optimizer, engine=config.embedding
         )
-        # first-order weights: a dim-1 copy of every table
+        # first-order weights: a per-id scalar, stored as the sum of a dim-4 row because
+        # fbgemm's fused kernels need dims that are multiples of 4 (same function class)
         wide_tables = [
-            dataclasses.replace(t, name=f"{t.name}_w", dim=1, pooling="sum") for t in config.tables
+            dataclasses.replace(t, name=f"{t.name}_w", dim=4, pooling="sum") for t in config.tables
         ]
         wide_feats = [dataclasses.replace(f, table=f"{f.table_name}_w") for f in schema.sparse]
         self.first_order = build_embedding_collection(
