@@ -11,6 +11,7 @@ round over all keys still probing).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ def native_kernels() -> Any:
             try:
                 from torch.utils.cpp_extension import load
 
+                # torch calls `ninja` from PATH; the PyPI ninja lives beside the interpreter
+                bindir = str(Path(sys.executable).parent)
+                if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+                    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
                 src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
                 _NATIVE = load(name="recis_id_mapper", sources=[str(src)], extra_cflags=["-O3"])
             except Exception as err:  # no compiler, no headers: numpy still works
