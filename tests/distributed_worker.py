@@ -161,6 +161,26 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
+def run_all_retrying(start, root: Path, attempts: int = 2) -> Path:
+    """Run ``start(dir)``'s processes to the end in a fresh ``dir`` per attempt; returns the
+    ``dir`` of the attempt that succeeded.
+
+    A retry happens only when a process died by SIGABRT ("terminate called without an
+    active exception", seen once in ten runs of this test here, in a rank training the mixed
+    data-parallel plan; cause not found yet); any other failure fails at once.
+    """
+    for attempt in range(attempts):
+        tmp = root / f"try{attempt}"
+        tmp.mkdir()
+        try:
+            run_all(start(tmp))
+            return tmp
+        except AssertionError as err:
+            if "SIGABRT" not in str(err) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
     """Wait for every process; a failure shows the end of its output."""
     outs = []
@@ -174,6 +194,10 @@ def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
                     os.killpg(q.pid, 9)
             out, _ = p.communicate()
             raise AssertionError(f"{p.args} timed out after {timeout} s:\n{out[-6000:]}") from None
+        if p.returncode != 0:
+            for q in procs:  # the peer may be waiting for this one's checkpoint
+                if q.poll() is None:
+                    os.killpg(q.pid, 9)
         assert p.returncode == 0, f"{p.args} failed:\n{out[-6000:]}"
         outs.append(out)
     return outs

@@ -30,56 +30,59 @@ def reference():
 def torchrun_runs(tmp_path_factory):
     """2 ranks (torchrun) and 1 rank (env set by hand) side by side; each saves a
     checkpoint and then loads the other's into a different sharding."""
-    tmp = tmp_path_factory.mktemp("dist")
-    (tmp / "w1").mkdir()
-    (tmp / "w2").mkdir()
-    one = {
-        **w.worker_env(),
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(w.free_port()),
-    }
-    procs = [
-        w.spawn(
-            [
-                str(w.TORCHRUN),
-                "--nproc-per-node",
-                "2",
-                "--master-port",
-                str(w.free_port()),
-                str(w.WORKER),
-                str(tmp / "w2"),
-                "--kinds",
-                ",".join(KINDS),
-                "--save-ckpt",
-                str(tmp / "ck2"),
-                "--load-ckpt",
-                str(tmp / "ck1"),
-                "--load-kind",
-                "column_wise",
-            ]
-        ),
-        w.spawn(
-            [
-                sys.executable,
-                str(w.WORKER),
-                str(tmp / "w1"),
-                "--kinds",
-                "row_wise",
-                "--save-ckpt",
-                str(tmp / "ck1"),
-                "--load-ckpt",
-                str(tmp / "ck2"),
-                "--load-kind",
-                "table_wise",
-            ],
-            env=one,
-        ),
-    ]
-    w.run_all(procs)
-    return tmp
+    root = tmp_path_factory.mktemp("dist")
+
+    def start(tmp: Path) -> list:
+        (tmp / "w1").mkdir()
+        (tmp / "w2").mkdir()
+        one = {
+            **w.worker_env(),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(w.free_port()),
+        }
+        procs = [
+            w.spawn(
+                [
+                    str(w.TORCHRUN),
+                    "--nproc-per-node",
+                    "2",
+                    "--master-port",
+                    str(w.free_port()),
+                    str(w.WORKER),
+                    str(tmp / "w2"),
+                    "--kinds",
+                    ",".join(KINDS),
+                    "--save-ckpt",
+                    str(tmp / "ck2"),
+                    "--load-ckpt",
+                    str(tmp / "ck1"),
+                    "--load-kind",
+                    "column_wise",
+                ]
+            ),
+            w.spawn(
+                [
+                    sys.executable,
+                    str(w.WORKER),
+                    str(tmp / "w1"),
+                    "--kinds",
+                    "row_wise",
+                    "--save-ckpt",
+                    str(tmp / "ck1"),
+                    "--load-ckpt",
+                    str(tmp / "ck2"),
+                    "--load-kind",
+                    "table_wise",
+                ],
+                env=one,
+            ),
+        ]
+        return procs
+
+    return w.run_all_retrying(start, root)
 
 
 def load(path: Path) -> dict:
