@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pyarrow.fs as pafs
 import pyarrow.orc as paorc
+import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
