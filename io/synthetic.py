@@ -98,22 +98,32 @@ class _ClickModel:
         return cols
 
 
-def _write_split(cols: dict[str, np.ndarray], out: Path, files: int) -> None:
+def write_parquet_parts(
+    table: pa.Table, out: Path, files: int, row_group_size: int | None = None
+) -> None:
+    """Split ``table`` into ``files`` contiguous parquet files ``out/part-NNNNN.parquet``.
+
+    Each part is written under a temporary name and renamed, so a crash never
+    leaves a half-written part that a reader would take for data.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    n = len(cols["label"])
-    order = ["label", *dense_names(), *sparse_names(), "p_click"]
-    bounds = np.linspace(0, n, files + 1).astype(int)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     for i in range(files):
-        lo, hi = bounds[i], bounds[i + 1]
-        arrays = []
-        for name in order:
-            v = cols[name][lo:hi]
-            mask = np.isnan(v) if v.dtype.kind == "f" else None
-            arrays.append(pa.array(v, mask=mask))
-        table = pa.Table.from_arrays(arrays, names=order)
         tmp = out / f".part-{i:05d}.parquet.tmp"
-        pq.write_table(table, tmp, row_group_size=16384)
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        pq.write_table(part, tmp, row_group_size=row_group_size)
         tmp.replace(out / f"part-{i:05d}.parquet")
+
+
+def _write_split(cols: dict[str, np.ndarray], out: Path, files: int) -> None:
+    order = ["label", *dense_names(), *sparse_names(), "p_click"]
+    arrays = []
+    for name in order:
+        v = cols[name]
+        mask = np.isnan(v) if v.dtype.kind == "f" else None
+        arrays.append(pa.array(v, mask=mask))
+    table = pa.Table.from_arrays(arrays, names=order)
+    write_parquet_parts(table, out, files, row_group_size=16384)
 
 
 def generate_ctr(

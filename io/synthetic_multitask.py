@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recis.metrics import auc
+
+from .synthetic import write_parquet_parts
 
 NUM_DENSE = 8
 CARDS = {"user_id": 2000, "item_id": 5000, "category": 100}
@@ -87,17 +88,6 @@ class _TwoTaskModel:
         return cols
 
 
-def _write(cols: dict[str, np.ndarray], out: Path, files: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(cols["click"])
-    bounds = np.linspace(0, n, files + 1).astype(int)
-    for i in range(files):
-        table = pa.table({k: v[bounds[i] : bounds[i + 1]] for k, v in cols.items()})
-        tmp = out / f".part-{i:05d}.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(out / f"part-{i:05d}.parquet")
-
-
 def generate_ctr_cvr(
     path: str | Path,
     num_train: int = 200_000,
@@ -120,8 +110,8 @@ def generate_ctr_cvr(
     model = _TwoTaskModel(seed, conflict, scale)
     train = model.sample(num_train, np.random.default_rng([seed, 1]))
     evals = model.sample(num_eval, np.random.default_rng([seed, 2]))
-    _write(train, path / "train", files)
-    _write(evals, path / "eval", max(1, files // 2))
+    write_parquet_parts(pa.table(train), path / "train", files)
+    write_parquet_parts(pa.table(evals), path / "eval", max(1, files // 2))
     info = MultiTaskInfo(
         path=str(path),
         num_train=num_train,

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recis.metrics import auc
 from recis.ops.hashing import hash_strings
 
-from .synthetic import SyntheticInfo
+from .synthetic import SyntheticInfo, write_parquet_parts
 
 TEXT_SALT = "text"
 NUM_CONCEPTS = 400
@@ -131,22 +130,15 @@ class _World:
         }
 
 
-def _write(cols: dict[str, object], out: Path, files: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(cols["label"])  # type: ignore[arg-type]
-    bounds = np.linspace(0, n, files + 1).astype(int)
-    for i in range(files):
-        lo, hi = bounds[i], bounds[i + 1]
-        arrays = {}
-        for name, v in cols.items():
-            part = v[lo:hi]  # type: ignore[index]
-            if name.endswith("_tokens"):
-                arrays[name] = pa.array([list(x) for x in part], pa.list_(pa.int64()))
-            else:
-                arrays[name] = pa.array(part)
-        tmp = out / f".part-{i:05d}.parquet.tmp"
-        pq.write_table(pa.table(arrays), tmp)
-        tmp.replace(out / f"part-{i:05d}.parquet")
+def token_table(cols: dict[str, object], lists: tuple[str, ...] = ()) -> pa.Table:
+    """Columns as an Arrow table; ``*_tokens`` columns and ``lists`` become list<int64>."""
+    arrays = {}
+    for name, v in cols.items():
+        if name.endswith("_tokens") or name in lists:
+            arrays[name] = pa.array([list(x) for x in v], pa.list_(pa.int64()))  # type: ignore[attr-defined]
+        else:
+            arrays[name] = pa.array(v)
+    return pa.table(arrays)
 
 
 def generate_relevance(
@@ -161,8 +153,8 @@ def generate_relevance(
     world = _World(seed)
     train = world.sample(num_train, np.random.default_rng([seed, 1]))
     evals = world.sample(num_eval, np.random.default_rng([seed, 2]))
-    _write(train, path / "train", files)
-    _write(evals, path / "eval", max(1, files // 2))
+    write_parquet_parts(token_table(train), path / "train", files)
+    write_parquet_parts(token_table(evals), path / "eval", max(1, files // 2))
     tie_break = np.asarray(evals["true_grade"]) + 1e-3 * np.asarray(evals["coverage"])
     info = SyntheticInfo(
         path=str(path),

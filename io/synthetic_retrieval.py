@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .synthetic import SyntheticInfo
-from .synthetic_relevance import _words, hashed_ngrams
+from .synthetic import SyntheticInfo, write_parquet_parts
+from .synthetic_relevance import _words, hashed_ngrams, token_table
 
 NUM_ITEMS = 4000
 NUM_QUERIES = 1500
@@ -99,22 +99,7 @@ class _Catalog:
 
 
 def _table(cols: dict[str, object]) -> pa.Table:
-    arrays = {}
-    for name, v in cols.items():
-        if name.endswith("_tokens") or name == "relevant":
-            arrays[name] = pa.array([list(x) for x in v], pa.list_(pa.int64()))  # type: ignore[union-attr]
-        else:
-            arrays[name] = pa.array(v)
-    return pa.table(arrays)
-
-
-def _write(table: pa.Table, out: Path, files: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
-    for i in range(files):
-        tmp = out / f".part-{i:05d}.parquet.tmp"
-        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp)
-        tmp.replace(out / f"part-{i:05d}.parquet")
+    return token_table(cols, lists=("relevant",))
 
 
 def generate_retrieval(
@@ -137,8 +122,8 @@ def generate_retrieval(
     cat = _Catalog(seed, num_items, num_queries)
     train = cat.sample(num_train, np.random.default_rng([seed, 1]), neg_rate)
     evals = cat.sample(num_eval, np.random.default_rng([seed, 2]), neg_rate)
-    _write(_table(train), path / "train", files)
-    _write(_table(evals), path / "eval", max(1, files // 2))
+    write_parquet_parts(_table(train), path / "train", files)
+    write_parquet_parts(_table(evals), path / "eval", max(1, files // 2))
     items = np.arange(num_items)
     pq.write_table(_table(cat.item_columns(items)), path / "items.parquet")
     queries = np.arange(num_queries)
