@@ -256,7 +256,13 @@ class HHFT(nn.Module):
             engine=config.embedding,
         )
         self.sequence = (
-            SequenceEmbedding(config.tables, [sparse[n] for n in self.seq_names], device)
+            SequenceEmbedding(
+                config.tables,
+                [sparse[n] for n in self.seq_names],
+                device,
+                config.sparse_optimizer,
+                engine=config.embedding,
+            )
             if self.seq_names
             else None
         )

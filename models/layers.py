@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from recis.config import TableConfig
+from recis.config import SparseOptimizerConfig, TableConfig
+from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import SparseFeature
 
@@ -70,8 +73,10 @@ def padded_ids(
 class SequenceEmbedding(nn.Module):
     """Per-position embeddings of list-of-ids features (behaviour sequences).
 
-    Isolated here until :mod:`recis.embedding` grows sequence support: a torchrec
-    ``EmbeddingCollection`` (no pooling) over ``id mod capacity``.
+    With ``engine="hashed"`` (the default) the ids go through the hashed engine
+    (:class:`recis.embedding.HashedEmbeddingCollection`, its tables taken with pooling
+    ``none``); with ``engine="modulo"`` through a torchrec ``EmbeddingCollection``
+    over ``id mod capacity`` (pre-mapped ids).
 
     Shapes: KJT with the sequence features, ``B`` rows -> per feature
     ``values [B, L, D]`` and ``mask [B, L]`` (``L`` = longest row, or ``max_len``).
@@ -83,7 +88,12 @@ class SequenceEmbedding(nn.Module):
     """
 
     def __init__(
-        self, tables: list[TableConfig], features: list[SparseFeature], device: torch.device
+        self,
+        tables: list[TableConfig],
+        features: list[SparseFeature],
+        device: torch.device,
+        optimizer: SparseOptimizerConfig | None = None,
+        engine: str = "hashed",
     ) -> None:
         super().__init__()
         by_name = {t.name: t for t in tables}
@@ -106,10 +116,18 @@ class SequenceEmbedding(nn.Module):
         self.capacity = {f.name: by_name[f.table_name].capacity for f in features}
         self.max_len = {f.name: f.max_len for f in features}
         self.feature_names = [f.name for f in features]
-        self.ec = EmbeddingCollection(tables=configs, device=device)
+        self.hashed = None
+        self.ec = None
+        if engine == "hashed":
+            seq_tables = [dataclasses.replace(by_name[t], pooling="none") for t in feats_of]
+            self.hashed = build_embedding_collection(seq_tables, features, device, optimizer)
+        else:
+            self.ec = EmbeddingCollection(tables=configs, device=device)
 
     def forward(self, kjt: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         kjt = select_features(kjt, self.feature_names)
+        if self.hashed is not None:
+            return {n: self._pad(n, jt) for n, jt in self.hashed.forward_sequences(kjt).items()}
         caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
         per_value = torch.repeat_interleave(
             caps, torch.tensor(kjt.length_per_key(), device=caps.device)
@@ -117,14 +135,14 @@ class SequenceEmbedding(nn.Module):
         mapped = KeyedJaggedTensor(
             keys=kjt.keys(), values=torch.remainder(kjt.values(), per_value), lengths=kjt.lengths()
         )
-        out = {}
-        for name, jt in self.ec(mapped).items():
-            lengths = jt.lengths()
-            length = self.max_len[name] or max(int(lengths.max().item()) if len(lengths) else 1, 1)
-            values = jt.to_padded_dense(desired_length=length, padding_value=0.0)  # [B, L, D]
-            mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
-            out[name] = (values, mask)
-        return out
+        return {name: self._pad(name, jt) for name, jt in self.ec(mapped).items()}
+
+    def _pad(self, name: str, jt: JaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = jt.lengths()
+        length = self.max_len[name] or max(int(lengths.max().item()) if len(lengths) else 1, 1)
+        values = jt.to_padded_dense(desired_length=length, padding_value=0.0)  # [B, L, D]
+        mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+        return values, mask
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -129,8 +129,11 @@ def test_pruned_last_layer_matches_full_layer_on_task_tokens() -> None:
 
 def test_padding_does_not_change_outputs() -> None:
     torch.manual_seed(4)
-    model = HHFT(_config(), _schema(), torch.device("cpu")).eval()
+    model = HHFT(_config(), _schema(), torch.device("cpu"))
     rows = [(1, 2, 3, [4, 5]), (6, 7, 1, [8]), (9, 3, 2, [])]
+    # one training-mode pass gives every id a row (in eval, unseen ids read the default row)
+    model(_batch(rows + [(2, 2, 2, list(range(1, 10))), (1, 2, 3, [9, 9])]))
+    model.eval()
     alone = model(_batch(rows))
     # a row with a long history pads every other row's sequence to length 9
     padded = model(_batch(rows + [(2, 2, 2, list(range(1, 10)))]))
