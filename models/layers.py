@@ -11,8 +11,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.embedding import build_embedding_collection
-from recis.errors import ConfigError
-from recis.features import SparseFeature
+from recis.features import SparseFeature, features_by_table
 
 
 class MLP(nn.Sequential):
@@ -97,13 +96,7 @@ class SequenceEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         by_name = {t.name: t for t in tables}
-        feats_of: dict[str, list[str]] = {}
-        for f in features:
-            if f.table_name not in by_name:
-                raise ConfigError(
-                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
-                )
-            feats_of.setdefault(f.table_name, []).append(f.name)
+        feats_of = features_by_table(features, list(by_name))
         configs = [
             EmbeddingConfig(
                 name=t,

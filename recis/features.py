@@ -130,3 +130,17 @@ class Schema:
     def dense_dim(self) -> int:
         """Width ``Dd`` of ``Batch.dense``."""
         return sum(f.dim for f in self.dense)
+
+
+def features_by_table(features: list[SparseFeature], tables: list[str]) -> dict[str, list[str]]:
+    """``{table: [feature names]}`` in feature order; a feature naming no table in
+    ``tables`` raises :class:`~recis.errors.ConfigError` naming the schema field."""
+    from recis.errors import ConfigError
+
+    known = set(tables)
+    out: dict[str, list[str]] = {}
+    for f in features:
+        if f.table_name not in known:
+            raise ConfigError(f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}")
+        out.setdefault(f.table_name, []).append(f.name)
+    return out

@@ -14,7 +14,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.errors import ConfigError, EmbeddingError
-from recis.features import SparseFeature
+from recis.features import SparseFeature, features_by_table
 from recis.ops.id_mapper import IdMapper, MapResult
 
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
@@ -72,13 +72,7 @@ class HashedEmbeddingCollection(nn.Module):
         device = torch.device(device)
         optimizer = optimizer or SparseOptimizerConfig()
         by_name = {t.name: t for t in tables}
-        feats_of: dict[str, list[str]] = {}
-        for f in features:
-            if f.table_name not in by_name:
-                raise ConfigError(
-                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
-                )
-            feats_of.setdefault(f.table_name, []).append(f.name)
+        feats_of = features_by_table(features, list(by_name))
         self.device = device
         self.step = 0
         self.tables = {t.name: t for t in tables if t.name in feats_of}

@@ -16,7 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recis.config import TableConfig
 from recis.errors import ConfigError
-from recis.features import SparseFeature
+from recis.features import SparseFeature, features_by_table
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
@@ -35,13 +35,7 @@ class ModuloEmbeddingBagCollection(nn.Module):
     ) -> None:
         super().__init__()
         by_name = {t.name: t for t in tables}
-        feats_of: dict[str, list[str]] = {}
-        for f in features:
-            if f.table_name not in by_name:
-                raise ConfigError(
-                    f"data.schema.sparse.{f.name}.table: no table named {f.table_name!r}"
-                )
-            feats_of.setdefault(f.table_name, []).append(f.name)
+        feats_of = features_by_table(features, list(by_name))
         configs = []
         for t in tables:
             if t.name not in feats_of:
