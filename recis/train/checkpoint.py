@@ -28,6 +28,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _publish(tmp: Path, path: Path) -> Path:
+    """Make the complete folder ``tmp`` visible as ``path`` by renames, replacing any old one."""
+    _fsync_dir(tmp)
+    old = None
+    if path.exists():
+        old = path.parent / f".old-{path.name}-{os.getpid()}"
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old)
+    return path
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write ``state`` (torch-serializable) and ``meta`` (JSON) to the folder ``path``, atomically."""
     path = Path(path)
@@ -41,16 +55,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
         f.flush()
         os.fsync(f.fileno())
     (tmp / _META).write_text(json.dumps(meta, indent=2) + "\n")
-    _fsync_dir(tmp)
-    old = None
-    if path.exists():
-        old = path.parent / f".old-{path.name}-{os.getpid()}"
-        path.rename(old)
-    tmp.rename(path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old)
-    return path
+    return _publish(tmp, path)
 
 
 def load_checkpoint(
@@ -137,16 +142,7 @@ def link_checkpoint(source: Path, name: str) -> Path:
             os.link(f, tmp / f.name)
         except OSError:  # file system without hard links
             shutil.copy2(f, tmp / f.name)
-    _fsync_dir(tmp)
-    old = None
-    if path.exists():
-        old = source.parent / f".old-{name}-{os.getpid()}"
-        path.rename(old)
-    tmp.rename(path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old)
-    return path
+    return _publish(tmp, path)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
