@@ -11,6 +11,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.embedding import build_embedding_collection
+from recis.embedding.modulo import modulo_ids
 from recis.features import SparseFeature, features_by_table
 
 
@@ -121,13 +122,7 @@ class SequenceEmbedding(nn.Module):
         kjt = select_features(kjt, self.feature_names)
         if self.hashed is not None:
             return {n: self._pad(n, jt) for n, jt in self.hashed.forward_sequences(kjt).items()}
-        caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
-        per_value = torch.repeat_interleave(
-            caps, torch.tensor(kjt.length_per_key(), device=caps.device)
-        )
-        mapped = KeyedJaggedTensor(
-            keys=kjt.keys(), values=torch.remainder(kjt.values(), per_value), lengths=kjt.lengths()
-        )
+        mapped = modulo_ids(kjt, self.capacity, weights=False)
         return {name: self._pad(name, jt) for name, jt in self.ec(mapped).items()}
 
     def _pad(self, name: str, jt: JaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,12 +58,20 @@ class ModuloEmbeddingBagCollection(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=configs, device=device)
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        caps = torch.tensor([self.capacity[k] for k in kjt.keys()], device=kjt.values().device)
-        per_value = torch.repeat_interleave(caps, torch.tensor(kjt.length_per_key()))
-        mapped = KeyedJaggedTensor(
-            keys=kjt.keys(),
-            values=torch.remainder(kjt.values(), per_value),
-            lengths=kjt.lengths(),
-            weights=kjt.weights_or_none(),
-        )
-        return self.ebc(mapped)
+        return self.ebc(modulo_ids(kjt, self.capacity))
+
+
+def modulo_ids(
+    kjt: KeyedJaggedTensor, capacity: dict[str, int], weights: bool = True
+) -> KeyedJaggedTensor:
+    """``kjt`` with each feature's ids taken ``mod capacity[feature]`` (non-negative);
+    ``weights=False`` drops per-id weights (unpooled lookups have no use for them)."""
+    device = kjt.values().device
+    caps = torch.tensor([capacity[k] for k in kjt.keys()], device=device)
+    per_value = torch.repeat_interleave(caps, torch.tensor(kjt.length_per_key(), device=device))
+    return KeyedJaggedTensor(
+        keys=kjt.keys(),
+        values=torch.remainder(kjt.values(), per_value),
+        lengths=kjt.lengths(),
+        weights=kjt.weights_or_none() if weights else None,
+    )
