@@ -10,7 +10,6 @@ applied to the raw mapping before validation, so they are checked the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import typing
 from pathlib import Path
@@ -436,7 +435,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, RunConfig) and not isinstance(cfg.model, dict):
         out["model"] = to_dict(cfg.model)
     return out
-
-
-def replace(cfg: T, **changes: Any) -> T:
-    return dataclasses.replace(cfg, **changes)
