@@ -289,8 +289,7 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
             "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],
         },
         "train": {
-            "epochs": 1,
-            "max_steps": 8,
+            "epochs": 3,
             "dense_optimizer": {"name": "adam", "lr": 0.01},
             "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
             "log_every": 2,

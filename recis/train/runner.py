@@ -119,7 +119,17 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, Any]:
 
 
 def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on the config's eval data, in this one process.
+
+    ``checkpoint`` is a single-process checkpoint folder or a distributed (DCP) one, saved
+    at any world size: its shards load into the unsharded model.
+    """
     trainer, info = build(cfg)
-    state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
-    trainer.load_state_dict(state)
+    if (Path(checkpoint) / ".metadata").is_file():  # torch.distributed.checkpoint layout
+        from recis.distributed import checkpoint as dcp_checkpoint
+
+        trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
+    else:
+        state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
+        trainer.load_state_dict(state)
     return report(trainer.evaluate(), info)
