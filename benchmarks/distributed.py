@@ -66,6 +66,10 @@ def worker(args: argparse.Namespace) -> None:
         default=args.sharding,
         data_parallel_dense=ctx.launcher != "horovod",
     )
+    if args.torch_gloo:  # torch's own gloo reduce-scatter / all-gather (the "before" side)
+        from recis.distributed import gloo_comms
+
+        gloo_comms.uninstall()
     g = torch.Generator().manual_seed(100 + ctx.rank)
     batches = []
     for _ in range(4):  # a few distinct batches, cycled: no I/O in the timed loop
@@ -83,14 +87,29 @@ def worker(args: argparse.Namespace) -> None:
     for i in range(args.warmup):
         trainer.train_step(batches[i % len(batches)])
     dist.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(args.steps):
         trainer.train_step(batches[i % len(batches)])
+    # CPU time of this process (all its threads, user + system): the work a step costs,
+    # which a loaded machine inflates much less than wall time
+    cpu = torch.tensor([time.process_time() - c0])
     dist.barrier()
     elapsed = time.perf_counter() - t0
+    dist.all_reduce(cpu)
     if ctx.rank == 0:
         sps = args.steps * b * ctx.world_size / elapsed
-        Path(args.out).write_text(json.dumps({"samples_per_s": sps, "seconds": elapsed}))
+        cpu_ms = 1e3 * float(cpu) / ctx.world_size / args.steps
+        result = {"samples_per_s": sps, "seconds": elapsed, "cpu_ms_per_step": cpu_ms}
+        Path(args.out).write_text(json.dumps(result))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(args.profile):
+                trainer.train_step(batches[i % len(batches)])
+        if ctx.rank == 0:
+            table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=60)
+            Path(args.out + ".profile.txt").write_text(table)
     shutdown(ctx)
 
 
@@ -120,7 +139,8 @@ def launch(launcher: str, n: int, args: argparse.Namespace, passthrough: list[st
         result = json.loads(out.read_text())
     print(
         f"{launcher:>9} x{n}: {result['samples_per_s']:>10,.0f} samples/s "
-        f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s)",
+        f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s; "
+        f"{result['cpu_ms_per_step']:.1f} CPU ms per step and process)",
         flush=True,
     )
     return result["samples_per_s"]
@@ -138,6 +158,14 @@ def main() -> None:
     p.add_argument("--sharding", default="row_wise")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
     p.add_argument("--launchers", default="torchrun,horovod")
+    p.add_argument(
+        "--profile", type=int, default=0, help="profile N more steps on rank 0 (torch.profiler)"
+    )
+    p.add_argument(
+        "--torch-gloo",
+        action="store_true",
+        help="torch's gloo reduce-scatter/all-gather for row-wise tables (recis: all-to-alls)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--launcher", default="torchrun", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -148,7 +176,7 @@ def main() -> None:
     passthrough = [
         f"--{k}={getattr(args, k)}"
         for k in ("steps", "warmup", "batch", "features", "ids", "rows", "dim", "sharding")
-    ]
+    ] + (["--torch-gloo"] if args.torch_gloo else [])
     result: dict[str, float | None] = {"torchrun_scaling": None, "horovod_scaling": None}
     for launcher in args.launchers.split(","):
         # best of --repeats, alternating 1 and 2 processes: other load on a shared machine

@@ -54,6 +54,7 @@ from torchrec.distributed.types import (
 from recis.config import SparseOptimizerConfig
 from recis.errors import ConfigError
 
+from . import gloo_comms
 from .context import DistContext
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
@@ -225,6 +226,7 @@ def shard_model(
         data_parallel_dense: wrap dense parameters in DDP (torchrun); False under Horovod,
             whose ``DistributedOptimizer`` reduces them instead.
     """
+    gloo_comms.install()  # row-wise output dist on gloo: all-to-alls, not all-reduce + slice
     module_sharders = sharders(sparse_optimizer, ctx.device)
     kinds = table_sharding(model, default, per_table or {})
     plan = build_plan(model, ctx, kinds, module_sharders)
