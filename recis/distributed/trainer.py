@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -116,7 +117,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
         return KeyedOptimizerWrapper(
             named,
             lambda ps: hvd.DistributedOptimizer(
-                make(ps), named_parameters=[(names[id(p)], p) for p in ps]
+                make(ps),
+                named_parameters=[(names[id(p)], p) for p in ps],
+                num_groups=int(os.environ.get("RECIS_HVD_GROUPS", "1")),
             ),
         )
 
