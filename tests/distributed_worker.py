@@ -218,6 +218,23 @@ def check_even_batches(rank: int, world: int) -> None:
         assert padded[0] == ("r1b0", False), padded
 
 
+def check_reduce_scatter(rank: int, world: int) -> None:
+    """recis's gloo reduce-scatter (an all-to-all and a local sum, used for row-wise pooled
+    embeddings) gives torch's result: bitwise with 2 ranks (a + b in either order)."""
+    import torch.distributed as dist
+
+    from recis.distributed import gloo_comms
+
+    g = torch.Generator().manual_seed(7 + rank)
+    x = torch.randn(world * 6, 5, generator=g)
+    want, got = torch.empty(6, 5), torch.full((6, 5), float("nan"))
+    dist.reduce_scatter_tensor(want, x)
+    gloo_comms.reduce_scatter_tensor(got, x, async_op=True).wait()
+    if world <= 2:
+        assert torch.equal(got, want), (got - want).abs().max()
+    torch.testing.assert_close(got, want)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -244,6 +261,7 @@ def main() -> None:
             if ctx.rank == 0:
                 torch.save({"loss": loss, "state": state}, out / "continued.pt")
     check_even_batches(ctx.rank, ctx.world_size)
+    check_reduce_scatter(ctx.rank, ctx.world_size)
     if args.load_ckpt:
         wait_for(Path(args.load_ckpt) / "meta.json")
         trainer = build(ctx, args.load_kind)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -117,9 +116,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
         return KeyedOptimizerWrapper(
             named,
             lambda ps: hvd.DistributedOptimizer(
-                make(ps),
-                named_parameters=[(names[id(p)], p) for p in ps],
-                num_groups=int(os.environ.get("RECIS_HVD_GROUPS", "1")),
+                make(ps), named_parameters=[(names[id(p)], p) for p in ps]
             ),
         )
 
