@@ -113,6 +113,53 @@ def worker(args: argparse.Namespace) -> None:
     shutdown(ctx)
 
 
+def collectives(args: argparse.Namespace) -> None:
+    """One rank of ``--collectives``: wall and CPU ms of the per-step collectives of the
+    DLRM step, alone: gloo's reduce-scatter of the row-wise pooled embeddings against
+    recis's all-to-all version, the backward all-gather, and a 1-element all-reduce (the
+    size of the trainer's per-step flag and loss reductions)."""
+    import torch
+    import torch.distributed as dist
+
+    from recis.distributed import gloo_comms
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    rows, width = world * args.batch, args.features * args.dim  # [W*B, F*D] partial sums
+    x = torch.randn(rows, width)
+    out = torch.empty(rows // world, width)
+    gathered = torch.empty(rows, width)
+    one = torch.zeros(1)
+    lines = []
+
+    def timed(name: str, fn, n: int = 30) -> None:  # noqa: ANN001
+        for _ in range(3):
+            fn()
+        dist.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            fn()
+        wall, cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+        lines.append(f"{name:<44} {1e3 * wall:7.2f} ms wall {1e3 * cpu:7.2f} ms CPU")
+
+    mb = x.numel() * 4 / 1e6
+    for _ in range(2):
+        timed(f"gloo reduce_scatter_tensor {mb:.1f} MB", lambda: dist.reduce_scatter_tensor(out, x))
+        timed(
+            f"recis all-to-all reduce-scatter {mb:.1f} MB",
+            lambda: gloo_comms.reduce_scatter_tensor(out, x),
+        )
+    timed(
+        f"gloo all_gather_into_tensor {mb:.1f} MB",
+        lambda: dist.all_gather_into_tensor(gathered, out),
+    )
+    timed("gloo all_reduce 1 float", lambda: dist.all_reduce(one), 300)
+    if rank == 0:
+        print("\n".join(lines), flush=True)
+    dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,12 +213,25 @@ def main() -> None:
         action="store_true",
         help="torch's gloo reduce-scatter/all-gather for row-wise tables (recis: all-to-alls)",
     )
+    p.add_argument(
+        "--collectives",
+        action="store_true",
+        help="only time the step's collectives alone (2 processes, torchrun)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--launcher", default="torchrun", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.collectives:
+        if "RANK" in os.environ:
+            collectives(args)
+            return
+        cmd = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port())]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        subprocess.run([*cmd, __file__, "--collectives", f"--batch={args.batch}"], env=env)
         return
     passthrough = [
         f"--{k}={getattr(args, k)}"
