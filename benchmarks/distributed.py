@@ -9,9 +9,15 @@ by default), fused Adagrad on the tables, Adam on the MLPs. Throughput is global
 rank 0 between two barriers. Data is synthetic and in memory, so only training scales.
 
 Each configuration runs ``--repeats`` times (1 and 2 processes alternating) and the best
-run counts. Prints one line per run, then the ratios; the last line is one JSON object with keys
-``torchrun_scaling`` and ``horovod_scaling`` (samples/s with 2 processes / with 1).
-Needs 2 idle cores to show scaling; on a shared machine the ratio drops with the load.
+run counts. Prints one line per run (samples/s, and the CPU time a step costs each process,
+all threads, which load inflates much less than wall time), then the ratios; the last line
+is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (samples/s with
+2 processes / with 1). Needs 2 idle cores to show scaling; on a shared machine the ratio
+drops with the load.
+
+Diagnostics: ``--profile N`` profiles N more steps on rank 0 (torch.profiler table next to
+the result file), ``--collectives`` times the step's collectives alone on 2 processes,
+``--torch-gloo`` uses gloo's own reduce-scatter instead of recis's all-to-all one.
 """
 
 from __future__ import annotations
