@@ -381,15 +381,16 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         out[f"{prefix}step"] = torch.tensor(self.local.step, dtype=torch.int64)
         return out
 
-    def prepare_load(self, sizes: dict[str, torch.Size], root: str = "") -> None:
+    def prepare_load(self, sizes: dict[str, torch.Size] | None, root: str = "") -> None:
         """Make the next :meth:`state_dict` a template for loading a checkpoint whose
-        tensors (full names ``root + <module prefix> + key``) have these global sizes."""
-        self._pending_load = {"sizes": sizes, "root": root}
+        tensors (full names ``root + <module prefix> + key``) have these global sizes
+        (None: back to the live state)."""
+        self._pending_load = None if sizes is None else {"sizes": sizes, "root": root}
 
     def _templates(self, prefix: str) -> dict[str, torch.Tensor]:
         assert self._pending_load is not None
         sizes, root = self._pending_load["sizes"], self._pending_load["root"]
-        full = root + prefix
+        full = root + _unwrapped(prefix)
         out: dict[str, torch.Tensor] = {}
         for key, size in sizes.items():
             if not key.startswith(full):
@@ -498,6 +499,14 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         weights = torch.cat([p[1] for p in parts])
         order = torch.argsort(ids)
         return ids[order], weights[order]
+
+
+def _unwrapped(prefix: str) -> str:
+    """``prefix`` without DDP's / DMP's wrapper names, as their state dicts write keys."""
+    return "".join(f"{p}." for p in prefix.split(".")[:-1] if p not in _WRAPPERS)
+
+
+_WRAPPERS = ("module", "_dmp_wrapped_module")
 
 
 def _local_rows(v: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.errors import ConfigError
 from recis.io import reader_from_config
 from recis.io.batch import Batch
 from recis.models import build_model
@@ -60,12 +59,6 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     evals = None
     if eval_path is not None:
         evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
-    if ctx.world_size > 1 and cfg.model.embedding != "modulo":
-        raise ConfigError(
-            "model.embedding: distributed runs shard torchrec tables, and sharding the hashed "
-            "engine is not built yet; set model.embedding: modulo (ids pre-mapped to "
-            "[0, capacity)) for multi-process training"
-        )
     model = build_model(cfg.model, cfg.data.schema_, ctx.device)
     d = cfg.distributed
     sharded = shard_model(
