@@ -1,7 +1,7 @@
 """One rank of the hashed-engine multi-process test (torchrun, or RANK/WORLD_SIZE set by hand
 for one rank). Not collected by pytest.
 
-    python tests/hashed_worker.py OUT --save-ckpt DIR --load-ckpt DIR
+    python tests/hashed_worker.py OUT --save-ckpt DIR --load-ckpt DIR [--launcher horovod]
 
 Trains DLRM on the hashed engine (tables split by id over the ranks) on the shared global
 batches of distributed_worker, rank r on its slice; rank 0 writes the global losses, every
@@ -101,10 +101,11 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--save-ckpt", required=True)
     p.add_argument("--load-ckpt", required=True)
+    p.add_argument("--launcher", default="torchrun")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    ctx = init_distributed("torchrun", "cpu", "gloo")
+    ctx = init_distributed(args.launcher, "cpu", "gloo")
     trainer = build(ctx)
     losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
     run = {"losses": losses, **snapshot(trainer.model), "world": ctx.world_size}

@@ -1,6 +1,6 @@
-"""The hashed engine over 2 ranks (torchrun, gloo) against 1 rank and one plain process:
-same losses and rows by id; admission counted as on one process; LRU per owner;
-checkpoints reshard 2 -> 1 and 1 -> 2 with mapper state."""
+"""The hashed engine over 2 ranks (torchrun and horovodrun, gloo) against 1 rank and one
+plain process: same losses and rows by id; admission counted as on one process; LRU per
+owner; checkpoints reshard 2 -> 1 and 1 -> 2 with mapper state."""
 
 from __future__ import annotations
 
@@ -133,3 +133,26 @@ def test_each_owner_evicts_like_a_lone_mapper(runs):
             assert r["size"] == 8 // len(ranks)  # full: eviction ran
         owned = [i for r in ranks for i in r["got"]]
         assert len(owned) == len(set(owned))  # one owner per id
+
+
+@pytest.fixture(scope="module")
+def horovod_run(runs):
+    """2 Horovod ranks (embeddings over the torch.distributed group built from Horovod's
+    rank and size), loading the 1-rank torchrun checkpoint."""
+    out = runs / "hvd"
+    out.mkdir()
+    hvd = [w.BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
+    args = [WORKER, out, "--save-ckpt", runs / "ckh", "--load-ckpt", runs / "ck1"]
+    w.run_all([w.spawn([*hvd, *args, "--launcher", "horovod"])])
+    return out
+
+
+def test_horovod_two_ranks_match_one_rank(runs, horovod_run):
+    one, two = load(runs / "w1" / "run.pt"), load(horovod_run / "run.pt")
+    assert two["world"] == 2
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert_same_rows(two["rows"], one["rows"])
+    assert_same_dense(two["dense"], one["dense"])
+    loaded = load(horovod_run / "loaded.pt")
+    assert_same_rows(loaded["restored"]["rows"], one["rows"], atol=0)
+    assert loaded["loss"] == pytest.approx(load(runs / "w1" / "continued.pt")["loss"], abs=1e-6)
