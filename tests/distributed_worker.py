@@ -43,7 +43,7 @@ SCHEMA = Schema(
     labels=[{"name": "click", "column": "label"}],
 )
 MODEL = DLRMConfig(
-    embedding="modulo",  # recis.distributed shards torchrec EBCs; hashed tables are not sharded yet
+    embedding="modulo",  # torchrec EBCs: the per-table sharding plans (hashed: test_hashed_dist)
     tables=[TableConfig(name=f"C{i}", dim=DIM, capacity=40 + 20 * i) for i in range(F)],
     bottom_mlp=[8, DIM],
     top_mlp=[8],
