@@ -152,6 +152,9 @@ class ShardedHashedEmbeddingCollection(nn.Module):
             )
         ]
         self._store[0].train(source.training)
+        if world_size > 1:  # errors (a full table) name the shard
+            for name, mapper in self.local.mappers.items():
+                mapper.name = f"{name} (shard of rank {rank} of {world_size})"
         # exchange groups: tables of one dim travel together; table order is dim-major
         dims = {t: self.configs[t].dim for t in self.table_names}
         self.order = sorted(self.table_names, key=lambda t: dims[t])
