@@ -88,6 +88,24 @@ def test_state_round_trip_gives_identical_next_steps():
         np.testing.assert_allclose(step_outputs(b, kjt), step_outputs(a, kjt), atol=1e-6)
 
 
+def test_export_matches_the_collection(tmp_path):
+    from safetensors.torch import load_file
+
+    plain = collection()
+    sharded = ShardedHashedEmbeddingCollection(collection())
+    for step in range(3):
+        step_outputs(plain, batch(step))
+        step_outputs(sharded, batch(step))
+    plain.export_embeddings(tmp_path / "plain.safetensors")
+    sharded.export_embeddings(tmp_path / "sharded.safetensors")
+    a, b = load_file(tmp_path / "plain.safetensors"), load_file(tmp_path / "sharded.safetensors")
+    assert sorted(a) == sorted(b) and len(b["c.ids"]) > 0
+    for t in ("a", "b", "c", "s"):
+        order = a[f"{t}.ids"].argsort()
+        assert torch.equal(a[f"{t}.ids"][order], b[f"{t}.ids"])
+        torch.testing.assert_close(a[f"{t}.weights"][order], b[f"{t}.weights"], atol=1e-6, rtol=0)
+
+
 def test_owner_of_spreads_sequential_ids_evenly():
     owners = owner_of(torch.arange(40_000), 4)
     counts = torch.bincount(owners, minlength=4)

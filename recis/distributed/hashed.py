@@ -42,12 +42,14 @@ import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed._shard.metadata import ShardMetadata
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
@@ -502,6 +504,17 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         weights = torch.cat([p[1] for p in parts])
         order = torch.argsort(ids)
         return ids[order], weights[order]
+
+    def export_embeddings(self, path: str | Path) -> None:
+        """All ranks' live rows as one safetensors file, written by rank 0 (collective):
+        ``{table}.ids`` int64 ``[N]`` sorted, ``{table}.weights`` float32 ``[N, D]``, the
+        layout of :meth:`HashedEmbeddingCollection.export_embeddings`."""
+        out: dict[str, torch.Tensor] = {}
+        for t in self.order:
+            ids, weights = self.gather_rows(t)
+            out[f"{t}.ids"], out[f"{t}.weights"] = ids.contiguous(), weights.float().contiguous()
+        if self.rank == 0:
+            save_file(out, str(path))
 
 
 def _unwrapped(prefix: str) -> str:
