@@ -162,6 +162,7 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         self.order = sorted(self.table_names, key=lambda t: dims[t])
         self.dims = sorted(set(dims.values()))
         self.dim_of = dims
+        self.tables_of = {d: [t for t in self.order if dims[t] == d] for d in self.dims}
         self._pending_load: dict[str, Any] | None = None
 
     @property
@@ -208,6 +209,33 @@ class ShardedHashedEmbeddingCollection(nn.Module):
             uniq[t], inverse[t], counts[t] = torch.unique(
                 ids.to(torch.int64), return_inverse=True, return_counts=True
             )
+        if self.world == 1:  # this process owns every id: no exchange, no reordering
+            emb = self.local.embed_ids(uniq, counts)
+            vectors = {d: torch.cat([emb[t] for t in self.tables_of[d]]) for d in self.dims}
+        else:
+            vectors = self._exchange(uniq, counts)
+        pooled: dict[str, torch.Tensor] = {}
+        seqs: dict[str, JaggedTensor] = {}
+        for d in self.dims:
+            tabs = self.tables_of[d]
+            first = dict(zip(tabs, [0, *np.cumsum([uniq[t].numel() for t in tabs]).tolist()]))
+            inputs = (inverse, first, lengths, kjt.weights_or_none(), seg, at, b)
+            self._pool(vectors[d], tabs, *inputs, pooled, seqs)
+        kt = None
+        if self.pooled_features:
+            kt = KeyedTensor(
+                keys=self.pooled_features,
+                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
+                values=torch.cat([pooled[f] for f in self.pooled_features], dim=1),
+            )
+        return kt, seqs
+
+    def _exchange(
+        self, uniq: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
+        """Steps 2-4 over ranks: each table's unique ids (and counts) to their owners, the
+        owners' vectors back; ``{dim: [U, D]}``, the unique ids of that dim's tables in
+        ``self.order``, each table's in the order of ``uniq[t]``."""
         # 2. to the owners: sorted by (owner, table), table order dim-major
         nt, w = len(self.order), self.world
         sizes = torch.tensor([uniq[t].numel() for t in self.order])
@@ -235,79 +263,85 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         back_pos = torch.empty_like(rorder)  # table-major position of each received entry
         back_pos[rorder] = torch.arange(rorder.numel(), device=rorder.device)
         table_of_sent = table_idx[order]
-        unique_emb: dict[str, torch.Tensor] = {}
+        out: dict[int, torch.Tensor] = {}
         t0 = 0
         for d in self.dims:
             # 4. vectors of this dim back to their requesters, in the order they came
-            tabs = [t for t in self.order if self.dim_of[t] == d]
+            tabs = self.tables_of[d]
             t1 = t0 + len(tabs)
             mine = (rtable >= t0) & (rtable < t1)
             start = sum(per_table[:t0])
-            block = torch.cat([emb[t] for t in tabs]) if tabs else None
-            out = block[(back_pos[mine.to(back_pos.device)] - start)]  # type: ignore[index]
+            block = torch.cat([emb[t] for t in tabs])
             vecs = self._alltoall(
-                out,
+                block[back_pos[mine.to(back_pos.device)] - start],
                 recv[:, t0:t1].sum(1).tolist(),
                 send[:, t0:t1].sum(1).tolist(),
                 scale=1.0 / w,
             )
             # rows came back in send order: put them in the order of the unique ids
             sent = (table_of_sent >= t0) & (table_of_sent < t1)
-            first = int(sizes[:t0].sum())
-            slot = order[sent] - first
+            slot = order[sent] - int(sizes[:t0].sum())
             inv = torch.empty_like(slot)
             inv[slot] = torch.arange(slot.numel(), device=slot.device)
-            group_emb = vecs[inv]
-            o = 0
-            for t in tabs:
-                n = uniq[t].numel()
-                unique_emb[t] = group_emb[o : o + n]
-                o += n
+            out[d] = vecs[inv]
             t0 = t1
-        return self._pool(unique_emb, inverse, lengths, kjt.weights_or_none(), seg, at, b)
+        return out
 
     def _pool(
         self,
-        unique_emb: dict[str, torch.Tensor],
+        vectors: torch.Tensor,
+        tables: list[str],
         inverse: dict[str, torch.Tensor],
+        first: dict[str, int],
         lengths: torch.Tensor,
         weights: torch.Tensor | None,
         seg: dict[str, tuple[int, int]],
         at: dict[str, int],
         b: int,
-    ) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
-        """Pool (or slice) each feature's vectors from its table's unique vectors."""
-        pooled: dict[str, torch.Tensor] = {}
-        seqs: dict[str, JaggedTensor] = {}
-        for t in self.order:
+        pooled: dict[str, torch.Tensor],
+        seqs: dict[str, JaggedTensor],
+    ) -> None:
+        """Pool the features of ``tables`` (one dim) from ``vectors`` ``[U, D]``, the unique
+        ids of those tables in order (table ``t``'s from row ``first[t]``): one
+        ``embedding_bag`` for all their pooled features, into ``pooled`` ``{f: [B, D]}``;
+        sequence features into ``seqs``."""
+        names, idx, lens, psw = [], [], [], []
+        weighted = False
+        for t in tables:
             o = 0
-            table = unique_emb[t]
             for f in self.features_of[t]:
                 n = seg[f][1] - seg[f][0]
-                idx = inverse[t][o : o + n]
+                i = inverse[t][o : o + n] + first[t]
                 o += n
-                lens = lengths[at[f] * b : (at[f] + 1) * b]
+                ln = lengths[at[f] * b : (at[f] + 1) * b]
                 if self.configs[t].pooling == "none":
-                    seqs[f] = JaggedTensor(values=table[idx], lengths=lens)
+                    seqs[f] = JaggedTensor(values=vectors[i], lengths=ln)
                     continue
-                offsets = torch.zeros(b + 1, dtype=torch.int64, device=idx.device)
-                torch.cumsum(lens, 0, out=offsets[1:])
-                psw = None
+                w = None
                 if self.weighted[f] and weights is not None:
-                    psw = weights[seg[f][0] : seg[f][1]].to(table.dtype)
+                    w = weights[seg[f][0] : seg[f][1]].float()
                 if self.configs[t].pooling == "mean":
-                    psw = mean_weights(offsets, psw)
-                pooled[f] = F.embedding_bag(
-                    idx, table, offsets[:-1], mode="sum", per_sample_weights=psw
-                )
-        kt = None
-        if self.pooled_features:
-            kt = KeyedTensor(
-                keys=self.pooled_features,
-                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
-                values=torch.cat([pooled[f] for f in self.pooled_features], dim=1),
-            )
-        return kt, seqs
+                    off = torch.zeros(b + 1, dtype=torch.int64, device=ln.device)
+                    torch.cumsum(ln, 0, out=off[1:])
+                    w = mean_weights(off, w)
+                weighted |= w is not None
+                names.append(f)
+                idx.append(i)
+                lens.append(ln)
+                psw.append(w if w is not None else torch.ones(n, device=vectors.device))
+        if not names:
+            return
+        lens_all = torch.cat(lens)
+        offsets = torch.zeros(lens_all.numel(), dtype=torch.int64, device=vectors.device)
+        torch.cumsum(lens_all[:-1], 0, out=offsets[1:])
+        out = F.embedding_bag(
+            torch.cat(idx),
+            vectors,
+            offsets,
+            mode="sum",
+            per_sample_weights=torch.cat(psw).to(vectors.dtype) if weighted else None,
+        )
+        pooled.update(zip(names, out.view(len(names), b, -1)))
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
