@@ -60,7 +60,7 @@ def step_outputs(module, kjt: KeyedJaggedTensor) -> torch.Tensor:
 @pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad", "adam"])
 def test_one_rank_matches_the_collection(optimizer):
     plain = collection(optimizer)
-    sharded = ShardedHashedEmbeddingCollection(collection(optimizer))
+    sharded = ShardedHashedEmbeddingCollection(collection(optimizer), exchange=True)
     for step in range(6):
         kjt = batch(step)
         np.testing.assert_allclose(step_outputs(sharded, kjt), step_outputs(plain, kjt), atol=1e-6)
@@ -75,13 +75,14 @@ def test_one_rank_matches_the_collection(optimizer):
     assert plain.mappers["c"].size == 12  # full: eviction happened
 
 
-def test_state_round_trip_gives_identical_next_steps():
-    a = ShardedHashedEmbeddingCollection(collection())
+@pytest.mark.parametrize("exchange", [True, False])
+def test_state_round_trip_gives_identical_next_steps(exchange):
+    a = ShardedHashedEmbeddingCollection(collection(), exchange=exchange)
     for step in range(4):
         step_outputs(a, batch(step))
     state = a.state_dict()
     assert state["step"].item() == 4 and state["rows.c.last"].dtype == torch.int32
-    b = ShardedHashedEmbeddingCollection(collection())
+    b = ShardedHashedEmbeddingCollection(collection(), exchange=not exchange)
     b.load_state_dict(state)
     for step in range(4, 7):
         kjt = batch(step)
@@ -92,7 +93,7 @@ def test_export_matches_the_collection(tmp_path):
     from safetensors.torch import load_file
 
     plain = collection()
-    sharded = ShardedHashedEmbeddingCollection(collection())
+    sharded = ShardedHashedEmbeddingCollection(collection(), exchange=True)
     for step in range(3):
         step_outputs(plain, batch(step))
         step_outputs(sharded, batch(step))

@@ -104,8 +104,11 @@ class ShardedHashedEmbeddingCollection(nn.Module):
 
     Args:
         source: the single-process collection (its tables, features, seed and device).
-        rank, world_size: this process in the run (1 process: no exchange at all).
+        rank, world_size: this process in the run.
         group: process group of the exchange (None: the default group).
+        exchange: route ids through the owner-side unpooled lookup (default: when
+            ``world_size > 1``; one process then runs the plain pooled lookup, which is the
+            same step; tests set it to run the routing code in one process).
     """
 
     def __init__(
@@ -114,9 +117,12 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         rank: int = 0,
         world_size: int = 1,
         group: dist.ProcessGroup | None = None,
+        exchange: bool | None = None,
     ) -> None:
         super().__init__()
         self.rank, self.world, self.group = rank, world_size, group
+        # one process owns every id: the plain pooled lookup is the same step, faster
+        self.exchange = world_size > 1 if exchange is None else exchange
         self.device = source.device
         self.table_names = list(source.tables)
         self.features_of = {t: list(source.where_features(t)) for t in self.table_names}
@@ -135,7 +141,7 @@ class ShardedHashedEmbeddingCollection(nn.Module):
             local.append(
                 dataclasses.replace(
                     t,
-                    pooling="none",
+                    pooling="none" if self.exchange else t.pooling,
                     capacity=math.ceil(t.capacity / world_size),
                     max_capacity=(
                         math.ceil(t.max_capacity / world_size) if t.max_capacity else None
@@ -148,7 +154,17 @@ class ShardedHashedEmbeddingCollection(nn.Module):
         self._store = [
             HashedEmbeddingCollection(
                 local,
-                [SparseFeature(name=t.name, table=t.name) for t in local],
+                (
+                    [SparseFeature(name=t.name, table=t.name) for t in local]
+                    if self.exchange
+                    else [
+                        SparseFeature(
+                            name=f, table=t, weight_column=f if self.weighted[f] else None
+                        )
+                        for t in self.table_names
+                        for f in self.features_of[t]
+                    ]
+                ),
                 self.device,
                 seed=source.seed,
             )
@@ -209,6 +225,8 @@ class ShardedHashedEmbeddingCollection(nn.Module):
             uniq[t], inverse[t], counts[t] = torch.unique(
                 ids.to(torch.int64), return_inverse=True, return_counts=True
             )
+        if not self.exchange:
+            return self.local.lookup(kjt)
         if self.world == 1:  # this process owns every id: no exchange, no reordering
             emb = self.local.embed_ids(uniq, counts)
             vectors = {d: torch.cat([emb[t] for t in self.tables_of[d]]) for d in self.dims}
