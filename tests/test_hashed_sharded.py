@@ -12,6 +12,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.distributed.hashed import ShardedHashedEmbeddingCollection, owner_of
 from recis.embedding import HashedEmbeddingCollection
+from recis.errors import EmbeddingError
 from recis.features import SparseFeature
 
 B = 6
@@ -118,3 +119,18 @@ def test_owner_of_spreads_sequential_ids_evenly():
         [0, 0],
         [1, 1],
     )
+
+
+def test_empty_batch_and_float_ids():
+    sharded = ShardedHashedEmbeddingCollection(collection(), exchange=True)
+    lengths = torch.zeros(len(KEYS) * B, dtype=torch.int64)
+    empty = KeyedJaggedTensor(
+        keys=KEYS, values=torch.zeros(0, dtype=torch.int64), lengths=lengths, weights=torch.zeros(0)
+    )
+    kt, seqs = sharded.lookup(empty)
+    assert kt.values().shape == (B, 40) and not kt.values().any()
+    assert seqs["fs"].values().shape == (0, 8)
+    lengths[0] = 2
+    floats = KeyedJaggedTensor(keys=KEYS, values=torch.rand(2), lengths=lengths)
+    with pytest.raises(EmbeddingError, match="integers"):
+        sharded.lookup(floats)
