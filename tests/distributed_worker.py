@@ -148,6 +148,18 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def single_rank_env() -> dict[str, str]:
+    """What torchrun would set for a world of one process (the worker started directly)."""
+    return {
+        **worker_env(),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a launcher or worker from the repository root, output captured."""
     return subprocess.Popen(

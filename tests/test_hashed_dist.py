@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import distributed_worker as w  # noqa: E402
 import hashed_worker as hw  # noqa: E402
+from test_distributed import assert_same_state, load  # noqa: E402
 
 sys.path.pop(0)
 WORKER = ROOT / "tests" / "hashed_worker.py"
@@ -28,14 +29,7 @@ def runs(tmp_path_factory):
     def start(tmp: Path) -> list:
         for d in ("w1", "w2"):
             (tmp / d).mkdir()
-        one = {
-            **w.worker_env(),
-            "RANK": "0",
-            "WORLD_SIZE": "1",
-            "LOCAL_RANK": "0",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(w.free_port()),
-        }
+        one = w.single_rank_env()
         two = [w.TORCHRUN, "--nproc-per-node", "2", "--master-port", str(w.free_port())]
         return [
             w.spawn(
@@ -58,10 +52,6 @@ def runs(tmp_path_factory):
     return w.run_all_retrying(start, root)
 
 
-def load(path: Path) -> dict:
-    return torch.load(path, weights_only=False)
-
-
 def assert_same_rows(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert sorted(a) == sorted(b)
     for t in a:
@@ -69,12 +59,6 @@ def assert_same_rows(a: dict, b: dict, atol: float = 1e-5) -> None:
         torch.testing.assert_close(
             a[t][1], b[t][1], atol=atol, rtol=1e-4, msg=lambda m, t=t: f"{t}: {m}"
         )
-
-
-def assert_same_dense(a: dict, b: dict, atol: float = 1e-5) -> None:
-    assert sorted(a) == sorted(b)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def single_process() -> dict:
@@ -106,7 +90,7 @@ def test_two_ranks_match_one_rank_and_one_process(runs):
     assert one["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
     assert_same_rows(one["rows"], ref["rows"])
-    assert_same_dense(two["dense"], one["dense"])
+    assert_same_state(two["dense"], one["dense"])
     # admission (min_count 2, counted over both ranks' batches): fewer ids live in C0
     assert 0 < len(two["rows"]["C0"][0]) < len(two["rows"]["C1"][0])
 
@@ -152,7 +136,7 @@ def test_horovod_two_ranks_match_one_rank(runs, horovod_run):
     assert two["world"] == 2
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
-    assert_same_dense(two["dense"], one["dense"])
+    assert_same_state(two["dense"], one["dense"])
     loaded = load(horovod_run / "loaded.pt")
     assert_same_rows(loaded["restored"]["rows"], one["rows"], atol=0)
     assert loaded["loss"] == pytest.approx(load(runs / "w1" / "continued.pt")["loss"], abs=1e-6)

@@ -56,6 +56,7 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from recis.embedding import HashedEmbeddingCollection
+from recis.embedding.collection import LookupModule
 from recis.embedding.groups import mean_weights
 from recis.errors import CheckpointError, ConfigError, EmbeddingError
 from recis.features import SparseFeature
@@ -92,7 +93,7 @@ class _Exchange(torch.autograd.Function):
         return out * ctx.scale, None, None, None, None
 
 
-class ShardedHashedEmbeddingCollection(nn.Module):
+class ShardedHashedEmbeddingCollection(LookupModule):
     """A :class:`~recis.embedding.HashedEmbeddingCollection` split by id over ranks.
 
     Same forward contract as the collection it replaces (``forward``,
@@ -360,17 +361,6 @@ class ShardedHashedEmbeddingCollection(nn.Module):
             per_sample_weights=torch.cat(psw).to(vectors.dtype) if weighted else None,
         )
         pooled.update(zip(names, out.view(len(names), b, -1)))
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
-        kt, _ = self.lookup(kjt)
-        if kt is None:
-            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
-        return kt
-
-    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
-        return self.lookup(kjt)[1]
 
     # ------------------------------------------------------------------ state
     def _live_rows(self, t: str) -> dict[str, torch.Tensor]:

@@ -29,7 +29,26 @@ def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
     ).replace(".", "p")
 
 
-class HashedEmbeddingCollection(nn.Module):
+class LookupModule(nn.Module):
+    """An embedding module whose ``lookup(kjt)`` gives the pooled KeyedTensor (or None)
+    and the sequence JaggedTensors; ``forward`` and ``forward_sequences`` read one each."""
+
+    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+        raise NotImplementedError
+
+    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
+        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
+        kt, _ = self.lookup(kjt)
+        if kt is None:
+            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
+        return kt
+
+    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
+        return self.lookup(kjt)[1]
+
+
+class HashedEmbeddingCollection(LookupModule):
     """Embedding tables over raw 64-bit ids: collision-free mapping, then fused lookup.
 
     Each table has an :class:`recis.ops.IdMapper` (unless ``mapper: none``)
@@ -308,17 +327,6 @@ class HashedEmbeddingCollection(nn.Module):
     def where_features(self, table: str) -> list[str]:
         g, j = self.where[table]
         return self.groups[g].tables[j].features
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
-        kt, _ = self.lookup(kjt)
-        if kt is None:
-            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
-        return kt
-
-    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
-        return self.lookup(kjt)[1]
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
