@@ -134,3 +134,20 @@ def test_empty_batch_and_float_ids():
     floats = KeyedJaggedTensor(keys=KEYS, values=torch.rand(2), lengths=lengths)
     with pytest.raises(EmbeddingError, match="integers"):
         sharded.lookup(floats)
+
+
+def test_deferred_template_shards_like_a_full_collection():
+    """Under deferred_tables the source holds 2 rows per table; the shard built from it
+    (full capacity) trains exactly like one built from a full collection."""
+    from recis.embedding import deferred_tables
+
+    with deferred_tables():
+        template = collection()
+    g, j = template.where["a"]
+    assert template.groups[g].weight(j).shape[0] == 2
+    a = ShardedHashedEmbeddingCollection(template, exchange=True)
+    b = ShardedHashedEmbeddingCollection(collection(), exchange=True)
+    assert a.local.mappers["a"].capacity == 200
+    for step in range(3):
+        kjt = batch(step)
+        torch.testing.assert_close(step_outputs(a, kjt), step_outputs(b, kjt), atol=0, rtol=0)

@@ -171,6 +171,7 @@ class ShardedHashedEmbeddingCollection(LookupModule):
             )
         ]
         self._store[0].train(source.training)
+        self.local.step = source.step
         if world_size > 1:  # errors (a full table) name the shard
             for name, mapper in self.local.mappers.items():
                 mapper.name = f"{name} (shard of rank {rank} of {world_size})"

@@ -8,6 +8,7 @@ a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
+from recis.embedding import deferred_tables
 from recis.io import reader_from_config
 from recis.io.batch import Batch
 from recis.models import build_model
@@ -59,7 +61,9 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     evals = None
     if eval_path is not None:
         evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
-    model = build_model(cfg.model, cfg.data.schema_, ctx.device)
+    # hashed tables: each rank allocates only its shard (shard_model builds them)
+    with deferred_tables() if ctx.world_size > 1 else contextlib.nullcontext():
+        model = build_model(cfg.model, cfg.data.schema_, ctx.device)
     d = cfg.distributed
     sharded = shard_model(
         model,

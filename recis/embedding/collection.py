@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,21 @@ def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
         f"{t.pooling}{dim}_{t.dtype}_{opt.name}_lr{opt.lr:g}_eps{opt.eps:g}_wd{opt.weight_decay:g}"
         f"_b{opt.beta1:g}_{opt.beta2:g}"
     ).replace(".", "p")
+
+
+_DEFERRED: ContextVar[bool] = ContextVar("recis_deferred_tables", default=False)
+
+
+@contextmanager
+def deferred_tables() -> Iterator[None]:
+    """Hashed collections built inside hold one row per table: templates that
+    :func:`recis.distributed.shard_model` replaces by per-rank shards, so no rank ever
+    allocates a whole table (their configs, features and seed are kept as given)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
 
 
 class LookupModule(nn.Module):
@@ -106,7 +124,7 @@ class HashedEmbeddingCollection(LookupModule):
             mapped = t.mapper == "hash"
             if mapped:
                 self.mappers[t.name] = IdMapper(
-                    t.capacity,
+                    1 if _DEFERRED.get() else t.capacity,
                     name=t.name,
                     eviction=t.eviction,
                     ttl_steps=t.ttl_steps,
@@ -129,7 +147,7 @@ class HashedEmbeddingCollection(LookupModule):
                 TableSlot(
                     name=t.name,
                     dim=t.dim,
-                    rows=t.capacity + int(mapped),
+                    rows=(1 if _DEFERRED.get() else t.capacity) + int(mapped),
                     init=t.init,
                     init_scale=t.init_scale or default_scale(t.capacity),
                     features=feats_of[t.name],
