@@ -151,3 +151,35 @@ def test_deferred_template_shards_like_a_full_collection():
     for step in range(3):
         kjt = batch(step)
         torch.testing.assert_close(step_outputs(a, kjt), step_outputs(b, kjt), atol=0, rtol=0)
+
+
+def test_dense_init_does_not_depend_on_table_sizes():
+    """Hashed rows take no draws from the global RNG: the dense layers a seed gives are the
+    same for any capacity and for a deferred template (how 1 and N ranks build a model)."""
+    from recis.embedding import deferred_tables
+    from recis.features import Schema
+    from recis.models.dlrm import DLRM, DLRMConfig
+
+    schema = Schema(
+        dense=[{"name": "I0"}],
+        sparse=[{"name": "C0"}],
+        labels=[{"name": "click", "column": "label"}],
+    )
+
+    def dense_state(capacity: int, deferred: bool) -> dict:
+        cfg = DLRMConfig(
+            tables=[TableConfig(name="C0", dim=8, capacity=capacity)], bottom_mlp=[8], top_mlp=[4]
+        )
+        torch.manual_seed(0)
+        if deferred:
+            with deferred_tables():
+                model = DLRM(cfg, schema, torch.device("cpu"))
+        else:
+            model = DLRM(cfg, schema, torch.device("cpu"))
+        return {k: v for k, v in model.state_dict().items() if "_arch." in k and "sparse" not in k}
+
+    ref = dense_state(100, False)
+    assert ref
+    for other in (dense_state(5000, False), dense_state(100, True)):
+        for k in ref:
+            assert torch.equal(ref[k], other[k]), k

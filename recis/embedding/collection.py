@@ -150,6 +150,7 @@ class HashedEmbeddingCollection(LookupModule):
                     rows=(1 if _DEFERRED.get() else t.capacity) + int(mapped),
                     init=t.init,
                     init_scale=t.init_scale or default_scale(t.capacity),
+                    by_id=mapped,
                     features=feats_of[t.name],
                 )
             )

@@ -45,7 +45,12 @@ _DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
 
 @dataclass
 class TableSlot:
-    """One table inside a group: ``rows`` includes the fallback row of mapped tables."""
+    """One table inside a group: ``rows`` includes the fallback row of mapped tables.
+
+    ``by_id``: rows get their content from the id given them (:meth:`initial_for_ids`),
+    so rows without an id are zeros; drawing them would spend the global RNG by capacity
+    (and by eviction), making dense init and dropout depend on table sizes.
+    """
 
     name: str
     dim: int
@@ -53,11 +58,13 @@ class TableSlot:
     init: str = "uniform"
     init_scale: float = 0.01
     features: list[str] = field(default_factory=list)
+    by_id: bool = False
 
     def initial(self, n: int, device: torch.device) -> torch.Tensor:
-        """``[n, dim]`` float32 fresh rows drawn from this table's init."""
+        """``[n, dim]`` float32 fresh rows drawn from this table's init (zeros when
+        ``by_id``)."""
         out = torch.empty(n, self.dim, device=device)
-        if self.init == "zeros":
+        if self.init == "zeros" or self.by_id:
             return out.zero_()
         if self.init == "normal":
             return out.normal_(0.0, self.init_scale)
