@@ -43,7 +43,7 @@ SCHEMA = Schema(
     labels=[{"name": "click", "column": "label"}],
 )
 MODEL = DLRMConfig(
-    embedding="modulo",  # recis.distributed shards torchrec EBCs; hashed tables are not sharded yet
+    embedding="modulo",  # torchrec EBCs: the per-table sharding plans (hashed: test_hashed_dist)
     tables=[TableConfig(name=f"C{i}", dim=DIM, capacity=40 + 20 * i) for i in range(F)],
     bottom_mlp=[8, DIM],
     top_mlp=[8],
@@ -146,6 +146,18 @@ def worker_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # horovodrun finds python
     return env
+
+
+def single_rank_env() -> dict[str, str]:
+    """What torchrun would set for a world of one process (the worker started directly)."""
+    return {
+        **worker_env(),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -102,12 +102,15 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     meta = json.loads((path / _META).read_text())
     if optimizer is not None:
         _init_optimizer_state(optimizer)
-    state: dict[str, Any] = {"model": model.state_dict()}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+    resharding = _prepare_resharding(path, model)
     try:
+        state: dict[str, Any] = {"model": model.state_dict()}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
         dcp.load(state, checkpoint_id=str(path))
     except Exception as err:  # missing keys, shape mismatch: say which checkpoint
+        for m in resharding:
+            m.prepare_load(None)
         raise CheckpointError(f"{path}: cannot load checkpoint: {err}") from None
     model.load_state_dict(state["model"])
     if optimizer is not None:
@@ -123,6 +126,19 @@ def load_rank_state(path: str | Path, rank: int, world_size: int) -> dict[str, A
     if int(meta.get("world_size", 1)) != world_size or not (path / _RANKS).is_file():
         return None
     return json.loads((path / _RANKS).read_text()).get(str(rank))
+
+
+def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:
+    """Tell modules whose saved tensors are sized by content, not by the world size (the
+    hashed engine's live rows), the sizes in the checkpoint, so their state dict is a
+    template DCP can load into."""
+    found = [m for m in model.modules() if hasattr(m, "prepare_load")]
+    if found:
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        sizes = {k: v.size for k, v in saved.items() if hasattr(v, "size")}
+        for m in found:
+            m.prepare_load(sizes, root="model.")
+    return found
 
 
 def _init_optimizer_state(optimizer: Any) -> None:

@@ -8,6 +8,7 @@ a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
+from recis.embedding import deferred_tables
 from recis.errors import CheckpointError, ConfigError
 from recis.io import reader_from_config
 from recis.models import build_model
@@ -45,13 +47,9 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     evals = None
     if eval_path is not None:
         evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
-    if ctx.world_size > 1 and cfg.model.embedding != "modulo":
-        raise ConfigError(
-            "model.embedding: distributed runs shard torchrec tables, and sharding the hashed "
-            "engine is not built yet; set model.embedding: modulo (ids pre-mapped to "
-            "[0, capacity)) for multi-process training"
-        )
-    model = build_model(cfg.model, cfg.data.schema_, ctx.device)
+    # hashed tables: each rank allocates only its shard (shard_model builds them)
+    with deferred_tables() if ctx.world_size > 1 else contextlib.nullcontext():
+        model = build_model(cfg.model, cfg.data.schema_, ctx.device)
     d = cfg.distributed
     sharded = shard_model(
         model,
