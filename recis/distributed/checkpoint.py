@@ -108,7 +108,9 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as err:  # missing keys, shape mismatch: say which checkpoint
+    # missing keys, shape mismatch: say which checkpoint (DCP raises CheckpointException,
+    # a BaseException, when it plans or reads)
+    except (Exception, dcp.api.CheckpointException) as err:
         for m in resharding:
             m.prepare_load(None)
         raise CheckpointError(f"{path}: cannot load checkpoint: {err}") from None

@@ -127,8 +127,18 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     trainer, info = build(cfg)
     if (Path(checkpoint) / ".metadata").is_file():  # torch.distributed.checkpoint layout
         from recis.distributed import checkpoint as dcp_checkpoint
+        from recis.distributed.hashed import hashed_collections
+        from recis.errors import CheckpointError
 
-        trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
+        try:
+            trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
+        except CheckpointError as err:
+            if not any(True for _ in hashed_collections(trainer.model)):
+                raise
+            raise CheckpointError(  # the hashed engine's sharded state loads only sharded
+                f"{err}; a distributed checkpoint of hashed tables loads into the sharded "
+                "model: run `torchrun --nproc-per-node 1 -m recis.cli eval ...`"
+            ) from None
     else:
         state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
         trainer.load_state_dict(state)
