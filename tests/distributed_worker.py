@@ -27,6 +27,7 @@ from recis.config import SparseOptimizerConfig, TableConfig, TrainConfig
 from recis.distributed import checkpoint as dcp_checkpoint
 from recis.distributed import init_distributed, shard_model, shutdown
 from recis.distributed.collectives import full_state_dict
+from recis.distributed.hashed import shard_hashed
 from recis.distributed.trainer import DistributedTrainer
 from recis.features import Schema
 from recis.io.batch import Batch
@@ -293,7 +294,19 @@ def main() -> None:
 TABLES = [("C1", 20), ("C2", 60), ("C3", 200), ("C4", 600)]
 
 
-def cli_config(tmp: Path, name: str, data: Path) -> Path:
+def cli_config(tmp: Path, name: str, data: Path, embedding: str = "modulo") -> Path:
+    """A small DLRM run config on ``data``. ``modulo``: torchrec tables with a mixed
+    sharding plan; ``hashed``: the hashed engine (split by id), tables big enough that no
+    id is ever refused a row."""
+    if embedding == "hashed":
+        tables = [{"name": t, "dim": 8, "capacity": 1000} for t, _ in TABLES]
+        dist_cfg: dict = {}
+    else:
+        tables = [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES]
+        dist_cfg = {
+            "default_sharding": "row_wise",
+            "sharding": {"C1": "table_wise", "C2": "column_wise"},
+        }
     cfg = {
         "run_dir": str(tmp / name),
         "device": "cpu",
@@ -313,10 +326,10 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
         },
         "model": {
             "name": "dlrm",
-            "embedding": "modulo",
+            "embedding": embedding,
             "bottom_mlp": [8, 8],
             "top_mlp": [16],
-            "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],
+            "tables": tables,
         },
         "train": {
             "epochs": 3,
@@ -326,10 +339,7 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
             "checkpoint_every": 2,
             "progress": False,
         },
-        "distributed": {
-            "default_sharding": "row_wise",
-            "sharding": {"C1": "table_wise", "C2": "column_wise"},
-        },
+        "distributed": dist_cfg,
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -344,6 +354,7 @@ def final_model(run_dir: Path, config: Path) -> torch.nn.Module:
 
     cfg = load_config(config)
     model = build_model(cfg.model, cfg.data.schema_, "cpu")
+    shard_hashed(model)  # hashed tables are saved by id: their one-process sharded form reads it
     dcp_checkpoint.load(run_dir / "checkpoints" / "final", model)
     return model
 

@@ -1,4 +1,5 @@
-"""`torchrun -m recis.cli train` end to end: sharded training from a YAML config, global
+"""`torchrun -m recis.cli train` end to end on the hashed engine (tables split by id, mapper
+state in every checkpoint): sharded training from a YAML config, global
 metrics, a rank killed in the second epoch that torchrun restarts from the last checkpoint
 at the exact row, a resume at another world size, and `recis eval` of the sharded
 checkpoint in one process and under torchrun.
@@ -55,8 +56,9 @@ def cli_runs(tmp_path_factory):
         nonlocal tmp
         tmp = root / f"try{attempt}"
         tmp.mkdir()
-        plain = w.cli_config(tmp, "plain", root / "data")
-        killed = w.cli_config(tmp, "killed", root / "data")
+        # the hashed engine (the default), split by id: its mapper state must survive too
+        plain = w.cli_config(tmp, "plain", root / "data", embedding="hashed")
+        killed = w.cli_config(tmp, "killed", root / "data", embedding="hashed")
         return [
             w.spawn([*torchrun, "--master-port", w.free_port(), "-m", "recis.cli", "train", plain]),
             w.spawn(

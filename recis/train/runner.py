@@ -127,18 +127,12 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     trainer, info = build(cfg)
     if (Path(checkpoint) / ".metadata").is_file():  # torch.distributed.checkpoint layout
         from recis.distributed import checkpoint as dcp_checkpoint
-        from recis.distributed.hashed import hashed_collections
-        from recis.errors import CheckpointError
+        from recis.distributed.hashed import shard_hashed
 
-        try:
-            trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
-        except CheckpointError as err:
-            if not any(True for _ in hashed_collections(trainer.model)):
-                raise
-            raise CheckpointError(  # the hashed engine's sharded state loads only sharded
-                f"{err}; a distributed checkpoint of hashed tables loads into the sharded "
-                "model: run `torchrun --nproc-per-node 1 -m recis.cli eval ...`"
-            ) from None
+        # hashed tables are saved by id (any world size): their one-process sharded form
+        # reads that layout and looks up like the plain collection
+        shard_hashed(trainer.model)
+        trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
     else:
         state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
         trainer.load_state_dict(state)
