@@ -4,9 +4,11 @@
 
 For each launcher (torchrun, horovodrun --gloo) it runs the same training worker with 1
 and with 2 processes, each process on its own batches of ``--batch`` rows (weak scaling:
-the global batch grows with the world size), tables sharded by ``--sharding`` (row-wise
-by default), fused Adagrad on the tables, Adam on the MLPs. Throughput is global samples/s over the timed steps (after warm-up), measured by
-rank 0 between two barriers. Data is synthetic and in memory, so only training scales.
+the global batch grows with the world size), fused Adagrad on the tables, Adam on the MLPs.
+``--embedding hashed`` (the default engine): tables split by id over the ranks (one process:
+the plain pooled lookup); ``--embedding modulo``: torchrec tables sharded by ``--sharding``
+(row-wise by default). Throughput is global samples/s over the timed steps (after
+warm-up), measured by rank 0 between two barriers. Data is synthetic and in memory, so only training scales.
 
 Each configuration runs ``--repeats`` times (1 and 2 processes alternating) and the best
 run counts. Prints one line per run (samples/s, and the CPU time a step costs each process,
@@ -58,8 +60,15 @@ def worker(args: argparse.Namespace) -> None:
         labels=[{"name": "click", "column": "label"}],
     )
     model_cfg = DLRMConfig(
-        embedding="modulo",  # the engine recis.distributed shards today
-        tables=[TableConfig(name=f"C{i}", dim=d, capacity=args.rows) for i in range(f)],
+        # hashed: split by id over the ranks (LRU only as a guard: the ids fit);
+        # modulo: torchrec tables with --sharding
+        embedding=args.embedding,
+        tables=[
+            TableConfig(name=f"C{i}", dim=d, capacity=args.rows, eviction="lru")
+            if args.embedding == "hashed"
+            else TableConfig(name=f"C{i}", dim=d, capacity=args.rows)
+            for i in range(f)
+        ],
         bottom_mlp=[64, d],
         top_mlp=[128, 64],
     )
@@ -208,7 +217,8 @@ def main() -> None:
     p.add_argument("--ids", type=int, default=4, help="mean ids per feature and row (about)")
     p.add_argument("--rows", type=int, default=100_000, help="rows per table")
     p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--sharding", default="row_wise")
+    p.add_argument("--sharding", default="row_wise", help="torchrec tables (--embedding modulo)")
+    p.add_argument("--embedding", default="hashed", choices=["hashed", "modulo"])
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
     p.add_argument("--launchers", default="torchrun,horovod")
     p.add_argument(
@@ -241,7 +251,17 @@ def main() -> None:
         return
     passthrough = [
         f"--{k}={getattr(args, k)}"
-        for k in ("steps", "warmup", "batch", "features", "ids", "rows", "dim", "sharding")
+        for k in (
+            "steps",
+            "warmup",
+            "batch",
+            "features",
+            "ids",
+            "rows",
+            "dim",
+            "sharding",
+            "embedding",
+        )
     ] + (["--torch-gloo"] if args.torch_gloo else [])
     result: dict[str, float | None] = {"torchrun_scaling": None, "horovod_scaling": None}
     for launcher in args.launchers.split(","):

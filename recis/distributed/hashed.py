@@ -93,6 +93,27 @@ class _Exchange(torch.autograd.Function):
         return out * ctx.scale, None, None, None, None
 
 
+class _Permute(torch.autograd.Function):
+    """``x[perm]`` for a permutation ``perm`` of ``x``'s rows; backward gathers by the
+    inverse permutation (no zero fill, no scatter-add as for a general index)."""
+
+    @staticmethod
+    def forward(ctx, x, perm: torch.Tensor, inverse: torch.Tensor):  # type: ignore[no-untyped-def,override]
+        ctx.save_for_backward(inverse)
+        return x[perm]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse], None, None
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(perm)
+    out[perm] = torch.arange(perm.numel(), device=perm.device)
+    return out
+
+
 class ShardedHashedEmbeddingCollection(LookupModule):
     """A :class:`~recis.embedding.HashedEmbeddingCollection` split by id over ranks.
 
@@ -280,8 +301,7 @@ class ShardedHashedEmbeddingCollection(LookupModule):
         r_ids = got[rorder, 0].split(per_table)
         r_counts = got[rorder, 1].split(per_table)
         emb = self.local.embed_ids(dict(zip(self.order, r_ids)), dict(zip(self.order, r_counts)))
-        back_pos = torch.empty_like(rorder)  # table-major position of each received entry
-        back_pos[rorder] = torch.arange(rorder.numel(), device=rorder.device)
+        back_pos = _inverse(rorder)  # table-major position of each received entry
         table_of_sent = table_idx[order]
         out: dict[int, torch.Tensor] = {}
         t0 = 0
@@ -293,7 +313,9 @@ class ShardedHashedEmbeddingCollection(LookupModule):
             start = sum(per_table[:t0])
             block = torch.cat([emb[t] for t in tabs])
             vecs = self._alltoall(
-                block[back_pos[mine.to(back_pos.device)] - start],
+                _Permute.apply(
+                    block, rows := back_pos[mine.to(back_pos.device)] - start, _inverse(rows)
+                ),
                 recv[:, t0:t1].sum(1).tolist(),
                 send[:, t0:t1].sum(1).tolist(),
                 scale=1.0 / w,
@@ -301,9 +323,7 @@ class ShardedHashedEmbeddingCollection(LookupModule):
             # rows came back in send order: put them in the order of the unique ids
             sent = (table_of_sent >= t0) & (table_of_sent < t1)
             slot = order[sent] - int(sizes[:t0].sum())
-            inv = torch.empty_like(slot)
-            inv[slot] = torch.arange(slot.numel(), device=slot.device)
-            out[d] = vecs[inv]
+            out[d] = _Permute.apply(vecs, _inverse(slot), slot)  # slot: a permutation
             t0 = t1
         return out
 

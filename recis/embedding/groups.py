@@ -161,7 +161,9 @@ class FbgemmTableGroup(_RowWrites):
             optimizer=_FBGEMM_OPT[self.opt.name],
             # mean runs as a sum with 1/L weights: fbgemm's CPU MEAN backward ignores the
             # 1/L when per-sample weights are given (its forward applies it)
-            pooling_mode=_POOLING["sum" if self.pooling == "mean" else self.pooling],
+            # mean and none run as sums (see forward): fbgemm's CPU MEAN backward drops the
+            # 1/L under per-id weights, its CPU NONE backward is ~20x slower than SUM's
+            pooling_mode=PoolingMode.SUM,
             weights_precision=SparseType.FP16 if self.dtype == "fp16" else SparseType.FP32,
             output_dtype=SparseType.FP32,
             learning_rate=self.opt.lr,
@@ -213,10 +215,30 @@ class FbgemmTableGroup(_RowWrites):
         offsets: torch.Tensor,
         per_sample_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, sum D]`` pooled, or ``[N, D]`` for pooling ``none``."""
+        """``[B, sum D]`` pooled, or ``[N, D]`` for pooling ``none`` (per-id weights
+        apply to pooling only)."""
+        if self.pooling == "none":
+            return self._unpooled(indices, offsets)
         if self.pooling == "mean":
             per_sample_weights = mean_weights(offsets, per_sample_weights)
         return self.tbe(indices, offsets, per_sample_weights=per_sample_weights)
+
+    def _unpooled(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``[N, D]``: every id a bag of one in a SUM lookup (feature ``f``'s ``n_f`` ids are
+        its first ``n_f`` bags of ``max n_f``; the rest are empty), same rows, same update,
+        and fbgemm's pooled backward instead of its slow unpooled one."""
+        nf = len(self.feature_names)
+        b = (offsets.numel() - 1) // max(nf, 1)
+        starts = offsets[:-1:b] if b else offsets.new_zeros(nf)
+        n = offsets[b::b] - starts if b else offsets.new_zeros(nf)
+        width = int(n.max()) if nf and indices.numel() else 0
+        if width == 0:
+            return torch.zeros(0, self.feature_dims[0] if nf else 0, device=indices.device)
+        i = torch.arange(width, device=offsets.device)
+        bags = (starts[:, None] + torch.minimum(i[None], n[:, None])).flatten()
+        out = self.tbe(indices, torch.cat([bags, offsets[-1:]]))  # [width, F * D]
+        out = out.view(width, nf, -1).transpose(0, 1)  # [F, width, D]
+        return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
 
 class TorchTableGroup(_RowWrites):
