@@ -23,7 +23,21 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
   int32_t* last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
   const int32_t st = static_cast<int32_t>(step);
   at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+    // slots, row_key and row_last are MBs per table and each key's probe
+    // touches one random line of each: prefetch the slot of key i + 2A and
+    // the row_key / row_last lines of key i + A so the misses overlap
+    constexpr int64_t kA = 16;
     for (int64_t i = b; i < e; ++i) {
+      if (i + 2 * kA < e) {
+        __builtin_prefetch(s + ((static_cast<uint64_t>(k[i + 2 * kA]) * kFib) >> shift));
+      }
+      if (i + kA < e) {
+        const int32_t v = s[(static_cast<uint64_t>(k[i + kA]) * kFib) >> shift];
+        if (v >= 0) {
+          __builtin_prefetch(rk + v);
+          if (last) __builtin_prefetch(last + v, 1);
+        }
+      }
       const uint64_t key = static_cast<uint64_t>(k[i]);
       uint64_t p = (key * kFib) >> shift;
       int64_t r = -1;
