@@ -226,6 +226,9 @@ class IdMapper:
         are marked seen at ``step`` and are not evicted by this call.
         """
         keys = _as_keys(ids, self.name)
+        fast = self._map_native(keys, step) if insert else None
+        if fast is not None:
+            return fast
         # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
         touch = (
             step if insert and self._nat is not None and self.eviction in ("lru", "lfu") else None
@@ -268,6 +271,54 @@ class IdMapper:
         if self.growable and self.size > self.grow_at * self.capacity:
             self._grow(self.capacity + 1)
         return MapResult(torch.from_numpy(rows), np.concatenate(reset), self.capacity)
+
+    def _map_native(self, keys: np.ndarray, step: int) -> MapResult | None:
+        """:meth:`map` in one native pass when nothing but free rows is needed, else None.
+
+        Applies without admission rules (``min_count`` 1, ``admit_prob`` 1), without
+        TTL (hits must be checked for expiry) and when the free rows cover every
+        id of the batch (so no eviction or growth can be needed mid-batch). New
+        ids get rows in first-seen order. The numpy path takes ~3x longer on the
+        benchmark's batches (unique, scatter and insert of ~2.6K new ids each).
+        """
+        if (
+            self._nat is None
+            or self.sketch is not None
+            or self.admit_prob < 1.0
+            or self.eviction == "ttl"
+            or len(keys) > self.n_free
+        ):
+            return None
+        k = min(len(keys), len(self.recycled))
+        free = np.concatenate(
+            [
+                self.recycled[:k].astype(np.int64),
+                np.arange(self.next_unused, self.next_unused + len(keys) - k, dtype=np.int64),
+            ]
+        )
+        rows_t, taken, reused = self._nat.find_or_insert(
+            torch.from_numpy(self.slots),
+            torch.from_numpy(self.row_key.view(np.int64)),
+            torch.from_numpy(keys.view(np.int64)),
+            int(self.shift),
+            int(self.mask),
+            torch.from_numpy(self.row_last) if self.row_last is not None else probe._EMPTY_I32,
+            step,
+            torch.from_numpy(free),
+        )
+        self.n_tomb -= reused
+        used = min(taken, k)
+        self.recycled = self.recycled[used:]
+        self.next_unused += taken - used
+        rows = rows_t.numpy()
+        if self.row_count is not None:
+            self.row_count[free[:taken]] = 0
+            np.add.at(self.row_count, rows, 1)
+        if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
+            self._rebuild()
+        if self.growable and self.size > self.grow_at * self.capacity:
+            self._grow(self.capacity + 1)
+        return MapResult(rows_t, np.zeros(0, np.int64), self.capacity)
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
         admit = np.ones(len(keys), bool)
