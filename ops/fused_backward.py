@@ -17,6 +17,7 @@ sharding and everything reading the TBE see no difference.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -68,8 +69,11 @@ def native_backward() -> Any:
                 if bindir not in os.environ.get("PATH", "").split(os.pathsep):
                     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
                 src = Path(__file__).parent / "csrc" / "fused_backward.cpp"
+                # the source's hash in the name: other versions of the file (other
+                # checkouts) neither rebuild nor load this one's module
+                tag = hashlib.sha256(src.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()
                 _NATIVE = load(
-                    name="recis_fused_backward",
+                    name=f"recis_fused_backward_{tag[:12]}",
                     sources=[str(src)],
                     extra_cflags=_CFLAGS,
                 )
