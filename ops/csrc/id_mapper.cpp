@@ -83,16 +83,17 @@ int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, t
 
 // Rows of keys, inserting the keys not found: the new distinct keys, in
 // ascending uint64 order (as the numpy path's np.unique gives them), take the
-// rows of free_rows in order. One probe pass, in which a new key is put in its
-// slot as a provisional code -(3 + j) (j: first-seen index) so its repeats in
-// the batch find it; then the new keys are sorted and get their rows. Rows
-// found or given get row_last[row] = step when row_last is non-empty.
+// rows of free_rows in order. First a parallel find (which also touches the
+// rows found); then one sequential pass over the misses, in which a new key is
+// put in its slot as a provisional code -(3 + j) (j: first-seen index) so its
+// repeats in the batch find it; then the new keys are sorted and get their
+// rows. Rows found or given get row_last[row] = step when row_last is non-empty.
 // Returns (rows int64 [n], rows taken from free_rows, deleted slots reused).
 std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
     torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift, int64_t mask,
     torch::Tensor row_last, int64_t step, torch::Tensor free_rows) {
+  auto out = find(slots, row_key, keys, shift, mask, false, row_last, step);
   const int64_t n = keys.numel();
-  auto out = torch::empty({n}, torch::kInt64);
   int32_t* s = slots.data_ptr<int32_t>();
   int64_t* rk = row_key.data_ptr<int64_t>();
   const int64_t* k = keys.data_ptr<int64_t>();
@@ -104,10 +105,12 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
   const uint64_t m = static_cast<uint64_t>(mask);
   std::vector<uint64_t> new_key;  // j-th new key (first-seen order)
   std::vector<int64_t> new_slot;  // and its slot
-  int64_t reused = 0;
-  constexpr int64_t kA = 16;
+  std::vector<int64_t> miss;      // positions of the keys not found
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kA < n) __builtin_prefetch(s + ((static_cast<uint64_t>(k[i + kA]) * kFib) >> shift));
+    if (o[i] < 0) miss.push_back(i);
+  }
+  int64_t reused = 0;
+  for (const int64_t i : miss) {
     const uint64_t key = static_cast<uint64_t>(k[i]);
     uint64_t p = (key * kFib) >> shift;
     int64_t tomb = -1, r = kEmpty;
@@ -116,7 +119,7 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
       if (v == kEmpty) break;
       if (v == kTomb) {
         if (tomb < 0) tomb = static_cast<int64_t>(p);
-      } else if (v >= 0 ? static_cast<uint64_t>(rk[v]) == key : new_key[-3 - v] == key) {
+      } else if (v < 0 && new_key[-3 - v] == key) {  // rows >= 0 were checked by find
         r = v;
         break;
       }
@@ -131,8 +134,6 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
       reused += tomb >= 0;
       new_key.push_back(key);
       new_slot.push_back(at);
-    } else if (r >= 0 && last) {
-      last[r] = st;
     }
     o[i] = r;
   }
@@ -150,9 +151,7 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
       s[new_slot[j]] = static_cast<int32_t>(r);
       if (last) last[r] = st;
     }
-    for (int64_t i = 0; i < n; ++i) {
-      if (o[i] < 0) o[i] = row_of[-3 - o[i]];
-    }
+    for (const int64_t i : miss) o[i] = row_of[-3 - o[i]];
   }
   return {out, taken, reused};
 }
