@@ -34,7 +34,11 @@ _NATIVE: Any = None  # the compiled kernel, False when it cannot be built
 # for bit (the source spells out the FMAs fbgemm's own build makes). AVX2 lets the
 # double-precision Adagrad loop vectorize; x86 CPUs without it use fbgemm's backward.
 _X86 = platform.machine() in ("x86_64", "AMD64")
-_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"] + (["-mavx2", "-mfma"] if _X86 else [])
+# -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without the
+# flag they compile away and the kernel runs on one thread.
+_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"] + (
+    ["-mavx2", "-mfma"] if _X86 else []
+)
 _OPT_CODE = {EmbOptimType.EXACT_SGD: 0, EmbOptimType.EXACT_ADAGRAD: 1}
 _EMPTY = torch.zeros(0)
 _EMPTY_I64 = torch.zeros(0, dtype=torch.int64)
@@ -76,6 +80,7 @@ def native_backward() -> Any:
                     name=f"recis_fused_backward_{tag[:12]}",
                     sources=[str(src)],
                     extra_cflags=_CFLAGS,
+                    extra_ldflags=["-fopenmp"],
                 )
             except Exception as err:  # no compiler, no headers: fbgemm's backward still works
                 warnings.warn(f"recis.ops: fused CPU backward unavailable ({err})", stacklevel=2)

@@ -50,8 +50,13 @@ def native_kernels() -> Any:
                 # the source's hash in the name: checkouts with different versions
                 # of the file do not rebuild (or load) each other's module
                 tag = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+                # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers;
+                # without the flag the probe loops run on one thread
                 _NATIVE = load(
-                    name=f"recis_id_mapper_{tag}", sources=[str(src)], extra_cflags=["-O3"]
+                    name=f"recis_id_mapper_{tag}_omp",
+                    sources=[str(src)],
+                    extra_cflags=["-O3", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"],
                 )
             except Exception as err:  # no compiler, no headers: numpy still works
                 warnings.warn(

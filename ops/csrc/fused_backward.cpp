@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -97,12 +98,16 @@ void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torc
   const int64_t threads = at::get_num_threads();
   const int64_t parts = std::max<int64_t>(1, (threads + nt - 1) / nt);
   std::vector<int64_t> bad(nt * parts, -1);
-  at::parallel_for(0, nt * parts, 1, [&](int64_t t0, int64_t t1) {
+  // tasks are handed out one at a time from a shared counter rather than in
+  // fixed halves: when another process takes a core, the thread that still runs
+  // takes over the remaining tables instead of waiting for the stalled one
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     std::vector<int64_t> keys;   // open-addressing map row -> slot in uniq
     std::vector<int32_t> vals;
     std::vector<int64_t> uniq;   // distinct rows, first-seen order
     std::vector<float> gbuf;     // [uniq, D] gradient sums
-    for (int64_t task = t0; task < t1; ++task) {
+    for (int64_t task = next++; task < nt * parts; task = next++) {
       const TableSpan& tb = tables[task / parts];
       const int64_t part = task % parts;
       const int64_t D = nobag_D > 0 ? nobag_D : dof[tb.f0 + 1] - dof[tb.f0];
