@@ -9,9 +9,15 @@ by default), fused Adagrad on the tables, Adam on the MLPs. Throughput is global
 rank 0 between two barriers. Data is synthetic and in memory, so only training scales.
 
 Each configuration runs ``--repeats`` times (1 and 2 processes alternating) and the best
-run counts. Prints one line per run, then the ratios; the last line is one JSON object with keys
-``torchrun_scaling`` and ``horovod_scaling`` (samples/s with 2 processes / with 1).
-Needs 2 idle cores to show scaling; on a shared machine the ratio drops with the load.
+run counts. Prints one line per run (samples/s, and the CPU time a step costs each process,
+all threads, which load inflates much less than wall time), then the ratios; the last line
+is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (samples/s with
+2 processes / with 1). Needs 2 idle cores to show scaling; on a shared machine the ratio
+drops with the load.
+
+Diagnostics: ``--profile N`` profiles N more steps on rank 0 (torch.profiler table next to
+the result file), ``--collectives`` times the step's collectives alone on 2 processes,
+``--torch-gloo`` uses gloo's own reduce-scatter instead of recis's all-to-all one.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ def worker(args: argparse.Namespace) -> None:
         default=args.sharding,
         data_parallel_dense=ctx.launcher != "horovod",
     )
+    if args.torch_gloo:  # torch's own gloo reduce-scatter / all-gather (the "before" side)
+        from recis.distributed import gloo_comms
+
+        gloo_comms.uninstall()
     g = torch.Generator().manual_seed(100 + ctx.rank)
     batches = []
     for _ in range(4):  # a few distinct batches, cycled: no I/O in the timed loop
@@ -83,15 +93,77 @@ def worker(args: argparse.Namespace) -> None:
     for i in range(args.warmup):
         trainer.train_step(batches[i % len(batches)])
     dist.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(args.steps):
         trainer.train_step(batches[i % len(batches)])
+    # CPU time of this process (all its threads, user + system): the work a step costs,
+    # which a loaded machine inflates much less than wall time
+    cpu = torch.tensor([time.process_time() - c0])
     dist.barrier()
     elapsed = time.perf_counter() - t0
+    dist.all_reduce(cpu)
     if ctx.rank == 0:
         sps = args.steps * b * ctx.world_size / elapsed
-        Path(args.out).write_text(json.dumps({"samples_per_s": sps, "seconds": elapsed}))
+        cpu_ms = 1e3 * float(cpu) / ctx.world_size / args.steps
+        result = {"samples_per_s": sps, "seconds": elapsed, "cpu_ms_per_step": cpu_ms}
+        Path(args.out).write_text(json.dumps(result))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(args.profile):
+                trainer.train_step(batches[i % len(batches)])
+        if ctx.rank == 0:
+            table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=60)
+            Path(args.out + ".profile.txt").write_text(table)
     shutdown(ctx)
+
+
+def collectives(args: argparse.Namespace) -> None:
+    """One rank of ``--collectives``: wall and CPU ms of the per-step collectives of the
+    DLRM step, alone: gloo's reduce-scatter of the row-wise pooled embeddings against
+    recis's all-to-all version, the backward all-gather, and a 1-element all-reduce (the
+    size of the trainer's per-step flag and loss reductions)."""
+    import torch
+    import torch.distributed as dist
+
+    from recis.distributed import gloo_comms
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    rows, width = world * args.batch, args.features * args.dim  # [W*B, F*D] partial sums
+    x = torch.randn(rows, width)
+    out = torch.empty(rows // world, width)
+    gathered = torch.empty(rows, width)
+    one = torch.zeros(1)
+    lines = []
+
+    def timed(name: str, fn, n: int = 30) -> None:  # noqa: ANN001
+        for _ in range(3):
+            fn()
+        dist.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            fn()
+        wall, cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+        lines.append(f"{name:<44} {1e3 * wall:7.2f} ms wall {1e3 * cpu:7.2f} ms CPU")
+
+    mb = x.numel() * 4 / 1e6
+    for _ in range(2):
+        timed(f"gloo reduce_scatter_tensor {mb:.1f} MB", lambda: dist.reduce_scatter_tensor(out, x))
+        timed(
+            f"recis all-to-all reduce-scatter {mb:.1f} MB",
+            lambda: gloo_comms.reduce_scatter_tensor(out, x),
+        )
+    timed(
+        f"gloo all_gather_into_tensor {mb:.1f} MB",
+        lambda: dist.all_gather_into_tensor(gathered, out),
+    )
+    timed("gloo all_reduce 1 float", lambda: dist.all_reduce(one), 300)
+    if rank == 0:
+        print("\n".join(lines), flush=True)
+    dist.destroy_process_group()
 
 
 def free_port() -> int:
@@ -120,7 +192,8 @@ def launch(launcher: str, n: int, args: argparse.Namespace, passthrough: list[st
         result = json.loads(out.read_text())
     print(
         f"{launcher:>9} x{n}: {result['samples_per_s']:>10,.0f} samples/s "
-        f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s)",
+        f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s; "
+        f"{result['cpu_ms_per_step']:.1f} CPU ms per step and process)",
         flush=True,
     )
     return result["samples_per_s"]
@@ -138,6 +211,19 @@ def main() -> None:
     p.add_argument("--sharding", default="row_wise")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
     p.add_argument("--launchers", default="torchrun,horovod")
+    p.add_argument(
+        "--profile", type=int, default=0, help="profile N more steps on rank 0 (torch.profiler)"
+    )
+    p.add_argument(
+        "--torch-gloo",
+        action="store_true",
+        help="torch's gloo reduce-scatter/all-gather for row-wise tables (recis: all-to-alls)",
+    )
+    p.add_argument(
+        "--collectives",
+        action="store_true",
+        help="only time the step's collectives alone (2 processes, torchrun)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--launcher", default="torchrun", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -145,10 +231,18 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.collectives:
+        if "RANK" in os.environ:
+            collectives(args)
+            return
+        cmd = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port())]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        subprocess.run([*cmd, __file__, "--collectives", f"--batch={args.batch}"], env=env)
+        return
     passthrough = [
         f"--{k}={getattr(args, k)}"
         for k in ("steps", "warmup", "batch", "features", "ids", "rows", "dim", "sharding")
-    ]
+    ] + (["--torch-gloo"] if args.torch_gloo else [])
     result: dict[str, float | None] = {"torchrun_scaling": None, "horovod_scaling": None}
     for launcher in args.launchers.split(","):
         # best of --repeats, alternating 1 and 2 processes: other load on a shared machine

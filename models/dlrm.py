@@ -77,8 +77,11 @@ class DLRM(nn.Module):
         self.feature_names = [f.name for f in schema.sparse]
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        dense = self.dense_arch(batch.dense)  # [B, D]
+        # sparse first: when sharded, its output exchange runs while the dense MLP computes,
+        # and in backward the dense MLP's gradients come before the (long) embedding
+        # backward, so their all-reduce (DDP, Horovod) overlaps it instead of following it
         kt = self.sparse_arch(batch.sparse)
+        dense = self.dense_arch(batch.dense)  # [B, D]
         emb = kt.to_dict()
         stacked = torch.stack([dense] + [emb[k] for k in self.feature_names], dim=1)  # [B, F+1, D]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F+1, F+1]

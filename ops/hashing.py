@@ -60,6 +60,18 @@ def hash_int64(ids: np.ndarray | Sequence[int], salt: str | int | None = None) -
     return splitmix64(x).view(np.int64)
 
 
+def id_uniform(ids: np.ndarray, dim: int, salt: str | int | None = None) -> np.ndarray:
+    """``[N, dim]`` float64 in ``[0, 1)``: a fixed function of (salt, id, column).
+
+    For initializing an id's embedding from the id itself, so that its first vector
+    does not depend on which row, rank or world size it lands on.
+    """
+    x = splitmix64(np.asarray(ids, np.int64).reshape(-1).view(np.uint64) ^ salt64(salt))
+    with np.errstate(over="ignore"):
+        z = splitmix64(x[:, None] + np.arange(dim, dtype=np.uint64)[None] * _M2)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def hash_strings(
     values: pa.Array | pa.ChunkedArray | Sequence[str], salt: str | int | None = None
 ) -> np.ndarray:

@@ -66,12 +66,17 @@ class MapResult:
     ``rows``: int64 ``[N]`` row per input id, ``-1`` where the id has no row
     (not admitted, or no room). ``reset_rows``: int64 rows whose content must
     be re-initialized (evicted or expired, then possibly reused).
+    ``fresh_rows`` / ``fresh_ids``: int64 rows that start a new life in this
+    call (an id inserted, or an expired id seen again) and the id now in each:
+    their content should be the id's initial vector.
     ``capacity``: the capacity after the call (larger than before if it grew).
     """
 
     rows: torch.Tensor
     reset_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     capacity: int = 0
+    fresh_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fresh_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _num_slots(capacity: int) -> int:
@@ -219,14 +224,27 @@ class IdMapper:
         """Rows of ``ids`` (int64 ``[N]``), ``-1`` where unknown; changes nothing."""
         return torch.from_numpy(self._find(_as_keys(ids, self.name), rows=True))
 
-    def map(self, ids: torch.Tensor | np.ndarray, step: int, insert: bool = True) -> MapResult:
+    def map(
+        self,
+        ids: torch.Tensor | np.ndarray,
+        step: int,
+        insert: bool = True,
+        counts: torch.Tensor | np.ndarray | None = None,
+    ) -> MapResult:
         """Rows of ``ids`` (int64 ``[N]``), inserting admitted new ids when ``insert``.
 
         ``step`` is the caller's training step (for LRU/TTL); rows used here
         are marked seen at ``step`` and are not evicted by this call.
+        ``counts`` (int ``[N]``, default all 1): occurrences each entry of
+        ``ids`` stands for, when the caller deduplicated them (admission and
+        LFU count occurrences, so a deduplicated batch with its counts maps
+        exactly like the batch itself).
         """
         keys = _as_keys(ids, self.name)
-        fast = self._map_native(keys, step) if insert else None
+        occ = None if counts is None else np.asarray(counts, dtype=np.int64).reshape(-1)
+        if occ is not None and len(occ) != len(keys):
+            raise EmbeddingError(f"table {self.name!r}: {len(occ)} counts for {len(keys)} ids")
+        fast = self._map_native(keys, step, occ) if insert else None
         if fast is not None:
             return fast
         # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
@@ -237,25 +255,30 @@ class IdMapper:
         if not insert:
             return MapResult(torch.from_numpy(rows), capacity=self.capacity)
         reset = [np.zeros(0, np.int64)]
+        fresh = [np.zeros(0, np.int64)]
         hit = rows >= 0
         if self.eviction == "ttl":
             hit_rows = rows[hit]
             expired = self.row_last[hit_rows] < step - self.ttl_steps
             if expired.any():  # not seen for too long: same row, fresh content
                 reset.append(np.unique(hit_rows[expired]))
+                fresh.append(reset[-1])
         if self.row_last is not None and touch is None:
             self.row_last[rows[hit]] = step
         missing = ~hit
         if missing.any():
-            new_keys, inverse, counts = np.unique(
+            new_keys, inverse, seen = np.unique(
                 keys[missing], return_inverse=True, return_counts=True
             )
-            admit = self._admit(new_keys, counts)
+            if occ is not None:
+                seen = np.bincount(inverse, weights=occ[missing], minlength=len(new_keys))
+            admit = self._admit(new_keys, seen.astype(np.int64))
             new_keys = new_keys[admit]
             if len(new_keys):
                 new_rows = self._take_rows(len(new_keys), step, reset)
                 n = len(new_rows)
                 self._insert(new_keys[:n], new_rows)
+                fresh.append(new_rows)
                 if self.row_last is not None:
                     self.row_last[new_rows] = step
                 if self.row_count is not None:
@@ -264,21 +287,29 @@ class IdMapper:
                 got[np.flatnonzero(admit)[:n]] = new_rows
                 rows[missing] = got[inverse]
         if self.row_count is not None:
-            r = rows[rows >= 0]
-            np.add.at(self.row_count, r, 1)
+            valid = rows >= 0
+            np.add.at(self.row_count, rows[valid], 1 if occ is None else occ[valid])
         if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
             self._rebuild()
         if self.growable and self.size > self.grow_at * self.capacity:
             self._grow(self.capacity + 1)
-        return MapResult(torch.from_numpy(rows), np.concatenate(reset), self.capacity)
+        fresh_rows = np.concatenate(fresh)
+        return MapResult(
+            torch.from_numpy(rows),
+            np.concatenate(reset),
+            self.capacity,
+            fresh_rows,
+            self.row_key[fresh_rows].view(np.int64),
+        )
 
-    def _map_native(self, keys: np.ndarray, step: int) -> MapResult | None:
+    def _map_native(self, keys: np.ndarray, step: int, occ: np.ndarray | None) -> MapResult | None:
         """:meth:`map` in one native pass when nothing but free rows is needed, else None.
 
         Applies without admission rules (``min_count`` 1, ``admit_prob`` 1), without
         TTL (hits must be checked for expiry) and when the free rows cover every
         id of the batch (so no eviction or growth can be needed mid-batch). New
-        ids get rows in first-seen order. The numpy path takes ~3x longer on the
+        ids get the free rows in ascending-id order, as in the numpy path. ``occ``:
+        :meth:`map`'s ``counts`` (only LFU counts use them here). The numpy path takes ~3x longer on the
         benchmark's batches (unique, scatter and insert of ~2.6K new ids each).
         """
         if (
@@ -311,14 +342,21 @@ class IdMapper:
         self.recycled = self.recycled[used:]
         self.next_unused += taken - used
         rows = rows_t.numpy()
+        fresh_rows = free[:taken]  # the new ids' rows, in ascending-id order
         if self.row_count is not None:
-            self.row_count[free[:taken]] = 0
-            np.add.at(self.row_count, rows, 1)
+            self.row_count[fresh_rows] = 0
+            np.add.at(self.row_count, rows, 1 if occ is None else occ)
         if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
             self._rebuild()
         if self.growable and self.size > self.grow_at * self.capacity:
             self._grow(self.capacity + 1)
-        return MapResult(rows_t, np.zeros(0, np.int64), self.capacity)
+        return MapResult(
+            rows_t,
+            np.zeros(0, np.int64),
+            self.capacity,
+            fresh_rows,
+            self.row_key[fresh_rows].view(np.int64),
+        )
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
         admit = np.ones(len(keys), bool)
@@ -445,6 +483,45 @@ class IdMapper:
             self.sketch[...] = st["sketch"].numpy()
         self.rng.bit_generator.state = st["rng"]
         self._rebuild()
+
+    def clear(self) -> None:
+        """Forget every id (capacity, sketch and settings stay)."""
+        self._allocate(self.capacity)
+
+    def insert_items(
+        self,
+        ids: torch.Tensor | np.ndarray,
+        last: np.ndarray | None = None,
+        count: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Give distinct ``ids`` absent from the mapper rows, with their last-seen steps and
+        LFU counts (a checkpoint being loaded); returns their rows, int64 ``[N]``.
+
+        Growable mappers grow to fit; otherwise, with eviction, the rows seen longest ago
+        are left out (row ``-1``) when there is not room for all; without eviction a
+        :class:`TableFullError` names the table.
+        """
+        keys = _as_keys(ids, self.name)
+        out = np.full(len(keys), -1, np.int64)
+        if len(keys) > self.n_free and self.growable:
+            self._grow(self.size + len(keys))
+        keep = np.arange(len(keys))
+        if len(keys) > self.n_free:
+            if self.eviction == "none":
+                raise TableFullError(
+                    f"table {self.name!r}: {len(keys)} ids to load, {self.n_free} free rows; "
+                    "raise capacity or set eviction (lru|lfu|ttl) or growable: true"
+                )
+            order = np.argsort(-last if last is not None else np.zeros(len(keys)), kind="stable")
+            keep = np.sort(order[: self.n_free])
+        rows = self._take_rows(len(keep), 0, [])
+        self._insert(keys[keep], rows)
+        if self.row_last is not None:
+            self.row_last[rows] = 0 if last is None else last[keep]
+        if self.row_count is not None and count is not None:
+            self.row_count[rows] = count[keep]
+        out[keep] = rows
+        return out
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 ``[size]``, rows int64 ``[size]``) of every live row, by row."""

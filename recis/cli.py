@@ -38,17 +38,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest checkpoint (writes into RUN_DIR)",
     )
-    tr.add_argument(
-        "--launcher",
-        choices=["auto", "none", "torchrun", "horovod"],
-        default=None,
-        help="how the processes were started (default: config distributed.launcher, 'auto' "
-        "detects torchrun / horovodrun from the environment); see docs/distributed.md",
-    )
     ev = add("eval", "evaluate a checkpoint on the config's eval data")
     ev.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder (run_dir/checkpoints/NAME)"
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder (run_dir/checkpoints/NAME), single-process or distributed",
     )
+    for sp in (tr, ev):
+        sp.add_argument(
+            "--launcher",
+            choices=["auto", "none", "torchrun", "horovod"],
+            default=None,
+            help="how the processes were started (default: config distributed.launcher, "
+            "'auto' detects torchrun / horovodrun from the environment); see "
+            "docs/distributed.md",
+        )
     pl = sub.add_parser(
         "plot", help="write PNG curves of a run", description="write PNG curves of a run"
     )
@@ -84,13 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         from recis.train import runner
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "train" and _launcher(cfg, args) != "none":
+        launcher = _launcher(cfg, args)
+        if args.command == "train" and launcher != "none":
             from recis.distributed import run as distributed_run
 
-            result = distributed_run.train(cfg, _launcher(cfg, args))
+            result = distributed_run.train(cfg, launcher, resume=args.resume)
             if result is not None:  # rank 0
                 _print_result(result)
                 print(f"run directory: {cfg.run_dir}")
+        elif args.command == "eval" and launcher != "none":
+            from recis.distributed import run as distributed_run
+
+            result = distributed_run.evaluate(cfg, args.checkpoint, launcher)
+            if result is not None:  # rank 0
+                _print_result(result)
         elif args.command == "train":
             result = runner.train(cfg, resume=args.resume)
             _print_result(result)

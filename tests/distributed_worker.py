@@ -43,7 +43,7 @@ SCHEMA = Schema(
     labels=[{"name": "click", "column": "label"}],
 )
 MODEL = DLRMConfig(
-    embedding="modulo",  # recis.distributed shards torchrec EBCs; hashed tables are not sharded yet
+    embedding="modulo",  # torchrec EBCs: the per-table sharding plans (hashed: test_hashed_dist)
     tables=[TableConfig(name=f"C{i}", dim=DIM, capacity=40 + 20 * i) for i in range(F)],
     bottom_mlp=[8, DIM],
     top_mlp=[8],
@@ -148,6 +148,18 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def single_rank_env() -> dict[str, str]:
+    """What torchrun would set for a world of one process (the worker started directly)."""
+    return {
+        **worker_env(),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a launcher or worker from the repository root, output captured."""
     return subprocess.Popen(
@@ -218,6 +230,23 @@ def check_even_batches(rank: int, world: int) -> None:
         assert padded[0] == ("r1b0", False), padded
 
 
+def check_reduce_scatter(rank: int, world: int) -> None:
+    """recis's gloo reduce-scatter (an all-to-all and a local sum, used for row-wise pooled
+    embeddings) gives torch's result: bitwise with 2 ranks (a + b in either order)."""
+    import torch.distributed as dist
+
+    from recis.distributed import gloo_comms
+
+    g = torch.Generator().manual_seed(7 + rank)
+    x = torch.randn(world * 6, 5, generator=g)
+    want, got = torch.empty(6, 5), torch.full((6, 5), float("nan"))
+    dist.reduce_scatter_tensor(want, x)
+    gloo_comms.reduce_scatter_tensor(got, x, async_op=True).wait()
+    if world <= 2:
+        assert torch.equal(got, want), (got - want).abs().max()
+    torch.testing.assert_close(got, want)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -244,6 +273,7 @@ def main() -> None:
             if ctx.rank == 0:
                 torch.save({"loss": loss, "state": state}, out / "continued.pt")
     check_even_batches(ctx.rank, ctx.world_size)
+    check_reduce_scatter(ctx.rank, ctx.world_size)
     if args.load_ckpt:
         wait_for(Path(args.load_ckpt) / "meta.json")
         trainer = build(ctx, args.load_kind)
@@ -289,8 +319,7 @@ def cli_config(tmp: Path, name: str, data: Path) -> Path:
             "tables": [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES],
         },
         "train": {
-            "epochs": 1,
-            "max_steps": 8,
+            "epochs": 3,
             "dense_optimizer": {"name": "adam", "lr": 0.01},
             "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
             "log_every": 2,

@@ -35,14 +35,7 @@ def torchrun_runs(tmp_path_factory):
     def start(tmp: Path) -> list:
         (tmp / "w1").mkdir()
         (tmp / "w2").mkdir()
-        one = {
-            **w.worker_env(),
-            "RANK": "0",
-            "WORLD_SIZE": "1",
-            "LOCAL_RANK": "0",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(w.free_port()),
-        }
+        one = w.single_rank_env()
         procs = [
             w.spawn(
                 [

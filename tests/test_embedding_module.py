@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -50,3 +51,35 @@ def test_modulo_engine_is_plain_torchrec() -> None:
         out["a"][1], w[(-(2**62)) % 10]
     )
     assert torch.allclose(out["b"][1], w[9])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weighted_mean_pooling_gradient_matches_its_forward(optimizer):
+    """fbgemm's CPU MEAN backward drops the 1/L when per-id weights are given; the
+    collection runs mean as a weighted sum, so the update is d(sum(w*x)/L)/dx = w/L."""
+    from recis.config import SparseOptimizerConfig
+
+    ec = HashedEmbeddingCollection(
+        [TableConfig(name="t", dim=4, capacity=10, pooling="mean", mapper="none")],
+        [SparseFeature(name="f", table="t", weight_column="w")],
+        "cpu",
+        optimizer=SparseOptimizerConfig(name=optimizer, lr=1.0),
+    )
+    g, j = ec.where["t"]
+    before = ec.groups[g].weight(j).detach().clone()
+    kjt = KeyedJaggedTensor(
+        keys=["f"],
+        values=torch.tensor([1, 2, 3]),
+        lengths=torch.tensor([3]),
+        weights=torch.tensor([0.5, 2.0, 1.0]),
+    )
+    out = ec(kjt).values()
+    torch.testing.assert_close(
+        out[0], (before[1:4] * torch.tensor([[0.5], [2.0], [1.0]])).sum(0) / 3
+    )
+    out.sum().backward()
+    step = before - ec.groups[g].weight(j).detach()
+    if optimizer == "sgd":  # step = lr * grad = w / L
+        torch.testing.assert_close(step[1:4, 0], torch.tensor([0.5, 2.0, 1.0]) / 3)
+    else:  # Adam's first step is lr * sign(grad) for every touched row
+        assert torch.all(step[1:4] > 0.99)

@@ -21,18 +21,19 @@ def test_fm_term_is_sum_of_pairwise_dots() -> None:
     schema = Schema(sparse=[SparseFeature(name=n) for n in "abc"], labels=[LabelSpec(name="click")])
     cfg = DeepFMConfig(tables=[TableConfig(name=n, dim=4, capacity=10) for n in "abc"], dnn=[8])
     model = DeepFM(cfg, schema, torch.device("cpu"))
-    with torch.no_grad():  # silence everything but the FM term
-        model.dnn[-1].weight.zero_()
-        model.dnn[-1].bias.zero_()
-        for p in model.first_order.parameters():
-            p.zero_()
-        model.dense_linear.bias.zero_()
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=list("abc"),
         values=torch.tensor([1, 2, 3, 4, 5, 6]),
         lengths=torch.ones(6, dtype=torch.int64),
     )
     batch = Batch(sparse=kjt, dense=torch.zeros(2, 0), labels={"click": torch.zeros(2)})
+    model(batch)  # gives the ids rows (a new id's row starts from its own vector)
+    with torch.no_grad():  # silence everything but the FM term
+        model.dnn[-1].weight.zero_()
+        model.dnn[-1].bias.zero_()
+        for p in model.first_order.parameters():
+            p.zero_()
+        model.dense_linear.bias.zero_()
     emb = model.embedding(kjt).to_dict()
     expected = sum((emb[x] * emb[y]).sum(1) for x, y in itertools.combinations("abc", 2))
     torch.testing.assert_close(model(batch)["click"], expected)

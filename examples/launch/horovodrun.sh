@@ -13,4 +13,4 @@ shift || true
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PATH="$PWD/.venv/bin:$PATH"
 exec horovodrun -np "$NP" -H "$HOSTS" --gloo \
-    recis train "$CONFIG" --launcher horovod --set model.embedding=modulo "$@"
+    recis train "$CONFIG" --launcher horovod "$@"

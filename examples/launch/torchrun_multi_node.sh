@@ -19,4 +19,4 @@ args=(--nnodes "$NNODES" --nproc-per-node "${NPROC:-1}" --max-restarts "${MAX_RE
 if [[ "$backend" == static ]]; then
     args+=(--node-rank "${NODE_RANK:?set NODE_RANK (0..NNODES-1)}")
 fi
-exec .venv/bin/torchrun "${args[@]}" -m recis.cli train "$CONFIG" --launcher torchrun --set model.embedding=modulo "$@"
+exec .venv/bin/torchrun "${args[@]}" -m recis.cli train "$CONFIG" --launcher torchrun "$@"

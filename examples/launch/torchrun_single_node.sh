@@ -8,4 +8,4 @@ CONFIG=${1:-examples/dlrm_synthetic.yaml}
 shift || true
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec .venv/bin/torchrun --standalone --nproc-per-node "${NPROC:-2}" \
-    -m recis.cli train "$CONFIG" --launcher torchrun --set model.embedding=modulo "$@"
+    -m recis.cli train "$CONFIG" --launcher torchrun "$@"

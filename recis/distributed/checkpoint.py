@@ -5,9 +5,11 @@ ranks loads into M ranks with any other sharding plan, or into an unsharded mode
 one process: DCP reads the parts of each saved shard that overlap what the loading rank
 owns. Replicated tensors (dense parameters, their optimizer state) are written once.
 
-Layout: ``<path>/`` holds DCP's ``.metadata`` and ``__<rank>_*.distcp`` files plus
-``meta.json`` (step, world size). Writes go to ``.tmp-<name>`` first and rank 0 renames
-it after every rank has finished, so a crash mid-save leaves the previous checkpoint whole.
+Layout: ``<path>/`` holds DCP's ``.metadata`` and ``__<rank>_*.distcp`` files,
+``meta.json`` (step, epoch, world size, LR schedule) and ``ranks.json``: what differs per
+rank and is not a tensor (each rank's reader position, RNG states), keyed by rank,
+gathered to rank 0. Writes go to ``.tmp-<name>`` first and rank 0 renames it after every
+rank has finished, so a crash mid-save leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from recis.errors import CheckpointError
 
 _META = "meta.json"
+_RANKS = "ranks.json"
 
 
 def _rank() -> int:
@@ -37,8 +40,28 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(path: str | Path, model: nn.Module, optimizer: Any | None, meta: dict[str, Any]) -> Path:
+def _gather_to_main(value: Any) -> list[Any]:
+    """Every rank's ``value`` in rank order (meaningful on rank 0; collective)."""
+    if not dist.is_initialized():
+        return [value]
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
+    return every
+
+
+def save(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: Any | None,
+    meta: dict[str, Any],
+    rank_state: dict[str, Any] | None = None,
+) -> Path:
     """Save ``model`` (and ``optimizer``, a torchrec KeyedOptimizer) to the folder ``path``.
+
+    Args:
+        meta: JSON-serializable, the same on every rank (rank 0's is written).
+        rank_state: JSON-serializable state of this rank (reader position...), written
+            with every other rank's into ``ranks.json`` under its rank.
 
     Collective: every rank calls it.
     """
@@ -52,10 +75,13 @@ def save(path: str | Path, model: nn.Module, optimizer: Any | None, meta: dict[s
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     dcp.save(state, checkpoint_id=str(tmp))
+    ranks = _gather_to_main(rank_state) if rank_state is not None else None
     _barrier()
     if _rank() == 0:
         world = dist.get_world_size() if dist.is_initialized() else 1
         full_meta = {**meta, "world_size": world, "time": time.time()}
+        if ranks is not None:  # written before meta.json: a folder with meta.json is whole
+            (tmp / _RANKS).write_text(json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n")
         (tmp / _META).write_text(json.dumps(full_meta, indent=2) + "\n")
         old = path.parent / f".old-{path.name}"
         if path.exists():
@@ -76,17 +102,45 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     meta = json.loads((path / _META).read_text())
     if optimizer is not None:
         _init_optimizer_state(optimizer)
-    state: dict[str, Any] = {"model": model.state_dict()}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+    resharding = _prepare_resharding(path, model)
     try:
+        state: dict[str, Any] = {"model": model.state_dict()}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as err:  # missing keys, shape mismatch: say which checkpoint
+    # missing keys, shape mismatch: say which checkpoint (DCP raises CheckpointException,
+    # a BaseException, when it plans or reads)
+    except (Exception, dcp.api.CheckpointException) as err:
+        for m in resharding:
+            m.prepare_load(None)
         raise CheckpointError(f"{path}: cannot load checkpoint: {err}") from None
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     return meta
+
+
+def load_rank_state(path: str | Path, rank: int, world_size: int) -> dict[str, Any] | None:
+    """This rank's entry of ``ranks.json`` in checkpoint ``path``, or None when the checkpoint
+    has none or was saved at another world size (then positions do not map rank to rank)."""
+    path = Path(path)
+    meta = json.loads((path / _META).read_text())
+    if int(meta.get("world_size", 1)) != world_size or not (path / _RANKS).is_file():
+        return None
+    return json.loads((path / _RANKS).read_text()).get(str(rank))
+
+
+def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:
+    """Tell modules whose saved tensors are sized by content, not by the world size (the
+    hashed engine's live rows), the sizes in the checkpoint, so their state dict is a
+    template DCP can load into."""
+    found = [m for m in model.modules() if hasattr(m, "prepare_load")]
+    if found:
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        sizes = {k: v.size for k, v in saved.items() if hasattr(v, "size")}
+        for m in found:
+            m.prepare_load(sizes, root="model.")
+    return found
 
 
 def _init_optimizer_state(optimizer: Any) -> None:

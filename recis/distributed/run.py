@@ -8,9 +8,9 @@ a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +19,15 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.errors import ConfigError
+from recis.embedding import deferred_tables
+from recis.errors import CheckpointError, ConfigError
 from recis.io import reader_from_config
-from recis.io.batch import Batch
 from recis.models import build_model
 
 from . import checkpoint as dcp_checkpoint
 from .context import DistContext, init_distributed, shutdown
 from .sharding import shard_model
 from .trainer import DistributedTrainer
-
-
-class _SkipFirst:
-    """Skips the first ``n`` batches of the first pass (resume at a step)."""
-
-    def __init__(self, data: Iterable[Batch], n: int) -> None:
-        self.data, self.n = data, n
-
-    def __iter__(self) -> Iterator[Batch]:
-        n, self.n = self.n, 0
-        for i, batch in enumerate(self.data):
-            if i >= n:
-                yield batch
 
 
 def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
@@ -60,13 +47,9 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     evals = None
     if eval_path is not None:
         evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
-    if ctx.world_size > 1 and cfg.model.embedding != "modulo":
-        raise ConfigError(
-            "model.embedding: distributed runs shard torchrec tables, and sharding the hashed "
-            "engine is not built yet; set model.embedding: modulo (ids pre-mapped to "
-            "[0, capacity)) for multi-process training"
-        )
-    model = build_model(cfg.model, cfg.data.schema_, ctx.device)
+    # hashed tables: each rank allocates only its shard (shard_model builds them)
+    with deferred_tables() if ctx.world_size > 1 else contextlib.nullcontext():
+        model = build_model(cfg.model, cfg.data.schema_, ctx.device)
     d = cfg.distributed
     sharded = shard_model(
         model,
@@ -79,22 +62,37 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     return DistributedTrainer(sharded, train, evals, cfg.train, ctx, run_dir=cfg.run_dir)
 
 
-def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
-    """Train ``cfg`` on this rank; returns the global eval result on rank 0, None elsewhere."""
+def train(
+    cfg: RunConfig, launcher: str | None = None, resume: str | Path | None = None
+) -> dict[str, Any] | None:
+    """Train ``cfg`` on this rank; returns the global eval result on rank 0, None elsewhere.
+
+    With ``resume`` (a run directory, ``recis train --resume``), or when torchrun restarted
+    the workers (``--max-restarts``), the run continues from the run directory's newest
+    sharded checkpoint: model, optimizer, step, epoch and every rank's reader position.
+    """
+    if resume is not None:
+        cfg.run_dir = str(resume)
+    run_dir = Path(cfg.run_dir)
+    last = None
+    if resume is not None:
+        last = dcp_checkpoint.latest(run_dir / "checkpoints")
+        if last is None:
+            raise CheckpointError(
+                f"{resume}: no complete distributed checkpoint under checkpoints/"
+            )
     ctx = init_distributed(
         launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
     )
     try:
-        run_dir = Path(cfg.run_dir)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer = build(cfg, ctx)
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        last = dcp_checkpoint.latest(run_dir / "checkpoints") if restarts else None
-        if last is not None:  # restarted by torchrun --max-restarts: continue from there
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")):
+            last = dcp_checkpoint.latest(run_dir / "checkpoints")  # written by the dead attempt
+        if last is not None:
             trainer.load(last)
-            trainer.train_data = _SkipFirst(trainer.train_data, trainer.step)
             if ctx.is_main:
                 print(f"resumed from {last} at step {trainer.step}", flush=True)
         result = trainer.fit()
@@ -108,3 +106,27 @@ def train(cfg: RunConfig, launcher: str | None = None) -> dict[str, Any] | None:
         return None
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def evaluate(
+    cfg: RunConfig, checkpoint: str | Path, launcher: str | None = None
+) -> dict[str, Any] | None:
+    """``recis eval --checkpoint DCP_DIR`` on this rank: the sharded model is loaded from the
+    checkpoint (saved at any world size) and evaluated on every rank's share of the eval
+    data; the global metrics come back on rank 0, None elsewhere."""
+    ctx = init_distributed(
+        launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
+    )
+    try:
+        trainer = build(cfg, ctx)
+        if trainer.eval_data is None:
+            raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
+        meta = dcp_checkpoint.load(checkpoint, trainer.model)  # weights only: no optimizer
+        trainer.step = int(meta.get("step", 0))
+        result = trainer.evaluate()
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(ctx)
+    return result if ctx.is_main else None

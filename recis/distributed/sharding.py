@@ -54,7 +54,9 @@ from torchrec.distributed.types import (
 from recis.config import SparseOptimizerConfig
 from recis.errors import ConfigError
 
+from . import gloo_comms
 from .context import DistContext
+from .hashed import hashed_collections, shard_hashed
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
 _FUSED = "fused"
@@ -111,7 +113,8 @@ def table_sharding(model: nn.Module, default: str, per_table: dict[str, str]) ->
     for name, kind in per_table.items():
         if name not in names:
             raise ConfigError(
-                f"distributed.sharding.{name}: no embedding table named {name!r}; tables: {names}"
+                f"distributed.sharding.{name}: no torchrec table named {name!r} (tables: "
+                f"{names}); tables of the hashed engine are always sharded by id over all ranks"
             )
         if kind not in SHARDING_TYPES:
             raise ConfigError(f"distributed.sharding.{name}: {kind!r} not in {SHARDING_TYPES}")
@@ -216,6 +219,11 @@ def shard_model(
 ) -> DistributedModelParallel:
     """Wrap ``model`` in DistributedModelParallel with the configured per-table plan.
 
+    Hashed collections (:class:`~recis.embedding.HashedEmbeddingCollection`) are first
+    replaced by :class:`~recis.distributed.hashed.ShardedHashedEmbeddingCollection`
+    (ids split over all ranks, exchanged on a process group of their own); torchrec
+    collections get the per-table plan.
+
     Args:
         model: an unsharded model holding torchrec embedding collections (on ``ctx.device``).
         ctx: this process's context; its process group carries the embedding all-to-alls.
@@ -225,6 +233,11 @@ def shard_model(
         data_parallel_dense: wrap dense parameters in DDP (torchrun); False under Horovod,
             whose ``DistributedOptimizer`` reduces them instead.
     """
+    gloo_comms.install()  # row-wise output dist on gloo: all-to-alls, not all-reduce + slice
+    # hashed collections are split by id over all ranks (recis.distributed.hashed)
+    if any(True for _ in hashed_collections(model)):
+        group = dist.new_group(backend=ctx.backend) if ctx.world_size > 1 else None
+        shard_hashed(model, ctx.rank, ctx.world_size, group)
     module_sharders = sharders(sparse_optimizer, ctx.device)
     kinds = table_sharding(model, default, per_table or {})
     plan = build_plan(model, ctx, kinds, module_sharders)

@@ -14,7 +14,10 @@ It reuses :class:`recis.train.Trainer`'s loop and changes what differs across ra
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import pickle
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from recis.config import SparseOptimizerConfig, TrainConfig
 from recis.io.batch import Batch
 from recis.optim import build_schedule, dense_optimizer
 from recis.train import Trainer
+from recis.train.state import rng_state, set_rng_state
 
 from . import checkpoint as dcp_checkpoint
 from .collectives import even_batches, mean_over_ranks
@@ -36,14 +40,23 @@ from .context import DistContext, import_horovod
 
 
 class _EvenBatches:
-    """Re-iterable view of ``data`` where all ranks yield the same number of batches."""
+    """Re-iterable view of ``data`` where all ranks yield the same number of batches.
+
+    When another rank ran out first, the rest of this rank's pass (at most a batch or two
+    when no row is skipped: shards differ by one row at most) is read and dropped, so that
+    this rank's reader, like the others', starts its next epoch on the next iteration
+    instead of handing out the tail of the old one.
+    """
 
     def __init__(self, data: Iterable[Batch]) -> None:
         self.data = data
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch, _ in even_batches(self.data):
+        it = iter(self.data)
+        for batch, _ in even_batches(it):
             yield batch
+        for _ in it:  # the same rows are dropped whether or not the run was resumed
+            pass
 
 
 class _PaddedEval:
@@ -183,6 +196,24 @@ class DistributedTrainer(Trainer):
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
+    def _meta(self) -> dict[str, Any]:
+        """What a checkpoint needs besides tensors and is the same on every rank."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict() if self.objective is not None else {},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs per rank: the reader's position (exact resume) and RNG states."""
+        out: dict[str, Any] = {"rng": base64.b64encode(pickle.dumps(rng_state())).decode()}
+        data = self.train_data.data  # type: ignore[attr-defined]
+        if hasattr(data, "state_dict"):
+            out["data"] = json.loads(json.dumps(data.state_dict(), default=_json_number))
+        return out
+
     def save(self, name: str | None = None) -> Path | None:
         """Sharded checkpoint ``step-N`` (or ``name``), written by every rank (collective)."""
         if self.run_dir is None or (name is None and self._last_saved == self.step):
@@ -191,14 +222,70 @@ class DistributedTrainer(Trainer):
             self.run_dir / "checkpoints" / (name or f"step-{self.step}"),
             self.model,
             self.optimizer,
-            {"step": self.step, "epoch": self.epoch},
+            self._meta(),
+            rank_state=self._rank_state(),
         )
         if name is None:
             self._last_saved = self.step
         return path
 
     def load(self, path: str | Path) -> dict[str, Any]:
-        """Restore model, optimizer and step from a checkpoint saved at any world size."""
+        """Restore model, optimizer, step, epoch, LR schedule and this rank's reader position
+        from a checkpoint saved at any world size.
+
+        At the world size it was saved with, every rank continues at the exact row after its
+        last trained batch. At another world size the model and optimizer reshard, but reader
+        positions cannot map rank to rank (each rank's share of the rows changes): the
+        checkpoint's epoch restarts from its first batch, and the rank-0 log says so.
+        """
         meta = dcp_checkpoint.load(path, self.model, self.optimizer)
         self.step = self._last_saved = int(meta.get("step", 0))
+        self.epoch = int(meta.get("epoch", 0))
+        if "scheduler" in meta:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("objective"):
+            if self.objective is not None:
+                self.objective.load_state_dict(meta["objective"])
+            else:  # tasks known only after the first batch
+                self._pending_objective = meta["objective"]
+        for cb, s in zip(self.callbacks, meta.get("callbacks", [])):
+            cb.load_state_dict(s)
+        data = self.train_data.data  # type: ignore[attr-defined]
+        mine = dcp_checkpoint.load_rank_state(path, self.ctx.rank, self.ctx.world_size)
+        if mine is not None:
+            set_rng_state(pickle.loads(base64.b64decode(mine["rng"])))
+            if "data" in mine and hasattr(data, "load_state_dict"):
+                data.load_state_dict(mine["data"])
+        elif hasattr(data, "state_dict"):
+            _restart_epoch(data, self.epoch)
+            if self.ctx.is_main:
+                saved = int(meta.get("world_size", 1))
+                why = (
+                    f"saved by {saved} ranks, this run has {self.ctx.world_size}: reader "
+                    "positions do not map across world sizes"
+                    if saved != self.ctx.world_size
+                    else "it holds no reader positions"
+                )
+                print(
+                    f"{path}: {why}; epoch {self.epoch} restarts from its first batch "
+                    f"(its rows trained on before step {self.step} are read again)",
+                    flush=True,
+                )
         return meta
+
+
+def _json_number(value: Any) -> Any:
+    """numpy scalars in reader states -> Python numbers (json's ``default``)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in a reader state is not JSON-serializable")
+
+
+def _restart_epoch(data: Any, epoch: int) -> None:
+    """Position a reader (or Loader) at the first batch of ``epoch``."""
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
+    elif hasattr(data, "num_workers"):  # recis.io.Loader: no worker position = epoch start
+        data.load_state_dict(
+            {"workers": [None] * data.num_workers, "next": 0, "epoch": epoch, "skipped": 0}
+        )

@@ -14,7 +14,7 @@ import torch
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.features import SparseFeature
 
-from .collection import HashedEmbeddingCollection
+from .collection import HashedEmbeddingCollection, deferred_tables
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup
 from .modulo import ModuloEmbeddingBagCollection
 
@@ -25,6 +25,7 @@ __all__ = [
     "TableSlot",
     "TorchTableGroup",
     "build_embedding_collection",
+    "deferred_tables",
 ]
 
 
@@ -44,8 +45,8 @@ def build_embedding_collection(
     ``_in_backward_optimizers``, or are buffers).
 
     ``engine="modulo"`` gives a plain torchrec ``EmbeddingBagCollection`` over
-    ``id mod capacity`` instead (pre-mapped ids; what :mod:`recis.distributed`
-    shards today); its rows go to the trainer's sparse torch optimizer.
+    ``id mod capacity`` instead (pre-mapped ids, sharded by torchrec's per-table
+    plans in distributed runs); its rows go to the trainer's sparse torch optimizer.
     """
     if engine == "modulo":
         return ModuloEmbeddingBagCollection(tables, features, torch.device(device))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,41 @@ def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
     ).replace(".", "p")
 
 
-class HashedEmbeddingCollection(nn.Module):
+_DEFERRED: ContextVar[bool] = ContextVar("recis_deferred_tables", default=False)
+
+
+@contextmanager
+def deferred_tables() -> Iterator[None]:
+    """Hashed collections built inside hold one row per table: templates that
+    :func:`recis.distributed.shard_model` replaces by per-rank shards, so no rank ever
+    allocates a whole table (their configs, features and seed are kept as given)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+class LookupModule(nn.Module):
+    """An embedding module whose ``lookup(kjt)`` gives the pooled KeyedTensor (or None)
+    and the sequence JaggedTensors; ``forward`` and ``forward_sequences`` read one each."""
+
+    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+        raise NotImplementedError
+
+    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
+        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
+        kt, _ = self.lookup(kjt)
+        if kt is None:
+            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
+        return kt
+
+    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
+        return self.lookup(kjt)[1]
+
+
+class HashedEmbeddingCollection(LookupModule):
     """Embedding tables over raw 64-bit ids: collision-free mapping, then fused lookup.
 
     Each table has an :class:`recis.ops.IdMapper` (unless ``mapper: none``)
@@ -74,6 +111,7 @@ class HashedEmbeddingCollection(nn.Module):
         by_name = {t.name: t for t in tables}
         feats_of = features_by_table(features, list(by_name))
         self.device = device
+        self.seed = seed
         self.step = 0
         self.tables = {t.name: t for t in tables if t.name in feats_of}
         self.table_of = {f.name: f.table_name for f in features}
@@ -86,7 +124,7 @@ class HashedEmbeddingCollection(nn.Module):
             mapped = t.mapper == "hash"
             if mapped:
                 self.mappers[t.name] = IdMapper(
-                    t.capacity,
+                    1 if _DEFERRED.get() else t.capacity,
                     name=t.name,
                     eviction=t.eviction,
                     ttl_steps=t.ttl_steps,
@@ -109,9 +147,10 @@ class HashedEmbeddingCollection(nn.Module):
                 TableSlot(
                     name=t.name,
                     dim=t.dim,
-                    rows=t.capacity + int(mapped),
+                    rows=(1 if _DEFERRED.get() else t.capacity) + int(mapped),
                     init=t.init,
                     init_scale=t.init_scale or default_scale(t.capacity),
+                    by_id=mapped,
                     features=feats_of[t.name],
                 )
             )
@@ -126,7 +165,10 @@ class HashedEmbeddingCollection(nn.Module):
         for name in self.mappers:
             g, j = self.where[name]
             grp = self.groups[g]
-            fallback = grp.weight(j)[0].float().clone()
+            # 'shared': one fixed vector, a function of (seed, table) like every id's first
+            fallback = grp.tables[j].initial_for_ids(
+                np.zeros(1, np.int64), f"{self.id_salt(name)}/fallback", device
+            )[0]
             if self.tables[name].default == "zero":
                 fallback.zero_()
             self.register_buffer(f"fallback_{name}", fallback)
@@ -136,7 +178,9 @@ class HashedEmbeddingCollection(nn.Module):
         self.sequence_features = [f.name for f in features if pooling[f.name] == "none"]
 
     # ------------------------------------------------------------------ mapping
-    def _map(self, table: str, ids: torch.Tensor) -> MapResult | torch.Tensor:
+    def _map(
+        self, table: str, ids: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> MapResult | torch.Tensor:
         """Phase 1: ids int64 ``[N]`` to mapper rows (tables themselves are not touched)."""
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise EmbeddingError(f"table {table!r}: ids must be integers, got {ids.dtype}")
@@ -149,7 +193,9 @@ class HashedEmbeddingCollection(nn.Module):
                     f"got [{int(ids.min())}, {int(ids.max())}]"
                 )
             return ids.to(torch.int64)
-        return mapper.map(ids, self.step, insert=self.training)
+        if counts is not None:
+            counts = counts.cpu().numpy()
+        return mapper.map(ids, self.step, insert=self.training, counts=counts)
 
     def _apply_map(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
         """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``."""
@@ -161,14 +207,26 @@ class HashedEmbeddingCollection(nn.Module):
             grp.resize(j, res.capacity + 1)
         if len(res.reset_rows):
             grp.reset_rows(j, torch.from_numpy(res.reset_rows + 1).to(self.device))
+        if len(res.fresh_rows):
+            # a new id starts from its own vector: the same on any row, rank or world size
+            init = grp.tables[j].initial_for_ids(res.fresh_ids, self.id_salt(table), self.device)
+            grp.reset_rows(j, torch.from_numpy(res.fresh_rows + 1).to(self.device), init)
         return (res.rows + 1).to(self.device)
 
-    def _map_all(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def id_salt(self, table: str) -> str:
+        """Salt of ``table``'s per-id initial vectors (the collection's seed and the name)."""
+        return f"{self.seed}/{table}"
+
+    def _map_all(
+        self, ids: dict[str, torch.Tensor], counts: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Map every table's ids (all mappers first, then the table updates they ask for).
 
+        ``counts``: per table, occurrences each id stands for (deduplicated ids).
         Threads over tables were measured no faster on 2 shared cores, so this is serial.
         """
-        results = {t: self._map(t, v) for t, v in ids.items()}
+        counts = counts or {}
+        results = {t: self._map(t, v, counts.get(t)) for t, v in ids.items()}
         return {t: self._apply_map(t, r) for t, r in results.items()}
 
     def _restore_fallbacks(self) -> None:
@@ -177,12 +235,44 @@ class HashedEmbeddingCollection(nn.Module):
             self.groups[g].set_row(j, 0, getattr(self, f"fallback_{name}"))
 
     # ------------------------------------------------------------------ forward
-    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
-        """Pooled KeyedTensor (or None) and sequence JaggedTensors, in one pass."""
+    def _begin_step(self) -> None:
         if self.training:
             self.step += 1
         # the last fused update may have moved the fallback rows: put them back
         self._restore_fallbacks()
+
+    def embed_ids(
+        self, ids: dict[str, torch.Tensor], counts: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-id embeddings ``{table: [N_t, D_t]}`` of ``{table: ids int64 [N_t]}``.
+
+        For collections whose tables all have pooling ``none`` (the owner side of a
+        sharded collection, :mod:`recis.distributed.hashed`); counts one step like a
+        forward. ``counts``: per table, occurrences each id stands for when the caller
+        deduplicated them (admission and LFU count occurrences).
+        """
+        self._begin_step()
+        rows = self._map_all(ids, counts)
+        out: dict[str, torch.Tensor] = {}
+        for grp in self.groups.values():
+            if grp.pooling != "none":
+                raise EmbeddingError("embed_ids needs tables with pooling 'none'")
+            if any(len(t.features) != 1 for t in grp.tables):
+                raise EmbeddingError("embed_ids needs one feature per table")
+            # every table of the group takes part in the kernel call, empty or not
+            names = [t.name for t in grp.tables]
+            none = torch.zeros(0, dtype=torch.int64, device=self.device)
+            idx = [rows.get(t, none) for t in names]
+            lens = torch.tensor([r.numel() for r in idx], dtype=torch.int64)
+            offsets = torch.zeros(len(names) + 1, dtype=torch.int64)
+            torch.cumsum(lens, 0, out=offsets[1:])
+            emb = grp(torch.cat(idx), offsets.to(self.device))
+            out.update((t, e) for t, e in zip(names, emb.split(lens.tolist())) if t in rows)
+        return out
+
+    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+        """Pooled KeyedTensor (or None) and sequence JaggedTensors, in one pass."""
+        self._begin_step()
         keys = kjt.keys()
         missing = [f for f in self.pooled_features + self.sequence_features if f not in keys]
         if missing:
@@ -256,17 +346,6 @@ class HashedEmbeddingCollection(nn.Module):
     def where_features(self, table: str) -> list[str]:
         g, j = self.where[table]
         return self.groups[g].tables[j].features
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
-        kt, _ = self.lookup(kjt)
-        if kt is None:
-            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
-        return kt
-
-    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
-        return self.lookup(kjt)[1]
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:

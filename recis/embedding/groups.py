@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
@@ -31,6 +32,7 @@ from torch import nn
 
 from recis.config import SparseOptimizerConfig
 from recis.ops.fused_backward import fused_lookup
+from recis.ops.hashing import id_uniform
 from recis.optim.sparse_adam import AdamHyper, adam_state, adam_update_rows
 
 _POOLING = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
@@ -44,7 +46,12 @@ _DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
 
 @dataclass
 class TableSlot:
-    """One table inside a group: ``rows`` includes the fallback row of mapped tables."""
+    """One table inside a group: ``rows`` includes the fallback row of mapped tables.
+
+    ``by_id``: rows get their content from the id given them (:meth:`initial_for_ids`),
+    so rows without an id are zeros; drawing them would spend the global RNG by capacity
+    (and by eviction), making dense init and dropout depend on table sizes.
+    """
 
     name: str
     dim: int
@@ -52,15 +59,29 @@ class TableSlot:
     init: str = "uniform"
     init_scale: float = 0.01
     features: list[str] = field(default_factory=list)
+    by_id: bool = False
 
     def initial(self, n: int, device: torch.device) -> torch.Tensor:
-        """``[n, dim]`` float32 fresh rows drawn from this table's init."""
+        """``[n, dim]`` float32 fresh rows drawn from this table's init (zeros when
+        ``by_id``)."""
         out = torch.empty(n, self.dim, device=device)
-        if self.init == "zeros":
+        if self.init == "zeros" or self.by_id:
             return out.zero_()
         if self.init == "normal":
             return out.normal_(0.0, self.init_scale)
         return out.uniform_(-self.init_scale, self.init_scale)
+
+    def initial_for_ids(self, ids: np.ndarray, salt: str, device: torch.device) -> torch.Tensor:
+        """``[n, dim]`` float32 initial vectors of ``ids``, each a fixed function of
+        (``salt``, id): the same on any row, rank or world size."""
+        if self.init == "zeros":
+            return torch.zeros(len(ids), self.dim, device=device)
+        if self.init == "normal":  # Box-Muller over two hashed uniforms per column
+            u = id_uniform(ids, 2 * self.dim, salt)
+            z = np.sqrt(-2.0 * np.log1p(-u[:, : self.dim])) * np.cos(2 * np.pi * u[:, self.dim :])
+        else:
+            z = 2.0 * id_uniform(ids, self.dim, salt) - 1.0
+        return torch.from_numpy((z * self.init_scale).astype(np.float32)).to(device)
 
 
 def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
@@ -69,7 +90,39 @@ def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
     param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]
 
 
-class FbgemmTableGroup(nn.Module):
+class _RowWrites(nn.Module):
+    """Row writes shared by both groups, through their ``weight(i)`` and ``states(i)``."""
+
+    tables: list[TableSlot]
+
+    def weight(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def states(self, i: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_rows(self, i: int, rows: torch.Tensor, values: torch.Tensor | None = None) -> None:
+        """Fresh init (``values`` ``[n, D]``, or drawn from the table's init) and zero
+        optimizer state for ``rows`` of table ``i``."""
+        if rows.numel() == 0:
+            return
+        w = self.weight(i)
+        if values is None:
+            values = self.tables[i].initial(rows.numel(), w.device)
+        w[rows] = values.to(w.dtype)
+        for s in self.states(i):
+            s[rows] = 0
+
+    @torch.no_grad()
+    def set_row(self, i: int, row: int, value: torch.Tensor) -> None:
+        """Write ``value`` ``[D]`` into one row and clear its optimizer state."""
+        self.weight(i)[row] = value.to(self.weight(i).dtype)
+        for s in self.states(i):
+            s[row] = 0
+
+
+class FbgemmTableGroup(_RowWrites):
     """Tables updated by an fbgemm fused optimizer, looked up in one TBE call.
 
     Args:
@@ -107,7 +160,9 @@ class FbgemmTableGroup(nn.Module):
             [(t.rows, t.dim, loc, comp) for t in self.tables],
             feature_table_map=ftm,
             optimizer=_FBGEMM_OPT[self.opt.name],
-            pooling_mode=_POOLING[self.pooling],
+            # mean runs as a sum with 1/L weights: fbgemm's CPU MEAN backward ignores the
+            # 1/L when per-sample weights are given (its forward applies it)
+            pooling_mode=_POOLING["sum" if self.pooling == "mean" else self.pooling],
             weights_precision=SparseType.FP16 if self.dtype == "fp16" else SparseType.FP32,
             output_dtype=SparseType.FP32,
             learning_rate=self.opt.lr,
@@ -133,23 +188,6 @@ class FbgemmTableGroup(nn.Module):
     def states(self, i: int) -> list[torch.Tensor]:
         """Optimizer state views of table ``i`` (``[rows, D]`` or ``[rows]``)."""
         return self._states[i]
-
-    @torch.no_grad()
-    def reset_rows(self, i: int, rows: torch.Tensor) -> None:
-        """Fresh init and zero optimizer state for ``rows`` of table ``i``."""
-        if rows.numel() == 0:
-            return
-        w = self._weights[i]
-        w[rows] = self.tables[i].initial(rows.numel(), w.device).to(w.dtype)
-        for s in self._states[i]:
-            s[rows] = 0
-
-    @torch.no_grad()
-    def set_row(self, i: int, row: int, value: torch.Tensor) -> None:
-        """Write ``value`` ``[D]`` into one row and clear its optimizer state."""
-        self._weights[i][row] = value.to(self._weights[i].dtype)
-        for s in self._states[i]:
-            s[row] = 0
 
     @torch.no_grad()
     def resize(self, i: int, rows: int) -> None:
@@ -182,10 +220,12 @@ class FbgemmTableGroup(nn.Module):
         (:mod:`recis.ops.fused_backward`, same numbers as fbgemm's, several times
         faster); other optimizers and CUDA run the TBE as it is.
         """
+        if self.pooling == "mean":
+            per_sample_weights = mean_weights(offsets, per_sample_weights)
         return fused_lookup(self.tbe, indices, offsets, per_sample_weights)
 
 
-class TorchTableGroup(nn.Module):
+class TorchTableGroup(_RowWrites):
     """Tables updated by recis's lazy row-wise Adam / AdamW, in backward.
 
     Weights and moments are buffers (never seen by a torch optimizer); the
@@ -227,21 +267,6 @@ class TorchTableGroup(nn.Module):
 
     def _state_dict_of(self, i: int) -> dict[str, torch.Tensor]:
         return {k: getattr(self, f"{k}_{i}") for k in ("exp_avg", "exp_avg_sq", "step")}
-
-    @torch.no_grad()
-    def reset_rows(self, i: int, rows: torch.Tensor) -> None:
-        if rows.numel() == 0:
-            return
-        w = self.weight(i)
-        w[rows] = self.tables[i].initial(rows.numel(), w.device).to(w.dtype)
-        for s in self.states(i):
-            s[rows] = 0
-
-    @torch.no_grad()
-    def set_row(self, i: int, row: int, value: torch.Tensor) -> None:
-        self.weight(i)[row] = value.to(self.weight(i).dtype)
-        for s in self.states(i):
-            s[row] = 0
 
     @torch.no_grad()
     def resize(self, i: int, rows: int) -> None:
@@ -287,12 +312,14 @@ class TorchTableGroup(nn.Module):
                 psw = (
                     per_sample_weights[lo + a : lo + z] if per_sample_weights is not None else None
                 )
+                if self.pooling == "mean":  # torch has no weighted mean: a sum with w / L
+                    psw = mean_weights(off, psw)
                 outs.append(
                     F.embedding_bag(
                         idx,
                         sub,
                         off[:-1],
-                        mode=self.pooling,
+                        mode="sum",
                         per_sample_weights=psw,
                         include_last_offset=False,
                     )
@@ -307,6 +334,14 @@ class TorchTableGroup(nn.Module):
             adam_update_rows(self.weight(i), self._state_dict_of(i), uniq, grad, self.hyper)
 
         return hook
+
+
+def mean_weights(offsets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-id weights ``[N]`` that turn a sum over bags (``offsets`` ``[bags + 1]``) into
+    the (weighted) mean ``sum(w * x) / L``, with a gradient that matches it."""
+    lens = offsets[1:] - offsets[:-1]
+    scale = torch.repeat_interleave(1.0 / lens.clamp(min=1).float(), lens)
+    return scale if weights is None else scale * weights.float()
 
 
 def default_scale(capacity: int) -> float:

@@ -2,9 +2,9 @@
 
 The engine for ``model.embedding: modulo``: no id mapper, so it is
 collision-free only when ids are already in ``[0, capacity)`` (pre-mapped
-data). It is what :mod:`recis.distributed` shards today with torchrec's
-DistributedModelParallel; the hashed engine's sharded form is not built yet
-(docs/distributed.md).
+data). :mod:`recis.distributed` shards it with torchrec's DistributedModelParallel
+and per-table plans (table-, row-, column-wise, data-parallel); the hashed engine is
+split by id instead (:mod:`recis.distributed.hashed`).
 """
 
 from __future__ import annotations

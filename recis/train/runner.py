@@ -119,7 +119,27 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, Any]:
 
 
 def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on the config's eval data, in this one process.
+
+    ``checkpoint`` is a single-process checkpoint folder or a distributed (DCP) one, saved
+    at any world size: its shards load into the unsharded model.
+    """
     trainer, info = build(cfg)
-    state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
-    trainer.load_state_dict(state)
+    if (Path(checkpoint) / ".metadata").is_file():  # torch.distributed.checkpoint layout
+        from recis.distributed import checkpoint as dcp_checkpoint
+        from recis.distributed.hashed import hashed_collections
+        from recis.errors import CheckpointError
+
+        try:
+            trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
+        except CheckpointError as err:
+            if not any(True for _ in hashed_collections(trainer.model)):
+                raise
+            raise CheckpointError(  # the hashed engine's sharded state loads only sharded
+                f"{err}; a distributed checkpoint of hashed tables loads into the sharded "
+                "model: run `torchrun --nproc-per-node 1 -m recis.cli eval ...`"
+            ) from None
+    else:
+        state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
+        trainer.load_state_dict(state)
     return report(trainer.evaluate(), info)

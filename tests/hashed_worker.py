@@ -1,0 +1,132 @@
+"""One rank of the hashed-engine multi-process test (torchrun, or RANK/WORLD_SIZE set by hand
+for one rank). Not collected by pytest.
+
+    python tests/hashed_worker.py OUT --save-ckpt DIR --load-ckpt DIR [--launcher horovod]
+
+Trains DLRM on the hashed engine (tables split by id over the ranks) on the shared global
+batches of distributed_worker, rank r on its slice; rank 0 writes the global losses, every
+table's live rows (gathered, sorted by id) and the dense state to OUT/run.pt. Then it saves
+a DCP checkpoint, takes one more step (OUT/continued.pt), loads the other run's checkpoint
+into a fresh model (OUT/loaded.pt), and checks each owner's LRU eviction against a lone
+IdMapper fed the ids it owns (OUT/eviction.pt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import distributed_worker as w
+import torch
+import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.config import SparseOptimizerConfig, TableConfig
+from recis.distributed import checkpoint as dcp_checkpoint
+from recis.distributed import init_distributed, shard_model, shutdown
+from recis.distributed.collectives import full_state_dict
+from recis.distributed.hashed import ShardedHashedEmbeddingCollection, owner_of
+from recis.distributed.trainer import DistributedTrainer
+from recis.embedding import HashedEmbeddingCollection
+from recis.features import SparseFeature
+from recis.models.dlrm import DLRM, DLRMConfig
+from recis.ops.id_mapper import IdMapper
+
+MODEL = DLRMConfig(
+    embedding="hashed",
+    tables=[
+        TableConfig(name="C0", dim=w.DIM, capacity=400, admission_min_count=2),
+        TableConfig(name="C1", dim=w.DIM, capacity=400, pooling="mean"),
+        TableConfig(name="C2", dim=w.DIM, capacity=400, eviction="lru"),
+    ],
+    bottom_mlp=[8, w.DIM],
+    top_mlp=[8],
+    # SGD: Adagrad's step does not change when every gradient is scaled alike, and the
+    # test must see whether the sharded gradients are the global batch's mean
+    sparse_optimizer=SparseOptimizerConfig(name="sgd", lr=0.5),
+)
+SPARSE = SparseOptimizerConfig(name="adagrad", lr=0.1)  # torchrec tables (none here)
+
+
+def build(ctx) -> DistributedTrainer:
+    torch.manual_seed(0)  # same dense init at every world size
+    model = DLRM(MODEL, w.SCHEMA, ctx.device)
+    sharded = shard_model(model, ctx, SPARSE, data_parallel_dense=ctx.launcher != "horovod")
+    data = [w.rank_batch(s, ctx.rank, ctx.world_size) for s in range(w.STEPS)]
+    return DistributedTrainer(sharded, data, None, w.TRAIN, ctx)
+
+
+def hashed(model) -> ShardedHashedEmbeddingCollection:
+    (found,) = [m for m in model.modules() if isinstance(m, ShardedHashedEmbeddingCollection)]
+    return found
+
+
+def snapshot(model) -> dict:
+    """Rows by id per table, and the dense state (collective)."""
+    coll = hashed(model)
+    rows = {t: coll.gather_rows(t) for t in coll.order}
+    dense = {
+        k: v
+        for k, v in full_state_dict(model).items()
+        if not any(s in k for s in (".rows.", ".sketch.")) and not k.endswith(".step")
+    }
+    return {"rows": rows, "dense": dense}
+
+
+def check_owner_eviction(ctx) -> dict:
+    """Every rank's LRU table of 8 // W rows holds exactly what a lone IdMapper of that size
+    holds after seeing the ids this rank owns, step by step (from every rank's batches)."""
+    world, rank = ctx.world_size, ctx.rank
+    src = HashedEmbeddingCollection(
+        [TableConfig(name="e", dim=4, capacity=8, eviction="lru", evict_fraction=0.0)],
+        [SparseFeature(name="e")],
+        "cpu",
+    )
+    group = dist.new_group(backend="gloo") if world > 1 else None
+    coll = ShardedHashedEmbeddingCollection(src, rank, world, group)
+    lone = IdMapper(math.ceil(8 / world), eviction="lru", evict_fraction=0.0)
+    for step in range(1, 7):
+        every = torch.randint(0, 40, (world, 5), generator=torch.Generator().manual_seed(step))
+        coll(KeyedJaggedTensor(keys=["e"], values=every[rank], lengths=torch.tensor([5])))
+        all_ids = every.flatten()
+        lone.map(all_ids[owner_of(all_ids, world) == rank], step)
+    ids, _ = coll.local.mappers["e"].items()
+    want, _ = lone.items()
+    return {"got": sorted(ids.tolist()), "want": sorted(want.tolist()), "size": len(ids)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--save-ckpt", required=True)
+    p.add_argument("--load-ckpt", required=True)
+    p.add_argument("--launcher", default="torchrun")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    ctx = init_distributed(args.launcher, "cpu", "gloo")
+    trainer = build(ctx)
+    losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
+    run = {"losses": losses, **snapshot(trainer.model), "world": ctx.world_size}
+    dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": w.STEPS})
+    next_batch = w.rank_batch(w.STEPS, ctx.rank, ctx.world_size)
+    continued = {"loss": trainer.train_step(next_batch)["loss"], **snapshot(trainer.model)}
+    w.wait_for(Path(args.load_ckpt) / "meta.json")
+    fresh = build(ctx)
+    meta = dcp_checkpoint.load(args.load_ckpt, fresh.model, fresh.optimizer)
+    restored = snapshot(fresh.model)
+    loaded = {"meta": meta, "restored": restored, "loss": fresh.train_step(next_batch)["loss"]}
+    loaded.update(snapshot(fresh.model))
+    eviction = check_owner_eviction(ctx)
+    every: list = [None] * ctx.world_size
+    dist.all_gather_object(every, eviction)
+    if ctx.rank == 0:
+        for name, obj in (("run", run), ("continued", continued), ("loaded", loaded)):
+            torch.save(obj, out / f"{name}.pt")
+        torch.save(every, out / "eviction.pt")
+    shutdown(ctx)
+
+
+if __name__ == "__main__":
+    main()
