@@ -55,7 +55,7 @@ def native_kernels() -> Any:
                 _NATIVE = load(
                     name=f"recis_id_mapper_{tag}_omp",
                     sources=[str(src)],
-                    extra_cflags=["-O3", "-fopenmp"],
+                    extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
                     extra_ldflags=["-fopenmp"],
                 )
             except Exception as err:  # no compiler, no headers: numpy still works

@@ -145,3 +145,21 @@ def test_collection_uses_it_and_matches_fbgemm_path(monkeypatch) -> None:
         assert torch.equal(fast.groups[g].weight(j), slow.groups[g].weight(j))
         for s_fast, s_slow in zip(fast.groups[g].states(j), slow.groups[g].states(j)):
             assert torch.equal(s_fast, s_slow)
+
+
+def test_native_per_id_init_equals_numpy() -> None:
+    """``initial_for_ids`` (uniform) through the C++ loop equals the numpy formula."""
+    import numpy as np
+
+    from recis.embedding.groups import TableSlot
+    from recis.ops.hashing import id_uniform
+    from recis.ops.id_mapper_probe import native_kernels
+
+    if native_kernels() is None:
+        pytest.skip("native kernels not built here")
+    slot = TableSlot(name="t", dim=12, rows=10, init="uniform", init_scale=0.05)
+    ids = np.array([0, -1, 2**62, -(2**63), 7, 7], dtype=np.int64)
+    got = slot.initial_for_ids(ids, "3/t", torch.device("cpu"))
+    want = ((2.0 * id_uniform(ids, 12, "3/t") - 1.0) * 0.05).astype(np.float32)
+    assert torch.equal(got, torch.from_numpy(want))
+    assert torch.equal(got[4], got[5]) and not torch.equal(got[0], got[1])

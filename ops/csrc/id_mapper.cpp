@@ -156,7 +156,43 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
   return {out, taken, reused};
 }
 
+namespace {
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+// float32 [n, dim] initial vectors uniform in (-scale, scale), each a fixed
+// function of (salt, id, column): exactly recis.ops.hashing.id_uniform's
+// u = (splitmix64(splitmix64(id ^ salt) + col * M2) >> 11) * 2^-53, then
+// float32((2u - 1) * scale) in double, as the numpy code computes it.
+torch::Tensor id_init_uniform(torch::Tensor ids, int64_t dim, int64_t salt, double scale) {
+  const int64_t n = ids.numel();
+  auto out = torch::empty({n, dim}, torch::kFloat);
+  const int64_t* k = ids.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  const uint64_t sl = static_cast<uint64_t>(salt);
+  at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint64_t x = splitmix64(static_cast<uint64_t>(k[i]) ^ sl);
+      for (int64_t c = 0; c < dim; ++c) {
+        const uint64_t z = splitmix64(x + static_cast<uint64_t>(c) * 0x94D049BB133111EBULL);
+        const double u = static_cast<double>(z >> 11) * 0x1.0p-53;
+        const double two_u = 2.0 * u;
+        const double v = two_u - 1.0;
+        o[i * dim + c] = static_cast<float>(v * scale);
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("id_init_uniform", &id_init_uniform, "per-id uniform initial vectors",
+        py::call_guard<py::gil_scoped_release>());
   m.def("find_or_insert", &find_or_insert, "rows of keys, inserting new ones",
         py::call_guard<py::gil_scoped_release>());
   m.def("find", &find, "find rows of keys");

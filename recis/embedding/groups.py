@@ -32,7 +32,8 @@ from torch import nn
 
 from recis.config import SparseOptimizerConfig
 from recis.ops.fused_backward import fused_lookup
-from recis.ops.hashing import id_uniform
+from recis.ops.hashing import id_uniform, salt64
+from recis.ops.id_mapper_probe import native_kernels
 from recis.optim.sparse_adam import AdamHyper, adam_state, adam_update_rows
 
 _POOLING = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
@@ -80,6 +81,11 @@ class TableSlot:
             u = id_uniform(ids, 2 * self.dim, salt)
             z = np.sqrt(-2.0 * np.log1p(-u[:, : self.dim])) * np.cos(2 * np.pi * u[:, self.dim :])
         else:
+            nat = native_kernels()
+            if nat is not None:  # same numbers, ~20x faster than the numpy below
+                salt_i = int(np.array(salt64(salt), np.uint64).view(np.int64))
+                ids_t = torch.from_numpy(np.ascontiguousarray(ids, np.int64).reshape(-1))
+                return nat.id_init_uniform(ids_t, self.dim, salt_i, self.init_scale).to(device)
             z = 2.0 * id_uniform(ids, self.dim, salt) - 1.0
         return torch.from_numpy((z * self.init_scale).astype(np.float32)).to(device)
 
