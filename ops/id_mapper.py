@@ -244,6 +244,9 @@ class IdMapper:
         occ = None if counts is None else np.asarray(counts, dtype=np.int64).reshape(-1)
         if occ is not None and len(occ) != len(keys):
             raise EmbeddingError(f"table {self.name!r}: {len(occ)} counts for {len(keys)} ids")
+        fast = self._map_native(keys, step, occ) if insert else None
+        if fast is not None:
+            return fast
         # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
         touch = (
             step if insert and self._nat is not None and self.eviction in ("lru", "lfu") else None
@@ -294,6 +297,62 @@ class IdMapper:
         return MapResult(
             torch.from_numpy(rows),
             np.concatenate(reset),
+            self.capacity,
+            fresh_rows,
+            self.row_key[fresh_rows].view(np.int64),
+        )
+
+    def _map_native(self, keys: np.ndarray, step: int, occ: np.ndarray | None) -> MapResult | None:
+        """:meth:`map` in one native pass when nothing but free rows is needed, else None.
+
+        Applies without admission rules (``min_count`` 1, ``admit_prob`` 1), without
+        TTL (hits must be checked for expiry) and when the free rows cover every
+        id of the batch (so no eviction or growth can be needed mid-batch). New
+        ids get the free rows in ascending-id order, as in the numpy path. ``occ``:
+        :meth:`map`'s ``counts`` (only LFU counts use them here). The numpy path takes ~3x longer on the
+        benchmark's batches (unique, scatter and insert of ~2.6K new ids each).
+        """
+        if (
+            self._nat is None
+            or self.sketch is not None
+            or self.admit_prob < 1.0
+            or self.eviction == "ttl"
+            or len(keys) > self.n_free
+        ):
+            return None
+        k = min(len(keys), len(self.recycled))
+        free = np.concatenate(
+            [
+                self.recycled[:k].astype(np.int64),
+                np.arange(self.next_unused, self.next_unused + len(keys) - k, dtype=np.int64),
+            ]
+        )
+        rows_t, taken, reused = self._nat.find_or_insert(
+            torch.from_numpy(self.slots),
+            torch.from_numpy(self.row_key.view(np.int64)),
+            torch.from_numpy(keys.view(np.int64)),
+            int(self.shift),
+            int(self.mask),
+            torch.from_numpy(self.row_last) if self.row_last is not None else probe._EMPTY_I32,
+            step,
+            torch.from_numpy(free),
+        )
+        self.n_tomb -= reused
+        used = min(taken, k)
+        self.recycled = self.recycled[used:]
+        self.next_unused += taken - used
+        rows = rows_t.numpy()
+        fresh_rows = free[:taken]  # the new ids' rows, in ascending-id order
+        if self.row_count is not None:
+            self.row_count[fresh_rows] = 0
+            np.add.at(self.row_count, rows, 1 if occ is None else occ)
+        if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
+            self._rebuild()
+        if self.growable and self.size > self.grow_at * self.capacity:
+            self._grow(self.capacity + 1)
+        return MapResult(
+            rows_t,
+            np.zeros(0, np.int64),
             self.capacity,
             fresh_rows,
             self.row_key[fresh_rows].view(np.int64),

@@ -10,6 +10,7 @@ round over all keys still probing).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -46,7 +47,17 @@ def native_kernels() -> Any:
                 if bindir not in os.environ.get("PATH", "").split(os.pathsep):
                     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
                 src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
-                _NATIVE = load(name="recis_id_mapper", sources=[str(src)], extra_cflags=["-O3"])
+                # the source's hash in the name: checkouts with different versions
+                # of the file do not rebuild (or load) each other's module
+                tag = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+                # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers;
+                # without the flag the probe loops run on one thread
+                _NATIVE = load(
+                    name=f"recis_id_mapper_{tag}_omp",
+                    sources=[str(src)],
+                    extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
+                    extra_ldflags=["-fopenmp"],
+                )
             except Exception as err:  # no compiler, no headers: numpy still works
                 warnings.warn(
                     f"recis.ops.IdMapper: native kernels unavailable ({err})", stacklevel=2
