@@ -53,7 +53,9 @@ def to_kjt(ids: list[np.ndarray]):
     )
 
 
-def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
+def setup(steps: int, capacity: int) -> dict:
+    """Both collections and their inputs for ``steps`` batches: ``hashed`` (raw ids in
+    ``raw``), torchrec's ``fused`` EBC (rows mapped beforehand in ``mapped``), ``grad``."""
     from torchrec import EmbeddingBagConfig
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
@@ -62,7 +64,7 @@ def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, f
     from recis.features import SparseFeature
     from recis.ops.id_mapper import IdMapper
 
-    batches = zipf_batches(steps + warmup, seed=0)
+    batches = zipf_batches(steps, seed=0)
     tables = [TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)]
     feats = [SparseFeature(name=f"f{f}", table=f"t{f}") for f in range(F)]
     opt = SparseOptimizerConfig(name="adagrad", lr=0.05)
@@ -73,7 +75,6 @@ def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, f
     for step, ids in enumerate(batches, start=1):
         rows = [mappers[f].map(ids[f], step).rows + 1 for f in range(F)]
         mapped.append(to_kjt([r.numpy() for r in rows]))
-    raw = [to_kjt(ids) for ids in batches]
     fused = FusedEmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
@@ -84,11 +85,24 @@ def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, f
         optimizer_type=torch.optim.Adagrad,
         optimizer_kwargs={"lr": 0.05},
     )
+    raw = [to_kjt(ids) for ids in batches]
+    return {
+        "hashed": hashed,
+        "raw": raw,
+        "mapped": mapped,
+        "fused": fused,
+        "grad": torch.randn(B, F * D),
+    }
+
+
+def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
+    parts = setup(steps + warmup, capacity)
+    hashed, raw, mapped, fused = parts["hashed"], parts["raw"], parts["mapped"], parts["fused"]
     bags = torch.nn.ModuleList(
         torch.nn.EmbeddingBag(capacity + 1, D, mode="sum", sparse=True) for _ in range(F)
     )
     naive_opt = torch.optim.Adagrad(bags.parameters(), lr=0.05)
-    grad = torch.randn(B, F * D)
+    grad = parts["grad"]
 
     def run_hashed(i: int) -> None:
         hashed(raw[i]).values().mul(grad).sum().backward()

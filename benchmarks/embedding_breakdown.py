@@ -30,39 +30,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from torchrec import EmbeddingBagConfig
-    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
-
-    from recis.config import SparseOptimizerConfig, TableConfig
-    from recis.embedding import build_embedding_collection
-    from recis.features import SparseFeature
-    from recis.ops.id_mapper import IdMapper
-
-    f_, d_, b_, warm = bench.F, bench.D, bench.B, 3
-    batches = bench.zipf_batches(args.steps + warm, seed=0)
-    cap = args.capacity
-    tables = [TableConfig(name=f"t{f}", dim=d_, capacity=cap, eviction="lru") for f in range(f_)]
-    feats = [SparseFeature(name=f"f{f}", table=f"t{f}") for f in range(f_)]
-    opt = SparseOptimizerConfig(name="adagrad", lr=0.05)
-    hashed = build_embedding_collection(tables, feats, "cpu", optimizer=opt)
+    warm = 3
+    parts = bench.setup(args.steps + warm, args.capacity)
+    hashed, raw, mapped, fused = parts["hashed"], parts["raw"], parts["mapped"], parts["fused"]
     hashed.train()
-    mappers = [IdMapper(cap, eviction="lru") for _ in range(f_)]
-    mapped = [
-        bench.to_kjt([mappers[f].map(ids[f], s).rows.numpy() + 1 for f in range(f_)])
-        for s, ids in enumerate(batches, start=1)
-    ]
-    raw = [bench.to_kjt(ids) for ids in batches]
-    fused = FusedEmbeddingBagCollection(
-        tables=[
-            EmbeddingBagConfig(
-                name=f"t{f}", embedding_dim=d_, num_embeddings=cap + 1, feature_names=[f"f{f}"]
-            )
-            for f in range(f_)
-        ],
-        optimizer_type=torch.optim.Adagrad,
-        optimizer_kwargs={"lr": 0.05},
-    )
-    grad = torch.randn(b_, f_ * d_)
+    grad = parts["grad"]
     t: dict[str, list[float]] = defaultdict(list)
 
     # wrap the hashed collection's phases with timers (instance attributes only)

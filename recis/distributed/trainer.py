@@ -239,17 +239,8 @@ class DistributedTrainer(Trainer):
         checkpoint's epoch restarts from its first batch, and the rank-0 log says so.
         """
         meta = dcp_checkpoint.load(path, self.model, self.optimizer)
-        self.step = self._last_saved = int(meta.get("step", 0))
-        self.epoch = int(meta.get("epoch", 0))
-        if "scheduler" in meta:
-            self.scheduler.load_state_dict(meta["scheduler"])
-        if meta.get("objective"):
-            if self.objective is not None:
-                self.objective.load_state_dict(meta["objective"])
-            else:  # tasks known only after the first batch
-                self._pending_objective = meta["objective"]
-        for cb, s in zip(self.callbacks, meta.get("callbacks", [])):
-            cb.load_state_dict(s)
+        self._restore_progress(meta)
+        self._last_saved = self.step
         data = self.train_data.data  # type: ignore[attr-defined]
         mine = dcp_checkpoint.load_rank_state(path, self.ctx.rank, self.ctx.world_size)
         if mine is not None:

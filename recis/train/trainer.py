@@ -323,6 +323,20 @@ class Trainer:
             state["data"] = self.train_data.state_dict()
         return state
 
+    def _restore_progress(self, state: dict[str, Any]) -> None:
+        """Step, epoch, LR schedule, multi-task objective and callbacks from a checkpoint."""
+        self.step = int(state.get("step", 0))
+        self.epoch = int(state.get("epoch", 0))
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("objective"):
+            if self.objective is not None:
+                self.objective.load_state_dict(state["objective"])
+            else:  # tasks known only after the first batch
+                self._pending_objective = state["objective"]
+        for cb, s in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(s)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if len(state["optimizers"]) != len(self.optimizers):
@@ -332,17 +346,7 @@ class Trainer:
             )
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
-        self.step = state["step"]
-        if "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("objective"):
-            if self.objective is not None:
-                self.objective.load_state_dict(state["objective"])
-            else:  # tasks known only after the first batch
-                self._pending_objective = state["objective"]
-        self.epoch = state.get("epoch", 0)
-        for cb, s in zip(self.callbacks, state.get("callbacks", [])):
-            cb.load_state_dict(s)
+        self._restore_progress(state)
         if "data" in state and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(state["data"])
         if "rng" in state:
