@@ -205,10 +205,10 @@ class HashedEmbeddingCollection(LookupModule):
         grp = self.groups[g]
         if res.capacity + 1 != grp.tables[j].rows:
             grp.resize(j, res.capacity + 1)
-        if len(res.reset_rows):
-            grp.reset_rows(j, torch.from_numpy(res.reset_rows + 1).to(self.device))
         if len(res.fresh_rows):
-            # a new id starts from its own vector: the same on any row, rank or world size
+            # every row given (back) to an id, evicted ones included, starts from the id's
+            # own vector with a zero optimizer state (the same on any row, rank or world
+            # size); rows evicted and not reused are never read
             init = grp.tables[j].initial_for_ids(res.fresh_ids, self.id_salt(table), self.device)
             grp.reset_rows(j, torch.from_numpy(res.fresh_rows + 1).to(self.device), init)
         return (res.rows + 1).to(self.device)
