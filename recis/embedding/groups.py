@@ -96,8 +96,23 @@ def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
     param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]
 
 
-class _RowWrites(nn.Module):
-    """Row writes shared by both groups, through their ``weight(i)`` and ``states(i)``."""
+class _TableGroup(nn.Module):
+    """What both groups share: their tables and settings, and row writes through their
+    ``weight(i)`` and ``states(i)``."""
+
+    def __init__(
+        self,
+        tables: list[TableSlot],
+        pooling: str,
+        dtype: str,
+        optimizer: SparseOptimizerConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.tables = tables
+        self.pooling, self.dtype, self.opt, self.device = pooling, dtype, optimizer, device
+        self.feature_names = [f for t in tables for f in t.features]
+        self.feature_dims = [t.dim for t in tables for _ in t.features]
 
     tables: list[TableSlot]
 
@@ -128,7 +143,7 @@ class _RowWrites(nn.Module):
             s[row] = 0
 
 
-class FbgemmTableGroup(_RowWrites):
+class FbgemmTableGroup(_TableGroup):
     """Tables updated by an fbgemm fused optimizer, looked up in one TBE call.
 
     Args:
@@ -147,11 +162,7 @@ class FbgemmTableGroup(_RowWrites):
         optimizer: SparseOptimizerConfig,
         device: torch.device,
     ) -> None:
-        super().__init__()
-        self.tables = tables
-        self.pooling, self.dtype, self.opt, self.device = pooling, dtype, optimizer, device
-        self.feature_names = [f for t in tables for f in t.features]
-        self.feature_dims = [t.dim for t in tables for _ in t.features]
+        super().__init__(tables, pooling, dtype, optimizer, device)
         self._build()
         for t, w in zip(self.tables, self._weights):
             w.copy_(t.initial(t.rows, device).to(w.dtype))
@@ -254,7 +265,7 @@ class FbgemmTableGroup(_RowWrites):
         return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
 
-class TorchTableGroup(_RowWrites):
+class TorchTableGroup(_TableGroup):
     """Tables updated by recis's lazy row-wise Adam / AdamW, in backward.
 
     Weights and moments are buffers (never seen by a torch optimizer); the
@@ -270,9 +281,7 @@ class TorchTableGroup(_RowWrites):
         optimizer: SparseOptimizerConfig,
         device: torch.device,
     ) -> None:
-        super().__init__()
-        self.tables = tables
-        self.pooling, self.dtype, self.opt, self.device = pooling, dtype, optimizer, device
+        super().__init__(tables, pooling, dtype, optimizer, device)
         self.hyper = AdamHyper(
             lr=optimizer.lr,
             beta1=optimizer.beta1,
@@ -281,8 +290,6 @@ class TorchTableGroup(_RowWrites):
             weight_decay=optimizer.weight_decay,
             decoupled=optimizer.name == "adamw",
         )
-        self.feature_names = [f for t in tables for f in t.features]
-        self.feature_dims = [t.dim for t in tables for _ in t.features]
         for i, t in enumerate(tables):
             self.register_buffer(f"weight_{i}", t.initial(t.rows, device).to(_DTYPE[dtype]))
             for k, v in adam_state(t.rows, t.dim, device).items():
