@@ -123,7 +123,7 @@ def worker(args: argparse.Namespace) -> None:
             for i in range(args.profile):
                 trainer.train_step(batches[i % len(batches)])
         if ctx.rank == 0:
-            table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=60)
+            table = prof.key_averages().table(sort_by=os.environ.get("PROFILE_SORT", "cpu_time_total"), row_limit=int(os.environ.get("PROFILE_ROWS", "60")))
             Path(args.out + ".profile.txt").write_text(table)
     shutdown(ctx)
 

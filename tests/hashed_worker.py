@@ -3,7 +3,8 @@ for one rank). Not collected by pytest.
 
     python tests/hashed_worker.py OUT --save-ckpt DIR --load-ckpt DIR [--launcher horovod]
 
-Trains DLRM on the hashed engine (tables split by id over the ranks) on the shared global
+Trains DLRM on the hashed engine (one table split by id over the ranks, two kept whole on
+one rank each) on the shared global
 batches of distributed_worker, rank r on its slice; rank 0 writes the global losses, every
 table's live rows (gathered, sorted by id) and the dense state to OUT/run.pt. Then it saves
 a DCP checkpoint, takes one more step (OUT/continued.pt), loads the other run's checkpoint
@@ -47,12 +48,21 @@ MODEL = DLRMConfig(
     sparse_optimizer=SparseOptimizerConfig(name="sgd", lr=0.5),
 )
 SPARSE = SparseOptimizerConfig(name="adagrad", lr=0.1)  # torchrec tables (none here)
+# C0 split by id (admission counted by its owners), C1 whole on rank 0, C2 (auto) whole
+# on rank 1 over 2 ranks
+SHARDING = {"C0": "row_wise", "C1": "table_wise"}
 
 
 def build(ctx) -> DistributedTrainer:
     torch.manual_seed(0)  # same dense init at every world size
     model = DLRM(MODEL, w.SCHEMA, ctx.device)
-    sharded = shard_model(model, ctx, SPARSE, data_parallel_dense=ctx.launcher != "horovod")
+    sharded = shard_model(
+        model,
+        ctx,
+        SPARSE,
+        per_table=SHARDING,
+        data_parallel_dense=ctx.launcher != "horovod",
+    )
     data = [w.rank_batch(s, ctx.rank, ctx.world_size) for s in range(w.STEPS)]
     return DistributedTrainer(sharded, data, None, w.TRAIN, ctx)
 
@@ -109,6 +119,7 @@ def main() -> None:
     trainer = build(ctx)
     losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
     run = {"losses": losses, **snapshot(trainer.model), "world": ctx.world_size}
+    run["placement"] = hashed(trainer.model).placement
     dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": w.STEPS})
     next_batch = w.rank_batch(w.STEPS, ctx.rank, ctx.world_size)
     continued = {"loss": trainer.train_step(next_batch)["loss"], **snapshot(trainer.model)}

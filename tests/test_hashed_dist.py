@@ -1,6 +1,7 @@
-"""The hashed engine over 2 ranks (torchrun and horovodrun, gloo) against 1 rank and one
-plain process: same losses and rows by id; admission counted as on one process; LRU per
-owner; checkpoints reshard 2 -> 1 and 1 -> 2 with mapper state."""
+"""The hashed engine over 2 ranks (torchrun and horovodrun, gloo; one table split by id, two
+kept whole) against 1 rank and one plain process: same losses and rows by id; admission
+counted as on one process; LRU per owner; checkpoints reshard 2 -> 1 and 1 -> 2 with
+mapper state."""
 
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ def test_two_ranks_match_one_rank_and_one_process(runs):
     one, two = load(runs / "w1" / "run.pt"), load(runs / "w2" / "run.pt")
     ref = single_process()
     assert two["world"] == 2 and one["world"] == 1
+    assert two["placement"] == {"C1": 0, "C2": 1}  # C0 split by id, C1 and C2 whole
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert one["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])

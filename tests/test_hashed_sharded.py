@@ -1,6 +1,6 @@
 """The sharded hashed engine in one process (W = 1): same outputs, updates, admission and
-eviction as HashedEmbeddingCollection; state round trip. Multi-rank runs are in
-tests/test_hashed_dist.py."""
+eviction as HashedEmbeddingCollection, for tables split by id, kept whole and both;
+state round trip; where tables go. Multi-rank runs are in tests/test_hashed_dist.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
-from recis.distributed.hashed import ShardedHashedEmbeddingCollection, owner_of
+from recis.distributed.hashed import ShardedHashedEmbeddingCollection, owner_of, place_tables
 from recis.embedding import HashedEmbeddingCollection
-from recis.errors import EmbeddingError
+from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature
 
 B = 6
@@ -31,6 +31,12 @@ FEATURES = [
     SparseFeature(name="fc", table="c"),
 ]
 KEYS = [f.name for f in FEATURES]
+# where the tables go (one process: rank 0): split by id, whole (table-wise), both
+LAYOUTS = {
+    "split": {},
+    "whole": {t.name: 0 for t in TABLES},
+    "mixed": {"a": 0, "s": 0},  # a (two features) and the sequence table whole
+}
 
 
 def batch(step: int) -> KeyedJaggedTensor:
@@ -58,10 +64,17 @@ def step_outputs(module, kjt: KeyedJaggedTensor) -> torch.Tensor:
     return out.detach()
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad", "adam"])
-def test_one_rank_matches_the_collection(optimizer):
+@pytest.mark.parametrize(
+    "optimizer,layout",
+    [("adagrad", "split"), ("rowwise_adagrad", "split"), ("adam", "split")]
+    + [("sgd", "whole"), ("adam", "whole"), ("rowwise_adagrad", "mixed")],
+)
+def test_one_rank_matches_the_collection(optimizer, layout):
     plain = collection(optimizer)
-    sharded = ShardedHashedEmbeddingCollection(collection(optimizer), exchange=True)
+    sharded = ShardedHashedEmbeddingCollection(
+        collection(optimizer), exchange=True, placement=LAYOUTS[layout]
+    )
+    assert (sharded.whole is None) == (layout == "split")
     for step in range(6):
         kjt = batch(step)
         np.testing.assert_allclose(step_outputs(sharded, kjt), step_outputs(plain, kjt), atol=1e-6)
@@ -76,14 +89,19 @@ def test_one_rank_matches_the_collection(optimizer):
     assert plain.mappers["c"].size == 12  # full: eviction happened
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_state_round_trip_gives_identical_next_steps(exchange):
-    a = ShardedHashedEmbeddingCollection(collection(), exchange=exchange)
+@pytest.mark.parametrize(
+    "exchange,saved,loaded", [(True, "split", "whole"), (False, "split", "mixed")]
+)
+def test_state_round_trip_gives_identical_next_steps(exchange, saved, loaded):
+    """Saved with one layout, loaded into another: the next steps are the same."""
+    a = ShardedHashedEmbeddingCollection(collection(), exchange=exchange, placement=LAYOUTS[saved])
     for step in range(4):
         step_outputs(a, batch(step))
     state = a.state_dict()
     assert state["step"].item() == 4 and state["rows.c.last"].dtype == torch.int32
-    b = ShardedHashedEmbeddingCollection(collection(), exchange=not exchange)
+    b = ShardedHashedEmbeddingCollection(
+        collection(), exchange=not exchange, placement=LAYOUTS[loaded]
+    )
     b.load_state_dict(state)
     for step in range(4, 7):
         kjt = batch(step)
@@ -121,8 +139,11 @@ def test_owner_of_spreads_sequential_ids_evenly():
     )
 
 
-def test_empty_batch_and_float_ids():
-    sharded = ShardedHashedEmbeddingCollection(collection(), exchange=True)
+@pytest.mark.parametrize("layout", ["split", "mixed"])
+def test_empty_batch_and_float_ids(layout):
+    sharded = ShardedHashedEmbeddingCollection(
+        collection(), exchange=True, placement=LAYOUTS[layout]
+    )
     lengths = torch.zeros(len(KEYS) * B, dtype=torch.int64)
     empty = KeyedJaggedTensor(
         keys=KEYS, values=torch.zeros(0, dtype=torch.int64), lengths=lengths, weights=torch.zeros(0)
@@ -183,3 +204,26 @@ def test_dense_init_does_not_depend_on_table_sizes():
     for other in (dense_state(5000, False), dense_state(100, True)):
         for k in ref:
             assert torch.equal(ref[k], other[k]), k
+
+
+def test_place_tables_in_contiguous_balanced_runs_and_splits_big_ones():
+    same = [TableConfig(name=f"C{i}", dim=16, capacity=1000) for i in range(26)]
+    assert place_tables(same, 2) == {f"C{i}": int(i >= 13) for i in range(26)}
+    assert sorted(place_tables(same, 4).values()) == [0] * 6 + [1] * 7 + [2] * 6 + [3] * 7
+    t = [
+        TableConfig(name="big", dim=16, capacity=10_000),
+        *(TableConfig(name=f"t{i}", dim=8, capacity=1000 * (i + 1)) for i in range(4)),
+    ]
+    # auto: big (160k of 240k) is over 1/2 of all -> split by id; the rest in order, by
+    # size midpoints (8k, 16k, 24k | 32k)
+    assert place_tables(t, 2) == {"t0": 0, "t1": 0, "t2": 0, "t3": 1}
+    kinds = {"big": "table_wise", "t1": "row_wise", "t2": "row_wise"}
+    assert place_tables(t, 2, kinds) == {"big": 0, "t0": 1, "t3": 1}
+    assert place_tables(t, 1) == {}  # one process: nothing to place
+    with pytest.raises(ConfigError, match=r"distributed.sharding.t0: 'column_wise'"):
+        place_tables(t, 2, {"t0": "column_wise"})
+
+
+def test_placement_on_a_missing_rank_is_a_config_error():
+    with pytest.raises(ConfigError, match="'a' on rank 3"):
+        ShardedHashedEmbeddingCollection(collection(), 0, 2, placement={"a": 3})

@@ -3,7 +3,7 @@ and whole (unsharded) tensors from a sharded model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,14 +33,19 @@ def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts if p is not None and k in p]) for k in keys}
 
 
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Average scalars over ranks (for logging per-step losses)."""
-    if not _active() or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(values, t.tolist()))
+def mean_over_ranks_async(values: torch.Tensor) -> Callable[[], list[float]]:
+    """Start averaging ``values`` (a 1-D tensor) over ranks; the returned function waits
+    and gives the means as floats."""
+    if not _active():
+        return values.tolist
+    t = values.to(torch.float64)
+    work = dist.all_reduce(t, async_op=True)
+
+    def done() -> list[float]:
+        work.wait()
+        return (t / dist.get_world_size()).tolist()
+
+    return done
 
 
 def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool]]:

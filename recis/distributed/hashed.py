@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from recis.embedding import HashedEmbeddingCollection
+from recis.config import TableConfig
+from recis.embedding import HashedEmbeddingCollection, deferred_tables
 from recis.embedding.collection import LookupModule
 from recis.embedding.groups import mean_weights
 from recis.errors import ConfigError, EmbeddingError
@@ -58,7 +59,14 @@ from recis.features import SparseFeature
 
 from .hashed_state import ByIdState, owner_of
 
-__all__ = ["ShardedHashedEmbeddingCollection", "hashed_collections", "owner_of", "shard_hashed"]
+__all__ = [
+    "HASHED_SHARDING",
+    "ShardedHashedEmbeddingCollection",
+    "hashed_collections",
+    "owner_of",
+    "place_tables",
+    "shard_hashed",
+]
 
 
 class _Exchange(torch.autograd.Function):
@@ -94,6 +102,31 @@ class _Permute(torch.autograd.Function):
         return grad[inverse], None, None
 
 
+class _Columns(torch.autograd.Function):
+    """The pooled ``[B, width]`` output assembled from blocks of the exchange's receive
+    buffer ``flat`` (one ``[B, w_r]`` block per rank): one copy forward, one copy back
+    (views, splits and a cat would copy twice). ``runs``: ``(block offset, block width,
+    block column, output column, columns)``."""
+
+    @staticmethod
+    def forward(ctx, flat, b: int, runs: list[tuple[int, int, int, int, int]], width: int):  # type: ignore[no-untyped-def,override]
+        ctx.b, ctx.runs, ctx.size = b, runs, flat.numel()
+        out = flat.new_empty((b, width))
+        for off, w, c, o, n in runs:
+            out[:, o : o + n] = flat[off : off + b * w].view(b, w)[:, c : c + n]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        b = ctx.b
+        covered = sum(b * n for *_, n in ctx.runs)
+        # sequence parts of the buffer (not read here) get zeros
+        flat = grad.new_zeros(ctx.size) if covered < ctx.size else grad.new_empty(ctx.size)
+        for off, w, c, o, n in ctx.runs:
+            flat[off : off + b * w].view(b, w)[:, c : c + n] = grad[:, o : o + n]
+        return flat, None, None, None
+
+
 def _inverse(perm: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(perm)
     out[perm] = torch.arange(perm.numel(), device=perm.device)
@@ -101,7 +134,8 @@ def _inverse(perm: torch.Tensor) -> torch.Tensor:
 
 
 class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
-    """A :class:`~recis.embedding.HashedEmbeddingCollection` split by id over ranks.
+    """A :class:`~recis.embedding.HashedEmbeddingCollection` over ranks: every table either
+    kept whole on one rank (table-wise) or split by id over all ranks (row-wise).
 
     Same forward contract as the collection it replaces (``forward``,
     ``forward_sequences``, ``lookup``); every forward is a collective, so all ranks run
@@ -114,9 +148,11 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         source: the single-process collection (its tables, features, seed and device).
         rank, world_size: this process in the run.
         group: process group of the exchange (None: the default group).
-        exchange: route ids through the owner-side unpooled lookup (default: when
-            ``world_size > 1``; one process then runs the plain pooled lookup, which is the
-            same step; tests set it to run the routing code in one process).
+        exchange: route ids to their owners (default: when ``world_size > 1``; one process
+            then runs the plain pooled lookup, which is the same step; tests set it to run
+            the routing code in one process).
+        placement: ``{table: rank}`` for the tables kept whole on one rank; the others are
+            split by id (:func:`place_tables` computes it from sharding kinds).
     """
 
     def __init__(
@@ -126,6 +162,7 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         world_size: int = 1,
         group: dist.ProcessGroup | None = None,
         exchange: bool | None = None,
+        placement: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.rank, self.world, self.group = rank, world_size, group
@@ -138,67 +175,139 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         self.pooled_features = list(source.pooled_features)
         self.sequence_features = list(source.sequence_features)
         self.configs = dict(source.tables)
-        local = []
+        self.placement = dict(placement or {})
+        self._table_of = dict(source.table_of)  # feature -> table, in feature order
         for name, t in source.tables.items():
             if t.mapper != "hash":
                 raise ConfigError(
                     f"model.tables.{name}.mapper: 'none' tables cannot be sharded by id; "
                     "use mapper: hash"
                 )
-            g, j = source.where[name]
-            local.append(
-                dataclasses.replace(
-                    t,
-                    pooling="none" if self.exchange else t.pooling,
-                    capacity=math.ceil(t.capacity / world_size),
-                    max_capacity=(
-                        math.ceil(t.max_capacity / world_size) if t.max_capacity else None
-                    ),
-                    optimizer=source.groups[g].opt,
-                    init_scale=source.groups[g].tables[j].init_scale,  # capacity's default
+        for name, r in self.placement.items():
+            if name not in self.configs or not 0 <= r < world_size:
+                raise ConfigError(
+                    f"placement of hashed table {name!r} on rank {r}: tables are "
+                    f"{self.table_names}, ranks 0..{world_size - 1}"
                 )
-            )
+
+        def local(tables: list[str], split: bool) -> list[TableConfig]:
+            out = []
+            for name in tables:
+                t = self.configs[name]
+                g, j = source.where[name]
+                parts = world_size if split else 1
+                out.append(
+                    dataclasses.replace(
+                        t,
+                        pooling="none" if split and self.exchange else t.pooling,
+                        capacity=math.ceil(t.capacity / parts),
+                        max_capacity=math.ceil(t.max_capacity / parts) if t.max_capacity else None,
+                        optimizer=source.groups[g].opt,
+                        init_scale=source.groups[g].tables[j].init_scale,  # capacity's default
+                    )
+                )
+            return out
+
+        def features(tables: list[str]) -> list[SparseFeature]:
+            # in the source's feature order (the order of its output keys)
+            return [
+                SparseFeature(name=f, table=t, weight_column=f if self.weighted[f] else None)
+                for f, t in self._table_of.items()
+                if t in tables
+            ]
+
         # the source's seed: ids start from the same vectors as in one process
-        self._store = [
-            HashedEmbeddingCollection(
-                local,
-                (
-                    [SparseFeature(name=t.name, table=t.name) for t in local]
-                    if self.exchange
-                    else [
-                        SparseFeature(
-                            name=f, table=t, weight_column=f if self.weighted[f] else None
-                        )
-                        for t in self.table_names
-                        for f in self.features_of[t]
-                    ]
-                ),
-                self.device,
-                seed=source.seed,
+        def store(tables: list[str], feats: list[SparseFeature], split: bool):  # noqa: ANN202
+            if not tables:
+                return None
+            coll = HashedEmbeddingCollection(
+                local(tables, split), feats, self.device, seed=source.seed
             )
+            coll.train(source.training)
+            if world_size > 1:  # errors (a full table) name the shard
+                for name, mapper in coll.mappers.items():
+                    where = f"shard of rank {rank} of {world_size}" if split else f"on rank {rank}"
+                    mapper.name = f"{name} ({where})"
+            return coll
+
+        # tables split by id: each rank's part, looked up per id (one feature per table)
+        self.split = [t for t in self.table_names if t not in self.placement]
+        whole_here = [t for t, r in self.placement.items() if r == rank]
+        if not self.exchange:  # one process: one plain collection of every table
+            self.split, whole_here = self.table_names, []
+        self._store = [
+            store(
+                self.split,
+                [SparseFeature(name=t, table=t) for t in self.split]
+                if self.exchange
+                else features(self.split),
+                split=True,
+            ),
+            store(whole_here, features(whole_here), split=False),
+            None,
         ]
-        self._store[0].train(source.training)
-        self.local.step = source.step
-        if world_size > 1:  # errors (a full table) name the shard
-            for name, mapper in self.local.mappers.items():
-                mapper.name = f"{name} (shard of rank {rank} of {world_size})"
-        # exchange groups: tables of one dim travel together; table order is dim-major
+        # shapes and dtypes of the whole tables other ranks hold, for the state's templates
+        elsewhere = [t for t in self.placement if t not in whole_here and self.exchange]
+        if elsewhere:
+            with deferred_tables():
+                self._store[2] = store(elsewhere, features(elsewhere), split=False)
+        self.step = source.step
+        # exchange groups of split tables: tables of one dim travel together (dim-major)
         dims = {t: self.configs[t].dim for t in self.table_names}
         self.order = sorted(self.table_names, key=lambda t: dims[t])
-        self.dims = sorted(set(dims.values()))
+        self.split = [t for t in self.order if t in self.split]
+        self.dims = sorted({dims[t] for t in self.split})
         self.dim_of = dims
-        self.tables_of = {d: [t for t in self.order if dims[t] == d] for d in self.dims}
+        self.tables_of = {d: [t for t in self.split if dims[t] == d] for d in self.dims}
+        # whole tables: per rank, the features it looks up, pooled ones with their dims
+        self.feats_on, self.pooled_on, self.seq_on, self.weighted_on = [], [], [], []
+        for r in range(world_size):
+            fs = [f.name for f in features([t for t, o in self.placement.items() if o == r])]
+            self.feats_on.append(fs)
+            self.pooled_on.append([(f, self._dim(f)) for f in fs if f in self.pooled_features])
+            self.seq_on.append([(f, self._dim(f)) for f in fs if f in self.sequence_features])
+            self.weighted_on.append(any(self.weighted[f] for f in fs))
+        # pooled features of whole tables, in output order
+        held = {f for fs in self.feats_on for f in fs}
+        self.whole_pooled = [f for f in self.pooled_features if f in held]
+        self.whole_pooled_dim = sum(self._dim(f) for f in self.whole_pooled)
         self._pending_load: dict[str, Any] | None = None
 
+    def _dim(self, feature: str) -> int:
+        return self.configs[self._table_of[feature]].dim
+
     @property
-    def local(self) -> HashedEmbeddingCollection:
-        """This rank's owner-side tables (the ids :func:`owner_of` gives this rank)."""
+    def local(self) -> HashedEmbeddingCollection | None:
+        """This rank's part of the tables split by id (the ids :func:`owner_of` gives it;
+        in one process without exchange: every table)."""
         return self._store[0]
+
+    @property
+    def whole(self) -> HashedEmbeddingCollection | None:
+        """The whole tables this rank holds (table-wise), or None."""
+        return self._store[1]
+
+    def holder(self, table: str) -> HashedEmbeddingCollection | None:
+        """The collection holding ``table``'s rows on this rank (None: another rank's)."""
+        for s in self._store[:2]:
+            if s is not None and table in s.tables:
+                return s
+        return None
 
     def train(self, mode: bool = True) -> ShardedHashedEmbeddingCollection:
         super().train(mode)
-        self.local.train(mode)
+        for s in self._store:
+            if s is not None:
+                s.train(mode)
         return self
+
+    def _tick(self) -> None:
+        """Count a forward like the plain collection (training only), on every store."""
+        if self.training:
+            self.step += 1
+        for s in self._store[:2]:
+            if s is not None:  # their own forward counts it again
+                s.step = self.step - int(self.training)
 
     # ------------------------------------------------------------------ exchange
     def _alltoall(self, x: torch.Tensor, send: list[int], recv: list[int], scale: float = 1.0):
@@ -214,60 +323,232 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         dist.all_to_all_single(recv, send, group=self.group)
         return recv
 
+    def _a2a(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        """``all_to_all_single`` without autograd (ids, lengths, weights)."""
+        if self.world == 1:
+            return x
+        out = x.new_empty((sum(recv), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), recv, send, group=self.group)
+        return out
+
     def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         """Pooled KeyedTensor (or None) and sequence JaggedTensors (collective)."""
         keys = kjt.keys()
         missing = [f for f in self.pooled_features + self.sequence_features if f not in keys]
         if missing:
             raise EmbeddingError(f"input has no feature(s) {missing} (keys: {keys})")
-        values, lengths = kjt.values(), kjt.lengths()
+        values = kjt.values()
         if values.dtype.is_floating_point or values.dtype == torch.bool:
             raise EmbeddingError(f"ids must be integers, got {values.dtype}")
+        self._tick()
+        if not self.exchange:
+            assert self.local is not None
+            return self.local.lookup(kjt)
         b = kjt.stride()
         at = {k: i for i, k in enumerate(keys)}
         vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
         seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
+        pooled: dict[str, torch.Tensor] = {}
+        seqs: dict[str, JaggedTensor] = {}
+        if self.split:
+            self._split_lookup(kjt, b, at, seg, pooled, seqs)
+        whole = self._whole_lookup(kjt, b, at, seg, seqs) if self.placement else None
+        if whole is not None and len(self.whole_pooled) == len(self.pooled_features):
+            values = whole  # every pooled feature is a whole table's: already in order
+        elif self.pooled_features:
+            if whole is not None:
+                dims = [self._dim(f) for f in self.whole_pooled]
+                pooled.update(zip(self.whole_pooled, whole.split(dims, dim=1)))
+            values = torch.cat([pooled[f] for f in self.pooled_features], dim=1)
+        else:
+            return None, seqs
+        kt = KeyedTensor(
+            keys=self.pooled_features,
+            length_per_key=[self._dim(f) for f in self.pooled_features],
+            values=values,
+        )
+        return kt, seqs
+
+    def _whole_lookup(
+        self,
+        kjt: KeyedJaggedTensor,
+        b: int,
+        at: dict[str, int],
+        seg: dict[str, tuple[int, int]],
+        seqs: dict[str, JaggedTensor],
+    ) -> torch.Tensor | None:
+        """Features of whole tables: each rank's bags go to the table's rank, which looks
+        them up for every rank at once (fused pooled lookup over ``sum B`` bags) and sends
+        back each rank's pooled rows and sequence vectors. Returns the pooled features of
+        whole tables as one ``[B, sum of D]`` tensor in output order (None if none); puts
+        sequences into ``seqs``."""
+        w, me = self.world, self.rank
+        values, lengths = kjt.values().to(torch.int64), kjt.lengths()
+        weights = kjt.weights_or_none()
+        n_of = {f: seg[f][1] - seg[f][0] for f in seg}
+        sent = [sum(n_of[f] for f in self.feats_on[r]) for r in range(w)]
+        # 1. to each rank: the lengths and the ids of the features of its tables
+        # one buffer per destination, lengths then ids (one collective, not two: every
+        # collective is a point where a rank waits for the slower one)
+        lengths = lengths.to(torch.int64)
+        ints = [
+            x
+            for fs in self.feats_on
+            for x in [lengths[at[f] * b : (at[f] + 1) * b] for f in fs]
+            + [values[seg[f][0] : seg[f][1]] for f in fs]
+        ]
+        counts = self._counts(torch.tensor([[b, n] for n in sent], dtype=torch.int64))
+        bs, ns = counts[:, 0].tolist(), counts[:, 1].tolist()  # per source rank
+        nf = len(self.feats_on[me])
+        got = self._a2a(
+            torch.cat(ints),
+            [len(fs) * b + n for fs, n in zip(self.feats_on, sent)],
+            [nf * bn + n for bn, n in zip(bs, ns)],
+        )
+        wgot = None
+        if any(self.weighted_on):  # collective: every rank takes part
+            floats = [
+                weights[seg[f][0] : seg[f][1]].float()
+                if self.weighted[f] and weights is not None
+                else torch.ones(n_of[f], device=values.device)
+                for r in range(w)
+                if self.weighted_on[r]
+                for f in self.feats_on[r]
+            ]
+            wgot = self._a2a(
+                torch.cat(floats) if floats else torch.zeros(0, device=values.device),
+                [sent[r] if self.weighted_on[r] else 0 for r in range(w)],
+                ns if self.weighted_on[me] else [0] * w,
+            )
+        # 2. owner: one KJT of every source's bags, feature-major, looked up at once
+        if nf:
+            assert self.whole is not None
+            blocks = got.split([nf * bn + n for bn, n in zip(bs, ns)])
+            lens = [x[: nf * bn].view(nf, bn) for x, bn in zip(blocks, bs)]
+            per = [ln.sum(1).tolist() for ln in lens]  # [source][feature] id counts
+            vals = [x[nf * bn :].split(per[s]) for s, (x, bn) in enumerate(zip(blocks, bs))]
+            wts = None if wgot is None else [x.split(per[s]) for s, x in enumerate(wgot.split(ns))]
+            order = [(s, i) for i in range(nf) for s in range(w)]
+            local = KeyedJaggedTensor(
+                keys=self.feats_on[me],
+                values=torch.cat([vals[s][i] for s, i in order]),
+                lengths=torch.cat(lens, dim=1).reshape(-1),
+                weights=None if wts is None else torch.cat([wts[s][i] for s, i in order]),
+                stride=sum(bs),
+            )
+            kt, sq = self.whole.lookup(local)
+            # 3. back to each source: its pooled rows, then its ids' vectors per sequence
+            pdim = sum(d for _, d in self.pooled_on[me])
+            flat = kt.values().reshape(-1) if kt is not None else None
+            if not self.seq_on[me] and flat is not None:
+                back = flat  # rows of one source are contiguous: no copy
+            else:
+                col = {f: i for i, (f, _) in self._seq_cols(me)}
+                rows = [] if flat is None else flat.split([n * pdim for n in bs])
+                vec = {f: sq[f].values().split([p[col[f]] for p in per]) for f in col}
+                back = torch.cat(
+                    [
+                        x.reshape(-1)
+                        for s in range(w)
+                        for x in ([rows[s]] if rows else []) + [vec[f][s] for f in col]
+                    ]
+                )
+            back_sizes = [
+                bs[s] * pdim + sum(per[s][col] * d for col, (_, d) in self._seq_cols(me))
+                for s in range(w)
+            ]
+        else:  # nothing held here; an empty part keeps every rank in backward's exchange
+            back = torch.zeros(0, device=self.device, requires_grad=torch.is_grad_enabled())
+            back_sizes = [0] * w
+        recv = [
+            b * sum(d for _, d in self.pooled_on[r]) + sum(n_of[f] * d for f, d in self.seq_on[r])
+            for r in range(w)
+        ]
+        vecs = self._alltoall(back, back_sizes, recv, scale=1.0 / w)
+        # 4. sequences: views of each rank's block; pooled: one copy into output order
+        for r, blk in enumerate(vecs.split(recv)):
+            width = sum(d for _, d in self.pooled_on[r])
+            parts = blk.split([b * width, *(n_of[f] * d for f, d in self.seq_on[r])])[1:]
+            for (f, d), part in zip(self.seq_on[r], parts):
+                ln = lengths[at[f] * b : (at[f] + 1) * b]
+                seqs[f] = JaggedTensor(values=part.view(-1, d), lengths=ln)
+        if not self.whole_pooled:
+            return None
+        offsets = np.cumsum([0, *recv]).tolist()
+        return _Columns.apply(vecs, b, self._column_runs(offsets, b), self.whole_pooled_dim)
+
+    def _seq_cols(self, r: int) -> list[tuple[int, tuple[str, int]]]:
+        """Rank ``r``'s sequence features with their index among its features."""
+        return [(self.feats_on[r].index(f), (f, d)) for f, d in self.seq_on[r]]
+
+    def _column_runs(self, offsets: list[int], b: int) -> list[tuple[int, int, int, int, int]]:
+        """Copies from the receive buffer into the ``[B, sum of D]`` pooled output:
+        ``(block offset, block width, block column, output column, width)``, adjacent
+        features merged."""
+        out_col = {}
+        o = 0
+        for f in self.whole_pooled:
+            out_col[f] = o
+            o += self._dim(f)
+        runs: list[list[int]] = []
+        for r in range(self.world):
+            width = sum(d for _, d in self.pooled_on[r])
+            c = 0
+            for f, d in self.pooled_on[r]:
+                last = runs[-1] if runs else None
+                if (
+                    last
+                    and last[0] == offsets[r]
+                    and last[2] + last[4] == c
+                    and (last[3] + last[4] == out_col[f])
+                ):
+                    last[4] += d
+                else:
+                    runs.append([offsets[r], width, c, out_col[f], d])
+                c += d
+        return [tuple(x) for x in runs]  # type: ignore[misc]
+
+    def _split_lookup(
+        self,
+        kjt: KeyedJaggedTensor,
+        b: int,
+        at: dict[str, int],
+        seg: dict[str, tuple[int, int]],
+        pooled: dict[str, torch.Tensor],
+        seqs: dict[str, JaggedTensor],
+    ) -> None:
+        """Features of tables split by id: deduplicate, route ids to owners, pool here."""
+        values, lengths = kjt.values(), kjt.lengths()
         # 1. per table: unique ids, counts, and each id's index into them
         uniq, inverse, counts = {}, {}, {}
-        for t in self.order:
+        for t in self.split:
             ids = torch.cat([values[seg[f][0] : seg[f][1]] for f in self.features_of[t]])
             uniq[t], inverse[t], counts[t] = torch.unique(
                 ids.to(torch.int64), return_inverse=True, return_counts=True
             )
-        if not self.exchange:
-            return self.local.lookup(kjt)
+        assert self.local is not None
         if self.world == 1:  # this process owns every id: no exchange, no reordering
             emb = self.local.embed_ids(uniq, counts)
             vectors = {d: torch.cat([emb[t] for t in self.tables_of[d]]) for d in self.dims}
         else:
             vectors = self._exchange(uniq, counts)
-        pooled: dict[str, torch.Tensor] = {}
-        seqs: dict[str, JaggedTensor] = {}
         for d in self.dims:
             tabs = self.tables_of[d]
             first = dict(zip(tabs, [0, *np.cumsum([uniq[t].numel() for t in tabs]).tolist()]))
             inputs = (inverse, first, lengths, kjt.weights_or_none(), seg, at, b)
             self._pool(vectors[d], tabs, *inputs, pooled, seqs)
-        kt = None
-        if self.pooled_features:
-            kt = KeyedTensor(
-                keys=self.pooled_features,
-                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
-                values=torch.cat([pooled[f] for f in self.pooled_features], dim=1),
-            )
-        return kt, seqs
 
     def _exchange(
         self, uniq: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]
     ) -> dict[int, torch.Tensor]:
         """Steps 2-4 over ranks: each table's unique ids (and counts) to their owners, the
         owners' vectors back; ``{dim: [U, D]}``, the unique ids of that dim's tables in
-        ``self.order``, each table's in the order of ``uniq[t]``."""
+        ``self.split``, each table's in the order of ``uniq[t]``."""
         # 2. to the owners: sorted by (owner, table), table order dim-major
-        nt, w = len(self.order), self.world
-        sizes = torch.tensor([uniq[t].numel() for t in self.order])
-        all_ids = torch.cat([uniq[t] for t in self.order])
-        all_counts = torch.cat([counts[t] for t in self.order])
+        nt, w = len(self.split), self.world
+        sizes = torch.tensor([uniq[t].numel() for t in self.split])
+        all_ids = torch.cat([uniq[t] for t in self.split])
+        all_counts = torch.cat([counts[t] for t in self.split])
         table_idx = torch.repeat_interleave(
             torch.arange(nt, device=all_ids.device), sizes.to(all_ids.device)
         )
@@ -286,7 +567,8 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         per_table = recv.sum(0).tolist()
         r_ids = got[rorder, 0].split(per_table)
         r_counts = got[rorder, 1].split(per_table)
-        emb = self.local.embed_ids(dict(zip(self.order, r_ids)), dict(zip(self.order, r_counts)))
+        assert self.local is not None
+        emb = self.local.embed_ids(dict(zip(self.split, r_ids)), dict(zip(self.split, r_counts)))
         back_pos = _inverse(rorder)  # table-major position of each received entry
         table_of_sent = table_idx[order]
         out: dict[int, torch.Tensor] = {}
@@ -377,16 +659,66 @@ def hashed_collections(model: nn.Module) -> Iterator[tuple[str, HashedEmbeddingC
             yield name, m
 
 
+HASHED_SHARDING = ("table_wise", "row_wise", "auto")
+
+
+def place_tables(
+    tables: list[TableConfig], world_size: int, kinds: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Where the hashed tables go: ``{table: rank}`` for those kept whole; the rest are
+    split by id over all ranks.
+
+    Per table kind (``kinds``, default ``auto``): ``table_wise`` keeps it whole;
+    ``row_wise`` splits it by id; ``auto`` keeps it whole unless it is larger than
+    ``1 / world_size`` of all the tables together (no placement could balance it), and
+    splits it then. Whole tables go to ranks in contiguous runs of ``tables``' order (the
+    features' order), each rank taking about ``1 / world_size`` of their size (capacity x
+    dim): a table goes to rank ``floor(W * midpoint / total)``. In that layout a batch's
+    ids are already grouped by destination, so they are sent without a copy.
+    """
+    kinds = kinds or {}
+    size = {t.name: t.capacity * t.dim for t in tables}
+    total = sum(size.values())
+    whole = []
+    for t in tables:
+        kind = kinds.get(t.name, "auto")
+        if kind not in HASHED_SHARDING:
+            raise ConfigError(
+                f"distributed.sharding.{t.name}: {kind!r}: a table of the hashed engine is "
+                f"one of {HASHED_SHARDING} (row_wise: split by id over all ranks)"
+            )
+        if kind == "table_wise" or (kind == "auto" and size[t.name] * world_size <= total):
+            whole.append(t.name)
+    if world_size == 1:
+        return {}
+    held = sum(size[t] for t in whole)
+    out, acc = {}, 0
+    for t in whole:
+        out[t] = min(world_size - 1, int(world_size * (acc + size[t] / 2) / held))
+        acc += size[t]
+    return out
+
+
 def shard_hashed(
-    model: nn.Module, rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None
+    model: nn.Module,
+    rank: int = 0,
+    world_size: int = 1,
+    group: dist.ProcessGroup | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> int:
     """Replace every :class:`HashedEmbeddingCollection` in ``model`` (in place) by a
-    :class:`ShardedHashedEmbeddingCollection` over ``world_size`` ranks; returns how many."""
+    :class:`ShardedHashedEmbeddingCollection` over ``world_size`` ranks, tables placed by
+    :func:`place_tables` with ``kinds`` (table -> sharding kind); returns how many."""
     found = list(hashed_collections(model))
     for path, coll in found:
         if not path:
             raise TypeError("shard_hashed: pass the model that holds the collection")
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, ShardedHashedEmbeddingCollection(coll, rank, world_size, group))
+        in_feature_order = dict.fromkeys(coll.table_of.values())
+        placement = place_tables([coll.tables[t] for t in in_feature_order], world_size, kinds)
+        sharded = ShardedHashedEmbeddingCollection(
+            coll, rank, world_size, group, placement=placement
+        )
+        setattr(parent, attr, sharded)
     return len(found)

@@ -31,10 +31,13 @@ from recis.errors import CheckpointError
 class ByIdState:
     """Checkpoint and export methods of the sharded hashed collection (a mixin listed
     before ``nn.Module``, whose ``state_dict`` / ``_load_from_state_dict`` it replaces; it
-    reads ``local``, ``order``, ``configs``, ``rank``, ``world``, ``group``, ``device``)."""
+    reads ``holder``, ``_store``, ``placement``, ``order``, ``configs``, ``step``,
+    ``rank``, ``world``, ``group``, ``device``)."""
 
-    local: HashedEmbeddingCollection
+    _store: list[HashedEmbeddingCollection | None]
+    placement: dict[str, int]
     order: list[str]
+    step: int
     configs: dict[str, TableConfig]
     rank: int
     world: int
@@ -45,7 +48,9 @@ class ByIdState:
     def _live_rows(self, t: str) -> dict[str, torch.Tensor]:
         """This rank's live rows of table ``t``: ids ``[n]``, weights ``[n, D]``, optimizer
         state (``state0``, ...), last-seen step and LFU count where the mapper keeps them."""
-        local = self.local
+        # a whole table another rank holds: no rows here, shaped by the template
+        local = self.holder(t) or self._store[2]
+        assert local is not None
         mapper = local.mappers[t]
         ids, rows = mapper.items()
         g, j = local.where[t]
@@ -74,8 +79,13 @@ class ByIdState:
             shards.append(Shard(local, meta))
         return ShardedTensor._init_from_local_shards(shards, [total, *local.shape[1:]])
 
+    def holder(self, table: str) -> HashedEmbeddingCollection | None:
+        raise NotImplementedError
+
     def _sketch_sum(self, t: str) -> torch.Tensor | None:
-        sketch = self.local.mappers[t].sketch
+        local = self.holder(t) or self._store[2]  # template: zeros where the table is not
+        assert local is not None
+        sketch = local.mappers[t].sketch
         if sketch is None:
             return None
         out = torch.from_numpy(sketch.copy())
@@ -104,7 +114,7 @@ class ByIdState:
             sketch = self._sketch_sum(t)
             if sketch is not None:
                 out[f"{prefix}sketch.{t}"] = sketch
-        out[f"{prefix}step"] = torch.tensor(self.local.step, dtype=torch.int64)
+        out[f"{prefix}step"] = torch.tensor(self.step, dtype=torch.int64)
         return out
 
     def prepare_load(self, sizes: dict[str, torch.Size] | None, root: str = "") -> None:
@@ -154,7 +164,7 @@ class ByIdState:
             if strict:
                 missing_keys.append(f"{prefix}step")
             return
-        self.local.step = int(state_dict[f"{prefix}step"])
+        self.step = int(state_dict[f"{prefix}step"])
         for t in self.order:
             head = f"{prefix}rows.{t}."
             fields = {
@@ -164,17 +174,28 @@ class ByIdState:
                 if strict:
                     missing_keys.append(f"{head}ids")
                 continue
-            self._load_table(t, self._route(fields))
+            fields = self._route(t, fields)
+            local = self.holder(t)
+            if local is None:  # a whole table another rank holds: nothing came here
+                continue
+            self._load_table(local, t, fields)
             sketch = state_dict.get(f"{prefix}sketch.{t}")
-            mapper = self.local.mappers[t]
+            mapper = local.mappers[t]
             if sketch is not None and mapper.sketch is not None:
                 mapper.sketch[...] = sketch.numpy()
 
-    def _route(self, fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Send every loaded row to the rank that owns its id now (collective)."""
+    def owners(self, t: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rank holding each id of table ``t`` (its rank if whole, else :func:`owner_of`)."""
+        if t in self.placement:
+            return torch.full_like(ids, self.placement[t])
+        return owner_of(ids, self.world)
+
+    def _route(self, t: str, fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Send every loaded row of table ``t`` to the rank that holds its id now
+        (collective)."""
         if self.world == 1:
             return fields
-        dest = owner_of(fields["ids"], self.world)
+        dest = self.owners(t, fields["ids"])
         order = torch.argsort(dest, stable=True)
         send = torch.bincount(dest, minlength=self.world)
         recv = torch.empty_like(send)
@@ -189,9 +210,10 @@ class ByIdState:
         return out
 
     @torch.no_grad()
-    def _load_table(self, t: str, fields: dict[str, torch.Tensor]) -> None:
-        """Replace table ``t``'s rows here with ``fields`` (ids this rank owns)."""
-        local = self.local
+    def _load_table(
+        self, local: HashedEmbeddingCollection, t: str, fields: dict[str, torch.Tensor]
+    ) -> None:
+        """Replace table ``t``'s rows in ``local`` with ``fields`` (ids this rank owns)."""
         mapper = local.mappers[t]
         mapper.clear()
         last, count = fields.get("last"), fields.get("count")

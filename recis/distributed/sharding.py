@@ -56,7 +56,7 @@ from recis.errors import ConfigError
 
 from . import gloo_comms
 from .context import DistContext
-from .hashed import hashed_collections, shard_hashed
+from .hashed import HASHED_SHARDING, hashed_collections, shard_hashed
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
 _FUSED = "fused"
@@ -108,17 +108,31 @@ def embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def table_sharding(model: nn.Module, default: str, per_table: dict[str, str]) -> dict[str, str]:
-    """Sharding type of every table in ``model``; unknown table names are config errors."""
+    """Sharding kind of every table in ``model`` (torchrec and hashed engine); unknown
+    table names and kinds a table cannot take are config errors."""
     names = [t.name for m in embedding_modules(model).values() for t in _tables(m)]
+    hashed = [t for _, c in hashed_collections(model) for t in c.tables]
     for name, kind in per_table.items():
-        if name not in names:
+        if name in hashed:
+            if kind not in HASHED_SHARDING:
+                raise ConfigError(
+                    f"distributed.sharding.{name}: {kind!r}: a table of the hashed engine is "
+                    f"one of {HASHED_SHARDING} (row_wise: split by id over all ranks)"
+                )
+        elif name not in names:
             raise ConfigError(
-                f"distributed.sharding.{name}: no torchrec table named {name!r} (tables: "
-                f"{names}); tables of the hashed engine are always sharded by id over all ranks"
+                f"distributed.sharding.{name}: no table named {name!r} (tables: {names + hashed})"
             )
-        if kind not in SHARDING_TYPES:
+        elif kind not in SHARDING_TYPES:
             raise ConfigError(f"distributed.sharding.{name}: {kind!r} not in {SHARDING_TYPES}")
-    return {n: per_table.get(n, default) for n in names}
+    unlisted = [t for t in hashed if t not in per_table]
+    if unlisted and default not in HASHED_SHARDING:
+        raise ConfigError(
+            f"distributed.default_sharding: {default!r} does not apply to the hashed engine's "
+            f"tables {unlisted}: use one of {HASHED_SHARDING}, or give them their own "
+            "distributed.sharding"
+        )
+    return {n: per_table.get(n, default) for n in names + hashed}
 
 
 def build_plan(
@@ -234,12 +248,14 @@ def shard_model(
             whose ``DistributedOptimizer`` reduces them instead.
     """
     gloo_comms.install()  # row-wise output dist on gloo: all-to-alls, not all-reduce + slice
-    # hashed collections are split by id over all ranks (recis.distributed.hashed)
-    if any(True for _ in hashed_collections(model)):
-        group = dist.new_group(backend=ctx.backend) if ctx.world_size > 1 else None
-        shard_hashed(model, ctx.rank, ctx.world_size, group)
-    module_sharders = sharders(sparse_optimizer, ctx.device)
     kinds = table_sharding(model, default, per_table or {})
+    # hashed collections: tables whole on one rank or split by id (recis.distributed.hashed)
+    hashed = {t for _, c in hashed_collections(model) for t in c.tables}
+    if hashed:
+        group = dist.new_group(backend=ctx.backend) if ctx.world_size > 1 else None
+        shard_hashed(model, ctx.rank, ctx.world_size, group, kinds)
+        kinds = {t: k for t, k in kinds.items() if t not in hashed}
+    module_sharders = sharders(sparse_optimizer, ctx.device)
     plan = build_plan(model, ctx, kinds, module_sharders)
     # Sharded tables are re-initialized by torchrec, rank by rank; copy the unsharded
     # weights in so that a run's start does not depend on the world size or the plan.

@@ -35,7 +35,7 @@ from recis.train import Trainer
 from recis.train.state import rng_state, set_rng_state
 
 from . import checkpoint as dcp_checkpoint
-from .collectives import even_batches, mean_over_ranks
+from .collectives import even_batches, mean_over_ranks_async
 from .context import DistContext, import_horovod
 
 
@@ -171,12 +171,12 @@ class DistributedTrainer(Trainer):
             # known up front: finding them by a forward on one rank would desync the ranks
             self._set_tasks(list(inner.tasks))
 
-    def train_step(self, batch: Batch) -> dict[str, Any] | None:
-        out = super().train_step(batch)
-        if out is None:
-            return None
-        floats = {k: v for k, v in out.items() if isinstance(v, float)}
-        return {**out, **mean_over_ranks(floats)}  # logged losses are the global batch's
+    def _reduced(self, values: torch.Tensor) -> Callable[[], list[float]]:
+        """The step's losses averaged over ranks: the global batch's, so every rank logs,
+        checks for NaN and updates the multi-task objective with the same numbers. The
+        all-reduce is started before backward and waited for after it, so it costs no
+        extra synchronisation point."""
+        return mean_over_ranks_async(values)
 
     def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
         if self.ctx.is_main:

@@ -315,20 +315,16 @@ class HashedEmbeddingCollection(LookupModule):
                     ]
                 ).to(self.device, torch.float32)
             out = grp(idx, offsets, psw)
+            # split, not slices: a slice's backward zero-fills all of out, a split's is one cat
             if grp.pooling == "none":
-                o = 0
-                for f in fs:
-                    n = seg[f][1] - seg[f][0]
+                parts = out.split([seg[f][1] - seg[f][0] for f in fs])
+                for f, part in zip(fs, parts):
                     seqs[f] = JaggedTensor(
-                        values=out[o : o + n], lengths=lengths[at[f] * b : (at[f] + 1) * b]
+                        values=part, lengths=lengths[at[f] * b : (at[f] + 1) * b]
                     )
-                    o += n
             else:
                 last_pooled = (fs, out)
-                o = 0
-                for f, d in zip(fs, grp.feature_dims):
-                    pooled[f] = out[:, o : o + d]
-                    o += d
+                pooled.update(zip(fs, out.split(grp.feature_dims, dim=1)))
         kt = None
         if pooled:
             # keys in the features' order (as given to the constructor), whatever the grouping

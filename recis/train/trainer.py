@@ -148,9 +148,11 @@ class Trainer:
         total = self.objective(losses)
         if cfg.grad_accum > 1:
             total = total / cfg.grad_accum
+        # the objective and task losses, reduced over ranks in a distributed run (started
+        # before backward, so that the collective overlaps it); one device->host copy
+        values = self._reduced(torch.stack([total.detach() * cfg.grad_accum, *losses.values()]))
         total.backward()
-        # one device->host copy for all task losses and the objective
-        values = torch.stack([total.detach() * cfg.grad_accum, *losses.values()]).tolist()
+        values = values()
         if not np.isfinite(values[0]):
             raise FloatingPointError(f"step {self.step}: loss is {values[0]} ({values[1:]})")
         self._acc = np.asarray(values) if self._acc is None else self._acc + values
@@ -173,6 +175,11 @@ class Trainer:
         record.update({f"loss/{t}": v for t, v in per_task.items()})
         record.update(self.objective.log())
         return record
+
+    def _reduced(self, values: torch.Tensor) -> Callable[[], list[float]]:
+        """``values`` of this step as floats, once the returned function is called (the
+        distributed trainer averages them over ranks meanwhile)."""
+        return values.tolist
 
     # ---- loop ------------------------------------------------------------------
     def _on_sigterm(self, signum: int, frame: Any) -> None:
