@@ -106,6 +106,65 @@ def check_owner_eviction(ctx) -> dict:
     return {"got": sorted(ids.tolist()), "want": sorted(want.tolist()), "size": len(ids)}
 
 
+def concat(kjts: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
+    """Batches of the same keys as one batch, rows of the first first (the global batch)."""
+    keys = kjts[0].keys()
+    parts = [k.to_dict() for k in kjts]
+    return KeyedJaggedTensor(
+        keys=keys,
+        values=torch.cat([p[f].values() for f in keys for p in parts]),
+        lengths=torch.cat([p[f].lengths() for f in keys for p in parts]),
+        weights=torch.cat([p[f].weights() for f in keys for p in parts]),
+    )
+
+
+def check_layouts(ctx) -> dict:
+    """Tables kept whole on either rank, shared by two features, with mean pooling, weights,
+    sequences, admission and LRU eviction (and one split by id): every rank's outputs and
+    every row by id equal one plain collection's on the global batch (collective)."""
+    import test_hashed_sharded as one  # tables, features, batches of the one-process tests
+
+    world, rank = ctx.world_size, ctx.rank
+    group = dist.new_group(backend="gloo") if world > 1 else None
+    layouts = {
+        "whole": {"a": 0, "b": world - 1, "s": world - 1, "c": 0},
+        "mixed": {"a": world - 1, "s": 0, "c": 0},  # b split by id
+    }
+    out = {}
+    for name, placement in layouts.items():
+        sharded = ShardedHashedEmbeddingCollection(
+            one.collection("sgd"), rank, world, group, exchange=True, placement=placement
+        )
+        plain = one.collection("sgd")
+        worst = 0.0
+        for step in range(4):
+            mine = [one.batch(100 * step + r) for r in range(world)]
+            got = one.step_outputs(sharded, mine[rank])
+            # the reference: the global batch, each rank's rows weighted as that rank's loss,
+            # over W (the sharded gradient is the mean over ranks)
+            kt, seqs = plain.lookup(concat(mine))
+            b = one.B
+            pooled, seq = kt.values().split(b), seqs["fs"].values().split(
+                [int(m.to_dict()["fs"].lengths().sum()) for m in mine]
+            )
+            outs = [torch.cat([p.flatten(), q.flatten()]) for p, q in zip(pooled, seq)]
+            loss = sum((o * torch.linspace(-1, 1, o.numel())).sum() for o in outs) / world
+            loss.backward()
+            worst = max(worst, float((got - outs[rank].detach()).abs().max()))
+        rows = {}
+        for t in ("a", "b", "c", "s"):
+            ids, weights = sharded.gather_rows(t)
+            want_ids, r = plain.mappers[t].items()
+            g, j = plain.where[t]
+            order = torch.from_numpy(want_ids).argsort()
+            want = plain.groups[g].weight(j)[torch.from_numpy(r + 1)].detach()[order]
+            same_ids = ids.tolist() == torch.from_numpy(want_ids)[order].tolist()
+            rows[t] = (same_ids, float((weights - want).abs().max()) if same_ids else None)
+        held = sorted(sharded.whole.tables) if sharded.whole is not None else []
+        out[name] = {"outputs": worst, "rows": rows, "held": held}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -132,10 +191,13 @@ def main() -> None:
     eviction = check_owner_eviction(ctx)
     every: list = [None] * ctx.world_size
     dist.all_gather_object(every, eviction)
+    layouts: list = [None] * ctx.world_size
+    dist.all_gather_object(layouts, check_layouts(ctx))
     if ctx.rank == 0:
         for name, obj in (("run", run), ("continued", continued), ("loaded", loaded)):
             torch.save(obj, out / f"{name}.pt")
         torch.save(every, out / "eviction.pt")
+        torch.save(layouts, out / "layouts.pt")
     shutdown(ctx)
 
 

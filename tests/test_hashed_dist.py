@@ -121,6 +121,21 @@ def test_each_owner_evicts_like_a_lone_mapper(runs):
         assert len(owned) == len(set(owned))  # one owner per id
 
 
+def test_whole_and_split_tables_match_one_collection_on_the_global_batch(runs):
+    """Shared, mean, weighted, sequence, admission and LRU tables kept whole on either of
+    2 ranks (and one split by id): outputs and rows by id equal the plain collection's."""
+    for world in ("w1", "w2"):
+        ranks = load(runs / world / "layouts.pt")
+        for rank, layouts in enumerate(ranks):
+            for name, got in layouts.items():
+                assert got["outputs"] < 1e-5, (world, rank, name)
+                for t, (same_ids, diff) in got["rows"].items():
+                    assert same_ids and diff < 1e-5, (world, rank, name, t, diff)
+    two = load(runs / "w2" / "layouts.pt")
+    assert [r["whole"]["held"] for r in two] == [["a", "c"], ["b", "s"]]
+    assert [r["mixed"]["held"] for r in two] == [["c", "s"], ["a"]]
+
+
 @pytest.fixture(scope="module")
 def horovod_run(runs):
     """2 Horovod ranks (embeddings over the torch.distributed group built from Horovod's

@@ -415,11 +415,12 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
                 if self.weighted_on[r]
                 for f in self.feats_on[r]
             ]
-            wgot = self._a2a(
+            got_w = self._a2a(
                 torch.cat(floats) if floats else torch.zeros(0, device=values.device),
                 [sent[r] if self.weighted_on[r] else 0 for r in range(w)],
                 ns if self.weighted_on[me] else [0] * w,
             )
+            wgot = got_w if self.weighted_on[me] else None  # weights for this rank's tables
         # 2. owner: one KJT of every source's bags, feature-major, looked up at once
         if nf:
             assert self.whole is not None
