@@ -17,8 +17,8 @@ is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (sampl
 2 processes / with 1). Needs 2 idle cores to show scaling; on a shared machine the ratio
 drops with the load.
 
-Diagnostics: ``--profile N`` profiles N more steps on rank 0 (torch.profiler table next to
-the result file), ``--collectives`` times the step's collectives alone on 2 processes,
+Diagnostics: ``--profile N`` profiles N more steps on rank 0 (torch.profiler table by self
+CPU time, printed), ``--collectives`` times the step's collectives alone on 2 processes,
 ``--torch-gloo`` uses gloo's own reduce-scatter instead of recis's all-to-all one.
 """
 
@@ -123,8 +123,9 @@ def worker(args: argparse.Namespace) -> None:
             for i in range(args.profile):
                 trainer.train_step(batches[i % len(batches)])
         if ctx.rank == 0:
-            table = prof.key_averages().table(sort_by=os.environ.get("PROFILE_SORT", "cpu_time_total"), row_limit=int(os.environ.get("PROFILE_ROWS", "60")))
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=80)
             Path(args.out + ".profile.txt").write_text(table)
+    del trainer, sharded  # the model's DDP holds the process group: released before shutdown
     shutdown(ctx)
 
 
@@ -199,6 +200,9 @@ def launch(launcher: str, n: int, args: argparse.Namespace, passthrough: list[st
         if proc.returncode != 0 or not out.exists():
             sys.exit(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
         result = json.loads(out.read_text())
+        profile = Path(str(out) + ".profile.txt")
+        if profile.exists():
+            print(profile.read_text(), flush=True)
     print(
         f"{launcher:>9} x{n}: {result['samples_per_s']:>10,.0f} samples/s "
         f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s; "

@@ -288,6 +288,7 @@ def main() -> None:
                 {"meta": meta, "restored": restored, "state": state, "loss": loss},
                 out / "loaded.pt",
             )
+    del trainer  # its model's DDP holds the process group: released before shutdown
     shutdown(ctx)
 
 

@@ -144,8 +144,9 @@ def check_layouts(ctx) -> dict:
             # over W (the sharded gradient is the mean over ranks)
             kt, seqs = plain.lookup(concat(mine))
             b = one.B
-            pooled, seq = kt.values().split(b), seqs["fs"].values().split(
-                [int(m.to_dict()["fs"].lengths().sum()) for m in mine]
+            pooled, seq = (
+                kt.values().split(b),
+                seqs["fs"].values().split([int(m.to_dict()["fs"].lengths().sum()) for m in mine]),
             )
             outs = [torch.cat([p.flatten(), q.flatten()]) for p, q in zip(pooled, seq)]
             loss = sum((o * torch.linspace(-1, 1, o.numel())).sum() for o in outs) / world
@@ -198,6 +199,7 @@ def main() -> None:
             torch.save(obj, out / f"{name}.pt")
         torch.save(every, out / "eviction.pt")
         torch.save(layouts, out / "layouts.pt")
+    del trainer, fresh  # their models' DDP holds the process group: released before shutdown
     shutdown(ctx)
 
 

@@ -97,3 +97,79 @@ def test_evaluate_is_global_across_ranks() -> None:
     assert got[0] == pytest.approx(want) and got[1] == pytest.approx(want)
     shard = scope["evaluate"](scope["batches"]()[0::2])
     assert shard["click/auc"] != pytest.approx(want["click/auc"])
+
+
+_OBJECTIVE = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from recis.config import PriorityConfig, TaskConfig, TrainConfig
+from recis.distributed.context import DistContext, shutdown
+from recis.distributed.trainer import DistributedTrainer
+
+CFG = TrainConfig(
+    progress=False,
+    objective="priority",
+    # damping 0: the damped term reads each rank's own batch loss in the forward
+    priority=PriorityConfig(stage_steps=2, damping=0.0),
+    tasks=[TaskConfig("click", priority=0, tolerance=0.01), TaskConfig("buy", priority=1)],
+    dense_optimizer={"name": "sgd", "lr": 0.5},
+)
+
+
+def train(trainer, data):
+    losses = [trainer.train_step(b)["loss"] for b in data]
+    return {"losses": losses, "objective": trainer.objective.state_dict()}
+
+
+if sys.argv[1] == "one":  # one process on the global batches (both ranks' rows)
+    from recis.io.batch import Batch
+    from recis.train import Trainer
+
+    both = [
+        Batch(
+            sparse=a.sparse,
+            dense=torch.cat([a.dense, b.dense]),
+            labels={t: torch.cat([a.labels[t], b.labels[t]]) for t in a.labels},
+        )
+        for a, b in zip(batches()[0::2], batches()[1::2])
+    ]
+    torch.manual_seed(0)
+    print("RESULT", json.dumps(train(Trainer(Tiny(), both, None, CFG), both)))
+else:
+    rank, port = int(sys.argv[1]), int(sys.argv[2])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(Tiny())
+    ctx = DistContext(rank=rank, world_size=2, backend="gloo", launcher="torchrun")
+    mine = batches()[rank::2]  # step s: rank 0 has rows of batch 2s, rank 1 of batch 2s+1
+    result = train(DistributedTrainer(model, mine, None, CFG, ctx), mine)
+    del model  # DDP holds the process group: released before shutdown
+    shutdown(ctx)
+    print("RESULT", json.dumps(result))
+"""
+
+
+def test_priority_objective_updates_from_global_losses_on_every_rank() -> None:
+    """Two ranks' Lagrangian multipliers and references move as one process's on the
+    global batches (each rank used to update them from its own losses)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = _COMMON + _OBJECTIVE
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+        for args in (["0", str(port)], ["1", str(port)], ["one"])
+    ]
+    got = []
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0
+        got.append(json.loads(out.split("RESULT ", 1)[1]))
+    rank0, rank1, one = got
+    assert rank0["losses"] == pytest.approx(one["losses"], abs=1e-6)
+    assert rank0["objective"] == rank1["objective"]
+    for key in ("ema", "ref", "lambda"):
+        assert rank0["objective"][key] == pytest.approx(one["objective"][key], abs=1e-6)
+    assert one["objective"]["ema_n"] == 3 and "click" in one["objective"]["ref"]

@@ -16,6 +16,7 @@ so no extra port has to be agreed on by hand.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from dataclasses import dataclass
@@ -194,9 +195,16 @@ def _init_horovod(device: str | torch.device, backend: str, timeout_s: float) ->
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (and Horovod) cleanly."""
+    """Leave the process group (and Horovod) cleanly.
+
+    Drop your references to the wrapped model (and its trainer) first: DDP's reducer holds
+    the process group, and a group left to die at interpreter exit aborts the process now
+    and then ("terminate called without an active exception", exit code -6). The garbage
+    collection here then releases it before the group is destroyed.
+    """
     if ctx.is_distributed and dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
     if ctx.launcher == "horovod":
         import_horovod().shutdown()

@@ -96,6 +96,7 @@ def train(
             if ctx.is_main:
                 print(f"resumed from {last} at step {trainer.step}", flush=True)
         result = trainer.fit()
+        del trainer  # the model's DDP holds the process group: release it first
     except BaseException:
         # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
         if dist.is_initialized():
@@ -124,6 +125,7 @@ def evaluate(
         meta = dcp_checkpoint.load(checkpoint, trainer.model)  # weights only: no optimizer
         trainer.step = int(meta.get("step", 0))
         result = trainer.evaluate()
+        del trainer  # the model's DDP holds the process group: release it first
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
