@@ -5,10 +5,11 @@
 For each launcher (torchrun, horovodrun --gloo) it runs the same training worker with 1
 and with 2 processes, each process on its own batches of ``--batch`` rows (weak scaling:
 the global batch grows with the world size), fused Adagrad on the tables, Adam on the MLPs.
-``--embedding hashed`` (the default engine): tables split by id over the ranks (one process:
-the plain pooled lookup); ``--embedding modulo``: torchrec tables sharded by ``--sharding``
-(row-wise by default). Throughput is global samples/s over the timed steps (after
-warm-up), measured by rank 0 between two barriers. Data is synthetic and in memory, so only training scales.
+``--embedding hashed`` (the default engine) or ``modulo`` (torchrec tables), sharded by
+``--sharding`` (default ``auto``: for hashed tables, each kept whole on one rank, 13 per
+rank; ``row_wise`` splits every hashed table by id). One process runs the plain lookup.
+Throughput is global samples/s over the timed steps (after warm-up), measured by rank 0
+between two barriers. Data is synthetic and in memory, so only training scales.
 
 Each configuration runs ``--repeats`` times (1 and 2 processes alternating) and the best
 run counts. Prints one line per run (samples/s, and the CPU time a step costs each process,
@@ -71,6 +72,7 @@ def worker(args: argparse.Namespace) -> None:
         ],
         bottom_mlp=[64, d],
         top_mlp=[128, 64],
+        sparse_optimizer=SparseOptimizerConfig(name="adagrad", lr=0.05),  # hashed tables
     )
     torch.manual_seed(0)
     model = DLRM(model_cfg, schema, ctx.device)
@@ -221,7 +223,11 @@ def main() -> None:
     p.add_argument("--ids", type=int, default=4, help="mean ids per feature and row (about)")
     p.add_argument("--rows", type=int, default=100_000, help="rows per table")
     p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--sharding", default="row_wise", help="torchrec tables (--embedding modulo)")
+    p.add_argument(
+        "--sharding",
+        default="auto",
+        help="default_sharding of the tables (hashed: table_wise, row_wise = split by id, auto)",
+    )
     p.add_argument("--embedding", default="hashed", choices=["hashed", "modulo"])
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
     p.add_argument("--launchers", default="torchrun,horovod")

@@ -297,11 +297,11 @@ TABLES = [("C1", 20), ("C2", 60), ("C3", 200), ("C4", 600)]
 
 def cli_config(tmp: Path, name: str, data: Path, embedding: str = "modulo") -> Path:
     """A small DLRM run config on ``data``. ``modulo``: torchrec tables with a mixed
-    sharding plan; ``hashed``: the hashed engine (split by id), tables big enough that no
-    id is ever refused a row."""
+    sharding plan; ``hashed``: the hashed engine (C1 split by id, the others kept whole by
+    ``auto``), tables big enough that no id is ever refused a row."""
     if embedding == "hashed":
         tables = [{"name": t, "dim": 8, "capacity": 1000} for t, _ in TABLES]
-        dist_cfg: dict = {}
+        dist_cfg: dict = {"sharding": {"C1": "row_wise"}}
     else:
         tables = [{"name": t, "dim": 8, "capacity": c} for t, c in TABLES]
         dist_cfg = {

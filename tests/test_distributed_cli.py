@@ -1,5 +1,5 @@
-"""`torchrun -m recis.cli train` end to end on the hashed engine (tables split by id, mapper
-state in every checkpoint): sharded training from a YAML config, global
+"""`torchrun -m recis.cli train` end to end on the hashed engine (one table split by id,
+three kept whole; mapper state in every checkpoint): sharded training from a YAML config, global
 metrics, a rank killed in the second epoch that torchrun restarts from the last checkpoint
 at the exact row, a resume at another world size, and `recis eval` of the sharded
 checkpoint in one process and under torchrun.
@@ -56,7 +56,8 @@ def cli_runs(tmp_path_factory):
         nonlocal tmp
         tmp = root / f"try{attempt}"
         tmp.mkdir()
-        # the hashed engine (the default), split by id: its mapper state must survive too
+        # the hashed engine (the default), one table split by id and three kept whole: its
+        # mapper state must survive too
         plain = w.cli_config(tmp, "plain", root / "data", embedding="hashed")
         killed = w.cli_config(tmp, "killed", root / "data", embedding="hashed")
         return [

@@ -227,3 +227,20 @@ def test_place_tables_in_contiguous_balanced_runs_and_splits_big_ones():
 def test_placement_on_a_missing_rank_is_a_config_error():
     with pytest.raises(ConfigError, match="'a' on rank 3"):
         ShardedHashedEmbeddingCollection(collection(), 0, 2, placement={"a": 3})
+
+
+def test_sharding_config_of_hashed_tables():
+    from torch import nn
+
+    from recis.distributed.sharding import table_sharding
+
+    model = nn.Module()
+    model.sparse = collection()
+    kinds = table_sharding(model, "auto", {"a": "row_wise", "b": "table_wise"})
+    assert kinds == {"a": "row_wise", "b": "table_wise", "s": "auto", "c": "auto"}
+    with pytest.raises(ConfigError, match=r"distributed.sharding.a: 'column_wise'.*hashed"):
+        table_sharding(model, "auto", {"a": "column_wise"})
+    with pytest.raises(ConfigError, match=r"default_sharding: 'data_parallel'.*\['b', 's', 'c'\]"):
+        table_sharding(model, "data_parallel", {"a": "row_wise"})
+    with pytest.raises(ConfigError, match=r"distributed.sharding.zz: no table named 'zz'"):
+        table_sharding(model, "auto", {"zz": "row_wise"})
