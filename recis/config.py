@@ -160,8 +160,8 @@ class ModelConfig:
     tables: list[TableConfig] = Field(default_factory=list)
     # optimizer of the embedding rows; None: filled from train.sparse_optimizer
     sparse_optimizer: SparseOptimizerConfig | None = None
-    # hashed: zero-collision IdMapper + fbgemm (recis.embedding), split by id over ranks in
-    # distributed runs; modulo: torchrec EBC over id mod capacity, for pre-mapped ids
+    # hashed: zero-collision IdMapper + fbgemm (recis.embedding), tables kept whole on one
+    # rank or split by id in distributed runs (distributed.sharding); modulo: torchrec EBC over id mod capacity, for pre-mapped ids
     # (sharded with torchrec's per-table plans)
     embedding: Literal["hashed", "modulo"] = "hashed"
 
