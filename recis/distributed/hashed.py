@@ -315,22 +315,6 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
             return x
         return _Exchange.apply(x, send, recv, self.group, scale)
 
-    def _counts(self, send: torch.Tensor) -> torch.Tensor:
-        """Each rank's ``[W, T]`` send counts -> what this rank receives ``[W, T]``."""
-        if self.world == 1:
-            return send
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
-        return recv
-
-    def _a2a(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        """``all_to_all_single`` without autograd (ids, lengths, weights)."""
-        if self.world == 1:
-            return x
-        out = x.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), recv, send, group=self.group)
-        return out
-
     def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         """Pooled KeyedTensor (or None) and sequence JaggedTensors (collective)."""
         keys = kjt.keys()

@@ -198,16 +198,24 @@ class ByIdState:
         dest = self.owners(t, fields["ids"])
         order = torch.argsort(dest, stable=True)
         send = torch.bincount(dest, minlength=self.world)
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
-        out = {}
-        for name, v in fields.items():
-            got = v.new_empty((int(recv.sum()), *v.shape[1:]))
-            dist.all_to_all_single(
-                got, v[order].contiguous(), recv.tolist(), send.tolist(), group=self.group
-            )
-            out[name] = got
-        return out
+        recv = self._counts(send)
+        return {n: self._a2a(v[order], send.tolist(), recv.tolist()) for n, v in fields.items()}
+
+    def _counts(self, send: torch.Tensor) -> torch.Tensor:
+        """Row ``r`` of ``send`` ``[W, ...]`` to rank ``r``; row ``s`` of the result came
+        from rank ``s``."""
+        return self._a2a(send, [1] * self.world, [1] * self.world)
+
+    def _a2a(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        """``all_to_all_single`` along dim 0 without autograd (ids, counts, weights, rows),
+        through this collection's device (nccl takes only CUDA tensors); the result is on
+        ``x``'s device."""
+        if self.world == 1:
+            return x
+        src = x.to(self.device).contiguous()
+        out = src.new_empty((sum(recv), *x.shape[1:]))
+        dist.all_to_all_single(out, src, recv, send, group=self.group)
+        return out.to(x.device)
 
     @torch.no_grad()
     def _load_table(
