@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,8 @@ from . import checkpoint as dcp_checkpoint
 from .context import DistContext, init_distributed, shutdown
 from .sharding import shard_model
 from .trainer import DistributedTrainer
+
+T = TypeVar("T")
 
 
 def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
@@ -81,28 +84,22 @@ def train(
             raise CheckpointError(
                 f"{resume}: no complete distributed checkpoint under checkpoints/"
             )
-    ctx = init_distributed(
-        launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
-    )
-    try:
+
+    def body(ctx: DistContext) -> dict[str, Any]:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer = build(cfg, ctx)
+        start = last
         if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")):
-            last = dcp_checkpoint.latest(run_dir / "checkpoints")  # written by the dead attempt
-        if last is not None:
-            trainer.load(last)
+            start = dcp_checkpoint.latest(run_dir / "checkpoints")  # written by the dead attempt
+        if start is not None:
+            trainer.load(start)
             if ctx.is_main:
-                print(f"resumed from {last} at step {trainer.step}", flush=True)
-        result = trainer.fit()
-        del trainer  # the model's DDP holds the process group: release it first
-    except BaseException:
-        # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    shutdown(ctx)
+                print(f"resumed from {start} at step {trainer.step}", flush=True)
+        return trainer.fit()
+
+    ctx, result = _on_ranks(cfg, launcher, body)
     if not ctx.is_main:
         return None
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -115,20 +112,34 @@ def evaluate(
     """``recis eval --checkpoint DCP_DIR`` on this rank: the sharded model is loaded from the
     checkpoint (saved at any world size) and evaluated on every rank's share of the eval
     data; the global metrics come back on rank 0, None elsewhere."""
-    ctx = init_distributed(
-        launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
-    )
-    try:
+
+    def body(ctx: DistContext) -> dict[str, float]:
         trainer = build(cfg, ctx)
         if trainer.eval_data is None:
             raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
         meta = dcp_checkpoint.load(checkpoint, trainer.model)  # weights only: no optimizer
         trainer.step = int(meta.get("step", 0))
-        result = trainer.evaluate()
-        del trainer  # the model's DDP holds the process group: release it first
+        return trainer.evaluate()
+
+    ctx, result = _on_ranks(cfg, launcher, body)
+    return result if ctx.is_main else None
+
+
+def _on_ranks(
+    cfg: RunConfig, launcher: str | None, body: Callable[[DistContext], T]
+) -> tuple[DistContext, T]:
+    """Join the process group, run ``body`` on this rank, leave the group. The body's
+    trainer (whose DDP holds the process group) is released when it returns, before the
+    group is destroyed (:func:`~recis.distributed.context.shutdown`)."""
+    ctx = init_distributed(
+        launcher or cfg.distributed.launcher, cfg.device, cfg.distributed.backend
+    )
+    try:
+        result = body(ctx)
     except BaseException:
+        # no barrier on the way out: a peer may be dead, and torchrun restarts us anyway
         if dist.is_initialized():
             dist.destroy_process_group()
         raise
     shutdown(ctx)
-    return result if ctx.is_main else None
+    return ctx, result
