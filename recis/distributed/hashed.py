@@ -267,6 +267,7 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
             self.pooled_on.append([(f, self._dim(f)) for f in fs if f in self.pooled_features])
             self.seq_on.append([(f, self._dim(f)) for f in fs if f in self.sequence_features])
             self.weighted_on.append(any(self.weighted[f] for f in fs))
+        self.pooled_width = [sum(d for _, d in p) for p in self.pooled_on]
         # pooled features of whole tables, in output order
         held = {f for fs in self.feats_on for f in fs}
         self.whole_pooled = [f for f in self.pooled_features if f in held]
@@ -367,14 +368,12 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         whole tables as one ``[B, sum of D]`` tensor in output order (None if none); puts
         sequences into ``seqs``."""
         w, me = self.world, self.rank
-        values, lengths = kjt.values().to(torch.int64), kjt.lengths()
+        values, lengths = kjt.values().to(torch.int64), kjt.lengths().to(torch.int64)
         weights = kjt.weights_or_none()
         n_of = {f: seg[f][1] - seg[f][0] for f in seg}
         sent = [sum(n_of[f] for f in self.feats_on[r]) for r in range(w)]
-        # 1. to each rank: the lengths and the ids of the features of its tables
-        # one buffer per destination, lengths then ids (one collective, not two: every
-        # collective is a point where a rank waits for the slower one)
-        lengths = lengths.to(torch.int64)
+        # 1. to each rank, in one buffer: the lengths, then the ids, of the features of its
+        # tables (one collective, not two: at every collective a rank waits for the slower)
         ints = [
             x
             for fs in self.feats_on
@@ -423,7 +422,7 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
             )
             kt, sq = self.whole.lookup(local)
             # 3. back to each source: its pooled rows, then its ids' vectors per sequence
-            pdim = sum(d for _, d in self.pooled_on[me])
+            pdim = self.pooled_width[me]
             flat = kt.values().reshape(-1) if kt is not None else None
             if not self.seq_on[me] and flat is not None:
                 back = flat  # rows of one source are contiguous: no copy
@@ -446,38 +445,34 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
             back = torch.zeros(0, device=self.device, requires_grad=torch.is_grad_enabled())
             back_sizes = [0] * w
         recv = [
-            b * sum(d for _, d in self.pooled_on[r]) + sum(n_of[f] * d for f, d in self.seq_on[r])
-            for r in range(w)
+            b * self.pooled_width[r] + sum(n_of[f] * d for f, d in self.seq_on[r]) for r in range(w)
         ]
         vecs = self._alltoall(back, back_sizes, recv, scale=1.0 / w)
         # 4. sequences: views of each rank's block; pooled: one copy into output order
         for r, blk in enumerate(vecs.split(recv)):
-            width = sum(d for _, d in self.pooled_on[r])
-            parts = blk.split([b * width, *(n_of[f] * d for f, d in self.seq_on[r])])[1:]
+            sizes = [b * self.pooled_width[r], *(n_of[f] * d for f, d in self.seq_on[r])]
+            parts = blk.split(sizes)[1:]
             for (f, d), part in zip(self.seq_on[r], parts):
                 ln = lengths[at[f] * b : (at[f] + 1) * b]
                 seqs[f] = JaggedTensor(values=part.view(-1, d), lengths=ln)
         if not self.whole_pooled:
             return None
         offsets = np.cumsum([0, *recv]).tolist()
-        return _Columns.apply(vecs, b, self._column_runs(offsets, b), self.whole_pooled_dim)
+        return _Columns.apply(vecs, b, self._column_runs(offsets), self.whole_pooled_dim)
 
     def _seq_cols(self, r: int) -> list[tuple[int, tuple[str, int]]]:
         """Rank ``r``'s sequence features with their index among its features."""
         return [(self.feats_on[r].index(f), (f, d)) for f, d in self.seq_on[r]]
 
-    def _column_runs(self, offsets: list[int], b: int) -> list[tuple[int, int, int, int, int]]:
-        """Copies from the receive buffer into the ``[B, sum of D]`` pooled output:
-        ``(block offset, block width, block column, output column, width)``, adjacent
-        features merged."""
-        out_col = {}
-        o = 0
-        for f in self.whole_pooled:
-            out_col[f] = o
-            o += self._dim(f)
+    def _column_runs(self, offsets: list[int]) -> list[tuple[int, int, int, int, int]]:
+        """Copies from the receive buffer (rank ``r``'s block at ``offsets[r]``) into the
+        ``[B, sum of D]`` pooled output: ``(block offset, block width, block column,
+        output column, width)``, adjacent features merged."""
+        starts = np.cumsum([0, *map(self._dim, self.whole_pooled)]).tolist()
+        out_col = dict(zip(self.whole_pooled, starts))
         runs: list[list[int]] = []
         for r in range(self.world):
-            width = sum(d for _, d in self.pooled_on[r])
+            width = self.pooled_width[r]
             c = 0
             for f, d in self.pooled_on[r]:
                 last = runs[-1] if runs else None
