@@ -39,9 +39,9 @@ LAYOUTS = {
 }
 
 
-def batch(step: int) -> KeyedJaggedTensor:
+def batch(step: int, b: int = B) -> KeyedJaggedTensor:
     g = torch.Generator().manual_seed(step)
-    lengths = torch.randint(0, 4, (len(KEYS) * B,), generator=g)
+    lengths = torch.randint(0, 4, (len(KEYS) * b,), generator=g)
     n = int(lengths.sum())
     # few distinct ids (repeats within and across features), some negative / huge
     ids = torch.randint(0, 30, (n,), generator=g) * (2**40 + 7) - 2**44
