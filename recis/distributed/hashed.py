@@ -61,6 +61,7 @@ from .hashed_state import ByIdState, owner_of
 
 __all__ = [
     "HASHED_SHARDING",
+    "check_hashed_kind",
     "ShardedHashedEmbeddingCollection",
     "hashed_collections",
     "owner_of",
@@ -257,7 +258,6 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         self.order = sorted(self.table_names, key=lambda t: dims[t])
         self.split = [t for t in self.order if t in self.split]
         self.dims = sorted({dims[t] for t in self.split})
-        self.dim_of = dims
         self.tables_of = {d: [t for t in self.split if dims[t] == d] for d in self.dims}
         # whole tables: per rank, the features it looks up, pooled ones with their dims
         self.feats_on, self.pooled_on, self.seq_on, self.weighted_on = [], [], [], []
@@ -642,6 +642,15 @@ def hashed_collections(model: nn.Module) -> Iterator[tuple[str, HashedEmbeddingC
 HASHED_SHARDING = ("table_wise", "row_wise", "auto")
 
 
+def check_hashed_kind(table: str, kind: str) -> None:
+    """ConfigError unless ``kind`` is a sharding a hashed table can take."""
+    if kind not in HASHED_SHARDING:
+        raise ConfigError(
+            f"distributed.sharding.{table}: {kind!r}: a table of the hashed engine is "
+            f"one of {HASHED_SHARDING} (row_wise: split by id over all ranks)"
+        )
+
+
 def place_tables(
     tables: list[TableConfig], world_size: int, kinds: dict[str, str] | None = None
 ) -> dict[str, int]:
@@ -662,11 +671,7 @@ def place_tables(
     whole = []
     for t in tables:
         kind = kinds.get(t.name, "auto")
-        if kind not in HASHED_SHARDING:
-            raise ConfigError(
-                f"distributed.sharding.{t.name}: {kind!r}: a table of the hashed engine is "
-                f"one of {HASHED_SHARDING} (row_wise: split by id over all ranks)"
-            )
+        check_hashed_kind(t.name, kind)
         if kind == "table_wise" or (kind == "auto" and size[t.name] * world_size <= total):
             whole.append(t.name)
     if world_size == 1:

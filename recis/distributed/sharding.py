@@ -56,7 +56,7 @@ from recis.errors import ConfigError
 
 from . import gloo_comms
 from .context import DistContext
-from .hashed import HASHED_SHARDING, hashed_collections, shard_hashed
+from .hashed import HASHED_SHARDING, check_hashed_kind, hashed_collections, shard_hashed
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
 _FUSED = "fused"
@@ -114,11 +114,7 @@ def table_sharding(model: nn.Module, default: str, per_table: dict[str, str]) ->
     hashed = [t for _, c in hashed_collections(model) for t in c.tables]
     for name, kind in per_table.items():
         if name in hashed:
-            if kind not in HASHED_SHARDING:
-                raise ConfigError(
-                    f"distributed.sharding.{name}: {kind!r}: a table of the hashed engine is "
-                    f"one of {HASHED_SHARDING} (row_wise: split by id over all ranks)"
-                )
+            check_hashed_kind(name, kind)
         elif name not in names:
             raise ConfigError(
                 f"distributed.sharding.{name}: no table named {name!r} (tables: {names + hashed})"
