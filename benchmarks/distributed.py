@@ -101,12 +101,17 @@ def worker(args: argparse.Namespace) -> None:
         batches.append(Batch(sparse=kjt, dense=dense, labels=labels))
     train_cfg = TrainConfig(dense_optimizer={"name": "adam", "lr": 1e-3}, progress=False)
     trainer = DistributedTrainer(sharded, [], None, train_cfg, ctx)
+
+    def step(i: int, train=trainer.train_step) -> None:  # noqa: ANN001
+        # with the next batch, as Trainer.fit does: its ids are sent ahead
+        train(batches[i % len(batches)], None if args.no_prefetch else batches[(i + 1) % 4])
+
     for i in range(args.warmup):
-        trainer.train_step(batches[i % len(batches)])
+        step(i)
     dist.barrier()
     t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(args.steps):
-        trainer.train_step(batches[i % len(batches)])
+    for i in range(args.warmup, args.warmup + args.steps):
+        step(i)
     # CPU time of this process (all its threads, user + system): the work a step costs,
     # which a loaded machine inflates much less than wall time
     cpu = torch.tensor([time.process_time() - c0])
@@ -123,7 +128,7 @@ def worker(args: argparse.Namespace) -> None:
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for i in range(args.profile):
-                trainer.train_step(batches[i % len(batches)])
+                step(i)
         if ctx.rank == 0:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=80)
             Path(args.out + ".profile.txt").write_text(table)
@@ -235,6 +240,11 @@ def main() -> None:
         "--profile", type=int, default=0, help="profile N more steps on rank 0 (torch.profiler)"
     )
     p.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="do not send the next batch's ids ahead (each step routes its own)",
+    )
+    p.add_argument(
         "--torch-gloo",
         action="store_true",
         help="torch's gloo reduce-scatter/all-gather for row-wise tables (recis: all-to-alls)",
@@ -271,8 +281,9 @@ def main() -> None:
             "dim",
             "sharding",
             "embedding",
+            "profile",
         )
-    ] + (["--torch-gloo"] if args.torch_gloo else [])
+    ] + [f"--{k.replace('_', '-')}" for k in ("torch_gloo", "no_prefetch") if getattr(args, k)]
     result: dict[str, float | None] = {"torchrun_scaling": None, "horovod_scaling": None}
     for launcher in args.launchers.split(","):
         # best of --repeats, alternating 1 and 2 processes: other load on a shared machine

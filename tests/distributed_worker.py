@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -374,8 +375,8 @@ def cli_main(argv: list[str]) -> int:
     if die_at and int(os.environ.get("RANK", "0")) == 1 and not marker.exists():
         step_once = DistributedTrainer.train_step
 
-        def train_step(self: DistributedTrainer, batch: Batch) -> dict[str, float]:
-            out = step_once(self, batch)
+        def train_step(self: DistributedTrainer, batch: Batch, *ahead: Batch | None) -> Any:
+            out = step_once(self, batch, *ahead)
             if self.step == die_at:
                 marker.touch()
                 os._exit(1)  # a crash: no cleanup, no barrier

@@ -130,6 +130,11 @@ def check_layouts(ctx) -> dict:
         "whole": {"a": 0, "b": world - 1, "s": world - 1, "c": 0},
         "mixed": {"a": world - 1, "s": 0, "c": 0},  # b split by id
     }
+    # "prefetched": mixed, each step's ids sent to the owners during the step before
+    layouts["prefetched"] = layouts["mixed"]
+    # the last step's ranks have batches of different sizes (as in padded eval)
+    sizes = [[one.B - (2 * r if step == 3 else 0) for r in range(world)] for step in range(4)]
+    batches = [[one.batch(100 * s + r, sizes[s][r]) for r in range(world)] for s in range(4)]
     out = {}
     for name, placement in layouts.items():
         sharded = ShardedHashedEmbeddingCollection(
@@ -138,15 +143,15 @@ def check_layouts(ctx) -> dict:
         plain = one.collection("sgd")
         worst = 0.0
         for step in range(4):
-            # the last step's ranks have batches of different sizes (as in padded eval)
-            sizes = [one.B - (2 * r if step == 3 else 0) for r in range(world)]
-            mine = [one.batch(100 * step + r, sizes[r]) for r in range(world)]
+            mine = batches[step]
+            if name == "prefetched" and step < 3:
+                assert sharded.prefetch(batches[step + 1][rank])
             got = one.step_outputs(sharded, mine[rank])
             # the reference: the global batch, each rank's rows weighted as that rank's loss,
             # over W (the sharded gradient is the mean over ranks)
             kt, seqs = plain.lookup(concat(mine))
             pooled, seq = (
-                kt.values().split(sizes),
+                kt.values().split(sizes[step]),
                 seqs["fs"].values().split([int(m.to_dict()["fs"].lengths().sum()) for m in mine]),
             )
             outs = [torch.cat([p.flatten(), q.flatten()]) for p, q in zip(pooled, seq)]
@@ -163,7 +168,12 @@ def check_layouts(ctx) -> dict:
             same_ids = ids.tolist() == torch.from_numpy(want_ids)[order].tolist()
             rows[t] = (same_ids, float((weights - want).abs().max()) if same_ids else None)
         held = sorted(sharded.whole.tables) if sharded.whole is not None else []
-        out[name] = {"outputs": worst, "rows": rows, "held": held}
+        out[name] = {
+            "outputs": worst,
+            "rows": rows,
+            "held": held,
+            "prefetched": sharded.prefetched_lookups,
+        }
     return out
 
 
@@ -178,9 +188,12 @@ def main() -> None:
     out = Path(args.out)
     ctx = init_distributed(args.launcher, "cpu", "gloo")
     trainer = build(ctx)
-    losses = [trainer.train_step(b)["loss"] for b in trainer.train_data]
+    data = list(trainer.train_data)
+    # each step with the next batch, as Trainer.fit: its ids are sent to their ranks ahead
+    losses = [trainer.train_step(b, n)["loss"] for b, n in zip(data, [*data[1:], None])]
     run = {"losses": losses, **snapshot(trainer.model), "world": ctx.world_size}
     run["placement"] = hashed(trainer.model).placement
+    run["prefetched"] = hashed(trainer.model).prefetched_lookups
     dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": w.STEPS})
     next_batch = w.rank_batch(w.STEPS, ctx.rank, ctx.world_size)
     continued = {"loss": trainer.train_step(next_batch)["loss"], **snapshot(trainer.model)}

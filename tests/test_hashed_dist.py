@@ -88,6 +88,8 @@ def test_two_ranks_match_one_rank_and_one_process(runs):
     ref = single_process()
     assert two["world"] == 2 and one["world"] == 1
     assert two["placement"] == {"C1": 0, "C2": 1}  # C0 split by id, C1 and C2 whole
+    # every step after the first took the ids sent ahead during the step before it
+    assert (two["prefetched"], one["prefetched"]) == (len(two["losses"]) - 1, 0)
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert one["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
@@ -123,7 +125,8 @@ def test_each_owner_evicts_like_a_lone_mapper(runs):
 
 def test_whole_and_split_tables_match_one_collection_on_the_global_batch(runs):
     """Shared, mean, weighted, sequence, admission and LRU tables kept whole on either of
-    2 ranks (and one split by id): outputs and rows by id equal the plain collection's."""
+    2 ranks (and one split by id), with and without the next batch's ids prefetched:
+    outputs and rows by id equal the plain collection's."""
     for world in ("w1", "w2"):
         ranks = load(runs / world / "layouts.pt")
         for rank, layouts in enumerate(ranks):
@@ -134,6 +137,8 @@ def test_whole_and_split_tables_match_one_collection_on_the_global_batch(runs):
     two = load(runs / "w2" / "layouts.pt")
     assert [r["whole"]["held"] for r in two] == [["a", "c"], ["b", "s"]]
     assert [r["mixed"]["held"] for r in two] == [["c", "s"], ["a"]]
+    # steps 1-3 of "prefetched" found their ids sent ahead
+    assert [[r[n]["prefetched"] for n in r] for r in two] == [[0, 0, 3]] * 2
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +155,7 @@ def horovod_run(runs):
 
 def test_horovod_two_ranks_match_one_rank(runs, horovod_run):
     one, two = load(runs / "w1" / "run.pt"), load(horovod_run / "run.pt")
-    assert two["world"] == 2
+    assert two["world"] == 2 and two["prefetched"] == len(two["losses"]) - 1
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
     assert_same_state(two["dense"], one["dense"])

@@ -89,6 +89,42 @@ def test_one_rank_matches_the_collection(optimizer, layout):
     assert plain.mappers["c"].size == 12  # full: eviction happened
 
 
+def test_prefetched_ids_give_the_same_steps():
+    """The next batch's ids sent ahead (:meth:`prefetch`) change nothing: the same outputs
+    and rows as the plain collection, also when another batch is looked up in between
+    (eval) and when a batch sent ahead is never looked up."""
+    plain = collection("sgd")
+    sharded = ShardedHashedEmbeddingCollection(
+        collection("sgd"), exchange=True, placement=LAYOUTS["mixed"]
+    )
+    batches = [batch(step) for step in range(7)]
+    for step in range(6):
+        kjt = batches[step]
+        if step == 2:  # prefetched, then replaced by another before any lookup
+            assert sharded.prefetch(batch(50))
+        assert sharded.prefetch(batches[step + 1])
+        if step == 3:  # a lookup of another batch (no step counted) meanwhile
+            with torch.no_grad():
+                sharded.eval(), plain.eval()
+                other = batch(60)
+                a, b = sharded.lookup(other)[0].values(), plain.lookup(other)[0].values()
+                np.testing.assert_allclose(a, b, atol=1e-6)
+                sharded.train(), plain.train()
+        np.testing.assert_allclose(step_outputs(sharded, kjt), step_outputs(plain, kjt), atol=1e-6)
+    # steps 1 and 3-5 took the ids sent ahead for them; at step 2 they had been dropped
+    # (three batches ahead: the oldest goes), step 0 had none
+    assert sharded.prefetched_lookups == 4
+    for t in ("a", "b", "c"):
+        ids, rows = plain.mappers[t].items()
+        got_ids, _ = sharded.gather_rows(t)
+        assert sorted(got_ids.tolist()) == sorted(ids.tolist())
+    # nothing to send ahead: tables all split by id, or a feature missing
+    split = ShardedHashedEmbeddingCollection(collection("sgd"), exchange=True)
+    assert not split.prefetch(batches[0])
+    partial = KeyedJaggedTensor(keys=["fa"], values=torch.tensor([1]), lengths=torch.tensor([1]))
+    assert not sharded.prefetch(partial)
+
+
 @pytest.mark.parametrize(
     "exchange,saved,loaded", [(True, "split", "whole"), (False, "split", "mixed")]
 )

