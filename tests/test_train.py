@@ -17,6 +17,7 @@ from recis.config import (
     TaskConfig,
     TrainConfig,
 )
+from recis.distributed.hashed import ShardedHashedEmbeddingCollection
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
 from recis.io.synthetic import dense_names, sparse_names
@@ -53,7 +54,9 @@ def _model(seed: int) -> DLRM:
     return DLRM(cfg, SCHEMA, torch.device("cpu"))
 
 
-def _trainer(small_ctr, run_dir, max_steps: int, seed: int = 0, **kw) -> Trainer:
+def _trainer(
+    small_ctr, run_dir, max_steps: int, seed: int = 0, send_ahead: bool = False, **kw
+) -> Trainer:
     path, _ = small_ctr
     cfg = TrainConfig(
         epochs=10,
@@ -69,7 +72,13 @@ def _trainer(small_ctr, run_dir, max_steps: int, seed: int = 0, **kw) -> Trainer
     )
     train = ParquetReader(path / "train", SCHEMA, 1024, shuffle=True, seed=3)
     evals = ParquetReader(path / "eval", SCHEMA, 4096)
-    return Trainer(_model(seed), train, evals, cfg, run_dir=run_dir)
+    model = _model(seed)
+    if send_ahead:  # the sharded engine routing ids in one process: it sends them ahead
+        coll = model.sparse_arch
+        model.sparse_arch = ShardedHashedEmbeddingCollection(
+            coll, exchange=True, placement=dict.fromkeys(coll.tables, 0)
+        )
+    return Trainer(model, train, evals, cfg, run_dir=run_dir)
 
 
 def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
@@ -81,16 +90,23 @@ def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
     return a == b
 
 
-def test_exact_resume_is_bitwise(small_ctr, tmp_path) -> None:
+@pytest.mark.parametrize("send_ahead", [False, True])
+def test_exact_resume_is_bitwise(small_ctr, tmp_path, send_ahead) -> None:
+    """``send_ahead``: the model sends the next batch's ids ahead, so fit reads one batch
+    ahead; checkpoints still hold the position after the last batch trained on."""
     # 20k rows at batch 1024: 20 batches an epoch, so 2N = 50 steps cross
     # two epoch boundaries and the stop at N = 25 falls mid-epoch
-    full = _trainer(small_ctr, tmp_path / "full", 50)
+    full = _trainer(small_ctr, tmp_path / "full", 50, send_ahead=send_ahead)
     full.fit()
-    half = _trainer(small_ctr, tmp_path / "half", 25)
+    half = _trainer(small_ctr, tmp_path / "half", 25, send_ahead=send_ahead)
     half.fit()
-    resumed = _trainer(small_ctr, tmp_path / "half", 50, seed=99)  # other init: all must load
-    resumed.resume(latest_checkpoint(tmp_path / "half"))
+    resumed = _trainer(small_ctr, tmp_path / "half", 50, seed=99, send_ahead=send_ahead)
+    resumed.resume(latest_checkpoint(tmp_path / "half"))  # other init: all must load
     assert resumed.step == 25 and resumed.train_data.state_dict()["epoch"] == 1
+    # the batch read ahead went back to the reader: it is where the checkpoint says
+    assert half.train_data.state_dict() == resumed.train_data.state_dict()
+    if send_ahead:  # every step but the first of each fit found its ids sent ahead
+        assert half.model.sparse_arch.prefetched_lookups == 25 - 2
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()

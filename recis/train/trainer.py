@@ -236,7 +236,8 @@ class Trainer:
         samples, t0, ema = 0, time.perf_counter(), None
         try:
             while self.epoch < cfg.epochs and not self._done():
-                for batch, upcoming in self._epoch_batches():
+                batches = self._epoch_batches()
+                for batch, upcoming in batches:
                     record = self.train_step(batch, upcoming)
                     samples += batch.batch_size
                     if record is None:
@@ -261,6 +262,7 @@ class Trainer:
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
                     if self._done():
+                        batches.close()  # a batch read ahead goes back to the reader
                         break
                 else:
                     self.epoch += 1
@@ -321,7 +323,11 @@ class Trainer:
                 yield batch, upcoming
                 batch, at = upcoming, after
         finally:
-            self._position = None if batch is None else self._position
+            if batch is None:  # the epoch's end: the live position is right
+                self._position = None
+            elif hasattr(reader, "load_state_dict"):  # stopped early: unread the batch ahead
+                reader.load_state_dict(self._position)
+                self._position = None
 
     def _done(self) -> bool:
         cfg = self.config
