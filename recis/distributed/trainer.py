@@ -113,13 +113,19 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
             return KeyedOptimizerWrapper(named, make)
         hvd = import_horovod()
         hvd.broadcast_parameters(named, root_rank=0)
+        # On CPU, one grouped all-reduce of all the optimizer's gradients, sent when the
+        # last is ready: one negotiation in Horovod's background thread instead of one per
+        # cycle that saw new gradients (2-rank DLRM benchmark, 6 alternating runs: 62,400
+        # samples/s median against 58,200, 3.5 CPU ms less per step). Per tensor on GPU,
+        # where a large dense tower's all-reduces should overlap its backward.
+        grouping = {"groups": 1} if ctx.device.type == "cpu" else {}
         names = {id(p): n for n, p in named.items()}
         return KeyedOptimizerWrapper(
             named,
             lambda ps: _sleep_before_sync(
                 hvd,
                 hvd.DistributedOptimizer(
-                    make(ps), named_parameters=[(names[id(p)], p) for p in ps]
+                    make(ps), named_parameters=[(names[id(p)], p) for p in ps], **grouping
                 ),
             ),
         )
