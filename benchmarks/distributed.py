@@ -132,7 +132,7 @@ def worker(args: argparse.Namespace) -> None:
         if ctx.rank == 0:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=80)
             Path(args.out + ".profile.txt").write_text(table)
-    del trainer, sharded  # the model's DDP holds the process group: released before shutdown
+    del trainer, sharded, step  # the model's DDP holds the process group: released before shutdown
     shutdown(ctx)
 
 

@@ -115,8 +115,9 @@ class Trainer:
         self._sigterm = False
         self._last_saved = -1
         # embedding modules that can send the next batch's ids ahead (sharded hashed tables)
-        self._senders = [m for m in model.modules() if isinstance(m, LookupModule)]
-        self._senders = [m for m in self._senders if m.sends_ahead]
+        self._senders = [
+            m for m in model.modules() if isinstance(m, LookupModule) and m.sends_ahead
+        ]
         self._ahead: tuple[Batch, Batch] | None = None  # (next batch, on the device)
         self._position: Any = None  # the reader's state after the batch in training
 
