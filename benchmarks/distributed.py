@@ -139,8 +139,9 @@ def worker(args: argparse.Namespace) -> None:
 def collectives(args: argparse.Namespace) -> None:
     """One rank of ``--collectives``: wall and CPU ms of the per-step collectives of the
     DLRM step, alone: gloo's reduce-scatter of the row-wise pooled embeddings against
-    recis's all-to-all version, the backward all-gather, and a 1-element all-reduce (the
-    size of the trainer's per-step flag and loss reductions)."""
+    recis's all-to-all version, the backward all-gather, a 1-element all-reduce (the
+    size of the trainer's per-step flag and loss reductions), and the hashed exchange's
+    pooled rows on gloo against shared memory."""
     import torch
     import torch.distributed as dist
 
@@ -178,6 +179,24 @@ def collectives(args: argparse.Namespace) -> None:
         lambda: dist.all_gather_into_tensor(gathered, out),
     )
     timed("gloo all_reduce 1 float", lambda: dist.all_reduce(one), 300)
+    # the hashed exchange's pooled rows: 2,048 x 13 x 16 floats (1.7 MB) to each other rank
+    from recis.distributed.shm import local_exchange
+
+    rows = torch.randn(world * args.batch, 13 * args.dim)
+    back = torch.empty_like(rows)
+    split = [args.batch] * world
+    mb = args.batch * 13 * args.dim * 4 / 1e6
+    shm = local_exchange(None, torch.device("cpu"))
+    for _ in range(2):
+        timed(
+            f"gloo all_to_all_single {mb:.1f} MB per rank",
+            lambda: dist.all_to_all_single(back, rows, split, split),
+        )
+        if shm is not None:
+            timed(
+                f"shared-memory all-to-all {mb:.1f} MB per rank",
+                lambda: shm(back, rows, split, split),  # type: ignore[misc]
+            )
     if rank == 0:
         print("\n".join(lines), flush=True)
     dist.destroy_process_group()

@@ -194,6 +194,7 @@ def main() -> None:
     run = {"losses": losses, **snapshot(trainer.model), "world": ctx.world_size}
     run["placement"] = hashed(trainer.model).placement
     run["prefetched"] = hashed(trainer.model).prefetched_lookups
+    run["shm"] = hashed(trainer.model).shm is not None
     dcp_checkpoint.save(args.save_ckpt, trainer.model, trainer.optimizer, {"step": w.STEPS})
     next_batch = w.rank_batch(w.STEPS, ctx.rank, ctx.world_size)
     continued = {"loss": trainer.train_step(next_batch)["loss"], **snapshot(trainer.model)}

@@ -90,6 +90,8 @@ def test_two_ranks_match_one_rank_and_one_process(runs):
     assert two["placement"] == {"C1": 0, "C2": 1}  # C0 split by id, C1 and C2 whole
     # every step after the first took the ids sent ahead during the step before it
     assert (two["prefetched"], one["prefetched"]) == (len(two["losses"]) - 1, 0)
+    # ranks of one host: rows and gradients went through shared memory
+    assert two["shm"] and not one["shm"]
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert one["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
@@ -155,7 +157,7 @@ def horovod_run(runs):
 
 def test_horovod_two_ranks_match_one_rank(runs, horovod_run):
     one, two = load(runs / "w1" / "run.pt"), load(horovod_run / "run.pt")
-    assert two["world"] == 2 and two["prefetched"] == len(two["losses"]) - 1
+    assert two["world"] == 2 and two["prefetched"] == len(two["losses"]) - 1 and two["shm"]
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert_same_rows(two["rows"], one["rows"])
     assert_same_state(two["dense"], one["dense"])

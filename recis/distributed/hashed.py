@@ -58,6 +58,7 @@ from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature
 
 from .hashed_state import ByIdState, owner_of
+from .shm import SharedMemoryAllToAll, local_exchange
 
 __all__ = [
     "HASHED_SHARDING",
@@ -71,20 +72,20 @@ __all__ = [
 
 
 class _Exchange(torch.autograd.Function):
-    """``all_to_all_single`` with uneven splits along dim 0; backward sends the
-    gradient back the same way, times ``scale``."""
+    """All-to-all with uneven splits along dim 0 (``a2a(out, x, recv, send)``, blocking);
+    backward sends the gradient back the same way, times ``scale``."""
 
     @staticmethod
-    def forward(ctx, x, send: list[int], recv: list[int], group, scale: float):  # type: ignore[no-untyped-def,override]
-        ctx.send, ctx.recv, ctx.group, ctx.scale = send, recv, group, scale
+    def forward(ctx, x, send: list[int], recv: list[int], a2a, scale: float):  # type: ignore[no-untyped-def,override]
+        ctx.send, ctx.recv, ctx.a2a, ctx.scale = send, recv, a2a, scale
         out = x.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), recv, send, group=group)
+        a2a(out, x.contiguous(), recv, send)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
         out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
-        dist.all_to_all_single(out, grad.contiguous(), ctx.send, ctx.recv, group=ctx.group)
+        ctx.a2a(out, grad.contiguous(), ctx.send, ctx.recv)
         return out * ctx.scale, None, None, None, None
 
 
@@ -248,6 +249,8 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
             the routing code in one process).
         placement: ``{table: rank}`` for the tables kept whole on one rank; the others are
             split by id (:func:`place_tables` computes it from sharding kinds).
+        shm: the ranks' shared-memory all-to-all when they share a host
+            (:func:`~recis.distributed.shm.local_exchange`; None: the process group).
     """
 
     def __init__(
@@ -258,6 +261,7 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         group: dist.ProcessGroup | None = None,
         exchange: bool | None = None,
         placement: dict[str, int] | None = None,
+        shm: SharedMemoryAllToAll | None = None,
     ) -> None:
         super().__init__()
         self.rank, self.world, self.group = rank, world_size, group
@@ -368,6 +372,7 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         self.whole_pooled_dim = sum(self._dim(f) for f in self.whole_pooled)
         self._pending_load: dict[str, Any] | None = None
         self._ahead: list[_WholeRoute] = []  # routes of batches to come (prefetch)
+        self.shm = shm
         self.prefetched_lookups = 0  # lookups that found their ids sent ahead
 
     def _dim(self, feature: str) -> int:
@@ -410,7 +415,18 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
     def _alltoall(self, x: torch.Tensor, send: list[int], recv: list[int], scale: float = 1.0):
         if self.world == 1:
             return x
-        return _Exchange.apply(x, send, recv, self.group, scale)
+        return _Exchange.apply(x, send, recv, self._blocking_a2a, scale)
+
+    def _blocking_a2a(
+        self, out: torch.Tensor, x: torch.Tensor, recv: list[int], send: list[int]
+    ) -> None:
+        """The step's blocking exchanges (rows forward, gradients backward): through shared
+        memory between the ranks of one host (:mod:`recis.distributed.shm`), else the
+        process group."""
+        if self.shm is not None:
+            self.shm(out, x, recv, send)
+        else:
+            dist.all_to_all_single(out, x, recv, send, group=self.group)
 
     def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         """Pooled KeyedTensor (or None) and sequence JaggedTensors (collective)."""
@@ -799,6 +815,8 @@ def shard_hashed(
     :class:`ShardedHashedEmbeddingCollection` over ``world_size`` ranks, tables placed by
     :func:`place_tables` with ``kinds`` (table -> sharding kind); returns how many."""
     found = list(hashed_collections(model))
+    # ranks of one host exchange rows and gradients through shared memory (collective)
+    shm = local_exchange(group, found[0][1].device) if found and world_size > 1 else None
     for path, coll in found:
         if not path:
             raise TypeError("shard_hashed: pass the model that holds the collection")
@@ -807,7 +825,7 @@ def shard_hashed(
         in_feature_order = dict.fromkeys(coll.table_of.values())
         placement = place_tables([coll.tables[t] for t in in_feature_order], world_size, kinds)
         sharded = ShardedHashedEmbeddingCollection(
-            coll, rank, world_size, group, placement=placement
+            coll, rank, world_size, group, placement=placement, shm=shm
         )
         setattr(parent, attr, sharded)
     return len(found)
