@@ -107,3 +107,16 @@ def test_a_dead_rank_is_named_and_segments_go():
         ex.close()
     assert not any(p.exists() for p in names)
     ex.close()  # again: nothing
+
+
+def test_a_full_dev_shm_is_a_clear_error(monkeypatch):
+    """Pages are reserved when a segment is made: no room is an error that says what to do
+    (not a SIGBUS at the first write)."""
+    import errno
+
+    def full(fd, offset, size):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match=r"cannot reserve 1.0 MB in /dev/shm .*RECIS_SHM_EXCHANGE=0"):
+        _lone(0, 2, [os.getpid()] * 2)

@@ -88,10 +88,14 @@ class SharedMemoryAllToAll:
         os.mkfifo(self._fifo, 0o600)
         self._rfd = os.open(self._fifo, os.O_RDWR)  # never blocks on open, never sees EOF
         self._wfds: dict[int, int] = {}
-        self._grow(_FIRST_CAPACITY)
         self._finalizer = weakref.finalize(
             self, _release, self._own, self._retired, self._peers, [self._rfd], self._fifo
         )
+        try:
+            self._grow(_FIRST_CAPACITY)
+        except OSError:
+            self._finalizer()
+            raise
 
     # ---------------------------------------------------------------- set-up
     def _name(self, rank: int, generation: int, k: int) -> str:
@@ -102,12 +106,23 @@ class SharedMemoryAllToAll:
         if self._own:
             self.generation += 1
         self._retired += [(self.call, seg) for seg in self._own]
-        self._own[:] = [
-            shared_memory.SharedMemory(
+        self._own[:] = []
+        for k in range(2):
+            seg = shared_memory.SharedMemory(
                 name=self._name(self.rank, self.generation, k), create=True, size=max(nbytes, 1)
             )
-            for k in range(2)
-        ]
+            self._own.append(seg)
+            try:  # take the pages now: a full /dev/shm is an error here, not a SIGBUS later
+                os.posix_fallocate(seg._fd, 0, seg.size)  # type: ignore[attr-defined]
+            except OSError as e:
+                fs = os.statvfs("/dev/shm")
+                raise OSError(
+                    e.errno,
+                    f"shared-memory all-to-all, rank {self.rank}: cannot reserve "
+                    f"{seg.size / 2**20:.1f} MB in /dev/shm "
+                    f"({fs.f_bavail * fs.f_frsize / 2**20:.0f} MB free): give the container "
+                    "more (docker --shm-size) or set RECIS_SHM_EXCHANGE=0",
+                ) from e
 
     def _open_peers(self) -> None:
         """Open the other ranks' FIFOs for writing and map their first segments."""
