@@ -27,7 +27,10 @@ so a run starts from the same embeddings whatever the world size.
 
 The exchange uses its own torch.distributed group (gloo on CPU, nccl on CUDA), so it
 never interleaves with DDP's gradient all-reduces; under Horovod it is the group
-built from Horovod's rank and size (:mod:`recis.distributed.context`).
+built from Horovod's rank and size (:mod:`recis.distributed.context`). Between the ranks
+of one host on CPU, the blocking exchanges of the step (vectors forward, gradients
+backward) go through shared memory instead (:mod:`recis.distributed.shm`); the ids of
+the next batch travel on the group in the background (:meth:`prefetch`).
 
 State (:mod:`recis.distributed.hashed_state`) is independent of the world size: per table, the live
 ids with their vectors, optimizer state, last-seen step and LFU count, as row-sharded

@@ -8,7 +8,7 @@ memory take 0.35 to 0.4 ms wall and 0.3 ms of CPU (``benchmarks/distributed.py
 --collectives``).
 
 Each rank writes the blocks for the other ranks into a shared-memory segment of its own
-(two, used in turn), tells each reader where its block is with a 32-byte message on the
+(two, used in turn), tells each reader where its block is with a 40-byte message on the
 reader's FIFO, copies its own block locally, and copies the blocks addressed to it out of
 the writers' segments. Two segments per rank are enough: a rank starts its call ``e + 2``
 only after every other rank started call ``e + 1``, which each does only after it has
