@@ -189,27 +189,48 @@ class _WholeRoute:
                 for f in coll.feats_on[r]
             ]
             self._floats = torch.cat(floats) if floats else torch.zeros(0, device=values.device)
+        # Through shared memory, sizes and ids both go in send(): right after the blocking
+        # exchange of the lookup before (the ranks are together there), in about 0.1 ms
+        # (12 alternating 2-process runs: median 70,700 samples/s against 66,800 with them
+        # in the background on gloo). On the process group, the sizes start now and the
+        # ids in send(), in the background.
+        self._shm = coll.shm
         sizes = torch.tensor([[b, n] for n in sent], dtype=torch.int64)
-        self._sizes = coll._a2a_start(sizes, [1] * w, [1] * w)
+        self._sizes: torch.Tensor | Callable[[], torch.Tensor] = (
+            sizes if self._shm is not None else self._start(sizes, [1] * w, [1] * w)
+        )
         self._ids: Callable[[], torch.Tensor] | None = None
         self._weights: Callable[[], torch.Tensor] | None = None
+
+    def _start(
+        self, x: torch.Tensor, send: list[int], recv: list[int]
+    ) -> Callable[[], torch.Tensor]:
+        """The all-to-all of ``x`` started (process group) or done (shared memory); the
+        returned function gives the result."""
+        if self._shm is None:
+            return self.coll._a2a_start(x, send, recv)
+        out = x.new_empty((sum(recv), *x.shape[1:]))
+        self._shm(out, x.contiguous(), recv, send)
+        return lambda: out
 
     def send(self) -> None:
         """Start sending the ids, once the sizes are in (again: nothing)."""
         if self._ids is not None:
             return
         c, w = self.coll, self.coll.world
+        if isinstance(self._sizes, torch.Tensor):
+            self._sizes = self._start(self._sizes, [1] * w, [1] * w)
         sizes = self._sizes()
         self.bs, self.ns = sizes[:, 0].tolist(), sizes[:, 1].tolist()  # per source rank
         nf = len(c.feats_on[c.rank])
         assert self._ints is not None
-        self._ids = c._a2a_start(
+        self._ids = self._start(
             self._ints,
             [len(fs) * self.b + n for fs, n in zip(c.feats_on, self.sent)],
             [nf * bn + n for bn, n in zip(self.bs, self.ns)],
         )
         if self._floats is not None:
-            self._weights = c._a2a_start(
+            self._weights = self._start(
                 self._floats,
                 [self.sent[r] if c.weighted_on[r] else 0 for r in range(w)],
                 self.ns if c.weighted_on[c.rank] else [0] * w,
