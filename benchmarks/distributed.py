@@ -11,8 +11,10 @@ rank; ``row_wise`` splits every hashed table by id). One process runs the plain 
 Throughput is global samples/s over the timed steps (after warm-up), measured by rank 0
 between two barriers. Data is synthetic and in memory, so only training scales.
 
-Each configuration runs ``--repeats`` times (1 and 2 processes alternating) and the best
-run counts. Prints one line per run (samples/s, and the CPU time a step costs each process,
+Each configuration runs ``--repeats`` times (default 5; 1 and 2 processes alternating)
+and the best run counts: on a shared machine other load only ever slows a run down, the
+2-process side more (a delay of either rank stalls both), and with 3 runs a moment of
+load regularly moved the ratio by 0.1. Prints one line per run (samples/s, and the CPU time a step costs each process,
 all threads, which load inflates much less than wall time), then the ratios; the last line
 is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (samples/s with
 2 processes / with 1). Needs 2 idle cores to show scaling; on a shared machine the ratio
@@ -253,7 +255,7 @@ def main() -> None:
         help="default_sharding of the tables (hashed: table_wise, row_wise = split by id, auto)",
     )
     p.add_argument("--embedding", default="hashed", choices=["hashed", "modulo"])
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration (best kept)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per configuration (best kept)")
     p.add_argument("--launchers", default="torchrun,horovod")
     p.add_argument(
         "--profile", type=int, default=0, help="profile N more steps on rank 0 (torch.profiler)"
