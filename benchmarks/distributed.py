@@ -106,7 +106,8 @@ def worker(args: argparse.Namespace) -> None:
 
     def step(i: int, train=trainer.train_step) -> None:  # noqa: ANN001
         # with the next batch, as Trainer.fit does: its ids are sent ahead
-        train(batches[i % len(batches)], None if args.no_prefetch else batches[(i + 1) % 4])
+        nxt = None if args.no_prefetch else batches[(i + 1) % len(batches)]
+        train(batches[i % len(batches)], nxt)
 
     for i in range(args.warmup):
         step(i)

@@ -29,8 +29,8 @@ The exchange uses its own torch.distributed group (gloo on CPU, nccl on CUDA), s
 never interleaves with DDP's gradient all-reduces; under Horovod it is the group
 built from Horovod's rank and size (:mod:`recis.distributed.context`). Between the ranks
 of one host on CPU, the blocking exchanges of the step (vectors forward, gradients
-backward) go through shared memory instead (:mod:`recis.distributed.shm`); the ids of
-the next batch travel on the group in the background (:meth:`prefetch`).
+backward, and the next batch's ids sent ahead by :meth:`prefetch`) go through shared
+memory instead (:mod:`recis.distributed.shm`).
 
 State (:mod:`recis.distributed.hashed_state`) is independent of the world size: per table, the live
 ids with their vectors, optimizer state, last-seen step and LFU count, as row-sharded
@@ -147,10 +147,12 @@ class _WholeRoute:
     """The input half of the whole tables' exchange for one batch: to each rank, the
     lengths and the ids (and per-id weights) of the features of the tables it holds.
 
-    Two collectives: the sizes, started here, then the ids, started by :meth:`send` once
-    the sizes are in. Both run in the background, so a route built for the next batch
-    (:meth:`ShardedHashedEmbeddingCollection.prefetch`) travels while this step computes;
-    :meth:`wait` finishes them and gives what this rank received.
+    Two collectives: the sizes, then the ids once the sizes are in (:meth:`send`). On the
+    process group both run in the background (the sizes start here), so a route built for
+    the next batch (:meth:`ShardedHashedEmbeddingCollection.prefetch`) travels while this
+    step computes; through shared memory both run in :meth:`send`, which the lookup before
+    calls right after its blocking exchange. :meth:`wait` finishes them and gives what
+    this rank received.
     """
 
     def __init__(
@@ -194,11 +196,10 @@ class _WholeRoute:
         # (12 alternating 2-process runs: median 70,700 samples/s against 66,800 with them
         # in the background on gloo). On the process group, the sizes start now and the
         # ids in send(), in the background.
-        self._shm = coll.shm
-        sizes = torch.tensor([[b, n] for n in sent], dtype=torch.int64)
-        self._sizes: torch.Tensor | Callable[[], torch.Tensor] = (
-            sizes if self._shm is not None else self._start(sizes, [1] * w, [1] * w)
-        )
+        self._size_table = torch.tensor([[b, n] for n in sent], dtype=torch.int64)
+        self._sizes: Callable[[], torch.Tensor] | None = None
+        if coll.shm is None:
+            self._sizes = self._start(self._size_table, [1] * w, [1] * w)
         self._ids: Callable[[], torch.Tensor] | None = None
         self._weights: Callable[[], torch.Tensor] | None = None
 
@@ -207,10 +208,10 @@ class _WholeRoute:
     ) -> Callable[[], torch.Tensor]:
         """The all-to-all of ``x`` started (process group) or done (shared memory); the
         returned function gives the result."""
-        if self._shm is None:
+        if self.coll.shm is None:
             return self.coll._a2a_start(x, send, recv)
         out = x.new_empty((sum(recv), *x.shape[1:]))
-        self._shm(out, x.contiguous(), recv, send)
+        self.coll.shm(out, x.contiguous(), recv, send)
         return lambda: out
 
     def send(self) -> None:
@@ -218,8 +219,8 @@ class _WholeRoute:
         if self._ids is not None:
             return
         c, w = self.coll, self.coll.world
-        if isinstance(self._sizes, torch.Tensor):
-            self._sizes = self._start(self._sizes, [1] * w, [1] * w)
+        if self._sizes is None:  # shared memory: the sizes go now
+            self._sizes = self._start(self._size_table, [1] * w, [1] * w)
         sizes = self._sizes()
         self.bs, self.ns = sizes[:, 0].tolist(), sizes[:, 1].tolist()  # per source rank
         nf = len(c.feats_on[c.rank])
@@ -496,9 +497,11 @@ class ShardedHashedEmbeddingCollection(ByIdState, LookupModule):
         return self.exchange and bool(self.placement)
 
     def prefetch(self, kjt: KeyedJaggedTensor) -> bool:
-        """Start sending ``kjt``'s ids to the ranks that hold their whole tables, in the
-        background, so that they travel while the current step computes (a collective:
-        every rank calls it, for its own next batch, before the current batch's lookup).
+        """Start sending ``kjt``'s ids to the ranks that hold their whole tables ahead of
+        its lookup: in the background on the process group, while the current step
+        computes; through shared memory right after the current lookup's exchange (a
+        collective: every rank calls it, for its own next batch, before the current
+        batch's lookup).
         The :meth:`lookup` of this same ``kjt`` object takes them from there, which leaves
         its forward one collective instead of three. Only ids move ahead: mapping,
         admission and eviction happen in that lookup, as without prefetch.

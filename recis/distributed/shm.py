@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from itertools import accumulate
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,7 @@ class SharedMemoryAllToAll:
         row = math.prod(x.shape[1:]) * x.element_size()  # bytes per row
         src = x.view(-1).view(torch.uint8) if x.numel() else torch.empty(0, dtype=torch.uint8)
         dst = out.view(-1).view(torch.uint8) if out.numel() else torch.empty(0, dtype=torch.uint8)
-        so = [0, *torch.tensor(send).cumsum(0).tolist()]
-        ro = [0, *torch.tensor(recv).cumsum(0).tolist()]
+        so, ro = list(accumulate(send, initial=0)), list(accumulate(recv, initial=0))
         need = (so[-1] - (so[me + 1] - so[me])) * row
         if need > self._own[0].size:
             self._grow(max(need, 2 * self._own[0].size))
