@@ -232,6 +232,8 @@ class EarlyStoppingConfig:
     mode: Literal["max", "min"] = "max"
     patience: int = Field(default=3, gt=0)
     min_delta: float = Field(default=0.0, ge=0)
+    # at the end, load the best evaluation's checkpoint: ``final`` and the final eval are it
+    restore_best: bool = False
 
 
 @dataclass(config=STRICT)
@@ -248,6 +250,7 @@ class TrainConfig:
     objective: Literal["weighted_sum", "priority"] = "weighted_sum"
     priority: PriorityConfig = Field(default_factory=PriorityConfig)
     eval_every: int | None = Field(default=None, gt=0)
+    eval_each_epoch: bool = False  # also evaluate at the end of every epoch
     eval_batches: int | None = Field(default=None, gt=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     keep_last: int = Field(default=3, gt=0)
