@@ -56,3 +56,7 @@ class TableFullError(EmbeddingError):
 
 class CheckpointError(RecisError):
     """A checkpoint is missing, incomplete or does not match the model."""
+
+
+class NativeBuildError(RecisError, RuntimeError):
+    """A native op (ops/csrc) is not built for this source and torch; the message says how to rebuild."""
