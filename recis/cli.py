@@ -3,6 +3,7 @@
 recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
+recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 """
 
 from __future__ import annotations
@@ -57,13 +58,54 @@ def _parser() -> argparse.ArgumentParser:
         "plot", help="write PNG curves of a run", description="write PNG curves of a run"
     )
     pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
+    _add_split(sub)
     return p
+
+
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    """``recis split``: see recis.io.split and docs/evaluation.md."""
+    help = "split a log into train/valid/test parquet files (deterministic)"
+    sp = sub.add_parser("split", help=help, description=help)
+    sp.add_argument("input", nargs="+", help="parquet / ORC / CSV / TSV file(s), folder or glob")
+    sp.add_argument("--out", required=True, help="output folder (<part>.parquet)")
+    sp.add_argument("--by", required=True, choices=["random", "time", "leave-last-out", "group"])
+    sp.add_argument("--format", choices=["parquet", "orc", "csv", "tsv"], default=None)
+    sp.add_argument(
+        "--fractions", nargs="+", type=float, default=[0.8, 0.2], help="train [valid] test"
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--time", help="timestamp column (time, leave-last-out)")
+    sp.add_argument("--tiebreak", nargs="*", default=[], help="columns ordering equal times")
+    sp.add_argument("--user", help="user column (leave-last-out)")
+    sp.add_argument("--item", help="item column: orders a user's equal times (leave-last-out)")
+    sp.add_argument("--valid", action="store_true", help="leave-last-out: second-to-last->valid")
+    sp.add_argument("--group", help="group column, e.g. the query string (group)")
+
+
+def _split(args: argparse.Namespace) -> None:
+    from recis.io.split import split_files
+
+    opts = {
+        "fractions": args.fractions,
+        "seed": args.seed,
+        "time": args.time,
+        "tiebreak": args.tiebreak,
+        "user": args.user,
+        "item": args.item,
+        "valid": args.valid,
+        "group": args.group,
+    }
+    rows = split_files(args.input, args.out, args.by, format=args.format, **opts)
+    for name, n in rows.items():
+        print(f"{name}: {n} rows -> {args.out}/{name}.parquet")
 
 
 def _print_result(result: dict) -> None:
     width = max(len(k) for k in result) if result else 0
     print("evaluation:")
     for k, v in result.items():
+        if v is None:  # a metric that does not apply (e.g. AUC with one class)
+            v = "n/a"
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
@@ -83,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in plot_run(args.run_dir):
                 print(path)
+            return 0
+        if args.command == "split":
+            _split(args)
             return 0
         from recis.config import load_config
         from recis.train import runner

@@ -1,0 +1,162 @@
+"""recis.io.split and ``recis split``: disjoint, complete, deterministic; each method's rule."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from recis.cli import main
+from recis.errors import ConfigError, DataError
+from recis.io.split import split_files, split_table
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _log(n: int = 400, users: int = 30, seed: int = 0) -> pa.Table:
+    """An interaction log with many equal timestamps (ties broken by item)."""
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "user": rng.integers(0, users, n),
+            "item": rng.integers(0, 50, n),
+            "ts": rng.integers(0, 20, n),  # few distinct times: many ties
+            "query": [f"q{int(v)}" for v in rng.integers(0, 60, n)],
+            "row": np.arange(n),
+        }
+    )
+
+
+def _rows(parts: dict[str, pa.Table]) -> dict[str, list[int]]:
+    return {k: t.column("row").to_pylist() for k, t in parts.items()}
+
+
+def _check_partition(parts: dict[str, pa.Table], n: int) -> None:
+    rows = _rows(parts)
+    every = [r for part in rows.values() for r in part]
+    assert sorted(every) == list(range(n))  # complete and disjoint
+    for part in rows.values():
+        assert part == sorted(part)  # input order kept inside a part
+
+
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("random", {"fractions": [0.7, 0.1, 0.2], "seed": 3}),
+        ("time", {"time": "ts", "tiebreak": ["user", "item"], "fractions": [0.8, 0.2]}),
+        ("leave-last-out", {"user": "user", "time": "ts", "item": "item", "valid": True}),
+        ("group", {"group": "query", "fractions": [0.8, 0.2], "seed": 0}),
+    ],
+)
+def test_split_is_disjoint_complete_and_deterministic(method: str, opts: dict) -> None:
+    table = _log()
+    parts = split_table(table, method, **opts)
+    _check_partition(parts, table.num_rows)
+    assert _rows(split_table(table, method, **opts)) == _rows(parts)
+
+
+def test_random_split_sizes_and_seed() -> None:
+    table = _log(1000)
+    parts = split_table(table, "random", fractions=[0.7, 0.1, 0.2], seed=1)
+    assert {k: t.num_rows for k, t in parts.items()} == {"train": 700, "valid": 100, "test": 200}
+    other = split_table(table, "random", fractions=[0.7, 0.1, 0.2], seed=2)
+    assert _rows(other)["test"] != _rows(parts)["test"]
+
+
+def test_time_split_puts_the_earliest_rows_in_train() -> None:
+    table = _log(500)
+    parts = split_table(table, "time", time="ts", tiebreak=["user", "item"], fractions=[0.8, 0.2])
+    assert parts["train"].num_rows == 400
+    key = lambda t: list(zip(*(t.column(c).to_pylist() for c in ("ts", "user", "item", "row"))))  # noqa: E731
+    assert max(key(parts["train"])) < min(key(parts["test"]))
+
+
+def test_leave_last_out_holds_out_each_users_latest() -> None:
+    table = _log(400, users=30)
+    parts = split_table(table, "leave-last-out", user="user", time="ts", item="item", valid=True)
+    cols = {c: np.asarray(table.column(c)) for c in ("user", "item", "ts", "row")}
+    want_test, want_valid = [], []
+    for u in np.unique(cols["user"]):
+        mine = sorted(
+            (cols["ts"][i], cols["item"][i], cols["row"][i])
+            for i in np.flatnonzero(cols["user"] == u)
+        )
+        if len(mine) >= 3:
+            want_test.append(int(mine[-1][2]))
+            want_valid.append(int(mine[-2][2]))
+    rows = _rows(parts)
+    assert rows["test"] == sorted(want_test) and rows["valid"] == sorted(want_valid)
+    assert parts["test"].num_rows == len(np.unique(cols["user"]))  # every user has >= 3 rows here
+
+
+def test_leave_last_out_keeps_a_lone_interaction_in_train() -> None:
+    table = pa.table({"u": [1, 2, 2], "t": [5, 1, 2], "row": [0, 1, 2]})
+    parts = split_table(table, "leave-last-out", user="u", time="t")
+    assert _rows(parts) == {"train": [0, 1], "test": [2]}
+
+
+def test_group_split_keeps_groups_whole_and_follows_md5() -> None:
+    table = _log(600)
+    parts = split_table(table, "group", group="query", fractions=[0.8, 0.2])
+    train_q = set(parts["train"].column("query").to_pylist())
+    test_q = set(parts["test"].column("query").to_pylist())
+    assert train_q and test_q and not train_q & test_q
+    for q in test_q:  # qbqtc's rule: md5 of the UTF-8 string, first 8 hex digits, mod 100
+        assert int(hashlib.md5(q.encode()).hexdigest()[:8], 16) % 100 >= 80
+    salted = split_table(table, "group", group="query", fractions=[0.8, 0.2], seed=7)
+    assert set(salted["test"].column("query").to_pylist()) != test_q
+
+
+def test_errors_name_the_column_or_flag() -> None:
+    table = pa.table({"u": [1, None, 2], "t": [1, 2, 3]})
+    with pytest.raises(DataError, match="column 'u', row 1"):
+        split_table(table, "leave-last-out", user="u", time="t")
+    with pytest.raises(ConfigError, match="--time is required"):
+        split_table(table, "time")
+    with pytest.raises(ConfigError, match="no column 'x'"):
+        split_table(table, "group", group="x")
+    with pytest.raises(ConfigError, match="sum to 1"):
+        split_table(table, "random", fractions=[0.5, 0.4])
+
+
+def test_cli_split_reads_csv_and_writes_checksummed_parquet(tmp_path: Path, capsys) -> None:
+    table = _log(200)
+    src = tmp_path / "log.csv"
+    pacsv.write_csv(table, src)
+    out = tmp_path / "out"
+    args = [str(src), "--out", str(out), "--by", "leave-last-out", "--user", "user"]
+    assert main(["split", *args, "--time", "ts", "--item", "item"]) == 0
+    assert "test:" in capsys.readouterr().out
+    parts = {p: pq.read_table(out / f"{p}.parquet") for p in ("train", "test")}
+    assert sum(t.num_rows for t in parts.values()) == 200
+    # pages carry CRC checksums: a flipped byte in a data page is caught on read
+    path = out / "train.parquet"
+    pq.read_table(path, page_checksum_verification=True)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="CRC checksum"):
+        pq.read_table(path, page_checksum_verification=True)
+    again = split_files(
+        src, tmp_path / "again", "leave-last-out", user="user", time="ts", item="item"
+    )
+    assert again == {k: t.num_rows for k, t in parts.items()}
+
+
+@pytest.mark.skipif(not (DATA / "ml_latest_small").is_dir(), reason="shared data absent")
+def test_movielens_protocols_reproduce_the_readme_counts(tmp_path: Path) -> None:
+    ratings = DATA / "ml_latest_small" / "ratings.parquet"
+    rows = split_files(
+        ratings, tmp_path / "t", "time", time="timestamp", tiebreak=["userId", "movieId"]
+    )
+    assert rows == {"train": 80668, "test": 20168}  # README protocol 2
+    rows = split_files(
+        ratings, tmp_path / "l", "leave-last-out", user="userId", time="timestamp", item="movieId"
+    )
+    assert rows["test"] == 610  # README protocol 1: one test item per user
