@@ -71,6 +71,9 @@ def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
             np.log1p(np.maximum(v, 0.0, out=v), out=v)
         elif f.transform == "standardize":
             np.multiply(np.subtract(v, f.mean, out=v), 1.0 / f.std, out=v)
+        elif f.transform == "quantile":
+            edges = np.asarray(f.boundaries, dtype=np.float32)
+            v[:] = np.searchsorted(edges, v, side="right") / np.float32(len(edges))
         j += f.dim
     return np.ascontiguousarray(buf.T)
 

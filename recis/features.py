@@ -24,17 +24,30 @@ class DenseFeature:
     ``fill`` in their place, ``raise`` stops with a DataError (``on_nan``
     overrides the reader's policy for this feature). ``transform`` is applied
     after filling: ``log`` is ``log1p(max(x, 0))``, ``standardize`` is
-    ``(x - mean) / std`` with ``mean``/``std`` given in the spec.
+    ``(x - mean) / std`` with ``mean``/``std`` given in the spec, ``quantile`` is
+    the bucket of ``x`` among the sorted ``boundaries`` (the number of boundaries
+    ``<= x``) divided by their count, in ``[0, 1]``: quantile boundaries computed on
+    the training data (:func:`recis.io.quantiles.quantile_boundaries`) make any
+    heavy-tailed column about uniform.
     """
 
     name: str
     column: str | None = None
     fill: float = 0.0
-    transform: Literal["none", "log", "standardize"] = "none"
+    transform: Literal["none", "log", "standardize", "quantile"] = "none"
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
     dim: int = Field(default=1, gt=0)
     on_nan: Literal["fill", "raise"] | None = None
+    boundaries: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        # ValueError: the config loader reports it under this feature's field path
+        b = self.boundaries
+        if self.transform == "quantile" and not b:
+            raise ValueError(f"{self.name}: transform quantile needs boundaries")
+        if b and any(x >= y for x, y in zip(b, b[1:])):
+            raise ValueError(f"{self.name}: boundaries are not strictly increasing: {b}")
 
     @property
     def source(self) -> str:

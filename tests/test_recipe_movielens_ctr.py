@@ -1,0 +1,150 @@
+"""The MovieLens CTR recipe: quantile transform, its boundaries, and the prepare step's layout."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recis.config import DataConfig, validate
+from recis.errors import ConfigError, DataError
+from recis.features import DenseFeature, LabelSpec, Schema
+from recis.io.convert import to_batch
+from recis.io.quantiles import boundaries_from_files, quantile_boundaries
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "examples" / "recipes" / "movielens_ctr"
+
+
+def _prepare_module():
+    spec = importlib.util.spec_from_file_location("movielens_ctr_prepare", RECIPE / "prepare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quantile_transform_maps_to_bucket_fraction() -> None:
+    feat = DenseFeature(name="x", transform="quantile", boundaries=[1.0, 10.0, 100.0], fill=0.5)
+    table = pa.table({"x": [0.0, 1.0, 5.0, 10.0, 1000.0, None], "y": [0.0] * 6})
+    batch = to_batch(table, Schema(dense=[feat], labels=[LabelSpec(name="y")]))
+    # bucket = number of boundaries <= x, over 3; the null is filled with 0.5 first
+    want = [0.0, 1 / 3, 1 / 3, 2 / 3, 1.0, 0.0]
+    np.testing.assert_allclose(batch.dense[:, 0].numpy(), want, rtol=1e-6)
+
+
+def test_quantile_transform_needs_increasing_boundaries() -> None:
+    raw = {"schema": {"dense": [{"name": "x", "transform": "quantile"}]}}
+    with pytest.raises(ConfigError, match="schema.dense.0: .*x: transform quantile needs bound"):
+        validate(DataConfig, raw)
+    raw["schema"]["dense"][0]["boundaries"] = [1.0, 1.0, 2.0]
+    with pytest.raises(ConfigError, match="not strictly increasing"):
+        validate(DataConfig, raw)
+
+
+def test_quantile_boundaries(tmp_path: Path) -> None:
+    assert quantile_boundaries(np.arange(100.0), 4) == [24.75, 49.5, 74.25]
+    # NaN and nulls ignored, ties collapse
+    assert quantile_boundaries(np.array([np.nan, 0, 0, 0, 0, 0, 0, 5]), 4) == [0.0]
+    assert quantile_boundaries(pa.array([1.0, None, 3.0]), 2) == [2.0]
+    pq.write_table(pa.table({"a": np.arange(100.0), "b": np.ones(100)}), tmp_path / "t.parquet")
+    got = boundaries_from_files(tmp_path, ["a", "b"], buckets=4)
+    assert got == {"a": [24.75, 49.5, 74.25], "b": [1.0]}
+    with pytest.raises(DataError, match="column 'c'"):
+        boundaries_from_files(tmp_path, ["c"])
+
+
+def _tiny_movielens(src: Path) -> None:
+    """Ten ratings of 3 users on 4 movies; timestamps chosen to test strict causality."""
+    #            user movie rating ts
+    rows = [
+        (1, 10, 5.0, 100),
+        (1, 20, 2.0, 200),
+        (2, 10, 4.0, 200),  # same second as user 1's second rating
+        (1, 30, 4.5, 300),
+        (2, 30, 1.0, 300),
+        (3, 10, 3.0, 400),
+        (1, 40, 4.0, 500),
+        (2, 20, 5.0, 600),
+        (3, 40, 4.0, 700),
+        (1, 10, 4.0, 800),  # a re-rating: history holds the movie again
+    ]
+    u, m, r, t = (list(c) for c in zip(*rows))
+    order = np.lexsort((m, u))  # stored by user then movie, as the real file
+    pq.write_table(
+        pa.table(
+            {
+                "userId": pa.array(np.array(u)[order], pa.int64()),
+                "movieId": pa.array(np.array(m)[order], pa.int64()),
+                "rating": np.array(r)[order],
+                "timestamp": pa.array(np.array(t)[order], pa.int64()),
+            }
+        ),
+        src / "ratings.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "movieId": pa.array([10, 20, 30, 40], pa.int64()),
+                "title": ["A (1995)", "B (2001)", "No year", "D (1970) "],
+                "genres": ["Comedy|Drama", "Action", "(no genres listed)", "Drama"],
+            }
+        ),
+        src / "movies.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "userId": pa.array([2, 3, 1], pa.int64()),
+                "movieId": pa.array([10, 10, 40], pa.int64()),
+                "tag": [" Funny", "classic", "slow"],
+                "timestamp": pa.array([150, 400, 900], pa.int64()),
+            }
+        ),
+        src / "tags.parquet",
+    )
+
+
+def test_prepare_writes_documented_layout(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    _tiny_movielens(src)
+    stats = _prepare_module().prepare(src, out)
+    # 10 rows: 8 train part (80%), of which the last 10% (int(0.9 * 8) = 7) -> 7 train, 1 valid
+    assert stats["rows"] == {"train": 7, "valid": 1, "test": 2}
+    parts = {s: pq.read_table(out / f"{s}.parquet") for s in ("train", "valid", "test")}
+    schema = parts["train"].schema
+    assert schema.field("genres").type == pa.list_(pa.string())
+    assert schema.field("tags").type == pa.list_(pa.string())
+    assert schema.field("hist_movies").type == pa.list_(pa.int64())
+    assert schema.field("user_id").type == pa.int64()
+    assert schema.field("like").type == pa.float64()
+    rows = [r for s in ("train", "valid", "test") for r in parts[s].to_pylist()]
+    # protocol 2 order: (timestamp, userId, movieId)
+    assert [(r["timestamp"], r["user_id"]) for r in rows] == sorted(
+        (r["timestamp"], r["user_id"]) for r in rows
+    )
+    assert [r["like"] for r in rows] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    by = {(r["user_id"], r["timestamp"]): r for r in rows}
+    last = by[(1, 800)]
+    assert last["hist_movies"] == [10, 20, 30, 40]
+    assert last["hist_liked"] == [10, 30, 40]
+    assert last["user_count"] == 4.0
+    assert last["days_since_prev"] == pytest.approx(300 / 86400)
+    assert last["genres"] == ["Comedy", "Drama"]
+    assert last["tags"] == ["funny", "classic"]  # lowercased, trimmed, the later tag excluded
+    assert last["movie_count"] == 3.0  # users 1, 2, 3 rated movie 10 before t=800
+    # strictly earlier only: user 2's rating at t=200 does not see user 1's at t=200
+    second = by[(2, 200)]
+    assert second["hist_movies"] == [] and second["user_count"] == 0.0
+    assert second["movie_count"] == 1.0 and second["tags"] == ["funny"]
+    assert second["days_since_prev"] is None  # no earlier rating: null, the config fills it
+    # smoothed rates: prior = train like rate (4/7), strength 10
+    prior = 4 / 7
+    assert last["user_like_rate"] == pytest.approx((3 + 10 * prior) / (4 + 10))
+    assert by[(1, 300)]["year"] is None  # "No year"
+    assert by[(1, 500)]["year"] == 1970.0  # trailing space in the title
+    assert set(stats["quantile_boundaries"]) >= {"user_count", "movie_count", "year"}
