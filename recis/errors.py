@@ -60,3 +60,8 @@ class CheckpointError(RecisError):
 
 class NativeBuildError(RecisError, RuntimeError):
     """A native op (ops/csrc) is not built for this source and torch; the message says how to rebuild."""
+
+
+class OutputError(RecisError, OSError):
+    """A run's output (metrics, eval results, the run directory) cannot be written or is
+    refused (a run directory holding another run). The message names the path."""
