@@ -62,6 +62,6 @@ class NativeBuildError(RecisError, RuntimeError):
     """A native op (ops/csrc) is not built for this source and torch; the message says how to rebuild."""
 
 
-class OutputError(RecisError, OSError):
+class OutputError(RecisError):
     """A run's output (metrics, eval results, the run directory) cannot be written or is
     refused (a run directory holding another run). The message names the path."""
