@@ -6,10 +6,11 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.recis-installed
 CORE := $(VENV)/.recis-core-installed
 CONSTRAINTS := -c requirements/constraints.txt
+NATIVE := ops/_native/.built
 
-.PHONY: install demo test lint format clean horovod
+.PHONY: install demo test lint format clean horovod native
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE)
 
 # the pinned stack and recis (enough for training on one process and for `make demo`)
 $(CORE): pyproject.toml requirements/stack.txt requirements/constraints.txt Makefile
@@ -20,6 +21,16 @@ $(CORE): pyproject.toml requirements/stack.txt requirements/constraints.txt Make
 	$(PIP) install -q -r requirements/stack.txt $(CONSTRAINTS)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(CORE)
+
+# the C++ ops (ops/csrc), compiled in place into ops/_native by recis.ops.build: training
+# processes only load them. Rebuilt when a source, the build code or the stack changes.
+$(NATIVE): $(CORE) ops/build.py $(wildcard ops/csrc/*.cpp)
+	$(PY) -m recis.ops.build
+	touch $(NATIVE)
+
+native:
+	$(PY) -m recis.ops.build
+	touch $(NATIVE)
 
 # everything, Horovod included (the test suite runs real horovodrun jobs)
 $(STAMP): $(CORE) scripts/build_horovod.sh
@@ -33,10 +44,10 @@ HOROVOD_CACHE ?= $(HOME)/.cache/recis/wheels
 horovod: $(CORE)
 	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) scripts/build_horovod.sh $(PY)
 
-demo: $(CORE)
+demo: $(CORE) $(NATIVE)
 	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q tests
 
 lint: $(CORE)
@@ -48,4 +59,4 @@ format: $(CORE)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info ops/_native

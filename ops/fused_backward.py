@@ -17,11 +17,8 @@ sharding and everything reading the TBE see no difference.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +26,10 @@ import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 
-_NATIVE: Any = None  # the compiled kernel, False when it cannot be built
-# no -ffast-math and no implicit FMA contraction: results must equal fbgemm's bit
-# for bit (the source spells out the FMAs fbgemm's own build makes). AVX2 lets the
-# double-precision Adagrad loop vectorize; x86 CPUs without it use fbgemm's backward.
+from .build import load as load_native
+
+_NATIVE: Any = None  # the built kernel, False when disabled or the CPU lacks AVX2
 _X86 = platform.machine() in ("x86_64", "AMD64")
-# -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without the
-# flag they compile away and the kernel runs on one thread.
-_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"] + (
-    ["-mavx2", "-mfma"] if _X86 else []
-)
 _OPT_CODE = {EmbOptimType.EXACT_SGD: 0, EmbOptimType.EXACT_ADAGRAD: 1}
 _EMPTY = torch.zeros(0)
 _EMPTY_I64 = torch.zeros(0, dtype=torch.int64)
@@ -56,34 +47,20 @@ def _cpu_ok() -> bool:
 
 
 def native_backward() -> Any:
-    """The C++ kernel (``ops/csrc/fused_backward.cpp``), built on first use, or None.
+    """The C++ kernel (``ops/csrc/fused_backward.cpp``), or None when it does not apply.
 
-    Built once per machine into torch's extension cache (~40 s). ``RECIS_NATIVE=0``
-    disables it (fbgemm's own backward runs); a failed build warns and does the same.
+    Built at install time (``make native``, see :mod:`recis.ops.build`; the flags
+    are there) and only loaded here, never compiled. A missing or stale build
+    raises a one-line :class:`~recis.errors.NativeBuildError` saying how to
+    rebuild. None (fbgemm's own backward runs) with ``RECIS_NATIVE=0`` or on an
+    x86 CPU without AVX2/FMA.
     """
     global _NATIVE
     if _NATIVE is None:
-        _NATIVE = False
-        if os.environ.get("RECIS_NATIVE", "1") != "0" and _cpu_ok():
-            try:
-                from torch.utils.cpp_extension import load
-
-                # torch calls `ninja` from PATH; the PyPI ninja lives beside the interpreter
-                bindir = str(Path(sys.executable).parent)
-                if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-                    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-                src = Path(__file__).parent / "csrc" / "fused_backward.cpp"
-                # the source's hash in the name: other versions of the file (other
-                # checkouts) neither rebuild nor load this one's module
-                tag = hashlib.sha256(src.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()
-                _NATIVE = load(
-                    name=f"recis_fused_backward_{tag[:12]}",
-                    sources=[str(src)],
-                    extra_cflags=_CFLAGS,
-                    extra_ldflags=["-fopenmp"],
-                )
-            except Exception as err:  # no compiler, no headers: fbgemm's backward still works
-                warnings.warn(f"recis.ops: fused CPU backward unavailable ({err})", stacklevel=2)
+        if os.environ.get("RECIS_NATIVE", "1") == "0" or not _cpu_ok():
+            _NATIVE = False
+        else:
+            _NATIVE = load_native("fused_backward")  # raises before caching when not built
     return _NATIVE or None
 
 

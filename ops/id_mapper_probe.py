@@ -4,64 +4,42 @@ The table is two arrays shared with the mapper: ``slots`` int32 ``[S]`` (a row
 ``>= 0``, ``EMPTY`` -1 or ``TOMB`` -2) and ``row_key`` uint64 ``[C]``. A key's home
 slot is ``(key * 0x9E3779B97F4A7C15) >> shift`` (Fibonacci hashing), then linear
 probing. Two implementations with identical results: C++ (``csrc/id_mapper.cpp``,
-built by torch on first use) and vectorized numpy (one array operation per probe
-round over all keys still probing).
+built at install time by :mod:`recis.ops.build`) and vectorized numpy (one array
+operation per probe round over all keys still probing).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .build import load as load_native
 
 EMPTY = np.int32(-1)
 TOMB = np.int32(-2)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY_I32 = torch.zeros(0, dtype=torch.int32)
 
-_NATIVE: Any = None  # the compiled probe loops, False when they cannot be built
+_NATIVE: Any = None  # the built probe loops, False with RECIS_NATIVE=0
 
 
 def native_kernels() -> Any:
-    """The C++ probe loops (``ops/csrc/id_mapper.cpp``), built on first use, or None.
+    """The C++ probe loops (``ops/csrc/id_mapper.cpp``), or None with ``RECIS_NATIVE=0``.
 
-    torch compiles them once per machine (~40 s) into its extension cache. Set
-    ``RECIS_NATIVE=0`` to use the numpy loops only; a failed build warns and
-    falls back to them.
+    Built at install time (``make native``, see :mod:`recis.ops.build`) and only
+    loaded here, never compiled. A missing or stale build raises a one-line
+    :class:`~recis.errors.NativeBuildError` saying how to rebuild; ``RECIS_NATIVE=0``
+    runs the numpy loops instead (identical results).
     """
     global _NATIVE
     if _NATIVE is None:
-        _NATIVE = False
-        if os.environ.get("RECIS_NATIVE", "1") != "0":
-            try:
-                from torch.utils.cpp_extension import load
-
-                # torch calls `ninja` from PATH; the PyPI ninja lives beside the interpreter
-                bindir = str(Path(sys.executable).parent)
-                if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-                    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-                src = Path(__file__).parent / "csrc" / "id_mapper.cpp"
-                # the source's hash in the name: checkouts with different versions
-                # of the file do not rebuild (or load) each other's module
-                tag = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-                # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers;
-                # without the flag the probe loops run on one thread
-                _NATIVE = load(
-                    name=f"recis_id_mapper_{tag}_omp",
-                    sources=[str(src)],
-                    extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
-                    extra_ldflags=["-fopenmp"],
-                )
-            except Exception as err:  # no compiler, no headers: numpy still works
-                warnings.warn(
-                    f"recis.ops.IdMapper: native kernels unavailable ({err})", stacklevel=2
-                )
+        if os.environ.get("RECIS_NATIVE", "1") == "0":
+            _NATIVE = False
+        else:
+            _NATIVE = load_native("id_mapper")  # raises before caching when not built
     return _NATIVE or None
 
 
