@@ -27,7 +27,7 @@ def test_auc_logloss_match_sklearn(binary) -> None:
     s, y, _ = binary
     assert metrics.auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert metrics.logloss(s, y) == pytest.approx(log_loss(y, np.clip(s, 1e-7, 1 - 1e-7)), 1e-9)
-    assert np.isnan(metrics.auc(s, np.ones_like(y)))
+    assert metrics.auc(s, np.ones_like(y)) is None  # one class: not applicable, never nan
 
 
 def test_normalized_entropy_and_calibration(binary) -> None:
@@ -53,7 +53,7 @@ def test_gauc_matches_per_group_sklearn(binary) -> None:
     g2 = g.copy()
     g2[:5], y2 = 999, y.copy()
     y2[:5] = 1.0
-    assert not np.isnan(metrics.gauc(s, y2, g2))
+    assert metrics.gauc(s, y2, g2) is not None
 
 
 def test_recall_and_ndcg_at_k() -> None:
@@ -118,3 +118,21 @@ def test_metrics_are_global_across_two_gloo_ranks(binary) -> None:
         assert res[rank] == pytest.approx(want)
     # and the halves alone would differ: gathering matters
     assert metrics.auc(s[:1500], y[:1500]) != pytest.approx(want["auc"])
+
+
+def test_metrics_that_do_not_apply_are_none_never_nan(binary) -> None:
+    s, y, g = binary
+    ones = np.ones_like(y)
+    got = metrics.binary_metrics(s, ones, g)  # a positives-only set (retrieval rows)
+    assert got["auc"] is None and got["gauc"] is None and got["ne"] is None
+    assert got["logloss"] == pytest.approx(-np.mean(np.log(np.clip(s, 1e-7, 1))))
+    assert got["logloss"] >= 0 and got["calibration"] is not None
+    zeros = metrics.binary_metrics(s, np.zeros_like(y), g)
+    assert zeros["calibration"] is None and zeros["auc"] is None
+    # labels that are not probabilities (counts, star ratings): cross-entropy does not apply
+    counts = y * 3
+    assert metrics.logloss(s, counts) is None and metrics.normalized_entropy(s, counts) is None
+    assert metrics.auc(s, counts) == pytest.approx(metrics.auc(s, y))  # label > 0.5 ranks
+    assert metrics.recall_at_k(np.ones((2, 3)), np.zeros((2, 3)), 1) is None
+    for value in [*got.values(), *zeros.values()]:
+        assert value is None or np.isfinite(value)
