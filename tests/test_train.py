@@ -135,8 +135,9 @@ def test_sigterm_checkpoints_and_stops(small_ctr, tmp_path) -> None:
     trainer.callbacks.append(Kill())
     result = trainer.fit()
     assert result["stopped"] == "sigterm" and trainer.step == 7
+    assert result["checkpoint"] == str(tmp_path / "checkpoints" / "step-00000007")
     assert latest_checkpoint(tmp_path).name == "step-00000007"
-    assert signal.getsignal(signal.SIGTERM) is not trainer._on_sigterm  # handler restored
+    assert signal.getsignal(signal.SIGTERM) is not trainer._on_signal  # handler restored
 
 
 def test_grad_accum_clip_bf16_and_logs(small_ctr, tmp_path) -> None:

@@ -50,15 +50,24 @@ class FunctionCallback(Callback):
 
 
 class EarlyStopping(Callback):
-    """Asks the trainer to stop when ``metric`` has not improved for ``patience`` evaluations."""
+    """Asks the trainer to stop when ``metric`` has not improved for ``patience`` evaluations.
+
+    Remembers the best evaluation (``best``, ``best_step``, ``best_epoch``); ``improved`` says
+    whether the last evaluation was a new best (the trainer then keeps its checkpoint as
+    ``best`` when ``restore_best`` is set).
+    """
 
     def __init__(self, config: EarlyStoppingConfig) -> None:
         self.config = config
         self.best: float | None = None
+        self.best_step: int | None = None
+        self.best_epoch: int | None = None
         self.bad = 0
+        self.improved = False
 
     def on_eval(self, trainer: Trainer, result: dict[str, float]) -> None:
         cfg = self.config
+        self.improved = False
         if cfg.metric not in result:
             from recis.errors import ConfigError
 
@@ -66,7 +75,7 @@ class EarlyStopping(Callback):
                 f"train.early_stopping.metric: {cfg.metric!r} not in eval results {sorted(result)}"
             )
         value = result[cfg.metric]
-        if math.isnan(value):
+        if not isinstance(value, int | float) or math.isnan(value):
             return
         better = (
             self.best is None
@@ -74,17 +83,26 @@ class EarlyStopping(Callback):
             or (cfg.mode == "min" and value < self.best - cfg.min_delta)
         )
         if better:
-            self.best, self.bad = value, 0
+            self.best, self.bad, self.improved = float(value), 0, True
+            self.best_step = getattr(trainer, "step", None)
+            self.best_epoch = getattr(trainer, "epoch", None)
         else:
             self.bad += 1
             if self.bad >= cfg.patience:
                 trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad": self.bad}
+        return {
+            "best": self.best,
+            "bad": self.bad,
+            "best_step": self.best_step,
+            "best_epoch": self.best_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad = state["best"], state["bad"]
+        self.best_step = state.get("best_step")
+        self.best_epoch = state.get("best_epoch")
 
 
 def as_callbacks(items: list[Callback | Callable[[dict[str, Any]], None]] | None) -> list[Callback]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from recis.errors import OutputError
 
 
 class RunLogger:
     """Appends records to ``run_dir/metrics.jsonl`` and scalars to ``run_dir/tb``.
 
     JSONL lines are buffered and written every ``flush_every`` records (and on
-    :meth:`flush`), so logging every step costs a ``json.dumps``, not a write.
+    :meth:`flush`, which the trainer calls at every evaluation, checkpoint and exit), so
+    logging every step costs a ``json.dumps``, not a write.
 
     Args:
         run_dir: the run directory (None: keep nothing).
@@ -27,6 +31,7 @@ class RunLogger:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.flush_every = flush_every
         self._lines: list[str] = []
+        self._checked = False  # a torn last line (a killed writer) removed before appending
         self._tb: Any = None
         self._want_tb = tensorboard and self.run_dir is not None
 
@@ -63,13 +68,30 @@ class RunLogger:
                 continue
             writer.add_scalar(f"{split}/{k}", v, step)
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = False) -> None:
+        """Append the buffered records to metrics.jsonl (``sync``: and fsync it, as at a
+        checkpoint, so that a run killed later resumes with no hole in its history).
+
+        A write error (disk full, file too large) is an :class:`OutputError` naming the file;
+        the records stay buffered for a later try."""
         if self.run_dir is None:
             return
-        if self._lines:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write("\n".join(self._lines) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        if self._lines or sync:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if not self._checked:
+                    _drop_torn_tail(path)
+                    self._checked = True
+                with open(path, "a") as f:
+                    if self._lines:
+                        f.write("\n".join(self._lines) + "\n")
+                    f.flush()
+                    if sync:
+                        os.fsync(f.fileno())
+            except OSError as err:
+                self._checked = False  # a part may be written: cut it before the next try
+                raise OutputError(f"{path}: cannot write metrics: {err.strerror}") from None
             self._lines.clear()
         if self._tb is not None:
             self._tb.flush()
@@ -79,6 +101,32 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a writer killed mid-write, so that the
+    records appended after it (a resumed run's) start on a line of their own."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            keep = 0
+            pos = size
+            while pos > 0 and not keep:  # the last newline, read backwards in blocks
+                start = max(0, pos - 65536)
+                f.seek(start)
+                block = f.read(pos - start)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                pos = start
+            f.truncate(keep)
+    except FileNotFoundError:
+        return
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import sys
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from recis.config import TaskConfig, TrainConfig
 from recis.embedding.collection import LookupModule
-from recis.errors import CheckpointError
+from recis.errors import CheckpointError, ConfigError, RecisError
 from recis.io.batch import Batch
 from recis.optim import (
     build_objective,
@@ -32,7 +33,7 @@ from recis.optim import (
 
 from . import evaluation
 from .callbacks import Callback, EarlyStopping, as_callbacks
-from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint
+from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint, save_checkpoint
 from .runlog import RunLogger
 from .state import rng_state, set_rng_state
 
@@ -87,8 +88,15 @@ class Trainer:
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = as_callbacks(callbacks)
+        self.early_stopping: EarlyStopping | None = None
         if config.early_stopping is not None:
-            self.callbacks.append(EarlyStopping(config.early_stopping))
+            self.early_stopping = EarlyStopping(config.early_stopping)
+            self.callbacks.append(self.early_stopping)
+            if config.early_stopping.restore_best and (run_dir is None or eval_data is None):
+                raise ConfigError(
+                    "train.early_stopping.restore_best: needs eval data and a run_dir "
+                    "(the best checkpoint is kept in run_dir/checkpoints/best)"
+                )
         sparse, dense = split_parameters(model)
         self.dense_params = dense
         self.dense_optimizer = dense_optimizer(dense, config.dense_optimizer)
@@ -112,8 +120,10 @@ class Trainer:
         self.should_stop = False
         self._micro = 0
         self._acc: np.ndarray | None = None
-        self._sigterm = False
+        self._signal: int | None = None  # SIGINT / SIGTERM received on this process
+        self._stop_agreed = False  # every rank saw a stop signal (one process: this one)
         self._last_saved = -1
+        self.final_path: Path | None = None  # checkpoints/final once fit has written it
         # embedding modules that can send the next batch's ids ahead (sharded hashed tables)
         self._senders = [
             m for m in model.modules() if isinstance(m, LookupModule) and m.sends_ahead
@@ -171,9 +181,16 @@ class Trainer:
             total = total / cfg.grad_accum
         # the objective and task losses, reduced over ranks in a distributed run (started
         # before backward, so that the collective overlaps it); one device->host copy
-        values = self._reduced(torch.stack([total.detach() * cfg.grad_accum, *losses.values()]))
+        # the last value is this rank's stop flag (a signal was received): reduced with the
+        # losses, so that every rank of a distributed run stops after the same step
+        flag = torch.tensor(1.0 if self._signal is not None else 0.0, dtype=total.dtype)
+        values = self._reduced(
+            torch.stack([total.detach() * cfg.grad_accum, *losses.values(), flag.to(total.device)])
+        )
         total.backward()
         values = values()
+        if values.pop() > 0:
+            self._stop_agreed = True
         if not np.isfinite(values[0]):
             raise FloatingPointError(f"step {self.step}: loss is {values[0]} ({values[1:]})")
         self._acc = np.asarray(values) if self._acc is None else self._acc + values
@@ -203,22 +220,37 @@ class Trainer:
         return values.tolist
 
     # ---- loop ------------------------------------------------------------------
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._sigterm = True
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT / SIGTERM: finish the current step, checkpoint, stop. A second SIGINT
+        interrupts at once (KeyboardInterrupt; an unfinished checkpoint is discarded)."""
+        if signum == signal.SIGINT and self._signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """Install the stop handler for SIGINT and SIGTERM (main thread only); the old ones."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``epochs`` or ``max_steps``; evaluate every ``eval_every`` steps and at
-        the end; checkpoint every ``checkpoint_every`` steps, on SIGTERM and at the end.
+        """Train until ``epochs`` or ``max_steps``; evaluate every ``eval_every`` steps, at the
+        end of every epoch with ``eval_each_epoch``, and at the end; checkpoint every
+        ``checkpoint_every`` steps, on SIGINT / SIGTERM and at the end.
 
-        Returns the last evaluation (``{}`` without eval data), plus ``stopped``
-        ("sigterm" or "early_stopping") when training ended early.
+        The end state is saved before the final evaluation, so a failure there (a bad eval
+        row) never loses the trained model: its message says where the model is. With
+        ``early_stopping.restore_best`` the best evaluation's checkpoint is loaded at the end:
+        ``checkpoints/final`` and the final evaluation are it.
+
+        Returns the last evaluation (``{}`` without eval data), plus ``stopped`` ("sigint",
+        "sigterm" or "early_stopping") and ``checkpoint`` (where the stopped run was saved)
+        when training ended early, and ``best_step`` / ``best_epoch`` with early stopping.
         """
         cfg = self.config
         if self.checkpoints is not None and _is_rank0():
             self.checkpoints.clean_partial()
-        handler = None
-        if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        handlers = self._catch_signals()
         for cb in self.callbacks:
             cb.on_train_start(self)
         total = cfg.max_steps
@@ -259,7 +291,7 @@ class Trainer:
                         and self.step % cfg.eval_every == 0
                         and self.eval_data is not None
                     ):
-                        result, evaluated_at = self.evaluate(), self.step
+                        result, evaluated_at = self._evaluate_and_keep_best(), self.step
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
                     if self._done():
@@ -267,26 +299,108 @@ class Trainer:
                         break
                 else:
                     self.epoch += 1
-            if self._sigterm:
-                self.save()
-                result = {**result, "stopped": "sigterm"}
-            else:
-                if self.eval_data is not None and evaluated_at != self.step:
-                    result = self.evaluate()
-                self.save()
-                latest = self.checkpoints.latest() if self.checkpoints is not None else None
-                if latest is not None and _is_rank0():  # checkpoints/final: the end state
-                    link_checkpoint(latest, "final")
-                if self.should_stop:
-                    result = {**result, "stopped": "early_stopping"}
-        finally:
+                    if (
+                        cfg.eval_each_epoch
+                        and self.eval_data is not None
+                        and evaluated_at != self.step
+                    ):
+                        result, evaluated_at = self._evaluate_and_keep_best(), self.step
+            result = self._finish(result, evaluated_at, self._stop_requested())
+        except BaseException:
             bar.close()
-            self.logger.close()
-            if handler is not None:
-                signal.signal(signal.SIGTERM, handler)
+            self._close_quietly()
+            self._restore_signals(handlers)
+            raise
+        bar.close()
+        self.logger.close()
+        self._restore_signals(handlers)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def _restore_signals(self, handlers: dict[int, Any]) -> None:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+    def _close_quietly(self) -> None:
+        """Close the run log on the way out of a failure, which it must not hide."""
+        with contextlib.suppress(RecisError):
+            self.logger.close()
+
+    def _finish(self, result: dict[str, Any], evaluated_at: int, signalled: bool) -> dict[str, Any]:
+        """After the loop: checkpoint first, then (unless stopped by a signal) restore the best
+        checkpoint if asked, link ``final``, and evaluate."""
+        if signalled:
+            path = self.save() or self._checkpoint_path(self.step)
+            name = signal.Signals(self._signal or signal.SIGTERM).name.lower()
+            return {**result, "stopped": name, "checkpoint": str(path) if path else None}
+        self.save()
+        final = self._checkpoint_path(self.step)
+        es = self.early_stopping
+        restored = False
+        if (
+            es is not None
+            and es.config.restore_best
+            and es.best_step is not None
+            and es.best_step != self.step
+        ):
+            best = self._checkpoint_path(es.best_step, name="best")
+            self._load_model(best)
+            final, restored = best, True
+        if final is not None:
+            self.final_path = self._link(final, "final")
+        if self.eval_data is not None and (evaluated_at != self.step or restored):
+            try:
+                # a restored best is evaluated as "best": the eval history keeps what was seen
+                result = self.evaluate(split="best" if restored else "eval")
+            except BaseException as err:
+                self._say_where_the_model_is(err)
+                raise
+        if self.should_stop:
+            result = {**result, "stopped": "early_stopping"}
+        if es is not None and es.best_step is not None:
+            result = {**result, "best_step": es.best_step, "best_epoch": es.best_epoch}
+        return result
+
+    def _say_where_the_model_is(self, err: BaseException) -> None:
+        """Add the trained model's place to a failure after training (a RecisError's one-line
+        message; any other error also gets a line on stderr)."""
+        where = self.final_path
+        if where is None or not _is_rank0():
+            return
+        note = f"the trained model is saved in {where}"
+        if isinstance(err, RecisError) and err.args:
+            err.args = (f"{err.args[0]} ({note})", *err.args[1:])
+        else:
+            print(f"recis: training finished but failed afterwards; {note}", file=sys.stderr)
+
+    def _evaluate_and_keep_best(self) -> dict[str, float]:
+        """Evaluate; with ``restore_best``, a new best is checkpointed and linked as ``best``."""
+        result = self.evaluate()
+        es = self.early_stopping
+        if es is not None and es.config.restore_best and es.improved:
+            self.save()
+            path = self._checkpoint_path(self.step)
+            if path is not None:
+                self._link(path, "best")
+        return result
+
+    def _checkpoint_path(self, step: int, name: str | None = None) -> Path | None:
+        """Where checkpoint ``name`` (default: the numbered one of ``step``) is."""
+        if self.checkpoints is None:
+            return None
+        return self.checkpoints.directory / (name or f"step-{step:08d}")
+
+    def _link(self, source: Path, name: str) -> Path | None:
+        """``checkpoints/name`` as hard links to ``source`` (rank 0)."""
+        if not _is_rank0():
+            return None
+        return link_checkpoint(source, name)
+
+    def _load_model(self, path: Path) -> None:
+        """The model's weights from checkpoint ``path`` (restoring the best one)."""
+        state, _ = load_checkpoint(path, map_location=self.device)
+        self._load_model_state(state["model"], path)
 
     def _reader(self) -> Any:
         """The object whose ``state_dict`` is the reader's position (None: not resumable)."""
@@ -333,7 +447,11 @@ class Trainer:
     def _done(self) -> bool:
         cfg = self.config
         budget = cfg.max_steps is not None and self.step >= cfg.max_steps
-        return budget or self.should_stop or self._sigterm
+        return budget or self.should_stop or self._stop_requested()
+
+    def _stop_requested(self) -> bool:
+        """A stop signal, once this process may act on it (one process: at once)."""
+        return self._stop_agreed or self._signal is not None
 
     def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
         self.logger.log(record)
@@ -357,8 +475,11 @@ class Trainer:
             with torch.no_grad():
                 self._set_tasks(list(self.model(next(iter(data)).to(self.device))))
 
-    def evaluate(self, data: Iterable[Batch] | None = None) -> dict[str, float]:
-        """Metrics per task on ``data`` (default: the eval data), logged and passed to callbacks."""
+    def evaluate(
+        self, data: Iterable[Batch] | None = None, split: str = "eval"
+    ) -> dict[str, float]:
+        """Metrics per task on ``data`` (default: the eval data), logged as ``split`` and, for
+        the ``eval`` split, passed to callbacks (``best``: the restored best checkpoint's)."""
         data = data if data is not None else self.eval_data
         assert data is not None, "no eval data"
         self._ensure_tasks(data)
@@ -371,10 +492,11 @@ class Trainer:
             max_batches=self.config.eval_batches,
             autocast=self.config.bf16,
         )
-        self._log({"step": self.step, "split": "eval", **result})
+        self._log({"step": self.step, "split": split, **result})
         self.logger.flush()
-        for cb in self.callbacks:
-            cb.on_eval(self, result)
+        if split == "eval":
+            for cb in self.callbacks:
+                cb.on_eval(self, result)
         return result
 
     # ---- state -------------------------------------------------------------------
@@ -409,15 +531,22 @@ class Trainer:
         for cb, s in zip(self.callbacks, state.get("callbacks", [])):
             cb.load_state_dict(s)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
+        """Restore everything :meth:`state_dict` holds. A checkpoint of another model, dim or
+        table layout is a CheckpointError naming ``source``, the parameter and both shapes."""
+        self._load_model_state(state["model"], source)
         if len(state["optimizers"]) != len(self.optimizers):
             raise CheckpointError(
-                f"checkpoint has {len(state['optimizers'])} optimizers, trainer has "
+                f"{source}: checkpoint has {len(state['optimizers'])} optimizers, trainer has "
                 f"{len(self.optimizers)}: the model's sparse/dense split changed"
             )
-        for opt, s in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
+        for i, (opt, s) in enumerate(zip(self.optimizers, state["optimizers"])):
+            try:
+                opt.load_state_dict(s)
+            except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
+                raise CheckpointError(
+                    f"{source}: optimizer {i} does not match this model's: {err}"
+                ) from None
         self._restore_progress(state)
         if "data" in state and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(state["data"])
@@ -425,25 +554,83 @@ class Trainer:
             set_rng_state(state["rng"])
         self._last_saved = self.step
 
+    def _load_model_state(self, saved: dict[str, Any], source: str | Path) -> None:
+        """``model.load_state_dict(saved)`` after checking names and shapes: a mismatch is one
+        CheckpointError naming the parameters, never a torch traceback."""
+        # modules whose saved tensors are sized by their content (the sharded hashed
+        # engine's live rows) load any row count: only their other dims must agree
+        sized = [f"{n}." for n, m in self.model.named_modules() if hasattr(m, "prepare_load")]
+        check_model_state(self.model.state_dict(), saved, source, content_sized=tuple(sized))
+        try:
+            self.model.load_state_dict(saved)
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{source}: does not match the model: {first}") from None
+
     def save(self, name: str | None = None) -> Path | None:
-        """Write a checkpoint (``step-N``, or ``name``) under run_dir/checkpoints; rank 0 only."""
+        """Write a checkpoint (``step-N``, or ``name``) under run_dir/checkpoints; rank 0 only.
+
+        The run log is flushed (and fsynced) first: a run killed later and resumed from this
+        checkpoint has every record up to it."""
         if self.checkpoints is None or (name is None and self._last_saved == self.step):
             return None
         if not _is_rank0():
             return None
+        self.logger.flush(sync=True)
         meta = {"step": self.step, "epoch": self.epoch, "time": time.time()}
         if name is None:
             path = self.checkpoints.save(self.step, self.state_dict(), meta)
             self._last_saved = self.step
         else:
-            from .checkpoint import save_checkpoint
-
             path = save_checkpoint(self.checkpoints.directory / name, self.state_dict(), meta)
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
         return path
 
     def resume(self, path: str | Path) -> None:
-        """Load a checkpoint folder written by :meth:`save` and continue from it."""
+        """Load a checkpoint folder written by :meth:`save` (verified against its manifest)
+        and continue from it."""
         state, _ = load_checkpoint(path, map_location=self.device)
-        self.load_state_dict(state)
+        self.load_state_dict(state, source=path)
+
+
+def check_model_state(
+    own: dict[str, Any], saved: Any, source: str | Path, content_sized: tuple[str, ...] = ()
+) -> None:
+    """Compare a saved model state with the model's: missing and unexpected names and
+    tensors of another shape are one CheckpointError naming them and both shapes.
+    Tensors under the ``content_sized`` prefixes may differ in their first dim (rows)."""
+
+    def differ(a: torch.Size, b: torch.Size, key: str) -> bool:
+        if content_sized and key.startswith(content_sized):
+            return a[1:] != b[1:]
+        return a != b
+
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{source}: the model state is not a dict of tensors")
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k} is {list(saved[k].shape)} in the checkpoint, {list(v.shape)} in the model"
+        for k, v in own.items()
+        if k in saved
+        and isinstance(v, torch.Tensor)
+        and isinstance(saved[k], torch.Tensor)
+        and differ(saved[k].shape, v.shape, k)
+    ]
+    problems = []
+    if shapes:
+        problems.append("shape of " + "; ".join(_few(shapes)))
+    if missing:
+        problems.append("missing " + ", ".join(_few(missing)))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(_few(unexpected)))
+    if problems:
+        raise CheckpointError(
+            f"{source}: checkpoint of another model (other model, embedding dim or table "
+            f"layout?): {' | '.join(problems)}"
+        )
+
+
+def _few(items: list[str], n: int = 5) -> list[str]:
+    return items if len(items) <= n else [*items[:n], f"... ({len(items) - n} more)"]
