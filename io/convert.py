@@ -8,7 +8,6 @@ numpy); there is no Python loop over rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +20,7 @@ from recis.features import DenseFeature, Schema, SparseFeature, TextFeature
 from recis.ops.hashing import hash_strings
 
 from .batch import Batch
+from .tokenizers import load_tokenizer, tokenizer_for  # noqa: F401 - load_tokenizer re-exported
 from .validate import bad_rows, check_columns, is_list, list_lengths
 
 
@@ -138,33 +138,43 @@ def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.
     return ids, lengths, wv
 
 
-@lru_cache(maxsize=8)
-def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
-    """A tokenizer from a local directory (cached: one load per process and path)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot load tokenizer: {str(err).splitlines()[0]}", path=path) from None
-
-
 def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
-    """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64."""
-    out: dict[str, torch.Tensor] = {}
+    """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64 (``T = max_length``).
+
+    Tokenizers: :mod:`recis.io.tokenizers` (n-gram hashing, a trained vocabulary, or HF).
+    """
+    out: dict[str, np.ndarray] = {}
     for f in feats:
         col = _array(table, f.source)
         texts = pc.fill_null(col.cast(pa.string()), "").to_pylist()
-        enc = load_tokenizer(f.tokenizer)(
-            texts,
-            max_length=f.max_length,
-            truncation=True,
-            padding="max_length",
-            return_tensors="np",
-        )
-        out[f.name] = enc["input_ids"].astype(np.int64)
-        out[f"{f.name}_mask"] = enc["attention_mask"].astype(np.int64)
+        ids, mask = tokenizer_for(f).encode(texts, f.max_length, keep_last=f.truncate == "last")
+        out[f.name] = ids
+        out[f"{f.name}_mask"] = mask
     return out
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _label(table: pa.Table, spec: LabelSpec) -> np.ndarray:
+    """``[B]`` float32 label (a single-element list is its element), binarized at
+    ``positive_at`` when set."""
+    v, _ = scalar_values(table.column(spec.source))
+    if spec.positive_at is not None:
+        return (v >= spec.positive_at).astype(np.float32)
+    return v.astype(np.float32)
+
+
+def _extra(col: pa.Array) -> np.ndarray:
+    """``[B]`` values of a number column, or the single elements of a list column."""
+    if is_list(col.type):
+        lengths = list_lengths(col)
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return flat[np.cumsum(lengths) - lengths]  # validated: one value per row
+    return _writable(col.to_numpy(zero_copy_only=False))
 
 
 def _lengths(n: np.ndarray | None, rows: int) -> np.ndarray:

@@ -37,21 +37,22 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
-from recis.errors import ConfigError, DataError
+from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import masked_softmax, padded_ids
-from .text_towers import LLMTower, LLMTowerConfig
+from .layers import masked_softmax
+from .text_towers import LLMTower, LLMTowerConfig, text_input
 
 
 @dataclass(config=STRICT)
 class DeepBoWConfig(ModelConfig):
     name: str = "deepbow"
-    query_text: str = "query_tokens"  # features holding token ids (hashed n-grams)
+    # text features (raw strings, see docs/text.md) or list-of-ids features (hashed n-grams)
+    query_text: str = "query_tokens"
     product_text: str = "product_tokens"
     product_id: str | None = "product_id"  # id feature used by encode_products
-    max_len: int = Field(default=16, gt=0)
+    max_len: int = Field(default=64, gt=0)  # tokens per text (positions of the encoder)
     vocab: int = Field(default=8192, gt=0)  # term space: token id mod vocab
     dim: int = Field(default=32, gt=0)
     layers: int = Field(default=1, ge=0)
@@ -91,19 +92,17 @@ class TextEncoder(nn.Module):
         pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.embedding(torch.remainder(ids, self.vocab)) + self.position(pos)[None]
         if self.encoder is not None:
-            x = self.encoder(x, src_key_padding_mask=~mask)
+            # an empty text (null title) masks every key: attention would give NaN in eval,
+            # so its first position stays visible; its states are zeroed below anyway
+            keys = mask.clone()
+            keys[:, 0] |= ~mask.any(1)
+            x = self.encoder(x, src_key_padding_mask=~keys)
         return x * mask.unsqueeze(-1)
 
 
 def _text(batch: Batch, name: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids ``[B, T]`` and mask of a text: ``batch.text[name]`` or a list-of-ids feature."""
-    if name in batch.text:
-        ids = batch.text[name][:, :max_len]
-        mask = batch.text.get(f"{name}_mask", torch.ones_like(ids, dtype=torch.bool))
-        return ids, mask[:, :max_len].bool()
-    if name not in batch.sparse.keys():
-        raise DataError(f"batch has no text or list-of-ids feature {name!r}", column=name)
-    return padded_ids(batch.sparse, name, max_len)
+    return text_input(batch, name, max_len)
 
 
 def score_bags(
@@ -135,6 +134,10 @@ class DeepBoW(nn.Module):
         super().__init__()
         self.config = config
         self.tasks = [label.name for label in schema.labels]
+        # the text features' specs, so that explain() re-tokenizes texts as the reader did
+        self.text_features = {
+            f.name: f for f in schema.text if f.name in (config.query_text, config.product_text)
+        }
         self.encoder = TextEncoder(config, device)
         d = self.encoder.out_dim
         self.term_score = nn.Linear(d, 1, device=device)
@@ -249,35 +252,55 @@ class DeepBoW(nn.Module):
             raise ConfigError(f"encode_products.format: {format!r} is not parquet or safetensors")
         return path
 
+    def _tokens(self, name: str, text: str) -> list[tuple[int, str]]:
+        """``(id, piece)`` of one text, tokenized as the reader tokenizes feature ``name``
+        (a list-of-ids feature: the synthetic data's hashed word 1-2-grams)."""
+        feature = self.text_features.get(name)
+        if feature is None:
+            from recis.io.synthetic_relevance import hashed_ngrams, ngrams
+
+            return list(zip(hashed_ngrams([text])[0].tolist(), ngrams(text)))
+        from recis.io.tokenizers import tokenizer_for
+
+        pairs = tokenizer_for(feature).pieces(text)
+        return pairs[-feature.max_length :] if feature.truncate == "last" else pairs
+
     @torch.no_grad()
     def explain(
         self, query: str, product: str, vocabulary: dict[int, str] | None = None
     ) -> list[dict[str, float | str | int]]:
         """The shared terms of ``query`` and ``product`` and their contributions, largest first.
 
-        Each entry: ``term`` (the n-gram, from the two texts or ``vocabulary``, else ``#id``),
-        ``term_id``, ``query_weight``, ``product_weight``, ``contribution`` (their product;
-        the contributions sum to the raw score ``s``).
+        The texts are re-tokenized with the query / product feature's tokenizer, pieces
+        kept, so each entry names its term: ``term`` (the word, n-gram or subword; for an
+        expansion term absent from both texts, its name in ``vocabulary`` (see
+        :func:`recis.io.tokenizers.piece_names`), else ``#id``), ``term_id`` (id mod
+        ``vocab``), ``in_query`` / ``in_product`` (1 if a piece of that text has the id,
+        else 0: an expansion term), ``query_weight``, ``product_weight``, ``contribution``
+        (their product; the contributions sum to the raw score ``s``).
         """
-        from recis.io.synthetic_relevance import hashed_ngrams, ngrams
-
         self.eval()
         cfg = self.config
-        names = dict(vocabulary or {})
-        for text in (query, product):
-            for gram, h in zip(ngrams(text), hashed_ngrams([text])[0]):
-                names.setdefault(int(h % cfg.vocab), gram)
+        names: dict[int, str] = {}
+        present: list[set[int]] = []
         bags = []
-        for text in (query, product):
-            tok = hashed_ngrams([text])[0][: cfg.max_len]
-            ids = torch.tensor(tok, dtype=torch.int64).reshape(1, -1)
-            bags.append(self.dense_bag(ids, torch.ones_like(ids, dtype=torch.bool))[0])
+        device = self.scale.device
+        for name, text in ((cfg.query_text, query), (cfg.product_text, product)):
+            pairs = self._tokens(name, text)[: cfg.max_len]
+            for i, piece in pairs:
+                names.setdefault(int(i % cfg.vocab), piece)
+            present.append({int(i % cfg.vocab) for i, _ in pairs})
+            ids = torch.tensor([i for i, _ in pairs] or [0], dtype=torch.int64, device=device)
+            mask = torch.tensor([True] * len(pairs) or [False], device=device)
+            bags.append(self.dense_bag(ids.reshape(1, -1), mask.reshape(1, -1))[0])
         q, p = bags
         shared = torch.nonzero((q > 0) & (p > 0)).flatten().tolist()
         rows = [
             {
-                "term": names.get(t, f"#{t}"),
+                "term": names.get(t) or (vocabulary or {}).get(t, f"#{t}"),
                 "term_id": t,
+                "in_query": int(t in present[0]),
+                "in_product": int(t in present[1]),
                 "query_weight": float(q[t]),
                 "product_weight": float(p[t]),
                 "contribution": float(q[t] * p[t]),

@@ -7,7 +7,8 @@
 
 Both map token ids ``[B, T]`` with mask ``[B, T]`` to ``[B, out_dim]`` float32.
 Token ids may be 64-bit hashes: they are taken ``mod vocab`` (identity for ids a real
-tokenizer produced).
+tokenizer produced). :func:`text_input` reads a text from a batch: a
+:class:`~recis.features.TextFeature` (``batch.text``) or a list-of-ids sparse feature.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from recis.config import STRICT
-from recis.errors import ConfigError
+from recis.errors import ConfigError, DataError
+from recis.io.batch import Batch
+
+from .layers import padded_ids
 
 
 @dataclass(config=STRICT)
@@ -37,6 +41,25 @@ class LLMTowerConfig:
     pooling: Literal["mean", "cls", "last"] = "mean"
     freeze: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+def text_input(batch: Batch, name: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[B, T]`` int64 and mask ``[B, T]`` bool of one text, ``T <= max_len``.
+
+    From ``batch.text[name]`` (a text feature, padded to its ``max_length``: trailing
+    columns that no row uses are cut, so short texts cost short sequences) or else from
+    a list-of-ids sparse feature ``name`` (pre-tokenized ids, ``T = max_len``).
+    """
+    if name in batch.text:
+        ids = batch.text[name]
+        mask = batch.text.get(f"{name}_mask")
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        used = int(mask.sum(1).max()) if mask.numel() else 0
+        t = max(1, min(max_len, used))
+        return ids[:, :t], mask[:, :t]
+    if name not in batch.sparse.keys():
+        raise DataError(f"batch has no text or list-of-ids feature {name!r}", column=name)
+    return padded_ids(batch.sparse, name, max_len)
 
 
 class HashedBagTower(nn.Module):

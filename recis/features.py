@@ -8,9 +8,9 @@ record batches into a :class:`recis.io.Batch` by following it; see
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 _STRICT = ConfigDict(extra="forbid")
@@ -88,19 +88,99 @@ class SparseFeature:
         return self.table or self.name
 
 
+_NORMALIZE = Literal["NFKC", "NFC", "NFKD", "NFD", "none"]
+
+
+@dataclass(config=_STRICT)
+class NgramTokenizer:
+    """Built-in hashing tokenizer: word and char n-grams, no vocabulary.
+
+    Words split on Unicode word boundaries (runs of letters/digits); each CJK ideograph,
+    hiragana or katakana character is a word of its own, since those scripts write no
+    spaces. ``words: n`` emits word 1..n-grams (0: none); ``chars: [1, 2]`` emits the
+    char n-grams of those orders inside each run of word characters (so Chinese gets char
+    bigrams). A term's id is :func:`recis.ops.hashing.hash_strings` of the term salted by
+    ``salt`` (one salt for every text feature, so equal terms of query and title share an
+    id), taken mod ``buckets`` when set.
+    """
+
+    kind: Literal["ngram"] = "ngram"
+    words: int = Field(default=2, ge=0, le=4)
+    chars: list[int] = Field(default_factory=list)
+    buckets: int | None = Field(default=None, gt=0)
+    salt: str = "text"
+    normalize: _NORMALIZE = "NFKC"
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        from recis.errors import ConfigError
+
+        if any(n < 1 or n > 8 for n in self.chars):
+            raise ConfigError(f"tokenizer.chars: orders must be 1..8, got {self.chars}")
+        if not self.words and not self.chars:
+            raise ConfigError("tokenizer: words is 0 and chars is empty: no terms at all")
+
+
+@dataclass(config=_STRICT)
+class VocabTokenizer:
+    """A subword vocabulary (BPE or WordPiece) trained on the train files' text columns.
+
+    ``path`` is the ``tokenizer.json`` that ``recis vocab build CONFIG`` writes (put it in
+    the run dir); every text feature naming the same path shares one vocabulary trained on
+    all their columns. ``vocab_size`` and ``min_frequency`` are the trainer's settings.
+    """
+
+    path: str
+    kind: Literal["vocab"] = "vocab"
+    model: Literal["bpe", "wordpiece"] = "bpe"
+    vocab_size: int = Field(default=8000, ge=16)
+    min_frequency: int = Field(default=2, ge=1)
+    normalize: _NORMALIZE = "NFKC"
+    lowercase: bool = True
+
+
+@dataclass(config=_STRICT)
+class HFTokenizer:
+    """A transformers tokenizer from a local directory (``save_pretrained`` layout).
+
+    The tokenizer normalizes itself; ``normalize``/``lowercase`` run before it when set.
+    """
+
+    path: str
+    kind: Literal["hf"] = "hf"
+    normalize: _NORMALIZE = "none"
+    lowercase: bool = False
+
+
+TokenizerSpec = Annotated[
+    NgramTokenizer | VocabTokenizer | HFTokenizer, Field(discriminator="kind")
+]
+
+
 @dataclass(config=_STRICT)
 class TextFeature:
-    """A string column tokenized with a transformers tokenizer from a local directory.
+    """A raw string column tokenized into ids (see ``docs/text.md``).
 
-    Produces ``text[name]`` token ids ``[B, max_length]`` (int64, padded) and
-    ``text[name + "_mask"]`` the attention mask ``[B, max_length]``. Nulls
-    tokenize as the empty string.
+    ``tokenizer`` is an :class:`NgramTokenizer` (the default: word 1-2-grams), a
+    :class:`VocabTokenizer` or an :class:`HFTokenizer`; a plain string is a local HF
+    tokenizer directory. Produces ``text[name]`` token ids ``[B, max_length]`` (int64,
+    0-padded) and ``text[name + "_mask"]`` ``[B, max_length]`` (int64, 1 = token).
+    Texts longer than ``max_length`` tokens keep the ``first`` (or ``last``) ones
+    (``truncate``); the default 64 holds a product title's word 1-2-grams (about 30
+    words) or a 30-character Chinese title's char 1-2-grams. Nulls tokenize as "".
     """
 
     name: str
-    tokenizer: str
+    tokenizer: TokenizerSpec = Field(default_factory=NgramTokenizer)
     column: str | None = None
-    max_length: int = Field(default=32, gt=0)
+    max_length: int = Field(default=64, gt=0)
+    truncate: Literal["first", "last"] = "first"
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _directory_is_hf(cls, value: object) -> object:
+        """``tokenizer: DIR`` (the old form) means ``{kind: hf, path: DIR}``."""
+        return {"kind": "hf", "path": value} if isinstance(value, str) else value
 
     @property
     def source(self) -> str:

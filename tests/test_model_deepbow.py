@@ -114,3 +114,71 @@ def test_exported_bags_score_like_the_model(tmp_path, fmt) -> None:
         keep = qw[i] > 0
         s = score_exported(qt[i][keep].numpy(), qw[i][keep].numpy(), terms[i], weights[i])
         assert model.calibrate(torch.tensor(s)).item() == pytest.approx(online[i].item(), abs=1e-4)
+
+
+def test_deepbow_trains_from_raw_text_and_explains_with_words(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recis.features import TextFeature
+    from recis.io import Reader
+    from recis.io.tokenizers import piece_names, tokenizer_for
+
+    rng = np.random.default_rng(0)
+    pairs = [(q, p, 1.0) for q, p in zip(QUERIES, PRODUCTS)]
+    pairs += [(q, PRODUCTS[(i + 1) % 4], 0.0) for i, q in enumerate(QUERIES)]
+    pairs += [("红色跑鞋", "男款红色跑鞋 特价", 1.0), ("台灯", "男款红色跑鞋 特价", 0.0)]
+    rows = [pairs[i] for i in rng.permutation(len(pairs))]
+    pq.write_table(
+        pa.table({k: [r[j] for r in rows] for j, k in enumerate(["query", "title", "label"])}),
+        tmp_path / "train.parquet",
+    )
+    tok = {"kind": "ngram", "words": 2, "chars": [1, 2]}
+    schema = Schema(
+        text=[
+            TextFeature(name="query", tokenizer=tok, max_length=24),
+            TextFeature(name="title", tokenizer=tok, max_length=24),
+        ],
+        labels=[LabelSpec(name="relevant", column="label")],
+    )
+    torch.manual_seed(0)
+    cfg = DeepBoWConfig(
+        query_text="query", product_text="title", vocab=4096, dim=16, max_len=24, bag_size=48
+    )
+    model = DeepBoW(cfg, schema, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(20):
+        for batch in Reader(tmp_path / "train.parquet", schema, 16):
+            assert batch.text["query"].shape == (10, 24)
+            model.train()
+            loss = model.loss(model(batch), batch)["relevant"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        (batch,) = list(Reader(tmp_path / "train.parquet", schema, 16, shuffle=False))
+        p = torch.sigmoid(model(batch)["relevant"])
+    assert p[batch.labels["relevant"] > 0].min() > p[batch.labels["relevant"] == 0].max()
+    tokenizer = tokenizer_for(schema.text[0])
+    # expansion terms (in neither text) are named from the training texts' pieces
+    names = piece_names(tokenizer, [r[0] for r in rows] + [r[1] for r in rows], cfg.vocab)
+    for query, title in [("red shoe", "red running shoe sale"), ("红色跑鞋", "男款红色跑鞋 特价")]:
+        rows = model.explain(query, title, vocabulary=names)
+        grams = {g for t in (query, title) for _, g in tokenizer.pieces(t)}
+        in_text = [r for r in rows if r["in_query"] or r["in_product"]]
+        assert len(in_text) >= 2 and {r["term"] for r in in_text} <= grams
+        for r in rows:  # an expansion term (in neither text) is named when its bucket is known
+            if not (r["in_query"] or r["in_product"]):
+                assert r["term"] == names.get(r["term_id"], f"#{r['term_id']}")
+        # the contributions add up to the model's raw score for the pair
+        one = {"query": [query], "title": [title], "label": [1.0]}
+        pq.write_table(pa.table(one), tmp_path / "one.parquet")
+        (b,) = list(Reader(tmp_path / "one.parquet", schema, 1))
+        with torch.no_grad():
+            raw = (model(b)["relevant"] - model.bias) / model.scale
+        assert sum(r["contribution"] for r in rows) == pytest.approx(raw.item(), rel=1e-4)
+    assert {"红色", "跑鞋"} & {r["term"] for r in model.explain("红色跑鞋", "男款红色跑鞋 特价")}

@@ -1,0 +1,241 @@
+"""Text -> token ids for :class:`~recis.features.TextFeature`: three tokenizers, one interface.
+
+* :class:`NgramHasher` - word and char n-grams hashed to 64-bit ids, no vocabulary;
+* :class:`SubwordVocab` - a BPE / WordPiece ``tokenizer.json`` trained on the train files
+  (:func:`build_vocabularies`, ``recis vocab build``);
+* :class:`HFTextTokenizer` - a transformers tokenizer from a local directory.
+
+Each maps ``B`` texts to ids ``[B, T]`` int64 (0-padded) and a mask ``[B, T]`` int64
+(``T = max_length``), and :meth:`~TextTokenizer.pieces` gives one text's ``(id, piece)``
+pairs (the n-gram or subword string of each id) for explanations.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from recis.errors import ConfigError, DataError
+from recis.features import HFTokenizer, NgramTokenizer, TextFeature, VocabTokenizer
+from recis.ops.hashing import hash_strings
+
+# scripts written without spaces: each character is a word (CJK ideographs with extension A
+# and compatibility ideographs, hiragana, katakana, CJK ideographs beyond the BMP)
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_RUN = re.compile(r"\w+")
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+_IS_CJK = re.compile(rf"[{_CJK}]")
+
+
+class TextTokenizer(Protocol):
+    """What the reader and the models need from a tokenizer."""
+
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+        """``B`` texts -> ids ``[B, max_length]`` int64 (0-padded), mask ``[B, max_length]``."""
+        ...
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        """One text's ``(id, piece)`` pairs in order, untruncated."""
+        ...
+
+
+def normalize(text: str, form: str, lowercase: bool) -> str:
+    """Unicode normalization (``form``: NFKC/NFC/NFKD/NFD or ``none``), then lowercase."""
+    if form != "none":
+        text = unicodedata.normalize(form, text)
+    return text.lower() if lowercase else text
+
+
+def _join(a: str, b: str) -> str:
+    """Words of a space-less script join without a space, so that a CJK word bigram is the
+    same term as the char bigram."""
+    return a + b if _IS_CJK.match(a[-1]) and _IS_CJK.match(b[0]) else f"{a} {b}"
+
+
+def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
+    """The terms of one (already normalized) text, in text order.
+
+    At each word: the word (``words >= 1``), the word 2..``words``-grams ending there, then
+    the char n-grams (orders ``chars``) ending inside it; a term equal to one already
+    emitted at the same word (a CJK char that is both a word and a char 1-gram) once.
+    """
+    out: list[str] = []
+    seq: list[str] = []
+    for run in _RUN.finditer(text):
+        s = run.group()
+        end = 0
+        for word in _WORD.findall(s):
+            start, end = end, end + len(word)
+            seq.append(word)
+            here: list[str] = []
+            if words >= 1:
+                here.append(word)
+            for n in range(2, words + 1):
+                if len(seq) >= n:
+                    gram = seq[-n]
+                    for w in seq[-n + 1 :]:
+                        gram = _join(gram, w)
+                    here.append(gram)
+            for n in chars:
+                for e in range(max(start, n - 1) + 1, end + 1):
+                    here.append(s[e - n : e])
+            out.extend(dict.fromkeys(here))  # drop repeats at this word, keep order
+    return out
+
+
+def _pad(rows: list[np.ndarray], max_length: int, keep_last: bool) -> tuple:
+    """Per-row id arrays -> ids ``[B, max_length]`` int64 and mask ``[B, max_length]`` int64."""
+    ids = np.zeros((len(rows), max_length), np.int64)
+    mask = np.zeros((len(rows), max_length), np.int64)
+    for i, row in enumerate(rows):
+        row = row[-max_length:] if keep_last else row[:max_length]
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class NgramHasher:
+    """Word/char n-gram hashing (see :class:`~recis.features.NgramTokenizer`).
+
+    Ids are FNV-1a/splitmix64 hashes of the UTF-8 terms (``recis.ops.hashing``): the same
+    on every machine, process and run; non-negative ``id mod buckets`` when ``buckets`` is set.
+    """
+
+    def __init__(self, spec: NgramTokenizer) -> None:
+        self.spec = spec
+
+    def terms(self, text: str) -> list[str]:
+        s = self.spec
+        return ngram_terms(normalize(text, s.normalize, s.lowercase), s.words, s.chars)
+
+    def ids(self, terms: Sequence[str]) -> np.ndarray:
+        """int64 ids of terms ``[N]``."""
+        if not terms:
+            return np.zeros(0, np.int64)
+        h = hash_strings(list(terms), salt=self.spec.salt)
+        return h % self.spec.buckets if self.spec.buckets else h
+
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+        per_text = []
+        for t in texts:
+            terms = self.terms(t)
+            per_text.append(terms[-max_length:] if keep_last else terms[:max_length])
+        flat = self.ids([t for terms in per_text for t in terms])  # one hash call per batch
+        bounds = np.cumsum([0] + [len(t) for t in per_text])
+        rows = [flat[bounds[i] : bounds[i + 1]] for i in range(len(per_text))]
+        return _pad(rows, max_length, keep_last)
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        terms = self.terms(text)
+        return list(zip(self.ids(terms).tolist(), terms))
+
+
+class SubwordVocab:
+    """A trained HF ``tokenizers`` vocabulary (``tokenizer.json``); ``[PAD]`` is id 0."""
+
+    def __init__(self, spec: VocabTokenizer) -> None:
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        if not Path(spec.path).is_file():
+            raise ConfigError(
+                f"tokenizer.path: {spec.path!r} does not exist; build it with "
+                "`recis vocab build CONFIG`"
+            )
+        try:
+            self.tokenizer = Tokenizer.from_file(spec.path)
+        except Exception as err:  # tokenizers raises a bare Exception on a bad file
+            raise DataError(f"cannot load tokenizer: {err}", path=spec.path) from None
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        # normalization and lowercasing are also inside tokenizer.json (see build_vocabulary);
+        # doing them here too keeps the spec's options meaningful for a file built elsewhere
+        return [normalize(t, self.spec.normalize, self.spec.lowercase) for t in texts]
+
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+        encs = self.tokenizer.encode_batch(self._prepare(texts), add_special_tokens=False)
+        return _pad([np.asarray(e.ids, np.int64) for e in encs], max_length, keep_last)
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        enc = self.tokenizer.encode(self._prepare([text])[0], add_special_tokens=False)
+        return list(zip(enc.ids, enc.tokens))
+
+
+class HFTextTokenizer:
+    """A transformers tokenizer from a local directory (special tokens added as it does)."""
+
+    def __init__(self, spec: HFTokenizer) -> None:
+        self.spec = spec
+        self.tokenizer = load_tokenizer(spec.path)
+
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+        tok = self.tokenizer
+        tok.truncation_side = "left" if keep_last else "right"
+        enc = tok(
+            [normalize(t, self.spec.normalize, self.spec.lowercase) for t in texts],
+            max_length=max_length,
+            truncation=True,
+            padding="max_length",
+            return_tensors="np",
+        )
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        text = normalize(text, self.spec.normalize, self.spec.lowercase)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(zip(ids, self.tokenizer.convert_ids_to_tokens(ids)))
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(path: str):  # noqa: ANN201 - a transformers tokenizer
+    """A transformers tokenizer from a local directory (cached: one load per process and path)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load tokenizer: {str(err).splitlines()[0]}", path=path) from None
+
+
+_TOKENIZERS: dict[str, TextTokenizer] = {}
+
+
+def _build(spec: NgramTokenizer | VocabTokenizer | HFTokenizer) -> TextTokenizer:
+    if isinstance(spec, NgramTokenizer):
+        return NgramHasher(spec)
+    if isinstance(spec, VocabTokenizer):
+        return SubwordVocab(spec)
+    return HFTextTokenizer(spec)
+
+
+def tokenizer_for(feature: TextFeature) -> TextTokenizer:
+    """The tokenizer of a text feature (one per process and distinct spec)."""
+    spec = feature.tokenizer
+    # pydantic dataclasses are not hashable: the spec's repr is its cache key; a vocabulary
+    # file rebuilt in place is picked up through its modification time
+    key = repr(spec)
+    if isinstance(spec, VocabTokenizer) and Path(spec.path).is_file():
+        key += f"@{Path(spec.path).stat().st_mtime_ns}"
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _build(spec)
+    return _TOKENIZERS[key]
+
+
+def piece_names(tokenizer: TextTokenizer, texts: Sequence[str], modulo: int) -> dict[int, str]:
+    """``{id mod modulo: piece}`` over a sample of texts, the most frequent piece per id.
+
+    Names the terms a model reaches without the text containing them (DeepBoW's expansion
+    terms, hashed n-grams sharing a bucket): pass it to ``DeepBoW.explain(vocabulary=...)``.
+    """
+    counts: dict[int, dict[str, int]] = {}
+    for text in texts:
+        for i, piece in tokenizer.pieces(text):
+            by_piece = counts.setdefault(int(i) % modulo, {})
+            by_piece[piece] = by_piece.get(piece, 0) + 1
+    return {i: max(c, key=lambda p: (c[p], p)) for i, c in counts.items()}
