@@ -16,12 +16,19 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.errors import DataError
-from recis.features import DenseFeature, Schema, SparseFeature, TextFeature
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature, TextFeature
 from recis.ops.hashing import hash_strings
 
 from .batch import Batch
 from .tokenizers import load_tokenizer, tokenizer_for  # noqa: F401 - load_tokenizer re-exported
-from .validate import bad_rows, check_columns, is_list, list_lengths
+from .validate import (
+    bad_rows,
+    check_columns,
+    is_list,
+    list_lengths,
+    parse_int_strings,
+    scalar_values,
+)
 
 
 def _array(table: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
@@ -37,7 +44,7 @@ def _writable(x: np.ndarray) -> np.ndarray:
 def _floats(
     arr: pa.Array | pa.ChunkedArray, fill: float, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """float32 values with nulls and NaNs replaced by ``fill`` (written into ``out`` if given)."""
+    """float32 values with nulls, NaNs and infs replaced by ``fill`` (into ``out`` if given)."""
     if out is None:
         out = np.empty(len(arr), dtype=np.float32)
     if pa.types.is_null(arr.type):
@@ -45,7 +52,8 @@ def _floats(
         return out
     np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
     if arr.null_count or pa.types.is_floating(arr.type):
-        np.copyto(out, np.float32(fill), where=np.isnan(out))  # nulls come out as NaN
+        # nulls come out as NaN; inf follows the NaN policy (validation raised on it if asked)
+        np.copyto(out, np.float32(fill), where=~np.isfinite(out))
     return out
 
 
@@ -129,9 +137,13 @@ def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.
         lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
         values = col.filter(valid)
         w = weights.filter(valid) if weights is not None else None
-    if f.dtype == "string":
+    if f.dtype == "string" or (f.dtype == "auto" and _is_text(values.type)):
         ids = hash_strings(values, salt=f.table_name)
+    elif _is_text(values.type):  # dtype int: decimal strings, checked by validate.bad_rows
+        ids = parse_int_strings(values)
     else:
+        # uint64 keeps its 64 bits (>= 2**63 become negative int64; validate.check_files
+        # refuses a table whose ids are uint64 in one place and signed in another)
         # may be a read-only view of Arrow memory: batches concatenate it into new arrays
         ids = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     wv = None if w is None else _floats(w, 1.0)
@@ -305,11 +317,9 @@ def convert_columns(table: pa.Table | pa.RecordBatch, schema: Schema) -> Columns
         ids=ids,
         weighted=weighted,
         dense=_dense(table, schema.dense),
-        labels={s.name: _floats(table.column(s.source), np.nan) for s in schema.labels},
+        labels={s.name: _label(table, s) for s in schema.labels},
         text=_text(table, schema.text),
-        extras={
-            c: _writable(_array(table, c).to_numpy(zero_copy_only=False)) for c in schema.extras
-        },
+        extras={c: _extra(_array(table, c)) for c in schema.extras},
     )
 
 

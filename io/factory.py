@@ -60,6 +60,7 @@ def reader_from_config(
         nan_policy=data.nan_policy,
         on_bad_row=data.on_bad_row,
         quarantine=data.quarantine,
+        max_bad_fraction=data.max_bad_fraction,
         csv=csv,
         drop_last=data.drop_last and train,
         pin_memory=data.pin_memory,

@@ -12,6 +12,7 @@ rotates workers so the next batch comes from the worker that was next).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,7 @@ class Loader:
         self._next = 0
         self._epoch = 0
         self._skipped = 0
+        self._bad: Counter = Counter()
 
     def __iter__(self) -> Iterator[Batch]:
         dataset = ShardDataset(
@@ -114,6 +116,8 @@ class Loader:
         # every worker finished its shard: all of them start the next epoch
         self._epoch += 1
         self._skipped += sum(s["skipped"] for s in self._states if s)
+        for s in self._states:
+            self._bad.update(s.get("bad", {}) if s else {})
         self._states = [None] * self.num_workers
         self._next = 0
 
@@ -134,6 +138,13 @@ class Loader:
         """Rows dropped by ``on_bad_row="skip"`` (finished epochs and the current one)."""
         return self._skipped + sum(s["skipped"] for s in self._states if s)
 
+    def bad_rows_report(self) -> dict[str, int]:
+        """Rows skipped so far per reason, over all workers (see :meth:`Reader.bad_rows_report`)."""
+        total = Counter(self._bad)
+        for s in self._states:
+            total.update(s.get("bad", {}) if s else {})
+        return dict(total)
+
     def state_dict(self) -> dict[str, Any]:
         """Per-worker reader positions and which worker delivers next (small, picklable)."""
         return {
@@ -141,6 +152,7 @@ class Loader:
             "next": self._next,
             "epoch": self._epoch,
             "skipped": self._skipped,
+            "bad": dict(self._bad),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -154,3 +166,4 @@ class Loader:
         self._next = int(state["next"])
         self._epoch = int(state["epoch"])
         self._skipped = int(state["skipped"])
+        self._bad = Counter({str(k): int(v) for k, v in state.get("bad", {}).items()})

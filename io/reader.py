@@ -13,8 +13,14 @@ How rows flow (see ``docs/data.md``):
    ``shuffle`` each chunk is permuted by an RNG seeded ``[seed, epoch, shard,
    chunk]``, so the RNG state is a function of the position, never data.
 4. Batches of ``batch_size`` valid rows are cut from the permuted chunks, bad
-   rows raised on or skipped (``on_bad_row``), and converted in a background
-   thread ``prefetch`` batches ahead of the consumer.
+   rows raised on or skipped (``on_bad_row``; skipped rows are counted per
+   reason, quarantined, and limited by ``max_bad_fraction``), and converted in a
+   background thread ``prefetch`` batches ahead of the consumer.
+
+Every file's schema is checked from its metadata when the reader is built
+(:func:`~recis.io.validate.check_files`), so drift in the last file stops the
+run before its first step. Row numbers are 0-based data rows within a file
+(a CSV header is not a row); CSV messages also give the physical line.
 
 The position after each delivered batch is ``(epoch, chunk, pos)``: resuming
 re-reads that chunk, re-permutes it identically and continues at ``pos``.
@@ -22,9 +28,11 @@ re-reads that chunk, re-permutes it identically and continues at ``pos``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.errors import ConfigError, DataError
+from recis.errors import ConfigError, DataError, OutputError
 from recis.features import Schema
 
 from .batch import Batch
@@ -40,9 +48,11 @@ from .convert import Columns, convert_columns
 from .prefetch import background
 from .sources import SUFFIXES as _SUFFIXES
 from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
-from .validate import bad_rows, check_columns
+from .validate import bad_rows, check_files
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_STATE_KEYS = ("epoch", "chunk", "pos", "skipped", "epoch_skipped")
+BAD_LINE = "bad line"  # the skip reason of a CSV line with the wrong number of fields
 
 
 class Reader:
@@ -62,8 +72,12 @@ class Reader:
         prefetch: batches converted ahead in a background thread (0: synchronous).
         nan_policy: ``fill`` or ``raise`` on null/NaN dense values.
         on_bad_row: ``raise`` (DataError naming file, column, row) or ``skip``
-            (count in ``skipped`` and append the row as JSON to ``quarantine``).
+            (count per reason in :meth:`bad_rows_report` and append the row as JSON
+            to ``quarantine``).
         quarantine: JSON-lines file for skipped rows (None: only counted).
+        max_bad_fraction: with ``skip``, a DataError once the rows skipped in an epoch
+            pass this fraction of the shard's rows (default 0.01); an epoch whose rows
+            are all bad is an error whatever the fraction.
         csv: CSV/TSV parsing options (delimiter, header, column names, ``layout="criteo"``).
         filesystem: a pyarrow or fsspec filesystem for the paths.
         drop_last: drop the short last batch of each epoch.
@@ -92,6 +106,7 @@ class Reader:
         filesystem: object | None = None,
         drop_last: bool = False,
         pin_memory: bool = False,
+        max_bad_fraction: float = 0.01,
     ) -> None:
         given = dict(locals())
         checks = {
@@ -102,6 +117,7 @@ class Reader:
             "worker": 0 <= worker < num_workers,
             "nan_policy": nan_policy in ("fill", "raise"),
             "on_bad_row": on_bad_row in ("raise", "skip"),
+            "max_bad_fraction": 0.0 <= max_bad_fraction <= 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -123,6 +139,7 @@ class Reader:
         self.nan_policy = nan_policy
         self.on_bad_row = on_bad_row
         self.quarantine = str(quarantine) if quarantine is not None else None
+        self.max_bad_fraction = float(max_bad_fraction)
         self.drop_last = drop_last
         # pinning needs an accelerator runtime; without one it is a no-op rather than an error
         self.pin = pin_memory and torch.accelerator.is_available()
@@ -132,21 +149,33 @@ class Reader:
             format,
             fs,
             csv,
-            on_invalid_line=self._invalid_line if on_bad_row == "skip" else None,
+            skip_bad_lines=on_bad_row == "skip",
+            # CSV ids under dtype int are read as text and parsed (checked per row) by recis
+            text_columns=[f.source for f in schema.sparse if f.dtype == "int"],
         )
         self.num_rows = sum(u.num_rows for u in self.source.units)
-        self._checked: set[int] = set()
+        # every file's columns and types, from metadata, before the first step
+        check_files(schema, self.files, [self.source.schema(i) for i in range(len(self.files))])
         self._lock = threading.Lock()
         self._state = self._start_state(0)
 
     # -- position --------------------------------------------------------------------------
-    def _start_state(self, epoch: int, skipped: int = 0) -> dict[str, Any]:
-        return {"epoch": epoch, "chunk": 0, "pos": 0, "skipped": skipped}
+    def _start_state(
+        self, epoch: int, skipped: int = 0, bad: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "chunk": 0,
+            "pos": 0,
+            "skipped": skipped,
+            "epoch_skipped": 0,
+            "bad": dict(bad or {}),
+        }
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration."""
         with self._lock:
-            self._state = self._start_state(epoch, self._state["skipped"])
+            self._state = self._start_state(epoch, self._state["skipped"], self._state["bad"])
 
     @property
     def epoch(self) -> int:
@@ -154,8 +183,17 @@ class Reader:
 
     @property
     def skipped(self) -> int:
-        """Rows dropped by ``on_bad_row="skip"`` so far (all epochs)."""
+        """Rows dropped by ``on_bad_row="skip"`` so far (all epochs; CSV bad lines included)."""
         return int(self._state["skipped"])
+
+    def bad_rows_report(self) -> dict[str, int]:
+        """Rows skipped so far (all epochs) per reason: ``{"column: what": count}``.
+
+        CSV lines with the wrong number of fields count under ``"bad line"``. The
+        counts are part of :meth:`state_dict`, so they survive a resume.
+        """
+        with self._lock:
+            return dict(self._state["bad"])
 
     def _plan(self, epoch: int) -> tuple[list[Unit], np.ndarray, int, int]:
         """Units in this epoch's order, their start offsets, and this shard's row range."""
@@ -183,6 +221,7 @@ class Reader:
         """
         with self._lock:
             s = dict(self._state)
+            s["bad"] = dict(s["bad"])
         units, starts, lo, hi = self._plan(s["epoch"])
         g = min(lo + s["chunk"] * self.buffer, max(hi - 1, lo))
         k = max(0, int(np.searchsorted(starts, g, side="right")) - 1)
@@ -212,7 +251,7 @@ class Reader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the last batch delivered by the reader that saved ``state``."""
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (1, _STATE_VERSION):  # 1: before per-reason counts
             raise DataError(f"reader state version {state.get('version')} is not supported")
         if state["layout"] != self._layout():
             diff = {
@@ -222,58 +261,82 @@ class Reader:
             }
             raise DataError(f"reader state does not match this reader (saved, now): {diff}")
         with self._lock:
-            self._state = {k: int(state[k]) for k in ("epoch", "chunk", "pos", "skipped")}
+            self._state = {k: int(state.get(k, 0)) for k in _STATE_KEYS}
+            self._state["bad"] = {str(k): int(v) for k, v in state.get("bad", {}).items()}
 
     # -- reading ---------------------------------------------------------------------------
-    def _invalid_line(self, path: str, line: int | None, text: str) -> None:
-        self._quarantine_write([{"file": path, "row": line, "reason": "bad line", "text": text}])
-
     def _quarantine_write(self, records: list[dict[str, Any]]) -> None:
         if self.quarantine is None or not records:
             return
-        with open(self.quarantine, "a") as f:
-            for r in records:
-                f.write(json.dumps(r, default=str) + "\n")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.quarantine)), exist_ok=True)
+            with open(self.quarantine, "a") as f:
+                for r in records:
+                    f.write(json.dumps(r, default=str) + "\n")
+        except OSError as err:
+            why = os.strerror(err.errno) if err.errno else str(err)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                why += " (disk full)"
+            raise OutputError(f"cannot write quarantine file {self.quarantine}: {why}") from None
 
-    def _pieces(self, epoch: int, pos: int) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray]]:
-        """This shard's rows from position ``pos``: (table, file index [n], file row [n])."""
+    def _pieces(
+        self, epoch: int, pos: int
+    ) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+        """This shard's rows from position ``pos``.
+
+        Yields (table, file index [n], file row [n], bad lines): the CSV lines of a file
+        that were left out of its rows come with the piece that starts the file, so the
+        one shard that reads a file's first row reports them.
+        """
         units, starts, lo, hi = self._plan(epoch)
         g = lo + pos
         k = int(np.searchsorted(starts, g, side="right")) - 1
         while g < hi and k < len(units):
             u = units[k]
-            if u.file not in self._checked:
-                check_columns(self.schema, self.source.schema(u.file), self.files[u.file])
-                self._checked.add(u.file)
             offset = g - int(starts[k])
+            lines = self._bad_lines(u.file) if offset == 0 and u.row0 == 0 else []
             for t in self.source.read(u, offset):
                 t = t.slice(0, hi - g)
                 if t.num_rows:
                     r0 = u.row0 + offset
-                    yield t, np.full(t.num_rows, u.file, np.int32), np.arange(r0, r0 + t.num_rows)
+                    rows = self.source.file_rows(u.file, np.arange(r0, r0 + t.num_rows))
+                    yield t, np.full(t.num_rows, u.file, np.int32), rows, lines
+                    lines = []
                     g += t.num_rows
                     offset += t.num_rows
                 if g >= hi:
                     return
             k += 1
 
+    def _bad_lines(self, fidx: int) -> list[dict[str, Any]]:
+        path = self.files[fidx]
+        return [
+            {"file": path, "row": row, "line": line, "reason": BAD_LINE, "text": text}
+            for row, line, text in self.source.bad_lines.get(fidx, [])
+        ]
+
     def _chunks(
         self, epoch: int, chunk: int
-    ) -> Iterator[tuple[int, pa.Table, np.ndarray, np.ndarray]]:
-        """Chunks of ``shuffle_buffer`` rows from chunk ``chunk`` on: (index, table, files, rows)."""
+    ) -> Iterator[tuple[int, pa.Table, np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+        """Chunks of ``shuffle_buffer`` rows from chunk ``chunk`` on.
+
+        Yields (index, table, files, rows, bad lines met in the chunk).
+        """
         parts: list[tuple[pa.Table, np.ndarray, np.ndarray]] = []
+        lines: list[dict[str, Any]] = []
         have = 0
-        for t, f, r in self._pieces(epoch, chunk * self.buffer):
+        for t, f, r, bad in self._pieces(epoch, chunk * self.buffer):
+            lines += bad
             while t.num_rows:
                 take = min(t.num_rows, self.buffer - have)
                 parts.append((t.slice(0, take), f[:take], r[:take]))
                 have += take
                 t, f, r = t.slice(take), f[take:], r[take:]
                 if have == self.buffer:
-                    yield chunk, *self._join(parts)
-                    chunk, parts, have = chunk + 1, [], 0
+                    yield chunk, *self._join(parts), lines
+                    chunk, parts, have, lines = chunk + 1, [], 0, []
         if parts:
-            yield chunk, *self._join(parts)
+            yield chunk, *self._join(parts), lines
 
     def _join(self, parts: list) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         try:
@@ -302,9 +365,40 @@ class Reader:
                         ) from None
         raise DataError("files have incompatible schemas", path=first_file)
 
-    def _raise_bad(self, reason: str, fidx: int, row: int) -> None:
+    def _raise_bad(self, reason: str, table: pa.Table, i: int, fidx: int, row: int) -> None:
+        """DataError for the bad row ``i`` of ``table`` (row ``row`` of file ``fidx``)."""
         column, what = reason.split(": ", 1)
-        raise DataError(what, path=self.files[fidx], column=column, row=int(row))
+        if column in table.column_names:
+            value = table.column(column)[i].as_py()
+            text = repr(value)
+            what += f" (value {text if len(text) <= 80 else text[:77] + '...'})"
+        raise DataError(
+            what,
+            path=self.files[fidx],
+            column=column,
+            row=int(row),
+            line=self.source.line_of(row),
+        )
+
+    def _check_bad_fraction(self, epoch: int, skipped: int, lines: int, bad: Counter) -> None:
+        """Raise once this epoch's skipped rows pass ``max_bad_fraction`` of the shard.
+
+        ``lines`` (CSV bad lines met this epoch) are rows too. Checked as chunks end: the
+        skipped count only grows, so passing the bound early is final.
+        """
+        _, _, lo, hi = self._plan(epoch)
+        total = hi - lo + lines
+        if not total or not (skipped > self.max_bad_fraction * total or skipped >= total):
+            return
+        top = ", ".join(f"{k!r}: {v}" for k, v in bad.most_common(3))
+        what = (
+            f"all {total} rows" if skipped >= total else f"{skipped} (or more) of {total} rows"
+        ) + f" of epoch {epoch} are bad"
+        raise DataError(
+            f"{what} (max_bad_fraction {self.max_bad_fraction:g}; most common: {top})"
+            + (f"; see {self.quarantine}" if self.quarantine else ""),
+            path=self.files[0] if len(self.files) == 1 else None,
+        )
 
     def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """(batch, state after it) for the rest of the current epoch, then (None, next epoch).
@@ -315,13 +409,40 @@ class Reader:
         over the reader completes stays in step with the reader.
         """
         s = dict(self._state)
-        epoch, skipped = s["epoch"], s["skipped"]
+        epoch = s["epoch"]
+        acc = {"skipped": s["skipped"], "epoch_skipped": s["epoch_skipped"], "lines": 0}
+        bad: Counter = Counter(s["bad"])
+        epoch_bad: Counter = Counter()
+
+        def state(chunk: int, pos: int) -> dict[str, Any]:
+            return {
+                "epoch": epoch,
+                "chunk": chunk,
+                "pos": pos,
+                "skipped": acc["skipped"],
+                "epoch_skipped": acc["epoch_skipped"],
+                "bad": dict(bad),
+            }
+
+        def count(reasons: Counter) -> None:
+            n = sum(reasons.values())
+            acc["skipped"] += n
+            acc["epoch_skipped"] += n
+            bad.update(reasons)
+            epoch_bad.update(reasons)
+
         carry: Columns | None = None
         chunks = self._chunks(epoch, s["chunk"])
         if self.prefetch > 0:  # decode the next chunk (Arrow, GIL released) while converting
             chunks = background(chunks, 1, "recis-io-read")
-        for c, table, files, rows in chunks:
+        last = (s["chunk"], s["pos"])
+        for c, table, files, rows, lines in chunks:
             n = table.num_rows
+            pos = s["pos"] if c == s["chunk"] else 0
+            if lines and pos == 0:  # a resumed chunk (pos > 0) counted its lines already
+                self._quarantine_write(lines)
+                acc["lines"] += len(lines)
+                count(Counter({BAD_LINE: len(lines)}))
             perm = (
                 np.random.default_rng([self.seed, epoch, self.shard, c]).permutation(n)
                 if self.shuffle
@@ -329,10 +450,10 @@ class Reader:
             )
             code, reasons = bad_rows(table, self.schema, self.nan_policy)
             code = code[perm]
-            pos = s["pos"] if c == s["chunk"] else 0
             if self.on_bad_row == "raise" and code[pos:].any():
                 p = pos + int(np.flatnonzero(code[pos:])[0])
-                self._raise_bad(reasons[code[p] - 1], files[perm[p]], rows[perm[p]])
+                i = int(perm[p])
+                self._raise_bad(reasons[code[p] - 1], table, i, files[i], rows[i])
             good = pos + np.flatnonzero(code[pos:] == 0)
             # convert the chunk's remaining good rows once, in emission order; batches are slices
             idx = perm[good]
@@ -345,39 +466,39 @@ class Reader:
                 need = self.batch_size - (carry.num_rows if carry is not None else 0)
                 sel = good[k : k + need]
                 end = int(sel[-1]) + 1 if len(sel) == need else n
-                skipped += self._skip(table, code, perm, reasons, files, rows, pos, end)
+                count(self._skip(table, code, perm, reasons, files, rows, pos, end))
                 part = cols.slice(k, k + len(sel))
                 carry = part if carry is None else Columns.concat([carry, part])
                 pos, k = end, k + need
                 if carry.num_rows == self.batch_size:
-                    state = {"epoch": epoch, "chunk": c, "pos": pos, "skipped": skipped}
-                    yield self._finish(carry), state
+                    yield self._finish(carry), state(c, pos)
                     carry = None
-            skipped += self._skip(table, code, perm, reasons, files, rows, pos, n)
+            count(self._skip(table, code, perm, reasons, files, rows, pos, n))
             last = (c, n)
+            self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
         if carry is not None and carry.num_rows and not self.drop_last:
-            end = {"epoch": epoch, "chunk": last[0], "pos": last[1], "skipped": skipped}
-            yield self._finish(carry), end
-        yield None, self._start_state(epoch + 1, skipped)
+            yield self._finish(carry), state(*last)
+        self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
+        yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad))
 
-    def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> int:  # noqa: ANN001
-        """Quarantine the bad rows among permuted positions ``[lo, hi)``; returns how many."""
+    def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> Counter:  # noqa: ANN001
+        """Quarantine the bad rows among permuted positions ``[lo, hi)``; their count per reason."""
         bad = lo + np.flatnonzero(code[lo:hi])
-        if len(bad) and self.quarantine is not None:
+        if not len(bad):
+            return Counter()
+        if self.quarantine is not None:
             idx = perm[bad]
             values = table.take(pa.array(idx)).to_pylist()
-            self._quarantine_write(
-                [
-                    {
-                        "file": self.files[files[i]],
-                        "row": int(rows[i]),
-                        "reason": reasons[code[b] - 1],
-                        "values": v,
-                    }
-                    for b, i, v in zip(bad, idx, values)
-                ]
-            )
-        return len(bad)
+            records = []
+            for b, i, v in zip(bad, idx, values):
+                r = {"file": self.files[files[i]], "row": int(rows[i])}
+                line = self.source.line_of(rows[i])
+                if line is not None:
+                    r["line"] = line
+                records.append({**r, "reason": reasons[code[b] - 1], "values": v})
+            self._quarantine_write(records)
+        per = np.bincount(code[bad], minlength=len(reasons) + 1)
+        return Counter({reasons[j - 1]: int(per[j]) for j in np.flatnonzero(per)})
 
     def _finish(self, cols: Columns) -> Batch:
         batch = cols.to_batch()

@@ -13,10 +13,13 @@ from __future__ import annotations
 import glob as globlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -41,7 +44,8 @@ CRITEO_TYPES = {
 }
 
 
-_CSV_ROWS: dict[tuple, int] = {}
+# (rows, bad lines) per CSV file identity
+_CSV_ROWS: dict[tuple, tuple[int, list[tuple[int, int, str]]]] = {}
 
 
 @dataclass
@@ -143,11 +147,43 @@ class Unit:
     file: int
     part: int
     num_rows: int
-    row0: int = 0  # row of the unit's first row within its file
+    row0: int = 0  # row of the unit's first row within its file (CSV: among readable lines)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first line of an error text, unprintable characters escaped (e.g. non-UTF-8)."""
+    first = text.splitlines()[0] if text else ""
+    out = "".join(c if c.isprintable() and c != "\ufffd" else ascii(c)[1:-1] for c in first)
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
+def _casts(arr: pa.Array, target: pa.DataType) -> bool:
+    try:
+        pc.cast(pc.cast(arr, pa.string()), target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def _first_failing(arr: pa.Array, target: pa.DataType) -> int | None:
+    """Index of the first value of ``arr`` (binary) that does not convert to ``target``."""
+    if _casts(arr, target):
+        return None
+    lo, hi = 0, len(arr)  # the first failure is in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _casts(arr.slice(lo, mid - lo), target):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class Source:
     """One format over a list of files: units, per-file schemas and streamed reads.
+
+    Row numbers (``file_rows``, every error) are 0-based data rows within the file;
+    a CSV header is not a row, a CSV line with the wrong number of fields is one.
 
     Args:
         files: resolved paths (see :func:`resolve_paths`).
@@ -155,8 +191,11 @@ class Source:
         fmt: ``parquet``, ``orc``, ``csv`` or ``tsv``.
         filesystem: pyarrow filesystem (None: local).
         csv: parsing options for CSV/TSV.
-        on_invalid_line: CSV lines with the wrong field count go here
-            (file, line number, text) when given; otherwise they are a DataError.
+        skip_bad_lines: CSV lines with the wrong field count are recorded in
+            ``bad_lines`` (file -> [(row, line, text)]) and left out of the rows;
+            otherwise they are a DataError naming the file, row and line.
+        text_columns: CSV columns read as strings whatever their content (integer ids
+            under ``dtype: int``, parsed and checked per row by recis).
     """
 
     def __init__(
@@ -166,7 +205,8 @@ class Source:
         fmt: str,
         filesystem: pafs.FileSystem | None = None,
         csv: CsvOptions | None = None,
-        on_invalid_line: Callable[[str, int | None, str], None] | None = None,
+        skip_bad_lines: bool = False,
+        text_columns: list[str] | tuple[str, ...] = (),
     ) -> None:
         if fmt not in SUFFIXES:
             raise DataError(f"unknown format {fmt!r}; expected one of {sorted(SUFFIXES)}")
@@ -175,22 +215,77 @@ class Source:
         self.fmt = fmt
         self.fs = filesystem or pafs.LocalFileSystem()
         self.csv = (csv or CsvOptions()).resolved(fmt)
-        self.on_invalid_line = on_invalid_line
+        self.skip_bad_lines = skip_bad_lines
+        self.text_columns = list(text_columns)
+        self.bad_lines: dict[int, list[tuple[int, int, str]]] = {}
+        self._bad_sorted: dict[int, np.ndarray] = {}
         self._fragments: dict[int, list[ds.Fragment]] = {}
         self.schemas: dict[int, pa.Schema] = {}
         self.units = self._list_units()
 
+    # -- row numbers -----------------------------------------------------------------------
+    @property
+    def _header_lines(self) -> int:
+        return 1 if self.fmt in ("csv", "tsv") and self.csv.header else 0
+
+    def row_of_line(self, line: int) -> int:
+        """CSV: the 0-based data row of physical line ``line`` (1-based, header counted)."""
+        return line - 1 - self._header_lines
+
+    def line_of(self, row: int) -> int | None:
+        """CSV: the physical line (1-based, header counted) of data row ``row``; else None."""
+        if self.fmt not in ("csv", "tsv"):
+            return None
+        return int(row) + 1 + self._header_lines
+
+    def file_rows(self, i: int, k: np.ndarray) -> np.ndarray:
+        """Data rows of the ``k``-th readable rows of file ``i`` (CSV bad lines skipped)."""
+        s = self._bad_sorted.get(i)
+        if s is None or not len(s):
+            return k
+        # the k-th row not in s: k plus the number of bad rows at or before it
+        return k + np.searchsorted(s - np.arange(len(s)), k, side="right")
+
     # -- discovery -------------------------------------------------------------------------
-    def _fail(self, path: str, err: Exception, what: str = "corrupt or truncated file") -> None:
+    def _fail(
+        self, path: str, err: Exception, what: str = "corrupt or truncated file", i: int = -1
+    ) -> NoReturn:
         if isinstance(err, DataError):
             raise err
         if isinstance(err, FileNotFoundError | PermissionError):
             what = "unreadable path"
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = one_line(str(err)) or type(err).__name__
         line = re.search(r"CSV parse error: Row #(\d+): (.*)", msg)
         if line:  # a CSV line with the wrong number of fields
-            raise DataError(f"bad line: {line.group(2)}", path=path, row=int(line.group(1)))
+            n = int(line.group(1))
+            raise DataError(
+                f"bad line: {line.group(2)}", path=path, row=self.row_of_line(n), line=n
+            ) from None
+        conv = re.search(r"In CSV column #(\d+): (CSV conversion error.*)", msg)
+        if conv and i >= 0:  # a value that does not parse as the column's type
+            column, row = self._locate_bad_value(i, int(conv.group(1)))
+            line_no = self.line_of(row) if row is not None else None
+            raise DataError(conv.group(2), path=path, column=column, row=row, line=line_no)
         raise DataError(f"{what}: {msg}", path=path) from None
+
+    def _locate_bad_value(self, i: int, k: int) -> tuple[str | None, int | None]:
+        """Name and first bad data row of column #``k`` of CSV file ``i`` (None if not found)."""
+        names = self.csv.column_names or (self.schemas[i].names if i in self.schemas else None)
+        if names is None or k >= len(names):
+            return None, None
+        name = names[k]
+        target = self.schemas[i].field(name).type if i in self.schemas else None
+        target = target or self.csv.column_types.get(name) or pa.int64()
+        seen = 0
+        try:
+            for rb in self._open_csv(i, binary=name):
+                bad = _first_failing(rb.column(name), target)
+                if bad is not None:
+                    return name, int(self.file_rows(i, np.array([seen + bad]))[0])
+                seen += rb.num_rows
+        except (pa.ArrowException, OSError):
+            pass
+        return name, None
 
     def _check_nonempty(self, i: int) -> None:
         path = self.files[i]
@@ -208,7 +303,7 @@ class Source:
             try:
                 units.extend(getattr(self, f"_units_{self.fmt.replace('tsv', 'csv')}")(i))
             except (pa.ArrowException, OSError, DataError) as err:
-                self._fail(path, err)
+                self._fail(path, err, i=i)
         if not any(u.num_rows for u in units):
             raise DataError("no rows in any file", path=self.files[0] if self.files else None)
         return units
@@ -233,9 +328,9 @@ class Source:
         return [Unit(i, 0, int(f.nrows))]
 
     def _units_csv(self, i: int) -> list[Unit]:
-        # one streaming parse of the first column counts the rows (CSV has no footer); the
-        # count is cached by file identity, so forked DataLoader workers and later epochs
-        # of readers in this process do not parse the file again
+        # one streaming parse of the first column counts the rows (CSV has no footer) and
+        # records the bad lines; the result is cached by file identity, so forked DataLoader
+        # workers and later epochs of readers in this process do not parse the file again
         info = self.fs.get_file_info(self.files[i])
         key = (
             type(self.fs).__name__,
@@ -243,30 +338,33 @@ class Source:
             info.size,
             info.mtime_ns,
             repr(self.csv),
-            self.on_invalid_line is None,
+            self.skip_bad_lines,
         )
-        n = _CSV_ROWS.get(key)
-        if n is None:
+        cached = _CSV_ROWS.get(key)
+        if cached is None:
+            self.bad_lines[i] = []
             n = sum(b.num_rows for b in self._open_csv(i, count_only=True))
-            _CSV_ROWS[key] = n
+            cached = (n, list(self.bad_lines[i]))
+            _CSV_ROWS[key] = cached
+        n, self.bad_lines[i] = cached[0], list(cached[1])
+        self._bad_sorted[i] = np.array(sorted(r for r, _, _ in self.bad_lines[i]), np.int64)
         if n == 0:
             raise DataError("empty file (no rows)", path=self.files[i])
         return [Unit(i, 0, n)]
 
     # -- reading ---------------------------------------------------------------------------
     def _open_csv(
-        self, i: int, count_only: bool = False, quiet: bool = False
+        self, i: int, count_only: bool = False, binary: str | None = None
     ) -> pacsv.CSVStreamingReader:
         o, path = self.csv, self.files[i]
 
         def invalid(row: pacsv.InvalidRow) -> str:
             # a raise inside this callback is swallowed by Arrow: "error" makes it raise
             # ArrowInvalid("CSV parse error: Row #N ..."), which _fail turns into a DataError
-            if count_only or quiet:
-                return "skip" if self.on_invalid_line is not None else "error"
-            if self.on_invalid_line is None:
+            if not self.skip_bad_lines:
                 return "error"
-            self.on_invalid_line(path, row.number, row.text)
+            if count_only and row.number is not None:
+                self.bad_lines[i].append((self.row_of_line(row.number), row.number, row.text))
             return "skip"
 
         read = pacsv.ReadOptions(
@@ -277,7 +375,11 @@ class Source:
             block_size=1 << 22,
         )
         parse = pacsv.ParseOptions(delimiter=o.delimiter, invalid_row_handler=invalid)
-        conv_kw: dict = {"column_types": o.column_types, "strings_can_be_null": True}
+        types = {c: pa.string() for c in self.text_columns}
+        types.update(o.column_types)
+        if binary is not None:
+            types[binary] = pa.binary()
+        conv_kw: dict = {"column_types": types, "strings_can_be_null": True}
         if o.null_values is not None:
             conv_kw["null_values"] = o.null_values
         stream = self.fs.open_input_stream(path, compression="detect")
@@ -285,16 +387,16 @@ class Source:
             first = o.column_names[0] if o.column_names else None
             if first is not None:
                 conv_kw["include_columns"] = [first]
-                conv_kw["column_types"] = {first: pa.string()}
+                conv_kw["column_types"] = {first: pa.binary()}  # counts, never converts
         return pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
 
     def schema(self, i: int) -> pa.Schema:
         """Arrow schema of file ``i`` (CSV: types as inferred from its first block)."""
         if i not in self.schemas:
             try:
-                self.schemas[i] = self._open_csv(i, quiet=True).schema
+                self.schemas[i] = self._open_csv(i).schema
             except (pa.ArrowException, OSError) as err:
-                self._fail(self.files[i], err)
+                self._fail(self.files[i], err, i=i)
         return self.schemas[i]
 
     def _present(self, i: int) -> list[str]:
@@ -302,10 +404,22 @@ class Source:
         return [c for c in self.columns if c in names]
 
     def read(self, unit: Unit, start: int = 0) -> Iterator[pa.Table]:
-        """Rows ``start..`` of ``unit`` as tables of the requested columns, in file order."""
+        """Rows ``start..`` of ``unit`` as tables of the requested columns, in file order.
+
+        Parquet page checksums are verified where the writer stored them, and the rows
+        read are checked against the footer's (or the CSV count's) row count.
+        """
         cols = self._present(unit.file)
         for t in self._read(unit, start):
             yield t.select(cols)
+
+    def _short(self, path: str, got: int, want: int, what: str) -> None:
+        if got != want:
+            raise DataError(
+                f"short read: {got} rows where {what} says {want} (corrupt, or changed while"
+                " being read)",
+                path=path,
+            )
 
     def _read(self, unit: Unit, start: int) -> Iterator[pa.Table]:
         path = self.files[unit.file]
@@ -317,8 +431,9 @@ class Source:
                 # footer is reused, so the file is not parsed again
                 frag = self._fragments[unit.file][unit.part]
                 with self.fs.open_input_file(path) as f:
-                    pf = pq.ParquetFile(f, metadata=frag.metadata)
+                    pf = pq.ParquetFile(f, metadata=frag.metadata, page_checksum_verification=True)
                     table = pf.read_row_group(frag.row_groups[0].id, columns=cols)
+                self._short(path, table.num_rows, unit.num_rows, f"row group {unit.part}'s footer")
                 yield table.slice(start)
             elif self.fmt == "orc":
                 f = paorc.ORCFile(self.fs.open_input_file(path))
@@ -328,12 +443,13 @@ class Source:
                     if seen + rb.num_rows > start:
                         yield pa.Table.from_batches([rb.slice(max(0, start - seen))])
                     seen += rb.num_rows
+                self._short(path, seen, unit.num_rows, "the footer")
             else:
                 seen = 0
                 for rb in self._open_csv(unit.file):
                     if seen + rb.num_rows > start:
-                        t = pa.Table.from_batches([rb.slice(max(0, start - seen))])
-                        yield t
+                        yield pa.Table.from_batches([rb.slice(max(0, start - seen))])
                     seen += rb.num_rows
+                self._short(path, seen, unit.num_rows, "the count made when the reader was built")
         except (pa.ArrowException, OSError) as err:
-            self._fail(path, err)
+            self._fail(path, err, i=unit.file)

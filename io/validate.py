@@ -1,11 +1,14 @@
 """Input validation: column presence and types per file, bad values per row.
 
-Column problems (missing, wrong type, ids in a float column) are found once
-per file from its Arrow schema and always raise. Row problems (null or NaN
-label, null/NaN dense value under the ``raise`` policy, a list dense value of
-the wrong length, weights not aligned with ids) are found per chunk with
-vectorized masks; the reader raises on the first one or, with
-``on_bad_row="skip"``, drops and quarantines them.
+Column problems (missing, wrong type, ids in a float column, one column typed
+differently by two files) are found from every file's Arrow schema when a
+reader is built (:func:`check_files`) and always raise. Row problems (null,
+NaN, inf or out-of-range label, a list where one value is needed holding 0 or
+more, null/NaN/inf dense value under the ``raise`` policy, a dense list of the
+wrong length, weights not aligned with ids, a string id that is not a 64-bit
+integer under ``dtype: int``) are found per chunk with vectorized masks; the
+reader raises on the first one or, with ``on_bad_row="skip"``, drops, counts
+and quarantines them.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recis.errors import DataError
-from recis.features import Schema
+from recis.features import LabelSpec, Schema, SparseFeature
 
 _LISTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+_INT64_MAX = "9223372036854775807"
+_INT64_MIN = "9223372036854775808"  # digits of -2**63 without the sign
 
 
 def is_list(t: pa.DataType) -> bool:
@@ -36,6 +41,10 @@ def _is_string(t: pa.DataType) -> bool:
 
 def _leaf(t: pa.DataType) -> pa.DataType:
     return t.value_type if is_list(t) else t
+
+
+def _is_signed(t: pa.DataType) -> bool:
+    return pa.types.is_signed_integer(t)
 
 
 def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
@@ -57,23 +66,15 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
 
     for lab in schema.labels:
         t = get(lab.source)
-        if not (_is_number(t) or pa.types.is_null(t)):
-            bad(lab.source, t, "a number column")
+        if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
+            bad(lab.source, t, "a number column (or list<number> of one value per row)")
     for f in schema.dense:
         t = get(f.source)
         if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
             bad(f.source, t, "a number or list<number> column")
     for f in schema.sparse:
         t = get(f.source)
-        leaf = _leaf(t)
-        if pa.types.is_null(leaf):
-            pass
-        elif f.dtype == "int" and pa.types.is_floating(leaf):
-            bad(f.source, t, "integer ids (ids in a float column); use int64 or list<int64>")
-        elif f.dtype == "int" and not pa.types.is_integer(leaf):
-            bad(f.source, t, "integer ids (int64 or list<int64>; dtype: string hashes strings)")
-        elif f.dtype == "string" and not (_is_string(leaf) or pa.types.is_integer(leaf)):
-            bad(f.source, t, "string ids (string or list<string>)")
+        _check_ids(f, t, bad)
         if f.weight_column:
             w = get(f.weight_column)
             if not _is_number(_leaf(w)) or is_list(w) != is_list(t):
@@ -84,14 +85,97 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
             bad(f.source, t, "a string column")
     for col in schema.extras:
         t = get(col)
-        if not _is_number(t):
-            bad(col, t, "a number column")
+        if not _is_number(_leaf(t)):
+            bad(col, t, "a number column (or list<number> of one value per row)")
 
 
-def _nan_or_null(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
+    leaf = _leaf(t)
+    if pa.types.is_null(leaf):
+        return
+    if pa.types.is_decimal(leaf):
+        bad(
+            f.source,
+            t,
+            "integer ids of at most 64 bits (a decimal column can hold more);"
+            " store int64/uint64, or strings with dtype: string",
+        )
+    if f.dtype != "string" and pa.types.is_floating(leaf):
+        bad(f.source, t, "integer ids (ids in a float column); use int64 or list<int64>")
+    if f.dtype == "string":
+        if not (_is_string(leaf) or pa.types.is_integer(leaf)):
+            bad(f.source, t, "string ids (string or list<string>)")
+    elif not (pa.types.is_integer(leaf) or _is_string(leaf)):
+        bad(f.source, t, "integer or string ids (int64, list<int64>, string, list<string>)")
+
+
+def check_files(schema: Schema, files: list[str], arrow: list[pa.Schema]) -> None:
+    """Check every file's columns, and that the files agree with each other.
+
+    Raises DataError naming the file and column: a missing or mistyped column,
+    two files whose types for one column cannot be unified (e.g. ``int64`` and
+    ``list<int64>``), or ids of one embedding table that are ``uint64`` in one
+    place and a signed integer in another (their 64 bits would alias: uint64
+    2**64 - 1 and int64 -1 are the same id).
+    """
+    for path, s in zip(files, arrow):
+        check_columns(schema, s, path)
+    first: dict[str, tuple[pa.DataType, str]] = {}
+    for path, s in zip(files, arrow):
+        for col in schema.columns:
+            t = s.field(col).type
+            if col not in first:
+                first[col] = (t, path)
+                continue
+            t0, p0 = first[col]
+            if t != t0 and not _unifies(t0, t):
+                raise DataError(f"type {t} does not match {t0} in {p0}", path=path, column=col)
+    _check_signedness(schema, files, arrow)
+
+
+def _unifies(a: pa.DataType, b: pa.DataType) -> bool:
+    if _is_string(_leaf(a)) != _is_string(_leaf(b)):
+        return False  # auto ids: strings are hashed, integers are not: never mix them
+    try:
+        pa.unify_schemas(
+            [pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive"
+        )
+    except (pa.ArrowTypeError, pa.ArrowInvalid, NotImplementedError):
+        return False
+    return True
+
+
+def _check_signedness(schema: Schema, files: list[str], arrow: list[pa.Schema]) -> None:
+    """uint64 ids and signed ids must not meet in one table (see :func:`check_files`)."""
+    seen: dict[str, tuple[bool, str, str]] = {}  # table -> (has uint64, path, column)
+    for f in schema.sparse:
+        if f.dtype == "string":
+            continue  # integers are hashed as text there: no aliasing
+        for path, s in zip(files, arrow):
+            leaf = _leaf(s.field(f.source).type)
+            if not pa.types.is_integer(leaf):
+                continue
+            if not (pa.types.is_uint64(leaf) or _is_signed(leaf)):
+                continue  # uint8..uint32 equal their value as int64 and as uint64
+            u = pa.types.is_uint64(leaf)
+            prev = seen.setdefault(f.table_name, (u, path, f.source))
+            if prev[0] != u:
+                kinds = ("uint64", "a signed integer") if prev[0] else ("signed", "uint64")
+                raise DataError(
+                    f"ids are {'uint64' if u else str(leaf)} here but {kinds[0]} ids in "
+                    f"{prev[1]} (column {prev[2]!r}) for table {f.table_name!r}: uint64 ids "
+                    "above 2**63 would alias negative ids; store one integer type",
+                    path=path,
+                    column=f.source,
+                )
+
+
+def _nan_or_null(col: pa.ChunkedArray | pa.Array, inf: bool = False) -> np.ndarray:
+    """Rows that are null or NaN (and +-inf with ``inf``)."""
     mask = col.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_floating(col.type):
-        mask = mask | pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
+        nan = pc.is_nan(col) if not inf else pc.invert(pc.is_finite(col))
+        mask = mask | pc.fill_null(nan, False).to_numpy(zero_copy_only=False)
     return mask
 
 
@@ -100,6 +184,67 @@ def list_lengths(col: pa.Array) -> np.ndarray:
     return (
         pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     )
+
+
+def scalar_values(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """float64 ``[B]`` of a number column, or of a list column's single elements.
+
+    Returns ``(values, lengths)``: nulls are NaN; for a list column ``lengths`` is
+    ``[B]`` and rows whose length is not 1 are NaN; for a scalar column it is None.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan), None
+    if not is_list(col.type):
+        return _to_float64(col), None
+    lengths = list_lengths(col)
+    flat = _to_float64(col.flatten())
+    out = np.full(len(col), np.nan)
+    one = lengths == 1
+    out[one] = flat[(np.cumsum(lengths) - lengths)[one]]
+    return out, lengths
+
+
+def _to_float64(arr: pa.Array) -> np.ndarray:
+    if pa.types.is_null(arr.type):
+        return np.full(len(arr), np.nan)
+    v = arr.to_numpy(zero_copy_only=False)
+    return v.astype(np.float64) if v.dtype != object else np.array(v, dtype=np.float64)
+
+
+def int_string_ok(values: pa.Array) -> np.ndarray:
+    """bool ``[N]``: the (non-null) string is a base-10 integer in int64's range."""
+    s = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    form = pc.fill_null(pc.match_substring_regex(s, r"^[+-]?[0-9]+$"), False)
+    body = pc.replace_substring_regex(s, r"^[+-]?0*", "")
+    neg = pc.fill_null(pc.starts_with(s, "-"), False).to_numpy(zero_copy_only=False)
+    n = pc.fill_null(pc.utf8_length(body), 99).to_numpy(zero_copy_only=False)
+    # equal-length digit strings compare like their numbers
+    le_max = pc.fill_null(pc.less_equal(body, _INT64_MAX), False).to_numpy(zero_copy_only=False)
+    le_min = pc.fill_null(pc.less_equal(body, _INT64_MIN), False).to_numpy(zero_copy_only=False)
+    fits = (n < 19) | ((n == 19) & np.where(neg, le_min, le_max))
+    return form.to_numpy(zero_copy_only=False) & fits
+
+
+def parse_int_strings(values: pa.Array) -> np.ndarray:
+    """int64 ``[N]`` from strings already checked by :func:`int_string_ok`."""
+    s = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    return pc.cast(s, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _label_problems(lab: LabelSpec, v: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """(mask, what) of label values invalid for the label's kind (finite values only)."""
+    ok = np.isfinite(v)
+    if lab.kind == "binary":
+        out = ok & (v != 0) & (v != 1)
+        return [(out, "label out of range for kind binary (expected 0 or 1)")]
+    if lab.kind == "soft":
+        return [(ok & ((v < 0) | (v > 1)), "label out of range for kind soft (expected [0, 1])")]
+    if lab.kind == "graded":
+        out = ok & ((v < 0) | (v > lab.max) | (np.floor(v) != v))
+        return [(out, f"label out of range for kind graded (expected 0, 1, ..., {lab.max:g})")]
+    return []
 
 
 def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarray, list[str]]:
@@ -115,28 +260,52 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
 
     def flag(mask: np.ndarray, column: str, what: str) -> None:
         if mask.any():
-            reasons.append(f"{column}: {what}")
-            code[(code == 0) & mask] = len(reasons)
+            key = f"{column}: {what}"
+            if key not in reasons:
+                reasons.append(key)
+            code[(code == 0) & mask] = reasons.index(key) + 1
+
+    def one_value(column: str, lengths: np.ndarray | None, what: str) -> None:
+        if lengths is not None:
+            flag(lengths == 0, column, f"empty list (one {what} value per row expected)")
+            flag(lengths > 1, column, f"list of more than one value (one {what} expected)")
 
     for lab in schema.labels:
-        flag(_nan_or_null(table.column(lab.source)), lab.source, "null or NaN label")
+        v, lengths = scalar_values(table.column(lab.source))
+        one_value(lab.source, lengths, "label")
+        flag(np.isnan(v), lab.source, "null or NaN label")
+        flag(np.isinf(v), lab.source, "inf label")
+        for mask, what in _label_problems(lab, v):
+            flag(mask, lab.source, what)
     for f in schema.dense:
         col = table.column(f.source).combine_chunks()
         policy = f.on_nan or nan_policy
         if is_list(col.type):
             lengths = list_lengths(col)
+            empty = (lengths == 0) & col.is_valid().to_numpy(zero_copy_only=False)
+            if f.on_empty == "raise":
+                flag(empty, f.source, f"empty list (expected {f.dim} value{'s' * (f.dim > 1)})")
             flag((lengths != 0) & (lengths != f.dim), f.source, f"list length is not {f.dim}")
             if policy == "raise":
-                flat = col.flatten()
                 row_of = np.repeat(np.arange(n), lengths)
                 nan_rows = np.zeros(n, dtype=bool)
-                nan_rows[row_of[_nan_or_null(flat)]] = True
-                flag(nan_rows | (lengths == 0), f.source, "null or NaN dense value")
+                nan_rows[row_of[_nan_or_null(col.flatten(), inf=True)]] = True
+                missing = ~col.is_valid().to_numpy(zero_copy_only=False) | (lengths == 0)
+                flag(nan_rows | missing, f.source, "null, NaN or inf dense value")
         elif policy == "raise":
-            flag(_nan_or_null(col), f.source, "null or NaN dense value")
+            flag(_nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value")
     for f in schema.sparse:
+        ids = table.column(f.source).combine_chunks()
+        if f.dtype == "int" and _is_string(_leaf(ids.type)):
+            flat = ids.flatten() if is_list(ids.type) else ids
+            valid = flat.is_valid().to_numpy(zero_copy_only=False)
+            wrong = valid & ~int_string_ok(flat)
+            if is_list(ids.type):
+                rows = np.zeros(n, dtype=bool)
+                rows[np.repeat(np.arange(n), list_lengths(ids))[wrong]] = True
+                wrong = rows
+            flag(wrong, f.source, "id is not a 64-bit integer (dtype: int)")
         if f.weight_column:
-            ids = table.column(f.source).combine_chunks()
             w = table.column(f.weight_column).combine_chunks()
             if is_list(ids.type):
                 flag(
@@ -145,8 +314,11 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
                     f"weights not aligned with {f.source}",
                 )
             flag(
-                _nan_or_null(w) & ids.is_valid().to_numpy(zero_copy_only=False),
+                _nan_or_null(w, inf=True) & ids.is_valid().to_numpy(zero_copy_only=False),
                 f.weight_column,
-                "null or NaN weight",
+                "null, NaN or inf weight",
             )
+    for c in schema.extras:
+        _, lengths = scalar_values(table.column(c))
+        one_value(c, lengths, "extra")
     return code, reasons

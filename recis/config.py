@@ -60,7 +60,9 @@ class DataConfig:
     ``eval/``) on first use and ``train``/``eval`` default to those folders.
 
     Reader options (see ``docs/data.md``): ``nan_policy`` for null/NaN dense
-    values, ``on_bad_row`` (``skip`` writes skipped rows to ``quarantine``),
+    values, ``on_bad_row`` (``skip`` counts skipped rows per reason and writes
+    them to ``quarantine``; an epoch whose skipped rows pass ``max_bad_fraction``
+    of its rows, default 0.01, or whose rows are all bad, stops with a DataError),
     ``prefetch`` batches converted ahead in a background thread,
     ``shuffle_buffer`` rows per shuffle chunk, ``num_workers`` DataLoader
     worker processes (0: read in the training process), ``pin_memory`` for
@@ -80,6 +82,7 @@ class DataConfig:
     nan_policy: Literal["fill", "raise"] = "fill"
     on_bad_row: Literal["raise", "skip"] = "raise"
     quarantine: str | None = None
+    max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
     prefetch: int = Field(default=2, ge=0)
     shuffle_buffer: int = Field(default=65536, gt=0)
     num_workers: int = Field(default=0, ge=0)

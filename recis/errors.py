@@ -22,7 +22,9 @@ class DataError(RecisError, ValueError):
         message: what is wrong.
         path: the file at fault, when known.
         column: the column at fault, when known.
-        row: the row (0-based, within the file) at fault, when known.
+        row: the row (0-based data row within the file, a CSV header not counted) at
+            fault, when known.
+        line: for CSV/TSV, the row's physical line (1-based, the header counted).
     """
 
     def __init__(
@@ -32,17 +34,21 @@ class DataError(RecisError, ValueError):
         path: str | None = None,
         column: str | None = None,
         row: int | None = None,
+        line: int | None = None,
     ) -> None:
         self.path = path
         self.column = column
         self.row = row
+        self.line = line
         where = []
         if path is not None:
             where.append(f"file {path}")
         if column is not None:
             where.append(f"column {column!r}")
         if row is not None:
-            where.append(f"row {row}")
+            where.append(f"row {row}" + (f" (line {line})" if line is not None else ""))
+        elif line is not None:
+            where.append(f"line {line}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 

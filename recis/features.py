@@ -22,7 +22,10 @@ class DenseFeature:
 
     Nulls/NaNs are handled by the reader's ``nan_policy``: ``fill`` puts
     ``fill`` in their place, ``raise`` stops with a DataError (``on_nan``
-    overrides the reader's policy for this feature). ``transform`` is applied
+    overrides the reader's policy for this feature); inf counts as NaN. A list
+    column (the RecIS / TorchEasyRec layout) must hold ``dim`` values per row: a
+    null list is a missing value (NaN policy), an empty one a DataError unless
+    ``on_empty: fill``, any other length a DataError. ``transform`` is applied
     after filling: ``log`` is ``log1p(max(x, 0))``, ``standardize`` is
     ``(x - mean) / std`` with ``mean``/``std`` given in the spec, ``quantile`` is
     the bucket of ``x`` among the sorted ``boundaries`` (the number of boundaries
@@ -39,6 +42,8 @@ class DenseFeature:
     std: float = Field(default=1.0, gt=0)
     dim: int = Field(default=1, gt=0)
     on_nan: Literal["fill", "raise"] | None = None
+    # an empty list where dim values are needed: a DataError, or ``fill`` when "fill"
+    on_empty: Literal["raise", "fill"] = "raise"
     boundaries: list[float] | None = None
 
     def __post_init__(self) -> None:
@@ -59,10 +64,15 @@ class SparseFeature:
     """An id feature looked up in embedding table ``table`` (default: its own name).
 
     The column is a scalar (one id per row, null = no id) or a list (multi-hot,
-    a sequence). ``dtype`` ``int`` passes int64 ids through unchanged (negative
-    and huge values included: the embedding engine maps them); ``string``
-    hashes strings with :func:`recis.ops.hashing.hash_strings` salted by the
-    table name, so features sharing a table share ids.
+    a sequence). ``dtype`` ``auto`` (default) follows the column: integer ids
+    pass through, string ids are hashed. ``int`` passes integer ids of any
+    width through as int64 (negative and huge values included: the embedding
+    engine maps them; ``uint64`` keeps its 64 bits, see ``docs/data.md`` "Real
+    layouts") and parses string columns as base-10 int64 ids (a value that is not
+    one is a DataError naming the row); ``string`` hashes strings (integers
+    are cast to their decimal text first) with
+    :func:`recis.ops.hashing.hash_strings` salted by the table name, so
+    features sharing a table share ids.
 
     ``max_len`` truncates list rows to at most that many ids, keeping the
     ``first`` or the ``last`` ones (``truncate``; ``last`` keeps the most
@@ -74,7 +84,7 @@ class SparseFeature:
     name: str
     column: str | None = None
     table: str | None = None
-    dtype: Literal["int", "string"] = "int"
+    dtype: Literal["auto", "int", "string"] = "auto"
     max_len: int | None = Field(default=None, gt=0)
     truncate: Literal["first", "last"] = "first"
     weight_column: str | None = None
@@ -189,10 +199,39 @@ class TextFeature:
 
 @dataclass(config=_STRICT)
 class LabelSpec:
-    """A label column; ``name`` is the task it trains. Null or NaN labels are a DataError."""
+    """A label column; ``name`` is the task it trains.
+
+    ``kind`` says which raw values are valid: ``binary`` 0 or 1 (booleans too),
+    ``soft`` any value in [0, 1], ``graded`` an integer grade in [0, ``max``]
+    (``max`` required), ``real`` any finite number. A value outside, null, NaN or
+    inf is a DataError naming file, row and column (a bad row under
+    ``on_bad_row: skip``). ``positive_at`` binarizes the raw value after that check:
+    the label is 1.0 where ``value >= positive_at``, else 0.0 (MovieLens ratings:
+    ``{kind: real, positive_at: 4}``; graded relevance ``label >= 1``:
+    ``{kind: graded, max: 2, positive_at: 1}``). A single-element list column (the
+    RecIS / TorchEasyRec ``list<double>`` label) is read as its element; 0 or more
+    than 1 elements is a DataError.
+    """
 
     name: str
     column: str | None = None
+    kind: Literal["binary", "soft", "graded", "real"] = "binary"
+    max: float | None = None
+    positive_at: float | None = None
+
+    def __post_init__(self) -> None:
+        from recis.errors import ConfigError
+
+        where = f"data.schema.labels.{self.name}"
+        if self.kind == "graded" and (self.max is None or self.max <= 0):
+            raise ConfigError(f"{where}.max: kind graded needs the top grade (> 0)")
+        if self.kind != "graded" and self.max is not None:
+            raise ConfigError(f"{where}.max: only kind graded has a top grade")
+
+    @property
+    def target(self) -> str:
+        """What the trainer sees: ``binary`` after ``positive_at``, else ``kind``."""
+        return "binary" if self.positive_at is not None else self.kind
 
     @property
     def source(self) -> str:

@@ -72,7 +72,9 @@ def test_nan_dense_value_fill_or_raise(tmp_path):
     f = _write(tmp_path / "a.parquet", x=x)
     dense = np.concatenate([b.dense[:, 0].numpy() for b in _read(f)])
     assert dense[33] == 0.0 and dense[34] == 34.0  # fill (the default policy)
-    with pytest.raises(DataError, match=r"column 'x', row 33: null or NaN dense value"):
+    with pytest.raises(
+        DataError, match=r"column 'x', row 33: null, NaN or inf dense value \(value nan\)"
+    ):
         _read(f, nan_policy="raise")
     strict = Schema(dense=[DenseFeature(name="x", on_nan="raise")], labels=SCHEMA.labels)
     with pytest.raises(DataError, match="row 33"):
@@ -121,7 +123,9 @@ def test_unreadable_path(tmp_path):
 
 def test_csv_line_with_missing_fields_names_file_and_line(tmp_path):
     (tmp_path / "a.csv").write_text("x,ids,y\n1.0,1,0\n2.0,2\n3.0,3,1\n")
-    with pytest.raises(DataError, match=r"a\.csv, row 3: bad line: Expected 3 columns, got 2"):
+    # row 1 is the second data row (0-based, header not counted); line 3 counts the header
+    match = r"a\.csv, row 1 \(line 3\): bad line: Expected 3 columns, got 2"
+    with pytest.raises(DataError, match=match):
         _read(tmp_path / "a.csv", format="csv")
 
 
@@ -132,15 +136,28 @@ def test_on_bad_row_skip_counts_and_quarantines(tmp_path):
     x[17] = np.nan
     f = _write(tmp_path / "a.parquet", y=y, x=x)
     q = tmp_path / "quarantine.jsonl"
-    r = Reader(f, SCHEMA, 8, on_bad_row="skip", quarantine=q, nan_policy="raise", shuffle=True)
+    r = Reader(
+        f,
+        SCHEMA,
+        8,
+        on_bad_row="skip",
+        quarantine=q,
+        nan_policy="raise",
+        shuffle=True,
+        max_bad_fraction=0.1,
+    )
     batches = list(r)
+    assert r.bad_rows_report() == {
+        "y: null or NaN label": 2,
+        "x: null, NaN or inf dense value": 1,
+    }
     ids = sorted(int(v) for b in batches for v in b.sparse["ids"].values())
     assert ids == [i for i in range(40) if i not in (2, 17, 30)]
     assert [b.batch_size for b in batches] == [8, 8, 8, 8, 5] and r.skipped == 3
     lines = [json.loads(line) for line in q.read_text().splitlines()]
     assert sorted((d["row"], d["reason"]) for d in lines) == [
         (2, "y: null or NaN label"),
-        (17, "x: null or NaN dense value"),
+        (17, "x: null, NaN or inf dense value"),
         (30, "y: null or NaN label"),
     ]
     assert all(d["file"] == f and d["values"]["ids"] == d["row"] for d in lines)
@@ -149,10 +166,21 @@ def test_on_bad_row_skip_counts_and_quarantines(tmp_path):
 def test_csv_bad_lines_skipped_to_quarantine(tmp_path):
     (tmp_path / "a.csv").write_text("x,ids,y\n1.0,1,0\n2.0,2\n3.0,3,1\n")
     q = tmp_path / "q.jsonl"
-    (b,) = _read(tmp_path / "a.csv", format="csv", on_bad_row="skip", quarantine=q)
+    r = Reader(
+        tmp_path / "a.csv",
+        SCHEMA,
+        8,
+        format="csv",
+        on_bad_row="skip",
+        quarantine=q,
+        max_bad_fraction=0.5,
+    )
+    (b,) = list(r)
     assert b.sparse["ids"].values().tolist() == [1, 3]
     (line,) = [json.loads(x) for x in q.read_text().splitlines()]
     assert line["text"] == "2.0,2" and line["file"].endswith("a.csv")
+    assert (line["row"], line["line"], line["reason"]) == (1, 3, "bad line")
+    assert r.bad_rows_report() == {"bad line": 1} and r.skipped == 1
 
 
 def test_files_that_disagree_on_a_column_type(tmp_path):

@@ -112,7 +112,11 @@ def test_list_columns_weighted_and_truncated(tmp_path):
     )
     pq.write_table(table, tmp_path / "l.parquet")
     schema = Schema(
-        dense=[DenseFeature(name="vec", dim=2, fill=-1.0), DenseFeature(name="I1")],
+        # an empty list is a DataError unless the feature says to fill it
+        dense=[
+            DenseFeature(name="vec", dim=2, fill=-1.0),
+            DenseFeature(name="I1", on_empty="fill"),
+        ],
         sparse=[
             SparseFeature(name="hist", max_len=2, truncate="last", weight_column="hist_w"),
             SparseFeature(name="first", column="hist", max_len=3),
