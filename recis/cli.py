@@ -1,6 +1,6 @@
 """The ``recis`` command line.
 
-recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR]
+recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR | --overwrite]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
@@ -37,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its newest checkpoint (writes into RUN_DIR)",
+        help="continue the run in RUN_DIR from its newest checkpoint, or from the checkpoint "
+        "RUN_DIR/checkpoints/step-N given instead (writes into RUN_DIR)",
+    )
+    tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the previous run in run_dir (its checkpoints/, metrics.jsonl, tb/, "
+        "eval.json, config.yaml, plots/; nothing else is removed)",
     )
     ev = add("eval", "evaluate a checkpoint on the config's eval data")
     ev.add_argument(
@@ -109,6 +116,18 @@ def _print_result(result: dict) -> None:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
+def _interrupted(result: dict, run_dir: str) -> int:
+    """One line for a run stopped by SIGINT / SIGTERM: where its checkpoint is, how to go on;
+    the exit status is 128 + the signal number (130, 143)."""
+    name = str(result.get("stopped", "sigterm")).upper()
+    print(
+        f"recis: stopped by {name}: checkpoint {result['checkpoint']}; resume with: "
+        f"recis train {run_dir}/config.yaml --resume {run_dir}",
+        file=sys.stderr,
+    )
+    return 130 if name == "SIGINT" else 143
+
+
 def _launcher(cfg, args: argparse.Namespace) -> str:
     """The launcher for this run: --launcher, else the config's, with ``auto`` resolved."""
     from recis.distributed.context import detect_launcher
@@ -137,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train" and launcher != "none":
             from recis.distributed import run as distributed_run
 
-            result = distributed_run.train(cfg, launcher, resume=args.resume)
+            result = distributed_run.train(
+                cfg, launcher, resume=args.resume, overwrite=args.overwrite
+            )
+            if result is not None and result.get("checkpoint"):  # rank 0, stopped by a signal
+                return _interrupted(result, cfg.run_dir)
             if result is not None:  # rank 0
                 _print_result(result)
                 print(f"run directory: {cfg.run_dir}")
@@ -148,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             if result is not None:  # rank 0
                 _print_result(result)
         elif args.command == "train":
-            result = runner.train(cfg, resume=args.resume)
+            result = runner.train(cfg, resume=args.resume, overwrite=args.overwrite)
+            if result.get("checkpoint"):  # stopped by SIGINT / SIGTERM, checkpointed
+                return _interrupted(result, cfg.run_dir)
             _print_result(result)
             print(f"run directory: {cfg.run_dir}")
-            if result.get("stopped") == "sigterm":  # checkpointed; resume with --resume
-                return 143
         else:
             _print_result(runner.evaluate(cfg, args.checkpoint))
     except RecisError as err:

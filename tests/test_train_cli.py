@@ -44,12 +44,18 @@ def test_train_resume_plot(tmp_path: Path, capsys) -> None:
     assert {"click/auc", "click/gauc", "conversion/auc", "click/oracle_auc"} <= result.keys()
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["final", "step-00000010", "step-00000020"]
-    final = run / "checkpoints" / "final" / "state.pt"
-    assert final.stat().st_ino == (run / "checkpoints" / "step-00000020" / "state.pt").stat().st_ino
+    final = run / "checkpoints" / "final" / "model.safetensors"
+    step20 = run / "checkpoints" / "step-00000020" / "model.safetensors"
+    assert final.stat().st_ino == step20.stat().st_ino  # hard links
     state, _ = load_checkpoint(run / "checkpoints" / "step-00000020")
     assert {"model", "optimizers", "objective", "data", "rng", "scheduler"} <= state.keys()
     assert "lambda" in state["objective"] and state["step"] == 20
 
+    # the same run directory again: refused without --resume / --overwrite, nothing touched
+    before = (run / "metrics.jsonl").read_bytes()
+    assert main(["train", config, *args, "--set", "train.max_steps=30"]) == 2
+    assert "holds a previous run" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_bytes() == before
     assert main(["train", config, *args, "--set", "train.max_steps=30", "--resume", str(run)]) == 0
     assert "resuming from" in capsys.readouterr().out
     records = read_records(run)

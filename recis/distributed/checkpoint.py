@@ -8,13 +8,22 @@ owns. Replicated tensors (dense parameters, their optimizer state) are written o
 Layout: ``<path>/`` holds DCP's ``.metadata`` and ``__<rank>_*.distcp`` files,
 ``meta.json`` (step, epoch, world size, LR schedule) and ``ranks.json``: what differs per
 rank and is not a tensor (each rank's reader position, RNG states), keyed by rank,
-gathered to rank 0. Writes go to ``.tmp-<name>`` first and rank 0 renames it after every
-rank has finished, so a crash mid-save leaves the previous checkpoint whole.
+gathered to rank 0. Writes go to ``.tmp-<name>`` first; after every rank has finished,
+rank 0 writes ``manifest.json`` (size and sha256 of every file) last and renames the
+folder, so a crash mid-save leaves the previous checkpoint whole.
+
+DCP's reader unpickles ``.metadata`` (``pickle.load``) and loads the non-tensor items of
+the ``.distcp`` files with ``torch.load(weights_only=False)``: a tampered file would run
+code. So :func:`load` (and :func:`latest`'s callers, through it) verifies the manifest
+before DCP opens any file: a file that differs from what recis wrote is refused first.
+The manifest guards against corruption and foreign files, not against someone who can
+also rewrite the manifest: keep checkpoints where only the run's owner can write.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +35,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
+from recis.train.checkpoint import verify, write_manifest
 
 _META = "meta.json"
 _RANKS = "ranks.json"
@@ -80,15 +90,21 @@ def save(
     if _rank() == 0:
         world = dist.get_world_size() if dist.is_initialized() else 1
         full_meta = {**meta, "world_size": world, "time": time.time()}
-        if ranks is not None:  # written before meta.json: a folder with meta.json is whole
-            (tmp / _RANKS).write_text(json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n")
-        (tmp / _META).write_text(json.dumps(full_meta, indent=2) + "\n")
-        old = path.parent / f".old-{path.name}"
-        if path.exists():
+        try:
+            if ranks is not None:
+                text = json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n"
+                (tmp / _RANKS).write_text(text)
+            (tmp / _META).write_text(json.dumps(full_meta, indent=2) + "\n")
+            write_manifest(tmp)  # last: a folder with a manifest is whole
+            old = path.parent / f".old-{path.name}"
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"{tmp}: cannot write checkpoint: {err.strerror}") from None
     _barrier()
     return path
 
@@ -97,9 +113,10 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     """Load a checkpoint written by :func:`save` (at any world size) into ``model`` and
     ``optimizer`` in place; returns its meta. Collective when a process group is up."""
     path = Path(path)
-    if not (path / _META).is_file() or not (path / ".metadata").is_file():
-        raise CheckpointError(f"{path}: not a complete distributed checkpoint")
-    meta = json.loads((path / _META).read_text())
+    verify(path)  # before DCP reads (and unpickles) anything
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path}: not a distributed checkpoint (no .metadata)")
+    meta = _read_json(path / _META)
     if optimizer is not None:
         _init_optimizer_state(optimizer)
     resharding = _prepare_resharding(path, model)
@@ -124,10 +141,21 @@ def load_rank_state(path: str | Path, rank: int, world_size: int) -> dict[str, A
     """This rank's entry of ``ranks.json`` in checkpoint ``path``, or None when the checkpoint
     has none or was saved at another world size (then positions do not map rank to rank)."""
     path = Path(path)
-    meta = json.loads((path / _META).read_text())
+    meta = _read_json(path / _META)
     if int(meta.get("world_size", 1)) != world_size or not (path / _RANKS).is_file():
         return None
-    return json.loads((path / _RANKS).read_text()).get(str(rank))
+    ranks = _read_json(path / _RANKS)
+    return ranks.get(str(rank))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return value
 
 
 def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:
@@ -161,15 +189,11 @@ def _init_optimizer_state(optimizer: Any) -> None:
 
 
 def latest(checkpoints: str | Path) -> Path | None:
-    """The most recent complete checkpoint under ``checkpoints`` (by saved step)."""
+    """The newest numbered checkpoint ``step-N`` under ``checkpoints``, whole or not: only
+    whole folders are ever renamed to that name, so a broken one is damage, and
+    :func:`load` refuses it by name rather than passing it over for an older one."""
     root = Path(checkpoints)
-    best: tuple[int, Path] | None = None
     if not root.is_dir():
         return None
-    for d in root.iterdir():
-        if d.name.startswith(".") or not (d / _META).is_file() or not (d / ".metadata").is_file():
-            continue
-        step = int(json.loads((d / _META).read_text()).get("step", -1))
-        if best is None or step > best[0]:
-            best = (step, d)
-    return best[1] if best else None
+    found = [d for d in root.iterdir() if re.fullmatch(r"step-\d+", d.name) and d.is_dir()]
+    return max(found, key=lambda d: int(d.name[5:])) if found else None

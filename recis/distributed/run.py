@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,44 +67,89 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
 
 
 def train(
-    cfg: RunConfig, launcher: str | None = None, resume: str | Path | None = None
+    cfg: RunConfig,
+    launcher: str | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on this rank; returns the global eval result on rank 0, None elsewhere.
 
-    With ``resume`` (a run directory, ``recis train --resume``), or when torchrun restarted
-    the workers (``--max-restarts``), the run continues from the run directory's newest
-    sharded checkpoint: model, optimizer, step, epoch and every rank's reader position.
+    With ``resume`` (a run directory, ``recis train --resume``: its newest sharded
+    checkpoint, refused by name if broken; or one checkpoint folder
+    ``RUN_DIR/checkpoints/step-N``), or when torchrun restarted the workers
+    (``--max-restarts``), the run continues from that checkpoint: model, optimizer, step,
+    epoch and every rank's reader position. Without it, a run directory that holds a
+    previous run is refused unless ``overwrite`` (rank 0 then removes that run's outputs).
     """
-    if resume is not None:
-        cfg.run_dir = str(resume)
-    run_dir = Path(cfg.run_dir)
+    from recis.train.runner import claim_run_dir, write_output
+
+    if resume is not None and overwrite:
+        raise ConfigError("--resume and --overwrite: pick one")
     last = None
     if resume is not None:
-        last = dcp_checkpoint.latest(run_dir / "checkpoints")
-        if last is None:
-            raise CheckpointError(
-                f"{resume}: no complete distributed checkpoint under checkpoints/"
-            )
+        target = Path(resume)
+        if target.parent.name == "checkpoints" and (target / ".metadata").exists():
+            last, cfg.run_dir = target, str(target.parent.parent)
+        else:
+            cfg.run_dir = str(target)
+            last = dcp_checkpoint.latest(target / "checkpoints")
+            if last is None:
+                raise CheckpointError(f"{resume}: no distributed checkpoint under checkpoints/")
+    run_dir = Path(cfg.run_dir)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if not restarted:
+        # every rank checks before the process group forms, so before any rank writes; a
+        # restart continues the dead attempt's run, whose outputs are expected there
+        _refuse_previous_run(run_dir, resume is not None or overwrite)
 
     def body(ctx: DistContext) -> dict[str, Any]:
         if ctx.is_main:
+            if overwrite and not restarted:
+                claim_run_dir(run_dir, resume=False, overwrite=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_output(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer = build(cfg, ctx)
         start = last
-        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")):
+        if restarted:
             start = dcp_checkpoint.latest(run_dir / "checkpoints")  # written by the dead attempt
         if start is not None:
             trainer.load(start)
             if ctx.is_main:
                 print(f"resumed from {start} at step {trainer.step}", flush=True)
+                if not restarted:
+                    _set_aside_after(run_dir / "checkpoints", trainer.step)
         return trainer.fit()
 
     ctx, result = _on_ranks(cfg, launcher, body)
     if not ctx.is_main:
         return None
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_output(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _refuse_previous_run(run_dir: Path, allowed: bool) -> None:
+    """A run directory holding a previous run: refused unless resuming or overwriting."""
+    from recis.train.runner import claim_run_dir
+
+    if not allowed:
+        claim_run_dir(run_dir, resume=False, overwrite=False)
+
+
+def _set_aside_after(checkpoints: Path, step: int) -> None:
+    """Checkpoints newer than the one resumed (explicitly, from an older one) renamed to
+    ``NAME.superseded``: they are another future of this run."""
+    for d in sorted(checkpoints.iterdir()) if checkpoints.is_dir() else []:
+        if d.name.startswith(".") or d.name.endswith(".superseded") or not d.is_dir():
+            continue
+        try:
+            saved = int(json.loads((d / "meta.json").read_text()).get("step", -1))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if saved > step:
+            target = d.with_name(d.name + ".superseded")
+            shutil.rmtree(target, ignore_errors=True)
+            d.rename(target)
+            print(f"set aside (newer than the resumed checkpoint): {target}", flush=True)
 
 
 def evaluate(

@@ -14,16 +14,15 @@ It reuses :class:`recis.train.Trainer`'s loop and changes what differs across ra
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.types import ShardedModule
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
@@ -33,7 +32,8 @@ from recis.config import SparseOptimizerConfig, TrainConfig
 from recis.io.batch import Batch
 from recis.optim import build_schedule, dense_optimizer
 from recis.train import Trainer
-from recis.train.state import rng_state, set_rng_state
+from recis.train.checkpoint import link_checkpoint
+from recis.train.state import rng_state_json, set_rng_state_json
 
 from . import checkpoint as dcp_checkpoint
 from .collectives import even_batches, mean_over_ranks_async
@@ -213,16 +213,35 @@ class DistributedTrainer(Trainer):
         if self.ctx.is_main:
             super()._log(record, tensorboard)
 
-    def evaluate(self, data: Iterable[Batch] | None = None) -> dict[str, float]:
+    def evaluate(
+        self, data: Iterable[Batch] | None = None, split: str = "eval"
+    ) -> dict[str, float]:
         """Global metrics: every rank's predictions are gathered (by the base evaluation)."""
         data = data if data is not None else self.eval_data
         assert data is not None, "no eval data"
-        return super().evaluate(_PaddedEval(data, self.model, self.device))
+        return super().evaluate(_PaddedEval(data, self.model, self.device), split=split)
 
-    def fit(self) -> dict[str, Any]:
-        result = super().fit()
-        self.save("final")  # sharded; loads at any world size or unsharded
-        return result
+    def _stop_requested(self) -> bool:
+        """Only a stop every rank agreed on (reduced with the step's losses): ranks that
+        stopped at different steps would wait for each other forever."""
+        return self._stop_agreed
+
+    def _checkpoint_path(self, step: int, name: str | None = None) -> Path | None:
+        if self.run_dir is None:
+            return None
+        return self.run_dir / "checkpoints" / (name or f"step-{step}")
+
+    def _link(self, source: Path, name: str) -> Path | None:
+        """``checkpoints/name`` as hard links to ``source`` (``final``, ``best``): the sharded
+        checkpoint loads at any world size or unsharded. Made by rank 0; collective."""
+        path = link_checkpoint(source, name) if self.ctx.is_main else None
+        if dist.is_initialized():
+            dist.barrier()
+        return path if path is not None else source.parent / name
+
+    def _load_model(self, path: Path) -> dict[str, Any]:
+        """The sharded model's weights from checkpoint ``path`` (collective); its meta."""
+        return dcp_checkpoint.load(path, self.model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -239,7 +258,7 @@ class DistributedTrainer(Trainer):
 
     def _rank_state(self) -> dict[str, Any]:
         """What differs per rank: the reader's position (exact resume) and RNG states."""
-        out: dict[str, Any] = {"rng": base64.b64encode(pickle.dumps(rng_state())).decode()}
+        out: dict[str, Any] = {"rng": rng_state_json()}
         if self._reader() is not None:
             out["data"] = json.loads(json.dumps(self._reader_position(), default=_json_number))
         return out
@@ -252,6 +271,8 @@ class DistributedTrainer(Trainer):
         """Sharded checkpoint ``step-N`` (or ``name``), written by every rank (collective)."""
         if self.run_dir is None or (name is None and self._last_saved == self.step):
             return None
+        if self.ctx.is_main:  # the run log up to this checkpoint is on disk before it
+            self.logger.flush(sync=True)
         path = dcp_checkpoint.save(
             self.run_dir / "checkpoints" / (name or f"step-{self.step}"),
             self.model,
@@ -278,7 +299,7 @@ class DistributedTrainer(Trainer):
         data = self.train_data.data  # type: ignore[attr-defined]
         mine = dcp_checkpoint.load_rank_state(path, self.ctx.rank, self.ctx.world_size)
         if mine is not None:
-            set_rng_state(pickle.loads(base64.b64decode(mine["rng"])))
+            set_rng_state_json(mine["rng"], f"{path}/ranks.json")
             if "data" in mine and hasattr(data, "load_state_dict"):
                 data.load_state_dict(mine["data"])
         elif hasattr(data, "state_dict"):

@@ -346,16 +346,29 @@ class CheckpointManager:
         return path
 
     def set_aside_after(self, step: int) -> list[Path]:
-        """Rename numbered checkpoints newer than ``step`` to ``step-N.superseded`` (a run
-        resumed explicitly from an older one would otherwise find them as its newest)."""
+        """Rename checkpoints newer than ``step`` to ``NAME.superseded`` (a run resumed
+        explicitly from an older one would otherwise find them as its newest, or restore
+        a ``best`` it never reached)."""
         moved = []
-        for p in self.checkpoints():
-            if int(p.name[5:]) > step:
+        named = [self.directory / n for n in ("best", "final") if (self.directory / n).is_dir()]
+        for p in self.checkpoints() + named:
+            if _saved_step(p) > step:
                 target = p.with_name(p.name + ".superseded")
                 shutil.rmtree(target, ignore_errors=True)
                 p.rename(target)
                 moved.append(target)
         return moved
+
+
+def _saved_step(path: Path) -> int:
+    """The step in checkpoint ``path``'s meta.json (-1 when unreadable)."""
+    m = _STEP.match(path.name)
+    if m:
+        return int(m.group(1))
+    try:
+        return int(json.loads((path / _META).read_text()).get("step", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return -1
 
 
 def link_checkpoint(source: Path, name: str) -> Path:

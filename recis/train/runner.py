@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.errors import ConfigError
+from recis.errors import ConfigError, OutputError
 from recis.io import (
     MultiTaskInfo,
     generate_ctr,
@@ -26,7 +27,7 @@ from recis.io import (
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointManager, load_checkpoint, resolve_resume
 from .trainer import Trainer
 
 Info = SyntheticInfo | MultiTaskInfo
@@ -100,21 +101,84 @@ def report(result: dict[str, Any], info: Info | None) -> dict[str, Any]:
     return out
 
 
-def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, Any]:
-    """Train from ``cfg``; with ``resume`` (a run directory), continue from its newest
-    checkpoint, writing into that directory."""
+# what a run writes into its run directory (``--overwrite`` removes exactly these)
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "eval.json", "config.yaml", "plots")
+# what shows that a run directory holds a run
+_RUN_MARKERS = ("checkpoints", "metrics.jsonl", "eval.json", "tb")
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Make ``run_dir`` ready for a new run: a directory holding a previous run is refused
+    unless resuming it or ``overwrite`` (then the previous run's outputs, and nothing else,
+    are removed). Also checks that it can be written to, before any training."""
+    found = [n for n in _RUN_MARKERS if (run_dir / n).exists()]
+    if found and not resume:
+        if not overwrite:
+            raise OutputError(
+                f"{run_dir}: holds a previous run ({', '.join(found)}): pass --resume "
+                f"{run_dir} to continue it or --overwrite to replace it"
+            )
+        for name in RUN_OUTPUTS:
+            p = run_dir / name
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+            except OSError as err:
+                raise OutputError(f"{p}: cannot remove the previous run's output: {err}") from None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{random.getrandbits(32):08x}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"{run_dir}: run directory is not writable: {err.strerror}") from None
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a run output file; an OS error is one OutputError naming it."""
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write: {err.strerror}") from None
+
+
+def train(
+    cfg: RunConfig, resume: str | Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train from ``cfg``.
+
+    ``resume``: a run directory (continue from its newest checkpoint, which must be whole:
+    a broken one is refused by name) or one checkpoint folder ``RUN_DIR/checkpoints/step-N``
+    (continue from it; newer checkpoints are set aside as ``step-M.superseded``). Training
+    writes into that run directory. Without ``resume``, a ``run_dir`` that holds a previous
+    run is refused unless ``overwrite``.
+    """
+    checkpoint = None
     if resume is not None:
-        cfg.run_dir = str(resume)
-        checkpoint = latest_checkpoint(resume)
+        if overwrite:
+            raise ConfigError("--resume and --overwrite: pick one")
+        run_dir, checkpoint = resolve_resume(resume)
+        cfg.run_dir = str(run_dir)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    claim_run_dir(run_dir, resume is not None, overwrite)
+    write_output(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     trainer, info = build(cfg)
-    if resume is not None:
+    if checkpoint is not None:
         print(f"resuming from {checkpoint}", flush=True)
         trainer.resume(checkpoint)
+        for p in CheckpointManager(run_dir / "checkpoints").set_aside_after(trainer.step):
+            print(f"set aside (newer than the resumed checkpoint): {p}", flush=True)
     result = report(trainer.fit(), info)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        write_output(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    except OutputError as err:
+        if trainer.final_path is not None:
+            raise OutputError(
+                f"{err} (the trained model is saved in {trainer.final_path})"
+            ) from None
+        raise
     return result
 
 
@@ -125,7 +189,7 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     at any world size: its shards load into the unsharded model.
     """
     trainer, info = build(cfg)
-    if (Path(checkpoint) / ".metadata").is_file():  # torch.distributed.checkpoint layout
+    if (Path(checkpoint) / ".metadata").exists():  # torch.distributed.checkpoint layout
         from recis.distributed import checkpoint as dcp_checkpoint
         from recis.distributed.hashed import shard_hashed
 
@@ -135,5 +199,5 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
         trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
     else:
         state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, source=checkpoint)
     return report(trainer.evaluate(), info)

@@ -345,7 +345,13 @@ class Trainer:
             and es.best_step != self.step
         ):
             best = self._checkpoint_path(es.best_step, name="best")
-            self._load_model(best)
+            saved = int(self._load_model(best).get("step", -1))
+            if saved != es.best_step:
+                raise CheckpointError(
+                    f"{best}: holds step {saved}, but the best evaluation was at step "
+                    f"{es.best_step}; the model of step {self.step} is in "
+                    f"{self._checkpoint_path(self.step)}"
+                )
             final, restored = best, True
         if final is not None:
             self.final_path = self._link(final, "final")
@@ -397,10 +403,11 @@ class Trainer:
             return None
         return link_checkpoint(source, name)
 
-    def _load_model(self, path: Path) -> None:
-        """The model's weights from checkpoint ``path`` (restoring the best one)."""
-        state, _ = load_checkpoint(path, map_location=self.device)
+    def _load_model(self, path: Path) -> dict[str, Any]:
+        """The model's weights from checkpoint ``path`` (restoring the best one); its meta."""
+        state, meta = load_checkpoint(path, map_location=self.device)
         self._load_model_state(state["model"], path)
+        return meta
 
     def _reader(self) -> Any:
         """The object whose ``state_dict`` is the reader's position (None: not resumable)."""
