@@ -1,0 +1,196 @@
+"""CTR on real data: DLRM, DeepFM and HHFT recipes vs logistic regression on MovieLens.
+
+``ml_latest_small`` protocol 2 (its README): label ``rating >= 4``, ratings sorted by
+(timestamp, userId, movieId), first 80% train, last 20% test, ROC-AUC and log-loss.
+
+* ``ctr_lr_auc``: the README's baseline, computed here with scikit-learn (one-hot userId +
+  movieId, multi-hot genres, C=0.1, trained on the whole 80%).
+* each model: its shipped config ``examples/recipes/movielens_ctr/<model>.yaml`` as is (first
+  try), trained on the train part minus its last 10% by time, evaluated on that 10%
+  (``valid``) after every epoch, stopped early on valid AUC, the best epoch's weights
+  restored; the restored model is then evaluated once on the test part.
+
+Usage: ``python benchmarks/real_data_ctr.py [--work DIR]``. The last line printed is one
+JSON object: ``ctr_lr_auc``, ``<model>_auc`` (test), ``<model>_logloss``,
+``<model>_best_epoch``, ``<model>_valid_auc`` (best epoch), ``<model>_restored_auc`` (valid
+AUC of the restored weights), ``<model>_restored_ok``, ``<model>_seconds``, ``history``
+(valid AUC per epoch per model), or ``{"skipped": reason}`` without the shared data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RECIPE = ROOT / "examples" / "recipes" / "movielens_ctr"
+MODELS = ("dlrm", "deepfm", "hhft")
+
+
+def lr_baseline(src: Path) -> dict[str, float]:
+    """The README's logistic regression (one-hot user + movie, multi-hot genres, C=0.1)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    r = pq.read_table(src / "ratings.parquet")
+    m = pq.read_table(src / "movies.parquet")
+    user, movie = r["userId"].to_numpy(), r["movieId"].to_numpy()
+    order = np.lexsort((movie, user, r["timestamp"].to_numpy()))
+    user, movie = user[order], movie[order]
+    y = (r["rating"].to_numpy()[order] >= 4.0).astype(int)
+    n, cut = len(y), int(0.8 * len(y))
+    movie_ids = np.sort(m["movieId"].to_numpy())
+    users = np.unique(user)
+    u_col = np.searchsorted(users, user)
+    m_col = np.searchsorted(movie_ids, movie)
+    genre_lists = pc.split_pattern(m["genres"].combine_chunks(), "|")
+    names = sorted(set(pc.list_flatten(genre_lists).to_pylist()))
+    g_of_row = np.searchsorted(movie_ids, m["movieId"].to_numpy())
+    per_movie: list[list[int]] = [[] for _ in movie_ids]
+    for i, gs in zip(g_of_row, genre_lists.to_pylist()):
+        per_movie[i] = [names.index(g) for g in gs]
+    g_rows = [(i, g) for i, mc in enumerate(m_col) for g in per_movie[mc]]
+    gi, gj = (np.array(c) for c in zip(*g_rows))
+    ones = np.ones(n)
+    x = sp.hstack(
+        [
+            sp.csr_matrix((ones, (np.arange(n), u_col)), shape=(n, len(users))),
+            sp.csr_matrix((ones, (np.arange(n), m_col)), shape=(n, len(movie_ids))),
+            sp.csr_matrix((np.ones(len(gi)), (gi, gj)), shape=(n, len(names))),
+        ]
+    ).tocsr()
+    model = LogisticRegression(C=0.1, max_iter=2000).fit(x[:cut], y[:cut])
+    pred = model.predict_proba(x[cut:])[:, 1]
+    return {"auc": float(roc_auc_score(y[cut:], pred)), "logloss": float(log_loss(y[cut:], pred))}
+
+
+class _Best:
+    """Keeps the valid AUC of every evaluation and the weights of the best one (in memory)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.history: list[float] = []
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.state: dict[str, Any] | None = None
+
+    def on_eval(self, trainer: Any, result: dict[str, float]) -> None:
+        value = float(result[self.metric])
+        self.history.append(value)
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = value, len(self.history)
+            self.state = copy.deepcopy(trainer.model.state_dict())
+
+
+def train_recipe(
+    name: str, data_dir: Path, work_dir: Path, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Train ``<name>.yaml`` on ``data_dir``'s train/valid files; metrics of the restored
+    best epoch on valid and test. ``overrides`` (``a.b=value``) are for trying variants on
+    valid; the benchmark itself runs the configs as shipped."""
+    from recis.config import load_config
+    from recis.io import reader_from_config
+    from recis.train import runner
+    from recis.train.callbacks import Callback
+
+    cfg = load_config(
+        RECIPE / f"{name}.yaml",
+        [
+            f"data.train={data_dir / 'train.parquet'}",
+            f"data.eval={data_dir / 'valid.parquet'}",
+            f"run_dir={work_dir / name}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            *(overrides or []),
+        ],
+    )
+    assert cfg.train.early_stopping is not None
+    metric = cfg.train.early_stopping.metric
+    t0 = time.perf_counter()
+    trainer, _ = runner.build(cfg)
+    keeper = _Best(metric)
+    hook = type("BestHook", (Callback,), {"on_eval": lambda _, t, r: keeper.on_eval(t, r)})()
+    trainer.callbacks.insert(0, hook)
+    # one evaluation per epoch, counted here in steps (the history's x axis is the epoch)
+    trainer.config.eval_every = len(trainer.train_data)
+    trainer.config.eval_each_epoch = False
+    trainer.fit()
+    seconds = time.perf_counter() - t0
+    trainer.model.load_state_dict(keeper.state)
+    trainer.callbacks.remove(hook)
+    restored = trainer.evaluate()[metric]
+    test: dict[str, float] = {}
+    if (data_dir / "test.parquet").is_file():  # absent while trying variants on valid
+        test_reader = reader_from_config(cfg.data, str(data_dir / "test.parquet"), train=False)
+        test = trainer.evaluate(test_reader)
+    task = metric.split("/")[0]
+    return {
+        "auc": test.get(f"{task}/auc"),
+        "logloss": test.get(f"{task}/logloss"),
+        "best_epoch": keeper.best_epoch,
+        "valid_auc": keeper.best,
+        "restored_auc": restored,
+        "restored_ok": bool(abs(restored - keeper.best) < 1e-6),
+        "history": keeper.history,
+        "seconds": round(seconds, 1),
+    }
+
+
+def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """All three recipes and the LR baseline; ``data_dir`` is ``shared/data`` (the folder
+    holding ``ml_latest_small``)."""
+    src = Path(data_dir) / "ml_latest_small"
+    if not (src / "ratings.parquet").is_file():
+        return {"skipped": f"no {src}/ratings.parquet"}
+    sys.path.insert(0, str(RECIPE))
+    from prepare import prepare
+
+    work_dir = Path(work_dir)
+    prepared = work_dir / "movielens_ctr"
+    prepare(src, prepared)
+    t0 = time.perf_counter()
+    lr = lr_baseline(src)
+    out: dict[str, Any] = {
+        "ctr_lr_auc": lr["auc"],
+        "ctr_lr_logloss": lr["logloss"],
+        "ctr_lr_seconds": round(time.perf_counter() - t0, 1),
+    }
+    history: dict[str, list[float]] = {}
+    for name in MODELS:
+        res = train_recipe(name, prepared, work_dir / "runs")
+        history[name] = res.pop("history")
+        out.update({f"{name}_{k}": v for k, v in res.items()})
+    out["history"] = history
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: temp)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder")
+    args = parser.parse_args()
+    if args.work is not None:
+        result = run(args.data, args.work)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(args.data, Path(tmp))
+    for key, value in result.items():
+        if key != "history":
+            print(f"{key:24s} {value}", flush=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
