@@ -111,7 +111,7 @@ def write_parquet_parts(
     for i in range(files):
         tmp = out / f".part-{i:05d}.parquet.tmp"
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
-        pq.write_table(part, tmp, row_group_size=row_group_size)
+        pq.write_table(part, tmp, row_group_size=row_group_size, write_page_checksum=True)
         tmp.replace(out / f"part-{i:05d}.parquet")
 
 

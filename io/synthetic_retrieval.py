@@ -125,10 +125,12 @@ def generate_retrieval(
     write_parquet_parts(_table(train), path / "train", files)
     write_parquet_parts(_table(evals), path / "eval", max(1, files // 2))
     items = np.arange(num_items)
-    pq.write_table(_table(cat.item_columns(items)), path / "items.parquet")
+    pq.write_table(
+        _table(cat.item_columns(items)), path / "items.parquet", write_page_checksum=True
+    )
     queries = np.arange(num_queries)
     qcols = {**cat.query_columns(queries), "relevant": list(cat.relevant)}
-    pq.write_table(_table(qcols), path / "queries.parquet")
+    pq.write_table(_table(qcols), path / "queries.parquet", write_page_checksum=True)
     true = cat.score[np.asarray(evals["query_id"]), np.asarray(evals["item_id"])]
     info = SyntheticInfo(
         path=str(path),

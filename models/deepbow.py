@@ -236,7 +236,7 @@ class DeepBoW(nn.Module):
                     "weights": pa.array([x.tolist() for x in weights], pa.list_(pa.float32())),
                 }
             )
-            pq.write_table(table, path)
+            pq.write_table(table, path, write_page_checksum=True)
         elif format == "safetensors":
             lengths = np.array([len(x) for x in terms], dtype=np.int64)
             save_file(
