@@ -139,9 +139,14 @@ class TwoTower(nn.Module):
         sparse = {f.name: f for f in schema.sparse}
         for side in ("query", "item"):
             tower: TowerConfig = getattr(config, side)
-            for name in [*tower.sparse, *([tower.text] if tower.text else [])]:
+            for name in tower.sparse:
                 if name not in sparse:
                     raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
+            # a text is a raw-text feature (data.schema.text) or a list-of-ids sparse feature
+            if tower.text and tower.text not in sparse | {t.name: t for t in schema.text}:
+                raise ConfigError(
+                    f"model.{side}.text: no text or sparse feature {tower.text!r} in the schema"
+                )
         if config.item_id not in config.item.sparse:
             raise ConfigError(f"model.item_id: {config.item_id!r} is not in model.item.sparse")
         self.query_features = [*config.query.sparse, *filter(None, [config.query.text])]

@@ -3,12 +3,15 @@
 recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR | --overwrite]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
+recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
+recis vocab build CONFIG.yaml [--set ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from recis.errors import RecisError
@@ -61,12 +64,40 @@ def _parser() -> argparse.ArgumentParser:
             "'auto' detects torchrun / horovodrun from the environment); see "
             "docs/distributed.md",
         )
+    help = "what is installed (torch, fbgemm, torchrec, CUDA, native ops, extras), what is missing"
+    sub.add_parser("doctor", help=help, description=help)
     pl = sub.add_parser(
         "plot", help="write PNG curves of a run", description="write PNG curves of a run"
     )
     pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
     _add_split(sub)
+    _add_vocab(sub)
     return p
+
+
+def _add_vocab(sub: argparse._SubParsersAction) -> None:
+    """``recis vocab build``: see recis.io.vocab and docs/text.md."""
+    help = "subword vocabularies of the config's text features (trained on the train files)"
+    vp = sub.add_parser("vocab", help=help, description=help)
+    vsub = vp.add_subparsers(dest="vocab_command", required=True)
+    help = "train and save every tokenizer.json the schema's vocab tokenizers name"
+    bp = vsub.add_parser("build", help=help, description=help)
+    bp.add_argument("config", help="YAML run config")
+    bp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _vocab(cfg, only_missing: bool) -> None:
+    """Build the schema's vocabularies (all, or those missing: the step at train start)."""
+    from recis.io.vocab import build_vocabularies, vocab_features
+    from recis.train.runner import prepare_data
+
+    missing = [p for p in vocab_features(cfg.data.schema_.text) if not os.path.isfile(p)]
+    if only_missing and not missing:
+        return
+    train_path, _, _ = prepare_data(cfg)
+    for path, size in build_vocabularies(cfg.data, train_path, only_missing).items():
+        if not only_missing or path in missing:
+            print(f"vocabulary: {size} pieces -> {path}", flush=True)
 
 
 def _add_split(sub: argparse._SubParsersAction) -> None:
@@ -148,10 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "split":
             _split(args)
             return 0
+        if args.command == "doctor":
+            from recis.doctor import main as doctor
+
+            return doctor()
         from recis.config import load_config
         from recis.train import runner
 
         cfg = load_config(args.config, args.overrides)
+        if args.command == "vocab":
+            _vocab(cfg, only_missing=False)
+            return 0
+        if args.command == "train":  # a vocabulary the config names but nobody built yet
+            _vocab(cfg, only_missing=True)
         launcher = _launcher(cfg, args)
         if args.command == "train" and launcher != "none":
             from recis.distributed import run as distributed_run

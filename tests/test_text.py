@@ -139,3 +139,256 @@ def test_reader_tokenizes_a_raw_text_column(tmp_path) -> None:
     assert b.text["q_mask"].tolist()[1] == [0] * 5
     terms = ["red", "re", "ed", "shoe", "sh"]
     assert b.text["q"][0].tolist() == hash_strings(terms, salt="text").tolist()
+
+
+TITLES = [
+    "red running shoes for men",
+    "blue silicone phone case",
+    "wireless phone charger fast",
+    "leather running shoes sale",
+    "男款红色跑鞋 特价",
+    "蓝色手机壳 硅胶",
+]
+QUERIES = ["running shoes", "phone case", "phone charger", "red shoes", "红色跑鞋", "手机壳"]
+
+
+def _write_pairs(path: Path, queries: list[str], titles: list[str], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    q, t, y = [], [], []
+    for _ in range(8):
+        for i, query in enumerate(queries):
+            j = i if rng.random() < 0.5 else int(rng.integers(len(titles)))
+            q.append(query)
+            t.append(titles[j])
+            y.append(float(i == j))
+    pq.write_table(pa.table({"query": q, "title": t, "label": y}), path)
+
+
+def _config(tmp_path: Path, tokenizer: dict) -> Path:
+    import yaml
+
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "threads": 1,
+        "data": {
+            "train": str(tmp_path / "train"),
+            "eval": str(tmp_path / "eval"),
+            "batch_size": 16,
+            "schema": {
+                "text": [
+                    {"name": "query", "tokenizer": tokenizer, "max_length": 16},
+                    {"name": "title", "tokenizer": tokenizer, "max_length": 16},
+                ],
+                "labels": [{"name": "relevant", "column": "label"}],
+            },
+        },
+        "model": {
+            "name": "deepbow",
+            "query_text": "query",
+            "product_text": "title",
+            "product_id": None,
+            "max_len": 16,
+            "vocab": 512,
+            "dim": 16,
+        },
+        "train": {"epochs": 1, "progress": False, "dense_optimizer": {"name": "adam", "lr": 0.01}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("model", ["bpe", "wordpiece"])
+def test_vocab_built_from_train_files_reloads_with_the_same_ids(tmp_path, model) -> None:
+    from recis.cli import main
+    from recis.config import load_config
+    from recis.io.tokenizers import SubwordVocab
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "eval").mkdir()
+    _write_pairs(tmp_path / "train" / "a.parquet", QUERIES, TITLES, 0)
+    # a word only in the eval file must not enter the vocabulary
+    _write_pairs(tmp_path / "eval" / "a.parquet", ["zebra quokka"], ["zebra quokka"], 1)
+    vocab = tmp_path / "run" / "tokenizer.json"
+    tok = {"kind": "vocab", "path": str(vocab), "model": model, "vocab_size": 120}
+    config = _config(tmp_path, tok)
+    assert main(["vocab", "build", str(config)]) == 0
+    assert vocab.is_file()
+    cfg = load_config(config)
+    spec = cfg.data.schema_.text[0].tokenizer
+    first = SubwordVocab(spec)
+    pieces = dict((p, i) for i, p in first.pieces("Running Shoes"))
+    assert {"running", "shoes"} <= pieces.keys()  # frequent train words are whole pieces
+    zebra = [p for _, p in first.pieces("zebra")]
+    assert zebra and "zebra" not in zebra and "[UNK]" in zebra  # z is in no train text
+    assert first.encode(["running shoes"], 4)[0][0].tolist() == [
+        pieces["running"],
+        pieces["shoes"],
+        0,
+        0,
+    ]
+    texts = TITLES + QUERIES + ["zebra", ""]
+    ids, mask = first.encode(texts, 16)
+    # a reload gives the same ids
+    again = SubwordVocab(spec)
+    ids2, mask2 = again.encode(texts, 16)
+    assert np.array_equal(ids, ids2) and np.array_equal(mask, mask2)
+    assert (ids[mask == 1] >= 1).all() and (ids[mask == 1] < 120).all()
+    if model == "bpe":  # BPE training is deterministic: a rebuild writes the same file
+        before = vocab.read_bytes()
+        assert main(["vocab", "build", str(config)]) == 0
+        assert vocab.read_bytes() == before
+
+
+def test_train_from_raw_text_builds_the_missing_vocabulary(tmp_path, capsys) -> None:
+    from recis.cli import main
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "eval").mkdir()
+    _write_pairs(tmp_path / "train" / "a.parquet", QUERIES, TITLES, 0)
+    _write_pairs(tmp_path / "eval" / "a.parquet", QUERIES, TITLES, 1)
+    vocab = tmp_path / "run" / "tokenizer.json"
+    config = _config(tmp_path, {"kind": "vocab", "path": str(vocab), "vocab_size": 100})
+    assert main(["train", str(config), "--set", "train.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {vocab}" in out and vocab.is_file()
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["relevant/auc"] is not None
+
+
+def test_missing_vocabulary_names_the_command(tmp_path) -> None:
+    f = TextFeature(name="q", tokenizer={"kind": "vocab", "path": str(tmp_path / "no.json")})
+    with pytest.raises(ConfigError, match="recis vocab build"):
+        tokenizer_for(f)
+
+
+def _hf_tokenizer_dir(path: Path) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]"])
+    tok.train_from_iterator(QUERIES + TITLES, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]"
+    )
+    fast.save_pretrained(path)
+    return str(path)
+
+
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 64,
+    "max_position_embeddings": 32,
+}
+
+
+@pytest.mark.parametrize("tower", ["ngram_bag", "hf_llm"])
+def test_text_features_feed_the_two_tower_text_towers(tmp_path, tower) -> None:
+    from recis.models import TwoTower, TwoTowerConfig
+
+    rows = {"query": QUERIES * 4, "title": TITLES * 4, "item_id": list(range(6)) * 4}
+    rows["label"] = [1.0] * 24
+    pq.write_table(pa.table(rows), tmp_path / "t.parquet")
+    if tower == "hf_llm":
+        tokenizer: object = _hf_tokenizer_dir(tmp_path / "tok")
+        llm = {"config": TINY_BERT}
+    else:
+        tokenizer, llm = {"kind": "ngram", "words": 2, "chars": [1, 2]}, None
+    schema = validate(
+        Schema,
+        {
+            "sparse": [{"name": "item_id"}],
+            "text": [
+                {"name": "query", "tokenizer": tokenizer, "max_length": 12},
+                {"name": "title", "tokenizer": tokenizer, "max_length": 12},
+            ],
+            "labels": [{"name": "click", "column": "label"}],
+        },
+        "data.schema",
+    )
+    cfg = validate(
+        TwoTowerConfig,
+        {
+            "query": {"text": "query", "max_len": 12, "mlp": [16]},
+            "item": {"sparse": ["item_id"], "text": "title", "max_len": 12, "mlp": [16]},
+            "dim": 8,
+            "llm": llm,
+            "text_vocab": 1024,
+            "text_dim": 8,
+            "tables": [{"name": "item_id", "dim": 8, "capacity": 16}],
+        },
+        "model",
+    )
+    torch.manual_seed(0)
+    model = TwoTower(cfg, schema, torch.device("cpu"))
+    (batch,) = list(Reader(tmp_path / "t.parquet", schema, 24, shuffle=False))
+    if tower == "hf_llm":  # real vocabulary ids, not hashes
+        assert 0 < int(batch.text["query"].max()) < 64
+    text_params = list(model.text.parameters())
+    before = [p.detach().clone() for p in text_params]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    for _ in range(3):
+        model.train()
+        loss = model.loss(model(batch), batch)["click"]
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, text_params))  # text tower trained
+    model.eval()
+    with torch.no_grad():
+        u = model.encode_queries(batch)
+    assert u.shape == (24, 8) and torch.isfinite(u).all()
+    # equal query texts get equal embeddings: the text alone encodes the query side
+    torch.testing.assert_close(u[:6], u[6:12])
+
+
+def test_dense_relevance_and_llm_deepbow_read_raw_text(tmp_path) -> None:
+    from recis.models import DeepBoW, DeepBoWConfig, DenseRelevance
+
+    (tmp_path / "train").mkdir()
+    _write_pairs(tmp_path / "train" / "a.parquet", QUERIES, TITLES, 0)
+    hf = _hf_tokenizer_dir(tmp_path / "tok")
+    for model_cls, tokenizer, llm in [
+        (DenseRelevance, {"kind": "ngram", "chars": [2]}, None),
+        (DeepBoW, hf, {"config": TINY_BERT}),
+    ]:
+        schema = validate(
+            Schema,
+            {
+                "text": [
+                    {"name": "query", "tokenizer": tokenizer, "max_length": 16},
+                    {"name": "title", "tokenizer": tokenizer, "max_length": 16},
+                ],
+                "labels": [{"name": "relevant", "column": "label"}],
+            },
+            "data.schema",
+        )
+        cfg = DeepBoWConfig(
+            query_text="query", product_text="title", vocab=64, dim=16, max_len=16, llm=llm
+        )
+        torch.manual_seed(0)
+        model = model_cls(cfg, schema, torch.device("cpu"))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for _ in range(4):
+            for batch in Reader(tmp_path / "train", schema, 48, shuffle=False):
+                model.train()
+                out = model(batch)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    out["relevant"], batch.labels["relevant"]
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        assert np.isfinite(losses).all() and losses[-1] < losses[0], (model_cls, losses)
+    # the LLM DeepBoW explains with the HF tokenizer's pieces (words of the vocabulary)
+    rows = model.explain("running shoes", "red running shoes for men")
+    named = {r["term"] for r in rows if r["in_query"] or r["in_product"]}
+    assert named and named <= {"running", "shoes", "red", "for", "men"}

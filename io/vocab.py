@@ -1,0 +1,165 @@
+"""Subword vocabularies trained on the train files (``recis vocab build CONFIG``).
+
+Every :class:`~recis.features.TextFeature` with ``tokenizer: {kind: vocab, path: P}`` is
+grouped by ``P``: one BPE or WordPiece vocabulary is trained with HF ``tokenizers`` on all
+their columns of the **train** files only (eval text never shapes the vocabulary), and
+saved as ``P`` (a ``tokenizer.json``; put it in the run dir). Ids: ``[PAD]`` 0, ``[UNK]``
+1, then the learned pieces. The file carries its normalizer (NFKC, lowercase as the spec
+says) and pre-tokenizer, so reloading it gives the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
+
+from recis.config import DataConfig
+from recis.errors import ConfigError, DataError
+from recis.features import TextFeature, VocabTokenizer
+
+from .sources import SUFFIXES, CsvOptions, resolve_paths
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
+
+
+def vocab_features(features: Sequence[TextFeature]) -> dict[str, list[TextFeature]]:
+    """``{path: [features]}`` of the vocab-kind text features; one path, one set of settings."""
+    groups: dict[str, list[TextFeature]] = {}
+    for f in features:
+        if isinstance(f.tokenizer, VocabTokenizer):
+            groups.setdefault(f.tokenizer.path, []).append(f)
+    for path, feats in groups.items():
+        first = feats[0].tokenizer
+        for f in feats[1:]:
+            if f.tokenizer != first:
+                raise ConfigError(
+                    f"data.schema.text.{f.name}.tokenizer: shares path {path!r} with "
+                    f"{feats[0].name!r} but not its settings"
+                )
+    return groups
+
+
+def _csv_texts(path: str, columns: list[str], fmt: str, csv: CsvOptions) -> pa.Table:
+    o = csv.resolved(fmt)
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=o.column_names, autogenerate_column_names=False)
+        if o.column_names and not o.header
+        else pacsv.ReadOptions(),
+        parse_options=pacsv.ParseOptions(delimiter=o.delimiter),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns,
+            column_types={c: pa.string() for c in columns},
+            null_values=o.null_values or [""],
+        ),
+    )
+
+
+def read_texts(
+    paths: str | os.PathLike | list,
+    columns: list[str],
+    fmt: str = "parquet",
+    csv: CsvOptions | None = None,
+) -> Iterator[str]:
+    """The strings of ``columns`` in the files of ``paths`` (nulls and empty ones skipped)."""
+    for path in resolve_paths(paths, SUFFIXES[fmt]):
+        try:
+            if fmt == "parquet":
+                tables: Iterator = (
+                    pa.Table.from_batches([b])
+                    for b in pq.ParquetFile(path).iter_batches(columns=columns)
+                )
+            elif fmt == "orc":
+                tables = iter([orc.ORCFile(path).read(columns=columns)])
+            else:
+                tables = iter([_csv_texts(path, columns, fmt, csv or CsvOptions())])
+            for table in tables:
+                for c in columns:
+                    col = pc.drop_null(table.column(c).cast(pa.string()))
+                    yield from (t for t in col.to_pylist() if t)
+        except (pa.ArrowException, KeyError) as err:  # a missing column is a KeyError
+            raise DataError(f"cannot read text column: {err}", path=path) from None
+
+
+def new_tokenizer(spec: VocabTokenizer):  # noqa: ANN201 - a tokenizers.Tokenizer
+    """An untrained BPE / WordPiece tokenizer with the spec's normalizer and pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    steps = []
+    if spec.normalize != "none":
+        steps.append(getattr(normalizers, spec.normalize)())
+    if spec.lowercase:
+        steps.append(normalizers.Lowercase())
+    if spec.model == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        tok.decoder = decoders.WordPiece()
+    else:
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    # words and punctuation apart, and a change of script (Han / Latin / digits) splits too:
+    # subwords are learned inside each piece, so Chinese runs get multi-char pieces
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.UnicodeScripts()]
+    )
+    return tok
+
+
+def train_vocabulary(spec: VocabTokenizer, texts: Iterator[str]) -> Path:
+    """Train on ``texts`` and save ``spec.path`` (written whole, then renamed into place)."""
+    from tokenizers import trainers
+
+    tok = new_tokenizer(spec)
+    kwargs = {
+        "vocab_size": spec.vocab_size,
+        "min_frequency": spec.min_frequency,
+        "special_tokens": SPECIAL_TOKENS,
+        "show_progress": False,
+    }
+    if spec.model == "wordpiece":
+        trainer = trainers.WordPieceTrainer(continuing_subword_prefix="##", **kwargs)
+    else:
+        trainer = trainers.BpeTrainer(**kwargs)
+    tok.train_from_iterator(texts, trainer=trainer)
+    path = Path(spec.path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tok.save(str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ConfigError(f"tokenizer.path: cannot write {path}: {err.strerror}") from None
+    return path
+
+
+def build_vocabularies(
+    data: DataConfig, train_paths: str | list[str], only_missing: bool = False
+) -> dict[str, int]:
+    """Train and save every vocabulary the schema names; ``{path: vocabulary size}``.
+
+    ``only_missing``: keep the files that exist (the step run at train start).
+    """
+    from tokenizers import Tokenizer
+
+    c = data.csv
+    csv = CsvOptions(
+        delimiter=c.delimiter,
+        header=c.header,
+        column_names=c.column_names,
+        null_values=c.null_values,
+        layout=None if c.layout == "none" else c.layout,
+    )
+    out: dict[str, int] = {}
+    for path, feats in vocab_features(data.schema_.text).items():
+        if not (only_missing and Path(path).is_file()):
+            columns = list(dict.fromkeys(f.source for f in feats))
+            train_vocabulary(feats[0].tokenizer, read_texts(train_paths, columns, data.format, csv))
+        out[path] = Tokenizer.from_file(path).get_vocab_size()
+    return out
