@@ -83,8 +83,14 @@ def write_manifest(folder: Path, files: dict[str, dict[str, Any]] | None = None)
     case: each rank wrote its own)."""
     if files is None:
         files = {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST}
-    body = {"format": _FORMAT, "version": _VERSION, "files": files}
+    body = {"format": _FORMAT, "version": _VERSION, "files": files, "self": _self_sum(files)}
     _write_file(folder / MANIFEST, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _self_sum(files: Any) -> str:
+    """The manifest's own checksum (of its file list): a damaged manifest is told apart
+    from a damaged file."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def verify(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -114,6 +120,8 @@ def verify(path: str | Path) -> dict[str, dict[str, Any]]:
         raise CheckpointError(f"{mpath}: not a valid recis checkpoint manifest")
     if manifest.get("version") != _VERSION:
         raise CheckpointError(f"{mpath}: checkpoint format version {manifest.get('version')!r}")
+    if manifest.get("self") != _self_sum(files):
+        raise CheckpointError(f"{mpath}: corrupted (its own checksum differs)")
     for name, want in files.items():
         if "/" in name or name in ("", ".", "..") or not isinstance(want, dict):
             raise CheckpointError(f"{mpath}: invalid entry {name!r}")
