@@ -1,0 +1,298 @@
+"""Real layouts read unchanged: RecIS / TorchEasyRec list columns, every integer width, uint64.
+
+Files are written with pyarrow (parquet with page checksums, ORC, CSV) in the layouts
+those frameworks store: every column a list, labels single-element ``list<double>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
+import pytest
+
+from recis.cli import main
+from recis.config import load_config
+from recis.errors import DataError
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import Reader, reader_from_config
+from recis.ops.hashing import hash_strings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lists(values, t: pa.DataType) -> pa.Array:
+    return pa.array([[v] for v in values], pa.list_(t))
+
+
+def _recis_table(n: int = 12) -> pa.Table:
+    """The columns of ``examples/recis_layout.yaml``: every column a list."""
+    rng = np.random.default_rng(0)
+    return pa.table(
+        {
+            "label": _lists(rng.integers(0, 2, n).astype(float), pa.float64()),
+            "price": _lists(rng.uniform(1, 100, n), pa.float64()),
+            "ctr_7d": _lists(rng.uniform(0, 1, n).astype(np.float32), pa.float32()),
+            "age": _lists(rng.integers(18, 70, n), pa.int64()),
+            "user_id": _lists(rng.integers(0, 1000, n), pa.int64()),
+            "item_id": _lists(rng.integers(0, 1000, n), pa.int64()),
+            "cate": _lists([f"c{i % 3}" for i in range(n)], pa.string()),
+            "click_seq": pa.array(
+                [list(range(i % 4)) for i in range(n)], pa.list_(pa.int64())
+            ),  # multi-valued, some empty
+        }
+    )
+
+
+def _write(table: pa.Table, path: Path, fmt: str) -> Path:
+    if fmt == "orc":
+        orc.write_table(table, path)
+    else:
+        pq.write_table(table, path, write_page_checksum=True)
+    return path
+
+
+SCHEMA = Schema(
+    labels=[LabelSpec(name="click", column="label")],
+    dense=[DenseFeature(name="price"), DenseFeature(name="ctr_7d"), DenseFeature(name="age")],
+    sparse=[
+        SparseFeature(name="user_id"),
+        SparseFeature(name="cate"),
+        SparseFeature(name="click_seq", max_len=2, truncate="last"),
+    ],
+)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "orc"])
+def test_recis_layout_single_element_lists_are_scalars(tmp_path, fmt):
+    table = _recis_table()
+    f = _write(table, tmp_path / f"a.{fmt}", fmt)
+    (b,) = list(Reader(f, SCHEMA, 64, format=fmt))
+    col = {
+        c: [x[0] if x else None for x in table.column(c).to_pylist()] for c in table.column_names
+    }
+    assert b.labels["click"].tolist() == col["label"]
+    np.testing.assert_allclose(b.dense[:, 0].numpy(), col["price"], rtol=1e-6)
+    np.testing.assert_allclose(b.dense[:, 1].numpy(), col["ctr_7d"], rtol=1e-6)
+    assert b.dense[:, 2].tolist() == [float(x) for x in col["age"]]  # list<int64> dense
+    assert b.sparse["user_id"].values().tolist() == col["user_id"]
+    # a string column is hashed with no dtype in the config, salted by its table
+    assert b.sparse["cate"].values().tolist() == hash_strings(col["cate"], salt="cate").tolist()
+    seq = b.sparse["click_seq"]
+    assert seq.lengths().tolist() == [min(i % 4, 2) for i in range(12)]
+    assert seq.values().tolist()[:3] == [0, 0, 1]  # rows 1 ([0]) and 2 ([0, 1])
+
+
+@pytest.mark.parametrize("column", ["label", "price", "age"])
+@pytest.mark.parametrize(
+    "rows, what", [([], "empty list"), ([1, 2], "(more than one value|list length is not 1)")]
+)
+def test_list_with_zero_or_many_values_where_one_is_needed(tmp_path, column, rows, what):
+    table = _recis_table()
+    values = table.column(column).to_pylist()
+    values[7] = [float(x) for x in rows] if column != "age" else rows
+    table = table.set_column(
+        table.schema.get_field_index(column),
+        column,
+        pa.array(values, table.schema.field(column).type),
+    )
+    f = _write(table, tmp_path / "a.parquet", "parquet")
+    match = rf"a\.parquet, column '{column}', row 7: .*{what}"
+    with pytest.raises(DataError, match=match) as e:
+        list(Reader(f, SCHEMA, 4, shuffle=True))
+    assert e.value.row == 7 and e.value.column == column
+
+
+def test_empty_dense_list_takes_the_configured_default(tmp_path):
+    table = _recis_table()
+    prices = table.column("price").to_pylist()
+    prices[3] = []
+    table = table.set_column(1, "price", pa.array(prices, pa.list_(pa.float64())))
+    f = _write(table, tmp_path / "a.parquet", "parquet")
+    schema = Schema(
+        labels=SCHEMA.labels, dense=[DenseFeature(name="price", on_empty="fill", fill=-7.0)]
+    )
+    (b,) = list(Reader(f, schema, 64))
+    assert b.dense[3, 0].item() == -7.0 and b.dense[4, 0].item() == pytest.approx(prices[4][0])
+
+
+@pytest.mark.parametrize(
+    "t",
+    [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32()],
+)
+def test_every_integer_width_passes_ids_through(tmp_path, t):
+    hi = min(np.iinfo(t.to_pandas_dtype()).max, 10**6)
+    lo = max(np.iinfo(t.to_pandas_dtype()).min, -(10**6))
+    ids = [lo, -1 if lo < 0 else 0, 0 if lo < 0 else 1, 5, hi]
+    table = pa.table({"ids": pa.array(ids, t), "y": [0.0] * 5})
+    f = _write(table, tmp_path / "a.parquet", "parquet")
+    schema = Schema(sparse=[SparseFeature(name="ids")], labels=[LabelSpec(name="y")])
+    (b,) = list(Reader(f, schema, 8))
+    assert b.sparse["ids"].values().tolist() == ids
+
+
+def test_small_widths_of_both_signs_share_one_table(tmp_path):
+    """int8 in one file, uint32 in another: values are ids, 5 is 5 in both."""
+    _write(
+        pa.table({"ids": pa.array([-3, 5], pa.int8()), "y": [0.0, 1.0]}), tmp_path / "a.parquet", ""
+    )
+    _write(
+        pa.table({"ids": pa.array([5, 2**32 - 1], pa.uint32()), "y": [0.0, 1.0]}),
+        tmp_path / "b.parquet",
+        "",
+    )
+    schema = Schema(sparse=[SparseFeature(name="ids")], labels=[LabelSpec(name="y")])
+    (b,) = list(Reader(tmp_path, schema, 8))
+    assert b.sparse["ids"].values().tolist() == [-3, 5, 5, 2**32 - 1]
+
+
+UINT64 = [0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1]
+
+
+def test_uint64_ids_above_2_63_stay_distinct(tmp_path):
+    """(ORC has no unsigned types: uint64 comes from parquet.)"""
+    table = pa.table(
+        {
+            "uid": _lists(UINT64, pa.uint64()),  # the TorchEasyRec list layout
+            "scalar": pa.array(UINT64, pa.uint64()),
+            "y": [0.0, 1.0] * 3,
+        }
+    )
+    f = _write(table, tmp_path / "a.parquet", "parquet")
+    schema = Schema(
+        sparse=[SparseFeature(name="uid"), SparseFeature(name="scalar")],
+        labels=[LabelSpec(name="y")],
+    )
+    (b,) = list(Reader(f, schema, 8))
+    for key in ("uid", "scalar"):
+        ids = b.sparse[key].values().tolist()
+        assert len(set(ids)) == len(UINT64)
+        # the 64 bits are kept: the documented mapping is the two's-complement view
+        assert ids == np.array(UINT64, np.uint64).view(np.int64).tolist()
+
+
+def test_uint64_next_to_signed_ids_of_one_table_is_refused(tmp_path):
+    """uint64 2**64-1 and int64 -1 have the same bits: a table may not hold both kinds."""
+    _write(
+        pa.table({"uid": pa.array([2**64 - 1], pa.uint64()), "y": [0.0]}),
+        tmp_path / "a.parquet",
+        "",
+    )
+    _write(pa.table({"uid": pa.array([-1], pa.int64()), "y": [1.0]}), tmp_path / "b.parquet", "")
+    schema = Schema(sparse=[SparseFeature(name="uid")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"b\.parquet, column 'uid': ids are int64 here but uint64"):
+        Reader(tmp_path, schema, 8)  # at construction, before any batch
+    # two columns feeding one table: the same rule
+    _write(
+        pa.table(
+            {
+                "a": pa.array([2**63], pa.uint64()),
+                "b": pa.array([-(2**63)], pa.int64()),
+                "y": [1.0],
+            }
+        ),
+        tmp_path / "c.parquet",
+        "",
+    )
+    shared = Schema(
+        sparse=[SparseFeature(name="a", table="t"), SparseFeature(name="b", table="t")],
+        labels=[LabelSpec(name="y")],
+    )
+    with pytest.raises(DataError, match=r"c\.parquet, column 'b': .*table 't'"):
+        Reader(tmp_path / "c.parquet", shared, 8)
+
+
+def test_ids_beyond_64_bits_are_refused(tmp_path):
+    big = pa.array([10**25, 3], pa.decimal128(38, 0))
+    f = _write(pa.table({"ids": big, "y": [0.0, 1.0]}), tmp_path / "d.parquet", "")
+    schema = Schema(sparse=[SparseFeature(name="ids")], labels=[LabelSpec(name="y")])
+    with pytest.raises(
+        DataError, match=r"d\.parquet, column 'ids': wrong type decimal128.*64 bits"
+    ):
+        Reader(f, schema, 8)
+    # decimal strings under dtype int: parsed, and a value past int64 is a DataError on its row
+    strings = ["12", " -7 ", "123456789012345678901234", "9223372036854775807"]
+    f = _write(pa.table({"ids": strings, "y": [0.0] * 4}), tmp_path / "s.parquet", "")
+    as_int = Schema(sparse=[SparseFeature(name="ids", dtype="int")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"column 'ids', row 2: id is not a 64-bit integer"):
+        list(Reader(f, as_int, 8))
+    q = tmp_path / "q.jsonl"
+    r = Reader(f, as_int, 8, on_bad_row="skip", quarantine=q, max_bad_fraction=0.5)
+    (b,) = list(r)
+    assert b.sparse["ids"].values().tolist() == [12, -7, 2**63 - 1]
+    assert r.bad_rows_report() == {"ids: id is not a 64-bit integer (dtype: int)": 1}
+
+
+def test_csv_ids_under_dtype_int_are_parsed_with_row_and_line(tmp_path):
+    rows = ["ids,y", "1,0", "18446744073709551616,1", "3,0"]  # 2**64: beyond 64 bits
+    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
+    schema = Schema(sparse=[SparseFeature(name="ids", dtype="int")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"a\.csv, column 'ids', row 1 \(line 3\): id is not"):
+        list(Reader(tmp_path / "a.csv", schema, 8, format="csv"))
+
+
+def test_recis_layout_example_reads_and_trains(tmp_path):
+    for split, n in (("train", 64), ("eval", 32)):
+        (tmp_path / split).mkdir()
+        _write(_recis_table(n), tmp_path / split / "part-0.orc", "orc")
+    cfg = load_config(ROOT / "examples" / "recis_layout.yaml")
+    reader = reader_from_config(cfg.data, str(tmp_path / "train"), train=False)
+    assert sum(b.batch_size for b in reader) == 64
+    _train(tmp_path, "recis_layout.yaml")
+
+
+def _tzrec_table(n: int) -> pa.Table:
+    rng = np.random.default_rng(1)
+    tags = [[f"t{j}" for j in range(i % 3)] for i in range(n)]
+    return pa.table(
+        {
+            "clk": _lists(rng.integers(0, 2, n).astype(float), pa.float64()),
+            "user_id": _lists(rng.integers(0, 2**64, n, dtype=np.uint64), pa.uint64()),
+            "adgroup_id": _lists(rng.integers(0, 10**6, n), pa.int64()),
+            "pid": _lists([f"p{i % 2}" for i in range(n)], pa.string()),
+            "cate_id": _lists([f"c{i % 5}" for i in range(n)], pa.string()),
+            "tags": pa.array(tags, pa.list_(pa.string())),
+            "tag_w": pa.array([[0.5] * len(t) for t in tags], pa.list_(pa.float32())),
+            "price": _lists(rng.uniform(1, 50, n), pa.float64()),
+        }
+    )
+
+
+def test_torcheasyrec_layout_example_reads_and_trains(tmp_path):
+    for split, n in (("train", 64), ("eval", 32)):
+        (tmp_path / split).mkdir()
+        _write(_tzrec_table(n), tmp_path / split / "part-0.parquet", "parquet")
+    cfg = load_config(ROOT / "examples" / "torcheasyrec_layout.yaml")
+    (b,) = list(reader_from_config(cfg.data, str(tmp_path / "eval"), train=False))
+    assert b.sparse["tags"].weights().tolist()[:1] == [0.5]
+    assert b.sparse["tags"].lengths().tolist()[:3] == [0, 1, 2]
+    _train(tmp_path, "torcheasyrec_layout.yaml")
+
+
+def _train(tmp_path: Path, example: str) -> None:
+    run_dir = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            str(ROOT / "examples" / example),
+            "--set",
+            f"data.train={tmp_path / 'train'}",
+            "--set",
+            f"data.eval={tmp_path / 'eval'}",
+            "--set",
+            f"run_dir={run_dir}",
+            "--set",
+            "data.batch_size=16",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.progress=false",
+        ]
+    )
+    assert rc == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert 0.0 <= result["click/auc"] <= 1.0
