@@ -42,6 +42,7 @@ from recis.features import Schema
 from recis.io.batch import Batch
 
 from .layers import masked_softmax
+from .relevance_head import RelevanceHead
 from .text_towers import LLMTower, LLMTowerConfig, text_input
 
 
@@ -61,6 +62,14 @@ class DeepBoWConfig(ModelConfig):
     expansion_k: int = Field(default=16, ge=0)
     bag_size: int = Field(default=32, gt=0)
     sparsity_weight: float = Field(default=1e-3, ge=0)
+    # side inputs of the calibration (models/relevance_head.py; our addition, see
+    # docs/models/deepbow.md): the schema's dense features (e.g. the lexical match signals of
+    # recis.io.lexical) through an MLP of dense_hidden units (0: linear), and a learned
+    # query-independent prior over the product's terms
+    dense_inputs: bool = True
+    dense_hidden: int = Field(default=16, ge=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    product_prior: bool = False
 
 
 class TextEncoder(nn.Module):
@@ -143,8 +152,13 @@ class DeepBoW(nn.Module):
         self.term_score = nn.Linear(d, 1, device=device)
         self.pool_score = nn.Linear(d, 1, device=device)
         self.expand = nn.Linear(d, config.vocab, device=device) if config.expansion_k else None
-        self.scale = nn.Parameter(torch.tensor(5.0, device=device))
-        self.bias = nn.Parameter(torch.tensor(-1.0, device=device))
+        self.head = _head(config, schema, len(self.tasks), device)
+        # prior of each term when it is in the product bag, per task: zero until trained
+        self.prior = (
+            nn.Parameter(torch.zeros(config.vocab, len(self.tasks), device=device))
+            if config.product_prior
+            else None
+        )
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def dense_bag(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -178,8 +192,20 @@ class DeepBoW(nn.Module):
         p = self.dense_bag(*_text(batch, cfg.product_text, cfg.max_len))
         if self.training:
             self._last = (q, p)
-        logit = self.scale * (q * p).sum(-1) + self.bias  # only shared terms are non-zero in both
-        return {t: logit for t in self.tasks}
+        s = (q * p).sum(-1)  # only shared terms are non-zero in both
+        prior = p @ self.prior if self.prior is not None else None  # [B, N]
+        logits = self.head(s, batch.dense if cfg.dense_inputs else None, prior)
+        return {t: logits[:, i] for i, t in enumerate(self.tasks)}
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Calibration slopes ``a`` ``[N]`` (one per task)."""
+        return self.head.scale
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """Calibration offsets ``b`` ``[N]``."""
+        return self.head.bias
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Soft-label BCE per task plus the FLOPS sparsity penalty (added to the first task)."""
@@ -195,8 +221,9 @@ class DeepBoW(nn.Module):
         return out
 
     def calibrate(self, s: torch.Tensor) -> torch.Tensor:
-        """Raw bag score -> logit."""
-        return self.scale * s + self.bias
+        """Raw bag score ``[B]`` -> the first task's logit ``a s + b`` (without the dense
+        inputs and the prior: the logit itself when the model has neither)."""
+        return self.scale[0] * s + self.bias[0]
 
     @torch.no_grad()
     def encode_products(
@@ -333,10 +360,18 @@ def score_exported(
     return float((q_weights[qi].astype(np.float64) * p_weights[pi]).sum()) if len(common) else 0.0
 
 
+def _head(config: DeepBoWConfig, schema: Schema, tasks: int, device: torch.device) -> RelevanceHead:
+    """The calibration head, reading the schema's dense features when ``dense_inputs``."""
+    dense_dim = schema.dense_dim if config.dense_inputs else 0
+    return RelevanceHead(tasks, dense_dim, config.dense_hidden, config.dropout, device)
+
+
 class DenseRelevance(nn.Module):
     """Dense dual-tower baseline for relevance: same encoder, attention-pooled, cosine.
 
-    ``logit = a cos(u_q, u_p) + b`` with ``u = W pool(h)``; soft-label BCE (the trainer's).
+    ``logit = a cos(u_q, u_p) + b`` with ``u = W pool(h)``, plus the same side inputs as
+    DeepBoW (:class:`RelevanceHead`: dense features, and with ``product_prior`` a linear read
+    of ``u_p``); soft-label BCE (the trainer's).
     Takes a :class:`DeepBoWConfig` (bag fields unused) so both train from one YAML.
     """
 
@@ -350,8 +385,8 @@ class DenseRelevance(nn.Module):
         d = self.encoder.out_dim
         self.pool_score = nn.Linear(d, 1, device=device)
         self.proj = nn.Linear(d, d, device=device)
-        self.scale = nn.Parameter(torch.tensor(5.0, device=device))
-        self.bias = nn.Parameter(torch.tensor(-1.0, device=device))
+        self.head = _head(config, schema, len(self.tasks), device)
+        self.prior = nn.Linear(d, len(self.tasks), device=device) if config.product_prior else None
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(ids, mask)
@@ -362,8 +397,9 @@ class DenseRelevance(nn.Module):
         cfg = self.config
         q = self.embed(*_text(batch, cfg.query_text, cfg.max_len))
         p = self.embed(*_text(batch, cfg.product_text, cfg.max_len))
-        logit = self.scale * (q * p).sum(-1) + self.bias
-        return {t: logit for t in self.tasks}
+        prior = self.prior(p) if self.prior is not None else None
+        logits = self.head((q * p).sum(-1), batch.dense if cfg.dense_inputs else None, prior)
+        return {t: logits[:, i] for i, t in enumerate(self.tasks)}
 
 
 __all__ = [
