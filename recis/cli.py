@@ -6,20 +6,40 @@ recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
+
+Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
+(2: recis's own errors and bad arguments, 1: anything else, named by its type, 130:
+Ctrl-C); ``--debug``, anywhere on the command line, prints the traceback before it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import traceback
+from typing import NoReturn
 
 from recis.errors import RecisError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other recis error (subcommand
+    parsers are of this class too: argparse makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"recis: error: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="recis", description="recis: sparse-dense training for recommendation and search."
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an error (accepted anywhere on the command line)",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -159,6 +179,19 @@ def _interrupted(result: dict, run_dir: str) -> int:
     return 130 if name == "SIGINT" else 143
 
 
+def _resumed(cfg, resume: str | None):  # noqa: ANN001, ANN202
+    """``cfg`` writing where ``--resume RESUME`` will write: the run directory given, or the
+    one holding the checkpoint folder ``RUN_DIR/checkpoints/step-N`` given."""
+    if resume is None:
+        return cfg
+    import dataclasses
+    from pathlib import Path
+
+    target = Path(resume)
+    run_dir = target.parent.parent if target.parent.name == "checkpoints" else target
+    return dataclasses.replace(cfg, run_dir=str(run_dir))
+
+
 def _launcher(cfg, args: argparse.Namespace) -> str:
     """The launcher for this run: --launcher, else the config's, with ``auto`` resolved."""
     from recis.distributed.context import detect_launcher
@@ -167,7 +200,34 @@ def _launcher(cfg, args: argparse.Namespace) -> str:
     return detect_launcher() if chosen == "auto" else chosen
 
 
+def _fail(err: BaseException, debug: bool) -> int:
+    """Report ``err`` as one line ``recis: error: ...`` on stderr (after its traceback with
+    ``--debug``); returns the exit status: 2 for recis's errors, 130 for Ctrl-C, else 1."""
+    if debug:
+        traceback.print_exception(err)
+    if isinstance(err, KeyboardInterrupt):
+        msg, code = "interrupted (Ctrl-C)", 130
+    elif isinstance(err, RecisError):
+        msg, code = str(err), 2
+    else:  # not one of ours: its type says what it is (OSError, RuntimeError from torch, ...)
+        msg, code = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__, 1
+    print("recis: error: " + re.sub(r"\s*\n\s*", " ", msg.strip()), file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``recis`` command; returns its exit status (errors: see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    try:
+        return _main(argv)
+    except (Exception, KeyboardInterrupt) as err:
+        return _fail(err, debug)
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "plot":
@@ -190,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "vocab":
             _vocab(cfg, only_missing=False)
             return 0
+        if args.command == "train":  # every output path writable, before reading any data
+            from recis.config import check_outputs
+
+            check_outputs(_resumed(cfg, args.resume))
         if args.command == "train":  # a vocabulary the config names but nobody built yet
             _vocab(cfg, only_missing=True)
         launcher = _launcher(cfg, args)
@@ -218,11 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run directory: {cfg.run_dir}")
         else:
             _print_result(runner.evaluate(cfg, args.checkpoint))
-    except RecisError as err:
-        print(f"recis: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    finally:
+        sys.stdout.flush()  # results before the error line, in order
     return 0
 
 

@@ -6,11 +6,24 @@ dotted field path, e.g. ``model.bottom_mlp.0: expected int, got 'abc'``.
 
 YAML files load with :func:`load_config`; ``--set a.b=value`` overrides are
 applied to the raw mapping before validation, so they are checked the same way.
+
+Strict on load (see docs/config.md, "strict configs"): YAML is read by
+:class:`ConfigLoader` (plain YAML types only: any other tag, and a key given twice
+in one mapping, is a ConfigError naming the line), and the raw mapping is validated
+in pydantic's strict mode: no bool -> int, no float -> int, no str -> number or
+bool; int -> float is allowed. Python code that builds config objects directly
+keeps pydantic's usual coercion.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import difflib
+import json
+import os
+import re
+import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,7 +32,8 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from recis.errors import ConfigError
+from recis.config_yaml import ConfigLoader, ConfigTagError, DuplicateKeyError, load_text
+from recis.errors import ConfigError, OutputError
 from recis.features import Schema
 
 STRICT = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
@@ -345,6 +359,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type | 
             msg = "field required"
         elif "input" in e and kind.endswith(("_type", "_parsing")):
             expected = kind.split("_")[0]
+            expected = _EXPECTED.get(expected, expected)
             msg = f"expected {expected}, got {e['input']!r}"
         else:
             msg = e["msg"]
@@ -354,10 +369,38 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type | 
     return "; ".join(lines)
 
 
+# pydantic's type names, as a YAML writer knows them
+_EXPECTED = {"string": "str", "dataclass": "mapping", "dict": "mapping", "model": "mapping"}
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as JSON data: what strict validation reads (see :func:`validate`)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # an already-built config object inside a mapping: validated again from its fields
+        return TypeAdapter(type(value)).dump_python(value, by_alias=True, mode="json")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    raise ConfigError(f"{where or '<root>'}: unsupported value of type {type(value).__name__}")
+
+
 def validate(cls: type[T], raw: Any, prefix: str = "") -> T:
-    """Build ``cls`` from a plain mapping, raising :class:`ConfigError` on any problem."""
+    """Build ``cls`` from a plain mapping, raising :class:`ConfigError` on any problem.
+
+    Validation is strict (pydantic's strict mode over the mapping as JSON data, which
+    still builds nested config classes from mappings): ``true`` is no int, ``2.5`` no int,
+    ``"3"`` no number, ``1`` no bool; an int is a valid float.
+    """
+    data = json.dumps(_plain(raw, prefix), allow_nan=True)
     try:
-        return TypeAdapter(cls).validate_python(raw)
+        return TypeAdapter(cls).validate_json(data, strict=True)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix, cls)) from None
 
@@ -371,8 +414,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty field name")
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+        parsed = yaml.load(value, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
+    except (ConfigTagError, DuplicateKeyError) as err:
+        raise ConfigError(f"override {text!r}: {err.problem}") from None
+    except yaml.YAMLError:  # not YAML at all (``a: b: c``): the text itself
         parsed = value
     return parts, parsed
 
@@ -408,10 +453,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
+    raw = load_text(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -430,10 +472,93 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     from recis.models import model_config  # models import this module
 
     cfg = validate(RunConfig, raw)
+    check_device(cfg.device)
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
     if getattr(cfg.model, "sparse_optimizer", "unset") is None:
         cfg.model.sparse_optimizer = cfg.train.sparse_optimizer
     return cfg
+
+
+_DEVICE = re.compile(r"^(cpu|cuda|mps)(:(0|[1-9][0-9]*))?$")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``device`` this machine cannot train on, in one ConfigError line.
+
+    ``cpu``, ``cuda``, ``cuda:N`` (N below the number of visible GPUs) and ``mps`` are
+    devices; ``cuda`` needs a GPU that torch can see.
+    """
+    m = _DEVICE.match(device)
+    if m is None:
+        raise ConfigError(f"device: {device!r} is not a device (expected cpu, cuda, cuda:N or mps)")
+    import torch  # only here: loading a config does not need torch otherwise
+
+    kind, index = m.group(1), m.group(3)
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device: {device!r} asked but no CUDA device is available "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                "use device: cpu"
+            )
+        if index is not None and int(index) >= count:
+            raise ConfigError(f"device: {device!r} asked but only cuda:0..{count - 1} exist")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {device!r} asked but MPS is not available")
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    """Refuse ``path`` (a directory to be written into, made if absent) unless a file can be
+    created there: in it if it exists, else in its nearest existing parent."""
+    probe_in = path
+    while not probe_in.exists():
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise OutputError(f"{path}: {what} cannot be made: {probe_in} is not a directory")
+    try:  # a real write: access() says yes to root on a read-only filesystem
+        fd, name = tempfile.mkstemp(prefix=".recis-write-test-", dir=probe_in)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise OutputError(f"{path}: {what} is not writable ({err.strerror})") from None
+
+
+def _writable_file(path: Path, what: str) -> None:
+    """Refuse an output file that exists but cannot be appended to, or whose folder cannot
+    be written."""
+    if path.is_dir():
+        raise OutputError(f"{path}: {what} is a directory")
+    if path.exists():
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as err:
+            raise OutputError(f"{path}: {what} is not writable ({err.strerror})") from None
+    _writable_dir(path.parent, f"folder of the {what}")
+
+
+def check_outputs(cfg: RunConfig) -> None:
+    """Check, before any data is read or generated, that every path the run writes can be
+    written: the run directory (checkpoints, metrics, TensorBoard logs, eval result), the
+    quarantine file of skipped rows, and the synthetic data folder when the data is to be
+    generated. Nothing is created; a path that cannot be written is one OutputError line
+    naming it."""
+    run_dir = Path(cfg.run_dir)
+    _writable_dir(run_dir, "run directory")
+    for name in ("checkpoints", "tb", "plots"):
+        if (run_dir / name).exists():
+            _writable_dir(run_dir / name, "run output folder")
+    for name in ("metrics.jsonl", "eval.json", "config.yaml"):
+        if (run_dir / name).exists():
+            _writable_file(run_dir / name, "run output file")
+    if cfg.data.quarantine is not None:
+        _writable_file(Path(cfg.data.quarantine), "quarantine file (data.quarantine)")
+    generated = cfg.data.synthetic is not None and not cfg.data.train
+    if generated and not (Path(cfg.data.path) / "info.json").exists():
+        _writable_dir(Path(cfg.data.path), "synthetic data folder (data.path)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
