@@ -1,25 +1,32 @@
-# Every target installs what it needs into .venv by itself.
+# Every target installs what it needs into $(VENV) by itself.
+#   make install                      CPU variant (torch 2.13.0+cpu, fbgemm-gpu-cpu)
+#   make install CUDA=cu128           CUDA variant (torch 2.13.0+cu128, fbgemm-gpu 1.8.0+cu128)
+#   make install EXTRAS="llm serve"   plus pinned extras (requirements/extra-*.txt: llm index serve)
+#   make install TORCH_INDEX=URL      where torch/fbgemm come from when pip's sources lack them
+# See docs/install.md.
 PYTHON ?= python3
 VENV ?= .venv
+CUDA ?=
+EXTRAS ?=
+TORCH_INDEX ?=
+VARIANT := $(if $(strip $(CUDA)),$(strip $(CUDA)),cpu)
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
-STAMP := $(VENV)/.recis-installed
-CORE := $(VENV)/.recis-core-installed
-CONSTRAINTS := -c requirements/constraints.txt
+STAMP := $(VENV)/.recis-installed-$(VARIANT)
+CORE := $(VENV)/.recis-core-$(VARIANT)
 NATIVE := ops/_native/.built
+comma := ,
+EXTRA_STAMPS := $(foreach e,$(subst $(comma), ,$(EXTRAS)),$(VENV)/.recis-extra-$(e)-$(VARIANT))
+export TORCH_INDEX
 
-.PHONY: install demo test lint format clean horovod native
+.PHONY: install demo test test-gpu lint format clean horovod native check-install doctor
 
-install: $(STAMP) $(NATIVE)
+install: $(STAMP) $(NATIVE) $(EXTRA_STAMPS)
 
-# the pinned stack and recis (enough for training on one process and for `make demo`)
-$(CORE): pyproject.toml requirements/stack.txt requirements/constraints.txt Makefile
+# the pinned stack of the variant and recis (enough for one process and for `make demo`)
+$(CORE): pyproject.toml requirements/stack.txt requirements/$(VARIANT).txt scripts/install_stack.sh Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "setuptools>=75" wheel
-	$(PIP) install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 $(CONSTRAINTS)
-	$(PIP) install -q --no-deps torchrec==1.9.2
-	$(PIP) install -q -r requirements/stack.txt $(CONSTRAINTS)
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	scripts/install_stack.sh $(PY) $(VARIANT)
+	rm -f $(VENV)/.recis-core-* $(VENV)/.recis-installed-*
 	touch $(CORE)
 
 # the C++ ops (ops/csrc), compiled in place into ops/_native by recis.ops.build: training
@@ -28,9 +35,14 @@ $(NATIVE): $(CORE) ops/build.py $(wildcard ops/csrc/*.cpp)
 	$(PY) -m recis.ops.build
 	touch $(NATIVE)
 
-native:
+native: $(CORE)
 	$(PY) -m recis.ops.build
 	touch $(NATIVE)
+
+# one pinned extra, installed under the variant's constraints (torch and transformers stay)
+$(VENV)/.recis-extra-%-$(VARIANT): requirements/extra-%.txt $(CORE)
+	scripts/install_stack.sh $(PY) $(VARIANT) extra $*
+	touch $@
 
 # everything, Horovod included (the test suite runs real horovodrun jobs)
 $(STAMP): $(CORE) scripts/build_horovod.sh
@@ -39,16 +51,28 @@ $(STAMP): $(CORE) scripts/build_horovod.sh
 
 # Horovod 0.28.1 built from source against torch 2.13 (C++17 patch, Gloo only); the wheel is
 # cached in $(HOROVOD_CACHE), so only the first install on a machine compiles it (about 6 min
-# on 2 idle cores by STACK-NOTES; 16 min measured on a busy shared one).
-HOROVOD_CACHE ?= $(HOME)/.cache/recis/wheels
+# on 2 idle cores by STACK-NOTES; 16 min measured on a busy shared one). One cache per variant.
+HOROVOD_CACHE ?= $(HOME)/.cache/recis/wheels$(if $(strip $(CUDA)),/$(VARIANT))
 horovod: $(CORE)
-	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) scripts/build_horovod.sh $(PY)
+	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) RECIS_CONSTRAINTS=requirements/$(VARIANT).txt \
+		scripts/build_horovod.sh $(PY)
 
 demo: $(CORE) $(NATIVE)
 	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml
 
 test: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q tests
+
+# the CUDA path end to end (skips without a CUDA device)
+test-gpu: $(CORE) $(NATIVE)
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+
+# resolve every variant's requirements with a clean pip (no machine configuration)
+check-install: $(CORE)
+	$(PY) -m pytest -q tests/test_install.py
+
+doctor: $(CORE)
+	$(VENV)/bin/recis doctor
 
 lint: $(CORE)
 	$(VENV)/bin/ruff format --check .

@@ -66,34 +66,35 @@ EXTENSIONS: dict[str, Extension] = {
 }
 
 
-def tag(ext: Extension, csrc: Path = CSRC) -> str:
+def tag(ext: Extension, csrc: Path | None = None) -> str:
     """12 hex digits naming one build: source bytes, flags, torch version, Python ABI, CPU."""
-    h = hashlib.sha256((csrc / ext.source).read_bytes())
+    h = hashlib.sha256(((csrc or CSRC) / ext.source).read_bytes())
     for part in (*ext.cflags, "|", *ext.ldflags, torch.__version__, sys.implementation.cache_tag):
         h.update(part.encode() + b"\0")
     h.update(platform.machine().encode())
     return h.hexdigest()[:12]
 
 
-def module_name(ext: Extension, csrc: Path = CSRC) -> str:
+def module_name(ext: Extension, csrc: Path | None = None) -> str:
     """The Python module name (and file stem) of ``ext``'s current build."""
     return f"recis_{ext.name}_{tag(ext, csrc)}"
 
 
-def built_path(ext: Extension, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> Path:
+def built_path(ext: Extension, native_dir: Path | None = None, csrc: Path | None = None) -> Path:
     """Where the build of ``ext`` for this source, torch and Python lives."""
-    return native_dir / f"{module_name(ext, csrc)}.so"
+    return (native_dir or NATIVE_DIR) / f"{module_name(ext, csrc)}.so"
 
 
-def status(name: str, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> str:
+def status(name: str, native_dir: Path | None = None, csrc: Path | None = None) -> str:
     """``"built"``, ``"stale"`` (only builds for another source/torch exist) or ``"missing"``."""
     ext = EXTENSIONS[name]
+    native_dir = native_dir or NATIVE_DIR
     if built_path(ext, native_dir, csrc).is_file():
         return "built"
     return "stale" if any(native_dir.glob(f"recis_{ext.name}_*.so")) else "missing"
 
 
-def load(name: str, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> ModuleType:
+def load(name: str, native_dir: Path | None = None, csrc: Path | None = None) -> ModuleType:
     """Import the built extension ``name``; never compiles.
 
     Raises:
@@ -104,7 +105,7 @@ def load(name: str, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> ModuleT
     mod = module_name(ext, csrc)
     if mod in sys.modules:
         return sys.modules[mod]
-    path = native_dir / f"{mod}.so"
+    path = (native_dir or NATIVE_DIR) / f"{mod}.so"
     if not path.is_file():
         state = status(name, native_dir, csrc)
         why = "was built for another source or torch" if state == "stale" else "has not been built"
@@ -114,8 +115,8 @@ def load(name: str, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> ModuleT
         )
     spec = importlib.util.spec_from_file_location(mod, path)
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
+    try:  # dlopen happens in module_from_spec (create_module) for extension modules
+        module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except ImportError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -128,8 +129,8 @@ def load(name: str, native_dir: Path = NATIVE_DIR, csrc: Path = CSRC) -> ModuleT
 
 def build(
     name: str,
-    native_dir: Path = NATIVE_DIR,
-    csrc: Path = CSRC,
+    native_dir: Path | None = None,
+    csrc: Path | None = None,
     force: bool = False,
     verbose: bool = False,
 ) -> Path:
@@ -141,6 +142,7 @@ def build(
     """
     ext = EXTENSIONS[name]
     mod = module_name(ext, csrc)
+    native_dir, csrc = native_dir or NATIVE_DIR, csrc or CSRC
     dest = native_dir / f"{mod}.so"
     if dest.is_file() and not force:
         return dest

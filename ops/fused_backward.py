@@ -26,8 +26,6 @@ import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 
-from .build import load as load_native
-
 _NATIVE: Any = None  # the built kernel, False when disabled or the CPU lacks AVX2
 _X86 = platform.machine() in ("x86_64", "AMD64")
 _OPT_CODE = {EmbOptimType.EXACT_SGD: 0, EmbOptimType.EXACT_ADAGRAD: 1}
@@ -60,7 +58,9 @@ def native_backward() -> Any:
         if os.environ.get("RECIS_NATIVE", "1") == "0" or not _cpu_ok():
             _NATIVE = False
         else:
-            _NATIVE = load_native("fused_backward")  # raises before caching when not built
+            from .build import load  # not at import: `python -m recis.ops.build` runs it
+
+            _NATIVE = load("fused_backward")  # raises before caching when not built
     return _NATIVE or None
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .build import load as load_native
-
 EMPTY = np.int32(-1)
 TOMB = np.int32(-2)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
@@ -39,7 +37,9 @@ def native_kernels() -> Any:
         if os.environ.get("RECIS_NATIVE", "1") == "0":
             _NATIVE = False
         else:
-            _NATIVE = load_native("id_mapper")  # raises before caching when not built
+            from .build import load  # not at import: `python -m recis.ops.build` runs it
+
+            _NATIVE = load("id_mapper")  # raises before caching when not built
     return _NATIVE or None
 
 

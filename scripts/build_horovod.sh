@@ -8,7 +8,8 @@
 # same machine) installs it in seconds instead of rebuilding for ~6 minutes.
 #
 # Usage: scripts/build_horovod.sh [path/to/venv/bin/python]
-# Env:   RECIS_WHEEL_CACHE (default ~/.cache/recis/wheels), HOROVOD_BUILD_JOBS (default nproc)
+# Env:   RECIS_WHEEL_CACHE (default ~/.cache/recis/wheels), HOROVOD_BUILD_JOBS (default nproc),
+#        RECIS_CONSTRAINTS (the variant's constraints, default requirements/cpu.txt)
 set -euo pipefail
 
 PY=${1:-.venv/bin/python}
@@ -57,5 +58,5 @@ fi
 
 echo "installing ${wheels[0]}"
 # Horovod's runtime deps are pinned in requirements/stack.txt; torch stays pinned too.
-"${PIP[@]}" install -q "${wheels[0]}" -c requirements/constraints.txt -c requirements/stack.txt
+"${PIP[@]}" install -q "${wheels[0]}" -c "${RECIS_CONSTRAINTS:-requirements/cpu.txt}" -c requirements/stack.txt
 "$PY" -c "import horovod, horovod.torch; print('horovod', horovod.__version__, 'with torch: ok')"
