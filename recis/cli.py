@@ -4,7 +4,6 @@ recis train CONFIG.yaml [--set a.b=value ...] [--resume RUN_DIR | --overwrite]
 recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
 recis doctor
-recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
 
@@ -85,8 +84,6 @@ def _parser() -> argparse.ArgumentParser:
             "'auto' detects torchrun / horovodrun from the environment); see "
             "docs/distributed.md",
         )
-    help = "what is installed (torch, fbgemm, torchrec, CUDA, native ops, extras), what is missing"
-    sub.add_parser("doctor", help=help, description=help)
     help = "what is installed (torch, fbgemm, torchrec, CUDA, native ops, extras), what is missing"
     sub.add_parser("doctor", help=help, description=help)
     pl = sub.add_parser(
@@ -242,10 +239,6 @@ def _main(argv: list[str]) -> int:
         if args.command == "split":
             _split(args)
             return 0
-        if args.command == "doctor":
-            from recis.doctor import main as doctor
-
-            return doctor()
         if args.command == "doctor":
             from recis.doctor import main as doctor
 
