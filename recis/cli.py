@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import NoReturn
 
 from recis.errors import RecisError
@@ -222,9 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv[:end]
     argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     try:
-        return _main(argv)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _warning_line
+            return _main(argv)
     except (Exception, KeyboardInterrupt) as err:
         return _fail(err, debug)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A warning on the command line: one line ``recis: warning: ...`` (where it was raised
+    only with ``--debug``)."""
+    text = re.sub(r"\s*\n\s*", " ", str(message).strip())
+    print(f"recis: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _main(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ from .runlog import read_records
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+    pts = [(r.get("step", 0), r[key]) for r in records if isinstance(r.get(key), int | float)]
     if not pts:
         return np.empty(0), np.empty(0)
     s, v = zip(*pts)

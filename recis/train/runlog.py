@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from recis.errors import OutputError
+from recis.errors import DataError, OutputError
 
 
 class RunLogger:
@@ -129,14 +129,41 @@ def _drop_torn_tail(path: Path) -> None:
         return
 
 
+class TornRecordWarning(UserWarning):
+    """The last line of a metrics file was cut (a crash while it was written): skipped."""
+
+
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl``; for a resumed run, the last one per (split, step)."""
+    """The records of ``run_dir/metrics.jsonl``; for a resumed run, the last one per (split, step).
+
+    A last line that is not a whole JSON record (cut by a crash mid-write) is skipped with a
+    :class:`TornRecordWarning`; such a line anywhere else is a :class:`DataError` naming the
+    file and its (1-based) line.
+    """
     path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        raise DataError(f"cannot read metrics ({err.strerror})", path=str(path)) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
     last: dict[tuple[str, int], dict[str, Any]] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                r = json.loads(line)
-                last[(r.get("split", "train"), int(r.get("step", 0)))] = r
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise TypeError(f"a JSON object was expected, not {type(r).__name__}")
+            key = (str(r.get("split", "train")), int(r.get("step", 0)))
+        except (ValueError, TypeError) as err:
+            why = (
+                f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else err
+            )
+            what = f"line {n} is not a metrics record ({why})"
+            if n == len(lines):
+                warnings.warn(f"{path}: {what}: skipped (cut by a crash?)", TornRecordWarning, 2)
+                break
+            raise DataError(what, path=str(path)) from None
+        last[key] = r
     return sorted(last.values(), key=lambda r: (int(r.get("step", 0)), r.get("split", "")))
