@@ -31,6 +31,8 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1
 _RUN = re.compile(r"\w+")
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 _IS_CJK = re.compile(rf"[{_CJK}]")
+_TERM_MEMO = 1 << 21  # distinct terms an NgramHasher remembers the id of
+_TEXT_MEMO = 1 << 18  # texts whose ids it remembers
 
 
 class TextTokenizer(Protocol):
@@ -52,40 +54,41 @@ def normalize(text: str, form: str, lowercase: bool) -> str:
     return text.lower() if lowercase else text
 
 
-def _join(a: str, b: str) -> str:
-    """Words of a space-less script join without a space, so that a CJK word bigram is the
-    same term as the char bigram."""
-    return a + b if _IS_CJK.match(a[-1]) and _IS_CJK.match(b[0]) else f"{a} {b}"
-
-
 def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
     """The terms of one (already normalized) text, in text order.
 
     At each word: the word (``words >= 1``), the word 2..``words``-grams ending there, then
     the char n-grams (orders ``chars``) ending inside it; a term equal to one already
     emitted at the same word (a CJK char that is both a word and a char 1-gram) once.
+    Words of a space-less script join without a space, so a CJK word bigram is the same
+    term as the char bigram.
     """
     out: list[str] = []
-    seq: list[str] = []
-    for run in _RUN.finditer(text):
-        s = run.group()
+    seq: list[str] = []  # the words so far
+    cjk: list[bool] = []  # per word: a single CJK character
+    # a term repeats at one word only when the word is one CJK char (its word n-grams are
+    # char n-grams) or a char n-gram is the whole word: the dedupe below runs only then
+    whole = set(chars) if words >= 1 else set()
+    for run in _RUN.findall(text):
         end = 0
-        for word in _WORD.findall(s):
+        for word in _WORD.findall(run):
             start, end = end, end + len(word)
             seq.append(word)
-            here: list[str] = []
-            if words >= 1:
-                here.append(word)
-            for n in range(2, words + 1):
-                if len(seq) >= n:
-                    gram = seq[-n]
-                    for w in seq[-n + 1 :]:
-                        gram = _join(gram, w)
-                    here.append(gram)
+            is_cjk = len(word) == 1 and _IS_CJK.match(word) is not None
+            cjk.append(is_cjk)
+            here: list[str] = [word] if words >= 1 else []
+            gram = word
+            for n in range(2, min(words, len(seq)) + 1):  # grows the gram leftwards
+                prev = seq[-n]
+                gram = prev + gram if cjk[-n] and cjk[-n + 1] else f"{prev} {gram}"
+                here.append(gram)
             for n in chars:
-                for e in range(max(start, n - 1) + 1, end + 1):
-                    here.append(s[e - n : e])
-            out.extend(dict.fromkeys(here))  # drop repeats at this word, keep order
+                if n == 1:
+                    here.extend(run[start:end])
+                else:
+                    here.extend(run[e - n : e] for e in range(max(start + 1, n), end + 1))
+            dup = is_cjk or len(word) in whole
+            out.extend(dict.fromkeys(here) if dup and len(here) > 1 else here)
     return out
 
 
@@ -109,6 +112,11 @@ class NgramHasher:
 
     def __init__(self, spec: NgramTokenizer) -> None:
         self.spec = spec
+        # term -> id memo: a corpus has far fewer distinct terms than term occurrences, so
+        # most terms skip the hash; replaced (not cleared: another thread may be reading it)
+        # when full
+        self._memo: dict[str, int] = {}
+        self._text_ids: dict[str, np.ndarray] = {}  # text -> all its ids: texts repeat by epoch
 
     def terms(self, text: str) -> list[str]:
         s = self.spec
@@ -116,20 +124,32 @@ class NgramHasher:
 
     def ids(self, terms: Sequence[str]) -> np.ndarray:
         """int64 ids of terms ``[N]``."""
-        if not terms:
-            return np.zeros(0, np.int64)
-        h = hash_strings(list(terms), salt=self.spec.salt)
-        return h % self.spec.buckets if self.spec.buckets else h
+        memo = self._memo
+        new = [t for t in dict.fromkeys(terms) if t not in memo]
+        local: dict[str, int] = {}
+        if new:
+            h = hash_strings(new, salt=self.spec.salt)
+            local = dict(zip(new, (h % self.spec.buckets if self.spec.buckets else h).tolist()))
+            if len(memo) + len(local) <= _TERM_MEMO:
+                memo.update(local)
+            else:
+                self._memo = dict(local)
+        ids = [local[t] if t in local else memo[t] for t in terms]
+        return np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
 
     def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
-        per_text = []
-        for t in texts:
-            terms = self.terms(t)
-            per_text.append(terms[-max_length:] if keep_last else terms[:max_length])
-        flat = self.ids([t for terms in per_text for t in terms])  # one hash call per batch
-        bounds = np.cumsum([0] + [len(t) for t in per_text])
-        rows = [flat[bounds[i] : bounds[i + 1]] for i in range(len(per_text))]
-        return _pad(rows, max_length, keep_last)
+        memo = self._text_ids
+        rows: list[np.ndarray | None] = [memo.get(t) for t in texts]
+        todo = [i for i, r in enumerate(rows) if r is None]
+        if todo:
+            per_text = [self.terms(texts[i]) for i in todo]
+            flat = self.ids([t for terms in per_text for t in terms])  # one hash call
+            bounds = np.cumsum([0] + [len(t) for t in per_text])
+            if len(memo) + len(todo) > _TEXT_MEMO:
+                memo = self._text_ids = {}
+            for k, i in enumerate(todo):
+                rows[i] = memo[texts[i]] = flat[bounds[k] : bounds[k + 1]]
+        return _pad(rows, max_length, keep_last)  # type: ignore[arg-type]
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         terms = self.terms(text)

@@ -53,7 +53,7 @@ class DeepBoWConfig(ModelConfig):
     query_text: str = "query_tokens"
     product_text: str = "product_tokens"
     product_id: str | None = "product_id"  # id feature used by encode_products
-    max_len: int = Field(default=64, gt=0)  # tokens per text (positions of the encoder)
+    max_len: int = Field(default=128, gt=0)  # tokens per text (positions of the encoder)
     vocab: int = Field(default=8192, gt=0)  # term space: token id mod vocab
     dim: int = Field(default=32, gt=0)
     layers: int = Field(default=1, ge=0)

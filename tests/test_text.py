@@ -94,7 +94,7 @@ def test_ngram_config_errors() -> None:
     assert schema({"kind": "vocab", "path": "t.json"}).text[0].tokenizer.model == "bpe"
     # the old string form is an HF tokenizer directory
     assert TextFeature(name="q", tokenizer="/some/dir").tokenizer.kind == "hf"
-    assert TextFeature(name="q").max_length == 64
+    assert TextFeature(name="q").max_length == 128
 
 
 _IDS_SCRIPT = """
