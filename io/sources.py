@@ -10,6 +10,7 @@ split rows exactly across ranks and workers and seek on resume.
 
 from __future__ import annotations
 
+import csv as csvlib
 import glob as globlib
 import os
 import re
@@ -261,17 +262,19 @@ class Source:
             raise DataError(
                 f"bad line: {line.group(2)}", path=path, row=self.row_of_line(n), line=n
             ) from None
-        conv = re.search(r"In CSV column #(\d+): (CSV conversion error.*)", msg)
+        conv = re.search(r"In CSV column #(\d+): (?:Row #(\d+): )?(CSV conversion error.*)", msg)
         if conv and i >= 0:  # a value that does not parse as the column's type
             column, row = self._locate_bad_value(i, int(conv.group(1)))
+            if conv.group(2) is not None:  # Arrow named the line: trust it over the search
+                row = self.row_of_line(int(conv.group(2)))
             line_no = self.line_of(row) if row is not None else None
-            raise DataError(conv.group(2), path=path, column=column, row=row, line=line_no)
+            raise DataError(conv.group(3), path=path, column=column, row=row, line=line_no)
         raise DataError(f"{what}: {msg}", path=path) from None
 
     def _locate_bad_value(self, i: int, k: int) -> tuple[str | None, int | None]:
         """Name and first bad data row of column #``k`` of CSV file ``i`` (None if not found)."""
-        names = self.csv.column_names or (self.schemas[i].names if i in self.schemas else None)
-        if names is None or k >= len(names):
+        names = self._column_names(i)
+        if k >= len(names):
             return None, None
         name = names[k]
         target = self.schemas[i].field(name).type if i in self.schemas else None
@@ -286,6 +289,21 @@ class Source:
         except (pa.ArrowException, OSError):
             pass
         return name, None
+
+    def _column_names(self, i: int) -> list[str]:
+        """CSV file ``i``'s column names, without converting any value."""
+        o = self.csv
+        if o.column_names:
+            return list(o.column_names)
+        if i in self.schemas:
+            return list(self.schemas[i].names)
+        try:
+            with self.fs.open_input_stream(self.files[i], compression="detect") as f:
+                first = f.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
+        except (pa.ArrowException, OSError):
+            return []
+        fields = next(csvlib.reader([first.decode("utf-8", "replace")], delimiter=o.delimiter))
+        return fields if o.header else [f"f{k}" for k in range(len(fields))]
 
     def _check_nonempty(self, i: int) -> None:
         path = self.files[i]
