@@ -34,7 +34,7 @@ from pydantic.dataclasses import dataclass
 
 from recis.config_yaml import ConfigLoader, ConfigTagError, DuplicateKeyError, load_text
 from recis.errors import ConfigError, OutputError
-from recis.features import Schema
+from recis.features import Schema, check_task_labels
 
 STRICT = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
@@ -473,6 +473,7 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 
     cfg = validate(RunConfig, raw)
     check_device(cfg.device)
+    check_task_labels(cfg.data.schema_.labels, [(t.name, t.loss) for t in cfg.train.tasks])
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
     if getattr(cfg.model, "sparse_optimizer", "unset") is None:
         cfg.model.sparse_optimizer = cfg.train.sparse_optimizer

@@ -265,6 +265,22 @@ class Schema:
         return sum(f.dim for f in self.dense)
 
 
+def check_task_labels(labels: list[LabelSpec], tasks: list[tuple[str, str]]) -> None:
+    """Refuse a BCE task whose label is not in [0, 1] by its kind (graded or real without
+    ``positive_at``), naming both config fields. ``tasks`` are ``(name, loss)`` pairs; none
+    means every label trains a BCE task (the trainer's default)."""
+    from recis.errors import ConfigError
+
+    losses = dict(tasks) if tasks else {lab.name: "bce" for lab in labels}
+    for lab in labels:
+        if losses.get(lab.name) == "bce" and lab.target not in ("binary", "soft"):
+            raise ConfigError(
+                f"data.schema.labels.{lab.name}.kind: {lab.kind} labels are not in [0, 1], "
+                f"but task {lab.name!r} trains with loss bce (train.tasks); binarize them "
+                "with positive_at, or use loss: mse"
+            )
+
+
 def features_by_table(features: list[SparseFeature], tables: list[str]) -> dict[str, list[str]]:
     """``{table: [feature names]}`` in feature order; a feature naming no table in
     ``tables`` raises :class:`~recis.errors.ConfigError` naming the schema field."""

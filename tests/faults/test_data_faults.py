@@ -354,3 +354,17 @@ def test_quarantine_write_failure_is_one_line_naming_the_path(tmp_path):
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("ERR")]
     assert f"cannot write quarantine file {q}: File too large" in line
     assert issubclass(OutputError, Exception)
+
+
+def test_bce_task_on_labels_outside_0_1_is_refused_at_config_load(tmp_path):
+    from recis.config import load_config
+    from recis.errors import ConfigError
+
+    cfg = ROOT / "examples" / "recis_layout.yaml"
+    graded = "data.schema.labels=[{name: click, column: label, kind: graded, max: 4}]"
+    with pytest.raises(ConfigError, match=r"labels\.click\.kind: graded labels .* loss bce"):
+        load_config(cfg, [graded])
+    binarized = (
+        "data.schema.labels=[{name: click, column: label, kind: graded, max: 4, positive_at: 3}]"
+    )
+    assert load_config(cfg, [binarized]).data.schema_.labels[0].target == "binary"
