@@ -11,8 +11,12 @@ optional extra negatives drawn from a reservoir of past item embeddings (sampled
 proportion to frequency, so the same ``log p`` correction applies). ``forward`` returns the
 per-row score ``<u, v> / tau`` (eval AUC over positive and random rows).
 
-Evaluation: :func:`build_index` encodes the corpus, :func:`exact_topk` is exact top-K by
-chunked matmul, :func:`evaluate_retrieval` gives Recall@K and NDCG@K.
+Evaluation: with ``retrieval_eval`` set, the trainer's eval ranks the whole corpus for each
+eval row (:meth:`TwoTower.retrieval_corpus`, scored by
+:func:`recis.train.evaluation.retrieval_metrics`): the corpus is every item of the training
+interactions, and each user's items there are excluded from their ranking.
+:func:`build_index` encodes a corpus, :func:`exact_topk` is exact top-K by chunked matmul,
+:func:`evaluate_retrieval` gives Recall@K and NDCG@K against given relevant lists.
 Shapes: ``B`` batch, ``P`` positive rows, ``D`` output dim, ``N`` corpus, ``Q`` queries.
 """
 
@@ -34,7 +38,9 @@ from recis.config import STRICT, ModelConfig
 from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import Schema
+from recis.io import make_reader
 from recis.io.batch import Batch
+from recis.metrics import RetrievalCorpus
 
 from .layers import MLP, padded_ids, select_features
 from .text_towers import HashedBagTower, LLMTower, LLMTowerConfig
@@ -48,6 +54,26 @@ class TowerConfig:
     text: str | None = None
     max_len: int = Field(default=32, gt=0)
     mlp: list[int] = Field(default_factory=lambda: [64])
+
+
+@dataclass(config=STRICT)
+class RetrievalEvalConfig:
+    """Full-corpus evaluation (docs/evaluation.md): each eval row is a query whose item is
+    the one relevant item.
+
+    ``seen``: the training interactions (file, folder, glob or list, read with the run's
+    schema): every item in them is a corpus item, encoded from its rows' item features,
+    and each user's items there are excluded from that user's ranking (``exclude_seen``).
+    ``user``: the user key, a column in ``data.schema.extras`` or a one-id ``int`` sparse
+    feature, present in the eval rows and in ``seen``. ``format``: of the ``seen`` files.
+    """
+
+    seen: str | list[str]
+    user: str
+    exclude_seen: bool = True
+    ks: list[int] = Field(default_factory=lambda: [10, 50])
+    batch_size: int = Field(default=8192, gt=0)
+    format: str = "parquet"
 
 
 @dataclass(config=STRICT)
@@ -66,6 +92,7 @@ class TwoTowerConfig(ModelConfig):
     freq_alpha: float = Field(default=0.05, gt=0, le=1)
     extra_negatives: int = Field(default=0, ge=0)
     reservoir: int = Field(default=4096, gt=0)
+    retrieval_eval: RetrievalEvalConfig | None = None
 
 
 def in_batch_softmax_loss(
@@ -135,6 +162,7 @@ class TwoTower(nn.Module):
     def __init__(self, config: TwoTowerConfig, schema: Schema, device: torch.device) -> None:
         super().__init__()
         self.config = config
+        self.schema = schema
         self.tasks = [label.name for label in schema.labels]
         sparse = {f.name: f for f in schema.sparse}
         for side in ("query", "item"):
@@ -149,6 +177,12 @@ class TwoTower(nn.Module):
                 )
         if config.item_id not in config.item.sparse:
             raise ConfigError(f"model.item_id: {config.item_id!r} is not in model.item.sparse")
+        ev = config.retrieval_eval
+        if ev is not None and ev.user not in sparse and ev.user not in schema.extras:
+            raise ConfigError(
+                f"model.retrieval_eval.user: {ev.user!r} is neither in data.schema.extras "
+                "nor a sparse feature"
+            )
         self.query_features = [*config.query.sparse, *filter(None, [config.query.text])]
         self.item_features = [*config.item.sparse, *filter(None, [config.item.text])]
         # one collection per tower: each side is encoded from its own features alone
@@ -217,6 +251,66 @@ class TwoTower(nn.Module):
     def item_ids(self, batch: Batch) -> torch.Tensor:
         """``[B]`` the id of each row's item."""
         return batch.sparse[self.config.item_id].values()
+
+    def user_keys(self, batch: Batch) -> torch.Tensor:
+        """``[B]`` the user key of each row (``retrieval_eval.user``: an extra or a one-id feature)."""
+        ev = self.config.retrieval_eval
+        if ev is None:
+            raise ConfigError("model.retrieval_eval: not set, rows have no user key")
+        if ev.user in batch.extras:
+            return batch.extras[ev.user].reshape(-1)
+        jt = batch.sparse[ev.user]
+        if not bool((jt.lengths() == 1).all()):
+            raise ConfigError(f"model.retrieval_eval.user: {ev.user!r} must have one id per row")
+        return jt.values()
+
+    @torch.no_grad()
+    def retrieval_corpus(self) -> RetrievalCorpus | None:
+        """Encode the corpus (every item of ``retrieval_eval.seen``) and index seen items.
+
+        An item's vector comes from its last row in the files. None without ``retrieval_eval``.
+        """
+        ev = self.config.retrieval_eval
+        if ev is None:
+            return None
+        was_training = self.training
+        self.eval()
+        names = {*self.item_features, ev.user}
+        schema = Schema(
+            sparse=[f for f in self.schema.sparse if f.name in names],
+            text=[t for t in self.schema.text if t.name in names],
+            extras=[ev.user] if ev.user in self.schema.extras else [],
+        )
+        reader = make_reader(
+            ev.seen, schema, batch_size=ev.batch_size, format=ev.format, prefetch=0
+        )
+        device = next(self.parameters()).device
+        ids, users, vecs = [], [], []
+        for batch in reader:
+            batch = batch.to(device)
+            ids.append(self.item_ids(batch).cpu().numpy())
+            users.append(self.user_keys(batch).cpu().numpy())
+            vecs.append(self.encode_items(batch).float().cpu())
+        self.train(was_training)
+        if not ids:
+            raise ConfigError(f"model.retrieval_eval.seen: no rows in {ev.seen!r}")
+        item, user, emb = np.concatenate(ids), np.concatenate(users), torch.cat(vecs)
+        # the last row of each item (np.unique keeps the first: look at the reversed arrays)
+        uniq, first_rev = np.unique(item[::-1], return_index=True)
+        corpus = RetrievalCorpus(
+            ids=uniq,
+            embeddings=emb[torch.from_numpy(len(item) - 1 - first_rev)],
+            users=np.empty(0, dtype=np.int64),
+            seen_offsets=np.zeros(1, dtype=np.int64),
+            seen_items=np.empty(0, dtype=np.int64),
+            ks=tuple(ev.ks),
+        )
+        if ev.exclude_seen:
+            pairs = np.unique(np.stack([user, corpus.columns(item)], axis=1), axis=0)
+            corpus.users, starts = np.unique(pairs[:, 0], return_index=True)
+            corpus.seen_offsets = np.append(starts, len(pairs)).astype(np.int64)
+            corpus.seen_items = pairs[:, 1]
+        return corpus
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         u, v = self.encode_queries(batch), self.encode_items(batch)

@@ -20,6 +20,8 @@ sets are small enough for that; the per-step training path never calls it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -240,6 +242,42 @@ def ranking_metrics(
         rows.append(_query_metrics(scores[q, keep], position[rel], n_rel, ks))
     names = [f"{m}@{k}" for k in ks for m in RANKING_METRICS]
     return {n: np.array([r[n] for r in rows], dtype=np.float64) for n in names}
+
+
+@dataclass
+class RetrievalCorpus:
+    """An encoded item corpus and each user's seen items.
+
+    Shapes: ``N`` items, ``D`` embedding dim, ``U`` users with seen items.
+
+    Args:
+        ids: ``[N]`` item ids, sorted ascending (column ``j`` of the score matrix is ``ids[j]``).
+        embeddings: ``[N, D]`` item vectors (a query scores ``<u, v>``).
+        users: ``[U]`` sorted user keys; ``seen_offsets [U + 1]`` and ``seen_items`` (corpus
+            columns) hold user ``users[i]``'s seen items at ``seen_items[off[i]:off[i+1]]``.
+        ks: cut-offs to report.
+    """
+
+    ids: np.ndarray
+    embeddings: torch.Tensor
+    users: np.ndarray
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+    ks: tuple[int, ...] = (10,)
+
+    def columns(self, item_ids: np.ndarray) -> np.ndarray:
+        """Corpus column of each id, ``-1`` for ids outside the corpus."""
+        pos = np.searchsorted(self.ids, item_ids).clip(max=max(len(self.ids) - 1, 0))
+        found = len(self.ids) > 0 and self.ids[pos] == item_ids
+        return np.where(found, pos, -1)
+
+    def seen(self, user_keys: np.ndarray) -> list[np.ndarray]:
+        """The seen corpus columns of each user (empty for users without any)."""
+        pos = np.searchsorted(self.users, user_keys).clip(max=max(len(self.users) - 1, 0))
+        hit = (self.users[pos] == user_keys) if len(self.users) else np.zeros(len(user_keys), bool)
+        off = self.seen_offsets
+        empty = np.empty(0, dtype=np.int64)
+        return [self.seen_items[off[p] : off[p + 1]] if h else empty for p, h in zip(pos, hit)]
 
 
 def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,12 +3,19 @@
 GAUC grouping: a task's ``group_column`` is read from ``batch.extras[column]``
 (``[B]`` ids, e.g. ``user_id``); when the batch has no such extra, a sparse
 feature of that name with one id per row is used instead.
+
+Retrieval: a model that is a :class:`CorpusRetrievalModel` (the two-tower with
+``retrieval_eval`` configured) is also scored by ranking its whole item corpus for every
+eval row, the user's seen items excluded (:func:`retrieval_metrics`): ``retrieval/hr@K``,
+``recall@K``, ``ndcg@K``, ``mrr@K``. A metric that does not apply is ``None``
+(see :mod:`recis.metrics`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,6 +25,28 @@ from recis import metrics
 from recis.config import TaskConfig
 from recis.errors import ConfigError
 from recis.io.batch import Batch
+from recis.metrics import RetrievalCorpus
+
+
+@runtime_checkable
+class CorpusRetrievalModel(Protocol):
+    """A model evaluated by ranking a whole item corpus for each eval row (a query)."""
+
+    def retrieval_corpus(self) -> RetrievalCorpus | None:
+        """The encoded corpus and seen items; None when retrieval eval is not configured."""
+        ...
+
+    def encode_queries(self, batch: Batch) -> torch.Tensor:
+        """``[B, D]`` query vectors of the eval rows."""
+        ...
+
+    def item_ids(self, batch: Batch) -> torch.Tensor:
+        """``[B]`` each eval row's relevant (held-out) item id."""
+        ...
+
+    def user_keys(self, batch: Batch) -> torch.Tensor:
+        """``[B]`` each eval row's user key (whose seen items are excluded)."""
+        ...
 
 
 def group_ids(batch: Batch, column: str) -> torch.Tensor:
@@ -74,12 +103,47 @@ def predict(
     }
 
 
-def task_metrics(task: TaskConfig, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+def task_metrics(task: TaskConfig, arrays: dict[str, np.ndarray]) -> dict[str, float | None]:
     """Metrics of one task from global arrays: binary metrics for BCE, mse for MSE."""
     pred, label = arrays["pred"], arrays["label"]
     if task.loss == "mse":
         return {"mse": float(np.mean((pred - label) ** 2))}
     return metrics.binary_metrics(pred, label, arrays.get("group"))
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    model: CorpusRetrievalModel,
+    data: Iterable[Batch],
+    device: torch.device,
+    max_batches: int | None = None,
+) -> dict[str, float | None]:
+    """``{"retrieval/<metric>@K": mean}`` of ranking the model's whole corpus for each row.
+
+    Each eval row is a query: its user's seen items are excluded, its item is the one
+    relevant item. Per-query values are all-gathered, so every rank gets the global mean.
+    """
+    corpus = model.retrieval_corpus()
+    if corpus is None:
+        return {}
+    items = corpus.embeddings.to(device)
+    per_query: dict[str, list[np.ndarray]] = {}
+    batches = data if max_batches is None else itertools.islice(data, max_batches)
+    for batch in batches:
+        batch = batch.to(device)
+        scores = (model.encode_queries(batch).float() @ items.float().T).cpu().numpy()  # [B, N]
+        targets = corpus.columns(model.item_ids(batch).cpu().numpy())
+        seen = corpus.seen(model.user_keys(batch).cpu().numpy())
+        found = metrics.ranking_metrics(scores, [t[None] for t in targets], seen, corpus.ks)
+        for k, v in found.items():
+            per_query.setdefault(k, []).append(v)
+    names = [f"{m}@{k}" for k in sorted(set(corpus.ks)) for m in metrics.RANKING_METRICS]
+    local = {n: np.concatenate(per_query[n]) if n in per_query else np.empty(0) for n in names}
+    arrays = metrics.gather_arrays(local)
+    return {
+        f"retrieval/{n}": float(v.mean()) if len(v) else None
+        for n, v in arrays.items()  # no query at all: not applicable
+    }
 
 
 def evaluate(
@@ -89,12 +153,19 @@ def evaluate(
     device: torch.device,
     max_batches: int | None = None,
     autocast: bool = False,
-) -> dict[str, float]:
-    """``{"<task>/<metric>": value}``; identical on every rank (predictions are all-gathered)."""
+) -> dict[str, float | None]:
+    """``{"<task>/<metric>": value}``; identical on every rank (predictions are all-gathered).
+
+    A :class:`CorpusRetrievalModel` adds ``retrieval/<metric>@K`` (full-corpus ranking).
+    """
     preds = predict(model, data, tasks, device, max_batches, autocast)
-    result: dict[str, float] = {}
+    result: dict[str, float | None] = {}
     for t in tasks:
         arrays = metrics.gather_arrays(preds[t.name])
         for k, v in task_metrics(t, arrays).items():
             result[f"{t.name}/{k}"] = v
+    inner = getattr(model, "module", model)  # DistributedDataParallel and similar wrappers
+    if isinstance(inner, CorpusRetrievalModel):
+        inner.eval()
+        result.update(retrieval_metrics(inner, data, device, max_batches))
     return result
