@@ -58,17 +58,14 @@ def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
     """The terms of one (already normalized) text, in text order.
 
     At each word: the word (``words >= 1``), the word 2..``words``-grams ending there, then
-    the char n-grams (orders ``chars``) ending inside it; a term equal to one already
-    emitted at the same word (a CJK char that is both a word and a char 1-gram) once.
-    Words of a space-less script join without a space, so a CJK word bigram is the same
-    term as the char bigram.
+    the char n-grams (orders ``chars``) ending inside it. Words of a space-less script join
+    without a space, so a CJK word n-gram is the same term as the char n-gram; a term two
+    generators make at one word (a CJK char as word and char 1-gram, a word that is also
+    one of its char n-grams) comes once, repeats in the text stay (counts matter).
     """
     out: list[str] = []
     seq: list[str] = []  # the words so far
     cjk: list[bool] = []  # per word: a single CJK character
-    # a term repeats at one word only when the word is one CJK char (its word n-grams are
-    # char n-grams) or a char n-gram is the whole word: the dedupe below runs only then
-    whole = set(chars) if words >= 1 else set()
     for run in _RUN.findall(text):
         end = 0
         for word in _WORD.findall(run):
@@ -83,12 +80,14 @@ def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
                 gram = prev + gram if cjk[-n] and cjk[-n + 1] else f"{prev} {gram}"
                 here.append(gram)
             for n in chars:
+                # the char n-gram that is the whole word: already there as the word
+                last = end - 1 if words >= 1 and n == len(word) else end
                 if n == 1:
-                    here.extend(run[start:end])
+                    here.extend(run[start:last])
                 else:
-                    here.extend(run[e - n : e] for e in range(max(start + 1, n), end + 1))
-            dup = is_cjk or len(word) in whole
-            out.extend(dict.fromkeys(here) if dup and len(here) > 1 else here)
+                    here.extend(run[e - n : e] for e in range(max(start + 1, n), last + 1))
+            # a CJK word's n-grams are its char n-grams: one of each
+            out.extend(dict.fromkeys(here) if is_cjk and len(here) > 1 else here)
     return out
 
 

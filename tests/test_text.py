@@ -53,6 +53,9 @@ def test_chinese_char_ngrams_without_spaces() -> None:
 def test_english_char_ngrams_inside_words() -> None:
     assert ngram_terms("ab cd", 0, [1, 2]) == ["a", "b", "ab", "c", "d", "cd"]
     assert ngram_terms("abc", 1, [3]) == ["abc"]  # the char 3-gram equals the word: once
+    # repeats in the text stay: a bag of words counts them
+    assert ngram_terms("aaa", 1, [1, 3]) == ["aaa", "a", "a", "a"]
+    assert ngram_terms("red red", 2, []) == ["red", "red", "red red"]
 
 
 def test_normalization_and_lowercase() -> None:
