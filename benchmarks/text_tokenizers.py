@@ -4,7 +4,7 @@
 
 For the query and title columns of qbqtc (Chinese web search, see its README) and each
 n-gram setting below, prints the terms per text (p50 / p95 / p99 / max), the share of texts
-longer than 64 and 128 tokens, and the encode rate (texts/s) of a cold tokenizer (first
+longer than 64 and 128 tokens, the distinct terms, and the encode rate (texts/s) of a cold tokenizer (first
 pass: split, hash) and a warm one (second pass: the text memo). Then trains a BPE
 vocabulary (8000 pieces) on the ``dev`` split's texts and reports its build time and
 pieces per text. One process, one thread; the rates depend on the machine's load. Last
@@ -53,18 +53,22 @@ def run(data: Path) -> dict:
         texts = table.column(col).to_pylist()
         for name, spec in SETTINGS.items():
             tok = NgramHasher(TextFeature(name=col, tokenizer=spec).tokenizer)
-            lengths = np.array([len(tok.terms(t)) for t in texts])
+            terms = [tok.terms(t) for t in texts]
+            lengths = np.array([len(t) for t in terms])
+            distinct = len({t for ts in terms for t in ts})
             rates = []
             for _ in range(2):  # cold, then warm
                 t0 = time.perf_counter()
                 tok.encode(texts, 128)
                 rates.append(len(texts) / (time.perf_counter() - t0))
-            row = {**_counts(lengths), "cold_per_s": rates[0], "warm_per_s": rates[1]}
+            row = {**_counts(lengths), "distinct": distinct}
+            row.update(cold_per_s=rates[0], warm_per_s=rates[1])
             out[f"{col}_{name}"] = row
             print(
                 f"{col:5s} {name:15s} terms p50 {row['p50']:.0f} p95 {row['p95']:.0f} "
                 f"p99 {row['p99']:.0f} max {row['max']}  >64 {row['over64']:.1%} "
-                f">128 {row['over128']:.1%}  cold {rates[0]:,.0f}/s warm {rates[1]:,.0f}/s",
+                f">128 {row['over128']:.1%}  {distinct:,} distinct  "
+                f"cold {rates[0]:,.0f}/s warm {rates[1]:,.0f}/s",
                 flush=True,
             )
     dev = table.filter(table.column("split").to_numpy(zero_copy_only=False) == "dev")
