@@ -96,6 +96,7 @@ class Loader:
         self._epoch = 0
         self._skipped = 0
         self._bad: Counter = Counter()
+        self._last_epoch_bad: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Batch]:
         dataset = ShardDataset(
@@ -116,8 +117,11 @@ class Loader:
         # every worker finished its shard: all of them start the next epoch
         self._epoch += 1
         self._skipped += sum(s["skipped"] for s in self._states if s)
+        last: Counter = Counter()
         for s in self._states:
             self._bad.update(s.get("bad", {}) if s else {})
+            last.update(s.get("epoch_bad", {}) if s else {})
+        self._last_epoch_bad = dict(last)
         self._states = [None] * self.num_workers
         self._next = 0
 
@@ -144,6 +148,11 @@ class Loader:
         for s in self._states:
             total.update(s.get("bad", {}) if s else {})
         return dict(total)
+
+    def last_epoch_bad_rows(self) -> dict[str, int]:
+        """Rows skipped per reason in the last finished epoch, over all workers (rows skipped
+        after a worker's last batch are not in its reported state)."""
+        return dict(self._last_epoch_bad)
 
     def state_dict(self) -> dict[str, Any]:
         """Per-worker reader positions and which worker delivers next (small, picklable)."""

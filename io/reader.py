@@ -161,7 +161,11 @@ class Reader:
 
     # -- position --------------------------------------------------------------------------
     def _start_state(
-        self, epoch: int, skipped: int = 0, bad: dict[str, int] | None = None
+        self,
+        epoch: int,
+        skipped: int = 0,
+        bad: dict[str, int] | None = None,
+        last_epoch_bad: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         return {
             "epoch": epoch,
@@ -169,13 +173,16 @@ class Reader:
             "pos": 0,
             "skipped": skipped,
             "epoch_skipped": 0,
-            "bad": dict(bad or {}),
+            "bad": dict(bad or {}),  # all epochs, per reason
+            "epoch_bad": {},  # this epoch, per reason
+            "last_epoch_bad": dict(last_epoch_bad or {}),  # the epoch before, per reason
         }
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration."""
         with self._lock:
-            self._state = self._start_state(epoch, self._state["skipped"], self._state["bad"])
+            s = self._state
+            self._state = self._start_state(epoch, s["skipped"], s["bad"], s["last_epoch_bad"])
 
     @property
     def epoch(self) -> int:
@@ -194,6 +201,14 @@ class Reader:
         """
         with self._lock:
             return dict(self._state["bad"])
+
+    def last_epoch_bad_rows(self) -> dict[str, int]:
+        """Rows skipped per reason in the last epoch whose loop completed (``{}``: none).
+
+        For a trainer that logs each epoch's skips when its loop over the reader ends.
+        """
+        with self._lock:
+            return dict(self._state["last_epoch_bad"])
 
     def _plan(self, epoch: int) -> tuple[list[Unit], np.ndarray, int, int]:
         """Units in this epoch's order, their start offsets, and this shard's row range."""
@@ -221,7 +236,8 @@ class Reader:
         """
         with self._lock:
             s = dict(self._state)
-            s["bad"] = dict(s["bad"])
+            for k in ("bad", "epoch_bad", "last_epoch_bad"):
+                s[k] = dict(s[k])
         units, starts, lo, hi = self._plan(s["epoch"])
         g = min(lo + s["chunk"] * self.buffer, max(hi - 1, lo))
         k = max(0, int(np.searchsorted(starts, g, side="right")) - 1)
@@ -262,7 +278,8 @@ class Reader:
             raise DataError(f"reader state does not match this reader (saved, now): {diff}")
         with self._lock:
             self._state = {k: int(state.get(k, 0)) for k in _STATE_KEYS}
-            self._state["bad"] = {str(k): int(v) for k, v in state.get("bad", {}).items()}
+            for k in ("bad", "epoch_bad", "last_epoch_bad"):
+                self._state[k] = {str(r): int(v) for r, v in state.get(k, {}).items()}
 
     # -- reading ---------------------------------------------------------------------------
     def _quarantine_write(self, records: list[dict[str, Any]]) -> None:
@@ -412,7 +429,7 @@ class Reader:
         epoch = s["epoch"]
         acc = {"skipped": s["skipped"], "epoch_skipped": s["epoch_skipped"], "lines": 0}
         bad: Counter = Counter(s["bad"])
-        epoch_bad: Counter = Counter()
+        epoch_bad: Counter = Counter(s["epoch_bad"])  # a resumed epoch keeps its counts
 
         def state(chunk: int, pos: int) -> dict[str, Any]:
             return {
@@ -422,6 +439,8 @@ class Reader:
                 "skipped": acc["skipped"],
                 "epoch_skipped": acc["epoch_skipped"],
                 "bad": dict(bad),
+                "epoch_bad": dict(epoch_bad),
+                "last_epoch_bad": s["last_epoch_bad"],
             }
 
         def count(reasons: Counter) -> None:
@@ -479,7 +498,7 @@ class Reader:
         if carry is not None and carry.num_rows and not self.drop_last:
             yield self._finish(carry), state(*last)
         self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
-        yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad))
+        yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad), dict(epoch_bad))
 
     def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> Counter:  # noqa: ANN001
         """Quarantine the bad rows among permuted positions ``[lo, hi)``; their count per reason."""

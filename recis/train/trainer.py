@@ -299,6 +299,7 @@ class Trainer:
                         break
                 else:
                     self.epoch += 1
+                    self._log_bad_rows()
                     if (
                         cfg.eval_each_epoch
                         and self.eval_data is not None
@@ -306,6 +307,7 @@ class Trainer:
                     ):
                         result, evaluated_at = self._evaluate_and_keep_best(), self.step
             result = self._finish(result, evaluated_at, self._stop_requested())
+            result = self._with_bad_rows(result)
         except BaseException:
             bar.close()
             self._close_quietly()
@@ -317,6 +319,27 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    # ---- io hook: rows the reader skipped (on_bad_row: skip), see docs/data.md ----------
+    def _log_bad_rows(self) -> None:
+        """Log the epoch just finished's skipped rows per reason as a ``split: data`` record
+        (``skipped_rows`` and ``bad_rows/<reason>``); nothing when none was skipped."""
+        last = getattr(self.train_data, "last_epoch_bad_rows", None)
+        counts = last() if last is not None else {}
+        if counts:
+            per = {f"bad_rows/{k}": v for k, v in counts.items()}
+            n = sum(counts.values())
+            self._log(
+                {"step": self.step, "split": "data", "epoch": self.epoch, "skipped_rows": n, **per}
+            )
+
+    def _with_bad_rows(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The final summary also says how many training rows were skipped (when any were)."""
+        report = getattr(self.train_data, "bad_rows_report", None)
+        counts = report() if report is not None else {}
+        return {**result, "skipped_rows": sum(counts.values())} if counts else result
+
+    # ---- end of the io hook -----------------------------------------------------------
 
     def _restore_signals(self, handlers: dict[int, Any]) -> None:
         for s, h in handlers.items():
@@ -499,7 +522,8 @@ class Trainer:
             max_batches=self.config.eval_batches,
             autocast=self.config.bf16,
         )
-        self._log({"step": self.step, "split": split, **result})
+        # epoch: epochs completed (an evaluation at an epoch's end counts it)
+        self._log({"step": self.step, "split": split, "epoch": self.epoch, **result})
         self.logger.flush()
         if split == "eval":
             for cb in self.callbacks:

@@ -240,7 +240,7 @@ def test_skip_counts_every_row_per_reason_and_quarantines_it(tmp_path):
         "y: label out of range for kind binary (expected 0 or 1)": 1,
         "x: null, NaN or inf dense value": 1,
     }
-    assert r.bad_rows_report() == report
+    assert r.bad_rows_report() == report and r.last_epoch_bad_rows() == report
     records = [json.loads(line) for line in q.read_text().splitlines()]
     assert sorted(d["row"] for d in records) == [3, 50, 77, 120]
     assert all(d["file"] == str(f) and d["values"]["ids"] == d["row"] for d in records)
@@ -250,6 +250,7 @@ def test_skip_counts_every_row_per_reason_and_quarantines_it(tmp_path):
     r2.load_state_dict(json.loads(json.dumps(state)))
     assert sum(b.batch_size for b in r2) == 196
     assert r2.bad_rows_report() == {k: 2 * v for k, v in report.items()} and r2.skipped == 8
+    assert r2.last_epoch_bad_rows() == report  # the second epoch alone
 
 
 def test_skipped_fraction_past_the_threshold_is_an_error(tmp_path):
@@ -368,3 +369,45 @@ def test_bce_task_on_labels_outside_0_1_is_refused_at_config_load(tmp_path):
         "data.schema.labels=[{name: click, column: label, kind: graded, max: 4, positive_at: 3}]"
     )
     assert load_config(cfg, [binarized]).data.schema_.labels[0].target == "binary"
+
+
+def test_trainer_logs_skipped_rows_per_epoch_and_in_the_summary(tmp_path):
+    """`recis train` with on_bad_row: skip: each epoch's skips in metrics.jsonl, the total in
+    eval.json."""
+    import pyarrow.orc as orc
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_io_layouts import _recis_table
+
+    for split in ("train", "eval"):
+        (tmp_path / split).mkdir()
+        t = _recis_table(40)
+        if split == "train":
+            labels = [[1.0]] * 40
+            labels[5], labels[17] = [7.0], []
+            t = t.set_column(0, "label", pa.array(labels, pa.list_(pa.float64())))
+        orc.write_table(t, tmp_path / split / "p.orc")
+    run = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            str(ROOT / "examples" / "recis_layout.yaml"),
+            f"--set=data.train={tmp_path / 'train'}",
+            f"--set=data.eval={tmp_path / 'eval'}",
+            f"--set=run_dir={run}",
+            "--set=data.on_bad_row=skip",
+            "--set=data.max_bad_fraction=0.1",
+            "--set=data.batch_size=16",
+            "--set=train.epochs=2",
+            "--set=train.progress=false",
+        ]
+    )
+    assert rc == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    data = [r for r in records if r.get("split") == "data"]
+    assert [r["epoch"] for r in data] == [1, 2]
+    for r in data:
+        assert r["skipped_rows"] == 2
+        assert r["bad_rows/label: empty list (one label value per row expected)"] == 1
+        assert r["bad_rows/label: label out of range for kind binary (expected 0 or 1)"] == 1
+    assert json.loads((run / "eval.json").read_text())["skipped_rows"] == 4
