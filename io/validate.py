@@ -207,10 +207,12 @@ def scalar_values(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarr
 
 
 def _to_float64(arr: pa.Array) -> np.ndarray:
+    """float64 ``[N]``, nulls as NaN (bools and integers cast; ids this is not for)."""
     if pa.types.is_null(arr.type):
         return np.full(len(arr), np.nan)
-    v = arr.to_numpy(zero_copy_only=False)
-    return v.astype(np.float64) if v.dtype != object else np.array(v, dtype=np.float64)
+    if not pa.types.is_float64(arr.type):
+        arr = pc.cast(arr, pa.float64(), safe=False)
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def int_string_ok(values: pa.Array) -> np.ndarray:
