@@ -366,6 +366,13 @@ class Source:
             _CSV_ROWS[key] = cached
         n, self.bad_lines[i] = cached[0], list(cached[1])
         self._bad_sorted[i] = np.array(sorted(r for r, _, _ in self.bad_lines[i]), np.int64)
+        if n == 0 and self.bad_lines[i]:
+            row, line, _ = self.bad_lines[i][0]
+            raise DataError(
+                f"no readable row: all {len(self.bad_lines[i])} rows are bad lines (the first:"
+                f" row {row}, line {line})",
+                path=self.files[i],
+            )
         if n == 0:
             raise DataError("empty file (no rows)", path=self.files[i])
         return [Unit(i, 0, n)]

@@ -62,7 +62,13 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
         return arrow.field(i).type
 
     def bad(col: str, t: pa.DataType, want: str) -> None:
-        raise DataError(f"wrong type {t}: expected {want}", path=path, column=col)
+        leaf = _leaf(t)
+        hint = (
+            " (bytes that are not UTF-8 text)"
+            if pa.types.is_binary(leaf) or pa.types.is_large_binary(leaf)
+            else ""
+        )
+        raise DataError(f"wrong type {t}{hint}: expected {want}", path=path, column=col)
 
     for lab in schema.labels:
         t = get(lab.source)

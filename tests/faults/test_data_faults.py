@@ -142,7 +142,8 @@ def test_non_utf8_csv_is_one_line_naming_file_column_row(tmp_path):
         list(Reader(f, schema, 8, format="csv"))
     assert "\n" not in str(e.value) and "\ufffd" not in str(e.value)
     # an integer column inferred from bytes that are not UTF-8: refused when the reader is built
-    with pytest.raises(DataError, match=r"a\.csv, column 'ids': wrong type binary") as e:
+    match = r"a\.csv, column 'ids': wrong type binary \(bytes that are not UTF-8 text\)"
+    with pytest.raises(DataError, match=match) as e:
         Reader(f, _schema(), 8, format="csv")
     assert "\n" not in str(e.value)
 
@@ -267,6 +268,9 @@ def test_all_rows_bad_is_an_error_whatever_the_threshold(tmp_path):
     f = _write(tmp_path / "a.parquet", y=np.full(N, 3.0))
     with pytest.raises(DataError, match=r"all 40 rows of epoch 0 are bad .*'y: label out of range"):
         list(Reader(f, _schema(), 8, on_bad_row="skip", max_bad_fraction=1.0))
+    (tmp_path / "b.csv").write_text("x,ids,y\n1.0,1\n2.0\n")  # every line has too few fields
+    with pytest.raises(DataError, match=r"b\.csv: no readable row: all 2 rows are bad lines"):
+        Reader(tmp_path / "b.csv", _schema(), 8, format="csv", on_bad_row="skip")
 
 
 def test_all_rows_bad_never_trains(tmp_path, capsys):
