@@ -50,7 +50,8 @@ def _floats(
     if pa.types.is_null(arr.type):
         out[:] = fill
         return out
-    np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
+    with np.errstate(over="ignore"):  # past float32's range: inf, then the fill below
+        np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
     if arr.null_count or pa.types.is_floating(arr.type):
         # nulls come out as NaN; inf follows the NaN policy (validation raised on it if asked)
         np.copyto(out, np.float32(fill), where=~np.isfinite(out))

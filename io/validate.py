@@ -23,6 +23,7 @@ from recis.features import LabelSpec, Schema, SparseFeature
 _LISTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
 _INT64_MAX = "9223372036854775807"
 _INT64_MIN = "9223372036854775808"  # digits of -2**63 without the sign
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_list(t: pa.DataType) -> bool:
@@ -177,10 +178,13 @@ def _check_signedness(schema: Schema, files: list[str], arrow: list[pa.Schema]) 
 
 
 def _nan_or_null(col: pa.ChunkedArray | pa.Array, inf: bool = False) -> np.ndarray:
-    """Rows that are null or NaN (and +-inf with ``inf``)."""
+    """Rows that are null or NaN (and with ``inf``: +-inf, or a float64 past float32's range,
+    which would become inf in the batch)."""
     mask = col.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_floating(col.type):
         nan = pc.is_nan(col) if not inf else pc.invert(pc.is_finite(col))
+        if inf and pa.types.is_float64(col.type):
+            nan = pc.or_(nan, pc.greater(pc.abs(col), _FLOAT32_MAX))
         mask = mask | pc.fill_null(nan, False).to_numpy(zero_copy_only=False)
     return mask
 
@@ -283,6 +287,7 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
         one_value(lab.source, lengths, "label")
         flag(np.isnan(v), lab.source, "null or NaN label")
         flag(np.isinf(v), lab.source, "inf label")
+        flag(np.abs(v) > _FLOAT32_MAX, lab.source, "label past float32's range")
         for mask, what in _label_problems(lab, v):
             flag(mask, lab.source, what)
     for f in schema.dense:

@@ -60,6 +60,7 @@ def _schema(label: LabelSpec | None = None, **dense) -> Schema:
         ({}, np.inf, "inf label"),
         ({"kind": "real"}, -np.inf, "inf label"),
         ({"kind": "real", "positive_at": 4.0}, np.inf, "inf label"),
+        ({"kind": "real"}, 1e300, "label past float32's range"),
         ({}, np.nan, "null or NaN label"),
     ],
 )
@@ -105,10 +106,10 @@ def test_label_spec_is_checked_when_built():
 
 def test_inf_dense_value_follows_the_nan_policy(tmp_path):
     x = np.arange(N, dtype=np.float64)
-    x[11], x[12] = np.inf, -np.inf
+    x[11], x[12], x[14] = np.inf, -np.inf, -1e300  # 1e300: inf as float32
     f = _write(tmp_path / "a.parquet", x=x)
     dense = np.concatenate([b.dense[:, 0].numpy() for b in Reader(f, _schema(fill=-1.0), 8)])
-    assert dense[11] == -1.0 and dense[12] == -1.0 and dense[13] == 13.0
+    assert dense[11] == -1.0 and dense[12] == -1.0 and dense[13] == 13.0 and dense[14] == -1.0
     with pytest.raises(DataError, match=r"column 'x', row 11: null, NaN or inf dense value"):
         list(Reader(f, _schema(), 8, nan_policy="raise"))
     with pytest.raises(DataError, match="row 11"):
