@@ -206,8 +206,9 @@ class HFTextTokenizer:
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
+        # special tokens included, as encode() adds them: the model sees them too
         text = normalize(text, self.spec.normalize, self.spec.lowercase)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text)["input_ids"]
         return list(zip(ids, self.tokenizer.convert_ids_to_tokens(ids)))
 
 

@@ -357,6 +357,7 @@ def test_text_features_feed_the_two_tower_text_towers(tmp_path, tower) -> None:
 
 def test_dense_relevance_and_llm_deepbow_read_raw_text(tmp_path) -> None:
     from recis.models import DeepBoW, DeepBoWConfig, DenseRelevance
+    from recis.models.text_towers import text_input
 
     (tmp_path / "train").mkdir()
     _write_pairs(tmp_path / "train" / "a.parquet", QUERIES, TITLES, 0)
@@ -398,4 +399,15 @@ def test_dense_relevance_and_llm_deepbow_read_raw_text(tmp_path) -> None:
     # the LLM DeepBoW explains with the HF tokenizer's pieces (words of the vocabulary)
     rows = model.explain("running shoes", "red running shoes for men")
     named = {r["term"] for r in rows if r["in_query"] or r["in_product"]}
-    assert named and named <= {"running", "shoes", "red", "for", "men"}
+    assert named and named <= {"running", "shoes", "red", "for", "men", "[CLS]"}
+    # the pieces are the reader's tokens: the contributions add up to the model's score
+    pq.write_table(
+        pa.table({"query": ["running shoes"], "title": ["red running shoes for men"]}),
+        tmp_path / "one.parquet",
+    )
+    (b,) = list(Reader(tmp_path / "one.parquet", Schema(text=schema.text), 1))
+    model.eval()
+    with torch.no_grad():
+        q = model.dense_bag(*text_input(b, "query", 16))
+        p = model.dense_bag(*text_input(b, "title", 16))
+    assert sum(r["contribution"] for r in rows) == pytest.approx((q * p).sum().item(), rel=1e-4)
