@@ -35,7 +35,7 @@ def _pins(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
         if m:
-            out[m.group(1).lower()] = m.group(2)
+            out[_norm(m.group(1))] = m.group(2)
     return out
 
 
@@ -69,7 +69,7 @@ def test_extras_pinned_alike_in_requirements_and_pyproject() -> None:
             req = Requirement(text)
             spec = str(req.specifier)
             if spec.startswith("=="):
-                declared[req.name.lower()] = spec[2:]
+                declared[_norm(req.name)] = spec[2:]
         assert declared == _pins(REQ / f"extra-{name}.txt"), name
     assert _pins(REQ / "extra-llm.txt") == {
         "trl": "1.16.0",
@@ -150,7 +150,12 @@ def _resolve(tmp_path: Path, *args: str) -> dict[str, str]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     items = json.loads(report.read_text())["install"]
-    return {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in items}
+    return {_norm(i["metadata"]["name"]): i["metadata"]["version"] for i in items}
+
+
+def _norm(name: str) -> str:
+    """PEP 503 name: the report keeps each wheel's own spelling (fbgemm_gpu_cpu)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _cpu_stack_args(*extra: str) -> list[str]:
@@ -178,24 +183,20 @@ def _assert_cpu_variant(got: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-def test_clean_resolution_cpu_variant(tmp_path) -> None:
-    _need_pypi()
-    got = _resolve(tmp_path, *_cpu_stack_args())
-    _assert_cpu_variant(got)
-    assert got["transformers"] == _pins(REQ / "stack.txt")["transformers"]
-    # torchrec from PyPI, without its metadata's CUDA fbgemm-gpu
-    assert _resolve(tmp_path, "--no-deps", "torchrec==1.9.2") == {"torchrec": "1.9.2"}
-
-
-@pytest.mark.slow
-def test_clean_resolution_with_every_extra_leaves_torch_and_transformers(tmp_path) -> None:
+def test_clean_resolution_cpu_variant_with_every_extra(tmp_path) -> None:
+    """The CPU stack plus every extra, resolved together by a clean pip (about a minute,
+    mostly PyPI round trips): the CPU torch and fbgemm, nothing CUDA, every stack pin
+    (transformers included) unmoved, each extra at its pin."""
     _need_pypi()
     extras = [a for name in EXTRAS for a in ("-r", f"requirements/extra-{name}.txt")]
     got = _resolve(tmp_path, *_cpu_stack_args(*extras))
-    _assert_cpu_variant(got)  # torch, fbgemm and every stack pin (transformers too) unmoved
+    _assert_cpu_variant(got)
+    assert got["transformers"] == _pins(REQ / "stack.txt")["transformers"]
     for name in EXTRAS:
         for dist, version in _pins(REQ / f"extra-{name}.txt").items():
             assert got[dist] == version, (name, dist)
+    # torchrec from PyPI, without its metadata's CUDA fbgemm-gpu
+    assert _resolve(tmp_path, "--no-deps", "torchrec==1.9.2") == {"torchrec": "1.9.2"}
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,16 @@ def test_wheel_maps_sibling_folders(tmp_path):
         "recis/models/dlrm.py",
         "recis/cli.py",
         "recis/train/trainer.py",
+        "recis/ops/build.py",
+        "recis/ops/csrc/id_mapper.cpp",
     ):
         assert module in names, module
+    # the native ops built in place by `make install` travel in the wheel
+    from recis.ops import build
+
+    for name, ext in build.EXTENSIONS.items():
+        if build.status(name) == "built":
+            assert f"recis/ops/_native/{build.built_path(ext).name}" in names, name
     assert not any(n.startswith(("io/", "ops/", "models/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "recis = recis.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
