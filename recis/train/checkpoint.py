@@ -142,19 +142,46 @@ def verify(path: str | Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    """safetensors bytes of ``tensors`` (on CPU, contiguous; shared storage copied)."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for k, t in tensors.items():
+_DTYPES = {dtype: name for name, dtype in safetensors.torch._TYPES.items()}
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write ``tensors`` to ``path`` in the safetensors format, streaming each tensor's
+    bytes to the file and to sha256 (no serialized copy of the whole part in memory);
+    fsynced. Its manifest entry (size, sha256); a write error names the file.
+
+    The file is read back by ``safetensors.torch.load_file``, whose parser validates the
+    header and offsets."""
+    blobs: list[memoryview] = []
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
-        if ptr in seen:
-            t = t.clone()
-        elif ptr != -1:
-            seen.add(ptr)
-        out[k] = t
-    return safetensors.torch.save(out)
+        if t.dtype not in _DTYPES:
+            raise CheckpointError(f"{key}: tensors of dtype {t.dtype} cannot be checkpointed")
+        # raw bytes, in the machine's (little-endian) order, without a copy
+        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b""
+        size = len(raw)
+        header[key] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        blobs.append(memoryview(raw))
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    digest = hashlib.sha256()
+    try:
+        with open(path, "wb") as f:
+            for chunk in (len(head).to_bytes(8, "little"), head, *blobs):
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write checkpoint file: {err.strerror}") from None
+    return {"size": 8 + len(head) + offset, "sha256": digest.hexdigest()}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -196,7 +223,7 @@ def _write_parts(tmp: Path, state: dict[str, Any], meta: dict[str, Any]) -> dict
         tree[part] = encode(value, tensors, part)
         if tensors:
             name = f"{part}.safetensors"
-            files[name] = _write_file(tmp / name, _tensor_bytes(tensors))
+            files[name] = _write_tensors(tmp / name, tensors)
     files[_STATE] = _write_file(tmp / _STATE, (json.dumps(tree) + "\n").encode())
     meta_json = json.loads(json.dumps(encode(meta, {}, "meta")))
     files[_META] = _write_file(tmp / _META, (json.dumps(meta_json, indent=2) + "\n").encode())
