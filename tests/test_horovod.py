@@ -49,7 +49,7 @@ def horovod_runs(tmp_path_factory):
 def test_horovod_two_ranks_match_single_process(horovod_runs, kind):
     tmp, _ = horovod_runs
     ref = w.single_process_reference()
-    got = torch.load(tmp / "w2" / f"{kind}.pt", weights_only=False)
+    got = torch.load(tmp / "w2" / f"{kind}.pt", weights_only=True)
     assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     for k in ref["state"]:
         torch.testing.assert_close(got["state"][k], ref["state"][k], atol=1e-5, rtol=1e-4)
