@@ -276,7 +276,7 @@ class LexicalMatcher:
     @classmethod
     def load(cls, path: str | Path) -> LexicalMatcher:
         """Statistics written by :meth:`save`."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), "np") as f:
@@ -293,7 +293,7 @@ class LexicalMatcher:
                 int(meta["num_titles"]),
                 float(meta["avg_title_len"]),
             )
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, SafetensorError) as err:
             raise CheckpointError(f"{path}: not lexical statistics ({err})") from None
 
 
