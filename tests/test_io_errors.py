@@ -28,7 +28,7 @@ def _write(path, n: int = 40, **override) -> str:
         "y": np.zeros(n, dtype=np.float32),
     }
     cols.update(override)
-    pq.write_table(pa.table(cols), path, row_group_size=16)
+    pq.write_table(pa.table(cols), path, row_group_size=16, write_page_checksum=True)
     return str(path)
 
 

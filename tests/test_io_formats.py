@@ -60,7 +60,7 @@ def _concat(batches: list) -> dict[str, torch.Tensor]:
 
 def test_parquet_orc_csv_round_trip_same_batch(tmp_path):
     table = _table()
-    pq.write_table(table, tmp_path / "d.parquet", row_group_size=16)
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=16, write_page_checksum=True)
     orc.write_table(table, tmp_path / "d.orc")
     pacsv.write_csv(table, tmp_path / "d.csv")
     expected = _concat([to_batch(table, SCHEMA, "mem")])

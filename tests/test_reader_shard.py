@@ -39,7 +39,7 @@ def uneven(tmp_path_factory) -> tuple[str, int]:
                 "y": (r % 2).astype(np.float32),
             }
         )
-        pq.write_table(t, path / f"part-{i}.parquet", row_group_size=g)
+        pq.write_table(t, path / f"part-{i}.parquet", row_group_size=g, write_page_checksum=True)
         rid += n
     return str(path), rid
 
@@ -186,7 +186,9 @@ def test_sharding_property(
     for i, n in enumerate(sizes):
         r = np.arange(rid, rid + n)
         t = pa.table({"rid": r, "x": r * 1.0, "ids": r, "y": np.zeros(n, np.float32)})
-        pq.write_table(t, path / f"p{i}.parquet", row_group_size=row_group)
+        pq.write_table(
+            t, path / f"p{i}.parquet", row_group_size=row_group, write_page_checksum=True
+        )
         rid += n
     schema = Schema(
         sparse=[SparseFeature(name="ids")], labels=[LabelSpec(name="y")], extras=["rid"]
