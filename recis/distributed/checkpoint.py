@@ -84,7 +84,15 @@ def save(
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    dcp.save(state, checkpoint_id=str(tmp))
+    try:
+        dcp.save(state, checkpoint_id=str(tmp))
+    # a write error (disk full) on any rank reaches every rank as DCP's CheckpointException
+    except (OSError, dcp.api.CheckpointException) as err:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        why = err.strerror if isinstance(err, OSError) else lines[0]
+        raise CheckpointError(f"{tmp}: cannot write checkpoint: {why}") from None
     ranks = _gather_to_main(rank_state) if rank_state is not None else None
     _barrier()
     if _rank() == 0:

@@ -177,3 +177,41 @@ def test_file_too_large_while_writing_metrics(tmp_path: Path) -> None:
     lines = _recis_lines(out.stderr)
     assert len(lines) == 1 and "metrics.jsonl: cannot write metrics: File too large" in lines[0]
     _only_step5_left(tmp_path / "run")
+
+
+_DCP_LIMITED = r"""
+import resource, signal, sys
+from pathlib import Path
+from torch import nn
+from recis.distributed import checkpoint as dcp_checkpoint
+from recis.errors import CheckpointError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+root = Path(sys.argv[1])
+model = nn.Linear(64, 64)
+dcp_checkpoint.save(root / "step-1", model, None, {"step": 1})
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+try:
+    dcp_checkpoint.save(root / "step-2", model, None, {"step": 2})
+except CheckpointError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_file_too_large_while_writing_a_distributed_checkpoint(tmp_path: Path) -> None:
+    from torch import nn
+
+    from recis.distributed import checkpoint as dcp_checkpoint
+
+    out = subprocess.run(
+        [sys.executable, "-c", _DCP_LIMITED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 3, out.stderr
+    assert ".tmp-step-2: cannot write checkpoint" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1"]
+    assert dcp_checkpoint.latest(tmp_path).name == "step-1"
+    assert dcp_checkpoint.load(tmp_path / "step-1", nn.Linear(64, 64))["step"] == 1
