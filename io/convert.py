@@ -155,10 +155,13 @@ def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
     """name -> token ids ``[B, T]`` int64 and name_mask -> ``[B, T]`` int64 (``T = max_length``).
 
     Tokenizers: :mod:`recis.io.tokenizers` (n-gram hashing, a trained vocabulary, or HF).
+    A ``list<string>`` row (the RecIS / TorchEasyRec layouts) is its strings joined by spaces.
     """
     out: dict[str, np.ndarray] = {}
     for f in feats:
         col = _array(table, f.source)
+        if is_list(col.type):
+            col = pc.binary_join(col.cast(pa.list_(pa.string())), " ")
         texts = pc.fill_null(col.cast(pa.string()), "").to_pylist()
         ids, mask = tokenizer_for(f).encode(texts, f.max_length, keep_last=f.truncate == "last")
         out[f.name] = ids

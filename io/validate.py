@@ -88,8 +88,8 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
                 bad(f.weight_column, w, f"numbers shaped like {f.source} ({t})")
     for f in schema.text:
         t = get(f.source)
-        if not (_is_string(t) or pa.types.is_null(t)):
-            bad(f.source, t, "a string column")
+        if not (_is_string(_leaf(t)) or pa.types.is_null(t)):
+            bad(f.source, t, "a string or list<string> column")
     for col in schema.extras:
         t = get(col)
         if not _is_number(_leaf(t)):

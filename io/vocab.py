@@ -25,6 +25,7 @@ from recis.errors import ConfigError, DataError
 from recis.features import TextFeature, VocabTokenizer
 
 from .sources import SUFFIXES, CsvOptions, resolve_paths
+from .validate import is_list
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
 
@@ -82,7 +83,10 @@ def read_texts(
                 tables = iter([_csv_texts(path, columns, fmt, csv or CsvOptions())])
             for table in tables:
                 for c in columns:
-                    col = pc.drop_null(table.column(c).cast(pa.string()))
+                    col = table.column(c)
+                    if is_list(col.type):  # the list layouts: a row's strings, space-joined
+                        col = pc.binary_join(col.cast(pa.list_(pa.string())), " ")
+                    col = pc.drop_null(col.cast(pa.string()))
                     yield from (t for t in col.to_pylist() if t)
         except (pa.ArrowException, KeyError) as err:  # a missing column is a KeyError
             raise DataError(f"cannot read text column: {err}", path=path) from None

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from recis.config import validate
-from recis.errors import ConfigError
+from recis.errors import ConfigError, DataError
 from recis.features import LabelSpec, Schema, TextFeature
 from recis.io import Reader
 from recis.io.tokenizers import ngram_terms, tokenizer_for
@@ -411,3 +411,17 @@ def test_dense_relevance_and_llm_deepbow_read_raw_text(tmp_path) -> None:
         q = model.dense_bag(*text_input(b, "query", 16))
         p = model.dense_bag(*text_input(b, "title", 16))
     assert sum(r["contribution"] for r in rows) == pytest.approx((q * p).sum().item(), rel=1e-4)
+
+
+def test_list_of_strings_layout_reads_as_text(tmp_path) -> None:
+    # RecIS / TorchEasyRec store every column as a list: one string, or several words
+    col = pa.array([["Red Shoe"], ["red", "shoe"], [], None], pa.list_(pa.string()))
+    pq.write_table(pa.table({"q": col, "y": [1.0, 0.0, 1.0, 0.0]}), tmp_path / "t.parquet")
+    schema = Schema(text=[TextFeature(name="q", max_length=4)], labels=[LabelSpec(name="y")])
+    (b,) = list(Reader(tmp_path / "t.parquet", schema, 8))
+    red_shoe = hash_strings(["red", "shoe", "red shoe"], salt="text").tolist()
+    assert b.text["q"][0].tolist() == b.text["q"][1].tolist() == red_shoe + [0]
+    assert b.text["q_mask"][2:].sum() == 0  # empty and null lists: no tokens
+    pq.write_table(pa.table({"q": pa.array([[1, 2]]), "y": [1.0]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="list<string>"):
+        list(Reader(tmp_path / "bad.parquet", schema, 8))
