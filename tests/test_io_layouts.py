@@ -296,3 +296,69 @@ def _train(tmp_path: Path, example: str) -> None:
     assert rc == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert 0.0 <= result["click/auc"] <= 1.0
+
+
+# -- real public logs, read unchanged (skipped when ../shared/data is absent) -------------
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _needs(*parts: str) -> Path:
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def test_open_bandit_logs_read_unchanged():
+    """Six impression logs: int64 click label, large_string hashed user features (no dtype
+    set), int ids, a float column; 60,000 rows."""
+    root = _needs("obd_small")
+    files = sorted(str(p) for p in root.glob("*/*/*.parquet") if p.stem != "item_context")
+    schema = Schema(
+        labels=[LabelSpec(name="click")],
+        dense=[DenseFeature(name="propensity_score")],
+        sparse=[SparseFeature(name="item_id"), SparseFeature(name="position")]
+        + [SparseFeature(name=f"user_feature_{k}", table="user") for k in range(4)],
+    )
+    reader = Reader(files, schema, 8192)
+    clicks = rows = 0
+    for b in reader:
+        rows += b.batch_size
+        clicks += int(b.labels["click"].sum())
+        assert b.sparse["user_feature_0"].lengths().eq(1).all()
+    assert (rows, clicks) == (60_000, 287)  # the README's counts
+
+
+def test_movielens_ratings_binarized_at_4():
+    f = _needs("ml_latest_small", "ratings.parquet")
+    rating = pq.read_table(f, columns=["rating"]).column("rating").to_numpy()
+    schema = Schema(
+        labels=[LabelSpec(name="like", column="rating", kind="real", positive_at=4.0)],
+        sparse=[SparseFeature(name="userId"), SparseFeature(name="movieId")],
+    )
+    likes = sum(float(b.labels["like"].sum()) for b in Reader(f, schema, 32768))
+    assert likes == float((rating >= 4.0).sum())
+    graded = Schema(labels=[LabelSpec(name="r", column="rating", kind="graded", max=5)])
+    # half-star ratings are not integer grades: refused with the row
+    with pytest.raises(DataError, match=r"column 'rating', row \d+: label out of range for kind"):
+        list(Reader(f, graded, 32768))
+
+
+def test_qbqtc_graded_labels_and_raw_text_ids():
+    f = _needs("qbqtc", "pairs.parquet")
+    label = pq.read_table(f, columns=["label"]).column("label").to_numpy()
+    schema = Schema(
+        labels=[
+            LabelSpec(name="very", column="label", kind="graded", max=2, positive_at=2),
+            LabelSpec(name="some", column="label", kind="graded", max=2, positive_at=1),
+        ],
+        sparse=[SparseFeature(name="query")],  # a string column: hashed, no dtype
+    )
+    very = some = 0.0
+    for b in Reader(f, schema, 8192):
+        very += float(b.labels["very"].sum())
+        some += float(b.labels["some"].sum())
+    assert (very, some) == (float((label == 2).sum()), float((label >= 1).sum()))
+    with pytest.raises(DataError, match=r"column 'label', row \d+: label out of range .*binary"):
+        list(Reader(f, Schema(labels=[LabelSpec(name="label")]), 8192))
