@@ -416,3 +416,17 @@ def test_trainer_logs_skipped_rows_per_epoch_and_in_the_summary(tmp_path):
         assert r["bad_rows/label: empty list (one label value per row expected)"] == 1
         assert r["bad_rows/label: label out of range for kind binary (expected 0 or 1)"] == 1
     assert json.loads((run / "eval.json").read_text())["skipped_rows"] == 4
+
+
+def test_loader_workers_sum_their_skips(tmp_path):
+    from recis.io import Loader
+
+    y = np.zeros(N)
+    y[[3, 10, 25]] = 5.0
+    f = _write(tmp_path / "a.parquet", y=y)
+    loader = Loader(f, _schema(), 4, num_workers=2, on_bad_row="skip", max_bad_fraction=0.2)
+    rows = sorted(int(i) for b in loader for i in b.sparse["ids"].values())
+    assert rows == [i for i in range(N) if i not in (3, 10, 25)]
+    report = {"y: label out of range for kind binary (expected 0 or 1)": 3}
+    assert loader.bad_rows_report() == report and loader.last_epoch_bad_rows() == report
+    assert loader.skipped == 3
