@@ -2,7 +2,7 @@
 
 * :class:`NgramHasher` - word and char n-grams hashed to 64-bit ids, no vocabulary;
 * :class:`SubwordVocab` - a BPE / WordPiece ``tokenizer.json`` trained on the train files
-  (:func:`build_vocabularies`, ``recis vocab build``);
+  (:func:`recis.io.vocab.build_vocabularies`, ``recis vocab build``);
 * :class:`HFTextTokenizer` - a transformers tokenizer from a local directory.
 
 Each maps ``B`` texts to ids ``[B, T]`` int64 (0-padded) and a mask ``[B, T]`` int64
@@ -34,11 +34,13 @@ _IS_CJK = re.compile(rf"[{_CJK}]")
 _TERM_MEMO = 1 << 21  # distinct terms an NgramHasher remembers the id of
 _TEXT_MEMO = 1 << 18  # texts whose ids it remembers
 
+Encoded = tuple[np.ndarray, np.ndarray]  # ids [B, T] int64 (0-padded), mask [B, T] int64
+
 
 class TextTokenizer(Protocol):
     """What the reader and the models need from a tokenizer."""
 
-    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> Encoded:
         """``B`` texts -> ids ``[B, max_length]`` int64 (0-padded), mask ``[B, max_length]``."""
         ...
 
@@ -91,7 +93,7 @@ def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
     return out
 
 
-def _pad(rows: list[np.ndarray], max_length: int, keep_last: bool) -> tuple:
+def _pad(rows: list[np.ndarray], max_length: int, keep_last: bool) -> Encoded:
     """Per-row id arrays -> ids ``[B, max_length]`` int64 and mask ``[B, max_length]`` int64."""
     ids = np.zeros((len(rows), max_length), np.int64)
     mask = np.zeros((len(rows), max_length), np.int64)
@@ -136,7 +138,7 @@ class NgramHasher:
         ids = [local[t] if t in local else memo[t] for t in terms]
         return np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
 
-    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> Encoded:
         memo = self._text_ids
         rows: list[np.ndarray | None] = [memo.get(t) for t in texts]
         todo = [i for i, r in enumerate(rows) if r is None]
@@ -173,11 +175,11 @@ class SubwordVocab:
             raise DataError(f"cannot load tokenizer: {err}", path=spec.path) from None
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
-        # normalization and lowercasing are also inside tokenizer.json (see build_vocabulary);
+        # normalization and lowercasing are also inside tokenizer.json (recis.io.vocab);
         # doing them here too keeps the spec's options meaningful for a file built elsewhere
         return [normalize(t, self.spec.normalize, self.spec.lowercase) for t in texts]
 
-    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> Encoded:
         encs = self.tokenizer.encode_batch(self._prepare(texts), add_special_tokens=False)
         return _pad([np.asarray(e.ids, np.int64) for e in encs], max_length, keep_last)
 
@@ -193,7 +195,7 @@ class HFTextTokenizer:
         self.spec = spec
         self.tokenizer = load_tokenizer(spec.path)
 
-    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> tuple:
+    def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> Encoded:
         tok = self.tokenizer
         tok.truncation_side = "left" if keep_last else "right"
         enc = tok(

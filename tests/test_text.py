@@ -425,3 +425,32 @@ def test_list_of_strings_layout_reads_as_text(tmp_path) -> None:
     pq.write_table(pa.table({"q": pa.array([[1, 2]]), "y": [1.0]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="list<string>"):
         list(Reader(tmp_path / "bad.parquet", schema, 8))
+
+
+def test_text_input_cuts_unused_padding_and_empty_texts_stay_finite() -> None:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from recis.io.batch import Batch
+    from recis.models import DeepBoW, DeepBoWConfig
+    from recis.models.text_towers import text_input
+
+    tok = tokenizer_for(TextFeature(name="q"))
+    ids, mask = tok.encode(["red shoe", "", "lamp"], 8)  # 3, 0 and 1 terms
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["p"], values=torch.tensor([5, 6, 7]), lengths=torch.tensor([1, 0, 2])
+    )
+    text = {"q": torch.from_numpy(ids), "q_mask": torch.from_numpy(mask)}
+    batch = Batch(sparse=kjt, dense=torch.zeros(3, 0), labels={}, text=text)
+    got, m = text_input(batch, "q", 16)
+    assert got.shape == (3, 3) and m.dtype == torch.bool  # the longest row has 3 tokens
+    assert torch.equal(got, torch.from_numpy(ids[:, :3])) and m.sum(1).tolist() == [3, 0, 1]
+    assert text_input(batch, "q", 2)[0].shape == (3, 2)  # the model's max_len cuts too
+    assert text_input(batch, "p", 4)[0].tolist() == [[5, 0, 0, 0], [0] * 4, [6, 7, 0, 0]]
+    schema = Schema(text=[TextFeature(name="q")])
+    for k in (16, 0):  # with and without expansion terms
+        cfg = DeepBoWConfig(query_text="q", product_text="q", vocab=64, dim=8, expansion_k=k)
+        model = DeepBoW(cfg, schema, "cpu").eval()
+        with torch.no_grad():  # an empty text (null title) masks every position: no NaN
+            bag = model.dense_bag(got, m)
+        assert torch.isfinite(bag).all()
+    assert bag[1].abs().sum() == 0 and bag[0].abs().sum() > 0  # no text, no terms
