@@ -75,7 +75,7 @@ def torchrun_runs(tmp_path_factory):
         ]
         return procs
 
-    return w.run_all_retrying(start, root)
+    return w.run_all_in(start, root)
 
 
 def load(path: Path) -> dict:

@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
             ),
         ]
 
-    return w.run_all_retrying(start, root)
+    return w.run_all_in(start, root)
 
 
 def assert_same_rows(a: dict, b: dict, atol: float = 1e-5) -> None:
