@@ -291,16 +291,6 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON: {err}") from None
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """``meta.json`` of checkpoint ``path``, verified against the manifest first."""
-    path = Path(path)
-    verify(path)
-    meta = decode(_read_json(path / _META), lambda k: torch.empty(0), str(path / _META))
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path / _META}: must hold an object")
-    return meta
-
-
 def _older_hint(path: Path) -> str:
     """``; older checkpoints: ...`` when ``path`` is a numbered checkpoint with older ones."""
     m = _STEP.match(path.name)

@@ -250,6 +250,7 @@ class Trainer:
         cfg = self.config
         if self.checkpoints is not None and _is_rank0():
             self.checkpoints.clean_partial()
+        self._signal, self._stop_agreed = None, False  # a stop asked of an earlier fit() is done
         handlers = self._catch_signals()
         for cb in self.callbacks:
             cb.on_train_start(self)
