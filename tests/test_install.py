@@ -9,11 +9,14 @@ skip, saying so, when it is unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -302,6 +305,62 @@ def test_stale_build_is_one_line(tmp_path) -> None:
     with pytest.raises(NativeBuildError, match="does not load") as err:
         build.load("id_mapper", native_dir=tmp_path, csrc=csrc)
     assert "\n" not in str(err.value) and "make native" in str(err.value)
+
+
+def _start_build(native: Path, tmp: Path) -> subprocess.Popen:
+    code = (
+        "import sys; from pathlib import Path; from recis.ops import build;"
+        "build.build('id_mapper', native_dir=Path(sys.argv[1]), force=True)"
+    )
+    env = os.environ | {"TMPDIR": str(tmp), "MAX_JOBS": "1"}
+    # its own session: the kill takes ninja and the compiler with it
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(native)], env=env, start_new_session=True
+    )
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the build and everything in its session (ninja gives each compiler its own
+    process group, so killing the group would leave the compiler running)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            session = int(stat.read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, IndexError, ValueError):
+            continue
+        if session == proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+    proc.wait()
+
+
+def _wait_for(pattern: str, folder: Path, old: set[Path], timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(folder.glob(pattern)) - old
+        if new:
+            return new.pop()
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern} in {folder} after {timeout} s")
+
+
+def test_build_killed_mid_compile_blocks_nothing(tmp_path) -> None:
+    """SIGKILL while the compiler holds torch's build lock: no module, no temp file in
+    ops/_native, and the next build gets past the lock at once (it has its own folder)."""
+    native, tmp = tmp_path / "native", tmp_path / "tmp"
+    tmp.mkdir()
+    first = _start_build(native, tmp)
+    try:
+        lock = _wait_for("recis-build-id_mapper-*/lock", tmp, set())
+    finally:
+        _kill(first)
+    assert lock.exists()  # the killed build's lock stays behind, in its own folder only
+    assert list(native.iterdir()) == []
+    second = _start_build(native, tmp)
+    try:  # torch writes build.ninja once it holds the lock: the old lock did not block
+        _wait_for("recis-build-id_mapper-*/build.ninja", tmp, {lock.parent / "build.ninja"})
+    finally:
+        _kill(second)
+    assert list(native.iterdir()) == []
 
 
 def test_build_is_a_no_op_when_built(monkeypatch) -> None:
