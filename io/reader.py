@@ -150,8 +150,10 @@ class Reader:
             fs,
             csv,
             skip_bad_lines=on_bad_row == "skip",
-            # CSV ids under dtype int are read as text and parsed (checked per row) by recis
-            text_columns=[f.source for f in schema.sparse if f.dtype == "int"],
+            # CSV ids under dtype int or string are read as text, whatever a block looks like:
+            # int ids are parsed (checked per row) by recis, string ids hashed as written
+            # ("007" stays "007"; one file's all-digit block cannot make the column int64)
+            text_columns=[f.source for f in schema.sparse if f.dtype != "auto"],
         )
         self.num_rows = sum(u.num_rows for u in self.source.units)
         # every file's columns and types, from metadata, before the first step

@@ -362,3 +362,15 @@ def test_qbqtc_graded_labels_and_raw_text_ids():
     assert (very, some) == (float((label == 2).sum()), float((label >= 1).sum()))
     with pytest.raises(DataError, match=r"column 'label', row \d+: label out of range .*binary"):
         list(Reader(f, Schema(labels=[LabelSpec(name="label")]), 8192))
+
+
+def test_csv_string_ids_are_hashed_as_written(tmp_path):
+    """dtype string: a CSV id column is text in every file ("007" is not 7)."""
+    (tmp_path / "a.csv").write_text("cat,y\n007,0\n12,1\n")
+    (tmp_path / "b.csv").write_text("cat,y\nab,0\n12,1\n")
+    schema = Schema(
+        sparse=[SparseFeature(name="cat", dtype="string")], labels=[LabelSpec(name="y")]
+    )
+    (b,) = list(Reader(tmp_path, schema, 8, format="csv"))
+    expected = hash_strings(["007", "12", "ab", "12"], salt="cat").tolist()
+    assert b.sparse["cat"].values().tolist() == expected
