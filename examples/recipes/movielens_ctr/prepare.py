@@ -217,7 +217,7 @@ def prepare(src: Path, out: Path) -> dict:
     }
     stats: dict = {"rows": {}, "like_rate": {}}
     for name, part in parts.items():
-        pq.write_table(part, out / f"{name}.parquet")
+        pq.write_table(part, out / f"{name}.parquet", write_page_checksum=True)
         stats["rows"][name] = part.num_rows
         stats["like_rate"][name] = round(float(pc.mean(part["like"]).as_py()), 4)
     train = parts["train"]
