@@ -155,6 +155,14 @@ def test_overwrite_replaces_only_the_previous_runs_outputs(tmp_path, capsys) -> 
     (run / "checkpoints" / "step-00000099").mkdir()  # would pass for the newest
     assert main(["train", CONFIG, *args]) == 2
     assert "holds a previous run" in capsys.readouterr().err
+    # the same under a launcher: refused on every rank before the process group forms
+    from recis.config import load_config
+    from recis.distributed import run as distributed_run
+    from recis.errors import OutputError
+
+    cfg = load_config(CONFIG, [args[i + 1] for i in range(0, len(args), 2)])
+    with pytest.raises(OutputError, match="holds a previous run"):
+        distributed_run.train(cfg, "torchrun")
     assert main(["train", CONFIG, *args, "--overwrite"]) == 0
     assert (run / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final", "step-00000003"]
