@@ -374,6 +374,8 @@ def test_bce_task_on_labels_outside_0_1_is_refused_at_config_load(tmp_path):
         "data.schema.labels=[{name: click, column: label, kind: graded, max: 4, positive_at: 3}]"
     )
     assert load_config(cfg, [binarized]).data.schema_.labels[0].target == "binary"
+    mse = "train.tasks=[{name: click, loss: mse}]"
+    assert load_config(cfg, [graded, mse]).data.schema_.labels[0].kind == "graded"
 
 
 def test_trainer_logs_skipped_rows_per_epoch_and_in_the_summary(tmp_path):
