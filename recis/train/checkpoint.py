@@ -255,9 +255,17 @@ def load_checkpoint(
     path = Path(path)
     try:
         verify(path)
+        if (path / ".metadata").exists() and not (path / _STATE).exists():
+            raise CheckpointError(
+                f"{path}: a distributed (DCP) checkpoint: resume it under a launcher "
+                "(torchrun --nproc-per-node N -m recis.cli train ... --resume), evaluate it "
+                "with recis eval"
+            )
         return _read(path, str(torch.device(map_location)))
     except CheckpointError as err:
         raise CheckpointError(f"{err}{_older_hint(path)}") from None
+    except RecursionError:  # JSON nested past Python's limit: not written by recis
+        raise CheckpointError(f"{path / _STATE}: nested too deeply") from None
 
 
 def _read(path: Path, device: str) -> tuple[dict, dict]:

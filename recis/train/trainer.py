@@ -623,7 +623,15 @@ class Trainer:
         """Load a checkpoint folder written by :meth:`save` (verified against its manifest)
         and continue from it."""
         state, _ = load_checkpoint(path, map_location=self.device)
-        self.load_state_dict(state, source=path)
+        try:
+            self.load_state_dict(state, source=path)
+        except RecisError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            # a state.json whose values are not what this trainer wrote
+            raise CheckpointError(
+                f"{path}: not a trainer state this trainer can load: {type(err).__name__}: {err}"
+            ) from None
 
 
 def check_model_state(

@@ -177,3 +177,33 @@ def test_missing_parameter_is_named(small_ctr, saved_run, tmp_path) -> None:
     trainer = _trainer(small_ctr, None)
     with pytest.raises(CheckpointError, match="missing " + re.escape(key)):
         trainer.load_state_dict(state, source="ck")
+
+
+def test_values_this_trainer_did_not_write_are_named(small_ctr, saved_run, tmp_path) -> None:
+    """A state.json edited by hand (manifest rewritten to match): no traceback either."""
+    import json
+
+    from recis.train.checkpoint import write_manifest
+
+    ck = tmp_path / "ck"
+    shutil.copytree(saved_run / "checkpoints" / "step-00000004", ck)
+    state = json.loads((ck / "state.json").read_text())
+    state["step"] = "four"
+    (ck / "state.json").write_text(json.dumps(state))
+    write_manifest(ck)
+    with pytest.raises(CheckpointError, match=r"ck: not a trainer state .*four"):
+        _trainer(small_ctr, None).resume(ck)
+    (ck / "state.json").write_text("[" * 100_000 + "]" * 100_000)
+    write_manifest(ck)
+    with pytest.raises(CheckpointError, match="state.json"):
+        load_checkpoint(ck)
+
+
+def test_distributed_checkpoint_given_to_the_single_process_trainer(small_ctr, tmp_path) -> None:
+    from torch import nn
+
+    from recis.distributed import checkpoint as dcp_checkpoint
+
+    path = dcp_checkpoint.save(tmp_path / "step-1", nn.Linear(2, 2), None, {"step": 1})
+    with pytest.raises(CheckpointError, match="a distributed .DCP. checkpoint: resume it under"):
+        _trainer(small_ctr, None).resume(path)
