@@ -239,7 +239,7 @@ class DistributedTrainer(Trainer):
             dist.barrier()
         return path if path is not None else source.parent / name
 
-    def _load_model(self, path: Path) -> dict[str, Any]:
+    def load_weights(self, path: str | Path) -> dict[str, Any]:
         """The sharded model's weights from checkpoint ``path`` (collective); its meta."""
         return dcp_checkpoint.load(path, self.model)
 

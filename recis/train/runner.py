@@ -27,7 +27,7 @@ from recis.io import (
 from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
-from .checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from .checkpoint import CheckpointManager, resolve_resume
 from .trainer import Trainer
 
 Info = SyntheticInfo | MultiTaskInfo
@@ -198,6 +198,6 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
         shard_hashed(trainer.model)
         trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
     else:
-        state, _ = load_checkpoint(checkpoint, map_location=cfg.device)
-        trainer.load_state_dict(state, source=checkpoint)
+        # the weights only: optimizer and reader state do not matter to an evaluation
+        trainer.step = int(trainer.load_weights(checkpoint).get("step", 0))
     return report(trainer.evaluate(), info)

@@ -369,7 +369,7 @@ class Trainer:
             and es.best_step != self.step
         ):
             best = self._checkpoint_path(es.best_step, name="best")
-            saved = int(self._load_model(best).get("step", -1))
+            saved = int(self.load_weights(best).get("step", -1))
             if saved != es.best_step:
                 raise CheckpointError(
                     f"{best}: holds step {saved}, but the best evaluation was at step "
@@ -427,10 +427,11 @@ class Trainer:
             return None
         return link_checkpoint(source, name)
 
-    def _load_model(self, path: Path) -> dict[str, Any]:
-        """The model's weights from checkpoint ``path`` (restoring the best one); its meta."""
+    def load_weights(self, path: str | Path) -> dict[str, Any]:
+        """The model's weights (only) from checkpoint ``path``: the best one at the end of
+        training, a checkpoint to evaluate. Returns its meta (step, epoch)."""
         state, meta = load_checkpoint(path, map_location=self.device)
-        self._load_model_state(state["model"], path)
+        self._load_model_state(state.get("model"), path)
         return meta
 
     def _reader(self) -> Any:
@@ -586,7 +587,7 @@ class Trainer:
             set_rng_state(state["rng"])
         self._last_saved = self.step
 
-    def _load_model_state(self, saved: dict[str, Any], source: str | Path) -> None:
+    def _load_model_state(self, saved: Any, source: str | Path) -> None:
         """``model.load_state_dict(saved)`` after checking names and shapes: a mismatch is one
         CheckpointError naming the parameters, never a torch traceback."""
         # modules whose saved tensors are sized by their content (the sharded hashed
