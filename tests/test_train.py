@@ -190,3 +190,18 @@ def test_early_stopping() -> None:
 
     with pytest.raises(ConfigError, match="early_stopping.metric"):
         stop.on_eval(stub, {"other": 1.0})  # type: ignore[arg-type]
+
+
+def test_run_log_cuts_a_torn_last_line_before_appending(tmp_path) -> None:
+    """A writer killed mid-line leaves a line without its newline: the next run's records
+    start on their own line, and every line of the file is a whole record."""
+    import json
+
+    from recis.train.runlog import RunLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl')
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log({"step": 2, "split": "train"})
+    log.flush(sync=True)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
