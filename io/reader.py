@@ -28,8 +28,6 @@ re-reads that chunk, re-permutes it identically and continues at ``pos``.
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import threading
 from collections import Counter
@@ -40,19 +38,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.errors import ConfigError, DataError, OutputError
+from recis.errors import ConfigError, DataError
 from recis.features import Schema
 
 from .batch import Batch
 from .convert import Columns, convert_columns
 from .prefetch import background
+from .quarantine import BAD_LINE, Quarantine, check_bad_fraction, record
 from .sources import SUFFIXES as _SUFFIXES
 from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
 from .validate import bad_rows, check_files
 
 _STATE_VERSION = 2
 _STATE_KEYS = ("epoch", "chunk", "pos", "skipped", "epoch_skipped")
-BAD_LINE = "bad line"  # the skip reason of a CSV line with the wrong number of fields
 
 
 class Reader:
@@ -138,7 +136,8 @@ class Reader:
         self.prefetch = prefetch
         self.nan_policy = nan_policy
         self.on_bad_row = on_bad_row
-        self.quarantine = str(quarantine) if quarantine is not None else None
+        self._quarantine = Quarantine(quarantine)
+        self.quarantine = self._quarantine.path
         self.max_bad_fraction = float(max_bad_fraction)
         self.drop_last = drop_last
         # pinning needs an accelerator runtime; without one it is a no-op rather than an error
@@ -284,20 +283,6 @@ class Reader:
                 self._state[k] = {str(r): int(v) for r, v in state.get(k, {}).items()}
 
     # -- reading ---------------------------------------------------------------------------
-    def _quarantine_write(self, records: list[dict[str, Any]]) -> None:
-        if self.quarantine is None or not records:
-            return
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.quarantine)), exist_ok=True)
-            with open(self.quarantine, "a") as f:
-                for r in records:
-                    f.write(json.dumps(r, default=str) + "\n")
-        except OSError as err:
-            why = os.strerror(err.errno) if err.errno else str(err)
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                why += " (disk full)"
-            raise OutputError(f"cannot write quarantine file {self.quarantine}: {why}") from None
-
     def _pieces(
         self, epoch: int, pos: int
     ) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray, list[dict[str, Any]]]]:
@@ -330,7 +315,7 @@ class Reader:
     def _bad_lines(self, fidx: int) -> list[dict[str, Any]]:
         path = self.files[fidx]
         return [
-            {"file": path, "row": row, "line": line, "reason": BAD_LINE, "text": text}
+            record(path, row, line, BAD_LINE, text=text)
             for row, line, text in self.source.bad_lines.get(fidx, [])
         ]
 
@@ -358,31 +343,9 @@ class Reader:
             yield chunk, *self._join(parts), lines
 
     def _join(self, parts: list) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-        try:
-            table = pa.concat_tables([p[0] for p in parts], promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            self._raise_type_clash(parts)
+        # types that cannot be unified were refused when the reader was built (check_files)
+        table = pa.concat_tables([p[0] for p in parts], promote_options="permissive")
         return table, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-
-    def _raise_type_clash(self, parts: list) -> None:
-        """Two files give one column types that cannot be unified (e.g. int64 and list<int64>)."""
-        first, first_file = parts[0][0].schema, self.files[parts[0][1][0]]
-        for t, f, _ in parts[1:]:
-            for name in first.names:
-                a, b = first.field(name).type, t.schema.field(name).type
-                if a != b:
-                    try:
-                        pa.unify_schemas(
-                            [pa.schema([(name, a)]), pa.schema([(name, b)])],
-                            promote_options="permissive",
-                        )
-                    except (pa.ArrowTypeError, pa.ArrowInvalid):
-                        raise DataError(
-                            f"type {b} does not match {a} in {first_file}",
-                            path=self.files[f[0]],
-                            column=name,
-                        ) from None
-        raise DataError("files have incompatible schemas", path=first_file)
 
     def _raise_bad(self, reason: str, table: pa.Table, i: int, fidx: int, row: int) -> None:
         """DataError for the bad row ``i`` of ``table`` (row ``row`` of file ``fidx``)."""
@@ -400,23 +363,11 @@ class Reader:
         )
 
     def _check_bad_fraction(self, epoch: int, skipped: int, lines: int, bad: Counter) -> None:
-        """Raise once this epoch's skipped rows pass ``max_bad_fraction`` of the shard.
-
-        ``lines`` (CSV bad lines met this epoch) are rows too. Checked as chunks end: the
-        skipped count only grows, so passing the bound early is final.
-        """
+        """:func:`check_bad_fraction` over this shard's rows of ``epoch`` (+ CSV bad lines)."""
         _, _, lo, hi = self._plan(epoch)
-        total = hi - lo + lines
-        if not total or not (skipped > self.max_bad_fraction * total or skipped >= total):
-            return
-        top = ", ".join(f"{k!r}: {v}" for k, v in bad.most_common(3))
-        what = (
-            f"all {total} rows" if skipped >= total else f"{skipped} (or more) of {total} rows"
-        ) + f" of epoch {epoch} are bad"
-        raise DataError(
-            f"{what} (max_bad_fraction {self.max_bad_fraction:g}; most common: {top})"
-            + (f"; see {self.quarantine}" if self.quarantine else ""),
-            path=self.files[0] if len(self.files) == 1 else None,
+        path = self.files[0] if len(self.files) == 1 else None
+        check_bad_fraction(
+            skipped, hi - lo + lines, self.max_bad_fraction, epoch, bad, self.quarantine, path
         )
 
     def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
@@ -461,7 +412,7 @@ class Reader:
             n = table.num_rows
             pos = s["pos"] if c == s["chunk"] else 0
             if lines and pos == 0:  # a resumed chunk (pos > 0) counted its lines already
-                self._quarantine_write(lines)
+                self._quarantine.write(lines)
                 acc["lines"] += len(lines)
                 count(Counter({BAD_LINE: len(lines)}))
             perm = (
@@ -510,14 +461,18 @@ class Reader:
         if self.quarantine is not None:
             idx = perm[bad]
             values = table.take(pa.array(idx)).to_pylist()
-            records = []
-            for b, i, v in zip(bad, idx, values):
-                r = {"file": self.files[files[i]], "row": int(rows[i])}
-                line = self.source.line_of(rows[i])
-                if line is not None:
-                    r["line"] = line
-                records.append({**r, "reason": reasons[code[b] - 1], "values": v})
-            self._quarantine_write(records)
+            self._quarantine.write(
+                [
+                    record(
+                        self.files[files[i]],
+                        rows[i],
+                        self.source.line_of(rows[i]),
+                        reasons[code[b] - 1],
+                        values=v,
+                    )
+                    for b, i, v in zip(bad, idx, values)
+                ]
+            )
         per = np.bincount(code[bad], minlength=len(reasons) + 1)
         return Counter({reasons[j - 1]: int(per[j]) for j in np.flatnonzero(per)})
 
