@@ -155,3 +155,25 @@ def test_llm_tower_pooling_and_bf16(pooling) -> None:
         "last": torch.stack([h[0, 2], h[1, 1]]),
     }[pooling]
     torch.testing.assert_close(out, expected)
+
+
+def test_retrieval_eval_user_must_be_a_feature_or_extra() -> None:
+    from recis.errors import ConfigError
+    from recis.features import Schema, SparseFeature
+    from recis.models.two_tower import RetrievalEvalConfig
+
+    schema = Schema(sparse=[SparseFeature(name="user_id"), SparseFeature(name="item_id")])
+    tables = [
+        {"name": "user_id", "dim": 4, "capacity": 8},
+        {"name": "item_id", "dim": 4, "capacity": 8},
+    ]
+    base = {"tables": tables, "query": {"sparse": ["user_id"]}, "item": {"sparse": ["item_id"]}}
+    bad = TwoTowerConfig(**base, retrieval_eval=RetrievalEvalConfig(seen="x.parquet", user="uid"))
+    with pytest.raises(ConfigError, match="model.retrieval_eval.user: 'uid'"):
+        TwoTower(bad, schema, torch.device("cpu"))
+    good = TwoTowerConfig(
+        **base, retrieval_eval=RetrievalEvalConfig(seen="x.parquet", user="user_id")
+    )
+    model = TwoTower(good, schema, torch.device("cpu"))
+    assert model.config.retrieval_eval.ks == [10, 50]
+    assert TwoTower(TwoTowerConfig(**base), schema, torch.device("cpu")).retrieval_corpus() is None
