@@ -29,8 +29,8 @@ from recis.ops.hashing import hash_strings
 # and compatibility ideographs, hiragana, katakana, CJK ideographs beyond the BMP)
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 _RUN = re.compile(r"\w+")
-_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 _IS_CJK = re.compile(rf"[{_CJK}]")
+_PIECE = re.compile(rf"[{_CJK}]+|[^\W{_CJK}]+")  # a stretch of CJK chars, or one other word
 _TERM_MEMO = 1 << 21  # distinct terms an NgramHasher remembers the id of
 _TEXT_MEMO = 1 << 18  # texts whose ids it remembers
 
@@ -56,7 +56,61 @@ def normalize(text: str, form: str, lowercase: bool) -> str:
     return text.lower() if lowercase else text
 
 
-def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
+def _word_terms(
+    run: str, start: int, seq: list[str], cjk: list[bool], words: int, chars: Sequence[int]
+) -> list[str]:
+    """The terms at the last word of ``seq``, ``run[start:start + len(word)]``."""
+    word = seq[-1]
+    end = start + len(word)
+    here: list[str] = [word] if words >= 1 else []
+    gram = word
+    for n in range(2, min(words, len(seq)) + 1):  # grows the gram leftwards
+        prev = seq[-n]
+        gram = prev + gram if cjk[-n] and cjk[-n + 1] else f"{prev} {gram}"
+        here.append(gram)
+    for n in chars:
+        # the char n-gram that is the whole word: already there as the word
+        last = end - 1 if words >= 1 and n == len(word) else end
+        if n == 1:
+            here.extend(run[start:last])
+        else:
+            here.extend(run[e - n : e] for e in range(max(start + 1, n), last + 1))
+    # a CJK word's n-grams are its char n-grams: one of each
+    return list(dict.fromkeys(here)) if cjk[-1] and len(here) > 1 else here
+
+
+def _words_of(
+    run: str, seq: list[str], cjk: list[bool], words: int, chars: Sequence[int], fast: bool = True
+) -> list[str]:
+    """The terms of the words of ``run``, in order (``seq``/``cjk`` grow with them).
+
+    ``fast``: inside a stretch of CJK chars (most Chinese text), a char whose word n-grams
+    all lie in the stretch takes its terms as slices ``run[e - n:e]``, one per order, the
+    whole stretch in one comprehension: the same terms as :func:`_word_terms` word by word.
+    """
+    orders = list(dict.fromkeys([*range(1, words + 1), *chars]))
+    out: list[str] = []
+    for m in _PIECE.finditer(run):
+        piece, start = m.group(), m.start()
+        if not _IS_CJK.match(piece):  # one non-CJK word
+            seq.append(piece)
+            cjk.append(False)
+            out += _word_terms(run, start, seq, cjk, words, chars)
+            continue
+        # the first words - 1 chars: their word n-grams reach back before the stretch
+        k = len(piece) if not fast else min(max(words - 1, 0), len(piece))
+        for i in range(start, start + k):
+            seq.append(run[i])
+            cjk.append(True)
+            out += _word_terms(run, i, seq, cjk, words, chars)
+        end = m.end()
+        out += [run[e - n : e] for e in range(start + k + 1, end + 1) for n in orders if n <= e]
+        seq += run[start + k : end]
+        cjk += [True] * (end - start - k)
+    return out
+
+
+def ngram_terms(text: str, words: int, chars: Sequence[int], fast: bool = True) -> list[str]:
     """The terms of one (already normalized) text, in text order.
 
     At each word: the word (``words >= 1``), the word 2..``words``-grams ending there, then
@@ -64,32 +118,13 @@ def ngram_terms(text: str, words: int, chars: Sequence[int]) -> list[str]:
     without a space, so a CJK word n-gram is the same term as the char n-gram; a term two
     generators make at one word (a CJK char as word and char 1-gram, a word that is also
     one of its char n-grams) comes once, repeats in the text stay (counts matter).
+    ``fast=False`` builds every word's terms one by one (the reference for the shortcut).
     """
     out: list[str] = []
     seq: list[str] = []  # the words so far
     cjk: list[bool] = []  # per word: a single CJK character
     for run in _RUN.findall(text):
-        end = 0
-        for word in _WORD.findall(run):
-            start, end = end, end + len(word)
-            seq.append(word)
-            is_cjk = len(word) == 1 and _IS_CJK.match(word) is not None
-            cjk.append(is_cjk)
-            here: list[str] = [word] if words >= 1 else []
-            gram = word
-            for n in range(2, min(words, len(seq)) + 1):  # grows the gram leftwards
-                prev = seq[-n]
-                gram = prev + gram if cjk[-n] and cjk[-n + 1] else f"{prev} {gram}"
-                here.append(gram)
-            for n in chars:
-                # the char n-gram that is the whole word: already there as the word
-                last = end - 1 if words >= 1 and n == len(word) else end
-                if n == 1:
-                    here.extend(run[start:last])
-                else:
-                    here.extend(run[e - n : e] for e in range(max(start + 1, n), last + 1))
-            # a CJK word's n-grams are its char n-grams: one of each
-            out.extend(dict.fromkeys(here) if is_cjk and len(here) > 1 else here)
+        out += _words_of(run, seq, cjk, words, chars, fast)
     return out
 
 

@@ -454,3 +454,17 @@ def test_text_input_cuts_unused_padding_and_empty_texts_stay_finite() -> None:
             bag = model.dense_bag(got, m)
         assert torch.isfinite(bag).all()
     assert bag[1].abs().sum() == 0 and bag[0].abs().sum() > 0  # no text, no terms
+
+
+QBQTC = ROOT.parent / "shared" / "data" / "qbqtc" / "pairs.parquet"
+
+
+@pytest.mark.parametrize("words, chars", [(0, [1, 2]), (2, []), (2, [1, 2]), (1, [2, 3]), (3, [1])])
+def test_cjk_shortcut_gives_the_word_by_word_terms(words, chars) -> None:
+    rng = np.random.default_rng(0)
+    alphabet = list("红色跑鞋男款手机壳 ab,x1é-")
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 24)))) for _ in range(400)]
+    if QBQTC.is_file():  # real Chinese web titles, mixed with Latin words and digits
+        texts += pq.read_table(QBQTC, columns=["title"]).column("title").to_pylist()[:2000]
+    for text in texts:
+        assert ngram_terms(text, words, chars) == ngram_terms(text, words, chars, fast=False)
