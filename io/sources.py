@@ -1,4 +1,4 @@
-"""File formats on pyarrow: paths -> readable units with known row counts.
+"""File formats on pyarrow: files -> readable units with known row counts (paths: :mod:`recis.io.paths`).
 
 A *unit* is the smallest piece a reader schedules: one parquet row group
 (pyarrow.dataset fragments split by row group), one ORC file (pyarrow.orc,
@@ -11,8 +11,6 @@ split rows exactly across ranks and workers and seek on resume.
 from __future__ import annotations
 
 import csv as csvlib
-import glob as globlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,12 +27,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
-SUFFIXES = {
-    "parquet": (".parquet", ".pq"),
-    "orc": (".orc",),
-    "csv": (".csv", ".csv.gz", ".txt"),
-    "tsv": (".tsv", ".tsv.gz", ".txt"),
-}
+from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
 # Criteo display-ads layout: label, 13 integer counts, 26 hex categorical values, no header
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
@@ -69,76 +62,6 @@ class CsvOptions:
             out.delimiter = out.delimiter or "\t"
         out.delimiter = out.delimiter or ("\t" if fmt == "tsv" else ",")
         return out
-
-
-def _split_uri(item: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
-    if filesystem is not None:
-        return filesystem, item
-    if "://" in item:
-        try:
-            return pafs.FileSystem.from_uri(item)
-        except (pa.ArrowException, ValueError, OSError) as err:
-            raise DataError(f"cannot open filesystem: {err}", path=item) from None
-    return pafs.LocalFileSystem(), os.path.abspath(item)
-
-
-def as_arrow_fs(filesystem: object | None) -> pafs.FileSystem | None:
-    """A pyarrow filesystem from a pyarrow or fsspec one (None stays None: local or URI)."""
-    if filesystem is None or isinstance(filesystem, pafs.FileSystem):
-        return filesystem
-    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
-
-
-def resolve_paths(
-    paths: str | os.PathLike | list,
-    suffixes: tuple[str, ...] = SUFFIXES["parquet"],
-    filesystem: object | None = None,
-) -> list[str]:
-    """Expand a file, a directory, a glob, or a list of those into a sorted file list.
-
-    Local paths come back absolute; with ``filesystem`` (pyarrow or fsspec) or
-    a URI (``s3://...``) paths are listed on that filesystem. Hidden files
-    (``.x``, ``_x``) in directories are ignored. Raises DataError naming the
-    path when nothing matches or it cannot be listed.
-    """
-    fs_in = as_arrow_fs(filesystem)
-    items = paths if isinstance(paths, list | tuple) else [paths]
-    out: list[str] = []
-    for raw in items:
-        item = str(raw)
-        fs, path = _split_uri(item, fs_in)
-        if any(ch in path for ch in "*?["):
-            if isinstance(fs, pafs.LocalFileSystem):
-                matches = sorted(os.path.abspath(p) for p in globlib.glob(path))
-            elif filesystem is not None and hasattr(filesystem, "glob"):
-                matches = sorted(filesystem.glob(path))
-            else:
-                raise DataError("globs are supported on local and fsspec filesystems", path=item)
-            if not matches:
-                raise DataError("glob matched no file", path=item)
-            out.extend(matches)
-            continue
-        try:
-            info = fs.get_file_info(path)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"unreadable path: {err}", path=item) from None
-        if info.type == pafs.FileType.Directory:
-            sel = pafs.FileSelector(path, recursive=True)
-            found = sorted(
-                f.path
-                for f in fs.get_file_info(sel)
-                if f.type == pafs.FileType.File
-                and f.base_name.endswith(suffixes)
-                and not f.base_name.startswith((".", "_"))
-            )
-            if not found:
-                raise DataError(f"directory has no {'/'.join(suffixes)} file", path=item)
-            out.extend(found)
-        elif info.type == pafs.FileType.File:
-            out.append(path)
-        else:
-            raise DataError("unreadable path: no such file or directory", path=item)
-    return out
 
 
 @dataclass(frozen=True)
