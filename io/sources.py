@@ -1,11 +1,12 @@
-"""File formats on pyarrow: files -> readable units with known row counts (paths: :mod:`recis.io.paths`).
+"""File formats on pyarrow: files -> readable units with known row counts.
 
 A *unit* is the smallest piece a reader schedules: one parquet row group
 (pyarrow.dataset fragments split by row group), one ORC file (pyarrow.orc,
 read stripe by stripe) or one CSV/TSV file (pyarrow.csv, streamed). Every unit
 knows its row count before any data is read (parquet and ORC footers; CSV
 files are counted once with a streaming parse), which is what lets readers
-split rows exactly across ranks and workers and seek on resume.
+split rows exactly across ranks and workers and seek on resume. Paths are
+resolved by :mod:`recis.io.paths`.
 """
 
 from __future__ import annotations
