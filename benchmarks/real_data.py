@@ -1,0 +1,121 @@
+"""Real-data benchmark: every model family on the public datasets in ``../shared/data``,
+trained with the shipped recipe configs (first try, no per-run tuning), next to the
+classical baselines of the datasets' READMEs computed in the same run.
+
+* CTR (``ml_latest_small`` protocol 2, temporal 80/20, label ``rating >= 4``): logistic
+  regression vs DLRM, DeepFM, HHFT (``benchmarks/real_data_ctr.py``).
+* Retrieval (``ml_latest_small`` protocol 1, leave-last-out, full corpus, seen items
+  excluded): item-kNN vs the two-tower model (``benchmarks/real_data_retrieval.py``).
+* Relevance (``qbqtc``, query-hash 80/20, ``label == 2`` and ``label >= 1``): BM25 and
+  logistic regression on lexical overlap features vs DeepBoW from raw text and the dense
+  relevance tower (``benchmarks/real_data_relevance.py``).
+
+Usage: ``python benchmarks/real_data.py [--only ctr,retrieval,relevance] [--out DIR]
+[--plot PNG]``. Writes a plot of eval AUC per epoch (CTR and relevance) and prints one
+JSON object as the last line, with the keys ``ctr_lr_auc, dlrm_auc, deepfm_auc, hhft_auc,
+retrieval_knn_hr10, two_tower_hr10, relevance_bm25_auc, relevance_lr_auc, deepbow_auc,
+dense_relevance_auc`` (relevance on ``label == 2``; the ``label >= 1`` figures carry a
+``_ge1`` suffix) plus the ratios and the goals of issue 15 as booleans.
+Without ``../shared/data`` it prints ``{"skipped": ...}`` and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+FAMILIES = ("ctr", "retrieval", "relevance")
+
+
+def _family(name: str) -> Any:
+    """The ``benchmarks/real_data_<name>.py`` module (benchmarks/ is not a package)."""
+    path = ROOT / "benchmarks" / f"real_data_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"real_data_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def goals(out: dict[str, Any]) -> dict[str, bool]:
+    """Issue 15's goals, each true or false (absent when its figures are absent)."""
+    checks = {
+        "goal_dlrm_ge_lr_plus_0.01": ("dlrm_auc", "ctr_lr_auc", 0.01),
+        "goal_hhft_ge_dlrm_plus_0.003": ("hhft_auc", "dlrm_auc", 0.003),
+        "goal_deepfm_ge_lr": ("deepfm_auc", "ctr_lr_auc", 0.0),
+        "goal_deepbow_ge_lr_plus_0.01": ("deepbow_auc", "relevance_lr_auc", 0.01),
+        "goal_deepbow_ge1_ge_lr_plus_0.01": ("deepbow_auc_ge1", "relevance_lr_auc_ge1", 0.01),
+        "goal_deepbow_ge_dense": ("deepbow_auc", "dense_relevance_auc", 0.0),
+    }
+    result = {}
+    for name, (a, b, margin) in checks.items():
+        if isinstance(out.get(a), float) and isinstance(out.get(b), float):
+            result[name] = out[a] >= out[b] + margin
+    if isinstance(out.get("two_tower_hr10"), float) and out.get("retrieval_knn_hr10"):
+        ratio = out["two_tower_hr10"] / out["retrieval_knn_hr10"]
+        out["two_tower_vs_knn"] = ratio
+        result["goal_two_tower_ge_1.5x_knn"] = ratio >= 1.5
+    return result
+
+
+def plot(history: dict[str, list[float]], path: Path) -> None:
+    """Eval AUC per epoch, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in history.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("eval AUC")
+    ax.set_title("real data: eval AUC per epoch (shipped recipes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families")
+    p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "real_data_auc.png"))
+    args = p.parse_args()
+    if not DATA.is_dir():
+        print(json.dumps({"skipped": f"no shared data at {DATA}"}))
+        return
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="recis-real-"))
+    out: dict[str, Any] = {}
+    history: dict[str, list[float]] = {}
+    for name in args.only.split(","):
+        if name not in FAMILIES:
+            sys.exit(f"--only: unknown family {name!r} (choose from {', '.join(FAMILIES)})")
+        t0 = time.perf_counter()
+        result = _family(name).run(DATA, work / name)
+        for model, values in result.pop("history", {}).items():
+            history[f"{name}/{model}"] = values
+        out.update(result)
+        out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"{name}: {json.dumps(result)}", flush=True)
+    out.update(goals(out))
+    auc_history = {k: v for k, v in history.items() if not k.startswith("retrieval/")}
+    if auc_history and args.plot:
+        plot(auc_history, Path(args.plot))
+        out["plot"] = args.plot
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
