@@ -168,13 +168,14 @@ def _print_result(result: dict) -> None:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
-def _interrupted(result: dict, run_dir: str) -> int:
+def _interrupted(result: dict, run_dir: str, launcher: str = "none") -> int:
     """One line for a run stopped by SIGINT / SIGTERM: where its checkpoint is, how to go on;
     the exit status is 128 + the signal number (130, 143)."""
     name = str(result.get("stopped", "sigterm")).upper()
     print(
         f"recis: stopped by {name}: checkpoint {result['checkpoint']}; resume with: "
-        f"recis train {run_dir}/config.yaml --resume {run_dir}",
+        f"recis train {run_dir}/config.yaml --resume {run_dir}"
+        + (f" (under {launcher}, as this run)" if launcher != "none" else ""),
         file=sys.stderr,
     )
     return 130 if name == "SIGINT" else 143
@@ -275,7 +276,7 @@ def _main(argv: list[str]) -> int:
                 cfg, launcher, resume=args.resume, overwrite=args.overwrite
             )
             if result is not None and result.get("checkpoint"):  # rank 0, stopped by a signal
-                return _interrupted(result, cfg.run_dir)
+                return _interrupted(result, cfg.run_dir, launcher)
             if result is not None:  # rank 0
                 _print_result(result)
                 print(f"run directory: {cfg.run_dir}")
