@@ -453,7 +453,9 @@ class Reader:
         self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
         yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad), dict(epoch_bad))
 
-    def _skip(self, table, code, perm, reasons, files, rows, lo: int, hi: int) -> Counter:  # noqa: ANN001
+    def _skip(  # noqa: ANN001 - the chunk's arrays, as in _produce
+        self, table, code, perm, reasons, files, rows, lo: int, hi: int
+    ) -> Counter:
         """Quarantine the bad rows among permuted positions ``[lo, hi)``; their count per reason."""
         bad = lo + np.flatnonzero(code[lo:hi])
         if not len(bad):

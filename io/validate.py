@@ -141,6 +141,8 @@ def check_files(schema: Schema, files: list[str], arrow: list[pa.Schema]) -> Non
 
 
 def _unifies(a: pa.DataType, b: pa.DataType) -> bool:
+    if pa.types.is_null(a) or pa.types.is_null(b):
+        return True  # e.g. a CSV column with no value in one file: every row null
     if _is_string(_leaf(a)) != _is_string(_leaf(b)):
         return False  # auto ids: strings are hashed, integers are not: never mix them
     try:
@@ -167,9 +169,9 @@ def _check_signedness(schema: Schema, files: list[str], arrow: list[pa.Schema]) 
             u = pa.types.is_uint64(leaf)
             prev = seen.setdefault(f.table_name, (u, path, f.source))
             if prev[0] != u:
-                kinds = ("uint64", "a signed integer") if prev[0] else ("signed", "uint64")
+                was = "uint64" if prev[0] else "signed"
                 raise DataError(
-                    f"ids are {'uint64' if u else str(leaf)} here but {kinds[0]} ids in "
+                    f"ids are {'uint64' if u else leaf} here but {was} ids in "
                     f"{prev[1]} (column {prev[2]!r}) for table {f.table_name!r}: uint64 ids "
                     "above 2**63 would alias negative ids; store one integer type",
                     path=path,

@@ -432,3 +432,11 @@ def test_loader_workers_sum_their_skips(tmp_path):
     report = {"y: label out of range for kind binary (expected 0 or 1)": 3}
     assert loader.bad_rows_report() == report and loader.last_epoch_bad_rows() == report
     assert loader.skipped == 3
+
+
+def test_a_csv_column_empty_in_one_file_is_not_drift(tmp_path):
+    (tmp_path / "a.csv").write_text("x,ids,y,cat\n1.0,1,0,a\n")
+    (tmp_path / "b.csv").write_text("x,ids,y,cat\n2.0,2,1,\n")  # cat: all null, type null
+    schema = Schema(sparse=[SparseFeature(name="cat")], labels=[LabelSpec(name="y")])
+    (b,) = list(Reader(tmp_path, schema, 8, format="csv"))
+    assert b.sparse["cat"].lengths().tolist() == [1, 0]
