@@ -24,6 +24,7 @@ from .tokenizers import load_tokenizer, tokenizer_for  # noqa: F401 - load_token
 from .validate import (
     bad_rows,
     check_columns,
+    id_column,
     is_list,
     list_lengths,
     parse_int_strings,
@@ -110,10 +111,10 @@ def _truncate(
 
 def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
-    col = table.column(f.source)
+    col = id_column(table, f)  # a separator splits strings into lists here
     weights = _array(table, f.weight_column) if f.weight_column else None
-    if is_list(col.type) or col.null_count:
-        col = _array(table, f.source)  # one Arrow array for the list/null handling below
+    if isinstance(col, pa.ChunkedArray) and (is_list(col.type) or col.null_count):
+        col = col.combine_chunks()  # one Arrow array for the list/null handling below
     if pa.types.is_null(col.type):
         n = len(col)
         return np.zeros(0, np.int64), np.zeros(n, np.int64), np.zeros(0, np.float32)

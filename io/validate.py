@@ -261,6 +261,23 @@ def _label_problems(lab: LabelSpec, v: np.ndarray) -> list[tuple[np.ndarray, str
     return []
 
 
+def id_column(table: pa.Table, f: SparseFeature) -> pa.Array | pa.ChunkedArray:
+    """The ids column of ``f``: a string column with ``separator`` is split into
+    ``list<string>`` (empty pieces become nulls, i.e. no id)."""
+    col = table.column(f.source)
+    if f.separator is None or not _is_string(col.type):
+        return col
+    text = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(text.type):
+        text = text.dictionary_decode()
+    pieces = pc.split_pattern(text.cast(pa.string()), f.separator)
+    values = pieces.flatten()
+    values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+    offsets = pc.cumulative_sum(pc.fill_null(pc.list_value_length(pieces), 0)).to_numpy()
+    offsets = pa.array(np.concatenate(([0], offsets)).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, values, mask=pieces.is_null())
+
+
 def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarray, list[str]]:
     """Rows that cannot become a valid example.
 
@@ -310,7 +327,8 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
         elif policy == "raise":
             flag(_nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value")
     for f in schema.sparse:
-        ids = table.column(f.source).combine_chunks()
+        ids = id_column(table, f)
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
         if f.dtype == "int" and _is_string(_leaf(ids.type)):
             flat = ids.flatten() if is_list(ids.type) else ids
             valid = flat.is_valid().to_numpy(zero_copy_only=False)

@@ -79,6 +79,9 @@ class SparseFeature:
     recent items of a behaviour sequence stored oldest-first).
     ``weight_column`` names a ``list<float>`` column aligned with the ids
     (or a float column for scalar ids): the values become the KJT weights.
+    ``separator`` splits a string column holding several ids in one text
+    (``"Action|Comedy"``: MovieLens genres, TorchEasyRec tag strings) into a
+    multi-hot list; empty pieces are no id.
     """
 
     name: str
@@ -88,6 +91,16 @@ class SparseFeature:
     max_len: int | None = Field(default=None, gt=0)
     truncate: Literal["first", "last"] = "first"
     weight_column: str | None = None
+    separator: str | None = Field(default=None, min_length=1)
+
+    def __post_init__(self) -> None:
+        if self.separator is not None and self.weight_column is not None:
+            from recis.errors import ConfigError
+
+            raise ConfigError(
+                f"data.schema.sparse.{self.name}.separator: weights need a list column"
+                " (weight_column with separator)"
+            )
 
     @property
     def source(self) -> str:

@@ -374,3 +374,39 @@ def test_csv_string_ids_are_hashed_as_written(tmp_path):
     (b,) = list(Reader(tmp_path, schema, 8, format="csv"))
     expected = hash_strings(["007", "12", "ab", "12"], salt="cat").tolist()
     assert b.sparse["cat"].values().tolist() == expected
+
+
+def test_ids_joined_by_a_separator_are_multi_hot(tmp_path):
+    table = pa.table(
+        {
+            "genres": ["Action|Comedy", "", None, "Drama||Action"],
+            "hist": ["1|2", "3", "x|4", ""],
+            "y": [0.0, 1.0, 0.0, 1.0],
+        }
+    )
+    f = _write(table, tmp_path / "a.parquet", "parquet")
+    schema = Schema(
+        sparse=[
+            SparseFeature(name="genres", separator="|"),
+            SparseFeature(name="hist", dtype="int", separator="|"),
+        ],
+        labels=[LabelSpec(name="y")],
+    )
+    with pytest.raises(DataError, match=r"column 'hist', row 2: id is not a 64-bit integer"):
+        list(Reader(f, schema, 8))
+    (b,) = list(Reader(f, schema, 8, on_bad_row="skip", max_bad_fraction=0.5))
+    g = b.sparse["genres"]
+    assert g.lengths().tolist() == [2, 0, 2]  # row 2 skipped; "" and empty pieces are no id
+    words = ["Action", "Comedy", "Drama", "Action"]
+    assert g.values().tolist() == hash_strings(words, salt="genres").tolist()
+    assert b.sparse["hist"].values().tolist() == [1, 2, 3]
+
+
+def test_movielens_genres_split_unchanged():
+    f = _needs("ml_latest_small", "movies.parquet")
+    genres = pq.read_table(f, columns=["genres"]).column("genres").to_pylist()
+    schema = Schema(
+        sparse=[SparseFeature(name="genres", separator="|"), SparseFeature(name="movieId")]
+    )
+    n = sum(int(b.sparse["genres"].lengths().sum()) for b in Reader(f, schema, 4096))
+    assert n == sum(len(g.split("|")) for g in genres)
