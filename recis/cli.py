@@ -109,12 +109,17 @@ def _add_vocab(sub: argparse._SubParsersAction) -> None:
 
 def _vocab(cfg, only_missing: bool) -> None:
     """Build the schema's vocabularies (all, or those missing: the step at train start)."""
+    from recis.errors import ConfigError
     from recis.io.vocab import build_vocabularies, vocab_features
-    from recis.train.runner import prepare_data
 
-    missing = [p for p in vocab_features(cfg.data.schema_.text) if not os.path.isfile(p)]
+    paths = vocab_features(cfg.data.schema_.text)
+    if not only_missing and not paths:
+        raise ConfigError("data.schema.text: no text feature has a tokenizer of kind vocab")
+    missing = [p for p in paths if not os.path.isfile(p)]
     if only_missing and not missing:
         return
+    from recis.train.runner import prepare_data
+
     train_path, _, _ = prepare_data(cfg)
     for path, size in build_vocabularies(cfg.data, train_path, only_missing).items():
         if not only_missing or path in missing:

@@ -468,3 +468,12 @@ def test_cjk_shortcut_gives_the_word_by_word_terms(words, chars) -> None:
         texts += pq.read_table(QBQTC, columns=["title"]).column("title").to_pylist()[:2000]
     for text in texts:
         assert ngram_terms(text, words, chars) == ngram_terms(text, words, chars, fast=False)
+
+
+def test_vocab_build_without_vocab_features_is_one_line_error(tmp_path, capsys) -> None:
+    from recis.cli import main
+
+    config = _config(tmp_path, {"kind": "ngram"})
+    assert main(["vocab", "build", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "recis: error: data.schema.text: no text feature has a tokenizer of kind vocab"
