@@ -186,16 +186,44 @@ class DeepBoW(nn.Module):
         )
         return terms, weights
 
+    def term_bag(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The term-weighting bag in token order: terms ``[B, T]`` (id mod ``V``) and weights
+        ``[B, T]`` (0 at padding; a repeated term's weights add up when scored)."""
+        h = self.encoder(ids, mask)  # [B, T, d]
+        return torch.remainder(ids, self.config.vocab), masked_softmax(
+            self.term_score(h).squeeze(-1), mask
+        )
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
-        q = self.dense_bag(*_text(batch, cfg.query_text, cfg.max_len))
-        p = self.dense_bag(*_text(batch, cfg.product_text, cfg.max_len))
+        q_in = _text(batch, cfg.query_text, cfg.max_len)
+        p_in = _text(batch, cfg.product_text, cfg.max_len)
+        if self.expand is None and max(q_in[0].shape[1], p_in[0].shape[1]) <= cfg.bag_size:
+            # no expansion and no cut to bag_size: the bags are the texts' own terms, scored
+            # pairwise [B, Tq, Tp] instead of through [B, V] vectors (same sums, V/T times less)
+            (qt, qw), (pt, pw) = self.term_bag(*q_in), self.term_bag(*p_in)
+            s = score_bags(qt, qw, pt, pw)
+            prior = (pw.unsqueeze(-1) * self.prior[pt]).sum(1) if self.prior is not None else None
+            bags: tuple = ((qt, qw), (pt, pw))
+        else:
+            q, p = self.dense_bag(*q_in), self.dense_bag(*p_in)
+            s = (q * p).sum(-1)  # only shared terms are non-zero in both
+            prior = p @ self.prior if self.prior is not None else None  # [B, N]
+            bags = (q, p)
         if self.training:
-            self._last = (q, p)
-        s = (q * p).sum(-1)  # only shared terms are non-zero in both
-        prior = p @ self.prior if self.prior is not None else None  # [B, N]
+            self._last = bags
         logits = self.head(s, batch.dense if cfg.dense_inputs else None, prior)
         return {t: logits[:, i] for i, t in enumerate(self.tasks)}
+
+    def _flops(self, bag: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``sum_t (mean_batch |w(t)|)^2`` of a dense ``[B, V]`` bag or a ``(terms, weights)`` one."""
+        if isinstance(bag, torch.Tensor):
+            return bag.abs().mean(0).pow(2).sum()
+        terms, weights = bag
+        per_term = weights.new_zeros(self.config.vocab).index_add(
+            0, terms.flatten(), weights.abs().flatten()
+        )
+        return (per_term / terms.shape[0]).pow(2).sum()
 
     @property
     def scale(self) -> torch.Tensor:
@@ -215,7 +243,7 @@ class DeepBoW(nn.Module):
         }
         if self._last is not None and self.config.sparsity_weight:
             q, p = self._last
-            flops = q.abs().mean(0).pow(2).sum() + p.abs().mean(0).pow(2).sum()
+            flops = self._flops(q) + self._flops(p)
             out[self.tasks[0]] = out[self.tasks[0]] + self.config.sparsity_weight * flops
         self._last = None
         return out

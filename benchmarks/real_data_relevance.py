@@ -1,0 +1,227 @@
+"""Relevance on real data: DeepBoW and the dense relevance tower vs BM25 and LR on qbqtc.
+
+``qbqtc`` protocol (its README): both source files pooled, split by query hash 80/20
+(``md5(query)[:8] % 100 < 80`` -> train), targets ``label == 2`` (primary) and
+``label >= 1`` (``_ge1`` keys), ROC-AUC over all test pairs.
+
+* ``relevance_bm25_auc``, ``relevance_tfidf_auc``, ``relevance_lr_auc``: the README's
+  baselines computed here with scikit-learn exactly as its ``baselines.py`` (char 1-2-grams,
+  statistics from the train part; LR on the 9 dense overlap features, C=1, trained on the
+  whole 80%);
+* ``deepbow_auc``, ``dense_relevance_auc``: the shipped configs
+  ``examples/recipes/qbqtc_relevance/{deepbow,dense_relevance}.yaml`` as they are (first try),
+  trained on the train part minus 15% of its queries (``valid``), evaluated on ``valid``
+  after every epoch, stopped early on valid AUC (label == 2) with the best epoch restored,
+  then evaluated once on the test part;
+* ``explanations``: DeepBoW's top shared terms for a few test pairs with label 2, and
+  ``explain_terms_in_text``: the share of those terms that are n-grams of the query or title.
+
+Usage: ``python benchmarks/real_data_relevance.py [--work DIR] [--data DIR]``. The last line
+printed is one JSON object, or ``{"skipped": reason}`` without the shared data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RECIPE = ROOT / "examples" / "recipes" / "qbqtc_relevance"
+MODELS = ("deepbow", "dense_relevance")
+TARGETS = {"very_relevant": "", "relevant": "_ge1"}  # task -> key suffix
+
+
+def baselines(src: Path) -> dict[str, float]:
+    """The README's TF-IDF cosine, BM25 and LR-on-9-overlap-features AUCs (its baselines.py,
+    with pyarrow in place of pandas)."""
+    import pyarrow.parquet as pq
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    t = pq.read_table(src / "pairs.parquet")
+    query = np.array(t.column("query").to_pylist(), dtype=object)
+    title = np.array(t.column("title").to_pylist(), dtype=object)
+    label = t.column("label").to_numpy()
+    bucket = np.array([int(hashlib.md5(q.encode()).hexdigest()[:8], 16) % 100 for q in query])
+    tr, te = bucket < 80, bucket >= 80
+    grams = dict(analyzer="char", ngram_range=(1, 2), lowercase=True)
+    fit_text = list(query[tr]) + list(title[tr])
+    tfidf = TfidfVectorizer(sublinear_tf=True, **grams).fit(fit_text)
+    counts = CountVectorizer(**grams).fit(fit_text)
+    t_train = counts.transform(title[tr])
+    df = np.bincount(t_train.indices, minlength=t_train.shape[1])
+    idf = np.log(1 + (t_train.shape[0] - df + 0.5) / (df + 0.5))
+    avgdl = float(t_train.sum()) / t_train.shape[0]
+
+    def bm25(q: np.ndarray, d: np.ndarray, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+        tm = counts.transform(d).tocsr().astype(np.float64)
+        qm = counts.transform(q).tocsr()
+        qm.data[:] = 1.0
+        dl = np.asarray(tm.sum(1)).ravel()
+        rows = np.repeat(np.arange(tm.shape[0]), np.diff(tm.indptr))
+        tf = tm.data
+        tm.data = idf[tm.indices] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl[rows] / avgdl))
+        return np.asarray(qm.multiply(tm).sum(1)).ravel()
+
+    def overlap(qs: np.ndarray, ds: np.ndarray) -> np.ndarray:
+        rows = []
+        for q, d in zip(qs, ds):
+            q, d = q.lower(), d.lower()
+            qu, du = set(q), set(d)
+            qb = {q[i : i + 2] for i in range(len(q) - 1)}
+            db = {d[i : i + 2] for i in range(len(d) - 1)}
+            rows.append(
+                [
+                    len(qu & du) / max(len(qu), 1),
+                    len(qb & db) / max(len(qb), 1),
+                    len(qu & du) / max(len(qu | du), 1),
+                    float(q in d),
+                    float(d in q),
+                    np.log1p(len(q)),
+                    np.log1p(len(d)),
+                ]
+            )
+        return np.asarray(rows)
+
+    def features(part: np.ndarray) -> np.ndarray:
+        qv, dv = tfidf.transform(query[part]), tfidf.transform(title[part])
+        cos = np.asarray(qv.multiply(dv).sum(1)).ravel()
+        return np.column_stack(
+            [cos, bm25(query[part], title[part]), overlap(query[part], title[part])]
+        )
+
+    x_tr, x_te = features(tr), features(te)
+    scaler = StandardScaler().fit(x_tr)
+    out: dict[str, float] = {}
+    for suffix, y in (("", label == 2), ("_ge1", label >= 1)):
+        lr = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x_tr), y[tr])
+        out[f"relevance_tfidf_auc{suffix}"] = float(roc_auc_score(y[te], x_te[:, 0]))
+        out[f"relevance_bm25_auc{suffix}"] = float(roc_auc_score(y[te], x_te[:, 1]))
+        out[f"relevance_lr_auc{suffix}"] = float(
+            roc_auc_score(y[te], lr.decision_function(scaler.transform(x_te)))
+        )
+    return out
+
+
+def train_recipe(
+    name: str, data_dir: Path, work_dir: Path, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], Any]:
+    """Train ``<name>.yaml`` on ``data_dir``'s train/valid files (early stopping and best-epoch
+    restore as configured); metrics on test when ``data_dir/test.parquet`` exists.
+    ``overrides`` (``a.b=value``) are for trying variants on valid; the benchmark runs the
+    configs as shipped. Returns the metrics and the trainer (its model restored)."""
+    from recis.config import load_config
+    from recis.io import reader_from_config
+    from recis.train import runner
+    from recis.train.callbacks import Callback
+
+    cfg = load_config(
+        RECIPE / f"{name}.yaml",
+        [
+            f"data.train={data_dir / 'train.parquet'}",
+            f"data.eval={data_dir / 'valid.parquet'}",
+            f"run_dir={work_dir / name}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            *(overrides or []),
+        ],
+    )
+    history: list[dict[str, float]] = []
+
+    class History(Callback):
+        def on_eval(self, trainer: Any, result: dict[str, float]) -> None:
+            history.append({t: float(result[f"{t}/auc"]) for t in TARGETS})
+
+    t0 = time.perf_counter()
+    trainer, _ = runner.build(cfg)
+    hook = History()
+    trainer.callbacks.append(hook)
+    fit = trainer.fit()
+    seconds = time.perf_counter() - t0
+    trainer.callbacks.remove(hook)
+    out: dict[str, Any] = {
+        "best_epoch": fit.get("best_epoch"),
+        "valid_auc": max((h["very_relevant"] for h in history), default=None),
+        "history": [h["very_relevant"] for h in history],
+        "history_ge1": [h["relevant"] for h in history],
+        "seconds": round(seconds, 1),
+    }
+    test_path = data_dir / "test.parquet"
+    if test_path.is_file():
+        test = trainer.evaluate(reader_from_config(cfg.data, str(test_path), train=False))
+        for task, suffix in TARGETS.items():
+            out[f"auc{suffix}"] = float(test[f"{task}/auc"])
+    return out, trainer
+
+
+def explanations(model: Any, data_dir: Path, pairs: int = 5, top: int = 3) -> dict[str, Any]:
+    """Top shared terms of the first ``pairs`` test pairs with label 2 (by contribution)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data_dir / "test.parquet", columns=["query", "title", "label"])
+    t = t.filter(pc.equal(t.column("label"), 2)).slice(0, pairs)
+    rows, hits, total = [], 0, 0
+    for q, d in zip(t.column("query").to_pylist(), t.column("title").to_pylist()):
+        terms = [r["term"] for r in model.explain(q, d)[:top]]
+        # a term joins CJK characters without a space and words with one
+        found = [term in q or term in d or term.replace(" ", "") in q + d for term in terms]
+        hits, total = hits + sum(found), total + len(found)
+        rows.append({"query": q, "title": d, "terms": terms})
+    return {"explanations": rows, "explain_terms_in_text": hits / max(total, 1)}
+
+
+def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """Both recipes and the baselines; ``data_dir`` is ``shared/data`` (holding ``qbqtc``)."""
+    src = Path(data_dir) / "qbqtc"
+    if not (src / "pairs.parquet").is_file():
+        return {"skipped": f"no {src}/pairs.parquet"}
+    sys.path.insert(0, str(RECIPE))
+    from prepare import prepare
+
+    work_dir = Path(work_dir)
+    prepared = work_dir / "qbqtc_relevance"
+    prepare(src, prepared)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = baselines(src)
+    out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
+    history: dict[str, dict[str, list[float]]] = {}
+    for name in MODELS:
+        res, trainer = train_recipe(name, prepared, work_dir / "runs")
+        history[name] = {"auc": res.pop("history"), "auc_ge1": res.pop("history_ge1")}
+        out.update({f"{name}_{k}": v for k, v in res.items()})
+        if name == "deepbow":
+            out.update(explanations(trainer.model, prepared))
+    out["history"] = history
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: temp)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder")
+    args = parser.parse_args()
+    if args.work is not None:
+        result = run(args.data, args.work)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(args.data, Path(tmp))
+    for key, value in result.items():
+        if key not in ("history", "explanations"):
+            print(f"{key:28s} {value}", flush=True)
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
