@@ -5,7 +5,7 @@
 #        scripts/install_stack.sh PYTHON VARIANT extra NAME # requirements/extra-NAME.txt
 # Env:   TORCH_INDEX  where the variant's torch/fbgemm wheels live when the configured pip
 #                     sources do not have them (default https://download.pytorch.org/whl/VARIANT)
-#        PIP_ARGS     more pip options for every call (e.g. "--isolated --index-url URL")
+#        PIP_ARGS     more options for every pip install (e.g. "--isolated --index-url URL")
 #
 # Why: PyPI's plain torch 2.13.0 is a CUDA build. Each variant's constraints file pins torch
 # (and the CUDA fbgemm) with its local label (+cpu, +cu128, ...), which only the variant's
@@ -17,8 +17,9 @@ PY=${1:?usage: install_stack.sh PYTHON VARIANT [extra NAME]}
 VARIANT=${2:-cpu}
 cd "$(dirname "$0")/.."
 CONS=requirements/$VARIANT.txt
+# every pip call here is an install; PIP_ARGS are install options (general ones work there too)
 # shellcheck disable=SC2206  # PIP_ARGS is a list of options on purpose
-PIP=("$PY" -m pip --disable-pip-version-check ${PIP_ARGS:-})
+PIP_INSTALL=("$PY" -m pip --disable-pip-version-check install ${PIP_ARGS:-})
 
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -29,7 +30,7 @@ if [[ ${3:-} == extra ]]; then
     req=requirements/extra-$name.txt
     [[ -f $req ]] || die "unknown extra '$name' (known: $(cd requirements && ls extra-*.txt | sed 's/extra-//; s/\.txt//' | xargs))"
     # under the variant's constraints and the stack's pins: torch, fbgemm, transformers stay
-    "${PIP[@]}" install -q -r "$req" -c "$CONS" -c requirements/stack.txt
+    "${PIP_INSTALL[@]}" -q -r "$req" -c "$CONS" -c requirements/stack.txt
     exit 0
 fi
 
@@ -41,7 +42,7 @@ if [[ $VARIANT == cpu ]] && command -v nvidia-smi >/dev/null && nvidia-smi -L >/
     echo "note: this machine has an NVIDIA GPU; installing the CPU variant (make install CUDA=cu128 for CUDA)"
 fi
 
-"${PIP[@]}" install -q "setuptools>=75" wheel
+"${PIP_INSTALL[@]}" -q "setuptools>=75" wheel
 
 # 1. torch + fbgemm of the variant: from the configured pip sources if they have it (a local
 #    wheelhouse, a company mirror), else from the variant's PyTorch index.
@@ -49,8 +50,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # (no -c of the variant here: pip reports a pinned wheel that no source has as a "conflict"
 # between the request and its constraint; the pins are the request itself)
-install_torch() { "${PIP[@]}" install -q "$@" "$torch_pin" "$fbgemm_pin" -c requirements/stack.txt >"$log" 2>&1; }
+install_torch() { "${PIP_INSTALL[@]}" -q "$@" "$torch_pin" "$fbgemm_pin" -c requirements/stack.txt >"$log" 2>&1; }
 not_found() { grep -qE "No matching distribution found for (torch|fbgemm-gpu(-cpu)?)==" "$log"; }
+where=()  # the extra source torch came from, kept for the stack (whose packages need torch)
 if ! install_torch; then
     not_found || { cat "$log" >&2; die "pip failed installing $torch_pin $fbgemm_pin (output above)"; }
     echo "$torch_pin is not on the configured pip sources; trying $TORCH_INDEX"
@@ -63,9 +65,9 @@ if ! install_torch; then
 fi
 
 # 2. torchrec without its metadata's CUDA fbgemm-gpu; its real needs are in the stack
-"${PIP[@]}" install -q --no-deps "$(grep -E '^torchrec==' "$CONS")"
+"${PIP_INSTALL[@]}" -q --no-deps "$(grep -E '^torchrec==' "$CONS")"
 # 3. the rest of the stack, under the variant's pins
-"${PIP[@]}" install -q -r requirements/stack.txt -c "$CONS"
+"${PIP_INSTALL[@]}" -q "${where[@]}" -r requirements/stack.txt -c "$CONS"
 # 4. recis itself, editable, without dependencies (they are all above)
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+"${PIP_INSTALL[@]}" -q --no-deps --no-build-isolation -e .
 "$PY" -c "import torch, fbgemm_gpu, torchrec; print('recis stack ($VARIANT): torch', torch.__version__, '| fbgemm', fbgemm_gpu.__version__, '| torchrec', torchrec.__version__)"
