@@ -309,10 +309,11 @@ class Trainer:
                         result, evaluated_at = self._evaluate_and_keep_best(), self.step
             result = self._finish(result, evaluated_at, self._stop_requested())
             result = self._with_bad_rows(result)
-        except BaseException:
+        except BaseException as err:
             bar.close()
             self._close_quietly()
             self._restore_signals(handlers)
+            self._say_where_the_last_checkpoint_is(err)
             raise
         bar.close()
         self.logger.close()
@@ -378,7 +379,12 @@ class Trainer:
                 )
             final, restored = best, True
         if final is not None:
-            self.final_path = self._link(final, "final")
+            try:
+                self.final_path = self._link(final, "final")
+            except RecisError as err:
+                self.final_path = final  # the end state is saved there all the same
+                self._say_where_the_model_is(err)
+                raise
         if self.eval_data is not None and (evaluated_at != self.step or restored):
             try:
                 # a restored best is evaluated as "best": the eval history keeps what was seen
@@ -391,6 +397,20 @@ class Trainer:
         if es is not None and es.best_step is not None:
             result = {**result, "best_step": es.best_step, "best_epoch": es.best_epoch}
         return result
+
+    def _say_where_the_last_checkpoint_is(self, err: BaseException) -> None:
+        """A RecisError that stops training mid-run names the checkpoint to resume from."""
+        if (
+            not isinstance(err, RecisError)
+            or self.final_path is not None  # after training: the message names the model
+            or self._last_saved < 0
+            or not _is_rank0()
+            or not err.args
+        ):
+            return
+        path = self._checkpoint_path(self._last_saved)
+        if path is not None and path.is_dir() and "saved in" not in str(err.args[0]):
+            err.args = (f"{err.args[0]} (last checkpoint: {path})", *err.args[1:])
 
     def _say_where_the_model_is(self, err: BaseException) -> None:
         """Add the trained model's place to a failure after training (a RecisError's one-line

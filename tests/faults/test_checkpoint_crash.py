@@ -176,6 +176,9 @@ def test_file_too_large_while_writing_metrics(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     lines = _recis_lines(out.stderr)
     assert len(lines) == 1 and "metrics.jsonl: cannot write metrics: File too large" in lines[0]
+    assert lines[0].endswith(
+        f"(last checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step-00000005'})"
+    )
     _only_step5_left(tmp_path / "run")
 
 
