@@ -114,7 +114,7 @@ def verify(path: str | Path) -> dict[str, dict[str, Any]]:
         manifest = json.loads(mpath.read_text())
         files = manifest["files"]
         ok = manifest.get("format") == _FORMAT and isinstance(files, dict)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OSError):
         ok = False
     if not ok:
         raise CheckpointError(f"{mpath}: not a valid recis checkpoint manifest")
@@ -128,7 +128,10 @@ def verify(path: str | Path) -> dict[str, dict[str, Any]]:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
-        got = file_entry(f)
+        try:
+            got = file_entry(f)
+        except OSError as err:
+            raise CheckpointError(f"{f}: cannot read: {err.strerror}") from None
         if got["size"] != want.get("size"):
             raise CheckpointError(
                 f"{f}: {got['size']} bytes, the manifest says {want.get('size')}: "
