@@ -246,19 +246,29 @@ class HHFT(nn.Module):
                 raise ConfigError(
                     f"model.blocks.{i}.target: a sequence block needs target features"
                 )
-        self.pooled_names = list(dict.fromkeys(pooled))
         self.seq_names = list(dict.fromkeys(seq))
-        self.pooled = build_embedding_collection(
-            config.tables,
-            [sparse[n] for n in self.pooled_names],
-            device,
-            config.sparse_optimizer,
-            engine=config.embedding,
+        # a pooled feature on a table that a sequence also uses (the candidate item and the
+        # items of the history) is looked up in the sequence tables: one embedding per item,
+        # so target attention compares candidate and history in the same space (DIN)
+        seq_tables = {sparse[n].table_name for n in self.seq_names}
+        names = list(dict.fromkeys(pooled))
+        self.shared_names = [n for n in names if sparse[n].table_name in seq_tables]
+        self.pooled_names = [n for n in names if n not in self.shared_names]
+        self.pooled = (
+            build_embedding_collection(
+                config.tables,
+                [sparse[n] for n in self.pooled_names],
+                device,
+                config.sparse_optimizer,
+                engine=config.embedding,
+            )
+            if self.pooled_names
+            else None
         )
         self.sequence = (
             SequenceEmbedding(
                 config.tables,
-                [sparse[n] for n in self.seq_names],
+                [sparse[n] for n in self.seq_names + self.shared_names],
                 device,
                 config.sparse_optimizer,
                 engine=config.embedding,
@@ -266,6 +276,10 @@ class HHFT(nn.Module):
             if self.seq_names
             else None
         )
+        pooling = {t.name: t.pooling for t in config.tables}
+        self.shared_mean = {
+            n: pooling.get(sparse[n].table_name) == "mean" for n in self.shared_names
+        }
 
         def width(name: str) -> int:
             return dims[sparse[name].table_name]
@@ -307,8 +321,16 @@ class HHFT(nn.Module):
 
     def tokens(self, batch: Batch) -> torch.Tensor:
         """Block tokens then task tokens: ``[B, N, d]``."""
-        emb = self.pooled(select_features(batch.sparse, self.pooled_names)).to_dict()
+        emb = {}
+        if self.pooled is not None:
+            emb = self.pooled(select_features(batch.sparse, self.pooled_names)).to_dict()
         seqs = self.sequence(batch.sparse) if self.sequence is not None else {}
+        for name in self.shared_names:  # pooled from the per-position rows (padding is 0)
+            values, mask = seqs[name]  # [B, L, D], [B, L]
+            pooled = values.sum(1)
+            if self.shared_mean[name]:
+                pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1)
+            emb[name] = pooled
         b, d = batch.batch_size, self.config.d_model
         out = []
         for blk, proj, dense_idx in zip(self.config.blocks, self.proj, self.block_dense):

@@ -163,3 +163,22 @@ def test_hhft_trains_and_builds_from_registry() -> None:
         losses.append(loss.item())
     assert set(out) == {"click", "buy"} and out["click"].shape == (32,)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_target_shares_the_sequence_table() -> None:
+    """A target feature on the history's table reads the history's rows (DIN-style)."""
+    torch.manual_seed(6)
+    schema = _schema()
+    schema.sparse[3] = SparseFeature(name="hist_item", table="item")
+    tables = [t for t in _config().tables if t.name != "item_seq"]
+    model = HHFT(_config(tables=tables), schema, torch.device("cpu"))
+    assert model.shared_names == ["item"] and "item" not in model.pooled_names
+    batch = _batch([(1, 5, 2, [5, 7]), (2, 7, 3, [])])
+    model(batch)  # training mode: ids get rows
+    model.eval()
+    seqs = model.sequence(batch.sparse)
+    cand, hist = seqs["item"][0][:, 0], seqs["hist_item"][0]  # [B, D], [B, L, D]
+    torch.testing.assert_close(cand[0], hist[0, 0])  # item 5 == the first history item 5
+    torch.testing.assert_close(cand[1], hist[0, 1])  # item 7 == row 0's second history item
+    out = model(batch)
+    assert out["click"].shape == (2,)
