@@ -370,7 +370,13 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type | 
 
 
 # pydantic's type names, as a YAML writer knows them
-_EXPECTED = {"string": "str", "dataclass": "mapping", "dict": "mapping", "model": "mapping"}
+_EXPECTED = {
+    "string": "str",
+    "float": "number",
+    "dataclass": "mapping",
+    "dict": "mapping",
+    "model": "mapping",
+}
 
 
 def _plain(value: Any, where: str) -> Any:
