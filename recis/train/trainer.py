@@ -348,8 +348,9 @@ class Trainer:
             signal.signal(s, h)
 
     def _close_quietly(self) -> None:
-        """Close the run log on the way out of a failure, which it must not hide."""
-        with contextlib.suppress(RecisError):
+        """Close the run log on the way out of a failure, which it must not hide (a full disk
+        fails the log's last write too; TensorBoard's writer raises its own errors)."""
+        with contextlib.suppress(Exception):
             self.logger.close()
 
     def _finish(self, result: dict[str, Any], evaluated_at: int, signalled: bool) -> dict[str, Any]:
