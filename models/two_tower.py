@@ -42,15 +42,21 @@ from recis.io import make_reader
 from recis.io.batch import Batch
 from recis.metrics import RetrievalCorpus
 
-from .layers import MLP, padded_ids, select_features
+from .layers import MLP, SequenceEmbedding, masked_softmax, padded_ids, select_features
 from .text_towers import HashedBagTower, LLMTower, LLMTowerConfig
 
 
 @dataclass(config=STRICT)
 class TowerConfig:
-    """One side: pooled id features and an optional text feature (token ids)."""
+    """One side: pooled id features, behaviour sequences and an optional text feature.
+
+    ``sequence``: list-of-ids features stored oldest first (e.g. a user's previous items,
+    with ``max_len`` and ``truncate: last`` in the schema), pooled by
+    :class:`RecencyAttentionPool` instead of a plain mean, so recent items can weigh more.
+    """
 
     sparse: list[str] = Field(default_factory=list)
+    sequence: list[str] = Field(default_factory=list)
     text: str | None = None
     max_len: int = Field(default=32, gt=0)
     mlp: list[int] = Field(default_factory=lambda: [64])
@@ -116,6 +122,32 @@ def in_batch_softmax_loss(
     return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
 
 
+class RecencyAttentionPool(nn.Module):
+    """Attention pooling of a behaviour sequence, aware of how recent each item is.
+
+    ``x_i = e_i + p_{r_i}`` with ``r_i`` the recency (0 = the latest item) and ``p`` a learned
+    position table; weights ``a = softmax_i(w^T tanh(W x_i))`` over the valid positions;
+    output ``sum_i a_i x_i``. Shapes: ``values [B, L, D]`` (ids oldest first, left-aligned),
+    ``mask [B, L]`` -> ``[B, D]`` (zeros for an empty sequence).
+    """
+
+    def __init__(self, dim: int, max_len: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.position = nn.Embedding(max_len, dim, device=device)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.score = nn.Sequential(
+            nn.Linear(dim, dim, device=device), nn.Tanh(), nn.Linear(dim, 1, device=device)
+        )
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        length = mask.sum(1, keepdim=True)  # [B, 1]
+        steps = torch.arange(values.shape[1], device=values.device)[None, :]
+        recency = (length - 1 - steps).clamp(0, self.position.num_embeddings - 1)  # [B, L]
+        x = values + self.position(recency) * mask[..., None]
+        weights = masked_softmax(self.score(x).squeeze(-1), mask)  # [B, L]
+        return (weights[..., None] * x).sum(1)
+
+
 class FrequencyEstimator(nn.Module):
     """Streaming item probability (Yi et al. 2019): hashed last-seen step and mean gap.
 
@@ -167,9 +199,14 @@ class TwoTower(nn.Module):
         sparse = {f.name: f for f in schema.sparse}
         for side in ("query", "item"):
             tower: TowerConfig = getattr(config, side)
-            for name in tower.sparse:
+            for name in [*tower.sparse, *tower.sequence]:
                 if name not in sparse:
                     raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
+            for name in tower.sequence:
+                if sparse[name].max_len is None:
+                    raise ConfigError(
+                        f"model.{side}.sequence: feature {name!r} needs max_len in data.schema"
+                    )
             # a text is a raw-text feature (data.schema.text) or a list-of-ids sparse feature
             if tower.text and tower.text not in sparse | {t.name: t for t in schema.text}:
                 raise ConfigError(
@@ -183,8 +220,16 @@ class TwoTower(nn.Module):
                 f"model.retrieval_eval.user: {ev.user!r} is neither in data.schema.extras "
                 "nor a sparse feature"
             )
-        self.query_features = [*config.query.sparse, *filter(None, [config.query.text])]
-        self.item_features = [*config.item.sparse, *filter(None, [config.item.text])]
+        self.query_features = [
+            *config.query.sparse,
+            *config.query.sequence,
+            *filter(None, [config.query.text]),
+        ]
+        self.item_features = [
+            *config.item.sparse,
+            *config.item.sequence,
+            *filter(None, [config.item.text]),
+        ]
         # one collection per tower: each side is encoded from its own features alone
         self.embedding = nn.ModuleDict(
             {
@@ -200,6 +245,19 @@ class TwoTower(nn.Module):
             }
         )
         dims = {t.name: t.dim for t in config.tables}
+        # behaviour sequences: per-position rows, pooled by recency-aware attention
+        self.sequences = nn.ModuleDict()
+        self.pools = nn.ModuleDict()
+        for side in ("query", "item"):
+            names = getattr(config, side).sequence
+            if names:
+                feats = [sparse[n] for n in names]
+                self.sequences[side] = SequenceEmbedding(
+                    config.tables, feats, device, config.sparse_optimizer, config.embedding
+                )
+                for f in feats:
+                    dim = dims[f.table_name]
+                    self.pools[f.name] = RecencyAttentionPool(dim, int(f.max_len), device)
         use_text = bool(config.query.text or config.item.text)
         self.text = None
         if use_text:
@@ -211,7 +269,7 @@ class TwoTower(nn.Module):
         text_dim = self.text.out_dim if self.text is not None else 0
 
         def mlp(tower: TowerConfig) -> MLP:
-            width = sum(dims[sparse[n].table_name] for n in tower.sparse)
+            width = sum(dims[sparse[n].table_name] for n in [*tower.sparse, *tower.sequence])
             width += text_dim if tower.text else 0
             return MLP(width, [*tower.mlp, config.dim], last_activation=False, device=device)
 
@@ -230,6 +288,9 @@ class TwoTower(nn.Module):
         if tower.sparse:
             emb = self.embedding[side](select_features(batch.sparse, tower.sparse)).to_dict()
             parts += [emb[n] for n in tower.sparse]
+        if tower.sequence:
+            seqs = self.sequences[side](batch.sparse)
+            parts += [self.pools[n](*seqs[n]) for n in tower.sequence]
         if tower.text:
             if tower.text in batch.text:
                 ids = batch.text[tower.text][:, : tower.max_len]

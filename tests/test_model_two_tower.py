@@ -177,3 +177,23 @@ def test_retrieval_eval_user_must_be_a_feature_or_extra() -> None:
     model = TwoTower(good, schema, torch.device("cpu"))
     assert model.config.retrieval_eval.ks == [10, 50]
     assert TwoTower(TwoTowerConfig(**base), schema, torch.device("cpu")).retrieval_corpus() is None
+
+
+def test_recency_attention_pool_matches_its_formula() -> None:
+    from recis.models.two_tower import RecencyAttentionPool
+
+    torch.manual_seed(0)
+    pool = RecencyAttentionPool(dim=4, max_len=5)
+    values = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    out = pool(values, mask)
+    assert out.shape == (3, 4)
+    # row 0 by hand: 3 items, the last one (position 2) has recency 0
+    x = values[0, :3] + pool.position.weight[torch.tensor([2, 1, 0])]
+    w = torch.softmax(pool.score(x).squeeze(-1), dim=0)
+    torch.testing.assert_close(out[0], (w[:, None] * x).sum(0))
+    assert torch.equal(out[2], torch.zeros(4))  # an empty history pools to zeros
+    # padding values are ignored
+    noisy = values.clone()
+    noisy[0, 3:] = 100.0
+    torch.testing.assert_close(pool(noisy, mask)[0], out[0])

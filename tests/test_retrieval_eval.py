@@ -112,7 +112,12 @@ def _interactions(tmp_path, n_users: int = 24, per_user: int = 6, n_items: int =
     return paths, rows
 
 
-def _config(tmp_path, paths, exclude_seen: bool = True) -> dict:
+def _config(tmp_path, paths, exclude_seen: bool = True, sequence: bool = False) -> dict:
+    query = (
+        {"sparse": ["user_id"], "sequence": ["hist"]}
+        if sequence
+        else {"sparse": ["user_id", "hist"]}
+    )
     return {
         "run_dir": str(tmp_path / "run"),
         "data": {
@@ -131,7 +136,7 @@ def _config(tmp_path, paths, exclude_seen: bool = True) -> dict:
         },
         "model": {
             "name": "two_tower",
-            "query": {"sparse": ["user_id", "hist"], "mlp": [16]},
+            "query": {**query, "mlp": [16]},
             "item": {"sparse": ["item_id"], "mlp": [16]},
             "dim": 8,
             "tables": [
@@ -192,13 +197,15 @@ def _by_hand(model, paths, rows, k: int, exclude_seen: bool = True) -> tuple[flo
     return hr / n, ndcg / n
 
 
-@pytest.mark.parametrize("exclude_seen", [True, False])
-def test_two_tower_full_corpus_eval_matches_a_hand_ranking(tmp_path, exclude_seen: bool) -> None:
+@pytest.mark.parametrize("exclude_seen,sequence", [(True, False), (False, True)])
+def test_two_tower_full_corpus_eval_matches_a_hand_ranking(
+    tmp_path, exclude_seen: bool, sequence: bool
+) -> None:
     from recis.config import build_run_config
     from recis.train import runner
 
     paths, rows = _interactions(tmp_path)
-    cfg = build_run_config(_config(tmp_path, paths, exclude_seen))
+    cfg = build_run_config(_config(tmp_path, paths, exclude_seen, sequence))
     trainer, _ = runner.build(cfg)
     for batch in trainer.train_data:  # some training, so that the ranking is not arbitrary
         trainer.train_step(batch)
