@@ -148,3 +148,24 @@ def test_prepare_writes_documented_layout(tmp_path: Path) -> None:
     assert by[(1, 300)]["year"] is None  # "No year"
     assert by[(1, 500)]["year"] == 1970.0  # trailing space in the title
     assert set(stats["quantile_boundaries"]) >= {"user_count", "movie_count", "year"}
+
+
+def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "real_data_ctr", ROOT / "benchmarks" / "real_data_ctr.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.run(tmp_path / "no_data", tmp_path / "work")
+    assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
+
+
+def test_recipe_configs_load() -> None:
+    """The shipped configs validate; the quantile boundaries in them are increasing."""
+    from recis.config import load_config
+
+    for name in ("dlrm", "deepfm", "hhft"):
+        cfg = load_config(RECIPE / f"{name}.yaml")
+        assert cfg.train.early_stopping is not None and cfg.train.early_stopping.restore_best
+        assert cfg.train.eval_each_epoch
+        assert any(f.transform == "quantile" for f in cfg.data.schema_.dense)
