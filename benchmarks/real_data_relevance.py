@@ -182,8 +182,10 @@ def explanations(model: Any, data_dir: Path, pairs: int = 5, top: int = 3) -> di
     return {"explanations": rows, "explain_terms_in_text": hits / max(total, 1)}
 
 
-def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
-    """Both recipes and the baselines; ``data_dir`` is ``shared/data`` (holding ``qbqtc``)."""
+def run(data_dir: Path, work_dir: Path, threads: int | None = None) -> dict[str, Any]:
+    """Both recipes and the baselines; ``data_dir`` is ``shared/data`` (holding ``qbqtc``).
+    ``threads``: torch threads of the training runs (1 on a shared machine: more threads than
+    free cores slow torch's small ops down many times)."""
     src = Path(data_dir) / "qbqtc"
     if not (src / "pairs.parquet").is_file():
         return {"skipped": f"no {src}/pairs.parquet"}
@@ -198,7 +200,8 @@ def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
     history: dict[str, dict[str, list[float]]] = {}
     for name in MODELS:
-        res, trainer = train_recipe(name, prepared, work_dir / "runs")
+        extra = [f"threads={threads}"] if threads else []
+        res, trainer = train_recipe(name, prepared, work_dir / "runs", extra)
         history[name] = {"auc": res.pop("history"), "auc_ge1": res.pop("history_ge1")}
         out.update({f"{name}_{k}": v for k, v in res.items()})
         if name == "deepbow":
@@ -211,12 +214,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     if args.work is not None:
-        result = run(args.data, args.work)
+        result = run(args.data, args.work, args.threads)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(args.data, Path(tmp))
+            result = run(args.data, Path(tmp), args.threads)
     for key, value in result.items():
         if key not in ("history", "explanations"):
             print(f"{key:28s} {value}", flush=True)

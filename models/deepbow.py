@@ -70,6 +70,11 @@ class DeepBoWConfig(ModelConfig):
     dense_hidden: int = Field(default=16, ge=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     product_prior: bool = False
+    # the prior's parameter multiplier: each term is in few batches, so with Adam its
+    # effective step is prior_scale x lr (a per-parameter learning rate without a second group)
+    prior_scale: float = Field(default=10.0, gt=0)
+    # the product terms' weights in the prior: uniform (1 / T) or the bag's attention weights
+    prior_weights: Literal["uniform", "bag"] = "uniform"
 
 
 class TextEncoder(nn.Module):
@@ -203,17 +208,35 @@ class DeepBoW(nn.Module):
             # pairwise [B, Tq, Tp] instead of through [B, V] vectors (same sums, V/T times less)
             (qt, qw), (pt, pw) = self.term_bag(*q_in), self.term_bag(*p_in)
             s = score_bags(qt, qw, pt, pw)
-            prior = (pw.unsqueeze(-1) * self.prior[pt]).sum(1) if self.prior is not None else None
+            prior = self._prior(*p_in, (pt, pw))
             bags: tuple = ((qt, qw), (pt, pw))
         else:
             q, p = self.dense_bag(*q_in), self.dense_bag(*p_in)
             s = (q * p).sum(-1)  # only shared terms are non-zero in both
-            prior = p @ self.prior if self.prior is not None else None  # [B, N]
+            prior = self._prior(*p_in, p)
             bags = (q, p)
         if self.training:
             self._last = bags
         logits = self.head(s, batch.dense if cfg.dense_inputs else None, prior)
         return {t: logits[:, i] for i, t in enumerate(self.tasks)}
+
+    def _prior(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        bag: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor | None:
+        """``[B, N]``: ``prior_scale * sum_t w(t) U[t]`` over the product's terms, ``w`` uniform
+        over its tokens (``1 / T``) or the bag's weights (a dense ``[B, V]`` or a pairwise bag)."""
+        if self.prior is None:
+            return None
+        if self.config.prior_weights == "uniform":
+            weights = mask.float() / mask.sum(1, keepdim=True).clamp_min(1)
+            bag = (torch.remainder(ids, self.config.vocab), weights)
+        if isinstance(bag, torch.Tensor):
+            return self.config.prior_scale * bag @ self.prior
+        terms, weights = bag
+        return self.config.prior_scale * (weights.unsqueeze(-1) * self.prior[terms]).sum(1)
 
     def _flops(self, bag: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``sum_t (mean_batch |w(t)|)^2`` of a dense ``[B, V]`` bag or a ``(terms, weights)`` one."""

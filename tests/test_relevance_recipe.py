@@ -45,7 +45,7 @@ def config(**kw: object) -> DeepBoWConfig:
 
 def test_pairwise_scoring_equals_the_dense_bags_and_calibration_by_hand() -> None:
     torch.manual_seed(0)
-    model = DeepBoW(config(product_prior=True), SCHEMA, torch.device("cpu")).eval()
+    model = DeepBoW(config(product_prior=True, prior_weights="bag"), SCHEMA, "cpu").eval()
     with torch.no_grad():
         model.prior.normal_()
     b = batch()
@@ -56,10 +56,29 @@ def test_pairwise_scoring_equals_the_dense_bags_and_calibration_by_hand() -> Non
     head = model.head
     mlp = head.dense(b.dense)  # batch norm (running statistics in eval) + MLP: [B, 2]
     for i, task in enumerate(model.tasks):
-        by_hand = head.scale[i] * s + head.bias[i] + mlp[:, i] + p @ model.prior[:, i]
+        prior = model.config.prior_scale * p @ model.prior[:, i]  # prior_weights: bag
+        by_hand = head.scale[i] * s + head.bias[i] + mlp[:, i] + prior
         torch.testing.assert_close(out[task], by_hand, atol=1e-5, rtol=1e-5)
     # a second task has its own calibration: the two outputs differ
     assert not torch.allclose(out["very_relevant"], out["relevant"])
+
+
+def test_uniform_prior_is_the_mean_of_the_title_terms_priors() -> None:
+    torch.manual_seed(0)
+    model = DeepBoW(config(product_prior=True, dense_inputs=False), SCHEMA, "cpu").eval()
+    with torch.no_grad():
+        model.prior.normal_()
+    b = batch()
+    out = model(b)
+    q = model.dense_bag(b.text["q"], b.text["q_mask"].bool())
+    p = model.dense_bag(b.text["t"], b.text["t_mask"].bool())
+    for row in range(6):
+        terms = b.text["t"][row][b.text["t_mask"][row].bool()] % 64
+        prior = model.config.prior_scale * model.prior[terms].mean(0)  # [N]
+        s = (q[row] * p[row]).sum()
+        by_hand = model.scale * s + model.bias + prior
+        torch.testing.assert_close(out["very_relevant"][row], by_hand[0])
+        torch.testing.assert_close(out["relevant"][row], by_hand[1])
 
 
 def test_sparsity_penalty_is_the_same_on_both_paths() -> None:
@@ -102,11 +121,13 @@ def test_recipe_config_loads_and_builds(name: str) -> None:
 
 
 def test_both_recipes_share_every_setting_but_the_model() -> None:
-    a = (RECIPE / "deepbow.yaml").read_text().splitlines()
-    b = (RECIPE / "dense_relevance.yaml").read_text().splitlines()
-    differ = [(x, y) for x, y in zip(a, b) if x != y and not x.startswith("#")]
+    def settings(name: str) -> list[str]:
+        lines = (RECIPE / f"{name}.yaml").read_text().splitlines()
+        return [line for line in lines if not line.startswith("#")]
+
+    a, b = settings("deepbow"), settings("dense_relevance")
     assert len(a) == len(b)
-    assert differ == [
+    assert [(x, y) for x, y in zip(a, b) if x != y] == [
         ("run_dir: runs/qbqtc_relevance/deepbow", "run_dir: runs/qbqtc_relevance/dense_relevance"),
         ("  name: deepbow", "  name: dense_relevance"),
     ]
