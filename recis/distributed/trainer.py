@@ -59,6 +59,15 @@ class _EvenBatches:
         for _ in it:  # the same rows are dropped whether or not the run was resumed
             pass
 
+    # this rank's skipped-row counts (on_bad_row: skip), which the trainer logs (rank 0's)
+    def bad_rows_report(self) -> dict[str, int]:
+        report = getattr(self.data, "bad_rows_report", None)
+        return report() if report is not None else {}
+
+    def last_epoch_bad_rows(self) -> dict[str, int]:
+        last = getattr(self.data, "last_epoch_bad_rows", None)
+        return last() if last is not None else {}
+
 
 class _PaddedEval:
     """Eval batches of this rank, with the padding steps run inside the iterator.
