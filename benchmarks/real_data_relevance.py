@@ -11,8 +11,10 @@
 * ``deepbow_auc``, ``dense_relevance_auc``: the shipped configs
   ``examples/recipes/qbqtc_relevance/{deepbow,dense_relevance}.yaml`` as they are (first try),
   trained on the train part minus 15% of its queries (``valid``), evaluated on ``valid``
-  after every epoch, stopped early on valid AUC (label == 2) with the best epoch restored,
+  after every epoch, stopped early on valid AUC (label == 2) with the best epoch restored
+  (``<model>_restored_ok``: the restored weights give the best epoch's valid AUC again),
   then evaluated once on the test part;
+* ``history``: valid AUC per epoch, ``{model: [...], model_ge1: [...]}``;
 * ``explanations``: DeepBoW's top shared terms for a few test pairs with label 2, and
   ``explain_terms_in_text``: the share of those terms that are n-grams of the query or title.
 
@@ -24,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -157,6 +159,8 @@ def train_recipe(
         "history_ge1": [h["relevant"] for h in history],
         "seconds": round(seconds, 1),
     }
+    restored = float(trainer.evaluate()["very_relevant/auc"])  # valid, restored weights
+    out["restored_ok"] = out["valid_auc"] is not None and abs(restored - out["valid_auc"]) < 1e-6
     test_path = data_dir / "test.parquet"
     if test_path.is_file():
         test = trainer.evaluate(reader_from_config(cfg.data, str(test_path), train=False))
@@ -189,20 +193,22 @@ def run(data_dir: Path, work_dir: Path, threads: int | None = None) -> dict[str,
     src = Path(data_dir) / "qbqtc"
     if not (src / "pairs.parquet").is_file():
         return {"skipped": f"no {src}/pairs.parquet"}
-    sys.path.insert(0, str(RECIPE))
-    from prepare import prepare
-
+    # by path, under its own name: other recipes' prepare.py would shadow a plain import
+    spec = importlib.util.spec_from_file_location("qbqtc_relevance_prepare", RECIPE / "prepare.py")
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
     work_dir = Path(work_dir)
     prepared = work_dir / "qbqtc_relevance"
-    prepare(src, prepared)
+    recipe.prepare(src, prepared)
     t0 = time.perf_counter()
     out: dict[str, Any] = baselines(src)
     out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
-    history: dict[str, dict[str, list[float]]] = {}
+    history: dict[str, list[float]] = {}
     for name in MODELS:
         extra = [f"threads={threads}"] if threads else []
         res, trainer = train_recipe(name, prepared, work_dir / "runs", extra)
-        history[name] = {"auc": res.pop("history"), "auc_ge1": res.pop("history_ge1")}
+        history[name], history[f"{name}_ge1"] = res.pop("history"), res.pop("history_ge1")
         out.update({f"{name}_{k}": v for k, v in res.items()})
         if name == "deepbow":
             out.update(explanations(trainer.model, prepared))

@@ -131,3 +131,15 @@ def test_both_recipes_share_every_setting_but_the_model() -> None:
         ("run_dir: runs/qbqtc_relevance/deepbow", "run_dir: runs/qbqtc_relevance/dense_relevance"),
         ("  name: deepbow", "  name: dense_relevance"),
     ]
+
+
+def test_benchmark_skips_without_the_shared_data(tmp_path) -> None:
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "real_data_relevance.py"
+    spec = importlib.util.spec_from_file_location("real_data_relevance", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run(tmp_path / "no_data", tmp_path / "work")
+    assert list(out) == ["skipped"] and "pairs.parquet" in out["skipped"]
