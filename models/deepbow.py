@@ -239,7 +239,8 @@ class DeepBoW(nn.Module):
         return self.config.prior_scale * (weights.unsqueeze(-1) * self.prior[terms]).sum(1)
 
     def _flops(self, bag: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``sum_t (mean_batch |w(t)|)^2`` of a dense ``[B, V]`` bag or a ``(terms, weights)`` one."""
+        """``sum_t (mean_batch |w(t)|)^2`` of a dense ``[B, V]`` bag or a pairwise
+        ``(terms, weights)`` one."""
         if isinstance(bag, torch.Tensor):
             return bag.abs().mean(0).pow(2).sum()
         terms, weights = bag
