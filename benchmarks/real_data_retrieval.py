@@ -108,7 +108,8 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     prepared = work_dir / "data"
     _prepare_module().prepare(ml / "ratings.parquet", prepared, items=ml / "movies.parquet")
     run_dir = work_dir / "two_tower"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an old one
+    for old in (run_dir, work_dir / "test"):  # a fresh run, not a resume of an old one
+        shutil.rmtree(old, ignore_errors=True)
     common = [
         f"data.train={prepared / 'train.parquet'}",
         f"run_dir={run_dir}",
@@ -121,11 +122,12 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     ]
     cfg = load_config(RECIPE / "two_tower.yaml", common + valid)
     fit = runner.train(cfg)
+    history = _history(run_dir)  # before the test evaluation, which logs elsewhere
     test = [
         f"data.eval={prepared / 'test.parquet'}",
         f"model.retrieval_eval.seen=[{prepared / 'train.parquet'},{prepared / 'valid.parquet'}]",
     ]
-    cfg = load_config(RECIPE / "two_tower.yaml", common + test)
+    cfg = load_config(RECIPE / "two_tower.yaml", [*common, *test, f"run_dir={work_dir / 'test'}"])
     result = runner.evaluate(cfg, run_dir / "checkpoints" / "final")
     return {
         "two_tower_hr10": result["retrieval/hr@10"],
@@ -133,7 +135,7 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         "two_tower_valid_hr10": fit["retrieval/hr@10"],
         "two_tower_valid_ndcg10": fit["retrieval/ndcg@10"],
         "best_epoch": fit.get("best_epoch"),
-        "history": _history(run_dir),
+        "history": history,
     }
 
 
