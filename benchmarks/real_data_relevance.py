@@ -186,10 +186,17 @@ def explanations(model: Any, data_dir: Path, pairs: int = 5, top: int = 3) -> di
     return {"explanations": rows, "explain_terms_in_text": hits / max(total, 1)}
 
 
-def run(data_dir: Path, work_dir: Path, threads: int | None = None) -> dict[str, Any]:
-    """Both recipes and the baselines; ``data_dir`` is ``shared/data`` (holding ``qbqtc``).
+def run(
+    data_dir: Path,
+    work_dir: Path,
+    threads: int | None = None,
+    models: tuple[str, ...] = MODELS,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """The recipes and the baselines; ``data_dir`` is ``shared/data`` (holding ``qbqtc``).
     ``threads``: torch threads of the training runs (1 on a shared machine: more threads than
-    free cores slow torch's small ops down many times)."""
+    free cores slow torch's small ops down many times). ``overrides`` (``a.b=value``) change
+    the shipped configs, for ablations only."""
     src = Path(data_dir) / "qbqtc"
     if not (src / "pairs.parquet").is_file():
         return {"skipped": f"no {src}/pairs.parquet"}
@@ -205,8 +212,8 @@ def run(data_dir: Path, work_dir: Path, threads: int | None = None) -> dict[str,
     out: dict[str, Any] = baselines(src)
     out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
     history: dict[str, list[float]] = {}
-    for name in MODELS:
-        extra = [f"threads={threads}"] if threads else []
+    for name in models:
+        extra = ([f"threads={threads}"] if threads else []) + list(overrides or [])
         res, trainer = train_recipe(name, prepared, work_dir / "runs", extra)
         history[name], history[f"{name}_ge1"] = res.pop("history"), res.pop("history_ge1")
         out.update({f"{name}_{k}": v for k, v in res.items()})
@@ -216,17 +223,48 @@ def run(data_dir: Path, work_dir: Path, threads: int | None = None) -> dict[str,
     return out
 
 
+def plot(history: dict[str, list[float]], path: Path) -> None:
+    """Valid AUC per epoch of each model and target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in history.items():
+        style = "--" if name.endswith("_ge1") else "-"
+        label = name.replace("_ge1", " (label >= 1)") if style == "--" else f"{name} (label == 2)"
+        ax.plot(range(1, len(values) + 1), values, style, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid AUC")
+    ax.set_title("qbqtc: valid AUC per epoch (shipped recipes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--plot", type=Path, default=None, help="write valid AUC per epoch here")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated recipes")
+    parser.add_argument(
+        "--set", action="append", default=[], help="config override a.b=value (ablations only)"
+    )
     args = parser.parse_args()
+    models = tuple(args.models.split(","))
     if args.work is not None:
-        result = run(args.data, args.work, args.threads)
+        result = run(args.data, args.work, args.threads, models, args.set)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(args.data, Path(tmp), args.threads)
+            result = run(args.data, Path(tmp), args.threads, models, args.set)
+    if args.plot is not None and "history" in result:
+        plot(result["history"], args.plot)
     for key, value in result.items():
         if key not in ("history", "explanations"):
             print(f"{key:28s} {value}", flush=True)
