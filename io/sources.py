@@ -323,7 +323,13 @@ class Source:
             use_threads=False,
             block_size=1 << 22,
         )
-        parse = pacsv.ParseOptions(delimiter=o.delimiter, invalid_row_handler=invalid)
+        # a Python handler only where lines are skipped: Arrow's own "error" is the same
+        # ("CSV parse error: Row #N ..."), and a handler is released by whichever Arrow
+        # thread drops the reader last, which takes the GIL: if that is while Python exits,
+        # CPython ends the thread inside a C++ destructor and the process aborts (SIGABRT,
+        # "terminate called without an active exception"; tests/faults/test_exit_abort.py)
+        handler = invalid if self.skip_bad_lines else None
+        parse = pacsv.ParseOptions(delimiter=o.delimiter, invalid_row_handler=handler)
         types = {c: pa.string() for c in self.text_columns}
         types.update(o.column_types)
         if binary is not None:
