@@ -210,6 +210,7 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for name, values in history.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid AUC (last 10% of the train part)")
     ax.set_title("MovieLens latest-small, like = rating >= 4")
