@@ -3,7 +3,8 @@
 Binary (one task): :func:`auc` (rank-based, ties averaged), :func:`gauc`
 (AUC per group, weighted by group size), :func:`logloss`,
 :func:`normalized_entropy` (logloss over the entropy of the base rate) and
-:func:`calibration` (predicted / observed positives). Graded relevance per query:
+:func:`calibration` (predicted / observed positives), :func:`group_ndcg` (NDCG@K per
+query group, graded gains). Graded relevance per query:
 :func:`recall_at_k` and :func:`ndcg_at_k` over a ``[Q, N]`` score matrix.
 Retrieval over a whole corpus: :func:`ranking_metrics` (HR / Recall / NDCG / MRR@K,
 the user's seen items excluded, ties broken uniformly at random in expectation).
@@ -112,6 +113,39 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | 
         total += float(auc(scores[idx], y)) * y.size  # type: ignore[arg-type]
         weight += y.size
     return total / weight if weight else None
+
+
+def group_ndcg(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10
+) -> float | None:
+    """Mean NDCG@k per group (query) with graded gains ``2**label - 1`` (qbqtc's protocol).
+
+    Only groups with at least two rows and a label above 0 count; tied scores take the
+    expected DCG of a uniformly random order. ``None`` when no group qualifies.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    gains = 2.0 ** np.asarray(labels, dtype=np.float64).ravel() - 1.0
+    groups = np.asarray(groups).ravel()
+    order = np.argsort(groups, kind="stable")
+    g = groups[order]
+    bounds = np.concatenate(([0], np.flatnonzero(g[1:] != g[:-1]) + 1, [g.size]))
+    values = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = order[lo:hi]
+        if len(idx) < 2 or not (gains[idx] > 0).any():
+            continue
+        s, gain = scores[idx], gains[idx]
+        ideal = np.sort(gain)[::-1][:k]
+        idcg = float((ideal / np.log2(np.arange(len(ideal)) + 2.0)).sum())
+        dcg, pos = 0.0, 0
+        for level in np.unique(s)[::-1]:  # tie blocks, best score first
+            tied = s == level
+            n = int(tied.sum())
+            ranks = np.arange(pos, min(pos + n, k))
+            dcg += float(gain[tied].mean()) * float((1.0 / np.log2(ranks + 2.0)).sum())
+            pos += n
+        values.append(dcg / idcg)
+    return float(np.mean(values)) if values else None
 
 
 def _topk_order(scores: np.ndarray, k: int) -> np.ndarray:
@@ -295,7 +329,8 @@ BINARY_METRICS = ("auc", "logloss", "ne", "calibration")
 def binary_metrics(
     probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
 ) -> dict[str, float | None]:
-    """The standard report for one binary task: auc, logloss, ne, calibration (+ gauc).
+    """The standard report for one binary task: auc, logloss, ne, calibration (+ gauc and
+    per-group ndcg@10 with ``groups``).
 
     Values that do not apply are ``None`` (see the module docstring).
     """
@@ -307,6 +342,7 @@ def binary_metrics(
     }
     if groups is not None:
         out["gauc"] = gauc(probs, labels, groups)
+        out["ndcg@10"] = group_ndcg(probs, labels, groups, 10)
     return out
 
 

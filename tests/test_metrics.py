@@ -136,3 +136,19 @@ def test_metrics_that_do_not_apply_are_none_never_nan(binary) -> None:
     assert metrics.recall_at_k(np.ones((2, 3)), np.zeros((2, 3)), 1) is None
     for value in [*got.values(), *zeros.values()]:
         assert value is None or np.isfinite(value)
+
+
+def test_group_ndcg_by_hand_with_graded_gains_and_ties() -> None:
+    # query 0: scores 3, 2, 1 with labels 0, 2, 1 -> gains 0, 3, 1 in that order
+    # query 1: one row (skipped); query 2: no label > 0 (skipped)
+    # query 3: tied scores, labels 1, 0 -> expected DCG = mean gain 0.5 over ranks 0 and 1
+    s = np.array([3.0, 2.0, 1.0, 5.0, 1.0, 2.0, 0.5, 0.5])
+    y = np.array([0, 2, 1, 1, 0, 0, 1, 0])
+    g = np.array([0, 0, 0, 1, 2, 2, 3, 3])
+    q0 = (3 / np.log2(3) + 1 / np.log2(4)) / (3 + 1 / np.log2(3))
+    q3 = 0.5 * (1 + 1 / np.log2(3)) / 1.0
+    assert metrics.group_ndcg(s, y, g, k=10) == pytest.approx((q0 + q3) / 2)
+    # k=1: query 0 puts a gain-0 row first; query 3 has the relevant row first half the time
+    assert metrics.group_ndcg(s, y, g, k=1) == pytest.approx((0 + 0.5) / 2)
+    assert metrics.group_ndcg(s, np.zeros_like(y), g) is None
+    assert "ndcg@10" in metrics.binary_metrics(s / 6, y > 0, g)
