@@ -169,3 +169,44 @@ def test_recipe_configs_load() -> None:
         assert cfg.train.early_stopping is not None and cfg.train.early_stopping.restore_best
         assert cfg.train.eval_each_epoch
         assert any(f.transform == "quantile" for f in cfg.data.schema_.dense)
+
+
+def test_each_recipe_trains_on_a_prepared_log(tmp_path: Path) -> None:
+    """The shipped configs train (2 epochs, early stopping, restore) on prepare.py's output."""
+    from recis.config import load_config
+    from recis.train import runner
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    _tiny_movielens(src)
+    rng = np.random.default_rng(0)
+    n = 400  # a bigger log with the same schema: both classes in valid
+    pq.write_table(
+        pa.table(
+            {
+                "userId": pa.array(rng.integers(1, 30, n), pa.int64()),
+                "movieId": pa.array(rng.choice([10, 20, 30, 40], n), pa.int64()),
+                "rating": rng.integers(1, 11, n) / 2.0,
+                "timestamp": pa.array(np.sort(rng.integers(0, 10**6, n)), pa.int64()),
+            }
+        ),
+        src / "ratings.parquet",
+    )
+    _prepare_module().prepare(src, out)
+    for name in ("dlrm", "deepfm", "hhft"):
+        cfg = load_config(
+            RECIPE / f"{name}.yaml",
+            [
+                f"data.train={out / 'train.parquet'}",
+                f"data.eval={out / 'valid.parquet'}",
+                f"run_dir={tmp_path / name}",
+                "data.batch_size=64",
+                "train.epochs=2",
+                "train.progress=false",
+                "train.tensorboard=false",
+                "threads=1",
+            ],
+        )
+        trainer, _ = runner.build(cfg)
+        result = trainer.fit()
+        assert 0.0 <= result["like/auc"] <= 1.0 and result["best_epoch"] in (1, 2)
