@@ -16,7 +16,8 @@
   (``<model>_restored_ok``: the restored weights give the best epoch's valid AUC again),
   then evaluated once on the test part;
 * ``history``: valid AUC per epoch, ``{model: [...], model_ge1: [...]}``;
-* ``explanations``: DeepBoW's top shared terms for a few test pairs with label 2, and
+* ``explanations``: DeepBoW's top shared terms (and top product-prior terms of the title)
+  for a few test pairs with label 2, and
   ``explain_terms_in_text``: the share of those terms that are n-grams of the query or title.
 
 Usage: ``python benchmarks/real_data_relevance.py [--work DIR] [--data DIR]``. The last line
@@ -191,7 +192,8 @@ def explanations(model: Any, data_dir: Path, pairs: int = 5, top: int = 3) -> di
         # a term joins CJK characters without a space and words with one
         found = [term in q or term in d or term.replace(" ", "") in q + d for term in terms]
         hits, total = hits + sum(found), total + len(found)
-        rows.append({"query": q, "title": d, "terms": terms})
+        prior = [r["term"] for r in model.explain_prior(d)[:top]]  # title terms, largest prior
+        rows.append({"query": q, "title": d, "terms": terms, "prior_terms": prior})
     return {"explanations": rows, "explain_terms_in_text": hits / max(total, 1)}
 
 

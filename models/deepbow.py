@@ -388,6 +388,49 @@ class DeepBoW(nn.Module):
         ]
         return sorted(rows, key=lambda r: -float(r["contribution"]))
 
+    @torch.no_grad()
+    def explain_prior(self, product: str) -> list[dict[str, float | str | int]]:
+        """The product prior's terms of ``product`` (``product_prior``), largest first.
+
+        Each entry: ``term`` (the piece), ``term_id`` (id mod ``vocab``), ``weight`` (its
+        ``w(t)``: ``1/T`` or its bag weight, repeats added) and per task ``prior/<task>``,
+        ``prior_scale * w(t) * U[t, task]``; per task they sum to the prior added to the
+        logit. Sorted by the first task's value, largest first. Empty without a prior.
+        """
+        if self.prior is None:
+            return []
+        self.eval()
+        cfg = self.config
+        pairs = self._tokens(cfg.product_text, product)[: cfg.max_len]
+        if not pairs:
+            return []
+        device = self.prior.device
+        ids = torch.tensor([[i for i, _ in pairs]], dtype=torch.int64, device=device)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        if cfg.prior_weights == "uniform":
+            terms, weights = torch.remainder(ids, cfg.vocab), mask.float() / ids.shape[1]
+        else:
+            terms, weights = self.term_bag(ids, mask)
+        per_term: dict[int, float] = {}
+        names: dict[int, str] = {}
+        for t, w, (_, piece) in zip(terms[0].tolist(), weights[0].tolist(), pairs):
+            per_term[t] = per_term.get(t, 0.0) + w
+            names.setdefault(t, piece)
+        rows = [
+            {
+                "term": names[t],
+                "term_id": t,
+                "weight": w,
+                **{
+                    f"prior/{task}": cfg.prior_scale * w * float(self.prior[t, k])
+                    for k, task in enumerate(self.tasks)
+                },
+            }
+            for t, w in per_term.items()
+        ]
+        first = f"prior/{self.tasks[0]}"
+        return sorted(rows, key=lambda r: -float(r[first]))
+
 
 def load_bags(path: str | Path) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Read exported product bags: ``(product_id [N], terms per product, weights per product)``."""

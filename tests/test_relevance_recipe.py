@@ -81,6 +81,31 @@ def test_uniform_prior_is_the_mean_of_the_title_terms_priors() -> None:
         torch.testing.assert_close(out["relevant"][row], by_hand[1])
 
 
+@pytest.mark.parametrize("weights", ["uniform", "bag"])
+def test_explain_prior_sums_to_the_prior_of_the_logit(weights: str) -> None:
+    torch.manual_seed(0)
+    # a wide term space: no two pieces of the title share an id
+    cfg = config(product_prior=True, dense_inputs=False, prior_weights=weights, vocab=1 << 16)
+    model = DeepBoW(cfg, SCHEMA, "cpu").eval()
+    with torch.no_grad():
+        model.prior.normal_()
+    title = "red shoes red shoes for men"  # no text feature: hashed word 1-2-grams
+    rows = model.explain_prior(title)
+    pairs = model._tokens(cfg.product_text, title)
+    assert {r["term"] for r in rows} == {piece for _, piece in pairs}
+    assert "red_shoes" in {r["term"] for r in rows}
+    ids = torch.tensor([[i for i, _ in pairs]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    prior = model._prior(ids, mask, model.term_bag(ids, mask))[0]  # [N]
+    for k, task in enumerate(model.tasks):
+        total = sum(float(r[f"prior/{task}"]) for r in rows)
+        assert total == pytest.approx(float(prior[k]), abs=1e-5)
+    first = [float(r["prior/very_relevant"]) for r in rows]
+    assert first == sorted(first, reverse=True)
+    no_prior = DeepBoW(config(), SCHEMA, "cpu")
+    assert no_prior.explain_prior(title) == []
+
+
 def test_sparsity_penalty_is_the_same_on_both_paths() -> None:
     torch.manual_seed(0)
     model = DeepBoW(config(sparsity_weight=0.5), SCHEMA, torch.device("cpu")).train()
