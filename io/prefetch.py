@@ -63,7 +63,7 @@ def background(items: Iterator[Any], depth: int, name: str) -> Iterator[Any]:
             except queue.Empty:
                 if thread.is_alive():
                     continue
-                return  # stopped at exit (see _stop_all) before its end marker
+                return  # stopped at exit (see stop_all) before its end marker
             if item is end:
                 return
             if isinstance(item, _Raised):
@@ -83,7 +83,7 @@ _LIVE: set[tuple[threading.Event, threading.Thread]] = set()
 
 
 @atexit.register
-def _stop_all(timeout: float = 60.0) -> None:
+def stop_all(timeout: float = 60.0) -> None:
     """Stop and join every background thread before the interpreter finalizes (see the
     module docstring). Each stops at its next item; a thread whose producer reads from
     another background thread ends when that one does."""

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
+from . import arrow_handlers
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
 # Criteo display-ads layout: label, 13 integer counts, 26 hex categorical values, no header
@@ -343,7 +344,14 @@ class Source:
             if first is not None:
                 conv_kw["include_columns"] = [first]
                 conv_kw["column_types"] = {first: pa.binary()}  # counts, never converts
-        return pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
+        if handler is None:
+            return pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
+        try:  # Arrow keeps the handler: released before Python exits (see arrow_handlers)
+            reader = pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
+        except BaseException:
+            arrow_handlers.track(None, handler)
+            raise
+        return arrow_handlers.track(reader, handler)
 
     def schema(self, i: int) -> pa.Schema:
         """Arrow schema of file ``i`` (CSV: types as inferred from its first block)."""

@@ -98,7 +98,7 @@ def test_threads_are_joined_at_exit_even_when_stopped_mid_chain():
 
         it = prefetch.background(inner_then_more(), 2, "recis-io-prefetch")
         next(it)
-        prefetch._stop_all()
+        prefetch.stop_all()
         left = [t.name for t in threading.enumerate() if t.name.startswith("recis-io")]
         print("left:", left)
         """
