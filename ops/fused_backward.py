@@ -67,8 +67,10 @@ def native_backward() -> Any:
 def supports(tbe: torch.nn.Module) -> bool:
     """Whether :class:`FusedCpuLookup` can replace ``tbe``'s backward.
 
-    CPU TBEs with ``EXACT_SGD`` or ``EXACT_ADAGRAD`` and no weight decay (fbgemm's
-    CPU Adagrad kernel has none), with the kernel built.
+    CPU TBEs with ``EXACT_SGD`` or ``EXACT_ADAGRAD`` and no weight decay of their own
+    (fbgemm's CPU kernels, like this one, apply none; recis's table groups build their
+    TBEs without it and add the decay to the gradient, see
+    :meth:`recis.embedding.FbgemmTableGroup._lookup`), with the kernel built.
     """
     return (
         tbe.weights_host.numel() > 0

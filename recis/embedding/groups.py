@@ -172,7 +172,6 @@ class FbgemmTableGroup(_TableGroup):
         loc = EmbeddingLocation.HOST if cpu else EmbeddingLocation.DEVICE
         comp = ComputeDevice.CPU if cpu else ComputeDevice.CUDA
         ftm = [i for i, t in enumerate(self.tables) for _ in t.features]
-        wd = self.opt.weight_decay
         self.tbe = SplitTableBatchedEmbeddingBagsCodegen(
             [(t.rows, t.dim, loc, comp) for t in self.tables],
             feature_table_map=ftm,
@@ -187,8 +186,10 @@ class FbgemmTableGroup(_TableGroup):
             output_dtype=SparseType.FP32,
             learning_rate=self.opt.lr,
             eps=self.opt.eps,
-            weight_decay=wd,
-            weight_decay_mode=WeightDecayMode.L2 if wd else WeightDecayMode.NONE,
+            # fbgemm's CPU kernels ignore weight decay: recis adds it to the gradient
+            # itself (:meth:`_lookup`), the same way on every device
+            weight_decay=0.0,
+            weight_decay_mode=WeightDecayMode.NONE,
             device=self.device,
         )
         for p in self.tbe.parameters():
@@ -245,7 +246,66 @@ class FbgemmTableGroup(_TableGroup):
             return self._unpooled(indices, offsets)
         if self.pooling == "mean":
             per_sample_weights = mean_weights(offsets, per_sample_weights)
-        return fused_lookup(self.tbe, indices, offsets, per_sample_weights)
+        return self._lookup(indices, offsets, per_sample_weights)
+
+    def _lookup(
+        self,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The TBE lookup ``[B, sum D]`` of ``F * B`` bags, with L2 weight decay.
+
+        Decay is lazy L2: each distinct row ``r`` of the batch gets ``weight_decay * w_r``
+        added to its gradient, once, inside the same fused update (so Adagrad's state sees
+        the decayed gradient, as with ``torch.optim.Adagrad(weight_decay=...)`` on those
+        rows). fbgemm's CPU kernels have no decay, so it is done here: every table's
+        distinct rows are appended as ``E`` extra bags of one row (after the batch's
+        ``B``, on the table's first feature), whose output is ``w_r``; a gradient hook
+        gives those bags the gradient ``weight_decay * w_r``.
+        """
+        wd = self.opt.weight_decay
+        nf = len(self.feature_names)
+        b = (offsets.numel() - 1) // max(nf, 1)
+        if not wd or not torch.is_grad_enabled() or b == 0 or indices.numel() == 0:
+            return fused_lookup(self.tbe, indices, offsets, per_sample_weights)
+        bounds = offsets[::b].tolist()
+        lengths = (offsets[1:] - offsets[:-1]).view(nf, b)
+        uniq: dict[int, torch.Tensor] = {}  # first feature of a table -> its distinct rows
+        f = 0
+        for t in self.tables:
+            k = len(t.features)
+            uniq[f] = torch.unique(indices[bounds[f] : bounds[f + k]])
+            f += k
+        e = max(u.numel() for u in uniq.values())
+        extra = torch.zeros(nf, e, dtype=lengths.dtype, device=lengths.device)
+        parts: list[torch.Tensor] = []
+        for f in range(nf):
+            parts.append(indices[bounds[f] : bounds[f + 1]])
+            if f in uniq:
+                extra[f, : uniq[f].numel()] = 1
+                parts.append(uniq[f].to(indices.dtype))
+        new_lengths = torch.cat([lengths, extra], dim=1).flatten()
+        new_offsets = torch.cat([offsets[:1], offsets[:1] + torch.cumsum(new_lengths, 0)])
+        psw = per_sample_weights
+        if psw is not None:
+            pieces: list[torch.Tensor] = []
+            for f in range(nf):
+                pieces.append(psw[bounds[f] : bounds[f + 1]])
+                if f in uniq:
+                    pieces.append(psw.new_ones(uniq[f].numel()))
+            psw = torch.cat(pieces)
+        out = fused_lookup(self.tbe, torch.cat(parts), new_offsets, psw)  # [B + E, sum D]
+        if out.requires_grad:
+            decay = out[b:].detach() * wd  # w_r of the extra bags (zeros where empty)
+
+            def add_decay(grad: torch.Tensor) -> torch.Tensor:
+                grad = grad.clone()
+                grad[b:] = decay
+                return grad
+
+            out.register_hook(add_decay)
+        return out[:b]
 
     def _unpooled(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``[N, D]``: every id a bag of one in a SUM lookup (feature ``f``'s ``n_f`` ids are
@@ -260,7 +320,7 @@ class FbgemmTableGroup(_TableGroup):
             return torch.zeros(0, self.feature_dims[0] if nf else 0, device=indices.device)
         i = torch.arange(width, device=offsets.device)
         bags = (starts[:, None] + torch.minimum(i[None], n[:, None])).flatten()
-        out = fused_lookup(self.tbe, indices, torch.cat([bags, offsets[-1:]]))  # [width, F*D]
+        out = self._lookup(indices, torch.cat([bags, offsets[-1:]]))  # [width, F*D]
         out = out.view(width, nf, -1).transpose(0, 1)  # [F, width, D]
         return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
