@@ -11,12 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
+from recis.distributed.sharding import fused_params
 from recis.embedding import build_embedding_collection
+from recis.errors import ConfigError
 from recis.features import SparseFeature
 from recis.ops import fused_backward
+from recis.optim import sparse_optimizer, split_parameters
 
 OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"]
 LR, WD, EPS, B1, B2 = 0.1, 0.5, 1e-8, 0.9, 0.999
@@ -138,3 +142,51 @@ def test_no_decay_outside_training(name: str) -> None:
     ec(kjt).values().sum().backward()
     untouched = [1, 2, 4, 6, 7]
     assert torch.equal(ec.groups[g].weight(j)[untouched], w0[untouched])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_modulo_engine_decays_every_row(name: str) -> None:
+    """``model.embedding: modulo`` (one process): torchrec's EBC has a dense gradient and
+    its rows go to the trainer's torch optimizer, so decay is dense: every row, every step
+    (``rowwise_adagrad`` runs as torch's Adagrad)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = SparseOptimizerConfig(name=name, lr=LR, eps=EPS, weight_decay=WD)
+    ec = build_embedding_collection(
+        [TableConfig(name="t", dim=DIM, capacity=ROWS, mapper="none", init_scale=0.5)],
+        [SparseFeature(name="a", table="t"), SparseFeature(name="b", table="t")],
+        torch.device("cpu"),
+        optimizer=cfg,
+        engine="modulo",
+    )
+    sparse, dense = split_parameters(ec)
+    assert len(sparse) == 1 and not dense
+    opt = sparse_optimizer(sparse, cfg)
+    w0 = sparse[0].detach().double().numpy().copy()
+    kjt = KeyedJaggedTensor(
+        keys=["a", "b"], values=torch.tensor(IDS_A + IDS_B), lengths=torch.tensor(LEN_A + LEN_B)
+    )
+    out = ec(kjt).values()
+    up = 0.1 * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * up).sum().backward()
+    opt.step()
+    ref = "adagrad" if name == "rowwise_adagrad" else name
+    want = _by_hand(ref, w0, _row_grads("sum", up.double().numpy()), list(range(ROWS)))
+    np.testing.assert_allclose(sparse[0].detach().double().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad"])
+def test_sharded_tables_refuse_decay_on_cpu(name: str) -> None:
+    """torchrec-sharded tables (distributed modulo) run fbgemm's CPU kernels, which have
+    no decay: refused, naming the field and the optimizer; on CUDA the mode is set."""
+    cfg = SparseOptimizerConfig(name=name, weight_decay=0.01)
+    with pytest.raises(ConfigError, match=rf"train\.sparse_optimizer\.weight_decay.*'{name}'"):
+        fused_params(cfg, torch.device("cpu"))
+    assert "weight_decay_mode" not in fused_params(
+        SparseOptimizerConfig(name=name), torch.device("cpu")
+    )
+    assert fused_params(cfg, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.L2
+    adamw = SparseOptimizerConfig(name="adamw", weight_decay=0.01)
+    assert (
+        fused_params(adamw, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.DECOUPLE
+    )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType as OptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -79,12 +80,22 @@ def fused_params(cfg: SparseOptimizerConfig, device: torch.device) -> dict[str, 
             f"train.sparse_optimizer.name: {cfg.name!r} has no fused fbgemm kernel on CPU; "
             f"use one of {sorted(_CPU_FUSED)} for sharded tables"
         )
+    if device.type == "cpu" and cfg.weight_decay:
+        # fbgemm's CPU kernels apply no weight decay: refuse rather than train without it
+        raise ConfigError(
+            f"train.sparse_optimizer.weight_decay: {cfg.weight_decay:g} with {cfg.name!r} is "
+            "not applied by fbgemm's CPU kernels on torchrec-sharded tables (model.embedding: "
+            "modulo); set it to 0 or use model.embedding: hashed, whose tables apply it"
+        )
     params: dict[str, Any] = {
         "optimizer": kinds[cfg.name],
         "learning_rate": cfg.lr,
         "eps": cfg.eps,
         "weight_decay": cfg.weight_decay,
     }
+    if cfg.weight_decay:  # fbgemm's default mode (NONE) would drop it silently
+        decoupled = cfg.name == "adamw"
+        params["weight_decay_mode"] = WeightDecayMode.DECOUPLE if decoupled else WeightDecayMode.L2
     return params
 
 
