@@ -65,7 +65,29 @@ def test_train_resume_plot(tmp_path: Path, capsys) -> None:
     assert any(p.name.startswith("events.") for p in (run / "tb").iterdir())
 
     assert load_checkpoint(run / "checkpoints" / "final")[0]["step"] == 30
-    assert main(["eval", config, *args, "--checkpoint", str(run / "checkpoints" / "final")]) == 0
+    # `recis eval` of the run's checkpoints (100 rows: other numbers than the training's)
+    # logs under its own split and leaves the training's history as it was
+    history = read_records(run)
+    raw = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    for ckpt in ("final", "step-00000020"):
+        one = ["--set", "train.eval_batches=1", "--set", "data.eval_batch_size=100"]
+        assert (
+            main(["eval", config, *args, *one, "--checkpoint", str(run / "checkpoints" / ckpt)])
+            == 0
+        )
+    printed = capsys.readouterr().out
+    assert (run / "metrics.jsonl").read_bytes().startswith(raw)
+    after = read_records(run)
+    assert [r for r in after if not r["split"].startswith("eval:")] == history
+    standalone = [r for r in after if r["split"].startswith("eval:")]
+    assert [(r["split"], r["step"]) for r in standalone] == [
+        (f"eval:{tmp_path / 'data' / 'eval'}", 20),
+        (f"eval:{tmp_path / 'data' / 'eval'}", 30),
+    ]
+    train_eval30 = next(r for r in history if r["split"] == "eval" and r["step"] == 30)
+    assert standalone[1]["click/auc"] != train_eval30["click/auc"]  # 1 batch vs all
+    assert f"{standalone[0]['click/auc']:.4f}" in printed
     assert main(["plot", str(run)]) == 0
     for name in ("loss.png", "multipliers.png", "eval_click.png", "eval_conversion.png"):
         png = run / "plots" / name

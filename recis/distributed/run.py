@@ -165,7 +165,11 @@ def evaluate(
             raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
         meta = dcp_checkpoint.load(checkpoint, trainer.model)  # weights only: no optimizer
         trainer.step = int(meta.get("step", 0))
-        return trainer.evaluate()
+        from recis.train.runlog import standalone_eval_split
+        from recis.train.runner import eval_path
+
+        # its own split: as "eval" it would replace the training's record of this step
+        return trainer.evaluate(split=standalone_eval_split(eval_path(cfg) or ""))
 
     ctx, result = _on_ranks(cfg, launcher, body)
     return result if ctx.is_main else None

@@ -129,12 +129,28 @@ def _drop_torn_tail(path: Path) -> None:
         return
 
 
+# ``recis eval`` logs its results as ``split: "eval:<eval data>"``, never ``eval``: a run's
+# history keeps one record per (split, step), so an evaluation of a checkpoint logged as
+# ``eval`` at that checkpoint's step would replace the training's own record of it
+STANDALONE_EVAL_PREFIX = "eval:"
+
+
+def standalone_eval_split(data: str | list[str]) -> str:
+    """The split name of a ``recis eval`` of eval data ``data`` (a path or paths, as in
+    ``data.eval``): ``eval:<data>``, apart from the training's ``eval`` records."""
+    name = data if isinstance(data, str) else ",".join(str(d) for d in data)
+    return f"{STANDALONE_EVAL_PREFIX}{name}"
+
+
 class TornRecordWarning(UserWarning):
     """The last line of a metrics file was cut (a crash while it was written): skipped."""
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl``; for a resumed run, the last one per (split, step).
+
+    ``recis eval`` results are records of their own split (:func:`standalone_eval_split`),
+    so they never replace a training's ``eval`` record of the same step.
 
     A last line that is not a whole JSON record (cut by a crash mid-write) is skipped with a
     :class:`TornRecordWarning`; such a line anywhere else is a :class:`DataError` naming the

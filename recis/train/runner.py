@@ -28,6 +28,7 @@ from recis.io.synthetic import SyntheticInfo
 from recis.models import build_model
 
 from .checkpoint import CheckpointManager, resolve_resume
+from .runlog import standalone_eval_split
 from .trainer import Trainer
 
 Info = SyntheticInfo | MultiTaskInfo
@@ -63,12 +64,18 @@ def _synthetic(cfg: RunConfig) -> Info:
     return info
 
 
+def eval_path(cfg: RunConfig) -> str | list[str] | None:
+    """The eval data as configured: ``data.eval``, or the synthetic data's eval folder."""
+    data = cfg.data
+    return data.eval or (str(Path(data.path) / "eval") if data.synthetic else None)
+
+
 def prepare_data(cfg: RunConfig) -> tuple[str | list[str], str | list[str] | None, Info | None]:
     """Train and eval paths; generates the synthetic data first when configured and absent."""
     data = cfg.data
     info = _synthetic(cfg) if data.synthetic is not None else None
     train = data.train or (str(Path(data.path) / "train") if data.synthetic else None)
-    evals = data.eval or (str(Path(data.path) / "eval") if data.synthetic else None)
+    evals = eval_path(cfg)
     if train is None:
         raise ConfigError("data.train: field required (or set data.synthetic)")
     return train, evals, info
@@ -189,6 +196,9 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     at any world size: its shards load into the unsharded model.
     """
     trainer, info = build(cfg)
+    evals = eval_path(cfg)
+    if evals is None or trainer.eval_data is None:
+        raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
     if (Path(checkpoint) / ".metadata").exists():  # torch.distributed.checkpoint layout
         from recis.distributed import checkpoint as dcp_checkpoint
         from recis.distributed.hashed import shard_hashed
@@ -200,4 +210,6 @@ def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     else:
         # the weights only: optimizer and reader state do not matter to an evaluation
         trainer.step = int(trainer.load_weights(checkpoint).get("step", 0))
-    return report(trainer.evaluate(), info)
+    # its own split: logged as "eval" at the checkpoint's step, it would replace the
+    # training's record of that step in the run's history (read_records keeps one)
+    return report(trainer.evaluate(split=standalone_eval_split(evals)), info)
