@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,7 +276,7 @@ class FbgemmTableGroup(_TableGroup):
         f = 0
         for t in self.tables:
             k = len(t.features)
-            uniq[f] = torch.unique(indices[bounds[f] : bounds[f + k]])
+            uniq[f] = _distinct(indices[bounds[f] : bounds[f + k]], t.rows)
             f += k
         e = max(u.numel() for u in uniq.values())
         extra = torch.zeros(nf, e, dtype=lengths.dtype, device=lengths.device)
@@ -296,16 +297,10 @@ class FbgemmTableGroup(_TableGroup):
                     pieces.append(psw.new_ones(uniq[f].numel()))
             psw = torch.cat(pieces)
         out = fused_lookup(self.tbe, torch.cat(parts), new_offsets, psw)  # [B + E, sum D]
-        if out.requires_grad:
-            decay = out[b:].detach() * wd  # w_r of the extra bags (zeros where empty)
-
-            def add_decay(grad: torch.Tensor) -> torch.Tensor:
-                grad = grad.clone()
-                grad[b:] = decay
-                return grad
-
-            out.register_hook(add_decay)
-        return out[:b]
+        if not out.requires_grad:
+            return out[:b]
+        # the extra bags' outputs are w_r (zeros for empty bags): their gradient wd * w_r
+        return _BatchWithDecay.apply(out, b, out[b:].detach() * wd)
 
     def _unpooled(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``[N, D]``: every id a bag of one in a SUM lookup (feature ``f``'s ``n_f`` ids are
@@ -430,6 +425,32 @@ class TorchTableGroup(_TableGroup):
             adam_update_rows(self.weight(i), self._state_dict_of(i), uniq, grad, self.hyper)
 
         return hook
+
+
+class _BatchWithDecay(torch.autograd.Function):
+    """``apply(out, b, decay)``: the batch's bags ``out[:b]`` ``[B, sum D]``; in backward,
+    ``out``'s gradient is theirs with ``decay`` ``[E, sum D]`` below (the extra bags')."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, b: int, decay: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.decay = decay
+        return out[:b].clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return torch.cat([grad, ctx.decay.to(grad.dtype)]), None, None
+
+
+def _distinct(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """The distinct values of ``rows`` (int ``[N]``, in ``[0, n_rows)``), ascending.
+
+    A mark per table row and one scan when the table is not much larger than the batch
+    (several times faster than sorting, ``torch.unique``, which it falls back to)."""
+    if n_rows > 32 * rows.numel():
+        return torch.unique(rows)
+    mark = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
+    mark[rows] = True
+    return mark.nonzero().flatten()
 
 
 def mean_weights(offsets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
