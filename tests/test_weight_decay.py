@@ -190,3 +190,15 @@ def test_sharded_tables_refuse_decay_on_cpu(name: str) -> None:
     assert (
         fused_params(adamw, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.DECOUPLE
     )
+
+
+def test_modulo_engine_refuses_per_table_optimizer() -> None:
+    """A table's own optimizer (and so its decay) would be ignored by the modulo engine."""
+    opt = SparseOptimizerConfig(name="sgd", weight_decay=0.1)
+    with pytest.raises(ConfigError, match=r"model\.tables\.t\.optimizer"):
+        build_embedding_collection(
+            [TableConfig(name="t", dim=DIM, capacity=ROWS, optimizer=opt)],
+            [SparseFeature(name="t")],
+            torch.device("cpu"),
+            engine="modulo",
+        )

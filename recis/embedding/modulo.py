@@ -40,6 +40,11 @@ class ModuloEmbeddingBagCollection(nn.Module):
         for t in tables:
             if t.name not in feats_of:
                 continue
+            if t.optimizer is not None:  # its rows go to the trainer's one sparse optimizer
+                raise ConfigError(
+                    f"model.tables.{t.name}.optimizer: a per-table optimizer needs "
+                    "model.embedding: hashed (modulo tables use train.sparse_optimizer)"
+                )
             if t.pooling not in _POOLING:
                 raise ConfigError(
                     f"model.tables.{t.name}.pooling: {t.pooling!r} needs a sequence model"
