@@ -8,6 +8,9 @@ touched.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +205,43 @@ def test_modulo_engine_refuses_per_table_optimizer() -> None:
             torch.device("cpu"),
             engine="modulo",
         )
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rowwise_adagrad", "adamw"])
+def test_distributed_hashed_engine_decays_like_the_collection(name: str) -> None:
+    """The sharded hashed engine (one rank, tables split by id: the owner looks up the
+    deduplicated ids it is sent) decays each distinct row once, as the plain collection."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:  # its tables (shared, mean, sequence, admission, eviction) and batches
+        from test_hashed_sharded import FEATURES, TABLES, batch, step_outputs
+    finally:
+        sys.path.pop(0)
+
+    from recis.distributed.hashed import ShardedHashedEmbeddingCollection
+    from recis.embedding import HashedEmbeddingCollection
+
+    torch.set_num_threads(1)
+
+    def make(wd: float) -> HashedEmbeddingCollection:
+        opt = SparseOptimizerConfig(name=name, lr=0.1, weight_decay=wd)
+        return HashedEmbeddingCollection(TABLES, FEATURES, "cpu", optimizer=opt, seed=5)
+
+    plain, undecayed = make(0.3), make(0.0)
+    sharded = ShardedHashedEmbeddingCollection(make(0.3), exchange=True, placement={})
+    for step in range(4):
+        kjt = batch(step)
+        want = step_outputs(plain, kjt)
+        np.testing.assert_allclose(step_outputs(sharded, kjt), want, atol=1e-6)
+        step_outputs(undecayed, kjt)
+    ids, rows = plain.mappers["a"].items()
+    got_ids, got = sharded.gather_rows("a")
+    g, j = plain.where["a"]
+    order = np.argsort(ids)
+    want = plain.groups[g].weight(j)[torch.from_numpy(rows + 1)][torch.from_numpy(order)]
+    np.testing.assert_allclose(got, want.detach(), atol=1e-6)
+    u_ids, u_rows = undecayed.mappers["a"].items()
+    assert sorted(u_ids.tolist()) == sorted(ids.tolist())
+    ug, uj = undecayed.where["a"]
+    other = undecayed.groups[ug].weight(uj)[torch.from_numpy(u_rows + 1)]
+    other = other[torch.from_numpy(np.argsort(u_ids))]
+    assert (want - other).abs().max() > 1e-3  # the decay moved the rows
