@@ -110,6 +110,9 @@ class SparseOptimizerConfig:
 
     ``sgd``, ``adagrad`` and ``rowwise_adagrad`` run in fbgemm's kernels; ``adam`` and
     ``adamw`` are recis's lazy row-wise versions (moments of rows in the batch only).
+    ``weight_decay`` is lazy too on the hashed engine: L2 added to the gradient of the
+    batch's distinct rows (``adamw``: decoupled), for every optimizer, recis applying it
+    where fbgemm's CPU kernels would not (docs/embedding.md, "Weight decay").
     """
 
     name: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"] = "rowwise_adagrad"
