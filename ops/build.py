@@ -103,9 +103,10 @@ def load(name: str, native_dir: Path | None = None, csrc: Path | None = None) ->
     """
     ext = EXTENSIONS[name]
     mod = module_name(ext, csrc)
-    if mod in sys.modules:
-        return sys.modules[mod]
     path = (native_dir or NATIVE_DIR) / f"{mod}.so"
+    loaded = sys.modules.get(mod)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded  # the same build, imported before (a module is loaded once per path)
     if not path.is_file():
         state = status(name, native_dir, csrc)
         why = "was built for another source or torch" if state == "stale" else "has not been built"
