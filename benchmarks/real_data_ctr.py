@@ -12,7 +12,9 @@
 
 Usage: ``python benchmarks/real_data_ctr.py [--work DIR]``. The last line printed is one
 JSON object: ``ctr_lr_auc``, ``ctr_lr_same_features_auc`` (the same LR on the recipes'
-inputs, see :func:`lr_same_features`), ``<model>_auc`` (test), ``<model>_logloss``,
+inputs, see :func:`lr_same_features`), ``ctr_lr_same_rows_auc`` and
+``ctr_lr_same_rows_valid_auc`` (that LR fitted on the networks' rows only, train minus
+valid: test and valid AUC), ``<model>_auc`` (test), ``<model>_logloss``,
 ``<model>_best_epoch``, ``<model>_valid_auc`` (best epoch), ``<model>_restored_auc`` (valid
 AUC of the restored weights), ``<model>_restored_ok``, ``<model>_seconds``, ``history``
 (valid AUC per epoch per model), or ``{"skipped": reason}`` without the shared data.
@@ -79,10 +81,12 @@ def lr_baseline(src: Path) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y[cut:], pred)), "logloss": float(log_loss(y[cut:], pred))}
 
 
-def lr_same_features(prepared: Path) -> float:
+def lr_same_features(prepared: Path, with_valid: bool = True) -> dict[str, float]:
     """Test AUC of a logistic regression (C=0.1) on the recipes' own inputs: the causal
-    numeric columns (standardized, missing -> 0) + one-hot movie + multi-hot genres, trained
-    on train + valid. How much of the models' lead over ``ctr_lr_auc`` the features give."""
+    numeric columns (standardized, missing -> 0) + one-hot movie + multi-hot genres. How much
+    of the models' lead over ``ctr_lr_auc`` the features give. Trained on train + valid
+    (``with_valid``), or on train only, the rows the networks learn from (then ``valid_auc``
+    is its AUC on valid, comparable with the networks' valid AUC)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -96,10 +100,11 @@ def lr_same_features(prepared: Path) -> float:
     parts = [pq.read_table(prepared / f"{s}.parquet") for s in ("train", "valid", "test")]
     table = pa.concat_tables(parts)
     n, cut = table.num_rows, parts[0].num_rows + parts[1].num_rows
+    fit_rows = cut if with_valid else parts[0].num_rows
     dense = np.stack(
         [np.nan_to_num(table[c].to_numpy(zero_copy_only=False).astype(float)) for c in DENSE], 1
     )
-    dense = (dense - dense[:cut].mean(0)) / (dense[:cut].std(0) + 1e-9)
+    dense = (dense - dense[:fit_rows].mean(0)) / (dense[:fit_rows].std(0) + 1e-9)
     movies, m_col = np.unique(table["movie_id"].to_numpy(), return_inverse=True)
     genres = table["genres"].combine_chunks()
     names, g_col = np.unique(
@@ -114,8 +119,12 @@ def lr_same_features(prepared: Path) -> float:
         ]
     ).tocsr()
     y = table["like"].to_numpy()
-    model = LogisticRegression(C=0.1, max_iter=2000).fit(x[:cut], y[:cut])
-    return float(roc_auc_score(y[cut:], model.predict_proba(x[cut:])[:, 1]))
+    model = LogisticRegression(C=0.1, max_iter=2000).fit(x[:fit_rows], y[:fit_rows])
+    pred = model.predict_proba(x)[:, 1]
+    out = {"auc": float(roc_auc_score(y[cut:], pred[cut:]))}
+    if not with_valid:
+        out["valid_auc"] = float(roc_auc_score(y[fit_rows:cut], pred[fit_rows:cut]))
+    return out
 
 
 class _History(Callback):
@@ -241,7 +250,10 @@ def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         "ctr_lr_logloss": lr["logloss"],
         "ctr_lr_seconds": round(time.perf_counter() - t0, 1),
     }
-    out["ctr_lr_same_features_auc"] = lr_same_features(prepared)
+    out["ctr_lr_same_features_auc"] = lr_same_features(prepared)["auc"]
+    same = lr_same_features(prepared, with_valid=False)
+    out["ctr_lr_same_rows_auc"] = same["auc"]
+    out["ctr_lr_same_rows_valid_auc"] = same["valid_auc"]
     history: dict[str, list[float]] = {}
     for name in MODELS:
         res = train_recipe(name, prepared, work_dir / "runs")

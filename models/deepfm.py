@@ -27,7 +27,7 @@ from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP
+from .layers import MLP, dense_norm
 
 
 @dataclass(config=STRICT)
@@ -37,6 +37,9 @@ class DeepFMConfig(ModelConfig):
     name: str = "deepfm"
     dnn: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    # batch normalisation of the dense inputs (before the linear term and the DNN): counts,
+    # rates and ratings arrive on different scales and off-centre
+    dense_norm: bool = False
 
 
 class DeepFM(nn.Module):
@@ -77,6 +80,7 @@ class DeepFM(nn.Module):
             wide_tables, wide_feats, device, config.sparse_optimizer, engine=config.embedding
         )
         num_dense = len(schema.dense)
+        self.dense_norm = dense_norm(num_dense, config.dense_norm, device)
         self.dense_linear = nn.Linear(num_dense, len(self.tasks), device=device)
         self.dnn = MLP(
             len(schema.sparse) * d + num_dense,
@@ -91,6 +95,7 @@ class DeepFM(nn.Module):
         e = torch.stack([emb[k] for k in self.feature_names], dim=1)  # [B, F, D]
         fm = 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1, keepdim=True)  # [B, 1]
         first = self.first_order(batch.sparse).values().sum(1, keepdim=True)  # [B, 1]
-        deep = self.dnn(torch.cat([e.flatten(1), batch.dense], dim=1))  # [B, T]
-        logits = deep + fm + first + self.dense_linear(batch.dense)  # [B, T]
+        dense = self.dense_norm(batch.dense)  # [B, Dd]
+        deep = self.dnn(torch.cat([e.flatten(1), dense], dim=1))  # [B, T]
+        logits = deep + fm + first + self.dense_linear(dense)  # [B, T]
         return {t: logits[:, i] for i, t in enumerate(self.tasks)}

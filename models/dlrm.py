@@ -20,7 +20,7 @@ from recis.embedding import build_embedding_collection
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP
+from .layers import MLP, dense_norm
 
 
 @dataclass(config=STRICT)
@@ -30,6 +30,14 @@ class DLRMConfig(ModelConfig):
     bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = Field(default_factory=lambda: [128, 64])
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    # a linear term over the raw dense inputs added to every logit (DeepFM's first-order
+    # dense term, Wide & Deep's wide part): a dense feature that is already a good logit
+    # (a causal like rate) reaches the output directly instead of only through the
+    # bottom MLP's ReLUs and the dots
+    wide_dense: bool = False
+    # batch normalisation of the dense inputs (before the bottom MLP and the wide term):
+    # counts, rates and ratings arrive on different scales and off-centre
+    dense_norm: bool = False
 
 
 class DLRM(nn.Module):
@@ -75,16 +83,25 @@ class DLRM(nn.Module):
             device=device,
         )
         self.feature_names = [f.name for f in schema.sparse]
+        self.dense_norm = dense_norm(self.num_dense, config.dense_norm, device)
+        self.wide = (
+            nn.Linear(self.num_dense, len(self.tasks), device=device)
+            if config.wide_dense and self.num_dense
+            else None
+        )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         # sparse first: when sharded, its output exchange runs while the dense MLP computes,
         # and in backward the dense MLP's gradients come before the (long) embedding
         # backward, so their all-reduce (DDP, Horovod) overlaps it instead of following it
         kt = self.sparse_arch(batch.sparse)
-        dense = self.dense_arch(batch.dense)  # [B, D]
+        x = self.dense_norm(batch.dense)  # [B, Dd]
+        dense = self.dense_arch(x)  # [B, D]
         emb = kt.to_dict()
         stacked = torch.stack([dense] + [emb[k] for k in self.feature_names], dim=1)  # [B, F+1, D]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F+1, F+1]
         inter = dots[:, self._tri_rows, self._tri_cols]  # [B, (F+1)F/2]
         logits = self.top_arch(torch.cat([dense, inter], dim=1))  # [B, T]
+        if self.wide is not None:
+            logits = logits + self.wide(x)  # [B, T]
         return {t: logits[:, i] for i, t in enumerate(self.tasks)}

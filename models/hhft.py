@@ -40,7 +40,7 @@ from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP, SequenceEmbedding, masked_softmax, select_features
+from .layers import MLP, SequenceEmbedding, dense_norm, masked_softmax, select_features
 
 
 @dataclass(config=STRICT)
@@ -75,6 +75,13 @@ class HHFTConfig(ModelConfig):
     prune_last: bool = True
     head_mlp: list[int] = Field(default_factory=lambda: [64])
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    # a linear term over all dense inputs added to every task's logit (as DeepFM's
+    # first-order dense term): dense features that are already good logits reach the output
+    # directly, not only through their block's token and the encoder
+    wide_dense: bool = False
+    # batch normalisation of the dense inputs before they enter their blocks and the wide
+    # term: counts, rates and ratings arrive on different scales and off-centre
+    dense_norm: bool = False
 
 
 def _grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -317,10 +324,17 @@ class HHFT(nn.Module):
             MLP(d, [*config.head_mlp, 1], dropout=config.dropout, last_activation=False)
             for _ in self.tasks
         )
+        num_dense = len(schema.dense)
+        self.dense_norm = dense_norm(num_dense, config.dense_norm)
+        self.wide = (
+            nn.Linear(num_dense, self.num_tasks) if config.wide_dense and num_dense else None
+        )
         self.to(device)
 
-    def tokens(self, batch: Batch) -> torch.Tensor:
-        """Block tokens then task tokens: ``[B, N, d]``."""
+    def tokens(self, batch: Batch, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Block tokens then task tokens: ``[B, N, d]``; ``dense`` ``[B, Dd]`` replaces
+        ``batch.dense`` (the normalised values, from :meth:`forward`)."""
+        dense = batch.dense if dense is None else dense
         emb = {}
         if self.pooled is not None:
             emb = self.pooled(select_features(batch.sparse, self.pooled_names)).to_dict()
@@ -336,7 +350,7 @@ class HHFT(nn.Module):
         for blk, proj, dense_idx in zip(self.config.blocks, self.proj, self.block_dense):
             parts = [emb[n] for n in blk.sparse]
             if dense_idx:
-                parts.append(batch.dense[:, dense_idx])
+                parts.append(dense[:, dense_idx])
             if blk.sequence:
                 seq = torch.cat([seqs[n][0] for n in blk.sequence], dim=-1)  # [B, L, Ds]
                 target = torch.cat([emb[n] for n in blk.target], dim=-1)  # [B, Dt]
@@ -346,7 +360,8 @@ class HHFT(nn.Module):
         return torch.cat(out, dim=1)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.tokens(batch)  # [B, N, d]
+        dense = self.dense_norm(batch.dense)  # [B, Dd]
+        x = self.tokens(batch, dense)  # [B, N, d]
         for layer in self.hetero:
             x = layer(x)
         for i, layer in enumerate(self.hiformer):
@@ -355,6 +370,10 @@ class HHFT(nn.Module):
         if x.shape[1] != self.num_tasks:
             x = x[:, -self.num_tasks :]
         x = self.norm(x)  # [B, T, d]
-        return {
+        logits = {
             t: head(x[:, i]).squeeze(-1) for i, (t, head) in enumerate(zip(self.tasks, self.heads))
         }
+        if self.wide is not None:
+            wide = self.wide(dense)  # [B, T]
+            logits = {t: v + wide[:, i] for i, (t, v) in enumerate(logits.items())}
+        return logits

@@ -210,3 +210,91 @@ def test_each_recipe_trains_on_a_prepared_log(tmp_path: Path) -> None:
         trainer, _ = runner.build(cfg)
         result = trainer.fit()
         assert 0.0 <= result["like/auc"] <= 1.0 and result["best_epoch"] in (1, 2)
+
+
+def _dense_norm_models():
+    """DLRM, DeepFM and HHFT with ``dense_norm`` (and ``wide_dense`` where it exists), no
+    dropout, on 2 ids and 3 dense columns; and a batch of 8 rows."""
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from recis.config import TableConfig
+    from recis.features import SparseFeature
+    from recis.io.batch import Batch
+    from recis.models import DLRM, HHFT, DeepFM, DeepFMConfig, DLRMConfig, HHFTConfig
+
+    schema = Schema(
+        dense=[DenseFeature(name=f"x{i}") for i in range(3)],
+        sparse=[SparseFeature(name=n) for n in "ab"],
+        labels=[LabelSpec(name="like")],
+    )
+    tables = [TableConfig(name=n, dim=4, capacity=16) for n in "ab"]
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    blocks = [
+        {"name": "a", "sparse": ["a"], "dense": ["x0", "x1"]},
+        {"name": "b", "sparse": ["b"], "dense": ["x2"]},
+    ]
+    models = {
+        "dlrm": DLRM(
+            DLRMConfig(
+                tables=tables, bottom_mlp=[8, 4], top_mlp=[8], dense_norm=True, wide_dense=True
+            ),
+            schema,
+            cpu,
+        ),
+        "deepfm": DeepFM(DeepFMConfig(tables=tables, dnn=[8], dense_norm=True), schema, cpu),
+        "hhft": HHFT(
+            HHFTConfig(tables=tables, blocks=blocks, d_model=8, dense_norm=True, wide_dense=True),
+            schema,
+            cpu,
+        ),
+    }
+
+    def batch(d: torch.Tensor) -> Batch:
+        b = d.shape[0]
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["a", "b"],
+            values=torch.arange(2 * b) % 5,
+            lengths=torch.ones(2 * b, dtype=torch.int64),
+        )
+        return Batch(sparse=kjt, dense=d, labels={"like": torch.zeros(b)})
+
+    return models, batch, torch.rand(8, 3)
+
+
+def test_dense_norm_makes_the_models_blind_to_the_dense_scale() -> None:
+    """With ``dense_norm``, rescaling and shifting a dense column (a count in thousands, a
+    rating around 3.5) leaves the training-mode logits unchanged; without it they move."""
+    import torch
+
+    models, batch, dense = _dense_norm_models()
+    moved = dense * torch.tensor([1000.0, 0.5, 2.0]) + torch.tensor([5.0, -3.0, 3.5])
+    for name, model in models.items():
+        model.train()
+        model(batch(dense))  # gives the ids rows
+        before = model(batch(dense))["like"]
+        after = model(batch(moved))["like"]
+        torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4, msg=name)
+        model.dense_norm = torch.nn.Identity()  # the same weights without the norm
+        assert not torch.allclose(model(batch(moved))["like"], before, atol=1e-3), name
+
+
+def test_dense_norm_trains_on_a_one_row_batch_and_wide_term_adds_to_the_logit() -> None:
+    """A last training batch of one row is normalised with the running statistics (batch norm
+    alone fails on it); ``wide_dense`` adds a linear map of the normalised dense values."""
+    import torch
+
+    models, batch, dense = _dense_norm_models()
+    for name, model in models.items():
+        model.train()
+        model(batch(dense))
+        one = model(batch(dense[:1]))["like"]
+        assert one.shape == (1,) and torch.isfinite(one).all(), name
+    for name in ("dlrm", "hhft"):
+        model = models[name].eval()
+        with_wide = model(batch(dense))["like"]
+        wide = model.wide(model.dense_norm(dense))[:, 0]
+        assert wide.abs().min() > 0, name
+        model.wide = None
+        torch.testing.assert_close(with_wide - model(batch(dense))["like"], wide, msg=name)
