@@ -57,8 +57,9 @@ horovod: $(CORE)
 	RECIS_WHEEL_CACHE=$(HOROVOD_CACHE) RECIS_CONSTRAINTS=requirements/$(VARIANT).txt \
 		scripts/build_horovod.sh $(PY)
 
+# the demo's run dir is its own: a second `make demo` replaces the first run (--overwrite)
 demo: $(CORE) $(NATIVE)
-	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml
+	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml --overwrite
 
 test: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q tests
