@@ -104,15 +104,16 @@ def main() -> None:
             sys.exit(f"--only: unknown family {name!r} (choose from {', '.join(FAMILIES)})")
         t0 = time.perf_counter()
         result = _family(name).run(DATA, work / name)
-        for model, values in result.pop("history", {}).items():
-            history[f"{name}/{model}"] = values
+        per_model = result.pop("history", {})
+        if isinstance(per_model, dict):  # {model: [eval AUC per epoch]}
+            for model, values in per_model.items():
+                history[f"{name}/{model}"] = values
         out.update(result)
         out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {json.dumps(result)}", flush=True)
     out.update(goals(out))
-    auc_history = {k: v for k, v in history.items() if not k.startswith("retrieval/")}
-    if auc_history and args.plot:
-        plot(auc_history, Path(args.plot))
+    if history and args.plot:
+        plot(history, Path(args.plot))
         out["plot"] = args.plot
     print(json.dumps(out))
 

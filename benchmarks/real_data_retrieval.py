@@ -14,8 +14,8 @@ user's own excluded; HR@10 and NDCG@10 over the 610 users, ties as an exact expe
 
 The last line printed is one JSON object: ``retrieval_knn_hr10``, ``retrieval_knn_ndcg10``,
 ``two_tower_hr10``, ``two_tower_ndcg10`` (test), ``two_tower_valid_hr10`` /
-``two_tower_valid_ndcg10`` (the restored best epoch on validation), ``best_epoch``,
-``history`` (validation figures per epoch) and ``seconds``; or ``{"skipped": reason}``
+``two_tower_valid_ndcg10`` (the restored best epoch on validation), ``two_tower_best_epoch``,
+``history`` (validation figures per epoch) and ``retrieval_seconds``; or ``{"skipped": reason}``
 when the data is absent.
 """
 
@@ -134,7 +134,7 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         "two_tower_ndcg10": result["retrieval/ndcg@10"],
         "two_tower_valid_hr10": fit["retrieval/hr@10"],
         "two_tower_valid_ndcg10": fit["retrieval/ndcg@10"],
-        "best_epoch": fit.get("best_epoch"),
+        "two_tower_best_epoch": fit.get("best_epoch"),
         "history": history,
     }
 
@@ -154,7 +154,7 @@ def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     }
     out.update(two_tower(Path(data_dir), work_dir))
     out["two_tower_over_knn_hr10"] = out["two_tower_hr10"] / out["retrieval_knn_hr10"]
-    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["retrieval_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
