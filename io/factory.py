@@ -38,14 +38,7 @@ def reader_from_config(
 
     Eval readers never shuffle or drop rows and use ``eval_batch_size``.
     """
-    c = data.csv
-    csv = CsvOptions(
-        delimiter=c.delimiter,
-        header=c.header,
-        column_names=c.column_names,
-        null_values=c.null_values,
-        layout=None if c.layout == "none" else c.layout,
-    )
+    csv = CsvOptions.from_config(data.csv)
     return make_reader(
         paths,
         data.schema_,

@@ -15,7 +15,7 @@ import csv as csvlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ from recis.errors import DataError
 
 from . import arrow_handlers
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from recis.config import CsvConfig
 
 # Criteo display-ads layout: label, 13 integer counts, 26 hex categorical values, no header
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
@@ -54,6 +57,17 @@ class CsvOptions:
     column_types: dict[str, pa.DataType] = field(default_factory=dict)
     null_values: list[str] | None = None
     layout: str | None = None
+
+    @classmethod
+    def from_config(cls, c: CsvConfig) -> CsvOptions:
+        """The options a ``data.csv`` section (:class:`recis.config.CsvConfig`) describes."""
+        return cls(
+            delimiter=c.delimiter,
+            header=c.header,
+            column_names=c.column_names,
+            null_values=c.null_values,
+            layout=None if c.layout == "none" else c.layout,
+        )
 
     def resolved(self, fmt: str) -> CsvOptions:
         out = CsvOptions(**self.__dict__)

@@ -152,14 +152,7 @@ def build_vocabularies(
     """
     from tokenizers import Tokenizer
 
-    c = data.csv
-    csv = CsvOptions(
-        delimiter=c.delimiter,
-        header=c.header,
-        column_names=c.column_names,
-        null_values=c.null_values,
-        layout=None if c.layout == "none" else c.layout,
-    )
+    csv = CsvOptions.from_config(data.csv)
     out: dict[str, int] = {}
     for path, feats in vocab_features(data.schema_.text).items():
         if not (only_missing and Path(path).is_file()):
