@@ -230,8 +230,9 @@ def _to_float64(arr: pa.Array) -> np.ndarray:
 def int_string_ok(values: pa.Array) -> np.ndarray:
     """bool ``[N]``: the (non-null) string is a base-10 integer in int64's range."""
     s = pc.utf8_trim_whitespace(values.cast(pa.string()))
-    form = pc.fill_null(pc.match_substring_regex(s, r"^[+-]?[0-9]+$"), False)
-    body = pc.replace_substring_regex(s, r"^[+-]?0*", "")
+    # no leading '+': Arrow's string-to-int64 cast does not parse it
+    form = pc.fill_null(pc.match_substring_regex(s, r"^-?[0-9]+$"), False)
+    body = pc.replace_substring_regex(s, r"^-?0*", "")
     neg = pc.fill_null(pc.starts_with(s, "-"), False).to_numpy(zero_copy_only=False)
     n = pc.fill_null(pc.utf8_length(body), 99).to_numpy(zero_copy_only=False)
     # equal-length digit strings compare like their numbers
@@ -322,7 +323,9 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
                 row_of = np.repeat(np.arange(n), lengths)
                 nan_rows = np.zeros(n, dtype=bool)
                 nan_rows[row_of[_nan_or_null(col.flatten(), inf=True)]] = True
-                missing = ~col.is_valid().to_numpy(zero_copy_only=False) | (lengths == 0)
+                missing = ~col.is_valid().to_numpy(zero_copy_only=False)
+                if f.on_empty == "raise":  # on_empty: fill puts ``fill`` in an empty list
+                    missing |= lengths == 0
                 flag(nan_rows | missing, f.source, "null, NaN or inf dense value")
         elif policy == "raise":
             flag(_nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value")
@@ -352,6 +355,9 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
                 "null, NaN or inf weight",
             )
     for c in schema.extras:
-        _, lengths = scalar_values(table.column(c))
+        col = table.column(c)
+        _, lengths = scalar_values(col)
         one_value(c, lengths, "extra")
+        # a null would turn the whole column into float64 NaN (group ids past 2**53 merge)
+        flag(~col.is_valid().to_numpy(zero_copy_only=False), c, "null extra value")
     return code, reasons

@@ -332,8 +332,15 @@ def binary_metrics(
     """The standard report for one binary task: auc, logloss, ne, calibration (+ gauc and
     per-group ndcg@10 with ``groups``).
 
-    Values that do not apply are ``None`` (see the module docstring).
+    Values that do not apply are ``None`` (see the module docstring), and so is every
+    value when a prediction is not finite (a diverged model has no AUC, only a NaN that
+    would otherwise rank by row order).
     """
+    if not np.isfinite(np.asarray(probs, dtype=np.float64)).all():
+        names = ["auc", "logloss", "ne", "calibration"] + (
+            ["gauc", "ndcg@10"] if groups is not None else []
+        )
+        return dict.fromkeys(names)
     out = {
         "auc": auc(probs, labels),
         "logloss": logloss(probs, labels),

@@ -152,3 +152,11 @@ def test_group_ndcg_by_hand_with_graded_gains_and_ties() -> None:
     assert metrics.group_ndcg(s, y, g, k=1) == pytest.approx((0 + 0.5) / 2)
     assert metrics.group_ndcg(s, np.zeros_like(y), g) is None
     assert "ndcg@10" in metrics.binary_metrics(s / 6, y > 0, g)
+
+
+def test_non_finite_predictions_have_no_metric() -> None:
+    """A diverged model's NaN scores would otherwise get an AUC that depends on row order."""
+    labels = np.array([1, 0, 1, 0])
+    for probs in (np.full(4, np.nan), np.array([0.2, np.inf, 0.4, 0.1])):
+        out = metrics.binary_metrics(probs, labels, groups=np.array([0, 0, 1, 1]))
+        assert out and all(v is None for v in out.values())

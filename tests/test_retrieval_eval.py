@@ -233,3 +233,27 @@ def test_cli_prints_not_applicable_metrics_as_na(tmp_path, capsys) -> None:
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     evals = [r for r in records if r.get("split") == "eval"]
     assert evals and evals[-1]["click/auc"] is None and 0 <= evals[-1]["retrieval/hr@10"] <= 1
+
+
+def test_eval_batches_rank_the_same_rows_as_the_task_metrics(tmp_path) -> None:
+    """With ``eval_batches`` the corpus ranking reads the data a second time: it must score
+    the same first batches as the task metrics, not the next ones."""
+    from recis.config import build_run_config
+    from recis.io import Reader
+    from recis.train import evaluation, runner
+
+    paths, _ = _interactions(tmp_path)
+    cfg = build_run_config(_config(tmp_path, paths))
+    trainer, _ = runner.build(cfg)
+    for batch in trainer.train_data:
+        trainer.train_step(batch)
+    schema = cfg.data.schema_
+    reader = Reader(paths["valid"], schema, 4, prefetch=0)
+    first = list(Reader(paths["valid"], schema, 4, prefetch=0))[:2]
+    assert len(first) == 2
+    model, tasks, device = trainer.model, trainer.tasks, trainer.device
+    capped = evaluation.evaluate(model, reader, tasks, device, max_batches=2)
+    whole = evaluation.evaluate(model, first, tasks, device)
+    assert capped.keys() == whole.keys() and "retrieval/hr@10" in whole
+    for key, value in whole.items():
+        assert capped[key] == (value if value is None else pytest.approx(value, abs=1e-12))

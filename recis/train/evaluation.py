@@ -158,14 +158,19 @@ def evaluate(
 
     A :class:`CorpusRetrievalModel` adds ``retrieval/<metric>@K`` (full-corpus ranking).
     """
+    inner = getattr(model, "module", model)  # DistributedDataParallel and similar wrappers
+    ranks_corpus = isinstance(inner, CorpusRetrievalModel)
+    if max_batches is not None and ranks_corpus:
+        # the corpus ranking reads the data a second time: both passes must see the same
+        # first ``max_batches`` batches (a reader resumes where the first pass stopped)
+        data = list(itertools.islice(data, max_batches))
     preds = predict(model, data, tasks, device, max_batches, autocast)
     result: dict[str, float | None] = {}
     for t in tasks:
         arrays = metrics.gather_arrays(preds[t.name])
         for k, v in task_metrics(t, arrays).items():
             result[f"{t.name}/{k}"] = v
-    inner = getattr(model, "module", model)  # DistributedDataParallel and similar wrappers
-    if isinstance(inner, CorpusRetrievalModel):
+    if ranks_corpus:
         inner.eval()
         result.update(retrieval_metrics(inner, data, device, max_batches))
     return result

@@ -440,3 +440,52 @@ def test_a_csv_column_empty_in_one_file_is_not_drift(tmp_path):
     schema = Schema(sparse=[SparseFeature(name="cat")], labels=[LabelSpec(name="y")])
     (b,) = list(Reader(tmp_path, schema, 8, format="csv"))
     assert b.sparse["cat"].lengths().tolist() == [1, 0]
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+def test_plus_signed_string_id_is_a_bad_row_not_an_arrow_error(tmp_path):
+    # Arrow's string-to-int64 cast does not parse "+5": it must be a DataError on its row
+    path = tmp_path / "x.csv"
+    path.write_text("x,ids,y\n0.5,5,1\n0.5,+5,0\n")
+    schema = Schema(
+        dense=[DenseFeature(name="x")],
+        sparse=[SparseFeature(name="ids", dtype="int")],
+        labels=[LabelSpec(name="y")],
+    )
+    with pytest.raises(DataError, match=r"column 'ids', row 1 .*not a 64-bit integer"):
+        list(Reader(str(path), schema, 8, format="csv", prefetch=0))
+
+
+def test_on_empty_fill_holds_under_the_raise_policy(tmp_path):
+    d = pa.array([[1.0, 2.0], [], [3.0, 4.0]], pa.list_(pa.float64()))
+    path = tmp_path / "x.parquet"
+    pq.write_table(
+        pa.table({"d": d, "ids": np.arange(3), "y": np.zeros(3)}), path, write_page_checksum=True
+    )
+    schema = Schema(
+        dense=[DenseFeature(name="d", dim=2, on_empty="fill", fill=-1.0)],
+        sparse=[SparseFeature(name="ids")],
+        labels=[LabelSpec(name="y")],
+    )
+    (batch,) = list(Reader(str(path), schema, 8, nan_policy="raise", prefetch=0))
+    assert batch.dense.tolist() == [[1.0, 2.0], [-1.0, -1.0], [3.0, 4.0]]
+
+
+def test_null_extra_is_a_bad_row(tmp_path):
+    g = pa.array([2**60 + 1, None, 2**60], pa.int64())
+    path = tmp_path / "x.parquet"
+    pq.write_table(
+        pa.table({"x": np.zeros(3), "ids": np.arange(3), "y": np.zeros(3), "g": g}),
+        path,
+        write_page_checksum=True,
+    )
+    schema = Schema(
+        dense=[DenseFeature(name="x")],
+        sparse=[SparseFeature(name="ids")],
+        labels=[LabelSpec(name="y")],
+        extras=["g"],
+    )
+    with pytest.raises(DataError, match=r"column 'g', row 1: null extra value"):
+        list(Reader(str(path), schema, 8, prefetch=0))
