@@ -12,12 +12,13 @@ gathered to rank 0. Writes go to ``.tmp-<name>`` first; after every rank has fin
 rank 0 writes ``manifest.json`` (size and sha256 of every file) last and renames the
 folder, so a crash mid-save leaves the previous checkpoint whole.
 
-DCP's reader unpickles ``.metadata`` (``pickle.load``) and loads the non-tensor items of
-the ``.distcp`` files with ``torch.load(weights_only=False)``: a tampered file would run
-code. So :func:`load` (and :func:`latest`'s callers, through it) verifies the manifest
-before DCP opens any file: a file that differs from what recis wrote is refused first.
-The manifest guards against corruption and foreign files, not against someone who can
-also rewrite the manifest: keep checkpoints where only the run's owner can write.
+DCP's own reader unpickles ``.metadata`` (``pickle.load``) and loads the non-tensor items
+of the ``.distcp`` files with ``torch.load(weights_only=False)``: a tampered file would run
+code. :func:`load` verifies the manifest before DCP opens any file (a file that differs
+from what recis wrote is refused first), and then reads through
+:mod:`recis.distributed.dcp_safe`: ``.metadata`` through an unpickler that builds only
+DCP's metadata classes and plain torch types, non-tensor items with ``weights_only=True``.
+So even a tampered folder whose manifest was rewritten to match runs no code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
 from recis.train.checkpoint import verify, write_manifest
+
+from .dcp_safe import SafeLoadPlanner, SafeReader
 
 _META = "meta.json"
 _RANKS = "ranks.json"
@@ -132,7 +135,7 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
         state: dict[str, Any] = {"model": model.state_dict()}
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner())
     # missing keys, shape mismatch: say which checkpoint (DCP raises CheckpointException,
     # a BaseException, when it plans or reads)
     except (Exception, dcp.api.CheckpointException) as err:
@@ -172,7 +175,7 @@ def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:
     template DCP can load into."""
     found = [m for m in model.modules() if hasattr(m, "prepare_load")]
     if found:
-        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        saved = SafeReader(str(path)).read_metadata().state_dict_metadata
         sizes = {k: v.size for k, v in saved.items() if hasattr(v, "size")}
         for m in found:
             m.prepare_load(sizes, root="model.")

@@ -106,3 +106,29 @@ def test_distributed_checkpoint_is_verified_before_dcp_unpickles(tmp_path, capsy
     data.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=rf"{data.name}: .*differ"):
         dcp_checkpoint.load(tampered, nn.Linear(3, 2))
+
+
+def test_distributed_checkpoint_runs_no_code_even_with_a_rewritten_manifest(tmp_path) -> None:
+    """Someone who can rewrite the manifest too: DCP's metadata still goes through a
+    restricted unpickler, and its non-tensor items through weights_only."""
+    from recis.distributed import checkpoint as dcp_checkpoint
+    from recis.train.checkpoint import write_manifest
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())  # param_groups: non-tensor (bytes) items
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    path = dcp_checkpoint.save(tmp_path / "checkpoints" / "step-1", model, opt, {"step": 1})
+    loaded = nn.Linear(3, 2)
+    loaded_opt = torch.optim.Adam(loaded.parameters())
+    assert dcp_checkpoint.load(path, loaded, loaded_opt)["step"] == 1  # the safe path loads
+    assert torch.equal(loaded.weight, model.weight)
+    assert loaded_opt.state_dict()["param_groups"][0]["lr"] == 1e-3
+
+    marker = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(_payload(marker))
+    (path / "manifest.json").unlink()
+    write_manifest(path)  # the attacker recomputes every checksum
+    with pytest.raises(CheckpointError, match=r"\.metadata: not a DCP metadata file"):
+        dcp_checkpoint.load(path, nn.Linear(3, 2))
+    assert not marker.exists()
