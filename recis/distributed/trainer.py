@@ -326,6 +326,7 @@ class DistributedTrainer(Trainer):
                     f"(its rows trained on before step {self.step} are read again)",
                     flush=True,
                 )
+        self._relink_best()  # collective when it links: every rank sees the same folder
         return meta
 
 

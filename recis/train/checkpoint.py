@@ -388,7 +388,7 @@ class CheckpointManager:
         moved = []
         named = [self.directory / n for n in ("best", "final") if (self.directory / n).is_dir()]
         for p in self.checkpoints() + named:
-            if _saved_step(p) > step:
+            if saved_step(p) > step:
                 target = p.with_name(p.name + ".superseded")
                 shutil.rmtree(target, ignore_errors=True)
                 p.rename(target)
@@ -396,7 +396,7 @@ class CheckpointManager:
         return moved
 
 
-def _saved_step(path: Path) -> int:
+def saved_step(path: Path) -> int:
     """The step in checkpoint ``path``'s meta.json (-1 when unreadable)."""
     m = _STEP.match(path.name)
     if m:

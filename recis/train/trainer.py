@@ -33,7 +33,13 @@ from recis.optim import (
 
 from . import evaluation
 from .callbacks import Callback, EarlyStopping, as_callbacks
-from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointManager,
+    link_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    saved_step,
+)
 from .runlog import RunLogger
 from .state import rng_state, set_rng_state
 
@@ -370,14 +376,14 @@ class Trainer:
             and es.best_step is not None
             and es.best_step != self.step
         ):
-            best = self._checkpoint_path(es.best_step, name="best")
-            saved = int(self.load_weights(best).get("step", -1))
-            if saved != es.best_step:
+            best = self._best_path(es.best_step)
+            if best is None:
                 raise CheckpointError(
-                    f"{best}: holds step {saved}, but the best evaluation was at step "
-                    f"{es.best_step}; the model of step {self.step} is in "
-                    f"{self._checkpoint_path(self.step)}"
+                    f"no checkpoint holds the best evaluation's model (step {es.best_step}: "
+                    f"neither checkpoints/best nor step-{es.best_step:08d}); the model of step "
+                    f"{self.step} is in {self._checkpoint_path(self.step)}"
                 )
+            self.load_weights(best)
             final, restored = best, True
         if final is not None:
             try:
@@ -435,6 +441,26 @@ class Trainer:
             if path is not None:
                 self._link(path, "best")
         return result
+
+    def _best_path(self, step: int) -> Path | None:
+        """The checkpoint holding step ``step``'s model: ``best`` when it does, else the
+        numbered one (a kill between a save and the ``best`` link, or a resume from an
+        older checkpoint, leaves ``best`` behind or set aside); None when neither does."""
+        for name in ("best", None):
+            path = self._checkpoint_path(step, name=name)
+            if path is not None and path.is_dir() and saved_step(path) == step:
+                return path
+        return None
+
+    def _relink_best(self) -> None:
+        """After a resume: ``best`` is made to hold the early-stopping state's best step
+        again while its numbered checkpoint is still there (``keep_last`` may drop it)."""
+        es = self.early_stopping
+        if es is None or not es.config.restore_best or es.best_step is None:
+            return
+        path = self._best_path(es.best_step)
+        if path is not None and path.name != "best":
+            self._link(path, "best")
 
     def _checkpoint_path(self, step: int, name: str | None = None) -> Path | None:
         """Where checkpoint ``name`` (default: the numbered one of ``step``) is."""
@@ -654,6 +680,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path}: not a trainer state this trainer can load: {type(err).__name__}: {err}"
             ) from None
+        self._relink_best()
 
 
 def check_model_state(

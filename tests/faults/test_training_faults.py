@@ -255,3 +255,25 @@ def test_restore_best_evaluates_and_saves_the_best_epoch(small_ctr, tmp_path) ->
         tmp_path / "run" / "checkpoints" / "best" / "model.safetensors",
         tmp_path / "run" / "checkpoints" / "final" / "model.safetensors",
     )
+
+
+def test_restore_best_without_its_link_uses_the_numbered_checkpoint(small_ctr, tmp_path) -> None:
+    """A kill between a new best's save and its ``best`` link (or a resume from an older
+    checkpoint, which sets ``best`` aside) must not fail the run at its end."""
+    path, _ = small_ctr
+    train = ParquetReader(path / "train", SCHEMA, 2048, shuffle=True, seed=1)
+    evals = ParquetReader(path / "eval", SCHEMA, 4096)
+    stop = EarlyStoppingConfig(metric="click/logloss", mode="min", patience=10, restore_best=True)
+    trainer = _trainer(
+        train, evals, tmp_path / "run", epochs=2, eval_each_epoch=True, early_stopping=stop
+    )
+    trainer.callbacks.append(_Wreck())
+    link = trainer._link
+    trainer._link = lambda source, name: None if name == "best" else link(source, name)
+    result = trainer.fit()
+    history = [r for r in read_records(tmp_path / "run") if r["split"] == "eval"]
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
+    assert result["best_step"] == history[0]["step"]
+    assert result["click/logloss"] == pytest.approx(history[0]["click/logloss"], abs=1e-6)
+    _, final_meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "final")
+    assert final_meta["step"] == history[0]["step"]
