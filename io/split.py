@@ -74,15 +74,51 @@ def read_input(
             elif fmt == "orc":
                 tables.append(paorc.read_table(f, columns=columns))
             else:
-                opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-                conv = pacsv.ConvertOptions(include_columns=columns)
-                tables.append(pacsv.read_csv(f, parse_options=opts, convert_options=conv))
+                tables.append(_read_csv_lossless(f, fmt, columns))
         except (pa.ArrowException, OSError) as err:
             raise DataError(f"cannot read as {fmt}: {err}", path=f) from None
     try:
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowException as err:
         raise DataError(f"files have different schemas: {err}", path=str(paths)) from None
+
+
+_INTEGER_TEXT = r"^\s*[+-]?[0-9]+\s*$"
+
+
+def _read_csv_lossless(path: str, fmt: str, columns: list[str] | None) -> pa.Table:
+    """A CSV/TSV file with Arrow's type inference, except where it would lose an id.
+
+    A column Arrow infers as int64 stays text when a value does not print back as
+    written (``007``, ``+5``); one inferred as double stays text when every value is an
+    integer (ids above int64 would collapse: 18446744073709551615 and ...614 are
+    one double). Other columns keep Arrow's inferred type.
+    """
+    opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+    table = pacsv.read_csv(
+        path, parse_options=opts, convert_options=pacsv.ConvertOptions(include_columns=columns)
+    )
+    numeric = [
+        f.name for f in table.schema if pa.types.is_int64(f.type) or pa.types.is_floating(f.type)
+    ]
+    if not numeric:
+        return table
+    conv = pacsv.ConvertOptions(
+        include_columns=numeric, column_types={c: pa.string() for c in numeric}
+    )
+    texts = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
+    for name in numeric:
+        col = table.column(name)
+        valid = pc.is_valid(col)
+        text = pc.filter(texts.column(name), valid)
+        if pa.types.is_int64(col.type):
+            lossy = not pc.all(pc.equal(pc.cast(pc.filter(col, valid), pa.string()), text)).as_py()
+        else:
+            lossy = len(text) > 0 and pc.all(pc.match_substring_regex(text, _INTEGER_TEXT)).as_py()
+        if lossy:  # Arrow's nulls ("", "NA", ...) stay null
+            kept = pc.if_else(valid, texts.column(name), pa.scalar(None, pa.string()))
+            table = table.set_column(table.schema.get_field_index(name), name, kept)
+    return table
 
 
 def _guess_format(paths: str | os.PathLike | list) -> str:

@@ -149,6 +149,31 @@ def test_cli_split_reads_csv_and_writes_checksummed_parquet(tmp_path: Path, caps
     assert again == {k: t.num_rows for k, t in parts.items()}
 
 
+def test_csv_split_keeps_ids_above_int64_and_zero_padded_ids_distinct(tmp_path: Path) -> None:
+    # Arrow infers these as doubles (all three become 1.8446744073709552e+19) and "007" as 7
+    src = tmp_path / "log.csv"
+    src.write_text(
+        "user,ts,item,q,score\n"
+        "18446744073709551615,1,10,007,0.5\n18446744073709551615,2,11,7,1.5\n"
+        "18446744073709551614,1,12,007,0.25\n18446744073709551614,2,13,8,1\n"
+        "18446744073709551613,1,14,9,2\n18446744073709551613,2,15,10,3\n"
+    )
+    split_files(src, tmp_path / "llo", "leave-last-out", user="user", time="ts", item="item")
+    test = pq.read_table(tmp_path / "llo" / "test.parquet")
+    assert test.column("user").type == pa.string()
+    assert sorted(test.column("user").to_pylist()) == [
+        "18446744073709551613",
+        "18446744073709551614",
+        "18446744073709551615",
+    ]
+    assert sorted(test.column("item").to_pylist()) == [11, 13, 15]  # lossless ints stay int64
+    assert test.column("score").type == pa.float64()  # real floats keep inference
+    split_files(src, tmp_path / "grp", "group", group="q", fractions=[0.5, 0.5])
+    parts = [pq.read_table(p) for p in sorted((tmp_path / "grp").glob("*.parquet"))]
+    values = [v for t in parts for v in t.column("q").to_pylist()]
+    assert sorted(values) == ["007", "007", "10", "7", "8", "9"]
+
+
 @pytest.mark.skipif(not (DATA / "ml_latest_small").is_dir(), reason="shared data absent")
 def test_movielens_protocols_reproduce_the_readme_counts(tmp_path: Path) -> None:
     ratings = DATA / "ml_latest_small" / "ratings.parquet"
