@@ -432,9 +432,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides in place; a numeric part indexes a list (``tables.0.dim=8``)."""
+    """Apply ``a.b=value`` overrides in place; a numeric part indexes a list (``tables.0.dim=8``).
+
+    A key given twice is refused (as a duplicate YAML key is): the last would silently win."""
+    given: dict[tuple[str, ...], str] = {}
     for text in overrides:
         parts, value = parse_override(text)
+        key_parts = tuple(p.strip() for p in parts)
+        if key_parts in given:
+            raise ConfigError(
+                f"override {text!r}: {'.'.join(key_parts)} is given twice "
+                f"(also {given[key_parts]!r})"
+            )
+        given[key_parts] = text
         node: Any = raw
         for i, part in enumerate(parts):
             last = i == len(parts) - 1

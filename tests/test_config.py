@@ -72,3 +72,13 @@ def test_missing_and_invalid_files(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match="data: field required"):
         load_config(empty)
+
+
+def test_a_key_given_twice_in_overrides_is_refused():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({}, ["data.batch_size=8", "train.epochs=2", " data.batch_size=16"])
+    msg = str(err.value)
+    assert "data.batch_size is given twice" in msg and "\n" not in msg
+    # different keys, and a list index next to its list, are still fine
+    raw = apply_overrides({"a": [1, 2]}, ["a.0=5", "data.batch_size=8", "data.x=1"])
+    assert raw == {"a": [5, 2], "data": {"batch_size": 8, "x": 1}}

@@ -205,3 +205,16 @@ def test_run_log_cuts_a_torn_last_line_before_appending(tmp_path) -> None:
     log.flush(sync=True)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
+
+
+def test_a_failing_on_train_start_restores_the_callers_signal_handlers(small_ctr, tmp_path):
+    class Broken(Callback):
+        def on_train_start(self, trainer) -> None:
+            raise RuntimeError("callback failed")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    trainer = _trainer(small_ctr, tmp_path, 3)
+    trainer.callbacks.append(Broken())
+    with pytest.raises(RuntimeError, match="callback failed"):
+        trainer.fit()
+    assert {s: signal.getsignal(s) for s in before} == before  # recis's handler is gone

@@ -36,7 +36,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
-from recis.train.checkpoint import verify, write_manifest
+from recis.train.checkpoint import _fsync_dir, _write_file, verify, write_manifest
 
 from .dcp_safe import SafeLoadPlanner, SafeReader
 
@@ -102,17 +102,24 @@ def save(
         world = dist.get_world_size() if dist.is_initialized() else 1
         full_meta = {**meta, "world_size": world, "time": time.time()}
         try:
+            # fsynced files and folders, as the single-process writer's: a power loss after
+            # the rename never leaves a manifest naming files that did not reach the disk
             if ranks is not None:
                 text = json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n"
-                (tmp / _RANKS).write_text(text)
-            (tmp / _META).write_text(json.dumps(full_meta, indent=2) + "\n")
+                _write_file(tmp / _RANKS, text.encode())
+            _write_file(tmp / _META, (json.dumps(full_meta, indent=2) + "\n").encode())
             write_manifest(tmp)  # last: a folder with a manifest is whole
+            _fsync_dir(tmp)
             old = path.parent / f".old-{path.name}"
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 path.rename(old)
             tmp.rename(path)
+            _fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
+        except CheckpointError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"{tmp}: cannot write checkpoint: {err.strerror}") from None

@@ -336,6 +336,22 @@ def _remove(path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _old_name(leftover: str) -> str:
+    """The checkpoint name a ``.old-X-<pid>`` (or the distributed writer's ``.old-X``)
+    folder was renamed from."""
+    name = leftover.split("-", 1)[1] if "-" in leftover else leftover
+    m = re.match(r"^(.+)-\d+$", name)
+    return m.group(1) if m and not _STEP.match(name) else name
+
+
+def _intact(path: Path) -> bool:
+    try:
+        verify(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 class CheckpointManager:
     """Numbered checkpoints ``step-00000100`` in one folder, keeping the last ``keep_last``.
 
@@ -356,11 +372,22 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def clean_partial(self) -> None:
-        """Remove ``.tmp-*`` / ``.old-*`` leftovers of crashed writers (call once, on one rank)."""
+        """Remove ``.tmp-*`` / ``.old-*`` leftovers of crashed writers (call once, on one rank).
+
+        A writer killed between its two renames (``X`` -> ``.old-X-<pid>``, then the new
+        one -> ``X``) leaves no ``X``: a whole ``.old-X-*`` is then renamed back to ``X``
+        (the previous ``best``/``final`` is not lost), and deleted only when ``X`` exists
+        or it does not verify (a delete that was under way)."""
         if not self.directory.is_dir():
             return
-        for p in self.directory.iterdir():
-            if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+        for p in sorted(self.directory.iterdir()):
+            if not (p.name.startswith((".tmp-", ".old-")) and p.is_dir()):
+                continue
+            target = self.directory / _old_name(p.name)
+            if p.name.startswith(".old-") and not target.exists() and _intact(p):
+                p.rename(target)
+                _fsync_dir(self.directory)
+            else:
                 shutil.rmtree(p, ignore_errors=True)
 
     def checkpoints(self) -> list[Path]:

@@ -125,7 +125,8 @@ def decode(value: Any, tensor: Callable[[str], torch.Tensor], source: str) -> An
         return _decode_tagged(tag, body, tensor, source)
     except CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError, IndexError) as err:
+    # RuntimeError: torch's constructors (``torch.device("bogus")``) refuse a bad name so
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(
             f"{source}: malformed {tag} entry in checkpoint state: {err}"
         ) from None

@@ -258,19 +258,23 @@ class Trainer:
             self.checkpoints.clean_partial()
         self._signal, self._stop_agreed = None, False  # a stop asked of an earlier fit() is done
         handlers = self._catch_signals()
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        total = cfg.max_steps
-        if total is None and hasattr(self.train_data, "__len__"):  # batches per epoch known
-            total = cfg.epochs * len(self.train_data) // cfg.grad_accum  # type: ignore[arg-type]
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            disable=not cfg.progress,
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,
-        )
+        try:  # a callback or tqdm failing here must not leave recis's handlers installed
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            total = cfg.max_steps
+            if total is None and hasattr(self.train_data, "__len__"):  # batches per epoch known
+                total = cfg.epochs * len(self.train_data) // cfg.grad_accum  # type: ignore[arg-type]
+            bar = tqdm(
+                total=total,
+                initial=self.step,
+                disable=not cfg.progress,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0,
+            )
+        except BaseException:
+            self._restore_signals(handlers)
+            raise
         result: dict[str, Any] = {}
         evaluated_at = -1
         samples, t0, ema = 0, time.perf_counter(), None
@@ -322,8 +326,10 @@ class Trainer:
             self._say_where_the_last_checkpoint_is(err)
             raise
         bar.close()
-        self.logger.close()
-        self._restore_signals(handlers)
+        try:
+            self.logger.close()
+        finally:
+            self._restore_signals(handlers)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result

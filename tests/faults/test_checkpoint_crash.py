@@ -218,3 +218,51 @@ def test_file_too_large_while_writing_a_distributed_checkpoint(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1"]
     assert dcp_checkpoint.latest(tmp_path).name == "step-1"
     assert dcp_checkpoint.load(tmp_path / "step-1", nn.Linear(64, 64))["step"] == 1
+
+
+def test_a_kill_between_the_renames_of_a_replace_loses_no_best(tmp_path: Path) -> None:
+    """``_publish`` renames ``best`` to ``.old-best-<pid>``, then the new one to ``best``:
+    a kill in between leaves no ``best``. The next manager puts the old one back."""
+    from recis.train import save_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    w = torch.arange(12.0)
+    save_checkpoint(ckpt / "best", {"model": {"w": w}, "step": 4}, {"step": 4})
+    save_checkpoint(ckpt / "final", {"model": {"w": w + 1}, "step": 9}, {"step": 9})
+    (ckpt / "best").rename(ckpt / ".old-best-4242")  # the state the kill left
+    (ckpt / ".tmp-best-4242").mkdir()  # the new one, unfinished
+    # a replace of final that finished its second rename: the old copy is stale
+    save_checkpoint(ckpt / "x", {"model": {"w": w}, "step": 1}, {"step": 1})
+    (ckpt / "x").rename(ckpt / ".old-final-4242")
+    # a delete under way (files already gone): nothing to put back
+    save_checkpoint(ckpt / "y", {"model": {"w": w}, "step": 2}, {"step": 2})
+    (ckpt / "y" / "model.safetensors").unlink()
+    (ckpt / "y").rename(ckpt / ".old-step-00000002-4242")
+    CheckpointManager(ckpt).clean_partial()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best", "final"]
+    state, meta = load_checkpoint(ckpt / "best")
+    assert meta["step"] == 4 and torch.equal(state["model"]["w"], w)
+    assert load_checkpoint(ckpt / "final")[1]["step"] == 9
+
+
+def test_distributed_checkpoint_files_are_fsynced(tmp_path: Path, monkeypatch) -> None:
+    """ranks.json and meta.json reach the disk before the manifest names them, and the
+    folders holding the renames are fsynced (as for single-process checkpoints)."""
+    from torch import nn
+
+    from recis.distributed import checkpoint as dcp_checkpoint
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = dcp_checkpoint.save(tmp_path / "step-1", nn.Linear(4, 4), None, {"step": 1}, {"a": 1})
+    tmp = str(tmp_path / ".tmp-step-1")
+    for name in ("ranks.json", "meta.json", "manifest.json"):
+        assert f"{tmp}/{name}" in synced, name
+    assert tmp in synced and str(tmp_path) in synced
+    assert (path / "ranks.json").is_file()

@@ -132,3 +132,15 @@ def test_distributed_checkpoint_runs_no_code_even_with_a_rewritten_manifest(tmp_
     with pytest.raises(CheckpointError, match=r"\.metadata: not a DCP metadata file"):
         dcp_checkpoint.load(path, nn.Linear(3, 2))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "entry", [{"__device__": "bogus"}, {"__dtype__": "bogus"}, {"__ndarray__": ["bogus", [1], ""]}]
+)
+def test_bad_constructor_names_in_state_json_are_checkpoint_errors(checkpoint, entry) -> None:
+    state = json.loads((checkpoint / "state.json").read_text())
+    state["step"] = entry
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    write_manifest(checkpoint)
+    with pytest.raises(CheckpointError, match=r"state\.json: malformed __"):
+        load_checkpoint(checkpoint)
