@@ -36,6 +36,38 @@ def as_arrow_fs(filesystem: object | None) -> pafs.FileSystem | None:
     return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
 
 
+def _hidden(path: str, below: str = "") -> bool:
+    """Whether a component of ``path`` below the folder ``below`` starts with ``.`` or ``_``.
+
+    Spark writes ``_SUCCESS`` and ``_temporary/0/part-*``, Jupyter ``.ipynb_checkpoints/``:
+    none of them is data. Components at or above ``below`` (the folder the user named) count
+    not, so ``/data/_raw/*.parquet`` still reads.
+    """
+    rel = path.replace("\\", "/")
+    root = below.replace("\\", "/").rstrip("/")
+    if root and rel.startswith(root + "/"):
+        rel = rel[len(root) + 1 :]
+    elif root:  # a glob on an fsspec filesystem can drop the protocol: check the name only
+        rel = rel.rsplit("/", 1)[-1]
+    return any(part.startswith((".", "_")) for part in rel.split("/") if part)
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder above a glob's first wildcard component (``/a/b/*/x.csv`` -> ``/a/b``)."""
+    parts = pattern.replace("\\", "/").split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i])
+    return os.path.dirname(pattern)
+
+
+def _is_file(fs: pafs.FileSystem, filesystem: object | None, path: str) -> bool:
+    if isinstance(fs, pafs.LocalFileSystem):
+        return os.path.isfile(path)
+    isfile = getattr(filesystem, "isfile", None)
+    return bool(isfile(path)) if callable(isfile) else True
+
+
 def resolve_paths(
     paths: str | os.PathLike | list,
     suffixes: tuple[str, ...] = SUFFIXES["parquet"],
@@ -45,7 +77,9 @@ def resolve_paths(
 
     Local paths come back absolute; with ``filesystem`` (pyarrow or fsspec) or
     a URI (``s3://...``) paths are listed on that filesystem. Hidden files
-    (``.x``, ``_x``) in directories are ignored. Raises DataError naming the
+    (``.x``, ``_x``) are ignored: in a directory, any file with such a component below it
+    (Spark's ``_temporary/0/part-1.parquet``, ``.ipynb_checkpoints/x.parquet``); from a
+    glob, such names and anything that is not a file (``_SUCCESS``, folders). Raises DataError naming the
     path when nothing matches or it cannot be listed.
     """
     fs_in = as_arrow_fs(filesystem)
@@ -61,6 +95,12 @@ def resolve_paths(
                 matches = sorted(filesystem.glob(path))
             else:
                 raise DataError("globs are supported on local and fsspec filesystems", path=item)
+            root = _glob_root(path)
+            if isinstance(fs, pafs.LocalFileSystem):
+                root = os.path.abspath(root or ".")
+            matches = [
+                m for m in matches if not _hidden(m, below=root) and _is_file(fs, filesystem, m)
+            ]
             if not matches:
                 raise DataError("glob matched no file", path=item)
             out.extend(matches)
@@ -76,7 +116,7 @@ def resolve_paths(
                 for f in fs.get_file_info(sel)
                 if f.type == pafs.FileType.File
                 and f.base_name.endswith(suffixes)
-                and not f.base_name.startswith((".", "_"))
+                and not _hidden(f.path, below=path)
             )
             if not found:
                 raise DataError(f"directory has no {'/'.join(suffixes)} file", path=item)

@@ -172,3 +172,29 @@ def test_fsspec_filesystem_and_batch_to(tmp_path):
     assert [b.batch_size for b in batches] == [20, 20, 10]
     moved = batches[0].to("cpu")
     assert torch.equal(moved.extras["rid"], torch.arange(20))
+
+
+def test_directory_and_glob_skip_hidden_and_underscore_paths(tmp_path):
+    from recis.errors import DataError
+    from recis.io.paths import resolve_paths
+
+    root = tmp_path / "out"
+    for rel in (
+        "part-0.parquet",
+        "sub/part-1.parquet",
+        "_temporary/0/part-1.parquet",
+        ".ipynb_checkpoints/x.parquet",
+        "sub/_tmp/y.parquet",
+        "_SUCCESS",
+    ):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"a": [1]}), root / rel)
+    (root / "dir.parquet").mkdir()  # a folder whose name looks like data
+    want = [str(root / "part-0.parquet"), str(root / "sub" / "part-1.parquet")]
+    assert resolve_paths(root) == want
+    assert resolve_paths(str(root / "*")) == [str(root / "part-0.parquet")]
+    assert resolve_paths(str(root / "*" / "*.parquet")) == want[1:]
+    # the folder the user names may itself start with "_": only components below it count
+    assert resolve_paths(root / "_temporary") == [str(root / "_temporary/0/part-1.parquet")]
+    with pytest.raises(DataError, match="glob matched no file"):
+        resolve_paths(str(root / "_*"))
