@@ -79,6 +79,19 @@ class CsvOptions:
         out.delimiter = out.delimiter or ("\t" if fmt == "tsv" else ",")
         return out
 
+    def read_options(self, **kw: object) -> pacsv.ReadOptions:
+        """How resolved options name the columns (one rule for every CSV reader).
+
+        ``column_names`` with ``header: true`` replace the header line (skipped); without
+        names and without a header Arrow names the columns ``f0``, ``f1``, ...
+        """
+        return pacsv.ReadOptions(
+            column_names=self.column_names,
+            autogenerate_column_names=not self.header and not self.column_names,
+            skip_rows=1 if self.header and self.column_names else 0,
+            **kw,
+        )
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -331,13 +344,7 @@ class Source:
                 self.bad_lines[i].append((self.row_of_line(row.number), row.number, row.text))
             return "skip"
 
-        read = pacsv.ReadOptions(
-            column_names=o.column_names,
-            autogenerate_column_names=not o.header and not o.column_names,
-            skip_rows=1 if o.header and o.column_names else 0,
-            use_threads=False,
-            block_size=1 << 22,
-        )
+        read = o.read_options(use_threads=False, block_size=1 << 22)
         # a Python handler only where lines are skipped: Arrow's own "error" is the same
         # ("CSV parse error: Row #N ..."), and a handler is released by whichever Arrow
         # thread drops the reader last, which takes the GIL: if that is while Python exits,

@@ -51,9 +51,7 @@ def _csv_texts(path: str, columns: list[str], fmt: str, csv: CsvOptions) -> pa.T
     o = csv.resolved(fmt)
     return pacsv.read_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=o.column_names, autogenerate_column_names=False)
-        if o.column_names and not o.header
-        else pacsv.ReadOptions(),
+        read_options=o.read_options(),
         parse_options=pacsv.ParseOptions(delimiter=o.delimiter),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns,

@@ -477,3 +477,25 @@ def test_vocab_build_without_vocab_features_is_one_line_error(tmp_path, capsys) 
     assert main(["vocab", "build", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "recis: error: data.schema.text: no text feature has a tokenizer of kind vocab"
+
+
+def test_vocab_texts_name_csv_columns_as_the_reader_does(tmp_path) -> None:
+    from recis.io import CsvOptions
+    from recis.io.sources import Source
+    from recis.io.vocab import read_texts
+
+    headerless = tmp_path / "a.csv"
+    headerless.write_text("1,red shoes\n0,blue hat\n")
+    named = CsvOptions(header=False, column_names=["y", "q"])
+    assert list(read_texts(headerless, ["q"], "csv", named)) == ["red shoes", "blue hat"]
+    # header: true with names: the names replace the header line, which is not text
+    headed = tmp_path / "b.csv"
+    headed.write_text("label,query\n1,red shoes\n")
+    renamed = CsvOptions(header=True, column_names=["y", "q"])
+    assert list(read_texts(headed, ["q"], "csv", renamed)) == ["red shoes"]
+    # no header, no names: Arrow's f0, f1 as in the reader
+    unnamed = CsvOptions(header=False)
+    assert list(read_texts(headerless, ["f1"], "csv", unnamed)) == ["red shoes", "blue hat"]
+    for path, opts in ((headerless, named), (headed, renamed), (headerless, unnamed)):
+        src = Source([str(path)], [], "csv", csv=opts)
+        assert src.schema(0).names == (["f0", "f1"] if opts is unnamed else ["y", "q"])
