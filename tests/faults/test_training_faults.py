@@ -53,8 +53,9 @@ def _args(run: Path, data: Path, *extra: str) -> list[str]:
         "train.progress=false",
         "train.tensorboard=false",
         "train.max_steps=20",
-        *extra,
     ]
+    given = {e.split("=", 1)[0] for e in extra}  # an extra replaces the default (a key
+    small = [s for s in small if s.split("=", 1)[0] not in given] + list(extra)  # once only)
     return [a for s in small for a in ("--set", s)]
 
 
