@@ -359,7 +359,7 @@ class Reader:
             path=self.files[fidx],
             column=column,
             row=int(row),
-            line=self.source.line_of(row),
+            line=self.source.line_of(row, fidx),
         )
 
     def _check_bad_fraction(self, epoch: int, skipped: int, lines: int, bad: Counter) -> None:
@@ -468,7 +468,7 @@ class Reader:
                     record(
                         self.files[files[i]],
                         rows[i],
-                        self.source.line_of(rows[i]),
+                        self.source.line_of(rows[i], files[i]),
                         reasons[code[b] - 1],
                         values=v,
                     )

@@ -172,6 +172,7 @@ class Source:
         self.text_columns = list(text_columns)
         self.bad_lines: dict[int, list[tuple[int, int, str]]] = {}
         self._bad_sorted: dict[int, np.ndarray] = {}
+        self._blank_lines: dict[int, np.ndarray] = {}
         self._fragments: dict[int, list[ds.Fragment]] = {}
         self.schemas: dict[int, pa.Schema] = {}
         self.units = self._list_units()
@@ -185,11 +186,47 @@ class Source:
         """CSV: the 0-based data row of physical line ``line`` (1-based, header counted)."""
         return line - 1 - self._header_lines
 
-    def line_of(self, row: int) -> int | None:
-        """CSV: the physical line (1-based, header counted) of data row ``row``; else None."""
+    def line_of(self, row: int, file: int | None = None) -> int | None:
+        """CSV: the physical line (1-based, header counted) of data row ``row``; else None.
+
+        With ``file`` (its index) blank lines are counted too; without it they are not.
+        """
         if self.fmt not in ("csv", "tsv"):
             return None
-        return int(row) + 1 + self._header_lines
+        line = int(row) + 1 + self._header_lines
+        return line if file is None else self.physical_line(file, line)
+
+    def physical_line(self, i: int, line: int) -> int:
+        """The physical line of Arrow's line number ``line`` in file ``i``.
+
+        Arrow skips empty lines and numbers lines (its ``Row #N``) without them; the file
+        is scanned once, on the first error, for its empty lines (``\\n`` or ``\\r\\n`` alone).
+        """
+        s = self._blank_lines.get(i)
+        if s is None:
+            s = self._blank_lines[i] = self._scan_blank_lines(i)
+        # the line-th non-blank line: line plus the number of blank lines before it
+        return int(line + np.searchsorted(s - np.arange(len(s)), line, side="right"))
+
+    def _scan_blank_lines(self, i: int) -> np.ndarray:
+        """Sorted 1-based numbers of the empty lines of file ``i`` (decompressed)."""
+        blanks: list[np.ndarray] = []
+        offset, last_nl, last_byte, line0 = 0, -1, 10, 1
+        with self.fs.open_input_stream(self.files[i], compression="detect") as f:
+            while block := f.read(1 << 22):
+                a = np.frombuffer(block, np.uint8)
+                nl = np.flatnonzero(a == 10)
+                if len(nl):
+                    pos = offset + nl
+                    length = pos - np.r_[last_nl, pos[:-1]] - 1
+                    before = np.where(nl > 0, a[np.maximum(nl - 1, 0)], last_byte)
+                    blank = (length == 0) | ((length == 1) & (before == 13))
+                    blanks.append(line0 + np.flatnonzero(blank))
+                    line0 += len(nl)
+                    last_nl = int(pos[-1])
+                offset += len(a)
+                last_byte = int(a[-1])
+        return np.concatenate(blanks) if blanks else np.zeros(0, np.int64)
 
     def file_rows(self, i: int, k: np.ndarray) -> np.ndarray:
         """Data rows of the ``k``-th readable rows of file ``i`` (CSV bad lines skipped)."""
@@ -212,14 +249,17 @@ class Source:
         if line:  # a CSV line with the wrong number of fields
             n = int(line.group(1))
             raise DataError(
-                f"bad line: {line.group(2)}", path=path, row=self.row_of_line(n), line=n
+                f"bad line: {line.group(2)}",
+                path=path,
+                row=self.row_of_line(n),
+                line=self.physical_line(i, n) if i >= 0 else n,
             ) from None
         conv = re.search(r"In CSV column #(\d+): (?:Row #(\d+): )?(CSV conversion error.*)", msg)
         if conv and i >= 0:  # a value that does not parse as the column's type
             column, row = self._locate_bad_value(i, int(conv.group(1)))
             if conv.group(2) is not None:  # Arrow named the line: trust it over the search
                 row = self.row_of_line(int(conv.group(2)))
-            line_no = self.line_of(row) if row is not None else None
+            line_no = self.line_of(row, i) if row is not None else None
             raise DataError(conv.group(3), path=path, column=column, row=row, line=line_no)
         raise DataError(f"{what}: {msg}", path=path) from None
 
@@ -314,6 +354,8 @@ class Source:
         if cached is None:
             self.bad_lines[i] = []
             n = sum(b.num_rows for b in self._open_csv(i, count_only=True))
+            # Arrow's line numbers skip blank lines: the physical ones for messages
+            self.bad_lines[i] = [(r, self.physical_line(i, k), t) for r, k, t in self.bad_lines[i]]
             cached = (n, list(self.bad_lines[i]))
             _CSV_ROWS[key] = cached
         n, self.bad_lines[i] = cached[0], list(cached[1])

@@ -218,6 +218,28 @@ def test_one_row_convention_in_csv_messages_and_quarantine(tmp_path):
         list(Reader(f, _schema(), 8, format="csv"))
 
 
+def test_csv_line_numbers_count_blank_lines(tmp_path):
+    """Arrow skips blank lines (and numbers lines without them): messages give the real line."""
+    f = tmp_path / "a.csv"
+    f.write_text("x,ids,y\n1.0,1,0\n\n2.0,2\n\r\n3.0,3,\n4.0,4,1\n")
+    q = tmp_path / "q.jsonl"
+    r = Reader(f, _schema(), 8, format="csv", on_bad_row="skip", quarantine=q, max_bad_fraction=1)
+    (b,) = list(r)
+    assert b.sparse["ids"].values().tolist() == [1, 4]
+    records = sorted(
+        (d["row"], d["line"], d["reason"]) for d in map(json.loads, q.read_text().splitlines())
+    )
+    assert records == [(1, 4, "bad line"), (2, 6, "y: null or NaN label")]
+    with pytest.raises(DataError, match=r"a\.csv, row 1 \(line 4\): bad line"):
+        Reader(f, _schema(), 8, format="csv")
+    # the reviewer's file: the bad value is on line 5
+    g = tmp_path / "b.csv"
+    g.write_text("y,d\n1,0.5\n\n0,0.1\n2,0.3\n")
+    schema = Schema(dense=[DenseFeature(name="d")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"b\.csv, column 'y', row 2 \(line 5\): "):
+        list(Reader(g, schema, 8, format="csv"))
+
+
 # -- skip accounting ---------------------------------------------------------------------
 
 
