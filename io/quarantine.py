@@ -22,26 +22,58 @@ BAD_LINE = "bad line"  # the reason of a CSV line with the wrong number of field
 class Quarantine:
     """Appends skipped rows to the JSON-lines file ``path`` (None: they are only counted).
 
-    A write that fails (disk full, a file size limit, no permission) is one
-    :class:`~recis.errors.OutputError` line naming the file.
+    Each bad row is listed once, however many epochs, resumes or read-ahead restarts read
+    it again (the per-epoch counts are in the run's metrics): rows already in the file are
+    not appended again. A write that fails (disk full, a file size limit, no permission) is
+    one :class:`~recis.errors.OutputError` line naming the file.
     """
 
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = str(path) if path is not None else None
+        self._listed: set[tuple] | None = None  # keys of the records in the file
+
+    def _known(self) -> set[tuple]:
+        """Keys of the records already in the file (read once, at the first write)."""
+        if self._listed is None:
+            self._listed = set()
+            if self.path is not None and os.path.isfile(self.path):
+                with open(self.path, "rb") as f:
+                    for line in f:
+                        try:
+                            self._listed.add(_key(json.loads(line)))
+                        except (ValueError, AttributeError):
+                            continue  # a line torn by a crash: rewritten below if its row returns
+        return self._listed
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if self.path is None or not records:
             return
         try:
+            known = self._known()
+            new = [r for r in records if _key(r) not in known]
+            if not new:
+                return
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(self.path, "a") as f:
-                for r in records:
-                    f.write(json.dumps(r, default=str) + "\n")
+            torn = False  # a last line cut by a crash: start on a line of our own
+            if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"
+            with open(self.path, "ab") as f:
+                if torn:
+                    f.write(b"\n")
+                for r in new:
+                    f.write((json.dumps(r, default=str) + "\n").encode())
+                    known.add(_key(r))
         except OSError as err:
             why = os.strerror(err.errno) if err.errno else str(err)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 why += " (disk full)"
             raise OutputError(f"cannot write quarantine file {self.path}: {why}") from None
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (r.get("file"), r.get("row"), r.get("line"), r.get("reason"))
 
 
 def record(path: str, row: int, line: int | None, reason: str, **payload: Any) -> dict[str, Any]:

@@ -511,3 +511,26 @@ def test_null_extra_is_a_bad_row(tmp_path):
     )
     with pytest.raises(DataError, match=r"column 'g', row 1: null extra value"):
         list(Reader(str(path), schema, 8, prefetch=0))
+
+
+def test_quarantine_lists_each_bad_row_once_across_resume_and_epochs(tmp_path):
+    """Read-ahead puts rows in the quarantine before the saved position reaches them: a
+    resumed reader (and a second epoch) read them again, and must not list them twice."""
+    f = _bad_file(tmp_path)
+    q = tmp_path / "q.jsonl"
+    kw = dict(on_bad_row="skip", quarantine=q, nan_policy="raise", max_bad_fraction=0.05)
+    r = Reader(f, _schema(), 16, shuffle_buffer=16, **kw)  # prefetch on (default)
+    it = iter(r)
+    next(it)
+    state = json.loads(json.dumps(r.state_dict()))
+    it.close()
+    with open(q, "a") as out:  # and a line torn by a crash at the end of the file
+        out.write('{"file": "x", "ro')
+    r2 = Reader(f, _schema(), 16, shuffle_buffer=16, **kw)
+    r2.load_state_dict(state)
+    sum(b.batch_size for b in r2)
+    sum(b.batch_size for b in r2)  # a second epoch
+    lines = q.read_text().splitlines()
+    records = [json.loads(line) for line in lines if not line.startswith('{"file": "x"')]
+    assert sorted(d["row"] for d in records) == [3, 50, 77, 120]
+    assert r2.skipped >= 8  # the counts still count every read
