@@ -112,7 +112,6 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         shutil.rmtree(old, ignore_errors=True)
     common = [
         f"data.train={prepared / 'train.parquet'}",
-        f"run_dir={run_dir}",
         "train.progress=false",
         "train.tensorboard=false",
     ]
@@ -120,7 +119,7 @@ def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         f"data.eval={prepared / 'valid.parquet'}",
         f"model.retrieval_eval.seen={prepared / 'train.parquet'}",
     ]
-    cfg = load_config(RECIPE / "two_tower.yaml", common + valid)
+    cfg = load_config(RECIPE / "two_tower.yaml", [*common, *valid, f"run_dir={run_dir}"])
     fit = runner.train(cfg)
     history = _history(run_dir)  # before the test evaluation, which logs elsewhere
     test = [
