@@ -23,6 +23,10 @@ import torch
 from recis.train import CheckpointManager, latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "faults"))
+from small_run import small_run_args  # noqa: E402  (the small `recis train` arguments)
+
+sys.path.pop(0)
 
 _WRITER = r"""
 import random, sys, time, types
@@ -94,20 +98,9 @@ def test_sigkill_during_saves_leaves_the_previous_checkpoint(tmp_path: Path) -> 
 
 
 def _small_run_args(tmp_path: Path) -> list[str]:
-    small = [
-        f"run_dir={tmp_path / 'run'}",
-        f"data.path={tmp_path / 'data'}",
-        "data.synthetic.num_train=3000",
-        "data.synthetic.num_eval=1000",
-        "data.synthetic.files=1",
-        "data.batch_size=256",
-        "threads=1",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "train.checkpoint_every=5",
-        "train.max_steps=15",
-    ]
-    return [a for s in small for a in ("--set", s)]
+    return small_run_args(
+        tmp_path / "run", tmp_path / "data", "train.checkpoint_every=5", "train.max_steps=15"
+    )
 
 
 # `recis train`, whose file size limit drops right after its first checkpoint: to below a

@@ -31,6 +31,10 @@ from recis.train import Callback, Trainer, load_checkpoint
 from recis.train.runlog import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "faults"))
+from small_run import small_run_args  # noqa: E402  (the small `recis train` arguments)
+
+sys.path.pop(0)
 CONFIG = str(ROOT / "examples" / "multitask_synthetic.yaml")
 
 
@@ -39,24 +43,6 @@ def keep_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _args(run: Path, data: Path, *extra: str) -> list[str]:
-    small = [
-        f"run_dir={run}",
-        f"data.path={data}",
-        "data.synthetic.num_train=3000",
-        "data.synthetic.num_eval=1000",
-        "data.synthetic.files=1",
-        "data.batch_size=256",
-        "threads=1",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "train.max_steps=20",
-    ]
-    given = {e.split("=", 1)[0] for e in extra}  # an extra replaces the default (a key
-    small = [s for s in small if s.split("=", 1)[0] not in given] + list(extra)  # once only)
-    return [a for s in small for a in ("--set", s)]
 
 
 # `recis train` that, once step N is done, touches a marker file and waits (at most a
@@ -106,8 +92,8 @@ def _model_state(run: Path) -> dict[str, torch.Tensor]:
 def test_sigint_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, capsys) -> None:
     data = tmp_path / "data"
     plain, cut = tmp_path / "plain", tmp_path / "cut"
-    assert main(["train", CONFIG, *_args(plain, data)]) == 0
-    child, _ = _start_slow(tmp_path, 6, ["train", CONFIG, *_args(cut, data)])
+    assert main(["train", CONFIG, *small_run_args(plain, data)]) == 0
+    child, _ = _start_slow(tmp_path, 6, ["train", CONFIG, *small_run_args(cut, data)])
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
@@ -136,7 +122,7 @@ def test_sigint_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, ca
 
 def test_sigkill_then_resume_leaves_no_hole_in_the_history(tmp_path) -> None:
     run, data = tmp_path / "run", tmp_path / "data"
-    argv = ["train", CONFIG, *_args(run, data, "train.checkpoint_every=4")]
+    argv = ["train", CONFIG, *small_run_args(run, data, "train.checkpoint_every=4")]
     child, _ = _start_slow(tmp_path, 7, argv)
     child.kill()
     child.communicate(timeout=60)
@@ -153,7 +139,7 @@ def test_sigkill_then_resume_leaves_no_hole_in_the_history(tmp_path) -> None:
 
 def test_overwrite_replaces_only_the_previous_runs_outputs(tmp_path, capsys) -> None:
     run, data = tmp_path / "run", tmp_path / "data"
-    args = _args(run, data, "train.max_steps=3")
+    args = small_run_args(run, data, "train.max_steps=3")
     assert main(["train", CONFIG, *args]) == 0
     (run / "notes.txt").write_text("mine")
     (run / "checkpoints" / "step-00000099").mkdir()  # would pass for the newest
