@@ -110,6 +110,12 @@ def one_line(text: str, limit: int = 300) -> str:
     return out if len(out) <= limit else out[:limit] + "..."
 
 
+def _skipping(skipped: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """The ``k``-th numbers (same base as ``skipped``) that are not in the sorted array
+    ``skipped``: ``k`` plus how many skipped numbers come at or before it."""
+    return k + np.searchsorted(skipped - np.arange(len(skipped)), k, side="right")
+
+
 def _casts(arr: pa.Array, target: pa.DataType) -> bool:
     try:
         pc.cast(pc.cast(arr, pa.string()), target)
@@ -205,8 +211,7 @@ class Source:
         s = self._blank_lines.get(i)
         if s is None:
             s = self._blank_lines[i] = self._scan_blank_lines(i)
-        # the line-th non-blank line: line plus the number of blank lines before it
-        return int(line + np.searchsorted(s - np.arange(len(s)), line, side="right"))
+        return int(_skipping(s, np.int64(line)))  # the line-th non-blank line
 
     def _scan_blank_lines(self, i: int) -> np.ndarray:
         """Sorted 1-based numbers of the empty lines of file ``i`` (decompressed)."""
@@ -233,8 +238,7 @@ class Source:
         s = self._bad_sorted.get(i)
         if s is None or not len(s):
             return k
-        # the k-th row not in s: k plus the number of bad rows at or before it
-        return k + np.searchsorted(s - np.arange(len(s)), k, side="right")
+        return _skipping(s, k)  # the k-th row that is not a bad line
 
     # -- discovery -------------------------------------------------------------------------
     def _fail(
