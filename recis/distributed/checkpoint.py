@@ -36,7 +36,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
-from recis.train.checkpoint import _fsync_dir, _write_file, verify, write_manifest
+from recis.train.checkpoint import fsync_dir, read_json_object, verify, write_file, write_manifest
 
 from .dcp_safe import SafeLoadPlanner, SafeReader
 
@@ -106,16 +106,16 @@ def save(
             # the rename never leaves a manifest naming files that did not reach the disk
             if ranks is not None:
                 text = json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n"
-                _write_file(tmp / _RANKS, text.encode())
-            _write_file(tmp / _META, (json.dumps(full_meta, indent=2) + "\n").encode())
+                write_file(tmp / _RANKS, text.encode())
+            write_file(tmp / _META, (json.dumps(full_meta, indent=2) + "\n").encode())
             write_manifest(tmp)  # last: a folder with a manifest is whole
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             old = path.parent / f".old-{path.name}"
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 path.rename(old)
             tmp.rename(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         except CheckpointError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -134,7 +134,7 @@ def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> di
     verify(path)  # before DCP reads (and unpickles) anything
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"{path}: not a distributed checkpoint (no .metadata)")
-    meta = _read_json(path / _META)
+    meta = read_json_object(path / _META)
     if optimizer is not None:
         _init_optimizer_state(optimizer)
     resharding = _prepare_resharding(path, model)
@@ -159,21 +159,11 @@ def load_rank_state(path: str | Path, rank: int, world_size: int) -> dict[str, A
     """This rank's entry of ``ranks.json`` in checkpoint ``path``, or None when the checkpoint
     has none or was saved at another world size (then positions do not map rank to rank)."""
     path = Path(path)
-    meta = _read_json(path / _META)
+    meta = read_json_object(path / _META)
     if int(meta.get("world_size", 1)) != world_size or not (path / _RANKS).is_file():
         return None
-    ranks = _read_json(path / _RANKS)
+    ranks = read_json_object(path / _RANKS)
     return ranks.get(str(rank))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return value
 
 
 def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:

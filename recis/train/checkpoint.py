@@ -43,7 +43,7 @@ _STEP = re.compile(r"^step-(\d+)$")
 _CHUNK = 1 << 20
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,7 +51,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+def write_file(path: Path, data: bytes) -> dict[str, Any]:
     """Write ``data`` to ``path`` and fsync it; its manifest entry (size, sha256).
 
     A write error (disk full, file too large, I/O error) is a CheckpointError naming
@@ -84,7 +84,7 @@ def write_manifest(folder: Path, files: dict[str, dict[str, Any]] | None = None)
     if files is None:
         files = {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST}
     body = {"format": _FORMAT, "version": _VERSION, "files": files, "self": _self_sum(files)}
-    _write_file(folder / MANIFEST, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+    write_file(folder / MANIFEST, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _self_sum(files: Any) -> str:
@@ -206,7 +206,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
         tmp.mkdir()
         files = _write_parts(tmp, state, meta)
         write_manifest(tmp, files)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         return _publish(tmp, path)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,9 +227,9 @@ def _write_parts(tmp: Path, state: dict[str, Any], meta: dict[str, Any]) -> dict
         if tensors:
             name = f"{part}.safetensors"
             files[name] = _write_tensors(tmp / name, tensors)
-    files[_STATE] = _write_file(tmp / _STATE, (json.dumps(tree) + "\n").encode())
+    files[_STATE] = write_file(tmp / _STATE, (json.dumps(tree) + "\n").encode())
     meta_json = json.loads(json.dumps(encode(meta, {}, "meta")))
-    files[_META] = _write_file(tmp / _META, (json.dumps(meta_json, indent=2) + "\n").encode())
+    files[_META] = write_file(tmp / _META, (json.dumps(meta_json, indent=2) + "\n").encode())
     return files
 
 
@@ -240,7 +240,7 @@ def _publish(tmp: Path, path: Path) -> Path:
         old = path.parent / f".old-{path.name}-{os.getpid()}"
         path.rename(old)
     tmp.rename(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -288,18 +288,23 @@ def _read(path: Path, device: str) -> tuple[dict, dict]:
             raise CheckpointError(f"{path / f'{part}.safetensors'}: has no tensor {key!r}")
         return parts[part][key]
 
-    state = decode(_read_json(path / _STATE), tensor, str(path / _STATE))
-    meta = decode(_read_json(path / _META), tensor, str(path / _META))
+    state = decode(read_json_object(path / _STATE), tensor, str(path / _STATE))
+    meta = decode(read_json_object(path / _META), tensor, str(path / _META))
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise CheckpointError(f"{path}: state.json and meta.json must hold objects")
     return state, meta
 
 
-def _read_json(path: Path) -> Any:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (state, meta, ranks), which holds one object; anything else
+    is a CheckpointError naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return value
 
 
 def _older_hint(path: Path) -> str:
@@ -386,7 +391,7 @@ class CheckpointManager:
             target = self.directory / _old_name(p.name)
             if p.name.startswith(".old-") and not target.exists() and _intact(p):
                 p.rename(target)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             else:
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -451,7 +456,7 @@ def link_checkpoint(source: Path, name: str) -> Path:
                 os.link(f, tmp / f.name)
             except OSError:  # file system without hard links
                 shutil.copy2(f, tmp / f.name)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         return _publish(tmp, path)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,13 +39,13 @@ train.__path__ = [str(Path(recis.__file__).parent / "train")]
 sys.modules["recis.train"] = train
 import recis.train.checkpoint as ck
 
-real = ck._write_file
+real = ck.write_file
 def slow(path, data):  # every file write takes a while, so kills land inside saves
     time.sleep(random.uniform(0, 0.02))
     out = real(path, data)
     time.sleep(random.uniform(0, 0.02))
     return out
-ck._write_file = slow
+ck.write_file = slow
 
 mgr = ck.CheckpointManager(sys.argv[1], keep_last=2)
 mgr.clean_partial()
