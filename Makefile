@@ -61,7 +61,10 @@ horovod: $(CORE)
 demo: $(CORE) $(NATIVE)
 	$(VENV)/bin/recis train examples/dlrm_synthetic.yaml --overwrite
 
-test: $(STAMP) $(NATIVE)
+# the suite covers the optional parts too (LLM/RL on trl, faiss index, ONNX and serving)
+TEST_EXTRA_STAMPS := $(foreach e,llm index serve,$(VENV)/.recis-extra-$(e)-$(VARIANT))
+
+test: $(STAMP) $(NATIVE) $(TEST_EXTRA_STAMPS)
 	$(PY) -m pytest -q tests
 
 # the CUDA path end to end (skips without a CUDA device)
