@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.types import ShardedModule
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recis.config import SparseOptimizerConfig, TrainConfig
+from recis.config import TrainConfig
 from recis.io.batch import Batch
-from recis.optim import build_schedule, dense_optimizer
+from recis.optim import build_schedule
 from recis.train import Trainer
 from recis.train.checkpoint import link_checkpoint
 from recis.train.state import rng_state_json, set_rng_state_json
 
 from . import checkpoint as dcp_checkpoint
 from .collectives import even_batches, mean_over_ranks_async
-from .context import DistContext, import_horovod
+from .context import DistContext
+from .optim import build_optimizer  # optimizer construction: see recis/distributed/optim.py
 
 
 class _EvenBatches:
@@ -87,88 +84,6 @@ class _PaddedEval:
             else:
                 with torch.no_grad():
                     self.model(batch.to(self.device))
-
-
-def _sgd_like(cfg: SparseOptimizerConfig) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
-    """torch optimizer for data-parallel (replicated) tables, matching the fused one."""
-    if cfg.name == "sgd":
-        return lambda ps: torch.optim.SGD(ps, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return lambda ps: torch.optim.Adagrad(ps, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> CombinedOptimizer:
-    """Fused sparse optimizer + keyed dense optimizer(s) for a DistributedModelParallel model.
-
-    Under Horovod the dense optimizers are wrapped in ``hvd.DistributedOptimizer`` (which
-    all-reduces their gradients) and their parameters broadcast from rank 0.
-    """
-    table_params = {
-        id(p) for m in model.modules() if isinstance(m, ShardedModule) for p in m.parameters()
-    }
-    dense: dict[str, nn.Parameter] = {}
-    replicated_tables: dict[str, nn.Parameter] = {}
-    for name, p in in_backward_optimizer_filter(model.named_parameters()):
-        if not p.requires_grad:
-            continue
-        if id(p) in table_params:
-            replicated_tables[name] = p  # data_parallel tables: not fused
-        else:
-            dense[name] = p
-
-    def wrap(
-        named: dict[str, nn.Parameter], make: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-    ) -> KeyedOptimizer:
-        if ctx.launcher != "horovod":
-            return KeyedOptimizerWrapper(named, make)
-        hvd = import_horovod()
-        hvd.broadcast_parameters(named, root_rank=0)
-        # On CPU, one grouped all-reduce of all the optimizer's gradients, sent when the
-        # last is ready: one negotiation in Horovod's background thread instead of one per
-        # cycle that saw new gradients (2-rank DLRM benchmark, 6 alternating runs: 62,400
-        # samples/s median against 58,200, 3.5 CPU ms less per step). Per tensor on GPU,
-        # where a large dense tower's all-reduces should overlap its backward.
-        grouping = {"groups": 1} if ctx.device.type == "cpu" else {}
-        names = {id(p): n for n, p in named.items()}
-        return KeyedOptimizerWrapper(
-            named,
-            lambda ps: _sleep_before_sync(
-                hvd,
-                hvd.DistributedOptimizer(
-                    make(ps), named_parameters=[(names[id(p)], p) for p in ps], **grouping
-                ),
-            ),
-        )
-
-    parts: list[tuple[str, KeyedOptimizer]] = []
-    fused = getattr(model, "fused_optimizer", None)
-    if fused is not None and fused.params:
-        parts.append(("sparse", fused))
-    if dense:
-        parts.append(("dense", wrap(dense, lambda ps: dense_optimizer(ps, config.dense_optimizer))))
-    if replicated_tables:
-        parts.append(("tables", wrap(replicated_tables, _sgd_like(config.sparse_optimizer))))
-    return CombinedOptimizer(parts)
-
-
-def _sleep_before_sync(hvd: Any, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """``opt`` (a Horovod DistributedOptimizer) waiting for its all-reduces asleep.
-
-    Horovod's own wait spins (poll, yield, poll), so on a machine whose cores all train, the
-    waiting rank keeps a core from the background thread that has to do the all-reduce.
-    Sleeping in 0.1 ms naps until every started all-reduce is done leaves it the core; then
-    Horovod's ``synchronize`` finds them done. 2-rank DLRM benchmark, 6 alternating runs
-    each: 52,500 samples/s (median) against 49,800 spinning, 4 CPU ms less per step.
-    """
-    spin = opt.synchronize
-
-    def synchronize() -> None:
-        started = [h for h, _ in opt._handles.values() if isinstance(h, int)]  # type: ignore[attr-defined]
-        while not all(hvd.poll(h) for h in started):
-            time.sleep(1e-4)
-        spin()
-
-    opt.synchronize = synchronize  # type: ignore[method-assign]
-    return opt
 
 
 class DistributedTrainer(Trainer):
