@@ -1,0 +1,1 @@
+"""recis.prune: SlimGPT structured pruning (arXiv 2412.18110) of transformer towers."""

@@ -1,0 +1,44 @@
+"""Per-layer pruning ratios: uniform, or SlimGPT's incremental (logarithmic in depth).
+
+Layer-wise pruning feeds each layer the outputs of the already pruned layers before it, so
+errors accumulate with depth: SlimGPT prunes shallow layers less and deep layers more, the
+ratio growing with the logarithm of the depth, the overall ratio kept.
+
+Our reading (the paper gives the shape, not the constants): layer ``i`` of ``L`` gets
+``r_i = r (1 - s) + b ln(1 + i) / ln(L)`` with ``b`` such that ``mean(r_i) = r``; ``s`` (the
+``spread``, default 0.5) is how far below ``r`` the first layer starts. Ratios are clipped
+to ``[0, 0.95]``; the mean of the clipped ratios is what the layers get.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from recis.errors import ConfigError
+
+Schedule = Literal["uniform", "incremental"]
+
+
+def layer_ratios(
+    ratio: float, layers: int, schedule: Schedule = "uniform", spread: float = 0.5
+) -> list[float]:
+    """The pruning ratio of each of ``layers`` layers, first to last; their mean is ``ratio``."""
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"prune.ratio: {ratio} must be in [0, 1)")
+    if not 0 <= spread <= 1:
+        raise ConfigError(f"prune.spread: {spread} must be in [0, 1]")
+    if schedule == "uniform" or layers <= 1:
+        if schedule not in ("uniform", "incremental"):
+            raise ConfigError(f"prune.schedule: {schedule!r} is not uniform or incremental")
+        return [ratio] * layers
+    if schedule != "incremental":
+        raise ConfigError(f"prune.schedule: {schedule!r} is not uniform or incremental")
+    shape = [math.log(1 + i) / math.log(layers) for i in range(layers)]
+    b = ratio * spread / (sum(shape) / layers)
+    return [min(0.95, max(0.0, ratio * (1 - spread) + b * s)) for s in shape]
+
+
+def to_remove(ratio: float, units: int) -> int:
+    """How many of ``units`` heads or channels a ratio removes (rounded, one always kept)."""
+    return min(units - 1, max(0, round(ratio * units)))
