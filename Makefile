@@ -78,9 +78,11 @@ check-install: $(CORE)
 doctor: $(CORE)
 	$(VENV)/bin/recis doctor
 
+# ruff, then mypy over the installed package shape (scripts/typecheck.py: recis.io, .ops, .models)
 lint: $(CORE)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/typecheck.py
 
 format: $(CORE)
 	$(VENV)/bin/ruff format .
