@@ -184,6 +184,9 @@ class ModelConfig:
     # rank or split by id in distributed runs (distributed.sharding); modulo: torchrec EBC over id mod capacity, for pre-mapped ids
     # (sharded with torchrec's per-table plans)
     embedding: Literal["hashed", "modulo"] = "hashed"
+    # a pruned model (recis prune): kept heads / FFN channels of each transformer layer by
+    # module path, e.g. {"hetero.0": {"heads": 6, "ffn": 180}}; applied after building
+    structure: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(config=STRICT)
