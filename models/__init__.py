@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from recis.config import ModelConfig, validate
+from recis.config import ModelConfig, model_config, register_model_configs
 from recis.errors import ConfigError
 from recis.features import Schema
 
@@ -17,8 +17,18 @@ from .dlrm import DLRM, DLRMConfig
 from .hhft import HHFT, HHFTConfig
 from .two_tower import TwoTower, TwoTowerConfig
 
+
+class ModelClass(Protocol):
+    """What a model class of the zoo offers: its config class, and a constructor from that
+    config, the data schema and the device."""
+
+    config_class: type[ModelConfig]
+
+    def __call__(self, config: ModelConfig, schema: Schema, device: torch.device) -> nn.Module: ...
+
+
 # name -> model class; read-only, built once at import (no registration at run time)
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, ModelClass] = {
     "dlrm": DLRM,
     "deepfm": DeepFM,
     "hhft": HHFT,
@@ -28,25 +38,24 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def model_class(name: str) -> type[nn.Module]:
+# run configs (recis.config, below this package) resolve ``model.name`` through these
+register_model_configs({name: cls.config_class for name, cls in MODELS.items()})
+
+
+def model_class(name: str) -> ModelClass:
     try:
         return MODELS[name]
     except KeyError:
         raise ConfigError(f"model.name: unknown model {name!r}; known: {sorted(MODELS)}") from None
 
 
-def model_config(raw: dict[str, Any] | ModelConfig) -> ModelConfig:
-    """Validate a ``model:`` mapping against the config class of the model it names."""
-    if isinstance(raw, ModelConfig):
-        return raw
-    name = raw.get("name", "dlrm") if isinstance(raw, dict) else None
-    if not isinstance(name, str):
-        raise ConfigError(f"model.name: expected str, got {name!r}")
-    return validate(model_class(name).config_class, raw, prefix="model")
-
-
 def build_model(config: ModelConfig, schema: Schema, device: torch.device | str) -> nn.Module:
-    return model_class(config.name)(config, schema, torch.device(device))
+    model = model_class(config.name)(config, schema, torch.device(device))
+    if config.structure:  # pruned by recis prune: its narrower layers, before weights load
+        from .structure import apply_structure
+
+        apply_structure(model, config.structure)
+    return model
 
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "HHFT",
     "HHFTConfig",
     "MODELS",
+    "ModelClass",
     "TwoTower",
     "TwoTowerConfig",
     "build_model",

@@ -36,22 +36,28 @@ class HessianAccumulator:
         groups: ``G``.
         dim: input width ``in``.
 
-    ``add(x)`` takes ``x [G, n, in]`` (rows of every group; padded rows already removed).
+    ``add(x)`` takes ``x [G, n, in]`` (``n`` rows of every group), ``add(x, group=g)`` the
+    rows ``x [n, in]`` of group ``g`` alone (padded rows already removed).
     """
 
     def __init__(self, groups: int, dim: int) -> None:
         self.h = torch.zeros(groups, dim, dim, dtype=torch.float64)
-        self.rows = 0
+        self.rows = [0] * groups
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, group: int | None = None) -> None:
+        if group is None:
+            for g in range(x.shape[0]):
+                self.add(x[g], g)
+            return
         x = x.detach().to(torch.float64)
-        n = x.shape[1]
+        n = x.shape[0]
         if n == 0:
             return
-        total = self.rows + n
-        # running mean keeps H on the scale of one row, so damping is relative to it
-        self.h.mul_(self.rows / total).add_(torch.einsum("gni,gnj->gij", x, x), alpha=2.0 / total)
-        self.rows = total
+        total = self.rows[group] + n
+        # a running mean keeps H on the scale of one row, so damping is relative to it
+        h = self.h[group]
+        h.mul_(self.rows[group] / total).add_(x.T @ x, alpha=2.0 / total)
+        self.rows[group] = total
 
 
 def damped_inverse(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:

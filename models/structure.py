@@ -1,0 +1,330 @@
+"""Narrower transformer layers: keep some attention heads and FFN channels of a layer.
+
+Structured pruning (``recis.prune``, SlimGPT) makes a model smaller and dense: a layer keeps
+``heads`` of its attention heads (their query/key/value rows and output-projection columns)
+and ``ffn`` of its FFN channels (up/gate rows, down-projection columns). This module does the
+surgery, one :class:`LayerSurgery` per layer family, and rebuilds a pruned model from its
+config: ``ModelConfig.structure`` maps a layer's module path to its kept shape
+(``{"hetero.0": {"heads": 6, "ffn": 180}}``) and :func:`apply_structure` shrinks a freshly
+built model to it before its checkpoint loads.
+
+Families: HHFT's :class:`~recis.models.hhft.HeterogeneousLayer` (heads and per-block FFN)
+and :class:`~recis.models.hhft.HiformerLayer` (FFN only: its composite key/value projection
+ties the head width to the model width), and the ``transformers`` decoder/encoder layers of
+LLaMA-style models (LLaMA, Qwen2, Qwen3, Mistral; grouped-query attention prunes whole
+key/value groups), GPT-2 and BERT. Everything else (embeddings, norms, model width) is kept.
+
+Weights are given in the ``[G, out, in]`` layout of a linear map ``y = W x`` for ``G``
+groups (HHFT: token blocks or tokens; one group elsewhere).
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from recis.errors import ConfigError
+
+from .hhft import HeterogeneousLayer, HiformerLayer
+
+# called with the inputs of a pruned linear map, ``x [B, N, in]``
+Sink = Callable[[torch.Tensor], None]
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous())
+
+
+def _linear(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding ``weight [out, in]`` and ``bias`` (dtype/device of ``old``)."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    new.to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.train(old.training)
+    return new
+
+
+def head_index(units: torch.Tensor, width: int) -> torch.Tensor:
+    """Columns of the kept head units (each ``width`` wide, contiguous): ``[len(units) width]``."""
+    return (units[:, None] * width + torch.arange(width, device=units.device)).reshape(-1)
+
+
+class LayerSurgery(ABC):
+    """The prunable shape of one transformer layer and how to narrow it.
+
+    ``units``: prunable attention units (heads; key/value groups under grouped-query
+    attention), ``None`` when heads cannot be pruned. ``unit_width``: columns of the output
+    projection per unit. ``ffn``: FFN channels per group. ``groups``: ``G``.
+    """
+
+    groups: int = 1
+
+    @property
+    @abstractmethod
+    def units(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def unit_width(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def ffn(self) -> int: ...
+
+    @abstractmethod
+    def attention_out(self) -> torch.Tensor:
+        """Output-projection weight ``[G, out, units * unit_width]``."""
+
+    @abstractmethod
+    def ffn_out(self) -> torch.Tensor:
+        """Down-projection weight ``[G, out, ffn]``."""
+
+    @abstractmethod
+    def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Keep attention units ``keep [k]`` (sorted); ``out [G, out, k unit_width]`` replaces
+        the output projection's kept columns (the OBS-updated weights)."""
+
+    @abstractmethod
+    def keep_channels(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Keep FFN channels ``keep [G, k]`` (sorted, per group); ``out [G, out, k]``
+        replaces the down projection's kept columns."""
+
+    @abstractmethod
+    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
+        """Call ``sink`` with the inputs of the ``kind`` ("attention" / "ffn") output
+        projection at each forward; returns the function that stops it."""
+
+    def token_groups(self, tokens: int) -> torch.Tensor:
+        """The group of each of ``tokens`` token positions: ``[N]``."""
+        return torch.zeros(tokens, dtype=torch.long)
+
+    def shape(self) -> dict[str, int]:
+        """The kept shape, as :func:`apply_structure` takes it."""
+        out = {"ffn": self.ffn}
+        if self.units is not None:
+            out["heads"] = self.heads_of(self.units)
+        return out
+
+    def heads_of(self, units: int) -> int:
+        """Attention heads of ``units`` units (one head per unit unless grouped-query)."""
+        return units
+
+    def resize(self, shape: dict[str, int], where: str) -> None:
+        """Keep the first heads/channels of ``shape`` (the saved weights load over them)."""
+        unknown = set(shape) - {"heads", "ffn"}
+        if unknown:
+            raise ConfigError(f"model.structure.{where}: unknown keys {sorted(unknown)}")
+        if "heads" in shape:
+            if self.units is None:
+                raise ConfigError(f"model.structure.{where}.heads: this layer's heads are kept")
+            per = self.heads_of(1)
+            units = shape["heads"] // per
+            if units * per != shape["heads"] or not 0 < units <= self.units:
+                raise ConfigError(
+                    f"model.structure.{where}.heads: {shape['heads']} is not 1..{self.heads_of(self.units)} "
+                    f"in steps of {per}"
+                )
+            self.keep_units(torch.arange(units))
+        if "ffn" in shape:
+            if not 0 < shape["ffn"] <= self.ffn:
+                raise ConfigError(
+                    f"model.structure.{where}.ffn: {shape['ffn']} is not 1..{self.ffn}"
+                )
+            self.keep_channels(torch.arange(shape["ffn"]).expand(self.groups, -1))
+
+
+def _grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Token-wise linear map ``x [B, N, i]``, ``weight [N, i, o]`` -> ``[B, N, o]``."""
+    return torch.einsum("bni,nio->bno", x, weight) + bias
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention context ``[B, Nq, heads * hd]`` (before the output projection)."""
+    b, nq, width = q.shape
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, t.shape[1], heads, width // heads).transpose(1, 2)
+
+    out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, nq, width)
+
+
+class _GroupedFFN(LayerSurgery):
+    """FFN part shared by HHFT's two layers: ``w1 [G, d, f]``, ``w2 [G, f, d]``."""
+
+    layer: HeterogeneousLayer | HiformerLayer
+
+    @property
+    def ffn(self) -> int:
+        return self.layer.w1.shape[2]
+
+    def ffn_out(self) -> torch.Tensor:
+        return self.layer.w2.detach().transpose(1, 2)
+
+    def keep_channels(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        layer = self.layer
+        d = layer.w1.shape[1]
+        layer.w1 = _param(torch.gather(layer.w1, 2, keep[:, None, :].expand(-1, d, -1)))
+        layer.b1 = _param(torch.gather(layer.b1, 1, keep))
+        w2 = torch.gather(layer.w2, 1, keep[:, :, None].expand(-1, -1, layer.w2.shape[2]))
+        layer.w2 = _param(w2 if out is None else out.transpose(1, 2).to(w2))
+
+
+class HeterogeneousSurgery(_GroupedFFN):
+    """HHFT's heterogeneous layer: heads shared by all blocks, FFN channels per block."""
+
+    def __init__(self, layer: HeterogeneousLayer) -> None:
+        self.layer = layer
+        self.groups = layer.wq.shape[0]
+
+    @property
+    def units(self) -> int:
+        return self.layer.heads
+
+    @property
+    def unit_width(self) -> int:
+        return self.layer.wq.shape[2] // self.layer.heads
+
+    def token_groups(self, tokens: int) -> torch.Tensor:
+        return self.layer.groups.cpu()
+
+    def attention_out(self) -> torch.Tensor:
+        return self.layer.wo.detach().transpose(1, 2)
+
+    def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        layer, cols = self.layer, head_index(keep, self.unit_width)
+        for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")):
+            setattr(layer, w, _param(getattr(layer, w)[:, :, cols]))
+            setattr(layer, b, _param(getattr(layer, b)[:, cols]))
+        wo = layer.wo[:, cols, :]
+        layer.wo = _param(wo if out is None else out.transpose(1, 2).to(wo))
+        layer.heads = len(keep)
+
+    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
+        layer = self.layer
+
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x, g = args[0], layer.groups
+            h = layer.norm1(x)
+            q, k, v = (_grouped(h, w[g], b[g]) for w, b in self._qkv())
+            ctx = _attention(q, k, v, layer.heads)
+            if kind == "attention":
+                sink(ctx)
+                return
+            x = x + _grouped(ctx, layer.wo[g], layer.bo[g])
+            sink(torch.relu(_grouped(layer.norm2(x), layer.w1[g], layer.b1[g])))
+
+        return layer.register_forward_pre_hook(hook).remove
+
+    def _qkv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        lay = self.layer
+        return [(lay.wq, lay.bq), (lay.wk, lay.bk), (lay.wv, lay.bv)]
+
+
+class HiformerSurgery(_GroupedFFN):
+    """HHFT's Hiformer layer: FFN channels per token; heads kept (the composite key/value
+    projection reshapes to the model width)."""
+
+    def __init__(self, layer: HiformerLayer) -> None:
+        self.layer = layer
+        self.groups = layer.w1.shape[0]
+
+    @property
+    def units(self) -> None:
+        return None
+
+    @property
+    def unit_width(self) -> int:
+        return 0
+
+    def token_groups(self, tokens: int) -> torch.Tensor:
+        return torch.arange(tokens)
+
+    def attention_out(self) -> torch.Tensor:
+        raise ConfigError("prune: a Hiformer layer's heads are not pruned")
+
+    def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        raise ConfigError("prune: a Hiformer layer's heads are not pruned")
+
+    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
+        if kind != "ffn":
+            raise ConfigError("prune: a Hiformer layer's heads are not pruned")
+        lay = self.layer
+
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]  # every token (the last layer's pruning to task tokens aside)
+            b = x.shape[0]
+            h = lay.norm1(x)
+            k, v = lay.kv(h.reshape(b, lay.n * lay.d)).reshape(b, 2 * lay.n, lay.d).chunk(2, 1)
+            ctx = _attention(_grouped(h, lay.wq, lay.bq), k, v, lay.heads)
+            x = x + _grouped(ctx, lay.wo, lay.bo)
+            sink(torch.relu(_grouped(lay.norm2(x), lay.w1, lay.b1)))
+
+        return lay.register_forward_pre_hook(hook).remove
+
+
+def input_hook(module: nn.Module, sink: Sink) -> Callable[[], None]:
+    def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        sink(args[0])
+
+    return module.register_forward_pre_hook(hook).remove
+
+
+def linear_rows(layer: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    bias = None if layer.bias is None else layer.bias[rows]
+    return _linear(layer, layer.weight[rows], bias)
+
+
+def linear_cols(layer: nn.Linear, cols: torch.Tensor, out: torch.Tensor | None) -> nn.Linear:
+    w = layer.weight[:, cols] if out is None else out[0].to(layer.weight)
+    return _linear(layer, w, layer.bias)
+
+
+def _hf_families() -> list[tuple[type[nn.Module], type[LayerSurgery]]]:
+    """The transformers layer classes with a surgery; none unless transformers is loaded
+    (a model cannot hold its layers otherwise, and importing it costs seconds)."""
+    if "transformers" not in sys.modules:
+        return []
+    from .structure_hf import hf_families
+
+    return hf_families()
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, LayerSurgery]]:
+    """Every prunable layer of ``model`` with its module path, in forward order."""
+    families: list[tuple[type[nn.Module], type[LayerSurgery]]] = [
+        (HeterogeneousLayer, HeterogeneousSurgery),
+        (HiformerLayer, HiformerSurgery),
+        *_hf_families(),
+    ]
+    out = []
+    for name, module in model.named_modules():
+        for cls, surgery in families:
+            if isinstance(module, cls):
+                out.append((name, surgery(module)))  # type: ignore[call-arg]  # each takes its layer
+                break
+    return out
+
+
+def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> None:
+    """Shrink ``model``'s layers to the kept shapes of ``structure`` (module path -> shape)."""
+    layers = dict(prunable_layers(model))
+    for name, shape in structure.items():
+        if name not in layers:
+            raise ConfigError(
+                f"model.structure: {name!r} is not a prunable layer of this model; "
+                f"known: {sorted(layers)}"
+            )
+        layers[name].resize(shape, name)
+
+
+def structure_of(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The kept shape of every prunable layer (``ModelConfig.structure``)."""
+    return {name: s.shape() for name, s in prunable_layers(model)}
