@@ -1,6 +1,6 @@
 """All-to-all between the ranks of one host through shared memory.
 
-The hashed engine's exchange (:mod:`recis.distributed.hashed`) sends pooled rows forward
+The hashed engine's exchange (:mod:`recis.distributed.embedding`) sends pooled rows forward
 and their gradients backward in one ``all_to_all_single`` each, on the step's path. On
 gloo, ranks of one host talk over loopback TCP: 1.6 to 1.9 ms wall and 0.9 to 1.0 ms of
 CPU for 1.7 MB to the other rank (2 ranks, 2 cores), where copies into and out of shared
@@ -44,6 +44,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .embedding.exchange import Exchange
+
 __all__ = ["SharedMemoryAllToAll", "local_exchange"]
 
 _MSG = struct.Struct("qqqqq")  # call, source rank, generation, byte offset, bytes
@@ -65,7 +67,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class SharedMemoryAllToAll:
+class SharedMemoryAllToAll(Exchange):
     """``all_to_all_single`` (uneven splits along dim 0) for the ranks of one host.
 
     Build it with :func:`local_exchange` (collective). ``timeout_s``: how long a call waits
@@ -152,7 +154,7 @@ class SharedMemoryAllToAll:
         return self._peers[key]
 
     # ------------------------------------------------------------- exchange
-    def __call__(
+    def all_to_all(
         self, out: torch.Tensor, x: torch.Tensor, recv: list[int], send: list[int]
     ) -> None:
         """``out`` receives ``recv[s]`` rows from each rank ``s``; ``x`` sends ``send[d]``

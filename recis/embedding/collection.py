@@ -100,6 +100,9 @@ class HashedEmbeddingCollection(LookupModule):
         features: sparse features; ``table`` names the table (shared tables allowed).
         device: where weights live and outputs go.
         optimizer: sparse optimizer, unless a table sets its own.
+        seed: seed of the ids' initial vectors and the mappers' admission draws.
+        template: hold one row per table (shapes, dtypes, optimizer-state layout only;
+            the configs are kept as given), as a template of a table held elsewhere.
 
     Example::
 
@@ -114,8 +117,11 @@ class HashedEmbeddingCollection(LookupModule):
         device: torch.device | str = "cpu",
         optimizer: SparseOptimizerConfig | None = None,
         seed: int = 0,
+        template: bool = False,
     ) -> None:
         super().__init__()
+        # template: one row per table (shapes, dtypes, optimizer-state layout; configs kept)
+        one_row = template or _DEFERRED.get()
         device = torch.device(device)
         optimizer = optimizer or SparseOptimizerConfig()
         by_name = {t.name: t for t in tables}
@@ -134,7 +140,7 @@ class HashedEmbeddingCollection(LookupModule):
             mapped = t.mapper == "hash"
             if mapped:
                 self.mappers[t.name] = IdMapper(
-                    1 if _DEFERRED.get() else t.capacity,
+                    1 if one_row else t.capacity,
                     name=t.name,
                     eviction=t.eviction,
                     ttl_steps=t.ttl_steps,
@@ -157,7 +163,7 @@ class HashedEmbeddingCollection(LookupModule):
                 TableSlot(
                     name=t.name,
                     dim=t.dim,
-                    rows=(1 if _DEFERRED.get() else t.capacity) + int(mapped),
+                    rows=(1 if one_row else t.capacity) + int(mapped),
                     init=t.init,
                     init_scale=t.init_scale or default_scale(t.capacity),
                     by_id=mapped,
@@ -352,6 +358,53 @@ class HashedEmbeddingCollection(LookupModule):
     def where_features(self, table: str) -> list[str]:
         g, j = self.where[table]
         return self.groups[g].tables[j].features
+
+    # ------------------------------------------------------------------ rows by id
+    def live_rows(self, table: str) -> dict[str, torch.Tensor]:
+        """Hashed ``table``'s live rows, on CPU: ``ids`` int64 ``[n]``, ``weights`` ``[n, D]``,
+        optimizer state ``state0``, ... (``[n, D]`` or ``[n]``), and the mapper's last-seen
+        step ``last`` / LFU count ``count`` int32 ``[n]`` where it keeps them."""
+        mapper = self.mappers[table]
+        ids, rows = mapper.items()
+        g, j = self.where[table]
+        grp = self.groups[g]
+        r = torch.from_numpy(rows + 1).to(self.device)
+        out = {"ids": torch.from_numpy(ids.copy()), "weights": grp.weight(j)[r].detach().cpu()}
+        for k, s in enumerate(grp.states(j)):
+            out[f"state{k}"] = s[r].detach().cpu()
+        if mapper.row_last is not None:
+            out["last"] = torch.from_numpy(mapper.row_last[rows].copy())
+        if mapper.row_count is not None:
+            out["count"] = torch.from_numpy(mapper.row_count[rows].copy())
+        return out
+
+    @torch.no_grad()
+    def load_rows(self, table: str, rows: dict[str, torch.Tensor]) -> None:
+        """Replace hashed ``table``'s rows by ``rows`` (the fields of :meth:`live_rows`;
+        ids beyond the capacity are dropped as the mapper's ``insert_items`` does)."""
+        mapper = self.mappers[table]
+        mapper.clear()
+        last, count = rows.get("last"), rows.get("count")
+        at = mapper.insert_items(
+            rows["ids"],
+            None if last is None else last.numpy(),
+            None if count is None else count.numpy(),
+        )
+        g, j = self.where[table]
+        grp = self.groups[g]
+        if mapper.capacity + 1 != grp.tables[j].rows:
+            grp.resize(j, mapper.capacity + 1)
+        keep = torch.from_numpy(at >= 0)
+        r = torch.from_numpy(at[at >= 0] + 1).to(self.device)
+        w = grp.weight(j)
+        w[r] = rows["weights"][keep].to(w.device, w.dtype)
+        for k, s in enumerate(grp.states(j)):
+            s[r] = rows[f"state{k}"][keep].to(s.device, s.dtype)
+
+    def admission_sketch(self, table: str) -> np.ndarray | None:
+        """Hashed ``table``'s count-min sketch of admission counts (int32 ``[depth, width]``,
+        the mapper's own array: writes go through), or None."""
+        return self.mappers[table].sketch
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
