@@ -150,8 +150,8 @@ def test_no_decay_outside_training(name: str) -> None:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_modulo_engine_decays_every_row(name: str) -> None:
     """``model.embedding: modulo`` (one process): torchrec's EBC has a dense gradient and
-    its rows go to the trainer's torch optimizer, so decay is dense: every row, every step
-    (``rowwise_adagrad`` runs as torch's Adagrad)."""
+    its rows go to the trainer's torch optimizer of the same name, so decay is dense: every
+    row, every step (``rowwise_adagrad`` is torchrec's RowWiseAdagrad: one state per row)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = SparseOptimizerConfig(name=name, lr=LR, eps=EPS, weight_decay=WD)
@@ -173,22 +173,26 @@ def test_modulo_engine_decays_every_row(name: str) -> None:
     up = 0.1 * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     (out * up).sum().backward()
     opt.step()
-    ref = "adagrad" if name == "rowwise_adagrad" else name
-    want = _by_hand(ref, w0, _row_grads("sum", up.double().numpy()), list(range(ROWS)))
+    want = _by_hand(name, w0, _row_grads("sum", up.double().numpy()), list(range(ROWS)))
     np.testing.assert_allclose(sparse[0].detach().double().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "rowwise_adagrad"])
 def test_sharded_tables_refuse_decay_on_cpu(name: str) -> None:
     """torchrec-sharded tables (distributed modulo) run fbgemm's CPU kernels, which have
-    no decay: refused, naming the field and the optimizer; on CUDA the mode is set."""
+    no decay: refused, naming the field and the optimizer; on CUDA only the kernels that
+    decay get it (tests/test_optim_spec.py has the whole table)."""
     cfg = SparseOptimizerConfig(name=name, weight_decay=0.01)
     with pytest.raises(ConfigError, match=rf"train\.sparse_optimizer\.weight_decay.*'{name}'"):
         fused_params(cfg, torch.device("cpu"))
     assert "weight_decay_mode" not in fused_params(
         SparseOptimizerConfig(name=name), torch.device("cpu")
     )
-    assert fused_params(cfg, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.L2
+    if name == "rowwise_adagrad":
+        assert fused_params(cfg, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.L2
+    else:  # fbgemm's SGD and Adagrad have no decay on any device
+        with pytest.raises(ConfigError, match=rf"fbgemm's {name} kernel has no weight decay"):
+            fused_params(cfg, torch.device("cuda"))
     adamw = SparseOptimizerConfig(name="adamw", weight_decay=0.01)
     assert (
         fused_params(adamw, torch.device("cuda"))["weight_decay_mode"] == WeightDecayMode.DECOUPLE

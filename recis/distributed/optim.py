@@ -19,21 +19,17 @@ from torchrec.distributed.types import ShardedModule
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recis.config import SparseOptimizerConfig, TrainConfig
-from recis.optim import dense_optimizer
+from recis.config import TrainConfig
+from recis.optim import dense_optimizer, sparse_optimizer
 
 from .context import DistContext, import_horovod
 
 
-def _sgd_like(cfg: SparseOptimizerConfig) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
-    """torch optimizer for data-parallel (replicated) tables, matching the fused one."""
-    if cfg.name == "sgd":
-        return lambda ps: torch.optim.SGD(ps, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return lambda ps: torch.optim.Adagrad(ps, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
 def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> CombinedOptimizer:
-    """Fused sparse optimizer + keyed dense optimizer(s) for a DistributedModelParallel model.
+    """Fused sparse optimizer + keyed torch optimizers for a DistributedModelParallel model:
+    ``dense`` (``train.dense_optimizer``) and ``tables``, the data-parallel (replicated)
+    tables, with the optimizer ``train.sparse_optimizer`` names (torch's SGD, Adagrad,
+    Adam, AdamW or torchrec's RowWiseAdagrad; :func:`recis.optim.spec.resolve_sparse`).
 
     Under Horovod the dense optimizers are wrapped in ``hvd.DistributedOptimizer`` (which
     all-reduces their gradients) and their parameters broadcast from rank 0.
@@ -82,7 +78,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
     if dense:
         parts.append(("dense", wrap(dense, lambda ps: dense_optimizer(ps, config.dense_optimizer))))
     if replicated_tables:
-        parts.append(("tables", wrap(replicated_tables, _sgd_like(config.sparse_optimizer))))
+        # the named optimizer, as a torch one: the same as on one process (modulo engine)
+        sparse = config.sparse_optimizer
+        parts.append(("tables", wrap(replicated_tables, lambda ps: sparse_optimizer(ps, sparse))))
     return CombinedOptimizer(parts)
 
 

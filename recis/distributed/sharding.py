@@ -16,7 +16,9 @@ built by hand with ``construct_module_sharding_plan(..., device_type=...)``; onl
 ``auto`` tables go through the planner (its plan is computed on rank 0 and broadcast).
 
 Sharded tables use fbgemm's fused kernels: the sparse optimizer runs inside backward
-(``fused_params``), so the trainer only steps dense parameters. torchrec divides
+(``fused_params``, resolved by :mod:`recis.optim.spec`, which refuses an optimizer or a
+weight decay fbgemm cannot run on the device); data-parallel tables get the same named
+optimizer as a torch optimizer (:mod:`recis.distributed.optim`). torchrec divides
 embedding gradients by the world size in its all-to-all backward, matching the
 data-parallel mean over the global batch, so N ranks on N slices of a global batch
 take the same step as one process on the whole batch.
@@ -28,8 +30,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from fbgemm_gpu.split_embedding_configs import EmbOptimType as OptimType
-from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -54,6 +54,7 @@ from torchrec.distributed.types import (
 
 from recis.config import SparseOptimizerConfig
 from recis.errors import ConfigError
+from recis.optim.spec import fused_params
 
 from . import gloo_comms
 from .context import DistContext
@@ -62,45 +63,16 @@ from .hashed import HASHED_SHARDING, check_hashed_kind, hashed_collections, shar
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel", "auto")
 _FUSED = "fused"
 _EMBEDDING_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
-# fbgemm's CPU kernels: the rest (Adam, LAMB, ...) raise "not supported in CPU mode"
-_CPU_FUSED = {"sgd", "adagrad", "rowwise_adagrad"}
 
 
-def fused_params(cfg: SparseOptimizerConfig, device: torch.device) -> dict[str, Any]:
-    """fbgemm in-backward optimizer settings for ``cfg``."""
-    kinds = {
-        "sgd": OptimType.EXACT_SGD,
-        "adagrad": OptimType.EXACT_ADAGRAD,
-        "rowwise_adagrad": OptimType.EXACT_ROWWISE_ADAGRAD,
-        "adam": OptimType.ADAM,
-        "adamw": OptimType.ADAM,
-    }
-    if device.type == "cpu" and cfg.name not in _CPU_FUSED:
-        raise ConfigError(
-            f"train.sparse_optimizer.name: {cfg.name!r} has no fused fbgemm kernel on CPU; "
-            f"use one of {sorted(_CPU_FUSED)} for sharded tables"
-        )
-    if device.type == "cpu" and cfg.weight_decay:
-        # fbgemm's CPU kernels apply no weight decay: refuse rather than train without it
-        raise ConfigError(
-            f"train.sparse_optimizer.weight_decay: {cfg.weight_decay:g} with {cfg.name!r} is "
-            "not applied by fbgemm's CPU kernels on torchrec-sharded tables (model.embedding: "
-            "modulo); set it to 0 or use model.embedding: hashed, whose tables apply it"
-        )
-    params: dict[str, Any] = {
-        "optimizer": kinds[cfg.name],
-        "learning_rate": cfg.lr,
-        "eps": cfg.eps,
-        "weight_decay": cfg.weight_decay,
-    }
-    if cfg.weight_decay:  # fbgemm's default mode (NONE) would drop it silently
-        decoupled = cfg.name == "adamw"
-        params["weight_decay_mode"] = WeightDecayMode.DECOUPLE if decoupled else WeightDecayMode.L2
-    return params
-
-
-def sharders(cfg: SparseOptimizerConfig, device: torch.device) -> list[ModuleSharder[nn.Module]]:
-    fp = fused_params(cfg, device)
+def sharders(
+    cfg: SparseOptimizerConfig, device: torch.device, fused: bool = True
+) -> list[ModuleSharder[nn.Module]]:
+    """torchrec's sharders with fbgemm's in-backward optimizer for ``cfg``
+    (:func:`recis.optim.spec.fused_params`, which refuses what fbgemm cannot run on
+    ``device``); ``fused=False``: no table is fused-sharded (all data-parallel), so
+    ``cfg`` runs as a torch optimizer instead and is not checked against fbgemm."""
+    fp = fused_params(cfg, device) if fused else None
     return [
         EmbeddingBagCollectionSharder(fused_params=fp),
         EmbeddingCollectionSharder(fused_params=fp),
@@ -248,7 +220,8 @@ def shard_model(
     Args:
         model: an unsharded model holding torchrec embedding collections (on ``ctx.device``).
         ctx: this process's context; its process group carries the embedding all-to-alls.
-        sparse_optimizer: run inside backward by fbgemm on the sharded tables.
+        sparse_optimizer: run inside backward by fbgemm on the sharded tables (data-parallel
+            ones: by the trainer's torch optimizer of the same name).
         default: sharding for tables not in ``per_table``.
         per_table: table name -> sharding type.
         data_parallel_dense: wrap dense parameters in DDP (torchrun); False under Horovod,
@@ -262,7 +235,9 @@ def shard_model(
         group = dist.new_group(backend=ctx.backend) if ctx.world_size > 1 else None
         shard_hashed(model, ctx.rank, ctx.world_size, group, kinds)
         kinds = {t: k for t, k in kinds.items() if t not in hashed}
-    module_sharders = sharders(sparse_optimizer, ctx.device)
+    # fused (fbgemm) unless every table is replicated; auto: the planner may shard any
+    fused = any(k != "data_parallel" for k in kinds.values())
+    module_sharders = sharders(sparse_optimizer, ctx.device, fused)
     plan = build_plan(model, ctx, kinds, module_sharders)
     # Sharded tables are re-initialized by torchrec, rank by rank; copy the unsharded
     # weights in so that a run's start does not depend on the world size or the plan.

@@ -19,6 +19,7 @@ from recis.config import SparseOptimizerConfig, TableConfig
 from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature, features_by_table
 from recis.ops.id_mapper import IdMapper, MapResult
+from recis.optim.spec import resolve_sparse
 
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
 
@@ -152,7 +153,7 @@ class HashedEmbeddingCollection(LookupModule):
                     max_capacity=t.max_capacity,
                     seed=seed + i,
                 )
-            if opt.name not in ("adam", "adamw") and t.dim % 4:
+            if resolve_sparse(opt, "table_group", device).fused and t.dim % 4:
                 raise ConfigError(
                     f"model.tables.{t.name}.dim: {t.dim} is not a multiple of 4, "
                     f"which fbgemm's {opt.name} kernels need"
@@ -174,7 +175,8 @@ class HashedEmbeddingCollection(LookupModule):
         self.where: dict[str, tuple[str, int]] = {}  # table -> (group, index in group)
         for key, ts in slots.items():
             pooling, dtype, opt = spec[key]
-            cls = TorchTableGroup if opt.name in ("adam", "adamw") else FbgemmTableGroup
+            fused = resolve_sparse(opt, "table_group", device).fused  # else recis' Adam(W)
+            cls = FbgemmTableGroup if fused else TorchTableGroup
             self.groups[key] = cls(ts, pooling, dtype, opt, device)
             for j, s in enumerate(ts):
                 self.where[s.name] = (key, j)

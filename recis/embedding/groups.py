@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+from fbgemm_gpu.split_embedding_configs import SparseType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
@@ -36,13 +36,9 @@ from recis.ops.fused_backward import fused_lookup
 from recis.ops.hashing import id_uniform, salt64
 from recis.ops.id_mapper_probe import native_kernels
 from recis.optim.sparse_adam import AdamHyper, adam_state, adam_update_rows
+from recis.optim.spec import resolve_sparse
 
 _POOLING = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
-_FBGEMM_OPT = {
-    "sgd": EmbOptimType.EXACT_SGD,
-    "adagrad": EmbOptimType.EXACT_ADAGRAD,
-    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-}
 _DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -164,6 +160,7 @@ class FbgemmTableGroup(_TableGroup):
         device: torch.device,
     ) -> None:
         super().__init__(tables, pooling, dtype, optimizer, device)
+        self.resolution = resolve_sparse(optimizer, "table_group", device)
         self._build()
         for t, w in zip(self.tables, self._weights):
             w.copy_(t.initial(t.rows, device).to(w.dtype))
@@ -176,7 +173,9 @@ class FbgemmTableGroup(_TableGroup):
         self.tbe = SplitTableBatchedEmbeddingBagsCodegen(
             [(t.rows, t.dim, loc, comp) for t in self.tables],
             feature_table_map=ftm,
-            optimizer=_FBGEMM_OPT[self.opt.name],
+            # the fused kind and its learning_rate / eps (recis.optim.spec)
+            **self.resolution.kwargs,
+            optimizer=self.resolution.kind,
             # mean runs as a sum with 1/L weights: fbgemm's CPU MEAN backward ignores the
             # 1/L when per-sample weights are given (its forward applies it)
             # mean and none run as sums (see forward): fbgemm's CPU MEAN backward drops the
@@ -185,8 +184,6 @@ class FbgemmTableGroup(_TableGroup):
             pooling_mode=PoolingMode.SUM,
             weights_precision=SparseType.FP16 if self.dtype == "fp16" else SparseType.FP32,
             output_dtype=SparseType.FP32,
-            learning_rate=self.opt.lr,
-            eps=self.opt.eps,
             # fbgemm's CPU kernels ignore weight decay: recis adds it to the gradient
             # itself (:meth:`_lookup`), the same way on every device
             weight_decay=0.0,
@@ -265,7 +262,7 @@ class FbgemmTableGroup(_TableGroup):
         ``B``, on the table's first feature), whose output is ``w_r``; a gradient hook
         gives those bags the gradient ``weight_decay * w_r``.
         """
-        wd = self.opt.weight_decay
+        wd = self.resolution.lazy_l2
         nf = len(self.feature_names)
         b = (offsets.numel() - 1) // max(nf, 1)
         if not wd or not torch.is_grad_enabled() or b == 0 or indices.numel() == 0:
@@ -337,14 +334,7 @@ class TorchTableGroup(_TableGroup):
         device: torch.device,
     ) -> None:
         super().__init__(tables, pooling, dtype, optimizer, device)
-        self.hyper = AdamHyper(
-            lr=optimizer.lr,
-            beta1=optimizer.beta1,
-            beta2=optimizer.beta2,
-            eps=optimizer.eps,
-            weight_decay=optimizer.weight_decay,
-            decoupled=optimizer.name == "adamw",
-        )
+        self.hyper = AdamHyper(**resolve_sparse(optimizer, "table_group", device).kwargs)
         for i, t in enumerate(tables):
             self.register_buffer(f"weight_{i}", t.initial(t.rows, device).to(_DTYPE[dtype]))
             for k, v in adam_state(t.rows, t.dim, device).items():

@@ -1,4 +1,5 @@
-"""Dense optimizers, learning-rate schedules, and the sparse/dense parameter split.
+"""Learning-rate schedules and the sparse/dense parameter split (the optimizers themselves
+are built by :mod:`recis.optim.spec`).
 
 Parameters updated inside backward (the embedding engine's tables carry the
 attribute ``_in_backward_optimizers``, as torchrec's
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
-from recis.config import OptimizerConfig, ScheduleConfig, SparseOptimizerConfig
+from recis.config import ScheduleConfig
 
 _SPARSE_MODULES = (EmbeddingBagCollection, EmbeddingCollection)
 
@@ -37,28 +38,6 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
         if id(p) not in sparse_ids and id(p) not in in_backward and p.requires_grad
     ]
     return sparse, dense
-
-
-def dense_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    kinds = {
-        "adam": torch.optim.Adam,
-        "adamw": torch.optim.AdamW,
-        "adagrad": torch.optim.Adagrad,
-        "sgd": torch.optim.SGD,
-    }
-    return kinds[cfg.name](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def sparse_optimizer(
-    params: list[nn.Parameter], cfg: SparseOptimizerConfig
-) -> torch.optim.Optimizer:
-    """A torch optimizer for embedding-collection weights the engine does not update itself."""
-    if cfg.name in ("adagrad", "rowwise_adagrad"):
-        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int | None) -> float:
