@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 import torch
 
 from recis.config import load_config
-from recis.io import Reader, generate_ctr, resolve_paths
+from recis.io import Reader, resolve_paths
 from recis.models import build_model
+from recis.synthetic import generate_ctr
 from recis.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,6 +35,8 @@ _TERM_MEMO = 1 << 21  # distinct terms an NgramHasher remembers the id of
 _TEXT_MEMO = 1 << 18  # texts whose ids it remembers
 
 Encoded = tuple[np.ndarray, np.ndarray]  # ids [B, T] int64 (0-padded), mask [B, T] int64
+# the salt of :func:`hashed_ngrams`: one for queries and products, so equal terms get equal ids
+TEXT_SALT = "text"
 
 
 class TextTokenizer(Protocol):
@@ -126,6 +128,24 @@ def ngram_terms(text: str, words: int, chars: Sequence[int], fast: bool = True) 
     for run in _RUN.findall(text):
         out += _words_of(run, seq, cjk, words, chars, fast)
     return out
+
+
+def ngrams(text: str, n: int = 2) -> list[str]:
+    """Word 1..n-grams of a whitespace-tokenized, lower-cased text (bigrams as ``"a_b"``)."""
+    words = text.lower().split()
+    out = list(words)
+    for k in range(2, n + 1):
+        out += ["_".join(words[i : i + k]) for i in range(len(words) - k + 1)]
+    return out
+
+
+def hashed_ngrams(texts: list[str], n: int = 2, salt: str = TEXT_SALT) -> list[np.ndarray]:
+    """Per text, the int64 ids of its 1..n-grams (:func:`ngrams`), hashed with one salt."""
+    grams = [ngrams(t, n) for t in texts]
+    flat = [g for gs in grams for g in gs]
+    ids = hash_strings(flat, salt) if flat else np.zeros(0, np.int64)
+    bounds = np.cumsum([0] + [len(g) for g in grams])
+    return [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
 
 
 def _pad(rows: list[np.ndarray], max_length: int, keep_last: bool) -> Encoded:

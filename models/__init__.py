@@ -50,12 +50,7 @@ def model_class(name: str) -> ModelClass:
 
 
 def build_model(config: ModelConfig, schema: Schema, device: torch.device | str) -> nn.Module:
-    model = model_class(config.name)(config, schema, torch.device(device))
-    if config.structure:  # pruned by recis prune: its narrower layers, before weights load
-        from .structure import apply_structure
-
-        apply_structure(model, config.structure)
-    return model
+    return model_class(config.name)(config, schema, torch.device(device))
 
 
 __all__ = [

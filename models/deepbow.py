@@ -336,7 +336,7 @@ class DeepBoW(nn.Module):
         (a list-of-ids feature: the synthetic data's hashed word 1-2-grams)."""
         feature = self.text_features.get(name)
         if feature is None:
-            from recis.io.synthetic_relevance import hashed_ngrams, ngrams
+            from recis.io.tokenizers import hashed_ngrams, ngrams
 
             return list(zip(hashed_ngrams([text])[0].tolist(), ngrams(text)))
         from recis.io.tokenizers import tokenizer_for

@@ -260,6 +260,7 @@ def _main(argv: list[str]) -> int:
             from recis.doctor import main as doctor
 
             return doctor()
+        import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
         from recis.config import load_config
         from recis.train import runner
 

@@ -32,7 +32,7 @@ def cli_runs(tmp_path_factory):
     """The same config twice: uninterrupted, and with rank 1 killed after step 5 (epoch 2,
     restarted from step-4); then the uninterrupted run's step-4 checkpoint resumed by one
     rank, and its final checkpoint evaluated by `recis eval` under torchrun."""
-    from recis.io import generate_ctr
+    from recis.synthetic import generate_ctr
 
     root = tmp_path_factory.mktemp("cli")
     generate_ctr(root / "data", num_train=601, num_eval=900, files=2, seed=3)

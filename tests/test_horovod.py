@@ -24,7 +24,7 @@ KINDS = ["table_wise", "row_wise", "column_wise"]
 def horovod_runs(tmp_path_factory):
     """The worker on 2 Horovod ranks, and `recis train --launcher horovod` on a small config,
     side by side."""
-    from recis.io import generate_ctr
+    from recis.synthetic import generate_ctr
 
     tmp = tmp_path_factory.mktemp("hvd")
     (tmp / "w2").mkdir()

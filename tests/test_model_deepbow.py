@@ -9,7 +9,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.features import LabelSpec, Schema, SparseFeature
 from recis.io.batch import Batch
-from recis.io.synthetic_relevance import hashed_ngrams
+from recis.io.tokenizers import hashed_ngrams
 from recis.models import DeepBoW, DeepBoWConfig
 from recis.models.deepbow import load_bags, score_bags, score_exported
 

@@ -11,8 +11,8 @@ from recis.config import TableConfig, TrainConfig
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
 from recis.io.batch import Batch
-from recis.io.synthetic import dense_names, sparse_names
 from recis.models import DeepFM, DeepFMConfig
+from recis.synthetic import dense_names, sparse_names
 from recis.train.trainer import Trainer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from recis.io import generate_relevance, generate_retrieval
-from recis.io.synthetic_relevance import hashed_ngrams, ngrams
+from recis.io.tokenizers import hashed_ngrams, ngrams
+from recis.synthetic import generate_relevance, generate_retrieval
 
 
 def test_relevance_generator_is_deterministic_and_consistent(tmp_path) -> None:

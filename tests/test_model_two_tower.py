@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recis.config import TrainConfig, load_config
-from recis.io import ParquetReader, generate_retrieval
+from recis.io import ParquetReader
 from recis.models import TwoTower, TwoTowerConfig
 from recis.models.two_tower import (
     FrequencyEstimator,
@@ -19,6 +19,7 @@ from recis.models.two_tower import (
     read_relevant,
     recall_ndcg,
 )
+from recis.synthetic import generate_retrieval
 from recis.train.callbacks import Callback
 from recis.train.trainer import Trainer
 

@@ -11,8 +11,9 @@ from torch import nn
 from recis.config import OptimizerConfig, PriorityConfig, TaskConfig, TrainConfig
 from recis.errors import ConfigError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
-from recis.io import ParquetReader, generate_ctr_cvr
+from recis.io import ParquetReader
 from recis.optim import PriorityObjective, WeightedSumObjective
+from recis.synthetic import generate_ctr_cvr
 from recis.train import Trainer
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from recis.io import generate_ctr, load_info
-from recis.io.synthetic import dense_names, sparse_names
 from recis.metrics import auc
+from recis.synthetic import dense_names, generate_ctr, load_info, sparse_names
 
 
 def _read(path):

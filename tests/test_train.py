@@ -20,9 +20,9 @@ from recis.config import (
 from recis.distributed.hashed import ShardedHashedEmbeddingCollection
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
-from recis.io.synthetic import dense_names, sparse_names
 from recis.models import DLRM, DLRMConfig
 from recis.optim import lr_factor
+from recis.synthetic import dense_names, sparse_names
 from recis.train import Callback, EarlyStopping, Trainer, latest_checkpoint
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,53 +14,20 @@ import yaml
 
 from recis.config import RunConfig, to_dict
 from recis.errors import ConfigError, OutputError
-from recis.io import (
-    MultiTaskInfo,
-    generate_ctr,
-    generate_ctr_cvr,
-    generate_relevance,
-    generate_retrieval,
-    load_info,
-    reader_from_config,
-)
-from recis.io.synthetic import SyntheticInfo
+from recis.io import reader_from_config
 from recis.models import build_model
+from recis.synthetic import Info, oracle_metrics
+from recis.synthetic import prepare as prepare_synthetic
 
 from .checkpoint import CheckpointManager, resolve_resume
 from .runlog import standalone_eval_split
 from .trainer import Trainer
-
-Info = SyntheticInfo | MultiTaskInfo
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _synthetic(cfg: RunConfig) -> Info:
-    data, s = cfg.data, cfg.data.synthetic
-    assert s is not None
-    info_path = Path(data.path) / "info.json"
-    wanted = (s.num_train, s.num_eval, s.seed)
-    if s.kind == "ctr_cvr":
-        if info_path.exists():
-            mt = MultiTaskInfo(**json.loads(info_path.read_text()))
-            if (mt.num_train, mt.num_eval, mt.seed) == wanted:
-                return mt
-        print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
-        return generate_ctr_cvr(data.path, s.num_train, s.num_eval, s.files, s.seed)
-    info = load_info(data.path)
-    if info is None or (info.num_train, info.num_eval, info.seed) != wanted:
-        print(f"generating synthetic {s.kind} data in {data.path} ...", flush=True)
-        generate = {
-            "ctr": generate_ctr,
-            "retrieval": generate_retrieval,
-            "relevance": generate_relevance,
-        }[s.kind]
-        info = generate(data.path, s.num_train, s.num_eval, s.files, s.seed)
-    return info
 
 
 def eval_path(cfg: RunConfig) -> str | list[str] | None:
@@ -73,7 +39,7 @@ def eval_path(cfg: RunConfig) -> str | list[str] | None:
 def prepare_data(cfg: RunConfig) -> tuple[str | list[str], str | list[str] | None, Info | None]:
     """Train and eval paths; generates the synthetic data first when configured and absent."""
     data = cfg.data
-    info = _synthetic(cfg) if data.synthetic is not None else None
+    info = prepare_synthetic(data)
     train = data.train or (str(Path(data.path) / "train") if data.synthetic else None)
     evals = eval_path(cfg)
     if train is None:
@@ -99,13 +65,7 @@ def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, Info | No
 
 def report(result: dict[str, Any], info: Info | None) -> dict[str, Any]:
     """The eval result, with the synthetic data's oracle AUC beside it."""
-    out: dict[str, Any] = dict(result)
-    if isinstance(info, SyntheticInfo):
-        out["oracle_auc"] = info.oracle_auc
-    elif isinstance(info, MultiTaskInfo):
-        for task, value in asdict(info)["oracle_auc"].items():
-            out[f"{task}/oracle_auc"] = value
-    return out
+    return {**result, **oracle_metrics(info)}
 
 
 # what a run writes into its run directory (``--overwrite`` removes exactly these)

@@ -20,8 +20,8 @@ from recis.config import TableConfig, TrainConfig
 from recis.errors import CheckpointError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
-from recis.io.synthetic import dense_names, sparse_names
 from recis.models import DLRM, DLRMConfig
+from recis.synthetic import dense_names, sparse_names
 from recis.train import Trainer, latest_checkpoint, load_checkpoint
 from recis.train.runner import train as run_train
 

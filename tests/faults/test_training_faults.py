@@ -25,8 +25,8 @@ from recis.config import EarlyStoppingConfig, OptimizerConfig, TableConfig, Trai
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
-from recis.io.synthetic import dense_names, sparse_names
 from recis.models import DLRM, DLRMConfig
+from recis.synthetic import dense_names, sparse_names
 from recis.train import Callback, Trainer, load_checkpoint
 from recis.train.runlog import read_records
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from recis.metrics import auc
 
-from .synthetic import write_parquet_parts
+from .ctr import write_parquet_parts
 
 NUM_DENSE = 8
 CARDS = {"user_id": 2000, "item_id": 5000, "category": 100}

@@ -13,7 +13,7 @@ Writes ``train/``, ``eval/`` (rows: ``query_id, query_cat, query_tokens, item_id
 item_cat, item_brand, item_tokens, label``), ``items.parquet`` (the corpus: item
 columns), ``queries.parquet`` (query columns + ``relevant`` list<int64>) and
 ``info.json``. Token columns are hashed word 1-2-grams (see
-:func:`recis.io.synthetic_relevance.hashed_ngrams`). Deterministic by seed.
+:func:`recis.io.tokenizers.hashed_ngrams`). Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .synthetic import SyntheticInfo, write_parquet_parts
-from .synthetic_relevance import _words, hashed_ngrams, token_table
+from recis.io.tokenizers import hashed_ngrams
+
+from .ctr import SyntheticInfo, write_parquet_parts
+from .relevance import random_words, token_table
 
 NUM_ITEMS = 4000
 NUM_QUERIES = 1500
@@ -41,7 +43,7 @@ class _Catalog:
         self.num_items = num_items
         rng = np.random.default_rng([seed, 0x7E])
         centers = rng.normal(size=(CATEGORIES, LATENT))
-        self.words = [_words(rng, 10) for _ in range(CATEGORIES)]
+        self.words = [random_words(rng, 10) for _ in range(CATEGORIES)]
         self.item_cat = rng.integers(CATEGORIES, size=NUM_ITEMS)
         self.item_brand = rng.integers(BRANDS, size=NUM_ITEMS)
         z = centers[self.item_cat] + 0.6 * rng.normal(size=(NUM_ITEMS, LATENT))

@@ -11,7 +11,7 @@ the label ``grade`` flips by one step with probability 0.1 (annotator noise).
 
 Columns: ``query_text``, ``product_text`` (strings), ``query_tokens``,
 ``product_tokens`` (list<int64> hashed unigrams and bigrams, one shared salt so equal
-terms get equal ids, see :func:`hashed_ngrams`), ``product_id``, ``grade`` (0..3),
+terms get equal ids, see :func:`recis.io.tokenizers.hashed_ngrams`), ``product_id``, ``grade`` (0..3),
 ``relevance`` (``grade / 3``), ``label`` (``grade >= 2``), ``true_grade``, ``coverage``.
 The oracle AUC is the AUC of the noise-free coverage against ``label`` on eval.
 Deterministic by seed.
@@ -24,36 +24,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from recis.io.tokenizers import hashed_ngrams
 from recis.metrics import auc
-from recis.ops.hashing import hash_strings
 
-from .synthetic import SyntheticInfo, write_parquet_parts
+from .ctr import SyntheticInfo, write_parquet_parts
 
-TEXT_SALT = "text"
 NUM_CONCEPTS = 400
 NUM_FILLERS = 150
 NUM_PRODUCTS = 6000
 
 
-def ngrams(text: str, n: int = 2) -> list[str]:
-    """Word 1..n-grams of a whitespace-tokenized, lower-cased text (bigrams as ``"a_b"``)."""
-    words = text.lower().split()
-    out = list(words)
-    for k in range(2, n + 1):
-        out += ["_".join(words[i : i + k]) for i in range(len(words) - k + 1)]
-    return out
-
-
-def hashed_ngrams(texts: list[str], n: int = 2, salt: str = TEXT_SALT) -> list[np.ndarray]:
-    """Per text, the int64 ids of its 1..n-grams (:func:`ngrams`), hashed with one salt."""
-    grams = [ngrams(t, n) for t in texts]
-    flat = [g for gs in grams for g in gs]
-    ids = hash_strings(flat, salt) if flat else np.zeros(0, np.int64)
-    bounds = np.cumsum([0] + [len(g) for g in grams])
-    return [ids[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
-
-
-def _words(rng: np.random.Generator, count: int) -> list[str]:
+def random_words(rng: np.random.Generator, count: int) -> list[str]:
+    """``count`` distinct made-up words of 4-7 letters."""
     letters = np.array(list("abcdefghijklmnoprstuvz"))
     seen: set[str] = set()
     out: list[str] = []
@@ -68,7 +50,7 @@ def _words(rng: np.random.Generator, count: int) -> list[str]:
 class _World:
     def __init__(self, seed: int) -> None:
         rng = np.random.default_rng([seed, 0x5E])
-        words = _words(rng, NUM_CONCEPTS * 3 + NUM_FILLERS)
+        words = random_words(rng, NUM_CONCEPTS * 3 + NUM_FILLERS)
         nsyn = rng.integers(1, 4, size=NUM_CONCEPTS)
         self.synonyms = []
         pos = 0
