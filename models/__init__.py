@@ -50,7 +50,12 @@ def model_class(name: str) -> ModelClass:
 
 
 def build_model(config: ModelConfig, schema: Schema, device: torch.device | str) -> nn.Module:
-    return model_class(config.name)(config, schema, torch.device(device))
+    model = model_class(config.name)(config, schema, torch.device(device))
+    if config.structure:  # pruned by recis prune: its narrower layers, before weights load
+        from .structure import apply_structure
+
+        apply_structure(model, config.structure)
+    return model
 
 
 __all__ = [

@@ -107,13 +107,13 @@ class DataConfig:
 
 @dataclass(config=STRICT)
 class SparseOptimizerConfig:
-    """Optimizer of embedding rows, applied in backward (fused; see docs/embedding.md).
+    """Optimizer of embedding rows: ``train.sparse_optimizer`` (the one place; a table may
+    override it with ``model.tables[i].optimizer``). See docs/config.md, "Optimizers".
 
-    ``sgd``, ``adagrad`` and ``rowwise_adagrad`` run in fbgemm's kernels; ``adam`` and
-    ``adamw`` are recis's lazy row-wise versions (moments of rows in the batch only).
-    ``weight_decay`` is lazy too on the hashed engine: L2 added to the gradient of the
-    batch's distinct rows (``adamw``: decoupled), for every optimizer, recis applying it
-    where fbgemm's CPU kernels would not (docs/embedding.md, "Weight decay").
+    ``weight_decay`` couples as in torch: ``adamw`` decoupled (``w *= 1 - lr * wd``), every
+    other name L2 (``g += wd * w``). :func:`recis.optim.spec.resolve_sparse` turns it into
+    what runs it (fbgemm's fused kernels, recis' lazy row-wise Adam(W), a torch optimizer)
+    or refuses, naming the field, what the chosen backend cannot honour.
     """
 
     name: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"] = "rowwise_adagrad"
@@ -179,19 +179,33 @@ class ModelConfig:
 
     name: str = "dlrm"
     tables: list[TableConfig] = Field(default_factory=list)
-    # optimizer of the embedding rows; None: filled from train.sparse_optimizer
+    # optimizer of the embedding rows, filled from train.sparse_optimizer in a run config
+    # (set there, not here: a different value here is refused); for models built in Python
     sparse_optimizer: SparseOptimizerConfig | None = None
     # hashed: zero-collision IdMapper + fbgemm (recis.embedding), tables kept whole on one
     # rank or split by id in distributed runs (distributed.sharding); modulo: torchrec EBC over id mod capacity, for pre-mapped ids
     # (sharded with torchrec's per-table plans)
     embedding: Literal["hashed", "modulo"] = "hashed"
+    # a pruned model (recis prune): kept heads / FFN channels of each transformer layer by
+    # module path, e.g. {"hetero.0": {"heads": 6, "ffn": 180}}; applied after building
+    structure: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(config=STRICT)
 class OptimizerConfig:
+    """``train.dense_optimizer``: the torch optimizer of every non-embedding parameter.
+
+    ``weight_decay`` couples as in torch (``adamw`` decoupled, the rest L2); ``eps``
+    null keeps torch's default of the named optimizer (1e-8 Adam(W), 1e-10 Adagrad);
+    ``beta1``/``beta2`` are Adam(W)'s.
+    """
+
     name: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
+    eps: float | None = Field(default=None, gt=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
 
 
 @dataclass(config=STRICT)
@@ -517,9 +531,25 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     check_device(cfg.device)
     check_task_labels(cfg.data.schema_.labels, [(t.name, t.loss) for t in cfg.train.tasks])
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
-    if getattr(cfg.model, "sparse_optimizer", "unset") is None:
-        cfg.model.sparse_optimizer = cfg.train.sparse_optimizer
+    _one_sparse_optimizer(cfg)
     return cfg
+
+
+def _one_sparse_optimizer(cfg: RunConfig) -> None:
+    """The embedding optimizer is declared once, in ``train.sparse_optimizer``; the model
+    section's copy is filled from it. A ``model.sparse_optimizer`` that differs (older
+    configs set it there) is refused naming both fields; an equal one (a run's saved
+    config.yaml from before) is accepted."""
+    if not isinstance(cfg.model, ModelConfig):
+        return
+    given, train = cfg.model.sparse_optimizer, cfg.train.sparse_optimizer
+    if given is not None and given != train:
+        raise ConfigError(
+            f"model.sparse_optimizer: {to_dict(given)} differs from train.sparse_optimizer: "
+            f"{to_dict(train)}; the embedding optimizer is set once, in "
+            "train.sparse_optimizer (remove model.sparse_optimizer)"
+        )
+    cfg.model.sparse_optimizer = train
 
 
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(:(0|[1-9][0-9]*))?$")
@@ -609,4 +639,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out = TypeAdapter(type(cfg)).dump_python(cfg, by_alias=True, mode="json")
     if isinstance(cfg, RunConfig) and not isinstance(cfg.model, dict):
         out["model"] = to_dict(cfg.model)
+        # filled from train.sparse_optimizer on load: written once, where it is set
+        out["model"].pop("sparse_optimizer", None)
     return out
