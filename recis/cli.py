@@ -244,6 +244,15 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"recis: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _is_relevance_llm(path: str) -> bool:
+    """A ``kind: relevance_llm`` config: recis.llm trains and evaluates it (docs/models/
+    relevance_llm.md), not the sparse-dense runner."""
+    from recis.config import load_yaml
+    from recis.llm.config import is_relevance_llm
+
+    return is_relevance_llm(load_yaml(path))
+
+
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -260,6 +269,10 @@ def _main(argv: list[str]) -> int:
             from recis.doctor import main as doctor
 
             return doctor()
+        if args.command in ("train", "eval") and _is_relevance_llm(args.config):
+            from recis.llm.command import main as relevance_llm  # issue 18
+
+            return relevance_llm(args)
         import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
         from recis.config import load_config
         from recis.train import runner
