@@ -25,6 +25,7 @@ from recis.embedding import deferred_tables
 from recis.errors import CheckpointError, ConfigError
 from recis.io import reader_from_config
 from recis.models import build_model
+from recis.optim.spec import check_sharded_tables
 
 from . import checkpoint as dcp_checkpoint
 from .context import DistContext, init_distributed, shutdown
@@ -38,6 +39,8 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     """Data, sharded model and trainer for this rank."""
     from recis.train.runner import prepare_data, seed_everything
 
+    # an optimizer the sharded tables cannot run is refused before any data is touched
+    check_sharded_tables(cfg, ctx.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # same seed everywhere: identical dense init before DDP
