@@ -18,10 +18,8 @@ item, never at the label, so the same rules write SFT targets, check a model's s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from recis.llm.task import Example
+from recis.llm.example import Example
 
 TERM_BUCKETS = ("none", "some", "most", "all")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,21 +27,11 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 from recis.llm.config import LevelsConfig, PromptConfig, RelevanceDataConfig
+from recis.llm.example import Example
 from recis.llm.rationale import Rationale, write_rationale
 
 SEP = "; "
 _LEVEL_LAST = re.compile(r"level=(\S+?)(?:;|\s|$)")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One judged (query, item) pair; ``label`` is the level index (``-1``: unlabelled)."""
-
-    query: str
-    title: str
-    label: int = -1
-    attributes: dict[str, str] = field(default_factory=dict)
-    context: str = ""
 
 
 def read_table(path: str, columns: Sequence[str]) -> pa.Table:
