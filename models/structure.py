@@ -8,9 +8,10 @@ config: ``ModelConfig.structure`` maps a layer's module path to its kept shape
 (``{"hetero.0": {"heads": 6, "ffn": 180}}``) and :func:`apply_structure` shrinks a freshly
 built model to it before its checkpoint loads.
 
-Families: HHFT's :class:`~recis.models.hhft.HeterogeneousLayer` (heads and per-block FFN)
-and :class:`~recis.models.hhft.HiformerLayer` (FFN only: its composite key/value projection
-ties the head width to the model width), and the ``transformers`` decoder/encoder layers of
+Families: HHFT's :class:`~recis.models.hhft.HeterogeneousLayer` (heads shared by all
+blocks, FFN channels per block: each block's :class:`~recis.models.hhft.GroupedLinear` is
+narrowed) and :class:`~recis.models.hhft.HiformerLayer` (FFN only: its composite key/value
+projection ties the head width to the model width), and the ``transformers`` decoder/encoder layers of
 LLaMA-style models (LLaMA, Qwen2, Qwen3, Mistral; grouped-query attention prunes whole
 key/value groups), GPT-2 and BERT. Everything else (embeddings, norms, model width) is kept.
 
@@ -23,16 +24,18 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from recis.errors import ConfigError
 
-from .hhft import HeterogeneousLayer, HiformerLayer
+from .hhft import GroupedLinear, HeterogeneousLayer, HiformerLayer
 
-# called with the inputs of a pruned linear map, ``x [B, N, in]``
-Sink = Callable[[torch.Tensor], None]
+# called with the inputs of a pruned linear map ``x [B, N, in]`` and each token's group
+# ``[N]`` (None: one group)
+Sink = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 
 
 def _param(t: torch.Tensor) -> nn.Parameter:
@@ -101,10 +104,6 @@ class LayerSurgery(ABC):
         """Call ``sink`` with the inputs of the ``kind`` ("attention" / "ffn") output
         projection at each forward; returns the function that stops it."""
 
-    def token_groups(self, tokens: int) -> torch.Tensor:
-        """The group of each of ``tokens`` token positions: ``[N]``."""
-        return torch.zeros(tokens, dtype=torch.long)
-
     def shape(self) -> dict[str, int]:
         """The kept shape, as :func:`apply_structure` takes it."""
         out = {"ffn": self.ffn}
@@ -140,49 +139,48 @@ class LayerSurgery(ABC):
             self.keep_channels(torch.arange(shape["ffn"]).expand(self.groups, -1))
 
 
-def _grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Token-wise linear map ``x [B, N, i]``, ``weight [N, i, o]`` -> ``[B, N, o]``."""
-    return torch.einsum("bni,nio->bno", x, weight) + bias
+def _stack(grouped: GroupedLinear) -> torch.Tensor:
+    """The per-group weights of a :class:`GroupedLinear`: ``[G, out, in]``."""
+    return torch.stack([lin.weight.detach() for lin in grouped.linears])
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention context ``[B, Nq, heads * hd]`` (before the output projection)."""
-    b, nq, width = q.shape
+def _grouped_hook(grouped: GroupedLinear, sink: Sink) -> Callable[[], None]:
+    """Inputs of a :class:`GroupedLinear` with each token's group (its ``tokens`` argument,
+    when given, names the tokens ``x`` holds)."""
 
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(b, t.shape[1], heads, width // heads).transpose(1, 2)
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        tokens = args[1] if len(args) > 1 and args[1] is not None else None
+        groups = grouped.groups if tokens is None else [grouped.groups[t] for t in tokens]
+        sink(args[0], torch.tensor(groups))
 
-    out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(b, nq, width)
+    return grouped.register_forward_pre_hook(hook).remove
 
 
-class _GroupedFFN(LayerSurgery):
-    """FFN part shared by HHFT's two layers: ``w1 [G, d, f]``, ``w2 [G, f, d]``."""
+class _GroupedSurgery(LayerSurgery):
+    """FFN part shared by HHFT's two layers: ``ffn_in``, ``ffn_out`` (:class:`GroupedLinear`)."""
 
     layer: HeterogeneousLayer | HiformerLayer
 
+    def __init__(self, layer: HeterogeneousLayer | HiformerLayer) -> None:
+        self.layer = layer
+        self.groups = len(layer.ffn_out.linears)
+
     @property
     def ffn(self) -> int:
-        return self.layer.w1.shape[2]
+        return self.layer.ffn_out.linears[0].in_features
 
     def ffn_out(self) -> torch.Tensor:
-        return self.layer.w2.detach().transpose(1, 2)
+        return _stack(self.layer.ffn_out)
 
     def keep_channels(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
-        layer = self.layer
-        d = layer.w1.shape[1]
-        layer.w1 = _param(torch.gather(layer.w1, 2, keep[:, None, :].expand(-1, d, -1)))
-        layer.b1 = _param(torch.gather(layer.b1, 1, keep))
-        w2 = torch.gather(layer.w2, 1, keep[:, :, None].expand(-1, -1, layer.w2.shape[2]))
-        layer.w2 = _param(w2 if out is None else out.transpose(1, 2).to(w2))
+        f_in, f_out = self.layer.ffn_in.linears, self.layer.ffn_out.linears
+        for g in range(self.groups):
+            f_in[g] = linear_rows(f_in[g], keep[g])
+            f_out[g] = linear_cols(f_out[g], keep[g], None if out is None else out[g : g + 1])
 
 
-class HeterogeneousSurgery(_GroupedFFN):
+class HeterogeneousSurgery(_GroupedSurgery):
     """HHFT's heterogeneous layer: heads shared by all blocks, FFN channels per block."""
-
-    def __init__(self, layer: HeterogeneousLayer) -> None:
-        self.layer = layer
-        self.groups = layer.wq.shape[0]
 
     @property
     def units(self) -> int:
@@ -190,51 +188,27 @@ class HeterogeneousSurgery(_GroupedFFN):
 
     @property
     def unit_width(self) -> int:
-        return self.layer.wq.shape[2] // self.layer.heads
-
-    def token_groups(self, tokens: int) -> torch.Tensor:
-        return self.layer.groups.cpu()
+        return self.layer.q.linears[0].out_features // self.layer.heads
 
     def attention_out(self) -> torch.Tensor:
-        return self.layer.wo.detach().transpose(1, 2)
+        return _stack(self.layer.o)
 
     def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
         layer, cols = self.layer, head_index(keep, self.unit_width)
-        for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")):
-            setattr(layer, w, _param(getattr(layer, w)[:, :, cols]))
-            setattr(layer, b, _param(getattr(layer, b)[:, cols]))
-        wo = layer.wo[:, cols, :]
-        layer.wo = _param(wo if out is None else out.transpose(1, 2).to(wo))
+        for proj in (layer.q, layer.k, layer.v):
+            for g, lin in enumerate(proj.linears):
+                proj.linears[g] = linear_rows(lin, cols)
+        for g, lin in enumerate(layer.o.linears):
+            layer.o.linears[g] = linear_cols(lin, cols, None if out is None else out[g : g + 1])
         layer.heads = len(keep)
 
     def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
-        layer = self.layer
-
-        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x, g = args[0], layer.groups
-            h = layer.norm1(x)
-            q, k, v = (_grouped(h, w[g], b[g]) for w, b in self._qkv())
-            ctx = _attention(q, k, v, layer.heads)
-            if kind == "attention":
-                sink(ctx)
-                return
-            x = x + _grouped(ctx, layer.wo[g], layer.bo[g])
-            sink(torch.relu(_grouped(layer.norm2(x), layer.w1[g], layer.b1[g])))
-
-        return layer.register_forward_pre_hook(hook).remove
-
-    def _qkv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        lay = self.layer
-        return [(lay.wq, lay.bq), (lay.wk, lay.bk), (lay.wv, lay.bv)]
+        return _grouped_hook(self.layer.o if kind == "attention" else self.layer.ffn_out, sink)
 
 
-class HiformerSurgery(_GroupedFFN):
+class HiformerSurgery(_GroupedSurgery):
     """HHFT's Hiformer layer: FFN channels per token; heads kept (the composite key/value
     projection reshapes to the model width)."""
-
-    def __init__(self, layer: HiformerLayer) -> None:
-        self.layer = layer
-        self.groups = layer.w1.shape[0]
 
     @property
     def units(self) -> None:
@@ -243,9 +217,6 @@ class HiformerSurgery(_GroupedFFN):
     @property
     def unit_width(self) -> int:
         return 0
-
-    def token_groups(self, tokens: int) -> torch.Tensor:
-        return torch.arange(tokens)
 
     def attention_out(self) -> torch.Tensor:
         raise ConfigError("prune: a Hiformer layer's heads are not pruned")
@@ -256,23 +227,12 @@ class HiformerSurgery(_GroupedFFN):
     def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
         if kind != "ffn":
             raise ConfigError("prune: a Hiformer layer's heads are not pruned")
-        lay = self.layer
-
-        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0]  # every token (the last layer's pruning to task tokens aside)
-            b = x.shape[0]
-            h = lay.norm1(x)
-            k, v = lay.kv(h.reshape(b, lay.n * lay.d)).reshape(b, 2 * lay.n, lay.d).chunk(2, 1)
-            ctx = _attention(_grouped(h, lay.wq, lay.bq), k, v, lay.heads)
-            x = x + _grouped(ctx, lay.wo, lay.bo)
-            sink(torch.relu(_grouped(lay.norm2(x), lay.w1, lay.b1)))
-
-        return lay.register_forward_pre_hook(hook).remove
+        return _grouped_hook(self.layer.ffn_out, sink)
 
 
 def input_hook(module: nn.Module, sink: Sink) -> Callable[[], None]:
     def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        sink(args[0])
+        sink(args[0], None)
 
     return module.register_forward_pre_hook(hook).remove
 

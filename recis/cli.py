@@ -6,6 +6,7 @@ recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
+recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
 (2: recis's own errors and bad arguments, 1: anything else, named by its type, 130:
@@ -93,7 +94,37 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
     _add_split(sub)
     _add_vocab(sub)
+    _add_prune(sub)
     return p
+
+
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    """``recis prune``: SlimGPT structured pruning, see recis.prune and docs/pruning.md."""
+    help = "prune a trained run's transformer layers (heads, FFN channels) into a smaller run"
+    pp = sub.add_parser("prune", help=help, description=help)
+    pp.add_argument("run_dir", help="trained run directory (config.yaml, checkpoints/)")
+    pp.add_argument("--ratio", type=float, required=True, help="share of heads/channels removed")
+    pp.add_argument("--out", required=True, help="new run directory for the pruned model")
+    pp.add_argument("--calibration", nargs="+", help="calibration file(s) (default: data.train)")
+    pp.add_argument("--samples", type=int, default=256, help="calibration rows")
+    pp.add_argument("--schedule", choices=["uniform", "incremental"], default="uniform")
+    pp.add_argument("--method", choices=["slimgpt", "magnitude", "obs-select"], default="slimgpt")
+    pp.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from recis.prune.run import prune_run
+    from recis.prune.slimgpt import PruneOptions
+
+    options = PruneOptions(args.ratio, method=args.method, schedule=args.schedule)
+    report = prune_run(
+        args.run_dir, args.out, options, args.calibration, args.samples, args.checkpoint
+    )
+    ratio = report.params_after / max(1, report.params_before)
+    print(
+        f"pruned {len(report.layers)} layers in {report.seconds:.1f}s: dense parameters "
+        f"{report.params_before} -> {report.params_after} ({ratio:.3f}) -> {args.out}"
+    )
 
 
 def _add_vocab(sub: argparse._SubParsersAction) -> None:
@@ -261,6 +292,9 @@ def _main(argv: list[str]) -> int:
 
             for path in plot_run(args.run_dir):
                 print(path)
+            return 0
+        if args.command == "prune":
+            _prune(args)
             return 0
         if args.command == "split":
             _split(args)

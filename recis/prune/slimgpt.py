@@ -99,14 +99,16 @@ class _Calibration:
     def hessian(self, surgery: LayerSurgery, kind: str, dim: int) -> torch.Tensor:
         acc = HessianAccumulator(surgery.groups, dim)
 
-        def sink(x: torch.Tensor) -> None:
+        def sink(x: torch.Tensor, groups: torch.Tensor | None) -> None:
             b, n = x.shape[0], x.shape[1]
-            groups = surgery.token_groups(n)
             valid = self.mask if self.mask is not None and self.mask.shape == (b, n) else None
+            if groups is None:
+                groups = torch.zeros(n, dtype=torch.long)
+            groups = groups.to(x.device)
             for g in range(surgery.groups):
-                rows = x[:, groups.to(x.device) == g]  # [B, n_g, in]
+                rows = x[:, groups == g]  # [B, n_g, in]
                 if valid is not None:
-                    rows = rows[valid[:, groups.to(x.device) == g].bool()]
+                    rows = rows[valid[:, groups == g].bool()]
                 acc.add(rows.reshape(-1, x.shape[-1]), g)
 
         stops = [surgery.capture(kind, sink), *self._mask_hooks()]
@@ -118,7 +120,9 @@ class _Calibration:
             for stop in stops:
                 stop()
             self.mask = None
-        if min(acc.rows) == 0:
+        # a group without rows (HHFT's last Hiformer layer computes the task tokens only) is
+        # never used: its H stays 0 and damped_inverse treats its columns as dead
+        if max(acc.rows) == 0:
             raise ConfigError("prune: the calibration batches never reached a pruned layer")
         return acc.h
 

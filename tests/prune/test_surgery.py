@@ -159,8 +159,10 @@ def test_hhft_layers_prune_to_fewer_heads_and_channels_and_rebuild() -> None:
     batches = [torch.randn(32, 5, 16) for _ in range(3)]
     report = prune_model(tower, PruneOptions(0.5, method="obs-select"), batches)
     assert report.structure() == {"hetero.0": {"heads": 2, "ffn": 16}, "hiformer.0": {"ffn": 16}}
-    assert tower.hetero[0].wq.shape == (4, 16, 8) and tower.hetero[0].wo.shape == (4, 8, 16)
-    assert tower.hiformer[0].w1.shape == (5, 16, 16)
+    hetero, hiformer = tower.hetero[0], tower.hiformer[0]
+    assert [lin.weight.shape for lin in hetero.q.linears] == [(8, 16)] * 4
+    assert [lin.weight.shape for lin in hetero.o.linears] == [(16, 8)] * 4
+    assert [lin.weight.shape for lin in hiformer.ffn_in.linears] == [(16, 16)] * 5
     x = torch.randn(8, 5, 16)
     with torch.no_grad():
         torch.testing.assert_close(tower(x), _masked(original, report)(x))
@@ -170,21 +172,3 @@ def test_hhft_layers_prune_to_fewer_heads_and_channels_and_rebuild() -> None:
     rebuilt.load_state_dict(tower.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), tower(x))
-
-
-def test_hhft_capture_matches_the_layers_own_attention() -> None:
-    """The Hessian's inputs are recomputed from the layer's weights: they must be what its
-    forward computes (guards against the layer changing under the surgery)."""
-    torch.manual_seed(0)
-    layer = HeterogeneousLayer([0, 1, 1], 16, 4, ffn_mult=2).eval()
-    ((_, surgery),) = prunable_layers(nn.ModuleList([layer]))
-    seen: list[torch.Tensor] = []
-    stop = surgery.capture("attention", seen.append)
-    x = torch.randn(2, 3, 16)
-    with torch.no_grad():
-        layer(x)
-        stop()
-        g = layer.groups
-        expected = layer.attention(layer.norm1(x))
-        got = torch.einsum("bni,nio->bno", seen[0], layer.wo[g]) + layer.bo[g]
-    torch.testing.assert_close(got, expected)
