@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -402,6 +403,15 @@ class HashedEmbeddingCollection(LookupModule):
         w[r] = rows["weights"][keep].to(w.device, w.dtype)
         for k, s in enumerate(grp.states(j)):
             s[r] = rows[f"state{k}"][keep].to(s.device, s.dtype)
+
+    def resolved_table(self, table: str) -> TableConfig:
+        """``table``'s config as this collection runs it: its optimizer and init scale
+        filled in (a table's own, else the collection's optimizer and the default scale)."""
+        g, j = self.where[table]
+        grp = self.groups[g]
+        return dataclasses.replace(
+            self.tables[table], optimizer=grp.opt, init_scale=grp.tables[j].init_scale
+        )
 
     def admission_sketch(self, table: str) -> np.ndarray | None:
         """Hashed ``table``'s count-min sketch of admission counts (int32 ``[depth, width]``,

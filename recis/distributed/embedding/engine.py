@@ -257,7 +257,7 @@ class ShardedHashedEmbeddingCollection(LookupModule):
         the tensors are empty templates shaped like the checkpoint's."""
         out = destination if destination is not None else OrderedDict()
         out.update(self.state.state_dict(self.step, prefix))
-        return out  # type: ignore[no-any-return]  # an OrderedDict or the caller's mapping
+        return out
 
     def prepare_load(self, sizes: dict[str, torch.Size] | None, root: str = "") -> None:
         """Make the next :meth:`state_dict` a template for loading a checkpoint whose

@@ -147,7 +147,7 @@ class _ExchangeRows(torch.autograd.Function):
     gradient back the same way, times ``scale``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]  # autograd's ctx-first signature
+    def forward(
         ctx: Any, x: torch.Tensor, send: list[int], recv: list[int], ex: Exchange, scale: float
     ) -> torch.Tensor:
         ctx.send, ctx.recv, ctx.ex, ctx.scale = send, recv, ex, scale
@@ -156,7 +156,7 @@ class _ExchangeRows(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd's signature
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
         ctx.ex.all_to_all(out, grad.contiguous(), ctx.send, ctx.recv)
         return out * ctx.scale, None, None, None, None
@@ -178,12 +178,12 @@ class _Permute(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor
-    ) -> torch.Tensor:  # type: ignore[override]  # autograd's ctx-first signature
+    ) -> torch.Tensor:
         ctx.save_for_backward(inverse)
         return x[perm]
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd's signature
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (inverse,) = ctx.saved_tensors
         return grad[inverse], None, None
 

@@ -73,17 +73,13 @@ class LocalTables:
 
     def _config(self, name: str, split: bool) -> TableConfig:
         """Table ``name`` as held here: a ``1 / W`` part if split by id."""
-        src = self.source
-        t = src.tables[name]
-        g, j = src.where[name]
+        t = self.source.resolved_table(name)
         parts = self.plan.world if split else 1
         return dataclasses.replace(
             t,
             pooling="none" if split and self.exchange else t.pooling,
             capacity=math.ceil(t.capacity / parts),
             max_capacity=math.ceil(t.max_capacity / parts) if t.max_capacity else None,
-            optimizer=src.groups[g].opt,
-            init_scale=src.groups[g].tables[j].init_scale,  # capacity's default
         )
 
     def _build(

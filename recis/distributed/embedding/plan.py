@@ -76,9 +76,9 @@ def place_tables(
         return {}
     held = sum(size[t] for t in whole)
     out, acc = {}, 0
-    for t in whole:
-        out[t] = min(world_size - 1, int(world_size * (acc + size[t] / 2) / held))
-        acc += size[t]
+    for name in whole:
+        out[name] = min(world_size - 1, int(world_size * (acc + size[name] / 2) / held))
+        acc += size[name]
     return out
 
 

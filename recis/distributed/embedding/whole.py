@@ -91,7 +91,7 @@ class _Columns(torch.autograd.Function):
     block column, output column, columns)``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]  # autograd's ctx-first signature
+    def forward(
         ctx: Any, flat: torch.Tensor, b: int, runs: list[tuple[int, ...]], width: int
     ) -> torch.Tensor:
         ctx.b, ctx.runs, ctx.size = b, runs, flat.numel()
@@ -101,7 +101,7 @@ class _Columns(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd's signature
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         b = ctx.b
         covered = sum(b * n for *_, n in ctx.runs)
         # sequence parts of the buffer (not read here) get zeros
