@@ -193,13 +193,13 @@ def test_empty_batch_and_float_ids(layout):
         sharded.lookup(floats)
 
 
-def test_deferred_template_shards_like_a_full_collection():
-    """Under deferred_tables the source holds 2 rows per table; the shard built from it
-    (full capacity) trains exactly like one built from a full collection."""
-    from recis.embedding import deferred_tables
-
-    with deferred_tables():
-        template = collection()
+def test_template_shards_like_a_full_collection():
+    """A template source (``template=True``) holds 2 rows per table; the shard built from
+    it (full capacity) trains exactly like one built from a full collection."""
+    opt = SparseOptimizerConfig(name="adagrad", lr=0.1)
+    template = HashedEmbeddingCollection(
+        TABLES, FEATURES, "cpu", optimizer=opt, seed=5, template=True
+    )
     g, j = template.where["a"]
     assert template.groups[g].weight(j).shape[0] == 2
     a = ShardedHashedEmbeddingCollection(template, exchange=True)

@@ -116,7 +116,7 @@ class SharedMemoryAllToAll(Exchange):
             )
             self._own.append(seg)
             try:  # take the pages now: a full /dev/shm is an error here, not a SIGBUS later
-                os.posix_fallocate(seg._fd, 0, seg.size)  # type: ignore[attr-defined]
+                os.posix_fallocate(seg._fd, 0, seg.size)  # type: ignore[attr-defined]  # no public fd
             except OSError as e:
                 fs = os.statvfs("/dev/shm")
                 raise OSError(
@@ -149,7 +149,7 @@ class SharedMemoryAllToAll(Exchange):
             seg = shared_memory.SharedMemory(name=self._name(*key))
             # only the rank that created a segment unlinks it (Python 3.11 registers
             # every attach with the resource tracker, which would unlink it at exit)
-            resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+            resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]  # the registered name
             self._peers[key] = seg
         return self._peers[key]
 

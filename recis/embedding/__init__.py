@@ -36,6 +36,7 @@ def build_embedding_collection(
     optimizer: SparseOptimizerConfig | None = None,
     seed: int = 0,
     engine: str = "hashed",
+    template: bool = False,
 ) -> HashedEmbeddingCollection | ModuloEmbeddingBagCollection:
     """The embedding module for ``features``: ``KeyedJaggedTensor -> KeyedTensor``.
 
@@ -47,7 +48,12 @@ def build_embedding_collection(
     ``engine="modulo"`` gives a plain torchrec ``EmbeddingBagCollection`` over
     ``id mod capacity`` instead (pre-mapped ids, sharded by torchrec's per-table
     plans in distributed runs); its rows go to the trainer's sparse torch optimizer.
+
+    ``template``: hashed tables hold one row each (a template that the distributed
+    sharder replaces by this rank's shard; configs kept as given).
     """
     if engine == "modulo":
         return ModuloEmbeddingBagCollection(tables, features, torch.device(device))
-    return HashedEmbeddingCollection(tables, features, device, optimizer=optimizer, seed=seed)
+    return HashedEmbeddingCollection(
+        tables, features, device, optimizer=optimizer, seed=seed, template=template
+    )
