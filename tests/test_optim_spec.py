@@ -151,6 +151,17 @@ def test_engine_builds_what_the_spec_says() -> None:
     assert fused_params(_cfg("adagrad", 0.0), "cpu") == {"optimizer": K.EXACT_ADAGRAD, **FB}
 
 
+def test_sharders_check_fbgemm_only_for_fused_tables() -> None:
+    """A run whose torchrec tables are all data-parallel (or that has none: hashed engine)
+    runs Adam as a torch optimizer; fused tables on CPU refuse it."""
+    from recis.distributed.sharding import sharders
+
+    adam = _cfg("adam", 0.0)
+    assert all(s.fused_params is None for s in sharders(adam, torch.device("cpu"), fused=False))
+    with pytest.raises(ConfigError, match=re.escape(SHARDED_NAME.format("adam"))):
+        sharders(adam, torch.device("cpu"), fused=True)
+
+
 def test_dense_optimizer_arguments() -> None:
     """``eps`` null keeps torch's own default for the named optimizer; betas are passed."""
     p = [torch.nn.Parameter(torch.zeros(2))]
