@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -126,6 +127,23 @@ def load(name: str, native_dir: Path | None = None, csrc: Path | None = None) ->
         ) from err
     sys.modules[mod] = module
     return module
+
+
+_LOADED: dict[str, ModuleType | None] = {}
+
+
+def native(name: str, usable: Callable[[], bool] | None = None) -> ModuleType | None:
+    """The built extension ``name``, loaded once per process (:func:`load`, never compiles),
+    or None with ``RECIS_NATIVE=0`` or when ``usable()`` says this machine cannot run it.
+
+    The one loader every native op goes through. A missing or stale build raises the
+    one-line :class:`~recis.errors.NativeBuildError` of :func:`load` (and is not cached,
+    so a later call after ``make native`` loads it).
+    """
+    if name not in _LOADED:
+        off = os.environ.get("RECIS_NATIVE", "1") == "0"
+        _LOADED[name] = None if off or (usable is not None and not usable()) else load(name)
+    return _LOADED[name]
 
 
 def build(
