@@ -1,38 +1,54 @@
-"""Hashed embedding engine vs torchrec, nn.EmbeddingBag, torchrec MCH and a dict.
+"""Hashed embedding engine vs torchrec fused EBC, per sparse optimizer, at 1 thread and all cores.
 
-    .venv/bin/python benchmarks/embedding.py [--steps 8] [--capacity 100000]
+    .venv/bin/python benchmarks/embedding.py [--runs 5] [--steps 2] [--capacity 100000]
 
-Shapes (issue 3): 26 features x 8 ids per sample, dim 64, batch 2048, 2 threads,
-Zipf-like ids drawn from the full 64-bit space (Zipf rank hashed with the
-feature's salt). All sides run in this one process on the same batches, with
-their steps interleaved so machine noise hits them alike; each figure is the
-fastest step of its side (medians are printed too).
+Shapes (issue 3): 26 features x 8 ids per sample, dim 64, batch 2048, Zipf-like ids
+drawn from the full 64-bit space (Zipf rank hashed with the feature's salt). Timing
+(``benchmarks/_timing.py``): every ratio is the ratio of MEDIAN run times over
+``--runs`` alternating runs (a run: ``--steps`` training steps), with the min and max
+of the per-round ratios and the CPU-time ratio; the 1-minute load average is printed
+beside each block. "all" threads means :func:`recis.ops.cores.usable_cores` (the
+affinity mask, capped by a cgroup quota), not the machine's core count.
 
-1. step time (forward + backward + fused Adagrad update) of
-   HashedEmbeddingCollection on raw ids (mapping included) vs torchrec's
-   FusedEmbeddingBagCollection (fbgemm TBE, Adagrad) on ids mapped beforehand,
-   and vs nn.EmbeddingBag(sparse=True) + torch.optim.Adagrad on the same rows;
-2. IdMapper lookup-and-insert (LRU) vs MCHManagedCollisionModule (LRU,
-   eviction every step) vs a Python dict, in M ids/s;
-3. resident memory of a 10M-row dim-16 Adagrad table with its mapper, divided
-   by the bytes of its weights plus optimizer state (in a child process).
+1. training step (forward + backward + fused sparse update) of HashedEmbeddingCollection
+   on raw ids (id mapping included) vs torchrec's FusedEmbeddingBagCollection on ids
+   mapped beforehand, for SGD, Adagrad and row-wise Adagrad (``vs_torchrec_<opt>_<t>``,
+   > 1: recis faster); Adam, which fbgemm lacks on CPU, against nn.EmbeddingBag(sparse)
+   + torch.optim.SparseAdam (``vs_sparseadam_<t>``);
+2. ``busy_slowdown``: median row-wise step at all cores with a CPU-bound process pinned
+   to the same cores / median idle step (busy and idle runs alternate in this run);
+3. IdMapper (26 LRU tables, one call per step as the collection makes it): M ids/s
+   for batches of only new ids and of only known ids, and vs torchrec MCH on a Zipf
+   stream (eviction every step);
+4. resident memory of a 1M-row dim-16 table with its mapper, per optimizer, divided by
+   the bytes of its weights plus optimizer state (a child process per figure), and of
+   Adagrad at sizes around a power of two (cliffs).
 
-Last line: one JSON object with vs_torchrec, vs_naive, mapper_vs_mch,
-mapper_mids_per_s, memory_ratio (and the raw figures).
+Last line: one JSON object with the goal keys ``vs_torchrec_rowwise_1t``,
+``vs_torchrec_adagrad_1t``, ``vs_torchrec_rowwise_all``, ``mapper_new_mids_per_s``,
+``mapper_known_mids_per_s``, ``memory_ratio_1m`` (the worst optimizer; per optimizer as
+``memory_ratio_1m_<opt>``), ``busy_slowdown``, and the raw figures.
+``distributed_vs_threads`` is measured by ``benchmarks/distributed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from _timing import alternate, competitor, load, ratio
 
 F, L, D, B = 26, 8, 64, 2048
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+SHORT = {"sgd": "sgd", "adagrad": "adagrad", "rowwise_adagrad": "rowwise", "adam": "adam"}
 
 
 def zipf_batches(steps: int, seed: int, a: float = 1.2) -> list[list[np.ndarray]]:
@@ -43,7 +59,7 @@ def zipf_batches(steps: int, seed: int, a: float = 1.2) -> list[list[np.ndarray]
     return [[hash_int64(gen.zipf(a, B * L), f"f{f}") for f in range(F)] for _ in range(steps)]
 
 
-def to_kjt(ids: list[np.ndarray]):
+def to_kjt(ids: list[np.ndarray]):  # type: ignore[no-untyped-def]  # KeyedJaggedTensor
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     return KeyedJaggedTensor(
@@ -53,28 +69,58 @@ def to_kjt(ids: list[np.ndarray]):
     )
 
 
-def setup(steps: int, capacity: int) -> dict:
-    """Both collections and their inputs for ``steps`` batches: ``hashed`` (raw ids in
-    ``raw``), torchrec's ``fused`` EBC (rows mapped beforehand in ``mapped``), ``grad``."""
-    from torchrec import EmbeddingBagConfig
-    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+def premapped(batches: list[list[np.ndarray]], capacity: int) -> list:  # type: ignore[type-arg]
+    """The batches as rows ``[1, capacity]`` (row 0: fallback), mapped beforehand."""
+    from recis.ops.id_mapper import IdMapper
 
+    mappers = [IdMapper(capacity, eviction="lru") for _ in range(F)]
+    out = []
+    for step, ids in enumerate(batches, start=1):
+        rows = [mappers[f].map(ids[f], step).rows + 1 for f in range(F)]
+        out.append(to_kjt([r.numpy() for r in rows]))
+    return out
+
+
+def hashed_collection(opt: str, capacity: int):  # type: ignore[no-untyped-def]
     from recis.config import SparseOptimizerConfig, TableConfig
     from recis.embedding import build_embedding_collection
     from recis.features import SparseFeature
-    from recis.ops.id_mapper import IdMapper
 
-    batches = zipf_batches(steps, seed=0)
     tables = [TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)]
     feats = [SparseFeature(name=f"f{f}", table=f"t{f}") for f in range(F)]
-    opt = SparseOptimizerConfig(name="adagrad", lr=0.05)
-    hashed = build_embedding_collection(tables, feats, "cpu", optimizer=opt)
-    # the baselines get rows mapped beforehand (same rows, outside the timing)
-    mappers = [IdMapper(capacity, eviction="lru") for _ in range(F)]
-    mapped = []
-    for step, ids in enumerate(batches, start=1):
-        rows = [mappers[f].map(ids[f], step).rows + 1 for f in range(F)]
-        mapped.append(to_kjt([r.numpy() for r in rows]))
+    ec = build_embedding_collection(
+        tables, feats, "cpu", optimizer=SparseOptimizerConfig(name=opt, lr=0.05)
+    )
+    ec.train()
+    return ec
+
+
+def baseline(opt: str, capacity: int) -> tuple[str, Callable[[object, torch.Tensor], None]]:
+    """(name, step function on a pre-mapped KJT) of the side recis is compared with."""
+    if opt == "adam":
+        bags = torch.nn.ModuleList(
+            torch.nn.EmbeddingBag(capacity + 1, D, mode="sum", sparse=True) for _ in range(F)
+        )
+        sparse_adam = torch.optim.SparseAdam(list(bags.parameters()), lr=0.05)
+        offsets = torch.arange(0, B * L, L)
+
+        def naive(kjt, grad: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+            vals = kjt.values().view(F, B * L)
+            out = torch.cat([bags[f](vals[f], offsets) for f in range(F)], dim=1)
+            sparse_adam.zero_grad()
+            out.mul(grad).sum().backward()
+            sparse_adam.step()
+
+        return "sparseadam", naive
+    from torchrec import EmbeddingBagConfig
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+    from torchrec.optim import RowWiseAdagrad
+
+    kind = {
+        "sgd": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+        "rowwise_adagrad": RowWiseAdagrad,
+    }
     fused = FusedEmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
@@ -82,79 +128,130 @@ def setup(steps: int, capacity: int) -> dict:
             )
             for f in range(F)
         ],
-        optimizer_type=torch.optim.Adagrad,
+        optimizer_type=kind[opt],
         optimizer_kwargs={"lr": 0.05},
     )
+
+    def run(kjt, grad: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+        fused(kjt).values().mul(grad).sum().backward()
+
+    return "torchrec", run
+
+
+def bench_steps(opt: str, tag: str, args: argparse.Namespace) -> dict[str, float]:
+    """recis vs its baseline for one optimizer at the current thread count."""
+    n = (args.warmup + args.runs) * args.steps
+    batches = zipf_batches(n, seed=0)
     raw = [to_kjt(ids) for ids in batches]
-    return {
-        "hashed": hashed,
-        "raw": raw,
-        "mapped": mapped,
-        "fused": fused,
-        "grad": torch.randn(B, F * D),
-    }
+    mapped = premapped(batches, args.capacity)
+    grad = torch.randn(B, F * D)
+    hashed = hashed_collection(opt, args.capacity)
+    base_name, base_step = baseline(opt, args.capacity)
 
-
-def bench_collections(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
-    parts = setup(steps + warmup, capacity)
-    hashed, raw, mapped, fused = parts["hashed"], parts["raw"], parts["mapped"], parts["fused"]
-    bags = torch.nn.ModuleList(
-        torch.nn.EmbeddingBag(capacity + 1, D, mode="sum", sparse=True) for _ in range(F)
-    )
-    naive_opt = torch.optim.Adagrad(bags.parameters(), lr=0.05)
-    grad = parts["grad"]
-
-    def run_hashed(i: int) -> None:
+    def recis_step(i: int) -> None:
         hashed(raw[i]).values().mul(grad).sum().backward()
 
-    def run_fused(i: int) -> None:
-        fused(mapped[i]).values().mul(grad).sum().backward()
-
-    def run_naive(i: int) -> None:
-        kjt = mapped[i]
-        vals = kjt.values().view(F, B * L)
-        offsets = torch.arange(0, B * L, L)
-        out = torch.cat([bags[f](vals[f], offsets) for f in range(F)], dim=1)
-        naive_opt.zero_grad()
-        out.mul(grad).sum().backward()
-        naive_opt.step()
-
-    sides = {"hashed": run_hashed, "torchrec": run_fused, "naive": run_naive}
-    samples: dict[str, list[float]] = {k: [] for k in sides}
-    hashed.train()
-    for i in range(steps + warmup):
-        for name, fn in sides.items():
-            t0 = time.perf_counter()
-            fn(i)
-            if i >= warmup:
-                samples[name].append(time.perf_counter() - t0)
-    # fastest step of each side (as timeit advises): on a shared machine, fbgemm's
-    # OpenMP kernels slow down 2-10x whenever another process takes a core; the
-    # median is reported too
-    times = {k: float(np.min(v)) for k, v in samples.items()}
-    med = {k: float(np.median(v)) for k, v in samples.items()}
-    out = {f"{k}_mlookups_per_s": F * B * L / v / 1e6 for k, v in times.items()}
-    out["vs_torchrec"] = times["torchrec"] / times["hashed"]
-    out["vs_naive"] = times["naive"] / times["hashed"]
-    out["vs_torchrec_median"] = med["torchrec"] / med["hashed"]
-    out["vs_naive_median"] = med["naive"] / med["hashed"]
-    out.update({f"{k}_ms_per_step": 1e3 * v for k, v in times.items()})
-    out.update({f"{k}_ms_per_step_median": 1e3 * v for k, v in med.items()})
+    lo = load()
+    runs = alternate(
+        {"recis": recis_step, base_name: lambda i: base_step(mapped[i], grad)},
+        args.runs,
+        args.steps,
+        args.warmup,
+    )
+    key = (
+        f"vs_{base_name}_{SHORT[opt]}_{tag}" if base_name == "torchrec" else f"vs_{base_name}_{tag}"
+    )
+    out = ratio(runs[base_name], runs["recis"], key)
+    out.update(runs["recis"].stats(f"recis_{SHORT[opt]}_{tag}"))
+    out.update(runs[base_name].stats(f"{base_name}_{SHORT[opt]}_{tag}"))
+    out[f"load_{SHORT[opt]}_{tag}"] = (lo + load()) / 2
     return out
 
 
-def bench_mappers(steps: int, capacity: int, warmup: int = 3) -> dict[str, float]:
+def bench_busy(args: argparse.Namespace, cores: set[int]) -> dict[str, float]:
+    """Median row-wise step with a competing CPU-bound process on the same cores / idle."""
+    n = (args.warmup + 2 * args.runs) * args.steps * 2
+    raw = [to_kjt(ids) for ids in zipf_batches(n, seed=2)]
+    grad = torch.randn(B, F * D)
+    hashed = hashed_collection("rowwise_adagrad", args.capacity)
+    lo = load()
+    state = {"i": 0}
+
+    def step(_: int) -> None:  # both sides step through one stream of batches
+        hashed(raw[state["i"]]).values().mul(grad).sum().backward()
+        state["i"] += 1
+
+    with competitor(cores) as on:
+        runs = alternate(
+            {"idle": step, "busy": step},
+            args.runs,
+            args.steps,
+            before=lambda name: on(name == "busy"),
+        )
+        on(False)
+    out = ratio(runs["busy"], runs["idle"], "busy_slowdown")
+    out.update(runs["idle"].stats("busy_idle_step"))
+    out.update(runs["busy"].stats("busy_busy_step"))
+    out["load_busy"] = (lo + load()) / 2
+    return out
+
+
+def map_step(mappers: list, ids: list[np.ndarray], step: int) -> None:  # type: ignore[type-arg]
+    """One step's id mapping of all tables, as the collection makes it."""
+    from recis.ops import id_mapper
+
+    many = getattr(id_mapper, "map_many", None)  # the fused call, where this checkout has it
+    if many is not None:
+        many(mappers, ids, step)
+    else:
+        for m, x in zip(mappers, ids):
+            m.map(x, step)
+
+
+def bench_mapper(args: argparse.Namespace) -> dict[str, float]:
+    """M ids/s of one step's mapping of F tables: only new ids, then the same ids again."""
+    from recis.ops.id_mapper import IdMapper
+
+    gen = np.random.default_rng(3)
+    n = args.warmup + args.runs
+    fresh = [
+        [gen.integers(-(2**63), 2**63 - 1, B * L, dtype=np.int64) for _ in range(F)]
+        for _ in range(n)
+    ]
+    mappers = [IdMapper(n * B * L + 1, eviction="lru") for _ in range(F)]
+    lo = load()
+    runs = alternate(
+        {
+            "new": lambda i: map_step(mappers, fresh[i], 2 * i + 1),
+            "known": lambda i: map_step(mappers, fresh[i], 2 * i + 2),
+        },
+        args.runs,
+    )
+    ids = F * B * L
+    return {
+        "mapper_new_mids_per_s": ids / float(np.median(runs["new"].wall)) / 1e6,
+        "mapper_new_mids_per_s_min": ids / max(runs["new"].wall) / 1e6,
+        "mapper_new_mids_per_s_max": ids / min(runs["new"].wall) / 1e6,
+        "mapper_known_mids_per_s": ids / float(np.median(runs["known"].wall)) / 1e6,
+        "mapper_known_mids_per_s_min": ids / max(runs["known"].wall) / 1e6,
+        "mapper_known_mids_per_s_max": ids / min(runs["known"].wall) / 1e6,
+        "mapper_new_mids_per_cpu_s": ids / float(np.median(runs["new"].cpu)) / 1e6,
+        "mapper_known_mids_per_cpu_s": ids / float(np.median(runs["known"].cpu)) / 1e6,
+        "load_mapper": (lo + load()) / 2,
+    }
+
+
+def bench_mch(args: argparse.Namespace, capacity: int = 32_768) -> dict[str, float]:
+    """One LRU IdMapper vs torchrec's MCH (eviction every step) on one Zipf stream."""
     from torchrec.modules.mc_modules import LRU_EvictionPolicy, MCHManagedCollisionModule
     from torchrec.sparse.jagged_tensor import JaggedTensor
 
+    from recis.ops.hashing import hash_int64
     from recis.ops.id_mapper import IdMapper
 
     gen = np.random.default_rng(1)
-    from recis.ops.hashing import hash_int64
-
-    stream = [
-        torch.from_numpy(hash_int64(gen.zipf(1.2, B * L), "m")) for _ in range(steps + warmup)
-    ]
+    n = args.warmup + args.runs
+    stream = [torch.from_numpy(hash_int64(gen.zipf(1.2, B * L), "m")) for _ in range(n)]
     mine = IdMapper(capacity, eviction="lru")
     mch = MCHManagedCollisionModule(
         zch_size=capacity,
@@ -163,48 +260,33 @@ def bench_mappers(steps: int, capacity: int, warmup: int = 3) -> dict[str, float
         eviction_interval=1,
     )
     mch.train()
-    d: dict[int, int] = {}
-    samples: dict[str, list[float]] = {"mine": [], "mch": [], "dict": []}
-    evictions = 0
     lengths = torch.ones(B * L, dtype=torch.int64)
-    for i, ids in enumerate(stream):
-        t0 = time.perf_counter()
-        res = mine.map(ids, step=i + 1)
-        evictions += len(res.reset_rows)
-        t1 = time.perf_counter()
-        # MCH wants non-negative ids in [0, input_hash_size): its default preprocess does that
-        mch({"m": JaggedTensor(values=ids, lengths=lengths)})
-        t2 = time.perf_counter()
-        [d.setdefault(k, len(d)) for k in ids.tolist()]
-        t3 = time.perf_counter()
-        if i >= warmup:
-            for k, v in (("mine", t1 - t0), ("mch", t2 - t1), ("dict", t3 - t2)):
-                samples[k].append(v)
-    times = {k: float(np.min(v)) for k, v in samples.items()}  # fastest step
-    n = B * L
-    return {
-        "mapper_mids_per_s": n / times["mine"] / 1e6,
-        "mch_mids_per_s": n / times["mch"] / 1e6,
-        "dict_mids_per_s": n / times["dict"] / 1e6,
-        "mapper_vs_mch": times["mch"] / times["mine"],
-        "mapper_vs_dict": times["dict"] / times["mine"],
-        "mapper_evicted_rows": float(evictions),
-    }
+    runs = alternate(
+        {
+            "mine": lambda i: mine.map(stream[i], step=i + 1),
+            "mch": lambda i: mch({"m": JaggedTensor(values=stream[i], lengths=lengths)}),
+        },
+        args.runs,
+    )
+    out = ratio(runs["mch"], runs["mine"], "mapper_vs_mch")
+    out["mapper_zipf_mids_per_s"] = B * L / float(np.median(runs["mine"].wall)) / 1e6
+    out["mch_mids_per_s"] = B * L / float(np.median(runs["mch"].wall)) / 1e6
+    return out
 
 
 _MEMORY_CHILD = r"""
 import json, os, sys, numpy as np, torch
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.embedding import build_embedding_collection
 from recis.features import SparseFeature
-rows, opt = int(sys.argv[1]), sys.argv[2]
+rows, opt, dim = int(sys.argv[1]), sys.argv[2], 16
 base = rss()
 ec = build_embedding_collection(
-    [TableConfig(name="t", dim=16, capacity=rows, eviction="lru")],
+    [TableConfig(name="t", dim=dim, capacity=rows, eviction="lru")],
     [SparseFeature(name="t")], "cpu", optimizer=SparseOptimizerConfig(name=opt))
 m = ec.mappers["t"]
 gen = np.random.default_rng(0)
@@ -212,45 +294,80 @@ chunk = 1_000_000
 for i in range(0, rows, chunk):  # fill every row with a random 64-bit id
     m.map(gen.integers(-2**63, 2**63 - 1, min(chunk, rows - i), dtype=np.int64), step=1)
 used = rss() - base
-state = rows * 16 * 4 if opt == "adagrad" else rows * 4  # row-wise: one float per row
-table = rows * 16 * 4 + state  # fp32 weights + optimizer state
-print(json.dumps({"rss_bytes": used, "table_bytes": table, "size": m.size}))
+w = rows * dim * 4  # fp32 weights
+state = {"sgd": 0, "adagrad": w, "rowwise_adagrad": rows * 4, "adam": 2 * w + rows * 4}[opt]
+print(json.dumps({"rss_bytes": used, "table_bytes": w + state, "size": m.size}))
 """
 
 
-def bench_memory(rows: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for opt, suffix in (("adagrad", ""), ("rowwise_adagrad", "_rowwise")):
-        run = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, str(rows), opt],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        res = json.loads(run.stdout.strip().splitlines()[-1])
-        out[f"memory_ratio{suffix}"] = res["rss_bytes"] / res["table_bytes"]
-        out[f"memory_mb{suffix}"] = res["rss_bytes"] / 2**20
-        out["memory_rows"] = res["size"]
+def memory_ratio(rows: int, opt: str) -> float:
+    run = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(rows), opt],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    return res["rss_bytes"] / res["table_bytes"]
+
+
+def bench_memory(rows: int, cliff_sizes: list[int]) -> dict[str, float]:
+    out = {f"memory_ratio_1m_{SHORT[o]}": memory_ratio(rows, o) for o in OPTIMIZERS}
+    out["memory_ratio_1m"] = max(out.values())
+    for n in cliff_sizes:
+        out[f"memory_ratio_adagrad_{n}"] = memory_ratio(n, "adagrad")
     return out
 
 
+def show(result: dict[str, float], keys: str) -> None:
+    print({k: round(v, 3) for k, v in result.items() if k.startswith(keys)}, flush=True)
+
+
 def main() -> None:
+    from recis.ops.cores import usable_cores
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--steps", type=int, default=2, help="training steps per run")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--capacity", type=int, default=100_000)
-    p.add_argument("--mapper-steps", type=int, default=30)
-    # small enough that the mapper is full after a few steps and evicts (LRU) from then on
-    p.add_argument("--mapper-capacity", type=int, default=32_768)
-    p.add_argument("--memory-rows", type=int, default=10_000_000)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    p.add_argument("--threads", default="1,all", help="thread counts; 'all': usable cores")
+    p.add_argument("--memory-rows", type=int, default=1_000_000)
+    p.add_argument("--cliff-sizes", default="700000,760000", help="rows around 2^20 * 0.7")
+    p.add_argument("--skip", default="", help="comma list of: steps,busy,mapper,mch,memory")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    result: dict[str, float] = {}
-    result.update(bench_collections(args.steps, args.capacity))
-    print({k: round(v, 3) for k, v in result.items()}, flush=True)
-    result.update(bench_mappers(args.mapper_steps, args.mapper_capacity))
-    print({k: round(v, 3) for k, v in result.items()}, flush=True)
-    result.update(bench_memory(args.memory_rows))
+    skip = set(args.skip.split(","))
+    cores = usable_cores()
+    result: dict[str, float] = {"usable_cores": cores, "load_start": load()}
+    t0 = time.perf_counter()
+    for t in args.threads.split(","):
+        n = cores if t == "all" else int(t)
+        tag = "all" if t == "all" else f"{n}t"
+        torch.set_num_threads(n)
+        for opt in [o for o in args.optimizers.split(",") if "steps" not in skip]:
+            result.update(bench_steps(opt, tag, args))
+            show(
+                result,
+                f"vs_torchrec_{SHORT[opt]}_{tag}" if opt != "adam" else f"vs_sparseadam_{tag}",
+            )
+            gc.collect()
+    torch.set_num_threads(cores)
+    if "busy" not in skip:
+        result.update(bench_busy(args, os.sched_getaffinity(0)))
+        show(result, "busy_slowdown")
+    if "mapper" not in skip:
+        result.update(bench_mapper(args))
+        show(result, "mapper_")
+    if "mch" not in skip:
+        result.update(bench_mch(args))
+        show(result, "mapper_vs_mch")
+    if "memory" not in skip:
+        sizes = [int(s) for s in args.cliff_sizes.split(",") if s]
+        result.update(bench_memory(args.memory_rows, sizes))
+        show(result, "memory_")
+    result["load_end"] = load()
+    result["seconds"] = time.perf_counter() - t0
     print(json.dumps({k: round(v, 3) for k, v in result.items()}))
 
 

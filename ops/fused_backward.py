@@ -17,7 +17,6 @@ sharding and everything reading the TBE see no difference.
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
 
-_NATIVE: Any = None  # the built kernel, False when disabled or the CPU lacks AVX2
 _X86 = platform.machine() in ("x86_64", "AMD64")
 _OPT_CODE = {EmbOptimType.EXACT_SGD: 0, EmbOptimType.EXACT_ADAGRAD: 1}
 _EMPTY = torch.zeros(0)
@@ -53,15 +51,9 @@ def native_backward() -> Any:
     rebuild. None (fbgemm's own backward runs) with ``RECIS_NATIVE=0`` or on an
     x86 CPU without AVX2/FMA.
     """
-    global _NATIVE
-    if _NATIVE is None:
-        if os.environ.get("RECIS_NATIVE", "1") == "0" or not _cpu_ok():
-            _NATIVE = False
-        else:
-            from .build import load  # not at import: `python -m recis.ops.build` runs it
+    from .build import native  # not at import: `python -m recis.ops.build` runs it
 
-            _NATIVE = load("fused_backward")  # raises before caching when not built
-    return _NATIVE or None
+    return native("fused_backward", _cpu_ok)
 
 
 def supports(tbe: torch.nn.Module) -> bool:

@@ -79,6 +79,9 @@ class MapResult:
     fresh_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
+_NO_ROWS = np.zeros(0, np.int64)
+
+
 def _num_slots(capacity: int) -> int:
     return 1 << max(4, int(np.ceil(np.log2(capacity / _MAX_LOAD))))
 
@@ -238,15 +241,13 @@ class IdMapper:
         ``counts`` (int ``[N]``, default all 1): occurrences each entry of
         ``ids`` stands for, when the caller deduplicated them (admission and
         LFU count occurrences, so a deduplicated batch with its counts maps
-        exactly like the batch itself).
+        exactly like the batch itself). New ids take free rows in the order
+        they first occur in ``ids`` (mapping them one by one gives the same rows).
         """
         keys = _as_keys(ids, self.name)
-        occ = None if counts is None else np.asarray(counts, dtype=np.int64).reshape(-1)
-        if occ is not None and len(occ) != len(keys):
-            raise EmbeddingError(f"table {self.name!r}: {len(occ)} counts for {len(keys)} ids")
-        fast = self._map_native(keys, step, occ) if insert else None
-        if fast is not None:
-            return fast
+        occ = self._occurrences(keys, counts)
+        if insert and self._native_applies(len(keys)):
+            return map_many([self], [keys], step, [occ])[0]
         # LRU/LFU: the native probe marks hits as seen at once (TTL must check expiry first)
         touch = (
             step if insert and self._nat is not None and self.eviction in ("lru", "lfu") else None
@@ -265,98 +266,127 @@ class IdMapper:
                 fresh.append(reset[-1])
         if self.row_last is not None and touch is None:
             self.row_last[rows[hit]] = step
+        new_rows = np.zeros(0, np.int64)
         missing = ~hit
         if missing.any():
-            new_keys, inverse, seen = np.unique(
-                keys[missing], return_inverse=True, return_counts=True
-            )
-            if occ is not None:
-                seen = np.bincount(inverse, weights=occ[missing], minlength=len(new_keys))
-            admit = self._admit(new_keys, seen.astype(np.int64))
-            new_keys = new_keys[admit]
-            if len(new_keys):
-                new_rows = self._take_rows(len(new_keys), step, reset)
-                n = len(new_rows)
-                self._insert(new_keys[:n], new_rows)
-                fresh.append(new_rows)
-                if self.row_last is not None:
-                    self.row_last[new_rows] = step
-                if self.row_count is not None:
-                    self.row_count[new_rows] = 0
-                got = np.full(len(admit), -1, np.int64)
-                got[np.flatnonzero(admit)[:n]] = new_rows
-                rows[missing] = got[inverse]
+            new_rows = self._insert_missing(keys, rows, missing, occ, step, reset)
+            fresh.append(new_rows)
+        return self._finish(rows, occ, new_rows, np.concatenate(fresh), np.concatenate(reset))
+
+    def _occurrences(
+        self, keys: np.ndarray, counts: torch.Tensor | np.ndarray | None
+    ) -> np.ndarray | None:
+        if counts is None:
+            return None
+        if isinstance(counts, torch.Tensor):
+            counts = counts.cpu().numpy()
+        occ = np.asarray(counts, dtype=np.int64).reshape(-1)
+        if len(occ) != len(keys):
+            raise EmbeddingError(f"table {self.name!r}: {len(occ)} counts for {len(keys)} ids")
+        return occ
+
+    def _insert_missing(
+        self,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        missing: np.ndarray,
+        occ: np.ndarray | None,
+        step: int,
+        reset: list[np.ndarray],
+    ) -> np.ndarray:
+        """numpy path: admit the ``missing`` keys, give them rows in first-seen order
+        (writing ``rows`` in place); returns the rows given."""
+        uniq, first, inverse, seen = np.unique(
+            keys[missing], return_index=True, return_inverse=True, return_counts=True
+        )
+        order = np.argsort(first, kind="stable")  # first-seen order, as the native path
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        new_keys, inverse = uniq[order], rank[inverse.reshape(-1)]
+        seen = seen[order]
+        if occ is not None:
+            seen = np.bincount(inverse, weights=occ[missing], minlength=len(new_keys))
+        admit = self._admit(new_keys, seen.astype(np.int64))
+        new_keys = new_keys[admit]
+        if not len(new_keys):
+            return np.zeros(0, np.int64)
+        new_rows = self._take_rows(len(new_keys), step, reset)
+        n = len(new_rows)
+        self._insert(new_keys[:n], new_rows)
+        if self.row_last is not None:
+            self.row_last[new_rows] = step
+        got = np.full(len(admit), -1, np.int64)
+        got[np.flatnonzero(admit)[:n]] = new_rows
+        rows[missing] = got[inverse]
+        return new_rows
+
+    def _finish(
+        self,
+        rows: np.ndarray,
+        occ: np.ndarray | None,
+        new_rows: np.ndarray,
+        fresh_rows: np.ndarray,
+        reset_rows: np.ndarray,
+    ) -> MapResult:
+        """The tail every insert path shares: LFU counts, rebuild, growth, the result.
+
+        ``new_rows``: rows given to inserted ids (their LFU count restarts);
+        ``fresh_rows``: those and the rows of expired ids seen again."""
         if self.row_count is not None:
+            self.row_count[new_rows] = 0
             valid = rows >= 0
             np.add.at(self.row_count, rows[valid], 1 if occ is None else occ[valid])
         if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
             self._rebuild()
         if self.growable and self.size > self.grow_at * self.capacity:
             self._grow(self.capacity + 1)
-        fresh_rows = np.concatenate(fresh)
         return MapResult(
             torch.from_numpy(rows),
-            np.concatenate(reset),
+            reset_rows,
             self.capacity,
             fresh_rows,
             self.row_key[fresh_rows].view(np.int64),
         )
 
-    def _map_native(self, keys: np.ndarray, step: int, occ: np.ndarray | None) -> MapResult | None:
-        """:meth:`map` in one native pass when nothing but free rows is needed, else None.
-
-        Applies without admission rules (``min_count`` 1, ``admit_prob`` 1), without
-        TTL (hits must be checked for expiry) and when the free rows cover every
-        id of the batch (so no eviction or growth can be needed mid-batch). New
-        ids get the free rows in ascending-id order, as in the numpy path. ``occ``:
-        :meth:`map`'s ``counts`` (only LFU counts use them here). The numpy path takes ~3x longer on the
-        benchmark's batches (unique, scatter and insert of ~2.6K new ids each).
-        """
-        if (
-            self._nat is None
-            or self.sketch is not None
-            or self.admit_prob < 1.0
-            or self.eviction == "ttl"
-            or len(keys) > self.n_free
-        ):
-            return None
-        k = min(len(keys), len(self.recycled))
-        free = np.concatenate(
-            [
-                self.recycled[:k].astype(np.int64),
-                np.arange(self.next_unused, self.next_unused + len(keys) - k, dtype=np.int64),
-            ]
+    def _native_applies(self, n: int) -> bool:
+        """Whether one native find-or-insert pass maps ``n`` ids: no admission rules
+        (``min_count`` 1, ``admit_prob`` 1), no TTL (hits must be checked for expiry)
+        and free rows for every id (no eviction or growth can be needed mid-batch)."""
+        return (
+            self._nat is not None
+            and self.sketch is None
+            and self.admit_prob >= 1.0
+            and self.eviction != "ttl"
+            and n <= self.n_free
         )
-        rows_t, taken, reused = self._nat.find_or_insert(
+
+    def _native_args(self, keys: np.ndarray) -> tuple[Any, ...]:
+        """This table's arguments of the native ``find_or_insert_many``, per list."""
+        return (
             torch.from_numpy(self.slots),
             torch.from_numpy(self.row_key.view(np.int64)),
             torch.from_numpy(keys.view(np.int64)),
             int(self.shift),
             int(self.mask),
-            torch.from_numpy(self.row_last) if self.row_last is not None else probe._EMPTY_I32,
-            step,
-            torch.from_numpy(free),
+            torch.from_numpy(self.row_last) if self.row_last is not None else probe.EMPTY_I32,
+            torch.from_numpy(self.recycled),
+            self.next_unused,
+            self.n_free,
         )
+
+    def _took(self, taken: int, reused: int) -> np.ndarray:
+        """Account for ``taken`` free rows given by the native pass; returns them."""
         self.n_tomb -= reused
-        used = min(taken, k)
+        used = min(taken, len(self.recycled))
+        rows = np.concatenate(
+            [
+                self.recycled[:used].astype(np.int64),
+                np.arange(self.next_unused, self.next_unused + taken - used, dtype=np.int64),
+            ]
+        )
         self.recycled = self.recycled[used:]
         self.next_unused += taken - used
-        rows = rows_t.numpy()
-        fresh_rows = free[:taken]  # the new ids' rows, in ascending-id order
-        if self.row_count is not None:
-            self.row_count[fresh_rows] = 0
-            np.add.at(self.row_count, rows, 1 if occ is None else occ)
-        if self.size + self.n_tomb > _REBUILD_AT * len(self.slots):
-            self._rebuild()
-        if self.growable and self.size > self.grow_at * self.capacity:
-            self._grow(self.capacity + 1)
-        return MapResult(
-            rows_t,
-            np.zeros(0, np.int64),
-            self.capacity,
-            fresh_rows,
-            self.row_key[fresh_rows].view(np.int64),
-        )
+        return rows
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
         admit = np.ones(len(keys), bool)
@@ -527,3 +557,34 @@ class IdMapper:
         """(ids int64 ``[size]``, rows int64 ``[size]``) of every live row, by row."""
         live = self.live_rows()
         return self.row_key[live].view(np.int64), live
+
+
+def map_many(
+    mappers: list[IdMapper],
+    ids: list[torch.Tensor | np.ndarray],
+    step: int,
+    counts: list[torch.Tensor | np.ndarray | None] | None = None,
+) -> list[MapResult]:
+    """``[m.map(x, step, counts=c) for m, x, c in ...]`` with one native call for every
+    mapper that needs nothing but free rows (see :meth:`IdMapper._native_applies`).
+
+    The native call runs the tables as a few large parallel tasks (whole tables per
+    thread) instead of a parallel region per table: on a busy machine each region
+    waits for its slowest thread. Results equal the one-by-one calls'.
+    """
+    counts = counts or [None] * len(mappers)
+    keys = [_as_keys(x, m.name) for m, x in zip(mappers, ids)]
+    occ = [m._occurrences(k, c) for m, k, c in zip(mappers, keys, counts)]
+    fast = [i for i, (m, k) in enumerate(zip(mappers, keys)) if m._native_applies(len(k))]
+    out: list[MapResult | None] = [None] * len(mappers)
+    if fast:
+        args = list(zip(*(mappers[i]._native_args(keys[i]) for i in fast)))
+        nat = mappers[fast[0]]._nat
+        rows, taken, reused = nat.find_or_insert_many(*args[:6], step, *args[6:])
+        for i, r, t, u in zip(fast, rows, taken, reused):
+            new_rows = mappers[i]._took(t, u)
+            out[i] = mappers[i]._finish(r.numpy(), occ[i], new_rows, new_rows, _NO_ROWS)
+    for i, m in enumerate(mappers):
+        if out[i] is None:
+            out[i] = m.map(keys[i], step, counts=occ[i])
+    return [r for r in out if r is not None]

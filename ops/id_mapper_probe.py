@@ -10,7 +10,6 @@ operation per probe round over all keys still probing).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,7 @@ import torch
 EMPTY = np.int32(-1)
 TOMB = np.int32(-2)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
-_EMPTY_I32 = torch.zeros(0, dtype=torch.int32)
-
-_NATIVE: Any = None  # the built probe loops, False with RECIS_NATIVE=0
+EMPTY_I32 = torch.zeros(0, dtype=torch.int32)  # "no row_last": an empty int32 tensor
 
 
 def native_kernels() -> Any:
@@ -32,15 +29,9 @@ def native_kernels() -> Any:
     :class:`~recis.errors.NativeBuildError` saying how to rebuild; ``RECIS_NATIVE=0``
     runs the numpy loops instead (identical results).
     """
-    global _NATIVE
-    if _NATIVE is None:
-        if os.environ.get("RECIS_NATIVE", "1") == "0":
-            _NATIVE = False
-        else:
-            from .build import load  # not at import: `python -m recis.ops.build` runs it
+    from .build import native  # not at import: `python -m recis.ops.build` runs it
 
-            _NATIVE = load("id_mapper")  # raises before caching when not built
-    return _NATIVE or None
+    return native("id_mapper")
 
 
 def home(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
@@ -75,9 +66,7 @@ def find(
             int(shift),
             int(mask),
             not rows,
-            torch.from_numpy(row_last)
-            if touch is not None and row_last is not None
-            else _EMPTY_I32,
+            torch.from_numpy(row_last) if touch is not None and row_last is not None else EMPTY_I32,
             touch or 0,
         )
         return out.numpy()

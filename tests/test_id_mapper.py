@@ -164,3 +164,58 @@ def test_native_and_numpy_paths_agree(eviction: str) -> None:
         assert np.array_equal(ra.reset_rows, rb.reset_rows) and ra.capacity == rb.capacity
     probe = torch.arange(-10, 160)
     assert torch.equal(a.lookup(probe), b.lookup(probe))
+
+
+def _one_by_one(m: IdMapper, ids: np.ndarray, step: int) -> np.ndarray:
+    return np.array([int(m.map(ids[i : i + 1], step).rows[0]) for i in range(len(ids))])
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "numpy"])
+def test_batch_insertion_equals_one_by_one(native: bool) -> None:
+    from recis.ops.id_mapper import native_kernels
+
+    if native and native_kernels() is None:
+        pytest.skip("native kernels not built here")
+    gen = np.random.default_rng(5)
+    # ids above 2**63 (as uint64), in-batch duplicates, and ids already known
+    big = np.array([2**64 - 1, 2**63, 2**63 + 7, 2**64 - 1, 2**63], dtype=np.uint64)
+    rnd = gen.integers(0, 2**64 - 1, 300, dtype=np.uint64, endpoint=True)
+    ids = np.concatenate([big, rnd, rnd[:50], big]).view(np.int64)
+    n = len(np.unique(ids))  # 303: growth across the resize boundary from capacity 64
+    kw = dict(growable=True, grow_at=0.9, native=native)
+    a, b = IdMapper(64, **kw), IdMapper(64, **kw)
+    batch = a.map(ids, step=1).rows.numpy()
+    single = _one_by_one(b, ids, step=1)
+    assert np.array_equal(batch, single)
+    assert a.capacity == b.capacity >= n and a.size == b.size == n
+    # first-seen order: the i-th distinct id got row i
+    _, first = np.unique(ids, return_index=True)
+    assert np.array_equal(batch[np.sort(first)], np.arange(n))
+    assert torch.equal(a.lookup(ids), torch.from_numpy(batch))
+    # a second batch, half known, into the grown table
+    more = np.concatenate([ids[::3], gen.integers(-(2**63), 2**63 - 1, 200)])
+    assert np.array_equal(a.map(more, step=2).rows.numpy(), _one_by_one(b, more, step=2))
+
+
+def test_map_many_equals_one_table_at_a_time() -> None:
+    from recis.ops.id_mapper import map_many
+
+    gen = np.random.default_rng(6)
+    kinds = [dict(eviction="lru"), dict(eviction="none"), dict(eviction="lfu"),
+             dict(eviction="ttl", ttl_steps=2), dict(eviction="lru", min_count=2),
+             dict(eviction="none", growable=True)]  # fmt: skip
+    cap = [64, 256, 64, 64, 64, 64]  # the table without eviction has room for all its ids
+    many = [IdMapper(cap[i], seed=i, **kw) for i, kw in enumerate(kinds)]
+    single = [IdMapper(cap[i], seed=i, **kw) for i, kw in enumerate(kinds)]
+    for step in range(1, 12):  # LRU/LFU tables fill up and evict; the growable one grows
+        ids = [gen.integers(-(2**63), 2**63 - 1, 60) % (40 * (i + 3)) for i in range(len(kinds))]
+        counts = [None, None, np.arange(60) % 3 + 1, None, None, None]
+        got = map_many(many, ids, step, counts)
+        for m, x, c, r in zip(single, ids, counts, got):
+            want = m.map(x, step, counts=c)
+            assert torch.equal(r.rows, want.rows)
+            assert np.array_equal(r.fresh_rows, want.fresh_rows)
+            assert np.array_equal(r.fresh_ids, want.fresh_ids)
+            assert np.array_equal(r.reset_rows, want.reset_rows) and r.capacity == want.capacity
+    for a, b in zip(many, single):
+        assert np.array_equal(a.items()[0], b.items()[0])

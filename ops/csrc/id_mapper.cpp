@@ -81,79 +81,186 @@ int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, t
   return reused;
 }
 
-// Rows of keys, inserting the keys not found: the new distinct keys, in
-// ascending uint64 order (as the numpy path's np.unique gives them), take the
-// rows of free_rows in order. First a parallel find (which also touches the
-// rows found); then one sequential pass over the misses, in which a new key is
-// put in its slot as a provisional code -(3 + j) (j: first-seen index) so its
-// repeats in the batch find it; then the new keys are sorted and get their
-// rows. Rows found or given get row_last[row] = step when row_last is non-empty.
-// Returns (rows int64 [n], rows taken from free_rows, deleted slots reused).
-std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
-    torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift, int64_t mask,
-    torch::Tensor row_last, int64_t step, torch::Tensor free_rows) {
-  auto out = find(slots, row_key, keys, shift, mask, false, row_last, step);
-  const int64_t n = keys.numel();
-  int32_t* s = slots.data_ptr<int32_t>();
-  int64_t* rk = row_key.data_ptr<int64_t>();
-  const int64_t* k = keys.data_ptr<int64_t>();
-  const int64_t* fr = free_rows.data_ptr<int64_t>();
-  const int64_t n_free = free_rows.numel();
-  int64_t* o = out.data_ptr<int64_t>();
-  int32_t* last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
-  const int32_t st = static_cast<int32_t>(step);
-  const uint64_t m = static_cast<uint64_t>(mask);
-  std::vector<uint64_t> new_key;  // j-th new key (first-seen order)
-  std::vector<int64_t> new_slot;  // and its slot
-  std::vector<int64_t> miss;      // positions of the keys not found
-  for (int64_t i = 0; i < n; ++i) {
-    if (o[i] < 0) miss.push_back(i);
-  }
-  int64_t reused = 0;
-  for (const int64_t i : miss) {
-    const uint64_t key = static_cast<uint64_t>(k[i]);
-    uint64_t p = (key * kFib) >> shift;
-    int64_t tomb = -1, r = kEmpty;
+// One table's share of a find-or-insert call: the table (slots, row_key,
+// row_last), the keys and where the free rows come from (the recycled rows
+// first, then next_unused, next_unused + 1, ...).
+struct MapJob {
+  int32_t* s;
+  int64_t* rk;
+  const int64_t* k;
+  int64_t n;
+  int64_t shift, mask;
+  int32_t* last;
+  const int32_t* recycled;
+  int64_t n_recycled, next_unused;
+  int64_t* out;
+  int64_t taken = 0, reused = 0;
+};
+
+MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift,
+                int64_t mask, torch::Tensor row_last, torch::Tensor recycled, int64_t next_unused,
+                int64_t n_free, torch::Tensor out) {
+  TORCH_CHECK(keys.numel() <= n_free, "find_or_insert: more ids than free rows");
+  MapJob j;
+  j.s = slots.data_ptr<int32_t>();
+  j.rk = row_key.data_ptr<int64_t>();
+  j.k = keys.data_ptr<int64_t>();
+  j.n = keys.numel();
+  j.shift = shift;
+  j.mask = mask;
+  j.last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
+  j.recycled = recycled.numel() ? recycled.data_ptr<int32_t>() : nullptr;
+  j.n_recycled = recycled.numel();
+  j.next_unused = next_unused;
+  j.out = out.data_ptr<int64_t>();
+  return j;
+}
+
+// Insert the keys find() missed, in the order they occur: the j-th new
+// distinct key takes the j-th free row at once (so a repeat later in the batch
+// finds it as an ordinary row); a deleted slot met on the way is reused.
+// Inserting one by one in this order gives the same rows.
+void insert_misses(MapJob& j, int32_t st) {
+  const uint64_t m = static_cast<uint64_t>(j.mask);
+  for (int64_t i = 0; i < j.n; ++i) {
+    if (j.out[i] >= 0) continue;
+    const uint64_t key = static_cast<uint64_t>(j.k[i]);
+    uint64_t p = (key * kFib) >> j.shift;
+    int64_t tomb = -1, r = -1;
     for (;;) {
-      const int32_t v = s[p];
+      const int32_t v = j.s[p];
       if (v == kEmpty) break;
       if (v == kTomb) {
         if (tomb < 0) tomb = static_cast<int64_t>(p);
-      } else if (v < 0 && new_key[-3 - v] == key) {  // rows >= 0 were checked by find
-        r = v;
+      } else if (static_cast<uint64_t>(j.rk[v]) == key) {
+        r = v;  // inserted earlier in this batch
         break;
       }
       p = (p + 1) & m;
     }
-    if (r == kEmpty) {
-      const int64_t j = static_cast<int64_t>(new_key.size());
-      TORCH_CHECK(j < n_free, "find_or_insert: more new ids than free rows");
+    if (r < 0) {
+      r = j.taken < j.n_recycled ? j.recycled[j.taken] : j.next_unused + j.taken - j.n_recycled;
       const int64_t at = tomb >= 0 ? tomb : static_cast<int64_t>(p);
-      r = -3 - j;
-      s[at] = static_cast<int32_t>(r);
-      reused += tomb >= 0;
-      new_key.push_back(key);
-      new_slot.push_back(at);
+      j.s[at] = static_cast<int32_t>(r);
+      j.rk[r] = static_cast<int64_t>(key);
+      if (j.last) j.last[r] = st;
+      j.reused += tomb >= 0;
+      ++j.taken;
     }
-    o[i] = r;
+    j.out[i] = r;
   }
-  const int64_t taken = static_cast<int64_t>(new_key.size());
-  if (taken) {
-    std::vector<int64_t> order(taken);
-    for (int64_t j = 0; j < taken; ++j) order[j] = j;
-    std::sort(order.begin(), order.end(),
-              [&](int64_t a, int64_t b) { return new_key[a] < new_key[b]; });
-    std::vector<int64_t> row_of(taken);
-    for (int64_t rank = 0; rank < taken; ++rank) {
-      const int64_t j = order[rank], r = fr[rank];
-      row_of[j] = r;
-      rk[r] = static_cast<int64_t>(new_key[j]);
-      s[new_slot[j]] = static_cast<int32_t>(r);
-      if (last) last[r] = st;
+}
+
+// find() of one job over keys [b, e), without a parallel region of its own.
+void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
+  const uint64_t m = static_cast<uint64_t>(j.mask);
+  constexpr int64_t kA = 16;
+  for (int64_t i = b; i < e; ++i) {
+    if (i + 2 * kA < e) {
+      __builtin_prefetch(j.s + ((static_cast<uint64_t>(j.k[i + 2 * kA]) * kFib) >> j.shift));
     }
-    for (const int64_t i : miss) o[i] = row_of[-3 - o[i]];
+    if (i + kA < e) {
+      const int32_t v = j.s[(static_cast<uint64_t>(j.k[i + kA]) * kFib) >> j.shift];
+      if (v >= 0) {
+        __builtin_prefetch(j.rk + v);
+        if (j.last) __builtin_prefetch(j.last + v, 1);
+      }
+    }
+    const uint64_t key = static_cast<uint64_t>(j.k[i]);
+    uint64_t p = (key * kFib) >> j.shift;
+    int64_t r = -1;
+    for (;;) {
+      const int32_t v = j.s[p];
+      if (v == kEmpty) break;
+      if (v >= 0 && static_cast<uint64_t>(j.rk[v]) == key) {
+        r = v;
+        if (j.last) j.last[v] = st;
+        break;
+      }
+      p = (p + 1) & m;
+    }
+    j.out[i] = r;
   }
-  return {out, taken, reused};
+}
+
+// Runs the jobs. Enough tables for the threads: each thread takes whole tables
+// (largest first, onto the least loaded thread), so one step is one parallel
+// region of a few large tasks, not a region per table. Fewer tables than
+// threads: each table's find runs in parallel, its inserts serially.
+void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
+  const int64_t t = static_cast<int64_t>(jobs.size());
+  const int64_t p = at::get_num_threads();
+  if (t < p || p == 1) {
+    for (auto& j : jobs) {
+      at::parallel_for(0, j.n, 8192, [&](int64_t b, int64_t e) { find_range(j, b, e, st); });
+      insert_misses(j, st);
+    }
+    return;
+  }
+  std::vector<int64_t> order(t);
+  for (int64_t i = 0; i < t; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return jobs[a].n > jobs[b].n; });
+  std::vector<std::vector<int64_t>> bins(p);
+  std::vector<int64_t> load(p, 0);
+  for (const int64_t i : order) {
+    const int64_t b = std::min_element(load.begin(), load.end()) - load.begin();
+    bins[b].push_back(i);
+    load[b] += jobs[i].n + 64;  // + a table's fixed cost
+  }
+  at::parallel_for(0, p, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      for (const int64_t i : bins[w]) {
+        find_range(jobs[i], 0, jobs[i].n, st);
+        insert_misses(jobs[i], st);
+      }
+    }
+  });
+}
+
+// Rows of keys, inserting the keys not found (at most n_free of them: the
+// caller makes room first). New distinct keys take free rows in first-seen
+// order: the recycled rows (int32) first, then next_unused, next_unused + 1...
+// Rows found or given get row_last[row] = step when row_last is non-empty.
+// Returns (rows int64 [n], rows taken, deleted slots reused).
+std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
+    torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift, int64_t mask,
+    torch::Tensor row_last, int64_t step, torch::Tensor recycled, int64_t next_unused,
+    int64_t n_free) {
+  auto out = torch::empty({keys.numel()}, torch::kInt64);
+  std::vector<MapJob> jobs{make_job(slots, row_key, keys, shift, mask, row_last, recycled,
+                                    next_unused, n_free, out)};
+  run_jobs(jobs, static_cast<int32_t>(step));
+  return {out, jobs[0].taken, jobs[0].reused};
+}
+
+// find_or_insert over several tables in one call (argument i of each list is
+// table i's); returns (rows per table, rows taken per table, reused per table).
+std::tuple<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>>
+find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor> row_key,
+                    std::vector<torch::Tensor> keys, std::vector<int64_t> shift,
+                    std::vector<int64_t> mask, std::vector<torch::Tensor> row_last, int64_t step,
+                    std::vector<torch::Tensor> recycled, std::vector<int64_t> next_unused,
+                    std::vector<int64_t> n_free) {
+  const size_t t = keys.size();
+  TORCH_CHECK(slots.size() == t && row_key.size() == t && shift.size() == t &&
+                  mask.size() == t && row_last.size() == t && recycled.size() == t &&
+                  next_unused.size() == t && n_free.size() == t,
+              "find_or_insert_many: lists of different lengths");
+  std::vector<torch::Tensor> outs;
+  std::vector<MapJob> jobs;
+  for (size_t i = 0; i < t; ++i) {
+    outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
+    jobs.push_back(make_job(slots[i], row_key[i], keys[i], shift[i], mask[i], row_last[i],
+                            recycled[i], next_unused[i], n_free[i], outs.back()));
+  }
+  run_jobs(jobs, static_cast<int32_t>(step));
+  std::vector<int64_t> taken, reused;
+  for (const auto& j : jobs) {
+    taken.push_back(j.taken);
+    reused.push_back(j.reused);
+  }
+  return {outs, taken, reused};
 }
 
 namespace {
@@ -175,7 +282,7 @@ torch::Tensor id_init_uniform(torch::Tensor ids, int64_t dim, int64_t salt, doub
   const int64_t* k = ids.data_ptr<int64_t>();
   float* o = out.data_ptr<float>();
   const uint64_t sl = static_cast<uint64_t>(salt);
-  at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const uint64_t x = splitmix64(static_cast<uint64_t>(k[i]) ^ sl);
       for (int64_t c = 0; c < dim; ++c) {
@@ -194,6 +301,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("id_init_uniform", &id_init_uniform, "per-id uniform initial vectors",
         py::call_guard<py::gil_scoped_release>());
   m.def("find_or_insert", &find_or_insert, "rows of keys, inserting new ones",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("find_or_insert_many", &find_or_insert_many, "find_or_insert over several tables",
         py::call_guard<py::gil_scoped_release>());
   m.def("find", &find, "find rows of keys");
   m.def("insert", &insert, "insert absent keys");

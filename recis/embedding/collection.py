@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature, features_by_table
-from recis.ops.id_mapper import IdMapper, MapResult
+from recis.ops.id_mapper import IdMapper, MapResult, map_many
 from recis.optim.spec import resolve_sparse
 
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
@@ -32,21 +29,6 @@ def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
         f"{t.pooling}{dim}_{t.dtype}_{opt.name}_lr{opt.lr:g}_eps{opt.eps:g}_wd{opt.weight_decay:g}"
         f"_b{opt.beta1:g}_{opt.beta2:g}"
     ).replace(".", "p")
-
-
-_DEFERRED: ContextVar[bool] = ContextVar("recis_deferred_tables", default=False)
-
-
-@contextmanager
-def deferred_tables() -> Iterator[None]:
-    """Hashed collections built inside hold one row per table: templates that
-    :func:`recis.distributed.shard_model` replaces by per-rank shards, so no rank ever
-    allocates a whole table (their configs, features and seed are kept as given)."""
-    token = _DEFERRED.set(True)
-    try:
-        yield
-    finally:
-        _DEFERRED.reset(token)
 
 
 class LookupModule(nn.Module):
@@ -123,7 +105,7 @@ class HashedEmbeddingCollection(LookupModule):
     ) -> None:
         super().__init__()
         # template: one row per table (shapes, dtypes, optimizer-state layout; configs kept)
-        one_row = template or _DEFERRED.get()
+        one_row = template
         device = torch.device(device)
         optimizer = optimizer or SparseOptimizerConfig()
         by_name = {t.name: t for t in tables}
@@ -139,21 +121,8 @@ class HashedEmbeddingCollection(LookupModule):
         spec: dict[str, tuple[str, str, SparseOptimizerConfig]] = {}
         for i, t in enumerate(self.tables.values()):
             opt = t.optimizer or optimizer
-            mapped = t.mapper == "hash"
-            if mapped:
-                self.mappers[t.name] = IdMapper(
-                    1 if one_row else t.capacity,
-                    name=t.name,
-                    eviction=t.eviction,
-                    ttl_steps=t.ttl_steps,
-                    evict_fraction=t.evict_fraction,
-                    min_count=t.admission_min_count,
-                    admit_prob=t.admission_prob,
-                    growable=t.growable,
-                    grow_at=t.grow_at,
-                    max_capacity=t.max_capacity,
-                    seed=seed + i,
-                )
+            if t.mapper == "hash":
+                self.mappers[t.name] = _new_mapper(t, 1 if one_row else t.capacity, seed + i)
             if resolve_sparse(opt, "table_group", device).fused and t.dim % 4:
                 raise ConfigError(
                     f"model.tables.{t.name}.dim: {t.dim} is not a multiple of 4, "
@@ -161,17 +130,7 @@ class HashedEmbeddingCollection(LookupModule):
                 )
             key = _group_key(t, opt)
             spec[key] = (t.pooling, t.dtype, opt)
-            slots.setdefault(key, []).append(
-                TableSlot(
-                    name=t.name,
-                    dim=t.dim,
-                    rows=(1 if one_row else t.capacity) + int(mapped),
-                    init=t.init,
-                    init_scale=t.init_scale or default_scale(t.capacity),
-                    by_id=mapped,
-                    features=feats_of[t.name],
-                )
-            )
+            slots.setdefault(key, []).append(_table_slot(t, feats_of[t.name], one_row))
         self.groups = nn.ModuleDict()
         self.where: dict[str, tuple[str, int]] = {}  # table -> (group, index in group)
         for key, ts in slots.items():
@@ -182,19 +141,21 @@ class HashedEmbeddingCollection(LookupModule):
             for j, s in enumerate(ts):
                 self.where[s.name] = (key, j)
         for name in self.mappers:
-            g, j = self.where[name]
-            grp = self.groups[g]
-            # 'shared': one fixed vector, a function of (seed, table) like every id's first
-            fallback = grp.tables[j].initial_for_ids(
-                np.zeros(1, np.int64), f"{self.id_salt(name)}/fallback", device
-            )[0]
-            if self.tables[name].default == "zero":
-                fallback.zero_()
-            self.register_buffer(f"fallback_{name}", fallback)
+            self.register_buffer(f"fallback_{name}", self._fallback_vector(name))
         # in the order features were given (the output KeyedTensor's key order)
         pooling = {f.name: by_name[f.table_name].pooling for f in features}
         self.pooled_features = [f.name for f in features if pooling[f.name] != "none"]
         self.sequence_features = [f.name for f in features if pooling[f.name] == "none"]
+
+    def _fallback_vector(self, table: str) -> torch.Tensor:
+        """``[D]``: what ids without a row read ('shared': one fixed vector, a function of
+        (seed, table) like every id's first; 'zero': zeros)."""
+        g, j = self.where[table]
+        slot = self.groups[g].tables[j]
+        out = slot.initial_for_ids(
+            np.zeros(1, np.int64), f"{self.id_salt(table)}/fallback", self.device
+        )[0]
+        return out.zero_() if self.tables[table].default == "zero" else out
 
     # ------------------------------------------------------------------ mapping
     def _map(
@@ -222,8 +183,7 @@ class HashedEmbeddingCollection(LookupModule):
             return res
         g, j = self.where[table]
         grp = self.groups[g]
-        if res.capacity + 1 != grp.tables[j].rows:
-            grp.resize(j, res.capacity + 1)
+        self._fit_rows(table, res.capacity + 1)
         if len(res.fresh_rows):
             # every row given (back) to an id, evicted ones included, starts from the id's
             # own vector with a zero optimizer state (the same on any row, rank or world
@@ -231,6 +191,13 @@ class HashedEmbeddingCollection(LookupModule):
             init = grp.tables[j].initial_for_ids(res.fresh_ids, self.id_salt(table), self.device)
             grp.reset_rows(j, torch.from_numpy(res.fresh_rows + 1).to(self.device), init)
         return (res.rows + 1).to(self.device)
+
+    def _fit_rows(self, table: str, rows: int) -> None:
+        """Resize ``table`` to ``rows`` (its mapper's capacity + the fallback row, or a
+        checkpoint's row count) when it has another size; rows that fit are kept."""
+        g, j = self.where[table]
+        if self.groups[g].tables[j].rows != rows:
+            self.groups[g].resize(j, rows)
 
     def id_salt(self, table: str) -> str:
         """Salt of ``table``'s per-id initial vectors (the collection's seed and the name)."""
@@ -241,12 +208,30 @@ class HashedEmbeddingCollection(LookupModule):
     ) -> dict[str, torch.Tensor]:
         """Map every table's ids (all mappers first, then the table updates they ask for).
 
-        ``counts``: per table, occurrences each id stands for (deduplicated ids).
-        Threads over tables were measured no faster on 2 shared cores, so this is serial.
+        ``counts``: per table, occurrences each id stands for (deduplicated ids). In
+        training the hashed tables are mapped in one call (:func:`recis.ops.id_mapper.map_many`:
+        a few large parallel tasks, not one small parallel region per table).
         """
         counts = counts or {}
-        results = {t: self._map(t, v, counts.get(t)) for t, v in ids.items()}
-        return {t: self._apply_map(t, r) for t, r in results.items()}
+        hashed = [t for t in ids if t in self.mappers] if self.training else []
+        for t in hashed:
+            if ids[t].dtype.is_floating_point or ids[t].dtype == torch.bool:
+                raise EmbeddingError(f"table {t!r}: ids must be integers, got {ids[t].dtype}")
+        results: dict[str, MapResult | torch.Tensor] = dict(
+            zip(
+                hashed,
+                map_many(
+                    [self.mappers[t] for t in hashed],
+                    [ids[t] for t in hashed],
+                    self.step,
+                    [counts.get(t) for t in hashed],
+                ),
+            )
+        )
+        results.update(
+            (t, self._map(t, v, counts.get(t))) for t, v in ids.items() if t not in results
+        )
+        return {t: self._apply_map(t, results[t]) for t in ids}
 
     def _restore_fallbacks(self) -> None:
         for name in self.mappers:
@@ -393,10 +378,9 @@ class HashedEmbeddingCollection(LookupModule):
             None if last is None else last.numpy(),
             None if count is None else count.numpy(),
         )
+        self._fit_rows(table, mapper.capacity + 1)
         g, j = self.where[table]
         grp = self.groups[g]
-        if mapper.capacity + 1 != grp.tables[j].rows:
-            grp.resize(j, mapper.capacity + 1)
         keep = torch.from_numpy(at >= 0)
         r = torch.from_numpy(at[at >= 0] + 1).to(self.device)
         w = grp.weight(j)
@@ -432,9 +416,7 @@ class HashedEmbeddingCollection(LookupModule):
         for name, st in state["mappers"].items():
             self.mappers[name].load_state_dict(st)
         for name, rows in state["rows"].items():
-            g, j = self.where[name]
-            if self.groups[g].tables[j].rows != rows:
-                self.groups[g].resize(j, rows)
+            self._fit_rows(name, rows)
 
     def torchrec_tables(self) -> list[EmbeddingBagConfig | EmbeddingConfig]:
         """torchrec configs of the tables as laid out here (rows include the fallback row).
@@ -476,3 +458,35 @@ class HashedEmbeddingCollection(LookupModule):
             out[f"{name}.ids"] = ids_t.contiguous()
             out[f"{name}.weights"] = vec.float().cpu().contiguous()
         save_file(out, str(path))
+
+
+def _new_mapper(t: TableConfig, capacity: int, seed: int) -> IdMapper:
+    """The IdMapper of hashed table ``t`` with ``capacity`` rows (1 for a template)."""
+    return IdMapper(
+        capacity,
+        name=t.name,
+        eviction=t.eviction,
+        ttl_steps=t.ttl_steps,
+        evict_fraction=t.evict_fraction,
+        min_count=t.admission_min_count,
+        admit_prob=t.admission_prob,
+        growable=t.growable,
+        grow_at=t.grow_at,
+        max_capacity=t.max_capacity,
+        seed=seed,
+    )
+
+
+def _table_slot(t: TableConfig, features: list[str], one_row: bool) -> TableSlot:
+    """Table ``t``'s place in its group: a hashed table has one more row (row 0, the
+    fallback); a template holds one row."""
+    mapped = t.mapper == "hash"
+    return TableSlot(
+        name=t.name,
+        dim=t.dim,
+        rows=(1 if one_row else t.capacity) + int(mapped),
+        init=t.init,
+        init_scale=t.init_scale or default_scale(t.capacity),
+        by_id=mapped,
+        features=features,
+    )
