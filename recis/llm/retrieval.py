@@ -9,6 +9,7 @@ indicator of their distinct terms, so scoring is one sparse-dense product ``[M, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,9 +52,15 @@ class BM25Retriever:
 
     @classmethod
     def from_config(cls, cfg: RetrieverConfig) -> BM25Retriever:
+        """The corpus of ``cfg.corpus`` (column ``cfg.text``)."""
         table = read_table(cfg.corpus, [cfg.text])
         texts = ["" if t is None else str(t) for t in table.column(cfg.text).to_pylist()]
         return cls(texts, cfg.k1, cfg.b)
+
+    @classmethod
+    def from_config_path(cls, path: str | Path, text: str = "text") -> BM25Retriever:
+        """The corpus of the file ``path`` (column ``text``), default BM25 parameters."""
+        return cls.from_config(RetrieverConfig(corpus=str(path), text=text))
 
     def scores(self, queries: Sequence[str]) -> torch.Tensor:
         """BM25 of every chunk for every query, ``[B, M]``."""

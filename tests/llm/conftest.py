@@ -13,13 +13,32 @@ import pytest
 
 pytest.importorskip("trl")
 
-from recis.llm.config import LevelsConfig, PromptConfig  # noqa: E402
+from recis.llm.config import (  # noqa: E402
+    LevelsConfig,
+    PromptConfig,
+    ScratchModelConfig,  # noqa: E402
+)
 from recis.llm.example import Example  # noqa: E402
 from recis.llm.model import build_scratch  # noqa: E402
-from recis.llm.config import ScratchModelConfig  # noqa: E402
 from recis.llm.task import RelevanceTask  # noqa: E402
 
-WORDS = "red blue green black white phone case shoe bag coat hat cup lamp desk sofa".split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "phone",
+    "case",
+    "shoe",
+    "bag",
+    "coat",
+    "hat",
+    "cup",
+    "lamp",
+    "desk",
+    "sofa",
+]
 BRANDS = ["nike", "apple", "sony", "ikea"]
 
 

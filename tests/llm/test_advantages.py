@@ -21,7 +21,9 @@ def test_group_advantages_match_a_hand_computation():
     want = torch.tensor([0.75, -0.25, -0.25, -0.25]) / 0.5001
     assert torch.allclose(adv[:4], want, atol=1e-6)
     assert torch.equal(adv[4:], torch.zeros(4))  # all equal: no signal
-    assert torch.allclose(group_advantages(r, 4, scale=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert torch.allclose(
+        group_advantages(r, 4, scale=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25])
+    )
 
 
 def test_difficulty_filter_drops_or_downweights_uniform_groups():
