@@ -24,7 +24,15 @@ class ModelClass(Protocol):
 
     config_class: type[ModelConfig]
 
-    def __call__(self, config: ModelConfig, schema: Schema, device: torch.device) -> nn.Module: ...
+    # ``template_tables``: hashed tables hold one row each (templates the distributed sharder
+    # replaces by each rank's shard)
+    def __call__(
+        self,
+        config: ModelConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> nn.Module: ...
 
 
 # name -> model class; read-only, built once at import (no registration at run time)
@@ -49,8 +57,12 @@ def model_class(name: str) -> ModelClass:
         raise ConfigError(f"model.name: unknown model {name!r}; known: {sorted(MODELS)}") from None
 
 
-def build_model(config: ModelConfig, schema: Schema, device: torch.device | str) -> nn.Module:
-    model = model_class(config.name)(config, schema, torch.device(device))
+def build_model(
+    config: ModelConfig, schema: Schema, device: torch.device | str, template_tables: bool = False
+) -> nn.Module:
+    """The model ``config`` names; ``template_tables``: its hashed tables hold one row each,
+    templates that the distributed sharder replaces by each rank's shard."""
+    model = model_class(config.name)(config, schema, torch.device(device), template_tables)
     if config.structure:  # pruned by recis prune: its narrower layers, before weights load
         from .structure import apply_structure
 

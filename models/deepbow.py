@@ -144,7 +144,14 @@ class DeepBoW(nn.Module):
 
     config_class = DeepBoWConfig
 
-    def __init__(self, config: DeepBoWConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: DeepBoWConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
+        # template_tables: no hashed tables here (the zoo's one constructor signature)
         super().__init__()
         self.config = config
         self.tasks = [label.name for label in schema.labels]
@@ -472,7 +479,14 @@ class DenseRelevance(nn.Module):
 
     config_class = DeepBoWConfig
 
-    def __init__(self, config: DeepBoWConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: DeepBoWConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
+        # template_tables: no hashed tables here (the zoo's one constructor signature)
         super().__init__()
         self.config = config
         self.tasks = [label.name for label in schema.labels]

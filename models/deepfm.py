@@ -58,7 +58,13 @@ class DeepFM(nn.Module):
 
     config_class = DeepFMConfig
 
-    def __init__(self, config: DeepFMConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: DeepFMConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
         super().__init__()
         self.tasks = [label.name for label in schema.labels]
         dims = {t.name: t.dim for t in config.tables}
@@ -68,7 +74,12 @@ class DeepFM(nn.Module):
         d = used.pop() if used else 0
         self.feature_names = [f.name for f in schema.sparse]
         self.embedding = build_embedding_collection(
-            config.tables, schema.sparse, device, config.sparse_optimizer, engine=config.embedding
+            config.tables,
+            schema.sparse,
+            device,
+            config.sparse_optimizer,
+            engine=config.embedding,
+            template=template_tables,
         )
         # first-order weights: a per-id scalar, stored as the sum of a dim-4 row because
         # fbgemm's fused kernels need dims that are multiples of 4 (same function class)
@@ -77,7 +88,12 @@ class DeepFM(nn.Module):
         ]
         wide_feats = [dataclasses.replace(f, table=f"{f.table_name}_w") for f in schema.sparse]
         self.first_order = build_embedding_collection(
-            wide_tables, wide_feats, device, config.sparse_optimizer, engine=config.embedding
+            wide_tables,
+            wide_feats,
+            device,
+            config.sparse_optimizer,
+            engine=config.embedding,
+            template=template_tables,
         )
         num_dense = len(schema.dense)
         self.dense_norm = dense_norm(num_dense, config.dense_norm, device)

@@ -56,7 +56,13 @@ class DLRM(nn.Module):
 
     config_class = DLRMConfig
 
-    def __init__(self, config: DLRMConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: DLRMConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
         super().__init__()
         dims = {t.name: t.dim for t in config.tables}
         d = config.bottom_mlp[-1]
@@ -68,7 +74,12 @@ class DLRM(nn.Module):
         self.tasks = [label.name for label in schema.labels]
         self.num_dense = len(schema.dense)
         self.sparse_arch = build_embedding_collection(
-            config.tables, schema.sparse, device, config.sparse_optimizer, engine=config.embedding
+            config.tables,
+            schema.sparse,
+            device,
+            config.sparse_optimizer,
+            engine=config.embedding,
+            template=template_tables,
         )
         self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
         n = len(schema.sparse) + 1

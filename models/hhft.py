@@ -230,7 +230,13 @@ class HHFT(nn.Module):
 
     config_class = HHFTConfig
 
-    def __init__(self, config: HHFTConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: HHFTConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
         super().__init__()
         if not config.blocks:
             raise ConfigError("model.blocks: at least one block is required")
@@ -268,6 +274,7 @@ class HHFT(nn.Module):
                 device,
                 config.sparse_optimizer,
                 engine=config.embedding,
+                template=template_tables,
             )
             if self.pooled_names
             else None
@@ -279,6 +286,7 @@ class HHFT(nn.Module):
                 device,
                 config.sparse_optimizer,
                 engine=config.embedding,
+                template=template_tables,
             )
             if self.seq_names
             else None

@@ -94,6 +94,7 @@ class SequenceEmbedding(nn.Module):
         device: torch.device,
         optimizer: SparseOptimizerConfig | None = None,
         engine: str = "hashed",
+        template: bool = False,
     ) -> None:
         super().__init__()
         by_name = {t.name: t for t in tables}
@@ -114,7 +115,9 @@ class SequenceEmbedding(nn.Module):
         self.ec = None
         if engine == "hashed":
             seq_tables = [dataclasses.replace(by_name[t], pooling="none") for t in feats_of]
-            self.hashed = build_embedding_collection(seq_tables, features, device, optimizer)
+            self.hashed = build_embedding_collection(
+                seq_tables, features, device, optimizer, template=template
+            )
         else:
             self.ec = EmbeddingCollection(tables=configs, device=device)
 

@@ -191,7 +191,13 @@ class TwoTower(nn.Module):
 
     config_class = TwoTowerConfig
 
-    def __init__(self, config: TwoTowerConfig, schema: Schema, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        schema: Schema,
+        device: torch.device,
+        template_tables: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
         self.schema = schema
@@ -239,6 +245,7 @@ class TwoTower(nn.Module):
                     device,
                     config.sparse_optimizer,
                     engine=config.embedding,
+                    template=template_tables,
                 )
                 for side in ("query", "item")
                 if getattr(config, side).sparse
@@ -253,7 +260,12 @@ class TwoTower(nn.Module):
             if names:
                 feats = [sparse[n] for n in names]
                 self.sequences[side] = SequenceEmbedding(
-                    config.tables, feats, device, config.sparse_optimizer, config.embedding
+                    config.tables,
+                    feats,
+                    device,
+                    config.sparse_optimizer,
+                    config.embedding,
+                    template=template_tables,
                 )
                 for f in feats:
                     dim = dims[f.table_name]

@@ -212,8 +212,7 @@ def test_template_shards_like_a_full_collection():
 
 def test_dense_init_does_not_depend_on_table_sizes():
     """Hashed rows take no draws from the global RNG: the dense layers a seed gives are the
-    same for any capacity and for a deferred template (how 1 and N ranks build a model)."""
-    from recis.embedding import deferred_tables
+    same for any capacity and for template tables (how 1 and N ranks build a model)."""
     from recis.features import Schema
     from recis.models.dlrm import DLRM, DLRMConfig
 
@@ -223,16 +222,15 @@ def test_dense_init_does_not_depend_on_table_sizes():
         labels=[{"name": "click", "column": "label"}],
     )
 
-    def dense_state(capacity: int, deferred: bool) -> dict:
+    def dense_state(capacity: int, template: bool) -> dict:
         cfg = DLRMConfig(
             tables=[TableConfig(name="C0", dim=8, capacity=capacity)], bottom_mlp=[8], top_mlp=[4]
         )
         torch.manual_seed(0)
-        if deferred:
-            with deferred_tables():
-                model = DLRM(cfg, schema, torch.device("cpu"))
-        else:
-            model = DLRM(cfg, schema, torch.device("cpu"))
+        model = DLRM(cfg, schema, torch.device("cpu"), template_tables=template)
+        if template:
+            assert model.sparse_arch.tables["C0"].capacity == capacity
+            assert model.sparse_arch.mappers["C0"].capacity == 1
         return {k: v for k, v in model.state_dict().items() if "_arch." in k and "sparse" not in k}
 
     ref = dense_state(100, False)

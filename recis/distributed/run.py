@@ -8,7 +8,6 @@ a run restarted by ``torchrun --max-restarts`` resumes from the latest one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ import torch.distributed as dist
 import yaml
 
 from recis.config import RunConfig, to_dict
-from recis.embedding import deferred_tables
 from recis.errors import CheckpointError, ConfigError
 from recis.io import reader_from_config
 from recis.models import build_model
@@ -55,8 +53,7 @@ def build(cfg: RunConfig, ctx: DistContext) -> DistributedTrainer:
     if eval_path is not None:
         evals = reader_from_config(cfg.data, eval_path, train=False, **shard)
     # hashed tables: each rank allocates only its shard (shard_model builds them)
-    with deferred_tables() if ctx.world_size > 1 else contextlib.nullcontext():
-        model = build_model(cfg.model, cfg.data.schema_, ctx.device)
+    model = build_model(cfg.model, cfg.data.schema_, ctx.device, template_tables=ctx.world_size > 1)
     d = cfg.distributed
     sharded = shard_model(
         model,

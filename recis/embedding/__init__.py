@@ -14,7 +14,7 @@ import torch
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.features import SparseFeature
 
-from .collection import HashedEmbeddingCollection, deferred_tables
+from .collection import HashedEmbeddingCollection
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup
 from .modulo import ModuloEmbeddingBagCollection
 
@@ -25,7 +25,6 @@ __all__ = [
     "TableSlot",
     "TorchTableGroup",
     "build_embedding_collection",
-    "deferred_tables",
 ]
 
 
