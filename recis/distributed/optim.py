@@ -84,7 +84,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
     return CombinedOptimizer(parts)
 
 
-def _sleep_before_sync(hvd: Any, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def _sleep_before_sync(hvd: Any, opt: Any) -> torch.optim.Optimizer:
     """``opt`` (a Horovod DistributedOptimizer) waiting for its all-reduces asleep.
 
     Horovod's own wait spins (poll, yield, poll), so on a machine whose cores all train, the
@@ -96,10 +96,11 @@ def _sleep_before_sync(hvd: Any, opt: torch.optim.Optimizer) -> torch.optim.Opti
     spin = opt.synchronize
 
     def synchronize() -> None:
-        started = [h for h, _ in opt._handles.values() if isinstance(h, int)]  # type: ignore[attr-defined]
+        # Horovod keeps its pending all-reduces in _handles; it has no public way to poll them
+        started = [h for h, _ in opt._handles.values() if isinstance(h, int)]
         while not all(hvd.poll(h) for h in started):
             time.sleep(1e-4)
         spin()
 
-    opt.synchronize = synchronize  # type: ignore[method-assign]
-    return opt
+    opt.synchronize = synchronize
+    return opt  # a torch optimizer (Horovod's DistributedOptimizer subclasses the wrapped one)

@@ -82,7 +82,9 @@ def sharders(
 def _tables(module: nn.Module) -> list[Any]:
     if isinstance(module, EmbeddingBagCollection):
         return list(module.embedding_bag_configs())
-    return list(module.embedding_configs())
+    if isinstance(module, EmbeddingCollection):
+        return list(module.embedding_configs())
+    raise TypeError(f"{type(module).__name__} is not a torchrec embedding collection")
 
 
 def embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -159,9 +161,9 @@ def build_plan(
             chosen = auto_plan.plan.get(path)
             for t in _tables(module):
                 if kinds[t.name] == "auto":
-                    module_plan[t.name] = chosen[t.name]  # type: ignore[index]
+                    module_plan[t.name] = chosen[t.name]
         plan[path] = module_plan
-    return ShardingPlan(plan)  # type: ignore[arg-type]
+    return ShardingPlan(plan)
 
 
 def _local_size(ctx: DistContext) -> int:
