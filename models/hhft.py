@@ -28,6 +28,7 @@ width, ``H`` heads, ``L`` sequence length, ``T`` tasks.
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -82,21 +83,48 @@ class HHFTConfig(ModelConfig):
     # batch normalisation of the dense inputs before they enter their blocks and the wide
     # term: counts, rates and ratings arrive on different scales and off-centre
     dense_norm: bool = False
+    # how a block's dense values become tokens: "block" = concatenated with its ids into the
+    # block's tokens; "feature" = one token per dense feature (FeatureTokens), in its block
+    dense_tokens: Literal["block", "feature"] = "block"
 
 
-def _grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Token-wise linear map: ``x [B, N, i]``, ``weight [N, i, o]``, ``bias [N, o]`` -> ``[B, N, o]``."""
-    return torch.einsum("bni,nio->bno", x, weight) + bias
+class GroupedLinear(nn.Module):
+    """One ``nn.Linear`` per group of tokens: token ``n`` goes through ``linears[groups[n]]``.
 
+    Shapes: ``x [B, N, i] -> [B, N, o]``; with ``tokens`` (token indices), ``x`` holds only
+    those tokens, ``[B, len(tokens), i]``, in that order. Plain ``nn.Linear`` modules, so a
+    pruner can shrink each one (output rows by attention head, FFN hidden units).
+    """
 
-def _init_grouped(groups: int, fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn.Parameter]:
-    bound = 1.0 / math.sqrt(fan_in)
-    w = nn.Parameter(torch.empty(groups, fan_in, fan_out).uniform_(-bound, bound))
-    return w, nn.Parameter(torch.zeros(groups, fan_out))
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+    def __init__(self, groups: list[int], fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.groups = list(groups)
+        linears = [nn.Linear(fan_in, fan_out) for _ in range(max(groups) + 1)]
+        bound = 1.0 / math.sqrt(fan_in)
+        for linear in linears:  # uniform weights, zero bias (the init before nn.Linear was used)
+            nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.zeros_(linear.bias)
+        self.linears = nn.ModuleList(linears)
+        order = sorted(range(len(groups)), key=lambda n: groups[n])
+        self.sizes = [groups.count(g) for g in range(len(self.linears))]
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.register_buffer("inverse", torch.argsort(torch.tensor(order)), persistent=False)
+
+    def forward(self, x: torch.Tensor, tokens: list[int] | None = None) -> torch.Tensor:
+        if tokens is not None:
+            parts = [self.linears[self.groups[t]](x[:, j : j + 1]) for j, t in enumerate(tokens)]
+            return torch.cat(parts, dim=1)
+        chunks = x[:, self.order].split(self.sizes, dim=1)  # tokens sorted by group
+        out = torch.cat([lin(c) for lin, c in zip(self.linears, chunks)], dim=1)
+        return out[:, self.inverse]
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head scaled dot product: ``q [B, Nq, d]``, ``k, v [B, N, d]`` -> ``[B, Nq, d]``."""
+    """Multi-head scaled dot product: ``q [B, Nq, H dh]``, ``k, v [B, N, H dh]`` ->
+    ``[B, Nq, H dh]``."""
     b, nq, d = q.shape
 
     def split(t: torch.Tensor) -> torch.Tensor:
@@ -110,7 +138,10 @@ class HeterogeneousLayer(nn.Module):
     """Transformer layer whose Q/K/V/output projections and FFN depend on the token's block.
 
     Shapes: ``x [B, N, d] -> [B, N, d]``; ``groups[n]`` is the block of token ``n``.
-    With all groups' weights equal, :meth:`attention` is standard multi-head attention.
+    Projections ``q, k, v, o`` (``d -> d``, ``heads`` heads of ``d / heads``) and the FFN
+    ``ffn_in`` (``d -> ffn_mult d``), ``ffn_out`` are :class:`GroupedLinear` (one
+    ``nn.Linear`` per block). With all groups' weights equal, :meth:`attention` is standard
+    multi-head attention.
     """
 
     def __init__(
@@ -119,41 +150,35 @@ class HeterogeneousLayer(nn.Module):
         super().__init__()
         if d % heads:
             raise ConfigError(f"model.d_model: {d} is not divisible by num_heads {heads}")
-        g = max(groups) + 1
         self.heads = heads
-        self.register_buffer("groups", torch.tensor(groups), persistent=False)
-        self.wq, self.bq = _init_grouped(g, d, d)
-        self.wk, self.bk = _init_grouped(g, d, d)
-        self.wv, self.bv = _init_grouped(g, d, d)
-        self.wo, self.bo = _init_grouped(g, d, d)
-        self.w1, self.b1 = _init_grouped(g, d, ffn_mult * d)
-        self.w2, self.b2 = _init_grouped(g, ffn_mult * d, d)
+        self.q = GroupedLinear(groups, d, d)
+        self.k = GroupedLinear(groups, d, d)
+        self.v = GroupedLinear(groups, d, d)
+        self.o = GroupedLinear(groups, d, d)
+        self.ffn_in = GroupedLinear(groups, d, ffn_mult * d)
+        self.ffn_out = GroupedLinear(groups, ffn_mult * d, d)
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention sub-layer alone (no norm, no residual): ``[B, N, d] -> [B, N, d]``."""
-        g = self.groups
-        q = _grouped(x, self.wq[g], self.bq[g])
-        k = _grouped(x, self.wk[g], self.bk[g])
-        v = _grouped(x, self.wv[g], self.bv[g])
-        return _grouped(_attend(q, k, v, self.heads), self.wo[g], self.bo[g])
+        return self.o(_attend(self.q(x), self.k(x), self.v(x), self.heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.groups
         x = x + self.drop(self.attention(self.norm1(x)))
-        h = torch.relu(_grouped(self.norm2(x), self.w1[g], self.b1[g]))
-        return x + self.drop(_grouped(h, self.w2[g], self.b2[g]))
+        h = torch.relu(self.ffn_in(self.norm2(x)))
+        return x + self.drop(self.ffn_out(h))
 
 
 class HiformerLayer(nn.Module):
     """Hiformer layer: per-token queries, composite keys/values over all tokens, per-token FFN.
 
-    Keys and values come from ``concat(x) [B, N d]`` times one ``[N d, 2 N d]`` matrix,
-    or, with ``rank``, times ``[N d, r] x [r, 2 N d]`` (the serving factorization).
-    ``forward(x, only=idx)`` computes the outputs of tokens ``idx`` alone: ``[B, len(idx), d]``
-    (last-layer pruning; keys/values still see every token).
+    Keys and values come from ``concat(x) [B, N d]`` times one ``[N d, 2 N d]`` matrix
+    (``kv``, an ``nn.Linear``), or, with ``rank``, times ``[N d, r] x [r, 2 N d]`` (the serving
+    factorization). Per-token ``q``, ``o``, ``ffn_in``, ``ffn_out`` are :class:`GroupedLinear`
+    with one group per token. ``forward(x, only=idx)`` computes the outputs of tokens ``idx``
+    alone: ``[B, len(idx), d]`` (last-layer pruning; keys/values still see every token).
 
     Shapes: ``x [B, N, d] -> [B, N, d]``.
     """
@@ -172,10 +197,12 @@ class HiformerLayer(nn.Module):
             raise ConfigError(f"model.d_model: {d} is not divisible by num_heads {heads}")
         n = num_tokens
         self.heads, self.n, self.d = heads, n, d
-        self.wq, self.bq = _init_grouped(n, d, d)
-        self.wo, self.bo = _init_grouped(n, d, d)
-        self.w1, self.b1 = _init_grouped(n, d, ffn_mult * d)
-        self.w2, self.b2 = _init_grouped(n, ffn_mult * d, d)
+        tokens = list(range(n))
+        self.q = GroupedLinear(tokens, d, d)
+        self.o = GroupedLinear(tokens, d, d)
+        self.ffn_in = GroupedLinear(tokens, d, ffn_mult * d)
+        self.ffn_out = GroupedLinear(tokens, ffn_mult * d, d)
+        self.kv: nn.Module
         if rank is None:
             self.kv = nn.Linear(n * d, 2 * n * d)
         else:
@@ -184,16 +211,37 @@ class HiformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, only: list[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
         b = x.shape[0]
         h = self.norm1(x)
         k, v = self.kv(h.reshape(b, self.n * self.d)).reshape(b, 2 * self.n, self.d).chunk(2, 1)
-        idx = only if only is not None else torch.arange(self.n, device=x.device)
-        x, h = x[:, idx], h[:, idx]
-        q = _grouped(h, self.wq[idx], self.bq[idx])
-        x = x + self.drop(_grouped(_attend(q, k, v, self.heads), self.wo[idx], self.bo[idx]))
-        f = torch.relu(_grouped(self.norm2(x), self.w1[idx], self.b1[idx]))
-        return x + self.drop(_grouped(f, self.w2[idx], self.b2[idx]))
+        idx = None if only is None else [int(i) for i in only]
+        if idx is not None:
+            x, h = x[:, idx], h[:, idx]
+        x = x + self.drop(self.o(_attend(self.q(h, idx), k, v, self.heads), idx))
+        f = torch.relu(self.ffn_in(self.norm2(x), idx))
+        return x + self.drop(self.ffn_out(f, idx))
+
+
+class FeatureTokens(nn.Module):
+    """One token per dense feature: ``x [B, F] -> x_f w_f + b_f`` ``[B, F, d]``.
+
+    Each feature has its own ``w_f, b_f`` (``[F, d]``): Hiformer's heterogeneous per-feature
+    projection, and the FT-Transformer numeric tokenizer. A block's dense values then reach
+    attention one by one instead of as one linear mix inside the block token, so products of
+    single statistics (a user's like rate and a movie's) are one attention score apart.
+    """
+
+    def __init__(self, num_features: int, d: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(d)
+        self.weight = nn.Parameter(torch.empty(num_features, d).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(num_features, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, None] * self.weight + self.bias
 
 
 class TargetAttention(nn.Module):
@@ -212,6 +260,28 @@ class TargetAttention(nn.Module):
     def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("bd,bld->bl", self.q(target), self.k(seq)) * self.scale
         return torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq)
+
+
+def check_blocks(config: HHFTConfig, schema: Schema) -> None:
+    """Every name a block lists is a feature of the schema; a sequence block has targets."""
+    if not config.blocks:
+        raise ConfigError("model.blocks: at least one block is required")
+    sparse = {f.name for f in schema.sparse}
+    dense = {f.name for f in schema.dense}
+    for i, blk in enumerate(config.blocks):
+        for kind, names in (
+            ("sparse", blk.sparse),
+            ("target", blk.target),
+            ("sequence", blk.sequence),
+        ):
+            for name in names:
+                if name not in sparse:
+                    raise ConfigError(f"model.blocks.{i}.{kind}: no sparse feature {name!r}")
+        for name in blk.dense:
+            if name not in dense:
+                raise ConfigError(f"model.blocks.{i}.dense: no dense feature {name!r}")
+        if blk.sequence and not blk.target:
+            raise ConfigError(f"model.blocks.{i}.target: a sequence block needs target features")
 
 
 class HHFT(nn.Module):
@@ -238,28 +308,23 @@ class HHFT(nn.Module):
         template_tables: bool = False,
     ) -> None:
         super().__init__()
-        if not config.blocks:
-            raise ConfigError("model.blocks: at least one block is required")
+        check_blocks(config, schema)
         self.config = config
         self.tasks = [label.name for label in schema.labels]
+        self.num_tasks = len(self.tasks)
+        self._build_embeddings(config, schema, device, template_tables)
+        groups = self._build_block_tokens(config, schema)
+        self._build_encoder(config, groups)
+        self._build_outputs(config, len(schema.dense))
+        self.to(device)
+
+    def _build_embeddings(
+        self, config: HHFTConfig, schema: Schema, device: torch.device, template_tables: bool
+    ) -> None:
+        """Pooled tables for the blocks' id features, per-position tables for sequences."""
         sparse = {f.name: f for f in schema.sparse}
-        dense_index = {f.name: i for i, f in enumerate(schema.dense)}
-        dims = {t.name: t.dim for t in config.tables}
-        pooled, seq = [], []
-        for i, blk in enumerate(config.blocks):
-            for kind, names in (("sparse", blk.sparse + blk.target), ("sequence", blk.sequence)):
-                for name in names:
-                    if name not in sparse:
-                        raise ConfigError(f"model.blocks.{i}.{kind}: no sparse feature {name!r}")
-                    (seq if kind == "sequence" else pooled).append(name)
-            for name in blk.dense:
-                if name not in dense_index:
-                    raise ConfigError(f"model.blocks.{i}.dense: no dense feature {name!r}")
-            if blk.sequence and not blk.target:
-                raise ConfigError(
-                    f"model.blocks.{i}.target: a sequence block needs target features"
-                )
-        self.seq_names = list(dict.fromkeys(seq))
+        pooled = [n for blk in config.blocks for n in blk.sparse + blk.target]
+        self.seq_names = list(dict.fromkeys(n for blk in config.blocks for n in blk.sequence))
         # a pooled feature on a table that a sequence also uses (the candidate item and the
         # items of the history) is looked up in the sequence tables: one embedding per item,
         # so target attention compares candidate and history in the same space (DIN)
@@ -296,29 +361,44 @@ class HHFT(nn.Module):
             n: pooling.get(sparse[n].table_name) == "mean" for n in self.shared_names
         }
 
-        def width(name: str) -> int:
-            return dims[sparse[name].table_name]
+    def _build_block_tokens(self, config: HHFTConfig, schema: Schema) -> list[int]:
+        """Each block's projection (and target attention, feature tokens); returns the block
+        index of every token, task tokens last (one more block)."""
+        dims = {t.name: t.dim for t in config.tables}
+        table_of = {f.name: f.table_name for f in schema.sparse}
+        dense_index = {f.name: i for i, f in enumerate(schema.dense)}
+
+        def width(names: list[str]) -> int:
+            return sum(dims[table_of[n]] for n in names)
 
         d = config.d_model
+        per_feature = config.dense_tokens == "feature"
         self.block_dense = [[dense_index[n] for n in blk.dense] for blk in config.blocks]
         self.target_attn = nn.ModuleDict()
         self.proj = nn.ModuleList()
+        self.feature_tokens = nn.ModuleList()
         groups: list[int] = []
         for i, blk in enumerate(config.blocks):
-            in_dim = sum(width(n) for n in blk.sparse) + len(blk.dense)
+            in_dim = width(blk.sparse) + (0 if per_feature else len(blk.dense))
             if blk.sequence:
-                seq_dim = sum(width(n) for n in blk.sequence)
-                self.target_attn[blk.name] = TargetAttention(
-                    seq_dim, sum(width(n) for n in blk.target)
-                )
+                seq_dim = width(blk.sequence)
+                self.target_attn[blk.name] = TargetAttention(seq_dim, width(blk.target))
                 in_dim += seq_dim
-            self.proj.append(nn.Linear(in_dim, blk.tokens * d))
-            groups += [i] * blk.tokens
-        self.num_tasks = len(self.tasks)
+            # a block of dense features only, tokenised feature by feature, has no block token
+            self.proj.append(nn.Linear(in_dim, blk.tokens * d) if in_dim else nn.Identity())
+            groups += [i] * (blk.tokens if in_dim else 0)
+            if per_feature:
+                self.feature_tokens.append(FeatureTokens(len(blk.dense), d))
+                groups += [i] * len(blk.dense)
         self.task_tokens = nn.Parameter(torch.randn(self.num_tasks, d) * 0.02)
         groups += [len(config.blocks)] * self.num_tasks
-        n = len(groups)
+        return groups
+
+    def _build_encoder(self, config: HHFTConfig, groups: list[int]) -> None:
+        """Heterogeneous layers over the tokens' blocks, then the Hiformer layers."""
+        n, d = len(groups), config.d_model
         self.register_buffer("task_index", torch.arange(n - self.num_tasks, n), persistent=False)
+        self.task_positions = list(range(n - self.num_tasks, n))
         self.hetero = nn.ModuleList(
             HeterogeneousLayer(groups, d, config.num_heads, config.ffn_mult, config.dropout)
             for _ in range(config.hetero_layers)
@@ -327,22 +407,23 @@ class HHFT(nn.Module):
             HiformerLayer(n, d, config.num_heads, config.ffn_mult, config.kv_rank, config.dropout)
             for _ in range(config.hiformer_layers)
         )
-        self.norm = nn.LayerNorm(d)
+
+    def _build_outputs(self, config: HHFTConfig, num_dense: int) -> None:
+        """Final norm, one MLP head per task, the dense norm and the wide dense term."""
+        self.norm = nn.LayerNorm(config.d_model)
         self.heads = nn.ModuleList(
-            MLP(d, [*config.head_mlp, 1], dropout=config.dropout, last_activation=False)
+            MLP(
+                config.d_model, [*config.head_mlp, 1], dropout=config.dropout, last_activation=False
+            )
             for _ in self.tasks
         )
-        num_dense = len(schema.dense)
         self.dense_norm = dense_norm(num_dense, config.dense_norm)
         self.wide = (
             nn.Linear(num_dense, self.num_tasks) if config.wide_dense and num_dense else None
         )
-        self.to(device)
 
-    def tokens(self, batch: Batch, dense: torch.Tensor | None = None) -> torch.Tensor:
-        """Block tokens then task tokens: ``[B, N, d]``; ``dense`` ``[B, Dd]`` replaces
-        ``batch.dense`` (the normalised values, from :meth:`forward`)."""
-        dense = batch.dense if dense is None else dense
+    def embeddings(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Pooled embeddings ``{name: [B, D]}`` and sequences ``{name: ([B, L, D], [B, L])}``."""
         emb = {}
         if self.pooled is not None:
             emb = self.pooled(select_features(batch.sparse, self.pooled_names)).to_dict()
@@ -353,17 +434,29 @@ class HHFT(nn.Module):
             if self.shared_mean[name]:
                 pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1)
             emb[name] = pooled
+        return emb, seqs
+
+    def tokens(self, batch: Batch, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Block tokens then task tokens: ``[B, N, d]``; ``dense`` ``[B, Dd]`` replaces
+        ``batch.dense`` (the normalised values, from :meth:`forward`)."""
+        dense = batch.dense if dense is None else dense
+        emb, seqs = self.embeddings(batch)
         b, d = batch.batch_size, self.config.d_model
+        per_feature = self.config.dense_tokens == "feature"
         out = []
-        for blk, proj, dense_idx in zip(self.config.blocks, self.proj, self.block_dense):
+        for i, (blk, proj) in enumerate(zip(self.config.blocks, self.proj)):
+            dense_idx = self.block_dense[i]
             parts = [emb[n] for n in blk.sparse]
-            if dense_idx:
+            if dense_idx and not per_feature:
                 parts.append(dense[:, dense_idx])
             if blk.sequence:
                 seq = torch.cat([seqs[n][0] for n in blk.sequence], dim=-1)  # [B, L, Ds]
                 target = torch.cat([emb[n] for n in blk.target], dim=-1)  # [B, Dt]
                 parts.append(self.target_attn[blk.name](seq, seqs[blk.sequence[0]][1], target))
-            out.append(proj(torch.cat(parts, dim=-1)).reshape(b, blk.tokens, d))
+            if parts:
+                out.append(proj(torch.cat(parts, dim=-1)).reshape(b, blk.tokens, d))
+            if per_feature:
+                out.append(self.feature_tokens[i](dense[:, dense_idx]))  # [B, F_blk, d]
         out.append(self.task_tokens.expand(b, -1, -1))
         return torch.cat(out, dim=1)
 
@@ -374,7 +467,7 @@ class HHFT(nn.Module):
             x = layer(x)
         for i, layer in enumerate(self.hiformer):
             last = i == len(self.hiformer) - 1
-            x = layer(x, only=self.task_index if last and self.config.prune_last else None)
+            x = layer(x, only=self.task_positions if last and self.config.prune_last else None)
         if x.shape[1] != self.num_tasks:
             x = x[:, -self.num_tasks :]
         x = self.norm(x)  # [B, T, d]

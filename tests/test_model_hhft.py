@@ -10,7 +10,7 @@ from recis.config import TableConfig
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io.batch import Batch
 from recis.models import HHFT, HHFTConfig, build_model
-from recis.models.hhft import HeterogeneousLayer, HiformerLayer
+from recis.models.hhft import GroupedLinear, HeterogeneousLayer, HiformerLayer
 from recis.optim.dense import split_parameters
 
 D = 8
@@ -73,19 +73,19 @@ def test_tied_heterogeneous_attention_equals_multihead_attention() -> None:
     w_in = mha.in_proj_weight.detach()
     b_in = mha.in_proj_bias.detach()
     with torch.no_grad():
-        for i, (w, b) in enumerate(
-            ((layer.wq, layer.bq), (layer.wk, layer.bk), (layer.wv, layer.bv))
-        ):
-            w.copy_(w_in[i * d : (i + 1) * d].T.expand_as(w))
-            b.copy_(b_in[i * d : (i + 1) * d].expand_as(b))
-        layer.wo.copy_(mha.out_proj.weight.detach().T.expand_as(layer.wo))
-        layer.bo.copy_(mha.out_proj.bias.detach().expand_as(layer.bo))
+        for i, proj in enumerate((layer.q, layer.k, layer.v)):
+            for linear in proj.linears:
+                linear.weight.copy_(w_in[i * d : (i + 1) * d])
+                linear.bias.copy_(b_in[i * d : (i + 1) * d])
+        for linear in layer.o.linears:
+            linear.weight.copy_(mha.out_proj.weight.detach())
+            linear.bias.copy_(mha.out_proj.bias.detach())
     x = torch.randn(3, len(groups), d)
     expected, _ = mha(x, x, x, need_weights=False)
     torch.testing.assert_close(layer.attention(x), expected, atol=1e-5, rtol=1e-5)
     # untied weights give a different result (the test can fail)
     with torch.no_grad():
-        layer.wq[1].add_(0.5)
+        layer.q.linears[1].weight.add_(0.5)
     assert not torch.allclose(layer.attention(x), expected, atol=1e-3)
 
 
@@ -182,3 +182,58 @@ def test_target_shares_the_sequence_table() -> None:
     torch.testing.assert_close(cand[1], hist[0, 1])  # item 7 == row 0's second history item
     out = model(batch)
     assert out["click"].shape == (2,)
+
+
+def test_feature_tokens_give_each_dense_feature_its_own_token() -> None:
+    """``dense_tokens: feature``: a block's dense values become one token each,
+    ``x_f w_f + b_f`` (checked by hand), placed after the block's id token; a block of dense
+    features only has no block token; changing one dense value moves only its own token."""
+    torch.manual_seed(7)
+    schema = Schema(
+        dense=[DenseFeature(name=n) for n in ("age", "price", "rate")],
+        sparse=_schema().sparse[:2],
+        labels=[LabelSpec(name="click")],
+    )
+    blocks = [
+        {"name": "user", "dense": ["age", "rate"]},  # dense only: two feature tokens
+        {"name": "item", "sparse": ["item"], "dense": ["price"], "tokens": 2},
+    ]
+    tables = _config().tables[:2]
+    model = HHFT(
+        _config(tables=tables, blocks=blocks, dense_tokens="feature"), schema, torch.device("cpu")
+    )
+    block_wise = HHFT(_config(tables=tables, blocks=blocks), schema, torch.device("cpu"))
+    # user: 2 feature tokens; item: 2 id tokens + 1 feature token; 1 task token
+    assert model.task_index.tolist() == [5] and block_wise.task_index.tolist() == [3]
+    assert model.hetero[0].q.groups == [0, 0, 1, 1, 1, 2]
+    assert model.proj[1].in_features == D  # item's id only: its dense value is a token
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.ones(4).long()
+    )
+    dense = torch.tensor([[0.5, -1.0, 2.0], [1.5, 3.0, -0.5]])
+    batch = Batch(sparse=kjt, dense=dense, labels={"click": torch.zeros(2)})
+    tokens = model.tokens(batch)  # [B, N, d]
+    assert tokens.shape == (2, 6, 16)
+    user, item = model.feature_tokens
+    for j, col in enumerate((0, 2)):  # age, rate
+        expected = dense[:, col, None] * user.weight[j] + user.bias[j]
+        torch.testing.assert_close(tokens[:, j], expected)
+    torch.testing.assert_close(tokens[:, 4], dense[:, 1, None] * item.weight[0] + item.bias[0])
+    moved = dense.clone()
+    moved[:, 2] += 1.0  # rate
+    changed = (model.tokens(Batch(sparse=kjt, dense=moved, labels={})) != tokens).any(-1).any(0)
+    assert changed.tolist() == [False, True, False, False, False, False]
+    assert model(batch)["click"].shape == (2,)
+
+
+def test_grouped_linear_routes_each_token_to_its_groups_linear() -> None:
+    """Token ``n`` goes through ``linears[groups[n]]`` (groups need not be contiguous); with
+    ``tokens`` only those tokens are given and computed."""
+    torch.manual_seed(8)
+    groups = [2, 0, 2, 1, 0]
+    layer = GroupedLinear(groups, 4, 3)
+    x = torch.randn(6, len(groups), 4)
+    expected = torch.stack([layer.linears[g](x[:, n]) for n, g in enumerate(groups)], dim=1)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x[:, [3, 0]], tokens=[3, 0]), expected[:, [3, 0]])
+    assert all(isinstance(m, nn.Linear) for m in layer.linears) and len(layer.linears) == 3
