@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,6 +148,32 @@ def native(name: str, usable: Callable[[], bool] | None = None) -> ModuleType | 
     return _LOADED[name]
 
 
+# torch's JIT loader, run in a child process (it compiles, then loads the module there)
+_COMPILE = (
+    "import json, sys; from torch.utils.cpp_extension import load; load(**json.loads(sys.argv[1]))"
+)
+
+
+def _compile(args: dict[str, object], verbose: bool) -> None:
+    """Compile with torch's loader in a child process whose PATH starts with this
+    interpreter's folder: torch runs ``ninja`` from PATH, and the PyPI ninja lives there (off
+    PATH in a virtualenv that is not activated). The child is given that environment
+    explicitly; this process's own environment is never edited."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in (bindir, os.environ.get("PATH", "")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE, json.dumps(args)],
+        env={**os.environ, "PATH": path},
+        stdout=None if verbose else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = [x for x in (done.stdout or "").splitlines() if x.strip()]
+        last = lines[-1].strip() if lines else f"exit status {done.returncode}"
+        raise NativeBuildError(f"compiling {args['name']} failed: {last} (--verbose shows all)")
+
+
 def build(
     name: str,
     native_dir: Path | None = None,
@@ -165,22 +193,17 @@ def build(
     dest = native_dir / f"{mod}.so"
     if dest.is_file() and not force:
         return dest
-    from torch.utils.cpp_extension import load as jit_load
-
-    # torch calls `ninja` from PATH; the PyPI ninja lives beside the interpreter
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     native_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"recis-build-{name}-") as tmp:
-        jit_load(
-            name=mod,
-            sources=[str(csrc / ext.source)],
-            extra_cflags=list(ext.cflags),
-            extra_ldflags=list(ext.ldflags),
-            build_directory=tmp,
-            verbose=verbose,
-        )
+        args = {
+            "name": mod,
+            "sources": [str(csrc / ext.source)],
+            "extra_cflags": list(ext.cflags),
+            "extra_ldflags": list(ext.ldflags),
+            "build_directory": tmp,
+            "verbose": verbose,
+        }
+        _compile(args, verbose)
         staged = native_dir / f".{mod}.{os.getpid()}.tmp"
         shutil.copy2(Path(tmp) / f"{mod}.so", staged)
         os.replace(staged, dest)
