@@ -109,7 +109,9 @@ def _truncate(
     return values.filter(pa.array(mask)), np.minimum(lengths, max_len)
 
 
-def _ids(table: pa.Table, f: SparseFeature) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _ids(
+    table: pa.Table, f: SparseFeature
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
     col = id_column(table, f)  # a separator splits strings into lists here
     weights = _array(table, f.weight_column) if f.weight_column else None
@@ -258,20 +260,17 @@ class Columns:
                 n = np.concatenate([_lengths(x[1], len(x[0])) for x in vs])
             ids.append((np.concatenate([x[0] for x in vs]), n, w))
 
-        def cat(name: str) -> dict[str, np.ndarray]:
-            return {
-                k: np.concatenate([getattr(p, name)[k] for p in parts])
-                for k in getattr(first, name)
-            }
+        def cat(columns: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
 
         return Columns(
             first.keys,
             ids,
             first.weighted,
             np.concatenate([p.dense for p in parts]),
-            cat("labels"),
-            cat("text"),
-            cat("extras"),
+            cat([p.labels for p in parts]),
+            cat([p.text for p in parts]),
+            cat([p.extras for p in parts]),
         )
 
     def to_batch(self) -> Batch:

@@ -13,7 +13,7 @@ from .reader import Reader
 from .sources import CsvOptions
 
 
-def make_reader(paths: str | os.PathLike | list, schema: Schema, **kwargs: Any) -> Reader:
+def make_reader(paths: str | os.PathLike | list, schema: Schema, **kwargs: Any) -> Reader | Loader:
     """A :class:`Reader`, or a :class:`~recis.io.loader.Loader` when ``num_workers`` > 0.
 
     ``num_workers`` here means DataLoader worker processes (0: read in this
@@ -33,7 +33,7 @@ def reader_from_config(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-) -> Reader:
+) -> Reader | Loader:
     """The reader a :class:`~recis.config.DataConfig` describes (train or eval split).
 
     Eval readers never shuffle or drop rows and use ``eval_batch_size``.

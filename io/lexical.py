@@ -34,6 +34,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +57,7 @@ FEATURES = (
 )
 _SALT = "lexical"
 
-Texts = pa.Array | pa.ChunkedArray | Sequence[str]
+Texts: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[str]
 
 
 @dataclass(frozen=True)

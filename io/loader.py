@@ -57,8 +57,9 @@ class ShardDataset(IterableDataset):
         info = get_worker_info()
         w = ((info.id if info is not None else 0) + self.rotate) % self.num_workers
         reader = Reader(**self.args, worker=w, num_workers=self.num_workers, prefetch=0)
-        if self.states[w] is not None:
-            reader.load_state_dict(self.states[w])
+        state = self.states[w]
+        if state is not None:
+            reader.load_state_dict(state)
         else:
             reader.set_epoch(self.epoch)
         for batch in reader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -16,6 +17,16 @@ SUFFIXES = {
     "csv": (".csv", ".csv.gz", ".txt"),
     "tsv": (".tsv", ".tsv.gz", ".txt"),
 }
+
+
+@runtime_checkable
+class GlobbingFileSystem(Protocol):
+    """What recis needs of an fsspec filesystem to expand a glob on it (fsspec's
+    ``AbstractFileSystem`` has both); a pyarrow filesystem has neither."""
+
+    def glob(self, path: str) -> list[str]: ...
+
+    def isfile(self, path: str) -> bool: ...
 
 
 def _split_uri(item: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
@@ -64,8 +75,7 @@ def _glob_root(pattern: str) -> str:
 def _is_file(fs: pafs.FileSystem, filesystem: object | None, path: str) -> bool:
     if isinstance(fs, pafs.LocalFileSystem):
         return os.path.isfile(path)
-    isfile = getattr(filesystem, "isfile", None)
-    return bool(isfile(path)) if callable(isfile) else True
+    return filesystem.isfile(path) if isinstance(filesystem, GlobbingFileSystem) else True
 
 
 def resolve_paths(
@@ -91,7 +101,7 @@ def resolve_paths(
         if any(ch in path for ch in "*?["):
             if isinstance(fs, pafs.LocalFileSystem):
                 matches = sorted(os.path.abspath(p) for p in globlib.glob(path))
-            elif filesystem is not None and hasattr(filesystem, "glob"):
+            elif isinstance(filesystem, GlobbingFileSystem):
                 matches = sorted(filesystem.glob(path))
             else:
                 raise DataError("globs are supported on local and fsspec filesystems", path=item)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 
@@ -47,9 +47,8 @@ def background(items: Iterator[Any], depth: int, name: str) -> Iterator[Any]:
         except BaseException as err:  # handed to the consumer, raised there
             put(_Raised(err))
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            if isinstance(items, Generator):  # stops the generator's own cleanup too
+                items.close()
             _LIVE.discard(worker)
 
     thread = threading.Thread(target=work, name=name, daemon=True)

@@ -237,8 +237,8 @@ class Reader:
         """
         with self._lock:
             s = dict(self._state)
-            for k in ("bad", "epoch_bad", "last_epoch_bad"):
-                s[k] = dict(s[k])
+            for key in ("bad", "epoch_bad", "last_epoch_bad"):
+                s[key] = dict(s[key])
         units, starts, lo, hi = self._plan(s["epoch"])
         g = min(lo + s["chunk"] * self.buffer, max(hi - 1, lo))
         k = max(0, int(np.searchsorted(starts, g, side="right")) - 1)

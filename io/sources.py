@@ -211,7 +211,7 @@ class Source:
         s = self._blank_lines.get(i)
         if s is None:
             s = self._blank_lines[i] = self._scan_blank_lines(i)
-        return int(_skipping(s, np.int64(line)))  # the line-th non-blank line
+        return int(_skipping(s, np.asarray(line)))  # the line-th non-blank line
 
     def _scan_blank_lines(self, i: int) -> np.ndarray:
         """Sorted 1-based numbers of the empty lines of file ``i`` (decompressed)."""
@@ -298,7 +298,9 @@ class Source:
                 first = f.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
         except (pa.ArrowException, OSError):
             return []
-        fields = next(csvlib.reader([first.decode("utf-8", "replace")], delimiter=o.delimiter))
+        fields = next(
+            csvlib.reader([first.decode("utf-8", "replace")], delimiter=o.delimiter or ",")
+        )
         return fields if o.header else [f"f{k}" for k in range(len(fields))]
 
     def _check_nonempty(self, i: int) -> None:
@@ -312,10 +314,12 @@ class Source:
 
     def _list_units(self) -> list[Unit]:
         units: list[Unit] = []
+        listers = {"parquet": self._units_parquet, "orc": self._units_orc}
+        lister = listers.get(self.fmt, self._units_csv)  # csv and tsv
         for i, path in enumerate(self.files):
             self._check_nonempty(i)
             try:
-                units.extend(getattr(self, f"_units_{self.fmt.replace('tsv', 'csv')}")(i))
+                units.extend(lister(i))
             except (pa.ArrowException, OSError, DataError) as err:
                 self._fail(path, err, i=i)
         if not any(u.num_rows for u in units):

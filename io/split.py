@@ -22,7 +22,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -278,12 +278,12 @@ def split_files(
     method: Method,
     *,
     format: str | None = None,
-    **options: object,
+    **options: Any,
 ) -> dict[str, int]:
     """Read ``input``, split it (options as :func:`split_table`), write the parts.
 
     Returns ``{part: rows}``.
     """
-    parts = split_table(read_input(input, format), method, **options)  # type: ignore[arg-type]
+    parts = split_table(read_input(input, format), method, **options)
     write_parts(parts, out_dir)
     return {name: t.num_rows for name, t in parts.items()}

@@ -22,7 +22,13 @@ from typing import Protocol
 import numpy as np
 
 from recis.errors import ConfigError, DataError
-from recis.features import HFTokenizer, NgramTokenizer, TextFeature, VocabTokenizer
+from recis.features import (
+    HFTokenizer,
+    NgramTokenizer,
+    Normalization,
+    TextFeature,
+    VocabTokenizer,
+)
 from recis.ops.hashing import hash_strings
 
 # scripts written without spaces: each character is a word (CJK ideographs with extension A
@@ -51,7 +57,7 @@ class TextTokenizer(Protocol):
         ...
 
 
-def normalize(text: str, form: str, lowercase: bool) -> str:
+def normalize(text: str, form: Normalization, lowercase: bool) -> str:
     """Unicode normalization (``form``: NFKC/NFC/NFKD/NFD or ``none``), then lowercase."""
     if form != "none":
         text = unicodedata.normalize(form, text)
@@ -205,7 +211,9 @@ class NgramHasher:
                 memo = self._text_ids = {}
             for k, i in enumerate(todo):
                 rows[i] = memo[texts[i]] = flat[bounds[k] : bounds[k + 1]]
-        return _pad(rows, max_length, keep_last)  # type: ignore[arg-type]
+        done = [r for r in rows if r is not None]
+        assert len(done) == len(rows)  # every row was memoized or hashed above
+        return _pad(done, max_length, keep_last)
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         terms = self.terms(text)

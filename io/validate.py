@@ -79,17 +79,17 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
         t = get(f.source)
         if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
             bad(f.source, t, "a number or list<number> column")
-    for f in schema.sparse:
-        t = get(f.source)
-        _check_ids(f, t, bad)
-        if f.weight_column:
-            w = get(f.weight_column)
+    for s in schema.sparse:
+        t = get(s.source)
+        _check_ids(s, t, bad)
+        if s.weight_column:
+            w = get(s.weight_column)
             if not _is_number(_leaf(w)) or is_list(w) != is_list(t):
-                bad(f.weight_column, w, f"numbers shaped like {f.source} ({t})")
-    for f in schema.text:
-        t = get(f.source)
+                bad(s.weight_column, w, f"numbers shaped like {s.source} ({t})")
+    for x in schema.text:
+        t = get(x.source)
         if not (_is_string(_leaf(t)) or pa.types.is_null(t)):
-            bad(f.source, t, "a string or list<string> column")
+            bad(x.source, t, "a string or list<string> column")
     for col in schema.extras:
         t = get(col)
         if not _is_number(_leaf(t)):
@@ -329,10 +329,10 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
                 flag(nan_rows | missing, f.source, "null, NaN or inf dense value")
         elif policy == "raise":
             flag(_nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value")
-    for f in schema.sparse:
-        ids = id_column(table, f)
+    for s in schema.sparse:
+        ids = id_column(table, s)
         ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        if f.dtype == "int" and _is_string(_leaf(ids.type)):
+        if s.dtype == "int" and _is_string(_leaf(ids.type)):
             flat = ids.flatten() if is_list(ids.type) else ids
             valid = flat.is_valid().to_numpy(zero_copy_only=False)
             wrong = valid & ~int_string_ok(flat)
@@ -340,18 +340,18 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
                 rows = np.zeros(n, dtype=bool)
                 rows[np.repeat(np.arange(n), list_lengths(ids))[wrong]] = True
                 wrong = rows
-            flag(wrong, f.source, "id is not a 64-bit integer (dtype: int)")
-        if f.weight_column:
-            w = table.column(f.weight_column).combine_chunks()
+            flag(wrong, s.source, "id is not a 64-bit integer (dtype: int)")
+        if s.weight_column:
+            w = table.column(s.weight_column).combine_chunks()
             if is_list(ids.type):
                 flag(
                     list_lengths(ids) != list_lengths(w),
-                    f.weight_column,
-                    f"weights not aligned with {f.source}",
+                    s.weight_column,
+                    f"weights not aligned with {s.source}",
                 )
             flag(
                 _nan_or_null(w, inf=True) & ids.is_valid().to_numpy(zero_copy_only=False),
-                f.weight_column,
+                s.weight_column,
                 "null, NaN or inf weight",
             )
     for c in schema.extras:

@@ -94,9 +94,15 @@ def new_tokenizer(spec: VocabTokenizer):  # noqa: ANN201 - a tokenizers.Tokenize
     """An untrained BPE / WordPiece tokenizer with the spec's normalizer and pre-tokenizer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    steps = []
+    forms = {
+        "NFKC": normalizers.NFKC,
+        "NFC": normalizers.NFC,
+        "NFKD": normalizers.NFKD,
+        "NFD": normalizers.NFD,
+    }
+    steps: list[normalizers.Normalizer] = []
     if spec.normalize != "none":
-        steps.append(getattr(normalizers, spec.normalize)())
+        steps.append(forms[spec.normalize]())
     if spec.lowercase:
         steps.append(normalizers.Lowercase())
     if spec.model == "wordpiece":
@@ -119,16 +125,20 @@ def train_vocabulary(spec: VocabTokenizer, texts: Iterator[str]) -> Path:
     from tokenizers import trainers
 
     tok = new_tokenizer(spec)
-    kwargs = {
-        "vocab_size": spec.vocab_size,
-        "min_frequency": spec.min_frequency,
-        "special_tokens": SPECIAL_TOKENS,
-        "show_progress": False,
-    }
+    size, freq = spec.vocab_size, spec.min_frequency
+    trainer: trainers.Trainer
     if spec.model == "wordpiece":
-        trainer = trainers.WordPieceTrainer(continuing_subword_prefix="##", **kwargs)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=size,
+            min_frequency=freq,
+            special_tokens=SPECIAL_TOKENS,
+            show_progress=False,
+            continuing_subword_prefix="##",
+        )
     else:
-        trainer = trainers.BpeTrainer(**kwargs)
+        trainer = trainers.BpeTrainer(
+            vocab_size=size, min_frequency=freq, special_tokens=SPECIAL_TOKENS, show_progress=False
+        )
     tok.train_from_iterator(texts, trainer=trainer)
     path = Path(spec.path)
     try:
@@ -155,6 +165,8 @@ def build_vocabularies(
     for path, feats in vocab_features(data.schema_.text).items():
         if not (only_missing and Path(path).is_file()):
             columns = list(dict.fromkeys(f.source for f in feats))
-            train_vocabulary(feats[0].tokenizer, read_texts(train_paths, columns, data.format, csv))
+            spec = feats[0].tokenizer
+            assert isinstance(spec, VocabTokenizer)  # vocab_features keeps only these
+            train_vocabulary(spec, read_texts(train_paths, columns, data.format, csv))
         out[path] = Tokenizer.from_file(path).get_vocab_size()
     return out

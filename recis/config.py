@@ -343,16 +343,18 @@ def _known_fields(cls: type | None, loc: tuple) -> list[str]:
         except Exception:
             return []
         node = _unwrap(hints.get(part, hints.get(f"{part}_")))
-    return [n.rstrip("_") for n in getattr(node, "__dataclass_fields__", {})]
+    if node is None or not dataclasses.is_dataclass(node):
+        return []
+    return [f.name.rstrip("_") for f in dataclasses.fields(node)]
 
 
 def _unwrap(tp: Any) -> Any:
     """The dataclass inside ``X | None`` / ``list[X]`` annotations, if any."""
     if isinstance(tp, str):
         return None
-    if hasattr(tp, "__dataclass_fields__"):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return tp
-    for arg in getattr(tp, "__args__", ()):
+    for arg in typing.get_args(tp):
         found = _unwrap(arg)
         if found is not None:
             return found

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,11 +223,18 @@ def diagnose() -> Report:
     rep = Report()
     rep.row("recis", f"{_version('recis') or 'not installed'} (python {sys.version.split()[0]})")
     cuda = _torch(rep)
-    for section in (_fbgemm, _stack, _native, _horovod, _extras):
+    sections: dict[str, Callable[[], None]] = {
+        "fbgemm": lambda: _fbgemm(rep, cuda),
+        "stack": lambda: _stack(rep),
+        "native": lambda: _native(rep),
+        "horovod": lambda: _horovod(rep),
+        "extras": lambda: _extras(rep),
+    }
+    for name, section in sections.items():
         try:
-            section(rep, cuda) if section is _fbgemm else section(rep)
+            section()
         except Exception as err:  # a doctor reports, it does not crash
-            rep.problems.append(f"{section.__name__.strip('_')}: {_first_line(err)}")
+            rep.problems.append(f"{name}: {_first_line(err)}")
     return rep
 
 

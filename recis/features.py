@@ -111,7 +111,8 @@ class SparseFeature:
         return self.table or self.name
 
 
-_NORMALIZE = Literal["NFKC", "NFC", "NFKD", "NFD", "none"]
+# Unicode normalization of text before tokenizing (``none``: the text as written)
+Normalization = Literal["NFKC", "NFC", "NFKD", "NFD", "none"]
 
 
 @dataclass(config=_STRICT)
@@ -132,7 +133,7 @@ class NgramTokenizer:
     chars: list[int] = Field(default_factory=list)
     buckets: int | None = Field(default=None, gt=0)
     salt: str = "text"
-    normalize: _NORMALIZE = "NFKC"
+    normalize: Normalization = "NFKC"
     lowercase: bool = True
 
     def __post_init__(self) -> None:
@@ -158,7 +159,7 @@ class VocabTokenizer:
     model: Literal["bpe", "wordpiece"] = "bpe"
     vocab_size: int = Field(default=8000, ge=16)
     min_frequency: int = Field(default=2, ge=1)
-    normalize: _NORMALIZE = "NFKC"
+    normalize: Normalization = "NFKC"
     lowercase: bool = True
 
 
@@ -171,7 +172,7 @@ class HFTokenizer:
 
     path: str
     kind: Literal["hf"] = "hf"
-    normalize: _NORMALIZE = "none"
+    normalize: Normalization = "none"
     lowercase: bool = False
 
 

@@ -110,7 +110,9 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | 
         n_pos = int(y.sum())
         if n_pos == 0 or n_pos == y.size:
             continue
-        total += float(auc(scores[idx], y)) * y.size  # type: ignore[arg-type]
+        value = auc(scores[idx], y)
+        assert value is not None  # both classes are in the group (checked above)
+        total += value * y.size
         weight += y.size
     return total / weight if weight else None
 
@@ -315,12 +317,17 @@ class RetrievalCorpus:
 
 
 def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Concatenate each rank's 1-d arrays over ``torch.distributed`` (rank order); no-op alone."""
+    """Concatenate each rank's 1-d arrays over ``torch.distributed`` (rank order); no-op alone.
+
+    Every rank gets every key any rank has (a rank may have had no rows of a kind): the
+    global AUC is computed over all ranks' predictions, not averaged over per-rank AUCs.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return arrays
     parts: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, arrays)
-    return {k: np.concatenate([p[k] for p in parts if p is not None]) for k in arrays}
+    keys = list(dict.fromkeys(k for p in parts if p is not None for k in p))
+    return {k: np.concatenate([p[k] for p in parts if p is not None and k in p]) for k in keys}
 
 
 BINARY_METRICS = ("auc", "logloss", "ne", "calibration")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -17,20 +16,6 @@ T = TypeVar("T")
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Concatenate every rank's arrays, in rank order, on every rank.
-
-    Used for metrics that are not averages (AUC): the global AUC is computed over all
-    ranks' predictions, which is not the mean of per-rank AUCs.
-    """
-    if not _active():
-        return arrays
-    parts: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, arrays)
-    keys = list(dict.fromkeys(k for p in parts if p is not None for k in p))  # a rank may have none
-    return {k: np.concatenate([p[k] for p in parts if p is not None and k in p]) for k in keys}
 
 
 def mean_over_ranks_async(values: torch.Tensor) -> Callable[[], list[float]]:

@@ -38,11 +38,30 @@ class SyntheticInfo:
     num_train: int
     num_eval: int
     seed: int
-    oracle_auc: float
+    oracle_auc: float | None  # None when the eval split has one class only (no AUC)
     positive_rate: float
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def write(
+        cls, path: Path, sizes: tuple[int, int, int], truth: np.ndarray, evals: dict, train: dict
+    ) -> SyntheticInfo:
+        """The info of data just written under ``path`` (``sizes``: num_train, num_eval,
+        seed), saved as ``path/info.json``: the oracle AUC is the AUC of ``truth`` (``[N]``,
+        the noise-free score of each eval row) against the eval labels."""
+        num_train, num_eval, seed = sizes
+        info = cls(
+            path=str(path),
+            num_train=num_train,
+            num_eval=num_eval,
+            seed=seed,
+            oracle_auc=auc(np.asarray(truth), np.asarray(evals["label"])),
+            positive_rate=float(np.asarray(train["label"]).mean()),
+        )
+        info.save(path / "info.json")
+        return info
 
 
 def dense_names() -> list[str]:
@@ -143,16 +162,8 @@ def generate_ctr(
     evals = model.sample(num_eval, np.random.default_rng([seed, 2]))
     _write_split(train, path / "train", files)
     _write_split(evals, path / "eval", max(1, files // 2))
-    info = SyntheticInfo(
-        path=str(path),
-        num_train=num_train,
-        num_eval=num_eval,
-        seed=seed,
-        oracle_auc=auc(evals["p_click"], evals["label"]),
-        positive_rate=float(train["label"].mean()),
-    )
-    info.save(path / "info.json")
-    return info
+    truth = evals["p_click"]  # the true click probability
+    return SyntheticInfo.write(path, (num_train, num_eval, seed), truth, evals, train)
 
 
 def load_info(path: str | Path) -> SyntheticInfo | None:

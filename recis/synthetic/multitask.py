@@ -44,7 +44,7 @@ class MultiTaskInfo:
     num_eval: int
     seed: int
     conflict: float
-    oracle_auc: dict[str, float] = field(default_factory=dict)
+    oracle_auc: dict[str, float | None] = field(default_factory=dict)  # None: one class
     positive_rate: dict[str, float] = field(default_factory=dict)
 
 

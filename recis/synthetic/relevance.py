@@ -20,12 +20,12 @@ Deterministic by seed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from recis.io.tokenizers import hashed_ngrams
-from recis.metrics import auc
 
 from .ctr import SyntheticInfo, write_parquet_parts
 
@@ -112,12 +112,12 @@ class _World:
         }
 
 
-def token_table(cols: dict[str, object], lists: tuple[str, ...] = ()) -> pa.Table:
+def token_table(cols: dict[str, Any], lists: tuple[str, ...] = ()) -> pa.Table:
     """Columns as an Arrow table; ``*_tokens`` columns and ``lists`` become list<int64>."""
     arrays = {}
     for name, v in cols.items():
         if name.endswith("_tokens") or name in lists:
-            arrays[name] = pa.array([list(x) for x in v], pa.list_(pa.int64()))  # type: ignore[attr-defined]
+            arrays[name] = pa.array([list(x) for x in v], pa.list_(pa.int64()))
         else:
             arrays[name] = pa.array(v)
     return pa.table(arrays)
@@ -137,14 +137,6 @@ def generate_relevance(
     evals = world.sample(num_eval, np.random.default_rng([seed, 2]))
     write_parquet_parts(token_table(train), path / "train", files)
     write_parquet_parts(token_table(evals), path / "eval", max(1, files // 2))
-    tie_break = np.asarray(evals["true_grade"]) + 1e-3 * np.asarray(evals["coverage"])
-    info = SyntheticInfo(
-        path=str(path),
-        num_train=num_train,
-        num_eval=num_eval,
-        seed=seed,
-        oracle_auc=auc(tie_break, np.asarray(evals["label"])),
-        positive_rate=float(np.asarray(train["label"]).mean()),
-    )
-    info.save(path / "info.json")
-    return info
+    # the true grade, ties broken by the noise-free coverage
+    truth = np.asarray(evals["true_grade"]) + 1e-3 * np.asarray(evals["coverage"])
+    return SyntheticInfo.write(path, (num_train, num_eval, seed), truth, evals, train)

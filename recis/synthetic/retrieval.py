@@ -118,7 +118,6 @@ def generate_retrieval(
 
     ``oracle_auc`` in the info is the per-row AUC of the true affinity on eval.
     """
-    from recis.metrics import auc
 
     path = Path(path)
     cat = _Catalog(seed, num_items, num_queries)
@@ -133,14 +132,5 @@ def generate_retrieval(
     queries = np.arange(num_queries)
     qcols = {**cat.query_columns(queries), "relevant": list(cat.relevant)}
     pq.write_table(_table(qcols), path / "queries.parquet", write_page_checksum=True)
-    true = cat.score[np.asarray(evals["query_id"]), np.asarray(evals["item_id"])]
-    info = SyntheticInfo(
-        path=str(path),
-        num_train=num_train,
-        num_eval=num_eval,
-        seed=seed,
-        oracle_auc=auc(true, np.asarray(evals["label"])),
-        positive_rate=float(np.asarray(train["label"]).mean()),
-    )
-    info.save(path / "info.json")
-    return info
+    truth = cat.score[np.asarray(evals["query_id"]), np.asarray(evals["item_id"])]
+    return SyntheticInfo.write(path, (num_train, num_eval, seed), truth, evals, train)
