@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardedModule
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -72,7 +73,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ctx: DistContext) -> 
         )
 
     parts: list[tuple[str, KeyedOptimizer]] = []
-    fused = getattr(model, "fused_optimizer", None)
+    # the sharded tables' in-backward (fbgemm) optimizers, as one keyed optimizer
+    fused = model.fused_optimizer if isinstance(model, DistributedModelParallel) else None
     if fused is not None and fused.params:
         parts.append(("sparse", fused))
     if dense:
