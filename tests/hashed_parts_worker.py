@@ -6,7 +6,7 @@
    started: each result equals the rows the senders made for this rank (computed here from
    the same formula) and the others' results.
 2. A sharded collection over the 2 ranks (tables split by id and kept whole) trains a few
-   steps; rank 0 writes its state (row-sharded tensors assembled whole) and every table's
+   steps, beside one whose step exchanges go through Horovod; rank 0 writes its state (row-sharded tensors assembled whole) and every table's
    live rows to OUT/state.pt, for a load into one rank.
 """
 
@@ -67,16 +67,28 @@ def check_exchanges(rank: int, world: int) -> int:
 
 
 def trained_state(rank: int, world: int) -> dict:
-    """State (assembled whole) and live rows of a collection trained over the ranks."""
+    """State (assembled whole) and live rows of a collection trained over the ranks; the
+    same steps with the step's exchanges through Horovod give the same outputs and rows."""
     group = dist.new_group(backend="gloo")
-    sharded = ShardedHashedEmbeddingCollection(
-        one.collection("adagrad"), rank, world, group, placement=PLACEMENT
+    sharded, over_horovod = (
+        ShardedHashedEmbeddingCollection(
+            one.collection("adagrad"), rank, world, group, placement=PLACEMENT, rows_exchange=ex
+        )
+        for ex in (None, HorovodExchange())
     )
+    worst = 0.0
     for step in range(4):
-        one.step_outputs(sharded, one.batch(10 * step + rank))
+        kjt = one.batch(10 * step + rank)
+        a, b = one.step_outputs(sharded, kjt), one.step_outputs(over_horovod, kjt)
+        worst = max(worst, float((a - b).abs().max()))
     state = {k: full_tensor(v) for k, v in sharded.state_dict().items()}
     rows = {t: sharded.gather_rows(t) for t in ("a", "b", "c", "s")}
-    return {"state": state, "rows": rows, "held": sorted(sharded.whole.tables)}
+    same_rows = all(
+        torch.equal(rows[t][0], ids) and torch.equal(rows[t][1], weights)
+        for t, (ids, weights) in ((t, over_horovod.gather_rows(t)) for t in rows)
+    )
+    held = sorted(sharded.whole.tables)
+    return {"state": state, "rows": rows, "held": held, "horovod": (worst, same_rows)}
 
 
 def main() -> None:
@@ -86,7 +98,7 @@ def main() -> None:
     checked = check_exchanges(ctx.rank, ctx.world_size)
     result = trained_state(ctx.rank, ctx.world_size)
     every: list = [None] * ctx.world_size
-    dist.all_gather_object(every, (checked, result["held"]))
+    dist.all_gather_object(every, (checked, result["held"], result["horovod"]))
     if ctx.rank == 0:
         torch.save({**result, "ranks": every}, out / "state.pt")
     shutdown(ctx)

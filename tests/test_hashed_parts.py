@@ -106,16 +106,19 @@ def two_ranks(tmp_path_factory) -> Path:
 
 def test_exchanges_agree_on_two_ranks(two_ranks):
     """Process group, shared memory and Horovod all-to-alls gave every rank the rows the
-    others made for it, blocking and started (6 calls, empty blocks, two dtypes)."""
+    others made for it, blocking and started (6 calls, empty blocks, two dtypes); a sharded
+    collection trains the same through Horovod's as through shared memory."""
     saved = torch.load(two_ranks / "state.pt", weights_only=False)
-    assert [checked for checked, _ in saved["ranks"]] == [6, 6]
+    assert [checked for checked, _, _ in saved["ranks"]] == [6, 6]
+    # a collection whose step exchanges go through Horovod: the same outputs and rows
+    assert [horovod for _, _, horovod in saved["ranks"]] == [(0.0, True)] * 2
 
 
 def test_state_saved_on_two_ranks_loads_into_one(two_ranks):
     """State of 2 ranks (a and s whole, b and c split by id) loaded into one rank (every
     table split, and plain): the same live rows, optimizer state, LRU steps and step."""
     saved = torch.load(two_ranks / "state.pt", weights_only=False)
-    assert [held for _, held in saved["ranks"]] == [["s"], ["a"]]
+    assert [held for _, held, _ in saved["ranks"]] == [["s"], ["a"]]
     state = saved["state"]
     assert int(state["step"]) == 4 and "sketch.c" in state and "rows.c.last" in state
     for exchange in (True, False):
