@@ -56,7 +56,7 @@ def native_backward() -> Any:
     return native("fused_backward", _cpu_ok)
 
 
-def supports(tbe: torch.nn.Module) -> bool:
+def supports(tbe: Any) -> bool:  # a TBE: fbgemm's attributes are untyped
     """Whether :class:`FusedCpuLookup` can replace ``tbe``'s backward.
 
     CPU TBEs with ``EXACT_SGD`` or ``EXACT_ADAGRAD`` and no weight decay of their own
@@ -84,7 +84,7 @@ class FusedCpuLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         placeholder: torch.Tensor,
         tbe: torch.nn.Module,
@@ -99,7 +99,7 @@ class FusedCpuLookup(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:
         tbe = ctx.tbe
         adagrad = tbe.optimizer == EmbOptimType.EXACT_ADAGRAD
         nobag = tbe.pooling_mode == PoolingMode.NONE

@@ -260,6 +260,7 @@ class IdMapper:
         hit = rows >= 0
         if self.eviction == "ttl":
             hit_rows = rows[hit]
+            assert self.row_last is not None and self.ttl_steps  # TTL tables keep row_last
             expired = self.row_last[hit_rows] < step - self.ttl_steps
             if expired.any():  # not seen for too long: same row, fresh content
                 reset.append(np.unique(hit_rows[expired]))
@@ -402,6 +403,7 @@ class IdMapper:
                     np.add.at(self.sketch[d], h, counts.astype(np.int32))
                     e = self.sketch[d][h]
                     est = e if est is None else np.minimum(est, e)
+            assert est is not None  # depth >= 1
             admit &= est >= self.min_count
         if self.admit_prob < 1.0:
             admit &= self.rng.random(len(keys)) < self.admit_prob
@@ -437,7 +439,9 @@ class IdMapper:
         live rows is built: one or two O(C) passes over int32 arrays.
         """
         last = self.row_last
+        assert last is not None  # evicting tables keep row_last
         if self.eviction == "ttl":
+            assert self.ttl_steps
             victims = np.flatnonzero(last < step - self.ttl_steps)
         else:
             evictable = last < step  # rows of this batch (and free rows) stay
@@ -446,6 +450,7 @@ class IdMapper:
             if k == 0:
                 return np.zeros(0, np.int64)
             if self.eviction == "lfu":
+                assert self.row_count is not None  # LFU tables keep counts
                 score = np.where(evictable, self.row_count, np.iinfo(np.int32).max)
             else:
                 score = last
@@ -580,6 +585,7 @@ def map_many(
     if fast:
         args = list(zip(*(mappers[i]._native_args(keys[i]) for i in fast)))
         nat = mappers[fast[0]]._nat
+        assert nat is not None  # _native_applies checked it
         rows, taken, reused = nat.find_or_insert_many(*args[:6], step, *args[6:])
         for i, r, t, u in zip(fast, rows, taken, reused):
             new_rows = mappers[i]._took(t, u)
