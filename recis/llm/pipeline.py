@@ -171,15 +171,15 @@ class Pipeline:
         eval_path = run.out_dir / "eval.json"
         if self.resume and (run.model_dir / "config.json").is_file() and eval_path.is_file():
             return json.loads(eval_path.read_text())
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         history = self._train(stage, run)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         for h in history:
             rec = _numbers(h)
             rec.update(step=offset + int(h.get("step", 0)), split="train", stage=stage.name)
             self.logger.log(rec)
             self.logger.scalars(rec)
-        metrics: dict[str, Any] = {"seconds": seconds, "steps": stage.max_steps}
+        metrics: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "steps": stage.max_steps}
         if self.eval:
             metrics.update(
                 evaluate_model(

@@ -13,7 +13,9 @@ another (``run_dir/stages/<name>/model``), resumable from trl's checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,14 +88,16 @@ def trl_args(stage: TrainerArgs, run: StageRun) -> dict[str, Any]:
         "use_cpu": run.device == "cpu",
         "report_to": [],
         "gradient_checkpointing": False,
-        "disable_tqdm": True,
+        "disable_tqdm": True,  # one log line per logging step instead of bars
         "seed": stage.seed,
         "lr_scheduler_type": "constant",
     }
 
 
 def _train(trainer: Any, run: StageRun) -> list[dict[str, Any]]:
-    trainer.train(resume_from_checkpoint=run.checkpoint())
+    # transformers prints each log dict on stdout: stderr keeps stdout for the results
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train(resume_from_checkpoint=run.checkpoint())
     trainer.save_model(str(run.model_dir))
     trainer.processing_class.save_pretrained(str(run.model_dir))
     return list(trainer.state.log_history)

@@ -11,7 +11,9 @@ verifier it is blended with (recis.llm.rewards.StepReward).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,7 +115,8 @@ def train_step_rm(
         ds = Dataset.from_list(labelled_steps(task, examples, seed))
         tok = load_tokenizer(init)
         trainer = SFTTrainer(model=str(init), args=args, train_dataset=ds, processing_class=tok)
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # transformers prints log dicts
+            trainer.train()
         trainer.save_model(str(model_dir))
         tok.save_pretrained(str(model_dir))
     return GenerativeStepScorer(load_model(model_dir, device), load_tokenizer(model_dir))
