@@ -11,7 +11,8 @@ classical baselines of the datasets' READMEs computed in the same run.
   relevance tower (``benchmarks/real_data_relevance.py``).
 
 Usage: ``python benchmarks/real_data.py [--only ctr,retrieval,relevance] [--out DIR]
-[--plot PNG]``. Writes a plot of eval AUC per epoch (CTR and relevance) and prints one
+[--plot PNG]``. Writes a plot of eval AUC per epoch (CTR and relevance; the curves of the
+families a run leaves out come from the JSON beside the plot, written by earlier runs) and prints one
 JSON object as the last line, with the keys ``ctr_lr_auc, dlrm_auc, deepfm_auc, hhft_auc,
 retrieval_knn_hr10, two_tower_hr10, relevance_bm25_auc, relevance_lr_auc, deepbow_auc,
 dense_relevance_auc`` (relevance on ``label == 2``; the ``label >= 1`` figures carry a
@@ -66,6 +67,20 @@ def goals(out: dict[str, Any]) -> dict[str, bool]:
     return result
 
 
+def merged_history(history: dict[str, list[float]], path: Path) -> dict[str, list[float]]:
+    """This run's curves plus those of the families it did not run, kept in ``path`` (JSON
+    beside the plot) by earlier runs: a run with ``--only ctr`` keeps the relevance curves
+    in the plot. Writes the merged curves back to ``path``."""
+    ran = {name.split("/")[0] for name in history}
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {k: v for k, v in kept.items() if k.split("/")[0] not in ran}
+    merged.update(history)
+    merged = dict(sorted(merged.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
+
+
 def plot(history: dict[str, list[float]], path: Path) -> None:
     """Eval AUC per epoch, one line per model."""
     import matplotlib
@@ -113,7 +128,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(result)}", flush=True)
     out.update(goals(out))
     if history and args.plot:
-        plot(history, Path(args.plot))
+        plot(merged_history(history, Path(args.plot).with_suffix(".json")), Path(args.plot))
         out["plot"] = args.plot
     print(json.dumps(out))
 

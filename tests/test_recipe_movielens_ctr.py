@@ -160,6 +160,20 @@ def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
     assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
 
 
+def test_benchmark_plot_keeps_the_curves_of_families_not_run(tmp_path: Path) -> None:
+    """``real_data.py --only ctr`` replaces the CTR curves and keeps the relevance ones that
+    an earlier run left in the JSON beside the plot."""
+    spec = importlib.util.spec_from_file_location("real_data", ROOT / "benchmarks" / "real_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "auc.json"
+    first = {"ctr/dlrm": [0.7, 0.71], "relevance/deepbow": [0.6, 0.65]}
+    assert mod.merged_history(first, path) == first
+    second = mod.merged_history({"ctr/hhft": [0.8]}, path)
+    assert second == {"ctr/hhft": [0.8], "relevance/deepbow": [0.6, 0.65]}
+    assert mod.merged_history({}, path) == second
+
+
 def test_recipe_configs_load() -> None:
     """The shipped configs validate; the quantile boundaries in them are increasing."""
     from recis.config import load_config
