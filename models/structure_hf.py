@@ -21,7 +21,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 from transformers.pytorch_utils import Conv1D
 
-from .structure import LayerSurgery, Sink, head_index, input_hook, linear_cols, linear_rows
+from .surgery import LayerSurgery, Sink, head_index, input_hook, linear_cols, linear_rows
 
 
 class LlamaSurgery(LayerSurgery):
