@@ -310,3 +310,33 @@ def test_output_keys_follow_feature_order_across_groups() -> None:
     d = kt.to_dict()
     torch.testing.assert_close(d["x"], d["z"])  # same table, same id, mean pooling
     torch.testing.assert_close(kt.values()[:, 8:12], d["y"])
+
+
+@pytest.mark.parametrize("opt", ["adagrad", "rowwise_adagrad", "adam"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_fresh_rows_written_natively_equal_the_tensor_path(
+    opt: str, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recis.embedding import collection
+    from recis.ops.id_mapper_probe import native_kernels
+
+    if native_kernels() is None:
+        pytest.skip("native kernels not built here")
+    if opt == "adam" and dtype == "fp16":
+        pytest.skip("recis' Adam tables are fp32")
+
+    def engine():
+        return _hashed(opt, eviction="lru", evict_fraction=0.0, growable=False, dtype=dtype)
+
+    native, tensor = engine(), engine()
+    _train(native, range(1, 9))  # a 6-row table: ids evicted and rows reused with fresh state
+    calls = []
+    monkeypatch.setattr(collection, "native_applies", lambda w, s: calls.append(1) and False)
+    _train(tensor, range(1, 9))
+    assert calls  # the tensor path really ran
+    for name, (g, j) in native.where.items():
+        a, b = native.groups[g], tensor.groups[g]
+        assert torch.equal(a.weight(j), b.weight(j)), name
+        for sa, sb in zip(a.states(j), b.states(j)):
+            assert torch.equal(sa, sb), name
+    assert native.mappers["a"].size == 6

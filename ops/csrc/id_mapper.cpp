@@ -297,12 +297,90 @@ torch::Tensor id_init_uniform(torch::Tensor ids, int64_t dim, int64_t salt, doub
   return out;
 }
 
+namespace {
+template <typename W>
+void init_table_rows(W* w, int64_t dim, const int64_t* rows, const int64_t* ids, int64_t n,
+                     uint64_t salt, double scale) {
+  for (int64_t i = 0; i < n; ++i) {
+    W* o = w + rows[i] * dim;
+    if (scale == 0.0) {
+      for (int64_t c = 0; c < dim; ++c) o[c] = W(0.0f);
+      continue;
+    }
+    const uint64_t x = splitmix64(static_cast<uint64_t>(ids[i]) ^ salt);
+    for (int64_t c = 0; c < dim; ++c) {
+      const uint64_t z = splitmix64(x + static_cast<uint64_t>(c) * 0x94D049BB133111EBULL);
+      const double u = static_cast<double>(z >> 11) * 0x1.0p-53;
+      const double two_u = 2.0 * u;
+      const double v = two_u - 1.0;
+      o[c] = W(static_cast<float>(v * scale));  // float first, as the tensor path rounds
+    }
+  }
+}
+}  // namespace
+
+// Fresh rows of several tables in one parallel region (whole tables per
+// thread): weights[t] (float or half, [rows, dim] contiguous) gets at rows[t]
+// the per-id initial vectors of ids[t] (id_init_uniform's values; zeros when
+// scales[t] == 0), and each float state tensor states[k] ([rows] or
+// [rows, d], contiguous) of table state_table[k] gets 0 at those rows.
+void init_rows_many(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> rows,
+                    std::vector<torch::Tensor> ids, std::vector<int64_t> salts,
+                    std::vector<double> scales, std::vector<torch::Tensor> states,
+                    std::vector<int64_t> state_table) {
+  const int64_t t = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(rows.size() == weights.size() && ids.size() == weights.size() &&
+                  salts.size() == weights.size() && scales.size() == weights.size() &&
+                  state_table.size() == states.size(),
+              "init_rows_many: lists of different lengths");
+  for (int64_t i = 0; i < t; ++i) {
+    TORCH_CHECK(weights[i].is_contiguous() && weights[i].dim() == 2, "init_rows_many: weights");
+    TORCH_CHECK(weights[i].scalar_type() == torch::kFloat || weights[i].scalar_type() == torch::kHalf,
+                "init_rows_many: float or half weights");
+    TORCH_CHECK(rows[i].numel() == ids[i].numel(), "init_rows_many: rows and ids differ");
+    if (rows[i].numel()) {
+      const auto lo = rows[i].min().item<int64_t>(), hi = rows[i].max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < weights[i].size(0), "init_rows_many: row out of range");
+    }
+  }
+  for (const auto& s : states) {
+    TORCH_CHECK(s.is_contiguous() && s.scalar_type() == torch::kFloat && s.dim() >= 1,
+                "init_rows_many: float contiguous states");
+  }
+  std::vector<std::vector<int64_t>> of_table(t);
+  for (size_t k = 0; k < states.size(); ++k) {
+    TORCH_CHECK(state_table[k] >= 0 && state_table[k] < t, "init_rows_many: state_table");
+    TORCH_CHECK(states[k].size(0) == weights[state_table[k]].size(0), "init_rows_many: state rows");
+    of_table[state_table[k]].push_back(static_cast<int64_t>(k));
+  }
+  at::parallel_for(0, t, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t n = rows[i].numel(), dim = weights[i].size(1);
+      const int64_t* r = rows[i].data_ptr<int64_t>();
+      const int64_t* k = ids[i].data_ptr<int64_t>();
+      const uint64_t salt = static_cast<uint64_t>(salts[i]);
+      if (weights[i].scalar_type() == torch::kFloat) {
+        init_table_rows(weights[i].data_ptr<float>(), dim, r, k, n, salt, scales[i]);
+      } else {
+        init_table_rows(weights[i].data_ptr<at::Half>(), dim, r, k, n, salt, scales[i]);
+      }
+      for (const int64_t s : of_table[i]) {
+        float* p = states[s].data_ptr<float>();
+        const int64_t width = states[s].numel() / std::max<int64_t>(states[s].size(0), 1);
+        for (int64_t j = 0; j < n; ++j) std::fill(p + r[j] * width, p + (r[j] + 1) * width, 0.0f);
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("id_init_uniform", &id_init_uniform, "per-id uniform initial vectors",
         py::call_guard<py::gil_scoped_release>());
   m.def("find_or_insert", &find_or_insert, "rows of keys, inserting new ones",
         py::call_guard<py::gil_scoped_release>());
   m.def("find_or_insert_many", &find_or_insert_many, "find_or_insert over several tables",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("init_rows_many", &init_rows_many, "fresh rows of several tables",
         py::call_guard<py::gil_scoped_release>());
   m.def("find", &find, "find rows of keys");
   m.def("insert", &insert, "insert absent keys");

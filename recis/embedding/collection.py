@@ -16,6 +16,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from recis.config import SparseOptimizerConfig, TableConfig
 from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature, features_by_table
+from recis.ops.fresh_rows import FreshRows, native_applies, write_fresh_rows
 from recis.ops.id_mapper import IdMapper, MapResult, map_many
 from recis.optim.spec import resolve_sparse
 
@@ -177,8 +178,13 @@ class HashedEmbeddingCollection(LookupModule):
             counts = counts.cpu().numpy()
         return mapper.map(ids, self.step, insert=self.training, counts=counts)
 
-    def _apply_map(self, table: str, res: MapResult | torch.Tensor) -> torch.Tensor:
-        """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``."""
+    def _apply_map(
+        self, table: str, res: MapResult | torch.Tensor, fresh: list[FreshRows] | None = None
+    ) -> torch.Tensor:
+        """Phase 2: grow / reset the table's rows as the mapper says; TBE rows ``[N]``.
+
+        With ``fresh``, a table whose fresh rows the native writer can handle is appended
+        there (the caller writes them all in one call) instead of being reset here."""
         if isinstance(res, torch.Tensor):
             return res
         g, j = self.where[table]
@@ -188,8 +194,14 @@ class HashedEmbeddingCollection(LookupModule):
             # every row given (back) to an id, evicted ones included, starts from the id's
             # own vector with a zero optimizer state (the same on any row, rank or world
             # size); rows evicted and not reused are never read
-            init = grp.tables[j].initial_for_ids(res.fresh_ids, self.id_salt(table), self.device)
-            grp.reset_rows(j, torch.from_numpy(res.fresh_rows + 1).to(self.device), init)
+            slot, rows = grp.tables[j], torch.from_numpy(res.fresh_rows + 1)
+            w, states = grp.weight(j), grp.states(j)
+            if fresh is not None and slot.init != "normal" and native_applies(w, states):
+                scale = 0.0 if slot.init == "zeros" else slot.init_scale
+                fresh.append(FreshRows(w, states, rows, res.fresh_ids, self.id_salt(table), scale))
+            else:
+                init = slot.initial_for_ids(res.fresh_ids, self.id_salt(table), self.device)
+                grp.reset_rows(j, rows.to(self.device), init)
         return (res.rows + 1).to(self.device)
 
     def _fit_rows(self, table: str, rows: int) -> None:
@@ -231,7 +243,13 @@ class HashedEmbeddingCollection(LookupModule):
         results.update(
             (t, self._map(t, v, counts.get(t))) for t, v in ids.items() if t not in results
         )
-        return {t: self._apply_map(t, results[t]) for t in ids}
+        for t, r in results.items():  # resize first: a resize rebuilds its group's buffers
+            if isinstance(r, MapResult):
+                self._fit_rows(t, r.capacity + 1)
+        fresh: list[FreshRows] = []
+        out = {t: self._apply_map(t, results[t], fresh) for t in ids}
+        write_fresh_rows(fresh)  # all tables' fresh rows in one native call
+        return out
 
     def _restore_fallbacks(self) -> None:
         for name in self.mappers:
