@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -22,16 +22,15 @@ class ModelClass(Protocol):
     """What a model class of the zoo offers: its config class, and a constructor from that
     config, the data schema and the device."""
 
-    config_class: type[ModelConfig]
+    @property
+    def config_class(self) -> type[ModelConfig]: ...  # read-only: each class names its own
 
+    # ``config`` is Any: each class takes its own ModelConfig subclass (DLRMConfig, ...), which
+    # a parameter typed ModelConfig would refuse (arguments are contravariant)
     # ``template_tables``: hashed tables hold one row each (templates the distributed sharder
     # replaces by each rank's shard)
     def __call__(
-        self,
-        config: ModelConfig,
-        schema: Schema,
-        device: torch.device,
-        template_tables: bool = False,
+        self, config: Any, schema: Schema, device: torch.device, template_tables: bool = False
     ) -> nn.Module: ...
 
 

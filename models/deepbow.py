@@ -423,7 +423,7 @@ class DeepBoW(nn.Module):
         for t, w, (_, piece) in zip(terms[0].tolist(), weights[0].tolist(), pairs):
             per_term[t] = per_term.get(t, 0.0) + w
             names.setdefault(t, piece)
-        rows = [
+        rows: list[dict[str, float | str | int]] = [
             {
                 "term": names[t],
                 "term_id": t,

@@ -68,7 +68,7 @@ class DeepFM(nn.Module):
         super().__init__()
         self.tasks = [label.name for label in schema.labels]
         dims = {t.name: t.dim for t in config.tables}
-        used = {dims.get(f.table_name) for f in schema.sparse}
+        used = {dims[f.table_name] for f in schema.sparse if f.table_name in dims}
         if len(used) > 1:
             raise ConfigError(f"model.tables: DeepFM needs one embedding dim, got {sorted(used)}")
         d = used.pop() if used else 0

@@ -55,6 +55,9 @@ class DLRM(nn.Module):
     """
 
     config_class = DLRMConfig
+    # buffers (register_buffer): row / column of each pair of the interaction's upper triangle
+    _tri_rows: torch.Tensor
+    _tri_cols: torch.Tensor
 
     def __init__(
         self,

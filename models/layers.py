@@ -10,7 +10,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recis.config import SparseOptimizerConfig, TableConfig
-from recis.embedding import build_embedding_collection
+from recis.embedding import HashedEmbeddingCollection, build_embedding_collection
 from recis.embedding.modulo import modulo_ids
 from recis.features import SparseFeature, features_by_table
 
@@ -111,13 +111,15 @@ class SequenceEmbedding(nn.Module):
         self.capacity = {f.name: by_name[f.table_name].capacity for f in features}
         self.max_len = {f.name: f.max_len for f in features}
         self.feature_names = [f.name for f in features]
-        self.hashed = None
-        self.ec = None
+        self.hashed: HashedEmbeddingCollection | None = None
+        self.ec: EmbeddingCollection | None = None
         if engine == "hashed":
             seq_tables = [dataclasses.replace(by_name[t], pooling="none") for t in feats_of]
-            self.hashed = build_embedding_collection(
+            hashed = build_embedding_collection(
                 seq_tables, features, device, optimizer, template=template
             )
+            assert isinstance(hashed, HashedEmbeddingCollection)  # what engine "hashed" builds
+            self.hashed = hashed
         else:
             self.ec = EmbeddingCollection(tables=configs, device=device)
 
@@ -125,6 +127,7 @@ class SequenceEmbedding(nn.Module):
         kjt = select_features(kjt, self.feature_names)
         if self.hashed is not None:
             return {n: self._pad(n, jt) for n, jt in self.hashed.forward_sequences(kjt).items()}
+        assert self.ec is not None  # the modulo engine's collection, built when not hashed
         mapped = modulo_ids(kjt, self.capacity, weights=False)
         return {name: self._pad(name, jt) for name, jt in self.ec(mapped).items()}
 

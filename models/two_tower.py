@@ -100,6 +100,10 @@ class TwoTowerConfig(ModelConfig):
     reservoir: int = Field(default=4096, gt=0)
     retrieval_eval: RetrievalEvalConfig | None = None
 
+    def towers(self) -> dict[str, TowerConfig]:
+        """``{"query": ..., "item": ...}``: each side's features, by side name."""
+        return {"query": self.query, "item": self.item}
+
 
 def in_batch_softmax_loss(
     u: torch.Tensor,
@@ -155,6 +159,11 @@ class FrequencyEstimator(nn.Module):
     the estimate is ``p = 1 / B[h]`` (clamped to ``(0, 1]``).
     """
 
+    # buffers (register_buffer): ``[buckets]`` last-seen step and mean gap, ``[]`` step
+    last: torch.Tensor
+    gap: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self, buckets: int, alpha: float) -> None:
         super().__init__()
         self.buckets, self.alpha = buckets, alpha
@@ -190,6 +199,11 @@ class TwoTower(nn.Module):
     """
 
     config_class = TwoTowerConfig
+    # buffers (register_buffer): the reservoir of positive items, ``[R, D]`` vectors and
+    # ``[R]`` ids, and ``[]`` how many positives it has seen
+    bank: torch.Tensor
+    bank_ids: torch.Tensor
+    seen: torch.Tensor
 
     def __init__(
         self,
@@ -203,8 +217,7 @@ class TwoTower(nn.Module):
         self.schema = schema
         self.tasks = [label.name for label in schema.labels]
         sparse = {f.name: f for f in schema.sparse}
-        for side in ("query", "item"):
-            tower: TowerConfig = getattr(config, side)
+        for side, tower in config.towers().items():
             for name in [*tower.sparse, *tower.sequence]:
                 if name not in sparse:
                     raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
@@ -241,22 +254,22 @@ class TwoTower(nn.Module):
             {
                 side: build_embedding_collection(
                     config.tables,
-                    [sparse[n] for n in getattr(config, side).sparse],
+                    [sparse[n] for n in tower.sparse],
                     device,
                     config.sparse_optimizer,
                     engine=config.embedding,
                     template=template_tables,
                 )
-                for side in ("query", "item")
-                if getattr(config, side).sparse
+                for side, tower in config.towers().items()
+                if tower.sparse
             }
         )
         dims = {t.name: t.dim for t in config.tables}
         # behaviour sequences: per-position rows, pooled by recency-aware attention
         self.sequences = nn.ModuleDict()
         self.pools = nn.ModuleDict()
-        for side in ("query", "item"):
-            names = getattr(config, side).sequence
+        for side, tower in config.towers().items():
+            names = tower.sequence
             if names:
                 feats = [sparse[n] for n in names]
                 self.sequences[side] = SequenceEmbedding(
@@ -268,10 +281,10 @@ class TwoTower(nn.Module):
                     template=template_tables,
                 )
                 for f in feats:
-                    dim = dims[f.table_name]
-                    self.pools[f.name] = RecencyAttentionPool(dim, int(f.max_len), device)
+                    assert f.max_len is not None  # refused above without max_len
+                    self.pools[f.name] = RecencyAttentionPool(dims[f.table_name], f.max_len, device)
         use_text = bool(config.query.text or config.item.text)
-        self.text = None
+        self.text: LLMTower | HashedBagTower | None = None
         if use_text:
             self.text = (
                 LLMTower(config.llm, device)
@@ -294,7 +307,7 @@ class TwoTower(nn.Module):
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _encode(self, batch: Batch, side: str) -> torch.Tensor:
-        tower: TowerConfig = getattr(self.config, side)
+        tower = self.config.towers()[side]
         mlp = self.query_mlp if side == "query" else self.item_mlp
         parts = []
         if tower.sparse:
@@ -310,7 +323,8 @@ class TwoTower(nn.Module):
                 mask = mask[:, : tower.max_len].bool()
             else:
                 ids, mask = padded_ids(batch.sparse, tower.text, tower.max_len)
-            parts.append(self.text(ids, mask))  # type: ignore[misc]
+            assert self.text is not None  # built when either tower names a text feature
+            parts.append(self.text(ids, mask))
         return F.normalize(mlp(torch.cat(parts, dim=-1)), dim=-1)
 
     def encode_queries(self, batch: Batch) -> torch.Tensor:
