@@ -102,7 +102,7 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 def two_tower(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     """Prepare, train with the shipped config (early stopping on validation), test once."""
     from recis.config import load_config
-    from recis.train import runner
+    from recis.distributed import run as runner  # the one runner (1 or N processes)
 
     ml = data_dir / "ml_latest_small"
     prepared = work_dir / "data"

@@ -309,7 +309,6 @@ def _main(argv: list[str]) -> int:
             return relevance_llm(args)
         import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
         from recis.config import load_config
-        from recis.train import runner
 
         cfg = load_config(args.config, args.overrides)
         if args.command == "vocab":
@@ -322,31 +321,20 @@ def _main(argv: list[str]) -> int:
         if args.command == "train":  # a vocabulary the config names but nobody built yet
             _vocab(cfg, only_missing=True)
         launcher = _launcher(cfg, args)
-        if args.command == "train" and launcher != "none":
-            from recis.distributed import run as distributed_run
+        # one path for one process and for N (torchrun, horovodrun): recis.distributed.run
+        from recis.distributed import run
 
-            result = distributed_run.train(
-                cfg, launcher, resume=args.resume, overwrite=args.overwrite
-            )
+        if args.command == "train":
+            result = run.train(cfg, launcher, resume=args.resume, overwrite=args.overwrite)
             if result is not None and result.get("checkpoint"):  # rank 0, stopped by a signal
                 return _interrupted(result, cfg.run_dir, launcher)
             if result is not None:  # rank 0
                 _print_result(result)
                 print(f"run directory: {cfg.run_dir}")
-        elif args.command == "eval" and launcher != "none":
-            from recis.distributed import run as distributed_run
-
-            result = distributed_run.evaluate(cfg, args.checkpoint, launcher)
+        else:
+            result = run.evaluate(cfg, args.checkpoint, launcher)
             if result is not None:  # rank 0
                 _print_result(result)
-        elif args.command == "train":
-            result = runner.train(cfg, resume=args.resume, overwrite=args.overwrite)
-            if result.get("checkpoint"):  # stopped by SIGINT / SIGTERM, checkpointed
-                return _interrupted(result, cfg.run_dir)
-            _print_result(result)
-            print(f"run directory: {cfg.run_dir}")
-        else:
-            _print_result(runner.evaluate(cfg, args.checkpoint))
     finally:
         sys.stdout.flush()  # results before the error line, in order
     return 0

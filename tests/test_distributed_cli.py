@@ -179,12 +179,12 @@ def test_eval_of_a_distributed_checkpoint(cli_runs):
     """`recis eval --checkpoint <DCP folder>` in one process and under torchrun (2 ranks)
     reports the AUC and logloss the distributed training wrote to eval.json."""
     from recis.config import load_config
-    from recis.train import runner
+    from recis.distributed import run
 
     tmp, outs = cli_runs
     want = json.loads((tmp / "plain" / "eval.json").read_text())
     cfg = load_config(tmp / "plain.yaml", [f"run_dir={tmp / 'eval1'}"])
-    one = runner.evaluate(cfg, tmp / "plain" / "checkpoints" / "final")
+    one = run.evaluate(cfg, tmp / "plain" / "checkpoints" / "final", "none")
     assert one["click/auc"] == pytest.approx(want["click/auc"], abs=1e-6)
     assert one["click/logloss"] == pytest.approx(want["click/logloss"], abs=1e-6)
     printed = dict(line.split() for line in outs[2].splitlines() if line.startswith("  click/"))

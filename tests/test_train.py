@@ -137,7 +137,7 @@ def test_sigterm_checkpoints_and_stops(small_ctr, tmp_path) -> None:
     assert result["stopped"] == "sigterm" and trainer.step == 7
     assert result["checkpoint"] == str(tmp_path / "checkpoints" / "step-00000007")
     assert latest_checkpoint(tmp_path).name == "step-00000007"
-    assert signal.getsignal(signal.SIGTERM) is not trainer._on_signal  # handler restored
+    assert signal.getsignal(signal.SIGTERM) != trainer.signals.handler  # handler restored
 
 
 def test_grad_accum_clip_bf16_and_logs(small_ctr, tmp_path) -> None:
@@ -155,7 +155,7 @@ def test_grad_accum_clip_bf16_and_logs(small_ctr, tmp_path) -> None:
     # 3 optimizer steps of SGD(lr=1) on gradients clipped to norm 1e-4
     moved = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(trainer.dense_params, before)))
     assert 0 < moved.item() <= 3e-4 * 1.01
-    assert [p.name for p in trainer.checkpoints.checkpoints()] == ["step-00000003"]
+    assert [p.name for p in trainer.checkpointer.manager.checkpoints()] == ["step-00000003"]
     from recis.train.runlog import read_records
 
     records = read_records(tmp_path)
@@ -178,18 +178,18 @@ def test_lr_schedule() -> None:
 
 
 def test_early_stopping() -> None:
-    class Stub:
-        should_stop = False
+    class Stub:  # a TrainerView: what callbacks see of the trainer
+        step, epoch, should_stop = 0, 0, False
 
     stop = EarlyStopping(EarlyStoppingConfig(metric="click/auc", mode="max", patience=2))
     stub = Stub()
     for v in (0.70, 0.72, 0.71, 0.72):
-        stop.on_eval(stub, {"click/auc": v})  # type: ignore[arg-type]
+        stop.on_eval(stub, {"click/auc": v})
     assert stub.should_stop and stop.best == 0.72
     from recis.errors import ConfigError
 
     with pytest.raises(ConfigError, match="early_stopping.metric"):
-        stop.on_eval(stub, {"other": 1.0})  # type: ignore[arg-type]
+        stop.on_eval(stub, {"other": 1.0})
 
 
 def test_run_log_cuts_a_torn_last_line_before_appending(tmp_path) -> None:

@@ -57,7 +57,7 @@ def test_train_resume_plot(tmp_path: Path, capsys) -> None:
     assert "holds a previous run" in capsys.readouterr().err
     assert (run / "metrics.jsonl").read_bytes() == before
     assert main(["train", config, *args, "--set", "train.max_steps=30", "--resume", str(run)]) == 0
-    assert "resuming from" in capsys.readouterr().out
+    assert "resumed from" in capsys.readouterr().out
     records = read_records(run)
     steps = [r["step"] for r in records if r["split"] == "train"]
     assert steps == list(range(1, 31))  # continued at 21, no step twice

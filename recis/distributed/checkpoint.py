@@ -33,10 +33,12 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from recis.errors import CheckpointError
 from recis.train.checkpoint import fsync_dir, read_json_object, verify, write_file, write_manifest
+from recis.train.model_api import ContentSized
 
 from .dcp_safe import SafeLoadPlanner, SafeReader
 
@@ -170,10 +172,10 @@ def _prepare_resharding(path: Path, model: nn.Module) -> list[Any]:
     """Tell modules whose saved tensors are sized by content, not by the world size (the
     hashed engine's live rows), the sizes in the checkpoint, so their state dict is a
     template DCP can load into."""
-    found = [m for m in model.modules() if hasattr(m, "prepare_load")]
+    found = [m for m in model.modules() if isinstance(m, ContentSized)]
     if found:
         saved = SafeReader(str(path)).read_metadata().state_dict_metadata
-        sizes = {k: v.size for k, v in saved.items() if hasattr(v, "size")}
+        sizes = {k: v.size for k, v in saved.items() if isinstance(v, TensorStorageMetadata)}
         for m in found:
             m.prepare_load(sizes, root="model.")
     return found

@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from recis.config import EarlyStoppingConfig
+from recis.errors import ConfigError
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+class TrainerView(Protocol):
+    """What a callback sees of the trainer calling it (:class:`recis.train.Trainer` is one):
+    its progress, and ``should_stop`` to ask it to stop after this step."""
+
+    step: int  # optimizer steps taken
+    epoch: int  # epochs completed
+    should_stop: bool
 
 
 class Callback:
@@ -20,17 +27,17 @@ class Callback:
     so it is checkpointed with the trainer.
     """
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_train_start(self, trainer: TrainerView) -> None: ...
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> None: ...
 
-    def on_eval(self, trainer: Trainer, result: dict[str, float]) -> None: ...
+    def on_eval(self, trainer: TrainerView, result: dict[str, float | None]) -> None: ...
 
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
+    def on_checkpoint(self, trainer: TrainerView, path: Path) -> None: ...
 
-    def on_train_end(self, trainer: Trainer, result: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer: TrainerView, result: dict[str, Any]) -> None: ...
 
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_log(self, trainer: TrainerView, record: dict[str, Any]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -45,7 +52,7 @@ class FunctionCallback(Callback):
     def __init__(self, fn: Callable[[dict[str, Any]], None]) -> None:
         self.fn = fn
 
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_log(self, trainer: TrainerView, record: dict[str, Any]) -> None:
         self.fn(record)
 
 
@@ -65,12 +72,10 @@ class EarlyStopping(Callback):
         self.bad = 0
         self.improved = False
 
-    def on_eval(self, trainer: Trainer, result: dict[str, float]) -> None:
+    def on_eval(self, trainer: TrainerView, result: dict[str, float | None]) -> None:
         cfg = self.config
         self.improved = False
         if cfg.metric not in result:
-            from recis.errors import ConfigError
-
             raise ConfigError(
                 f"train.early_stopping.metric: {cfg.metric!r} not in eval results {sorted(result)}"
             )
@@ -84,8 +89,7 @@ class EarlyStopping(Callback):
         )
         if better:
             self.best, self.bad, self.improved = float(value), 0, True
-            self.best_step = getattr(trainer, "step", None)
-            self.best_epoch = getattr(trainer, "epoch", None)
+            self.best_step, self.best_epoch = trainer.step, trainer.epoch
         else:
             self.bad += 1
             if self.bad >= cfg.patience:

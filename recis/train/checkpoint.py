@@ -163,21 +163,22 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, An
         if t.dtype not in _DTYPES:
             raise CheckpointError(f"{key}: tensors of dtype {t.dtype} cannot be checkpointed")
         # raw bytes, in the machine's (little-endian) order, without a copy
-        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b""
-        size = len(raw)
+        raw = t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
+        size = raw.nbytes
         header[key] = {
             "dtype": _DTYPES[t.dtype],
             "shape": list(t.shape),
             "data_offsets": [offset, offset + size],
         }
-        blobs.append(memoryview(raw))
+        blobs.append(raw)
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     digest = hashlib.sha256()
     try:
         with open(path, "wb") as f:
-            for chunk in (len(head).to_bytes(8, "little"), head, *blobs):
+            chunks: list[bytes | memoryview] = [len(head).to_bytes(8, "little"), head, *blobs]
+            for chunk in chunks:
                 digest.update(chunk)
                 f.write(chunk)
             f.flush()

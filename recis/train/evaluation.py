@@ -27,6 +27,8 @@ from recis.errors import ConfigError
 from recis.io.batch import Batch
 from recis.metrics import RetrievalCorpus
 
+from .model_api import unwrapped
+
 
 @runtime_checkable
 class CorpusRetrievalModel(Protocol):
@@ -158,7 +160,7 @@ def evaluate(
 
     A :class:`CorpusRetrievalModel` adds ``retrieval/<metric>@K`` (full-corpus ranking).
     """
-    inner = getattr(model, "module", model)  # DistributedDataParallel and similar wrappers
+    inner = unwrapped(model)
     ranks_corpus = isinstance(inner, CorpusRetrievalModel)
     if max_batches is not None and ranks_corpus:
         # the corpus ranking reads the data a second time: both passes must see the same
@@ -170,7 +172,7 @@ def evaluate(
         arrays = metrics.gather_arrays(preds[t.name])
         for k, v in task_metrics(t, arrays).items():
             result[f"{t.name}/{k}"] = v
-    if ranks_corpus:
+    if isinstance(inner, CorpusRetrievalModel):
         inner.eval()
         result.update(retrieval_metrics(inner, data, device, max_batches))
     return result

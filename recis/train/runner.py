@@ -1,8 +1,10 @@
-"""Config -> data, model, trainer: what ``recis train`` and ``recis eval`` do."""
+"""Config -> data, model and trainer of one process, and the run directory's rules.
+
+The run itself (one process or N, ``recis train`` / ``recis eval``) is
+:mod:`recis.distributed.run`, which builds on these."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -10,17 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from recis.config import RunConfig, to_dict
+from recis.config import RunConfig
 from recis.errors import ConfigError, OutputError
 from recis.io import reader_from_config
 from recis.models import build_model
 from recis.synthetic import Info, oracle_metrics
 from recis.synthetic import prepare as prepare_synthetic
 
-from .checkpoint import CheckpointManager, resolve_resume
-from .runlog import standalone_eval_split
 from .trainer import Trainer
 
 
@@ -109,67 +108,3 @@ def write_output(path: Path, text: str) -> None:
         path.write_text(text)
     except OSError as err:
         raise OutputError(f"{path}: cannot write: {err.strerror}") from None
-
-
-def train(
-    cfg: RunConfig, resume: str | Path | None = None, overwrite: bool = False
-) -> dict[str, Any]:
-    """Train from ``cfg``.
-
-    ``resume``: a run directory (continue from its newest checkpoint, which must be whole:
-    a broken one is refused by name) or one checkpoint folder ``RUN_DIR/checkpoints/step-N``
-    (continue from it; newer checkpoints are set aside as ``step-M.superseded``). Training
-    writes into that run directory. Without ``resume``, a ``run_dir`` that holds a previous
-    run is refused unless ``overwrite``.
-    """
-    checkpoint = None
-    if resume is not None:
-        if overwrite:
-            raise ConfigError("--resume and --overwrite: pick one")
-        run_dir, checkpoint = resolve_resume(resume)
-        cfg.run_dir = str(run_dir)
-    run_dir = Path(cfg.run_dir)
-    claim_run_dir(run_dir, resume is not None, overwrite)
-    write_output(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    trainer, info = build(cfg)
-    if checkpoint is not None:
-        print(f"resuming from {checkpoint}", flush=True)
-        trainer.resume(checkpoint)
-        for p in CheckpointManager(run_dir / "checkpoints").set_aside_after(trainer.step):
-            print(f"set aside (newer than the resumed checkpoint): {p}", flush=True)
-    result = report(trainer.fit(), info)
-    try:
-        write_output(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
-    except OutputError as err:
-        if trainer.final_path is not None:
-            raise OutputError(
-                f"{err} (the trained model is saved in {trainer.final_path})"
-            ) from None
-        raise
-    return result
-
-
-def evaluate(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on the config's eval data, in this one process.
-
-    ``checkpoint`` is a single-process checkpoint folder or a distributed (DCP) one, saved
-    at any world size: its shards load into the unsharded model.
-    """
-    trainer, info = build(cfg)
-    evals = eval_path(cfg)
-    if evals is None or trainer.eval_data is None:
-        raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
-    if (Path(checkpoint) / ".metadata").exists():  # torch.distributed.checkpoint layout
-        from recis.distributed import checkpoint as dcp_checkpoint
-        from recis.distributed.hashed import shard_hashed
-
-        # hashed tables are saved by id (any world size): their one-process sharded form
-        # reads that layout and looks up like the plain collection
-        shard_hashed(trainer.model)
-        trainer.step = int(dcp_checkpoint.load(checkpoint, trainer.model).get("step", 0))
-    else:
-        # the weights only: optimizer and reader state do not matter to an evaluation
-        trainer.step = int(trainer.load_weights(checkpoint).get("step", 0))
-    # its own split: logged as "eval" at the checkpoint's step, it would replace the
-    # training's record of that step in the run's history (read_records keeps one)
-    return report(trainer.evaluate(split=standalone_eval_split(evals)), info)

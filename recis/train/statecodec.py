@@ -157,10 +157,10 @@ def _decode_tagged(tag: str, body: Any, tensor: Callable[[str], torch.Tensor], s
     if tag == "__bytes__":
         return base64.b64decode(body, validate=True)
     if tag == "__dtype__":
-        dt = getattr(torch, str(body), None)
-        if not isinstance(dt, torch.dtype):
+        named = getattr(torch, str(body), None)
+        if not isinstance(named, torch.dtype):
             raise ValueError(f"not a torch dtype: {body!r}")
-        return dt
+        return named
     return torch.device(str(body))  # __device__
 
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from recis.config import TableConfig, TrainConfig
+from recis.distributed.run import train as run_train
 from recis.errors import CheckpointError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 from recis.io import ParquetReader
 from recis.models import DLRM, DLRMConfig
 from recis.synthetic import dense_names, sparse_names
 from recis.train import Trainer, latest_checkpoint, load_checkpoint
-from recis.train.runner import train as run_train
 
 SCHEMA = Schema(
     dense=[DenseFeature(n, transform="log") for n in dense_names()[:2]],
@@ -151,7 +151,7 @@ def test_broken_newest_is_refused_and_older_resumes_explicitly(
     # an older checkpoint named explicitly resumes; the broken newer one is set aside
     run_train(cfg, resume=run / "checkpoints" / "step-00000002")
     out = capsys.readouterr().out
-    assert "resuming from" in out and "step-00000004.superseded" in out
+    assert "resumed from" in out and "step-00000004.superseded" in out
     assert latest_checkpoint(run).name == "step-00000006"
     assert load_checkpoint(run / "checkpoints" / "final")[0]["step"] == 6
 

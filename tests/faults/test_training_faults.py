@@ -59,7 +59,7 @@ def step(self, *a, **kw):
     if out is not None and self.step == after:
         marker.touch()
         deadline = time.monotonic() + 60
-        while self._signal is None and time.monotonic() < deadline:
+        while self.signals.received is None and time.monotonic() < deadline:
             time.sleep(0.01)
     return out
 T.Trainer.train_step = step
@@ -255,8 +255,8 @@ def test_restore_best_without_its_link_uses_the_numbered_checkpoint(small_ctr, t
         train, evals, tmp_path / "run", epochs=2, eval_each_epoch=True, early_stopping=stop
     )
     trainer.callbacks.append(_Wreck())
-    link = trainer._link
-    trainer._link = lambda source, name: None if name == "best" else link(source, name)
+    link = trainer.checkpointer.link
+    trainer.checkpointer.link = lambda source, name: None if name == "best" else link(source, name)
     result = trainer.fit()
     history = [r for r in read_records(tmp_path / "run") if r["split"] == "eval"]
     assert not (tmp_path / "run" / "checkpoints" / "best").exists()
