@@ -68,6 +68,9 @@ class RelevanceGRPOTrainer(GRPOTrainer):
         self._batch_inputs: list[dict[str, Any]] = []
         self._last_rewards: torch.Tensor | None = None
 
+    def _training(self) -> bool:
+        return self.model is not None and self.model.training
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: ANN001, ANN202
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards
@@ -91,7 +94,7 @@ class RelevanceGRPOTrainer(GRPOTrainer):
 
     def _apply_rules(self, out: dict[str, Any], per_func: torch.Tensor) -> None:
         """Replace trl's advantages by the group rules' (single process: the batch is local)."""
-        g, mode = self.rules.group, "train" if self.model.training else "eval"
+        g, mode = self.rules.group, "train" if self._training() else "eval"
         weights = self.reward_weights.to(per_func.device)
         rewards = torch.nan_to_num(per_func, nan=0.0) @ weights  # [N]
         correct = torch.nan_to_num(per_func[:, 0], nan=0.0) > 0.5
@@ -121,7 +124,7 @@ class RelevanceGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list):  # noqa: ANN202
         result = list(super()._generate(prompts))
         below = self.rules.replay_below
-        if below is None or not self.model.training:
+        if below is None or not self._training():
             return tuple(result)
         completion_ids, completions = result[1], result[3]
         labels = [x["label"] for x in self._batch_inputs]
@@ -129,7 +132,7 @@ class RelevanceGRPOTrainer(GRPOTrainer):
             [self.task.parse_level(c) == lab for c, lab in zip(completions, labels)]
         )
         slots = replay_slots(correct, self.rules.group, below)
-        tok = self.processing_class
+        tok: Any = self.processing_class  # a tokenizer: the prompts are text
         for i in slots:
             gold = self._batch_inputs[i]["gold"]
             ids = tok.encode(gold, add_special_tokens=False) + [tok.eos_token_id]

@@ -88,7 +88,7 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32") ->
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot load model: {err}") from None
     return model.to(device)

@@ -92,6 +92,6 @@ class StepReward:
         if rows:
             probs = self.scorer([r[1] for r in rows], [r[2] for r in rows])
             v = self.verifier_weight
-            for (i, _, _, ok), prob in zip(rows, probs):
-                totals[i] += (1 - v) * prob + v * float(ok)
+            for row, prob in zip(rows, probs):
+                totals[row[0]] += (1 - v) * prob + v * float(row[3])
         return [t / n if n else 0.0 for t, n in zip(totals, counts)]
