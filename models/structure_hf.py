@@ -10,6 +10,7 @@ config, which every layer shares.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from .surgery import LayerSurgery, Sink, head_index, input_hook, linear_cols, li
 class LlamaSurgery(LayerSurgery):
     """``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:  # a transformers layer: submodules read by name
         self.attn, self.mlp = layer.self_attn, layer.mlp
 
     @property
@@ -81,7 +82,7 @@ def _conv(conv: Conv1D, weight: torch.Tensor, bias: torch.Tensor) -> None:
 class GPT2Surgery(LayerSurgery):
     """``attn.c_attn`` (fused q/k/v), ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:  # a transformers layer: submodules read by name
         self.attn, self.mlp = layer.attn, layer.mlp
 
     @property
@@ -125,7 +126,7 @@ class BertSurgery(LayerSurgery):
     """``attention.self.{query,key,value}``, ``attention.output.dense``,
     ``intermediate.dense``, ``output.dense``."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:  # a transformers layer: submodules read by name
         self.layer = layer
         self.self_attn = layer.attention.self
 
