@@ -175,8 +175,10 @@ class Pipeline:
         history = self._train(stage, run)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         for h in history:
-            rec = _numbers(h)
+            rec = _numbers(h)  # "part": a record of a stage's helper (SHE's step reward model)
             rec.update(step=offset + int(h.get("step", 0)), split="train", stage=stage.name)
+            if "part" in h:
+                rec["part"] = h["part"]
             self.logger.log(rec)
             self.logger.scalars(rec)
         metrics: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "steps": stage.max_steps}
@@ -208,7 +210,7 @@ class Pipeline:
             kept = [self.train[i] for i in keep]
             probs = self._start_probs(run, kept, with_ctx=False)
             pool = pools.curriculum(kept, probs, stage.curriculum_stages, stage.pool, stage.seed)
-            scorer = train_step_rm(
+            scorer, rm_history = train_step_rm(
                 self.task,
                 pool,
                 run.init,
@@ -220,7 +222,8 @@ class Pipeline:
                 stage.seed,
             )
             reward = StepReward(self.task, scorer, stage.verifier_weight)
-            return run_grpo(stage, run, pool, reward)
+            rm = [{**_numbers(h), "part": "step_rm"} for h in rm_history if "loss" in h]
+            return rm + run_grpo(stage, run, pool, reward)
         return run_grpo(stage, run, pools.first(self.train, stage.pool))
 
     def _start_probs(

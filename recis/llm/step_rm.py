@@ -12,6 +12,7 @@ verifier it is blended with (recis.llm.rewards.StepReward).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sys
 from collections.abc import Sequence
@@ -88,9 +89,10 @@ def train_step_rm(
     learning_rate: float,
     device: str,
     seed: int = 0,
-) -> GenerativeStepScorer:
-    """Fine-tune a copy of ``init`` on labelled steps (saved under ``out_dir``) and return its
-    scorer; an already trained one in ``out_dir/model`` is loaded instead (resume)."""
+) -> tuple[GenerativeStepScorer, list[dict[str, Any]]]:
+    """Fine-tune a copy of ``init`` on labelled steps (saved under ``out_dir``); returns its
+    scorer and trl's log history (also in ``out_dir/history.json``). An already trained one in
+    ``out_dir/model`` is loaded instead (resume)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -111,6 +113,7 @@ def train_step_rm(
             save_strategy="no",
             seed=seed,
             completion_only_loss=True,
+            logging_steps=max(1, steps // 4),
         )
         ds = Dataset.from_list(labelled_steps(task, examples, seed))
         tok = load_tokenizer(init)
@@ -119,4 +122,7 @@ def train_step_rm(
             trainer.train()
         trainer.save_model(str(model_dir))
         tok.save_pretrained(str(model_dir))
-    return GenerativeStepScorer(load_model(model_dir, device), load_tokenizer(model_dir))
+        (out_dir / "history.json").write_text(json.dumps(trainer.state.log_history))
+    history_file = out_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    return GenerativeStepScorer(load_model(model_dir, device), load_tokenizer(model_dir)), history

@@ -136,7 +136,7 @@ def test_dyknow_runs_two_groups_per_query(tiny, sft_bare, tmp_path):
 
 
 def test_she_step_reward_model_learns_right_from_wrong_steps(tiny, tmp_path):
-    scorer = train_step_rm(
+    scorer, history = train_step_rm(
         tiny.task,
         tiny.examples[:16],
         tiny.base,
@@ -146,6 +146,8 @@ def test_she_step_reward_model_learns_right_from_wrong_steps(tiny, tmp_path):
         learning_rate=3e-3,
         device="cpu",
     )
+    loss = losses(history)
+    assert len(loss) >= 2 and loss[-1] < loss[0]
     e = tiny.examples[0]
     prompt = tiny.task.prompt_text(e, False)
     right = tiny.task.rationale(e, False).steps[0]
