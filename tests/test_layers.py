@@ -4,7 +4,8 @@ Read from the source (AST), not by importing: every ``import`` and ``from ... im
 ``recis`` module, at module level or inside a function, is an edge. The layers, bottom to top
 (docs/architecture.md); a package may import its own layer and the layers below it:
 
-    types        recis (the package's __init__), errors, features, config_yaml, config
+    types        recis (the package's __init__), errors, features, config_yaml, config_base,
+                 config
     ops          recis.ops
     io           recis.io
     engines      recis.embedding, recis.optim, recis.metrics (pure metric math: models use it)
@@ -37,7 +38,17 @@ SOURCES = {
     "recis.models": ROOT / "models",
 }
 LAYERS: list[tuple[str, list[str]]] = [
-    ("types", ["recis", "recis.errors", "recis.features", "recis.config_yaml", "recis.config"]),
+    (
+        "types",
+        [
+            "recis",
+            "recis.errors",
+            "recis.features",
+            "recis.config_yaml",
+            "recis.config_base",
+            "recis.config",
+        ],
+    ),
     ("ops", ["recis.ops"]),
     ("io", ["recis.io"]),
     ("engines", ["recis.embedding", "recis.optim", "recis.metrics"]),
