@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,8 +199,9 @@ def run_dpo(stage: DPOStage, run: StageRun, examples: Sequence[Example]) -> list
     rows = preference_pairs(run.task, pool, outs, stage.seed)
     passed = sum(any(run.task.parse_level(o) == e.label for o in s) for e, s in zip(pool, outs))
     info = {"dpo/pairs": len(rows), "dpo/pass_at_n": passed / max(len(pool), 1)}
-    if not rows:  # every sample right: nothing to prefer, the model passes through
-        rows = [{"prompt": prompts[0], "chosen": run.task.completion(pool[0]), "rejected": ""}]
+    if not rows:  # every sample right: nothing to prefer, the start model passes through
+        shutil.copytree(run.init, run.model_dir, dirs_exist_ok=True)
+        return [info]
     args = DPOConfig(**trl_args(stage, run), beta=stage.beta)
     trainer = DPOTrainer(
         model=str(run.init), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
