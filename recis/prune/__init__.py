@@ -1,1 +1,10 @@
-"""recis.prune: SlimGPT structured pruning (arXiv 2412.18110) of transformer towers."""
+"""recis.prune: SlimGPT structured pruning (arXiv 2412.18110) of transformer towers.
+
+:func:`prune_model` prunes a model in memory, :func:`prune_run` a trained run directory into
+a new one (``recis prune``); see docs/pruning.md.
+"""
+
+from .run import prune_run
+from .slimgpt import PruneOptions, PruneReport, prune_model
+
+__all__ = ["PruneOptions", "PruneReport", "prune_model", "prune_run"]

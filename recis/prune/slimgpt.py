@@ -18,6 +18,7 @@ Methods (``PruneOptions.method``):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +65,10 @@ class PruneOptions:
     group_fraction: float = 0.5
     heads: bool = True
     ffn: bool = True
+    # stop each calibration forward at the pruned projection (the layers after it do not
+    # matter yet): about half the cost; only for models that call the pruned layer once per
+    # batch (a dual tower encodes query and title: it would see the queries alone)
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -87,13 +92,24 @@ class PruneReport:
         return {name: dict(layer["after"]) for name, layer in self.layers.items()}
 
 
+class _Reached(Exception):
+    """Raised by a capture hook to end a calibration forward early."""
+
+
 class _Calibration:
     """Runs the calibration batches through the model and feeds the captured inputs of one
     projection to a Hessian, without padded positions (the attention mask of the
     ``transformers`` model in use, caught from its call)."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Any], run: Callable[[Any], Any]):
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Any],
+        run: Callable[[Any], Any],
+        early_stop: bool = False,
+    ) -> None:
         self.model, self.batches, self.run = model, batches, run
+        self.early_stop = early_stop
         self.mask: torch.Tensor | None = None
 
     def hessian(self, surgery: LayerSurgery, kind: str, dim: int) -> torch.Tensor:
@@ -110,12 +126,15 @@ class _Calibration:
                 if valid is not None:
                     rows = rows[valid[:, groups == g].bool()]
                 acc.add(rows.reshape(-1, x.shape[-1]), g)
+            if self.early_stop:
+                raise _Reached
 
         stops = [surgery.capture(kind, sink), *self._mask_hooks()]
         try:
             with torch.no_grad():
                 for batch in self.batches:
-                    self.run(batch)
+                    with contextlib.suppress(_Reached):
+                        self.run(batch)
         finally:
             for stop in stops:
                 stop()
@@ -164,7 +183,7 @@ def prune_model(
     layers = prunable_layers(model)
     if not layers:
         raise ConfigError("prune: the model has no prunable transformer layer")
-    calib = _Calibration(model, list(batches), run or model)
+    calib = _Calibration(model, list(batches), run or model, options.early_stop)
     if options.method != "magnitude" and not calib.batches:
         raise ConfigError(f"prune: method {options.method} needs calibration batches")
     report = PruneReport(params_before=count_params(model))

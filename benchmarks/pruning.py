@@ -1,0 +1,248 @@
+"""SlimGPT structured pruning on real data: quality vs size vs latency (issue 20).
+
+Two models trained on ../shared/data (``recis train``, configs derived from the recipes):
+
+* ``text``: the dense relevance tower (``DenseRelevance``) with a small BERT encoder built
+  from config (hidden 64, 2 layers, 8 heads, FFN 256) on qbqtc; metric ``very_relevant/auc``;
+* ``hhft``: HHFT (d_model 32, 8 heads, FFN 4x, 2 heterogeneous + 1 Hiformer layers) on
+  MovieLens (protocol 2 click log); metric ``like/auc``.
+
+Each is pruned at each ratio with SlimGPT (OBS selection + update, uniform schedule) and
+the magnitude baseline (and OBS selection without update), ``--samples`` calibration rows
+from the training file, no fine-tuning; AUC on the test split (``auc_dense``,
+``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``), ``params_ratio`` (dense
+parameters of the pruned transformer layers / original; ``model_params_ratio``: whole
+model), ``latency_ratio`` (pruned / original forward of one batch of 256 test rows, CPU,
+runs alternating, median; load average recorded). Also the wall time of pruning a random
+~100M-parameter LLaMA-style model (``--big``; calibration 16 x 128 random tokens).
+
+    python benchmarks/pruning.py [--work /tmp/recis_pruning] [--ratios 0.3 0.5] [--big]
+
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+BERT = {
+    "model_type": "bert",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "intermediate_size": 256,
+    "vocab_size": 32768,
+    "max_position_embeddings": 64,
+}
+
+
+def _recipe(path: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "recipes" / path).read_text())
+
+
+def configs(work: Path, epochs: int) -> dict[str, dict[str, Any]]:
+    """The two run configs (recipes with the changes named in the module doc)."""
+    hhft = _recipe("movielens_ctr/hhft.yaml")
+    ml = work / "data" / "movielens_ctr"
+    hhft["run_dir"] = str(work / "runs" / "hhft")
+    hhft["data"].update(train=str(ml / "train.parquet"), eval=str(ml / "valid.parquet"))
+    hhft["model"].update(num_heads=8, ffn_mult=4, hetero_layers=2)
+    hhft["train"].update(epochs=epochs)
+    hhft["train"]["schedule"]["total_steps"] = 142 * epochs
+    text = _recipe("qbqtc_relevance/dense_relevance.yaml")
+    qb = work / "data" / "qbqtc_relevance"
+    text["run_dir"] = str(work / "runs" / "text")
+    text["data"].update(train=str(qb / "train.parquet"), eval=str(qb / "valid.parquet"))
+    for feature in text["data"]["schema"]["text"]:
+        feature["max_length"] = 32
+    text["model"].update(llm={"config": dict(BERT), "pooling": "mean"}, max_len=32)
+    text["train"].update(epochs=epochs)
+    text["train"]["schedule"]["total_steps"] = 66 * epochs
+    return {"hhft": hhft, "text": text}
+
+
+TEST = {"hhft": "movielens_ctr", "text": "qbqtc_relevance"}
+METRIC = {"hhft": "like/auc", "text": "very_relevant/auc"}
+
+
+def prepare(work: Path) -> None:
+    """The recipes' prepare steps into ``work/data`` (skipped when present)."""
+    steps = {
+        "movielens_ctr": DATA / "ml_latest_small",
+        "qbqtc_relevance": DATA / "qbqtc",
+    }
+    for name, src in steps.items():
+        out = work / "data" / name
+        if not (out / "test.parquet").exists():
+            script = ROOT / "examples" / "recipes" / name / "prepare.py"
+            subprocess.run([sys.executable, str(script), str(src), str(out)], check=True)
+
+
+def train(work: Path, name: str, cfg: dict[str, Any]) -> Path:
+    """``recis train`` of one config unless its run already has a final checkpoint."""
+    run = Path(cfg["run_dir"])
+    if (run / "checkpoints" / "final").exists():
+        return run
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "recis.cli", "train", str(path), "--overwrite"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return run
+
+
+def _auc(cfg_path: Path, checkpoint: Path, test: Path, metric: str) -> float:
+    from recis.config import load_config
+    from recis.distributed import run as runner  # the one runner (1 or N processes)
+
+    cfg = load_config(cfg_path, [f"data.eval={test}"])
+    return float(runner.evaluate(cfg, checkpoint)[metric])
+
+
+def _latency(a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int) -> dict[str, float]:
+    """Forward of one batch, ``a`` and ``b`` alternating (who goes first alternates too):
+    median seconds of each, the ratio of medians and the min/max per-round ratio."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+    models = (a, b)
+    with torch.no_grad():
+        for m in models:  # warm-up
+            m(batch)
+        for r in range(runs):
+            for i in (0, 1) if r % 2 == 0 else (1, 0):
+                start = time.perf_counter()
+                models[i](batch)
+                times[i].append(time.perf_counter() - start)
+    ratios = np.asarray(times[1]) / np.asarray(times[0])
+    return {
+        "latency_ms": float(np.median(times[0]) * 1e3),
+        "latency_pruned_ms": float(np.median(times[1]) * 1e3),
+        "latency_ratio": float(np.median(times[1]) / np.median(times[0])),
+        "latency_ratio_min": float(ratios.min()),
+        "latency_ratio_max": float(ratios.max()),
+    }
+
+
+def _layer_params(model: torch.nn.Module) -> int:
+    from recis.models.structure import prunable_layers
+
+    names = {name for name, _ in prunable_layers(model)}
+    return sum(
+        p.numel() for name, m in model.named_modules() if name in names for p in m.parameters()
+    )
+
+
+def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """AUC, sizes and latency of ``run`` and its pruned versions (keys ``{name}_...``)."""
+    from recis.config import load_config
+    from recis.prune.run import calibration_batches, load_run_model, prune_run, source_checkpoint
+    from recis.prune.slimgpt import PruneOptions
+
+    test = work / "data" / TEST[name] / "test.parquet"
+    metric = METRIC[name]
+    cfg = load_config(run / "config.yaml", [f"data.eval={test}"])
+    source = source_checkpoint(run)
+    out: dict[str, Any] = {f"{name}_auc_dense": _auc(run / "config.yaml", source, test, metric)}
+    dense, _ = load_run_model(cfg, source)
+    dense.eval()
+    batch = calibration_batches(cfg, [str(test)], 256)[0]
+    for ratio in args.ratios:
+        key = f"{name}_{int(round(ratio * 100))}"
+        for method in ("slimgpt", "magnitude", "obs-select"):
+            pruned_dir = work / "pruned" / f"{key}_{method}"
+            if not (pruned_dir / "prune.json").exists():
+                options = PruneOptions(ratio, method=method)  # type: ignore[arg-type]
+                prune_run(run, pruned_dir, options, samples=args.samples)
+            record = json.loads((pruned_dir / "prune.json").read_text())
+            ckpt = pruned_dir / "checkpoints" / "final"
+            auc = _auc(pruned_dir / "config.yaml", ckpt, test, metric)
+            out[f"{key}_auc_{method.replace('-', '_')}"] = auc
+            if method == "slimgpt":
+                out[f"{key}_prune_seconds"] = record["seconds"]
+                pcfg = load_config(pruned_dir / "config.yaml", [f"data.eval={test}"])
+                pruned, _ = load_run_model(pcfg, ckpt)
+                pruned.eval()
+                out[f"{key}_params_ratio"] = _layer_params(pruned) / _layer_params(dense)
+                out[f"{key}_model_params_ratio"] = record["params_ratio"]
+                lat = _latency(dense, pruned, batch, args.latency_runs)
+                out.update({f"{key}_{k}": v for k, v in lat.items()})
+        out[f"{key}_auc_kept"] = out[f"{key}_auc_slimgpt"] / out[f"{name}_auc_dense"]
+        print(json.dumps({k: v for k, v in out.items() if k.startswith(key)}), flush=True)
+    return out
+
+
+def time_big() -> dict[str, Any]:
+    """Wall time of SlimGPT on a random LLaMA-style model of ~100M parameters (ratio 0.3)."""
+    import transformers
+
+    from recis.prune.slimgpt import PruneOptions, count_params, prune_model
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=256,
+    )
+    model = transformers.LlamaModel(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 32000, (4, 128), generator=g)} for _ in range(4)]
+    params = count_params(model)
+    report = prune_model(
+        model,
+        PruneOptions(0.3, early_stop=True),
+        batches,
+        lambda b: model(**b),
+    )
+    return {
+        "big_params": params,
+        "big_params_after": report.params_after,
+        "big_prune_seconds": report.seconds,
+        "big_calibration_tokens": 16 * 128,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/recis_pruning")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--models", nargs="+", default=["text", "hhft"])
+    p.add_argument("--train-only", action="store_true")
+    p.add_argument("--latency-runs", type=int, default=20)
+    p.add_argument("--big", action="store_true", help="also time pruning a ~100M model")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work)
+    cfgs = configs(work, args.epochs)
+    runs = {name: train(work, name, cfgs[name]) for name in args.models}
+    if args.train_only:
+        return
+    result: dict[str, Any] = {"load_before": os.getloadavg()[0]}
+    for name, run in runs.items():
+        result.update(evaluate_model(name, run, work, args))
+    if args.big:
+        result.update(time_big())
+    result["load_after"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
