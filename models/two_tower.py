@@ -37,12 +37,17 @@ from torch import nn
 from recis.config import STRICT, ModelConfig
 from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
-from recis.features import Schema
+from recis.features import Schema, SparseFeature
 from recis.io import make_reader
 from recis.io.batch import Batch
 from recis.metrics import RetrievalCorpus
 
-from .layers import MLP, SequenceEmbedding, masked_softmax, padded_ids, select_features
+from .layers import MLP, SequenceEmbedding, padded_ids, select_features
+from .retrieval_layers import (
+    FrequencyEstimator,
+    in_batch_softmax_loss,
+    recency_pools,
+)
 from .text_towers import HashedBagTower, LLMTower, LLMTowerConfig
 
 
@@ -60,6 +65,10 @@ class TowerConfig:
     text: str | None = None
     max_len: int = Field(default=32, gt=0)
     mlp: list[int] = Field(default_factory=lambda: [64])
+
+    def features(self) -> list[str]:
+        """Every feature this side reads: pooled ids, sequences, then its text (if any)."""
+        return [*self.sparse, *self.sequence, *filter(None, [self.text])]
 
 
 @dataclass(config=STRICT)
@@ -105,83 +114,41 @@ class TwoTowerConfig(ModelConfig):
         return {"query": self.query, "item": self.item}
 
 
-def in_batch_softmax_loss(
-    u: torch.Tensor,
-    v: torch.Tensor,
-    temperature: float,
-    log_q: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sampled softmax with the positive of row ``a`` in column ``a``.
-
-    ``u [P, D]``, ``v [C, D]`` (``C >= P``, the first ``P`` columns are the positives),
-    ``log_q [C]`` subtracted from every row's logits (logQ correction), ``mask [P, C]``
-    True where a column must be ignored. Returns the mean cross-entropy.
-    """
-    logits = u @ v.T / temperature  # [P, C]
-    if log_q is not None:
-        logits = logits - log_q[None, :]
-    if mask is not None:
-        logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
-
-
-class RecencyAttentionPool(nn.Module):
-    """Attention pooling of a behaviour sequence, aware of how recent each item is.
-
-    ``x_i = e_i + p_{r_i}`` with ``r_i`` the recency (0 = the latest item) and ``p`` a learned
-    position table; weights ``a = softmax_i(w^T tanh(W x_i))`` over the valid positions;
-    output ``sum_i a_i x_i``. Shapes: ``values [B, L, D]`` (ids oldest first, left-aligned),
-    ``mask [B, L]`` -> ``[B, D]`` (zeros for an empty sequence).
-    """
-
-    def __init__(self, dim: int, max_len: int, device: torch.device | None = None) -> None:
-        super().__init__()
-        self.position = nn.Embedding(max_len, dim, device=device)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.score = nn.Sequential(
-            nn.Linear(dim, dim, device=device), nn.Tanh(), nn.Linear(dim, 1, device=device)
+def check_towers(config: TwoTowerConfig, schema: Schema) -> None:
+    """Each tower's features are in the schema (sequences with ``max_len``), the item id is
+    an item feature, and the retrieval evaluation's user key exists; else a ConfigError."""
+    sparse = {f.name: f for f in schema.sparse}
+    for side, tower in config.towers().items():
+        for name in [*tower.sparse, *tower.sequence]:
+            if name not in sparse:
+                raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
+        for name in tower.sequence:
+            if sparse[name].max_len is None:
+                raise ConfigError(
+                    f"model.{side}.sequence: feature {name!r} needs max_len in data.schema"
+                )
+        # a text is a raw-text feature (data.schema.text) or a list-of-ids sparse feature
+        if tower.text and tower.text not in sparse | {t.name: t for t in schema.text}:
+            raise ConfigError(
+                f"model.{side}.text: no text or sparse feature {tower.text!r} in the schema"
+            )
+    if config.item_id not in config.item.sparse:
+        raise ConfigError(f"model.item_id: {config.item_id!r} is not in model.item.sparse")
+    ev = config.retrieval_eval
+    if ev is not None and ev.user not in sparse and ev.user not in schema.extras:
+        raise ConfigError(
+            f"model.retrieval_eval.user: {ev.user!r} is neither in data.schema.extras "
+            "nor a sparse feature"
         )
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        length = mask.sum(1, keepdim=True)  # [B, 1]
-        steps = torch.arange(values.shape[1], device=values.device)[None, :]
-        recency = (length - 1 - steps).clamp(0, self.position.num_embeddings - 1)  # [B, L]
-        x = values + self.position(recency) * mask[..., None]
-        weights = masked_softmax(self.score(x).squeeze(-1), mask)  # [B, L]
-        return (weights[..., None] * x).sum(1)
 
-
-class FrequencyEstimator(nn.Module):
-    """Streaming item probability (Yi et al. 2019): hashed last-seen step and mean gap.
-
-    On sighting id ``x`` at step ``t``: ``B[h] <- (1 - a) B[h] + a (t - A[h])``, ``A[h] <- t``;
-    the estimate is ``p = 1 / B[h]`` (clamped to ``(0, 1]``).
-    """
-
-    # buffers (register_buffer): ``[buckets]`` last-seen step and mean gap, ``[]`` step
-    last: torch.Tensor
-    gap: torch.Tensor
-    step: torch.Tensor
-
-    def __init__(self, buckets: int, alpha: float) -> None:
-        super().__init__()
-        self.buckets, self.alpha = buckets, alpha
-        self.register_buffer("last", torch.zeros(buckets, dtype=torch.float64))
-        self.register_buffer("gap", torch.ones(buckets, dtype=torch.float64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
-
-    def _bucket(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.remainder(ids, self.buckets)
-
-    def update(self, ids: torch.Tensor) -> None:
-        self.step += 1
-        h = torch.unique(self._bucket(ids))
-        self.gap[h] = (1 - self.alpha) * self.gap[h] + self.alpha * (self.step - self.last[h])
-        self.last[h] = self.step
-
-    def log_prob(self, ids: torch.Tensor) -> torch.Tensor:
-        return -torch.log(self.gap[self._bucket(ids)].clamp_min(1.0)).float()
+def sequence_embedding(
+    config: TwoTowerConfig, feats: list[SparseFeature], device: torch.device, template: bool
+) -> SequenceEmbedding:
+    """Per-position rows of one side's sequence features ``feats``, from the model's tables."""
+    return SequenceEmbedding(
+        config.tables, feats, device, config.sparse_optimizer, config.embedding, template=template
+    )
 
 
 class TwoTower(nn.Module):
@@ -216,39 +183,10 @@ class TwoTower(nn.Module):
         self.config = config
         self.schema = schema
         self.tasks = [label.name for label in schema.labels]
+        check_towers(config, schema)
         sparse = {f.name: f for f in schema.sparse}
-        for side, tower in config.towers().items():
-            for name in [*tower.sparse, *tower.sequence]:
-                if name not in sparse:
-                    raise ConfigError(f"model.{side}: no sparse feature {name!r} in the schema")
-            for name in tower.sequence:
-                if sparse[name].max_len is None:
-                    raise ConfigError(
-                        f"model.{side}.sequence: feature {name!r} needs max_len in data.schema"
-                    )
-            # a text is a raw-text feature (data.schema.text) or a list-of-ids sparse feature
-            if tower.text and tower.text not in sparse | {t.name: t for t in schema.text}:
-                raise ConfigError(
-                    f"model.{side}.text: no text or sparse feature {tower.text!r} in the schema"
-                )
-        if config.item_id not in config.item.sparse:
-            raise ConfigError(f"model.item_id: {config.item_id!r} is not in model.item.sparse")
-        ev = config.retrieval_eval
-        if ev is not None and ev.user not in sparse and ev.user not in schema.extras:
-            raise ConfigError(
-                f"model.retrieval_eval.user: {ev.user!r} is neither in data.schema.extras "
-                "nor a sparse feature"
-            )
-        self.query_features = [
-            *config.query.sparse,
-            *config.query.sequence,
-            *filter(None, [config.query.text]),
-        ]
-        self.item_features = [
-            *config.item.sparse,
-            *config.item.sequence,
-            *filter(None, [config.item.text]),
-        ]
+        self.query_features = config.query.features()
+        self.item_features = config.item.features()
         # one collection per tower: each side is encoded from its own features alone
         self.embedding = nn.ModuleDict(
             {
@@ -266,40 +204,30 @@ class TwoTower(nn.Module):
         )
         dims = {t.name: t.dim for t in config.tables}
         # behaviour sequences: per-position rows, pooled by recency-aware attention
-        self.sequences = nn.ModuleDict()
-        self.pools = nn.ModuleDict()
+        self.sequences, self.pools = nn.ModuleDict(), nn.ModuleDict()
         for side, tower in config.towers().items():
-            names = tower.sequence
-            if names:
-                feats = [sparse[n] for n in names]
-                self.sequences[side] = SequenceEmbedding(
-                    config.tables,
-                    feats,
-                    device,
-                    config.sparse_optimizer,
-                    config.embedding,
-                    template=template_tables,
-                )
-                for f in feats:
-                    assert f.max_len is not None  # refused above without max_len
-                    self.pools[f.name] = RecencyAttentionPool(dims[f.table_name], f.max_len, device)
-        use_text = bool(config.query.text or config.item.text)
-        self.text: LLMTower | HashedBagTower | None = None
-        if use_text:
+            if tower.sequence:
+                feats = [sparse[n] for n in tower.sequence]
+                self.sequences[side] = sequence_embedding(config, feats, device, template_tables)
+                self.pools.update(recency_pools(feats, dims, device))
+        self.text: LLMTower | HashedBagTower | None = None  # one text tower, both sides
+        if config.query.text or config.item.text:
             self.text = (
                 LLMTower(config.llm, device)
                 if config.llm is not None
                 else HashedBagTower(config.text_vocab, config.text_dim, device)
             )
         text_dim = self.text.out_dim if self.text is not None else 0
-
-        def mlp(tower: TowerConfig) -> MLP:
-            width = sum(dims[sparse[n].table_name] for n in [*tower.sparse, *tower.sequence])
-            width += text_dim if tower.text else 0
-            return MLP(width, [*tower.mlp, config.dim], last_activation=False, device=device)
-
-        self.query_mlp = mlp(config.query)
-        self.item_mlp = mlp(config.item)
+        # each side's input width: its pooled id and sequence rows, plus the text tower's
+        width = {
+            side: sum(dims[sparse[n].table_name] for n in [*t.sparse, *t.sequence])
+            + (text_dim if t.text else 0)
+            for side, t in config.towers().items()
+        }
+        self.query_mlp, self.item_mlp = (
+            MLP(width[side], [*t.mlp, config.dim], last_activation=False, device=device)
+            for side, t in config.towers().items()
+        )
         self.freq = FrequencyEstimator(config.freq_buckets, config.freq_alpha).to(device)
         self.register_buffer("bank", torch.zeros(config.reservoir, config.dim, device=device))
         self.register_buffer("bank_ids", torch.full((config.reservoir,), -1, device=device))

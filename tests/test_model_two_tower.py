@@ -181,7 +181,7 @@ def test_retrieval_eval_user_must_be_a_feature_or_extra() -> None:
 
 
 def test_recency_attention_pool_matches_its_formula() -> None:
-    from recis.models.two_tower import RecencyAttentionPool
+    from recis.models.retrieval_layers import RecencyAttentionPool
 
     torch.manual_seed(0)
     pool = RecencyAttentionPool(dim=4, max_len=5)
