@@ -1,0 +1,145 @@
+"""The config of a Retrieval-GRPO run (``kind: retrieval_grpo``), validated on load.
+
+A run trains an InfoNCE dual encoder (stage ``infonce``, skipped with ``init_from``: a run
+directory whose ``infonce/model.pt`` is the starting model), then Retrieval-GRPO from it
+(stage ``grpo``), and evaluates both. docs/models/retrieval_rl.md has a worked example.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from recis.config import STRICT, apply_overrides, load_yaml, validate
+from recis.errors import ConfigError
+
+KIND = "retrieval_grpo"
+
+
+@dataclass(config=STRICT)
+class PairsConfig:
+    """Labelled (query, item text) pairs in one parquet file.
+
+    The pool is every distinct item text of the file. Rows with ``label >= positive`` are
+    positives: those of the ``train`` split train InfoNCE (and the click reward), those of
+    the ``eval`` split are each eval query's relevant items. ``split``: the column naming
+    the split (None: every row is training data and ``eval_fraction`` of the queries, by a
+    hash of the text, are held out).
+    """
+
+    path: str
+    query: str = "query"
+    item: str = "title"
+    label: str = "label"
+    positive: int = 1
+    split: str | None = "split"
+    train: str = "dev"
+    eval: str = "test_public"
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
+    quality: str | None = None  # a numeric item column: the quality reward (mean per item)
+
+
+@dataclass(config=STRICT)
+class EncoderConfig:
+    buckets: int = Field(default=1 << 16, gt=0)
+    width: int = Field(default=64, gt=0)
+    dim: int = Field(default=64, gt=0)
+
+
+@dataclass(config=STRICT)
+class InfoNCEConfig:
+    steps: int = Field(default=300, ge=0)
+    batch_size: int = Field(default=256, gt=1)
+    lr: float = Field(default=3e-3, gt=0)
+    temperature: float = Field(default=0.05, gt=0)
+
+
+@dataclass(config=STRICT)
+class IndexConfig:
+    """``kind``: exact (chunked matmul) or ivf (faiss); ``refresh_every``: steps between
+    rebuilds of the index from the item tower (staleness, docs/models/retrieval_rl.md)."""
+
+    kind: Literal["exact", "ivf"] = "exact"
+    refresh_every: int = Field(default=10, gt=0)
+    chunk: int = Field(default=65536, gt=0)
+    nlist: int = Field(default=1024, gt=0)
+    nprobe: int = Field(default=16, gt=0)
+    threads: int = Field(default=1, gt=0)
+
+
+@dataclass(config=STRICT)
+class RewardWeights:
+    """Weights of the reward components (0 leaves one out). ``bm25_depth``: how many items
+    the built-in BM25 channel returns per query (the exclusivity reward's other channel)."""
+
+    relevance: float = 1.0
+    click: float = 1.0
+    quality: float = 0.0
+    exclusivity: float = 0.0
+    bm25_depth: int = Field(default=50, gt=0)
+
+
+@dataclass(config=STRICT)
+class GRPOConfig:
+    steps: int = Field(default=100, ge=0)
+    batch_size: int = Field(default=128, gt=0)
+    k: int = Field(default=32, gt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    policy_temperature: float = Field(default=0.05, gt=0)
+    clip: float = Field(default=0.2, gt=0)
+    beta: float = Field(default=0.04, ge=0)
+    infonce_weight: float = Field(default=1.0, ge=0)
+    updates_per_batch: int = Field(default=1, gt=0)
+    checkpoint_every: int = Field(default=50, gt=0)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    rewards: RewardWeights = Field(default_factory=RewardWeights)
+
+
+@dataclass(config=STRICT)
+class EvalConfig:
+    """``ks``: cut-offs; ``tail_max_count``: a query seen at most this many times in the
+    training pairs is long-tail; ``max_queries``: eval queries kept (0: all)."""
+
+    ks: list[int] = Field(default_factory=lambda: [10, 50])
+    relevance_k: int = Field(default=10, gt=0)
+    tail_max_count: int = Field(default=0, ge=0)
+    max_queries: int = Field(default=0, ge=0)
+
+
+@dataclass(config=STRICT)
+class RetrievalGRPORunConfig:
+    kind: Literal["retrieval_grpo"]
+    run_dir: str
+    data: PairsConfig
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    infonce: InfoNCEConfig = Field(default_factory=InfoNCEConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    init_from: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+
+def is_retrieval_grpo(raw: Any) -> bool:
+    """Whether a raw (YAML-loaded) config is a Retrieval-GRPO run (``kind: retrieval_grpo``)."""
+    return isinstance(raw, dict) and raw.get("kind") == KIND
+
+
+def build_config(raw: dict[str, Any]) -> RetrievalGRPORunConfig:
+    """Validate a plain mapping (ConfigError names the field)."""
+    cfg = validate(RetrievalGRPORunConfig, raw)
+    from recis.config import check_device
+
+    check_device(cfg.device)
+    return cfg
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RetrievalGRPORunConfig:
+    """Load, override and validate a ``kind: retrieval_grpo`` config."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    if not is_retrieval_grpo(raw):
+        raise ConfigError(f"{path}: kind: expected {KIND!r}, got {raw.get('kind')!r}")
+    return build_config(raw)

@@ -1,0 +1,146 @@
+"""A Retrieval-GRPO run: data, the InfoNCE stage, the GRPO stage, evaluation of both.
+
+Run directory: ``infonce/model`` (the starting model, a checkpoint folder),
+``grpo/checkpoint-<step>`` (resumable), ``grpo/model`` (final), ``log.jsonl`` (one line per
+logged step: losses and each reward component's mean), ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recis.errors import CheckpointError, OutputError
+from recis.retrieval_rl.config import RetrievalGRPORunConfig
+from recis.retrieval_rl.data import RetrievalData, load_pairs
+from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
+from recis.retrieval_rl.evaluate import evaluate
+from recis.retrieval_rl.rewards import (
+    BM25Channel,
+    ClickReward,
+    ExclusivityReward,
+    LexicalRelevanceScorer,
+    QualityReward,
+    RelevanceReward,
+    Reward,
+    WeightedReward,
+)
+from recis.retrieval_rl.trainer import PairSampler, RetrievalGRPOTrainer, load, save, train_infonce
+
+
+def build_encoder(cfg: RetrievalGRPORunConfig, data: RetrievalData) -> TextDualEncoder:
+    e = cfg.encoder
+    return TextDualEncoder(
+        TokenizedTexts.build(data.queries, e.buckets),
+        TokenizedTexts.build(data.items, e.buckets),
+        e.buckets,
+        e.width,
+        e.dim,
+        cfg.device,
+    )
+
+
+def build_reward(
+    cfg: RetrievalGRPORunConfig, data: RetrievalData, scorer: LexicalRelevanceScorer
+) -> WeightedReward:
+    """The weighted components with a non-zero weight."""
+    w = cfg.grpo.rewards
+    parts: list[tuple[Reward, float]] = []
+    if w.relevance:
+        parts.append((RelevanceReward(scorer, data.queries, data.items), w.relevance))
+    if w.click:
+        parts.append((ClickReward(data.positives), w.click))
+    if w.quality:
+        if data.quality is None:
+            from recis.errors import ConfigError
+
+            raise ConfigError("grpo.rewards.quality: needs data.quality (an item column)")
+        parts.append((QualityReward(data.quality), w.quality))
+    if w.exclusivity:
+        bm25 = BM25Channel(data.items).results(data.queries, w.bm25_depth)
+        parts.append((ExclusivityReward([bm25]), w.exclusivity))
+    return WeightedReward(parts)
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _latest(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _start(run: Path, resume: bool, overwrite: bool) -> None:
+    if run.exists() and any(run.iterdir()) and not (resume or overwrite):
+        raise OutputError(f"{run}: run directory is not empty (--resume or --overwrite)")
+    if overwrite and run.exists() and not resume:
+        shutil.rmtree(run)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{run}: cannot create the run directory: {err.strerror}") from None
+
+
+def train(
+    cfg: RetrievalGRPORunConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, dict[str, float]]:
+    """Both stages (a saved stage is not retrained on ``resume``), then evaluation."""
+    run = Path(cfg.run_dir)
+    _start(run, resume, overwrite)
+    torch.manual_seed(cfg.seed)
+    data = load_pairs(cfg.data)
+    log = _Log(run / "log.jsonl")
+    scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+    model = build_encoder(cfg, data)
+    start = (
+        Path(cfg.init_from) / "infonce" / "model" if cfg.init_from else run / "infonce" / "model"
+    )
+    if start.exists():
+        load(start, model, None)
+    elif cfg.init_from:
+        raise CheckpointError(f"init_from: {start} does not exist")
+    else:
+        opt = train_infonce(model, data, cfg.infonce, cfg.seed, log)
+        save(start, model, opt, {"stage": "infonce", "step": cfg.infonce.steps})
+    results = {"infonce": evaluate(model, data, cfg.eval, scorer)}
+    reference = build_encoder(cfg, data)
+    reference.load_state_dict(model.state_dict())
+    trainer = RetrievalGRPOTrainer(
+        model, reference, build_reward(cfg, data, scorer), cfg.grpo, cfg.infonce.temperature
+    )
+    sampler = PairSampler(data, cfg.grpo.batch_size, cfg.seed + 1)
+    folder = run / "grpo"
+    if (folder / "model").exists() and resume:
+        load(folder / "model", model, None)
+    else:
+        latest = _latest(folder) if resume else None
+        if latest is not None:
+            trainer.restore(latest, sampler)
+        while trainer.step_count < cfg.grpo.steps:
+            log(trainer.step(*sampler.next()))
+            if trainer.step_count % cfg.grpo.checkpoint_every == 0:
+                trainer.save(folder / f"checkpoint-{trainer.step_count}", sampler)
+        trainer.save(folder / "model", sampler)
+    results["grpo"] = evaluate(model, data, cfg.eval, scorer)
+    (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main_train(cfg: RetrievalGRPORunConfig, resume: bool, overwrite: bool) -> int:
+    """``recis train`` on a retrieval_grpo config: one line of metrics per stage."""
+    for stage, metrics in train(cfg, resume, overwrite).items():
+        print(f"{stage}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    print(f"run directory: {cfg.run_dir}")
+    sys.stdout.flush()
+    return 0
