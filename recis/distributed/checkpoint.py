@@ -101,32 +101,39 @@ def save(
     ranks = _gather_to_main(rank_state) if rank_state is not None else None
     _barrier()
     if _rank() == 0:
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        full_meta = {**meta, "world_size": world, "time": time.time()}
-        try:
-            # fsynced files and folders, as the single-process writer's: a power loss after
-            # the rename never leaves a manifest naming files that did not reach the disk
-            if ranks is not None:
-                text = json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n"
-                write_file(tmp / _RANKS, text.encode())
-            write_file(tmp / _META, (json.dumps(full_meta, indent=2) + "\n").encode())
-            write_manifest(tmp)  # last: a folder with a manifest is whole
-            fsync_dir(tmp)
-            old = path.parent / f".old-{path.name}"
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-            tmp.rename(path)
-            fsync_dir(path.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        except CheckpointError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"{tmp}: cannot write checkpoint: {err.strerror}") from None
+        _publish(tmp, path, meta, ranks)
     _barrier()
     return path
+
+
+def _publish(tmp: Path, path: Path, meta: dict[str, Any], ranks: list[Any] | None) -> None:
+    """Rank 0, once every rank's shards are in ``tmp``: meta.json, ranks.json and the
+    manifest written (fsynced), then ``tmp`` renamed to ``path`` (the old one set aside first
+    and removed last)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    full_meta = {**meta, "world_size": world, "time": time.time()}
+    try:
+        # fsynced files and folders, as the single-process writer's: a power loss after
+        # the rename never leaves a manifest naming files that did not reach the disk
+        if ranks is not None:
+            text = json.dumps({str(r): v for r, v in enumerate(ranks)}) + "\n"
+            write_file(tmp / _RANKS, text.encode())
+        write_file(tmp / _META, (json.dumps(full_meta, indent=2) + "\n").encode())
+        write_manifest(tmp)  # last: a folder with a manifest is whole
+        fsync_dir(tmp)
+        old = path.parent / f".old-{path.name}"
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except CheckpointError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{tmp}: cannot write checkpoint: {err.strerror}") from None
 
 
 def load(path: str | Path, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:

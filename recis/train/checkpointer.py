@@ -21,7 +21,9 @@ from torch import nn
 from recis.errors import CheckpointError, RecisError
 
 from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint, save_checkpoint
+from .model_api import ContentSized
 from .pipeline import TrainPipeline
+from .state import set_rng_state
 
 
 def is_rank0() -> bool:
@@ -45,8 +47,6 @@ class TrainerState(Protocol):
     def progress_state(self) -> dict[str, Any]: ...
 
     def restore_progress(self, state: dict[str, Any]) -> None: ...
-
-    def load_model_state(self, saved: Any, source: str | Path) -> None: ...
 
 
 class Checkpointer(ABC):
@@ -131,11 +131,49 @@ class LocalCheckpointer(Checkpointer):
 
     def load_weights(self, trainer: TrainerState, path: Path) -> dict[str, Any]:
         state, meta = load_checkpoint(path, map_location=self.device)
-        trainer.load_model_state(state.get("model"), path)
+        load_model_state(trainer.model, state.get("model"), path)
         return meta
 
     def link(self, source: Path, name: str) -> Path | None:
         return link_checkpoint(source, name) if is_rank0() else None
+
+
+def load_trainer_state(trainer: TrainerState, state: dict[str, Any], source: str | Path) -> None:
+    """Restore a single-process trainer state (:meth:`~recis.train.Trainer.state_dict`):
+    weights, optimizers, progress, the reader's position and RNG states. A checkpoint of
+    another model, dim or table layout is a CheckpointError naming ``source``."""
+    load_model_state(trainer.model, state["model"], source)
+    if len(state["optimizers"]) != len(trainer.optimizers):
+        raise CheckpointError(
+            f"{source}: checkpoint has {len(state['optimizers'])} optimizers, trainer has "
+            f"{len(trainer.optimizers)}: the model's sparse/dense split changed"
+        )
+    for i, (opt, s) in enumerate(zip(trainer.optimizers, state["optimizers"])):
+        try:
+            opt.load_state_dict(s)
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
+            raise CheckpointError(
+                f"{source}: optimizer {i} does not match this model's: {err}"
+            ) from None
+    trainer.restore_progress(state)
+    if "data" in state:
+        trainer.pipeline.load_position(state["data"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+
+
+def load_model_state(model: nn.Module, saved: Any, source: str | Path) -> None:
+    """``model.load_state_dict(saved)`` after checking names and shapes: a mismatch is one
+    CheckpointError naming the parameters, never a torch traceback. Modules whose saved
+    tensors are sized by their content (:class:`~recis.train.model_api.ContentSized`) load
+    any row count."""
+    sized = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, ContentSized))
+    check_model_state(model.state_dict(), saved, source, content_sized=sized)
+    try:
+        model.load_state_dict(saved)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{source}: does not match the model: {first}") from None
 
 
 def check_model_state(

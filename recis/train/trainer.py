@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recis.config import TaskConfig, TrainConfig
-from recis.errors import CheckpointError, ConfigError
+from recis.errors import ConfigError
 from recis.io.batch import Batch
 from recis.optim import (
     build_objective,
@@ -36,13 +36,13 @@ from recis.optim import (
 
 from . import evaluation
 from .callbacks import Callback, EarlyStopping, as_callbacks
-from .checkpointer import check_model_state, is_rank0
+from .checkpointer import Checkpointer, is_rank0, load_trainer_state
 from .context import TrainContext
 from .ending import RunEnd
-from .model_api import ContentSized, DeclaresTasks, DefinesLoss, unwrapped
+from .model_api import DeclaresTasks, DefinesLoss, unwrapped
 from .runlog import RunLogger
 from .signals import StopSignals
-from .state import rng_state, set_rng_state
+from .state import rng_state
 
 
 @dataclass
@@ -265,10 +265,15 @@ class Trainer:
             while self.epoch < self.config.epochs and not self._done():
                 self._train_epoch(run, bar)
             result = self.end.finish(run.result, run.evaluated_at, self._stop_requested())
-            result = self._with_bad_rows(result)
+            skipped = self.pipeline.bad_rows_report()  # the summary says so, when any were
+            if skipped:
+                result = {**result, "skipped_rows": sum(skipped.values())}
         except BaseException as err:
             bar.close()
-            self._close_quietly()
+            # the run log is closed on the way out of a failure, which it must not hide (a full
+            # disk fails the log's last write too; TensorBoard's writer raises its own errors)
+            with contextlib.suppress(Exception):
+                self.logger.close()
             self.signals.restore(handlers)
             self.end.say_where_the_last_checkpoint_is(err)
             raise
@@ -344,17 +349,6 @@ class Trainer:
             self._log(
                 {"step": self.step, "split": "data", "epoch": self.epoch, "skipped_rows": n, **per}
             )
-
-    def _with_bad_rows(self, result: dict[str, Any]) -> dict[str, Any]:
-        """The final summary also says how many training rows were skipped (when any were)."""
-        counts = self.pipeline.bad_rows_report()
-        return {**result, "skipped_rows": sum(counts.values())} if counts else result
-
-    def _close_quietly(self) -> None:
-        """Close the run log on the way out of a failure, which it must not hide (a full disk
-        fails the log's last write too; TensorBoard's writer raises its own errors)."""
-        with contextlib.suppress(Exception):
-            self.logger.close()
 
     def _done(self) -> bool:
         cfg = self.config
@@ -463,35 +457,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
         """Restore everything :meth:`state_dict` holds. A checkpoint of another model, dim or
         table layout is a CheckpointError naming ``source``, the parameter and both shapes."""
-        self.load_model_state(state["model"], source)
-        if len(state["optimizers"]) != len(self.optimizers):
-            raise CheckpointError(
-                f"{source}: checkpoint has {len(state['optimizers'])} optimizers, trainer has "
-                f"{len(self.optimizers)}: the model's sparse/dense split changed"
-            )
-        for i, (opt, s) in enumerate(zip(self.optimizers, state["optimizers"])):
-            try:
-                opt.load_state_dict(s)
-            except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
-                raise CheckpointError(
-                    f"{source}: optimizer {i} does not match this model's: {err}"
-                ) from None
-        self.restore_progress(state)
-        if "data" in state:
-            self.pipeline.load_position(state["data"])
-        if "rng" in state:
-            set_rng_state(state["rng"])
-
-    def load_model_state(self, saved: Any, source: str | Path) -> None:
-        """``model.load_state_dict(saved)`` after checking names and shapes: a mismatch is one
-        CheckpointError naming the parameters, never a torch traceback."""
-        sized = [f"{n}." for n, m in self.model.named_modules() if isinstance(m, ContentSized)]
-        check_model_state(self.model.state_dict(), saved, source, content_sized=tuple(sized))
-        try:
-            self.model.load_state_dict(saved)
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{source}: does not match the model: {first}") from None
+        load_trainer_state(self, state, source)
 
     # ---- checkpoints (how: the context's checkpointer; when and which: here) --------
     def save(self, name: str | None = None) -> Path | None:
@@ -526,7 +492,7 @@ class Trainer:
         training, a checkpoint to evaluate. Returns its meta (step, epoch)."""
         return self._checkpointer().load_weights(self, Path(path))
 
-    def _checkpointer(self) -> Any:
+    def _checkpointer(self) -> Checkpointer:
         if self.checkpointer is not None:
             return self.checkpointer
         # no run_dir: a checkpoint can still be read (recis eval, a notebook)
