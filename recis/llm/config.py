@@ -39,13 +39,32 @@ class ScratchModelConfig:
 
 
 @dataclass(config=STRICT)
+class LoraSettings:
+    """LoRA adapters (peft) trained in every stage instead of all weights; each stage's model
+    is saved merged (a plain HF directory the next stage starts from).
+
+    Args:
+        r, alpha, dropout: LoRA rank, scaling and dropout.
+        target_modules: module names to adapt (peft's ``all-linear``: every linear layer but
+            the output head).
+    """
+
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+@dataclass(config=STRICT)
 class LLMModelConfig:
     """Where the causal LM comes from: ``path`` (a local HF directory with its tokenizer) or
-    ``scratch`` (built and saved under ``run_dir/base``). Exactly one of them."""
+    ``scratch`` (built and saved under ``run_dir/base``). Exactly one of them. ``lora``:
+    train LoRA adapters (peft) instead of all weights."""
 
     path: str | None = None
     scratch: ScratchModelConfig | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraSettings | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> LLMModelConfig:

@@ -157,6 +157,7 @@ class Pipeline:
                     self.run_dir / "stages" / stage.name,
                     self.cfg.device,
                     self.resume,
+                    self.cfg.model.lora,
                 )
                 results[stage.name] = self._stage(stage, run, offset)
                 offset += stage.max_steps

@@ -29,6 +29,7 @@ from recis.llm.config import (
     DPOStage,
     DyKnowStage,
     GRPOStage,
+    LoraSettings,
     SFTStage,
     SHEStage,
     TrainerArgs,
@@ -49,6 +50,7 @@ class StageRun:
         out_dir: ``run_dir/stages/<name>``.
         device: ``cpu`` / ``cuda`` / ``cuda:N``.
         resume: continue from the newest trl checkpoint in ``out_dir/trainer`` if any.
+        lora: train LoRA adapters (saved merged) instead of all weights.
     """
 
     task: RelevanceTask
@@ -56,6 +58,21 @@ class StageRun:
     out_dir: Path
     device: str = "cpu"
     resume: bool = False
+    lora: LoraSettings | None = None
+
+    def peft_config(self) -> Any:
+        """The peft LoraConfig of ``lora`` (None: all weights train)."""
+        if self.lora is None:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora.r,
+            lora_alpha=self.lora.alpha,
+            lora_dropout=self.lora.dropout,
+            target_modules=self.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
 
     @property
     def model_dir(self) -> Path:
@@ -99,7 +116,10 @@ def _train(trainer: Any, run: StageRun) -> list[dict[str, Any]]:
     # transformers prints each log dict on stdout: stderr keeps stdout for the results
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=run.checkpoint())
-    trainer.save_model(str(run.model_dir))
+    if run.lora is not None:  # adapters merged: the next stage starts from a plain model
+        trainer.model.merge_and_unload().save_pretrained(str(run.model_dir))
+    else:
+        trainer.save_model(str(run.model_dir))
     trainer.processing_class.save_pretrained(str(run.model_dir))
     return list(trainer.state.log_history)
 
@@ -125,7 +145,13 @@ def run_sft(stage: SFTStage, run: StageRun, examples: Sequence[Example]) -> list
     args = SFTConfig(**trl_args(stage, run), completion_only_loss=True)
     ds = Dataset.from_list(sft_rows(run.task, examples))
     tok = load_tokenizer(run.init)
-    trainer = SFTTrainer(model=str(run.init), args=args, train_dataset=ds, processing_class=tok)
+    trainer = SFTTrainer(
+        model=str(run.init),
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=run.peft_config(),
+    )
     return _train(trainer, run)
 
 
@@ -204,7 +230,11 @@ def run_dpo(stage: DPOStage, run: StageRun, examples: Sequence[Example]) -> list
         return [info]
     args = DPOConfig(**trl_args(stage, run), beta=stage.beta)
     trainer = DPOTrainer(
-        model=str(run.init), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+        model=str(run.init),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=run.peft_config(),
     )
     return [info, *_train(trainer, run)]
 
@@ -272,5 +302,6 @@ def run_grpo(
         processing_class=load_tokenizer(run.init),
         rules=rules,
         task=task,
+        peft_config=run.peft_config(),
     )
     return _train(trainer, run)

@@ -9,7 +9,15 @@ import json
 import pytest
 import torch
 
-from recis.llm.config import AGRLStage, DPOStage, DyKnowStage, GRPOStage, SFTStage, SHEStage
+from recis.llm.config import (
+    AGRLStage,
+    DPOStage,
+    DyKnowStage,
+    GRPOStage,
+    LoraSettings,
+    SFTStage,
+    SHEStage,
+)
 from recis.llm.model import load_model, load_tokenizer
 from recis.llm.pipeline import with_context
 from recis.llm.retrieval import BM25Retriever
@@ -170,3 +178,19 @@ def test_she_step_reward_model_learns_right_from_wrong_steps(tiny, tmp_path):
         stage, StageRun(tiny.task, tiny.base, tmp_path / "she"), tiny.examples[:4], reward
     )
     assert any("rewards/steps/mean" in h for h in history)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    stage = SFTStage(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1)
+    run = StageRun(tiny.bare, tiny.base, tmp_path / "lora", lora=LoraSettings(r=4))
+    run_sft(stage, run, tiny.examples[:8])
+    assert (run.model_dir / "config.json").is_file()
+    assert not (run.model_dir / "adapter_config.json").exists()  # merged, a plain model
+    before = load_file(tiny.base / "model.safetensors")
+    after = load_file(run.model_dir / "model.safetensors")
+    assert set(after) == set(before)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    # only adapted linear layers change (attention / MLP projections), never the embeddings
+    assert moved and all("proj" in k for k in moved)
