@@ -13,12 +13,15 @@ and quarantines them.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from recis.errors import DataError
-from recis.features import LabelSpec, Schema, SparseFeature
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 
 _LISTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
 _INT64_MAX = "9223372036854775807"
@@ -279,85 +282,102 @@ def id_column(table: pa.Table, f: SparseFeature) -> pa.Array | pa.ChunkedArray:
     return pa.ListArray.from_arrays(offsets, values, mask=pieces.is_null())
 
 
+# one problem of some rows: ``(mask [N] bool, column, what)``
+Flag = tuple[np.ndarray, str, str]
+
+
 def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarray, list[str]]:
     """Rows that cannot become a valid example.
 
     Returns ``(code, reasons)``: ``code`` is int16 ``[N]``, 0 for a good row,
     else ``k + 1`` where ``reasons[k]`` is ``"column: what"`` of the first
-    problem found in that row.
+    problem found in that row (labels, then dense, sparse and extra columns).
     """
     n = table.num_rows
     code = np.zeros(n, dtype=np.int16)
     reasons: list[str] = []
-
-    def flag(mask: np.ndarray, column: str, what: str) -> None:
+    flags = itertools.chain(
+        _label_flags(table, schema),
+        *(
+            _dense_flags(table.column(f.source).combine_chunks(), f, nan_policy)
+            for f in schema.dense
+        ),
+        *(_sparse_flags(table, s) for s in schema.sparse),
+        _extra_flags(table, schema),
+    )
+    for mask, column, what in flags:
         if mask.any():
             key = f"{column}: {what}"
             if key not in reasons:
                 reasons.append(key)
             code[(code == 0) & mask] = reasons.index(key) + 1
+    return code, reasons
 
-    def one_value(column: str, lengths: np.ndarray | None, what: str) -> None:
-        if lengths is not None:
-            flag(lengths == 0, column, f"empty list (one {what} value per row expected)")
-            flag(lengths > 1, column, f"list of more than one value (one {what} expected)")
 
+def _one_value(column: str, lengths: np.ndarray | None, what: str) -> Iterator[Flag]:
+    """A list column where one value per row is expected: empty and longer lists."""
+    if lengths is not None:
+        yield lengths == 0, column, f"empty list (one {what} value per row expected)"
+        yield lengths > 1, column, f"list of more than one value (one {what} expected)"
+
+
+def _label_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
     for lab in schema.labels:
         v, lengths = scalar_values(table.column(lab.source))
-        one_value(lab.source, lengths, "label")
-        flag(np.isnan(v), lab.source, "null or NaN label")
-        flag(np.isinf(v), lab.source, "inf label")
-        flag(np.abs(v) > _FLOAT32_MAX, lab.source, "label past float32's range")
+        yield from _one_value(lab.source, lengths, "label")
+        yield np.isnan(v), lab.source, "null or NaN label"
+        yield np.isinf(v), lab.source, "inf label"
+        yield np.abs(v) > _FLOAT32_MAX, lab.source, "label past float32's range"
         for mask, what in _label_problems(lab, v):
-            flag(mask, lab.source, what)
-    for f in schema.dense:
-        col = table.column(f.source).combine_chunks()
-        policy = f.on_nan or nan_policy
-        if is_list(col.type):
-            lengths = list_lengths(col)
-            empty = (lengths == 0) & col.is_valid().to_numpy(zero_copy_only=False)
-            if f.on_empty == "raise":
-                flag(empty, f.source, f"empty list (expected {f.dim} value{'s' * (f.dim > 1)})")
-            flag((lengths != 0) & (lengths != f.dim), f.source, f"list length is not {f.dim}")
-            if policy == "raise":
-                row_of = np.repeat(np.arange(n), lengths)
-                nan_rows = np.zeros(n, dtype=bool)
-                nan_rows[row_of[_nan_or_null(col.flatten(), inf=True)]] = True
-                missing = ~col.is_valid().to_numpy(zero_copy_only=False)
-                if f.on_empty == "raise":  # on_empty: fill puts ``fill`` in an empty list
-                    missing |= lengths == 0
-                flag(nan_rows | missing, f.source, "null, NaN or inf dense value")
-        elif policy == "raise":
-            flag(_nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value")
-    for s in schema.sparse:
-        ids = id_column(table, s)
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        if s.dtype == "int" and _is_string(_leaf(ids.type)):
-            flat = ids.flatten() if is_list(ids.type) else ids
-            valid = flat.is_valid().to_numpy(zero_copy_only=False)
-            wrong = valid & ~int_string_ok(flat)
-            if is_list(ids.type):
-                rows = np.zeros(n, dtype=bool)
-                rows[np.repeat(np.arange(n), list_lengths(ids))[wrong]] = True
-                wrong = rows
-            flag(wrong, s.source, "id is not a 64-bit integer (dtype: int)")
-        if s.weight_column:
-            w = table.column(s.weight_column).combine_chunks()
-            if is_list(ids.type):
-                flag(
-                    list_lengths(ids) != list_lengths(w),
-                    s.weight_column,
-                    f"weights not aligned with {s.source}",
-                )
-            flag(
-                _nan_or_null(w, inf=True) & ids.is_valid().to_numpy(zero_copy_only=False),
-                s.weight_column,
-                "null, NaN or inf weight",
-            )
+            yield mask, lab.source, what
+
+
+def _dense_flags(col: pa.Array, f: DenseFeature, nan_policy: str) -> Iterator[Flag]:
+    policy = f.on_nan or nan_policy
+    if not is_list(col.type):
+        if policy == "raise":
+            yield _nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value"
+        return
+    lengths = list_lengths(col)
+    if f.on_empty == "raise":
+        empty = (lengths == 0) & col.is_valid().to_numpy(zero_copy_only=False)
+        yield empty, f.source, f"empty list (expected {f.dim} value{'s' * (f.dim > 1)})"
+    yield (lengths != 0) & (lengths != f.dim), f.source, f"list length is not {f.dim}"
+    if policy == "raise":
+        row_of = np.repeat(np.arange(len(col)), lengths)
+        nan_rows = np.zeros(len(col), dtype=bool)
+        nan_rows[row_of[_nan_or_null(col.flatten(), inf=True)]] = True
+        missing = ~col.is_valid().to_numpy(zero_copy_only=False)
+        if f.on_empty == "raise":  # on_empty: fill puts ``fill`` in an empty list
+            missing |= lengths == 0
+        yield nan_rows | missing, f.source, "null, NaN or inf dense value"
+
+
+def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
+    ids = id_column(table, s)
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if s.dtype == "int" and _is_string(_leaf(ids.type)):
+        flat = ids.flatten() if is_list(ids.type) else ids
+        valid = flat.is_valid().to_numpy(zero_copy_only=False)
+        wrong = valid & ~int_string_ok(flat)
+        if is_list(ids.type):
+            rows = np.zeros(len(ids), dtype=bool)
+            rows[np.repeat(np.arange(len(ids)), list_lengths(ids))[wrong]] = True
+            wrong = rows
+        yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
+    if s.weight_column:
+        w = table.column(s.weight_column).combine_chunks()
+        if is_list(ids.type):
+            misaligned = list_lengths(ids) != list_lengths(w)
+            yield misaligned, s.weight_column, f"weights not aligned with {s.source}"
+        bad = _nan_or_null(w, inf=True) & ids.is_valid().to_numpy(zero_copy_only=False)
+        yield bad, s.weight_column, "null, NaN or inf weight"
+
+
+def _extra_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
     for c in schema.extras:
         col = table.column(c)
         _, lengths = scalar_values(col)
-        one_value(c, lengths, "extra")
+        yield from _one_value(c, lengths, "extra")
         # a null would turn the whole column into float64 NaN (group ids past 2**53 merge)
-        flag(~col.is_valid().to_numpy(zero_copy_only=False), c, "null extra value")
-    return code, reasons
+        yield ~col.is_valid().to_numpy(zero_copy_only=False), c, "null extra value"
