@@ -1,0 +1,13 @@
+"""RL-trained dense retrieval (issue 19): Retrieval-GRPO with the item index in the loop.
+
+* :mod:`.index` - exact / faiss IVF top-K over the whole pool, refreshed every N steps,
+  sharded search with a top-K merge;
+* :mod:`.rewards` - reward components (relevance model, quality, exclusivity vs BM25, click)
+  and their weighted sum;
+* :mod:`.grpo` - group-normalised advantages, the policy over the K retrieved items, the
+  clipped loss with a KL anchor; :mod:`.trainer` - the InfoNCE and GRPO stages;
+* :mod:`.evaluate` - full-corpus Recall/HR/NDCG@K, head / long-tail, relevance@K;
+* :mod:`.pipeline` / :mod:`.command` - ``recis train`` on a ``kind: retrieval_grpo`` config.
+
+docs/models/retrieval_rl.md describes the method, our readings of the papers, and figures.
+"""

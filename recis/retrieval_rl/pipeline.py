@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from recis.errors import CheckpointError, OutputError
@@ -62,7 +63,12 @@ def build_reward(
             raise ConfigError("grpo.rewards.quality: needs data.quality (an item column)")
         parts.append((QualityReward(data.quality), w.quality))
     if w.exclusivity:
-        bm25 = BM25Channel(data.items).results(data.queries, w.bm25_depth)
+        # only queries with training positives ever form a GRPO group
+        rows = np.unique(data.train_queries)
+        found = BM25Channel(data.items).results([data.queries[q] for q in rows], w.bm25_depth)
+        bm25 = [np.empty(0, np.int64)] * len(data.queries)
+        for q, items in zip(rows.tolist(), found):
+            bm25[q] = items
         parts.append((ExclusivityReward([bm25]), w.exclusivity))
     return WeightedReward(parts)
 

@@ -112,7 +112,10 @@ class BM25Channel:
         norm = k1 * (1 - b + b * length / max(length.mean(), 1e-9))
         w = idf[cols] * tf * (k1 + 1) / (tf + norm[rows])
         self.matrix = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(w).float(), (n, v)
+            torch.from_numpy(np.stack([rows, cols])),
+            torch.from_numpy(w).float(),
+            (n, v),
+            check_invariants=False,
         ).coalesce()
         self.n = n
 

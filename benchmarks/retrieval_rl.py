@@ -1,0 +1,205 @@
+"""Retrieval-GRPO vs InfoNCE on qbqtc, and the cost of a GRPO step (issue 19).
+
+    .venv/bin/python benchmarks/retrieval_rl.py [--data ../shared/data] [--work runs/bench_retrieval_rl]
+        [--infonce-steps 300] [--grpo-steps 60] [--eval-queries 0] [--timing-steps 20]
+
+1. Quality, on ``qbqtc/pairs.parquet`` (query -> web-page title, graded labels): the pool is
+   every distinct title (22,984); ``dev`` positives (label >= 1) train, ``test_public``
+   positives are the relevant items. qbqtc rather than ml_latest_small because the method
+   needs a relevance model to reward retrieved items, and qbqtc's labels train one (the
+   built-in lexical logistic scorer, fitted on the dev labels) - it is also the judge of
+   relevance@10. Long-tail = eval queries absent from dev. The run is
+   :func:`recis.retrieval_rl.pipeline.train`: InfoNCE, then GRPO from it (reward = relevance
+   + click + 0.5 exclusivity against a BM25 channel), both evaluated on the full pool.
+2. Step cost: 1e5 random items, dim 64, K 32, batch 256, hashed-gram towers; InfoNCE step vs
+   GRPO step (click reward, so the reward model's cost is left out), the index rebuilt every
+   ``--refresh`` steps and its cost spread over them; alternating sides, medians with
+   min/max, ``os.getloadavg()`` beside. The search's share of the GRPO step and its distance
+   from the matrix-product FLOP limit (search matmul seconds vs ``2 B N D`` FLOPs at the
+   GEMM rate measured here on a square product).
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quality(data_dir: Path, work: Path, infonce_steps: int, grpo_steps: int, queries: int) -> dict:
+    from recis.retrieval_rl.config import build_config
+    from recis.retrieval_rl.pipeline import train
+
+    cfg = build_config(
+        {
+            "kind": "retrieval_grpo",
+            "run_dir": str(work / "qbqtc"),
+            "data": {"path": str(data_dir / "qbqtc" / "pairs.parquet")},
+            "infonce": {"steps": infonce_steps, "batch_size": 256},
+            "grpo": {
+                "steps": grpo_steps,
+                "batch_size": 128,
+                "k": 32,
+                "checkpoint_every": max(grpo_steps, 1),
+                "rewards": {"relevance": 1.0, "click": 1.0, "exclusivity": 0.5},
+            },
+            "eval": {"ks": [10, 50], "max_queries": queries},
+        }
+    )
+    t0 = time.perf_counter()
+    res = train(cfg, overwrite=True)
+    inf, grpo = res["infonce"], res["grpo"]
+    return {
+        "infonce_recall50": inf["recall@50"],
+        "grpo_recall50": grpo["recall@50"],
+        "infonce_relevance_at10": inf["relevance@10"],
+        "grpo_relevance_at10": grpo["relevance@10"],
+        "tail_infonce_recall50": inf["tail_recall@50"],
+        "tail_grpo_recall50": grpo["tail_recall@50"],
+        "head_infonce_recall50": inf["head_recall@50"],
+        "head_grpo_recall50": grpo["head_recall@50"],
+        "infonce_ndcg10": inf["ndcg@10"],
+        "grpo_ndcg10": grpo["ndcg@10"],
+        "eval_queries": inf["queries"],
+        "tail_queries": inf["tail_queries"],
+        "quality_seconds": time.perf_counter() - t0,
+    }
+
+
+def _gemm_rate(b: int, n: int, d: int) -> float:
+    """FLOP/s of a square-ish fp32 product on this machine (median of 5)."""
+    a, m = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ m
+        times.append(time.perf_counter() - t)
+    return 2 * 1024**3 / statistics.median(times)
+
+
+def step_cost(steps: int, refresh: int) -> dict:
+    from recis.retrieval_rl.config import GRPOConfig, IndexConfig, RewardWeights
+    from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
+    from recis.retrieval_rl.grpo import infonce_loss
+    from recis.retrieval_rl.rewards import ClickReward, WeightedReward
+    from recis.retrieval_rl.trainer import RetrievalGRPOTrainer
+
+    n, d, k, b = 100_000, 64, 32, 256
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
+    items = ["".join(rng.choice(alphabet, 16)) for _ in range(n)]
+    queries = [t[:8] for t in items[:20_000]]
+    torch.manual_seed(0)
+    qt, it = TokenizedTexts.build(queries, 1 << 16), TokenizedTexts.build(items, 1 << 16)
+    model = TextDualEncoder(qt, it, 1 << 16, 64, d)
+    ref = TextDualEncoder(qt, it, 1 << 16, 64, d)
+    ref.load_state_dict(model.state_dict())
+    positives = [np.array([q]) for q in range(len(queries))]
+    cfg = GRPOConfig(
+        batch_size=b,
+        k=k,
+        index=IndexConfig(kind="exact", refresh_every=refresh),
+        rewards=RewardWeights(),
+    )
+    trainer = RetrievalGRPOTrainer(
+        model, ref, WeightedReward([(ClickReward(positives), 1.0)]), cfg, 0.05
+    )
+    nce_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.from_numpy(rng.choice(len(queries), b, replace=False))
+        return q, q.clone()
+
+    def nce_step() -> float:
+        q, i = batch()
+        t = time.perf_counter()
+        loss = infonce_loss(model, q, i, 0.05)
+        nce_opt.zero_grad()
+        loss.backward()
+        nce_opt.step()
+        return time.perf_counter() - t
+
+    def grpo_steps() -> tuple[float, float]:
+        """``refresh`` GRPO steps (one index rebuild among them): mean step and search time."""
+        s0 = trainer.search_seconds
+        t = time.perf_counter()
+        for _ in range(refresh):
+            trainer.step(*batch())
+        return (time.perf_counter() - t) / refresh, (trainer.search_seconds - s0) / refresh
+
+    nce_step()
+    grpo_steps()  # warm-up
+    nce, grpo, search, loads = [], [], [], []
+    for _ in range(steps):  # alternate the two sides
+        nce.append(nce_step())
+        g, s = grpo_steps()
+        grpo.append(g)
+        search.append(s)
+        loads.append(os.getloadavg()[0])
+    # the search's matrix product alone: [B, D] x [D, N]
+    pool = model.encode_pool()
+    u = torch.nn.functional.normalize(torch.randn(b, d), dim=-1)
+    mm = []
+    for _ in range(5):
+        t = time.perf_counter()
+        u @ pool.T
+        mm.append(time.perf_counter() - t)
+    ratios = [g / c for g, c in zip(grpo, nce)]
+    rate = _gemm_rate(b, n, d)
+    flops = 2 * b * n * d
+    return {
+        "grpo_step_time_ratio": statistics.median(grpo) / statistics.median(nce),
+        "grpo_step_time_ratio_min": min(ratios),
+        "grpo_step_time_ratio_max": max(ratios),
+        "infonce_step_s": statistics.median(nce),
+        "grpo_step_s": statistics.median(grpo),
+        "search_share": statistics.median(search) / statistics.median(grpo),
+        "search_matmul_s": statistics.median(mm),
+        "search_matmul_flop_limit_s": flops / rate,
+        "search_matmul_vs_flop_limit": statistics.median(mm) / (flops / rate),
+        "gemm_gflops": rate / 1e9,
+        "refresh_every": refresh,
+        "timing_rounds": steps,
+        "loadavg_1min": [round(x, 1) for x in loads],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_retrieval_rl")
+    p.add_argument("--infonce-steps", type=int, default=300)
+    p.add_argument("--grpo-steps", type=int, default=60)
+    p.add_argument("--eval-queries", type=int, default=0, help="0: every eval query")
+    p.add_argument("--timing-rounds", type=int, default=5)
+    p.add_argument("--refresh", type=int, default=10)
+    p.add_argument("--skip-quality", action="store_true")
+    args = p.parse_args()
+    out: dict = {"threads": torch.get_num_threads()}
+    if not args.skip_quality:
+        if not (args.data / "qbqtc" / "pairs.parquet").is_file():
+            out["quality_skipped"] = f"{args.data}/qbqtc/pairs.parquet absent"
+        else:
+            out.update(
+                quality(
+                    args.data, args.work, args.infonce_steps, args.grpo_steps, args.eval_queries
+                )
+            )
+            print({k: out[k] for k in ("infonce_recall50", "grpo_recall50")}, flush=True)
+    out.update(step_cost(args.timing_rounds, args.refresh))
+    print(f"grpo step / infonce step: {out['grpo_step_time_ratio']:.2f}x")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
