@@ -284,6 +284,15 @@ def _is_relevance_llm(path: str) -> bool:
     return is_relevance_llm(load_yaml(path))
 
 
+def _is_retrieval_grpo(path: str) -> bool:
+    """A ``kind: retrieval_grpo`` config: recis.retrieval_rl trains it (docs/models/
+    retrieval_rl.md)."""
+    from recis.config import load_yaml
+    from recis.retrieval_rl.config import is_retrieval_grpo
+
+    return is_retrieval_grpo(load_yaml(path))
+
+
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -303,6 +312,10 @@ def _main(argv: list[str]) -> int:
             from recis.doctor import main as doctor
 
             return doctor()
+        if args.command == "train" and _is_retrieval_grpo(args.config):
+            from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
+
+            return retrieval_grpo(args)
         if args.command in ("train", "eval") and _is_relevance_llm(args.config):
             from recis.llm.command import main as relevance_llm  # issue 18
 
