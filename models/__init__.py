@@ -11,8 +11,9 @@ from recis.config import ModelConfig, model_config, register_model_configs
 from recis.errors import ConfigError
 from recis.features import Schema
 
-from .deepbow import DeepBoW, DeepBoWConfig, DenseRelevance
+from .deepbow import DeepBoW, DeepBoWConfig
 from .deepfm import DeepFM, DeepFMConfig
+from .dense_relevance import DenseRelevance
 from .dlrm import DLRM, DLRMConfig
 from .hhft import HHFT, HHFTConfig
 from .two_tower import TwoTower, TwoTowerConfig

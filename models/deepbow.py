@@ -164,7 +164,7 @@ class DeepBoW(nn.Module):
         self.term_score = nn.Linear(d, 1, device=device)
         self.pool_score = nn.Linear(d, 1, device=device)
         self.expand = nn.Linear(d, config.vocab, device=device) if config.expansion_k else None
-        self.head = _head(config, schema, len(self.tasks), device)
+        self.head = relevance_head(config, schema, len(self.tasks), device)
         # prior of each term when it is in the product bag, per task: zero until trained
         self.prior = (
             nn.Parameter(torch.zeros(config.vocab, len(self.tasks), device=device))
@@ -462,59 +462,17 @@ def score_exported(
     return float((q_weights[qi].astype(np.float64) * p_weights[pi]).sum()) if len(common) else 0.0
 
 
-def _head(config: DeepBoWConfig, schema: Schema, tasks: int, device: torch.device) -> RelevanceHead:
+def relevance_head(
+    config: DeepBoWConfig, schema: Schema, tasks: int, device: torch.device
+) -> RelevanceHead:
     """The calibration head, reading the schema's dense features when ``dense_inputs``."""
     dense_dim = schema.dense_dim if config.dense_inputs else 0
     return RelevanceHead(tasks, dense_dim, config.dense_hidden, config.dropout, device)
 
 
-class DenseRelevance(nn.Module):
-    """Dense dual-tower baseline for relevance: same encoder, attention-pooled, cosine.
-
-    ``logit = a cos(u_q, u_p) + b`` with ``u = W pool(h)``, plus the same side inputs as
-    DeepBoW (:class:`RelevanceHead`: dense features, and with ``product_prior`` a linear read
-    of ``u_p``); soft-label BCE (the trainer's).
-    Takes a :class:`DeepBoWConfig` (bag fields unused) so both train from one YAML.
-    """
-
-    config_class = DeepBoWConfig
-
-    def __init__(
-        self,
-        config: DeepBoWConfig,
-        schema: Schema,
-        device: torch.device,
-        template_tables: bool = False,
-    ) -> None:
-        # template_tables: no hashed tables here (the zoo's one constructor signature)
-        super().__init__()
-        self.config = config
-        self.tasks = [label.name for label in schema.labels]
-        self.encoder = TextEncoder(config, device)
-        d = self.encoder.out_dim
-        self.pool_score = nn.Linear(d, 1, device=device)
-        self.proj = nn.Linear(d, d, device=device)
-        self.head = _head(config, schema, len(self.tasks), device)
-        self.prior = nn.Linear(d, len(self.tasks), device=device) if config.product_prior else None
-
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(ids, mask)
-        w = masked_softmax(self.pool_score(h).squeeze(-1), mask)
-        return F.normalize(self.proj(torch.einsum("bt,btd->bd", w, h)), dim=-1)
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        q = self.embed(*_text(batch, cfg.query_text, cfg.max_len))
-        p = self.embed(*_text(batch, cfg.product_text, cfg.max_len))
-        prior = self.prior(p) if self.prior is not None else None
-        logits = self.head((q * p).sum(-1), batch.dense if cfg.dense_inputs else None, prior)
-        return {t: logits[:, i] for i, t in enumerate(self.tasks)}
-
-
 __all__ = [
     "DeepBoW",
     "DeepBoWConfig",
-    "DenseRelevance",
     "load_bags",
     "score_bags",
     "score_exported",

@@ -13,7 +13,8 @@ from recis.config import load_config
 from recis.features import Schema
 from recis.io.batch import Batch
 from recis.models import build_model
-from recis.models.deepbow import DeepBoW, DeepBoWConfig, DenseRelevance
+from recis.models.deepbow import DeepBoW, DeepBoWConfig
+from recis.models.dense_relevance import DenseRelevance
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "recipes" / "qbqtc_relevance"
