@@ -5,9 +5,9 @@ Synthetic data generators are application code: :mod:`recis.synthetic`.
 
 from .batch import Batch
 from .convert import to_batch
-from .factory import make_reader, reader_from_config
+from .factory import ParquetReader, make_reader, reader_from_config
 from .loader import Loader, ShardDataset
-from .reader import ParquetReader, Reader
+from .reader import Reader
 from .sources import CRITEO_COLUMNS, CsvOptions, resolve_paths
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Building readers: from arguments (:func:`make_reader`) or a DataConfig (:func:`reader_from_config`)."""
+"""Building readers: from arguments (:func:`make_reader`), a DataConfig (:func:`reader_from_config`),
+or parquet files alone (:class:`ParquetReader`)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,20 @@ def reader_from_config(
         pin_memory=data.pin_memory,
         num_workers=data.num_workers,
     )
+
+
+class ParquetReader(Reader):
+    """A :class:`Reader` of parquet files (``format="parquet"``)."""
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | list,
+        schema: Schema,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            paths, schema, batch_size, format="parquet", shuffle=shuffle, seed=seed, **kwargs
+        )

@@ -53,6 +53,28 @@ _STATE_VERSION = 2
 _STATE_KEYS = ("epoch", "chunk", "pos", "skipped", "epoch_skipped")
 
 
+def _check_options(o: dict[str, Any]) -> None:
+    """One ConfigError naming every invalid :class:`Reader` option (``o``: its arguments)."""
+    checks = {
+        "batch_size": o["batch_size"] > 0,
+        "shuffle_buffer": o["shuffle_buffer"] > 0,
+        "format": o["format"] in _SUFFIXES,
+        "rank": 0 <= o["rank"] < o["world_size"],
+        "worker": 0 <= o["worker"] < o["num_workers"],
+        "nan_policy": o["nan_policy"] in ("fill", "raise"),
+        "on_bad_row": o["on_bad_row"] in ("raise", "skip"),
+        "max_bad_fraction": 0.0 <= o["max_bad_fraction"] <= 1.0,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        shown = {
+            **o,
+            "rank": f"{o['rank']}/{o['world_size']}",
+            "worker": f"{o['worker']}/{o['num_workers']}",
+        }
+        raise ConfigError("; ".join(f"{k}: invalid value {shown[k]!r}" for k in bad))
+
+
 class Reader:
     """Reads parquet, ORC or CSV/TSV files into batches for one shard.
 
@@ -106,23 +128,7 @@ class Reader:
         pin_memory: bool = False,
         max_bad_fraction: float = 0.01,
     ) -> None:
-        given = dict(locals())
-        checks = {
-            "batch_size": batch_size > 0,
-            "shuffle_buffer": shuffle_buffer > 0,
-            "format": format in _SUFFIXES,
-            "rank": 0 <= rank < world_size,
-            "worker": 0 <= worker < num_workers,
-            "nan_policy": nan_policy in ("fill", "raise"),
-            "on_bad_row": on_bad_row in ("raise", "skip"),
-            "max_bad_fraction": 0.0 <= max_bad_fraction <= 1.0,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            values = {"rank": f"{rank}/{world_size}", "worker": f"{worker}/{num_workers}"}
-            raise ConfigError(
-                "; ".join(f"{k}: invalid value {values.get(k, given[k])!r}" for k in bad)
-            )
+        _check_options(dict(locals()))
         fs = as_arrow_fs(filesystem)
         self.files = resolve_paths(paths, _SUFFIXES[format], fs)
         self.schema = schema
@@ -493,20 +499,3 @@ class Reader:
                 self._state = state
             if batch is not None:
                 yield batch
-
-
-class ParquetReader(Reader):
-    """A :class:`Reader` of parquet files (``format="parquet"``)."""
-
-    def __init__(
-        self,
-        paths: str | os.PathLike | list,
-        schema: Schema,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            paths, schema, batch_size, format="parquet", shuffle=shuffle, seed=seed, **kwargs
-        )
