@@ -421,24 +421,9 @@ class Reader:
                 self._quarantine.write(lines)
                 acc["lines"] += len(lines)
                 count(Counter({BAD_LINE: len(lines)}))
-            perm = (
-                np.random.default_rng([self.seed, epoch, self.shard, c]).permutation(n)
-                if self.shuffle
-                else np.arange(n)
-            )
-            code, reasons = bad_rows(table, self.schema, self.nan_policy)
-            code = code[perm]
-            if self.on_bad_row == "raise" and code[pos:].any():
-                p = pos + int(np.flatnonzero(code[pos:])[0])
-                i = int(perm[p])
-                self._raise_bad(reasons[code[p] - 1], table, i, files[i], rows[i])
+            perm, code, reasons = self._order(epoch, c, table, files, rows, pos)
             good = pos + np.flatnonzero(code[pos:] == 0)
-            # convert the chunk's remaining good rows once, in emission order; batches are slices
-            idx = perm[good]
-            if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
-                cols = convert_columns(table.slice(int(idx[0]), len(idx)), self.schema)
-            else:
-                cols = convert_columns(table.take(pa.array(idx)), self.schema)
+            cols = self._convert(table, perm[good])
             k = 0
             while k < len(good):
                 need = self.batch_size - (carry.num_rows if carry is not None else 0)
@@ -458,6 +443,33 @@ class Reader:
             yield self._finish(carry), state(*last)
         self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
         yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad), dict(epoch_bad))
+
+    def _order(  # noqa: ANN001 - the chunk's arrays, as in _produce
+        self, epoch: int, c: int, table: pa.Table, files, rows, pos: int
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Chunk ``c``'s emission order ``perm [n]`` (shuffled by seed, epoch, shard and
+        chunk), each emitted row's bad-row code ``[n]`` in that order, and the reasons;
+        with ``on_bad_row: raise``, the first bad row from ``pos`` on is a DataError."""
+        n = table.num_rows
+        perm = (
+            np.random.default_rng([self.seed, epoch, self.shard, c]).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
+        code, reasons = bad_rows(table, self.schema, self.nan_policy)
+        code = code[perm]
+        if self.on_bad_row == "raise" and code[pos:].any():
+            p = pos + int(np.flatnonzero(code[pos:])[0])
+            i = int(perm[p])
+            self._raise_bad(reasons[code[p] - 1], table, i, files[i], rows[i])
+        return perm, code, reasons
+
+    def _convert(self, table: pa.Table, idx: np.ndarray) -> Columns:
+        """Rows ``idx`` of ``table``, converted once in emission order (batches are slices):
+        a contiguous run is a zero-copy slice, anything else a take."""
+        if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
+            return convert_columns(table.slice(int(idx[0]), len(idx)), self.schema)
+        return convert_columns(table.take(pa.array(idx)), self.schema)
 
     def _skip(  # noqa: ANN001 - the chunk's arrays, as in _produce
         self, table, code, perm, reasons, files, rows, lo: int, hi: int
