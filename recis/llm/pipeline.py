@@ -7,6 +7,7 @@ Layout of ``run_dir``::
     stages/<name>/trainer/  trl's output (checkpoint-N: what a resume continues from)
     stages/<name>/model/    the stage's model (the next stage starts from it)
     stages/<name>/eval.json the stage's metrics on data.eval
+    plots/relevance_llm.png loss and reward curves per stage, eval AUC per stage
     metrics.jsonl, tb/      the run log (recis.train.runlog): train records per logging step
                             (loss, reward, reward std, kept groups, ...) and eval records per stage
 
@@ -39,6 +40,7 @@ from recis.llm.config import (
     SHEStage,
 )
 from recis.llm.model import build_scratch, load_model, load_tokenizer
+from recis.llm.plots import plot_llm_run
 from recis.llm.retrieval import BM25Retriever
 from recis.llm.rewards import StepReward
 from recis.llm.scoring import level_probs, level_token_ids, relevance_metrics
@@ -165,6 +167,7 @@ class Pipeline:
                 prev = stage.name
         finally:
             self.logger.close()
+        plot_llm_run(self.run_dir)
         return results
 
     def _stage(self, stage: Any, run: StageRun, offset: int) -> dict[str, Any]:

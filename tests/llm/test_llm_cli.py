@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pyarrow.parquet as pq
@@ -36,6 +37,8 @@ def test_train_resume_and_eval(tiny, tmp_path, capsys):
     assert [r["stage"] for r in evals] == ["sft", "grpo"]
     assert all(0.0 <= r["auc"] <= 1.0 for r in evals)
     assert any(r["split"] == "train" and "reward" in r for r in records)  # the reward curve
+    if importlib.util.find_spec("matplotlib"):
+        assert (run_dir / "plots" / "relevance_llm.png").stat().st_size > 0
     # a second run into the same directory is refused; --resume skips the finished stages
     assert main(["train", str(cfg)]) == 2
     assert "--resume or --overwrite" in capsys.readouterr().err
