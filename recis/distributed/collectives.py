@@ -44,8 +44,8 @@ def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool
     """
     it = iter(data)
     if not _active():
-        for item in it:
-            yield item, True
+        for batch in it:
+            yield batch, True
         return
     last: T | None = None
     first = True
@@ -56,7 +56,7 @@ def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool
             dist.all_reduce(have, op=dist.ReduceOp.MIN)
             if int(have) == 0:
                 return
-            yield item, True  # type: ignore[misc]
+            yield item, True  # type: ignore[misc]  # every rank has one: item is not None
             continue
         have = torch.zeros(dist.get_world_size(), dtype=torch.int64)
         have[dist.get_rank()] = 0 if item is None else 1
@@ -71,7 +71,7 @@ def even_batches(data: Iterable[T], pad: bool = False) -> Iterator[tuple[T, bool
             last = item if item is not None else box[0]
         first = False
         if item is None:
-            yield last, False  # type: ignore[misc]
+            yield last, False  # type: ignore[misc]  # set on the first step (borrowed if none)
         else:
             last = item
             yield item, True

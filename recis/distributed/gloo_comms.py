@@ -86,9 +86,9 @@ def install() -> None:
     """Route torchrec's pooled-embedding reduce-scatter through an all-to-all on gloo groups
     (idempotent; other backends keep torch's collectives)."""
     if not isinstance(comm_ops.dist, _DistWithGlooAllToAll):
-        comm_ops.dist = _DistWithGlooAllToAll()  # type: ignore[assignment]
+        comm_ops.dist = _DistWithGlooAllToAll()
 
 
 def uninstall() -> None:
     """Back to torch's own collectives (for side-by-side measurements)."""
-    comm_ops.dist = dist  # type: ignore[assignment]
+    comm_ops.dist = dist

@@ -90,7 +90,7 @@ class TableSlot:
 def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
     # torchrec's convention (apply_optimizer_in_backward): the trainer keeps such
     # parameters away from its dense and sparse torch optimizers.
-    param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]
+    param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]  # torchrec's marker, not declared on Parameter
 
 
 class _TableGroup(nn.Module):
@@ -223,7 +223,7 @@ class FbgemmTableGroup(_TableGroup):
             for s, o in zip(self._states[j], old_s[j]):
                 s[:n] = o[:n]
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._cache_views()
 
@@ -410,7 +410,7 @@ class TorchTableGroup(_TableGroup):
             f += k
         return torch.cat(outs, dim=0 if self.pooling == "none" else 1)
 
-    def _updater(self, i: int, uniq: torch.Tensor):  # type: ignore[no-untyped-def]
+    def _updater(self, i: int, uniq: torch.Tensor):
         def hook(grad: torch.Tensor) -> None:
             adam_update_rows(self.weight(i), self._state_dict_of(i), uniq, grad, self.hyper)
 
@@ -422,12 +422,12 @@ class _BatchWithDecay(torch.autograd.Function):
     ``out``'s gradient is theirs with ``decay`` ``[E, sum D]`` below (the extra bags')."""
 
     @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, b: int, decay: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, out: torch.Tensor, b: int, decay: torch.Tensor) -> torch.Tensor:
         ctx.decay = decay
         return out[:b].clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return torch.cat([grad, ctx.decay.to(grad.dtype)]), None, None
 
 

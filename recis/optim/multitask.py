@@ -65,7 +65,8 @@ class WeightedSumObjective:
         self.weights = dict(weights or {})
 
     def __call__(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights.get(t, 1.0) * v for t, v in losses.items())  # type: ignore[return-value]
+        # sum() is typed with its int start (0); over tensors the result is a tensor
+        return sum(self.weights.get(t, 1.0) * v for t, v in losses.items())  # type: ignore[return-value]  # see above
 
     def update(self, losses: dict[str, float]) -> None:
         """Nothing adapts: fixed weights."""

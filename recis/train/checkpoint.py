@@ -316,7 +316,7 @@ def _older_hint(path: Path) -> str:
     older = [
         p
         for p in CheckpointManager(path.parent).checkpoints()
-        if m is None or int(_STEP.match(p.name).group(1)) < int(m.group(1))  # type: ignore[union-attr]
+        if m is None or int(_STEP.match(p.name).group(1)) < int(m.group(1))  # type: ignore[union-attr]  # checkpoints() lists step-N folders only
     ]
     if not older:
         return ""
