@@ -7,7 +7,7 @@ eviction and growth here are numpy array code: no Python loop over ids.
 
 Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 
-* ``slots``: int32 ``[S]``, ``S`` the power of two ``>= C / 0.7`` (4 bytes/slot);
+* ``slots``: int32 ``[S]``, ``S = ceil(C / 0.7)`` (4 bytes/slot, any count: no power-of-two steps);
   a slot holds a row (``>= 0``), ``EMPTY`` (-1) or ``TOMB`` (-2, a deleted entry).
 * ``row_key``: int64 ``[C]``, the id stored in each row (so slots need no key).
 * ``row_last``: int32 ``[C]``, step a row was last seen (only with eviction).
@@ -83,7 +83,10 @@ _NO_ROWS = np.zeros(0, np.int64)
 
 
 def _num_slots(capacity: int) -> int:
-    return 1 << max(4, int(np.ceil(np.log2(capacity / _MAX_LOAD))))
+    """Slots for ``capacity`` rows at load ``_MAX_LOAD`` when full: any count (the home
+    slot is a multiply-shift, :func:`probe.home`), so memory grows with capacity, with
+    no power-of-two steps."""
+    return max(16, int(np.ceil(capacity / _MAX_LOAD)))
 
 
 def _as_keys(ids: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -176,8 +179,6 @@ class IdMapper:
 
     def _set_slots(self, n: int) -> None:
         self.slots = np.full(n, EMPTY, np.int32)
-        self.mask = np.int64(n - 1)
-        self.shift = np.uint64(64 - int(np.log2(n)))
         self.n_tomb = 0
 
     @property
@@ -203,8 +204,6 @@ class IdMapper:
             self.slots,
             self.row_key,
             keys,
-            self.shift,
-            self.mask,
             self._nat,
             rows,
             self.row_last,
@@ -213,9 +212,7 @@ class IdMapper:
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
-        self.n_tomb -= probe.insert(
-            self.slots, self.row_key, keys, rows, self.shift, self.mask, self._nat
-        )
+        self.n_tomb -= probe.insert(self.slots, self.row_key, keys, rows, self._nat)
 
     def _rebuild(self, n_slots: int | None = None) -> None:
         live = self.live_rows()
@@ -367,8 +364,6 @@ class IdMapper:
             torch.from_numpy(self.slots),
             torch.from_numpy(self.row_key.view(np.int64)),
             torch.from_numpy(keys.view(np.int64)),
-            int(self.shift),
-            int(self.mask),
             torch.from_numpy(self.row_last) if self.row_last is not None else probe.EMPTY_I32,
             torch.from_numpy(self.recycled),
             self.next_unused,
@@ -586,7 +581,7 @@ def map_many(
         args = list(zip(*(mappers[i]._native_args(keys[i]) for i in fast)))
         nat = mappers[fast[0]]._nat
         assert nat is not None  # _native_applies checked it
-        rows, taken, reused = nat.find_or_insert_many(*args[:6], step, *args[6:])
+        rows, taken, reused = nat.find_or_insert_many(*args[:4], step, *args[4:])
         for i, r, t, u in zip(fast, rows, taken, reused):
             new_rows = mappers[i]._took(t, u)
             out[i] = mappers[i]._finish(r.numpy(), occ[i], new_rows, new_rows, _NO_ROWS)

@@ -2,7 +2,9 @@
 
 The table is two arrays shared with the mapper: ``slots`` int32 ``[S]`` (a row
 ``>= 0``, ``EMPTY`` -1 or ``TOMB`` -2) and ``row_key`` uint64 ``[C]``. A key's home
-slot is ``(key * 0x9E3779B97F4A7C15) >> shift`` (Fibonacci hashing), then linear
+slot is ``((key * 0x9E3779B97F4A7C15) >> 32) * S >> 32`` for ``S`` slots (the top half of
+its Fibonacci hash scaled to ``[0, S)``: any slot count works, so tables need not round
+their slots up to a power of two), then linear
 probing. Two implementations with identical results: C++ (``csrc/id_mapper.cpp``,
 built at install time by :mod:`recis.ops.build`) and vectorized numpy (one array
 operation per probe round over all keys still probing).
@@ -18,6 +20,7 @@ import torch
 EMPTY = np.int32(-1)
 TOMB = np.int32(-2)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
+_32 = np.uint64(32)
 EMPTY_I32 = torch.zeros(0, dtype=torch.int32)  # "no row_last": an empty int32 tensor
 
 
@@ -34,18 +37,23 @@ def native_kernels() -> Any:
     return native("id_mapper")
 
 
-def home(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
-    """Home slot of each uint64 key, int64 ``[N]``."""
+def home(keys: np.ndarray, n_slots: int) -> np.ndarray:
+    """Home slot of each uint64 key among ``n_slots`` (< 2^32), int64 ``[N]``."""
     with np.errstate(over="ignore"):
-        return ((keys * _FIB) >> shift).astype(np.int64)
+        return ((((keys * _FIB) >> _32) * np.uint64(n_slots)) >> _32).astype(np.int64)
+
+
+def _next(pos: np.ndarray, n_slots: int) -> np.ndarray:
+    """The slot after each of ``pos`` (linear probing wraps around)."""
+    pos = pos + 1
+    pos[pos == n_slots] = 0
+    return pos
 
 
 def find(
     slots: np.ndarray,
     row_key: np.ndarray,
     keys: np.ndarray,
-    shift: np.uint64,
-    mask: np.int64,
     nat: Any,
     rows: bool = False,
     row_last: np.ndarray | None = None,
@@ -63,14 +71,13 @@ def find(
             torch.from_numpy(slots),
             torch.from_numpy(row_key.view(np.int64)),
             torch.from_numpy(keys.view(np.int64)),
-            int(shift),
-            int(mask),
             not rows,
             torch.from_numpy(row_last) if touch is not None and row_last is not None else EMPTY_I32,
             touch or 0,
         )
         return out.numpy()
-    pos = home(keys, shift)
+    n = len(slots)
+    pos = home(keys, n)
     s = slots[pos]
     occupied = s >= 0
     hit = row_key[np.where(occupied, s, 0)] == keys
@@ -79,14 +86,14 @@ def find(
     go = s != EMPTY
     go &= ~hit
     idx = np.flatnonzero(go)
-    keys, pos = keys[idx], (pos[idx] + 1) & mask
+    keys, pos = keys[idx], _next(pos[idx], n)
     while idx.size:
         s = slots[pos]
         occupied = s >= 0
         hit = occupied & (row_key[np.where(occupied, s, 0)] == keys)
         out[idx[hit]] = s[hit] if rows else pos[hit]
         go = (s != EMPTY) & ~hit
-        idx, keys, pos = idx[go], keys[go], (pos[go] + 1) & mask
+        idx, keys, pos = idx[go], keys[go], _next(pos[go], n)
     return out
 
 
@@ -95,8 +102,6 @@ def insert(
     row_key: np.ndarray,
     keys: np.ndarray,
     rows: np.ndarray,
-    shift: np.uint64,
-    mask: np.int64,
     nat: Any,
 ) -> int:
     """Insert distinct uint64 keys known to be absent at ``rows``; returns tombstones reused."""
@@ -107,12 +112,11 @@ def insert(
                 torch.from_numpy(row_key.view(np.int64)),
                 torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
                 torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)),
-                int(shift),
-                int(mask),
             )
         )
     row_key[rows] = keys
-    pos = home(keys, shift)
+    n = len(slots)
+    pos = home(keys, n)
     rows32 = rows.astype(np.int32)
     reused = 0
     while rows32.size:
@@ -124,5 +128,5 @@ def insert(
         won[open_] = slots[p] == r
         reused += int(np.count_nonzero(s[won] == TOMB))
         go = ~won
-        rows32, keys, pos = rows32[go], keys[go], (pos[go] + 1) & mask
+        rows32, keys, pos = rows32[go], keys[go], _next(pos[go], n)
     return reused

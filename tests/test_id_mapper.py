@@ -219,3 +219,14 @@ def test_map_many_equals_one_table_at_a_time() -> None:
             assert np.array_equal(r.reset_rows, want.reset_rows) and r.capacity == want.capacity
     for a, b in zip(many, single):
         assert np.array_equal(a.items()[0], b.items()[0])
+
+
+def test_slot_memory_grows_with_capacity_without_power_of_two_steps() -> None:
+    # 4 bytes per slot at load <= 0.7 when full, for any capacity (was: the next power of two)
+    for cap in (1000, 734_004, 734_005, 1_000_000):
+        m = IdMapper(cap)
+        assert cap / len(m.slots) <= 0.7 < (cap + 2) / len(m.slots)
+    m = IdMapper(1000, growable=True)
+    m.map(np.arange(5000), step=1)  # grows twice: slots follow the capacity
+    assert m.capacity == 8000 and len(m.slots) == int(np.ceil(8000 / 0.7))
+    assert torch.equal(m.lookup(np.arange(5000)), torch.arange(5000))

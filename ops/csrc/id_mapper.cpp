@@ -12,12 +12,18 @@ namespace {
 constexpr uint64_t kFib = 0x9E3779B97F4A7C15ULL;
 constexpr int32_t kEmpty = -1;
 constexpr int32_t kTomb = -2;
+
+// Home slot of a key among n slots: the top 32 bits of its Fibonacci hash scaled
+// to [0, n) (multiply-shift), so the slot count need not be a power of two.
+inline uint64_t home(uint64_t key, uint64_t n) { return (((key * kFib) >> 32) * n) >> 32; }
+inline uint64_t next_slot(uint64_t p, uint64_t n) { return p + 1 == n ? 0 : p + 1; }
 }  // namespace
 
 // Row (or slot position if want_pos) of each key, -1 where absent. When
 // row_last is non-empty, rows found get row_last[row] = step (LRU/TTL touch).
-torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift,
-                   int64_t mask, bool want_pos, torch::Tensor row_last, int64_t step) {
+torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, bool want_pos,
+                   torch::Tensor row_last, int64_t step) {
+  const uint64_t ns = static_cast<uint64_t>(slots.numel());
   const int64_t n = keys.numel();
   auto out = torch::empty({n}, torch::kInt64);
   const int32_t* s = slots.data_ptr<int32_t>();
@@ -33,17 +39,17 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
     constexpr int64_t kA = 16;
     for (int64_t i = b; i < e; ++i) {
       if (i + 2 * kA < e) {
-        __builtin_prefetch(s + ((static_cast<uint64_t>(k[i + 2 * kA]) * kFib) >> shift));
+        __builtin_prefetch(s + home(static_cast<uint64_t>(k[i + 2 * kA]), ns));
       }
       if (i + kA < e) {
-        const int32_t v = s[(static_cast<uint64_t>(k[i + kA]) * kFib) >> shift];
+        const int32_t v = s[home(static_cast<uint64_t>(k[i + kA]), ns)];
         if (v >= 0) {
           __builtin_prefetch(rk + v);
           if (last) __builtin_prefetch(last + v, 1);
         }
       }
       const uint64_t key = static_cast<uint64_t>(k[i]);
-      uint64_t p = (key * kFib) >> shift;
+      uint64_t p = home(key, ns);
       int64_t r = -1;
       for (;;) {
         const int32_t v = s[p];
@@ -53,7 +59,7 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
           if (last) last[v] = st;  // same value from every thread: a benign race
           break;
         }
-        p = (p + 1) & static_cast<uint64_t>(mask);
+        p = next_slot(p, ns);
       }
       o[i] = r;
     }
@@ -63,8 +69,8 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
 
 // Insert distinct keys known to be absent at rows; returns how many deleted
 // slots were reused.
-int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor rows,
-               int64_t shift, int64_t mask) {
+int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor rows) {
+  const uint64_t ns = static_cast<uint64_t>(slots.numel());
   int32_t* s = slots.data_ptr<int32_t>();
   int64_t* rk = row_key.data_ptr<int64_t>();
   const int64_t* k = keys.data_ptr<int64_t>();
@@ -73,8 +79,8 @@ int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, t
   for (int64_t i = 0; i < keys.numel(); ++i) {
     const uint64_t key = static_cast<uint64_t>(k[i]);
     rk[r[i]] = k[i];
-    uint64_t p = (key * kFib) >> shift;
-    while (s[p] >= 0) p = (p + 1) & static_cast<uint64_t>(mask);
+    uint64_t p = home(key, ns);
+    while (s[p] >= 0) p = next_slot(p, ns);
     reused += s[p] == kTomb;
     s[p] = static_cast<int32_t>(r[i]);
   }
@@ -89,7 +95,7 @@ struct MapJob {
   int64_t* rk;
   const int64_t* k;
   int64_t n;
-  int64_t shift, mask;
+  uint64_t ns;  // slots
   int32_t* last;
   const int32_t* recycled;
   int64_t n_recycled, next_unused;
@@ -97,17 +103,16 @@ struct MapJob {
   int64_t taken = 0, reused = 0;
 };
 
-MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift,
-                int64_t mask, torch::Tensor row_last, torch::Tensor recycled, int64_t next_unused,
-                int64_t n_free, torch::Tensor out) {
+MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys,
+                torch::Tensor row_last, torch::Tensor recycled, int64_t next_unused, int64_t n_free,
+                torch::Tensor out) {
   TORCH_CHECK(keys.numel() <= n_free, "find_or_insert: more ids than free rows");
   MapJob j;
   j.s = slots.data_ptr<int32_t>();
   j.rk = row_key.data_ptr<int64_t>();
   j.k = keys.data_ptr<int64_t>();
   j.n = keys.numel();
-  j.shift = shift;
-  j.mask = mask;
+  j.ns = static_cast<uint64_t>(slots.numel());
   j.last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
   j.recycled = recycled.numel() ? recycled.data_ptr<int32_t>() : nullptr;
   j.n_recycled = recycled.numel();
@@ -121,11 +126,10 @@ MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, 
 // finds it as an ordinary row); a deleted slot met on the way is reused.
 // Inserting one by one in this order gives the same rows.
 void insert_misses(MapJob& j, int32_t st) {
-  const uint64_t m = static_cast<uint64_t>(j.mask);
   for (int64_t i = 0; i < j.n; ++i) {
     if (j.out[i] >= 0) continue;
     const uint64_t key = static_cast<uint64_t>(j.k[i]);
-    uint64_t p = (key * kFib) >> j.shift;
+    uint64_t p = home(key, j.ns);
     int64_t tomb = -1, r = -1;
     for (;;) {
       const int32_t v = j.s[p];
@@ -136,7 +140,7 @@ void insert_misses(MapJob& j, int32_t st) {
         r = v;  // inserted earlier in this batch
         break;
       }
-      p = (p + 1) & m;
+      p = next_slot(p, j.ns);
     }
     if (r < 0) {
       r = j.taken < j.n_recycled ? j.recycled[j.taken] : j.next_unused + j.taken - j.n_recycled;
@@ -153,21 +157,20 @@ void insert_misses(MapJob& j, int32_t st) {
 
 // find() of one job over keys [b, e), without a parallel region of its own.
 void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
-  const uint64_t m = static_cast<uint64_t>(j.mask);
   constexpr int64_t kA = 16;
   for (int64_t i = b; i < e; ++i) {
     if (i + 2 * kA < e) {
-      __builtin_prefetch(j.s + ((static_cast<uint64_t>(j.k[i + 2 * kA]) * kFib) >> j.shift));
+      __builtin_prefetch(j.s + home(static_cast<uint64_t>(j.k[i + 2 * kA]), j.ns));
     }
     if (i + kA < e) {
-      const int32_t v = j.s[(static_cast<uint64_t>(j.k[i + kA]) * kFib) >> j.shift];
+      const int32_t v = j.s[home(static_cast<uint64_t>(j.k[i + kA]), j.ns)];
       if (v >= 0) {
         __builtin_prefetch(j.rk + v);
         if (j.last) __builtin_prefetch(j.last + v, 1);
       }
     }
     const uint64_t key = static_cast<uint64_t>(j.k[i]);
-    uint64_t p = (key * kFib) >> j.shift;
+    uint64_t p = home(key, j.ns);
     int64_t r = -1;
     for (;;) {
       const int32_t v = j.s[p];
@@ -177,7 +180,7 @@ void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
         if (j.last) j.last[v] = st;
         break;
       }
-      p = (p + 1) & m;
+      p = next_slot(p, j.ns);
     }
     j.out[i] = r;
   }
@@ -224,12 +227,11 @@ void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
 // Rows found or given get row_last[row] = step when row_last is non-empty.
 // Returns (rows int64 [n], rows taken, deleted slots reused).
 std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
-    torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, int64_t shift, int64_t mask,
-    torch::Tensor row_last, int64_t step, torch::Tensor recycled, int64_t next_unused,
-    int64_t n_free) {
+    torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor row_last,
+    int64_t step, torch::Tensor recycled, int64_t next_unused, int64_t n_free) {
   auto out = torch::empty({keys.numel()}, torch::kInt64);
-  std::vector<MapJob> jobs{make_job(slots, row_key, keys, shift, mask, row_last, recycled,
-                                    next_unused, n_free, out)};
+  std::vector<MapJob> jobs{
+      make_job(slots, row_key, keys, row_last, recycled, next_unused, n_free, out)};
   run_jobs(jobs, static_cast<int32_t>(step));
   return {out, jobs[0].taken, jobs[0].reused};
 }
@@ -238,21 +240,20 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
 // table i's); returns (rows per table, rows taken per table, reused per table).
 std::tuple<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>>
 find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor> row_key,
-                    std::vector<torch::Tensor> keys, std::vector<int64_t> shift,
-                    std::vector<int64_t> mask, std::vector<torch::Tensor> row_last, int64_t step,
+                    std::vector<torch::Tensor> keys, std::vector<torch::Tensor> row_last, int64_t step,
                     std::vector<torch::Tensor> recycled, std::vector<int64_t> next_unused,
                     std::vector<int64_t> n_free) {
   const size_t t = keys.size();
-  TORCH_CHECK(slots.size() == t && row_key.size() == t && shift.size() == t &&
-                  mask.size() == t && row_last.size() == t && recycled.size() == t &&
+  TORCH_CHECK(slots.size() == t && row_key.size() == t && row_last.size() == t &&
+                  recycled.size() == t &&
                   next_unused.size() == t && n_free.size() == t,
               "find_or_insert_many: lists of different lengths");
   std::vector<torch::Tensor> outs;
   std::vector<MapJob> jobs;
   for (size_t i = 0; i < t; ++i) {
     outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
-    jobs.push_back(make_job(slots[i], row_key[i], keys[i], shift[i], mask[i], row_last[i],
-                            recycled[i], next_unused[i], n_free[i], outs.back()));
+    jobs.push_back(make_job(slots[i], row_key[i], keys[i], row_last[i], recycled[i],
+                            next_unused[i], n_free[i], outs.back()));
   }
   run_jobs(jobs, static_cast<int32_t>(step));
   std::vector<int64_t> taken, reused;
