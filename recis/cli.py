@@ -7,6 +7,8 @@ recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
+recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K]
+recis serve DIR [--port P] [--host H]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
 (2: recis's own errors and bad arguments, 1: anything else, named by its type, 130:
@@ -95,7 +97,38 @@ def _parser() -> argparse.ArgumentParser:
     _add_split(sub)
     _add_vocab(sub)
     _add_prune(sub)
+    _add_serving(sub)
     return p
+
+
+def _add_serving(sub: argparse._SubParsersAction) -> None:
+    """``recis export`` and ``recis serve``: see recis.export, recis.serve, docs/serving.md."""
+    help = "export a trained run as the next published version of an export folder"
+    ep = sub.add_parser("export", help=help, description=help)
+    ep.add_argument("run_dir", help="trained run directory (config.yaml, checkpoints/)")
+    ep.add_argument("--out", required=True, help="export folder (versions, latest)")
+    ep.add_argument("--format", choices=["export", "torchscript", "onnx"], default="export")
+    ep.add_argument("--int8-embeddings", action="store_true", help="row-wise INT8 tables")
+    ep.add_argument("--keep", type=int, help="keep this many newest versions")
+    ep.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
+    help = "serve the latest READY version of an export folder over HTTP"
+    sp = sub.add_parser("serve", help=help, description=help)
+    sp.add_argument("out", help="export folder (written by recis export)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--poll", type=float, default=1.0, help="seconds between looks at latest")
+
+
+def _serving(args: argparse.Namespace) -> None:
+    if args.command == "serve":
+        from recis.serve import serve
+
+        serve(args.out, args.host, args.port, args.poll)
+        return
+    from recis.export import ExportOptions, export_run
+
+    options = ExportOptions(args.format, args.int8_embeddings, args.keep, args.checkpoint)
+    print(f"published {export_run(args.run_dir, args.out, options)}")
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
@@ -307,6 +340,9 @@ def _main(argv: list[str]) -> int:
             return 0
         if args.command == "split":
             _split(args)
+            return 0
+        if args.command in ("export", "serve"):  # issue 21
+            _serving(args)
             return 0
         if args.command == "doctor":
             from recis.doctor import main as doctor

@@ -1,0 +1,117 @@
+"""``recis export RUN_DIR --out DIR``: a trained run -> a published, self-describing version.
+
+A version folder holds ``tables.safetensors`` (:mod:`recis.export.tables`), the dense graph
+(:mod:`recis.export.dense`) and ``manifest.json``: the input schema (columns, feature
+transforms, nan policy), the tasks, the tables, the format, library versions, the source
+run and checkpoint, and the size and sha256 of every other file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recis.config import to_dict
+from recis.errors import CheckpointError, ConfigError
+from recis.train.checkpoint import file_entry, write_file
+
+from .dense import FILES, FORMATS, dense_module, save_dense
+from .publish import publish
+from .source import load_run
+from .tables import TableInfo, pack_tables, save_tables
+
+MANIFEST = "manifest.json"
+TABLES = "tables.safetensors"
+FORMAT_NAME = "recis-export"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ExportOptions:
+    """What ``recis export`` writes: ``fmt`` one of :data:`~recis.export.dense.FORMATS`."""
+
+    fmt: str = "export"
+    int8: bool = False
+    keep: int | None = None
+    checkpoint: str | None = None
+
+
+def _versions() -> dict[str, str]:
+    import recis
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out["recis"] = getattr(recis, "__version__", "0.1.0")
+    return out
+
+
+def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[str, Any]:
+    """Write one version's files into ``folder`` (manifest last); returns the manifest."""
+    if options.fmt not in FORMATS:
+        raise ConfigError(f"--format: {options.fmt!r} is not one of {', '.join(FORMATS)}")
+    cfg, trainer, ckpt, step = load_run(run_dir, options.checkpoint)
+    model = trainer.model
+    dense = dense_module(model)  # refuses what does not export before any file is written
+    tensors, infos = pack_tables(model.sparse_arch, options.int8)
+    save_tables(folder / TABLES, tensors)
+    schema = cfg.data.schema_
+    features = [f.name for f in schema.sparse]
+    # an example batch of 2 rows: the graph's input shapes (the batch dimension is dynamic)
+    example = (
+        torch.zeros(2, schema.dense_dim),
+        torch.zeros(2, len(features), infos[0].dim if infos else 0),
+    )
+    save_dense(dense, options.fmt, folder / FILES[options.fmt], example)
+    tasks = [{"name": t.name, "loss": t.loss} for t in cfg.train.tasks] or [
+        {"name": lab.name, "loss": "bce"} for lab in schema.labels
+    ]
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": to_dict(cfg)["model"]["name"],
+        "graph": {"format": options.fmt, "file": FILES[options.fmt]},
+        "int8_embeddings": options.int8,
+        "tasks": tasks,
+        "schema": to_dict(cfg)["data"]["schema"],
+        "nan_policy": cfg.data.nan_policy,
+        "sparse_features": features,
+        "tables": [dataclasses.asdict(t) for t in infos],
+        "source": {"run_dir": str(run_dir), "checkpoint": str(ckpt), "step": step},
+        "versions": _versions(),
+    }
+    manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.iterdir())}
+    write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
+def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions) -> Path:
+    """Export ``run_dir`` and publish it as the next version of ``out``; its folder."""
+    return publish(out, lambda folder: write_version(folder, Path(run_dir), options), options.keep)
+
+
+def read_manifest(version_dir: Path, check_files: bool = True) -> dict[str, Any]:
+    """The manifest of ``version_dir``, its files checked against their sizes and sha256."""
+    path = version_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable export manifest: {err}") from None
+    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a recis export manifest (version {FORMAT_VERSION})")
+    if check_files:
+        for name, want in manifest["files"].items():
+            f = version_dir / name
+            if not f.is_file() or file_entry(f) != want:
+                raise CheckpointError(f"{f}: missing or differs from {MANIFEST} (sha256/size)")
+    return manifest
+
+
+def table_infos(manifest: dict[str, Any]) -> list[TableInfo]:
+    return [TableInfo(**t) for t in manifest["tables"]]

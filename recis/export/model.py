@@ -1,0 +1,84 @@
+"""A published version loaded for scoring: rows in the training schema -> scores per task.
+
+Rows go through recis.io's own validation and conversion (:func:`recis.io.to_batch`: the
+same feature transforms, string hashing and null fills as training); the sparse ids through
+the exported tables (:class:`~recis.export.tables.TableLookup`), the rest through the
+exported dense graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recis.config_base import validate
+from recis.errors import DataError
+from recis.features import Schema
+from recis.io import Batch, to_batch
+
+from .dense import load_dense
+from .exporter import TABLES, read_manifest, table_infos
+from .tables import TableLookup
+
+
+class ServingModel:
+    """One loaded version (``version_dir``; its files checked against the manifest)."""
+
+    def __init__(self, version_dir: str | Path) -> None:
+        self.path = Path(version_dir)
+        self.version = self.path.name
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        schema = validate(Schema, m["schema"], prefix="schema")
+        # requests carry no labels: the same schema without them
+        self.schema = dataclasses.replace(schema, labels=[])
+        self.tasks: list[dict[str, str]] = m["tasks"]
+        self.nan_policy: str = m["nan_policy"]
+        self.tables = TableLookup(self.path / TABLES, table_infos(m), m["sparse_features"])
+        self.graph = load_dense(m["graph"]["format"], self.path / m["graph"]["file"])
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns a request row may carry (the schema's, labels excluded)."""
+        return self.schema.columns
+
+    @torch.no_grad()
+    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
+        """``{task: [B]}``: the probability for BCE tasks, the raw output otherwise."""
+        pooled = self.tables.pooled(batch.sparse)  # [B, F, D]
+        logits = self.graph(batch.dense.float(), pooled)  # [B, T]
+        out = {}
+        for i, t in enumerate(self.tasks):
+            x = logits[:, i]
+            out[t["name"]] = (torch.sigmoid(x) if t["loss"] == "bce" else x).numpy()
+        return out
+
+    def table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """JSON rows -> an Arrow table of the schema's columns (a column no row has is
+        absent, and refused by name by the validation; a key not in the schema is ignored
+        like an extra column of a data file)."""
+        arrays, names = [], []
+        for col in self.columns:
+            values = [r.get(col) for r in rows]
+            if all(v is None for v in values) and not any(col in r for r in rows):
+                continue
+            try:
+                arrays.append(pa.array(values))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
+                raise DataError(
+                    f"values of mixed or unsupported types ({err})", column=col
+                ) from None
+            names.append(col)
+        return pa.table(arrays, names=names)
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Scores of JSON rows in the training schema; DataError names the bad column/row."""
+        if not rows:
+            return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
+        batch = to_batch(self.table(rows), self.schema, "request", nan_policy=self.nan_policy)
+        return self.score_batch(batch)

@@ -1,0 +1,153 @@
+"""Embedding tables of an export: packed from a trained collection, looked up at serving.
+
+One safetensors file ``tables.safetensors`` holds, for each table ``t``:
+
+- ``t.ids`` int64 ``[N]``: the live ids, sorted (the id -> row map's keys);
+- ``t.rows`` int64 ``[N]``: the row of each id in ``t.weights`` (the map's values);
+- ``t.weights`` ``[R, D]``: fp32 rows; row 0 is the fallback row that ids without a row read
+  (as in training: unknown or not admitted ids), or, with INT8, ``t.q`` uint8 ``[R, D]`` and
+  ``t.scale`` / ``t.bias`` fp16 ``[R]`` (row-wise: ``w = q * scale + bias``).
+
+A ``mapper: none`` table stores its whole weight matrix and no ids (ids are rows).
+
+Shapes: ``N`` live ids, ``R`` stored rows, ``D`` dim, ``B`` batch, ``F`` features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recis.embedding import HashedEmbeddingCollection
+from recis.errors import ConfigError, DataError
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise asymmetric INT8: ``[R, D]`` fp32 -> (q uint8 ``[R, D]``, scale, bias fp16
+    ``[R]``); ``dequantize_rows`` gives back ``w`` within ``scale / 2`` per value (plus the
+    fp16 rounding of scale and bias)."""
+    lo = w.min(dim=1).values.half()
+    hi = w.max(dim=1).values
+    # scale and bias as stored (fp16), so the codes are chosen against what is read back
+    scale = ((hi - lo.float()) / 255.0).half()
+    safe = torch.where(scale.float() > 0, scale.float(), torch.ones_like(hi))
+    q = torch.round((w - lo.float()[:, None]) / safe[:, None]).clamp_(0, 255).to(torch.uint8)
+    return q, scale, lo
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``[R, D]`` fp32 rows from :func:`quantize_rows`'s codes."""
+    return q.float() * scale.float()[:, None] + bias.float()[:, None]
+
+
+@dataclass
+class TableInfo:
+    """What the manifest says of one table."""
+
+    name: str
+    dim: int
+    pooling: str  # sum | mean
+    mapped: bool  # ids go through the id -> row map (mapper: hash), else ids are rows
+    features: list[str]
+    ids: int  # live ids (mapped) or rows (not mapped)
+
+
+def pack_tables(
+    ec: HashedEmbeddingCollection, int8: bool = False
+) -> tuple[dict[str, torch.Tensor], list[TableInfo]]:
+    """The tensors of ``tables.safetensors`` and each table's manifest entry, from the
+    collection's public row API (``live_rows``, ``export_embeddings``' layout)."""
+    out: dict[str, torch.Tensor] = {}
+    infos: list[TableInfo] = []
+    state = ec.state_dict()
+    for name, cfg in ec.tables.items():
+        if cfg.pooling == "none":
+            raise ConfigError(
+                f"model.tables.{name}.pooling: 'none' (sequence) tables do not export"
+            )
+        mapped = name in ec.mappers
+        if mapped:
+            rows = ec.live_rows(name)
+            ids, order = torch.sort(rows["ids"])
+            fallback = state[f"fallback_{name}"].float().cpu()
+            weights = torch.cat([fallback[None], rows["weights"].float()[order]])
+            out[f"{name}.ids"] = ids.contiguous()
+            out[f"{name}.rows"] = torch.arange(1, len(ids) + 1, dtype=torch.int64)
+        else:
+            weights = _direct_weights(ec, name)
+            ids = torch.arange(weights.shape[0])
+        if int8:
+            q, scale, bias = quantize_rows(weights)
+            out.update({f"{name}.q": q, f"{name}.scale": scale, f"{name}.bias": bias})
+        else:
+            out[f"{name}.weights"] = weights.contiguous()
+        feats = ec.where_features(name)
+        infos.append(TableInfo(name, cfg.dim, cfg.pooling, mapped, list(feats), len(ids)))
+    return out, infos
+
+
+def _direct_weights(ec: HashedEmbeddingCollection, name: str) -> torch.Tensor:
+    """All rows of a ``mapper: none`` table, through ``export_embeddings`` (the only public
+    reader of unmapped weights): written to a scratch file and read back."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "all.safetensors"
+        ec.export_embeddings(path)
+        return load_file(str(path))[f"{name}.weights"].float()
+
+
+class TableLookup:
+    """Serving-side tables: raw ids in, pooled embeddings ``[B, F, D]`` out (features in the
+    given order), the way the trained collection looks them up in eval mode."""
+
+    def __init__(self, path: str | Path, infos: list[TableInfo], features: list[str]) -> None:
+        tensors = load_file(str(path))
+        self.infos = {t.name: t for t in infos}
+        self.table_of = {f: t.name for t in infos for f in t.features}
+        self.features = features
+        self.weights: dict[str, torch.Tensor] = {}
+        self.ids: dict[str, torch.Tensor] = {}
+        for t in infos:
+            if f"{t.name}.weights" in tensors:
+                self.weights[t.name] = tensors[f"{t.name}.weights"]
+            else:
+                q, s, b = (tensors[f"{t.name}.{k}"] for k in ("q", "scale", "bias"))
+                self.weights[t.name] = dequantize_rows(q, s, b)
+            if t.mapped:
+                self.ids[t.name] = tensors[f"{t.name}.ids"]
+
+    def rows(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``[N]`` of ``ids`` ``[N]``: ids without a row read row 0 (the fallback)."""
+        keys = self.ids.get(table)
+        if keys is None:  # mapper: none
+            n = self.weights[table].shape[0]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+                raise DataError(f"ids must be in [0, {n}) (mapper: none)", column=table)
+            return ids
+        if not len(keys):
+            return torch.zeros_like(ids)
+        pos = torch.searchsorted(keys, ids).clamp_(max=len(keys) - 1)
+        return torch.where(keys[pos] == ids, pos + 1, torch.zeros_like(pos))
+
+    def pooled(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        """``[B, F, D]`` pooled embeddings of the KJT's features (sum or mean per table)."""
+        jt = kjt.to_dict()
+        out = []
+        for f in self.features:
+            t = self.table_of[f]
+            j = jt[f]
+            offsets = j.offsets()
+            mode = "mean" if self.infos[t].pooling == "mean" else "sum"
+            idx = self.rows(t, j.values().to(torch.int64))
+            out.append(F.embedding_bag(idx, self.weights[t], offsets[:-1], mode=mode))
+        return torch.stack(out, dim=1)
+
+
+def save_tables(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file(tensors, str(path))

@@ -1,0 +1,137 @@
+"""``recis serve DIR``: the latest READY version of an export folder behind HTTP.
+
+``GET /health`` -> ``{"status": "ok", "version": "v000002"}``;
+``POST /score`` with ``{"rows": [{column: value, ...}, ...]}`` (rows in the training data's
+schema: raw ids and strings, dense values before their transforms) ->
+``{"version": ..., "scores": {task: [score per row]}}``. A bad request is a 4xx whose JSON
+``{"error": ..., "field": ...}`` names the field at fault.
+
+A watcher thread polls ``DIR/latest``; a new version is loaded (its files checked against
+its manifest) beside the serving one and swapped in by one reference assignment: requests
+in flight finish on the version they started with, none fails during the swap. A version
+without ``READY``, or one that fails to load, is not taken: the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from recis.errors import CheckpointError, DataError, RecisError
+from recis.export.model import ServingModel
+from recis.export.publish import is_ready, read_latest, versions
+
+log = logging.getLogger("recis.serve")
+
+
+class ModelHolder:
+    """The serving version of ``out``, replaced when ``latest`` names a new READY one."""
+
+    def __init__(self, out: str | Path, poll_s: float = 1.0) -> None:
+        self.out = Path(out)
+        self.poll_s = poll_s
+        self.skipped: set[str] = set()  # versions refused (not READY / broken): logged once
+        self.model = self._first()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="recis-serve-watch", daemon=True)
+
+    def _first(self) -> ServingModel:
+        """``latest`` if READY and loadable, else the newest READY version that loads."""
+        latest = read_latest(self.out)
+        names = [n for n in reversed(versions(self.out)) if is_ready(self.out / n)]
+        if latest in names:
+            names.remove(latest)
+            names.insert(0, latest)
+        for name in names:
+            try:
+                return ServingModel(self.out / name)
+            except RecisError as err:
+                log.warning("skipping %s: %s", name, err)
+        raise CheckpointError(f"{self.out}: no READY export version to serve")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> bool:
+        """Swap to the version ``latest`` names if it is new, READY and loads; True if swapped."""
+        name = read_latest(self.out)
+        if name is None or name == self.model.version or name in self.skipped:
+            return False
+        if not is_ready(self.out / name):
+            return False  # not yet (or never): the previous version keeps serving
+        try:
+            model = ServingModel(self.out / name)
+        except (RecisError, OSError) as err:
+            self.skipped.add(name)
+            log.warning("not serving %s: %s", name, err)
+            return False
+        self.model = model  # one assignment: requests hold the version they started with
+        log.warning("serving %s", name)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception as err:  # the watcher must outlive a bad publish
+                log.warning("watch: %s: %s", type(err).__name__, err)
+
+
+def _bad(status: int, error: str, field: str | None) -> JSONResponse:
+    return JSONResponse({"error": error, "field": field}, status_code=status)
+
+
+def create_app(holder: ModelHolder) -> FastAPI:
+    """The HTTP API over ``holder``'s serving version."""
+    app = FastAPI(title="recis serve")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        m = holder.model
+        return {"status": "ok", "version": m.version, "tasks": [t["name"] for t in m.tasks]}
+
+    @app.post("/score")
+    async def score(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad(400, "the body is not JSON", None)
+        rows = body.get("rows") if isinstance(body, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return _bad(422, "'rows' must be a list of objects (one per row)", "rows")
+        model = holder.model  # this request's version, whatever is swapped in meanwhile
+        try:
+            scores = await _in_thread(model.score_rows, rows)
+        except DataError as err:
+            return _bad(422, str(err), err.column)
+        out = {k: v.tolist() for k, v in scores.items()}
+        return JSONResponse({"version": model.version, "scores": out})
+
+    return app
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8000, poll_s: float = 1.0) -> None:
+    """Serve ``out`` until interrupted (uvicorn, one process)."""
+    import uvicorn
+
+    holder = ModelHolder(out, poll_s)
+    holder.start()
+    print(f"recis serve: {holder.model.version} of {out} on http://{host}:{port}", flush=True)
+    try:
+        uvicorn.run(create_app(holder), host=host, port=port, log_level="warning")
+    finally:
+        holder.stop()
