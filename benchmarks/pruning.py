@@ -225,14 +225,26 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--models", nargs="+", default=["text", "hhft"])
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="use the runs' newest checkpoints")
+    p.add_argument("--big-only", action="store_true", help="only time the ~100M model")
     p.add_argument("--latency-runs", type=int, default=20)
     p.add_argument("--big", action="store_true", help="also time pruning a ~100M model")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.big_only:
+        print(
+            json.dumps(
+                {"load_before": os.getloadavg()[0], **time_big(), "load_after": os.getloadavg()[0]}
+            )
+        )
+        return
     prepare(work)
     cfgs = configs(work, args.epochs)
-    runs = {name: train(work, name, cfgs[name]) for name in args.models}
+    if args.no_train:
+        runs = {name: Path(cfgs[name]["run_dir"]) for name in args.models}
+    else:
+        runs = {name: train(work, name, cfgs[name]) for name in args.models}
     if args.train_only:
         return
     result: dict[str, Any] = {"load_before": os.getloadavg()[0]}
