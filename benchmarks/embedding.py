@@ -346,6 +346,7 @@ def main() -> None:
     p.add_argument("--memory-rows", type=int, default=1_000_000)
     p.add_argument("--cliff-sizes", default="700000,760000", help="rows around 2^20 * 0.7")
     p.add_argument("--skip", default="", help="comma list of: steps,busy,mapper,mch,memory")
+    p.add_argument("--mapper-threads", default="all", help="threads of the mapper part")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     cores = usable_cores()
@@ -367,7 +368,11 @@ def main() -> None:
         result.update(bench_busy(args, os.sched_getaffinity(0)))
         show(result, "busy_slowdown")
     if "mapper" not in skip:
+        mt = cores if args.mapper_threads == "all" else int(args.mapper_threads)
+        torch.set_num_threads(mt)
+        result["mapper_threads"] = mt
         result.update(bench_mapper(args))
+        torch.set_num_threads(cores)
         show(result, "mapper_")
     if "mch" not in skip:
         result.update(bench_mch(args))
