@@ -195,7 +195,9 @@ class GRPOStage(TrainerArgs):
     sampling: groups whose rollouts are all right or all wrong are dropped (``drop``) or keep
     ``downweight`` of their weight in the loss (``none``: trl's plain GRPO). ``batch_size``
     counts completions per step (a multiple of ``num_generations``); ``pool``: train on the
-    first ``pool`` examples only."""
+    first ``pool`` examples only; ``prefilter: N``: before training, sample N completions per
+    example from the start model and keep only the examples it gets sometimes right and
+    sometimes wrong (the offline side of dynamic sampling; plain ``grpo`` stages only)."""
 
     kind: Literal["grpo"] = "grpo"
     num_generations: int = Field(default=8, ge=2)
@@ -205,6 +207,7 @@ class GRPOStage(TrainerArgs):
     dynamic_sampling: Literal["drop", "downweight", "none"] = "drop"
     downweight: float = Field(default=0.1, ge=0, le=1)
     pool: int | None = Field(default=None, ge=1)
+    prefilter: int | None = Field(default=None, ge=2)
 
 
 @dataclass(config=STRICT)
@@ -297,6 +300,8 @@ class RelevanceLLMConfig:
                     f"stages.{i}.batch_size: {stage.batch_size} completions per step is no "
                     f"multiple of num_generations {stage.num_generations}"
                 )
+            if isinstance(stage, GRPOStage) and stage.prefilter and stage.kind != "grpo":
+                raise ValueError(f"stages.{i}.prefilter: only for kind grpo")
             if isinstance(stage, DyKnowStage):
                 if self.retriever is None:
                     raise ValueError(f"stages.{i}: dyknow needs a retriever section")

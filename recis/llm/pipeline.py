@@ -44,7 +44,7 @@ from recis.llm.plots import plot_llm_run
 from recis.llm.retrieval import BM25Retriever
 from recis.llm.rewards import StepReward
 from recis.llm.scoring import level_probs, level_token_ids, relevance_metrics
-from recis.llm.stages import StageRun, run_dpo, run_grpo, run_sft, sft_rows
+from recis.llm.stages import StageRun, run_dpo, run_grpo, run_sft, sample, sft_rows
 from recis.llm.step_rm import train_step_rm
 from recis.llm.task import Example, RelevanceTask, load_examples
 from recis.train.runlog import RunLogger
@@ -228,7 +228,13 @@ class Pipeline:
             reward = StepReward(self.task, scorer, stage.verifier_weight)
             rm = [{**_numbers(h), "part": "step_rm"} for h in rm_history if "loss" in h]
             return rm + run_grpo(stage, run, pool, reward)
-        return run_grpo(stage, run, pools.first(self.train, stage.pool))
+        pool = pools.first(self.train, stage.pool)
+        if stage.prefilter:
+            model, tok = load_model(run.init, self.cfg.device), load_tokenizer(run.init)
+            prompts = [self.task.prompt_text(e, False) for e in pool]
+            outs = sample(model, tok, prompts, stage.prefilter, stage.max_completion_length)
+            pool = pools.mixed(pool, outs, self.task) or pool  # none mixed: keep them all
+        return run_grpo(stage, run, pool)
 
     def _start_probs(
         self, run: StageRun, examples: Sequence[Example], with_ctx: bool = False

@@ -1,6 +1,7 @@
 """Which examples an RL stage trains on, and in what order.
 
-- GRPO / AGRL: the first ``pool`` examples (all when unset), shuffled by trl.
+- GRPO / AGRL: the first ``pool`` examples (all when unset), shuffled by trl; with
+  ``prefilter: N`` (GRPO) only those the start model's N samples get partly right (:func:`mixed`).
 - DyKnow-RAG: prioritised by the start model's uncertainty (our reading of "RL pool
   prioritised by SFT uncertainty"): the entropy of its level distribution, highest first.
 - TaoSR-SHE: diversified filtering against entropy collapse (our reading: at most
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from recis.llm.task import Example
+from recis.llm.task import Example, RelevanceTask
 
 
 def first(examples: Sequence[Example], pool: int | None) -> list[Example]:
@@ -65,4 +66,17 @@ def curriculum(
         part = chosen[s : s + size]
         rng.shuffle(part)
         out.extend(part)
+    return out
+
+
+def mixed(
+    examples: Sequence[Example], samples: Sequence[Sequence[str]], task: RelevanceTask
+) -> list[Example]:
+    """TaoSR1's offline difficulty filter: the examples whose sampled completions
+    (``samples[i]``, pass@N) are neither all right nor all wrong."""
+    out = []
+    for e, outs in zip(examples, samples):
+        right = sum(task.parse_level(o) == e.label for o in outs)
+        if 0 < right < len(outs):
+            out.append(e)
     return out

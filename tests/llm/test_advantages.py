@@ -56,3 +56,15 @@ def test_guided_replay_picks_the_first_wrong_rollout_of_low_accuracy_groups():
     correct = torch.tensor([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0]).bool()  # acc 1/4, 3/4, 0
     assert replay_slots(correct, 4, below=0.5) == [0, 8]
     assert replay_slots(correct, 4, below=0.2) == [8]
+
+
+def test_offline_prefilter_keeps_examples_the_model_gets_partly_right():
+    from recis.llm.config import LevelsConfig, PromptConfig
+    from recis.llm.example import Example
+    from recis.llm.pools import mixed
+    from recis.llm.task import RelevanceTask
+
+    task = RelevanceTask(PromptConfig(rationale=False), LevelsConfig(names=["0", "1", "2"]))
+    exs = [Example("q", "t", label) for label in (0, 1, 2)]
+    samples = [["0", "0", "0"], ["1", "2", "x"], ["0", "1", "1"]]  # all right, mixed, all wrong
+    assert mixed(exs, samples, task) == [exs[1]]

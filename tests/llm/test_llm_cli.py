@@ -21,7 +21,8 @@ data: {{train: {tiny.train_file}, eval: {tiny.eval_file}, attributes: [brand], m
 levels: {{names: ["0", "1", "2", "3"], relevant_from: 2}}
 stages:
   - {{kind: sft, max_steps: 2, batch_size: 4, learning_rate: 1.0e-3, logging_steps: 1}}
-  - {{kind: grpo, max_steps: 1, batch_size: 4, num_generations: 4, max_completion_length: 6}}
+  - {{kind: grpo, max_steps: 1, batch_size: 4, num_generations: 4, max_completion_length: 6,
+      prefilter: 2, pool: 8}}
 """
     )
     return cfg, run_dir

@@ -38,6 +38,7 @@ def test_stages_chain_and_get_names():
         ({"stages": [{"kind": "sft", "init": "dpo"}]}, "stages.0.init"),
         ({"levels": {"names": ["a", "b"], "relevant_from": 2}}, "relevant_from"),
         ({"device": "tpu"}, "device"),
+        ({"stages": [{"kind": "agrl", "prefilter": 4}]}, "stages.0.prefilter"),
     ],
 )
 def test_bad_configs_name_the_field(change, message):
