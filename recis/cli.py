@@ -7,7 +7,7 @@ recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
-recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K]
+recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
 recis serve DIR [--port P] [--host H]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
@@ -111,6 +111,7 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--int8-embeddings", action="store_true", help="row-wise INT8 tables")
     ep.add_argument("--keep", type=int, help="keep this many newest versions")
     ep.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
+    ep.add_argument("--delta", action="store_true", help="only rows changed since latest")
     help = "serve the latest READY version of an export folder over HTTP"
     sp = sub.add_parser("serve", help=help, description=help)
     sp.add_argument("out", help="export folder (written by recis export)")
@@ -127,7 +128,9 @@ def _serving(args: argparse.Namespace) -> None:
         return
     from recis.export import ExportOptions, export_run
 
-    options = ExportOptions(args.format, args.int8_embeddings, args.keep, args.checkpoint)
+    options = ExportOptions(
+        args.format, args.int8_embeddings, args.keep, args.checkpoint, delta=args.delta
+    )
     print(f"published {export_run(args.run_dir, args.out, options)}")
 
 

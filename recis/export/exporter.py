@@ -17,18 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from recis.config import to_dict
 from recis.errors import CheckpointError, ConfigError
 from recis.train.checkpoint import file_entry, write_file
 
+from .delta import apply_delta, make_delta
 from .dense import FILES, FORMATS, dense_module, save_dense
-from .publish import publish
+from .publish import is_ready, publish, read_latest
 from .source import load_run
 from .tables import TableInfo, pack_tables, save_tables
 
 MANIFEST = "manifest.json"
 TABLES = "tables.safetensors"
+DELTA = "delta.safetensors"
 FORMAT_NAME = "recis-export"
 FORMAT_VERSION = 1
 
@@ -41,6 +44,7 @@ class ExportOptions:
     int8: bool = False
     keep: int | None = None
     checkpoint: str | None = None
+    delta: bool = False  # only the rows changed since the version ``latest`` names
 
 
 def _versions() -> dict[str, str]:
@@ -59,7 +63,7 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
     model = trainer.model
     dense = dense_module(model)  # refuses what does not export before any file is written
     tensors, infos = pack_tables(model.sparse_arch, options.int8)
-    save_tables(folder / TABLES, tensors)
+    delta = _write_tables(folder, tensors, infos, options)
     schema = cfg.data.schema_
     features = [f.name for f in schema.sparse]
     # an example batch of 2 rows: the graph's input shapes (the batch dimension is dynamic)
@@ -84,11 +88,51 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         "sparse_features": features,
         "tables": [dataclasses.asdict(t) for t in infos],
         "source": {"run_dir": str(run_dir), "checkpoint": str(ckpt), "step": step},
+        "delta": delta,
         "versions": _versions(),
     }
     manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.iterdir())}
     write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
+
+
+def _write_tables(
+    folder: Path, tensors: dict[str, torch.Tensor], infos: list[TableInfo], options: ExportOptions
+) -> dict[str, Any] | None:
+    """Write ``tables.safetensors``, or with ``options.delta`` ``delta.safetensors`` against
+    the version ``latest`` names (``folder`` is being written inside the export folder);
+    the manifest's ``delta`` entry (None for a full export)."""
+    if not options.delta:
+        save_tables(folder / TABLES, tensors)
+        return None
+    out = folder.parent
+    base = read_latest(out)
+    if base is None or not is_ready(out / base):
+        raise ConfigError(f"--delta: {out} has no READY latest version to be the delta's base")
+    base_manifest = read_manifest(out / base)
+    if base_manifest["int8_embeddings"] != options.int8:
+        raise ConfigError(
+            f"--delta: base {base} has int8_embeddings={base_manifest['int8_embeddings']}: "
+            "a delta keeps its base's encoding (export a full version)"
+        )
+    delta, rows = make_delta(load_tables(out / base, base_manifest), tensors, infos)
+    save_tables(folder / DELTA, delta)
+    return {"base": base, "rows": rows}
+
+
+def load_tables(
+    version_dir: Path, manifest: dict[str, Any], depth: int = 0
+) -> dict[str, torch.Tensor]:
+    """The full table tensors of a version: its ``tables.safetensors``, or its base's
+    (recursively, each base READY and checked against its manifest) with its delta applied."""
+    delta = manifest.get("delta")
+    if not delta:
+        return load_file(str(version_dir / TABLES))
+    base_dir = version_dir.parent / delta["base"]
+    if depth > 100 or not is_ready(base_dir):
+        raise CheckpointError(f"{version_dir}: the delta's base {base_dir} is missing or not READY")
+    base = load_tables(base_dir, read_manifest(base_dir), depth + 1)
+    return apply_delta(base, load_file(str(version_dir / DELTA)), table_infos(manifest))
 
 
 def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions) -> Path:

@@ -22,7 +22,7 @@ from recis.features import Schema
 from recis.io import Batch, to_batch
 
 from .dense import load_dense
-from .exporter import TABLES, read_manifest, table_infos
+from .exporter import load_tables, read_manifest, table_infos
 from .tables import TableLookup
 
 
@@ -39,7 +39,8 @@ class ServingModel:
         self.schema = dataclasses.replace(schema, labels=[])
         self.tasks: list[dict[str, str]] = m["tasks"]
         self.nan_policy: str = m["nan_policy"]
-        self.tables = TableLookup(self.path / TABLES, table_infos(m), m["sparse_features"])
+        tensors = load_tables(self.path, m)
+        self.tables = TableLookup(tensors, table_infos(m), m["sparse_features"])
         self.graph = load_dense(m["graph"]["format"], self.path / m["graph"]["file"])
 
     @property

@@ -122,8 +122,28 @@ def prune_versions(out: Path, keep: int) -> list[str]:
     if keep < 1:
         raise OutputError(f"--keep: {keep}: must keep at least 1 version")
     current = read_latest(out)
-    old = versions(out)[:-keep]
-    removed = [n for n in old if n != current]
+    kept = versions(out)[-keep:]
+    needed = {*kept, *([current] if current else [])}
+    for name in list(needed):  # the bases that kept delta versions are applied to
+        needed |= _bases(out, name)
+    removed = [n for n in versions(out)[:-keep] if n not in needed]
     for n in removed:
         shutil.rmtree(out / n, ignore_errors=True)
     return removed
+
+
+def _bases(out: Path, name: str) -> set[str]:
+    """The versions that version ``name`` is a delta of (directly or through others)."""
+    import json
+
+    found: set[str] = set()
+    while len(found) < 1000:
+        try:
+            delta = json.loads((out / name / "manifest.json").read_text()).get("delta")
+        except (OSError, ValueError):
+            return found
+        if not delta or delta.get("base") in found:
+            return found
+        name = str(delta["base"])
+        found.add(name)
+    return found

@@ -106,8 +106,9 @@ class TableLookup:
     """Serving-side tables: raw ids in, pooled embeddings ``[B, F, D]`` out (features in the
     given order), the way the trained collection looks them up in eval mode."""
 
-    def __init__(self, path: str | Path, infos: list[TableInfo], features: list[str]) -> None:
-        tensors = load_file(str(path))
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], infos: list[TableInfo], features: list[str]
+    ) -> None:
         self.infos = {t.name: t for t in infos}
         self.table_of = {f: t.name for t in infos for f in t.features}
         self.features = features

@@ -30,6 +30,7 @@ def dlrm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "threads=1",
         "train.progress=false",
         "train.max_steps=8",
+        "train.checkpoint_every=4",
     ]
     args = [a for s in small for a in ("--set", s)]
     threads = torch.get_num_threads()

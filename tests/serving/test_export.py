@@ -121,3 +121,37 @@ def test_sigkill_during_publish_keeps_latest(dlrm_run: Path, tmp_path: Path) -> 
     v3 = export_run(dlrm_run, out, ExportOptions(fmt="torchscript"))
     assert v3.name == "v000003" and read_latest(out) == "v000003"
     ServingModel(v3)
+
+
+def test_delta_applied_equals_full_export(dlrm_run: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from recis.export.exporter import load_tables
+
+    out = tmp_path / "out"
+    step4 = str(dlrm_run / "checkpoints" / "step-00000004")
+    v1 = export_run(dlrm_run, out, ExportOptions(fmt="torchscript", checkpoint=step4))
+    v2 = export_run(dlrm_run, out, ExportOptions(fmt="torchscript", delta=True))
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    assert manifest["delta"]["base"] == "v000001" and "delta.safetensors" in manifest["files"]
+    assert "tables.safetensors" not in manifest["files"]
+    assert prune_versions(out, 1) == []  # v000001 is the base of the latest version
+    v3 = export_run(dlrm_run, out, ExportOptions(fmt="torchscript"))
+    full = load_file(str(v3 / "tables.safetensors"))
+    applied = load_tables(v2, manifest)
+    assert applied.keys() == full.keys()
+    for k in full:
+        assert torch.equal(applied[k], full[k]), k
+    # the delta carries fewer rows than the table (training touched some ids only)
+    base_ids = sum(int(t["ids"]) for t in json.loads((v1 / "manifest.json").read_text())["tables"])
+    assert (
+        0
+        < sum(manifest["delta"]["rows"].values())
+        < base_ids + sum(int(t["ids"]) for t in manifest["tables"])
+    )
+    rows = pq.read_table(dlrm_run.parent / "data" / "eval").slice(0, 32).to_pylist()
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    a, b = ServingModel(v2).score_rows(rows)["click"], ServingModel(v3).score_rows(rows)["click"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, ServingModel(v1).score_rows(rows)["click"])
