@@ -17,10 +17,13 @@ Rollouts arrive grouped: ``N = Q * G`` completions, the ``G`` of query ``q`` at 
   from the rollouts that read it, a chunk that misleads more from those that did without.
 - :func:`replay_slots`: TaoSR-AGRL's adaptive guided replay: in each group whose accuracy is
   below ``below``, the first wrong rollout is the slot the ground-truth completion replaces.
+- :func:`rule_advantages`: all of the above for one batch, as :class:`GroupRules` say (what the
+  trainer, recis.llm.grpo, puts in place of trl's advantages).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -89,3 +92,41 @@ def replay_slots(correct: torch.Tensor, group: int, below: float) -> list[int]:
         if c[q].float().mean().item() < below and not c[q].all():
             out.append(q * group + int((~c[q]).nonzero()[0, 0]))
     return out
+
+
+@dataclass(frozen=True)
+class GroupRules:
+    """What the GRPO trainer does to each rollout group.
+
+    Args:
+        group: rollouts per query (trl's ``num_generations``).
+        dynamic_sampling: difficulty filter mode (see difficulty_weights).
+        downweight: the weight of an all-right / all-wrong group under ``downweight``.
+        dual_context: DyKnow-RAG: two half groups, the second with the context chunk.
+        alpha, min_scale: DyKnow-RAG's inter-group scaling.
+        replay_below: TaoSR-AGRL: groups below this accuracy get the ground truth (None: off).
+    """
+
+    group: int
+    dynamic_sampling: Literal["drop", "downweight", "none"] = "drop"
+    downweight: float = 0.1
+    dual_context: bool = False
+    alpha: float = 1.0
+    min_scale: float = 0.2
+    replay_below: float | None = None
+
+
+def rule_advantages(
+    rewards: torch.Tensor, correct: torch.Tensor, rules: GroupRules, scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The advantages ``[N]`` (zero for a dropped group), the loss weights ``[N]`` of the
+    difficulty filter and DyKnow-RAG's per-query gap ``[Q]`` (None without two groups)."""
+    g, gap = rules.group, None
+    if rules.dual_context:
+        adv = dual_group_advantages(rewards, g, scale)
+        scales, gap = intergroup_scales(correct, g, rules.alpha, rules.min_scale)
+        adv = adv * scales
+    else:
+        adv = group_advantages(rewards, g, scale)
+    w = difficulty_weights(correct, g, rules.dynamic_sampling, rules.downweight)
+    return adv * (w > 0), w, gap

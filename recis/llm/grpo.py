@@ -19,42 +19,13 @@ correctness for the group rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from trl import GRPOTrainer
 
-from recis.llm.advantages import (
-    difficulty_weights,
-    dual_group_advantages,
-    group_advantages,
-    intergroup_scales,
-    replay_slots,
-)
+from recis.llm.advantages import GroupRules, replay_slots, rule_advantages
 from recis.llm.task import RelevanceTask
-
-
-@dataclass(frozen=True)
-class GroupRules:
-    """What the trainer does to each rollout group.
-
-    Args:
-        group: rollouts per query (trl's ``num_generations``).
-        dynamic_sampling: difficulty filter mode (see difficulty_weights).
-        downweight: the weight of an all-right / all-wrong group under ``downweight``.
-        dual_context: DyKnow-RAG: two half groups, the second with the context chunk.
-        alpha, min_scale: DyKnow-RAG's inter-group scaling.
-        replay_below: TaoSR-AGRL: groups below this accuracy get the ground truth (None: off).
-    """
-
-    group: int
-    dynamic_sampling: Literal["drop", "downweight", "none"] = "drop"
-    downweight: float = 0.1
-    dual_context: bool = False
-    alpha: float = 1.0
-    min_scale: float = 0.2
-    replay_below: float | None = None
 
 
 class RelevanceGRPOTrainer(GRPOTrainer):
@@ -93,33 +64,25 @@ class RelevanceGRPOTrainer(GRPOTrainer):
         return out
 
     def _apply_rules(self, out: dict[str, Any], per_func: torch.Tensor) -> None:
-        """Replace trl's advantages by the group rules' (single process: the batch is local)."""
+        """Replace trl's advantages, loss mask and token normaliser by the group rules'
+        (single process: the whole generation batch is local)."""
         g, mode = self.rules.group, "train" if self._training() else "eval"
-        weights = self.reward_weights.to(per_func.device)
-        rewards = torch.nan_to_num(per_func, nan=0.0) @ weights  # [N]
+        rewards = torch.nan_to_num(per_func, nan=0.0) @ self.reward_weights.to(per_func.device)
         correct = torch.nan_to_num(per_func[:, 0], nan=0.0) > 0.5
-        scale = self.scale_rewards != "none"
-        if self.rules.dual_context:
-            adv = dual_group_advantages(rewards, g, scale)
-            scales, gap = intergroup_scales(correct, g, self.rules.alpha, self.rules.min_scale)
-            adv = adv * scales.to(adv.device)
-            c = correct.float().reshape(-1, g)
-            self._metrics[mode]["dyknow/acc_without_context"].append(c[:, : g // 2].mean().item())
-            self._metrics[mode]["dyknow/acc_with_context"].append(c[:, g // 2 :].mean().item())
-            self._metrics[mode]["dyknow/gap"].append(gap.mean().item())
-        else:
-            adv = group_advantages(rewards, g, scale)
-        w = difficulty_weights(correct, g, self.rules.dynamic_sampling, self.rules.downweight)
-        w = w.to(adv.device)
-        keep = (w > 0).long()
-        mask = out["completion_mask"] * keep[:, None]
-        out["completion_mask"] = mask
-        out["advantages"] = adv * keep
-        tokens = (out["completion_mask"].sum(1).float() * w).sum()
+        adv, w, gap = rule_advantages(rewards, correct, self.rules, self.scale_rewards != "none")
+        keep = (w > 0).long().to(out["completion_mask"].device)
+        out["completion_mask"] = out["completion_mask"] * keep[:, None]
+        out["advantages"] = adv.to(out["completion_mask"].device)
+        tokens = (out["completion_mask"].sum(1).float() * w.to(keep.device)).sum()
         out["num_items_in_batch"] = tokens.clamp_min(1.0).to(out["num_items_in_batch"].dtype)
         self._metrics[mode]["groups/kept"].append(
             (w.reshape(-1, g)[:, 0] == 1).float().mean().item()
         )
+        if gap is not None:
+            c = correct.float().reshape(-1, g)
+            self._metrics[mode]["dyknow/acc_without_context"].append(c[:, : g // 2].mean().item())
+            self._metrics[mode]["dyknow/acc_with_context"].append(c[:, g // 2 :].mean().item())
+            self._metrics[mode]["dyknow/gap"].append(gap.mean().item())
 
     def _generate(self, prompts: list):  # noqa: ANN202
         result = list(super()._generate(prompts))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from recis.llm.advantages import GroupRules
 from recis.llm.config import (
     AGRLStage,
     DPOStage,
@@ -34,7 +35,7 @@ from recis.llm.config import (
     SHEStage,
     TrainerArgs,
 )
-from recis.llm.grpo import GroupRules, RelevanceGRPOTrainer
+from recis.llm.grpo import RelevanceGRPOTrainer
 from recis.llm.model import load_model, load_tokenizer
 from recis.llm.rewards import RewardFn, StepReward, label_reward, rule_reward
 from recis.llm.task import Example, RelevanceTask

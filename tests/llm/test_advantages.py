@@ -68,3 +68,23 @@ def test_offline_prefilter_keeps_examples_the_model_gets_partly_right():
     exs = [Example("q", "t", label) for label in (0, 1, 2)]
     samples = [["0", "0", "0"], ["1", "2", "x"], ["0", "1", "1"]]  # all right, mixed, all wrong
     assert mixed(exs, samples, task) == [exs[1]]
+
+
+def test_rule_advantages_for_two_context_groups_with_the_difficulty_filter():
+    from recis.llm.advantages import GroupRules, rule_advantages
+
+    # query 1 (mixed): without context 0/2 right, with 2/2 -> gap +1; query 2: all wrong
+    correct = torch.tensor([0, 0, 1, 1, 0, 0, 0, 0]).bool()
+    rewards = correct.float()
+    rules = GroupRules(
+        group=4, dual_context=True, alpha=0.5, min_scale=0.2, dynamic_sampling="drop"
+    )
+    adv, w, gap = rule_advantages(rewards, correct, rules, scale=False)
+    assert gap.tolist() == [1.0, 0.0]
+    assert w.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    # each half's rewards are uniform, so the within-group advantages are 0 in both halves
+    assert adv.tolist() == [0.0] * 8
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.5, 0, 0, 0, 0])  # shaped rewards within halves
+    adv, _, _ = rule_advantages(rewards, correct, rules, scale=False)
+    # half 1: (+0.5, -0.5) x (1 - 0.5 * 1) ; half 2: (+0.25, -0.25) x (1 + 0.5 * 1)
+    assert torch.allclose(adv, torch.tensor([0.25, -0.25, 0.375, -0.375, 0, 0, 0, 0]))
