@@ -21,6 +21,7 @@ from recis.ops.id_mapper import IdMapper, MapResult, map_many
 from recis.optim.spec import resolve_sparse
 
 from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
+from .lookup import LookupModule
 
 
 def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
@@ -30,35 +31,6 @@ def _group_key(t: TableConfig, opt: SparseOptimizerConfig) -> str:
         f"{t.pooling}{dim}_{t.dtype}_{opt.name}_lr{opt.lr:g}_eps{opt.eps:g}_wd{opt.weight_decay:g}"
         f"_b{opt.beta1:g}_{opt.beta2:g}"
     ).replace(".", "p")
-
-
-class LookupModule(nn.Module):
-    """An embedding module whose ``lookup(kjt)`` gives the pooled KeyedTensor (or None)
-    and the sequence JaggedTensors; ``forward`` and ``forward_sequences`` read one each."""
-
-    def lookup(self, kjt: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
-        raise NotImplementedError
-
-    @property
-    def sends_ahead(self) -> bool:
-        """Whether :meth:`prefetch` can start anything (the sharded hashed engine)."""
-        return False
-
-    def prefetch(self, kjt: KeyedJaggedTensor) -> bool:
-        """Start moving ``kjt``'s ids towards where they are looked up, before its
-        :meth:`lookup` (the next step's batch, during this step); False: nothing to do."""
-        return False
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled embeddings ``[B, sum of D]``, one key per pooled feature."""
-        kt, _ = self.lookup(kjt)
-        if kt is None:
-            raise EmbeddingError("no pooled tables: use forward_sequences or lookup")
-        return kt
-
-    def forward_sequences(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-        """``{feature: JaggedTensor}`` of per-id embeddings for pooling ``none`` tables."""
-        return self.lookup(kjt)[1]
 
 
 class HashedEmbeddingCollection(LookupModule):
@@ -305,18 +277,7 @@ class HashedEmbeddingCollection(LookupModule):
         vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
         at = {k: i for i, k in enumerate(keys)}
         seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
-        table_ids = {
-            t: torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
-            for t in self.tables
-        }
-        rows: dict[str, torch.Tensor] = {}
-        for table, r in self._map_all(table_ids).items():
-            fs = self.where_features(table)
-            o = 0
-            for f in fs:
-                n = seg[f][1] - seg[f][0]
-                rows[f] = r[o : o + n]
-                o += n
+        rows = self._feature_rows(values, seg)
         pooled: dict[str, torch.Tensor] = {}
         last_pooled: tuple[list[str], torch.Tensor] | None = None
         seqs: dict[str, JaggedTensor] = {}
@@ -347,19 +308,44 @@ class HashedEmbeddingCollection(LookupModule):
             else:
                 last_pooled = (fs, out)
                 pooled.update(zip(fs, out.split(grp.feature_dims, dim=1)))
-        kt = None
-        if pooled:
-            # keys in the features' order (as given to the constructor), whatever the grouping
-            if last_pooled is not None and last_pooled[0] == self.pooled_features:
-                values = last_pooled[1]  # one pooled group, already in order: no copy
-            else:
-                values = torch.cat([pooled[f] for f in self.pooled_features], dim=1)
-            kt = KeyedTensor(
-                keys=self.pooled_features,
-                length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
-                values=values,
-            )
-        return kt, seqs
+        return self._keyed(pooled, last_pooled), seqs
+
+    def _feature_rows(
+        self, values: torch.Tensor, seg: dict[str, tuple[int, int]]
+    ) -> dict[str, torch.Tensor]:
+        """Each feature's table rows ``[n_f]``: its ids (``values[seg[f]]``) mapped with the
+        other features of its table in one go."""
+        table_ids = {
+            t: torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
+            for t in self.tables
+        }
+        rows: dict[str, torch.Tensor] = {}
+        for table, r in self._map_all(table_ids).items():
+            o = 0
+            for f in self.where_features(table):
+                n = seg[f][1] - seg[f][0]
+                rows[f] = r[o : o + n]
+                o += n
+        return rows
+
+    def _keyed(
+        self,
+        pooled: dict[str, torch.Tensor],
+        last_pooled: tuple[list[str], torch.Tensor] | None,
+    ) -> KeyedTensor | None:
+        """The pooled outputs ``{feature: [B, D]}`` as one KeyedTensor, keys in the features'
+        order (as given to the constructor) whatever the grouping; None without any."""
+        if not pooled:
+            return None
+        if last_pooled is not None and last_pooled[0] == self.pooled_features:
+            values = last_pooled[1]  # one pooled group, already in order: no copy
+        else:
+            values = torch.cat([pooled[f] for f in self.pooled_features], dim=1)
+        return KeyedTensor(
+            keys=self.pooled_features,
+            length_per_key=[pooled[f].shape[1] for f in self.pooled_features],
+            values=values,
+        )
 
     def where_features(self, table: str) -> list[str]:
         g, j = self.where[table]
