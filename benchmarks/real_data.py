@@ -87,10 +87,12 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in history.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("eval AUC")
     ax.set_title("real data: eval AUC per epoch (shipped recipes)")

@@ -289,9 +289,11 @@ def test_dense_norm_makes_the_models_blind_to_the_dense_scale() -> None:
         model(batch(dense))  # gives the ids rows
         before = model(batch(dense))["like"]
         after = model(batch(moved))["like"]
-        torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4, msg=name)
+        # batch norm's eps (1e-5 added to the variance) weighs differently on the rescaled
+        # column: ~3e-4 apart at these weights, against 20 to 300 without the norm
+        torch.testing.assert_close(after, before, atol=2e-3, rtol=0.0, msg=name)
         model.dense_norm = torch.nn.Identity()  # the same weights without the norm
-        assert not torch.allclose(model(batch(moved))["like"], before, atol=1e-3), name
+        assert (model(batch(moved))["like"] - before).abs().max() > 1.0, name
 
 
 def test_dense_norm_trains_on_a_one_row_batch_and_wide_term_adds_to_the_logit() -> None:
