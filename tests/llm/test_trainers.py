@@ -194,3 +194,24 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny, tmp_path):
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     # only adapted linear layers change (attention / MLP projections), never the embeddings
     assert moved and all("proj" in k for k in moved)
+
+
+def test_grpo_resumes_from_its_checkpoint(tiny, sft_bare, tmp_path):
+    start, _ = sft_bare
+    stage = GRPOStage(
+        max_steps=1,
+        batch_size=8,
+        num_generations=4,
+        learning_rate=1e-3,
+        max_completion_length=3,
+        logging_steps=1,
+        save_steps=1,
+    )
+    run_grpo(stage, StageRun(tiny.bare, start, tmp_path / "g"), tiny.examples[:4])
+    resumed = StageRun(tiny.bare, start, tmp_path / "g", resume=True)
+    assert resumed.checkpoint() == str(resumed.trainer_dir / "checkpoint-1")
+    stage.max_steps = 2
+    history = run_grpo(stage, resumed, tiny.examples[:4])
+    assert [h["step"] for h in history if "reward" in h and "train_runtime" not in h] == [1, 2]
+    state = json.loads((resumed.trainer_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
