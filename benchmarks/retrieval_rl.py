@@ -29,6 +29,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,20 +37,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quality(data_dir: Path, work: Path, infonce_steps: int, grpo_steps: int, queries: int) -> dict:
+def quality(
+    data_dir: Path, work: Path, infonce_steps: int, grpo_steps: int, queries: int, args: Any
+) -> dict:
     from recis.retrieval_rl.config import build_config
     from recis.retrieval_rl.pipeline import train
 
     cfg = build_config(
         {
             "kind": "retrieval_grpo",
-            "run_dir": str(work / "qbqtc"),
+            "run_dir": str(work / args.name),
+            "init_from": args.init_from,
             "data": {"path": str(data_dir / "qbqtc" / "pairs.parquet")},
             "infonce": {"steps": infonce_steps, "batch_size": 256},
             "grpo": {
                 "steps": grpo_steps,
                 "batch_size": 128,
                 "k": 32,
+                "lr": args.grpo_lr,
+                "beta": args.beta,
                 "checkpoint_every": max(grpo_steps, 1),
                 "rewards": {"relevance": 1.0, "click": 1.0, "exclusivity": 0.5},
             },
@@ -59,7 +65,9 @@ def quality(data_dir: Path, work: Path, infonce_steps: int, grpo_steps: int, que
     t0 = time.perf_counter()
     res = train(cfg, overwrite=True)
     inf, grpo = res["infonce"], res["grpo"]
+    control = _control(cfg, args) if args.control else {}
     return {
+        **control,
         "infonce_recall50": inf["recall@50"],
         "grpo_recall50": grpo["recall@50"],
         "infonce_relevance_at10": inf["relevance@10"],
@@ -73,6 +81,38 @@ def quality(data_dir: Path, work: Path, infonce_steps: int, grpo_steps: int, que
         "eval_queries": inf["queries"],
         "tail_queries": inf["tail_queries"],
         "quality_seconds": time.perf_counter() - t0,
+        "grpo_lr": args.grpo_lr,
+        "beta": args.beta,
+        "grpo_steps": grpo_steps,
+        "infonce_steps": infonce_steps,
+    }
+
+
+def _control(cfg: Any, args: Any) -> dict:
+    """InfoNCE alone continued from the same start for as many steps, batch and learning rate
+    as the GRPO stage: what the stage's InfoNCE term would do without the GRPO loss."""
+    from recis.retrieval_rl.config import InfoNCEConfig
+    from recis.retrieval_rl.data import load_pairs
+    from recis.retrieval_rl.evaluate import evaluate
+    from recis.retrieval_rl.pipeline import build_encoder
+    from recis.retrieval_rl.rewards import LexicalRelevanceScorer
+    from recis.retrieval_rl.trainer import load, train_infonce
+
+    data = load_pairs(cfg.data)
+    scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+    model = build_encoder(cfg, data)
+    start = Path(cfg.init_from or cfg.run_dir) / "infonce" / "model"
+    load(start, model, None)
+    g = cfg.grpo
+    nce = InfoNCEConfig(
+        steps=g.steps, batch_size=g.batch_size, lr=g.lr, temperature=cfg.infonce.temperature
+    )
+    train_infonce(model, data, nce, cfg.seed + 1)
+    got = evaluate(model, data, cfg.eval, scorer)
+    return {
+        "control_infonce_recall50": got["recall@50"],
+        "control_infonce_relevance_at10": got["relevance@10"],
+        "control_tail_infonce_recall50": got["tail_recall@50"],
     }
 
 
@@ -184,6 +224,12 @@ def main() -> None:
     p.add_argument("--timing-rounds", type=int, default=5)
     p.add_argument("--refresh", type=int, default=10)
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--control", action="store_true", help="also InfoNCE alone for the GRPO steps")
+    p.add_argument("--grpo-lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=0.04)
+    p.add_argument("--name", default="qbqtc", help="run directory under --work")
+    p.add_argument("--init-from", default=None, help="a run directory whose InfoNCE stage to reuse")
     args = p.parse_args()
     out: dict = {"threads": torch.get_num_threads()}
     if not args.skip_quality:
@@ -196,8 +242,9 @@ def main() -> None:
                 )
             )
             print({k: out[k] for k in ("infonce_recall50", "grpo_recall50")}, flush=True)
-    out.update(step_cost(args.timing_rounds, args.refresh))
-    print(f"grpo step / infonce step: {out['grpo_step_time_ratio']:.2f}x")
+    if not args.skip_timing:
+        out.update(step_cost(args.timing_rounds, args.refresh))
+        print(f"grpo step / infonce step: {out['grpo_step_time_ratio']:.2f}x")
     print(json.dumps(out))
 
 
