@@ -5,14 +5,18 @@ From features to logits:
 1. **Semantic feature partitioning.** The config groups features into blocks (user
    profile, item, context/query, behaviour sequence, ...). A block's pooled sparse
    embeddings and dense values are concatenated (``[B, D_blk]``) and projected by the
-   block's own linear map to ``tokens`` tokens of width ``d`` (``[B, tokens, d]``).
+   block's own linear map to ``tokens`` tokens of width ``d`` (``[B, tokens, d]``). With
+   ``dense_tokens: feature`` each dense value is a token of its own instead
+   (:class:`FeatureTokens`, Hiformer's per-feature projection), in its block's group.
 2. **Behaviour sequence.** A sequence block's per-position embeddings ``[B, L, Ds]``
    are pooled by target attention whose query is the candidate item's embeddings
    (the block's ``target`` features), padded positions masked; the pooled vector is
    then projected to tokens like any other block.
 3. **Heterogeneous transformer encoder** (:class:`HeterogeneousLayer`): attention
    across all ``N`` tokens, with Q/K/V/output projections and FFNs specific to the
-   block each token came from, so feature types are not mixed by shared weights.
+   block each token came from, so feature types are not mixed by shared weights. Every
+   per-block or per-token projection is a :class:`GroupedLinear` (one ``nn.Linear`` per
+   group), which structured pruning (``models/structure.py``) narrows by head and channel.
 4. **Hiformer** (Gui et al. 2023, arXiv 2311.05884, :class:`HiformerLayer`): per-token
    queries; keys and values from one composite projection of the concatenation of all
    tokens (``[B, N d] x [N d, N d]``, optionally factorized through rank ``r``);
