@@ -63,15 +63,23 @@ def with_context(examples: Sequence[Example], retriever: BM25Retriever) -> list[
     return out
 
 
-def prepare_dir(cfg: RelevanceLLMConfig, resume: bool, overwrite: bool) -> Path:
-    """The run directory: a previous run there is refused unless resumed or overwritten
-    (``overwrite`` removes only the :data:`OUTPUTS`)."""
+def check_run_dir(cfg: RelevanceLLMConfig, resume: bool, overwrite: bool) -> list[str]:
+    """The :data:`OUTPUTS` a previous run left in ``run_dir``; refused (OutputError) unless the
+    run resumes or overwrites."""
     run_dir = Path(cfg.run_dir)
     used = [n for n in OUTPUTS if (run_dir / n).exists()]
     if used and not (resume or overwrite):
         raise OutputError(
             f"{run_dir}: holds a run ({', '.join(used)}); pass --resume or --overwrite"
         )
+    return used
+
+
+def prepare_dir(cfg: RelevanceLLMConfig, resume: bool, overwrite: bool) -> Path:
+    """The run directory: a previous run there is refused unless resumed or overwritten
+    (``overwrite`` removes only the :data:`OUTPUTS`); writes ``config.yaml``."""
+    run_dir = Path(cfg.run_dir)
+    used = check_run_dir(cfg, resume, overwrite)
     if overwrite:
         for n in used:
             p = run_dir / n
@@ -132,7 +140,7 @@ class Pipeline:
     ) -> None:
         self.cfg = cfg
         self.resume = resume
-        self.run_dir = prepare_dir(cfg, resume, overwrite)
+        check_run_dir(cfg, resume, overwrite)  # before reading data; nothing written yet
         self.task = RelevanceTask(cfg.prompt, cfg.levels)
         self.train = load_examples(cfg.data.train, cfg.data, cfg.levels, cfg.data.max_train)
         ev = cfg.data.eval
@@ -141,6 +149,7 @@ class Pipeline:
             retriever = BM25Retriever.from_config(cfg.retriever)
             self.train = with_context(self.train, retriever)
             self.eval = with_context(self.eval, retriever)
+        self.run_dir = prepare_dir(cfg, resume, overwrite)  # the data read: now write
         self.logger = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
 
     def run(self) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,15 @@ stages:
     return cfg, run_dir
 
 
+def test_bad_data_writes_nothing(tiny, tmp_path, capsys):
+    cfg, run_dir = write_config(tiny, tmp_path)
+    text = cfg.read_text().replace(str(tiny.train_file), str(tmp_path / "missing.parquet"))
+    cfg.write_text(text)
+    assert main(["train", str(cfg)]) == 2
+    assert "missing.parquet: no such file" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_train_resume_and_eval(tiny, tmp_path, capsys):
     cfg, run_dir = write_config(tiny, tmp_path)
     assert main(["train", str(cfg)]) == 0
