@@ -41,6 +41,7 @@ def test_each_format_scores_as_eval(dlrm_run: Path, tmp_path: Path, fmt: str) ->
     from recis.export.source import load_run
 
     _, trainer, _, _ = load_run(dlrm_run)
+    assert trainer.eval_data is not None
     preds, _ = trainer.predict(trainer.eval_data)
     np.testing.assert_allclose(by_rows["click"], preds["click"][:64], atol=1e-5, rtol=0)
 
@@ -88,9 +89,12 @@ def test_changed_file_is_refused(dlrm_run: Path, tmp_path: Path) -> None:
 def test_keep_prunes_old_versions(tmp_path: Path) -> None:
     from recis.export.publish import publish
 
+    def write(folder: Path) -> None:
+        (folder / "x").write_text("x")
+
     out = tmp_path / "out"
     for _ in range(4):
-        publish(out, lambda d: (d / "x").write_text("x"), keep=2)
+        publish(out, write, keep=2)
     assert versions(out) == ["v000003", "v000004"] and read_latest(out) == "v000004"
     assert prune_versions(out, 1) == ["v000003"]
 

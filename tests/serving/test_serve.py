@@ -98,6 +98,7 @@ def test_answers_with_eval_scores(server: Server) -> None:
     status, body = server.score(_rows(server.run, 16))
     assert status == 200 and body["version"] == "v000001"
     _, trainer, _, _ = load_run(server.run)
+    assert trainer.eval_data is not None
     preds, _ = trainer.predict(trainer.eval_data)
     np.testing.assert_allclose(body["scores"]["click"], preds["click"][:16], atol=1e-5, rtol=0)
 
