@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +139,21 @@ class _History(Callback):
         self.best_epoch = 0
         self.state: dict[str, Any] | None = None
 
-    def on_eval(self, trainer: Any, result: dict[str, float]) -> None:
-        value = float(result[self.metric])
+    def on_eval(self, trainer: Any, result: dict[str, float | None]) -> None:
+        value = _value(result, self.metric)
         self.history.append(value)
         if self.best is None or value > self.best:
             self.best, self.best_epoch = value, len(self.history)
             self.state = copy.deepcopy(trainer.model.state_dict())
+
+
+def _value(result: dict[str, float | None], metric: str) -> float:
+    """``result[metric]``; a metric that does not apply (None, one class in valid) stops the
+    benchmark: early stopping cannot watch it."""
+    value = result.get(metric)
+    if value is None:
+        raise RuntimeError(f"{metric}: not applicable on the valid file (one class?)")
+    return float(value)
 
 
 def train_recipe(
@@ -177,18 +187,19 @@ def train_recipe(
     keeper = _History(metric)
     trainer.callbacks.insert(0, keeper)
     if not cfg.train.eval_each_epoch:  # the recipes set it; variants may not
+        assert isinstance(trainer.train_data, Sized)  # the readers know their batch count
         trainer.config.eval_every = len(trainer.train_data)
     fitted = trainer.fit()
     seconds = time.perf_counter() - t0
     trainer.callbacks.remove(keeper)
     assert keeper.best is not None and keeper.state is not None
     # with restore_best the trainer loaded checkpoints/best and evaluated it (split "best")
-    restored = trainer.evaluate(split="best")[metric]
+    restored = _value(trainer.evaluate(split="best"), metric)
     restored_by = "trainer"
     if abs(restored - keeper.best) > 1e-6:  # restore_best off in a variant: restore here
         trainer.model.load_state_dict(keeper.state)
-        restored, restored_by = trainer.evaluate(split="best")[metric], "benchmark"
-    test: dict[str, float] = {}
+        restored, restored_by = _value(trainer.evaluate(split="best"), metric), "benchmark"
+    test: dict[str, float | None] = {}
     if (data_dir / "test.parquet").is_file():  # absent while trying variants on valid
         test_reader = reader_from_config(cfg.data, str(data_dir / "test.parquet"), train=False)
         test = trainer.evaluate(test_reader, split="test")
@@ -215,11 +226,12 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for name, values in history.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid AUC (last 10% of the train part)")
     ax.set_title("MovieLens latest-small, like = rating >= 4")
