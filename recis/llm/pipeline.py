@@ -169,6 +169,7 @@ class Pipeline:
                     self.cfg.device,
                     self.resume,
                     self.cfg.model.lora,
+                    self.cfg.model.dtype,
                 )
                 results[stage.name] = self._stage(stage, run, offset)
                 offset += stage.max_steps

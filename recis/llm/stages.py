@@ -52,6 +52,7 @@ class StageRun:
         device: ``cpu`` / ``cuda`` / ``cuda:N``.
         resume: continue from the newest trl checkpoint in ``out_dir/trainer`` if any.
         lora: train LoRA adapters (saved merged) instead of all weights.
+        dtype: the dtype trl loads the model in (``model.dtype``).
     """
 
     task: RelevanceTask
@@ -60,6 +61,7 @@ class StageRun:
     device: str = "cpu"
     resume: bool = False
     lora: LoraSettings | None = None
+    dtype: str = "float32"
 
     def peft_config(self) -> Any:
         """The peft LoraConfig of ``lora`` (None: all weights train)."""
@@ -110,6 +112,7 @@ def trl_args(stage: TrainerArgs, run: StageRun) -> dict[str, Any]:
         "disable_tqdm": True,  # one log line per logging step instead of bars
         "seed": stage.seed,
         "lr_scheduler_type": "constant",
+        "model_init_kwargs": {"dtype": run.dtype},
     }
 
 
