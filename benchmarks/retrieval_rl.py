@@ -238,7 +238,12 @@ def main() -> None:
         else:
             out.update(
                 quality(
-                    args.data, args.work, args.infonce_steps, args.grpo_steps, args.eval_queries
+                    args.data,
+                    args.work,
+                    args.infonce_steps,
+                    args.grpo_steps,
+                    args.eval_queries,
+                    args,
                 )
             )
             print({k: out[k] for k in ("infonce_recall50", "grpo_recall50")}, flush=True)
