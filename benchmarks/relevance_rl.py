@@ -15,9 +15,12 @@ Keys (last line, one JSON object): ``<stage>_auc`` (ROC-AUC of the one-pass serv
 and ``<stage>_cpu_seconds`` (training wall / CPU time), ``<stage>_examples`` (completions
 trained on), ``dyknow_no_context_auc`` (the DyKnow model with the chunk left out),
 ``bm25_auc`` (recis.io.lexical BM25 over the same test pairs), ``<stage>_vs_sft`` (AUC ratio),
+``sft_more_*`` (SFT continued from the SFT model for the RL stages' budget of examples: the
+like-for-like reference of the RL stages), ``<stage>_no_context_auc``,
 ``load_before/after`` (load average: the machine is shared).
 
-Usage: ``python benchmarks/relevance_rl.py [--train 2000 --test 1000 --sft-steps 200 ...]``;
+Usage: ``python benchmarks/relevance_rl.py [--train 2000 --test 1000 --sft-steps 200 ...]``
+(``--work DIR --resume``: train only the stages missing from DIR's run);
 prints ``{"skipped": reason}`` without the shared data or trl.
 """
 
@@ -113,6 +116,16 @@ def config(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "pool": 8 * args.rl_steps * args.rl_batch // args.generations,
             },
             {"kind": "dyknow", **rl, "pool": 8 * args.rl_steps * args.rl_batch // args.generations},
+            # SFT continued from the same start at the RL stages' budget of examples
+            {
+                "kind": "sft",
+                "name": "sft_more",
+                "init": "sft",
+                "max_steps": args.rl_steps,
+                "batch_size": args.rl_batch,
+                "learning_rate": args.sft_lr,
+                "logging_steps": 1,
+            },
         ],
     }
 
@@ -130,6 +143,9 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="working directory (default: a temporary one)")
+    p.add_argument(
+        "--resume", action="store_true", help="reuse --work's run: only missing stages train"
+    )
     args = p.parse_args()
     if not (DATA / "pairs.parquet").is_file():
         print(json.dumps({"skipped": f"no {DATA}/pairs.parquet"}))
@@ -155,7 +171,8 @@ def main() -> None:
     pq.write_table(pa.table({"text": corpus}), work / "corpus.parquet")
     out: dict[str, Any] = {"bm25_auc": bm25_auc(all_train, test_rows)}
     start = time.perf_counter()
-    results = train(build_llm_config(config(work, args)), overwrite=True)
+    cfg = build_llm_config(config(work, args))
+    results = train(cfg, resume=args.resume, overwrite=not args.resume)
     out["total_seconds"] = time.perf_counter() - start
     for stage, m in results.items():
         out[f"{stage}_auc"] = m.get("auc")
@@ -165,8 +182,9 @@ def main() -> None:
         out[f"{stage}_seconds"] = m["seconds"]
         out[f"{stage}_cpu_seconds"] = m["cpu_seconds"]
         out[f"{stage}_examples"] = m["steps"] * (16 if stage == "sft" else args.rl_batch)
+        out[f"{stage}_no_context_auc"] = m.get("no_context_auc")
     out["dyknow_no_context_auc"] = results["dyknow"].get("no_context_auc")
-    for stage in RL_STAGES:
+    for stage in (*RL_STAGES, "sft_more"):
         if out.get(f"{stage}_auc") and out.get("sft_auc"):
             out[f"{stage}_vs_sft"] = out[f"{stage}_auc"] / out["sft_auc"]
     out.update(vars(args), load_before=load_before, load_after=os.getloadavg()[0], work=str(work))
