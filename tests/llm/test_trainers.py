@@ -215,3 +215,23 @@ def test_grpo_resumes_from_its_checkpoint(tiny, sft_bare, tmp_path):
     assert [h["step"] for h in history if "reward" in h and "train_runtime" not in h] == [1, 2]
     state = json.loads((resumed.trainer_dir / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_dpo_resumes_from_its_checkpoint(tiny, sft_bare, tmp_path):
+    start, _ = sft_bare
+    stage = DPOStage(
+        max_steps=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        pool=4,
+        samples=4,
+        max_completion_length=3,
+        logging_steps=1,
+        save_steps=1,
+    )
+    run_dpo(stage, StageRun(tiny.bare, start, tmp_path / "d"), tiny.examples[:4])
+    resumed = StageRun(tiny.bare, start, tmp_path / "d", resume=True)
+    assert resumed.checkpoint() == str(resumed.trainer_dir / "checkpoint-1")
+    stage.max_steps = 2
+    history = run_dpo(stage, resumed, tiny.examples[:4])
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
