@@ -104,7 +104,11 @@ def _direct_weights(ec: HashedEmbeddingCollection, name: str) -> torch.Tensor:
 
 class TableLookup:
     """Serving-side tables: raw ids in, pooled embeddings ``[B, F, D]`` out (features in the
-    given order), the way the trained collection looks them up in eval mode."""
+    given order), the way the trained collection looks them up in eval mode.
+
+    Every table's rows sit in one matrix (``[sum of R, D]``, one offset per table) so that a
+    batch is pooled by one ``embedding_bag`` call: each call is a parallel region, and on a
+    busy machine waking its threads costs far more than the lookup itself."""
 
     def __init__(
         self, tensors: dict[str, torch.Tensor], infos: list[TableInfo], features: list[str]
@@ -112,42 +116,60 @@ class TableLookup:
         self.infos = {t.name: t for t in infos}
         self.table_of = {f: t.name for t in infos for f in t.features}
         self.features = features
-        self.weights: dict[str, torch.Tensor] = {}
-        self.ids: dict[str, torch.Tensor] = {}
+        self.ids: dict[str, torch.Tensor] = {}  # sorted ids (mapped tables)
+        self.row_of: dict[str, torch.Tensor] = {}  # their rows
+        self.size: dict[str, int] = {}
+        self.base: dict[str, int] = {}
+        parts = []
         for t in infos:
             if f"{t.name}.weights" in tensors:
-                self.weights[t.name] = tensors[f"{t.name}.weights"]
+                w = tensors[f"{t.name}.weights"].float()
             else:
                 q, s, b = (tensors[f"{t.name}.{k}"] for k in ("q", "scale", "bias"))
-                self.weights[t.name] = dequantize_rows(q, s, b)
+                w = dequantize_rows(q, s, b)
             if t.mapped:
                 self.ids[t.name] = tensors[f"{t.name}.ids"]
+                self.row_of[t.name] = tensors[f"{t.name}.rows"]
+            self.base[t.name] = sum(p.shape[0] for p in parts)
+            self.size[t.name] = w.shape[0]
+            parts.append(w)
+        self.weights = torch.cat(parts) if parts else torch.zeros(0, 0)  # [sum of R, D]
+        self.mean = torch.tensor(
+            [self.infos[self.table_of[f]].pooling == "mean" for f in features], dtype=torch.bool
+        )
 
     def rows(self, table: str, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``[N]`` of ``ids`` ``[N]``: ids without a row read row 0 (the fallback)."""
+        """Rows ``[N]`` of ``ids`` ``[N]`` in ``table``: ids without a row read row 0 (the
+        fallback)."""
         keys = self.ids.get(table)
         if keys is None:  # mapper: none
-            n = self.weights[table].shape[0]
+            n = self.size[table]
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
                 raise DataError(f"ids must be in [0, {n}) (mapper: none)", column=table)
             return ids
         if not len(keys):
             return torch.zeros_like(ids)
         pos = torch.searchsorted(keys, ids).clamp_(max=len(keys) - 1)
-        return torch.where(keys[pos] == ids, pos + 1, torch.zeros_like(pos))
+        return torch.where(keys[pos] == ids, self.row_of[table][pos], torch.zeros_like(pos))
 
     def pooled(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         """``[B, F, D]`` pooled embeddings of the KJT's features (sum or mean per table)."""
         jt = kjt.to_dict()
-        out = []
+        idx, lengths = [], []
         for f in self.features:
-            t = self.table_of[f]
-            j = jt[f]
-            offsets = j.offsets()
-            mode = "mean" if self.infos[t].pooling == "mean" else "sum"
-            idx = self.rows(t, j.values().to(torch.int64))
-            out.append(F.embedding_bag(idx, self.weights[t], offsets[:-1], mode=mode))
-        return torch.stack(out, dim=1)
+            t, j = self.table_of[f], jt[f]
+            idx.append(self.rows(t, j.values().to(torch.int64)) + self.base[t])
+            lengths.append(j.lengths().to(torch.int64))
+        b = kjt.stride()
+        lens = torch.cat(lengths)  # [F * B], feature-major
+        offsets = torch.zeros(len(lens), dtype=torch.int64)
+        torch.cumsum(lens[:-1], 0, out=offsets[1:])
+        out = F.embedding_bag(torch.cat(idx), self.weights, offsets, mode="sum")  # [F * B, D]
+        out = out.view(len(self.features), b, -1)
+        if bool(self.mean.any()):  # mean pooling: the sum over the bag's length (empty: 0)
+            div = lens.view(len(self.features), b, 1).clamp(min=1).to(out.dtype)
+            out = torch.where(self.mean[:, None, None], out / div, out)
+        return out.transpose(0, 1)  # [B, F, D]
 
 
 def save_tables(path: Path, tensors: dict[str, torch.Tensor]) -> None:
