@@ -67,39 +67,53 @@ def test_sft_loss_falls_and_a_resume_continues_from_the_checkpoint(tiny, sft_bar
     assert state["global_step"] == 4
 
 
-def test_grpo_raises_the_probability_of_the_right_level(tiny, sft_bare, tmp_path):
+def test_grpo_raises_the_probability_of_the_right_level_across_a_resume(tiny, sft_bare, tmp_path):
     start, _ = sft_bare
     exs = tiny.examples[:8]
     before = p_right(start, tiny.bare, exs)
     stage = GRPOStage(
-        max_steps=4,
+        max_steps=2,
         batch_size=16,
         num_generations=8,
         learning_rate=3e-3,
         max_completion_length=3,
         logging_steps=1,
         dynamic_sampling="drop",
+        save_steps=2,
     )
-    run = StageRun(tiny.bare, start, tmp_path / "grpo")
+    run_grpo(stage, StageRun(tiny.bare, start, tmp_path / "grpo"), exs)
+    run = StageRun(tiny.bare, start, tmp_path / "grpo", resume=True)  # steps 3-4 from checkpoint-2
+    assert run.checkpoint() == str(run.trainer_dir / "checkpoint-2")
+    stage.max_steps = 4
     history = run_grpo(stage, run, exs)
+    assert [h["step"] for h in history if "reward" in h and "train_runtime" not in h] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert p_right(run.model_dir, tiny.bare, exs) > before
     kept = [h["groups/kept"] for h in history if "groups/kept" in h]
     assert kept and all(0.0 <= k <= 1.0 for k in kept)
 
 
-def test_dpo_prefers_the_right_level(tiny, sft_bare, tmp_path):
+def test_dpo_prefers_the_right_level_across_a_resume(tiny, sft_bare, tmp_path):
     start, _ = sft_bare
     stage = DPOStage(
-        max_steps=3,
+        max_steps=2,
         batch_size=4,
         learning_rate=3e-3,
         pool=8,
         samples=4,
         max_completion_length=3,
         logging_steps=1,
+        save_steps=2,
     )
-    run = StageRun(tiny.bare, start, tmp_path / "dpo")
+    run_dpo(stage, StageRun(tiny.bare, start, tmp_path / "dpo"), tiny.examples[:8])
+    run = StageRun(tiny.bare, start, tmp_path / "dpo", resume=True)  # step 3 from checkpoint-2
+    stage.max_steps = 3
     history = run_dpo(stage, run, tiny.examples[:8])
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
     assert history[0]["dpo/pairs"] > 0
     loss = losses(history)
     assert loss[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy == reference at step 1
@@ -194,44 +208,3 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny, tmp_path):
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     # only adapted linear layers change (attention / MLP projections), never the embeddings
     assert moved and all("proj" in k for k in moved)
-
-
-def test_grpo_resumes_from_its_checkpoint(tiny, sft_bare, tmp_path):
-    start, _ = sft_bare
-    stage = GRPOStage(
-        max_steps=1,
-        batch_size=8,
-        num_generations=4,
-        learning_rate=1e-3,
-        max_completion_length=3,
-        logging_steps=1,
-        save_steps=1,
-    )
-    run_grpo(stage, StageRun(tiny.bare, start, tmp_path / "g"), tiny.examples[:4])
-    resumed = StageRun(tiny.bare, start, tmp_path / "g", resume=True)
-    assert resumed.checkpoint() == str(resumed.trainer_dir / "checkpoint-1")
-    stage.max_steps = 2
-    history = run_grpo(stage, resumed, tiny.examples[:4])
-    assert [h["step"] for h in history if "reward" in h and "train_runtime" not in h] == [1, 2]
-    state = json.loads((resumed.trainer_dir / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
-
-
-def test_dpo_resumes_from_its_checkpoint(tiny, sft_bare, tmp_path):
-    start, _ = sft_bare
-    stage = DPOStage(
-        max_steps=1,
-        batch_size=2,
-        learning_rate=1e-3,
-        pool=4,
-        samples=4,
-        max_completion_length=3,
-        logging_steps=1,
-        save_steps=1,
-    )
-    run_dpo(stage, StageRun(tiny.bare, start, tmp_path / "d"), tiny.examples[:4])
-    resumed = StageRun(tiny.bare, start, tmp_path / "d", resume=True)
-    assert resumed.checkpoint() == str(resumed.trainer_dir / "checkpoint-1")
-    stage.max_steps = 2
-    history = run_dpo(stage, resumed, tiny.examples[:4])
-    assert [h["step"] for h in history if "loss" in h] == [1, 2]
