@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,9 +40,20 @@ from .surgery import (
 )
 
 
-def _stack(grouped: GroupedLinear) -> torch.Tensor:
+def _linears(grouped: nn.Module) -> list[nn.Linear]:
+    """The per-group ``nn.Linear`` maps of a :class:`GroupedLinear`."""
+    assert isinstance(grouped, GroupedLinear)
+    return [cast(nn.Linear, lin) for lin in grouped.linears]
+
+
+def _replace(grouped: nn.Module, g: int, linear: nn.Linear) -> None:
+    assert isinstance(grouped, GroupedLinear)
+    grouped.linears[g] = linear
+
+
+def _stack(grouped: nn.Module) -> torch.Tensor:
     """The per-group weights of a :class:`GroupedLinear`: ``[G, out, in]``."""
-    return torch.stack([lin.weight.detach() for lin in grouped.linears])
+    return torch.stack([lin.weight.detach() for lin in _linears(grouped)])
 
 
 def _grouped_hook(grouped: GroupedLinear, sink: Sink) -> Callable[[], None]:
@@ -64,20 +75,20 @@ class _GroupedSurgery(LayerSurgery):
 
     def __init__(self, layer: HeterogeneousLayer | HiformerLayer) -> None:
         self.layer = layer
-        self.groups = len(layer.ffn_out.linears)
+        self.groups = len(_linears(layer.ffn_out))
 
     @property
     def ffn(self) -> int:
-        return self.layer.ffn_out.linears[0].in_features
+        return _linears(self.layer.ffn_out)[0].in_features
 
     def ffn_out(self) -> torch.Tensor:
         return _stack(self.layer.ffn_out)
 
     def keep_channels(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
-        f_in, f_out = self.layer.ffn_in.linears, self.layer.ffn_out.linears
-        for g in range(self.groups):
-            f_in[g] = linear_rows(f_in[g], keep[g])
-            f_out[g] = linear_cols(f_out[g], keep[g], None if out is None else out[g : g + 1])
+        f_in, f_out = self.layer.ffn_in, self.layer.ffn_out
+        for g, (up, down) in enumerate(zip(_linears(f_in), _linears(f_out))):
+            _replace(f_in, g, linear_rows(up, keep[g]))
+            _replace(f_out, g, linear_cols(down, keep[g], None if out is None else out[g : g + 1]))
 
 
 class HeterogeneousSurgery(_GroupedSurgery):
@@ -89,18 +100,19 @@ class HeterogeneousSurgery(_GroupedSurgery):
 
     @property
     def unit_width(self) -> int:
-        return self.layer.q.linears[0].out_features // self.layer.heads
+        return _linears(self.layer.q)[0].out_features // self.layer.heads
 
     def attention_out(self) -> torch.Tensor:
         return _stack(self.layer.o)
 
     def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
         layer, cols = self.layer, head_index(keep, self.unit_width)
+        assert isinstance(layer, HeterogeneousLayer)
         for proj in (layer.q, layer.k, layer.v):
-            for g, lin in enumerate(proj.linears):
-                proj.linears[g] = linear_rows(lin, cols)
-        for g, lin in enumerate(layer.o.linears):
-            layer.o.linears[g] = linear_cols(lin, cols, None if out is None else out[g : g + 1])
+            for g, lin in enumerate(_linears(proj)):
+                _replace(proj, g, linear_rows(lin, cols))
+        for g, lin in enumerate(_linears(layer.o)):
+            _replace(layer.o, g, linear_cols(lin, cols, None if out is None else out[g : g + 1]))
         layer.heads = len(keep)
 
     def capture(self, kind: str, sink: Sink) -> Callable[[], None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -21,14 +22,19 @@ from recis.models.structure import apply_structure, structure_of
 
 from .slimgpt import PruneReport
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 STRUCTURE_FILE = "recis_structure.json"
 
 
-def save_pruned(model: nn.Module, path: str | Path, report: PruneReport | None = None) -> Path:
+def save_pruned(
+    model: PreTrainedModel, path: str | Path, report: PruneReport | None = None
+) -> Path:
     """Write ``model`` (a ``transformers`` model) and its layer shapes to ``path``."""
     path = Path(path)
     model.save_pretrained(str(path))
-    record = {"structure": structure_of(model)}
+    record: dict[str, Any] = {"structure": structure_of(model)}
     if report is not None:
         record["report"] = {
             "layers": report.layers,
