@@ -8,7 +8,7 @@ recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
-recis serve DIR [--port P] [--host H]
+recis serve DIR [--port P] [--host H] [--batch-ms MS]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
 (2: recis's own errors and bad arguments, 1: anything else, named by its type, 130:
@@ -118,13 +118,14 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--poll", type=float, default=1.0, help="seconds between looks at latest")
+    sp.add_argument("--batch-ms", type=float, default=0.0, help="batch requests within (ms)")
 
 
 def _serving(args: argparse.Namespace) -> None:
     if args.command == "serve":
         from recis.serve import serve
 
-        serve(args.out, args.host, args.port, args.poll)
+        serve(args.out, args.host, args.port, args.poll, args.batch_ms)
         return
     from recis.export import ExportOptions, export_run
 

@@ -77,9 +77,13 @@ class ServingModel:
             names.append(col)
         return pa.table(arrays, names=names)
 
+    def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """JSON rows (at least one) validated and converted as training data is; DataError
+        names the bad column and row."""
+        return to_batch(self.table(rows), self.schema, "request", nan_policy=self.nan_policy)
+
     def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Scores of JSON rows in the training schema; DataError names the bad column/row."""
         if not rows:
             return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
-        batch = to_batch(self.table(rows), self.schema, "request", nan_policy=self.nan_policy)
-        return self.score_batch(batch)
+        return self.score_batch(self.rows_batch(rows))

@@ -26,6 +26,8 @@ from recis.errors import CheckpointError, DataError, RecisError
 from recis.export.model import ServingModel
 from recis.export.publish import is_ready, read_latest, versions
 
+from .batching import MicroBatcher
+
 log = logging.getLogger("recis.serve")
 
 
@@ -89,14 +91,18 @@ def _bad(status: int, error: str, field: str | None) -> JSONResponse:
     return JSONResponse({"error": error, "field": field}, status_code=status)
 
 
-def create_app(holder: ModelHolder) -> FastAPI:
-    """The HTTP API over ``holder``'s serving version."""
+def create_app(holder: ModelHolder, batcher: MicroBatcher | None = None) -> FastAPI:
+    """The HTTP API over ``holder``'s serving version (requests batched by ``batcher``)."""
     app = FastAPI(title="recis serve")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         m = holder.model
-        return {"status": "ok", "version": m.version, "tasks": [t["name"] for t in m.tasks]}
+        out: dict[str, Any] = {"status": "ok", "version": m.version}
+        out["tasks"] = [t["name"] for t in m.tasks]
+        if batcher is not None:
+            out["batched"] = {"requests": batcher.requests, "forwards": batcher.forwards}
+        return out
 
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
@@ -109,7 +115,10 @@ def create_app(holder: ModelHolder) -> FastAPI:
             return _bad(422, "'rows' must be a list of objects (one per row)", "rows")
         model = holder.model  # this request's version, whatever is swapped in meanwhile
         try:
-            scores = await _in_thread(model.score_rows, rows)
+            if batcher is not None and rows:
+                scores = await batcher.score(model, rows)
+            else:
+                scores = await _in_thread(model.score_rows, rows)
         except DataError as err:
             return _bad(422, str(err), err.column)
         out = {k: v.tolist() for k, v in scores.items()}
@@ -124,14 +133,22 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
-def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8000, poll_s: float = 1.0) -> None:
-    """Serve ``out`` until interrupted (uvicorn, one process)."""
+def serve(
+    out: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    poll_s: float = 1.0,
+    batch_ms: float = 0.0,
+) -> None:
+    """Serve ``out`` until interrupted (uvicorn, one process); ``batch_ms`` > 0: requests
+    arriving within that many milliseconds are scored together."""
     import uvicorn
 
     holder = ModelHolder(out, poll_s)
     holder.start()
+    batcher = MicroBatcher(batch_ms / 1e3) if batch_ms > 0 else None
     print(f"recis serve: {holder.model.version} of {out} on http://{host}:{port}", flush=True)
     try:
-        uvicorn.run(create_app(holder), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(holder, batcher), host=host, port=port, log_level="warning")
     finally:
         holder.stop()

@@ -46,7 +46,7 @@ class Server:
         self.url = f"http://127.0.0.1:{_free_port()}"
         port = self.url.rsplit(":", 1)[1]
         cmd = [sys.executable, "-m", "recis.cli", "serve", str(out), "--port", port]
-        self.proc = subprocess.Popen([*cmd, "--poll", "0.2"])
+        self.proc = subprocess.Popen([*cmd, "--poll", "0.2", "--batch-ms", "30"])
 
     def wait_up(self) -> None:
         deadline = time.monotonic() + 120
@@ -149,3 +149,26 @@ def test_ready_missing_keeps_previous_then_swaps_under_load(server: Server) -> N
     seen = [v for _, v in results]
     assert seen[0] == "v000002" and seen[-1] == "v000003"
     assert seen == sorted(seen)  # swapped once, never back
+
+
+def test_concurrent_requests_batched_score_as_alone(server: Server) -> None:
+    rows = _rows(server.run, 12)
+    alone = [server.score([r])[1]["scores"]["click"][0] for r in rows[:6]]
+    got: dict[int, tuple[int, dict[str, Any]]] = {}
+
+    def one(i: int) -> None:  # 12 requests at once: batched together by the server
+        got[i] = server.score([rows[i % 6]] if i < 10 else rows[:2])
+
+    before = _call(server.url + "/health")[1]["batched"]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(got[i][0] == 200 for i in range(12))
+    after = _call(server.url + "/health")[1]["batched"]
+    assert after["requests"] - before["requests"] == 12
+    assert after["forwards"] - before["forwards"] < 12  # some were scored together
+    for i in range(10):
+        assert got[i][1]["scores"]["click"][0] == pytest.approx(alone[i % 6], abs=1e-6)
+    assert got[10][1]["scores"]["click"] == pytest.approx(alone[:2], abs=1e-6)
