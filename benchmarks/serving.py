@@ -77,6 +77,14 @@ def parity(run: Path, out: Path) -> tuple[dict[str, Any], Path]:
     result["int8_auc_delta"] = p8["auc_delta"]
     fp32_size = (versions["export"] / "tables.safetensors").stat().st_size
     result["int8_size_ratio"] = (v8 / "tables.safetensors").stat().st_size / fp32_size
+    # the rows alone (codes + fp16 scale and bias against fp32 rows), without the id map
+    from safetensors.torch import load_file
+
+    a = load_file(str(versions["export"] / "tables.safetensors"))
+    b = load_file(str(v8 / "tables.safetensors"))
+    rows32 = sum(t.nbytes for k, t in a.items() if k.endswith(".weights"))
+    rows8 = sum(t.nbytes for k, t in b.items() if k.rsplit(".", 1)[1] in ("q", "scale", "bias"))
+    result["int8_rows_size_ratio"] = rows8 / rows32
     return result, versions["export"]
 
 
@@ -215,6 +223,7 @@ def main() -> None:
         "export_parity_max_abs_diff": par["export_parity_max_abs_diff"],
         "int8_auc_delta": par["int8_auc_delta"],
         "int8_size_ratio": par["int8_size_ratio"],
+        "int8_rows_size_ratio": par["int8_rows_size_ratio"],
         "serve_p50_ms": {b: serve[f"batch{b}"]["serve_p50_ms"] for b in (1, 64)},
         "serve_p99_ms": {b: serve[f"batch{b}"]["serve_p99_ms"] for b in (1, 64)},
         "serve_qps": {b: serve[f"batch{b}"]["serve_qps"] for b in (1, 64)},
