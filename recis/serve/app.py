@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from recis.errors import CheckpointError, DataError, RecisError
+from recis.errors import CheckpointError, DataError
 from recis.export.model import ServingModel
 from recis.export.publish import is_ready, read_latest, versions
 
@@ -52,7 +52,7 @@ class ModelHolder:
         for name in names:
             try:
                 return ServingModel(self.out / name)
-            except RecisError as err:
+            except Exception as err:  # a broken version: try the next older READY one
                 log.warning("skipping %s: %s", name, err)
         raise CheckpointError(f"{self.out}: no READY export version to serve")
 
@@ -71,7 +71,7 @@ class ModelHolder:
             return False  # not yet (or never): the previous version keeps serving
         try:
             model = ServingModel(self.out / name)
-        except (RecisError, OSError) as err:
+        except Exception as err:  # any broken version (bad manifest, unreadable graph) is skipped
             self.skipped.add(name)
             log.warning("not serving %s: %s", name, err)
             return False

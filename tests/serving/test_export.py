@@ -156,3 +156,22 @@ def test_delta_applied_equals_full_export(dlrm_run: Path, tmp_path: Path) -> Non
     a, b = ServingModel(v2).score_rows(rows)["click"], ServingModel(v3).score_rows(rows)["click"]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, ServingModel(v1).score_rows(rows)["click"])
+
+
+def test_unknown_ids_fall_back_as_in_training(dlrm_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from recis.export.source import load_run
+
+    v = export_run(dlrm_run, tmp_path / "out", ExportOptions(fmt="torchscript"))
+    rows = pq.read_table(dlrm_run.parent / "data" / "eval").slice(0, 8).to_pylist()
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    for i, r in enumerate(rows):  # ids no table has seen, in some or all columns
+        for c in [f"C{j}" for j in range(1, 27)][: 4 + 3 * i]:
+            r[c] = 10**12 + 7 * i + int(c[1:])
+    model = ServingModel(v)
+    batch = model.rows_batch(rows)
+    _, trainer, _, _ = load_run(dlrm_run)
+    with torch.no_grad():
+        ref = torch.sigmoid(trainer.model(batch)["click"]).numpy()
+    np.testing.assert_allclose(model.score_batch(batch)["click"], ref, atol=1e-6, rtol=0)
