@@ -31,6 +31,10 @@ class DLRMDense(nn.Module):
     Shapes: ``dense`` ``[B, Dd]``, ``pooled`` ``[B, F, D]`` -> logits ``[B, T]``.
     """
 
+    # buffers: row / column of each pair of the interaction's upper triangle
+    tri_rows: torch.Tensor
+    tri_cols: torch.Tensor
+
     def __init__(self, model: DLRM) -> None:
         super().__init__()
         self.dense_norm = model.dense_norm

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from recis.config import to_dict
+from recis.embedding import HashedEmbeddingCollection
 from recis.errors import CheckpointError, ConfigError
 from recis.train.checkpoint import file_entry, write_file
 
@@ -62,7 +63,10 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
     cfg, trainer, ckpt, step = load_run(run_dir, options.checkpoint)
     model = trainer.model
     dense = dense_module(model)  # refuses what does not export before any file is written
-    tensors, infos = pack_tables(model.sparse_arch, options.int8)
+    tables = model.sparse_arch
+    if not isinstance(tables, HashedEmbeddingCollection):
+        raise ConfigError("model.embedding: export reads the hashed engine's tables, not modulo")
+    tensors, infos = pack_tables(tables, options.int8)
     delta = _write_tables(folder, tensors, infos, options)
     schema = cfg.data.schema_
     features = [f.name for f in schema.sparse]
@@ -137,7 +141,11 @@ def load_tables(
 
 def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions) -> Path:
     """Export ``run_dir`` and publish it as the next version of ``out``; its folder."""
-    return publish(out, lambda folder: write_version(folder, Path(run_dir), options), options.keep)
+
+    def write(folder: Path) -> None:
+        write_version(folder, Path(run_dir), options)
+
+    return publish(out, write, options.keep)
 
 
 def read_manifest(version_dir: Path, check_files: bool = True) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class TableLookup:
         self.row_of: dict[str, torch.Tensor] = {}  # their rows
         self.size: dict[str, int] = {}
         self.base: dict[str, int] = {}
-        parts = []
+        parts: list[torch.Tensor] = []
         for t in infos:
             if f"{t.name}.weights" in tensors:
                 w = tensors[f"{t.name}.weights"].float()
