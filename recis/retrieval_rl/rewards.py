@@ -88,7 +88,7 @@ class ExclusivityReward(Reward):
         self.channels = channels
 
     def __call__(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        hits = sum(_membership(rows, ch, queries) for ch in self.channels)
+        hits = torch.stack([_membership(rows, ch, queries) for ch in self.channels]).sum(0)
         return 1.0 - hits / len(self.channels)
 
 
