@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch import nn
 from torchrec import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
@@ -20,7 +19,7 @@ from recis.ops.fresh_rows import FreshRows, native_applies, write_fresh_rows
 from recis.ops.id_mapper import IdMapper, MapResult, map_many
 from recis.optim.spec import resolve_sparse
 
-from .groups import FbgemmTableGroup, TableSlot, TorchTableGroup, default_scale
+from .groups import FbgemmTableGroup, GroupDict, TableSlot, TorchTableGroup, default_scale
 from .lookup import LookupModule
 
 
@@ -104,7 +103,7 @@ class HashedEmbeddingCollection(LookupModule):
             key = _group_key(t, opt)
             spec[key] = (t.pooling, t.dtype, opt)
             slots.setdefault(key, []).append(_table_slot(t, feats_of[t.name], one_row))
-        self.groups = nn.ModuleDict()
+        self.groups = GroupDict()
         self.where: dict[str, tuple[str, int]] = {}  # table -> (group, index in group)
         for key, ts in slots.items():
             pooling, dtype, opt = spec[key]
@@ -116,9 +115,9 @@ class HashedEmbeddingCollection(LookupModule):
         for name in self.mappers:
             self.register_buffer(f"fallback_{name}", self._fallback_vector(name))
         # in the order features were given (the output KeyedTensor's key order)
-        pooling = {f.name: by_name[f.table_name].pooling for f in features}
-        self.pooled_features = [f.name for f in features if pooling[f.name] != "none"]
-        self.sequence_features = [f.name for f in features if pooling[f.name] == "none"]
+        pooling_of = {f.name: by_name[f.table_name].pooling for f in features}
+        self.pooled_features = [f.name for f in features if pooling_of[f.name] != "none"]
+        self.sequence_features = [f.name for f in features if pooling_of[f.name] == "none"]
 
     def _fallback_vector(self, table: str) -> torch.Tensor:
         """``[D]``: what ids without a row read ('shared': one fixed vector, a function of
@@ -146,9 +145,8 @@ class HashedEmbeddingCollection(LookupModule):
                     f"got [{int(ids.min())}, {int(ids.max())}]"
                 )
             return ids.to(torch.int64)
-        if counts is not None:
-            counts = counts.cpu().numpy()
-        return mapper.map(ids, self.step, insert=self.training, counts=counts)
+        n = None if counts is None else counts.cpu().numpy()
+        return mapper.map(ids, self.step, insert=self.training, counts=n)
 
     def _apply_map(
         self, table: str, res: MapResult | torch.Tensor, fresh: list[FreshRows] | None = None
@@ -248,7 +246,7 @@ class HashedEmbeddingCollection(LookupModule):
         self._begin_step()
         rows = self._map_all(ids, counts)
         out: dict[str, torch.Tensor] = {}
-        for grp in self.groups.values():
+        for grp in self.groups.groups():
             if grp.pooling != "none":
                 raise EmbeddingError("embed_ids needs tables with pooling 'none'")
             if any(len(t.features) != 1 for t in grp.tables):
@@ -281,23 +279,13 @@ class HashedEmbeddingCollection(LookupModule):
         pooled: dict[str, torch.Tensor] = {}
         last_pooled: tuple[list[str], torch.Tensor] | None = None
         seqs: dict[str, JaggedTensor] = {}
-        for grp in self.groups.values():
+        for grp in self.groups.groups():
             fs = grp.feature_names
             idx = torch.cat([rows[f] for f in fs])
             lens = torch.cat([lengths[at[f] * b : (at[f] + 1) * b] for f in fs]).to(self.device)
             offsets = torch.zeros(lens.numel() + 1, dtype=torch.int64, device=self.device)
             torch.cumsum(lens, 0, out=offsets[1:])
-            psw = None
-            if any(self.weighted[f] for f in fs) and weights is not None:
-                psw = torch.cat(
-                    [
-                        weights[seg[f][0] : seg[f][1]]
-                        if self.weighted[f]
-                        else torch.ones(seg[f][1] - seg[f][0], device=weights.device)
-                        for f in fs
-                    ]
-                ).to(self.device, torch.float32)
-            out = grp(idx, offsets, psw)
+            out = grp(idx, offsets, self._sample_weights(fs, weights, seg))
             # split, not slices: a slice's backward zero-fills all of out, a split's is one cat
             if grp.pooling == "none":
                 parts = out.split([seg[f][1] - seg[f][0] for f in fs])
@@ -309,6 +297,22 @@ class HashedEmbeddingCollection(LookupModule):
                 last_pooled = (fs, out)
                 pooled.update(zip(fs, out.split(grp.feature_dims, dim=1)))
         return self._keyed(pooled, last_pooled), seqs
+
+    def _sample_weights(
+        self, fs: list[str], weights: torch.Tensor | None, seg: dict[str, tuple[int, int]]
+    ) -> torch.Tensor | None:
+        """Per-id weights float32 ``[sum of n_f]`` of features ``fs`` (ones for an unweighted
+        feature among weighted ones), or None when none of them is weighted."""
+        if weights is None or not any(self.weighted[f] for f in fs):
+            return None
+        return torch.cat(
+            [
+                weights[seg[f][0] : seg[f][1]]
+                if self.weighted[f]
+                else torch.ones(seg[f][1] - seg[f][0], device=weights.device)
+                for f in fs
+            ]
+        ).to(self.device, torch.float32)
 
     def _feature_rows(
         self, values: torch.Tensor, seg: dict[str, tuple[int, int]]

@@ -93,9 +93,9 @@ def _mark_in_backward(param: nn.Parameter, owner: object) -> None:
     param._in_backward_optimizers = [owner]  # type: ignore[attr-defined]  # torchrec's marker, not declared on Parameter
 
 
-class _TableGroup(nn.Module):
+class TableGroup(nn.Module):
     """What both groups share: their tables and settings, and row writes through their
-    ``weight(i)`` and ``states(i)``."""
+    ``weight(i)`` and ``states(i)``; :meth:`resize` and ``forward`` are each kind's own."""
 
     def __init__(
         self,
@@ -119,6 +119,10 @@ class _TableGroup(nn.Module):
     def states(self, i: int) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def resize(self, i: int, rows: int) -> None:
+        """Change table ``i`` to ``rows`` rows, keeping rows and state that still fit."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def reset_rows(self, i: int, rows: torch.Tensor, values: torch.Tensor | None = None) -> None:
         """Fresh init (``values`` ``[n, D]``, or drawn from the table's init) and zero
@@ -140,7 +144,7 @@ class _TableGroup(nn.Module):
             s[row] = 0
 
 
-class FbgemmTableGroup(_TableGroup):
+class FbgemmTableGroup(TableGroup):
     """Tables updated by an fbgemm fused optimizer, looked up in one TBE call.
 
     Args:
@@ -317,7 +321,7 @@ class FbgemmTableGroup(_TableGroup):
         return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
 
-class TorchTableGroup(_TableGroup):
+class TorchTableGroup(TableGroup):
     """Tables updated by recis's lazy row-wise Adam / AdamW, in backward.
 
     Weights and moments are buffers (never seen by a torch optimizer); the
@@ -429,6 +433,20 @@ class _BatchWithDecay(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return torch.cat([grad, ctx.decay.to(grad.dtype)]), None, None
+
+
+class GroupDict(nn.ModuleDict):
+    """``{group key: TableGroup}``: a ModuleDict (same state-dict keys) whose items are
+    typed as table groups, so that callers need no casts."""
+
+    def __getitem__(self, key: str) -> TableGroup:
+        group = super().__getitem__(key)
+        assert isinstance(group, TableGroup)  # only TableGroups are put in
+        return group
+
+    def groups(self) -> list[TableGroup]:
+        """The groups in insertion order (``values()``, typed)."""
+        return [self[k] for k in self.keys()]
 
 
 def _distinct(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
