@@ -39,6 +39,7 @@ from typing import TypeAlias
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from safetensors.numpy import load_file, save_file
 
 from recis.errors import CheckpointError, ConfigError, DataError
@@ -298,4 +299,68 @@ class LexicalMatcher:
             raise CheckpointError(f"{path}: not lexical statistics ({err})") from None
 
 
-__all__ = ["FEATURES", "LexicalConfig", "LexicalMatcher", "char_ngrams", "normalize_texts"]
+class BM25Index:
+    """BM25 (``k1``, ``b``) of a fixed corpus over character 1-2-grams, for top-k retrieval.
+
+    The corpus is indexed once as a sparse ``[M, V]`` matrix of BM25 term weights; a batch of
+    ``B`` queries is a dense ``[V, B]`` indicator of their distinct known terms, so scoring is
+    one sparse-dense product ``[M, B]``.
+
+    Example::
+
+        idx = BM25Index(["red shoes", "blue phone case"])
+        idx.topk(["phone"], k=1)[1]  # tensor([[1]])
+    """
+
+    sizes = (1, 2)
+
+    def __init__(self, corpus: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
+        self._lex = LexicalConfig()
+        g = char_ngrams(normalize_texts(list(corpus), self._lex), self.sizes)
+        self.vocab, local = np.unique(g.term, return_inverse=True)
+        m, v = len(corpus), len(self.vocab)
+        keys, tf = np.unique(g.row * v + local, return_counts=True)
+        rows, cols = keys // v, keys % v
+        df = np.bincount(cols, minlength=v).astype(np.float64)
+        idf = np.log(1.0 + (m - df + 0.5) / (df + 0.5))
+        length = np.bincount(g.row, minlength=m).astype(np.float64)
+        norm = k1 * (1 - b + b * length / max(length.mean(), 1e-9))
+        w = idf[cols] * tf * (k1 + 1) / (tf + norm[rows])
+        self.size = m
+        self.matrix = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([rows, cols])),
+            torch.from_numpy(w).float(),
+            (m, v),
+            check_invariants=False,
+        ).coalesce()
+
+    def scores(self, queries: Sequence[str]) -> torch.Tensor:
+        """BM25 of every corpus text for every query, ``[B, M]`` (0 where no term is shared)."""
+        g = char_ngrams(normalize_texts(list(queries), self._lex), self.sizes)
+        pos = np.minimum(np.searchsorted(self.vocab, g.term), max(len(self.vocab) - 1, 0))
+        hit = self.vocab[pos] == g.term if len(self.vocab) else np.zeros(len(pos), bool)
+        ind = torch.zeros(len(self.vocab), len(queries))
+        ind[torch.from_numpy(pos[hit]), torch.from_numpy(g.row[hit])] = 1.0
+        return torch.sparse.mm(self.matrix, ind).T
+
+    def topk(
+        self, queries: Sequence[str], k: int, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``min(k, M)`` best scores and corpus rows per query, both ``[B, k]``, best first."""
+        k = min(k, self.size)
+        values, rows = [torch.zeros(0, k)], [torch.zeros(0, k, dtype=torch.long)]
+        for i in range(0, len(queries), batch_size):
+            top = self.scores(queries[i : i + batch_size]).topk(k, dim=1)
+            values.append(top.values)
+            rows.append(top.indices)
+        return torch.cat(values), torch.cat(rows)
+
+
+__all__ = [
+    "FEATURES",
+    "BM25Index",
+    "LexicalConfig",
+    "LexicalMatcher",
+    "char_ngrams",
+    "normalize_texts",
+]

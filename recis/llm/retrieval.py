@@ -1,9 +1,7 @@
 """BM25 over a text corpus: the one chunk DyKnow-RAG shows the model.
 
-Terms are the character 1- and 2-grams of the NFKC-normalised, lower-cased text (the pieces of
-:mod:`recis.io.lexical`, so Chinese needs no segmentation). The corpus is indexed once as a
-sparse ``[M, V]`` matrix of BM25 term weights; a batch of queries is a dense ``[V, B]``
-indicator of their distinct terms, so scoring is one sparse-dense product ``[M, B]``.
+Terms are the character 1- and 2-grams of the NFKC-normalised, lower-cased text, so Chinese
+needs no segmentation; the index and scoring are :class:`recis.io.lexical.BM25Index`.
 """
 
 from __future__ import annotations
@@ -11,14 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from recis.io.lexical import LexicalConfig, char_ngrams, normalize_texts
+from recis.io.lexical import BM25Index
 from recis.llm.config import RetrieverConfig
 from recis.llm.task import read_table
-
-_SIZES = (1, 2)
 
 
 class BM25Retriever:
@@ -32,23 +27,7 @@ class BM25Retriever:
 
     def __init__(self, corpus: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
         self.corpus = list(corpus)
-        self._lex = LexicalConfig()
-        g = char_ngrams(normalize_texts(self.corpus, self._lex), _SIZES)
-        self.vocab, local = np.unique(g.term, return_inverse=True)
-        m, v = len(self.corpus), len(self.vocab)
-        keys, tf = np.unique(g.row * v + local, return_counts=True)
-        rows, cols = keys // v, keys % v
-        df = np.bincount(cols, minlength=v).astype(np.float64)
-        idf = np.log(1.0 + (m - df + 0.5) / (df + 0.5))
-        length = np.bincount(g.row, minlength=m).astype(np.float64)
-        norm = k1 * (1 - b + b * length / max(length.mean(), 1e-9))
-        w = idf[cols] * tf * (k1 + 1) / (tf + norm[rows])
-        self._matrix = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([rows, cols])),
-            torch.from_numpy(w).float(),
-            (m, v),
-            check_invariants=False,
-        ).coalesce()
+        self.index = BM25Index(self.corpus, k1, b)
 
     @classmethod
     def from_config(cls, cfg: RetrieverConfig) -> BM25Retriever:
@@ -64,19 +43,9 @@ class BM25Retriever:
 
     def scores(self, queries: Sequence[str]) -> torch.Tensor:
         """BM25 of every chunk for every query, ``[B, M]``."""
-        g = char_ngrams(normalize_texts(list(queries), self._lex), _SIZES)
-        pos = np.searchsorted(self.vocab, g.term)
-        pos = np.minimum(pos, len(self.vocab) - 1)
-        hit = self.vocab[pos] == g.term if len(self.vocab) else np.zeros(len(pos), bool)
-        ind = torch.zeros(len(self.vocab), len(queries))
-        ind[torch.from_numpy(pos[hit]), torch.from_numpy(g.row[hit])] = 1.0
-        return torch.sparse.mm(self._matrix, ind).T
+        return self.index.scores(queries)
 
     def search(self, queries: Sequence[str], k: int = 1, batch_size: int = 256) -> list[list[int]]:
         """Indices of the ``k`` best chunks per query (best first)."""
-        out: list[list[int]] = []
-        k = min(k, len(self.corpus))
-        for i in range(0, len(queries), batch_size):
-            s = self.scores(queries[i : i + batch_size])
-            out.extend(s.topk(k, dim=1).indices.tolist())
-        return out
+        rows: list[list[int]] = self.index.topk(queries, k, batch_size)[1].tolist()
+        return rows

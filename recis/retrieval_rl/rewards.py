@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from recis.errors import ConfigError
-from recis.io.lexical import LexicalConfig, LexicalMatcher, char_ngrams, normalize_texts
+from recis.io.lexical import BM25Index, LexicalMatcher
 
 
 class Reward(ABC):
@@ -95,45 +95,17 @@ class ExclusivityReward(Reward):
 class BM25Channel:
     """A lexical retrieval channel: top-``m`` pool items per query by BM25 over char 1-2 grams.
 
-    ``results(queries) -> list [Q] of pool-row arrays``; the pool is indexed once as a sparse
-    ``[N, V]`` matrix of BM25 term weights.
+    ``results(queries) -> list [Q] of pool-row arrays``; the pool is indexed once
+    (:class:`recis.io.lexical.BM25Index`).
     """
 
     def __init__(self, items: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
-        cfg = LexicalConfig()
-        g = char_ngrams(normalize_texts(list(items), cfg), (1, 2))
-        self.vocab, local = np.unique(g.term, return_inverse=True)
-        n, v = len(items), len(self.vocab)
-        keys, tf = np.unique(g.row * v + local, return_counts=True)
-        rows, cols = keys // v, keys % v
-        df = np.bincount(cols, minlength=v).astype(np.float64)
-        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
-        length = np.bincount(g.row, minlength=n).astype(np.float64)
-        norm = k1 * (1 - b + b * length / max(length.mean(), 1e-9))
-        w = idf[cols] * tf * (k1 + 1) / (tf + norm[rows])
-        self.matrix = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([rows, cols])),
-            torch.from_numpy(w).float(),
-            (n, v),
-            check_invariants=False,
-        ).coalesce()
-        self.n = n
+        self.index = BM25Index(items, k1, b)
 
     def results(self, queries: Sequence[str], m: int, batch: int = 512) -> list[np.ndarray]:
         """The ``m`` best pool rows per query (rows with a zero score are left out)."""
-        out: list[np.ndarray] = []
-        cfg = LexicalConfig()
-        for s in range(0, len(queries), batch):
-            part = list(queries[s : s + batch])
-            g = char_ngrams(normalize_texts(part, cfg), (1, 2))
-            pos = np.minimum(np.searchsorted(self.vocab, g.term), max(len(self.vocab) - 1, 0))
-            hit = self.vocab[pos] == g.term if len(self.vocab) else np.zeros(len(pos), bool)
-            ind = torch.zeros(len(self.vocab), len(part))
-            ind[torch.from_numpy(pos[hit]), torch.from_numpy(g.row[hit])] = 1.0
-            scores = torch.sparse.mm(self.matrix, ind).T  # [B, N]
-            top_s, top_r = scores.topk(min(m, self.n), dim=1)
-            out.extend(r[s_ > 0].numpy() for s_, r in zip(top_s, top_r))
-        return out
+        top_s, top_r = self.index.topk(queries, m, batch)
+        return [r[s > 0].numpy() for s, r in zip(top_s, top_r)]
 
 
 class RelevanceScorer(Protocol):
