@@ -31,48 +31,42 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.errors import ConfigError, DataError
+from recis.errors import DataError
 from recis.features import Schema
 
 from .batch import Batch
 from .convert import Columns, convert_columns
 from .prefetch import background
 from .quarantine import BAD_LINE, Quarantine, check_bad_fraction, record
+from .reader_state import STATE_KEYS, STATE_VERSION, SkipTally, check_options, start_state
 from .sources import SUFFIXES as _SUFFIXES
 from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
 from .validate import bad_rows, check_files
 
-_STATE_VERSION = 2
-_STATE_KEYS = ("epoch", "chunk", "pos", "skipped", "epoch_skipped")
 
-
-def _check_options(o: dict[str, Any]) -> None:
-    """One ConfigError naming every invalid :class:`Reader` option (``o``: its arguments)."""
-    checks = {
-        "batch_size": o["batch_size"] > 0,
-        "shuffle_buffer": o["shuffle_buffer"] > 0,
-        "format": o["format"] in _SUFFIXES,
-        "rank": 0 <= o["rank"] < o["world_size"],
-        "worker": 0 <= o["worker"] < o["num_workers"],
-        "nan_policy": o["nan_policy"] in ("fill", "raise"),
-        "on_bad_row": o["on_bad_row"] in ("raise", "skip"),
-        "max_bad_fraction": 0.0 <= o["max_bad_fraction"] <= 1.0,
-    }
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        shown = {
-            **o,
-            "rank": f"{o['rank']}/{o['world_size']}",
-            "worker": f"{o['worker']}/{o['num_workers']}",
-        }
-        raise ConfigError("; ".join(f"{k}: invalid value {shown[k]!r}" for k in bad))
+def _open_source(
+    files: list[str], schema: Schema, format: str, fs: Any, csv: CsvOptions | None, skip: bool
+) -> Source:
+    """The :class:`Source` over ``files`` (``skip``: leave out CSV lines that fail to parse)."""
+    return Source(
+        files,
+        schema.columns,
+        format,
+        fs,
+        csv,
+        skip_bad_lines=skip,
+        # CSV ids under dtype int or string are read as text, whatever a block looks like:
+        # int ids are parsed (checked per row) by recis, string ids hashed as written
+        # ("007" stays "007"; one file's all-digit block cannot make the column int64)
+        text_columns=[f.source for f in schema.sparse if f.dtype != "auto"],
+    )
 
 
 class Reader:
@@ -128,7 +122,7 @@ class Reader:
         pin_memory: bool = False,
         max_bad_fraction: float = 0.01,
     ) -> None:
-        _check_options(dict(locals()))
+        check_options(dict(locals()))
         fs = as_arrow_fs(filesystem)
         self.files = resolve_paths(paths, _SUFFIXES[format], fs)
         self.schema = schema
@@ -148,48 +142,19 @@ class Reader:
         self.drop_last = drop_last
         # pinning needs an accelerator runtime; without one it is a no-op rather than an error
         self.pin = pin_memory and torch.accelerator.is_available()
-        self.source = Source(
-            self.files,
-            schema.columns,
-            format,
-            fs,
-            csv,
-            skip_bad_lines=on_bad_row == "skip",
-            # CSV ids under dtype int or string are read as text, whatever a block looks like:
-            # int ids are parsed (checked per row) by recis, string ids hashed as written
-            # ("007" stays "007"; one file's all-digit block cannot make the column int64)
-            text_columns=[f.source for f in schema.sparse if f.dtype != "auto"],
-        )
+        self.source = _open_source(self.files, schema, format, fs, csv, on_bad_row == "skip")
         self.num_rows = sum(u.num_rows for u in self.source.units)
         # every file's columns and types, from metadata, before the first step
         check_files(schema, self.files, [self.source.schema(i) for i in range(len(self.files))])
         self._lock = threading.Lock()
-        self._state = self._start_state(0)
+        self._state = start_state(0)
 
     # -- position --------------------------------------------------------------------------
-    def _start_state(
-        self,
-        epoch: int,
-        skipped: int = 0,
-        bad: dict[str, int] | None = None,
-        last_epoch_bad: dict[str, int] | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "epoch": epoch,
-            "chunk": 0,
-            "pos": 0,
-            "skipped": skipped,
-            "epoch_skipped": 0,
-            "bad": dict(bad or {}),  # all epochs, per reason
-            "epoch_bad": {},  # this epoch, per reason
-            "last_epoch_bad": dict(last_epoch_bad or {}),  # the epoch before, per reason
-        }
-
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration."""
         with self._lock:
             s = self._state
-            self._state = self._start_state(epoch, s["skipped"], s["bad"], s["last_epoch_bad"])
+            self._state = start_state(epoch, s["skipped"], s["bad"], s["last_epoch_bad"])
 
     @property
     def epoch(self) -> int:
@@ -250,7 +215,7 @@ class Reader:
         k = max(0, int(np.searchsorted(starts, g, side="right")) - 1)
         u = units[min(k, len(units) - 1)]
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             **s,
             "rows_in_epoch": s["chunk"] * self.buffer + s["pos"],
             "file": self.files[u.file],
@@ -274,7 +239,7 @@ class Reader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the last batch delivered by the reader that saved ``state``."""
-        if state.get("version") not in (1, _STATE_VERSION):  # 1: before per-reason counts
+        if state.get("version") not in (1, STATE_VERSION):  # 1: before per-reason counts
             raise DataError(f"reader state version {state.get('version')} is not supported")
         if state["layout"] != self._layout():
             diff = {
@@ -284,7 +249,7 @@ class Reader:
             }
             raise DataError(f"reader state does not match this reader (saved, now): {diff}")
         with self._lock:
-            self._state = {k: int(state.get(k, 0)) for k in _STATE_KEYS}
+            self._state = {k: int(state.get(k, 0)) for k in STATE_KEYS}
             for k in ("bad", "epoch_bad", "last_epoch_bad"):
                 self._state[k] = {str(r): int(v) for r, v in state.get(k, {}).items()}
 
@@ -368,12 +333,18 @@ class Reader:
             line=self.source.line_of(row, fidx),
         )
 
-    def _check_bad_fraction(self, epoch: int, skipped: int, lines: int, bad: Counter) -> None:
-        """:func:`check_bad_fraction` over this shard's rows of ``epoch`` (+ CSV bad lines)."""
-        _, _, lo, hi = self._plan(epoch)
+    def _check_bad_fraction(self, tally: SkipTally) -> None:
+        """:func:`check_bad_fraction` over this shard's rows of the epoch (+ CSV bad lines)."""
+        _, _, lo, hi = self._plan(tally.epoch)
         path = self.files[0] if len(self.files) == 1 else None
         check_bad_fraction(
-            skipped, hi - lo + lines, self.max_bad_fraction, epoch, bad, self.quarantine, path
+            tally.epoch_skipped,
+            hi - lo + tally.lines,
+            self.max_bad_fraction,
+            tally.epoch,
+            tally.epoch_bad,
+            self.quarantine,
+            path,
         )
 
     def _produce(self) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
@@ -385,64 +356,56 @@ class Reader:
         over the reader completes stays in step with the reader.
         """
         s = dict(self._state)
-        epoch = s["epoch"]
-        acc = {"skipped": s["skipped"], "epoch_skipped": s["epoch_skipped"], "lines": 0}
-        bad: Counter = Counter(s["bad"])
-        epoch_bad: Counter = Counter(s["epoch_bad"])  # a resumed epoch keeps its counts
-
-        def state(chunk: int, pos: int) -> dict[str, Any]:
-            return {
-                "epoch": epoch,
-                "chunk": chunk,
-                "pos": pos,
-                "skipped": acc["skipped"],
-                "epoch_skipped": acc["epoch_skipped"],
-                "bad": dict(bad),
-                "epoch_bad": dict(epoch_bad),
-                "last_epoch_bad": s["last_epoch_bad"],
-            }
-
-        def count(reasons: Counter) -> None:
-            n = sum(reasons.values())
-            acc["skipped"] += n
-            acc["epoch_skipped"] += n
-            bad.update(reasons)
-            epoch_bad.update(reasons)
-
+        tally = SkipTally(s)
         carry: Columns | None = None
-        chunks = self._chunks(epoch, s["chunk"])
+        chunks = self._chunks(tally.epoch, s["chunk"])
         if self.prefetch > 0:  # decode the next chunk (Arrow, GIL released) while converting
             chunks = background(chunks, 1, "recis-io-read")
         last = (s["chunk"], s["pos"])
         for c, table, files, rows, lines in chunks:
-            n = table.num_rows
             pos = s["pos"] if c == s["chunk"] else 0
             if lines and pos == 0:  # a resumed chunk (pos > 0) counted its lines already
                 self._quarantine.write(lines)
-                acc["lines"] += len(lines)
-                count(Counter({BAD_LINE: len(lines)}))
-            perm, code, reasons = self._order(epoch, c, table, files, rows, pos)
-            good = pos + np.flatnonzero(code[pos:] == 0)
-            cols = self._convert(table, perm[good])
-            k = 0
-            while k < len(good):
-                need = self.batch_size - (carry.num_rows if carry is not None else 0)
-                sel = good[k : k + need]
-                end = int(sel[-1]) + 1 if len(sel) == need else n
-                count(self._skip(table, code, perm, reasons, files, rows, pos, end))
-                part = cols.slice(k, k + len(sel))
-                carry = part if carry is None else Columns.concat([carry, part])
-                pos, k = end, k + need
-                if carry.num_rows == self.batch_size:
-                    yield self._finish(carry), state(c, pos)
-                    carry = None
-            count(self._skip(table, code, perm, reasons, files, rows, pos, n))
-            last = (c, n)
-            self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
+                tally.lines += len(lines)
+                tally.count(Counter({BAD_LINE: len(lines)}))
+            carry = yield from self._batches(tally, c, table, files, rows, pos, carry)
+            last = (c, table.num_rows)
+            self._check_bad_fraction(tally)
         if carry is not None and carry.num_rows and not self.drop_last:
-            yield self._finish(carry), state(*last)
-        self._check_bad_fraction(epoch, acc["epoch_skipped"], acc["lines"], epoch_bad)
-        yield None, self._start_state(epoch + 1, acc["skipped"], dict(bad), dict(epoch_bad))
+            yield self._finish(carry), tally.state(*last)
+        self._check_bad_fraction(tally)
+        yield None, tally.next_epoch()
+
+    def _batches(  # noqa: ANN001 - the chunk's arrays, as in _produce
+        self,
+        tally: SkipTally,
+        c: int,
+        table: pa.Table,
+        files,
+        rows,
+        pos: int,
+        carry: Columns | None,
+    ) -> Generator[tuple[Batch, dict[str, Any]], None, Columns | None]:
+        """(batch, state after it) for chunk ``c`` from ``pos`` on, the first batch completing
+        ``carry`` (rows left from the chunk before); returns the rows left over."""
+        n = table.num_rows
+        perm, code, reasons = self._order(tally.epoch, c, table, files, rows, pos)
+        good = pos + np.flatnonzero(code[pos:] == 0)
+        cols = self._convert(table, perm[good])
+        k = 0
+        while k < len(good):
+            need = self.batch_size - (carry.num_rows if carry is not None else 0)
+            sel = good[k : k + need]
+            end = int(sel[-1]) + 1 if len(sel) == need else n
+            tally.count(self._skip(table, code, perm, reasons, files, rows, pos, end))
+            part = cols.slice(k, k + len(sel))
+            carry = part if carry is None else Columns.concat([carry, part])
+            pos, k = end, k + need
+            if carry.num_rows == self.batch_size:
+                yield self._finish(carry), tally.state(c, pos)
+                carry = None
+        tally.count(self._skip(table, code, perm, reasons, files, rows, pos, n))
+        return carry
 
     def _order(  # noqa: ANN001 - the chunk's arrays, as in _produce
         self, epoch: int, c: int, table: pa.Table, files, rows, pos: int
