@@ -3,7 +3,9 @@
 An open-addressing hash table (linear probing, Fibonacci hashing of the 64-bit
 key) over numpy arrays; its probe loops (:mod:`recis.ops.id_mapper_probe`) run
 in C++ when the torch extension builds, else vectorized in numpy. Admission,
-eviction and growth here are numpy array code: no Python loop over ids.
+eviction and growth are numpy array code: no Python loop over ids. Which ids are
+admitted, which rows are evicted or expired and how far a table grows is
+:mod:`recis.ops.id_policy`'s.
 
 Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 
@@ -15,29 +17,12 @@ Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 * ``recycled``: int32, a stack of rows freed by eviction (short: they are
   reused at once); never-used rows are the range ``[next_unused, C)``.
 * with ``min_count > 1``: a count-min sketch ``[depth, width]`` of int32.
-
-Admission: a missing id is *admitted* (gets a row) once it was seen
-``min_count`` times, counted by a count-min sketch (it can only over-count,
-so an id may be admitted early after sketch collisions, never late), and then
-with probability ``admit_prob`` (one draw per id per step it is missing).
-
-Eviction (when the table is full): ``lru`` frees the rows seen longest ago,
-``lfu`` the rows seen least often, ``ttl`` the rows not seen for more than
-``ttl_steps`` steps (a known id past its TTL is also treated as new on its
-next lookup: its row is reset). Rows used in the current batch are never
-evicted. To amortize the ``O(C)`` scan, one eviction frees
-``max(needed, evict_fraction * C)`` rows. Ids still without a row read the
-fallback (row ``-1`` here).
-
-Growth: a growable mapper doubles ``C`` (up to ``max_capacity``) when
-occupancy passes ``grow_at`` or a batch needs more rows than are free; rows
-keep their index, so weights and optimizer state are only copied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,17 +31,12 @@ from recis.errors import EmbeddingError, TableFullError
 
 from . import id_mapper_probe as probe
 from .id_mapper_probe import EMPTY, TOMB, native_kernels
+from .id_policy import FREE, Admission, Eviction, expired, grown_capacity, victims
 
-_SKETCH_MUL = np.array(
-    [0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
-     0xC4CEB9FE1A85EC53, 0x9FB21C651E98DF25, 0x27D4EB2F165667C5, 0x94D049BB133111EB],
-    dtype=np.uint64,
-)  # fmt: skip
-_FREE = np.int32(np.iinfo(np.int32).max)  # row_last of a free row
+__all__ = ["Eviction", "IdMapper", "MapResult", "map_many", "native_kernels"]
+
 _MAX_LOAD = 0.7  # live rows / slots, at most
 _REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
-
-Eviction = Literal["none", "lru", "lfu", "ttl"]
 
 
 @dataclass
@@ -151,27 +131,20 @@ class IdMapper:
         self.eviction = eviction
         self.ttl_steps = ttl_steps
         self.evict_fraction = evict_fraction
-        self.min_count = min_count
-        self.admit_prob = admit_prob
         self.growable = growable
         self.grow_at = grow_at
         self.max_capacity = max_capacity
-        self.rng = np.random.default_rng(seed)
+        self.admission = Admission(min_count, admit_prob, seed, sketch_width, sketch_depth)
         self._nat = native_kernels() if native in (None, True) else None
         if native and self._nat is None:
             raise EmbeddingError(f"table {name!r}: native IdMapper kernels could not be built")
-        self.sketch = (
-            np.zeros((sketch_depth, 1 << int(np.log2(sketch_width))), np.int32)
-            if min_count > 1
-            else None
-        )
         self._allocate(capacity)
 
     # ------------------------------------------------------------------ storage
     def _allocate(self, capacity: int) -> None:
         self.capacity = capacity
         self.row_key = np.zeros(capacity, np.uint64)
-        self.row_last = np.full(capacity, _FREE, np.int32) if self.eviction != "none" else None
+        self.row_last = np.full(capacity, FREE, np.int32) if self.eviction != "none" else None
         self.row_count = np.zeros(capacity, np.int32) if self.eviction == "lfu" else None
         self.next_unused = 0  # rows >= this were never used
         self.recycled = np.zeros(0, np.int32)  # rows freed by eviction, reused first
@@ -200,15 +173,7 @@ class IdMapper:
 
     def _find(self, keys: np.ndarray, rows: bool = False, touch: int | None = None) -> np.ndarray:
         """Slot (or row) of each uint64 key, -1 where absent; see :func:`probe.find`."""
-        return probe.find(
-            self.slots,
-            self.row_key,
-            keys,
-            self._nat,
-            rows,
-            self.row_last,
-            touch,
-        )
+        return probe.find(self.slots, self.row_key, keys, self._nat, rows, self.row_last, touch)
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
@@ -255,13 +220,10 @@ class IdMapper:
         reset = [np.zeros(0, np.int64)]
         fresh = [np.zeros(0, np.int64)]
         hit = rows >= 0
-        if self.eviction == "ttl":
-            hit_rows = rows[hit]
-            assert self.row_last is not None and self.ttl_steps  # TTL tables keep row_last
-            expired = self.row_last[hit_rows] < step - self.ttl_steps
-            if expired.any():  # not seen for too long: same row, fresh content
-                reset.append(np.unique(hit_rows[expired]))
-                fresh.append(reset[-1])
+        if self.eviction == "ttl":  # not seen for too long: same row, fresh content
+            assert self.row_last is not None  # TTL tables keep row_last
+            reset.append(expired(self.row_last, rows[hit], step, self.ttl_steps))
+            fresh.append(reset[-1])
         if self.row_last is not None and touch is None:
             self.row_last[rows[hit]] = step
         new_rows = np.zeros(0, np.int64)
@@ -294,17 +256,9 @@ class IdMapper:
     ) -> np.ndarray:
         """numpy path: admit the ``missing`` keys, give them rows in first-seen order
         (writing ``rows`` in place); returns the rows given."""
-        uniq, first, inverse, seen = np.unique(
-            keys[missing], return_index=True, return_inverse=True, return_counts=True
+        new_keys, inverse, admit = self.admission.admit_missing(
+            keys[missing], None if occ is None else occ[missing]
         )
-        order = np.argsort(first, kind="stable")  # first-seen order, as the native path
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        new_keys, inverse = uniq[order], rank[inverse.reshape(-1)]
-        seen = seen[order]
-        if occ is not None:
-            seen = np.bincount(inverse, weights=occ[missing], minlength=len(new_keys))
-        admit = self._admit(new_keys, seen.astype(np.int64))
         new_keys = new_keys[admit]
         if not len(new_keys):
             return np.zeros(0, np.int64)
@@ -352,8 +306,7 @@ class IdMapper:
         and free rows for every id (no eviction or growth can be needed mid-batch)."""
         return (
             self._nat is not None
-            and self.sketch is None
-            and self.admit_prob >= 1.0
+            and self.admission.admits_all
             and self.eviction != "ttl"
             and n <= self.n_free
         )
@@ -384,26 +337,6 @@ class IdMapper:
         self.next_unused += taken - used
         return rows
 
-    def _admit(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        admit = np.ones(len(keys), bool)
-        if self.sketch is not None:
-            depth, width = self.sketch.shape
-            est = None
-            with np.errstate(over="ignore"):
-                for d in range(depth):
-                    h = ((keys ^ _SKETCH_MUL[d + 4 & 7]) * _SKETCH_MUL[d & 7]) >> np.uint64(
-                        64 - int(np.log2(width))
-                    )
-                    h = h.astype(np.int64)
-                    np.add.at(self.sketch[d], h, counts.astype(np.int32))
-                    e = self.sketch[d][h]
-                    est = e if est is None else np.minimum(est, e)
-            assert est is not None  # depth >= 1
-            admit &= est >= self.min_count
-        if self.admit_prob < 1.0:
-            admit &= self.rng.random(len(keys)) < self.admit_prob
-        return admit
-
     def _take_rows(self, n: int, step: int, reset: list[np.ndarray]) -> np.ndarray:
         """Pop ``n`` free rows, growing or evicting first; may return fewer."""
         if n > self.n_free and self.growable:
@@ -428,56 +361,28 @@ class IdMapper:
         return rows
 
     def _evict(self, k: int, step: int) -> np.ndarray:
-        """Free up to ``k`` rows by the eviction policy; returns the rows freed.
-
-        Free rows carry ``row_last == _FREE`` (never evictable), so no list of
-        live rows is built: one or two O(C) passes over int32 arrays.
-        """
+        """Free up to ``k`` rows chosen by :func:`recis.ops.id_policy.victims`; returns them."""
         last = self.row_last
         assert last is not None  # evicting tables keep row_last
-        if self.eviction == "ttl":
-            assert self.ttl_steps
-            victims = np.flatnonzero(last < step - self.ttl_steps)
-        else:
-            evictable = last < step  # rows of this batch (and free rows) stay
-            n = int(np.count_nonzero(evictable))
-            k = min(k, n)
-            if k == 0:
-                return np.zeros(0, np.int64)
-            if self.eviction == "lfu":
-                assert self.row_count is not None  # LFU tables keep counts
-                score = np.where(evictable, self.row_count, np.iinfo(np.int32).max)
-            else:
-                score = last
-            if k == n:
-                victims = np.flatnonzero(evictable)
-            else:
-                kth = np.partition(score, k - 1)[k - 1]  # k-th smallest score
-                below = np.flatnonzero(score < kth)
-                ties = np.flatnonzero(score == kth)[: k - len(below)]
-                victims = np.concatenate([below, ties])
-        if len(victims) == 0:
-            return victims.astype(np.int64)
-        pos = self._find(self.row_key[victims])
+        rows = victims(self.eviction, last, self.row_count, k, step, self.ttl_steps)
+        if len(rows) == 0:
+            return rows
+        pos = self._find(self.row_key[rows])
         self.slots[pos] = TOMB
-        self.n_tomb += len(victims)
-        last[victims] = _FREE
-        self.recycled = np.concatenate([self.recycled, victims.astype(np.int32)])
-        return victims.astype(np.int64)
+        self.n_tomb += len(rows)
+        last[rows] = FREE
+        self.recycled = np.concatenate([self.recycled, rows.astype(np.int32)])
+        return rows
 
     def _grow(self, need: int) -> None:
-        new = self.capacity
-        while new < need:
-            new *= 2
-        if self.max_capacity is not None:
-            new = min(new, self.max_capacity)
+        new = grown_capacity(self.capacity, need, self.max_capacity)
         if new <= self.capacity:
             return
         old = self.capacity
         self.capacity = new
         self.row_key = np.concatenate([self.row_key, np.zeros(new - old, np.uint64)])
         if self.row_last is not None:
-            self.row_last = np.concatenate([self.row_last, np.full(new - old, _FREE, np.int32)])
+            self.row_last = np.concatenate([self.row_last, np.full(new - old, FREE, np.int32)])
         if self.row_count is not None:
             self.row_count = np.concatenate([self.row_count, np.zeros(new - old, np.int32)])
         self._rebuild(_num_slots(new))
@@ -490,14 +395,14 @@ class IdMapper:
             "next_unused": self.next_unused,
             "row_key": torch.from_numpy(self.row_key.view(np.int64).copy()),
             "recycled": torch.from_numpy(self.recycled.astype(np.int64)),
-            "rng": self.rng.bit_generator.state,
+            "rng": self.admission.rng.bit_generator.state,
         }
         if self.row_last is not None:
             st["row_last"] = torch.from_numpy(self.row_last.copy())
         if self.row_count is not None:
             st["row_count"] = torch.from_numpy(self.row_count.copy())
-        if self.sketch is not None:
-            st["sketch"] = torch.from_numpy(self.sketch.copy())
+        if self.admission.sketch is not None:
+            st["sketch"] = torch.from_numpy(self.admission.sketch.copy())
         return st
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
@@ -509,9 +414,9 @@ class IdMapper:
             self.row_last[:] = st["row_last"].numpy()
         if self.row_count is not None:
             self.row_count[:] = st["row_count"].numpy()
-        if self.sketch is not None and "sketch" in st:
-            self.sketch[...] = st["sketch"].numpy()
-        self.rng.bit_generator.state = st["rng"]
+        if self.admission.sketch is not None and "sketch" in st:
+            self.admission.sketch[...] = st["sketch"].numpy()
+        self.admission.rng.bit_generator.state = st["rng"]
         self._rebuild()
 
     def clear(self) -> None:

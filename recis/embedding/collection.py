@@ -408,7 +408,7 @@ class HashedEmbeddingCollection(LookupModule):
     def admission_sketch(self, table: str) -> np.ndarray | None:
         """Hashed ``table``'s count-min sketch of admission counts (int32 ``[depth, width]``,
         the mapper's own array: writes go through), or None."""
-        return self.mappers[table].sketch
+        return self.mappers[table].admission.sketch
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
