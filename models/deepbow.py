@@ -41,7 +41,7 @@ from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import masked_softmax
+from .layers import attention_pool, masked_softmax
 from .relevance_head import RelevanceHead
 from .text_towers import LLMTower, LLMTowerConfig, text_input
 
@@ -182,9 +182,7 @@ class DeepBoW(nn.Module):
         bag = torch.zeros(ids.shape[0], cfg.vocab, device=h.device, dtype=h.dtype)
         bag = bag.scatter_add(1, terms, w)
         if self.expand is not None:
-            pooled = torch.einsum(
-                "bt,btd->bd", masked_softmax(self.pool_score(h).squeeze(-1), mask), h
-            )
+            pooled = attention_pool(h, mask, self.pool_score)  # [B, d]
             exp = torch.log1p(F.relu(self.expand(pooled)))  # [B, V]
             top, idx = exp.topk(min(cfg.expansion_k, cfg.vocab), dim=1)
             bag = bag + torch.zeros_like(bag).scatter(1, idx, top)

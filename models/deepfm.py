@@ -22,12 +22,11 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
-from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP, dense_norm
+from .layers import MLP, dense_norm, model_embedding
 
 
 @dataclass(config=STRICT)
@@ -73,27 +72,15 @@ class DeepFM(nn.Module):
             raise ConfigError(f"model.tables: DeepFM needs one embedding dim, got {sorted(used)}")
         d = used.pop() if used else 0
         self.feature_names = [f.name for f in schema.sparse]
-        self.embedding = build_embedding_collection(
-            config.tables,
-            schema.sparse,
-            device,
-            config.sparse_optimizer,
-            engine=config.embedding,
-            template=template_tables,
-        )
+        self.embedding = model_embedding(config, schema.sparse, device, template_tables)
         # first-order weights: a per-id scalar, stored as the sum of a dim-4 row because
         # fbgemm's fused kernels need dims that are multiples of 4 (same function class)
         wide_tables = [
             dataclasses.replace(t, name=f"{t.name}_w", dim=4, pooling="sum") for t in config.tables
         ]
         wide_feats = [dataclasses.replace(f, table=f"{f.table_name}_w") for f in schema.sparse]
-        self.first_order = build_embedding_collection(
-            wide_tables,
-            wide_feats,
-            device,
-            config.sparse_optimizer,
-            engine=config.embedding,
-            template=template_tables,
+        self.first_order = model_embedding(
+            config, wide_feats, device, template_tables, tables=wide_tables
         )
         num_dense = len(schema.dense)
         self.dense_norm = dense_norm(num_dense, config.dense_norm, device)

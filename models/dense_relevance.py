@@ -14,7 +14,7 @@ from recis.features import Schema
 from recis.io.batch import Batch
 
 from .deepbow import DeepBoWConfig, TextEncoder, relevance_head
-from .layers import masked_softmax
+from .layers import attention_pool
 from .text_towers import text_input
 
 
@@ -49,8 +49,7 @@ class DenseRelevance(nn.Module):
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(ids, mask)
-        w = masked_softmax(self.pool_score(h).squeeze(-1), mask)
-        return F.normalize(self.proj(torch.einsum("bt,btd->bd", w, h)), dim=-1)
+        return F.normalize(self.proj(attention_pool(h, mask, self.pool_score)), dim=-1)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -16,11 +16,10 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
-from recis.embedding import build_embedding_collection
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP, dense_norm
+from .layers import MLP, dense_norm, model_embedding
 
 
 @dataclass(config=STRICT)
@@ -76,14 +75,7 @@ class DLRM(nn.Module):
                 )
         self.tasks = [label.name for label in schema.labels]
         self.num_dense = len(schema.dense)
-        self.sparse_arch = build_embedding_collection(
-            config.tables,
-            schema.sparse,
-            device,
-            config.sparse_optimizer,
-            engine=config.embedding,
-            template=template_tables,
-        )
+        self.sparse_arch = model_embedding(config, schema.sparse, device, template_tables)
         self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
         n = len(schema.sparse) + 1
         rows, cols = torch.triu_indices(n, n, offset=1)

@@ -9,10 +9,33 @@ from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from recis.config import SparseOptimizerConfig, TableConfig
-from recis.embedding import HashedEmbeddingCollection, build_embedding_collection
+from recis.config import ModelConfig, SparseOptimizerConfig, TableConfig
+from recis.embedding import (
+    HashedEmbeddingCollection,
+    ModuloEmbeddingBagCollection,
+    build_embedding_collection,
+)
 from recis.embedding.modulo import modulo_ids
 from recis.features import SparseFeature, features_by_table
+
+
+def model_embedding(
+    config: ModelConfig,
+    features: list[SparseFeature],
+    device: torch.device,
+    template: bool,
+    tables: list[TableConfig] | None = None,
+) -> HashedEmbeddingCollection | ModuloEmbeddingBagCollection:
+    """The pooled embedding of ``features`` from the model's tables (or ``tables``), with the
+    run's sparse optimizer and embedding engine; ``template``: hashed tables as templates."""
+    return build_embedding_collection(
+        config.tables if tables is None else tables,
+        features,
+        device,
+        config.sparse_optimizer,
+        engine=config.embedding,
+        template=template,
+    )
 
 
 class MLP(nn.Sequential):
@@ -144,6 +167,12 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=dim)
     return torch.nan_to_num(probs, nan=0.0)
+
+
+def attention_pool(h: torch.Tensor, mask: torch.Tensor, score: nn.Module) -> torch.Tensor:
+    """``h [B, T, d]`` averaged with the weights ``softmax(score(h) [B, T, 1])`` over the
+    positions of ``mask [B, T]`` -> ``[B, d]``."""
+    return torch.einsum("bt,btd->bd", masked_softmax(score(h).squeeze(-1), mask), h)
 
 
 class DenseNorm(nn.BatchNorm1d):

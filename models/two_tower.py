@@ -35,14 +35,13 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from recis.config import STRICT, ModelConfig
-from recis.embedding import build_embedding_collection
 from recis.errors import ConfigError
 from recis.features import Schema, SparseFeature
 from recis.io import make_reader
 from recis.io.batch import Batch
 from recis.metrics import RetrievalCorpus
 
-from .layers import MLP, SequenceEmbedding, padded_ids, select_features
+from .layers import MLP, SequenceEmbedding, model_embedding, padded_ids, select_features
 from .retrieval_layers import (
     FrequencyEstimator,
     in_batch_softmax_loss,
@@ -190,13 +189,8 @@ class TwoTower(nn.Module):
         # one collection per tower: each side is encoded from its own features alone
         self.embedding = nn.ModuleDict(
             {
-                side: build_embedding_collection(
-                    config.tables,
-                    [sparse[n] for n in tower.sparse],
-                    device,
-                    config.sparse_optimizer,
-                    engine=config.embedding,
-                    template=template_tables,
+                side: model_embedding(
+                    config, [sparse[n] for n in tower.sparse], device, template_tables
                 )
                 for side, tower in config.towers().items()
                 if tower.sparse
