@@ -46,6 +46,22 @@ def _parser() -> argparse.ArgumentParser:
         help="print the traceback of an error (accepted anywhere on the command line)",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train_eval(sub)
+    help = "what is installed (torch, fbgemm, torchrec, CUDA, native ops, extras), what is missing"
+    sub.add_parser("doctor", help=help, description=help)
+    pl = sub.add_parser(
+        "plot", help="write PNG curves of a run", description="write PNG curves of a run"
+    )
+    pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
+    _add_split(sub)
+    _add_vocab(sub)
+    _add_prune(sub)
+    _add_serving(sub)
+    return p
+
+
+def _add_train_eval(sub: argparse._SubParsersAction) -> None:
+    """``recis train`` and ``recis eval``: a YAML config, ``--set`` overrides, ``--launcher``."""
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
@@ -88,17 +104,6 @@ def _parser() -> argparse.ArgumentParser:
             "'auto' detects torchrun / horovodrun from the environment); see "
             "docs/distributed.md",
         )
-    help = "what is installed (torch, fbgemm, torchrec, CUDA, native ops, extras), what is missing"
-    sub.add_parser("doctor", help=help, description=help)
-    pl = sub.add_parser(
-        "plot", help="write PNG curves of a run", description="write PNG curves of a run"
-    )
-    pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
-    _add_split(sub)
-    _add_vocab(sub)
-    _add_prune(sub)
-    _add_serving(sub)
-    return p
 
 
 def _add_serving(sub: argparse._SubParsersAction) -> None:
@@ -333,63 +338,68 @@ def _is_retrieval_grpo(path: str) -> bool:
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "plot":
-            from recis.train.plot import plot_run
-
-            for path in plot_run(args.run_dir):
-                print(path)
-            return 0
-        if args.command == "prune":
-            _prune(args)
-            return 0
-        if args.command == "split":
-            _split(args)
-            return 0
-        if args.command in ("export", "serve"):  # issue 21
-            _serving(args)
-            return 0
-        if args.command == "doctor":
-            from recis.doctor import main as doctor
-
-            return doctor()
-        if args.command == "train" and _is_retrieval_grpo(args.config):
-            from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
-
-            return retrieval_grpo(args)
-        if args.command in ("train", "eval") and _is_relevance_llm(args.config):
-            from recis.llm.command import main as relevance_llm  # issue 18
-
-            return relevance_llm(args)
-        import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
-        from recis.config import load_config
-
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "vocab":
-            _vocab(cfg, only_missing=False)
-            return 0
-        if args.command == "train":  # every output path writable, before reading any data
-            from recis.config import check_outputs
-
-            check_outputs(_resumed(cfg, args.resume))
-        if args.command == "train":  # a vocabulary the config names but nobody built yet
-            _vocab(cfg, only_missing=True)
-        launcher = _launcher(cfg, args)
-        # one path for one process and for N (torchrun, horovodrun): recis.distributed.run
-        from recis.distributed import run
-
-        if args.command == "train":
-            result = run.train(cfg, launcher, resume=args.resume, overwrite=args.overwrite)
-            if result is not None and result.get("checkpoint"):  # rank 0, stopped by a signal
-                return _interrupted(result, cfg.run_dir, launcher)
-            if result is not None:  # rank 0
-                _print_result(result)
-                print(f"run directory: {cfg.run_dir}")
-        else:
-            result = run.evaluate(cfg, args.checkpoint, launcher)
-            if result is not None:  # rank 0
-                _print_result(result)
+        code = _tool(args)
+        return _configured(args) if code is None else code
     finally:
         sys.stdout.flush()  # results before the error line, in order
+
+
+def _tool(args: argparse.Namespace) -> int | None:
+    """The exit status of a command that needs no run config; None for one that does."""
+    if args.command == "plot":
+        from recis.train.plot import plot_run
+
+        for path in plot_run(args.run_dir):
+            print(path)
+        return 0
+    commands = {"prune": _prune, "split": _split, "export": _serving, "serve": _serving}
+    if args.command in commands:  # export, serve: issue 21
+        commands[args.command](args)
+        return 0
+    if args.command == "doctor":
+        from recis.doctor import main as doctor
+
+        return doctor()
+    if args.command == "train" and _is_retrieval_grpo(args.config):
+        from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
+
+        return retrieval_grpo(args)
+    if args.command in ("train", "eval") and _is_relevance_llm(args.config):
+        from recis.llm.command import main as relevance_llm  # issue 18
+
+        return relevance_llm(args)
+    return None
+
+
+def _configured(args: argparse.Namespace) -> int:
+    """``vocab``, ``train`` and ``eval`` of a recis run config (one process or N)."""
+    import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
+    from recis.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "vocab":
+        _vocab(cfg, only_missing=False)
+        return 0
+    if args.command == "train":  # every output path writable, before reading any data
+        from recis.config import check_outputs
+
+        check_outputs(_resumed(cfg, args.resume))
+        _vocab(cfg, only_missing=True)  # a vocabulary the config names but nobody built yet
+    launcher = _launcher(cfg, args)
+    # one path for one process and for N (torchrun, horovodrun): recis.distributed.run
+    from recis.distributed import run
+
+    if args.command == "train":
+        result = run.train(cfg, launcher, resume=args.resume, overwrite=args.overwrite)
+        if result is not None and result.get("checkpoint"):  # rank 0, stopped by a signal
+            return _interrupted(result, cfg.run_dir, launcher)
+        if result is not None:  # rank 0
+            _print_result(result)
+            print(f"run directory: {cfg.run_dir}")
+    else:
+        result = run.evaluate(cfg, args.checkpoint, launcher)
+        if result is not None:  # rank 0
+            _print_result(result)
     return 0
 
 
