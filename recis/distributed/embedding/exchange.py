@@ -53,11 +53,9 @@ class Exchange(abc.ABC):
     ) -> None:
         """Blocking: ``out`` ``[sum(recv), ...]`` receives; ``x`` ``[sum(send), ...]`` is sent."""
 
-    @property
-    def background(self) -> bool:
-        """Whether :meth:`start` returns before the transfer is done (it then overlaps with
-        whatever the caller computes before asking for the result)."""
-        return False
+    #: Whether :meth:`start` returns before the transfer is done (it then overlaps with
+    #: whatever the caller computes before asking for the result).
+    background: bool = False
 
     def start(
         self, x: torch.Tensor, send: list[int], recv: list[int]
@@ -75,13 +73,15 @@ class Exchange(abc.ABC):
 
 
 class ProcessGroupExchange(Exchange):
-    """The all-to-all of a torch.distributed process group.
+    """The all-to-all of a torch.distributed process group (:meth:`start` in the background).
 
     Args:
         group: the group (None: the default group).
         device: where the transfer runs (nccl takes only CUDA tensors); results come back
             on the input's device.
     """
+
+    background = True
 
     def __init__(self, group: dist.ProcessGroup | None, device: torch.device) -> None:
         self.group, self.device = group, device
@@ -91,10 +91,6 @@ class ProcessGroupExchange(Exchange):
         self, out: torch.Tensor, x: torch.Tensor, recv: list[int], send: list[int]
     ) -> None:
         dist.all_to_all_single(out, x, recv, send, group=self.group)
-
-    @property
-    def background(self) -> bool:
-        return True
 
     def start(
         self, x: torch.Tensor, send: list[int], recv: list[int]
@@ -113,6 +109,8 @@ class ProcessGroupExchange(Exchange):
 class HorovodExchange(Exchange):
     """Horovod's ``alltoall`` (the process set of every rank); Horovod must be initialized."""
 
+    background = True
+
     def __init__(self) -> None:
         from recis.distributed.context import import_horovod
 
@@ -123,10 +121,6 @@ class HorovodExchange(Exchange):
         self, out: torch.Tensor, x: torch.Tensor, recv: list[int], send: list[int]
     ) -> None:
         out.copy_(self.start(x, send, recv)())
-
-    @property
-    def background(self) -> bool:
-        return True
 
     def start(
         self, x: torch.Tensor, send: list[int], recv: list[int]
