@@ -18,12 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recis.errors import CheckpointError, RecisError
+from recis.errors import CheckpointError
 
 from .checkpoint import CheckpointManager, link_checkpoint, load_checkpoint, save_checkpoint
 from .model_api import ContentSized
 from .pipeline import TrainPipeline
 from .state import set_rng_state
+from .statecodec import reading_errors
 
 
 def is_rank0() -> bool:
@@ -118,15 +119,13 @@ class LocalCheckpointer(Checkpointer):
 
     def resume(self, trainer: TrainerState, path: Path) -> dict[str, Any]:
         state, meta = load_checkpoint(path, map_location=self.device)
-        try:
-            trainer.load_state_dict(state, source=path)
-        except RecisError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            # a state.json whose values are not what this trainer wrote
-            raise CheckpointError(
+        with reading_errors(  # a state.json whose values are not what this trainer wrote
+            lambda err: (
                 f"{path}: not a trainer state this trainer can load: {type(err).__name__}: {err}"
-            ) from None
+            ),
+            (KeyError, TypeError, ValueError, IndexError, AttributeError),
+        ):
+            trainer.load_state_dict(state, source=path)
         return meta
 
     def load_weights(self, trainer: TrainerState, path: Path) -> dict[str, Any]:

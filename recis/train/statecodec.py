@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-from recis.errors import CheckpointError
+from recis.errors import CheckpointError, RecisError
 
 _TAGS = (
     "__tensor__",
@@ -106,6 +107,21 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     )
 
 
+@contextmanager
+def reading_errors(
+    message: Callable[[Exception], str], errors: tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """Inside: an exception of one of ``errors`` (stored values that are not what the reader
+    expects) becomes a :class:`CheckpointError` with the one line ``message(err)``; recis's
+    own errors pass through unchanged."""
+    try:
+        yield
+    except RecisError:
+        raise
+    except errors as err:
+        raise CheckpointError(message(err)) from None
+
+
 def decode(value: Any, tensor: Callable[[str], torch.Tensor], source: str) -> Any:
     """The inverse of :func:`encode`; ``tensor(key)`` gives a stored tensor. Anything not
     written by :func:`encode` is a :class:`CheckpointError` naming ``source`` (the file)."""
@@ -120,16 +136,12 @@ def decode(value: Any, tensor: Callable[[str], torch.Tensor], source: str) -> An
         return {k: decode(v, tensor, source) for k, v in value.items()}
     if len(value) != 1 or tag not in _TAGS:
         raise CheckpointError(f"{source}: unknown entry {tag!r} in checkpoint state")
-    body = value[tag]
-    try:
-        return _decode_tagged(tag, body, tensor, source)
-    except CheckpointError:
-        raise
     # RuntimeError: torch's constructors (``torch.device("bogus")``) refuse a bad name so
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{source}: malformed {tag} entry in checkpoint state: {err}"
-        ) from None
+    with reading_errors(
+        lambda err: f"{source}: malformed {tag} entry in checkpoint state: {err}",
+        (TypeError, ValueError, KeyError, IndexError, RuntimeError),
+    ):
+        return _decode_tagged(tag, value[tag], tensor, source)
 
 
 def _decode_tagged(tag: str, body: Any, tensor: Callable[[str], torch.Tensor], source: str) -> Any:
