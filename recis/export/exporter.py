@@ -52,7 +52,7 @@ def _versions() -> dict[str, str]:
     import recis
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    out["recis"] = getattr(recis, "__version__", "0.1.0")
+    out["recis"] = recis.__version__
     return out
 
 
