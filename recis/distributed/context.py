@@ -67,6 +67,14 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def local_size(self) -> int:
+        """Processes of this run on this node (torchrun and horovodrun both export it)."""
+        for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
+            if key in os.environ:
+                return int(os.environ[key])
+        return self.world_size
+
 
 def detect_launcher() -> Launcher:
     """Which launcher started this process, from its environment (``--launcher auto``)."""

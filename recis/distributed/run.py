@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import torch.distributed as dist
 import yaml
 
@@ -36,6 +35,7 @@ from recis.train.runner import (
     prepare_data,
     report,
     seed_everything,
+    set_threads,
     write_output,
 )
 from recis.train.runner import build as build_one
@@ -56,8 +56,7 @@ def build(cfg: RunConfig, ctx: DistContext) -> tuple[Trainer, Info | None]:
         return build_one(cfg)
     # an optimizer the sharded tables cannot run is refused before any data is touched
     check_sharded_tables(cfg, ctx.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads, ctx.local_size)
     seed_everything(cfg.seed)  # same seed everywhere: identical dense init before DDP
     if ctx.rank == 0:
         prepare_data(cfg)  # generates synthetic data once, not once per rank

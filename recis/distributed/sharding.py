@@ -153,7 +153,7 @@ def build_plan(
             module,
             per_param,
             sharder=sharder_of[type(module)],
-            local_size=_local_size(ctx),
+            local_size=ctx.local_size,
             world_size=world,
             device_type=device_type,
         )
@@ -164,16 +164,6 @@ def build_plan(
                     module_plan[t.name] = chosen[t.name]
         plan[path] = module_plan
     return ShardingPlan(plan)
-
-
-def _local_size(ctx: DistContext) -> int:
-    # processes per node; torchrun and horovodrun both export it
-    import os
-
-    for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return ctx.world_size
 
 
 def _planner_plan(
@@ -198,7 +188,7 @@ def _planner_plan(
     topology = Topology(
         world_size=ctx.world_size,
         compute_device=ctx.device.type,
-        local_world_size=_local_size(ctx),
+        local_world_size=ctx.local_size,
     )
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     return planner.collective_plan(model, module_sharders, dist.GroupMember.WORLD)

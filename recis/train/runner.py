@@ -5,6 +5,7 @@ The run itself (one process or N, ``recis train`` / ``recis eval``) is
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from recis.config import RunConfig
 from recis.errors import ConfigError, OutputError
 from recis.io import reader_from_config
 from recis.models import build_model
+from recis.ops.cores import usable_cores
 from recis.synthetic import Info, oracle_metrics
 from recis.synthetic import prepare as prepare_synthetic
 
@@ -46,9 +48,21 @@ def prepare_data(cfg: RunConfig) -> tuple[str | list[str], str | list[str] | Non
     return train, evals, info
 
 
+def set_threads(threads: int | None, processes_here: int = 1) -> int:
+    """Size torch's intra-op pool: ``threads`` when the config sets it, else
+    ``OMP_NUM_THREADS`` when the launcher or user exported it (torch read it at start),
+    else the cores this process may use (affinity mask and cgroup quota, not the machine's
+    core count) shared among the run's processes on this node, so N processes on N cores
+    do not each start N threads. Returns the pool size."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, usable_cores() // max(1, processes_here)))
+    return torch.get_num_threads()
+
+
 def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, Info | None]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     train_path, eval_path, info = prepare_data(cfg)
     schema = cfg.data.schema_
