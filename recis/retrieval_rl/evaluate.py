@@ -9,19 +9,31 @@ the training pairs.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import numpy as np
 import torch
 
 from recis.metrics import ranking_metrics
 from recis.retrieval_rl.config import EvalConfig
 from recis.retrieval_rl.data import RetrievalData
-from recis.retrieval_rl.encoder import TextDualEncoder
 from recis.retrieval_rl.rewards import RelevanceScorer
+
+
+class PoolEncoder(Protocol):
+    """What evaluation needs of a model: query rows to vectors ``[B, D]``, the pool ``[N, D]``
+    (``TextDualEncoder``, ``recis.retrieval_rl.lrem.LREMEncoder``)."""
+
+    def eval(self) -> Any: ...
+
+    def encode_queries(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_pool(self) -> torch.Tensor: ...
 
 
 @torch.no_grad()
 def evaluate(
-    model: TextDualEncoder,
+    model: PoolEncoder,
     data: RetrievalData,
     cfg: EvalConfig,
     scorer: RelevanceScorer | None = None,

@@ -56,6 +56,10 @@ def clipped_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO objective (to minimise) over ``[Q, K]`` log-probs and advantages.
 
+    Any shape works (every element is one action, the mean is over all of them): LREM's RL
+    stage (:mod:`recis.retrieval_rl.lrem_train`) passes its reasoning tokens ``[M]``, each
+    with its sequence's advantage.
+
     Returns the loss and its parts: ``policy`` (minus the clipped surrogate), ``kl`` (k3 to
     the reference, 0 without one) and ``clipped`` (share of items whose ratio was clipped).
     """

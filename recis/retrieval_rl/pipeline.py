@@ -73,7 +73,9 @@ def build_reward(
     return WeightedReward(parts)
 
 
-class _Log:
+class JsonlLog:
+    """Appends one JSON line per call (``log.jsonl`` of a run)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -82,12 +84,12 @@ class _Log:
             f.write(json.dumps(row) + "\n")
 
 
-def _latest(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path) -> Path | None:
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
 
 
-def _start(run: Path, resume: bool, overwrite: bool) -> None:
+def start_run(run: Path, resume: bool, overwrite: bool) -> None:
     if run.exists() and any(run.iterdir()) and not (resume or overwrite):
         raise OutputError(f"{run}: run directory is not empty (--resume or --overwrite)")
     if overwrite and run.exists() and not resume:
@@ -103,10 +105,10 @@ def train(
 ) -> dict[str, dict[str, float]]:
     """Both stages (a saved stage is not retrained on ``resume``), then evaluation."""
     run = Path(cfg.run_dir)
-    _start(run, resume, overwrite)
+    start_run(run, resume, overwrite)
     torch.manual_seed(cfg.seed)
     data = load_pairs(cfg.data)
-    log = _Log(run / "log.jsonl")
+    log = JsonlLog(run / "log.jsonl")
     scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
     model = build_encoder(cfg, data)
     start = (
@@ -130,7 +132,7 @@ def train(
     if (folder / "model").exists() and resume:
         load(folder / "model", model, None)
     else:
-        latest = _latest(folder) if resume else None
+        latest = latest_checkpoint(folder) if resume else None
         if latest is not None:
             trainer.restore(latest, sampler)
         while trainer.step_count < cfg.grpo.steps:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from recis.errors import CheckpointError
 from recis.retrieval_rl.config import GRPOConfig, InfoNCEConfig
@@ -44,21 +45,34 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
 
 
 def save(
-    path: Path, model: TextDualEncoder, opt: torch.optim.Optimizer, meta: dict[str, Any]
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": _optimizer_state(opt)}, meta)
+    """``model``'s weights, ``opt``'s state and ``extra`` parts (e.g. RNG states) at ``path``."""
+    state = {"model": model.state_dict(), "optimizer": _optimizer_state(opt), **(extra or {})}
+    save_checkpoint(path, state, meta)
 
 
-def load(path: Path, model: TextDualEncoder, opt: torch.optim.Optimizer | None) -> dict[str, Any]:
+def load(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore the weights (and the optimizer); returns the meta."""
-    state, meta = load_checkpoint(path, model.device)
+    return load_parts(path, model, opt)[1]
+
+
+def load_parts(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`load`, returning the whole state (with any ``extra`` parts) and the meta."""
+    state, meta = load_checkpoint(path, next(model.parameters()).device)
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the encoder config: {err}") from None
     if opt is not None:
         _load_optimizer(opt, state["optimizer"])
-    return meta
+    return state, meta
 
 
 class PairSampler:
