@@ -20,6 +20,19 @@ KIND = "retrieval_grpo"
 
 
 @dataclass(config=STRICT)
+class ExtraPairsConfig:
+    """Extra training positives in one parquet file, e.g. the pairs ``recis synthesize``
+    writes: every row is a (query, item) positive of the training split (InfoNCE, and the
+    GRPO stage's batches). They are not logged clicks (no click reward, no seen-item exclusion
+    at eval) and do not count toward a query's frequency (head / tail). Items not in the pool
+    join it."""
+
+    path: str
+    query: str = "query"
+    item: str = "item"
+
+
+@dataclass(config=STRICT)
 class PairsConfig:
     """Labelled (query, item text) pairs in one parquet file.
 
@@ -40,6 +53,7 @@ class PairsConfig:
     eval: str = "test_public"
     eval_fraction: float = Field(default=0.2, gt=0, lt=1)
     quality: str | None = None  # a numeric item column: the quality reward (mean per item)
+    extra_train: list[ExtraPairsConfig] = Field(default_factory=list)  # e.g. synthesized pairs
 
 
 @dataclass(config=STRICT)

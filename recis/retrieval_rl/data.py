@@ -18,7 +18,8 @@ from recis.retrieval_rl.config import PairsConfig
 class RetrievalData:
     """Shapes: ``Qn`` distinct queries, ``N`` pool items, ``P`` training positives.
 
-    ``train_queries, train_items [P]``: positive pairs (query row, pool row);
+    ``train_queries, train_items [P]``: positive pairs (query row, pool row), the
+    ``extra_train`` rows last;
     ``labelled``: every training pair's (query text, item text, label), for fitting a
     relevance model; ``positives[q]``: query ``q``'s training positives (click reward, seen
     items); ``query_count [Qn]``: training rows per query (head / tail);
@@ -55,6 +56,21 @@ def _groups(keys: np.ndarray, values: np.ndarray, n: int) -> list[np.ndarray]:
     return [np.unique(np.asarray(x, dtype=np.int64)) for x in out]
 
 
+def _extra_pairs(cfg: PairsConfig) -> tuple[list[str], list[str]]:
+    """The query and item texts of every ``extra_train`` file, in order."""
+    qs: list[str] = []
+    its: list[str] = []
+    for extra in cfg.extra_train:
+        try:
+            table = pq.read_table(extra.path)
+        except (OSError, ValueError) as err:
+            msg = f"{extra.path}: cannot read parquet (data.extra_train): {err}"
+            raise DataError(msg) from None
+        qs += _texts(table, extra.query, extra.path)
+        its += _texts(table, extra.item, extra.path)
+    return qs, its
+
+
 def load_pairs(cfg: PairsConfig) -> RetrievalData:
     """Read ``cfg.path`` (DataError names the file, row and column at fault)."""
     try:
@@ -65,8 +81,11 @@ def load_pairs(cfg: PairsConfig) -> RetrievalData:
     if cfg.label not in table.column_names:
         raise DataError(f"{cfg.path}: no column {cfg.label!r}")
     labels = table.column(cfg.label).to_numpy(zero_copy_only=False).astype(np.int64)
-    queries, q_row = np.unique(np.asarray(q_text, dtype=object), return_inverse=True)
-    items, i_row = np.unique(np.asarray(i_text, dtype=object), return_inverse=True)
+    x_q, x_i = _extra_pairs(cfg)  # synthesized pairs: texts joined to the tables
+    queries, q_row = np.unique(np.asarray(q_text + x_q, dtype=object), return_inverse=True)
+    items, i_row = np.unique(np.asarray(i_text + x_i, dtype=object), return_inverse=True)
+    q_row, x_q_row = q_row[: len(q_text)], q_row[len(q_text) :]
+    i_row, x_i_row = i_row[: len(i_text)], i_row[len(i_text) :]
     if cfg.split is not None:
         split = np.asarray(_texts(table, cfg.split, cfg.path), dtype=object)
         is_train, is_eval = split == cfg.train, split == cfg.eval
@@ -90,8 +109,8 @@ def load_pairs(cfg: PairsConfig) -> RetrievalData:
     return RetrievalData(
         queries=[str(x) for x in queries],
         items=[str(x) for x in items],
-        train_queries=q_row[tr].astype(np.int64),
-        train_items=i_row[tr].astype(np.int64),
+        train_queries=np.concatenate([q_row[tr], x_q_row]).astype(np.int64),
+        train_items=np.concatenate([i_row[tr], x_i_row]).astype(np.int64),
         labelled=(
             [q_text[i] for i in np.flatnonzero(is_train)],
             [i_text[i] for i in np.flatnonzero(is_train)],
