@@ -9,6 +9,7 @@ recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
 recis serve DIR [--port P] [--host H] [--batch-ms MS]
+recis synthesize CONFIG | --model DIR --queries FILE --items FILE --pairs FILE --out FILE [...]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
 (2: recis's own errors and bad arguments, 1: anything else, named by its type, 130:
@@ -57,7 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_vocab(sub)
     _add_prune(sub)
     _add_serving(sub)
+    _add_synthesize(sub)
     return p
+
+
+def _add_synthesize(sub: argparse._SubParsersAction) -> None:
+    """``recis synthesize``: query-rewrite synthesis (issue 19), docs/models/retrieval_rl.md."""
+    from recis.retrieval_rl.synth_command import add_arguments
+
+    help = "rewrite long-tail queries, retrieve, curate: query-item pairs with provenance"
+    add_arguments(sub.add_parser("synthesize", help=help, description=help))
 
 
 def _add_train_eval(sub: argparse._SubParsersAction) -> None:
@@ -356,6 +366,10 @@ def _tool(args: argparse.Namespace) -> int | None:
     if args.command in commands:  # export, serve: issue 21
         commands[args.command](args)
         return 0
+    if args.command == "synthesize":
+        from recis.retrieval_rl.synth_command import main as synthesize  # issue 19
+
+        return synthesize(args)
     if args.command == "doctor":
         from recis.doctor import main as doctor
 
