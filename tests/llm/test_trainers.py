@@ -129,13 +129,21 @@ def test_agrl_replays_the_ground_truth_into_low_accuracy_groups(tiny, tmp_path):
         max_completion_length=12,
         logging_steps=1,
         replay_below=1.0,
+        save_steps=1,
     )
     run = StageRun(tiny.task, tiny.base, tmp_path / "agrl")  # a random model: every group fails
+    run_grpo(stage, run, tiny.examples[:4])
+    # resumed from checkpoint-1: step 2 replays again (the replay is not lost on a restart)
+    run = StageRun(tiny.task, tiny.base, tmp_path / "agrl", resume=True)
+    assert run.checkpoint() == str(run.trainer_dir / "checkpoint-1")
+    stage.max_steps = 2
     history = run_grpo(stage, run, tiny.examples[:4])
-    h = next(h for h in history if "agrl/replayed" in h)
-    assert h["agrl/replayed"] == pytest.approx(0.25)  # one slot per group of 4
-    # the replayed gold completion earns full label and rule rewards
-    assert h["rewards/label/mean"] >= 0.25 and h["rewards/rules/mean"] >= 0.25
+    replays = [h for h in history if "agrl/replayed" in h]
+    assert [h["step"] for h in replays] == [1, 2]
+    for h in replays:
+        assert h["agrl/replayed"] == pytest.approx(0.25)  # one slot per group of 4
+        # the replayed gold completion earns full label and rule rewards
+        assert h["rewards/label/mean"] >= 0.25 and h["rewards/rules/mean"] >= 0.25
 
 
 def test_dyknow_runs_two_groups_per_query(tiny, sft_bare, tmp_path):
@@ -149,12 +157,20 @@ def test_dyknow_runs_two_groups_per_query(tiny, sft_bare, tmp_path):
         learning_rate=1e-3,
         max_completion_length=3,
         logging_steps=1,
+        save_steps=1,
     )
-    history = run_grpo(stage, StageRun(tiny.bare, start, tmp_path / "dyknow"), exs)
-    h = next(h for h in history if "dyknow/gap" in h)
-    assert h["dyknow/gap"] == pytest.approx(
-        h["dyknow/acc_with_context"] - h["dyknow/acc_without_context"], abs=1e-6
-    )
+    run_grpo(stage, StageRun(tiny.bare, start, tmp_path / "dyknow"), exs)
+    # the two-group trainer resumes from its checkpoint like the plain GRPO stage
+    run = StageRun(tiny.bare, start, tmp_path / "dyknow", resume=True)
+    assert run.checkpoint() == str(run.trainer_dir / "checkpoint-1")
+    stage.max_steps = 2
+    history = run_grpo(stage, run, exs)
+    gaps = [h for h in history if "dyknow/gap" in h]
+    assert [h["step"] for h in gaps] == [1, 2]  # step 1 from the checkpoint, step 2 now
+    for h in gaps:
+        assert h["dyknow/gap"] == pytest.approx(
+            h["dyknow/acc_with_context"] - h["dyknow/acc_without_context"], abs=1e-6
+        )
 
 
 def test_she_step_reward_model_learns_right_from_wrong_steps(tiny, tmp_path):
@@ -187,11 +203,14 @@ def test_she_step_reward_model_learns_right_from_wrong_steps(tiny, tmp_path):
         learning_rate=1e-3,
         max_completion_length=12,
         logging_steps=1,
+        save_steps=1,
     )
-    history = run_grpo(
-        stage, StageRun(tiny.task, tiny.base, tmp_path / "she"), tiny.examples[:4], reward
-    )
-    assert any("rewards/steps/mean" in h for h in history)
+    run_grpo(stage, StageRun(tiny.task, tiny.base, tmp_path / "she"), tiny.examples[:4], reward)
+    run = StageRun(tiny.task, tiny.base, tmp_path / "she", resume=True)
+    assert run.checkpoint() == str(run.trainer_dir / "checkpoint-1")
+    stage.max_steps = 2
+    history = run_grpo(stage, run, tiny.examples[:4], reward)
+    assert [h["step"] for h in history if "rewards/steps/mean" in h] == [1, 2]
 
 
 def test_lora_trains_adapters_and_saves_a_merged_model(tiny, tmp_path):
