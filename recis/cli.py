@@ -6,8 +6,9 @@ recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
-recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M]
+recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--finetune-steps N]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
+             [--split-towers] [--items FILES] [--index flat|ivf] [--nlist N] [--nprobe N]
 recis serve DIR [--port P] [--host H] [--batch-ms MS]
 recis synthesize CONFIG | --model DIR --queries FILE --items FILE --pairs FILE --out FILE [...]
 
@@ -127,6 +128,13 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--keep", type=int, help="keep this many newest versions")
     ep.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
     ep.add_argument("--delta", action="store_true", help="only rows changed since latest")
+    ep.add_argument(
+        "--split-towers", action="store_true", help="export the towers apart (two_tower: always)"
+    )
+    ep.add_argument("--items", help="two-tower item corpus files (default: the run's items)")
+    ep.add_argument("--index", choices=["flat", "ivf"], default="flat", help="faiss item index")
+    ep.add_argument("--nlist", type=int, help="IVF lists (default sqrt(items))")
+    ep.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 8)")
     help = "serve the latest READY version of an export folder over HTTP"
     sp = sub.add_parser("serve", help=help, description=help)
     sp.add_argument("out", help="export folder (written by recis export)")
@@ -143,10 +151,13 @@ def _serving(args: argparse.Namespace) -> None:
         serve(args.out, args.host, args.port, args.poll, args.batch_ms)
         return
     from recis.export import ExportOptions, export_run
+    from recis.export.index import IndexOptions
 
     options = ExportOptions(
         args.format, args.int8_embeddings, args.keep, args.checkpoint, delta=args.delta
     )
+    options.split_towers, options.items = args.split_towers, args.items
+    options.index = IndexOptions(args.index, args.nlist, args.nprobe)
     print(f"published {export_run(args.run_dir, args.out, options)}")
 
 
@@ -162,15 +173,25 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--schedule", choices=["uniform", "incremental"], default="uniform")
     pp.add_argument("--method", choices=["slimgpt", "magnitude", "obs-select"], default="slimgpt")
     pp.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
+    pp.add_argument(
+        "--finetune-steps", type=int, default=0, help="recovery fine-tune steps (0: none)"
+    )
+    pp.add_argument(
+        "--finetune-lr-scale", type=float, default=0.1, help="of the run's learning rates"
+    )
 
 
 def _prune(args: argparse.Namespace) -> None:
+    from recis.prune.finetune import FinetuneOptions
     from recis.prune.run import prune_run
     from recis.prune.slimgpt import PruneOptions
 
     options = PruneOptions(args.ratio, method=args.method, schedule=args.schedule)
+    tune = None
+    if args.finetune_steps:
+        tune = FinetuneOptions(args.finetune_steps, args.finetune_lr_scale)
     report = prune_run(
-        args.run_dir, args.out, options, args.calibration, args.samples, args.checkpoint
+        args.run_dir, args.out, options, args.calibration, args.samples, args.checkpoint, tune
     )
     ratio = report.params_after / max(1, report.params_before)
     print(
@@ -345,6 +366,14 @@ def _is_retrieval_grpo(path: str) -> bool:
     return is_retrieval_grpo(load_yaml(path))
 
 
+def _is_lrem(path: str) -> bool:
+    """A ``kind: lrem`` config (LREM reason-then-embed retrieval, docs/models/retrieval_rl.md)."""
+    from recis.config import load_yaml
+    from recis.retrieval_rl.lrem_config import is_lrem
+
+    return is_lrem(load_yaml(path))
+
+
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -378,6 +407,10 @@ def _tool(args: argparse.Namespace) -> int | None:
         from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
 
         return retrieval_grpo(args)
+    if args.command in ("train", "eval") and _is_lrem(args.config):
+        from recis.retrieval_rl.lrem_pipeline import main as lrem  # issue 19
+
+        return lrem(args)
     if args.command in ("train", "eval") and _is_relevance_llm(args.config):
         from recis.llm.command import main as relevance_llm  # issue 18
 

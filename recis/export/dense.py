@@ -69,21 +69,31 @@ def dense_module(model: nn.Module) -> nn.Module:
 
 def save_dense(module: nn.Module, fmt: str, path: Path, example: tuple[torch.Tensor, ...]) -> None:
     """Write ``module`` in format ``fmt`` to ``path``; ``example``: (dense, pooled) inputs."""
+    save_graph(module, fmt, path, dict(zip(("dense", "pooled"), example)), "logits")
+
+
+def save_graph(
+    module: nn.Module, fmt: str, path: Path, example: dict[str, torch.Tensor], output: str
+) -> None:
+    """Write ``module`` (``forward(*example.values()) -> output``) in format ``fmt`` to
+    ``path``; the first dimension of every input is the batch (dynamic), the others are
+    fixed by ``example``."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    shapes = {"dense": {0: batch}, "pooled": {0: batch}}
+    shapes = {name: {0: batch} for name in example}
+    args = tuple(example.values())
     with torch.no_grad():
         if fmt == "export":
-            ep = torch.export.export(module, example, dynamic_shapes=shapes)
+            ep = torch.export.export(module, args, dynamic_shapes=shapes)
             torch.export.save(ep, str(path))
         elif fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(module, example), str(path))
+            torch.jit.save(torch.jit.trace(module, args), str(path))
         elif fmt == "onnx":
             torch.onnx.export(
                 module,
-                example,
+                args,
                 str(path),
-                input_names=["dense", "pooled"],
-                output_names=["logits"],
+                input_names=list(example),
+                output_names=[output],
                 dynamic_shapes=shapes,
                 dynamo=True,
                 external_data=False,
@@ -94,22 +104,30 @@ def save_dense(module: nn.Module, fmt: str, path: Path, example: tuple[torch.Ten
 
 def load_dense(fmt: str, path: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A function ``(dense [B, Dd], pooled [B, F, D]) -> logits [B, T]`` over the saved graph."""
+    graph = load_graph(fmt, path, ["dense", "pooled"], "logits")
+    return lambda dense, pooled: graph(dense, pooled)
+
+
+def load_graph(fmt: str, path: Path, inputs: list[str], output: str) -> Callable[..., torch.Tensor]:
+    """A function ``(*inputs) -> output`` over a graph saved by :func:`save_graph`."""
     if fmt == "export":
         module = torch.export.load(str(path)).module()
-        return lambda dense, pooled: module(dense, pooled)
+        return lambda *args: module(*args)
     if fmt == "torchscript":
         ts = torch.jit.load(str(path))
         ts.eval()
-        return lambda dense, pooled: ts(dense, pooled)
+        return lambda *args: ts(*args)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # an input the graph does not read (e.g. text ids of a tower without text) is pruned
+    used = {i.name for i in sess.get_inputs()}
 
-    def run(dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        feeds = {"dense": dense.numpy(), "pooled": pooled.numpy()}
-        (out,) = sess.run(["logits"], feeds)
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        feeds = {n: a.numpy() for n, a in zip(inputs, args) if n in used}
+        (out,) = sess.run([output], feeds)
         return torch.from_numpy(np.asarray(out))
 
     return run

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,17 @@ from safetensors.torch import load_file
 from recis.config import to_dict
 from recis.embedding import HashedEmbeddingCollection
 from recis.errors import CheckpointError, ConfigError
+from recis.features import Schema
+from recis.models.two_tower import TwoTower
 from recis.train.checkpoint import file_entry, write_file
 
 from .delta import apply_delta, make_delta
 from .dense import FILES, FORMATS, dense_module, save_dense
+from .index import IndexOptions
 from .publish import is_ready, publish, read_latest
 from .source import load_run
 from .tables import TableInfo, pack_tables, save_tables
+from .towers import corpus_reader, write_towers
 
 MANIFEST = "manifest.json"
 TABLES = "tables.safetensors"
@@ -46,6 +50,9 @@ class ExportOptions:
     keep: int | None = None
     checkpoint: str | None = None
     delta: bool = False  # only the rows changed since the version ``latest`` names
+    split_towers: bool = False  # refuse a model without towers (two_tower splits anyway)
+    items: str | None = None  # two-tower corpus (default: retrieval_eval.seen, else train)
+    index: IndexOptions = field(default_factory=IndexOptions)
 
 
 def _versions() -> dict[str, str]:
@@ -62,20 +69,16 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         raise ConfigError(f"--format: {options.fmt!r} is not one of {', '.join(FORMATS)}")
     cfg, trainer, ckpt, step = load_run(run_dir, options.checkpoint)
     model = trainer.model
-    dense = dense_module(model)  # refuses what does not export before any file is written
-    tables = model.sparse_arch
-    if not isinstance(tables, HashedEmbeddingCollection):
-        raise ConfigError("model.embedding: export reads the hashed engine's tables, not modulo")
-    tensors, infos = pack_tables(tables, options.int8)
-    delta = _write_tables(folder, tensors, infos, options)
     schema = cfg.data.schema_
-    features = [f.name for f in schema.sparse]
-    # an example batch of 2 rows: the graph's input shapes (the batch dimension is dynamic)
-    example = (
-        torch.zeros(2, schema.dense_dim),
-        torch.zeros(2, len(features), infos[0].dim if infos else 0),
-    )
-    save_dense(dense, options.fmt, folder / FILES[options.fmt], example)
+    if isinstance(model, TwoTower):  # split towers (automatic for two_tower)
+        if options.delta:
+            raise ConfigError("--delta: two-tower exports are full versions (delta: dlrm only)")
+        corpus = corpus_reader(cfg, model, options.items)
+        parts = write_towers(folder, model, corpus, (options.fmt, options.int8, options.index))
+    elif options.split_towers:
+        raise ConfigError(f"--split-towers: model {type(model).__name__} has no towers")
+    else:
+        parts = _write_dlrm(folder, model, schema, options)
     tasks = [{"name": t.name, "loss": t.loss} for t in cfg.train.tasks] or [
         {"name": lab.name, "loss": "bce"} for lab in schema.labels
     ]
@@ -84,20 +87,42 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": to_dict(cfg)["model"]["name"],
-        "graph": {"format": options.fmt, "file": FILES[options.fmt]},
         "int8_embeddings": options.int8,
         "tasks": tasks,
         "schema": to_dict(cfg)["data"]["schema"],
         "nan_policy": cfg.data.nan_policy,
-        "sparse_features": features,
-        "tables": [dataclasses.asdict(t) for t in infos],
+        **parts,
         "source": {"run_dir": str(run_dir), "checkpoint": str(ckpt), "step": step},
-        "delta": delta,
         "versions": _versions(),
     }
     manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.iterdir())}
     write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
+
+
+def _write_dlrm(
+    folder: Path, model: torch.nn.Module, schema: Schema, options: ExportOptions
+) -> dict[str, Any]:
+    """DLRM's tables (or delta) and dense graph; the manifest's model-specific entries."""
+    dense = dense_module(model)  # refuses what does not export before any file is written
+    tables = model.sparse_arch
+    if not isinstance(tables, HashedEmbeddingCollection):
+        raise ConfigError("model.embedding: export reads the hashed engine's tables, not modulo")
+    tensors, infos = pack_tables(tables, options.int8)
+    delta = _write_tables(folder, tensors, infos, options)
+    features = [f.name for f in schema.sparse]
+    # an example batch of 2 rows: the graph's input shapes (the batch dimension is dynamic)
+    example = (
+        torch.zeros(2, schema.dense_dim),
+        torch.zeros(2, len(features), infos[0].dim if infos else 0),
+    )
+    save_dense(dense, options.fmt, folder / FILES[options.fmt], example)
+    return {
+        "graph": {"format": options.fmt, "file": FILES[options.fmt]},
+        "sparse_features": features,
+        "tables": [dataclasses.asdict(t) for t in infos],
+        "delta": delta,
+    }
 
 
 def _write_tables(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,37 @@ from recis.io import Batch, to_batch
 from .dense import load_dense
 from .exporter import load_tables, read_manifest, table_infos
 from .tables import TableLookup
+
+
+def rows_table(columns: list[str], rows: list[dict[str, Any]]) -> pa.Table:
+    """JSON rows -> an Arrow table of ``columns`` (a column no row has is absent, and refused
+    by name by the validation; a key not in ``columns`` is ignored like an extra column of a
+    data file)."""
+    arrays, names = [], []
+    for col in columns:
+        values = [r.get(col) for r in rows]
+        if all(v is None for v in values) and not any(col in r for r in rows):
+            continue
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
+            raise DataError(f"values of mixed or unsupported types ({err})", column=col) from None
+        names.append(col)
+    return pa.table(arrays, names=names)
+
+
+class ScoringVersion(Protocol):
+    """What the server needs of a loaded version: scores of rows in the training schema."""
+
+    version: str
+    manifest: dict[str, Any]
+    tasks: list[dict[str, str]]
+
+    def rows_batch(self, rows: list[dict[str, Any]]) -> Batch: ...
+
+    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]: ...
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]: ...
 
 
 class ServingModel:
@@ -60,22 +91,8 @@ class ServingModel:
         return out
 
     def table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """JSON rows -> an Arrow table of the schema's columns (a column no row has is
-        absent, and refused by name by the validation; a key not in the schema is ignored
-        like an extra column of a data file)."""
-        arrays, names = [], []
-        for col in self.columns:
-            values = [r.get(col) for r in rows]
-            if all(v is None for v in values) and not any(col in r for r in rows):
-                continue
-            try:
-                arrays.append(pa.array(values))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
-                raise DataError(
-                    f"values of mixed or unsupported types ({err})", column=col
-                ) from None
-            names.append(col)
-        return pa.table(arrays, names=names)
+        """JSON rows -> an Arrow table of the schema's columns (:func:`rows_table`)."""
+        return rows_table(self.columns, rows)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """JSON rows (at least one) validated and converted as training data is; DataError

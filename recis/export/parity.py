@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from recis import metrics
+from recis.models.two_tower import TwoTower, exact_topk
 
 from .model import ServingModel
+from .retrieval import RetrievalModel
 from .source import load_run
 
 
@@ -36,3 +39,35 @@ def eval_parity(run_dir: str | Path, version_dir: str | Path) -> dict[str, Any]:
             "auc_delta": None if auc_eval is None or auc_export is None else auc_export - auc_eval,
         }
     return out
+
+
+def retrieval_parity(run_dir: str | Path, version_dir: str | Path, k: int = 10) -> dict[str, Any]:
+    """A two-tower export against the eval model on the run's eval rows (as queries).
+
+    ``query_max_abs_diff``: exported query tower vs :meth:`TwoTower.encode_queries`
+    (the index holds the eval model's own item vectors); ``topk_equal``: the fraction
+    of rows whose served top-``k`` ids equal a brute-force ranking (eval query vectors
+    against the eval item vectors); ``topk_score_max_abs_diff`` between both rankings."""
+    served = RetrievalModel(version_dir)
+    _, trainer, _, _ = load_run(run_dir, served.manifest["source"]["checkpoint"])
+    model = trainer.model
+    assert isinstance(model, TwoTower) and trainer.eval_data is not None
+    items = served.items.embeddings  # [N, D]
+    q_diff, same, s_diff, rows = 0.0, 0, 0.0, 0
+    with torch.no_grad():
+        for batch in trainer.eval_data:
+            ref = model.encode_queries(batch).float()  # [B, D]
+            got = served.towers["query"].encode(batch)
+            q_diff = max(q_diff, float((got - ref).abs().max()))
+            ref_s, ref_rows = exact_topk(ref, items, k)
+            ids, scores = served.items.search(got, k)
+            same += int((ids == served.items.ids[ref_rows.numpy()]).all(axis=1).sum())
+            s_diff = max(s_diff, float(np.abs(scores - ref_s.numpy()).max()))
+            rows += batch.batch_size
+    return {
+        "rows": rows,
+        "k": k,
+        "query_max_abs_diff": q_diff,
+        "topk_equal": same / max(rows, 1),
+        "topk_score_max_abs_diff": s_diff,
+    }

@@ -23,8 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from recis.errors import CheckpointError, DataError
-from recis.export.model import ServingModel
+from recis.export.loading import load_version
+from recis.export.model import ScoringVersion
 from recis.export.publish import is_ready, read_latest, versions
+from recis.export.retrieval import RetrievalModel
 
 from .batching import MicroBatcher
 
@@ -42,7 +44,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="recis-serve-watch", daemon=True)
 
-    def _first(self) -> ServingModel:
+    def _first(self) -> ScoringVersion:
         """``latest`` if READY and loadable, else the newest READY version that loads."""
         latest = read_latest(self.out)
         names = [n for n in reversed(versions(self.out)) if is_ready(self.out / n)]
@@ -51,7 +53,7 @@ class ModelHolder:
             names.insert(0, latest)
         for name in names:
             try:
-                return ServingModel(self.out / name)
+                return load_version(self.out / name)
             except Exception as err:  # a broken version: try the next older READY one
                 log.warning("skipping %s: %s", name, err)
         raise CheckpointError(f"{self.out}: no READY export version to serve")
@@ -70,7 +72,7 @@ class ModelHolder:
         if not is_ready(self.out / name):
             return False  # not yet (or never): the previous version keeps serving
         try:
-            model = ServingModel(self.out / name)
+            model = load_version(self.out / name)
         except Exception as err:  # any broken version (bad manifest, unreadable graph) is skipped
             self.skipped.add(name)
             log.warning("not serving %s: %s", name, err)
@@ -124,7 +126,54 @@ def create_app(holder: ModelHolder, batcher: MicroBatcher | None = None) -> Fast
         out = {k: v.tolist() for k, v in scores.items()}
         return JSONResponse({"version": model.version, "scores": out})
 
+    @app.post("/topk")
+    async def topk(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad(400, "the body is not JSON", None)
+        model = holder.model
+        if not isinstance(model, RetrievalModel):
+            return _bad(404, f"version {model.version} has no item index (not a two-tower)", None)
+        parsed = _topk_request(body)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        rows, k, exclude = parsed
+        try:
+            ids, scores = await _in_thread(model.topk_rows, rows, k, exclude)
+        except DataError as err:
+            return _bad(422, str(err), err.column)
+        return JSONResponse(
+            {"version": model.version, "ids": ids.tolist(), "scores": _finite(scores)}
+        )
+
     return app
+
+
+def _topk_request(body: Any) -> JSONResponse | tuple[list[dict[str, Any]], int, Any]:
+    """``(rows, k, exclude)`` of a ``/topk`` body, or the 422 naming the bad field."""
+    rows = body.get("rows") if isinstance(body, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return _bad(422, "'rows' must be a list of objects (one per row)", "rows")
+    k = body.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
+        return _bad(422, "'k' must be an integer in [1, 10000]", "k")
+    exclude = body.get("exclude")
+    if exclude is not None and not (
+        isinstance(exclude, list)
+        and len(exclude) == len(rows)
+        and all(
+            isinstance(e, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in e)
+            for e in exclude
+        )
+    ):
+        return _bad(422, "'exclude' must be one list of integer item ids per row", "exclude")
+    return rows, k, exclude
+
+
+def _finite(scores: Any) -> list[list[float | None]]:
+    """Scores as JSON (a missing result's -inf is null)."""
+    return [[float(s) if s > float("-inf") else None for s in row] for row in scores]
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:

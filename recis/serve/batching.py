@@ -16,10 +16,10 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recis.export.model import ServingModel
+from recis.export.model import ScoringVersion
 from recis.io import Batch
 
-_Item = tuple[ServingModel, Batch, "asyncio.Future[dict[str, np.ndarray]]"]
+_Item = tuple[ScoringVersion, Batch, "asyncio.Future[dict[str, np.ndarray]]"]
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -45,7 +45,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
 
-    async def score(self, model: ServingModel, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    async def score(
+        self, model: ScoringVersion, rows: list[dict[str, Any]]
+    ) -> dict[str, np.ndarray]:
         """``rows``' scores from ``model`` (DataError, naming the field, before queueing)."""
         batch = await run_in_threadpool(model.rows_batch, rows)
         if self._queue is None:

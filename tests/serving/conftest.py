@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +46,106 @@ def dlrm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["train", str(ROOT / "examples" / "dlrm_synthetic.yaml"), *args]) == 0
     torch.set_num_threads(threads)
     return run
+
+
+@pytest.fixture(scope="session")
+def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``run_dir`` of examples/two_tower_synthetic.yaml trained 8 steps on 2000 synthetic
+    rows (eval: 400 rows; ``data/items.parquet`` holds the synthetic item catalogue)."""
+    import torch
+
+    from recis.cli import main
+
+    base = tmp_path_factory.mktemp("two_tower")
+    run = base / "run"
+    small = [
+        f"run_dir={run}",
+        f"data.path={base / 'data'}",
+        "data.synthetic.num_train=2000",
+        "data.synthetic.num_eval=400",
+        "data.synthetic.files=1",
+        "data.batch_size=250",
+        "data.eval_batch_size=256",
+        "threads=1",
+        "train.progress=false",
+        "train.epochs=1",
+        "train.max_steps=8",
+        "train.checkpoint_every=4",
+    ]
+    args = [a for s in small for a in ("--set", s)]
+    threads = torch.get_num_threads()
+    assert main(["train", str(ROOT / "examples" / "two_tower_synthetic.yaml"), *args]) == 0
+    torch.set_num_threads(threads)
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call_url(url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Server:
+    def __init__(self, out: Path, run: Path) -> None:
+        self.out, self.run = out, run
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        cmd = [sys.executable, "-m", "recis.cli", "serve", str(out), "--port", port]
+        self.proc = subprocess.Popen([*cmd, "--poll", "0.2", "--batch-ms", "30"])
+
+    def wait_up(self) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, "server exited"
+            try:
+                if call_url(self.url + "/health")[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+
+    def version(self) -> str:
+        return str(call_url(self.url + "/health")[1]["version"])
+
+    def wait_version(self, name: str, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while self.version() != name:
+            assert time.monotonic() < deadline, f"server did not swap to {name}"
+            time.sleep(0.1)
+
+    def call(self, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        return call_url(self.url + path, body)
+
+    def score(self, rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        return call_url(self.url + "/score", {"rows": rows})
+
+
+def _server_process(out: Path, run: Path) -> Iterator[Server]:
+    """A ``recis serve`` process on ``out`` (up and answering), stopped afterwards."""
+    srv = Server(out, run)
+    try:
+        srv.wait_up()
+        yield srv
+    finally:
+        srv.proc.terminate()
+        try:
+            srv.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Any:
+    """``yield from start_server(out, run)`` in a fixture: a real server process."""
+    return _server_process

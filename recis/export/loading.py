@@ -1,0 +1,18 @@
+"""A published version loaded as the model kind its manifest names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .exporter import read_manifest
+from .model import ScoringVersion, ServingModel
+from .retrieval import RetrievalModel
+
+
+def load_version(version_dir: str | Path) -> ScoringVersion:
+    """A :class:`~recis.export.retrieval.RetrievalModel` for a two-tower version (it has an
+    item index), else a :class:`~recis.export.model.ServingModel` (DLRM)."""
+    manifest = read_manifest(Path(version_dir), check_files=False)
+    if "towers" in manifest:
+        return RetrievalModel(version_dir)
+    return ServingModel(version_dir)

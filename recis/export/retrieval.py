@@ -1,0 +1,115 @@
+"""A published two-tower version loaded for serving: query rows -> top-K items, and
+``(query, item)`` rows -> the model's score.
+
+Rows go through recis.io's own conversion (:func:`recis.io.to_batch`) with the part of the
+training schema the tower reads; each tower's ids through its exported tables, the rest
+through its exported graph (:mod:`recis.export.towers`); top-K through the exported faiss
+index over the corpus (:mod:`recis.export.index`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from recis.config_base import validate
+from recis.features import Schema
+from recis.io import Batch, to_batch
+
+from .dense import load_graph
+from .exporter import read_manifest
+from .index import ItemSearch
+from .model import rows_table
+from .tables import TableInfo
+from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
+
+
+class ServingTower:
+    """One side of a two-tower version: its schema part, frontend and graph."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], side: str) -> None:
+        spec = manifest["towers"][side]
+        full = validate(Schema, manifest["schema"], prefix="schema")
+        self.schema = side_schema(full, spec["features"])
+        infos = [TableInfo(**t) for t in spec["tables"]]
+        tensors = load_file(str(folder / spec["tables_file"])) if infos else {}
+        self.frontend = TowerFrontend(spec, tensors, infos)
+        graph = spec["graph"]
+        self.graph = load_graph(graph["format"], folder / graph["file"], INPUTS, OUTPUT)
+        self.nan_policy: str = manifest["nan_policy"]
+
+    def batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """JSON rows validated and converted as training data (DataError names the column)."""
+        return to_batch(
+            rows_table(self.schema.columns, rows),
+            self.schema,
+            "request",
+            nan_policy=self.nan_policy,
+        )
+
+    @torch.no_grad()
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """``[B, D]`` unit-norm embeddings of converted rows."""
+        return self.graph(*self.frontend.inputs(batch))
+
+
+class RetrievalModel:
+    """One loaded two-tower version (``version_dir``; its files checked against the manifest).
+
+    ``topk_rows`` answers query rows with item ids and scores ``<u, v>`` (best first);
+    ``score_rows`` scores ``(query, item)`` rows as the trained model's forward does
+    (``<u, v> / temperature``, the sigmoid for a BCE task)."""
+
+    def __init__(self, version_dir: str | Path) -> None:
+        self.path = Path(version_dir)
+        self.version = self.path.name
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        self.tasks: list[dict[str, str]] = m["tasks"]
+        self.temperature = float(m["temperature"])
+        self.towers = {side: ServingTower(self.path, m, side) for side in SIDES}
+        self.items = ItemSearch(self.path, m["index"])
+        self.nan_policy: str = m["nan_policy"]
+        # a (query, item) row for /score: both towers' columns
+        features = [f for side in SIDES for f in m["towers"][side]["features"]]
+        self.pair = side_schema(validate(Schema, m["schema"], prefix="schema"), features)
+
+    def encode_queries(self, rows: list[dict[str, Any]]) -> torch.Tensor:
+        """``[B, D]`` query embeddings of JSON rows (the query tower's columns)."""
+        tower = self.towers["query"]
+        return tower.encode(tower.batch(rows))
+
+    def topk_rows(
+        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(item ids [B, k], scores [B, k])`` for query rows; ``exclude[b]``: ids not to
+        return for row ``b`` (e.g. the user's seen items)."""
+        if not rows:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        return self.items.search(self.encode_queries(rows), k, exclude)
+
+    def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """``(query, item)`` rows converted with both towers' schema parts (one Batch)."""
+        return to_batch(
+            rows_table(self.pair.columns, rows), self.pair, "request", nan_policy=self.nan_policy
+        )
+
+    @torch.no_grad()
+    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
+        """``{task: [B]}``: the two-tower forward's ``<u, v> / temperature`` per row."""
+        u = self.towers["query"].encode(batch)
+        v = self.towers["item"].encode(batch)
+        logit = (u * v).sum(-1) / self.temperature
+        out = {}
+        for t in self.tasks:
+            out[t["name"]] = (torch.sigmoid(logit) if t["loss"] == "bce" else logit).numpy()
+        return out
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        if not rows:
+            return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
+        return self.score_batch(self.rows_batch(rows))

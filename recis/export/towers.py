@@ -1,0 +1,230 @@
+"""Two-tower models split for serving: each tower's tables, its graph, and the item corpus.
+
+A tower is exported in two parts, as DLRM is: its hashed tables (``query.tables.safetensors``,
+``item.tables.safetensors``, the layout of :mod:`recis.export.tables`) looked up outside the
+graph, and :class:`TowerGraph`, everything after the lookup (the text tower and the MLP),
+``(pooled [B, W], text_ids [B, T], text_mask [B, T]) -> [B, D]`` unit-norm embeddings. The
+serving side (:class:`TowerFrontend`) turns a converted batch into those inputs exactly as
+:meth:`recis.models.two_tower.TwoTower.encode_queries` / ``encode_items`` read it.
+
+Shapes: ``B`` rows, ``W`` the side's pooled id width (its features' dims, in order), ``T``
+text tokens (the tower's ``max_len``), ``D`` output dim, ``N`` corpus items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recis.config import RunConfig
+from recis.embedding import HashedEmbeddingCollection
+from recis.errors import ConfigError
+from recis.features import Schema
+from recis.io import Batch, make_reader
+from recis.models.layers import padded_ids
+from recis.models.two_tower import TwoTower, build_index
+
+from .dense import FILES, save_graph
+from .index import IndexOptions, save_index
+from .tables import TableInfo, TableLookup, pack_tables, save_tables
+
+SIDES = ("query", "item")
+INPUTS = ["pooled", "text_ids", "text_mask"]
+OUTPUT = "tower_out"
+
+
+class TowerGraph(nn.Module):
+    """One tower after its id lookup (the same layers as :class:`TwoTower`'s ``_encode``).
+
+    Shapes: ``pooled [B, W]``, ``text_ids [B, T]`` int64, ``text_mask [B, T]`` bool ->
+    ``[B, D]`` unit norm (the text inputs are not read by a tower without text)."""
+
+    def __init__(self, model: TwoTower, side: str) -> None:
+        super().__init__()
+        self.mlp = model.query_mlp if side == "query" else model.item_mlp
+        has_text = model.config.towers()[side].text is not None
+        self.text = model.text if has_text else None
+
+    def forward(
+        self, pooled: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        parts = [pooled]
+        if self.text is not None:
+            parts.append(self.text(text_ids, text_mask))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+def check_exportable(model: TwoTower) -> None:
+    """Refuse, by config field, what the tower split does not export yet."""
+    for side, tower in model.config.towers().items():
+        if tower.sequence:
+            raise ConfigError(
+                f"model.{side}.sequence: behaviour-sequence features do not export yet"
+            )
+        if tower.sparse and not isinstance(model.embedding[side], HashedEmbeddingCollection):
+            raise ConfigError(
+                "model.embedding: export reads the hashed engine's tables, not modulo"
+            )
+
+
+def side_schema(schema: Schema, features: list[str]) -> Schema:
+    """The part of ``schema`` that one tower reads (no labels, dense or extras): a request
+    for query embeddings carries only the query's columns."""
+    names = set(features)
+    return dataclasses.replace(
+        schema,
+        dense=[],
+        labels=[],
+        extras=[],
+        sparse=[f for f in schema.sparse if f.name in names],
+        text=[t for t in schema.text if t.name in names],
+    )
+
+
+class TowerFrontend:
+    """A converted batch -> one tower graph's inputs: the side's pooled ids from its exported
+    tables, and its text as padded ids and mask (as ``TwoTower._encode`` reads them).
+
+    ``spec``: the manifest's ``towers[side]`` entry (``sparse``, ``text``, ``max_len``)."""
+
+    def __init__(
+        self, spec: dict[str, Any], tensors: dict[str, torch.Tensor], infos: list[TableInfo]
+    ) -> None:
+        self.sparse: list[str] = spec["sparse"]
+        self.text: str | None = spec["text"]
+        self.max_len: int = spec["max_len"]
+        # one lookup per embedding dim: each pools all its features in one call
+        by_dim: dict[int, list[TableInfo]] = {}
+        for t in infos:
+            by_dim.setdefault(t.dim, []).append(t)
+        self.lookups = []
+        for group in by_dim.values():
+            feats = [f for f in self.sparse if any(f in t.features for t in group)]
+            self.lookups.append(TableLookup(tensors, group, feats))
+
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(pooled [B, W], text_ids [B, T], text_mask [B, T])`` of ``batch``."""
+        b = batch.batch_size
+        pooled: dict[str, torch.Tensor] = {}
+        for lookup in self.lookups:
+            out = lookup.pooled(batch.sparse)  # [B, F_g, D_g]
+            pooled.update({f: out[:, i] for i, f in enumerate(lookup.features)})
+        flat = torch.cat([pooled[f] for f in self.sparse], -1) if self.sparse else None
+        if flat is None:
+            flat = torch.zeros(b, 0)
+        if self.text is None:
+            return flat, torch.zeros(b, 1, dtype=torch.int64), torch.ones(b, 1, dtype=torch.bool)
+        if self.text in batch.text:
+            ids = batch.text[self.text][:, : self.max_len]
+            mask = batch.text.get(f"{self.text}_mask", torch.ones_like(ids, dtype=torch.bool))
+            return flat, ids, mask[:, : self.max_len].bool()
+        ids, mask = padded_ids(batch.sparse, self.text, self.max_len)
+        return flat, ids.to(torch.int64), mask
+
+
+def tower_specs(model: TwoTower) -> dict[str, dict[str, Any]]:
+    """The manifest's ``towers`` entry: per side its features, text and graph inputs."""
+    out = {}
+    for side, tower in model.config.towers().items():
+        out[side] = {
+            "sparse": list(tower.sparse),
+            "text": tower.text,
+            "max_len": tower.max_len,
+            "features": tower.features(),
+        }
+    return out
+
+
+def last_per_id(ids: torch.Tensor, emb: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """``(ids [N] sorted unique, embeddings [N, D])``: each item's vector from its last row
+    (the rule of :meth:`TwoTower.retrieval_corpus`)."""
+    item = ids.cpu().numpy()
+    uniq, first_rev = np.unique(item[::-1], return_index=True)
+    return uniq, emb[torch.from_numpy(len(item) - 1 - first_rev)]
+
+
+def encode_corpus(model: TwoTower, batches: Iterable[Batch]) -> tuple[np.ndarray, torch.Tensor]:
+    """Every item of ``batches`` (rows with the item features) encoded by the eval model
+    (:func:`recis.models.two_tower.build_index`), one vector per item id."""
+    index = build_index(model, batches)
+    if not len(index.ids):
+        raise ConfigError("--items: the item corpus has no rows")
+    return last_per_id(index.ids, index.embeddings.float().cpu())
+
+
+def corpus_reader(
+    cfg: RunConfig, model: TwoTower, items: str | None, batch_size: int = 4096
+) -> Iterable[Batch]:
+    """The item corpus's rows with the item tower's features: ``items`` (``--items``, in
+    ``data.format``), else ``model.retrieval_eval.seen`` (the corpus eval ranks), else the
+    run's training data (the items the model knows)."""
+    schema = side_schema(cfg.data.schema_, model.item_features)
+    ev = model.config.retrieval_eval
+    paths: str | list[str]
+    fmt: str
+    if items is not None:
+        paths, fmt = items, cfg.data.format
+    elif ev is not None:
+        paths, fmt = ev.seen, ev.format
+    else:
+        paths = cfg.data.train or str(Path(cfg.data.path) / "train")
+        fmt = cfg.data.format
+    return make_reader(paths, schema, batch_size=batch_size, format=fmt, prefetch=0)
+
+
+def graph_example(
+    spec: dict[str, Any], infos: list[TableInfo], schema: Schema
+) -> dict[str, torch.Tensor]:
+    """Zero inputs of 2 rows in a tower graph's shapes (the batch dimension is dynamic): the
+    pooled width from the tables' dims, the text width from the tower's ``max_len`` (and a
+    raw-text feature's ``max_length``)."""
+    dim = {f: t.dim for t in infos for f in t.features}
+    width = sum(dim[f] for f in spec["sparse"])
+    length = 1
+    if spec["text"] is not None:
+        texts = {t.name: t.max_length for t in schema.text}
+        length = min(spec["max_len"], texts.get(spec["text"], spec["max_len"]))
+    return {
+        "pooled": torch.zeros(2, width),
+        "text_ids": torch.zeros(2, length, dtype=torch.int64),
+        "text_mask": torch.ones(2, length, dtype=torch.bool),
+    }
+
+
+def write_towers(
+    folder: Path,
+    model: TwoTower,
+    corpus: Iterable[Batch],
+    options: tuple[str, bool, IndexOptions],
+) -> dict[str, Any]:
+    """Write both towers (tables and graph, ``options``: format, INT8 tables, index) and the
+    item index into ``folder``; the manifest's ``towers``, ``index`` and ``temperature``."""
+    fmt, int8, index = options
+    check_exportable(model)
+    specs = tower_specs(model)
+    for side, spec in specs.items():
+        tensors: dict[str, torch.Tensor] = {}
+        infos: list[TableInfo] = []
+        spec["tables_file"] = None
+        if spec["sparse"]:
+            collection = model.embedding[side]
+            assert isinstance(collection, HashedEmbeddingCollection)  # check_exportable
+            tensors, infos = pack_tables(collection, int8)
+            spec["tables_file"] = f"{side}.tables.safetensors"
+            save_tables(folder / spec["tables_file"], tensors)
+        spec["tables"] = [dataclasses.asdict(t) for t in infos]
+        example = graph_example(spec, infos, model.schema)
+        spec["graph"] = {"format": fmt, "file": f"{side}_tower.{FILES[fmt].split('.')[1]}"}
+        save_graph(
+            TowerGraph(model, side).eval(), fmt, folder / spec["graph"]["file"], example, OUTPUT
+        )
+    ids, emb = encode_corpus(model, corpus)
+    entry = save_index(folder, ids, emb, index)
+    return {"towers": specs, "index": entry, "temperature": model.config.temperature}
