@@ -4,7 +4,8 @@ The output holds ``config.yaml`` (the run's config with ``model.structure``, the
 of every pruned layer, and ``run_dir`` set to the output), ``checkpoints/final`` (the
 pruned weights) and ``prune.json`` (what was removed, parameters before/after, time), so
 ``recis eval OUT/config.yaml --checkpoint OUT/checkpoints/final`` evaluates it and
-``build_model`` rebuilds it.
+``build_model`` rebuilds it. With a recovery fine-tune (``--finetune-steps``) the pruned
+weights are ``checkpoints/pruned`` and the fine-tuned ones ``checkpoints/final``.
 
 Calibration rows are read by the run's own reader (``recis.io``) from ``--calibration``
 files or else the run's training data, in file order, ``samples`` rows.
@@ -29,6 +30,7 @@ from recis.models import build_model
 from recis.models.structure import structure_of
 from recis.train.checkpoint import load_checkpoint, save_checkpoint
 
+from .finetune import PRUNED, FinetuneOptions, finetune_run
 from .slimgpt import PruneOptions, PruneReport, prune_model
 
 
@@ -89,8 +91,11 @@ def prune_run(
     calibration: str | list[str] | None = None,
     samples: int = 256,
     checkpoint: str | Path | None = None,
+    finetune: FinetuneOptions | None = None,
 ) -> PruneReport:
-    """Prune the model of ``run_dir`` into the run directory ``out`` (see the module doc)."""
+    """Prune the model of ``run_dir`` into the run directory ``out`` (see the module doc);
+    with ``finetune``, the pruned weights go to ``checkpoints/pruned`` and a recovery
+    fine-tune (:func:`recis.prune.finetune.finetune_run`) writes ``checkpoints/final``."""
     run_dir, out = Path(run_dir), Path(out)
     cfg = load_config(run_dir / "config.yaml")
     if options.method == "magnitude":
@@ -100,7 +105,14 @@ def prune_run(
     source = source_checkpoint(run_dir, checkpoint)
     model, meta = load_run_model(cfg, source)
     report = prune_model(model, options, batches)
-    write_pruned_run(cfg, model, out, {**meta, "pruned_from": str(source)}, report, options)
+    name = "final" if finetune is None else PRUNED
+    meta = {**meta, "pruned_from": str(source)}
+    write_pruned_run(cfg, model, out, meta, report, options, name)
+    if finetune is not None:
+        result = finetune_run(out, finetune)
+        record = json.loads((out / "prune.json").read_text())
+        record["finetune"] = {**dataclasses.asdict(finetune), "eval": result}
+        (out / "prune.json").write_text(json.dumps(record, indent=1) + "\n")
     return report
 
 
@@ -111,8 +123,9 @@ def write_pruned_run(
     meta: dict[str, Any],
     report: PruneReport,
     options: PruneOptions,
+    name: str = "final",
 ) -> None:
-    """``out/config.yaml`` (with ``model.structure``), ``out/checkpoints/final``, ``prune.json``."""
+    """``out/config.yaml`` (with ``model.structure``), ``out/checkpoints/NAME``, ``prune.json``."""
     if (out / "checkpoints").exists() or (out / "config.yaml").exists():
         raise OutputError(f"{out}: holds a run already; pick another --out")
     try:
@@ -123,7 +136,7 @@ def write_pruned_run(
     cfg.model.structure = structure_of(model)
     cfg.run_dir = str(out)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    save_checkpoint(out / "checkpoints" / "final", {"model": model.state_dict()}, meta)
+    save_checkpoint(out / "checkpoints" / name, {"model": model.state_dict()}, meta)
     record = {
         "options": dataclasses.asdict(options),
         "layers": report.layers,
