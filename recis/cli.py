@@ -374,14 +374,6 @@ def _is_lrem(path: str) -> bool:
     return is_lrem(load_yaml(path))
 
 
-def _is_lrem(path: str) -> bool:
-    """A ``kind: lrem`` config (LREM reason-then-embed retrieval, docs/models/retrieval_rl.md)."""
-    from recis.config import load_yaml
-    from recis.retrieval_rl.lrem_config import is_lrem
-
-    return is_lrem(load_yaml(path))
-
-
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -415,10 +407,6 @@ def _tool(args: argparse.Namespace) -> int | None:
         from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
 
         return retrieval_grpo(args)
-    if args.command in ("train", "eval") and _is_lrem(args.config):
-        from recis.retrieval_rl.lrem_pipeline import main as lrem  # issue 19
-
-        return lrem(args)
     if args.command in ("train", "eval") and _is_lrem(args.config):
         from recis.retrieval_rl.lrem_pipeline import main as lrem  # issue 19
 
