@@ -9,8 +9,10 @@ admitted, which rows are evicted or expired and how far a table grows is
 
 Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 
-* ``slots``: int32 ``[S]``, ``S = ceil(C / 0.7)`` (4 bytes/slot, any count: no power-of-two steps);
-  a slot holds a row (``>= 0``), ``EMPTY`` (-1) or ``TOMB`` (-2, a deleted entry).
+* ``slots``: int32 ``[S]``, ``S = ceil(C / 0.9)`` (4.44 bytes/row, any count: no power-of-two
+  steps); a slot holds ``tag << rbits | row`` (``>= 0``: the low ``rbits`` bits are the row,
+  the bits above a tag of the key, so probes rarely read ``row_key``), ``EMPTY`` (-1) or
+  ``TOMB`` (-2, a deleted entry).
 * ``row_key``: int64 ``[C]``, the id stored in each row (so slots need no key).
 * ``row_last``: int32 ``[C]``, step a row was last seen (only with eviction).
 * ``row_count``: int32 ``[C]``, occurrences of a row (only with LFU).
@@ -35,8 +37,8 @@ from .id_policy import FREE, Admission, Eviction, expired, grown_capacity, victi
 
 __all__ = ["Eviction", "IdMapper", "MapResult", "map_many", "native_kernels"]
 
-_MAX_LOAD = 0.7  # live rows / slots, at most
-_REBUILD_AT = 0.75  # (live + tombstones) / slots that triggers a rebuild
+_MAX_LOAD = 0.9  # live rows / slots, at most (tags keep long probes cheap)
+_REBUILD_AT = 0.94  # (live + tombstones) / slots that triggers a rebuild
 
 
 @dataclass
@@ -152,6 +154,7 @@ class IdMapper:
 
     def _set_slots(self, n: int) -> None:
         self.slots = np.full(n, EMPTY, np.int32)
+        self.rbits = probe.row_bits(self.capacity)  # slot = tag << rbits | row
         self.n_tomb = 0
 
     @property
@@ -173,11 +176,13 @@ class IdMapper:
 
     def _find(self, keys: np.ndarray, rows: bool = False, touch: int | None = None) -> np.ndarray:
         """Slot (or row) of each uint64 key, -1 where absent; see :func:`probe.find`."""
-        return probe.find(self.slots, self.row_key, keys, self._nat, rows, self.row_last, touch)
+        return probe.find(
+            self.slots, self.row_key, keys, self._nat, self.rbits, rows, self.row_last, touch
+        )
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
-        self.n_tomb -= probe.insert(self.slots, self.row_key, keys, rows, self._nat)
+        self.n_tomb -= probe.insert(self.slots, self.row_key, keys, rows, self._nat, self.rbits)
 
     def _rebuild(self, n_slots: int | None = None) -> None:
         live = self.live_rows()
@@ -321,6 +326,7 @@ class IdMapper:
             torch.from_numpy(self.recycled),
             self.next_unused,
             self.n_free,
+            self.rbits,
         )
 
     def _took(self, taken: int, reused: int) -> np.ndarray:

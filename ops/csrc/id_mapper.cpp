@@ -1,6 +1,10 @@
 // Native probe loops of recis.ops.IdMapper (linear probing, Fibonacci hashing).
 // The table layout is IdMapper's numpy arrays, shared without copies:
-//   slots int32 [S] (row >= 0, -1 empty, -2 deleted), row_key int64 [C].
+//   slots int32 [S] (-1 empty, -2 deleted, else tag << rbits | row), row_key int64 [C].
+// A slot's low rbits bits are its row; the 31 - rbits bits above them are a tag of
+// the key (a second multiplicative hash), so a probe reads row_key (a cache miss
+// per occupied slot) only when the tags agree: that is what lets the table run at
+// a high load factor (fewer bytes per row) without long probes costing misses.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -17,12 +21,22 @@ constexpr int32_t kTomb = -2;
 // to [0, n) (multiply-shift), so the slot count need not be a power of two.
 inline uint64_t home(uint64_t key, uint64_t n) { return (((key * kFib) >> 32) * n) >> 32; }
 inline uint64_t next_slot(uint64_t p, uint64_t n) { return p + 1 == n ? 0 : p + 1; }
+
+constexpr uint64_t kTag = 0xC2B2AE3D27D4EB4FULL;
+// A key's tag, already shifted above the row bits (0 when rows need all 31 bits).
+inline int32_t tag_of(uint64_t key, int64_t rbits) {
+  const int64_t tbits = 31 - rbits;
+  return tbits > 0 ? static_cast<int32_t>((key * kTag) >> (64 - tbits)) << rbits : 0;
+}
+inline int32_t row_mask(int64_t rbits) {
+  return rbits >= 31 ? 0x7FFFFFFF : static_cast<int32_t>((1U << rbits) - 1);
+}
 }  // namespace
 
 // Row (or slot position if want_pos) of each key, -1 where absent. When
 // row_last is non-empty, rows found get row_last[row] = step (LRU/TTL touch).
 torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, bool want_pos,
-                   torch::Tensor row_last, int64_t step) {
+                   torch::Tensor row_last, int64_t step, int64_t rbits) {
   const uint64_t ns = static_cast<uint64_t>(slots.numel());
   const int64_t n = keys.numel();
   auto out = torch::empty({n}, torch::kInt64);
@@ -32,6 +46,7 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
   int64_t* o = out.data_ptr<int64_t>();
   int32_t* last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
   const int32_t st = static_cast<int32_t>(step);
+  const int32_t mask = row_mask(rbits);
   at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
     // slots, row_key and row_last are MBs per table and each key's probe
     // touches one random line of each: prefetch the slot of key i + 2A and
@@ -42,21 +57,23 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
         __builtin_prefetch(s + home(static_cast<uint64_t>(k[i + 2 * kA]), ns));
       }
       if (i + kA < e) {
-        const int32_t v = s[home(static_cast<uint64_t>(k[i + kA]), ns)];
-        if (v >= 0) {
-          __builtin_prefetch(rk + v);
-          if (last) __builtin_prefetch(last + v, 1);
+        const uint64_t ka = static_cast<uint64_t>(k[i + kA]);
+        const int32_t v = s[home(ka, ns)];
+        if (v >= 0 && (v & ~mask) == tag_of(ka, rbits)) {
+          __builtin_prefetch(rk + (v & mask));
+          if (last) __builtin_prefetch(last + (v & mask), 1);
         }
       }
       const uint64_t key = static_cast<uint64_t>(k[i]);
+      const int32_t tag = tag_of(key, rbits);
       uint64_t p = home(key, ns);
       int64_t r = -1;
       for (;;) {
         const int32_t v = s[p];
         if (v == kEmpty) break;
-        if (v >= 0 && static_cast<uint64_t>(rk[v]) == key) {
-          r = want_pos ? static_cast<int64_t>(p) : v;
-          if (last) last[v] = st;  // same value from every thread: a benign race
+        if (v >= 0 && (v & ~mask) == tag && static_cast<uint64_t>(rk[v & mask]) == key) {
+          r = want_pos ? static_cast<int64_t>(p) : (v & mask);
+          if (last) last[v & mask] = st;  // same value from every thread: a benign race
           break;
         }
         p = next_slot(p, ns);
@@ -69,7 +86,8 @@ torch::Tensor find(torch::Tensor slots, torch::Tensor row_key, torch::Tensor key
 
 // Insert distinct keys known to be absent at rows; returns how many deleted
 // slots were reused.
-int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor rows) {
+int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor rows,
+               int64_t rbits) {
   const uint64_t ns = static_cast<uint64_t>(slots.numel());
   int32_t* s = slots.data_ptr<int32_t>();
   int64_t* rk = row_key.data_ptr<int64_t>();
@@ -82,7 +100,7 @@ int64_t insert(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, t
     uint64_t p = home(key, ns);
     while (s[p] >= 0) p = next_slot(p, ns);
     reused += s[p] == kTomb;
-    s[p] = static_cast<int32_t>(r[i]);
+    s[p] = tag_of(key, rbits) | static_cast<int32_t>(r[i]);
   }
   return reused;
 }
@@ -96,6 +114,8 @@ struct MapJob {
   const int64_t* k;
   int64_t n;
   uint64_t ns;  // slots
+  int64_t rbits;  // row bits of a slot (the tag is above them)
+  int32_t mask;
   int32_t* last;
   const int32_t* recycled;
   int64_t n_recycled, next_unused;
@@ -105,7 +125,7 @@ struct MapJob {
 
 MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys,
                 torch::Tensor row_last, torch::Tensor recycled, int64_t next_unused, int64_t n_free,
-                torch::Tensor out) {
+                int64_t rbits, torch::Tensor out) {
   TORCH_CHECK(keys.numel() <= n_free, "find_or_insert: more ids than free rows");
   MapJob j;
   j.s = slots.data_ptr<int32_t>();
@@ -113,6 +133,8 @@ MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys,
   j.k = keys.data_ptr<int64_t>();
   j.n = keys.numel();
   j.ns = static_cast<uint64_t>(slots.numel());
+  j.rbits = rbits;
+  j.mask = row_mask(rbits);
   j.last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
   j.recycled = recycled.numel() ? recycled.data_ptr<int32_t>() : nullptr;
   j.n_recycled = recycled.numel();
@@ -129,6 +151,7 @@ void insert_misses(MapJob& j, int32_t st) {
   for (int64_t i = 0; i < j.n; ++i) {
     if (j.out[i] >= 0) continue;
     const uint64_t key = static_cast<uint64_t>(j.k[i]);
+    const int32_t tag = tag_of(key, j.rbits);
     uint64_t p = home(key, j.ns);
     int64_t tomb = -1, r = -1;
     for (;;) {
@@ -136,8 +159,8 @@ void insert_misses(MapJob& j, int32_t st) {
       if (v == kEmpty) break;
       if (v == kTomb) {
         if (tomb < 0) tomb = static_cast<int64_t>(p);
-      } else if (static_cast<uint64_t>(j.rk[v]) == key) {
-        r = v;  // inserted earlier in this batch
+      } else if ((v & ~j.mask) == tag && static_cast<uint64_t>(j.rk[v & j.mask]) == key) {
+        r = v & j.mask;  // inserted earlier in this batch
         break;
       }
       p = next_slot(p, j.ns);
@@ -145,7 +168,7 @@ void insert_misses(MapJob& j, int32_t st) {
     if (r < 0) {
       r = j.taken < j.n_recycled ? j.recycled[j.taken] : j.next_unused + j.taken - j.n_recycled;
       const int64_t at = tomb >= 0 ? tomb : static_cast<int64_t>(p);
-      j.s[at] = static_cast<int32_t>(r);
+      j.s[at] = tag | static_cast<int32_t>(r);
       j.rk[r] = static_cast<int64_t>(key);
       if (j.last) j.last[r] = st;
       j.reused += tomb >= 0;
@@ -163,21 +186,23 @@ void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
       __builtin_prefetch(j.s + home(static_cast<uint64_t>(j.k[i + 2 * kA]), j.ns));
     }
     if (i + kA < e) {
-      const int32_t v = j.s[home(static_cast<uint64_t>(j.k[i + kA]), j.ns)];
-      if (v >= 0) {
-        __builtin_prefetch(j.rk + v);
-        if (j.last) __builtin_prefetch(j.last + v, 1);
+      const uint64_t ka = static_cast<uint64_t>(j.k[i + kA]);
+      const int32_t v = j.s[home(ka, j.ns)];
+      if (v >= 0 && (v & ~j.mask) == tag_of(ka, j.rbits)) {
+        __builtin_prefetch(j.rk + (v & j.mask));
+        if (j.last) __builtin_prefetch(j.last + (v & j.mask), 1);
       }
     }
     const uint64_t key = static_cast<uint64_t>(j.k[i]);
+    const int32_t tag = tag_of(key, j.rbits);
     uint64_t p = home(key, j.ns);
     int64_t r = -1;
     for (;;) {
       const int32_t v = j.s[p];
       if (v == kEmpty) break;
-      if (v >= 0 && static_cast<uint64_t>(j.rk[v]) == key) {
-        r = v;
-        if (j.last) j.last[v] = st;
+      if (v >= 0 && (v & ~j.mask) == tag && static_cast<uint64_t>(j.rk[v & j.mask]) == key) {
+        r = v & j.mask;
+        if (j.last) j.last[r] = st;
         break;
       }
       p = next_slot(p, j.ns);
@@ -228,10 +253,10 @@ void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
 // Returns (rows int64 [n], rows taken, deleted slots reused).
 std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
     torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys, torch::Tensor row_last,
-    int64_t step, torch::Tensor recycled, int64_t next_unused, int64_t n_free) {
+    int64_t step, torch::Tensor recycled, int64_t next_unused, int64_t n_free, int64_t rbits) {
   auto out = torch::empty({keys.numel()}, torch::kInt64);
   std::vector<MapJob> jobs{
-      make_job(slots, row_key, keys, row_last, recycled, next_unused, n_free, out)};
+      make_job(slots, row_key, keys, row_last, recycled, next_unused, n_free, rbits, out)};
   run_jobs(jobs, static_cast<int32_t>(step));
   return {out, jobs[0].taken, jobs[0].reused};
 }
@@ -242,18 +267,18 @@ std::tuple<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t
 find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor> row_key,
                     std::vector<torch::Tensor> keys, std::vector<torch::Tensor> row_last, int64_t step,
                     std::vector<torch::Tensor> recycled, std::vector<int64_t> next_unused,
-                    std::vector<int64_t> n_free) {
+                    std::vector<int64_t> n_free, std::vector<int64_t> rbits) {
   const size_t t = keys.size();
   TORCH_CHECK(slots.size() == t && row_key.size() == t && row_last.size() == t &&
                   recycled.size() == t &&
-                  next_unused.size() == t && n_free.size() == t,
+                  next_unused.size() == t && n_free.size() == t && rbits.size() == t,
               "find_or_insert_many: lists of different lengths");
   std::vector<torch::Tensor> outs;
   std::vector<MapJob> jobs;
   for (size_t i = 0; i < t; ++i) {
     outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
     jobs.push_back(make_job(slots[i], row_key[i], keys[i], row_last[i], recycled[i],
-                            next_unused[i], n_free[i], outs.back()));
+                            next_unused[i], n_free[i], rbits[i], outs.back()));
   }
   run_jobs(jobs, static_cast<int32_t>(step));
   std::vector<int64_t> taken, reused;
