@@ -208,6 +208,19 @@ class DeepBoW(nn.Module):
         cfg = self.config
         q_in = _text(batch, cfg.query_text, cfg.max_len)
         p_in = _text(batch, cfg.product_text, cfg.max_len)
+        logits = self.score_texts(q_in, p_in, batch.dense)
+        return {t: logits[:, i] for i, t in enumerate(self.tasks)}
+
+    def score_texts(
+        self,
+        q_in: tuple[torch.Tensor, torch.Tensor],
+        p_in: tuple[torch.Tensor, torch.Tensor],
+        dense: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``[B, N]`` of query and product texts (each token ids ``[B, T]`` and mask)
+        and the dense features ``[B, Dd]`` (read when ``dense_inputs``): what ``forward``
+        computes, in tensors only (recis.export exports it as one graph)."""
+        cfg = self.config
         if self.expand is None and max(q_in[0].shape[1], p_in[0].shape[1]) <= cfg.bag_size:
             # no expansion and no cut to bag_size: the bags are the texts' own terms, scored
             # pairwise [B, Tq, Tp] instead of through [B, V] vectors (same sums, V/T times less)
@@ -222,8 +235,7 @@ class DeepBoW(nn.Module):
             bags = (q, p)
         if self.training:
             self._last = bags
-        logits = self.head(s, batch.dense if cfg.dense_inputs else None, prior)
-        return {t: logits[:, i] for i, t in enumerate(self.tasks)}
+        return self.head(s, dense if cfg.dense_inputs else None, prior)
 
     def _prior(
         self,

@@ -23,22 +23,29 @@ from recis.config import to_dict
 from recis.embedding import HashedEmbeddingCollection
 from recis.errors import CheckpointError, ConfigError
 from recis.features import Schema
+from recis.models.deepbow import DeepBoW
 from recis.models.two_tower import TwoTower
-from recis.train.checkpoint import file_entry, write_file
+from recis.train.checkpoint import write_file
 
 from .delta import apply_delta, make_delta
 from .dense import FILES, FORMATS, dense_module, save_dense
 from .index import IndexOptions
+from .manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    bundle_tokenizers,
+    read_manifest,
+    version_files,
+)
 from .publish import is_ready, publish, read_latest
+from .relevance import write_relevance
 from .source import load_run
 from .tables import TableInfo, pack_tables, save_tables
 from .towers import corpus_reader, write_towers
 
-MANIFEST = "manifest.json"
 TABLES = "tables.safetensors"
 DELTA = "delta.safetensors"
-FORMAT_NAME = "recis-export"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -77,6 +84,10 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         parts = write_towers(folder, model, corpus, (options.fmt, options.int8, options.index))
     elif options.split_towers:
         raise ConfigError(f"--split-towers: model {type(model).__name__} has no towers")
+    elif isinstance(model, DeepBoW):
+        if options.delta or options.int8:
+            raise ConfigError("--delta / --int8-embeddings: DeepBoW has no embedding tables")
+        parts = write_relevance(folder, model, schema, options.fmt)
     else:
         parts = _write_dlrm(folder, model, schema, options)
     tasks = [{"name": t.name, "loss": t.loss} for t in cfg.train.tasks] or [
@@ -89,13 +100,13 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         "model": to_dict(cfg)["model"]["name"],
         "int8_embeddings": options.int8,
         "tasks": tasks,
-        "schema": to_dict(cfg)["data"]["schema"],
+        "schema": bundle_tokenizers(to_dict(cfg)["data"]["schema"], folder),
         "nan_policy": cfg.data.nan_policy,
         **parts,
         "source": {"run_dir": str(run_dir), "checkpoint": str(ckpt), "step": step},
         "versions": _versions(),
     }
-    manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.iterdir())}
+    manifest["files"] = version_files(folder)
     write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
@@ -171,23 +182,6 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions) -> 
         write_version(folder, Path(run_dir), options)
 
     return publish(out, write, options.keep)
-
-
-def read_manifest(version_dir: Path, check_files: bool = True) -> dict[str, Any]:
-    """The manifest of ``version_dir``, its files checked against their sizes and sha256."""
-    path = version_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable export manifest: {err}") from None
-    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: not a recis export manifest (version {FORMAT_VERSION})")
-    if check_files:
-        for name, want in manifest["files"].items():
-            f = version_dir / name
-            if not f.is_file() or file_entry(f) != want:
-                raise CheckpointError(f"{f}: missing or differs from {MANIFEST} (sha256/size)")
-    return manifest
 
 
 def table_infos(manifest: dict[str, Any]) -> list[TableInfo]:

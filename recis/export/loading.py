@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .exporter import read_manifest
+from .manifest import read_manifest
 from .model import ScoringVersion, ServingModel
+from .relevance import RelevanceModel
 from .retrieval import RetrievalModel
 
 
 def load_version(version_dir: str | Path) -> ScoringVersion:
     """A :class:`~recis.export.retrieval.RetrievalModel` for a two-tower version (it has an
-    item index), else a :class:`~recis.export.model.ServingModel` (DLRM)."""
+    item index), a :class:`~recis.export.relevance.RelevanceModel` for DeepBoW, else a
+    :class:`~recis.export.model.ServingModel` (DLRM)."""
     manifest = read_manifest(Path(version_dir), check_files=False)
     if "towers" in manifest:
         return RetrievalModel(version_dir)
+    if "relevance" in manifest:
+        return RelevanceModel(version_dir)
     return ServingModel(version_dir)

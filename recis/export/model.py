@@ -16,31 +16,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.config_base import validate
-from recis.errors import DataError
-from recis.features import Schema
 from recis.io import Batch, to_batch
 
 from .dense import load_dense
 from .exporter import load_tables, read_manifest, table_infos
+from .manifest import manifest_schema
+from .rows import rows_table
 from .tables import TableLookup
-
-
-def rows_table(columns: list[str], rows: list[dict[str, Any]]) -> pa.Table:
-    """JSON rows -> an Arrow table of ``columns`` (a column no row has is absent, and refused
-    by name by the validation; a key not in ``columns`` is ignored like an extra column of a
-    data file)."""
-    arrays, names = [], []
-    for col in columns:
-        values = [r.get(col) for r in rows]
-        if all(v is None for v in values) and not any(col in r for r in rows):
-            continue
-        try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
-            raise DataError(f"values of mixed or unsupported types ({err})", column=col) from None
-        names.append(col)
-    return pa.table(arrays, names=names)
 
 
 class ScoringVersion(Protocol):
@@ -65,7 +47,7 @@ class ServingModel:
         self.version = self.path.name
         self.manifest = read_manifest(self.path)
         m = self.manifest
-        schema = validate(Schema, m["schema"], prefix="schema")
+        schema = manifest_schema(self.path, m)
         # requests carry no labels: the same schema without them
         self.schema = dataclasses.replace(schema, labels=[])
         self.tasks: list[dict[str, str]] = m["tasks"]

@@ -11,7 +11,7 @@ import torch
 from recis import metrics
 from recis.models.two_tower import TwoTower, exact_topk
 
-from .model import ServingModel
+from .loading import load_version
 from .retrieval import RetrievalModel
 from .source import load_run
 
@@ -22,7 +22,7 @@ def eval_parity(run_dir: str | Path, version_dir: str | Path) -> dict[str, Any]:
     The eval side is the trainer's own prediction (:meth:`recis.train.Trainer.predict`,
     what ``recis eval`` reports from) with the same checkpoint the export was made from; the
     export side reads the same batches (recis.io's conversion) through the exported files."""
-    model = ServingModel(version_dir)
+    model = load_version(version_dir)
     _, trainer, _, _ = load_run(run_dir, model.manifest["source"]["checkpoint"])
     assert trainer.eval_data is not None, "the run has no eval data"
     preds, labels = trainer.predict(trainer.eval_data)

@@ -16,14 +16,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from recis.config_base import validate
-from recis.features import Schema
 from recis.io import Batch, to_batch
 
 from .dense import load_graph
-from .exporter import read_manifest
 from .index import ItemSearch
-from .model import rows_table
+from .manifest import manifest_schema, read_manifest
+from .rows import rows_table
 from .tables import TableInfo
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
 
@@ -33,7 +31,7 @@ class ServingTower:
 
     def __init__(self, folder: Path, manifest: dict[str, Any], side: str) -> None:
         spec = manifest["towers"][side]
-        full = validate(Schema, manifest["schema"], prefix="schema")
+        full = manifest_schema(folder, manifest)
         self.schema = side_schema(full, spec["features"])
         infos = [TableInfo(**t) for t in spec["tables"]]
         tensors = load_file(str(folder / spec["tables_file"])) if infos else {}
@@ -76,7 +74,7 @@ class RetrievalModel:
         self.nan_policy: str = m["nan_policy"]
         # a (query, item) row for /score: both towers' columns
         features = [f for side in SIDES for f in m["towers"][side]["features"]]
-        self.pair = side_schema(validate(Schema, m["schema"], prefix="schema"), features)
+        self.pair = side_schema(manifest_schema(self.path, m), features)
 
     def encode_queries(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         """``[B, D]`` query embeddings of JSON rows (the query tower's columns)."""

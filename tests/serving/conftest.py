@@ -48,21 +48,19 @@ def dlrm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-@pytest.fixture(scope="session")
-def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``run_dir`` of examples/two_tower_synthetic.yaml trained 8 steps on 2000 synthetic
-    rows (eval: 400 rows; ``data/items.parquet`` holds the synthetic item catalogue)."""
+def _tiny_run(base: Path, example: str, rows: int, eval_rows: int) -> Path:
+    """``base/run``: ``examples/<example>`` trained 8 steps on ``rows`` synthetic rows (its
+    data under ``base/data``)."""
     import torch
 
     from recis.cli import main
 
-    base = tmp_path_factory.mktemp("two_tower")
     run = base / "run"
     small = [
         f"run_dir={run}",
         f"data.path={base / 'data'}",
-        "data.synthetic.num_train=2000",
-        "data.synthetic.num_eval=400",
+        f"data.synthetic.num_train={rows}",
+        f"data.synthetic.num_eval={eval_rows}",
         "data.synthetic.files=1",
         "data.batch_size=250",
         "data.eval_batch_size=256",
@@ -74,9 +72,22 @@ def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     args = [a for s in small for a in ("--set", s)]
     threads = torch.get_num_threads()
-    assert main(["train", str(ROOT / "examples" / "two_tower_synthetic.yaml"), *args]) == 0
+    assert main(["train", str(ROOT / "examples" / example), *args]) == 0
     torch.set_num_threads(threads)
     return run
+
+
+@pytest.fixture(scope="session")
+def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/two_tower_synthetic.yaml on 2000 rows (eval: 400; ``data/items.parquet``
+    holds the synthetic item catalogue)."""
+    return _tiny_run(tmp_path_factory.mktemp("two_tower"), "two_tower_synthetic.yaml", 2000, 400)
+
+
+@pytest.fixture(scope="session")
+def deepbow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/deepbow_synthetic.yaml (raw query and title texts) on 2000 rows (eval: 300)."""
+    return _tiny_run(tmp_path_factory.mktemp("deepbow"), "deepbow_synthetic.yaml", 2000, 300)
 
 
 def free_port() -> int:

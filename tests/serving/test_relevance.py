@@ -1,0 +1,87 @@
+"""DeepBoW export: raw query and title texts served with eval's relevance scores; tokenizer
+files bundled into the version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recis.cli import main
+from recis.config_base import validate
+from recis.errors import ConfigError
+from recis.export import ExportOptions, export_run, read_manifest
+from recis.export.manifest import bundle_tokenizers, manifest_schema
+from recis.export.parity import eval_parity
+from recis.export.source import load_run
+from recis.features import Schema, VocabTokenizer
+from recis.io import to_batch
+from recis.io.vocab import train_vocabulary
+
+
+@pytest.fixture(scope="module")
+def relevance_server(
+    deepbow_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server: Any
+) -> Iterator[Any]:
+    out = tmp_path_factory.mktemp("deepbow_published")
+    assert main(["export", str(deepbow_run), "--out", str(out)]) == 0
+    yield from start_server(out, deepbow_run)
+
+
+def test_exported_relevance_equals_eval(relevance_server: Any) -> None:
+    version = relevance_server.out / "v000001"
+    m = read_manifest(version)
+    assert m["model"] == "deepbow" and "relevance.pt2" in m["files"]
+    got = eval_parity(relevance_server.run, version)["relevant"]
+    assert got["rows"] == 300 and got["max_abs_diff"] <= 1e-5 and got["auc_delta"] == 0.0
+
+
+def test_raw_text_rows_over_http_score_as_eval(relevance_server: Any) -> None:
+    run = relevance_server.run
+    table = pq.read_table(run.parent / "data" / "eval").slice(0, 12)
+    # only the raw texts travel: the server tokenises them as the reader did in training
+    rows = [
+        {"query_text": r["query_text"], "product_text": r["product_text"]}
+        for r in table.to_pylist()
+    ]
+    status, body = relevance_server.score(rows)
+    assert status == 200, body
+    _, trainer, _, _ = load_run(run)
+    assert trainer.eval_data is not None
+    preds, _ = trainer.predict(trainer.eval_data)
+    np.testing.assert_allclose(body["scores"]["relevant"], preds["relevant"][:12], atol=1e-5)
+    status, body = relevance_server.score([{"query_text": 3, "product_text": "a b"}])
+    assert status == 422 and body["field"] == "query_text"
+    status, body = relevance_server.call("/topk", {"rows": rows[:1]})
+    assert status == 404 and "no item index" in body["error"]
+
+
+def test_int8_refused_for_deepbow(deepbow_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DeepBoW has no embedding tables"):
+        export_run(deepbow_run, tmp_path / "out", ExportOptions(int8=True))
+
+
+def test_vocab_tokenizer_is_bundled(tmp_path: Path) -> None:
+    texts = ["red running shoes", "blue running shirt", "red shirt", "shoes for running"] * 5
+    vocab = tmp_path / "run" / "tokenizer.json"
+    vocab.parent.mkdir()
+    spec = {"kind": "vocab", "path": str(vocab), "vocab_size": 60, "min_frequency": 1}
+    train_vocabulary(validate(VocabTokenizer, spec), iter(texts))
+    schema = {"text": [{"name": "q", "tokenizer": spec, "max_length": 6}]}
+    version = tmp_path / "v000001"
+    version.mkdir()
+    bundled = bundle_tokenizers(schema, version)
+    assert bundled["text"][0]["tokenizer"]["path"] == "tokenizers/0/tokenizer.json"
+    assert (version / "tokenizers" / "0" / "tokenizer.json").read_bytes() == vocab.read_bytes()
+    table = pa.table({"q": ["red running shoes", "blue shirt"]})
+    before = to_batch(table, validate(Schema, schema)).text["q"]
+    vocab.unlink()  # the run directory is not needed any more
+    after = to_batch(table, manifest_schema(version, {"schema": bundled})).text["q"]
+    assert before.tolist() == after.tolist() and int((before > 0).sum()) >= 4
+    with pytest.raises(ConfigError, match="data.schema.text.q.tokenizer.path"):
+        bundle_tokenizers(schema, tmp_path / "v000002")
