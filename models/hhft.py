@@ -220,7 +220,9 @@ class HiformerLayer(nn.Module):
     ) -> torch.Tensor:
         b = x.shape[0]
         h = self.norm1(x)
-        k, v = self.kv(h.reshape(b, self.n * self.d)).reshape(b, 2 * self.n, self.d).chunk(2, 1)
+        # keys/values [B, N, d_attn]: d_attn = d unless heads were pruned (models/structure.py)
+        kv = self.kv(h.reshape(b, self.n * self.d)).unflatten(1, (2 * self.n, -1))
+        k, v = kv.chunk(2, 1)
         idx = None if only is None else [int(i) for i in only]
         if idx is not None:
             x, h = x[:, idx], h[:, idx]

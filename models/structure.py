@@ -10,8 +10,9 @@ built model to it before its checkpoint loads.
 
 Families: HHFT's :class:`~recis.models.hhft.HeterogeneousLayer` (heads shared by all
 blocks, FFN channels per block: each block's :class:`~recis.models.hhft.GroupedLinear` is
-narrowed) and :class:`~recis.models.hhft.HiformerLayer` (FFN only: its composite key/value
-projection ties the head width to the model width), and the ``transformers`` decoder/encoder layers of
+narrowed) and :class:`~recis.models.hhft.HiformerLayer` (heads shared by all tokens, with
+their slices of the composite key/value projection; FFN channels per token), and the
+``transformers`` decoder/encoder layers of
 LLaMA-style models (LLaMA, Qwen2, Qwen3, Mistral; grouped-query attention prunes whole
 key/value groups), GPT-2 and BERT. Everything else (embeddings, norms, model width) is kept.
 
@@ -69,13 +70,25 @@ def _grouped_hook(grouped: GroupedLinear, sink: Sink) -> Callable[[], None]:
 
 
 class _GroupedSurgery(LayerSurgery):
-    """FFN part shared by HHFT's two layers: ``ffn_in``, ``ffn_out`` (:class:`GroupedLinear`)."""
+    """What HHFT's two layers share: heads (``heads``, per-group ``q`` and ``o``) and the FFN
+    (``ffn_in``, ``ffn_out``), all :class:`GroupedLinear`."""
 
     layer: HeterogeneousLayer | HiformerLayer
 
     def __init__(self, layer: HeterogeneousLayer | HiformerLayer) -> None:
         self.layer = layer
         self.groups = len(_linears(layer.ffn_out))
+
+    @property
+    def units(self) -> int:
+        return self.layer.heads
+
+    @property
+    def unit_width(self) -> int:
+        return _linears(self.layer.q)[0].out_features // self.layer.heads
+
+    def attention_out(self) -> torch.Tensor:
+        return _stack(self.layer.o)
 
     @property
     def ffn(self) -> int:
@@ -90,57 +103,65 @@ class _GroupedSurgery(LayerSurgery):
             _replace(f_in, g, linear_rows(up, keep[g]))
             _replace(f_out, g, linear_cols(down, keep[g], None if out is None else out[g : g + 1]))
 
+    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
+        return _grouped_hook(self.layer.o if kind == "attention" else self.layer.ffn_out, sink)
+
+    def _keep_heads(
+        self, rows: list[nn.Module], cols: torch.Tensor, out: torch.Tensor | None
+    ) -> None:
+        """Keep rows ``cols`` of every group of the :class:`GroupedLinear` maps ``rows`` and the
+        same columns of ``o`` (``out [G, d, len(cols)]``: the OBS-updated ones)."""
+        heads = len(cols) // self.unit_width  # the head width, read before q narrows
+        for proj in rows:
+            for g, lin in enumerate(_linears(proj)):
+                _replace(proj, g, linear_rows(lin, cols))
+        for g, lin in enumerate(_linears(self.layer.o)):
+            o = linear_cols(lin, cols, None if out is None else out[g : g + 1])
+            _replace(self.layer.o, g, o)
+        self.layer.heads = heads
+
 
 class HeterogeneousSurgery(_GroupedSurgery):
     """HHFT's heterogeneous layer: heads shared by all blocks, FFN channels per block."""
 
-    @property
-    def units(self) -> int:
-        return self.layer.heads
-
-    @property
-    def unit_width(self) -> int:
-        return _linears(self.layer.q)[0].out_features // self.layer.heads
-
-    def attention_out(self) -> torch.Tensor:
-        return _stack(self.layer.o)
-
     def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
-        layer, cols = self.layer, head_index(keep, self.unit_width)
+        layer = self.layer
         assert isinstance(layer, HeterogeneousLayer)
-        for proj in (layer.q, layer.k, layer.v):
-            for g, lin in enumerate(_linears(proj)):
-                _replace(proj, g, linear_rows(lin, cols))
-        for g, lin in enumerate(_linears(layer.o)):
-            _replace(layer.o, g, linear_cols(lin, cols, None if out is None else out[g : g + 1]))
-        layer.heads = len(keep)
-
-    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
-        return _grouped_hook(self.layer.o if kind == "attention" else self.layer.ffn_out, sink)
+        self._keep_heads([layer.q, layer.k, layer.v], head_index(keep, self.unit_width), out)
 
 
 class HiformerSurgery(_GroupedSurgery):
-    """HHFT's Hiformer layer: FFN channels per token; heads kept (the composite key/value
-    projection reshapes to the model width)."""
+    """HHFT's Hiformer layer: heads shared by all tokens, FFN channels per token.
 
-    @property
-    def units(self) -> None:
-        return None
+    Its keys and values come from one composite projection ``kv`` of all tokens (output
+    ``[2 N, d_attn]``: N key tokens, then N value tokens, each ``heads`` slices of
+    ``d_attn / heads``). Our reading of a structured head reduction: head ``j`` goes with its
+    query rows in every token's ``q``, its output columns in every token's ``o`` and its
+    slice of every key and value token in ``kv``'s output rows; the head width stays, so the
+    attention of the kept heads is unchanged (the same as zeroing head ``j``'s output).
+    With ``kv_rank`` the second factor's rows are narrowed.
+    """
 
-    @property
-    def unit_width(self) -> int:
-        return 0
-
-    def attention_out(self) -> torch.Tensor:
-        raise ConfigError("prune: a Hiformer layer's heads are not pruned")
+    def _kv_out(self) -> nn.Linear:
+        """The linear map that writes the keys and values (``kv``, or its second factor)."""
+        layer = self.layer
+        assert isinstance(layer, HiformerLayer)
+        kv = layer.kv[-1] if isinstance(layer.kv, nn.Sequential) else layer.kv
+        assert isinstance(kv, nn.Linear)
+        return kv
 
     def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
-        raise ConfigError("prune: a Hiformer layer's heads are not pruned")
-
-    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
-        if kind != "ffn":
-            raise ConfigError("prune: a Hiformer layer's heads are not pruned")
-        return _grouped_hook(self.layer.ffn_out, sink)
+        layer, cols = self.layer, head_index(keep, self.unit_width)
+        assert isinstance(layer, HiformerLayer)
+        width = self.units * self.unit_width  # d_attn before
+        kv = self._kv_out()
+        tokens = torch.arange(kv.out_features // width)  # 2 N key and value tokens
+        rows = (tokens[:, None] * width + cols[None, :]).reshape(-1)
+        if isinstance(layer.kv, nn.Sequential):
+            layer.kv[-1] = linear_rows(kv, rows)
+        else:
+            layer.kv = linear_rows(kv, rows)
+        self._keep_heads([layer.q], cols, out)
 
 
 def _hf_families() -> list[tuple[type[nn.Module], type[LayerSurgery]]]:

@@ -37,7 +37,7 @@ def test_pruned_run_reloads_with_its_shapes_and_outputs(tmp_path: Path, make_run
     assert list(cfg.model.structure.values()) == [
         {"heads": 3, "ffn": 24},
         {"heads": 2, "ffn": 15},
-        {"ffn": 9},  # Hiformer: FFN only
+        {"heads": 1, "ffn": 9},  # Hiformer
     ]
     model, meta = load_run_model(cfg, out / "checkpoints" / "final")
     assert model.hetero[1].heads == 2 and model.hetero[1].q.linears[0].weight.shape == (8, 16)

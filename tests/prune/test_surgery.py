@@ -139,18 +139,19 @@ def test_pruned_hf_model_saves_and_reloads_with_its_shapes(family: str, tmp_path
 
 
 class _Tower(nn.Module):
-    """Two HHFT layers on ready-made tokens (the model's embedding part is not pruned)."""
+    """Two HHFT layers on ready-made tokens (the model's embedding part is not pruned); the
+    Hiformer layer with a low-rank key/value projection and ``only`` (HHFT's last layer)
+    when asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int | None = None, only: list[int] | None = None) -> None:
         super().__init__()
         groups = [0, 0, 1, 2, 3]
         self.hetero = nn.ModuleList([HeterogeneousLayer(groups, 16, 4, ffn_mult=2)])
-        self.hiformer = nn.ModuleList([HiformerLayer(len(groups), 16, 4, ffn_mult=2)])
+        self.hiformer = nn.ModuleList([HiformerLayer(len(groups), 16, 4, ffn_mult=2, rank=rank)])
+        self.only = only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in [*self.hetero, *self.hiformer]:
-            x = layer(x)
-        return x
+        return self.hiformer[0](self.hetero[0](x), self.only)
 
 
 def test_hhft_layers_prune_to_fewer_heads_and_channels_and_rebuild() -> None:
@@ -159,11 +160,18 @@ def test_hhft_layers_prune_to_fewer_heads_and_channels_and_rebuild() -> None:
     original = copy.deepcopy(tower)
     batches = [torch.randn(32, 5, 16) for _ in range(3)]
     report = prune_model(tower, PruneOptions(0.5, method="obs-select"), batches)
-    assert report.structure() == {"hetero.0": {"heads": 2, "ffn": 16}, "hiformer.0": {"ffn": 16}}
+    assert report.structure() == {
+        "hetero.0": {"heads": 2, "ffn": 16},
+        "hiformer.0": {"heads": 2, "ffn": 16},
+    }
     hetero, hiformer = tower.hetero[0], tower.hiformer[0]
     assert [lin.weight.shape for lin in hetero.q.linears] == [(8, 16)] * 4
     assert [lin.weight.shape for lin in hetero.o.linears] == [(16, 8)] * 4
     assert [lin.weight.shape for lin in hiformer.ffn_in.linears] == [(16, 16)] * 5
+    # Hiformer: 2 of 4 heads; the composite key/value projection keeps their slices of the
+    # 5 key and 5 value tokens
+    assert hiformer.heads == 2 and hiformer.kv.weight.shape == (2 * 5 * 8, 5 * 16)
+    assert [lin.weight.shape for lin in hiformer.q.linears] == [(8, 16)] * 5
     x = torch.randn(8, 5, 16)
     with torch.no_grad():
         torch.testing.assert_close(tower(x), _masked(original, report)(x))
@@ -173,3 +181,24 @@ def test_hhft_layers_prune_to_fewer_heads_and_channels_and_rebuild() -> None:
     rebuilt.load_state_dict(tower.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), tower(x))
+
+
+def test_hiformer_heads_low_rank_and_last_layer_equal_the_masked_original() -> None:
+    torch.manual_seed(0)
+    tower = _Tower(rank=6, only=[1, 4]).eval()
+    original = copy.deepcopy(tower)
+    batches = [torch.randn(32, 5, 16) for _ in range(3)]
+    report = prune_model(tower, PruneOptions(0.5, method="obs-select"), batches)
+    assert report.structure()["hiformer.0"] == {"heads": 2, "ffn": 16}
+    assert tower.hiformer[0].kv[1].weight.shape == (2 * 5 * 8, 6)
+    x = torch.randn(8, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x), _masked(original, report)(x))
+    # with the update, the outputs stay closer to the original's than selection alone
+    slim = copy.deepcopy(original)
+    prune_model(slim, PruneOptions(0.5), batches)
+    with torch.no_grad():
+        ref = [original(b) for b in batches]
+        err_slim = sum(float(((slim(b) - r) ** 2).mean()) for b, r in zip(batches, ref))
+        err_select = sum(float(((tower(b) - r) ** 2).mean()) for b, r in zip(batches, ref))
+    assert err_slim < err_select, (err_slim, err_select)
