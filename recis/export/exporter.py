@@ -41,7 +41,7 @@ from .manifest import (
 from .publish import is_ready, publish, read_latest
 from .relevance import write_relevance
 from .source import load_run
-from .tables import TableInfo, pack_tables, save_tables
+from .tables import TableInfo, pack_tables, read_tables, save_tables
 from .towers import corpus_reader, write_towers
 
 TABLES = "tables.safetensors"
@@ -167,7 +167,7 @@ def load_tables(
     (recursively, each base READY and checked against its manifest) with its delta applied."""
     delta = manifest.get("delta")
     if not delta:
-        return load_file(str(version_dir / TABLES))
+        return read_tables(version_dir / TABLES)
     base_dir = version_dir.parent / delta["base"]
     if depth > 100 or not is_ready(base_dir):
         raise CheckpointError(f"{version_dir}: the delta's base {base_dir} is missing or not READY")

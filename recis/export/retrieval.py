@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from recis.io import Batch, to_batch
 
@@ -22,7 +21,7 @@ from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
-from .tables import TableInfo
+from .tables import TableInfo, read_tables
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
 
 
@@ -34,7 +33,7 @@ class ServingTower:
         full = manifest_schema(folder, manifest)
         self.schema = side_schema(full, spec["features"])
         infos = [TableInfo(**t) for t in spec["tables"]]
-        tensors = load_file(str(folder / spec["tables_file"])) if infos else {}
+        tensors = read_tables(folder / spec["tables_file"]) if infos else {}
         self.frontend = TowerFrontend(spec, tensors, infos)
         graph = spec["graph"]
         self.graph = load_graph(graph["format"], folder / graph["file"], INPUTS, OUTPUT)

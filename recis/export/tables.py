@@ -3,7 +3,8 @@
 One safetensors file ``tables.safetensors`` holds, for each table ``t``:
 
 - ``t.ids`` int64 ``[N]``: the live ids, sorted (the id -> row map's keys);
-- ``t.rows`` int64 ``[N]``: the row of each id in ``t.weights`` (the map's values);
+- ``t.rows`` int64 ``[N]``: the row of each id in ``t.weights`` (the map's values): always
+  ``1..N`` (ids sorted, rows in id order), so not stored in the file but rebuilt on load;
 - ``t.weights`` ``[R, D]``: fp32 rows; row 0 is the fallback row that ids without a row read
   (as in training: unknown or not admitted ids), or, with INT8, ``t.q`` uint8 ``[R, D]`` and
   ``t.scale`` / ``t.bias`` fp16 ``[R]`` (row-wise: ``w = q * scale + bias``).
@@ -25,6 +26,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.embedding import HashedEmbeddingCollection
 from recis.errors import ConfigError, DataError
+
+ROWS = ".rows"
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,4 +176,18 @@ class TableLookup:
 
 
 def save_tables(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(path))
+    """Write ``tensors`` without the ``t.rows`` maps: row ``i + 1`` holds the ``i``-th
+    smallest id, so the map is derived data (rebuilt by :func:`read_tables`; the file's
+    sha256 in the manifest covers the ids it is rebuilt from)."""
+    save_file({k: v for k, v in tensors.items() if not k.endswith(ROWS)}, str(path))
+
+
+def read_tables(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors :func:`save_tables` wrote, each mapped table's ``t.rows`` rebuilt
+    (``1..N`` in id order; a file that stores its map, written before, keeps it)."""
+    tensors = load_file(str(path))
+    for key in [k for k in tensors if k.endswith(".ids")]:
+        rows = key[: -len(".ids")] + ROWS
+        if rows not in tensors:
+            tensors[rows] = torch.arange(1, len(tensors[key]) + 1, dtype=torch.int64)
+    return tensors
