@@ -90,6 +90,10 @@ class HHFTConfig(ModelConfig):
     # how a block's dense values become tokens: "block" = concatenated with its ids into the
     # block's tokens; "feature" = one token per dense feature (FeatureTokens), in its block
     dense_tokens: Literal["block", "feature"] = "block"
+    # append to each sequence block's pooled vector how much of the history matches the
+    # candidate, log(1 + sum_l sigmoid(score_l)): softmax weights sum to 1 and lose it (DIN
+    # keeps it with unnormalised weights); liked vs watched matches ~ the user's affinity
+    sequence_mass: bool = False
 
 
 class GroupedLinear(nn.Module):
@@ -253,19 +257,26 @@ class FeatureTokens(nn.Module):
 class TargetAttention(nn.Module):
     """Pool a behaviour sequence by attention from the candidate item (DIN-style, scaled dot).
 
-    Shapes: ``seq [B, L, Ds]``, ``mask [B, L]``, ``target [B, Dt]`` -> ``[B, Ds]``;
-    padded positions get zero weight, an empty sequence pools to zeros.
+    Shapes: ``seq [B, L, Ds]``, ``mask [B, L]``, ``target [B, Dt]`` -> ``[B, Ds]``, or
+    ``[B, Ds + 1]`` with ``mass``: the last column is ``log(1 + sum_l sigmoid(score_l))`` over
+    the unpadded positions, a soft count of the history entries that match the target.
+    Padded positions get zero weight, an empty sequence pools to zeros (mass 0).
     """
 
-    def __init__(self, seq_dim: int, target_dim: int) -> None:
+    def __init__(self, seq_dim: int, target_dim: int, mass: bool = False) -> None:
         super().__init__()
         self.q = nn.Linear(target_dim, seq_dim)
         self.k = nn.Linear(seq_dim, seq_dim)
         self.scale = 1.0 / math.sqrt(seq_dim)
+        self.mass = mass
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("bd,bld->bl", self.q(target), self.k(seq)) * self.scale
-        return torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq)
+        pooled = torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq)
+        if not self.mass:
+            return pooled
+        soft_count = (torch.sigmoid(scores) * mask).sum(1, keepdim=True)  # [B, 1]
+        return torch.cat([pooled, torch.log1p(soft_count)], dim=-1)
 
 
 def check_blocks(config: HHFTConfig, schema: Schema) -> None:
@@ -388,8 +399,10 @@ class HHFT(nn.Module):
             in_dim = width(blk.sparse) + (0 if per_feature else len(blk.dense))
             if blk.sequence:
                 seq_dim = width(blk.sequence)
-                self.target_attn[blk.name] = TargetAttention(seq_dim, width(blk.target))
-                in_dim += seq_dim
+                self.target_attn[blk.name] = TargetAttention(
+                    seq_dim, width(blk.target), config.sequence_mass
+                )
+                in_dim += seq_dim + int(config.sequence_mass)
             # a block of dense features only, tokenised feature by feature, has no block token
             self.proj.append(nn.Linear(in_dim, blk.tokens * d) if in_dim else nn.Identity())
             groups += [i] * (blk.tokens if in_dim else 0)

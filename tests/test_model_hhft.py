@@ -237,3 +237,34 @@ def test_grouped_linear_routes_each_token_to_its_groups_linear() -> None:
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer(x[:, [3, 0]], tokens=[3, 0]), expected[:, [3, 0]])
     assert all(isinstance(m, nn.Linear) for m in layer.linears) and len(layer.linears) == 3
+
+
+def test_sequence_mass_is_a_soft_count_of_matching_history() -> None:
+    """``sequence_mass``: the pooled vector gets ``log(1 + sum_l sigmoid(score_l))`` over the
+    unpadded positions (by hand), which grows with the number of history entries, while the
+    softmax pooling of a repeated entry does not; an empty history gives 0."""
+    from recis.models.hhft import TargetAttention
+
+    torch.manual_seed(7)
+    attn = TargetAttention(seq_dim=4, target_dim=3, mass=True)
+    seq, target = torch.randn(2, 5, 4), torch.randn(2, 3)
+    mask = torch.tensor([[True, True, True, False, False], [False] * 5])
+    out = attn(seq, mask, target)  # [B, Ds + 1]
+    scores = (attn.q(target[0]) * attn.k(seq[0, :3])).sum(-1) / 2.0  # scale 1 / sqrt(4)
+    torch.testing.assert_close(out[0, 4], torch.log1p(torch.sigmoid(scores).sum()))
+    torch.testing.assert_close(out[0, :4], torch.softmax(scores, 0) @ seq[0, :3])
+    assert out.shape == (2, 5) and out[1].abs().max() == 0
+    # the same entry once or three times: softmax pooling equal, the mass grows
+    one = attn(seq[:1, :1], mask[:1, :1], target[:1])
+    three = attn(seq[:1, :1].expand(1, 3, 4), mask[:1, :3], target[:1])
+    torch.testing.assert_close(one[:, :4], three[:, :4])
+    assert three[0, 4] > one[0, 4] > 0
+    # in the model: one more input column per sequence block, padding still changes nothing
+    model = HHFT(_config(sequence_mass=True), _schema(), torch.device("cpu"))
+    assert model.proj[2].in_features == D + 1
+    rows = [(1, 2, 3, [4, 5]), (6, 7, 1, [8])]
+    model(_batch(rows + [(2, 2, 2, list(range(1, 10)))]))
+    model.eval()
+    alone = model(_batch(rows))["click"]
+    padded = model(_batch(rows + [(2, 2, 2, list(range(1, 10)))]))["click"][:2]
+    torch.testing.assert_close(padded, alone, atol=1e-6, rtol=1e-6)

@@ -120,6 +120,8 @@ def test_prepare_writes_documented_layout(tmp_path: Path) -> None:
     assert schema.field("genres").type == pa.list_(pa.string())
     assert schema.field("tags").type == pa.list_(pa.string())
     assert schema.field("hist_movies").type == pa.list_(pa.int64())
+    assert schema.field("hist_genres").type == pa.list_(pa.string())
+    assert schema.field("liked_genres").type == pa.list_(pa.string())
     assert schema.field("user_id").type == pa.int64()
     assert schema.field("like").type == pa.float64()
     rows = [r for s in ("train", "valid", "test") for r in parts[s].to_pylist()]
@@ -135,11 +137,19 @@ def test_prepare_writes_documented_layout(tmp_path: Path) -> None:
     assert last["user_count"] == 4.0
     assert last["days_since_prev"] == pytest.approx(300 / 86400)
     assert last["genres"] == ["Comedy", "Drama"]
+    # the histories' genres, movie by movie in the history's order (30 has none listed)
+    assert last["hist_genres"] == ["Comedy", "Drama", "Action", "(no genres listed)", "Drama"]
+    assert last["liked_genres"] == ["Comedy", "Drama", "(no genres listed)", "Drama"]
+    # strictly earlier: user 1 at t=300 does not see movie 30 (rated at t=300 by both users)
+    assert by[(1, 300)]["hist_genres"] == ["Comedy", "Drama", "Action"]
+    assert by[(1, 300)]["liked_genres"] == ["Comedy", "Drama"]  # 20 was rated 2.0
+    assert by[(2, 300)]["hist_genres"] == ["Comedy", "Drama"]
     assert last["tags"] == ["funny", "classic"]  # lowercased, trimmed, the later tag excluded
     assert last["movie_count"] == 3.0  # users 1, 2, 3 rated movie 10 before t=800
     # strictly earlier only: user 2's rating at t=200 does not see user 1's at t=200
     second = by[(2, 200)]
     assert second["hist_movies"] == [] and second["user_count"] == 0.0
+    assert second["hist_genres"] == [] and second["liked_genres"] == []
     assert second["movie_count"] == 1.0 and second["tags"] == ["funny"]
     assert second["days_since_prev"] is None  # no earlier rating: null, the config fills it
     # smoothed rates: prior = train like rate (4/7), strength 10

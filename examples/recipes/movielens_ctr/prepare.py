@@ -25,6 +25,8 @@ tags                   list<string>        the last 10 tags any user gave the mo
 hour, weekday          int64               UTC hour and day of week of the rating
 hist_movies            list<int64>         the user's last 50 rated movies, oldest first
 hist_liked             list<int64>         the user's last 50 liked movies, oldest first
+hist_genres            list<string>        the genres of the hist_movies, in their order
+liked_genres           list<string>        the genres of the hist_liked, in their order
 year                   double (null)       release year parsed from the title
 movie_age              double (null)       years from release to the rating
 days_since_prev        double (null)       days since the user's previous rating
@@ -102,6 +104,23 @@ def _window(start: np.ndarray, stop: np.ndarray, size: int, values: np.ndarray) 
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
+def _genres_of(
+    window: pa.ListArray, movie_ids: np.ndarray, genre_lists: pa.ListArray
+) -> pa.ListArray:
+    """Row ``i`` holds the genres of the movies of ``window[i]``, flattened in their order
+    (oldest movie's genres first); ``genre_lists[j]`` are the genres of ``movie_ids[j]``
+    (sorted), a movie missing from the catalogue contributes none."""
+    flat = window.values.to_numpy()
+    pos = np.minimum(np.searchsorted(movie_ids, flat), len(movie_ids) - 1)
+    known = movie_ids[pos] == flat
+    per_movie = genre_lists.take(pa.array(pos))
+    lengths = np.where(known, pc.list_value_length(per_movie).fill_null(0).to_numpy(), 0)
+    token_end = np.concatenate(([0], np.cumsum(lengths)))  # token offset of each movie
+    offsets = token_end[window.offsets.to_numpy()].astype(np.int32)
+    per_movie = pc.if_else(pa.array(known), per_movie, pa.nulls(len(flat), per_movie.type))
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(per_movie))
+
+
 def _history_stats(
     group: np.ndarray, ts: np.ndarray, label: np.ndarray, rating: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -170,6 +189,11 @@ def build_rows(src: Path) -> tuple[pa.Table, int, int]:
     rating_year = 1970.0 + ts / (365.2425 * 86400.0)
     movie_age = np.maximum(rating_year - year, 0.0)
 
+    # the genres of the histories' movies: what the user watched / liked, as content
+    by_id = np.argsort(m_ids)
+    hist_genres = _genres_of(hist_movies, m_ids[by_id], genre_lists.take(pa.array(by_id)))
+    liked_genres = _genres_of(hist_liked, m_ids[by_id], genre_lists.take(pa.array(by_id)))
+
     t_movie, t_ts = tags["movieId"].to_numpy(), tags["timestamp"].to_numpy()
     t_order = np.lexsort((t_ts, t_movie))
     t_start, t_stop = _before(_key(t_movie[t_order], t_ts[t_order]), movie, ts)
@@ -188,6 +212,8 @@ def build_rows(src: Path) -> tuple[pa.Table, int, int]:
             "weekday": pa.array((ts // 86400 + 3) % 7, pa.int64()),  # 0 = Monday
             "hist_movies": hist_movies.cast(pa.list_(pa.int64())),
             "hist_liked": hist_liked.cast(pa.list_(pa.int64())),
+            "hist_genres": hist_genres.cast(pa.list_(pa.string())),
+            "liked_genres": liked_genres.cast(pa.list_(pa.string())),
             "year": pa.array(year, from_pandas=True),
             "movie_age": pa.array(movie_age, from_pandas=True),
             "days_since_prev": pa.array(days_since_prev, from_pandas=True),
