@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/retrieval_rl.py [--data ../shared/data] [--work runs/bench_retrieval_rl]
         [--infonce-steps 300] [--grpo-steps 60] [--eval-queries 0] [--timing-steps 20]
+        [--lrem [--lrem-sft-steps 300] [--lrem-rl-steps 40] [--lrem-tokens 8]]
 
 1. Quality, on ``qbqtc/pairs.parquet`` (query -> web-page title, graded labels): the pool is
    every distinct title (22,984); ``dev`` positives (label >= 1) train, ``test_public``
@@ -17,6 +18,11 @@
    min/max, ``os.getloadavg()`` beside. The search's share of the GRPO step and its distance
    from the matrix-product FLOP limit (search matmul seconds vs ``2 B N D`` FLOPs at the
    GEMM rate measured here on a square product).
+3. LREM (``--lrem``): the same data and pool; a tiny Llama (2 layers, hidden 64, a 4,000-token
+   BPE tokenizer trained on the pairs' texts) trained from scratch on CPU as the query tower
+   (:mod:`recis.retrieval_rl.lrem_pipeline`), SFT + InfoNCE then RL over sampled reasonings,
+   every query routed to it; ``lrem_infonce_recall50`` is the same run's two-tower on the same
+   queries. At that size LREM is not expected to beat the two-tower.
 
 The last line is one JSON object.
 """
@@ -113,6 +119,96 @@ def _control(cfg: Any, args: Any) -> dict:
         "control_infonce_recall50": got["recall@50"],
         "control_infonce_relevance_at10": got["relevance@10"],
         "control_tail_infonce_recall50": got["tail_recall@50"],
+    }
+
+
+def lrem(data_dir: Path, work: Path, queries: int, args: Any) -> dict:
+    """LREM on qbqtc: a tiny Llama trained from scratch on CPU (a BPE tokenizer trained on the
+    pairs' texts), SFT + InfoNCE then RL, every query routed to LREM (``router.rule: all``),
+    then the trained tower re-evaluated with the ``overlap`` router. The InfoNCE dual encoder
+    (its item tower encodes the pool) is ``--init-from``'s or trained here."""
+    from recis.retrieval_rl.lrem_config import build_lrem_config
+    from recis.retrieval_rl.lrem_pipeline import evaluate_stage, train
+
+    raw = {
+        "kind": "lrem",
+        "run_dir": str(work / f"{args.name}_lrem"),
+        "init_from": args.init_from,
+        "data": {"path": str(data_dir / "qbqtc" / "pairs.parquet")},
+        "infonce": {"steps": args.infonce_steps, "batch_size": 256},
+        "lm": {
+            "max_reasoning_tokens": args.lrem_tokens,
+            "scratch": {"hidden_size": 64, "layers": 2, "heads": 4, "vocab_size": 4000},
+        },
+        "sft": {
+            "steps": args.lrem_sft_steps,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "checkpoint_every": 1000,
+        },
+        "rl": {
+            "steps": args.lrem_rl_steps,
+            "batch_size": 16,
+            "group_size": 4,
+            "k": 100,
+            "lr": 1e-4,
+            "checkpoint_every": 1000,
+        },
+        "router": {"rule": "all"},
+        "eval": {"ks": [10, 50], "max_queries": queries},
+        "seed": args.lrem_seed,
+    }
+    t0 = time.perf_counter()
+    res = train(build_lrem_config(raw), overwrite=True)
+    seconds = time.perf_counter() - t0
+    routed = evaluate_stage(build_lrem_config({**raw, "router": {"rule": "overlap"}}), "lrem_rl")
+    inf, sft, rl = res["infonce"], res["lrem_sft"], res["lrem_rl"]
+    control = _lrem_control(build_lrem_config(raw)) if args.control else {}
+    return {
+        **control,
+        "lrem_recall50": rl["recall@50"],
+        "tail_lrem_recall50": rl["tail_recall@50"],
+        "lrem_sft_recall50": sft["recall@50"],
+        "tail_lrem_sft_recall50": sft["tail_recall@50"],
+        "lrem_relevance_at10": rl["relevance@10"],
+        "lrem_infonce_recall50": inf["recall@50"],  # the same run's two-tower, same queries
+        "tail_lrem_infonce_recall50": inf["tail_recall@50"],
+        "lrem_routed_recall50": routed["recall@50"],
+        "tail_lrem_routed_recall50": routed["tail_recall@50"],
+        "lrem_routed_hard_share": routed["hard_share"],
+        "lrem_eval_queries": rl["queries"],
+        "lrem_seconds": seconds,
+        "lrem_sft_steps": args.lrem_sft_steps,
+        "lrem_rl_steps": args.lrem_rl_steps,
+        "lrem_reasoning_tokens": args.lrem_tokens,
+        "lrem_seed": args.lrem_seed,
+    }
+
+
+def _lrem_control(cfg: Any) -> dict:
+    """The RL stage from the same SFT model with every reward 0 (no advantage, so no policy
+    gradient): what its InfoNCE and KL terms do alone over the same steps and samples."""
+    import torch
+
+    from recis.retrieval_rl.evaluate import evaluate
+    from recis.retrieval_rl.lrem_pipeline import setup
+    from recis.retrieval_rl.lrem_train import LREMRLTrainer
+    from recis.retrieval_rl.trainer import load
+
+    class NoReward(LREMRLTrainer):
+        def rewards(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(emb), device=emb.device)
+
+    torch.manual_seed(cfg.seed)
+    data, scorer, model = setup(cfg, train=False)
+    load(Path(cfg.run_dir) / "lrem_sft" / "model", model.tower, None)
+    trainer = NoReward(model, model.tower.frozen_copy(), data, cfg.rl, cfg.seed + 3)
+    while trainer.step_count < cfg.rl.steps:
+        trainer.step()
+    got = evaluate(model, data, cfg.eval, scorer)
+    return {
+        "control_lrem_recall50": got["recall@50"],
+        "control_tail_lrem_recall50": got["tail_recall@50"],
     }
 
 
@@ -225,11 +321,20 @@ def main() -> None:
     p.add_argument("--refresh", type=int, default=10)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--control", action="store_true", help="also InfoNCE alone for the GRPO steps")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also InfoNCE alone for the GRPO steps; with --lrem, the LREM RL stage with no reward",
+    )
     p.add_argument("--grpo-lr", type=float, default=1e-3)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--name", default="qbqtc", help="run directory under --work")
     p.add_argument("--init-from", default=None, help="a run directory whose InfoNCE stage to reuse")
+    p.add_argument("--lrem", action="store_true", help="also LREM (tiny scratch LM) on qbqtc")
+    p.add_argument("--lrem-sft-steps", type=int, default=300)
+    p.add_argument("--lrem-rl-steps", type=int, default=40)
+    p.add_argument("--lrem-tokens", type=int, default=8, help="reasoning tokens at most (N)")
+    p.add_argument("--lrem-seed", type=int, default=0)
     args = p.parse_args()
     out: dict = {"threads": torch.get_num_threads()}
     if not args.skip_quality:
@@ -247,6 +352,12 @@ def main() -> None:
                 )
             )
             print({k: out[k] for k in ("infonce_recall50", "grpo_recall50")}, flush=True)
+    if args.lrem:
+        if not (args.data / "qbqtc" / "pairs.parquet").is_file():
+            out["lrem_skipped"] = f"{args.data}/qbqtc/pairs.parquet absent"
+        else:
+            out.update(lrem(args.data, args.work, args.eval_queries, args))
+            print({k: out[k] for k in ("lrem_infonce_recall50", "lrem_recall50")}, flush=True)
     if not args.skip_timing:
         out.update(step_cost(args.timing_rounds, args.refresh))
         print(f"grpo step / infonce step: {out['grpo_step_time_ratio']:.2f}x")

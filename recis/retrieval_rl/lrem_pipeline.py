@@ -5,7 +5,8 @@ scratch LM and tokenizer as an HF directory, when ``lm.model_path`` is None),
 ``lrem_sft/checkpoint-<step>`` and ``lrem_sft/model``, ``lrem_rl/checkpoint-<step>`` and
 ``lrem_rl/model`` (the tower's weights, resumable), ``log.jsonl``, ``results.json``
 (``infonce``, ``lrem_sft``, ``lrem_rl``: :func:`recis.retrieval_rl.evaluate.evaluate`, the
-LREM rows with the router's mix of towers, plus ``hard_queries``).
+LREM rows with the router's mix of towers, plus ``hard_share``: the router's share of hard
+  eval queries).
 
 ``recis train CONFIG`` runs it (``--resume RUN_DIR``: a saved stage is not retrained, an
 interrupted one continues from its newest checkpoint); ``recis eval CONFIG --checkpoint
@@ -109,11 +110,13 @@ def _stage(
 def _evaluate(model: Any, data: RetrievalData, cfg: LREMRunConfig, scorer: Any) -> dict[str, float]:
     out = evaluate(model, data, cfg.eval, scorer)
     if isinstance(model, LREMEncoder):
-        out["hard_queries"] = float(model.hard[data.eval_queries].sum())
+        out["hard_share"] = float(model.hard[data.eval_queries].mean())  # of all eval queries
     return out
 
 
-def _setup(cfg: LREMRunConfig, train: bool) -> tuple[RetrievalData, Any, LREMEncoder]:
+def setup(cfg: LREMRunConfig, train: bool) -> tuple[RetrievalData, Any, LREMEncoder]:
+    """The pairs, the relevance scorer (relevance@K judge), and the LREM model (base dual
+    encoder + LM tower + the router's marks), untrained towers where nothing is saved."""
     data = load_pairs(cfg.data)
     scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
     base = base_encoder(cfg, data, train)
@@ -127,7 +130,7 @@ def train(cfg: LREMRunConfig, resume: bool = False, overwrite: bool = False) -> 
     run = Path(cfg.run_dir)
     start_run(run, resume, overwrite)
     torch.manual_seed(cfg.seed)
-    data, scorer, model = _setup(cfg, train=True)
+    data, scorer, model = setup(cfg, train=True)
     log = JsonlLog(run / "log.jsonl")
     results = {"infonce": _evaluate(model.base, data, cfg, scorer)}
     sft = LREMSFTTrainer(model, data, cfg.sft, cfg.seed + 2)
@@ -144,7 +147,7 @@ def evaluate_stage(cfg: LREMRunConfig, stage: str) -> dict[str, float]:
     """Evaluate a trained stage of ``cfg.run_dir`` (``infonce``, ``lrem_sft``, ``lrem_rl``)."""
     if stage not in STAGES:
         raise ConfigError(f"--checkpoint: expected one of {', '.join(STAGES)}, got {stage!r}")
-    data, scorer, model = _setup(cfg, train=False)
+    data, scorer, model = setup(cfg, train=False)
     if stage == "infonce":
         return _evaluate(model.base, data, cfg, scorer)
     saved = Path(cfg.run_dir) / stage / "model"
