@@ -22,14 +22,16 @@ groups (HHFT: token blocks or tokens; one group elsewhere).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from recis.errors import ConfigError
+from recis.errors import CheckpointError, ConfigError
 
 from .hhft import GroupedLinear, HeterogeneousLayer, HiformerLayer
 from .surgery import (
@@ -205,3 +207,76 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> N
 def structure_of(model: nn.Module) -> dict[str, dict[str, int]]:
     """The kept shape of every prunable layer (``ModelConfig.structure``)."""
     return {name: s.shape() for name, s in prunable_layers(model)}
+
+
+# beside a pruned transformers model's save_pretrained files: its per-layer kept shapes
+STRUCTURE_FILE = "recis_structure.json"
+
+
+def _read_structure(path: Path) -> dict[str, dict[str, int]]:
+    record = path / STRUCTURE_FILE
+    if not record.is_file():
+        raise CheckpointError(f"{record}: missing (not written by recis prune)")
+    try:
+        structure = json.loads(record.read_text())["structure"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{record}: not a structure record: {err}") from None
+    if not isinstance(structure, dict):
+        raise CheckpointError(f"{record}: 'structure' is not a mapping")
+    return structure
+
+
+def _unprefixed(names: list[str], known: set[str], prefix: str) -> dict[str, str]:
+    """``name -> name`` for names of the model, ``name -> name without prefix`` for names of
+    the whole model when only its base (``prefix``: ``base_model_prefix + "."``) is built."""
+    out = {}
+    for name in names:
+        if name in known or not name.startswith(prefix):
+            out[name] = name
+        else:
+            out[name] = name[len(prefix) :]
+    return out
+
+
+def load_pruned_hf(
+    path: str | Path, dtype: torch.dtype = torch.float32, base: bool = False
+) -> nn.Module:
+    """A ``transformers`` model that ``recis.prune.hf.save_pruned`` wrote to ``path``
+    (``save_pretrained`` + ``recis_structure.json``): built from its config, narrowed to the
+    saved shapes, then its weights loaded. ``base``: the base model alone (``AutoModel``,
+    as ``LLMTower`` uses it; a causal LM's head is left out), else the saved architecture
+    class (e.g. ``LlamaForCausalLM``). In eval mode, ``dtype``."""
+    import transformers
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    structure = _read_structure(path)
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = None if base or not arch else getattr(transformers, arch, None)
+    model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    prefix = f"{model.base_model_prefix}."
+    layers = {name for name, _ in prunable_layers(model)}
+    names = _unprefixed(list(structure), layers, prefix)
+    apply_structure(model, {names[k]: v for k, v in structure.items()})
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weights")
+    saved: dict[str, torch.Tensor] = {}
+    for f in files:
+        saved.update(load_file(str(f)))
+    own = model.state_dict()
+    keys = _unprefixed(list(saved), set(own), prefix)
+    # a base model built from a whole model's files leaves the head (lm_head...) out
+    state = {keys[k]: v for k, v in saved.items() if not base or keys[k] in own}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    untied = [k for k in missing if own[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise CheckpointError(
+            f"{path}: weights do not match the pruned model: missing {untied[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model.to(dtype).eval()

@@ -3,7 +3,8 @@
 * :class:`HashedBagTower` - mean of embeddings of hashed n-gram ids (fastText-like).
 * :class:`LLMTower` - a ``transformers`` model (``AutoModel`` from a local directory or
   built from a config), pooled by mean / CLS / last token, optionally frozen, in fp32
-  or bf16. Nothing is downloaded: ``path`` must be a local directory.
+  or bf16. Nothing is downloaded: ``path`` must be a local directory (a pruned model that
+  ``recis.prune.hf.save_pruned`` wrote loads with its pruned shapes).
 
 Both map token ids ``[B, T]`` with mask ``[B, T]`` to ``[B, out_dim]`` float32.
 Token ids may be 64-bit hashes: they are taken ``mod vocab`` (identity for ids a real
@@ -25,6 +26,7 @@ from recis.errors import ConfigError, DataError
 from recis.io.batch import Batch
 
 from .layers import padded_ids
+from .structure import STRUCTURE_FILE, load_pruned_hf
 
 
 @dataclass(config=STRICT)
@@ -91,10 +93,14 @@ class LLMTower(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+        self.model: Any  # a transformers PreTrainedModel, however it was loaded
         if config.path is not None:
             if not Path(config.path).is_dir():
                 raise ConfigError(f"model.llm.path: {config.path!r} is not a local directory")
-            self.model = AutoModel.from_pretrained(config.path, dtype=dtype)
+            if (Path(config.path) / STRUCTURE_FILE).is_file():  # written by recis prune
+                self.model = load_pruned_hf(config.path, dtype, base=True)
+            else:
+                self.model = AutoModel.from_pretrained(config.path, dtype=dtype)
         elif config.config is not None:
             kwargs = dict(config.config)
             model_type = kwargs.pop("model_type", None)
