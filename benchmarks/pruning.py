@@ -1,20 +1,24 @@
 """SlimGPT structured pruning on real data: quality vs size vs latency (issue 20).
 
-Two models trained on ../shared/data (``recis train``, configs derived from the recipes):
+Two models trained on ../shared/data (``recis train``, configs derived from the recipes,
+trained to the recipe's own epochs and early stop unless ``--epochs``):
 
 * ``text``: the dense relevance tower (``DenseRelevance``) with a small BERT encoder built
   from config (hidden 64, 2 layers, 8 heads, FFN 256) on qbqtc; metric ``very_relevant/auc``;
-* ``hhft``: HHFT (d_model 32, 8 heads, FFN 4x, 2 heterogeneous + 1 Hiformer layers) on
-  MovieLens (protocol 2 click log); metric ``like/auc``.
+* ``hhft``: HHFT (the MovieLens recipe as it is, with 8 heads, FFN 4x and 2 heterogeneous
+  layers + its Hiformer layer) on MovieLens (protocol 2 click log); metric ``like/auc``.
 
-Each is pruned at each ratio with SlimGPT (OBS selection + update, uniform schedule) and
-the magnitude baseline (and OBS selection without update), ``--samples`` calibration rows
-from the training file, no fine-tuning; AUC on the test split (``auc_dense``,
-``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``), ``params_ratio`` (dense
-parameters of the pruned transformer layers / original; ``model_params_ratio``: whole
+Each is pruned at each ratio with SlimGPT (OBS selection + update, uniform schedule), the
+magnitude baseline and OBS selection without update, ``--samples`` calibration rows from
+the training file, no fine-tuning; with ``--finetune-steps N`` also SlimGPT followed by N
+steps of the run's trainer (``auc_slimgpt_finetuned``). AUC on the test split
+(``auc_dense``, ``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``), ``params_ratio``
+(dense parameters of the pruned transformer layers / original; ``model_params_ratio``: whole
 model), ``latency_ratio`` (pruned / original forward of one batch of 256 test rows, CPU,
-runs alternating, median; load average recorded). Also the wall time of pruning a random
-~100M-parameter LLaMA-style model (``--big``; calibration 16 x 128 random tokens).
+``--threads`` torch threads, ``--latency-runs`` alternating runs, ratio of the medians;
+``latency_ratio_cpu``: of the CPU times; ``latency_load``: load average before/after). Also
+the wall time of pruning a random ~100M-parameter LLaMA-style model (``--big``;
+calibration 16 x 128 random tokens).
 
     python benchmarks/pruning.py [--work /tmp/recis_pruning] [--ratios 0.3 0.5] [--big]
 
@@ -28,13 +32,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
+from _timing import alternate, load, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -54,15 +57,17 @@ def _recipe(path: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "examples" / "recipes" / path).read_text())
 
 
-def configs(work: Path, epochs: int) -> dict[str, dict[str, Any]]:
-    """The two run configs (recipes with the changes named in the module doc)."""
+def configs(work: Path, epochs: int | None = None) -> dict[str, dict[str, Any]]:
+    """The two run configs (recipes with the changes named in the module doc); ``epochs``
+    None keeps each recipe's epochs, schedule and early stopping (trained to its stop)."""
     hhft = _recipe("movielens_ctr/hhft.yaml")
     ml = work / "data" / "movielens_ctr"
     hhft["run_dir"] = str(work / "runs" / "hhft")
     hhft["data"].update(train=str(ml / "train.parquet"), eval=str(ml / "valid.parquet"))
     hhft["model"].update(num_heads=8, ffn_mult=4, hetero_layers=2)
-    hhft["train"].update(epochs=epochs)
-    hhft["train"]["schedule"]["total_steps"] = 142 * epochs
+    if epochs is not None:
+        hhft["train"].update(epochs=epochs)
+        hhft["train"]["schedule"]["total_steps"] = 142 * epochs
     text = _recipe("qbqtc_relevance/dense_relevance.yaml")
     qb = work / "data" / "qbqtc_relevance"
     text["run_dir"] = str(work / "runs" / "text")
@@ -70,8 +75,9 @@ def configs(work: Path, epochs: int) -> dict[str, dict[str, Any]]:
     for feature in text["data"]["schema"]["text"]:
         feature["max_length"] = 32
     text["model"].update(llm={"config": dict(BERT), "pooling": "mean"}, max_len=32)
-    text["train"].update(epochs=epochs)
-    text["train"]["schedule"]["total_steps"] = 66 * epochs
+    if epochs is not None:
+        text["train"].update(epochs=epochs)
+        text["train"]["schedule"]["total_steps"] = 66 * epochs
     return {"hhft": hhft, "text": text}
 
 
@@ -112,26 +118,19 @@ def _auc(cfg_path: Path, checkpoint: Path, test: Path, metric: str) -> float:
     return float(runner.evaluate(cfg, checkpoint)[metric])
 
 
-def _latency(a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int) -> dict[str, float]:
-    """Forward of one batch, ``a`` and ``b`` alternating (who goes first alternates too):
-    median seconds of each, the ratio of medians and the min/max per-round ratio."""
-    times: dict[int, list[float]] = {0: [], 1: []}
-    models = (a, b)
+def _latency(a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int) -> dict[str, Any]:
+    """Forward of one batch, original ``a`` and pruned ``b`` alternating (who goes first
+    alternates too, :func:`_timing.alternate`): median wall and CPU ms of each, the ratio of
+    the medians (wall, with the min/max per-round ratio, and CPU), the load before/after."""
+    load_before = load()
     with torch.no_grad():
-        for m in models:  # warm-up
-            m(batch)
-        for r in range(runs):
-            for i in (0, 1) if r % 2 == 0 else (1, 0):
-                start = time.perf_counter()
-                models[i](batch)
-                times[i].append(time.perf_counter() - start)
-    ratios = np.asarray(times[1]) / np.asarray(times[0])
+        sides = {"original": lambda _: a(batch), "pruned": lambda _: b(batch)}
+        out = alternate(sides, runs, warmup=2)
     return {
-        "latency_ms": float(np.median(times[0]) * 1e3),
-        "latency_pruned_ms": float(np.median(times[1]) * 1e3),
-        "latency_ratio": float(np.median(times[1]) / np.median(times[0])),
-        "latency_ratio_min": float(ratios.min()),
-        "latency_ratio_max": float(ratios.max()),
+        **out["original"].stats("latency"),
+        **out["pruned"].stats("latency_pruned"),
+        **ratio(out["pruned"], out["original"], "latency_ratio"),
+        "latency_load": [load_before, load()],
     }
 
 
@@ -147,6 +146,7 @@ def _layer_params(model: torch.nn.Module) -> int:
 def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """AUC, sizes and latency of ``run`` and its pruned versions (keys ``{name}_...``)."""
     from recis.config import load_config
+    from recis.prune.finetune import FinetuneOptions
     from recis.prune.run import calibration_batches, load_run_model, prune_run, source_checkpoint
     from recis.prune.slimgpt import PruneOptions
 
@@ -158,17 +158,21 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
     dense, _ = load_run_model(cfg, source)
     dense.eval()
     batch = calibration_batches(cfg, [str(test)], 256)[0]
-    for ratio in args.ratios:
-        key = f"{name}_{int(round(ratio * 100))}"
-        for method in ("slimgpt", "magnitude", "obs-select"):
+    methods = ["slimgpt", "magnitude", "obs-select"] + (["finetune"] if args.finetune_steps else [])
+    for share in args.ratios:
+        key = f"{name}_{int(round(share * 100))}"
+        for method in methods:
             pruned_dir = work / "pruned" / f"{key}_{method}"
             if not (pruned_dir / "prune.json").exists():
-                options = PruneOptions(ratio, method=method)  # type: ignore[arg-type]
-                prune_run(run, pruned_dir, options, samples=args.samples)
+                tune = FinetuneOptions(args.finetune_steps) if method == "finetune" else None
+                chosen = "slimgpt" if method == "finetune" else method
+                options = PruneOptions(share, method=chosen)  # type: ignore[arg-type]
+                prune_run(run, pruned_dir, options, samples=args.samples, finetune=tune)
             record = json.loads((pruned_dir / "prune.json").read_text())
             ckpt = pruned_dir / "checkpoints" / "final"
             auc = _auc(pruned_dir / "config.yaml", ckpt, test, metric)
-            out[f"{key}_auc_{method.replace('-', '_')}"] = auc
+            label = "slimgpt_finetuned" if method == "finetune" else method.replace("-", "_")
+            out[f"{key}_auc_{label}"] = auc
             if method == "slimgpt":
                 out[f"{key}_prune_seconds"] = record["seconds"]
                 pcfg = load_config(pruned_dir / "config.yaml", [f"data.eval={test}"])
@@ -221,17 +225,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/recis_pruning")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--models", nargs="+", default=["text", "hhft"])
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--no-train", action="store_true", help="use the runs' newest checkpoints")
     p.add_argument("--big-only", action="store_true", help="only time the ~100M model")
-    p.add_argument("--latency-runs", type=int, default=20)
+    p.add_argument("--latency-runs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (latency, pruning)")
+    p.add_argument(
+        "--finetune-steps", type=int, default=0, help="also SlimGPT + recovery fine-tune"
+    )
     p.add_argument("--big", action="store_true", help="also time pruning a ~100M model")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    # one pool size for everything here: the evaluations and fine-tunes size theirs from
+    # OMP_NUM_THREADS when it is set (recis.train.runner.set_threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
     if args.big_only:
         print(
             json.dumps(
