@@ -1,7 +1,8 @@
-"""Export parity, INT8 tables and serving latency of the default DLRM example (issue 21).
+"""Export parity, INT8 tables and serving latency: DLRM, two-tower and DeepBoW (issue 21).
 
     .venv/bin/python benchmarks/serving.py [--work runs/bench_serving] [--run RUN_DIR]
-        [--train-rows 200000] [--steps 200] [--requests 200]
+        [--train-rows 200000] [--steps 200] [--requests 200] [--only PARTS]
+        [--tt-run DIR] [--tt-rows 20000] [--tt-steps 100] [--db-run DIR] [--db-rows 10000]
 
 1. A run of examples/dlrm_synthetic.yaml (scaled: ``--train-rows`` synthetic rows, 20,000
    eval rows, ``--steps`` steps; or ``--run`` an existing run directory) exported in each
@@ -14,6 +15,16 @@
    eager time / exported time, > 1: the export is faster).
 3. ``recis serve`` as a real process on 127.0.0.1, one client sending ``--requests``
    sequential requests of 1 and of 64 rows: p50 / p99 latency and requests per second.
+4. ``two_tower``: examples/two_tower_synthetic.yaml scaled (``--tt-rows``, 2,000 eval rows,
+   ``--tt-steps``), exported with its towers split and a flat faiss index over its items:
+   the served top-10 against a brute-force ranking with the eval model
+   (``two_tower_topk_equal``, the fraction of eval rows with the same 10 ids in order), and
+   ``/topk`` latency (``two_tower_serve_*``) for 1 and 64 query rows.
+5. ``deepbow``: examples/deepbow_synthetic.yaml scaled (``--db-rows``, ``--db-steps``),
+   exported as its relevance graph: |exported - eval| over the eval rows, and ``/score``
+   latency for 1 and 64 rows of raw query and title texts (``deepbow_serve_*``).
+
+``--only dlrm,two_tower,deepbow`` picks the parts.
 
 ``os.getloadavg()`` is recorded beside the timings (the machine is shared). The last line is
 one JSON object.
@@ -39,6 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_run(work: Path, rows: int, steps: int) -> Path:
+    return train_example(work, "dlrm_synthetic.yaml", rows, 20000, steps)
+
+
+def train_example(work: Path, example: str, rows: int, eval_rows: int, steps: int) -> Path:
     from recis.cli import main
 
     run = work / "run"
@@ -46,13 +61,13 @@ def train_run(work: Path, rows: int, steps: int) -> Path:
         f"run_dir={run}",
         f"data.path={work / 'data'}",
         f"data.synthetic.num_train={rows}",
-        "data.synthetic.num_eval=20000",
+        f"data.synthetic.num_eval={eval_rows}",
         "data.synthetic.files=2",
         f"train.max_steps={steps}",
         "train.progress=false",
     ]
     args = [a for s in sets for a in ("--set", s)]
-    config = str(ROOT / "examples" / "dlrm_synthetic.yaml")
+    config = str(ROOT / "examples" / example)
     if main(["train", config, *args, "--overwrite"]) != 0:
         raise SystemExit("training failed")
     return run
@@ -138,43 +153,45 @@ def _take(batch: Any, n: int) -> Any:
     )
 
 
-def _post(url: str, rows: list[dict[str, Any]]) -> None:
-    data = json.dumps({"rows": rows}).encode()
+def _post(url: str, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         r.read()
 
 
-def serve_latency(run: Path, out: Path, requests: int) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
+def _start_server(out: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "recis.cli", "serve", str(out), "--port", str(port)]
     proc = subprocess.Popen(cmd)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=5).read()
+            return proc, base
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("server did not come up") from None
+            time.sleep(0.3)
+
+
+def latency(out: Path, path: str, bodies: dict[int, dict[str, Any]], requests: int) -> dict:
+    """``recis serve out``: ``requests`` sequential requests of each body (by batch size)."""
+    proc, base = _start_server(out)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("server did not come up") from None
-                time.sleep(0.3)
-        table = pq.read_table(_eval_dir(run)).slice(0, 64)
-        rows = [{k: v for k, v in r.items() if k != "label"} for r in table.to_pylist()]
         result: dict[str, Any] = {}
-        for b in (1, 64):
+        for b, body in bodies.items():
             for _ in range(10):  # warm-up
-                _post(base + "/score", rows[:b])
+                _post(base + path, body)
             lat = []
             t_all = time.perf_counter()
             for _ in range(requests):
                 t0 = time.perf_counter()
-                _post(base + "/score", rows[:b])
+                _post(base + path, body)
                 lat.append(time.perf_counter() - t0)
             total = time.perf_counter() - t_all
             ms = np.asarray(lat) * 1e3
@@ -190,6 +207,70 @@ def serve_latency(run: Path, out: Path, requests: int) -> dict[str, Any]:
         proc.wait(30)
 
 
+def _eval_rows(run: Path, columns: list[str], n: int = 64) -> list[dict[str, Any]]:
+    """The first ``n`` eval rows of ``run`` with ``columns`` only (what a request carries)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(_eval_dir(run), columns=columns).slice(0, n)
+    return table.to_pylist()
+
+
+def serve_latency(run: Path, out: Path, requests: int) -> dict[str, Any]:
+    from recis.export import ServingModel
+    from recis.export.publish import read_latest
+
+    model = ServingModel(out / str(read_latest(out)))
+    rows = _eval_rows(run, model.columns)
+    return latency(out, "/score", {b: {"rows": rows[:b]} for b in (1, 64)}, requests)
+
+
+def two_tower(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A scaled two-tower run exported (towers split, flat faiss index over its items):
+    served top-10 vs brute force with the eval model, and /topk latency."""
+    from recis.export import ExportOptions, export_run
+    from recis.export.parity import retrieval_parity
+    from recis.export.retrieval import RetrievalModel
+
+    if args.tt_run:
+        run = Path(args.tt_run)
+    else:
+        run = train_example(work, "two_tower_synthetic.yaml", args.tt_rows, 2000, args.tt_steps)
+    v = export_run(run, work / "exports", ExportOptions(fmt="export"))
+    out: dict[str, Any] = {"parity": retrieval_parity(run, v, k=10)}
+    model = RetrievalModel(v)
+    out["items"] = model.manifest["index"]["items"]
+    rows = _eval_rows(run, model.towers["query"].schema.columns)
+    bodies = {b: {"rows": rows[:b], "k": 10} for b in (1, 64)}
+    out["serve"] = latency(v.parent, "/topk", bodies, args.requests)
+    return out
+
+
+def deepbow(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A scaled DeepBoW run exported (one relevance graph): scores vs eval, and /score
+    latency for raw query/title texts."""
+    from recis.export import ExportOptions, export_run
+    from recis.export.parity import eval_parity
+    from recis.export.relevance import RelevanceModel
+
+    if args.db_run:
+        run = Path(args.db_run)
+    else:
+        run = train_example(work, "deepbow_synthetic.yaml", args.db_rows, 2000, args.db_steps)
+    v = export_run(run, work / "exports", ExportOptions(fmt="export"))
+    out: dict[str, Any] = {"parity": eval_parity(run, v)}
+    rows = _eval_rows(run, RelevanceModel(v).schema.columns)
+    bodies = {b: {"rows": rows[:b]} for b in (1, 64)}
+    out["serve"] = latency(v.parent, "/score", bodies, args.requests)
+    return out
+
+
+def _keys(prefix: str, serve: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"{prefix}{k}": {b: serve[f"batch{b}"][k] for b in (1, 64)}
+        for k in ("serve_p50_ms", "serve_p99_ms", "serve_qps")
+    }
+
+
 def _eval_dir(run: Path) -> Path:
     import yaml
 
@@ -197,43 +278,72 @@ def _eval_dir(run: Path) -> Path:
     return Path(cfg["data"]["path"]) / "eval"
 
 
+def dlrm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Parity in each format, INT8 tables, eager vs exported speed and /score latency."""
+    from recis.export.publish import set_latest
+
+    run = Path(args.run) if args.run else train_run(work, args.train_rows, args.steps)
+    out = work / "exports"
+    par, fp32_version = parity(run, out)
+    speed = eager_vs_exported(run, fp32_version)
+    set_latest(out, fp32_version.name)  # serve the fp32 torch.export version
+    return {"parity": par, "speed": speed, "serve": serve_latency(run, out, args.requests)}
+
+
+def _summary(found: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "dlrm" in found:
+        d = found["dlrm"]
+        par = d["parity"]
+        out.update({k: par[k] for k in ("export_parity_max_abs_diff", "int8_auc_delta")})
+        out["int8_size_ratio"] = par["int8_size_ratio"]
+        out["int8_rows_size_ratio"] = par["int8_rows_size_ratio"]
+        out.update(_keys("", d["serve"]))
+        out["eager_vs_exported_speed"] = d["speed"]["eager_vs_exported_speed"]
+    if "two_tower" in found:
+        t = found["two_tower"]
+        out["two_tower_topk_equal"] = t["parity"]["topk_equal"]
+        out["two_tower_query_max_abs_diff"] = t["parity"]["query_max_abs_diff"]
+        out.update(_keys("two_tower_", t["serve"]))
+    if "deepbow" in found:
+        db = found["deepbow"]
+        out["deepbow_parity_max_abs_diff"] = max(r["max_abs_diff"] for r in db["parity"].values())
+        out.update(_keys("deepbow_", db["serve"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_serving"))
-    ap.add_argument("--run", help="an existing run directory (skips training)")
+    ap.add_argument("--only", default="dlrm,two_tower,deepbow", help="comma-separated parts")
+    ap.add_argument("--run", help="an existing DLRM run directory (skips training)")
     ap.add_argument("--train-rows", type=int, default=200_000)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--tt-run", help="an existing two-tower run directory")
+    ap.add_argument("--tt-rows", type=int, default=20_000)
+    ap.add_argument("--tt-steps", type=int, default=100)
+    ap.add_argument("--db-run", help="an existing DeepBoW run directory")
+    ap.add_argument("--db-rows", type=int, default=10_000)
+    ap.add_argument("--db-steps", type=int, default=100)
     ap.add_argument("--requests", type=int, default=200)
     args = ap.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    run = Path(args.run) if args.run else train_run(work, args.train_rows, args.steps)
-    out = work / "exports"
-    load = {"loadavg_before": os.getloadavg()}
+    parts = {"dlrm": dlrm, "two_tower": two_tower, "deepbow": deepbow}
+    found: dict[str, Any] = {}
+    load: dict[str, Any] = {}
     t0 = time.time()
-    par, fp32_version = parity(run, out)
-    speed = eager_vs_exported(run, fp32_version)
-    # serve the fp32 torch.export version: point latest back at it
-    from recis.export.publish import set_latest
-
-    set_latest(out, fp32_version.name)
-    serve = serve_latency(run, out, args.requests)
-    load["loadavg_after"] = os.getloadavg()
-    summary = {
-        "export_parity_max_abs_diff": par["export_parity_max_abs_diff"],
-        "int8_auc_delta": par["int8_auc_delta"],
-        "int8_size_ratio": par["int8_size_ratio"],
-        "int8_rows_size_ratio": par["int8_rows_size_ratio"],
-        "serve_p50_ms": {b: serve[f"batch{b}"]["serve_p50_ms"] for b in (1, 64)},
-        "serve_p99_ms": {b: serve[f"batch{b}"]["serve_p99_ms"] for b in (1, 64)},
-        "serve_qps": {b: serve[f"batch{b}"]["serve_qps"] for b in (1, 64)},
-        "eager_vs_exported_speed": speed["eager_vs_exported_speed"],
-    }
-    print(json.dumps({"parity": par, "speed": speed, "serve": serve}, indent=1, default=str))
+    for name in args.only.split(","):
+        folder = work if name == "dlrm" else work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        load[f"loadavg_before_{name}"] = os.getloadavg()
+        found[name] = parts[name](folder, args)
+        load[f"loadavg_after_{name}"] = os.getloadavg()
+    print(json.dumps(found, indent=1, default=str))
     print(f"seconds: {time.time() - t0:.0f}, load: {load}")
-    print(
-        f"exported/eager speed ratio (eager time / exported time): {summary['eager_vs_exported_speed']:.2f}"
-    )
+    summary = _summary(found)
+    if "eager_vs_exported_speed" in summary:
+        speed = summary["eager_vs_exported_speed"]
+        print(f"exported/eager speed ratio (eager time / exported time): {speed:.2f}")
     print(json.dumps({**summary, **load}))
 
 

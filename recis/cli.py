@@ -9,7 +9,7 @@ recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--finetune-steps N]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
              [--split-towers] [--items FILES] [--index flat|ivf] [--nlist N] [--nprobe N]
-recis serve DIR [--port P] [--host H] [--batch-ms MS]
+recis serve DIR [--port P] [--host H] [--batch-ms MS] [--threads N]
 recis synthesize CONFIG | --model DIR --queries FILE --items FILE --pairs FILE --out FILE [...]
 
 Every error is one line ``recis: error: ...`` on stderr and a non-zero exit status
@@ -142,13 +142,14 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--poll", type=float, default=1.0, help="seconds between looks at latest")
     sp.add_argument("--batch-ms", type=float, default=0.0, help="batch requests within (ms)")
+    sp.add_argument("--threads", type=int, default=1, help="intra-op threads per request")
 
 
 def _serving(args: argparse.Namespace) -> None:
     if args.command == "serve":
         from recis.serve import serve
 
-        serve(args.out, args.host, args.port, args.poll, args.batch_ms)
+        serve(args.out, args.host, args.port, args.poll, args.batch_ms, args.threads)
         return
     from recis.export import ExportOptions, export_run
     from recis.export.index import IndexOptions

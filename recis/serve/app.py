@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from recis.errors import CheckpointError, DataError
+from recis.errors import CheckpointError, ConfigError, DataError
 from recis.export.loading import load_version
 from recis.export.model import ScoringVersion
 from recis.export.publish import is_ready, read_latest, versions
@@ -188,11 +188,22 @@ def serve(
     port: int = 8000,
     poll_s: float = 1.0,
     batch_ms: float = 0.0,
+    threads: int = 1,
 ) -> None:
     """Serve ``out`` until interrupted (uvicorn, one process); ``batch_ms`` > 0: requests
-    arriving within that many milliseconds are scored together."""
+    arriving within that many milliseconds are scored together; ``threads``: torch's (and
+    onnxruntime's, faiss's) intra-op threads per request."""
+    import faiss
+    import torch
     import uvicorn
 
+    # one thread by default: a request is small, and each parallel region of a forward waits
+    # for its threads to be scheduled; on a busy 2-core machine a DeepBoW forward of one row
+    # took 245 ms with 2 threads and 2 ms with 1 (docs/serving.md)
+    if threads < 1:
+        raise ConfigError(f"--threads: {threads}: must be at least 1")
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     holder = ModelHolder(out, poll_s)
     holder.start()
     batcher = MicroBatcher(batch_ms / 1e3) if batch_ms > 0 else None
