@@ -3,7 +3,8 @@
 The rewriter writes ``M`` candidate rewrites per query; each reward maps (queries ``[Q]``, their
 rewrites ``[Q][M]``) to ``[Q, M]`` floats. *Our reading* of the seed (arXiv 2602.23620: "several
 reward signals"; the text is not available here) is three components, all judged against the
-ORIGINAL query, because the pairs the synthesis writes are (original query, item):
+ORIGINAL query, because the pairs the synthesis writes are (original query, item), and with
+scores below the curation threshold counting 0 (:class:`RetrievalJudge`):
 
 - :class:`RetrievalGainReward`: ``rel@m(q, R(r)) - rel@m(q, R(q))``, where ``R(t)`` is the
   offline retriever's top ``m`` pool rows for text ``t`` and ``rel@m(q, S) = sum_{i in S}
@@ -65,24 +66,34 @@ class RetrievalJudge:
         scorer: the relevance model, ``score(queries, titles) -> [n]`` in ``[0, 1]``.
         items: the pool's texts (row -> text).
         depth: ``m``, results per text.
+        threshold: scores below it count 0 (the curation's ``min_relevance``: an item the
+            synthesis would not keep earns nothing; our choice, the relevance model gives
+            unrelated items about 0.46 on qbqtc).
     """
 
     def __init__(
-        self, retriever: Retriever, scorer: RelevanceScorer, items: Sequence[str], depth: int
+        self,
+        retriever: Retriever,
+        scorer: RelevanceScorer,
+        items: Sequence[str],
+        depth: int,
+        threshold: float = 0.0,
     ) -> None:
         self.retriever, self.scorer, self.items, self.depth = retriever, scorer, items, depth
+        self.threshold = threshold
         self.scores: dict[tuple[str, int], float] = {}
 
     def results(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self.retriever.search(texts, self.depth)
 
     def relevance(self, query: str, rows: np.ndarray) -> np.ndarray:
-        """``s(query, items[r])`` for each row ``r`` (``[len(rows)]``)."""
+        """``s(query, items[r])`` for each row ``r`` (``[len(rows)]``), 0 below the threshold."""
         todo = sorted({int(r) for r in rows if (query, int(r)) not in self.scores})
         if todo:
             got = self.scorer.score([query] * len(todo), [self.items[r] for r in todo])
             self.scores.update(((query, r), float(s)) for r, s in zip(todo, got.tolist()))
-        return np.asarray([self.scores[(query, int(r))] for r in rows], dtype=np.float64)
+        got = np.asarray([self.scores[(query, int(r))] for r in rows], dtype=np.float64)
+        return np.where(got >= self.threshold, got, 0.0)
 
 
 class RewriteReward(ABC):

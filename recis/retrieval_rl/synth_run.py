@@ -52,6 +52,10 @@ def _start(run: Path, out: Path, resume: bool, overwrite: bool) -> None:
         raise OutputError(f"{run}: cannot create the run directory: {err.strerror}") from None
 
 
+def _progress(line: str) -> None:
+    print(f"synthesize: {line}", file=sys.stderr, flush=True)
+
+
 def train_rewriter(
     cfg: QueryRewriteConfig,
     labelled: Labelled,
@@ -115,11 +119,13 @@ def synthesize(
         labelled.queries, labelled.items, labelled.labels, positive=cfg.pairs.positive
     )
     retriever = BM25Retriever(pool)
-    judge = RetrievalJudge(retriever, scorer, pool, cfg.retriever.depth)
+    judge = RetrievalJudge(retriever, scorer, pool, cfg.retriever.depth, s.min_relevance)
     summary: dict[str, Any] = {"queries": len(queries), "pool": len(pool)}
     rewriter, version = "", ""
     if s.use_rewrites:
         model, summary["stages"] = train_rewriter(cfg, labelled, judge, queries, resume)
+        summary["train_seconds"] = time.perf_counter() - t0
+        _progress(f"rewriter ready ({summary['train_seconds']:.0f}s); rewriting {len(queries)}")
         torch.manual_seed(s.seed)
         raw = rewrite(
             model, queries, s.num_rewrites, s.max_new_tokens, s.temperature, s.batch_size,
@@ -128,6 +134,8 @@ def synthesize(
         rewriter, version = str(model), model_version(model)
     else:
         raw = [[] for _ in queries]
+    summary["rewrite_seconds"] = time.perf_counter() - t0 - summary.get("train_seconds", 0.0)
+    _progress(f"rewrites done ({summary['rewrite_seconds']:.0f}s); retrieving and curating")
     cands = Candidates.build(queries, raw, cfg.sft.max_rewrite_chars)
     columns = curate(cands, retriever, scorer, pool, cfg, labelled.positives)
     provenance = {

@@ -74,6 +74,8 @@ def test_rewards_match_hand_computation() -> None:
     div = DiversityReward()(["q"], rewrites)
     np.testing.assert_allclose(div, [[1 - 0.3, 1 - 0.3, 1.0]])
     np.testing.assert_allclose(DiversityReward()(["q"], [["ab"]]), [[1.0]])
+    judge.threshold = 0.45  # p1 (0.2) and p3 (0.4) now count 0: rel@2(q, R(q)) = 0.25
+    np.testing.assert_allclose(RetrievalGainReward(judge)(["q"], rewrites), [[0.2, -0.25, -0.25]])
     calls = table.calls
     RetrievalGainReward(judge)(["q"], rewrites)
     assert table.calls == calls  # every (query, item) score is cached
@@ -162,10 +164,10 @@ run_dir: {tmp / "run"}
 pairs: {{path: {files["pairs"]}}}
 queries: {{path: {files["queries"]}, count: count, tail_max_count: 0}}
 model: {{scratch: {{hidden_size: 32, layers: 1, heads: 2, vocab_size: 300}}}}
-sft: {{max_steps: 40, batch_size: 8, learning_rate: 3.0e-3}}
-grpo: {{max_steps: 2, batch_size: 8, num_generations: 4, max_completion_length: 8, queries: 8}}
+sft: {{max_steps: 20, batch_size: 8, learning_rate: 5.0e-3}}
+grpo: {{max_steps: 1, batch_size: 4, num_generations: 4, max_completion_length: 8, queries: 4}}
 retriever: {{depth: 5}}
-synth: {{out: {tmp / "pairs_synth.parquet"}, num_rewrites: 4, max_new_tokens: 10,
+synth: {{out: {tmp / "pairs_synth.parquet"}, num_rewrites: 3, max_new_tokens: 8,
         min_relevance: 0.3, max_pairs_per_query: 3}}
 """
     )
