@@ -90,8 +90,8 @@ class RetrievalJudge:
         """``s(query, items[r])`` for each row ``r`` (``[len(rows)]``), 0 below the threshold."""
         todo = sorted({int(r) for r in rows if (query, int(r)) not in self.scores})
         if todo:
-            got = self.scorer.score([query] * len(todo), [self.items[r] for r in todo])
-            self.scores.update(((query, r), float(s)) for r, s in zip(todo, got.tolist()))
+            new = self.scorer.score([query] * len(todo), [self.items[r] for r in todo])
+            self.scores.update(((query, r), float(s)) for r, s in zip(todo, new.tolist()))
         got = np.asarray([self.scores[(query, int(r))] for r in rows], dtype=np.float64)
         return np.where(got >= self.threshold, got, 0.0)
 
