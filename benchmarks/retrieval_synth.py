@@ -1,7 +1,7 @@
 """Query-rewrite synthesis on qbqtc: InfoNCE recall with vs without synthesized pairs (issue 19).
 
     .venv/bin/python benchmarks/retrieval_synth.py [--data ../shared/data] [--work runs/bench_synth]
-        [--infonce-steps 300] [--sft-steps 300] [--grpo-steps 20] [--seeds 0]
+        [--infonce-steps 300] [--sft-steps 150] [--grpo-steps 10] [--seeds 0]
 
 Data: ``qbqtc/pairs.parquet``; pool = every distinct title (22,984); ``dev`` positives
 (label >= 1) train, ``test_public`` positives are the relevant items; long-tail = queries that
@@ -134,21 +134,24 @@ def retrieval(data: Path, extra: str | None, seed: int, steps: int) -> dict[str,
     return got
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_synth")
     p.add_argument("--infonce-steps", type=int, default=300)
-    p.add_argument("--sft-steps", type=int, default=300)
-    p.add_argument("--grpo-steps", type=int, default=20)
+    p.add_argument("--sft-steps", type=int, default=150)
+    p.add_argument("--grpo-steps", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--min-relevance", type=float, default=0.8)
     p.add_argument("--resume", action="store_true", help="reuse the saved rewriter stages")
-    args = p.parse_args()
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole comparison (``parser()``'s arguments); benchmarks/retrieval_rl.py calls it."""
     out: dict[str, Any] = {"loadavg_start": os.getloadavg()[0]}
     if not (args.data / "qbqtc" / "pairs.parquet").is_file():
-        print(json.dumps({"skipped": f"{args.data}/qbqtc/pairs.parquet absent"}))
-        return
+        return {"synth_skipped": f"{args.data}/qbqtc/pairs.parquet absent"}
     args.work.mkdir(parents=True, exist_ok=True)
     synth = synthesize(args.data, args.work, args, rewrites=True)
     control = synthesize(args.data, args.work, args, rewrites=False)
@@ -185,9 +188,14 @@ def main() -> None:
         runs["infonce"][0]["tail_queries"],
     )
     out["seeds"], out["loadavg_end"] = args.seeds, os.getloadavg()[0]
-    print(
-        f"tail recall@50 with / without synthesized pairs: {out['synth_vs_infonce_tail_recall50']:.3f}"
-    )
+    return out
+
+
+def main() -> None:
+    out = run(parser().parse_args())
+    if "synth_vs_infonce_tail_recall50" in out:
+        ratio = out["synth_vs_infonce_tail_recall50"]
+        print(f"tail recall@50 with / without synthesized pairs: {ratio:.3f}")
     print(json.dumps(out))
 
 
