@@ -23,15 +23,19 @@ _Item = tuple[ScoringVersion, Batch, "asyncio.Future[dict[str, np.ndarray]]"]
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
-    """One Batch of ``sum B_i`` rows (ids and dense values; no labels)."""
+    """One Batch of ``sum B_i`` rows (ids, dense values and token ids; no labels)."""
     if len(batches) == 1:
         return batches[0]
     dicts = [b.sparse.to_dict() for b in batches]
     keys = batches[0].sparse.keys()
-    values = torch.cat([d[k].values() for k in keys for d in dicts])
-    lengths = torch.cat([d[k].lengths() for k in keys for d in dicts])
-    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
-    return Batch(sparse=kjt, dense=torch.cat([b.dense for b in batches]), labels={})
+    rows = sum(b.batch_size for b in batches)
+    empty = torch.zeros(0, dtype=torch.int64)
+    values = torch.cat([empty, *(d[k].values() for k in keys for d in dicts)])
+    lengths = torch.cat([empty, *(d[k].lengths() for k in keys for d in dicts)])
+    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, stride=rows)
+    # token ids are padded to the text feature's max_length: same width in every request
+    text = {k: torch.cat([b.text[k] for b in batches]) for k in batches[0].text}
+    return Batch(sparse=kjt, dense=torch.cat([b.dense for b in batches]), labels={}, text=text)
 
 
 class MicroBatcher:
