@@ -1,20 +1,32 @@
 """recis.export: a trained run -> a versioned, atomically published serving export.
 
 ``recis export RUN_DIR --out DIR``; the layout, manifest and publish rules are in
-docs/serving.md. :class:`ServingModel` loads a version and scores rows in the training schema.
+docs/serving.md. :func:`load_version` loads a version as the model kind it holds:
+:class:`ServingModel` (DLRM: rows in the training schema -> scores per task),
+:class:`RetrievalModel` (two-tower: query rows -> top-K items) or :class:`RelevanceModel`
+(DeepBoW: raw query and title texts -> relevance).
 """
 
 from .dense import FORMATS
 from .exporter import ExportOptions, export_run, read_manifest
-from .model import ServingModel
+from .index import IndexOptions
+from .loading import load_version
+from .model import ScoringVersion, ServingModel
 from .publish import is_ready, publish, read_latest, versions
+from .relevance import RelevanceModel
+from .retrieval import RetrievalModel
 
 __all__ = [
     "FORMATS",
     "ExportOptions",
+    "IndexOptions",
+    "RelevanceModel",
+    "RetrievalModel",
+    "ScoringVersion",
     "ServingModel",
     "export_run",
     "is_ready",
+    "load_version",
     "publish",
     "read_latest",
     "read_manifest",
