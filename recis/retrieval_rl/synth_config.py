@@ -110,10 +110,14 @@ class RewriterGRPO:
 
 @dataclass(config=STRICT)
 class RetrieverConfig:
-    """The offline retrieval pipeline (``bm25`` built in) and its depth ``m``."""
+    """The offline retrieval pipeline and its depth ``m``: ``bm25`` over the pool, or
+    ``dense``: the dual encoder of a trained ``retrieval_grpo`` run (``run_config``: its config
+    file; ``stage``: which model), whose item pool then is the synthesis' pool."""
 
-    kind: Literal["bm25"] = "bm25"
+    kind: Literal["bm25", "dense"] = "bm25"
     depth: int = Field(default=20, gt=0)
+    run_config: str | None = None
+    stage: Literal["infonce", "grpo"] = "grpo"
 
 
 @dataclass(config=STRICT)
@@ -156,6 +160,8 @@ def build_config(raw: dict[str, Any]) -> QueryRewriteConfig:
     from recis.config import check_device
 
     check_device(cfg.device)
+    if cfg.retriever.kind == "dense" and cfg.retriever.run_config is None:
+        raise ConfigError("retriever.run_config: kind dense needs a retrieval_grpo config file")
     if not cfg.synth.use_rewrites and not cfg.synth.include_original:
         raise ConfigError("synth.use_rewrites: false needs synth.include_original: true")
     return cfg

@@ -29,6 +29,7 @@ from recis.retrieval_rl.synth import (
     write_pairs,
 )
 from recis.retrieval_rl.synth_config import QueryRewriteConfig
+from recis.retrieval_rl.synth_dense import load_dense
 from recis.retrieval_rl.synth_model import build_rewriter, model_version, rewrite, run_grpo, run_sft
 from recis.retrieval_rl.synth_rewards import (
     BM25Retriever,
@@ -36,6 +37,7 @@ from recis.retrieval_rl.synth_rewards import (
     NewItemRelevanceReward,
     RetrievalGainReward,
     RetrievalJudge,
+    Retriever,
 )
 
 
@@ -50,6 +52,16 @@ def _start(run: Path, out: Path, resume: bool, overwrite: bool) -> None:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{run}: cannot create the run directory: {err.strerror}") from None
+
+
+def _retriever(cfg: QueryRewriteConfig, labelled: Labelled) -> tuple[Retriever, list[str]]:
+    """The offline retriever and its pool's texts."""
+    r = cfg.retriever
+    if r.kind == "dense":
+        assert r.run_config is not None  # checked by build_config
+        return load_dense(r.run_config, r.stage)
+    pool = read_pool(cfg, labelled)
+    return BM25Retriever(pool), pool
 
 
 def _progress(line: str) -> None:
@@ -113,12 +125,11 @@ def synthesize(
     run, out, s = Path(cfg.run_dir), Path(cfg.synth.out), cfg.synth
     _start(run, out, resume, overwrite)
     labelled = read_labelled(cfg)
-    pool = read_pool(cfg, labelled)
     queries = select_queries(cfg)
     scorer = LexicalRelevanceScorer.fit(
         labelled.queries, labelled.items, labelled.labels, positive=cfg.pairs.positive
     )
-    retriever = BM25Retriever(pool)
+    retriever, pool = _retriever(cfg, labelled)
     judge = RetrievalJudge(retriever, scorer, pool, cfg.retriever.depth, s.min_relevance)
     summary: dict[str, Any] = {"queries": len(queries), "pool": len(pool)}
     rewriter, version = "", ""

@@ -246,3 +246,21 @@ def test_config_mixes_synthesized_pairs_in(tmp_path: Path) -> None:
     assert sum(len(p) for p in mixed.positives) == sum(len(p) for p in base.positives)
     assert mixed.query_count.sum() == base.query_count.sum()
     assert len(mixed.eval_queries) == len(base.eval_queries)
+
+
+def test_dense_retriever_equals_brute_force() -> None:
+    from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
+    from recis.retrieval_rl.synth_dense import DenseRetriever
+
+    queries = ["red shoe", "blue lamp", "green desk sofa"]
+    items = [f"{w} item {i}" for i, w in enumerate(WORDS * 3)]
+    torch.manual_seed(0)
+    model = TextDualEncoder(
+        TokenizedTexts.build(queries, 256), TokenizedTexts.build(items, 256), 256, 8, 8
+    )
+    got = DenseRetriever(model, 256, chunk=2).search(queries, 5)
+    with torch.no_grad():
+        scores = model.encode_queries(torch.arange(3)) @ model.encode_pool().T
+    want = scores.topk(5, dim=1).indices.numpy()
+    np.testing.assert_array_equal(np.stack(got), want)
+    assert DenseRetriever(model, 256).search([], 5) == []
