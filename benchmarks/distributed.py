@@ -20,6 +20,16 @@ is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (sampl
 2 processes / with 1). Needs 2 idle cores to show scaling; on a shared machine the ratio
 drops with the load.
 
+``--vs-threads``: the same global batch on the same 2 cores two ways, 2 processes x 1
+thread (``--batch`` rows each) against 1 process x 2 threads (2 x ``--batch`` rows), the
+processes started as torchrun starts them, ``--repeats`` runs each, alternating (the side that
+goes first changes every round). Last-line JSON: ``distributed_vs_threads`` (median
+samples/s of 2 x 1 / of 1 x 2; ``_min`` / ``_max`` of the per-round ratios), its CPU-time
+ratio ``distributed_vs_threads_cpu`` (CPU seconds per global sample, 1 x 2 over 2 x 1),
+``distributed_cpu_cap`` (2 x the ratio of CPU per sample, 1 process x 1 thread over 2
+processes x 1 thread: the scaling 2 processes could reach on 2 idle cores, if they never
+waited) and the load average.
+
 Diagnostics: ``--profile N`` profiles N more steps on rank 0 (torch.profiler table by self
 CPU time, printed), ``--collectives`` times the step's collectives alone on 2 processes,
 ``--torch-gloo`` uses gloo's own reduce-scatter instead of recis's all-to-all one.
@@ -36,6 +46,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import recis  # noqa: F401  # recis' OpenMP wait policy, which the workers inherit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,7 +66,7 @@ def worker(args: argparse.Namespace) -> None:
     from recis.io.batch import Batch
     from recis.models.dlrm import DLRM, DLRMConfig
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     ctx = init_distributed(args.launcher, "cpu", "gloo")
     f, b, d = args.features, args.batch, args.dim
     schema = Schema(
@@ -125,6 +137,8 @@ def worker(args: argparse.Namespace) -> None:
         sps = args.steps * b * ctx.world_size / elapsed
         cpu_ms = 1e3 * float(cpu) / ctx.world_size / args.steps
         result = {"samples_per_s": sps, "seconds": elapsed, "cpu_ms_per_step": cpu_ms}
+        # CPU seconds of all processes per global sample
+        result["cpu_s_per_sample"] = float(cpu) / (args.steps * b * ctx.world_size)
         Path(args.out).write_text(json.dumps(result))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -211,19 +225,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(launcher: str, n: int, args: argparse.Namespace, passthrough: list[str]) -> float:
-    """Run the worker on ``n`` processes with ``launcher``; its samples/s."""
+def spawn(n: int, passthrough: list[str], threads: int) -> dict[str, float]:
+    """Start ``n`` worker processes of ``threads`` threads directly, with the environment
+    torchrun would give them (no torchrun process: its start-up costs more than the
+    timed steps of ``--vs-threads``); returns rank 0's result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        port = str(free_port())
+        procs = []
+        for rank in range(n):
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n))
+            env.update(LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            cmd = [sys.executable, __file__, "--worker", "--out", str(out), *passthrough]
+            cmd += ["--launcher", "torchrun", f"--threads={threads}"]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        logs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs) or not out.exists():
+            sys.exit(f"{n} x {threads} threads failed:\n{''.join(logs)[-4000:]}")
+        result = json.loads(out.read_text())
+    print(
+        f"   spawned x{n} ({threads} thr): {result['samples_per_s']:>10,.0f} samples/s "
+        f"({result['seconds']:.2f} s; {result['cpu_ms_per_step']:.1f} CPU ms per step and "
+        f"process)",
+        flush=True,
+    )
+    return dict(result)
+
+
+def launch(
+    launcher: str, n: int, args: argparse.Namespace, passthrough: list[str], threads: int = 1
+) -> dict[str, float]:
+    """Run the worker on ``n`` processes of ``threads`` threads with ``launcher``; its
+    result (``samples_per_s``, ``cpu_s_per_sample``, ...)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         me = [sys.executable, __file__, "--worker", "--out", str(out), *passthrough]
         if launcher == "torchrun":
             cmd = [str(BIN / "torchrun"), "--nproc-per-node", str(n)]
             cmd += ["--master-port", str(free_port()), __file__, "--worker", "--out", str(out)]
-            cmd += [*passthrough, "--launcher", "torchrun"]
+            cmd += [*passthrough, "--launcher", "torchrun", f"--threads={threads}"]
         else:
             cmd = [str(BIN / "horovodrun"), "-np", str(n), "-H", f"localhost:{n}", "--gloo"]
-            cmd += [*me, "--launcher", "horovod"]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+            cmd += [*me, "--launcher", "horovod", f"--threads={threads}"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
         env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
@@ -233,12 +287,48 @@ def launch(launcher: str, n: int, args: argparse.Namespace, passthrough: list[st
         if profile.exists():
             print(profile.read_text(), flush=True)
     print(
-        f"{launcher:>9} x{n}: {result['samples_per_s']:>10,.0f} samples/s "
+        f"{launcher:>9} x{n} ({threads} thr): {result['samples_per_s']:>10,.0f} samples/s "
         f"({args.steps} steps of {args.batch} rows per process in {result['seconds']:.2f} s; "
         f"{result['cpu_ms_per_step']:.1f} CPU ms per step and process)",
         flush=True,
     )
-    return result["samples_per_s"]
+    return dict(result)
+
+
+def vs_threads(args: argparse.Namespace, passthrough: list[str]) -> dict[str, float]:
+    """2 processes x 1 thread vs 1 process x 2 threads, same global batch, alternating;
+    the 1 x 1 run of each round gives the CPU-time cap."""
+    import numpy as np
+
+    one_proc = [a for a in passthrough if not a.startswith("--batch=")]
+    one_proc.append(f"--batch={2 * args.batch}")
+    procs, threads, single = [], [], []
+    load0 = os.getloadavg()[0]
+    for r in range(args.repeats):
+        sides = ["procs", "threads"] if r % 2 == 0 else ["threads", "procs"]
+        for side in sides:
+            if side == "procs":
+                procs.append(spawn(2, passthrough, threads=1))
+            else:
+                threads.append(spawn(1, one_proc, threads=2))
+        single.append(spawn(1, passthrough, threads=1))
+    sps_p = np.array([x["samples_per_s"] for x in procs])
+    sps_t = np.array([x["samples_per_s"] for x in threads])
+    cpu = {
+        k: float(np.median([x["cpu_s_per_sample"] for x in v]))
+        for k, v in (("procs", procs), ("threads", threads), ("single", single))
+    }
+    return {
+        "distributed_vs_threads": float(np.median(sps_p) / np.median(sps_t)),
+        "distributed_vs_threads_min": float((sps_p / sps_t).min()),
+        "distributed_vs_threads_max": float((sps_p / sps_t).max()),
+        "distributed_vs_threads_cpu": cpu["threads"] / cpu["procs"],
+        "distributed_cpu_cap": 2 * cpu["single"] / cpu["procs"],
+        "distributed_procs_sps": float(np.median(sps_p)),
+        "distributed_threads_sps": float(np.median(sps_t)),
+        "distributed_single_sps": float(np.median([x["samples_per_s"] for x in single])),
+        "load_distributed": (load0 + os.getloadavg()[0]) / 2,
+    }
 
 
 def main() -> None:
@@ -276,6 +366,12 @@ def main() -> None:
         action="store_true",
         help="only time the step's collectives alone (2 processes, torchrun)",
     )
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument(
+        "--vs-threads",
+        action="store_true",
+        help="2 processes x 1 thread vs 1 process x 2 threads, same global batch (torchrun)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--launcher", default="torchrun", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -306,14 +402,17 @@ def main() -> None:
             "profile",
         )
     ] + [f"--{k.replace('_', '-')}" for k in ("torch_gloo", "no_prefetch") if getattr(args, k)]
+    if args.vs_threads:
+        print(json.dumps({k: round(v, 3) for k, v in vs_threads(args, passthrough).items()}))
+        return
     result: dict[str, float | None] = {"torchrun_scaling": None, "horovod_scaling": None}
     for launcher in args.launchers.split(","):
         # best of --repeats, alternating 1 and 2 processes: other load on a shared machine
         # only ever slows a run down, so the fastest run is the least disturbed one
         ones, twos = [], []
         for _ in range(args.repeats):
-            ones.append(launch(launcher, 1, args, passthrough))
-            twos.append(launch(launcher, 2, args, passthrough))
+            ones.append(launch(launcher, 1, args, passthrough)["samples_per_s"])
+            twos.append(launch(launcher, 2, args, passthrough)["samples_per_s"])
         one, two = max(ones), max(twos)
         key = "torchrun_scaling" if launcher == "torchrun" else "horovod_scaling"
         result[key] = round(two / one, 3)

@@ -30,11 +30,14 @@ Last line: one JSON object with the goal keys ``vs_torchrec_rowwise_1t``,
 ``vs_torchrec_adagrad_1t``, ``vs_torchrec_rowwise_all``, ``mapper_new_mids_per_s``,
 ``mapper_known_mids_per_s``, ``memory_ratio_1m`` (the worst optimizer, default tables; per
 optimizer as ``memory_ratio_1m_<opt>``, with LRU as ``memory_ratio_1m_lru_<opt>``),
-``busy_slowdown``, and the raw figures.
-``distributed_vs_threads`` is measured by ``benchmarks/distributed.py``.
+``busy_slowdown``, ``distributed_vs_threads`` (5. below), and the raw figures.
+
+5. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
+   2 processes x 1 thread vs 1 process x 2 threads, same global batch; ``--dist-rounds``
+   alternating rounds, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (recis is imported before torch, below)
 
 import argparse
 import gc
@@ -46,6 +49,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import recis  # noqa: F401  # before torch: recis sets the OpenMP wait policy
 import torch
 from _timing import alternate, competitor, load, ratio
 
@@ -345,6 +349,15 @@ def bench_memory(rows: int, cliff_sizes: list[int]) -> dict[str, float]:
     return out
 
 
+def bench_distributed(args: argparse.Namespace) -> dict[str, float]:
+    """``benchmarks/distributed.py --vs-threads``: 2 processes x 1 thread vs 1 process x 2
+    threads on the same global batch of the sharded DLRM step (its last-line JSON)."""
+    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "distributed.py")]
+    cmd += ["--vs-threads", f"--repeats={args.dist_rounds}", "--steps=8", "--warmup=2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return {k: float(v) for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+
+
 def show(result: dict[str, float], keys: str) -> None:
     print({k: round(v, 3) for k, v in result.items() if k.startswith(keys)}, flush=True)
 
@@ -361,8 +374,13 @@ def main() -> None:
     p.add_argument("--threads", default="1,all", help="thread counts; 'all': usable cores")
     p.add_argument("--memory-rows", type=int, default=1_000_000)
     p.add_argument("--cliff-sizes", default="943000,944000", help="rows around 2^20 * 0.9")
-    p.add_argument("--skip", default="", help="comma list of: steps,busy,mapper,mch,memory")
+    p.add_argument(
+        "--skip", default="", help="comma list of: steps,busy,mapper,mch,memory,distributed"
+    )
     p.add_argument("--mapper-threads", default="all", help="threads of the mapper part")
+    p.add_argument(
+        "--dist-rounds", type=int, default=2, help="alternating rounds of distributed_vs_threads"
+    )
     args = p.parse_args()
     skip = set(args.skip.split(","))
     cores = usable_cores()
@@ -397,6 +415,9 @@ def main() -> None:
         sizes = [int(s) for s in args.cliff_sizes.split(",") if s]
         result.update(bench_memory(args.memory_rows, sizes))
         show(result, "memory_")
+    if "distributed" not in skip:
+        result.update(bench_distributed(args))
+        show(result, "distributed_")
     result["load_end"] = load()
     result["seconds"] = time.perf_counter() - t0
     print(json.dumps({k: round(v, 3) for k, v in result.items()}))
