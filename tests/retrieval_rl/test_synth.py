@@ -171,7 +171,12 @@ synth: {{out: {tmp / "pairs_synth.parquet"}, num_rewrites: 3, max_new_tokens: 8,
         min_relevance: 0.3, max_pairs_per_query: 3}}
 """
     )
-    assert main(["synthesize", str(cfg)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only spin on a shared machine
+    try:
+        assert main(["synthesize", str(cfg)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return {**files, "config": cfg, "out": tmp / "pairs_synth.parquet", "run": tmp / "run"}
 
 
