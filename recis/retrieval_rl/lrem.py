@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recis.errors import ConfigError
+from recis.errors import ConfigError, DataError
 from recis.retrieval_rl.encoder import TextDualEncoder
 
 
@@ -213,7 +213,7 @@ class LREMEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(hard) != len(queries):
-            raise ValueError(f"hard: {len(hard)} marks for {len(queries)} queries")
+            raise DataError(f"router: {len(hard)} hard marks for {len(queries)} queries")
         self.tower, self.base = tower, base
         self.prompts = tower.prompt_ids(queries)
         self.hard = np.asarray(hard, dtype=bool)
