@@ -8,6 +8,10 @@
   clipped loss with a KL anchor; :mod:`.trainer` - the InfoNCE and GRPO stages;
 * :mod:`.evaluate` - full-corpus Recall/HR/NDCG@K, head / long-tail, relevance@K;
 * :mod:`.pipeline` / :mod:`.command` - ``recis train`` on a ``kind: retrieval_grpo`` config.
+* LREM (reason, then embed): :mod:`.lrem` (the causal-LM query tower), :mod:`.lrem_train`
+  (SFT + InfoNCE, RL over sampled reasonings sharing :mod:`.grpo`), :mod:`.lrem_router`
+  (which queries are hard), :mod:`.lrem_pipeline` - ``recis train`` / ``recis eval`` on a
+  ``kind: lrem`` config (:mod:`.lrem_config`).
 
 docs/models/retrieval_rl.md describes the method, our readings of the papers, and figures.
 """
