@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,7 @@ def time_big() -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     batches = [{"input_ids": torch.randint(0, 32000, (4, 128), generator=g)} for _ in range(4)]
     params = count_params(model)
+    cpu = time.process_time()
     report = prune_model(
         model,
         PruneOptions(0.3, early_stop=True),
@@ -217,6 +219,8 @@ def time_big() -> dict[str, Any]:
         "big_params": params,
         "big_params_after": report.params_after,
         "big_prune_seconds": report.seconds,
+        "big_prune_cpu_seconds": time.process_time() - cpu,
+        "big_threads": torch.get_num_threads(),
         "big_calibration_tokens": 16 * 128,
     }
 
