@@ -32,9 +32,11 @@ class ServingTower:
         spec = manifest["towers"][side]
         full = manifest_schema(folder, manifest)
         self.schema = side_schema(full, spec["features"])
-        infos = [TableInfo(**t) for t in spec["tables"]]
-        tensors = read_tables(folder / spec["tables_file"]) if infos else {}
-        self.frontend = TowerFrontend(spec, tensors, infos)
+        self.frontend = TowerFrontend(
+            spec,
+            _tables(folder, spec["tables_file"], spec["tables"]),
+            _tables(folder, spec["sequence_file"], spec["sequence_tables"]),
+        )
         graph = spec["graph"]
         self.graph = load_graph(graph["format"], folder / graph["file"], INPUTS, OUTPUT)
         self.nan_policy: str = manifest["nan_policy"]
@@ -52,6 +54,14 @@ class ServingTower:
     def encode(self, batch: Batch) -> torch.Tensor:
         """``[B, D]`` unit-norm embeddings of converted rows."""
         return self.graph(*self.frontend.inputs(batch))
+
+
+def _tables(
+    folder: Path, file: str | None, entries: list[dict[str, Any]]
+) -> tuple[dict[str, torch.Tensor], list[TableInfo]]:
+    """``(tensors, infos)`` of one tables file of a tower (empty when it has none)."""
+    infos = [TableInfo(**t) for t in entries]
+    return (read_tables(folder / file) if file else {}), infos
 
 
 class RetrievalModel:

@@ -54,22 +54,24 @@ class TableInfo:
 
     name: str
     dim: int
-    pooling: str  # sum | mean
+    pooling: str  # sum | mean | none (a sequence table)
     mapped: bool  # ids go through the id -> row map (mapper: hash), else ids are rows
     features: list[str]
     ids: int  # live ids (mapped) or rows (not mapped)
 
 
 def pack_tables(
-    ec: HashedEmbeddingCollection, int8: bool = False
+    ec: HashedEmbeddingCollection, int8: bool = False, sequences: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[TableInfo]]:
     """The tensors of ``tables.safetensors`` and each table's manifest entry, from the
-    collection's public row API (``live_rows``, ``export_embeddings``' layout)."""
+    collection's public row API (``live_rows``, ``export_embeddings``' layout).
+    ``sequences``: the collection's tables are per-position (pooling ``none``) ones, read by
+    :class:`SequenceLookup`."""
     out: dict[str, torch.Tensor] = {}
     infos: list[TableInfo] = []
     state = ec.state_dict()
     for name, cfg in ec.tables.items():
-        if cfg.pooling == "none":
+        if cfg.pooling == "none" and not sequences:
             raise ConfigError(
                 f"model.tables.{name}.pooling: 'none' (sequence) tables do not export"
             )
@@ -173,6 +175,41 @@ class TableLookup:
             div = lens.view(len(self.features), b, 1).clamp(min=1).to(out.dtype)
             out = torch.where(self.mean[:, None, None], out / div, out)
         return out.transpose(0, 1)  # [B, F, D]
+
+
+class SequenceLookup:
+    """Serving-side per-position rows of list-of-ids features (behaviour sequences), as
+    :class:`recis.models.layers.SequenceEmbedding` gives them in eval mode: per feature
+    ``values [B, L, D]`` (0 at padding) and ``mask [B, L]``, ``L`` its ``max_len``; the
+    features side by side: ``[B, sum L, D]`` and ``[B, sum L]``.
+
+    ``lengths``: ``{feature: max_len}`` in the model's order (all features of one dim)."""
+
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], infos: list[TableInfo], lengths: dict[str, int]
+    ) -> None:
+        self.lookup = TableLookup(tensors, infos, list(lengths))
+        self.lengths = lengths
+        self.dim = infos[0].dim if infos else 1
+
+    def padded(self, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values [B, sum L, D], mask [B, sum L])`` of the KJT's sequence features."""
+        lk, b = self.lookup, kjt.stride()
+        jt = kjt.to_dict()
+        values, masks = [], []
+        for f, length in self.lengths.items():
+            t = lk.table_of[f]
+            ids, lens = jt[f].values().to(torch.int64), jt[f].lengths().to(torch.int64)
+            rows = lk.weights[lk.rows(t, ids) + lk.base[t]]  # [nnz, D]
+            row_of = torch.repeat_interleave(torch.arange(b), lens)  # [nnz]
+            starts = torch.cumsum(lens, 0) - lens
+            pos = torch.arange(len(ids)) - starts[row_of]  # position inside its row
+            keep = pos < length  # a longer row keeps its first ``length`` ids, as padding does
+            out = torch.zeros(b, length, rows.shape[1])
+            out[row_of[keep], pos[keep]] = rows[keep]
+            values.append(out)
+            masks.append(torch.arange(length)[None, :] < lens[:, None])
+        return torch.cat(values, 1), torch.cat(masks, 1)
 
 
 def save_tables(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -28,50 +28,70 @@ from recis.embedding import HashedEmbeddingCollection
 from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io import Batch, make_reader
-from recis.models.layers import padded_ids
+from recis.models.layers import SequenceEmbedding, padded_ids
 from recis.models.two_tower import TwoTower, build_index
 
 from .dense import FILES, save_graph
 from .index import IndexOptions, save_index
-from .tables import TableInfo, TableLookup, pack_tables, save_tables
+from .tables import SequenceLookup, TableInfo, TableLookup, pack_tables, save_tables
 
 SIDES = ("query", "item")
-INPUTS = ["pooled", "text_ids", "text_mask"]
+INPUTS = ["pooled", "seq", "seq_mask", "text_ids", "text_mask"]
 OUTPUT = "tower_out"
 
 
 class TowerGraph(nn.Module):
     """One tower after its id lookup (the same layers as :class:`TwoTower`'s ``_encode``).
 
-    Shapes: ``pooled [B, W]``, ``text_ids [B, T]`` int64, ``text_mask [B, T]`` bool ->
-    ``[B, D]`` unit norm (the text inputs are not read by a tower without text)."""
+    Shapes: ``pooled [B, W]``; ``seq [B, S, Ds]`` and ``seq_mask [B, S]`` the behaviour
+    sequences' per-position rows side by side (``S`` the sum of their ``max_len``);
+    ``text_ids [B, T]`` int64, ``text_mask [B, T]`` bool -> ``[B, D]`` unit norm. A tower
+    without sequences or text does not read those inputs."""
 
     def __init__(self, model: TwoTower, side: str) -> None:
         super().__init__()
+        tower = model.config.towers()[side]
         self.mlp = model.query_mlp if side == "query" else model.item_mlp
-        has_text = model.config.towers()[side].text is not None
-        self.text = model.text if has_text else None
+        self.text = model.text if tower.text is not None else None
+        self.pools = nn.ModuleList([model.pools[n] for n in tower.sequence])
+        lengths = {f.name: f.max_len for f in model.schema.sparse}
+        self.seq_lens = [int(lengths[n] or 0) for n in tower.sequence]
 
     def forward(
-        self, pooled: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor
+        self,
+        pooled: torch.Tensor,
+        seq: torch.Tensor,
+        seq_mask: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
     ) -> torch.Tensor:
         parts = [pooled]
+        start = 0
+        for pool, length in zip(self.pools, self.seq_lens):
+            end = start + length
+            parts.append(pool(seq[:, start:end], seq_mask[:, start:end]))
+            start = end
         if self.text is not None:
             parts.append(self.text(text_ids, text_mask))
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
 def check_exportable(model: TwoTower) -> None:
-    """Refuse, by config field, what the tower split does not export yet."""
+    """Refuse, by config field, what the tower split does not export (the modulo engine)."""
     for side, tower in model.config.towers().items():
-        if tower.sequence:
-            raise ConfigError(
-                f"model.{side}.sequence: behaviour-sequence features do not export yet"
-            )
-        if tower.sparse and not isinstance(model.embedding[side], HashedEmbeddingCollection):
+        pooled_ok = not tower.sparse or isinstance(model.embedding[side], HashedEmbeddingCollection)
+        seq_ok = not tower.sequence or _sequence_tables(model, side) is not None
+        if not (pooled_ok and seq_ok):
             raise ConfigError(
                 "model.embedding: export reads the hashed engine's tables, not modulo"
             )
+
+
+def _sequence_tables(model: TwoTower, side: str) -> HashedEmbeddingCollection | None:
+    """The hashed per-position tables of one side's sequences (None: the modulo engine)."""
+    seq = model.sequences[side]
+    assert isinstance(seq, SequenceEmbedding)  # what TwoTower builds for sequences
+    return seq.hashed
 
 
 def side_schema(schema: Schema, features: list[str]) -> Schema:
@@ -90,16 +110,22 @@ def side_schema(schema: Schema, features: list[str]) -> Schema:
 
 class TowerFrontend:
     """A converted batch -> one tower graph's inputs: the side's pooled ids from its exported
-    tables, and its text as padded ids and mask (as ``TwoTower._encode`` reads them).
+    tables, its sequences' per-position rows (:class:`~recis.export.tables.SequenceLookup`),
+    and its text as padded ids and mask (as ``TwoTower._encode`` reads them).
 
-    ``spec``: the manifest's ``towers[side]`` entry (``sparse``, ``text``, ``max_len``)."""
+    ``spec``: the manifest's ``towers[side]`` entry; ``tables``: ``(tensors, infos)`` of the
+    pooled tables and of the sequence tables."""
 
     def __init__(
-        self, spec: dict[str, Any], tensors: dict[str, torch.Tensor], infos: list[TableInfo]
+        self,
+        spec: dict[str, Any],
+        tables: tuple[dict[str, torch.Tensor], list[TableInfo]],
+        sequences: tuple[dict[str, torch.Tensor], list[TableInfo]],
     ) -> None:
         self.sparse: list[str] = spec["sparse"]
         self.text: str | None = spec["text"]
         self.max_len: int = spec["max_len"]
+        tensors, infos = tables
         # one lookup per embedding dim: each pools all its features in one call
         by_dim: dict[int, list[TableInfo]] = {}
         for t in infos:
@@ -108,9 +134,12 @@ class TowerFrontend:
         for group in by_dim.values():
             feats = [f for f in self.sparse if any(f in t.features for t in group)]
             self.lookups.append(TableLookup(tensors, group, feats))
+        lengths = dict(zip(spec["sequence"], spec["sequence_lens"]))
+        self.sequences = SequenceLookup(*sequences, lengths) if lengths else None
 
-    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(pooled [B, W], text_ids [B, T], text_mask [B, T])`` of ``batch``."""
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """``(pooled [B, W], seq [B, S, Ds], seq_mask [B, S], text_ids [B, T], text_mask
+        [B, T])`` of ``batch`` (a placeholder of width 1 for what the tower lacks)."""
         b = batch.batch_size
         pooled: dict[str, torch.Tensor] = {}
         for lookup in self.lookups:
@@ -119,25 +148,33 @@ class TowerFrontend:
         flat = torch.cat([pooled[f] for f in self.sparse], -1) if self.sparse else None
         if flat is None:
             flat = torch.zeros(b, 0)
+        if self.sequences is not None:
+            seq, seq_mask = self.sequences.padded(batch.sparse)
+        else:
+            seq, seq_mask = torch.zeros(b, 1, 1), torch.ones(b, 1, dtype=torch.bool)
         if self.text is None:
-            return flat, torch.zeros(b, 1, dtype=torch.int64), torch.ones(b, 1, dtype=torch.bool)
-        if self.text in batch.text:
+            ids, mask = torch.zeros(b, 1, dtype=torch.int64), torch.ones(b, 1, dtype=torch.bool)
+        elif self.text in batch.text:
             ids = batch.text[self.text][:, : self.max_len]
             mask = batch.text.get(f"{self.text}_mask", torch.ones_like(ids, dtype=torch.bool))
-            return flat, ids, mask[:, : self.max_len].bool()
-        ids, mask = padded_ids(batch.sparse, self.text, self.max_len)
-        return flat, ids.to(torch.int64), mask
+            mask = mask[:, : self.max_len].bool()
+        else:
+            ids, mask = padded_ids(batch.sparse, self.text, self.max_len)
+        return flat, seq, seq_mask, ids.to(torch.int64), mask
 
 
 def tower_specs(model: TwoTower) -> dict[str, dict[str, Any]]:
     """The manifest's ``towers`` entry: per side its features, text and graph inputs."""
     out = {}
+    lengths = {f.name: f.max_len for f in model.schema.sparse}
     for side, tower in model.config.towers().items():
         out[side] = {
             "sparse": list(tower.sparse),
             "text": tower.text,
             "max_len": tower.max_len,
             "features": tower.features(),
+            "sequence": list(tower.sequence),
+            "sequence_lens": [int(lengths[n] or 0) for n in tower.sequence],
         }
     return out
 
@@ -179,23 +216,48 @@ def corpus_reader(
     return make_reader(paths, schema, batch_size=batch_size, format=fmt, prefetch=0)
 
 
-def graph_example(
-    spec: dict[str, Any], infos: list[TableInfo], schema: Schema
-) -> dict[str, torch.Tensor]:
+def graph_example(spec: dict[str, Any], schema: Schema) -> dict[str, torch.Tensor]:
     """Zero inputs of 2 rows in a tower graph's shapes (the batch dimension is dynamic): the
-    pooled width from the tables' dims, the text width from the tower's ``max_len`` (and a
-    raw-text feature's ``max_length``)."""
-    dim = {f: t.dim for t in infos for f in t.features}
+    pooled width from the tables' dims, the sequences' from their ``max_len`` and dim, the
+    text width from the tower's ``max_len`` (and a raw-text feature's ``max_length``)."""
+    dim = {f: t["dim"] for t in spec["tables"] for f in t["features"]}
     width = sum(dim[f] for f in spec["sparse"])
+    seq_len = sum(spec["sequence_lens"]) or 1
+    seq_dim = spec["sequence_tables"][0]["dim"] if spec["sequence_tables"] else 1
     length = 1
     if spec["text"] is not None:
         texts = {t.name: t.max_length for t in schema.text}
         length = min(spec["max_len"], texts.get(spec["text"], spec["max_len"]))
     return {
         "pooled": torch.zeros(2, width),
+        "seq": torch.zeros(2, seq_len, seq_dim),
+        "seq_mask": torch.ones(2, seq_len, dtype=torch.bool),
         "text_ids": torch.zeros(2, length, dtype=torch.int64),
         "text_mask": torch.ones(2, length, dtype=torch.bool),
     }
+
+
+def _save_side_tables(
+    folder: Path, model: TwoTower, side: str, spec: dict[str, Any], int8: bool
+) -> None:
+    """``<side>.tables.safetensors`` (pooled ids) and ``<side>.sequence.safetensors``
+    (per-position rows) of one tower, when it has such features; their manifest entries."""
+    spec["tables_file"] = spec["sequence_file"] = None
+    spec["tables"], spec["sequence_tables"] = [], []
+    if spec["sparse"]:
+        collection = model.embedding[side]
+        assert isinstance(collection, HashedEmbeddingCollection)  # check_exportable
+        tensors, infos = pack_tables(collection, int8)
+        spec["tables_file"] = f"{side}.tables.safetensors"
+        save_tables(folder / spec["tables_file"], tensors)
+        spec["tables"] = [dataclasses.asdict(t) for t in infos]
+    if spec["sequence"]:
+        hashed = _sequence_tables(model, side)
+        assert hashed is not None  # check_exportable
+        tensors, infos = pack_tables(hashed, int8, sequences=True)
+        spec["sequence_file"] = f"{side}.sequence.safetensors"
+        save_tables(folder / spec["sequence_file"], tensors)
+        spec["sequence_tables"] = [dataclasses.asdict(t) for t in infos]
 
 
 def write_towers(
@@ -210,17 +272,8 @@ def write_towers(
     check_exportable(model)
     specs = tower_specs(model)
     for side, spec in specs.items():
-        tensors: dict[str, torch.Tensor] = {}
-        infos: list[TableInfo] = []
-        spec["tables_file"] = None
-        if spec["sparse"]:
-            collection = model.embedding[side]
-            assert isinstance(collection, HashedEmbeddingCollection)  # check_exportable
-            tensors, infos = pack_tables(collection, int8)
-            spec["tables_file"] = f"{side}.tables.safetensors"
-            save_tables(folder / spec["tables_file"], tensors)
-        spec["tables"] = [dataclasses.asdict(t) for t in infos]
-        example = graph_example(spec, infos, model.schema)
+        _save_side_tables(folder, model, side, spec, int8)
+        example = graph_example(spec, model.schema)
         spec["graph"] = {"format": fmt, "file": f"{side}_tower.{FILES[fmt].split('.')[1]}"}
         save_graph(
             TowerGraph(model, side).eval(), fmt, folder / spec["graph"]["file"], example, OUTPUT

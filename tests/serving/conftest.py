@@ -48,9 +48,9 @@ def dlrm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _tiny_run(base: Path, example: str, rows: int, eval_rows: int) -> Path:
-    """``base/run``: ``examples/<example>`` trained 8 steps on ``rows`` synthetic rows (its
-    data under ``base/data``)."""
+def _tiny_run(base: Path, example: str | Path, rows: int, eval_rows: int) -> Path:
+    """``base/run``: ``examples/<example>`` (or a config file) trained 8 steps on ``rows``
+    synthetic rows (its data under ``base/data``)."""
     import torch
 
     from recis.cli import main
@@ -80,8 +80,17 @@ def _tiny_run(base: Path, example: str, rows: int, eval_rows: int) -> Path:
 @pytest.fixture(scope="session")
 def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """examples/two_tower_synthetic.yaml on 2000 rows (eval: 400; ``data/items.parquet``
-    holds the synthetic item catalogue)."""
-    return _tiny_run(tmp_path_factory.mktemp("two_tower"), "two_tower_synthetic.yaml", 2000, 400)
+    holds the synthetic item catalogue), its query tower reading the query's tokens as a
+    behaviour sequence (per-position rows, recency attention pooling) instead of text: the
+    export's three kinds of tower input (pooled ids, sequences, text) in one run."""
+    import yaml
+
+    base = tmp_path_factory.mktemp("two_tower")
+    cfg = yaml.safe_load((ROOT / "examples" / "two_tower_synthetic.yaml").read_text())
+    cfg["model"]["query"] = {"sparse": ["query_id", "query_cat"], "sequence": ["query_tokens"]}
+    cfg["model"]["tables"].append({"name": "query_tokens", "dim": 8, "capacity": 3000})
+    (base / "two_tower.yaml").write_text(yaml.safe_dump(cfg))
+    return _tiny_run(base, base / "two_tower.yaml", 2000, 400)
 
 
 @pytest.fixture(scope="session")
