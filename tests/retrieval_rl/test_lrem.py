@@ -149,6 +149,27 @@ def test_rl_loss_equals_a_hand_computation() -> None:
     assert parts["clipped"] == pytest.approx(1 / 6)  # exp(0.5) > 1.2
 
 
+def test_rl_step_makes_the_rewarded_reasoning_likelier(lm_dir: Path) -> None:
+    model, _ = _model(lm_dir)
+    tower = model.tower
+    prompt = model.prompts[0]
+    a, b = tower.tokens(["green apple"])[0], tower.tokens(["house drum"])[0]
+    groups = ([prompt, prompt], [a, b], [True, True])
+
+    def seq_logp() -> torch.Tensor:
+        logp, mask = tower(*groups)[1:]
+        return (logp * mask).sum(1)
+
+    before = seq_logp().detach()
+    opt = torch.optim.SGD(tower.parameters(), lr=0.1)
+    logp, mask = tower(*groups)[1:]
+    loss, _ = reasoning_loss(logp, logp.detach(), mask, torch.tensor([1.0, 0.0]), 2, 0.2)
+    loss.backward()
+    opt.step()
+    after = seq_logp().detach()
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
+
+
 def test_rl_reward_is_the_reciprocal_rank_of_the_target(lm_dir: Path) -> None:
     model, data = _model(lm_dir)
     cfg = LREMRLConfig(batch_size=4, group_size=2, k=5, index=IndexConfig())
