@@ -10,18 +10,21 @@ never occur in ``dev`` (``tail_max_count: 0``, as in benchmarks/retrieval_rl.py)
 1. Synthesis (:func:`recis.retrieval_rl.synth_run.synthesize`): a scratch Llama rewriter
    (BPE tokenizer trained on the text), SFT on the dev positives (query -> title cut to 16
    characters), GRPO on the three rewrite rewards; then ``M = 4`` rewrites for every long-tail
-   query of the pairs file (frequency = its dev rows: 0), BM25 top-20 per rewrite, pairs kept
+   query of the pairs file (frequency = its dev rows: 0), BM25 top-20 per text, pairs kept
    at lexical relevance >= 0.8, at most 5 per query. The long-tail query TEXTS are the
    synthesis input (the method's setting: queries without behaviour logs); no test label is
    read by the synthesis, the relevance model is fitted on the dev labels only.
-2. Control: the same curation on BM25's results for the ORIGINAL query (no rewriter), so the
-   rewriter's share of any gain is visible.
-3. Retrievers: the InfoNCE dual encoder of :mod:`recis.retrieval_rl` trained on dev positives
-   alone, + synthesized pairs, + control pairs (``data.extra_train``), same steps and seed;
-   full-pool Recall@50 on every test query, and on the long-tail ones.
+   Three pair sets: ``rewrites`` (the rewrites' results only), ``synth`` (the rewrites and
+   the original query as candidates), ``control`` (the original query alone: no rewriter),
+   so the rewriter's share of any gain is visible.
+2. Retrievers: the InfoNCE dual encoder of :mod:`recis.retrieval_rl` trained on dev positives
+   alone (``infonce``) and + each pair set (``data.extra_train``), same steps, per seed;
+   full-pool Recall@50 on every test query, and on the long-tail ones (medians over seeds).
 
-Prints ratios (with / without) and, last, one JSON object (``synth_recall50``,
-``tail_synth_recall50``, ``infonce_recall50``, ``tail_infonce_recall50``, ...).
+The rewriter's torch runs want one thread on a shared machine (``OMP_NUM_THREADS=1``: SFT
+steps were 18x faster at load ~20 than with two spinning threads). Prints the tail ratio
+(with / without) and, last, one JSON object (``synth_recall50``, ``tail_synth_recall50``,
+``infonce_recall50``, ``tail_infonce_recall50``, ``rewrites_*``, ``control_*``, ...).
 """
 
 from __future__ import annotations
@@ -52,12 +55,15 @@ def query_set(pairs: Path, out: Path) -> Path:
     return out
 
 
-def synthesize(data: Path, work: Path, args: Any, rewrites: bool) -> dict[str, Any]:
+def synthesize(data: Path, work: Path, args: Any, name: str) -> dict[str, Any]:
+    """``rewrites``: train the rewriter, harvest its rewrites' results; ``synth``: the same
+    rewriter's rewrites plus the original query; ``control``: the original query alone."""
     from recis.retrieval_rl.synth_config import build_config
     from recis.retrieval_rl.synth_run import synthesize as run
 
-    name = "synth" if rewrites else "control"
     pairs = data / "qbqtc" / "pairs.parquet"
+    trained = work / "rewrites_run" / "rewriter" / ("grpo" if args.grpo_steps else "sft")
+    reuse = name == "synth"  # the rewriter the "rewrites" side trained
     cfg = build_config(
         {
             "kind": "query_rewrite",
@@ -68,15 +74,18 @@ def synthesize(data: Path, work: Path, args: Any, rewrites: bool) -> dict[str, A
                 "count": "count",
                 "tail_max_count": 0,
             },
-            "model": {"scratch": {"hidden_size": 64, "layers": 2, "heads": 4, "vocab_size": 3000}},
+            "model": {
+                "path": str(trained / "model") if reuse else None,
+                "scratch": {"hidden_size": 64, "layers": 2, "heads": 4, "vocab_size": 3000},
+            },
             "sft": {
-                "max_steps": args.sft_steps,
+                "max_steps": 0 if reuse else args.sft_steps,
                 "batch_size": 32,
                 "learning_rate": 2e-3,
                 "max_rewrite_chars": 16,
             },
             "grpo": {
-                "max_steps": args.grpo_steps,
+                "max_steps": 0 if reuse else args.grpo_steps,
                 "batch_size": 16,
                 "num_generations": 4,
                 "max_completion_length": 16,
@@ -89,8 +98,8 @@ def synthesize(data: Path, work: Path, args: Any, rewrites: bool) -> dict[str, A
                 "max_new_tokens": 16,
                 "min_relevance": args.min_relevance,
                 "max_pairs_per_query": 5,
-                "use_rewrites": rewrites,
-                "include_original": not rewrites,
+                "use_rewrites": name != "control",
+                "include_original": name != "rewrites",
                 "batch_size": 128,
             },
         }
@@ -153,16 +162,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.data / "qbqtc" / "pairs.parquet").is_file():
         return {"synth_skipped": f"{args.data}/qbqtc/pairs.parquet absent"}
     args.work.mkdir(parents=True, exist_ok=True)
-    synth = synthesize(args.data, args.work, args, rewrites=True)
-    control = synthesize(args.data, args.work, args, rewrites=False)
-    print(f"synthesized pairs: {synth['pairs']} (control: {control['pairs']})", flush=True)
-    runs: dict[str, list[dict[str, float]]] = {"infonce": [], "synth": [], "control": []}
-    for seed in args.seeds:  # the three sides alternate per seed
-        for name, extra in (
-            ("infonce", None),
-            ("synth", synth["out"]),
-            ("control", control["out"]),
-        ):
+    made = {n: synthesize(args.data, args.work, args, n) for n in ("rewrites", "synth", "control")}
+    print("synthesized pairs: " + str({n: m["pairs"] for n, m in made.items()}), flush=True)
+    sides: list[tuple[str, str | None]] = [("infonce", None)]
+    sides += [(n, m["out"]) for n, m in made.items()]
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n, _ in sides}
+    for seed in args.seeds:  # the sides alternate per seed
+        for name, extra in sides:
             runs[name].append(retrieval(args.data, extra, seed, args.infonce_steps))
             r = runs[name][-1]
             print(
@@ -180,8 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["synth_vs_control_tail_recall50"] = (
         out["tail_synth_recall50"] / out["tail_control_recall50"]
     )
-    out.update({f"synth_{k}": v for k, v in synth.items() if k != "out"})
-    out.update({f"control_{k}": v for k, v in control.items() if k != "out"})
+    for n, m in made.items():
+        out.update({f"{n}_{k}": v for k, v in m.items() if k != "out"})
     out["per_seed"] = {k: [round(r["tail_recall@50"], 4) for r in v] for k, v in runs.items()}
     out["eval_queries"], out["tail_queries"] = (
         runs["infonce"][0]["queries"],
