@@ -50,7 +50,7 @@ def reasoning_targets(query: list[int], item: list[int], n: int) -> list[int]:
     query lacks, first occurrences in item order, at most ``n``."""
     seen = set(query)
     out: list[int] = []
-    for t in item:
+    for t in item if n > 0 else []:
         if t not in seen:
             seen.add(t)
             out.append(t)
@@ -126,6 +126,8 @@ class ReasonEmbedTower(nn.Module):
         scores are the sampling policy's). Returns ``B * num`` token lists (prompt ``b``'s are
         ``b * num .. b * num + num - 1``), cut before the end token, and whether each stopped
         by itself (wrote the end token within ``N``)."""
+        if self.n == 0:  # the direct embedding: nothing to write
+            return [[] for _ in range(len(prompts) * num)], [False] * (len(prompts) * num)
         ids, mask = pad_batch(prompts, self.pad, left=True)
         kwargs: dict[str, Any] = {"do_sample": False}
         if sample:

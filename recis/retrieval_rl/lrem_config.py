@@ -36,7 +36,8 @@ class LMConfig:
     ``model_path``: a local HF directory (tokenizer + causal LM, e.g. a small Qwen or Llama);
     None builds ``scratch`` (a random Llama and a byte-level BPE tokenizer trained on the run's
     query and item texts; tests and CPU benchmarks). ``max_reasoning_tokens`` (N): the most
-    tokens the LM writes before the embedding; ``separator``: the text between the query and
+    tokens the LM writes before the embedding (0: the direct LM embedding, no reasoning - the
+    papers' baseline); ``separator``: the text between the query and
     its reasoning.
     """
 
@@ -44,7 +45,7 @@ class LMConfig:
     scratch: ScratchModelConfig = Field(default_factory=ScratchModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_query_tokens: int = Field(default=32, gt=0)
-    max_reasoning_tokens: int = Field(default=8, gt=0)
+    max_reasoning_tokens: int = Field(default=8, ge=0)
     separator: str = " =>"
 
 

@@ -63,6 +63,8 @@ def reasoning_loss(
     within each query's group (:func:`~recis.retrieval_rl.grpo.group_advantages`); every
     real token is one action carrying its sequence's advantage
     (:func:`~recis.retrieval_rl.grpo.clipped_loss` over the ``[M]`` masked tokens)."""
+    if not bool(mask.any()):  # no action (N = 0, the direct embedding): no policy term
+        return logp.sum() * 0.0, {"policy": 0.0, "kl": 0.0, "clipped": 0.0}
     adv = group_advantages(rewards.view(-1, group)).view(-1)
     ref = None if logp_ref is None else logp_ref[mask]
     tok_adv = adv[:, None].expand_as(logp)[mask]

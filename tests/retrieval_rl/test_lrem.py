@@ -103,6 +103,7 @@ def test_tiny_lrem_generates_at_most_n_tokens_then_embeds(lm_dir: Path) -> None:
 def test_reasoning_targets_are_item_tokens_absent_from_the_query() -> None:
     assert reasoning_targets([1, 2, 3], [2, 5, 1, 6, 5, 7, 8], 3) == [5, 6, 7]
     assert reasoning_targets([1, 2], [1, 2], 4) == []
+    assert reasoning_targets([1], [2, 3], 0) == []
 
 
 def test_embedding_gets_gradient_through_infonce(lm_dir: Path) -> None:
