@@ -22,13 +22,13 @@ from recis.io import make_reader, to_batch
 from recis.models.two_tower import TwoTower
 
 
-def test_served_topk_equals_brute_force_ranking(two_tower_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert main(["export", str(two_tower_run), "--out", str(out)]) == 0  # torch.export
-    m = read_manifest(out / "v000001")
+def test_served_topk_equals_brute_force_ranking(tt_server: Any) -> None:
+    version = tt_server.out / "v000001"
+    m = read_manifest(version)
     assert m["model"] == "two_tower" and m["index"]["kind"] == "flat"
-    assert {"query_tower", "item_tower"} <= {Path(f).stem for f in m["files"]}
-    got = retrieval_parity(two_tower_run, out / "v000001", k=10)
+    assert m["index"]["items"] == 4000  # the catalogue file given as --items
+    assert {"query_tower.pt2", "item_tower.pt2", "query.sequence.safetensors"} <= set(m["files"])
+    got = retrieval_parity(tt_server.run, version, k=10)
     assert got["rows"] == 400 and got["topk_equal"] == 1.0
     assert got["query_max_abs_diff"] <= 1e-5 and got["topk_score_max_abs_diff"] <= 1e-5
 
@@ -63,8 +63,9 @@ def tt_server(
 ) -> Iterator[Any]:
     out = tmp_path_factory.mktemp("tt_published")
     items = two_tower_run.parent / "data" / "items.parquet"
-    # ONNX towers (run with onnxruntime) and the catalogue file as the corpus
-    export_run(two_tower_run, out, ExportOptions(fmt="onnx", items=str(items)))
+    # through the command line, with the catalogue file as the corpus
+    cmd = ["export", str(two_tower_run), "--out", str(out), "--items", str(items)]
+    assert main(cmd) == 0
     yield from start_server(out, two_tower_run)
 
 
