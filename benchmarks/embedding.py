@@ -379,7 +379,7 @@ def main() -> None:
     )
     p.add_argument("--mapper-threads", default="all", help="threads of the mapper part")
     p.add_argument(
-        "--dist-rounds", type=int, default=2, help="alternating rounds of distributed_vs_threads"
+        "--dist-rounds", type=int, default=1, help="alternating rounds of distributed_vs_threads"
     )
     args = p.parse_args()
     skip = set(args.skip.split(","))

@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <unordered_map>
 #include <vector>
 
@@ -211,10 +212,12 @@ void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
   }
 }
 
-// Runs the jobs. Enough tables for the threads: each thread takes whole tables
-// (largest first, onto the least loaded thread), so one step is one parallel
-// region of a few large tasks, not a region per table. Fewer tables than
-// threads: each table's find runs in parallel, its inserts serially.
+// Runs the jobs. Enough tables for the threads: each thread takes whole tables, largest
+// first, from a shared counter, so one step is one parallel region of a few large tasks,
+// not a region per table, and a thread the kernel parks (a busy machine) holds up only the
+// table it is on: the others take the rest. Fewer tables than threads: each table's find
+// runs in parallel, its inserts serially. Each table is one job's alone: the results do
+// not depend on which thread ran it.
 void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
   const int64_t t = static_cast<int64_t>(jobs.size());
   const int64_t p = at::get_num_threads();
@@ -229,19 +232,12 @@ void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
   for (int64_t i = 0; i < t; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return jobs[a].n > jobs[b].n; });
-  std::vector<std::vector<int64_t>> bins(p);
-  std::vector<int64_t> load(p, 0);
-  for (const int64_t i : order) {
-    const int64_t b = std::min_element(load.begin(), load.end()) - load.begin();
-    bins[b].push_back(i);
-    load[b] += jobs[i].n + 64;  // + a table's fixed cost
-  }
-  at::parallel_for(0, p, 1, [&](int64_t b, int64_t e) {
-    for (int64_t w = b; w < e; ++w) {
-      for (const int64_t i : bins[w]) {
-        find_range(jobs[i], 0, jobs[i].n, st);
-        insert_misses(jobs[i], st);
-      }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, p, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next++; k < t; k = next++) {
+      MapJob& j = jobs[order[k]];
+      find_range(j, 0, j.n, st);
+      insert_misses(j, st);
     }
   });
 }
@@ -379,8 +375,10 @@ void init_rows_many(std::vector<torch::Tensor> weights, std::vector<torch::Tenso
     TORCH_CHECK(states[k].size(0) == weights[state_table[k]].size(0), "init_rows_many: state rows");
     of_table[state_table[k]].push_back(static_cast<int64_t>(k));
   }
-  at::parallel_for(0, t, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
+  // tables from a shared counter (not fixed halves): a parked thread holds up one table
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(t, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next++; i < t; i = next++) {
       const int64_t n = rows[i].numel(), dim = weights[i].size(1);
       const int64_t* r = rows[i].data_ptr<int64_t>();
       const int64_t* k = ids[i].data_ptr<int64_t>();
