@@ -24,6 +24,18 @@ ITEMS = "items.safetensors"
 INDEX = "items.faiss"
 
 
+def _faiss() -> Any:
+    """The faiss module (the ``index`` extra: two-tower exports and their serving need it)."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError(
+            "model.name: two_tower: exporting or serving its item index needs faiss "
+            "(make install EXTRAS=index,serve)"
+        ) from None
+    return faiss
+
+
 @dataclass
 class IndexOptions:
     """``kind`` one of :data:`KINDS`; for ``ivf``: ``nlist`` lists (default ``sqrt(N)``),
@@ -36,7 +48,7 @@ class IndexOptions:
 
 def build_faiss(emb: np.ndarray, options: IndexOptions) -> tuple[Any, dict[str, Any]]:
     """A faiss index over ``emb [N, D]`` fp32 and its manifest entry."""
-    import faiss
+    faiss = _faiss()
 
     if options.kind not in KINDS:
         raise ConfigError(f"--index: {options.kind!r} is not one of {', '.join(KINDS)}")
@@ -59,7 +71,7 @@ def build_faiss(emb: np.ndarray, options: IndexOptions) -> tuple[Any, dict[str, 
 
 def save_index(folder: Path, ids: np.ndarray, emb: torch.Tensor, options: IndexOptions) -> dict:
     """Write ``items.safetensors`` and ``items.faiss`` into ``folder``; the manifest entry."""
-    import faiss
+    faiss = _faiss()
 
     vectors = np.ascontiguousarray(emb.float().numpy(), dtype=np.float32)
     index, entry = build_faiss(vectors, options)
@@ -75,7 +87,9 @@ class ItemSearch:
     """A loaded item index: top-K items of query embeddings, optionally excluding some."""
 
     def __init__(self, folder: Path, entry: dict) -> None:
-        import faiss
+        faiss = _faiss()
+        # as many search threads as torch's intra-op pool (recis serve --threads)
+        faiss.omp_set_num_threads(torch.get_num_threads())
 
         items = load_file(str(folder / entry["items_file"]))
         self.ids = items["ids"].numpy()  # [N]

@@ -3,8 +3,10 @@
 ``GET /health`` -> ``{"status": "ok", "version": "v000002"}``;
 ``POST /score`` with ``{"rows": [{column: value, ...}, ...]}`` (rows in the training data's
 schema: raw ids and strings, dense values before their transforms) ->
-``{"version": ..., "scores": {task: [score per row]}}``. A bad request is a 4xx whose JSON
-``{"error": ..., "field": ...}`` names the field at fault.
+``{"version": ..., "scores": {task: [score per row]}}``; on a two-tower version ``POST /topk``
+with ``{"rows": [query rows], "k": 10, "exclude": [[item ids], ...]}`` (``exclude``
+optional, one list per row) -> ``{"version", "ids": [[...]], "scores": [[...]]}`` best first.
+A bad request is a 4xx whose JSON ``{"error": ..., "field": ...}`` names the field at fault.
 
 A watcher thread polls ``DIR/latest``; a new version is loaded (its files checked against
 its manifest) beside the serving one and swapped in by one reference assignment: requests
@@ -193,7 +195,6 @@ def serve(
     """Serve ``out`` until interrupted (uvicorn, one process); ``batch_ms`` > 0: requests
     arriving within that many milliseconds are scored together; ``threads``: torch's (and
     onnxruntime's, faiss's) intra-op threads per request."""
-    import faiss
     import torch
     import uvicorn
 
@@ -202,8 +203,7 @@ def serve(
     # took 245 ms with 2 threads and 2 ms with 1 (docs/serving.md)
     if threads < 1:
         raise ConfigError(f"--threads: {threads}: must be at least 1")
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)  # onnxruntime and faiss take the same count at load
     holder = ModelHolder(out, poll_s)
     holder.start()
     batcher = MicroBatcher(batch_ms / 1e3) if batch_ms > 0 else None
