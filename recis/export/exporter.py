@@ -42,6 +42,7 @@ from .publish import is_ready, publish, read_latest
 from .relevance import write_relevance
 from .source import load_run
 from .tables import TableInfo, pack_tables, read_tables, save_tables
+from .term_index import product_reader, write_term_index
 from .towers import corpus_reader, write_towers
 
 TABLES = "tables.safetensors"
@@ -88,6 +89,10 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         if options.delta or options.int8:
             raise ConfigError("--delta / --int8-embeddings: DeepBoW has no embedding tables")
         parts = write_relevance(folder, model, schema, options.fmt)
+        products = product_reader(cfg, model, options.items)
+        if products is not None:  # the term-weight index of the product corpus
+            width = parts["relevance"]["widths"][0]
+            parts["term_index"] = write_term_index(folder, model, products, options.fmt, width)
     else:
         parts = _write_dlrm(folder, model, schema, options)
     tasks = [{"name": t.name, "loss": t.loss} for t in cfg.train.tasks] or [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,19 @@ class ScoringVersion(Protocol):
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]: ...
 
     def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class TopKVersion(Protocol):
+    """A version that answers ``/topk``: item or product ids and scores for query rows."""
+
+    version: str
+
+    def searchable(self) -> bool: ...
+
+    def topk_rows(
+        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class ServingModel:

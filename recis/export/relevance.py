@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io import Batch, to_batch
 from recis.models.deepbow import DeepBoW
@@ -29,6 +30,7 @@ from recis.models.layers import padded_ids
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
+from .term_index import ProductSearch
 
 INPUTS = ["query_ids", "query_mask", "product_ids", "product_mask", "dense"]
 OUTPUT = "logits"
@@ -121,6 +123,31 @@ class RelevanceModel:
         self.nan_policy: str = m["nan_policy"]
         graph = self.spec["graph"]
         self.graph = load_graph(graph["format"], self.path / graph["file"], INPUTS, OUTPUT)
+        index = m.get("term_index")
+        self.products = ProductSearch(self.path, index) if index else None
+        # a /topk row: the query's text alone
+        q = self.spec["query_text"]
+        self.query_schema = dataclasses.replace(
+            self.schema,
+            dense=[],
+            sparse=[f for f in self.schema.sparse if f.name == q],
+            text=[t for t in self.schema.text if t.name == q],
+        )
+
+    def searchable(self) -> bool:
+        """Whether the version has a term-weight index of products (``/topk``)."""
+        return self.products is not None
+
+    def topk_rows(
+        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(product ids [B, k], bag scores [B, k])`` for rows with the query text."""
+        if self.products is None:
+            raise ConfigError(f"{self.path}: the version has no term-weight index")
+        table = rows_table(self.query_schema.columns, rows)
+        batch = to_batch(table, self.query_schema, "request", nan_policy=self.nan_policy)
+        ids, mask = text_inputs(batch, self.spec["query_text"], self.spec["widths"][0])
+        return self.products.search(ids, mask, k, exclude)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """JSON rows validated and converted as training data (DataError names the column)."""

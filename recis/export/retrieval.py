@@ -85,6 +85,10 @@ class RetrievalModel:
         features = [f for side in SIDES for f in m["towers"][side]["features"]]
         self.pair = side_schema(manifest_schema(self.path, m), features)
 
+    def searchable(self) -> bool:
+        """A two-tower version always has its item index."""
+        return True
+
     def encode_queries(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         """``[B, D]`` query embeddings of JSON rows (the query tower's columns)."""
         tower = self.towers["query"]

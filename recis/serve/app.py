@@ -26,9 +26,8 @@ from fastapi.responses import JSONResponse
 
 from recis.errors import CheckpointError, ConfigError, DataError
 from recis.export.loading import load_version
-from recis.export.model import ScoringVersion
+from recis.export.model import ScoringVersion, TopKVersion
 from recis.export.publish import is_ready, read_latest, versions
-from recis.export.retrieval import RetrievalModel
 
 from .batching import MicroBatcher
 
@@ -135,8 +134,8 @@ def create_app(holder: ModelHolder, batcher: MicroBatcher | None = None) -> Fast
         except ValueError:
             return _bad(400, "the body is not JSON", None)
         model = holder.model
-        if not isinstance(model, RetrievalModel):
-            return _bad(404, f"version {model.version} has no item index (not a two-tower)", None)
+        if not (isinstance(model, TopKVersion) and model.searchable()):
+            return _bad(404, f"version {model.version} has no item or product index", None)
         parsed = _topk_request(body)
         if isinstance(parsed, JSONResponse):
             return parsed

@@ -3,6 +3,7 @@ files bundled into the version."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from recis.cli import main
 from recis.config_base import validate
@@ -23,6 +25,7 @@ from recis.export.source import load_run
 from recis.features import Schema, VocabTokenizer
 from recis.io import to_batch
 from recis.io.vocab import train_vocabulary
+from recis.models.text_towers import text_input
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,7 @@ def test_exported_relevance_equals_eval(relevance_server: Any) -> None:
     version = relevance_server.out / "v000001"
     m = read_manifest(version)
     assert m["model"] == "deepbow" and "relevance.pt2" in m["files"]
+    assert {"query_bag.pt2", "products.safetensors"} <= set(m["files"])
     got = eval_parity(relevance_server.run, version)["relevant"]
     assert got["rows"] == 300 and got["max_abs_diff"] <= 1e-5 and got["auc_delta"] == 0.0
 
@@ -79,8 +83,35 @@ def test_raw_text_rows_over_http_score_as_eval(relevance_server: Any) -> None:
         )
     status, body = relevance_server.score([{"query_text": 3, "product_text": "a b"}])
     assert status == 422 and body["field"] == "query_text"
-    status, body = relevance_server.call("/topk", {"rows": rows[:1]})
-    assert status == 404 and "no item index" in body["error"]
+
+
+def test_topk_products_by_term_index(relevance_server: Any) -> None:
+    run = relevance_server.run
+    cfg, trainer, _, _ = load_run(run)
+    model = trainer.model
+    # brute force with the eval model: the bag of every training product (its last row)
+    # against each query's bag, s = <bag_q, bag_p> over the term space
+    schema = cfg.data.schema_
+    part = dataclasses.replace(schema, dense=[], labels=[], extras=[])
+    train = pq.read_table(run.parent / "data" / "train")
+    with torch.no_grad():
+        products = to_batch(train.select(["product_text", "product_id", "query_text"]), part)
+        bags = model.dense_bag(*text_input(products, "product", 32))  # [rows, V]
+        pid = products.sparse["product_id"].values().numpy()
+        uniq, first_rev = np.unique(pid[::-1], return_index=True)
+        bags = bags[torch.from_numpy(len(pid) - 1 - first_rev)]
+        eval_rows = pq.read_table(run.parent / "data" / "eval").slice(0, 6)
+        queries = to_batch(eval_rows.select(["product_text", "product_id", "query_text"]), part)
+        scores = model.dense_bag(*text_input(queries, "query", 32)) @ bags.T  # [6, N]
+    best_s, best = scores.topk(7, dim=1)
+    rows = [{"query_text": q} for q in eval_rows.column("query_text").to_pylist()]
+    status, body = relevance_server.call("/topk", {"rows": rows, "k": 5})
+    assert status == 200, body
+    assert body["ids"] == uniq[best[:, :5].numpy()].tolist()
+    np.testing.assert_allclose(body["scores"], best_s[:, :5].numpy(), atol=1e-5)
+    exclude = [uniq[best[i, :2].numpy()].tolist() for i in range(6)]
+    status, body = relevance_server.call("/topk", {"rows": rows, "k": 5, "exclude": exclude})
+    assert status == 200 and body["ids"] == uniq[best[:, 2:7].numpy()].tolist()
 
 
 def test_int8_refused_for_deepbow(deepbow_run: Path, tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def test_malformed_requests_name_the_field(server: Any) -> None:
     assert status == 422 and body["field"] == "C5" and "missing column" in body["error"]
     status, body = server.call("/score", {"rows": 3})
     assert status == 422 and body["field"] == "rows"
+    status, body = server.call("/topk", {"rows": [row]})
+    assert status == 404 and "no item or product index" in body["error"]
     status, body = server.score([dict(row, C2=1.5)])
     assert status == 422 and body["field"] == "C2"
 
