@@ -160,6 +160,17 @@ def test_prepare_writes_documented_layout(tmp_path: Path) -> None:
     assert set(stats["quantile_boundaries"]) >= {"user_count", "movie_count", "year"}
 
 
+def test_history_genres_follow_the_window_and_skip_unknown_movies() -> None:
+    """``_genres_of``: each row's movies' genres in the row's order; a movie missing from the
+    catalogue adds nothing; an empty row stays empty."""
+    genres_of = _prepare_module()._genres_of
+    window = pa.ListArray.from_arrays(pa.array([0, 3, 3, 5]), pa.array([20, 99, 10, 10, 20]))
+    movie_ids = np.array([10, 20])  # sorted, as prepare passes them
+    lists = pa.array([["Drama", "War"], ["Comedy"]], pa.list_(pa.string()))
+    got = genres_of(window, movie_ids, lists).to_pylist()
+    assert got == [["Comedy", "Drama", "War"], [], ["Drama", "War", "Comedy"]]
+
+
 def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location(
         "real_data_ctr", ROOT / "benchmarks" / "real_data_ctr.py"
