@@ -21,8 +21,10 @@
    (``two_tower_topk_equal``, the fraction of eval rows with the same 10 ids in order), and
    ``/topk`` latency (``two_tower_serve_*``) for 1 and 64 query rows.
 5. ``deepbow``: examples/deepbow_synthetic.yaml scaled (``--db-rows``, ``--db-steps``),
-   exported as its relevance graph: |exported - eval| over the eval rows, and ``/score``
-   latency for 1 and 64 rows of raw query and title texts (``deepbow_serve_*``).
+   exported as its relevance graph and term-weight index: |exported - eval| over the eval
+   rows, ``/score`` latency for 1 and 64 rows of raw query and title texts
+   (``deepbow_serve_*``), ``/topk`` latency (k 10) over the training products by the
+   query's bag (``deepbow_topk_serve_*``).
 
 ``--only dlrm,two_tower,deepbow`` picks the parts.
 
@@ -258,9 +260,15 @@ def deepbow(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         run = train_example(work, "deepbow_synthetic.yaml", args.db_rows, 2000, args.db_steps)
     v = export_run(run, work / "exports", ExportOptions(fmt="export"))
     out: dict[str, Any] = {"parity": eval_parity(run, v)}
-    rows = _eval_rows(run, RelevanceModel(v).schema.columns)
+    model = RelevanceModel(v)
+    rows = _eval_rows(run, model.schema.columns)
     bodies = {b: {"rows": rows[:b]} for b in (1, 64)}
     out["serve"] = latency(v.parent, "/score", bodies, args.requests)
+    # /topk through the term-weight index of the training products, k 10
+    out["products"] = model.manifest["term_index"]["products"]
+    queries = _eval_rows(run, model.query_schema.columns)
+    bodies = {b: {"rows": queries[:b], "k": 10} for b in (1, 64)}
+    out["topk"] = latency(v.parent, "/topk", bodies, args.requests)
     return out
 
 
@@ -309,6 +317,7 @@ def _summary(found: dict[str, Any]) -> dict[str, Any]:
         db = found["deepbow"]
         out["deepbow_parity_max_abs_diff"] = max(r["max_abs_diff"] for r in db["parity"].values())
         out.update(_keys("deepbow_", db["serve"]))
+        out.update(_keys("deepbow_topk_", db["topk"]))
     return out
 
 
