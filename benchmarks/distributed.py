@@ -21,8 +21,8 @@ is one JSON object with keys ``torchrun_scaling`` and ``horovod_scaling`` (sampl
 drops with the load.
 
 ``--vs-threads``: the same global batch on the same 2 cores two ways, 2 processes x 1
-thread (``--batch`` rows each) against 1 process x 2 threads (2 x ``--batch`` rows), the
-processes started as torchrun starts them, ``--repeats`` runs each, alternating (the side that
+thread (``--batch`` rows each) against 1 process x 2 threads (2 x ``--batch`` rows), both
+under torchrun, ``--repeats`` runs each, alternating (the side that
 goes first changes every round). Last-line JSON: ``distributed_vs_threads`` (median
 samples/s of 2 x 1 / of 1 x 2; ``_min`` / ``_max`` of the per-round ratios), its CPU-time
 ratio ``distributed_vs_threads_cpu`` (CPU seconds per global sample, 1 x 2 over 2 x 1),
@@ -225,43 +225,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(n: int, passthrough: list[str], threads: int) -> dict[str, float]:
-    """Start ``n`` worker processes of ``threads`` threads directly, with the environment
-    torchrun would give them (no torchrun process: its start-up costs more than the
-    timed steps of ``--vs-threads``); returns rank 0's result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        port = str(free_port())
-        procs = []
-        for rank in range(n):
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n))
-            env.update(LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            cmd = [sys.executable, __file__, "--worker", "--out", str(out), *passthrough]
-            cmd += ["--launcher", "torchrun", f"--threads={threads}"]
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        logs = [p.communicate()[0] for p in procs]
-        if any(p.returncode for p in procs) or not out.exists():
-            sys.exit(f"{n} x {threads} threads failed:\n{''.join(logs)[-4000:]}")
-        result = json.loads(out.read_text())
-    print(
-        f"   spawned x{n} ({threads} thr): {result['samples_per_s']:>10,.0f} samples/s "
-        f"({result['seconds']:.2f} s; {result['cpu_ms_per_step']:.1f} CPU ms per step and "
-        f"process)",
-        flush=True,
-    )
-    return dict(result)
-
-
 def launch(
     launcher: str, n: int, args: argparse.Namespace, passthrough: list[str], threads: int = 1
 ) -> dict[str, float]:
@@ -308,10 +271,10 @@ def vs_threads(args: argparse.Namespace, passthrough: list[str]) -> dict[str, fl
         sides = ["procs", "threads"] if r % 2 == 0 else ["threads", "procs"]
         for side in sides:
             if side == "procs":
-                procs.append(spawn(2, passthrough, threads=1))
+                procs.append(launch("torchrun", 2, args, passthrough, threads=1))
             else:
-                threads.append(spawn(1, one_proc, threads=2))
-        single.append(spawn(1, passthrough, threads=1))
+                threads.append(launch("torchrun", 1, args, one_proc, threads=2))
+        single.append(launch("torchrun", 1, args, passthrough, threads=1))
     sps_p = np.array([x["samples_per_s"] for x in procs])
     sps_t = np.array([x["samples_per_s"] for x in threads])
     cpu = {
