@@ -95,8 +95,8 @@ def two_tower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def deepbow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/deepbow_synthetic.yaml (raw query and title texts) on 2000 rows (eval: 300)."""
-    return _tiny_run(tmp_path_factory.mktemp("deepbow"), "deepbow_synthetic.yaml", 2000, 300)
+    """examples/deepbow_synthetic.yaml (raw query and title texts) on 1000 rows (eval: 200)."""
+    return _tiny_run(tmp_path_factory.mktemp("deepbow"), "deepbow_synthetic.yaml", 1000, 200)
 
 
 def free_port() -> int:
