@@ -265,6 +265,7 @@ def vs_threads(args: argparse.Namespace, passthrough: list[str]) -> dict[str, fl
 
     one_proc = [a for a in passthrough if not a.startswith("--batch=")]
     one_proc.append(f"--batch={2 * args.batch}")
+    doubled = argparse.Namespace(**{**vars(args), "batch": 2 * args.batch})  # for the log line
     procs, threads, single = [], [], []
     load0 = os.getloadavg()[0]
     for r in range(args.repeats):
@@ -273,7 +274,7 @@ def vs_threads(args: argparse.Namespace, passthrough: list[str]) -> dict[str, fl
             if side == "procs":
                 procs.append(launch("torchrun", 2, args, passthrough, threads=1))
             else:
-                threads.append(launch("torchrun", 1, args, one_proc, threads=2))
+                threads.append(launch("torchrun", 1, doubled, one_proc, threads=2))
         single.append(launch("torchrun", 1, args, passthrough, threads=1))
     sps_p = np.array([x["samples_per_s"] for x in procs])
     sps_t = np.array([x["samples_per_s"] for x in threads])
