@@ -16,7 +16,9 @@ steps of the run's trainer (``auc_slimgpt_finetuned``). AUC on the test split
 (dense parameters of the pruned transformer layers / original; ``model_params_ratio``: whole
 model), ``latency_ratio`` (pruned / original forward of one batch of 256 test rows, CPU,
 ``--threads`` torch threads, ``--latency-runs`` alternating runs, ratio of the medians;
-``latency_ratio_cpu``: of the CPU times; ``latency_load``: load average before/after). Also
+``latency_ratio_cpu``: of the CPU times; ``latency_load``: load average before/after;
+``layer_{name}_ms`` / ``layer_{name}_ratio``: each pruned layer alone, original median and
+pruned / original). Also
 the wall time of pruning a random ~100M-parameter LLaMA-style model (``--big``;
 calibration 16 x 128 random tokens).
 
@@ -135,6 +137,44 @@ def _latency(a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int) -> d
     }
 
 
+def _caller(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+    return lambda _: module(*args, **kwargs)
+
+
+def _layer_latency(
+    a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int
+) -> dict[str, float]:
+    """Each pruned layer alone, original (in ``a``) and pruned (in ``b``) alternating on the
+    inputs the layer gets in ``a``'s forward of ``batch``: ``layer_{name}_ms`` (median wall
+    ms of the original layer) and ``layer_{name}_ratio`` (pruned / original, medians)."""
+    from recis.models.structure import prunable_layers
+
+    names = [name for name, _ in prunable_layers(a)]
+    mods_a, mods_b = dict(a.named_modules()), dict(b.named_modules())
+    calls: dict[str, tuple[Any, Any]] = {}
+
+    def catch(name: str) -> Any:
+        return lambda _m, args, kwargs: calls.setdefault(name, (args, kwargs))
+
+    hooks = [mods_a[n].register_forward_pre_hook(catch(n), with_kwargs=True) for n in names]
+    with torch.no_grad():
+        a(batch)
+    for hook in hooks:
+        hook.remove()
+    out: dict[str, float] = {}
+    for name in names:
+        args, kwargs = calls[name]
+        sides = {
+            "original": _caller(mods_a[name], args, kwargs),
+            "pruned": _caller(mods_b[name], args, kwargs),
+        }
+        with torch.no_grad():
+            runs_ = alternate(sides, runs, warmup=2)
+        out[f"layer_{name}_ms"] = runs_["original"].stats("t")["t_ms"]
+        out[f"layer_{name}_ratio"] = ratio(runs_["pruned"], runs_["original"], "r")["r"]
+    return out
+
+
 def _layer_params(model: torch.nn.Module) -> int:
     from recis.models.structure import prunable_layers
 
@@ -182,6 +222,7 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
                 out[f"{key}_params_ratio"] = _layer_params(pruned) / _layer_params(dense)
                 out[f"{key}_model_params_ratio"] = record["params_ratio"]
                 lat = _latency(dense, pruned, batch, args.latency_runs)
+                lat.update(_layer_latency(dense, pruned, batch, args.latency_runs))
                 out.update({f"{key}_{k}": v for k, v in lat.items()})
         out[f"{key}_auc_kept"] = out[f"{key}_auc_slimgpt"] / out[f"{name}_auc_dense"]
         print(json.dumps({k: v for k, v in out.items() if k.startswith(key)}), flush=True)
