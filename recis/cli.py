@@ -131,7 +131,7 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     ep.add_argument(
         "--split-towers", action="store_true", help="export the towers apart (two_tower: always)"
     )
-    ep.add_argument("--items", help="two-tower item corpus files (default: the run's items)")
+    ep.add_argument("--items", help="item / product corpus files (default: the run's train data)")
     ep.add_argument("--index", choices=["flat", "ivf"], default="flat", help="faiss item index")
     ep.add_argument("--nlist", type=int, help="IVF lists (default sqrt(items))")
     ep.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 8)")
