@@ -335,6 +335,7 @@ def main() -> None:
     p.add_argument("--lrem-rl-steps", type=int, default=40)
     p.add_argument("--lrem-tokens", type=int, default=8, help="reasoning tokens at most (N)")
     p.add_argument("--lrem-seed", type=int, default=0)
+    p.add_argument("--synth", action="store_true", help="also benchmarks/retrieval_synth.py")
     args = p.parse_args()
     out: dict = {"threads": torch.get_num_threads()}
     if not args.skip_quality:
@@ -358,6 +359,11 @@ def main() -> None:
         else:
             out.update(lrem(args.data, args.work, args.eval_queries, args))
             print({k: out[k] for k in ("lrem_infonce_recall50", "lrem_recall50")}, flush=True)
+    if args.synth:  # query-rewrite synthesis (its own defaults); its baseline keys prefixed
+        import retrieval_synth
+
+        got = retrieval_synth.run(retrieval_synth.parser().parse_args(["--data", str(args.data)]))
+        out.update({k if "synth" in k else f"synth_bench_{k}": v for k, v in got.items()})
     if not args.skip_timing:
         out.update(step_cost(args.timing_rounds, args.refresh))
         print(f"grpo step / infonce step: {out['grpo_step_time_ratio']:.2f}x")

@@ -1,7 +1,7 @@
 """Query-rewrite synthesis on qbqtc: InfoNCE recall with vs without synthesized pairs (issue 19).
 
     .venv/bin/python benchmarks/retrieval_synth.py [--data ../shared/data] [--work runs/bench_synth]
-        [--infonce-steps 300] [--sft-steps 150] [--grpo-steps 10] [--seeds 0]
+        [--infonce-steps 300] [--sft-steps 800] [--grpo-steps 20] [--seeds 0 1]
 
 Data: ``qbqtc/pairs.parquet``; pool = every distinct title (22,984); ``dev`` positives
 (label >= 1) train, ``test_public`` positives are the relevant items; long-tail = queries that
@@ -148,9 +148,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_synth")
     p.add_argument("--infonce-steps", type=int, default=300)
-    p.add_argument("--sft-steps", type=int, default=150)
-    p.add_argument("--grpo-steps", type=int, default=10)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--sft-steps", type=int, default=800)
+    p.add_argument("--grpo-steps", type=int, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--min-relevance", type=float, default=0.8)
     p.add_argument("--resume", action="store_true", help="reuse the saved rewriter stages")
     return p
