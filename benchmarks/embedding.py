@@ -24,17 +24,17 @@ affinity mask, capped by a cgroup quota), not the machine's core count.
    by the bytes of its weights plus optimizer state: the default table (no eviction) and
    an LRU one (``_lru``), and Adagrad at sizes around ``0.9 * 2^20`` (cliffs). One child
    process per eviction kind, one table at a time, after a 16-row table of each kind
-   (what any first table loads, ~2.7 MB, is the process's, not the table's).
+   (what any first table loads, ~2.7 MB, is the process's, not the table's);
+5. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
+   2 processes x 1 thread vs 1 process x 2 threads, same global batch; ``--dist-rounds``
+   alternating rounds, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
 
 Last line: one JSON object with the goal keys ``vs_torchrec_rowwise_1t``,
 ``vs_torchrec_adagrad_1t``, ``vs_torchrec_rowwise_all``, ``mapper_new_mids_per_s``,
 ``mapper_known_mids_per_s``, ``memory_ratio_1m`` (the worst optimizer, default tables; per
 optimizer as ``memory_ratio_1m_<opt>``, with LRU as ``memory_ratio_1m_lru_<opt>``),
-``busy_slowdown``, ``distributed_vs_threads`` (5. below), and the raw figures.
+``busy_slowdown``, ``distributed_vs_threads``, and the raw figures.
 
-5. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
-   2 processes x 1 thread vs 1 process x 2 threads, same global batch; ``--dist-rounds``
-   alternating rounds, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
 """
 
 from __future__ import annotations  # noqa: I001  (recis is imported before torch, below)
