@@ -12,6 +12,11 @@
   (SFT + InfoNCE, RL over sampled reasonings sharing :mod:`.grpo`), :mod:`.lrem_router`
   (which queries are hard), :mod:`.lrem_pipeline` - ``recis train`` / ``recis eval`` on a
   ``kind: lrem`` config (:mod:`.lrem_config`).
+* Query-rewrite synthesis: :mod:`.synth_rewards` (rewrite rewards, the offline retriever),
+  :mod:`.synth_model` (the rewriter on trl), :mod:`.synth` (curation, parquet with provenance),
+  :mod:`.synth_run` / :mod:`.synth_command` - ``recis synthesize`` (:mod:`.synth_config`),
+  :mod:`.synth_dense` (a trained dual encoder as the retriever); ``data.extra_train`` mixes
+  the pairs into a ``retrieval_grpo`` run.
 
 docs/models/retrieval_rl.md describes the method, our readings of the papers, and figures.
 """

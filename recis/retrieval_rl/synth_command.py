@@ -2,7 +2,7 @@
 
     recis synthesize CONFIG [--set a.b=v ...] [--resume | --overwrite]
     recis synthesize --model DIR --queries FILE --items FILE --pairs FILE --out FILE.parquet
-        [--tail-max-count C] [--num-rewrites M] [--depth m] [--min-relevance S]
+        [--count-column COL --tail-max-count C] [--num-rewrites M] [--depth m] [--min-relevance S]
         [--max-pairs-per-query P] [--run-dir DIR] [--overwrite]
 
 The first form is a ``kind: query_rewrite`` config (rewriter SFT + GRPO, then synthesis); the
@@ -25,10 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", help="labelled parquet (query, title, label[, split])")
     p.add_argument("--out", help="the pairs to write (parquet)")
     p.add_argument("--run-dir", default=None, help="run directory (default: OUT's name + .run)")
-    p.add_argument("--tail-max-count", type=int, default=0, help="-1: every query")
+    p.add_argument("--count-column", help="the queries' frequency column (default: rows per query)")
+    p.add_argument(
+        "--tail-max-count",
+        type=int,
+        default=-1,
+        help="keep queries this frequent at most (-1: all)",
+    )
     p.add_argument("--num-rewrites", type=int, default=4)
     p.add_argument("--depth", type=int, default=20, help="results per rewrite")
-    p.add_argument("--min-relevance", type=float, default=0.5)
+    p.add_argument("--min-relevance", type=float, default=0.8)
     p.add_argument("--max-pairs-per-query", type=int, default=5)
     p.add_argument("--resume", action="store_true", help="reuse the saved rewriter stages")
     p.add_argument("--overwrite", action="store_true", help="replace OUT and the run directory")
@@ -46,7 +52,11 @@ def _flag_config(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "query_rewrite",
         "run_dir": args.run_dir or f"{args.out}.run",
         "pairs": {"path": args.pairs},
-        "queries": {"path": args.queries, "tail_max_count": args.tail_max_count},
+        "queries": {
+            "path": args.queries,
+            "count": args.count_column,
+            "tail_max_count": args.tail_max_count,
+        },
         "items": {"path": args.items},
         "model": {"path": args.model},
         "sft": {"max_steps": 0},

@@ -131,7 +131,7 @@ class Curation:
     num_rewrites: int = Field(default=4, gt=0)
     max_new_tokens: int = Field(default=16, gt=0)
     temperature: float = Field(default=1.0, gt=0)
-    min_relevance: float = Field(default=0.5, ge=0, le=1)
+    min_relevance: float = Field(default=0.8, ge=0, le=1)
     max_pairs_per_query: int = Field(default=5, gt=0)
     include_original: bool = False
     use_rewrites: bool = True

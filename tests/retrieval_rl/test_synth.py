@@ -269,3 +269,22 @@ def test_dense_retriever_equals_brute_force() -> None:
     want = scores.topk(5, dim=1).indices.numpy()
     np.testing.assert_array_equal(np.stack(got), want)
     assert DenseRetriever(model, 256).search([], 5) == []
+
+
+def test_synthesize_flag_form_runs_a_trained_rewriter(
+    synthesized: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recis.cli import main
+
+    out = tmp_path / "more.parquet"
+    common = ["--items", str(synthesized["pairs"]), "--pairs", str(synthesized["pairs"])]
+    assert main(["synthesize", "--model", str(synthesized["run"] / "rewriter/grpo/model")]) == 2
+    assert "give a CONFIG or --queries, --items, --pairs, --out" in capsys.readouterr().err
+    args = ["--queries", str(synthesized["queries"]), "--count-column", "count"]
+    args += ["--tail-max-count", "0", "--min-relevance", "0.3", "--out", str(out), *common]
+    args += ["--model", str(synthesized["run"] / "rewriter/grpo/model"), "--num-rewrites", "2"]
+    assert main(["synthesize", *args]) == 0
+    assert "queries 10, " in capsys.readouterr().out
+    t = pq.read_table(out).to_pylist()
+    assert t and all(r["rewriter"].endswith("grpo/model") and r["relevance"] >= 0.3 for r in t)
+    assert (tmp_path / "more.parquet.run" / "log.json").is_file()
