@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -151,7 +152,7 @@ def _data(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def synthesized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("trl")
     from recis.cli import main
 
@@ -177,10 +178,17 @@ synth: {{out: {tmp / "pairs_synth.parquet"}, num_rewrites: 3, max_new_tokens: 8,
         assert main(["synthesize", str(cfg)]) == 0
     finally:
         torch.set_num_threads(threads)
-    return {**files, "config": cfg, "out": tmp / "pairs_synth.parquet", "run": tmp / "run"}
+    log = json.loads((tmp / "run" / "log.json").read_text())  # before any test reruns it
+    return {
+        **files,
+        "config": cfg,
+        "out": tmp / "pairs_synth.parquet",
+        "run": tmp / "run",
+        "log": log,
+    }
 
 
-def test_synthesize_writes_curated_pairs_with_provenance(synthesized: dict[str, Path]) -> None:
+def test_synthesize_writes_curated_pairs_with_provenance(synthesized: dict[str, Any]) -> None:
     t = pq.read_table(synthesized["out"]).to_pylist()
     assert list(pq.read_schema(synthesized["out"]).names) == list(COLUMNS)
     assert t, "no pairs written"
@@ -195,25 +203,32 @@ def test_synthesize_writes_curated_pairs_with_provenance(synthesized: dict[str, 
         per[r["query"]] = per.get(r["query"], 0) + 1
     assert max(per.values()) <= 3
     assert len({(r["query"], r["item"]) for r in t}) == len(t)  # no duplicate pair
-    log = json.loads((synthesized["run"] / "log.json").read_text())
+    log = synthesized["log"]
     assert log["pairs"] == len(t) and log["queries"] == 10
     grpo = [x for x in log["stages"]["grpo"] if "rewards/retrieval_gain/mean" in x]
     assert grpo, "trl logged no retrieval_gain reward"
 
 
-def test_sft_moves_the_loss(synthesized: dict[str, Path]) -> None:
-    log = json.loads((synthesized["run"] / "log.json").read_text())
+def test_sft_moves_the_loss(synthesized: dict[str, Any]) -> None:
+    log = synthesized["log"]
     losses = [x["loss"] for x in log["stages"]["sft"] if "loss" in x]
     assert len(losses) >= 5
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_synthesize_refuses_an_existing_output(synthesized: dict[str, Path]) -> None:
+def test_synthesize_refuses_an_existing_output_and_resumes(synthesized: dict[str, Any]) -> None:
     from recis.retrieval_rl.synth_config import load_synth_config
     from recis.retrieval_rl.synth_run import synthesize
 
+    cfg = load_synth_config(synthesized["config"])
     with pytest.raises(OutputError, match="synth.out exists"):
-        synthesize(load_synth_config(synthesized["config"]), resume=True)
+        synthesize(cfg, resume=True)
+    before = (synthesized["run"] / "rewriter/grpo/model/model.safetensors").stat().st_mtime_ns
+    rows = pq.read_table(synthesized["out"]).num_rows
+    got = synthesize(cfg, resume=True, overwrite=True)  # the saved stages are not retrained
+    assert got["stages"] == {} and got["pairs"] == rows  # same model, same seed: same pairs
+    after = (synthesized["run"] / "rewriter/grpo/model/model.safetensors").stat().st_mtime_ns
+    assert before == after
 
 
 def test_config_mixes_synthesized_pairs_in(tmp_path: Path) -> None:
@@ -272,7 +287,7 @@ def test_dense_retriever_equals_brute_force() -> None:
 
 
 def test_synthesize_flag_form_runs_a_trained_rewriter(
-    synthesized: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    synthesized: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from recis.cli import main
 
