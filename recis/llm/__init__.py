@@ -12,6 +12,7 @@ GRPOTrainer subclass), ``stages`` (SFT, DPO, GRPO runners), ``pools`` (RL pools 
 curriculum), ``step_rm`` (TaoSR-SHE's step reward model), ``retrieval`` (BM25 chunks),
 ``model`` (scratch model and tokenizer), ``pipeline`` (a whole run), ``command`` (the CLI).
 
-Nothing below recis.cli imports this package; it needs the ``llm`` extra (trl, peft,
-accelerate, datasets) only when a stage runs.
+Only the CLI and another application (``recis.retrieval_rl``'s query-rewrite synthesis, which
+trains its rewriter with these stages) import this package; it needs the ``llm`` extra (trl,
+peft, accelerate, datasets) only when a stage runs.
 """
