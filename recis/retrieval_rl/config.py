@@ -7,8 +7,9 @@ directory whose ``infonce/model.pt`` is the starting model), then Retrieval-GRPO
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -137,23 +138,50 @@ class RetrievalGRPORunConfig:
     device: str = "cpu"
 
 
-def is_retrieval_grpo(raw: Any) -> bool:
-    """Whether a raw (YAML-loaded) config is a Retrieval-GRPO run (``kind: retrieval_grpo``)."""
-    return isinstance(raw, dict) and raw.get("kind") == KIND
+class _RunConfig(Protocol):
+    device: str
 
 
-def build_config(raw: dict[str, Any]) -> RetrievalGRPORunConfig:
-    """Validate a plain mapping (ConfigError names the field)."""
-    cfg = validate(RetrievalGRPORunConfig, raw)
+RunConfig = TypeVar("RunConfig", bound=_RunConfig)
+
+
+def raw_kind(raw: Any) -> Any:
+    """The ``kind`` of a raw (YAML-loaded) config, None when it is not a mapping."""
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def build_run(cls: type[RunConfig], raw: dict[str, Any]) -> RunConfig:
+    """Validate a plain mapping as ``cls`` (ConfigError names the field), device checked."""
+    cfg = validate(cls, raw)
     from recis.config import check_device
 
     check_device(cfg.device)
     return cfg
 
 
+def load_run(
+    path: str | Path,
+    overrides: list[str] | None,
+    kind: str,
+    build: Callable[[dict[str, Any]], RunConfig],
+) -> RunConfig:
+    """Load ``path``, apply ``--set`` overrides, refuse another ``kind``, then ``build(raw)``."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    if raw_kind(raw) != kind:
+        raise ConfigError(f"{path}: kind: expected {kind!r}, got {raw_kind(raw)!r}")
+    return build(raw)
+
+
+def is_retrieval_grpo(raw: Any) -> bool:
+    """Whether a raw (YAML-loaded) config is a Retrieval-GRPO run (``kind: retrieval_grpo``)."""
+    return raw_kind(raw) == KIND
+
+
+def build_config(raw: dict[str, Any]) -> RetrievalGRPORunConfig:
+    """Validate a plain mapping (ConfigError names the field)."""
+    return build_run(RetrievalGRPORunConfig, raw)
+
+
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RetrievalGRPORunConfig:
     """Load, override and validate a ``kind: retrieval_grpo`` config."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
-    if not is_retrieval_grpo(raw):
-        raise ConfigError(f"{path}: kind: expected {KIND!r}, got {raw.get('kind')!r}")
-    return build_config(raw)
+    return load_run(path, overrides, KIND, build_config)

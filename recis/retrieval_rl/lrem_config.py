@@ -15,8 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from recis.config import STRICT, apply_overrides, load_yaml, validate
-from recis.errors import ConfigError
+from recis.config import STRICT
 from recis.llm.config import ScratchModelConfig
 from recis.retrieval_rl.config import (
     EncoderConfig,
@@ -24,6 +23,9 @@ from recis.retrieval_rl.config import (
     IndexConfig,
     InfoNCEConfig,
     PairsConfig,
+    build_run,
+    load_run,
+    raw_kind,
 )
 
 KIND = "lrem"
@@ -116,21 +118,14 @@ class LREMRunConfig:
 
 def is_lrem(raw: Any) -> bool:
     """Whether a raw (YAML-loaded) config is an LREM run (``kind: lrem``)."""
-    return isinstance(raw, dict) and raw.get("kind") == KIND
+    return raw_kind(raw) == KIND
 
 
 def build_lrem_config(raw: dict[str, Any]) -> LREMRunConfig:
     """Validate a plain mapping (ConfigError names the field)."""
-    cfg = validate(LREMRunConfig, raw)
-    from recis.config import check_device
-
-    check_device(cfg.device)
-    return cfg
+    return build_run(LREMRunConfig, raw)
 
 
 def load_lrem_config(path: str | Path, overrides: list[str] | None = None) -> LREMRunConfig:
     """Load, override and validate a ``kind: lrem`` config."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
-    if not is_lrem(raw):
-        raise ConfigError(f"{path}: kind: expected {KIND!r}, got {raw.get('kind')!r}")
-    return build_lrem_config(raw)
+    return load_run(path, overrides, KIND, build_lrem_config)

@@ -26,13 +26,13 @@ import torch
 
 from recis.errors import CheckpointError, ConfigError
 from recis.retrieval_rl.data import RetrievalData, load_pairs
-from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
+from recis.retrieval_rl.encoder import TextDualEncoder
 from recis.retrieval_rl.evaluate import evaluate
 from recis.retrieval_rl.lrem import LREMEncoder, ReasonEmbedTower
 from recis.retrieval_rl.lrem_config import LREMRunConfig, load_lrem_config
 from recis.retrieval_rl.lrem_router import hard_queries
 from recis.retrieval_rl.lrem_train import LREMRLTrainer, LREMSFTTrainer
-from recis.retrieval_rl.pipeline import JsonlLog, latest_checkpoint, start_run
+from recis.retrieval_rl.pipeline import JsonlLog, build_encoder, latest_checkpoint, start_run
 from recis.retrieval_rl.rewards import LexicalRelevanceScorer
 from recis.retrieval_rl.trainer import load, save, train_infonce
 
@@ -42,15 +42,7 @@ STAGES = ("infonce", "lrem_sft", "lrem_rl")
 def base_encoder(cfg: LREMRunConfig, data: RetrievalData, train: bool) -> TextDualEncoder:
     """The InfoNCE dual encoder: ``init_from``'s or this run's ``infonce/model``, trained and
     saved first when absent and ``train``."""
-    e = cfg.encoder
-    model = TextDualEncoder(
-        TokenizedTexts.build(data.queries, e.buckets),
-        TokenizedTexts.build(data.items, e.buckets),
-        e.buckets,
-        e.width,
-        e.dim,
-        cfg.device,
-    )
+    model = build_encoder(cfg, data)
     start = Path(cfg.init_from or cfg.run_dir) / "infonce" / "model"
     if start.exists():
         load(start, model, None)

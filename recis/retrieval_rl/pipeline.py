@@ -11,13 +11,13 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from recis.errors import CheckpointError, OutputError
-from recis.retrieval_rl.config import RetrievalGRPORunConfig
+from recis.retrieval_rl.config import EncoderConfig, RetrievalGRPORunConfig
 from recis.retrieval_rl.data import RetrievalData, load_pairs
 from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
 from recis.retrieval_rl.evaluate import evaluate
@@ -34,7 +34,15 @@ from recis.retrieval_rl.rewards import (
 from recis.retrieval_rl.trainer import PairSampler, RetrievalGRPOTrainer, load, save, train_infonce
 
 
-def build_encoder(cfg: RetrievalGRPORunConfig, data: RetrievalData) -> TextDualEncoder:
+class EncoderRun(Protocol):
+    """What building the dual encoder reads of a run config (Retrieval-GRPO's or LREM's)."""
+
+    encoder: EncoderConfig
+    device: str
+
+
+def build_encoder(cfg: EncoderRun, data: RetrievalData) -> TextDualEncoder:
+    """The InfoNCE dual encoder over the run's query and item texts, untrained."""
     e = cfg.encoder
     return TextDualEncoder(
         TokenizedTexts.build(data.queries, e.buckets),

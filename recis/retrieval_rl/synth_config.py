@@ -15,9 +15,10 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from recis.config import STRICT, apply_overrides, load_yaml, validate
+from recis.config import STRICT
 from recis.errors import ConfigError
 from recis.llm.config import ScratchModelConfig
+from recis.retrieval_rl.config import build_run, load_run
 
 KIND = "query_rewrite"
 
@@ -156,10 +157,7 @@ class QueryRewriteConfig:
 
 def build_config(raw: dict[str, Any]) -> QueryRewriteConfig:
     """Validate a plain mapping (ConfigError names the field)."""
-    cfg = validate(QueryRewriteConfig, raw)
-    from recis.config import check_device
-
-    check_device(cfg.device)
+    cfg = build_run(QueryRewriteConfig, raw)
     if cfg.retriever.kind == "dense" and cfg.retriever.run_config is None:
         raise ConfigError("retriever.run_config: kind dense needs a retrieval_grpo config file")
     if not cfg.synth.use_rewrites and not cfg.synth.include_original:
@@ -169,8 +167,4 @@ def build_config(raw: dict[str, Any]) -> QueryRewriteConfig:
 
 def load_synth_config(path: str | Path, overrides: list[str] | None = None) -> QueryRewriteConfig:
     """Load, override and validate a ``kind: query_rewrite`` config."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
-    if not isinstance(raw, dict) or raw.get("kind") != KIND:
-        got = raw.get("kind") if isinstance(raw, dict) else None
-        raise ConfigError(f"{path}: kind: expected {KIND!r}, got {got!r}")
-    return build_config(raw)
+    return load_run(path, overrides, KIND, build_config)
