@@ -308,7 +308,7 @@ def _launcher(cfg, args: argparse.Namespace) -> str:
     """The launcher for this run: --launcher, else the config's, with ``auto`` resolved."""
     from recis.distributed.context import detect_launcher
 
-    chosen = getattr(args, "launcher", None) or cfg.distributed.launcher
+    chosen = args.launcher or cfg.distributed.launcher  # train and eval both take --launcher
     return detect_launcher() if chosen == "auto" else chosen
 
 
