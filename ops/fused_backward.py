@@ -114,7 +114,7 @@ class FusedCpuLookup(torch.autograd.Function):
             ctx.indices,
             ctx.offsets,
             _EMPTY if ctx.psw is None else ctx.psw.float(),
-            int(tbe.pooling_mode.value if hasattr(tbe.pooling_mode, "value") else tbe.pooling_mode),
+            int(tbe.pooling_mode),  # fbgemm's PoolingMode is an IntEnum
             tbe.max_D if nobag else 0,
             float(tbe.learning_rate_tensor.item()),
             float(tbe.optimizer_args.eps),
