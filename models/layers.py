@@ -17,6 +17,7 @@ from recis.embedding import (
 )
 from recis.embedding.modulo import modulo_ids
 from recis.features import SparseFeature, features_by_table
+from recis.io.batch import Batch
 
 
 def model_embedding(
@@ -91,6 +92,17 @@ def padded_ids(
     ids = jt.to_padded_dense(desired_length=length, padding_value=0)
     mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
     return ids, mask
+
+
+def text_or_list_ids(batch: Batch, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``[B, <= width]`` int64 and mask (bool) of a text feature (cut to ``width``),
+    or of a list-of-ids feature padded to ``width``."""
+    if name in batch.text:
+        ids = batch.text[name][:, :width]
+        mask = batch.text.get(f"{name}_mask", torch.ones_like(ids, dtype=torch.bool))
+        return ids.to(torch.int64), mask[:, :width].bool()
+    ids, mask = padded_ids(batch.sparse, name, width)
+    return ids.to(torch.int64), mask
 
 
 class SequenceEmbedding(nn.Module):

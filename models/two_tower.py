@@ -41,7 +41,7 @@ from recis.io import make_reader
 from recis.io.batch import Batch
 from recis.metrics import RetrievalCorpus
 
-from .layers import MLP, SequenceEmbedding, model_embedding, padded_ids, select_features
+from .layers import MLP, SequenceEmbedding, model_embedding, select_features, text_or_list_ids
 from .retrieval_layers import (
     FrequencyEstimator,
     in_batch_softmax_loss,
@@ -239,12 +239,7 @@ class TwoTower(nn.Module):
             seqs = self.sequences[side](batch.sparse)
             parts += [self.pools[n](*seqs[n]) for n in tower.sequence]
         if tower.text:
-            if tower.text in batch.text:
-                ids = batch.text[tower.text][:, : tower.max_len]
-                mask = batch.text.get(f"{tower.text}_mask", torch.ones_like(ids, dtype=torch.bool))
-                mask = mask[:, : tower.max_len].bool()
-            else:
-                ids, mask = padded_ids(batch.sparse, tower.text, tower.max_len)
+            ids, mask = text_or_list_ids(batch, tower.text, tower.max_len)
             assert self.text is not None  # built when either tower names a text feature
             parts.append(self.text(ids, mask))
         return F.normalize(mlp(torch.cat(parts, dim=-1)), dim=-1)

@@ -25,7 +25,7 @@ from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io import Batch, to_batch
 from recis.models.deepbow import DeepBoW
-from recis.models.layers import padded_ids
+from recis.models.layers import text_or_list_ids
 
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
@@ -59,17 +59,6 @@ def text_width(name: str, max_len: int, schema: Schema) -> int:
     """``T`` of one text input: ``max_len``, or a raw-text feature's ``max_length`` if less."""
     lengths = {t.name: t.max_length for t in schema.text}
     return min(max_len, lengths.get(name, max_len))
-
-
-def text_inputs(batch: Batch, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``[B, width]`` int64 and mask (bool) of a text feature or a list-of-ids one,
-    padded to ``width`` (the graph's fixed text width)."""
-    if name in batch.text:
-        ids = batch.text[name][:, :width]
-        mask = batch.text.get(f"{name}_mask", torch.ones_like(ids))[:, :width].bool()
-        return ids.to(torch.int64), mask
-    ids, mask = padded_ids(batch.sparse, name, width)
-    return ids.to(torch.int64), mask
 
 
 def write_relevance(folder: Path, model: DeepBoW, schema: Schema, fmt: str) -> dict[str, Any]:
@@ -146,7 +135,7 @@ class RelevanceModel:
             raise ConfigError(f"{self.path}: the version has no term-weight index")
         table = rows_table(self.query_schema.columns, rows)
         batch = to_batch(table, self.query_schema, "request", nan_policy=self.nan_policy)
-        ids, mask = text_inputs(batch, self.spec["query_text"], self.spec["widths"][0])
+        ids, mask = text_or_list_ids(batch, self.spec["query_text"], self.spec["widths"][0])
         return self.products.search(ids, mask, k, exclude)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
@@ -158,8 +147,8 @@ class RelevanceModel:
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
         """``{task: [B]}``: the probability for BCE tasks, the raw output otherwise."""
         s = self.spec
-        q = text_inputs(batch, s["query_text"], s["widths"][0])
-        p = text_inputs(batch, s["product_text"], s["widths"][1])
+        q = text_or_list_ids(batch, s["query_text"], s["widths"][0])
+        p = text_or_list_ids(batch, s["product_text"], s["widths"][1])
         dense = batch.dense.float() if s["dense_inputs"] else torch.zeros(len(q[0]), s["dense_dim"])
         logits = self.graph(*q, *p, dense)  # [B, N]
         out = {}

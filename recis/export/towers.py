@@ -28,7 +28,7 @@ from recis.embedding import HashedEmbeddingCollection
 from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io import Batch, make_reader
-from recis.models.layers import SequenceEmbedding, padded_ids
+from recis.models.layers import SequenceEmbedding, text_or_list_ids
 from recis.models.two_tower import TwoTower, build_index
 
 from .dense import FILES, save_graph
@@ -154,13 +154,9 @@ class TowerFrontend:
             seq, seq_mask = torch.zeros(b, 1, 1), torch.ones(b, 1, dtype=torch.bool)
         if self.text is None:
             ids, mask = torch.zeros(b, 1, dtype=torch.int64), torch.ones(b, 1, dtype=torch.bool)
-        elif self.text in batch.text:
-            ids = batch.text[self.text][:, : self.max_len]
-            mask = batch.text.get(f"{self.text}_mask", torch.ones_like(ids, dtype=torch.bool))
-            mask = mask[:, : self.max_len].bool()
         else:
-            ids, mask = padded_ids(batch.sparse, self.text, self.max_len)
-        return flat, seq, seq_mask, ids.to(torch.int64), mask
+            ids, mask = text_or_list_ids(batch, self.text, self.max_len)
+        return flat, seq, seq_mask, ids, mask
 
 
 def tower_specs(model: TwoTower) -> dict[str, dict[str, Any]]:
