@@ -105,42 +105,47 @@ class RewriteReward(ABC):
     def __call__(self, queries: Sequence[str], rewrites: Sequence[Sequence[str]]) -> np.ndarray: ...
 
 
-class RetrievalGainReward(RewriteReward):
+class JudgedReward(RewriteReward):
+    """A component scored per rewrite from the original query's results ``R(q)`` and the
+    rewrite's ``R(r)`` (:meth:`value`), both through one :class:`RetrievalJudge`."""
+
+    def __init__(self, judge: RetrievalJudge) -> None:
+        self.judge = judge
+
+    @abstractmethod
+    def value(self, query: str, own: np.ndarray, rows: np.ndarray) -> float:
+        """The reward of a rewrite with results ``rows`` for ``query`` whose results are
+        ``own`` (pool rows)."""
+
+    def __call__(self, queries: Sequence[str], rewrites: Sequence[Sequence[str]]) -> np.ndarray:
+        base = self.judge.results(queries)
+        out = np.zeros((len(queries), len(rewrites[0]) if rewrites else 0))
+        for i, (q, group) in enumerate(zip(queries, rewrites)):
+            for j, rows in enumerate(self.judge.results(group)):
+                out[i, j] = self.value(q, base[i], rows)
+        return out
+
+
+class RetrievalGainReward(JudgedReward):
     """``rel@m(q, R(r)) - rel@m(q, R(q))`` (module docstring)."""
 
     name = "retrieval_gain"
 
-    def __init__(self, judge: RetrievalJudge) -> None:
-        self.judge = judge
-
-    def __call__(self, queries: Sequence[str], rewrites: Sequence[Sequence[str]]) -> np.ndarray:
+    def value(self, query: str, own: np.ndarray, rows: np.ndarray) -> float:
         m = self.judge.depth
-        base = self.judge.results(queries)
-        out = np.zeros((len(queries), len(rewrites[0]) if rewrites else 0))
-        for i, (q, group) in enumerate(zip(queries, rewrites)):
-            own = self.judge.relevance(q, base[i]).sum() / m
-            for j, rows in enumerate(self.judge.results(group)):
-                out[i, j] = self.judge.relevance(q, rows).sum() / m - own
-        return out
+        return float(
+            self.judge.relevance(query, rows).sum() / m - self.judge.relevance(query, own).sum() / m
+        )
 
 
-class NewItemRelevanceReward(RewriteReward):
+class NewItemRelevanceReward(JudgedReward):
     """``sum_{i in R(r) minus R(q)} s(q, i) / m`` (module docstring)."""
 
     name = "new_item_relevance"
 
-    def __init__(self, judge: RetrievalJudge) -> None:
-        self.judge = judge
-
-    def __call__(self, queries: Sequence[str], rewrites: Sequence[Sequence[str]]) -> np.ndarray:
-        m = self.judge.depth
-        base = self.judge.results(queries)
-        out = np.zeros((len(queries), len(rewrites[0]) if rewrites else 0))
-        for i, (q, group) in enumerate(zip(queries, rewrites)):
-            for j, rows in enumerate(self.judge.results(group)):
-                new = rows[~np.isin(rows, base[i])]
-                out[i, j] = self.judge.relevance(q, new).sum() / m
-        return out
+    def value(self, query: str, own: np.ndarray, rows: np.ndarray) -> float:
+        new = rows[~np.isin(rows, own)]
+        return float(self.judge.relevance(query, new).sum()) / self.judge.depth
 
 
 def gram_set(text: str) -> frozenset[str]:
