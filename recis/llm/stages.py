@@ -95,35 +95,66 @@ class StageRun:
         return str(found[-1]) if found else None
 
 
-def trl_args(stage: TrainerArgs, run: StageRun) -> dict[str, Any]:
-    """The TrainingArguments every stage shares (bf16 off: trl turns it on even on CPU)."""
+def common_trl_args(
+    output_dir: Path, max_steps: int, batch: int, lr: float, seed: int, device: str, log_every: int
+) -> dict[str, Any]:
+    """The TrainingArguments every trl run of recis shares (bf16 off: trl turns it on even on
+    CPU; a constant learning rate; one log line per logging step instead of bars)."""
     return {
-        "output_dir": str(run.trainer_dir),
-        "max_steps": stage.max_steps,
-        "per_device_train_batch_size": stage.batch_size,
-        "learning_rate": stage.learning_rate,
-        "logging_steps": stage.logging_steps,
+        "output_dir": str(output_dir),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": batch,
+        "learning_rate": lr,
+        "logging_steps": log_every,
+        "bf16": False,
+        "use_cpu": device == "cpu",
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": seed,
+        "lr_scheduler_type": "constant",
+    }
+
+
+def trl_args(stage: TrainerArgs, run: StageRun) -> dict[str, Any]:
+    """The TrainingArguments every stage shares: the common ones, checkpoints every
+    ``save_steps`` (resumable), the run's dtype."""
+    return {
+        **common_trl_args(
+            run.trainer_dir,
+            stage.max_steps,
+            stage.batch_size,
+            stage.learning_rate,
+            stage.seed,
+            run.device,
+            stage.logging_steps,
+        ),
         "save_strategy": "steps" if stage.save_steps else "no",
         "save_steps": stage.save_steps or 500,
-        "bf16": False,
-        "use_cpu": run.device == "cpu",
-        "report_to": [],
         "gradient_checkpointing": False,
-        "disable_tqdm": True,  # one log line per logging step instead of bars
-        "seed": stage.seed,
-        "lr_scheduler_type": "constant",
         "model_init_kwargs": {"dtype": run.dtype},
     }
 
 
+def train_and_save(
+    trainer: Any, model_dir: Path, resume: str | None = None
+) -> list[dict[str, Any]]:
+    """Train (from checkpoint ``resume``), save the model and its tokenizer to ``model_dir``;
+    trl's log history. transformers prints each log dict on stdout: it goes to stderr, so
+    stdout keeps the results."""
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(model_dir))
+    trainer.processing_class.save_pretrained(str(model_dir))
+    return list(trainer.state.log_history)
+
+
 def _train(trainer: Any, run: StageRun) -> list[dict[str, Any]]:
-    # transformers prints each log dict on stdout: stderr keeps stdout for the results
+    if run.lora is None:
+        return train_and_save(trainer, run.model_dir, run.checkpoint())
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=run.checkpoint())
-    if run.lora is not None:  # adapters merged: the next stage starts from a plain model
-        trainer.model.merge_and_unload().save_pretrained(str(run.model_dir))
-    else:
-        trainer.save_model(str(run.model_dir))
+    # adapters merged: the next stage starts from a plain model
+    trainer.model.merge_and_unload().save_pretrained(str(run.model_dir))
     trainer.processing_class.save_pretrained(str(run.model_dir))
     return list(trainer.state.log_history)
 

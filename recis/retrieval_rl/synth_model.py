@@ -10,9 +10,7 @@ trl is always given a directory, as in :mod:`recis.llm.stages`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,30 +32,12 @@ def build_rewriter(cfg: ScratchModelConfig, pairs: Sequence[tuple[str, str]], ou
 
 
 def _args(max_steps: int, batch: int, lr: float, seed: int, out: Path, device: str) -> dict:
-    """The trainer arguments both stages share (bf16 off: trl turns it on even on CPU)."""
-    return {
-        "output_dir": str(out / "trainer"),
-        "max_steps": max_steps,
-        "per_device_train_batch_size": batch,
-        "learning_rate": lr,
-        "logging_steps": max(1, max_steps // 10),
-        "save_strategy": "no",
-        "bf16": False,
-        "use_cpu": device == "cpu",
-        "report_to": [],
-        "disable_tqdm": True,
-        "seed": seed,
-        "lr_scheduler_type": "constant",
-    }
+    """The trainer arguments both stages share (no checkpoints: a stage is rerun whole)."""
+    from recis.llm.stages import common_trl_args  # imports trl: the llm extra
 
-
-def _finish(trainer: Any, out: Path) -> list[dict[str, Any]]:
-    # transformers prints each log dict on stdout: stderr keeps stdout for the results
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.train()
-    trainer.save_model(str(out / "model"))
-    trainer.processing_class.save_pretrained(str(out / "model"))
-    return list(trainer.state.log_history)
+    log_every = max(1, max_steps // 10)
+    common = common_trl_args(out / "trainer", max_steps, batch, lr, seed, device, log_every)
+    return {**common, "save_strategy": "no"}
 
 
 def run_sft(
@@ -79,7 +59,9 @@ def run_sft(
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(init),
     )
-    return _finish(trainer, out)
+    from recis.llm.stages import train_and_save
+
+    return train_and_save(trainer, out / "model")
 
 
 def run_grpo(
@@ -114,7 +96,9 @@ def run_grpo(
         train_dataset=Dataset.from_list([{"prompt": prompt(q), "query": q} for q in queries]),
         processing_class=load_tokenizer(init),
     )
-    return _finish(trainer, out)
+    from recis.llm.stages import train_and_save
+
+    return train_and_save(trainer, out / "model")
 
 
 def rewrite(
