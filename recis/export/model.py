@@ -22,6 +22,7 @@ from .dense import load_dense
 from .exporter import load_tables, read_manifest, table_infos
 from .manifest import manifest_schema
 from .rows import rows_table
+from .scoring import RowScoring, task_outputs
 from .tables import TableLookup
 
 
@@ -52,7 +53,7 @@ class TopKVersion(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class ServingModel:
+class ServingModel(RowScoring):
     """One loaded version (``version_dir``; its files checked against the manifest)."""
 
     def __init__(self, version_dir: str | Path) -> None:
@@ -78,24 +79,11 @@ class ServingModel:
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
         """``{task: [B]}``: the probability for BCE tasks, the raw output otherwise."""
         pooled = self.tables.pooled(batch.sparse)  # [B, F, D]
-        logits = self.graph(batch.dense.float(), pooled)  # [B, T]
-        out = {}
-        for i, t in enumerate(self.tasks):
-            x = logits[:, i]
-            out[t["name"]] = (torch.sigmoid(x) if t["loss"] == "bce" else x).numpy()
-        return out
+        return task_outputs(self.tasks, self.graph(batch.dense.float(), pooled))  # [B, T]
 
     def table(self, rows: list[dict[str, Any]]) -> pa.Table:
         """JSON rows -> an Arrow table of the schema's columns (:func:`rows_table`)."""
         return rows_table(self.columns, rows)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
-        """JSON rows (at least one) validated and converted as training data is; DataError
-        names the bad column and row."""
         return to_batch(self.table(rows), self.schema, "request", nan_policy=self.nan_policy)
-
-    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """Scores of JSON rows in the training schema; DataError names the bad column/row."""
-        if not rows:
-            return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
-        return self.score_batch(self.rows_batch(rows))

@@ -30,6 +30,7 @@ from recis.models.layers import text_or_list_ids
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
+from .scoring import RowScoring, task_outputs
 from .term_index import ProductSearch
 
 INPUTS = ["query_ids", "query_mask", "product_ids", "product_mask", "dense"]
@@ -97,7 +98,7 @@ def request_schema(schema: Schema, spec: dict[str, Any]) -> Schema:
     )
 
 
-class RelevanceModel:
+class RelevanceModel(RowScoring):
     """One loaded DeepBoW version: rows with the query and product texts (and the dense
     features) -> ``{task: probability}``, as ``recis eval`` scores them."""
 
@@ -150,14 +151,4 @@ class RelevanceModel:
         q = text_or_list_ids(batch, s["query_text"], s["widths"][0])
         p = text_or_list_ids(batch, s["product_text"], s["widths"][1])
         dense = batch.dense.float() if s["dense_inputs"] else torch.zeros(len(q[0]), s["dense_dim"])
-        logits = self.graph(*q, *p, dense)  # [B, N]
-        out = {}
-        for i, t in enumerate(self.tasks):
-            x = logits[:, i]
-            out[t["name"]] = (torch.sigmoid(x) if t["loss"] == "bce" else x).numpy()
-        return out
-
-    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        if not rows:
-            return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
-        return self.score_batch(self.rows_batch(rows))
+        return task_outputs(self.tasks, self.graph(*q, *p, dense))  # [B, N]

@@ -21,6 +21,7 @@ from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
+from .scoring import RowScoring, task_outputs
 from .tables import TableInfo, read_tables
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
 
@@ -64,7 +65,7 @@ def _tables(
     return (read_tables(folder / file) if file else {}), infos
 
 
-class RetrievalModel:
+class RetrievalModel(RowScoring):
     """One loaded two-tower version (``version_dir``; its files checked against the manifest).
 
     ``topk_rows`` answers query rows with item ids and scores ``<u, v>`` (best first);
@@ -114,13 +115,5 @@ class RetrievalModel:
         """``{task: [B]}``: the two-tower forward's ``<u, v> / temperature`` per row."""
         u = self.towers["query"].encode(batch)
         v = self.towers["item"].encode(batch)
-        logit = (u * v).sum(-1) / self.temperature
-        out = {}
-        for t in self.tasks:
-            out[t["name"]] = (torch.sigmoid(logit) if t["loss"] == "bce" else logit).numpy()
-        return out
-
-    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        if not rows:
-            return {t["name"]: np.empty(0, np.float32) for t in self.tasks}
-        return self.score_batch(self.rows_batch(rows))
+        logit = (u * v).sum(-1, keepdim=True) / self.temperature  # [B, 1]: one score, every task
+        return task_outputs(self.tasks, logit.expand(-1, len(self.tasks)))
