@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from recis.errors import CheckpointError, OutputError
+from recis.errors import CheckpointError, ConfigError, OutputError
 from recis.retrieval_rl.config import EncoderConfig, RetrievalGRPORunConfig
 from recis.retrieval_rl.data import RetrievalData, load_pairs
 from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
@@ -153,9 +153,33 @@ def train(
     return results
 
 
-def main_train(cfg: RetrievalGRPORunConfig, resume: bool, overwrite: bool) -> int:
-    """``recis train`` on a retrieval_grpo config: one line of metrics per stage."""
-    for stage, metrics in train(cfg, resume, overwrite).items():
+STAGES = ("infonce", "grpo")
+
+
+def evaluate_stage(cfg: RetrievalGRPORunConfig, stage: str) -> dict[str, float]:
+    """Evaluate the saved model of a trained stage of ``cfg.run_dir`` (``infonce``, ``grpo``)."""
+    if stage not in STAGES:
+        raise ConfigError(f"--checkpoint: expected one of {', '.join(STAGES)}, got {stage!r}")
+    saved = Path(cfg.run_dir) / stage / "model"
+    if not saved.exists():
+        raise CheckpointError(f"{saved}: stage {stage} is not trained")
+    data = load_pairs(cfg.data)
+    scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+    model = build_encoder(cfg, data)
+    load(saved, model, None)
+    return evaluate(model, data, cfg.eval, scorer)
+
+
+def main_train(
+    cfg: RetrievalGRPORunConfig, resume: bool, overwrite: bool, stage: str | None = None
+) -> int:
+    """``recis train`` on a retrieval_grpo config (``recis eval`` with ``stage``: that stage's
+    saved model evaluated again): one line of metrics per stage."""
+    if stage is not None:
+        results = {stage: evaluate_stage(cfg, stage)}
+    else:
+        results = train(cfg, resume, overwrite)
+    for stage, metrics in results.items():
         print(f"{stage}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     print(f"run directory: {cfg.run_dir}")
     sys.stdout.flush()

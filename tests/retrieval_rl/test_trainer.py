@@ -132,3 +132,11 @@ def test_recis_train_cli_on_a_retrieval_grpo_config(
     assert main(["train", str(cfg)]) != 0  # a used run directory is refused
     assert "not empty" in capsys.readouterr().err
     assert main(["train", str(cfg), "--resume", str(run)]) == 0
+    trained = capsys.readouterr().out.splitlines()
+    # recis eval re-evaluates a saved stage: the same line as the run's own evaluation
+    assert main(["eval", str(cfg), "--checkpoint", "infonce"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == trained[0]
+    assert main(["eval", str(cfg), "--checkpoint", "grpo"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == trained[1]
+    assert main(["eval", str(cfg), "--checkpoint", "nope"]) == 2
+    assert "--checkpoint: expected one of infonce, grpo" in capsys.readouterr().err
