@@ -1,8 +1,10 @@
-"""Export parity, INT8 tables and serving latency: DLRM, two-tower and DeepBoW (issue 21).
+"""Export parity, INT8 tables and serving latency: DLRM, two-tower, DeepBoW and a relevance
+LLM (issue 21).
 
     .venv/bin/python benchmarks/serving.py [--work runs/bench_serving] [--run RUN_DIR]
         [--train-rows 200000] [--steps 200] [--requests 200] [--only PARTS]
         [--tt-run DIR] [--tt-rows 20000] [--tt-steps 100] [--db-run DIR] [--db-rows 10000]
+        [--llm-run DIR] [--llm-rows 2000] [--llm-steps 100]
 
 1. A run of examples/dlrm_synthetic.yaml (scaled: ``--train-rows`` synthetic rows, 20,000
    eval rows, ``--steps`` steps; or ``--run`` an existing run directory) exported in each
@@ -26,7 +28,15 @@
    (``deepbow_serve_*``), ``/topk`` latency (k 10) over the training products by the
    query's bag (``deepbow_topk_serve_*``).
 
-``--only dlrm,two_tower,deepbow`` picks the parts.
+6. ``relevance_llm``: a relevance LLM (``kind: relevance_llm``: a scratch 2-layer Llama with a
+   BPE tokenizer, ``--llm-steps`` SFT steps on ``--llm-rows`` qbqtc pairs of
+   ``../shared/data``; or ``--llm-run`` an existing run) exported as its decoder and
+   level-token head: |exported - ``recis eval``| over the eval pairs
+   (``relevance_llm_parity_max_abs_diff``), the full causal LM's scoring forward against the
+   exported decoder + head on the same 64 pairs, alternating (``relevance_llm_head_speed``:
+   full time / head time), and ``/score`` latency for 1 and 64 pairs of raw texts.
+
+``--only dlrm,two_tower,deepbow,relevance_llm`` picks the parts (default: all).
 
 ``os.getloadavg()`` is recorded beside the timings (the machine is shared). The last line is
 one JSON object.
@@ -272,6 +282,81 @@ def deepbow(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def relevance_llm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A relevance-LLM run exported as decoder + level-token head: scores vs ``recis eval``,
+    the head's forward vs the full LM's, and /score latency."""
+    import pyarrow.parquet as pq
+
+    from recis.cli import main as recis
+    from recis.export import ExportOptions, RelevanceLLMModel, export_run
+    from recis.export.relevance_llm import PairBatch
+    from recis.llm.model import load_model, load_tokenizer
+    from recis.llm.scoring import level_probs
+
+    run = Path(args.llm_run) if args.llm_run else _train_llm(work, args.llm_rows, args.llm_steps)
+    if run is None:
+        return {"skipped": "no ../shared/data/qbqtc"}
+    v = export_run(run, work / "exports", ExportOptions(fmt="export"))
+    if not (run / "scores-sft.parquet").is_file():
+        assert recis(["eval", str(run / "config.yaml"), "--checkpoint", "sft"]) == 0
+    want = pq.read_table(run / "scores-sft.parquet").to_pydict()
+    model = RelevanceLLMModel(v)
+    cols = model.columns
+    rows = [{cols["query"]: q, cols["title"]: t} for q, t in zip(want["query"], want["title"])]
+    got = model.score_rows(rows)["relevance"]
+    out: dict[str, Any] = {"pairs": len(rows)}
+    out["parity_max_abs_diff"] = float(np.abs(got - np.asarray(want["score"])).max())
+    full = load_model(run / "stages" / "sft" / "model")
+    tok = load_tokenizer(run / "stages" / "sft" / "model")
+    batch = model.rows_batch(rows[:64])
+    t_full, t_head = [], []
+    with torch.no_grad():
+        for _ in range(15):  # alternating, one thread as served
+            t0 = time.perf_counter()
+            level_probs(full, tok, model.task, batch.examples, 64)
+            t_full.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            model.score_batch(PairBatch(batch.examples))
+            t_head.append(time.perf_counter() - t0)
+    out["head_speed"] = float(np.median(t_full) / np.median(t_head))
+    out["full_ms"], out["head_ms"] = 1e3 * np.median(t_full), 1e3 * np.median(t_head)
+    bodies = {b: {"rows": rows[:b]} for b in (1, 64)}
+    out["serve"] = latency(v.parent, "/score", bodies, args.requests)
+    return out
+
+
+def _train_llm(work: Path, rows: int, steps: int) -> Path | None:
+    """A scratch relevance LLM trained by SFT on ``rows`` qbqtc pairs (None: no data)."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from recis.cli import main as recis
+
+    src = ROOT.parent / "shared" / "data" / "qbqtc" / "pairs.parquet"
+    if not src.is_file():
+        return None
+    pairs = pq.read_table(src, columns=["query", "title", "label"]).to_pylist()
+    pairs = random.Random(0).sample(pairs, min(len(pairs), rows + 500))
+    pq.write_table(pa.Table.from_pylist(pairs[:rows]), work / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(pairs[rows:]), work / "eval.parquet")
+    run = work / "run"
+    cfg = {
+        "kind": "relevance_llm",
+        "run_dir": str(run),
+        "model": {"scratch": {"hidden_size": 64, "layers": 2, "heads": 4, "vocab_size": 2000}},
+        "data": {"train": str(work / "train.parquet"), "eval": str(work / "eval.parquet")},
+        "levels": {"names": ["0", "1", "2"], "relevant_from": 2},
+        "prompt": {"rationale": False},
+        "stages": [{"kind": "sft", "max_steps": steps, "batch_size": 16, "learning_rate": 1e-3}],
+    }
+    (work / "llm.yaml").write_text(yaml.safe_dump(cfg))
+    assert recis(["train", str(work / "llm.yaml"), "--overwrite"]) == 0
+    return run
+
+
 def _keys(prefix: str, serve: dict[str, Any]) -> dict[str, Any]:
     return {
         f"{prefix}{k}": {b: serve[f"batch{b}"][k] for b in (1, 64)}
@@ -318,13 +403,20 @@ def _summary(found: dict[str, Any]) -> dict[str, Any]:
         out["deepbow_parity_max_abs_diff"] = max(r["max_abs_diff"] for r in db["parity"].values())
         out.update(_keys("deepbow_", db["serve"]))
         out.update(_keys("deepbow_topk_", db["topk"]))
+    if "serve" in found.get("relevance_llm", {}):
+        r = found["relevance_llm"]
+        out["relevance_llm_parity_max_abs_diff"] = r["parity_max_abs_diff"]
+        out["relevance_llm_head_speed"] = r["head_speed"]
+        out.update(_keys("relevance_llm_", r["serve"]))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_serving"))
-    ap.add_argument("--only", default="dlrm,two_tower,deepbow", help="comma-separated parts")
+    ap.add_argument(
+        "--only", default="dlrm,two_tower,deepbow,relevance_llm", help="comma-separated parts"
+    )
     ap.add_argument("--run", help="an existing DLRM run directory (skips training)")
     ap.add_argument("--train-rows", type=int, default=200_000)
     ap.add_argument("--steps", type=int, default=200)
@@ -334,10 +426,14 @@ def main() -> None:
     ap.add_argument("--db-run", help="an existing DeepBoW run directory")
     ap.add_argument("--db-rows", type=int, default=10_000)
     ap.add_argument("--db-steps", type=int, default=100)
+    ap.add_argument("--llm-run", help="an existing relevance-LLM run directory")
+    ap.add_argument("--llm-rows", type=int, default=2000)
+    ap.add_argument("--llm-steps", type=int, default=100)
     ap.add_argument("--requests", type=int, default=200)
     args = ap.parse_args()
     work = Path(args.work)
     parts = {"dlrm": dlrm, "two_tower": two_tower, "deepbow": deepbow}
+    parts["relevance_llm"] = relevance_llm
     found: dict[str, Any] = {}
     load: dict[str, Any] = {}
     t0 = time.time()

@@ -121,12 +121,18 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     """``recis export`` and ``recis serve``: see recis.export, recis.serve, docs/serving.md."""
     help = "export a trained run as the next published version of an export folder"
     ep = sub.add_parser("export", help=help, description=help)
-    ep.add_argument("run_dir", help="trained run directory (config.yaml, checkpoints/)")
+    ep.add_argument(
+        "run_dir", help="trained run directory (config.yaml, checkpoints/; or a relevance-LLM run)"
+    )
     ep.add_argument("--out", required=True, help="export folder (versions, latest)")
     ep.add_argument("--format", choices=["export", "torchscript", "onnx"], default="export")
     ep.add_argument("--int8-embeddings", action="store_true", help="row-wise INT8 tables")
     ep.add_argument("--keep", type=int, help="keep this many newest versions")
-    ep.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
+    ep.add_argument(
+        "--checkpoint",
+        help="checkpoint folder (default: best, final or newest); relevance LLM: a stage name "
+        "or model directory (default: the last trained stage)",
+    )
     ep.add_argument("--delta", action="store_true", help="only rows changed since latest")
     ep.add_argument(
         "--split-towers", action="store_true", help="export the towers apart (two_tower: always)"
@@ -404,7 +410,7 @@ def _tool(args: argparse.Namespace) -> int | None:
         from recis.doctor import main as doctor
 
         return doctor()
-    if args.command == "train" and _is_retrieval_grpo(args.config):
+    if args.command in ("train", "eval") and _is_retrieval_grpo(args.config):
         from recis.retrieval_rl.command import main as retrieval_grpo  # issue 19
 
         return retrieval_grpo(args)

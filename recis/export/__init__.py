@@ -4,7 +4,8 @@
 docs/serving.md. :func:`load_version` loads a version as the model kind it holds:
 :class:`ServingModel` (DLRM: rows in the training schema -> scores per task),
 :class:`RetrievalModel` (two-tower: query rows -> top-K items) or :class:`RelevanceModel`
-(DeepBoW: raw query and title texts -> relevance).
+(DeepBoW: raw query and title texts -> relevance) or :class:`RelevanceLLMModel` (a relevance
+LLM's one-pass scoring head: query and item texts -> graded relevance).
 """
 
 from .dense import FORMATS
@@ -14,12 +15,14 @@ from .loading import load_version
 from .model import ScoringVersion, ServingModel
 from .publish import is_ready, publish, read_latest, versions
 from .relevance import RelevanceModel
+from .relevance_llm import RelevanceLLMModel
 from .retrieval import RetrievalModel
 
 __all__ = [
     "FORMATS",
     "ExportOptions",
     "IndexOptions",
+    "RelevanceLLMModel",
     "RelevanceModel",
     "RetrievalModel",
     "ScoringVersion",

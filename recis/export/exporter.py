@@ -40,6 +40,7 @@ from .manifest import (
 )
 from .publish import is_ready, publish, read_latest
 from .relevance import write_relevance
+from .relevance_llm import is_llm_run, write_relevance_llm
 from .source import load_run
 from .tables import TableInfo, pack_tables, read_tables, save_tables
 from .term_index import product_reader, write_term_index
@@ -75,6 +76,32 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
     """Write one version's files into ``folder`` (manifest last); returns the manifest."""
     if options.fmt not in FORMATS:
         raise ConfigError(f"--format: {options.fmt!r} is not one of {', '.join(FORMATS)}")
+    if is_llm_run(run_dir):
+        if options.int8 or options.delta or options.split_towers or options.items:
+            raise ConfigError(
+                "--int8-embeddings / --delta / --split-towers / --items: a relevance-LLM run "
+                "has no embedding tables or towers"
+            )
+        body = write_relevance_llm(folder, run_dir, options.fmt, options.checkpoint)
+        source = {"run_dir": str(run_dir), "stage": body["relevance_llm"]["stage"]}
+        body.update(int8_embeddings=False, source=source)
+    else:
+        body = _write_recis_model(folder, run_dir, options)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **body,
+        "versions": _versions(),
+    }
+    manifest["files"] = version_files(folder)
+    write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
+def _write_recis_model(folder: Path, run_dir: Path, options: ExportOptions) -> dict[str, Any]:
+    """The files of a sparse-dense run (DLRM family, two-tower, DeepBoW); the manifest's
+    entries that describe them."""
     cfg, trainer, ckpt, step = load_run(run_dir, options.checkpoint)
     model = trainer.model
     schema = cfg.data.schema_
@@ -98,10 +125,7 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
     tasks = [{"name": t.name, "loss": t.loss} for t in cfg.train.tasks] or [
         {"name": lab.name, "loss": "bce"} for lab in schema.labels
     ]
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    return {
         "model": to_dict(cfg)["model"]["name"],
         "int8_embeddings": options.int8,
         "tasks": tasks,
@@ -109,11 +133,7 @@ def write_version(folder: Path, run_dir: Path, options: ExportOptions) -> dict[s
         "nan_policy": cfg.data.nan_policy,
         **parts,
         "source": {"run_dir": str(run_dir), "checkpoint": str(ckpt), "step": step},
-        "versions": _versions(),
     }
-    manifest["files"] = version_files(folder)
-    write_file(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-    return manifest
 
 
 def _write_dlrm(

@@ -22,20 +22,24 @@ from .dense import load_dense
 from .exporter import load_tables, read_manifest, table_infos
 from .manifest import manifest_schema
 from .rows import rows_table
-from .scoring import RowScoring, task_outputs
+from .scoring import SchemaScoring, task_outputs
 from .tables import TableLookup
 
 
 class ScoringVersion(Protocol):
-    """What the server needs of a loaded version: scores of rows in the training schema."""
+    """What the server needs of a loaded version: scores of JSON rows. A version's converted
+    rows (``rows_batch``; a :class:`Batch` for the schema-based kinds) are its own type:
+    ``merge`` and ``score_batch`` take them back."""
 
     version: str
     manifest: dict[str, Any]
     tasks: list[dict[str, str]]
 
-    def rows_batch(self, rows: list[dict[str, Any]]) -> Batch: ...
+    def rows_batch(self, rows: list[dict[str, Any]]) -> Any: ...
 
-    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]: ...
+    def merge(self, batches: list[Any]) -> Any: ...
+
+    def score_batch(self, batch: Any) -> dict[str, np.ndarray]: ...
 
     def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]: ...
 
@@ -53,7 +57,7 @@ class TopKVersion(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class ServingModel(RowScoring):
+class ServingModel(SchemaScoring):
     """One loaded version (``version_dir``; its files checked against the manifest)."""
 
     def __init__(self, version_dir: str | Path) -> None:

@@ -30,7 +30,7 @@ from recis.models.layers import text_or_list_ids
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
-from .scoring import RowScoring, task_outputs
+from .scoring import SchemaScoring, task_outputs
 from .term_index import ProductSearch
 
 INPUTS = ["query_ids", "query_mask", "product_ids", "product_mask", "dense"]
@@ -98,7 +98,7 @@ def request_schema(schema: Schema, spec: dict[str, Any]) -> Schema:
     )
 
 
-class RelevanceModel(RowScoring):
+class RelevanceModel(SchemaScoring):
     """One loaded DeepBoW version: rows with the query and product texts (and the dense
     features) -> ``{task: probability}``, as ``recis eval`` scores them."""
 

@@ -21,7 +21,7 @@ from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
-from .scoring import RowScoring, task_outputs
+from .scoring import SchemaScoring, task_outputs
 from .tables import TableInfo, read_tables
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
 
@@ -65,7 +65,7 @@ def _tables(
     return (read_tables(folder / file) if file else {}), infos
 
 
-class RetrievalModel(RowScoring):
+class RetrievalModel(SchemaScoring):
     """One loaded two-tower version (``version_dir``; its files checked against the manifest).
 
     ``topk_rows`` answers query rows with item ids and scores ``<u, v>`` (best first);

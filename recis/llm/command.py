@@ -48,7 +48,6 @@ def score_file(cfg: RelevanceLLMConfig, checkpoint: str) -> tuple[dict[str, Any]
     import numpy as np
 
     from recis.llm.model import load_model, load_tokenizer
-    from recis.llm.pipeline import with_context
     from recis.llm.retrieval import BM25Retriever
     from recis.llm.scoring import cumulative_score, level_probs, relevance_metrics
     from recis.llm.task import RelevanceTask, load_examples
@@ -59,7 +58,7 @@ def score_file(cfg: RelevanceLLMConfig, checkpoint: str) -> tuple[dict[str, Any]
     task = RelevanceTask(cfg.prompt, cfg.levels)
     examples = load_examples(cfg.data.eval, cfg.data, cfg.levels, cfg.data.max_eval)
     if cfg.retriever is not None and cfg.data.context is None:
-        examples = with_context(examples, BM25Retriever.from_config(cfg.retriever))
+        examples = BM25Retriever.from_config(cfg.retriever).with_context(examples)
     model, tok = load_model(path, cfg.device), load_tokenizer(path)
     probs = level_probs(model, tok, task, examples, cfg.eval_batch_size)
     cols: dict[str, Any] = {

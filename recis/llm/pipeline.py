@@ -22,7 +22,6 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +49,6 @@ from recis.llm.task import Example, RelevanceTask, load_examples
 from recis.train.runlog import RunLogger
 
 OUTPUTS = ("config.yaml", "base", "stages", "metrics.jsonl", "tb")
-
-
-def with_context(examples: Sequence[Example], retriever: BM25Retriever) -> list[Example]:
-    """Each example with the best BM25 chunk for its query (a chunk equal to the item's title
-    is passed over: it would restate the item, not add knowledge)."""
-    hits = retriever.search([e.query for e in examples], k=2)
-    out = []
-    for e, idx in zip(examples, hits):
-        chunks = [retriever.corpus[i] for i in idx if retriever.corpus[i] != e.title]
-        out.append(replace(e, context=chunks[0] if chunks else ""))
-    return out
 
 
 def check_run_dir(cfg: RelevanceLLMConfig, resume: bool, overwrite: bool) -> list[str]:
@@ -147,8 +135,8 @@ class Pipeline:
         self.eval = load_examples(ev, cfg.data, cfg.levels, cfg.data.max_eval) if ev else []
         if cfg.retriever is not None and cfg.data.context is None:
             retriever = BM25Retriever.from_config(cfg.retriever)
-            self.train = with_context(self.train, retriever)
-            self.eval = with_context(self.eval, retriever)
+            self.train = retriever.with_context(self.train)
+            self.eval = retriever.with_context(self.eval)
         self.run_dir = prepare_dir(cfg, resume, overwrite)  # the data read: now write
         self.logger = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
 

@@ -7,12 +7,14 @@ needs no segmentation; the index and scoring are :class:`recis.io.lexical.BM25In
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from recis.io.lexical import BM25Index
 from recis.llm.config import RetrieverConfig
+from recis.llm.example import Example
 from recis.llm.task import read_table
 
 
@@ -49,3 +51,13 @@ class BM25Retriever:
         """Indices of the ``k`` best chunks per query (best first)."""
         rows: list[list[int]] = self.index.topk(queries, k, batch_size)[1].tolist()
         return rows
+
+    def with_context(self, examples: Sequence[Example]) -> list[Example]:
+        """Each example with the best chunk for its query (a chunk equal to the item's title
+        is passed over: it would restate the item, not add knowledge)."""
+        hits = self.search([e.query for e in examples], k=2)
+        out = []
+        for e, idx in zip(examples, hits):
+            chunks = [self.corpus[i] for i in idx if self.corpus[i] != e.title]
+            out.append(replace(e, context=chunks[0] if chunks else ""))
+        return out

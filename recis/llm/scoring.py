@@ -13,7 +13,7 @@ the middle of band ``k``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,36 @@ def cumulative_score(probs: torch.Tensor, quantile: float = 0.5) -> torch.Tensor
 
 
 @torch.no_grad()
+def prefix_level_probs(
+    level_logits: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    device: torch.device | str,
+    num_levels: int,
+) -> torch.Tensor:
+    """The level distribution ``[N, L]`` after each of ``texts`` (serving prefixes): each batch
+    is encoded with left padding, so the last position is every prefix's last token, and
+    ``level_logits`` maps the encoded batch to the ``[B, L]`` level-token logits there."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                list(texts[i : i + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=True,
+            )
+            enc = {k: v.to(device) for k, v in enc.items()}
+            out.append(torch.softmax(level_logits(enc).float(), dim=1).cpu())
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(out) if out else torch.zeros(0, num_levels)
+
+
+@torch.no_grad()
 def level_probs(
     model: Any,
     tokenizer: Any,
@@ -69,22 +99,21 @@ def level_probs(
     """The level distribution ``[N, L]`` of each example, one forward pass per batch."""
     ids = torch.tensor(level_token_ids(tokenizer, task.levels.names))
     device = next(model.parameters()).device
+    ids = ids.to(device)
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the last position is the prefix's last token
-    out = []
+    texts = [task.serving_prefix(e, with_context) for e in examples]
     try:
-        for i in range(0, len(examples), batch_size):
-            texts = [task.serving_prefix(e, with_context) for e in examples[i : i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            logits = model(**enc).logits[:, -1, :].float()
-            out.append(torch.softmax(logits[:, ids.to(device)], dim=1).cpu())
+        return prefix_level_probs(
+            lambda enc: model(**enc).logits[:, -1, :].float()[:, ids],
+            tokenizer,
+            texts,
+            batch_size,
+            device,
+            len(ids),
+        )
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, len(ids))
 
 
 def relevance_metrics(

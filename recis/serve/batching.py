@@ -12,30 +12,12 @@ import asyncio
 from typing import Any
 
 import numpy as np
-import torch
 from starlette.concurrency import run_in_threadpool
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.export.model import ScoringVersion
-from recis.io import Batch
 
-_Item = tuple[ScoringVersion, Batch, "asyncio.Future[dict[str, np.ndarray]]"]
-
-
-def concat_batches(batches: list[Batch]) -> Batch:
-    """One Batch of ``sum B_i`` rows (ids, dense values and token ids; no labels)."""
-    if len(batches) == 1:
-        return batches[0]
-    dicts = [b.sparse.to_dict() for b in batches]
-    keys = batches[0].sparse.keys()
-    rows = sum(b.batch_size for b in batches)
-    empty = torch.zeros(0, dtype=torch.int64)
-    values = torch.cat([empty, *(d[k].values() for k in keys for d in dicts)])
-    lengths = torch.cat([empty, *(d[k].lengths() for k in keys for d in dicts)])
-    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, stride=rows)
-    # token ids are padded to the text feature's max_length: same width in every request
-    text = {k: torch.cat([b.text[k] for b in batches]) for k in batches[0].text}
-    return Batch(sparse=kjt, dense=torch.cat([b.dense for b in batches]), labels={}, text=text)
+# a version, one request's converted rows (its ``rows_batch``), the request's future
+_Item = tuple[ScoringVersion, Any, "asyncio.Future[dict[str, np.ndarray]]"]
 
 
 class MicroBatcher:
@@ -94,7 +76,7 @@ class MicroBatcher:
         self.requests += len(group)
         self.forwards += 1
         try:
-            merged = concat_batches([b for _, b, _ in group])
+            merged = model.merge([b for _, b, _ in group])
             scores = await run_in_threadpool(model.score_batch, merged)
         except Exception as err:  # every waiting request gets the error, none hangs
             for _, _, fut in group:

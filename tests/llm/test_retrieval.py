@@ -7,7 +7,6 @@ import math
 import torch
 
 from recis.llm.example import Example
-from recis.llm.pipeline import with_context
 from recis.llm.retrieval import BM25Retriever
 
 
@@ -31,4 +30,4 @@ def test_bm25_score_equals_a_hand_computation():
 def test_a_chunk_equal_to_the_title_is_passed_over():
     r = BM25Retriever(["red shoe", "red shoe sale"])
     ex = Example("red shoe", "red shoe", 1)
-    assert with_context([ex], r)[0].context == "red shoe sale"
+    assert r.with_context([ex])[0].context == "red shoe sale"

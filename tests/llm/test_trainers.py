@@ -19,7 +19,6 @@ from recis.llm.config import (
     SHEStage,
 )
 from recis.llm.model import load_model, load_tokenizer
-from recis.llm.pipeline import with_context
 from recis.llm.retrieval import BM25Retriever
 from recis.llm.rewards import StepReward
 from recis.llm.scoring import level_probs
@@ -148,7 +147,7 @@ def test_agrl_replays_the_ground_truth_into_low_accuracy_groups(tiny, tmp_path):
 
 def test_dyknow_runs_two_groups_per_query(tiny, sft_bare, tmp_path):
     start, _ = sft_bare
-    exs = with_context(tiny.examples[:4], BM25Retriever.from_config_path(tiny.corpus_file))
+    exs = BM25Retriever.from_config_path(tiny.corpus_file).with_context(tiny.examples[:4])
     assert all(e.context for e in exs)
     stage = DyKnowStage(
         max_steps=1,
