@@ -4,6 +4,7 @@ does (the BM25 chunk of the run's retriever included), over a real HTTP server t
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,22 @@ def test_served_over_http_with_clear_errors(llm_server: Any) -> None:
     want = pq.read_table(llm_server.run / "scores-sft.parquet").to_pydict()["score"][:5]
     np.testing.assert_allclose(body["scores"]["relevance"], want, atol=1e-5)
     assert llm_server.call("/health")[1]["tasks"] == ["relevance"]
+    # concurrent requests are batched (--batch-ms 30): one forward for several, same answers
+    before = llm_server.call("/health")[1]["batched"]
+    got: dict[int, Any] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: got.update({i: llm_server.score(rows[i : i + 2])}))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    after = llm_server.call("/health")[1]["batched"]
+    assert after["forwards"] - before["forwards"] < 4 <= after["requests"] - before["requests"]
+    for i in range(4):
+        assert got[i][0] == 200
+        np.testing.assert_allclose(got[i][1]["scores"]["relevance"], want[i : i + 2], atol=1e-5)
     status, body = llm_server.score([{"title": "red cup", "brand": "ikea"}])
     assert status == 422 and body["field"] == "query", body
     status, body = llm_server.score([{"query": "red", "title": ["red", "cup"]}])
