@@ -33,7 +33,7 @@ from torch import nn
 
 from recis.errors import CheckpointError, ConfigError
 
-from .hhft import GroupedLinear, HeterogeneousLayer, HiformerLayer
+from .hhft import HHFT, GroupedLinear, HeterogeneousLayer, HiformerLayer
 from .surgery import (
     LayerSurgery,
     Sink,
@@ -166,6 +166,64 @@ class HiformerSurgery(_GroupedSurgery):
         self._keep_heads([layer.q], cols, out)
 
 
+class MLPHiddenSurgery(LayerSurgery):
+    """One hidden layer of an MLP (``nn.Sequential`` of ``Linear``, ``ReLU``, ``Dropout``,
+    :class:`~recis.models.layers.MLP`): its channels are the rows of the ``Linear`` at
+    ``index`` and the columns of the next ``Linear``, an FFN without attention (HHFT's task
+    heads). Our reading: SlimGPT prunes transformer FFNs; the heads' hidden layers are the
+    same map (linear, ReLU, linear), so they are pruned by the same OBS channel rule."""
+
+    def __init__(self, mlp: nn.Sequential, index: int) -> None:
+        self.mlp, self.index = mlp, index
+        after = [j for j in range(index + 1, len(mlp)) if isinstance(mlp[j], nn.Linear)]
+        if not isinstance(mlp[index], nn.Linear) or not after:
+            raise ConfigError(f"prune: layer {index} of the MLP is not a hidden linear layer")
+        self.next = after[0]
+
+    @property
+    def units(self) -> None:
+        return None  # no attention
+
+    @property
+    def unit_width(self) -> int:
+        return 0
+
+    def attention_out(self) -> torch.Tensor:
+        raise ConfigError("prune: an MLP hidden layer has no attention heads")
+
+    def keep_units(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        raise ConfigError("prune: an MLP hidden layer has no attention heads")
+
+    @property
+    def ffn(self) -> int:
+        return cast(nn.Linear, self.mlp[self.index]).out_features
+
+    def ffn_out(self) -> torch.Tensor:
+        return cast(nn.Linear, self.mlp[self.next]).weight.detach()[None]
+
+    def keep_channels(self, keep: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        up, down = cast(nn.Linear, self.mlp[self.index]), cast(nn.Linear, self.mlp[self.next])
+        self.mlp[self.index] = linear_rows(up, keep[0])
+        self.mlp[self.next] = linear_cols(down, keep[0], out)
+
+    def capture(self, kind: str, sink: Sink) -> Callable[[], None]:
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            sink(args[0].reshape(-1, 1, args[0].shape[-1]), None)  # rows as one-token rows
+
+        return self.mlp[self.next].register_forward_pre_hook(hook).remove
+
+
+def _head_layers(name: str, model: HHFT) -> list[tuple[str, LayerSurgery]]:
+    """The hidden layers of HHFT's task heads (``heads.{task}.{index}``), each an FFN."""
+    prefix = f"{name}." if name else ""
+    out: list[tuple[str, LayerSurgery]] = []
+    for t, head in enumerate(model.heads):
+        assert isinstance(head, nn.Sequential)
+        linears = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+        out += [(f"{prefix}heads.{t}.{i}", MLPHiddenSurgery(head, i)) for i in linears[:-1]]
+    return out
+
+
 def _hf_families() -> list[tuple[type[nn.Module], type[LayerSurgery]]]:
     """The transformers layer classes with a surgery; none unless transformers is loaded
     (a model cannot hold its layers otherwise, and importing it costs seconds)."""
@@ -183,13 +241,15 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, LayerSurgery]]:
         (HiformerLayer, HiformerSurgery),
         *_hf_families(),
     ]
-    out = []
+    out, heads = [], []
     for name, module in model.named_modules():
+        if isinstance(module, HHFT):  # its task heads run after its transformer layers
+            heads += _head_layers(name, module)
         for cls, surgery in families:
             if isinstance(module, cls):
                 out.append((name, surgery(module)))  # type: ignore[call-arg]  # each takes its layer
                 break
-    return out
+    return out + heads
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> None:

@@ -40,7 +40,7 @@ from .obs import (
     prune_channels,
     prune_heads,
 )
-from .schedule import Schedule, layer_ratios, to_remove
+from .schedule import Schedule, layer_ratios, removal_counts
 
 Method = Literal["slimgpt", "obs-select", "magnitude"]
 METHODS: tuple[str, ...] = ("slimgpt", "obs-select", "magnitude")
@@ -189,18 +189,31 @@ def prune_model(
     report = PruneReport(params_before=count_params(model))
     model.eval()
     ratios = layer_ratios(options.ratio, len(layers), options.schedule, options.spread)
+    heads, channels = _counts(layers, ratios)
     for (name, surgery), ratio in zip(layers, ratios):
         entry: dict[str, Any] = {"ratio": ratio, "before": surgery.shape()}
-        if options.heads and surgery.units is not None:
-            removed = _prune_attention(surgery, calib, options, to_remove(ratio, surgery.units))
+        if options.heads and name in heads:
+            removed = _prune_attention(surgery, calib, options, heads[name])
             entry["removed_units"] = removed.tolist()
         if options.ffn:
-            removed = _prune_ffn(surgery, calib, options, to_remove(ratio, surgery.ffn))
+            removed = _prune_ffn(surgery, calib, options, channels[name])
             entry["removed_channels"] = removed.tolist()
         report.layers[name] = {**entry, "after": surgery.shape()}
     report.params_after = count_params(model)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _counts(
+    layers: list[tuple[str, LayerSurgery]], ratios: list[float]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Attention units and FFN channels (per group) each layer loses: the layer's ratio,
+    rounded so that the model as a whole loses its share (:func:`removal_counts`)."""
+    attn = [(name, s.units, r) for (name, s), r in zip(layers, ratios) if s.units is not None]
+    counts = removal_counts([r for *_, r in attn], [u for _, u, _ in attn])
+    heads = {name: c for (name, *_), c in zip(attn, counts)}
+    ffn = removal_counts(ratios, [s.ffn for _, s in layers])
+    return heads, {name: c for (name, _), c in zip(layers, ffn)}
 
 
 def _prune_attention(

@@ -131,3 +131,19 @@ def test_schedules_keep_the_overall_ratio_and_grow_with_depth() -> None:
     steps = [b - a for a, b in zip(inc, inc[1:])]
     assert all(a > b for a, b in zip(steps, steps[1:]))
     assert to_remove(0.3, 8) == 2 and to_remove(0.99, 4) == 3
+
+
+def test_removal_counts_keep_the_models_share_where_layers_round_down() -> None:
+    from recis.prune.schedule import layer_ratios, removal_counts
+
+    # 30% of 8 heads rounds to 2 (25%) in each layer; the model loses 7 of 24 (29%), the
+    # extra head in the deepest of the tied layers
+    assert removal_counts([0.3] * 3, [8] * 3) == [2, 2, 3]
+    assert removal_counts([0.3] * 2, [256] * 2) == [77, 77]  # nothing to carry: as round()
+    assert removal_counts([0.5] * 3, [8] * 3) == [4, 4, 4]
+    # the largest remainder wins before depth; one unit always stays
+    assert removal_counts([0.45, 0.3], [8, 8]) == [4, 2]
+    assert removal_counts([0.99, 0.99], [2, 2]) == [1, 1]
+    inc = layer_ratios(0.3, 5, "incremental")
+    counts = removal_counts(inc, [64] * 5)
+    assert sum(counts) == round(0.3 * 64 * 5) and counts == sorted(counts)

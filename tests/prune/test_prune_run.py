@@ -33,12 +33,15 @@ def test_pruned_run_reloads_with_its_shapes_and_outputs(tmp_path: Path, make_run
     cfg = load_config(out / "config.yaml")
     assert cfg.model.structure == report.structure()
     assert cfg.run_dir == str(out)
-    # incremental over 3 layers at 0.5: ratios 0.25, 0.54, 0.71 (heads of 4, FFN of 32)
-    assert list(cfg.model.structure.values()) == [
-        {"heads": 3, "ffn": 24},
-        {"heads": 2, "ffn": 15},
-        {"heads": 1, "ffn": 9},  # Hiformer
-    ]
+    # incremental over 4 layers at 0.5: ratios 0.25, 0.47, 0.60, 0.69 (heads of 4, FFN of
+    # 32, the task head's 8 hidden channels); the counts keep the model's share: 5 of 12
+    # heads (5.3 asked), 48 of the 104 FFN and head channels (47.5 asked)
+    assert cfg.model.structure == {
+        "hetero.0": {"heads": 3, "ffn": 24},
+        "hetero.1": {"heads": 2, "ffn": 17},
+        "hiformer.0": {"heads": 2, "ffn": 13},
+        "heads.0.0": {"ffn": 2},  # the task head's MLP: Linear(16, 8), ReLU, Linear(8, 1)
+    }
     model, meta = load_run_model(cfg, out / "checkpoints" / "final")
     assert model.hetero[1].heads == 2 and model.hetero[1].q.linears[0].weight.shape == (8, 16)
     original, _ = load_run_model(load_config(run / "config.yaml"), run / "checkpoints" / "final")
@@ -60,7 +63,7 @@ def test_recis_prune_cli_end_to_end_then_eval(tmp_path: Path, capsys, make_run) 
     out = tmp_path / "pruned"
     args = ["prune", str(run), "--ratio", "0.3", "--out", str(out), "--samples", "64"]
     assert main([*args, "--calibration", str(tmp_path / "train.parquet")]) == 0
-    assert "pruned 3 layers" in capsys.readouterr().out
+    assert "pruned 4 layers" in capsys.readouterr().out  # 3 transformer layers, the head
     ckpt = str(out / "checkpoints" / "final")
     assert main(["eval", str(out / "config.yaml"), "--checkpoint", ckpt]) == 0
     assert "click/auc" in capsys.readouterr().out

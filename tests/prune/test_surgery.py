@@ -202,3 +202,42 @@ def test_hiformer_heads_low_rank_and_last_layer_equal_the_masked_original() -> N
         err_slim = sum(float(((slim(b) - r) ** 2).mean()) for b, r in zip(batches, ref))
         err_select = sum(float(((tower(b) - r) ** 2).mean()) for b, r in zip(batches, ref))
     assert err_slim < err_select, (err_slim, err_select)
+
+
+def test_hhft_task_head_hidden_channels_prune_as_an_ffn_and_reload(tmp_path, make_run) -> None:
+    from recis.config import load_config
+    from recis.prune.run import calibration_batches, load_run_model
+
+    run = make_run(tmp_path)
+    cfg = load_config(run / "config.yaml")
+
+    def load() -> nn.Module:
+        return load_run_model(cfg, run / "checkpoints" / "final")[0].eval()
+
+    model, original = load(), load()
+    batches = calibration_batches(cfg, samples=64)
+    # heads off: only FFN channels and the task head's hidden channels go
+    report = prune_model(model, PruneOptions(0.5, method="obs-select", heads=False), batches)
+    assert [name for name, _ in prunable_layers(model)][-1] == "heads.0.0"
+    assert report.layers["heads.0.0"]["after"] == {"ffn": 4}
+    head = model.heads[0]  # Linear(16, 8), ReLU, Linear(8, 1) -> 4 hidden channels
+    assert head[0].weight.shape == (4, 16) and head[-1].weight.shape == (1, 4)
+    test = calibration_batches(cfg, samples=96)[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(test)["click"], _masked(original, report)(test)["click"])
+    # the structure alone narrows a fresh model; the pruned weights then load
+    rebuilt = load()
+    apply_structure(rebuilt, report.structure())
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(test)["click"], model(test)["click"])
+    # the OBS update of the head's output layer keeps the logits closer than selection alone
+    slim = load()
+    prune_model(slim, PruneOptions(0.5, heads=False), batches)
+    with torch.no_grad():
+        ref = [original(b)["click"] for b in batches]
+        err = {
+            name: sum(float(((m(b)["click"] - r) ** 2).mean()) for b, r in zip(batches, ref))
+            for name, m in (("slimgpt", slim), ("obs-select", model))
+        }
+    assert err["slimgpt"] < err["obs-select"], err
