@@ -17,17 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from recis.config import to_dict
 from recis.embedding import HashedEmbeddingCollection
-from recis.errors import CheckpointError, ConfigError
+from recis.errors import ConfigError
 from recis.features import Schema
 from recis.models.deepbow import DeepBoW
 from recis.models.two_tower import TwoTower
 from recis.train.checkpoint import write_file
 
-from .delta import apply_delta, make_delta
+from .delta import (
+    DELTA,
+    DeltaBase,
+    TablePart,
+    delta_base,
+    load_part,
+    version_chain,
+    write_part,
+)
 from .dense import FILES, FORMATS, dense_module, save_dense
 from .index import IndexOptions
 from .manifest import (
@@ -35,19 +42,18 @@ from .manifest import (
     FORMAT_VERSION,
     MANIFEST,
     bundle_tokenizers,
-    read_manifest,
+    read_manifest,  # noqa: F401  (re-exported: recis.export and model.py import it here)
     version_files,
 )
-from .publish import is_ready, publish, read_latest
+from .publish import publish
 from .relevance import write_relevance
 from .relevance_llm import is_llm_run, write_relevance_llm
 from .source import load_run
-from .tables import TableInfo, pack_tables, read_tables, save_tables
+from .tables import TableInfo, pack_tables
 from .term_index import product_reader, write_term_index
 from .towers import corpus_reader, write_towers
 
 TABLES = "tables.safetensors"
-DELTA = "delta.safetensors"
 
 
 @dataclass
@@ -106,10 +112,11 @@ def _write_recis_model(folder: Path, run_dir: Path, options: ExportOptions) -> d
     model = trainer.model
     schema = cfg.data.schema_
     if isinstance(model, TwoTower):  # split towers (automatic for two_tower)
-        if options.delta:
-            raise ConfigError("--delta: two-tower exports are full versions (delta: dlrm only)")
         corpus = corpus_reader(cfg, model, options.items)
-        parts = write_towers(folder, model, corpus, (options.fmt, options.int8, options.index))
+        base = _delta_base(folder, options)
+        parts = write_towers(
+            folder, model, corpus, (options.fmt, options.int8, options.index), base
+        )
     elif options.split_towers:
         raise ConfigError(f"--split-towers: model {type(model).__name__} has no towers")
     elif isinstance(model, DeepBoW):
@@ -145,7 +152,8 @@ def _write_dlrm(
     if not isinstance(tables, HashedEmbeddingCollection):
         raise ConfigError("model.embedding: export reads the hashed engine's tables, not modulo")
     tensors, infos = pack_tables(tables, options.int8)
-    delta = _write_tables(folder, tensors, infos, options)
+    base = _delta_base(folder, options)
+    _, rows = write_part(folder, DLRM_TABLES, (tensors, infos), base)
     features = [f.name for f in schema.sparse]
     # an example batch of 2 rows: the graph's input shapes (the batch dimension is dynamic)
     example = (
@@ -157,47 +165,30 @@ def _write_dlrm(
         "graph": {"format": options.fmt, "file": FILES[options.fmt]},
         "sparse_features": features,
         "tables": [dataclasses.asdict(t) for t in infos],
-        "delta": delta,
+        "delta": None if base is None else {"base": base.name, "rows": rows},
     }
 
 
-def _write_tables(
-    folder: Path, tensors: dict[str, torch.Tensor], infos: list[TableInfo], options: ExportOptions
-) -> dict[str, Any] | None:
-    """Write ``tables.safetensors``, or with ``options.delta`` ``delta.safetensors`` against
-    the version ``latest`` names (``folder`` is being written inside the export folder);
-    the manifest's ``delta`` entry (None for a full export)."""
-    if not options.delta:
-        save_tables(folder / TABLES, tensors)
-        return None
-    out = folder.parent
-    base = read_latest(out)
-    if base is None or not is_ready(out / base):
-        raise ConfigError(f"--delta: {out} has no READY latest version to be the delta's base")
-    base_manifest = read_manifest(out / base)
-    if base_manifest["int8_embeddings"] != options.int8:
-        raise ConfigError(
-            f"--delta: base {base} has int8_embeddings={base_manifest['int8_embeddings']}: "
-            "a delta keeps its base's encoding (export a full version)"
-        )
-    delta, rows = make_delta(load_tables(out / base, base_manifest), tensors, infos)
-    save_tables(folder / DELTA, delta)
-    return {"base": base, "rows": rows}
+def _delta_base(folder: Path, options: ExportOptions) -> DeltaBase | None:
+    """With ``--delta``, the version ``latest`` names in the export folder (``folder`` is
+    being written inside it): the base the tables are written against."""
+    return delta_base(folder.parent, options.int8) if options.delta else None
 
 
-def load_tables(
-    version_dir: Path, manifest: dict[str, Any], depth: int = 0
-) -> dict[str, torch.Tensor]:
-    """The full table tensors of a version: its ``tables.safetensors``, or its base's
-    (recursively, each base READY and checked against its manifest) with its delta applied."""
-    delta = manifest.get("delta")
-    if not delta:
-        return read_tables(version_dir / TABLES)
-    base_dir = version_dir.parent / delta["base"]
-    if depth > 100 or not is_ready(base_dir):
-        raise CheckpointError(f"{version_dir}: the delta's base {base_dir} is missing or not READY")
-    base = load_tables(base_dir, read_manifest(base_dir), depth + 1)
-    return apply_delta(base, load_file(str(version_dir / DELTA)), table_infos(manifest))
+def _dlrm_tables(manifest: dict[str, Any]) -> tuple[str | None, list[TableInfo]]:
+    """A DLRM version's table file (its delta's when it is a delta version) and tables."""
+    if "tables" not in manifest:
+        return None, []
+    return (DELTA if manifest.get("delta") else TABLES), table_infos(manifest)
+
+
+DLRM_TABLES = TablePart("tables", _dlrm_tables)
+
+
+def load_tables(version_dir: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The full table tensors of a DLRM version: its ``tables.safetensors``, or its bases'
+    (each READY and checked against its manifest) with each delta applied."""
+    return load_part(version_chain(version_dir, manifest), DLRM_TABLES)
 
 
 def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions) -> Path:

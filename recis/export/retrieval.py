@@ -17,26 +17,28 @@ import torch
 
 from recis.io import Batch, to_batch
 
+from .delta import Chain, load_part, version_chain
 from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
 from .scoring import SchemaScoring, task_outputs
-from .tables import TableInfo, read_tables
-from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema
+from .tables import TableInfo
+from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema, tower_part
 
 
 class ServingTower:
-    """One side of a two-tower version: its schema part, frontend and graph."""
+    """One side of a two-tower version: its schema part, frontend and graph. ``chain``: the
+    version and its delta bases (:func:`~recis.export.delta.version_chain`), the version
+    last."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], side: str) -> None:
+    def __init__(self, chain: Chain, side: str) -> None:
+        folder, manifest = chain[-1]
         spec = manifest["towers"][side]
         full = manifest_schema(folder, manifest)
         self.schema = side_schema(full, spec["features"])
         self.frontend = TowerFrontend(
-            spec,
-            _tables(folder, spec["tables_file"], spec["tables"]),
-            _tables(folder, spec["sequence_file"], spec["sequence_tables"]),
+            spec, _tables(chain, side, "tables"), _tables(chain, side, "sequence")
         )
         graph = spec["graph"]
         self.graph = load_graph(graph["format"], folder / graph["file"], INPUTS, OUTPUT)
@@ -57,12 +59,11 @@ class ServingTower:
         return self.graph(*self.frontend.inputs(batch))
 
 
-def _tables(
-    folder: Path, file: str | None, entries: list[dict[str, Any]]
-) -> tuple[dict[str, torch.Tensor], list[TableInfo]]:
-    """``(tensors, infos)`` of one tables file of a tower (empty when it has none)."""
-    infos = [TableInfo(**t) for t in entries]
-    return (read_tables(folder / file) if file else {}), infos
+def _tables(chain: Chain, side: str, kind: str) -> tuple[dict[str, torch.Tensor], list[TableInfo]]:
+    """``(tensors, infos)`` of one tables file of a tower (empty when it has none); a delta
+    version's applied to its bases' (the same tables a full export has)."""
+    part = tower_part(side, kind)
+    return load_part(chain, part), part.locate(chain[-1][1])[1]
 
 
 class RetrievalModel(SchemaScoring):
@@ -79,7 +80,8 @@ class RetrievalModel(SchemaScoring):
         m = self.manifest
         self.tasks: list[dict[str, str]] = m["tasks"]
         self.temperature = float(m["temperature"])
-        self.towers = {side: ServingTower(self.path, m, side) for side in SIDES}
+        chain = version_chain(self.path, m)  # each delta base READY and verified
+        self.towers = {side: ServingTower(chain, side) for side in SIDES}
         self.items = ItemSearch(self.path, m["index"])
         self.nan_policy: str = m["nan_policy"]
         # a (query, item) row for /score: both towers' columns

@@ -31,11 +31,13 @@ from recis.io import Batch, make_reader
 from recis.models.layers import SequenceEmbedding, text_or_list_ids
 from recis.models.two_tower import TwoTower, build_index
 
+from .delta import DeltaBase, TablePart, write_part
 from .dense import FILES, save_graph
 from .index import IndexOptions, save_index
-from .tables import SequenceLookup, TableInfo, TableLookup, pack_tables, save_tables
+from .tables import SequenceLookup, TableInfo, TableLookup, pack_tables
 
 SIDES = ("query", "item")
+KINDS = ("tables", "sequence")  # a tower's pooled-id tables, its sequences' per-position ones
 INPUTS = ["pooled", "seq", "seq_mask", "text_ids", "text_mask"]
 OUTPUT = "tower_out"
 
@@ -233,27 +235,55 @@ def graph_example(spec: dict[str, Any], schema: Schema) -> dict[str, torch.Tenso
     }
 
 
+def tower_part(side: str, kind: str) -> TablePart:
+    """The table file ``<side>.<kind>`` of a two-tower version (``kind`` in :data:`KINDS`):
+    the manifest's ``towers[side]`` names it (``tables_file`` / ``sequence_file``) and its
+    tables (``tables`` / ``sequence_tables``)."""
+
+    def locate(manifest: dict[str, Any]) -> tuple[str | None, list[TableInfo]]:
+        spec = manifest.get("towers", {}).get(side)
+        if spec is None:
+            return None, []
+        entries = spec["tables" if kind == "tables" else "sequence_tables"]
+        return spec[f"{kind}_file"], [TableInfo(**t) for t in entries]
+
+    return TablePart(f"{side}.{kind}", locate)
+
+
 def _save_side_tables(
-    folder: Path, model: TwoTower, side: str, spec: dict[str, Any], int8: bool
-) -> None:
+    folder: Path,
+    model: TwoTower,
+    side: str,
+    spec: dict[str, Any],
+    options: tuple[bool, DeltaBase | None],
+) -> dict[str, dict[str, int]]:
     """``<side>.tables.safetensors`` (pooled ids) and ``<side>.sequence.safetensors``
-    (per-position rows) of one tower, when it has such features; their manifest entries."""
+    (per-position rows) of one tower, when it has such features, or with a delta ``base``
+    (``options``: INT8, base) their deltas against the base's same files; their manifest
+    entries into ``spec``. Returns the rows each delta carries per table, by part."""
+    int8, base = options
     spec["tables_file"] = spec["sequence_file"] = None
     spec["tables"], spec["sequence_tables"] = [], []
-    if spec["sparse"]:
-        collection = model.embedding[side]
-        assert isinstance(collection, HashedEmbeddingCollection)  # check_exportable
-        tensors, infos = pack_tables(collection, int8)
-        spec["tables_file"] = f"{side}.tables.safetensors"
-        save_tables(folder / spec["tables_file"], tensors)
-        spec["tables"] = [dataclasses.asdict(t) for t in infos]
-    if spec["sequence"]:
-        hashed = _sequence_tables(model, side)
-        assert hashed is not None  # check_exportable
-        tensors, infos = pack_tables(hashed, int8, sequences=True)
-        spec["sequence_file"] = f"{side}.sequence.safetensors"
-        save_tables(folder / spec["sequence_file"], tensors)
-        spec["sequence_tables"] = [dataclasses.asdict(t) for t in infos]
+    rows: dict[str, dict[str, int]] = {}
+    for kind in KINDS:
+        if not spec["sparse" if kind == "tables" else "sequence"]:
+            continue
+        if kind == "tables":
+            collection = model.embedding[side]
+            assert isinstance(collection, HashedEmbeddingCollection)  # check_exportable
+            tensors, infos = pack_tables(collection, int8)
+        else:
+            hashed = _sequence_tables(model, side)
+            assert hashed is not None  # check_exportable
+            tensors, infos = pack_tables(hashed, int8, sequences=True)
+        part = tower_part(side, kind)
+        spec[f"{kind}_file"], changed = write_part(folder, part, (tensors, infos), base)
+        spec["tables" if kind == "tables" else "sequence_tables"] = [
+            dataclasses.asdict(t) for t in infos
+        ]
+        if changed is not None:
+            rows[part.key] = changed
+    return rows
 
 
 def write_towers(
@@ -261,14 +291,19 @@ def write_towers(
     model: TwoTower,
     corpus: Iterable[Batch],
     options: tuple[str, bool, IndexOptions],
+    base: DeltaBase | None = None,
 ) -> dict[str, Any]:
     """Write both towers (tables and graph, ``options``: format, INT8 tables, index) and the
-    item index into ``folder``; the manifest's ``towers``, ``index`` and ``temperature``."""
+    item index into ``folder``; the manifest's ``towers``, ``index``, ``temperature`` and
+    ``delta``. With a ``base`` each tower's tables are deltas against the base's; the graphs,
+    the corpus vectors and the index are always written in full (they depend on every row
+    and on the dense weights)."""
     fmt, int8, index = options
     check_exportable(model)
     specs = tower_specs(model)
+    rows: dict[str, dict[str, int]] = {}
     for side, spec in specs.items():
-        _save_side_tables(folder, model, side, spec, int8)
+        rows.update(_save_side_tables(folder, model, side, spec, (int8, base)))
         example = graph_example(spec, model.schema)
         spec["graph"] = {"format": fmt, "file": f"{side}_tower.{FILES[fmt].split('.')[1]}"}
         save_graph(
@@ -276,4 +311,10 @@ def write_towers(
         )
     ids, emb = encode_corpus(model, corpus)
     entry = save_index(folder, ids, emb, index)
-    return {"towers": specs, "index": entry, "temperature": model.config.temperature}
+    delta = None if base is None else {"base": base.name, "rows": rows}
+    return {
+        "towers": specs,
+        "index": entry,
+        "temperature": model.config.temperature,
+        "delta": delta,
+    }

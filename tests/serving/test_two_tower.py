@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,21 @@ import pytest
 import torch
 
 from recis.cli import main
-from recis.errors import ConfigError
-from recis.export import ExportOptions, export_run, read_manifest
+from recis.errors import CheckpointError, ConfigError
+from recis.export import (
+    ExportOptions,
+    RetrievalModel,
+    export_run,
+    load_version,
+    read_manifest,
+    versions,
+)
+from recis.export.delta import load_part, version_chain
 from recis.export.index import IndexOptions, build_faiss
 from recis.export.parity import retrieval_parity
+from recis.export.publish import prune_versions
 from recis.export.source import load_run
-from recis.export.towers import encode_corpus, side_schema
+from recis.export.towers import KINDS, SIDES, encode_corpus, side_schema, tower_part
 from recis.io import make_reader, to_batch
 from recis.models.two_tower import TwoTower
 
@@ -120,3 +131,105 @@ def test_pair_rows_score_as_eval_and_bad_requests(tt_server: Any) -> None:
     assert status == 422 and body["field"] == "k"
     status, body = tt_server.call("/topk", {"rows": [query], "exclude": [[1], [2]]})
     assert status == 422 and body["field"] == "exclude"
+
+
+def _tt_options(run: Path, **kw: Any) -> ExportOptions:
+    items = str(run.parent / "data" / "items.parquet")
+    return ExportOptions(fmt="torchscript", items=items, **kw)
+
+
+@pytest.fixture(scope="module")
+def tt_deltas(two_tower_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export folder of the two-tower run: v000001 full at step 4; v000002 a delta of it
+    at the run's last checkpoint; v000003 a delta of v000002 (same checkpoint: no row
+    changed); v000004 a full export of that checkpoint."""
+    out = tmp_path_factory.mktemp("tt_deltas")
+    step4 = str(two_tower_run / "checkpoints" / "step-00000004")
+    export_run(two_tower_run, out, _tt_options(two_tower_run, checkpoint=step4))
+    for delta in (True, True, False):
+        export_run(two_tower_run, out, _tt_options(two_tower_run, delta=delta))
+    return out
+
+
+PARTS = [tower_part(side, kind) for side in SIDES for kind in KINDS]
+
+
+def _part_tensors(version: Path) -> dict[str, dict[str, torch.Tensor]]:
+    chain = version_chain(version, read_manifest(version))
+    return {p.key: load_part(chain, p) for p in PARTS if p.locate(chain[-1][1])[0]}
+
+
+def test_two_tower_delta_loads_as_full_export(tt_deltas: Path, two_tower_run: Path) -> None:
+    v1, v2, v3, v4 = (tt_deltas / f"v00000{i}" for i in range(1, 5))
+    m2, m4 = read_manifest(v2), read_manifest(v4)
+    assert m2["delta"]["base"] == "v000001" and read_manifest(v3)["delta"]["base"] == "v000002"
+    assert m4["delta"] is None
+    full = _part_tensors(v4)
+    # the fixture's towers: pooled ids on both sides, the query's behaviour sequence
+    assert set(full) == {"query.tables", "query.sequence", "item.tables"}
+    deltas = {f"{k}.delta.safetensors" for k in full}
+    assert deltas <= set(m2["files"]) and not {f"{k}.safetensors" for k in full} & set(m2["files"])
+    for version in (v2, v3):  # one delta on a full version, and a delta of that delta
+        applied = _part_tensors(version)
+        assert applied.keys() == full.keys()
+        for part, tensors in full.items():
+            assert applied[part].keys() == tensors.keys(), part
+            for k in tensors:
+                assert torch.equal(applied[part][k], tensors[k]), (version.name, part, k)
+    # training steps 5-8 touched some ids only; the same checkpoint again: no row at all
+    for part in full:
+        live = sum(t.ids for t in tower_part(*part.split(".")).locate(m2)[1])
+        assert 0 < sum(m2["delta"]["rows"][part].values()) < live, (part, m2["delta"], live)
+        assert sum(read_manifest(v3)["delta"]["rows"][part].values()) == 0
+    size = {
+        v: sum(
+            (v / f).stat().st_size
+            for f in read_manifest(v)["files"]
+            if ".tables" in f or ".sequence" in f
+        )
+        for v in (v2, v3, v4)
+    }
+    assert size[v3] < size[v2] < size[v4], size
+    # served: the delta versions answer /topk and /score exactly as the full one
+    rows = _rows(two_tower_run, 16)
+    ids4, scores4 = RetrievalModel(v4).topk_rows(rows, 10)
+    for version in (v2, v3):
+        ids, scores = RetrievalModel(version).topk_rows(rows, 10)
+        np.testing.assert_array_equal(ids, ids4)
+        np.testing.assert_array_equal(scores, scores4)
+        np.testing.assert_array_equal(
+            RetrievalModel(version).score_rows(rows)["click"],
+            RetrievalModel(v4).score_rows(rows)["click"],
+        )
+    assert not np.array_equal(RetrievalModel(v1).topk_rows(rows, 10)[1], scores4)
+    # --keep 2 keeps v000003 and v000004, and v000003's bases: nothing is removed
+    assert prune_versions(tt_deltas, 2) == []
+
+
+def test_two_tower_delta_refusals(tt_deltas: Path, two_tower_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(tt_deltas, out)
+    with pytest.raises(ConfigError, match="v000004 has int8_embeddings=False"):
+        export_run(two_tower_run, out, _tt_options(two_tower_run, delta=True, int8=True))
+    (out / "v000001" / "READY").unlink()  # the base of v000002, itself v000003's base
+    for v in ("v000002", "v000003"):
+        with pytest.raises(CheckpointError, match=f"base {out / 'v000001'} is missing"):
+            RetrievalModel(out / v)
+    shutil.rmtree(out / "v000001")
+    with pytest.raises(CheckpointError, match=f"base {out / 'v000001'} is missing"):
+        load_version(out / "v000003")
+    RetrievalModel(out / "v000004")  # a full version needs no base
+    # a base whose tables are another encoding (its manifest edited): refused on load
+    m = json.loads((out / "v000002" / "manifest.json").read_text())
+    (out / "v000002" / "manifest.json").write_text(json.dumps({**m, "int8_embeddings": True}))
+    with pytest.raises(CheckpointError, match="v000002 has int8_embeddings=True, not False"):
+        RetrievalModel(out / "v000003")
+
+
+def test_two_tower_delta_on_a_dlrm_base_refused(
+    dlrm_run: Path, two_tower_run: Path, tmp_path: Path
+) -> None:
+    export_run(dlrm_run, tmp_path / "out", ExportOptions(fmt="torchscript"))
+    with pytest.raises(ConfigError, match=r"base v000001's query.tables tables are absent"):
+        export_run(two_tower_run, tmp_path / "out", _tt_options(two_tower_run, delta=True))
+    assert versions(tmp_path / "out") == ["v000001"]
