@@ -16,7 +16,7 @@ import pytest
 from safetensors import safe_open
 
 from recis.cli import main
-from recis.errors import CheckpointError
+from recis.errors import CheckpointError, ConfigError
 from recis.export import ExportOptions, ServingModel, export_run, read_latest, versions
 from recis.export.parity import eval_parity
 from recis.export.publish import PAUSE_ENV, prune_versions
@@ -159,6 +159,21 @@ def test_delta_applied_equals_full_export(dlrm_run: Path, tmp_path: Path) -> Non
     a, b = ServingModel(v2).score_rows(rows)["click"], ServingModel(v3).score_rows(rows)["click"]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, ServingModel(v1).score_rows(rows)["click"])
+
+
+def test_delta_base_checked_at_export_and_load(dlrm_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_run(dlrm_run, out, ExportOptions(fmt="torchscript"))
+    v2 = export_run(dlrm_run, out, ExportOptions(fmt="torchscript", delta=True))
+    with pytest.raises(ConfigError, match="base v000002 has int8_embeddings=False"):
+        export_run(dlrm_run, out, ExportOptions(fmt="torchscript", delta=True, int8=True))
+    (out / "v000001" / "READY").unlink()
+    with pytest.raises(CheckpointError, match=f"base {out / 'v000001'} is missing or not READY"):
+        ServingModel(v2)
+    # a delta on v000002 would load through v000001 too: refused before anything is written
+    with pytest.raises(CheckpointError, match=f"base {out / 'v000001'} is missing"):
+        export_run(dlrm_run, out, ExportOptions(fmt="torchscript", delta=True))
+    assert versions(out) == ["v000001", "v000002"] and read_latest(out) == "v000002"
 
 
 def test_unknown_ids_fall_back_as_in_training(dlrm_run: Path, tmp_path: Path) -> None:
