@@ -233,3 +233,22 @@ def test_two_tower_delta_on_a_dlrm_base_refused(
     with pytest.raises(ConfigError, match=r"base v000001's query.tables tables are absent"):
         export_run(two_tower_run, tmp_path / "out", _tt_options(two_tower_run, delta=True))
     assert versions(tmp_path / "out") == ["v000001"]
+
+
+def test_server_swaps_to_a_delta_version_and_answers_as_full(tt_server: Any) -> None:
+    run, out = tt_server.run, tt_server.out
+    queries = [{k: v for k, v in r.items() if k.startswith("query")} for r in _rows(run, 8)]
+    status, full = tt_server.call("/topk", {"rows": queries, "k": 10})  # v000001: full, last
+    assert status == 200, full
+    step4 = str(run / "checkpoints" / "step-00000004")
+    items = str(run.parent / "data" / "items.parquet")
+    export_run(run, out, ExportOptions(checkpoint=step4, items=items))
+    tt_server.wait_version("v000002")
+    assert tt_server.call("/topk", {"rows": queries, "k": 10})[1]["scores"] != full["scores"]
+    # the last checkpoint again, as a delta on the step-4 version: the same answers as v000001
+    v3 = export_run(run, out, ExportOptions(delta=True, items=items))
+    assert read_manifest(v3)["delta"]["base"] == "v000002"
+    tt_server.wait_version("v000003")
+    status, body = tt_server.call("/topk", {"rows": queries, "k": 10})
+    assert status == 200 and body["version"] == "v000003"
+    assert (body["ids"], body["scores"]) == (full["ids"], full["scores"])
