@@ -13,14 +13,14 @@ magnitude baseline and OBS selection without update, ``--samples`` calibration r
 the training file, no fine-tuning; with ``--finetune-steps N`` also SlimGPT followed by N
 steps of the run's trainer (``auc_slimgpt_finetuned``). AUC on the test split
 (``auc_dense``, ``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``), ``params_ratio``
-(dense parameters of the pruned transformer layers / original; ``model_params_ratio``: whole
-model), ``latency_ratio`` (pruned / original forward of one batch of 256 test rows, CPU,
-``--threads`` torch threads, ``--latency-runs`` alternating runs, ratio of the medians;
-``latency_ratio_cpu``: of the CPU times; ``latency_load``: load average before/after;
-``layer_{name}_ms`` / ``layer_{name}_ratio``: each pruned layer alone, original median and
-pruned / original). Also
-the wall time of pruning a random ~100M-parameter LLaMA-style model (``--big``;
-calibration 16 x 128 random tokens).
+(dense parameters of the pruned layers, transformer layers and HHFT's task heads, pruned /
+original; ``model_params_ratio``: whole model), ``latency_ratio`` (pruned / original
+forward of one batch of 256 test rows, CPU, ``--threads`` torch threads, ``--latency-runs``
+alternating runs, ratio of the medians; ``latency_ratio_cpu``: of the CPU times;
+``latency_load``: load average before/after; ``layer_{name}_ms`` / ``layer_{name}_ratio``:
+each pruned layer alone, original median and pruned / original; HHFT's ``tokens_ms``: its
+block tokens alone, the part no pruning touches). Also the wall time of pruning a random
+~100M-parameter LLaMA-style model (``--big``; calibration 16 x 128 random tokens).
 
     python benchmarks/pruning.py [--work /tmp/recis_pruning] [--ratios 0.3 0.5] [--big]
 
@@ -175,6 +175,18 @@ def _layer_latency(
     return out
 
 
+def _tokens_latency(a: torch.nn.Module, batch: Any, runs: int) -> dict[str, float]:
+    """HHFT's block tokens alone (embeddings, target attention, block projections: what
+    pruning does not touch), original model: ``tokens_ms`` (median wall, ``runs`` runs)."""
+    from recis.models.hhft import HHFT
+
+    if not isinstance(a, HHFT):
+        return {}
+    with torch.no_grad():
+        out = alternate({"tokens": lambda _: a.tokens(batch, a.dense_norm(batch.dense))}, runs)
+    return {"tokens_ms": out["tokens"].stats("t")["t_ms"]}
+
+
 def _layer_params(model: torch.nn.Module) -> int:
     from recis.models.structure import prunable_layers
 
@@ -223,6 +235,7 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
                 out[f"{key}_model_params_ratio"] = record["params_ratio"]
                 lat = _latency(dense, pruned, batch, args.latency_runs)
                 lat.update(_layer_latency(dense, pruned, batch, args.latency_runs))
+                lat.update(_tokens_latency(dense, batch, args.latency_runs))
                 out.update({f"{key}_{k}": v for k, v in lat.items()})
         out[f"{key}_auc_kept"] = out[f"{key}_auc_slimgpt"] / out[f"{name}_auc_dense"]
         print(json.dumps({k: v for k, v in out.items() if k.startswith(key)}), flush=True)
