@@ -9,9 +9,10 @@ LLM's one-pass scoring head: query and item texts -> graded relevance).
 """
 
 from .dense import FORMATS
-from .exporter import ExportOptions, export_run, read_manifest
+from .exporter import ExportOptions, export_run
 from .index import IndexOptions
 from .loading import load_version
+from .manifest import read_manifest
 from .model import ScoringVersion, ServingModel
 from .publish import is_ready, publish, read_latest, versions
 from .relevance import RelevanceModel

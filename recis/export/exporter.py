@@ -42,7 +42,6 @@ from .manifest import (
     FORMAT_VERSION,
     MANIFEST,
     bundle_tokenizers,
-    read_manifest,  # noqa: F401  (re-exported: recis.export and model.py import it here)
     version_files,
 )
 from .publish import publish

@@ -19,8 +19,8 @@ import torch
 from recis.io import Batch, to_batch
 
 from .dense import load_dense
-from .exporter import load_tables, read_manifest, table_infos
-from .manifest import manifest_schema
+from .exporter import load_tables, table_infos
+from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
 from .scoring import SchemaScoring, task_outputs
 from .tables import TableLookup
