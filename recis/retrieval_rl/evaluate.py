@@ -40,7 +40,8 @@ def evaluate(
     chunk: int = 512,
 ) -> dict[str, float]:
     """``{"recall@K", "hr@K", "ndcg@K", "tail_recall@K", "head_recall@K", "relevance@k",
-    "queries", "tail_queries"}`` means over the eval queries."""
+    "queries", "tail_queries"}`` means over the eval queries (``tail_`` / ``head_`` only when
+    that part has queries)."""
     model.eval()
     queries, relevant = data.eval_queries, data.eval_relevant
     if cfg.max_queries and len(queries) > cfg.max_queries:
@@ -71,8 +72,11 @@ def evaluate(
         vals = np.concatenate(parts)
         out[name] = float(vals.mean())
         if name.startswith("recall@"):
-            out[f"tail_{name}"] = float(vals[tail].mean()) if tail.any() else float("nan")
-            out[f"head_{name}"] = float(vals[~tail].mean()) if (~tail).any() else float("nan")
+            # a part with no query has no recall (left out, never printed as nan)
+            if tail.any():
+                out[f"tail_{name}"] = float(vals[tail].mean())
+            if (~tail).any():
+                out[f"head_{name}"] = float(vals[~tail].mean())
     if scorer is not None:
         out[f"relevance@{cfg.relevance_k}"] = float(np.mean(rel_scores))
     return out

@@ -125,6 +125,8 @@ def test_recis_train_cli_on_a_retrieval_grpo_config(
     assert main(["train", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "infonce: queries 8.0000" in out and "grpo: " in out and "relevance@10" in out
+    # every eval query is new (long-tail): the head part has no query, so no head figure
+    assert "tail_recall@5" in out and "head_recall" not in out and "nan" not in out
     run = tmp_path / "run"
     assert (run / "infonce" / "model").is_dir() and (run / "grpo" / "checkpoint-4").is_dir()
     logged = (run / "log.jsonl").read_text().splitlines()
