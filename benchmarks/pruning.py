@@ -12,7 +12,9 @@ Each is pruned at each ratio with SlimGPT (OBS selection + update, uniform sched
 magnitude baseline and OBS selection without update, ``--samples`` calibration rows from
 the training file, no fine-tuning; with ``--finetune-steps N`` also SlimGPT followed by N
 steps of the run's trainer (``auc_slimgpt_finetuned``). AUC on the test split
-(``auc_dense``, ``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``), ``params_ratio``
+(``auc_dense``, ``auc_slimgpt``, ``auc_magnitude``, ``auc_obs_select``) and how far each
+pruned model's logits are from the dense model's on the first 4,096 test rows
+(``logit_rmse_{method}``, root mean square difference), ``params_ratio``
 (dense parameters of the pruned layers, transformer layers and HHFT's task heads, pruned /
 original; ``model_params_ratio``: whole model), ``latency_ratio`` (pruned / original
 forward of one batch of 256 test rows, CPU, ``--threads`` torch threads, ``--latency-runs``
@@ -187,6 +189,12 @@ def _tokens_latency(a: torch.nn.Module, batch: Any, runs: int) -> dict[str, floa
     return {"tokens_ms": out["tokens"].stats("t")["t_ms"]}
 
 
+def _logits(model: torch.nn.Module, rows: list[Any]) -> torch.Tensor:
+    """Every task's logits of ``model`` on the batches ``rows``, flattened."""
+    with torch.no_grad():
+        return torch.cat([torch.cat([v.reshape(-1) for v in model(b).values()]) for b in rows])
+
+
 def _layer_params(model: torch.nn.Module) -> int:
     from recis.models.structure import prunable_layers
 
@@ -211,6 +219,10 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
     dense, _ = load_run_model(cfg, source)
     dense.eval()
     batch = calibration_batches(cfg, [str(test)], 256)[0]
+    # how far each pruned model's logits move from the dense model's (what OBS minimises,
+    # layer by layer); AUC can stay flat while they move
+    rows = calibration_batches(cfg, [str(test)], 4096)
+    dense_logits = _logits(dense, rows)
     methods = ["slimgpt", "magnitude", "obs-select"] + (["finetune"] if args.finetune_steps else [])
     for share in args.ratios:
         key = f"{name}_{int(round(share * 100))}"
@@ -226,11 +238,13 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
             auc = _auc(pruned_dir / "config.yaml", ckpt, test, metric)
             label = "slimgpt_finetuned" if method == "finetune" else method.replace("-", "_")
             out[f"{key}_auc_{label}"] = auc
+            pcfg = load_config(pruned_dir / "config.yaml", [f"data.eval={test}"])
+            pruned, _ = load_run_model(pcfg, ckpt)
+            pruned.eval()
+            moved = _logits(pruned, rows) - dense_logits
+            out[f"{key}_logit_rmse_{label}"] = float(moved.pow(2).mean().sqrt())
             if method == "slimgpt":
                 out[f"{key}_prune_seconds"] = record["seconds"]
-                pcfg = load_config(pruned_dir / "config.yaml", [f"data.eval={test}"])
-                pruned, _ = load_run_model(pcfg, ckpt)
-                pruned.eval()
                 out[f"{key}_params_ratio"] = _layer_params(pruned) / _layer_params(dense)
                 out[f"{key}_model_params_ratio"] = record["params_ratio"]
                 lat = _latency(dense, pruned, batch, args.latency_runs)
