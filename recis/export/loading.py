@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .manifest import read_manifest
+from recis.errors import CheckpointError
+
+from .manifest import MANIFEST, read_manifest
 from .model import ScoringVersion, ServingModel
+from .publish import is_ready, read_latest
 from .relevance import RelevanceModel
 from .relevance_llm import RelevanceLLMModel
 from .retrieval import RetrievalModel
@@ -24,3 +27,15 @@ def load_version(version_dir: str | Path) -> ScoringVersion:
     if "relevance" in manifest:
         return RelevanceModel(version_dir)
     return ServingModel(version_dir)
+
+
+def load_published(path: str | Path) -> ScoringVersion:
+    """A version folder (it holds ``manifest.json``), or the READY version an export folder's
+    ``latest`` names, loaded as :func:`load_version` does."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return load_version(p)
+    name = read_latest(p)
+    if name is None or not is_ready(p / name):
+        raise CheckpointError(f"{p}: neither an export version nor a folder with a READY latest")
+    return load_version(p / name)

@@ -45,6 +45,16 @@ class ScoringVersion(Protocol):
 
 
 @runtime_checkable
+class PairScoring(Protocol):
+    """A relevance version that scores (query text, item text) pairs: DeepBoW, a relevance
+    LLM. ``pair_columns``: the request columns of the two texts and the score to read."""
+
+    def pair_columns(self) -> tuple[str, str, str]: ...
+
+    def score_rows(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
 class TopKVersion(Protocol):
     """A version that answers ``/topk``: item or product ids and scores for query rows."""
 

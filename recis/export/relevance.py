@@ -124,6 +124,13 @@ class RelevanceModel(SchemaScoring):
             text=[t for t in self.schema.text if t.name == q],
         )
 
+    def pair_columns(self) -> tuple[str, str, str]:
+        """The query and product text columns and the first task (a model that also reads
+        dense features cannot score a bare text pair: ConfigError)."""
+        if self.spec["dense_inputs"]:
+            raise ConfigError(f"{self.path}: the model reads dense features, not text pairs alone")
+        return self.spec["query_text"], self.spec["product_text"], self.tasks[0]["name"]
+
     def searchable(self) -> bool:
         """Whether the version has a term-weight index of products (``/topk``)."""
         return self.products is not None

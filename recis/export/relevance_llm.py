@@ -205,6 +205,10 @@ class RelevanceLLMModel(RowScoring):
             texts = pq.read_table(self.path / r["corpus"]).column("text").to_pylist()
             self.retriever = BM25Retriever(texts, r["k1"], r["b"])
 
+    def pair_columns(self) -> tuple[str, str, str]:
+        """The query and title columns and the graded score's name."""
+        return self.columns["query"], self.columns["title"], TASK
+
     def rows_batch(self, rows: list[dict[str, Any]]) -> PairBatch:
         """Rows -> examples; a missing or non-text query or title, or a non-text attribute
         or context, is a DataError naming the column and row."""

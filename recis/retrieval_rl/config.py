@@ -88,13 +88,18 @@ class IndexConfig:
 @dataclass(config=STRICT)
 class RewardWeights:
     """Weights of the reward components (0 leaves one out). ``bm25_depth``: how many items
-    the built-in BM25 channel returns per query (the exclusivity reward's other channel)."""
+    the built-in BM25 channel returns per query (the exclusivity reward's other channel).
+    ``relevance_model``: a relevance model published by ``recis export`` (a DeepBoW or
+    relevance-LLM version folder, or its export folder) that scores the relevance reward and
+    judges relevance@K; None: a logistic regression on lexical features fitted on the
+    training labels."""
 
     relevance: float = 1.0
     click: float = 1.0
     quality: float = 0.0
     exclusivity: float = 0.0
     bm25_depth: int = Field(default=50, gt=0)
+    relevance_model: str | None = None
 
 
 @dataclass(config=STRICT)

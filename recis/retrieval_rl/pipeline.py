@@ -26,8 +26,10 @@ from recis.retrieval_rl.rewards import (
     ClickReward,
     ExclusivityReward,
     LexicalRelevanceScorer,
+    PublishedRelevanceScorer,
     QualityReward,
     RelevanceReward,
+    RelevanceScorer,
     Reward,
     WeightedReward,
 )
@@ -54,8 +56,18 @@ def build_encoder(cfg: EncoderRun, data: RetrievalData) -> TextDualEncoder:
     )
 
 
+def relevance_scorer(cfg: RetrievalGRPORunConfig, data: RetrievalData) -> RelevanceScorer:
+    """The relevance reward's model and relevance@K's judge: ``grpo.rewards.relevance_model``
+    (a published DeepBoW or relevance-LLM version), else lexical features' logistic
+    regression fitted on the training labels."""
+    path = cfg.grpo.rewards.relevance_model
+    if path is not None:
+        return PublishedRelevanceScorer(path)
+    return LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+
+
 def build_reward(
-    cfg: RetrievalGRPORunConfig, data: RetrievalData, scorer: LexicalRelevanceScorer
+    cfg: RetrievalGRPORunConfig, data: RetrievalData, scorer: RelevanceScorer
 ) -> WeightedReward:
     """The weighted components with a non-zero weight."""
     w = cfg.grpo.rewards
@@ -117,7 +129,7 @@ def train(
     torch.manual_seed(cfg.seed)
     data = load_pairs(cfg.data)
     log = JsonlLog(run / "log.jsonl")
-    scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+    scorer = relevance_scorer(cfg, data)
     model = build_encoder(cfg, data)
     start = (
         Path(cfg.init_from) / "infonce" / "model" if cfg.init_from else run / "infonce" / "model"
@@ -164,7 +176,7 @@ def evaluate_stage(cfg: RetrievalGRPORunConfig, stage: str) -> dict[str, float]:
     if not saved.exists():
         raise CheckpointError(f"{saved}: stage {stage} is not trained")
     data = load_pairs(cfg.data)
-    scorer = LexicalRelevanceScorer.fit(*data.labelled, positive=cfg.data.positive)
+    scorer = relevance_scorer(cfg, data)
     model = build_encoder(cfg, data)
     load(saved, model, None)
     return evaluate(model, data, cfg.eval, scorer)

@@ -164,6 +164,30 @@ class LexicalRelevanceScorer:
         return torch.sigmoid(((x - self.mean) / self.std) @ self.weight + self.bias)
 
 
+class PublishedRelevanceScorer:
+    """A relevance model published by ``recis export`` (a DeepBoW or relevance-LLM version;
+    ``path``: the version folder, or an export folder whose ``latest`` READY version is taken)
+    scoring pairs as ``recis serve``'s ``/score`` does: its first relevance output, in
+    ``[0, 1]``."""
+
+    def __init__(self, path: str) -> None:
+        from recis.export.loading import load_published
+        from recis.export.model import PairScoring
+
+        model = load_published(path)
+        if not isinstance(model, PairScoring):
+            raise ConfigError(
+                f"grpo.rewards.relevance_model: {path} is not a relevance version "
+                "(DeepBoW or a relevance LLM)"
+            )
+        self.model = model
+        self.query, self.item, self.output = model.pair_columns()
+
+    def score(self, queries: Sequence[str], titles: Sequence[str]) -> torch.Tensor:
+        rows = [{self.query: q, self.item: t} for q, t in zip(queries, titles)]
+        return torch.from_numpy(self.model.score_rows(rows)[self.output]).float()
+
+
 class RelevanceReward(Reward):
     """The relevance model's score of (query text, item text); scores are cached per pair
     (the model is the costly part of the reward, and a query meets the same items often)."""

@@ -184,3 +184,62 @@ def test_a_logit_transform_after_the_head_is_refused(tmp_path: Path) -> None:
     # the same head with the scale folded in would pass: the check compares real logits
     folded = {"weight": head["weight"] * 0.5}
     check_head(model, HeadScorer(model.base_model, folded), tok, task, ids, tmp_path)
+
+
+def test_a_published_relevance_llm_rewards_retrieval_grpo(
+    llm_server: Any, dlrm_run: Path, tmp_path: Path
+) -> None:
+    """``grpo.rewards.relevance_model``: the exported LLM scores the relevance reward and
+    judges relevance@K, as it scores the same pairs in ``recis eval``."""
+    import json
+
+    from recis.retrieval_rl.config import build_config
+    from recis.retrieval_rl.pipeline import train
+    from recis.retrieval_rl.rewards import PublishedRelevanceScorer
+
+    scorer = PublishedRelevanceScorer(str(llm_server.out))  # the export folder: latest
+    want = pq.read_table(llm_server.run / "scores-sft.parquet").to_pydict()
+    got = scorer.score(want["query"], want["title"])
+    # a bare (query, title) pair: the served score of a row without the brand attribute
+    pairs_only = [{"query": q, "title": t} for q, t in zip(want["query"], want["title"])]
+    served = RelevanceLLMModel(llm_server.out / "v000001").score_rows(pairs_only)
+    np.testing.assert_allclose(got.numpy(), served["relevance"], atol=1e-6)
+    # a retrieval_grpo run rewarded by it: every step's relevance reward is the LLM's score
+    rows = pq.read_table(llm_server.run.parent / "train.parquet").to_pylist()
+    pairs = pa.table(
+        {
+            "query": [r["query"] for r in rows],
+            "title": [r["title"] for r in rows],
+            "label": [int(r["label"] >= 2) for r in rows],
+            "split": ["dev" if i % 4 else "test_public" for i in range(len(rows))],
+        }
+    )
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    cfg = build_config(
+        {
+            "kind": "retrieval_grpo",
+            "run_dir": str(tmp_path / "run"),
+            "data": {"path": str(tmp_path / "pairs.parquet")},
+            "encoder": {"buckets": 256, "width": 8, "dim": 8},
+            "infonce": {"steps": 2, "batch_size": 8},
+            "grpo": {
+                "steps": 2,
+                "batch_size": 4,
+                "k": 4,
+                "rewards": {"relevance": 1.0, "click": 0.0, "relevance_model": str(llm_server.out)},
+            },
+            "eval": {"ks": [5], "relevance_k": 3},
+        }
+    )
+    results = train(cfg)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    rewards = [r["reward_relevance"] for r in log if "reward_relevance" in r]
+    assert len(rewards) == 2 and all(0.0 < r < 1.0 for r in rewards)
+    # relevance@3 is the LLM's mean score of retrieved pairs: within the range of its scores
+    lo, hi = float(np.min(want["score"])) - 0.05, float(np.max(want["score"])) + 0.05
+    assert lo < results["grpo"]["relevance@3"] < hi
+    # a CTR version scores no text pairs: refused by name
+    out = tmp_path / "dlrm_export"
+    assert main(["export", str(dlrm_run), "--out", str(out)]) == 0
+    with pytest.raises(ConfigError, match="not a relevance version"):
+        PublishedRelevanceScorer(str(out))
