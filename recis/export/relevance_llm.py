@@ -58,6 +58,7 @@ LLM_DIR = "llm"
 HEAD = "head.safetensors"
 CORPUS = "retriever/corpus.parquet"
 TASK = "relevance"  # the score's name in /score answers
+TASKS = [{"name": TASK, "loss": "levels"}]
 _PROBE = Example("probe query", "probe item title", 0, {}, "")
 
 
@@ -79,6 +80,63 @@ def pick_stage(cfg: RelevanceLLMConfig, checkpoint: str | None) -> Path:
     raise CheckpointError(f"{cfg.run_dir}: no stage has saved a model (stages/<name>/model)")
 
 
+@dataclass
+class LLMRun:
+    """A relevance-LLM run's model to serve: the causal LM of one stage, its tokenizer, the
+    level tokens' ids and their rows of the LM head (checked against the model's logits)."""
+
+    cfg: RelevanceLLMConfig
+    source: Path  # the stage's model directory
+    model: Any
+    tokenizer: Any
+    ids: list[int]
+    head: dict[str, torch.Tensor]  # weight [L, H] (and bias [L])
+
+    @classmethod
+    def load(cls, run_dir: Path, checkpoint: str | None = None) -> LLMRun:
+        """``checkpoint``: a stage name or model directory (default: the last trained stage)."""
+        cfg = build_llm_config(load_yaml(run_dir / "config.yaml"))
+        cfg.run_dir = str(run_dir)  # the folder given, wherever the run was trained
+        source = pick_stage(cfg, checkpoint)
+        model, tokenizer = load_model(source).eval(), load_tokenizer(source)
+        ids = level_token_ids(tokenizer, cfg.levels.names)
+        out = model.get_output_embeddings()
+        if not isinstance(out, torch.nn.Linear):
+            raise ConfigError(f"{source}: the model's output head is not a linear layer")
+        head = {"weight": out.weight.detach()[ids].float().contiguous()}
+        if out.bias is not None:
+            head["bias"] = out.bias.detach()[ids].float().contiguous()
+        task = RelevanceTask(cfg.prompt, cfg.levels)
+        check_head(model, HeadScorer(model.base_model, head), tokenizer, task, ids, source)
+        return cls(cfg, source, model, tokenizer, ids, head)
+
+    def spec(self) -> dict[str, Any]:
+        """The manifest's ``relevance_llm`` entry (the retriever's corpus file not included)."""
+        cfg = self.cfg
+        return {
+            "stage": self.source.parent.name if self.source.name == "model" else str(self.source),
+            "model_dir": LLM_DIR,
+            "head": HEAD,
+            "level_token_ids": self.ids,
+            "prompt": TypeAdapter(PromptConfig).dump_python(cfg.prompt, mode="json"),
+            "levels": TypeAdapter(LevelsConfig).dump_python(cfg.levels, mode="json"),
+            "columns": {
+                "query": cfg.data.query,
+                "title": cfg.data.title,
+                "attributes": list(cfg.data.attributes),
+                "context": cfg.data.context,
+            },
+            "retriever": None,
+        }
+
+    def retriever(self) -> BM25Retriever | None:
+        """The BM25 chunk source ``recis eval`` uses (a retriever and no context column)."""
+        cfg = self.cfg
+        if cfg.retriever is None or cfg.data.context is not None:
+            return None
+        return BM25Retriever.from_config(cfg.retriever)
+
+
 def write_relevance_llm(
     folder: Path, run_dir: Path, fmt: str, checkpoint: str | None
 ) -> dict[str, Any]:
@@ -89,48 +147,19 @@ def write_relevance_llm(
             f"--format: {fmt!r}: a relevance-LLM version is an HF decoder directory and its "
             "scoring head, served by transformers (use --format export, the default)"
         )
-    cfg = build_llm_config(load_yaml(run_dir / "config.yaml"))
-    cfg.run_dir = str(run_dir)  # the folder given, wherever the run was trained
-    source = pick_stage(cfg, checkpoint)
-    model, tokenizer = load_model(source), load_tokenizer(source)
-    task = RelevanceTask(cfg.prompt, cfg.levels)
-    ids = level_token_ids(tokenizer, cfg.levels.names)
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
-        raise ConfigError(f"{source}: the model's output head is not a linear layer")
-    tensors = {"weight": head.weight.detach()[ids].float().contiguous()}
-    if head.bias is not None:
-        tensors["bias"] = head.bias.detach()[ids].float().contiguous()
-    scorer = HeadScorer(model.base_model.eval(), tensors)
-    check_head(model.eval(), scorer, tokenizer, task, ids, source)
-    model.base_model.save_pretrained(folder / LLM_DIR, safe_serialization=True)
-    tokenizer.save_pretrained(folder / LLM_DIR)
-    save_file(tensors, str(folder / HEAD))
-    spec: dict[str, Any] = {
-        "stage": source.parent.name if source.name == "model" else str(source),
-        "model_dir": LLM_DIR,
-        "head": HEAD,
-        "level_token_ids": ids,
-        "prompt": TypeAdapter(PromptConfig).dump_python(cfg.prompt, mode="json"),
-        "levels": TypeAdapter(LevelsConfig).dump_python(cfg.levels, mode="json"),
-        "columns": {
-            "query": cfg.data.query,
-            "title": cfg.data.title,
-            "attributes": list(cfg.data.attributes),
-            "context": cfg.data.context,
-        },
-        "retriever": None,
-    }
-    if cfg.retriever is not None and cfg.data.context is None:  # eval adds a BM25 chunk
-        retriever = BM25Retriever.from_config(cfg.retriever)
+    run = LLMRun.load(run_dir, checkpoint)
+    run.model.base_model.save_pretrained(folder / LLM_DIR, safe_serialization=True)
+    run.tokenizer.save_pretrained(folder / LLM_DIR)
+    save_file(run.head, str(folder / HEAD))
+    spec = run.spec()
+    retriever = run.retriever()
+    if retriever is not None:
         (folder / CORPUS).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"text": retriever.corpus}), folder / CORPUS)
-        spec["retriever"] = {"corpus": CORPUS, "k1": cfg.retriever.k1, "b": cfg.retriever.b}
-    return {
-        "model": "relevance_llm",
-        "tasks": [{"name": TASK, "loss": "levels"}],
-        "relevance_llm": spec,
-    }
+        r = run.cfg.retriever
+        assert r is not None  # (a retriever exists only with its config)
+        spec["retriever"] = {"corpus": CORPUS, "k1": r.k1, "b": r.b}
+    return {"model": "relevance_llm", "tasks": TASKS, "relevance_llm": spec}
 
 
 class HeadScorer:
@@ -182,28 +211,51 @@ class RelevanceLLMModel(RowScoring):
     batch_rows = 32  # prefixes per forward
 
     def __init__(self, version_dir: str | Path) -> None:
-        self.path = Path(version_dir)
-        self.version = self.path.name
-        self.manifest = manifest = read_manifest(self.path)
+        path = Path(version_dir)
+        manifest = read_manifest(path)
+        spec = manifest["relevance_llm"]
+        from transformers import AutoModel
+
+        llm = path / spec["model_dir"]
+        tokenizer = load_tokenizer(llm)
+        try:
+            decoder = AutoModel.from_pretrained(str(llm), dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{llm}: cannot load the decoder: {err}") from None
+        retriever = None
+        if spec["retriever"] is not None:
+            r = spec["retriever"]
+            texts = pq.read_table(path / r["corpus"]).column("text").to_pylist()
+            retriever = BM25Retriever(texts, r["k1"], r["b"])
+        scorer = HeadScorer(decoder.eval(), load_file(str(path / spec["head"])))
+        self._ready(path, manifest, tokenizer, scorer, retriever)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str | None = None) -> RelevanceLLMModel:
+        """The same scorer straight from a relevance-LLM run directory (a stage's model in
+        memory, nothing written): what ``recis export`` of that run would serve."""
+        run = LLMRun.load(Path(run_dir), checkpoint)
+        manifest = {"tasks": TASKS, "relevance_llm": run.spec()}
+        self = cls.__new__(cls)
+        scorer = HeadScorer(run.model.base_model, run.head)
+        self._ready(run.source, manifest, run.tokenizer, scorer, run.retriever())
+        return self
+
+    def _ready(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        tokenizer: Any,
+        scorer: HeadScorer,
+        retriever: BM25Retriever | None,
+    ) -> None:
+        self.path, self.version, self.manifest = path, path.name, manifest
         self.tasks: list[dict[str, str]] = manifest["tasks"]
         spec = manifest["relevance_llm"]
         self.columns = spec["columns"]
         prompt = TypeAdapter(PromptConfig).validate_python(spec["prompt"])
         self.task = RelevanceTask(prompt, TypeAdapter(LevelsConfig).validate_python(spec["levels"]))
-        from transformers import AutoModel
-
-        llm = self.path / spec["model_dir"]
-        self.tokenizer = load_tokenizer(llm)
-        try:
-            decoder = AutoModel.from_pretrained(str(llm), dtype=torch.float32)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{llm}: cannot load the decoder: {err}") from None
-        self.scorer = HeadScorer(decoder.eval(), load_file(str(self.path / spec["head"])))
-        self.retriever = None
-        if spec["retriever"] is not None:
-            r = spec["retriever"]
-            texts = pq.read_table(self.path / r["corpus"]).column("text").to_pylist()
-            self.retriever = BM25Retriever(texts, r["k1"], r["b"])
+        self.tokenizer, self.scorer, self.retriever = tokenizer, scorer, retriever
 
     def pair_columns(self) -> tuple[str, str, str]:
         """The query and title columns and the graded score's name."""

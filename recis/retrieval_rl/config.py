@@ -89,10 +89,10 @@ class IndexConfig:
 class RewardWeights:
     """Weights of the reward components (0 leaves one out). ``bm25_depth``: how many items
     the built-in BM25 channel returns per query (the exclusivity reward's other channel).
-    ``relevance_model``: a relevance model published by ``recis export`` (a DeepBoW or
-    relevance-LLM version folder, or its export folder) that scores the relevance reward and
-    judges relevance@K; None: a logistic regression on lexical features fitted on the
-    training labels."""
+    ``relevance_model``: a relevance-LLM run directory, or a relevance model published by
+    ``recis export`` (a DeepBoW or relevance-LLM version folder, or its export folder), that
+    scores the relevance reward and judges relevance@K; None: a logistic regression on
+    lexical features fitted on the training labels."""
 
     relevance: float = 1.0
     click: float = 1.0

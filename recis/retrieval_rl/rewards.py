@@ -165,16 +165,22 @@ class LexicalRelevanceScorer:
 
 
 class PublishedRelevanceScorer:
-    """A relevance model published by ``recis export`` (a DeepBoW or relevance-LLM version;
-    ``path``: the version folder, or an export folder whose ``latest`` READY version is taken)
-    scoring pairs as ``recis serve``'s ``/score`` does: its first relevance output, in
-    ``[0, 1]``."""
+    """A relevance model as ``recis serve``'s ``/score`` scores it (its relevance output, in
+    ``[0, 1]``): ``path`` is a relevance-LLM run directory (its last trained stage, loaded
+    in memory), or a DeepBoW / relevance-LLM version published by ``recis export`` (the
+    version folder, or an export folder whose ``latest`` READY version is taken)."""
 
     def __init__(self, path: str) -> None:
+        from pathlib import Path
+
         from recis.export.loading import load_published
         from recis.export.model import PairScoring
+        from recis.export.relevance_llm import RelevanceLLMModel, is_llm_run
 
-        model = load_published(path)
+        if is_llm_run(Path(path)):
+            model: object = RelevanceLLMModel.from_run(path)
+        else:
+            model = load_published(path)
         if not isinstance(model, PairScoring):
             raise ConfigError(
                 f"grpo.rewards.relevance_model: {path} is not a relevance version "

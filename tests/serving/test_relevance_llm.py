@@ -204,6 +204,9 @@ def test_a_published_relevance_llm_rewards_retrieval_grpo(
     pairs_only = [{"query": q, "title": t} for q, t in zip(want["query"], want["title"])]
     served = RelevanceLLMModel(llm_server.out / "v000001").score_rows(pairs_only)
     np.testing.assert_allclose(got.numpy(), served["relevance"], atol=1e-6)
+    # the run directory itself (its last stage in memory) scores as its export
+    direct = PublishedRelevanceScorer(str(llm_server.run)).score(want["query"], want["title"])
+    np.testing.assert_allclose(direct.numpy(), got.numpy(), atol=1e-6)
     # a retrieval_grpo run rewarded by it: every step's relevance reward is the LLM's score
     rows = pq.read_table(llm_server.run.parent / "train.parquet").to_pylist()
     pairs = pa.table(
