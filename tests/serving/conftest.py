@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +150,29 @@ class Server:
 
     def score(self, rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         return call_url(self.url + "/score", {"rows": rows})
+
+    def score_concurrently(
+        self, rows: list[dict[str, Any]], requests: int, task: str
+    ) -> tuple[list[list[float]], int]:
+        """``requests`` concurrent ``/score`` requests of ``rows[i : i + 2]`` each (all must
+        answer 200): their ``task`` scores in request order, and the forwards they took
+        (fewer than ``requests`` when the server batched them)."""
+        before = self.call("/health")[1]["batched"]
+        got: dict[int, tuple[int, dict[str, Any]]] = {}
+        threads = [
+            threading.Thread(target=lambda i=i: got.update({i: self.score(rows[i : i + 2])}))
+            for i in range(requests)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        after = self.call("/health")[1]["batched"]
+        assert after["requests"] - before["requests"] >= requests
+        assert all(got[i][0] == 200 for i in range(requests)), got
+        return [got[i][1]["scores"][task] for i in range(requests)], (
+            after["forwards"] - before["forwards"]
+        )
 
 
 def _server_process(out: Path, run: Path) -> Iterator[Server]:

@@ -3,8 +3,6 @@ does (the BM25 chunk of the run's retriever included), over a real HTTP server t
 
 from __future__ import annotations
 
-import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,53 +22,25 @@ from recis.export.relevance_llm import check_head  # noqa: E402
 from recis.llm.config import LevelsConfig, PromptConfig  # noqa: E402
 from recis.llm.task import RelevanceTask  # noqa: E402
 
-WORDS = [
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "phone",
-    "case",
-    "shoe",
-    "bag",
-    "coat",
-    "hat",
-    "cup",
-    "lamp",
-    "desk",
-    "sofa",
-]
 
-
-def write_pairs(path: Path, n: int, seed: int) -> Path:
-    """Label = how many of the query's 3 words the title holds (0..3)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        q = rng.sample(WORDS, 3)
-        k = rng.randrange(4)
-        t = q[:k] + rng.sample([w for w in WORDS if w not in q], 4 - k)
-        rng.shuffle(t)
-        brand = rng.choice(["nike", "sony", "ikea"])
-        rows.append({"query": " ".join(q), "title": " ".join(t), "brand": brand, "label": k})
+def write_pairs(path: Path, rows: list[dict[str, Any]]) -> Path:
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
 
 @pytest.fixture(scope="module")
-def llm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def llm_run(tmp_path_factory: pytest.TempPathFactory, rule_pairs: Any, rule_words: Any) -> Path:
     """A relevance-LLM run (scratch 1-layer Llama, a few SFT steps) with a BM25 retriever."""
     root = tmp_path_factory.mktemp("relevance_llm")
     corpus = root / "corpus.parquet"
-    pq.write_table(pa.table({"text": [f"{w} is sold here" for w in WORDS]}), corpus)
+    pq.write_table(pa.table({"text": [f"{w} is sold here" for w in rule_words]}), corpus)
     cfg = root / "llm.yaml"
     cfg.write_text(
         f"""kind: relevance_llm
 run_dir: {root / "run"}
 model: {{scratch: {{hidden_size: 32, layers: 1, heads: 2, vocab_size: 300}}}}
-data: {{train: {write_pairs(root / "train.parquet", 32, 0)},
-        eval: {write_pairs(root / "eval.parquet", 24, 1)}, attributes: [brand]}}
+data: {{train: {write_pairs(root / "train.parquet", rule_pairs(32, 0))},
+        eval: {write_pairs(root / "eval.parquet", rule_pairs(24, 1))}, attributes: [brand]}}
 retriever: {{corpus: {corpus}}}
 stages:
   - {{kind: sft, max_steps: 3, batch_size: 4, learning_rate: 1.0e-3, logging_steps: 1}}
@@ -123,21 +93,10 @@ def test_served_over_http_with_clear_errors(llm_server: Any) -> None:
     np.testing.assert_allclose(body["scores"]["relevance"], want, atol=1e-5)
     assert llm_server.call("/health")[1]["tasks"] == ["relevance"]
     # concurrent requests are batched (--batch-ms 30): one forward for several, same answers
-    before = llm_server.call("/health")[1]["batched"]
-    got: dict[int, Any] = {}
-    threads = [
-        threading.Thread(target=lambda i=i: got.update({i: llm_server.score(rows[i : i + 2])}))
-        for i in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    after = llm_server.call("/health")[1]["batched"]
-    assert after["forwards"] - before["forwards"] < 4 <= after["requests"] - before["requests"]
+    scores, forwards = llm_server.score_concurrently(rows, 4, "relevance")
+    assert forwards < 4
     for i in range(4):
-        assert got[i][0] == 200
-        np.testing.assert_allclose(got[i][1]["scores"]["relevance"], want[i : i + 2], atol=1e-5)
+        np.testing.assert_allclose(scores[i], want[i : i + 2], atol=1e-5)
     status, body = llm_server.score([{"title": "red cup", "brand": "ikea"}])
     assert status == 422 and body["field"] == "query", body
     status, body = llm_server.score([{"query": "red", "title": ["red", "cup"]}])
