@@ -8,6 +8,8 @@ byte-level BPE tokenizer trained on the training prompts (``recis.llm.model``). 
 ``kind: relevance_llm`` run (``recis.llm.pipeline``): SFT, then DPO, GRPO, AGRL, SHE and
 DyKnow-RAG, each starting from the SFT model with the same budget (``--rl-steps`` steps of
 ``--rl-batch`` completions). DyKnow-RAG's corpus: the titles of the train part's label-2 pairs
+(``--corpus-unseen``: only of queries other than the ``--train`` pairs', so that no training
+query finds its own answer in it, as no test query does)
 (BM25 over character 1-2-grams; a chunk equal to the pair's own title is skipped).
 
 Keys (last line, one JSON object): ``<stage>_auc`` (ROC-AUC of the one-pass serving score,
@@ -142,6 +144,9 @@ def main() -> None:
     p.add_argument("--rl-lr", type=float, default=1e-4)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--corpus-unseen", action="store_true", help="no training query's answer in the corpus"
+    )
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument(
         "--resume", action="store_true", help="reuse --work's run: only missing stages train"
@@ -167,7 +172,10 @@ def main() -> None:
     train_rows, test_rows, all_train = split(DATA, args.train, args.test, args.seed)
     pq.write_table(pa.Table.from_pylist(train_rows), work / "train.parquet")
     pq.write_table(pa.Table.from_pylist(test_rows), work / "test.parquet")
-    corpus = sorted({r["title"] for r in all_train if r["label"] == 2})
+    # --corpus-unseen: the corpus holds no answer of a training query (a training pair's chunk
+    # is otherwise often its own query's relevant title, which no test query ever gets)
+    seen = {r["query"] for r in train_rows} if args.corpus_unseen else set()
+    corpus = sorted({r["title"] for r in all_train if r["label"] == 2 and r["query"] not in seen})
     pq.write_table(pa.table({"text": corpus}), work / "corpus.parquet")
     out: dict[str, Any] = {"bm25_auc": bm25_auc(all_train, test_rows)}
     start = time.perf_counter()
