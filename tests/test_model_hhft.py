@@ -237,6 +237,14 @@ def test_grouped_linear_routes_each_token_to_its_groups_linear() -> None:
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer(x[:, [3, 0]], tokens=[3, 0]), expected[:, [3, 0]])
     assert all(isinstance(m, nn.Linear) for m in layer.linears) and len(layer.linears) == 3
+    # groups already in order take the path without gathers: the same numbers, bit for bit
+    ordered = GroupedLinear([0, 0, 1, 2, 2], 4, 3)
+    assert ordered.in_order and not layer.in_order
+    fast = ordered(x)
+    ordered.in_order = False
+    assert torch.equal(fast, ordered(x))
+    expected = torch.stack([ordered.linears[g](x[:, n]) for n, g in enumerate(ordered.groups)], 1)
+    torch.testing.assert_close(fast, expected)
 
 
 def test_sequence_mass_is_a_soft_count_of_matching_history() -> None:
