@@ -1,11 +1,15 @@
 // Fused backward + sparse optimizer update of a CPU table-batched embedding
-// (fbgemm's SplitTableBatchedEmbeddingBagsCodegen layout), for EXACT_SGD and
-// EXACT_ADAGRAD. Numerically the same as fbgemm's CPU backward: each row's
-// gradient is summed in the order its ids occur in `indices` (fbgemm sorts them
-// with a stable radix sort, which keeps that order), in float, then
+// (fbgemm's SplitTableBatchedEmbeddingBagsCodegen layout), for EXACT_SGD,
+// EXACT_ADAGRAD and EXACT_ROWWISE_ADAGRAD. Each row's gradient is summed in the
+// order its ids occur in `indices` (fbgemm sorts them with a stable radix sort,
+// which keeps that order), in float, then
 //   sgd:     w -= lr * g
 //   adagrad: m += g * g;  w -= lr * g / (sqrt(m) + eps)
-// with fbgemm's C++ types (W -= expression, so fp16 rounds as fbgemm's does).
+//   rowwise: m += mean(g * g) (one m per row);  w -= lr * g / (sqrt(m) + eps)
+// sgd and adagrad are bit for bit fbgemm's (its C++ types: W -= expression, so
+// fp16 rounds as fbgemm's does); rowwise follows fbgemm's reference arithmetic
+// (float sum of squares, float step), which its JIT kernel vectorises, so the
+// two agree to float rounding, not bit for bit.
 // fbgemm's exact CPU kernels run each table on one thread after a sort into
 // CSC form; here the distinct rows of a table are found with a small hash map
 // (no sort) and tables (or row partitions of one table) run in parallel.
@@ -70,21 +74,44 @@ inline void adagrad_row(at::Half* w, float* m, const float* g, int64_t D, float 
   }
 }
 
+// fbgemm's rowwise_sparse_adagrad_ref: h += sum(g^2) / D; w += g * (-lr / (sqrt(h) + eps))
+inline void rowwise_row(float* __restrict w, float* __restrict m, const float* __restrict g,
+                        int64_t D, float lr, float eps) {
+  float sq = 0.0f;
+  for (int64_t d = 0; d < D; ++d) sq = std::fma(g[d], g[d], sq);
+  const float h = *m + sq / static_cast<float>(D);
+  *m = h;
+  const float step = -lr / (std::sqrt(h) + eps);
+  for (int64_t d = 0; d < D; ++d) w[d] = std::fma(g[d], step, w[d]);
+}
+
+inline void rowwise_row(at::Half* w, float* m, const float* g, int64_t D, float lr, float eps) {
+  float sq = 0.0f;
+  for (int64_t d = 0; d < D; ++d) sq = std::fma(g[d], g[d], sq);
+  const float h = *m + sq / static_cast<float>(D);
+  *m = h;
+  const float step = -lr / (std::sqrt(h) + eps);
+  for (int64_t d = 0; d < D; ++d) w[d] += g[d] * step;
+}
+
+enum Optimizer : int64_t { kSgd = 0, kAdagrad = 1, kRowwise = 2 };
+
 template <typename W>
 void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torch::Tensor& momentum,
                   const torch::Tensor& weights_offsets, const torch::Tensor& momentum_offsets,
                   const torch::Tensor& D_offsets, const std::vector<TableSpan>& tables,
                   const torch::Tensor& indices, const torch::Tensor& offsets,
                   const torch::Tensor& indice_weights, int64_t pooling_mode, int64_t nobag_D,
-                  float lr, float eps, bool adagrad) {
+                  float lr, float eps, int64_t opt) {
+  const bool state = opt != kSgd;  // a momentum tensor: D floats a row, or one (rowwise)
   const int64_t T = weights_offsets.numel();
   const int64_t B = (offsets.numel() - 1) / T;
   const float* go = grad_output.data_ptr<float>();
   const int64_t go_stride = nobag_D > 0 ? nobag_D : grad_output.size(1);
   W* w = weights.data_ptr<W>();
-  float* mom = adagrad ? momentum.data_ptr<float>() : nullptr;
+  float* mom = state ? momentum.data_ptr<float>() : nullptr;
   const int64_t* wo = weights_offsets.data_ptr<int64_t>();
-  const int64_t* mo = adagrad ? momentum_offsets.data_ptr<int64_t>() : nullptr;
+  const int64_t* mo = state ? momentum_offsets.data_ptr<int64_t>() : nullptr;
   const int32_t* dof = D_offsets.data_ptr<int32_t>();
   const int64_t* idx = indices.data_ptr<int64_t>();
   const int64_t* off = offsets.data_ptr<int64_t>();
@@ -152,24 +179,27 @@ void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torc
         }
       }
       W* wt = w + wo[tb.f0];
-      float* mt = adagrad ? mom + mo[tb.f0] : nullptr;
+      float* mt = state ? mom + mo[tb.f0] : nullptr;
+      const int64_t mD = opt == kRowwise ? 1 : D;  // momentum floats per row
       // rows are scattered over tables of up to GBs: fetch a few rows ahead so
       // their cache (and TLB) misses overlap instead of stalling one by one
       constexpr size_t kAhead = 8;
-      const int64_t wbytes = D * static_cast<int64_t>(sizeof(W)), mbytes = D * 4;
+      const int64_t wbytes = D * static_cast<int64_t>(sizeof(W)), mbytes = mD * 4;
       for (size_t u = 0; u < uniq.size(); ++u) {
         if (u + kAhead < uniq.size()) {
           const int64_t r = uniq[u + kAhead];
           const char* pw = reinterpret_cast<const char*>(wt + r * D);
           for (int64_t o = 0; o < wbytes; o += 64) __builtin_prefetch(pw + o, 1);
-          if (adagrad) {
-            const char* pm = reinterpret_cast<const char*>(mt + r * D);
+          if (state) {
+            const char* pm = reinterpret_cast<const char*>(mt + r * mD);
             for (int64_t o = 0; o < mbytes; o += 64) __builtin_prefetch(pm + o, 1);
           }
         }
         const float* g = gbuf.data() + u * D;
-        if (adagrad) {
+        if (opt == kAdagrad) {
           adagrad_row(wt + uniq[u] * D, mt + uniq[u] * D, g, D, lr, eps);
+        } else if (opt == kRowwise) {
+          rowwise_row(wt + uniq[u] * D, mt + uniq[u], g, D, lr, eps);
         } else {
           sgd_row(wt + uniq[u] * D, g, D, lr);
         }
@@ -184,8 +214,8 @@ void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torc
 
 }  // namespace
 
-// Applies the update in place to weights (and momentum for adagrad).
-// optimizer: 0 = sgd, 1 = adagrad. pooling_mode: 0 sum, 1 mean (fbgemm's codes);
+// Applies the update in place to weights (and momentum for adagrad / rowwise).
+// optimizer: 0 = sgd, 1 = adagrad, 2 = rowwise adagrad. pooling_mode: 0 sum, 1 mean (fbgemm's codes);
 // nobag_D > 0 means pooling none with that dim (grad_output [N, D]).
 void fused_backward(torch::Tensor grad_output, torch::Tensor weights, torch::Tensor momentum,
                     torch::Tensor weights_offsets, torch::Tensor momentum_offsets,
@@ -195,7 +225,8 @@ void fused_backward(torch::Tensor grad_output, torch::Tensor weights, torch::Ten
   TORCH_CHECK(grad_output.scalar_type() == torch::kFloat, "fused_backward: float gradients only");
   TORCH_CHECK(indices.scalar_type() == torch::kLong && offsets.scalar_type() == torch::kLong,
               "fused_backward: int64 indices and offsets");
-  TORCH_CHECK(weights.is_contiguous() && (optimizer == 0 || momentum.is_contiguous()));
+  TORCH_CHECK(optimizer >= kSgd && optimizer <= kRowwise, "fused_backward: optimizer code");
+  TORCH_CHECK(weights.is_contiguous() && (optimizer == kSgd || momentum.is_contiguous()));
   TORCH_CHECK(indice_weights.numel() == 0 || indice_weights.scalar_type() == torch::kFloat);
   grad_output = grad_output.contiguous();
   indices = indices.contiguous();
@@ -215,16 +246,16 @@ void fused_backward(torch::Tensor grad_output, torch::Tensor weights, torch::Ten
   if (weights.scalar_type() == torch::kFloat) {
     fused_update<float>(grad_output, weights, momentum, weights_offsets, momentum_offsets,
                         D_offsets, tables, indices, offsets, indice_weights, pooling_mode, nobag_D,
-                        flr, feps, optimizer == 1);
+                        flr, feps, optimizer);
   } else {
     TORCH_CHECK(weights.scalar_type() == torch::kHalf, "fused_backward: fp32 or fp16 weights");
     fused_update<at::Half>(grad_output, weights, momentum, weights_offsets, momentum_offsets,
                            D_offsets, tables, indices, offsets, indice_weights, pooling_mode,
-                           nobag_D, flr, feps, optimizer == 1);
+                           nobag_D, flr, feps, optimizer);
   }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fused_backward", &fused_backward, "fused embedding backward + sgd/adagrad update",
+  m.def("fused_backward", &fused_backward, "fused embedding backward + sgd/adagrad/rowwise adagrad update",
         py::call_guard<py::gil_scoped_release>());
 }
