@@ -91,6 +91,7 @@ def publish(out: str | Path, write: Callable[[Path], None], keep: int | None = N
         raise OutputError(f"{out}: cannot write an export there: {err.strerror}") from None
     try:
         write(tmp)
+        _readable(tmp)
         fsync_dir(tmp)
         final = out / name
         os.rename(tmp, final)
@@ -107,6 +108,16 @@ def publish(out: str | Path, write: Callable[[Path], None], keep: int | None = N
     if keep is not None:
         prune_versions(out, keep)
     return final
+
+
+def _readable(folder: Path) -> None:
+    """Give every file of ``folder`` the mode a plain ``open()`` would (0666 less the umask):
+    safetensors writes its files 0600, which a server running as another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
 
 
 def set_latest(out: Path, name: str) -> None:

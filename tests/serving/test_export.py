@@ -83,6 +83,11 @@ def test_quantize_rows_error_bound() -> None:
 
 def test_changed_file_is_refused(dlrm_run: Path, tmp_path: Path) -> None:
     v = export_run(dlrm_run, tmp_path / "out", ExportOptions(fmt="torchscript"))
+    # every file readable as a plain open() leaves it (safetensors alone writes 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in v.rglob("*") if p.is_file()}
+    assert "tables.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
     with open(v / "tables.safetensors", "r+b") as f:
         f.seek(-4, os.SEEK_END)
         f.write(b"\x00\x01\x02\x03")
