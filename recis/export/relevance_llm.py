@@ -93,12 +93,13 @@ class LLMRun:
     head: dict[str, torch.Tensor]  # weight [L, H] (and bias [L])
 
     @classmethod
-    def load(cls, run_dir: Path, checkpoint: str | None = None) -> LLMRun:
-        """``checkpoint``: a stage name or model directory (default: the last trained stage)."""
+    def load(cls, run_dir: Path, checkpoint: str | None = None, device: str = "cpu") -> LLMRun:
+        """``checkpoint``: a stage name or model directory (default: the last trained stage);
+        the model on ``device``."""
         cfg = build_llm_config(load_yaml(run_dir / "config.yaml"))
         cfg.run_dir = str(run_dir)  # the folder given, wherever the run was trained
         source = pick_stage(cfg, checkpoint)
-        model, tokenizer = load_model(source).eval(), load_tokenizer(source)
+        model, tokenizer = load_model(source, device).eval(), load_tokenizer(source)
         ids = level_token_ids(tokenizer, cfg.levels.names)
         out = model.get_output_embeddings()
         if not isinstance(out, torch.nn.Linear):
@@ -183,6 +184,7 @@ def check_head(
 ) -> None:
     """Refuse a model whose logits are not its head's output (scaling, soft-capping)."""
     enc = tokenizer([task.serving_prefix(_PROBE)], return_tensors="pt")
+    enc = {k: v.to(scorer.weight.device) for k, v in enc.items()}
     full = model(**enc).logits[:, -1, :].float()[:, ids]
     sliced = scorer(dict(enc))
     if not torch.allclose(full, sliced, atol=1e-4, rtol=1e-4):
@@ -204,9 +206,10 @@ class PairBatch:
         return len(self.examples)
 
 
-class RelevanceLLMModel(RowScoring):
+class RelevanceLLMModel(RowScoring[PairBatch]):
     """One loaded relevance-LLM version: rows with the query, title, attribute and (optional)
-    context columns -> ``{"relevance": score, "p_<level>": probability}``."""
+    context columns -> ``{"relevance": score, "p_<level>": probability}``. A published
+    version scores on the CPU; :meth:`from_run` on the run's configured device."""
 
     batch_rows = 32  # prefixes per forward
 
@@ -233,13 +236,14 @@ class RelevanceLLMModel(RowScoring):
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str | None = None) -> RelevanceLLMModel:
         """The same scorer straight from a relevance-LLM run directory (a stage's model in
-        memory, nothing written): what ``recis export`` of that run would serve."""
-        run = LLMRun.load(Path(run_dir), checkpoint)
+        memory on the run's ``device``, nothing written): what its export would serve."""
+        cfg = build_llm_config(load_yaml(Path(run_dir) / "config.yaml"))
+        run = LLMRun.load(Path(run_dir), checkpoint, cfg.device)
         manifest = {"tasks": TASKS, "relevance_llm": run.spec()}
-        self = cls.__new__(cls)
+        model = cls.__new__(cls)
         scorer = HeadScorer(run.model.base_model, run.head)
-        self._ready(run.source, manifest, run.tokenizer, scorer, run.retriever())
-        return self
+        model._ready(run.source, manifest, run.tokenizer, scorer, run.retriever())
+        return model
 
     def _ready(
         self,
@@ -273,7 +277,7 @@ class RelevanceLLMModel(RowScoring):
             out.append(Example(query, title, 0, attrs, context))
         return PairBatch(out)
 
-    def merge(self, batches: list[Any]) -> PairBatch:
+    def merge(self, batches: list[PairBatch]) -> PairBatch:
         return PairBatch([e for b in batches for e in b.examples])
 
     @torch.no_grad()
@@ -284,8 +288,9 @@ class RelevanceLLMModel(RowScoring):
             examples = self.retriever.with_context(examples)
         texts = [self.task.serving_prefix(e) for e in examples]
         names = self.task.levels.names
+        device = self.scorer.weight.device
         probs = prefix_level_probs(
-            self.scorer, self.tokenizer, texts, self.batch_rows, "cpu", len(names)
+            self.scorer, self.tokenizer, texts, self.batch_rows, device, len(names)
         )
         out = {TASK: cumulative_score(probs, self.task.prompt.quantile).numpy()}
         for k, name in enumerate(names):
