@@ -23,30 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def dlrm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``run_dir`` of examples/dlrm_synthetic.yaml trained 8 steps on 2000 synthetic rows
     (eval: 600 rows), with its data under the same temporary folder."""
-    import torch
-
-    from recis.cli import main
-
-    base = tmp_path_factory.mktemp("serving")
-    run = base / "run"
-    small = [
-        f"run_dir={run}",
-        f"data.path={base / 'data'}",
-        "data.synthetic.num_train=2000",
-        "data.synthetic.num_eval=600",
-        "data.synthetic.files=1",
-        "data.batch_size=250",
-        "data.eval_batch_size=256",
-        "threads=1",
-        "train.progress=false",
-        "train.max_steps=8",
-        "train.checkpoint_every=4",
-    ]
-    args = [a for s in small for a in ("--set", s)]
-    threads = torch.get_num_threads()
-    assert main(["train", str(ROOT / "examples" / "dlrm_synthetic.yaml"), *args]) == 0
-    torch.set_num_threads(threads)
-    return run
+    return _tiny_run(tmp_path_factory.mktemp("serving"), "dlrm_synthetic.yaml", 2000, 600)
 
 
 def _tiny_run(base: Path, example: str | Path, rows: int, eval_rows: int) -> Path:
@@ -193,3 +170,18 @@ def _server_process(out: Path, run: Path) -> Iterator[Server]:
 def start_server() -> Any:
     """``yield from start_server(out, run)`` in a fixture: a real server process."""
     return _server_process
+
+
+def _export_and_serve(run: Path, out: Path, *export_args: str) -> Iterator[Server]:
+    """``recis export RUN --out OUT [export_args]``, then a server on ``out``."""
+    from recis.cli import main
+
+    assert main(["export", str(run), "--out", str(out), *export_args]) == 0
+    yield from _server_process(out, run)
+
+
+@pytest.fixture(scope="session")
+def serve_export() -> Any:
+    """``yield from serve_export(run, out, *export_args)`` in a fixture: the run exported
+    through the command line, then a real server process on it."""
+    return _export_and_serve

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.cli import main
 from recis.config_base import validate
 from recis.errors import ConfigError
 from recis.export import ExportOptions, export_run, read_manifest
@@ -29,11 +28,9 @@ from recis.models.text_towers import text_input
 
 @pytest.fixture(scope="module")
 def relevance_server(
-    deepbow_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server: Any
+    deepbow_run: Path, tmp_path_factory: pytest.TempPathFactory, serve_export: Any
 ) -> Iterator[Any]:
-    out = tmp_path_factory.mktemp("deepbow_published")
-    assert main(["export", str(deepbow_run), "--out", str(out)]) == 0
-    yield from start_server(out, deepbow_run)
+    yield from serve_export(deepbow_run, tmp_path_factory.mktemp("deepbow_published"))
 
 
 def test_exported_relevance_equals_eval(relevance_server: Any) -> None:

@@ -53,11 +53,9 @@ stages:
 
 @pytest.fixture(scope="module")
 def llm_server(
-    llm_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server: Any
+    llm_run: Path, tmp_path_factory: pytest.TempPathFactory, serve_export: Any
 ) -> Iterator[Any]:
-    out = tmp_path_factory.mktemp("llm_published")
-    assert main(["export", str(llm_run), "--out", str(out)]) == 0
-    yield from start_server(out, llm_run)
+    yield from serve_export(llm_run, tmp_path_factory.mktemp("llm_published"))
 
 
 def eval_rows(run: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recis.cli import main
 from recis.errors import CheckpointError, ConfigError
 from recis.export import (
     ExportOptions,
@@ -70,14 +69,12 @@ def test_split_towers_refused_for_dlrm(dlrm_run: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tt_server(
-    two_tower_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server: Any
+    two_tower_run: Path, tmp_path_factory: pytest.TempPathFactory, serve_export: Any
 ) -> Iterator[Any]:
-    out = tmp_path_factory.mktemp("tt_published")
-    items = two_tower_run.parent / "data" / "items.parquet"
     # through the command line, with the catalogue file as the corpus
-    cmd = ["export", str(two_tower_run), "--out", str(out), "--items", str(items)]
-    assert main(cmd) == 0
-    yield from start_server(out, two_tower_run)
+    items = two_tower_run.parent / "data" / "items.parquet"
+    out = tmp_path_factory.mktemp("tt_published")
+    yield from serve_export(two_tower_run, out, "--items", str(items))
 
 
 def _rows(run: Path, n: int) -> list[dict[str, Any]]:
