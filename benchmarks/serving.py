@@ -289,7 +289,6 @@ def relevance_llm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from recis.cli import main as recis
     from recis.export import ExportOptions, RelevanceLLMModel, export_run
-    from recis.export.relevance_llm import PairBatch
     from recis.llm.model import load_model, load_tokenizer
     from recis.llm.scoring import level_probs
 
@@ -316,7 +315,7 @@ def relevance_llm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             level_probs(full, tok, model.task, batch.examples, 64)
             t_full.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            model.score_batch(PairBatch(batch.examples))
+            model.score_batch(batch)
             t_head.append(time.perf_counter() - t0)
     out["head_speed"] = float(np.median(t_full) / np.median(t_head))
     out["full_ms"], out["head_ms"] = 1e3 * np.median(t_full), 1e3 * np.median(t_head)

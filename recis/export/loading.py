@@ -10,7 +10,7 @@ from .manifest import MANIFEST, read_manifest
 from .model import ScoringVersion, ServingModel
 from .publish import is_ready, read_latest
 from .relevance import RelevanceModel
-from .relevance_llm import RelevanceLLMModel
+from .relevance_llm import RelevanceLLMModel, is_llm_run
 from .retrieval import RetrievalModel
 
 
@@ -31,8 +31,11 @@ def load_version(version_dir: str | Path) -> ScoringVersion:
 
 def load_published(path: str | Path) -> ScoringVersion:
     """A version folder (it holds ``manifest.json``), or the READY version an export folder's
-    ``latest`` names, loaded as :func:`load_version` does."""
+    ``latest`` names, loaded as :func:`load_version` does; or a relevance-LLM run directory,
+    scored in memory as its export would be (:meth:`RelevanceLLMModel.from_run`)."""
     p = Path(path)
+    if is_llm_run(p):
+        return RelevanceLLMModel.from_run(p)
     if (p / MANIFEST).is_file():
         return load_version(p)
     name = read_latest(p)

@@ -93,13 +93,16 @@ class LLMRun:
     head: dict[str, torch.Tensor]  # weight [L, H] (and bias [L])
 
     @classmethod
-    def load(cls, run_dir: Path, checkpoint: str | None = None, device: str = "cpu") -> LLMRun:
+    def load(
+        cls, run_dir: Path, checkpoint: str | None = None, device: str | None = None
+    ) -> LLMRun:
         """``checkpoint``: a stage name or model directory (default: the last trained stage);
-        the model on ``device``."""
+        the model on ``device`` (default: the run's configured device)."""
         cfg = build_llm_config(load_yaml(run_dir / "config.yaml"))
         cfg.run_dir = str(run_dir)  # the folder given, wherever the run was trained
         source = pick_stage(cfg, checkpoint)
-        model, tokenizer = load_model(source, device).eval(), load_tokenizer(source)
+        model = load_model(source, device or cfg.device).eval()
+        tokenizer = load_tokenizer(source)
         ids = level_token_ids(tokenizer, cfg.levels.names)
         out = model.get_output_embeddings()
         if not isinstance(out, torch.nn.Linear):
@@ -148,7 +151,7 @@ def write_relevance_llm(
             f"--format: {fmt!r}: a relevance-LLM version is an HF decoder directory and its "
             "scoring head, served by transformers (use --format export, the default)"
         )
-    run = LLMRun.load(run_dir, checkpoint)
+    run = LLMRun.load(run_dir, checkpoint, "cpu")  # the files a CPU server loads
     run.model.base_model.save_pretrained(folder / LLM_DIR, safe_serialization=True)
     run.tokenizer.save_pretrained(folder / LLM_DIR)
     save_file(run.head, str(folder / HEAD))
@@ -237,8 +240,7 @@ class RelevanceLLMModel(RowScoring[PairBatch]):
     def from_run(cls, run_dir: str | Path, checkpoint: str | None = None) -> RelevanceLLMModel:
         """The same scorer straight from a relevance-LLM run directory (a stage's model in
         memory on the run's ``device``, nothing written): what its export would serve."""
-        cfg = build_llm_config(load_yaml(Path(run_dir) / "config.yaml"))
-        run = LLMRun.load(Path(run_dir), checkpoint, cfg.device)
+        run = LLMRun.load(Path(run_dir), checkpoint)
         manifest = {"tasks": TASKS, "relevance_llm": run.spec()}
         model = cls.__new__(cls)
         scorer = HeadScorer(run.model.base_model, run.head)

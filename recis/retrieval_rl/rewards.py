@@ -171,16 +171,10 @@ class PublishedRelevanceScorer:
     version folder, or an export folder whose ``latest`` READY version is taken)."""
 
     def __init__(self, path: str) -> None:
-        from pathlib import Path
-
         from recis.export.loading import load_published
         from recis.export.model import PairScoring
-        from recis.export.relevance_llm import RelevanceLLMModel, is_llm_run
 
-        if is_llm_run(Path(path)):
-            model: object = RelevanceLLMModel.from_run(path)
-        else:
-            model = load_published(path)
+        model = load_published(path)
         if not isinstance(model, PairScoring):
             raise ConfigError(
                 f"grpo.rewards.relevance_model: {path} is not a relevance version "
