@@ -39,11 +39,6 @@ def layer_ratios(
     return [min(0.95, max(0.0, ratio * (1 - spread) + b * s)) for s in shape]
 
 
-def to_remove(ratio: float, units: int) -> int:
-    """How many of ``units`` heads or channels a ratio removes (rounded, one always kept)."""
-    return min(units - 1, max(0, round(ratio * units)))
-
-
 def removal_counts(ratios: list[float], units: list[int]) -> list[int]:
     """How many of each layer's ``units`` (heads, or channels per group) its ratio removes,
     the total kept at ``round(sum(r_i u_i))``: each layer gets ``floor(r_i u_i)``, the

@@ -121,7 +121,7 @@ def test_slimgpt_update_beats_selection_only_and_magnitude() -> None:
 
 
 def test_schedules_keep_the_overall_ratio_and_grow_with_depth() -> None:
-    from recis.prune.schedule import layer_ratios, to_remove
+    from recis.prune.schedule import layer_ratios, removal_counts
 
     assert layer_ratios(0.3, 4) == [0.3] * 4
     inc = layer_ratios(0.3, 6, "incremental")
@@ -130,7 +130,8 @@ def test_schedules_keep_the_overall_ratio_and_grow_with_depth() -> None:
     # logarithmic: the steps shrink with depth
     steps = [b - a for a, b in zip(inc, inc[1:])]
     assert all(a > b for a, b in zip(steps, steps[1:]))
-    assert to_remove(0.3, 8) == 2 and to_remove(0.99, 4) == 3
+    # one layer: the ratio rounded, one unit always kept
+    assert removal_counts([0.3], [8]) == [2] and removal_counts([0.99], [4]) == [3]
 
 
 def test_removal_counts_keep_the_models_share_where_layers_round_down() -> None:
