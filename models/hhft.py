@@ -128,12 +128,9 @@ class GroupedLinear(nn.Module):
         if tokens is not None:
             parts = [self.linears[self.groups[t]](x[:, j : j + 1]) for j, t in enumerate(tokens)]
             return torch.cat(parts, dim=1)
-        if self.in_order:
-            chunks = x.split(self.sizes, dim=1)
-            return torch.cat([lin(c) for lin, c in zip(self.linears, chunks)], dim=1)
-        chunks = x[:, self.order].split(self.sizes, dim=1)  # tokens sorted by group
+        chunks = (x if self.in_order else x[:, self.order]).split(self.sizes, dim=1)
         out = torch.cat([lin(c) for lin, c in zip(self.linears, chunks)], dim=1)
-        return out[:, self.inverse]
+        return out if self.in_order else out[:, self.inverse]
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
