@@ -11,7 +11,7 @@ keeps, so SGD and Adagrad results are bit-identical; row-wise Adagrad follows
 fbgemm's reference arithmetic, which its JIT kernel vectorises, so it agrees to
 float rounding), and tables run in parallel. One thread, the engine benchmark's
 shapes (26 tables x 100K rows, dim 64, batch 2048 x 8 ids): row-wise backward
-68.5 ms in fbgemm against about 25 here (docs/embedding.md).
+65.6 ms in fbgemm against 29.8 here (docs/embedding.md).
 
 The forward stays fbgemm's (the TBE module is called under ``no_grad``); only
 the backward is replaced, through :class:`FusedCpuLookup`. Weights and
