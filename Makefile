@@ -31,7 +31,7 @@ $(CORE): pyproject.toml requirements/stack.txt requirements/$(VARIANT).txt scrip
 
 # the C++ ops (ops/csrc), compiled in place into ops/_native by recis.ops.build: training
 # processes only load them. Rebuilt when a source, the build code or the stack changes.
-$(NATIVE): $(CORE) ops/build.py $(wildcard ops/csrc/*.cpp)
+$(NATIVE): $(CORE) ops/build.py $(wildcard ops/csrc/*.cpp ops/csrc/*.h)
 	$(PY) -m recis.ops.build
 	touch $(NATIVE)
 

@@ -45,12 +45,14 @@ _X86 = platform.machine() in ("x86_64", "AMD64")
 
 @dataclass(frozen=True)
 class Extension:
-    """One C++ extension: ``csrc/<source>`` built with these flags."""
+    """One C++ extension: ``csrc/<source>`` (and the ``csrc`` headers it includes) built
+    with these flags."""
 
     name: str
     source: str
     cflags: tuple[str, ...]
     ldflags: tuple[str, ...] = ("-fopenmp",)
+    headers: tuple[str, ...] = ("task_pool.h",)
 
 
 # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without the flag
@@ -72,6 +74,8 @@ EXTENSIONS: dict[str, Extension] = {
 def tag(ext: Extension, csrc: Path | None = None) -> str:
     """12 hex digits naming one build: source bytes, flags, torch version, Python ABI, CPU."""
     h = hashlib.sha256(((csrc or CSRC) / ext.source).read_bytes())
+    for header in ext.headers:
+        h.update(((csrc or CSRC) / header).read_bytes())
     for part in (*ext.cflags, "|", *ext.ldflags, torch.__version__, sys.implementation.cache_tag):
         h.update(part.encode() + b"\0")
     h.update(platform.machine().encode())

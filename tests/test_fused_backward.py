@@ -183,3 +183,48 @@ def test_native_per_id_init_equals_numpy() -> None:
     want = ((2.0 * id_uniform(ids, 12, "3/t") - 1.0) * 0.05).astype(np.float32)
     assert torch.equal(got, torch.from_numpy(want))
     assert torch.equal(got[4], got[5]) and not torch.equal(got[0], got[1])
+
+
+def _step_weights(coll, x) -> list[torch.Tensor]:
+    coll(x).values().pow(2).sum().backward()
+    return [coll.groups[g].weight(j).clone() for g, j in coll.where.values()]
+
+
+def _child_step(coll, x, queue) -> None:  # runs in a forked child
+    queue.put([w.numpy() for w in _step_weights(coll, x)])
+
+
+def test_forked_child_runs_the_native_ops() -> None:
+    """The native ops' thread pool (ops/csrc/task_pool.h) is the parent's until a fork: a
+    forked child (a reader worker) gets its own and computes the same step as the parent."""
+    import multiprocessing
+
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a pool helper in the parent before the fork
+    try:
+        tables = [TableConfig(name=n, dim=8, capacity=64) for n in ("a", "b", "c")]
+        feats = [SparseFeature(f"f{n}", table=n) for n in ("a", "b", "c")]
+        coll = build_embedding_collection(
+            tables, feats, "cpu", SparseOptimizerConfig(name="adagrad", lr=0.1)
+        )
+        x = KeyedJaggedTensor(
+            keys=["fa", "fb", "fc"],
+            values=torch.arange(30) % 11 * 2**40,
+            lengths=torch.tensor([3, 2, 5, 4, 1, 5, 2, 3, 5]),
+        )
+        _step_weights(coll, x)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child_step, args=(coll, x, queue))
+        proc.start()
+        got = queue.get(timeout=120)
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+        want = _step_weights(coll, x)  # the parent's pool still works after the fork
+        assert len(got) == len(want) == 3
+        for g, w in zip(got, want):
+            assert torch.equal(torch.from_numpy(g), w)
+    finally:
+        torch.set_num_threads(threads)

@@ -290,7 +290,7 @@ def test_stale_build_is_one_line(tmp_path) -> None:
     """A changed source looks for another file: the old build is reported stale."""
     csrc = tmp_path / "csrc"
     csrc.mkdir()
-    for src in build.CSRC.glob("*.cpp"):
+    for src in [*build.CSRC.glob("*.cpp"), *build.CSRC.glob("*.h")]:
         (csrc / src.name).write_text(src.read_text() + "\n// changed\n")
     ext = build.EXTENSIONS["id_mapper"]
     assert build.tag(ext, csrc) != build.tag(ext)

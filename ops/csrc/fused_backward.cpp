@@ -22,6 +22,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "task_pool.h"
+
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -128,13 +130,14 @@ void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torc
   // tasks are handed out one at a time from a shared counter rather than in
   // fixed halves: when another process takes a core, the thread that still runs
   // takes over the remaining tables instead of waiting for the stalled one
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  // (recis::run_tasks: nor does the call wait for a helper that never started)
+  constexpr int64_t kAheadB = 4;
+  recis::run_tasks(nt * parts, threads, [&](const recis::Claim& claim) {
     std::vector<int64_t> keys;   // open-addressing map row -> slot in uniq
     std::vector<int32_t> vals;
     std::vector<int64_t> uniq;   // distinct rows, first-seen order
     std::vector<float> gbuf;     // [uniq, D] gradient sums
-    for (int64_t task = next++; task < nt * parts; task = next++) {
+    for (int64_t task = claim(); task >= 0; task = claim()) {
       const TableSpan& tb = tables[task / parts];
       const int64_t part = task % parts;
       const int64_t D = nobag_D > 0 ? nobag_D : dof[tb.f0 + 1] - dof[tb.f0];
@@ -149,6 +152,13 @@ void fused_update(const torch::Tensor& grad_output, torch::Tensor& weights, torc
       for (int64_t f = tb.f0; f < tb.f1; ++f) {
         const int64_t col = nobag_D > 0 ? 0 : dof[f];
         for (int64_t b = 0; b < B; ++b) {
+          // the pooled gradient rows of one feature lie a whole row of features
+          // apart (a page or more): fetch a few samples ahead, the hardware
+          // prefetcher does not follow such strides
+          if (nobag_D == 0 && b + kAheadB < B) {
+            const char* pg = reinterpret_cast<const char*>(go + (b + kAheadB) * go_stride + col);
+            for (int64_t o = 0; o < D * 4; o += 64) __builtin_prefetch(pg + o, 0);
+          }
           const int64_t p0 = off[f * B + b], p1 = off[f * B + b + 1];
           // fbgemm: float(1.0 / L) for mean pooling without weights
           const float scale = (mean && !iw && p1 > p0) ? static_cast<float>(1.0 / (p1 - p0)) : 1.0f;

@@ -8,8 +8,11 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "task_pool.h"
+
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -232,9 +235,8 @@ void run_jobs(std::vector<MapJob>& jobs, int32_t st) {
   for (int64_t i = 0; i < t; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return jobs[a].n > jobs[b].n; });
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, p, 1, [&](int64_t, int64_t) {
-    for (int64_t k = next++; k < t; k = next++) {
+  recis::run_tasks(t, p, [&](const recis::Claim& claim) {
+    for (int64_t k = claim(); k >= 0; k = claim()) {
       MapJob& j = jobs[order[k]];
       find_range(j, 0, j.n, st);
       insert_misses(j, st);
@@ -286,11 +288,35 @@ find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor>
 }
 
 namespace {
-inline uint64_t splitmix64(uint64_t z) {
+__attribute__((always_inline)) inline uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
+}
+
+// The row loop is built for several x86 levels and picked at load time (GCC's
+// target_clones): with AVX-512 (x86-64-v4) its 64-bit multiplies and int64 -> double
+// conversions are vector instructions (8 columns at a time), elsewhere they are
+// scalar. Every level computes the same IEEE operations, so the values are
+// bit for bit equal.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RECIS_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RECIS_ROW_CLONES
+#endif
+
+// one id's initial vector: (2u - 1) * scale in double, rounded to float, with
+// u = (splitmix64(x + col * M2) >> 11) * 2^-53 and x = splitmix64(id ^ salt)
+RECIS_ROW_CLONES void id_uniform_row(float* __restrict o, uint64_t x, int64_t dim, double scale) {
+  for (int64_t c = 0; c < dim; ++c) {
+    const uint64_t z = splitmix64(x + static_cast<uint64_t>(c) * 0x94D049BB133111EBULL);
+    // z >> 11 < 2^53: the signed conversion is exact (and has a vector form)
+    const double u = static_cast<double>(static_cast<int64_t>(z >> 11)) * 0x1.0p-53;
+    const double two_u = 2.0 * u;
+    const double v = two_u - 1.0;
+    o[c] = static_cast<float>(v * scale);
+  }
 }
 }  // namespace
 
@@ -306,14 +332,7 @@ torch::Tensor id_init_uniform(torch::Tensor ids, int64_t dim, int64_t salt, doub
   const uint64_t sl = static_cast<uint64_t>(salt);
   at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const uint64_t x = splitmix64(static_cast<uint64_t>(k[i]) ^ sl);
-      for (int64_t c = 0; c < dim; ++c) {
-        const uint64_t z = splitmix64(x + static_cast<uint64_t>(c) * 0x94D049BB133111EBULL);
-        const double u = static_cast<double>(z >> 11) * 0x1.0p-53;
-        const double two_u = 2.0 * u;
-        const double v = two_u - 1.0;
-        o[i * dim + c] = static_cast<float>(v * scale);
-      }
+      id_uniform_row(o + i * dim, splitmix64(static_cast<uint64_t>(k[i]) ^ sl), dim, scale);
     }
   });
   return out;
@@ -323,6 +342,7 @@ namespace {
 template <typename W>
 void init_table_rows(W* w, int64_t dim, const int64_t* rows, const int64_t* ids, int64_t n,
                      uint64_t salt, double scale) {
+  std::vector<float> buf(std::is_same<W, float>::value ? 0 : dim);
   for (int64_t i = 0; i < n; ++i) {
     W* o = w + rows[i] * dim;
     if (scale == 0.0) {
@@ -330,12 +350,11 @@ void init_table_rows(W* w, int64_t dim, const int64_t* rows, const int64_t* ids,
       continue;
     }
     const uint64_t x = splitmix64(static_cast<uint64_t>(ids[i]) ^ salt);
-    for (int64_t c = 0; c < dim; ++c) {
-      const uint64_t z = splitmix64(x + static_cast<uint64_t>(c) * 0x94D049BB133111EBULL);
-      const double u = static_cast<double>(z >> 11) * 0x1.0p-53;
-      const double two_u = 2.0 * u;
-      const double v = two_u - 1.0;
-      o[c] = W(static_cast<float>(v * scale));  // float first, as the tensor path rounds
+    if constexpr (std::is_same<W, float>::value) {
+      id_uniform_row(o, x, dim, scale);
+    } else {  // float first, as the tensor path rounds
+      id_uniform_row(buf.data(), x, dim, scale);
+      for (int64_t c = 0; c < dim; ++c) o[c] = W(buf[c]);
     }
   }
 }
@@ -376,9 +395,8 @@ void init_rows_many(std::vector<torch::Tensor> weights, std::vector<torch::Tenso
     of_table[state_table[k]].push_back(static_cast<int64_t>(k));
   }
   // tables from a shared counter (not fixed halves): a parked thread holds up one table
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(t, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    for (int64_t i = next++; i < t; i = next++) {
+  recis::run_tasks(t, at::get_num_threads(), [&](const recis::Claim& claim) {
+    for (int64_t i = claim(); i >= 0; i = claim()) {
       const int64_t n = rows[i].numel(), dim = weights[i].size(1);
       const int64_t* r = rows[i].data_ptr<int64_t>();
       const int64_t* k = ids[i].data_ptr<int64_t>();
