@@ -56,11 +56,18 @@ class PairScoring(Protocol):
 
 @runtime_checkable
 class TopKVersion(Protocol):
-    """A version that answers ``/topk``: item or product ids and scores for query rows."""
+    """A version that answers ``/topk``: item or product ids and scores for query rows
+    (:class:`~recis.export.scoring.QueryTopK`: converted per request, searched together)."""
 
     version: str
 
     def searchable(self) -> bool: ...
+
+    def query_batch(self, rows: list[dict[str, Any]]) -> Batch: ...
+
+    def topk_batch(
+        self, batch: Batch, k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def topk_rows(
         self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None

@@ -30,7 +30,7 @@ from recis.models.layers import text_or_list_ids
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
-from .scoring import SchemaScoring, task_outputs
+from .scoring import QueryTopK, SchemaScoring, task_outputs
 from .term_index import ProductSearch
 
 INPUTS = ["query_ids", "query_mask", "product_ids", "product_mask", "dense"]
@@ -98,7 +98,7 @@ def request_schema(schema: Schema, spec: dict[str, Any]) -> Schema:
     )
 
 
-class RelevanceModel(SchemaScoring):
+class RelevanceModel(SchemaScoring, QueryTopK):
     """One loaded DeepBoW version: rows with the query and product texts (and the dense
     features) -> ``{task: probability}``, as ``recis eval`` scores them."""
 
@@ -135,14 +135,17 @@ class RelevanceModel(SchemaScoring):
         """Whether the version has a term-weight index of products (``/topk``)."""
         return self.products is not None
 
-    def topk_rows(
-        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    def query_batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """Rows with the query text, converted with the query column's schema part."""
+        table = rows_table(self.query_schema.columns, rows)
+        return to_batch(table, self.query_schema, "request", nan_policy=self.nan_policy)
+
+    def topk_batch(
+        self, batch: Batch, k: int, exclude: list[list[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(product ids [B, k], bag scores [B, k])`` for rows with the query text."""
+        """``(product ids [B, k], bag scores [B, k])`` for converted query rows."""
         if self.products is None:
             raise ConfigError(f"{self.path}: the version has no term-weight index")
-        table = rows_table(self.query_schema.columns, rows)
-        batch = to_batch(table, self.query_schema, "request", nan_policy=self.nan_policy)
         ids, mask = text_or_list_ids(batch, self.spec["query_text"], self.spec["widths"][0])
         return self.products.search(ids, mask, k, exclude)
 

@@ -22,7 +22,7 @@ from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
 from .rows import rows_table
-from .scoring import SchemaScoring, task_outputs
+from .scoring import QueryTopK, SchemaScoring, task_outputs
 from .tables import TableInfo
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema, tower_part
 
@@ -66,7 +66,7 @@ def _tables(chain: Chain, side: str, kind: str) -> tuple[dict[str, torch.Tensor]
     return load_part(chain, part), part.locate(chain[-1][1])[1]
 
 
-class RetrievalModel(SchemaScoring):
+class RetrievalModel(SchemaScoring, QueryTopK):
     """One loaded two-tower version (``version_dir``; its files checked against the manifest).
 
     ``topk_rows`` answers query rows with item ids and scores ``<u, v>`` (best first);
@@ -97,14 +97,17 @@ class RetrievalModel(SchemaScoring):
         tower = self.towers["query"]
         return tower.encode(tower.batch(rows))
 
-    def topk_rows(
-        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    def query_batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """Query rows converted with the query tower's schema part."""
+        return self.towers["query"].batch(rows)
+
+    @torch.no_grad()
+    def topk_batch(
+        self, batch: Batch, k: int, exclude: list[list[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(item ids [B, k], scores [B, k])`` for query rows; ``exclude[b]``: ids not to
-        return for row ``b`` (e.g. the user's seen items)."""
-        if not rows:
-            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        return self.items.search(self.encode_queries(rows), k, exclude)
+        """``(item ids [B, k], scores [B, k])``; ``exclude[b]``: ids not to return for row
+        ``b`` (e.g. the user's seen items)."""
+        return self.items.search(self.towers["query"].encode(batch), k, exclude)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """``(query, item)`` rows converted with both towers' schema parts (one Batch)."""

@@ -53,6 +53,31 @@ class RowScoring(ABC, Generic[B]):
         return self.score_batch(self.rows_batch(rows))
 
 
+class QueryTopK(ABC):
+    """``/topk`` of a version on its converted query rows: ``query_batch`` (validation and
+    conversion, per request) and ``topk_batch`` (the search), so that the server can search
+    several requests' rows in one call (:class:`recis.serve.batching.MicroBatcher`)."""
+
+    @abstractmethod
+    def query_batch(self, rows: list[dict[str, Any]]) -> Batch:
+        """Query rows (at least one) validated and converted; DataError names the column."""
+
+    @abstractmethod
+    def topk_batch(
+        self, batch: Batch, k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids [B, k], scores [B, k])`` best first; ``exclude[b]``: ids not to return for
+        row ``b``; fewer than ``k`` results are padded with id -1 and score -inf."""
+
+    def topk_rows(
+        self, rows: list[dict[str, Any]], k: int, exclude: list[list[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`topk_batch` of JSON query rows."""
+        if not rows:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        return self.topk_batch(self.query_batch(rows), k, exclude)
+
+
 class SchemaScoring(RowScoring[Batch]):
     """A version whose rows go through recis.io's conversion into a :class:`Batch`."""
 

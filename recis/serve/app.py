@@ -141,7 +141,10 @@ def create_app(holder: ModelHolder, batcher: MicroBatcher | None = None) -> Fast
             return parsed
         rows, k, exclude = parsed
         try:
-            ids, scores = await _in_thread(model.topk_rows, rows, k, exclude)
+            if batcher is not None and rows:
+                ids, scores = await batcher.topk(model, rows, k, exclude)
+            else:
+                ids, scores = await _in_thread(model.topk_rows, rows, k, exclude)
         except DataError as err:
             return _bad(422, str(err), err.column)
         return JSONResponse(
