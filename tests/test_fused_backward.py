@@ -228,3 +228,52 @@ def test_forked_child_runs_the_native_ops() -> None:
             assert torch.equal(torch.from_numpy(g), w)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_concurrent_callers_share_the_pool() -> None:
+    """Two Python threads training their own collections at once: one takes the native ops'
+    pool, the other runs its tasks on its own thread (ops/csrc/task_pool.h); both end with
+    the weights a collection trained alone ends with."""
+    import threading
+
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tables = [TableConfig(name=f"t{i}", dim=8, capacity=256, eviction="lru") for i in range(6)]
+        feats = [SparseFeature(f"f{i}", table=f"t{i}") for i in range(6)]
+        gen = torch.Generator().manual_seed(3)
+        batches = [
+            KeyedJaggedTensor(
+                keys=[f"f{i}" for i in range(6)],
+                values=torch.randint(0, 2**40, (6 * 16 * 4,), generator=gen),
+                lengths=torch.full((6 * 16,), 4),
+            )
+            for _ in range(20)
+        ]
+
+        def build():  # type: ignore[no-untyped-def]
+            return build_embedding_collection(
+                tables, feats, "cpu", SparseOptimizerConfig(name="rowwise_adagrad", lr=0.1)
+            )
+
+        def train(coll, out: list) -> None:  # type: ignore[no-untyped-def]
+            for x in batches:
+                coll(x).values().pow(2).sum().backward()
+            out.extend(coll.groups[g].weight(j).clone() for g, j in coll.where.values())
+
+        alone: list[torch.Tensor] = []
+        train(build(), alone)
+        got: list[list[torch.Tensor]] = [[], []]
+        workers = [threading.Thread(target=train, args=(build(), got[i])) for i in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        for result in got:
+            assert len(result) == len(alone) == 6
+            for a, b in zip(result, alone):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
