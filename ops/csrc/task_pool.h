@@ -9,16 +9,20 @@
 // in every region of every step. Here the caller takes tasks itself and waits
 // only for the helpers that have started: a helper that wakes after the tasks
 // are all handed out does not join, so with one core taken the step runs at
-// the speed of the cores it still has.
+// the speed of the cores it still has. On Linux the helpers are also kept off
+// the caller's core: woken there (the scheduler's choice when the other cores
+// are busy) a helper would only start once the caller had done every task.
 //
 // One pool per process (re-made in a forked child, whose pool threads do not
 // exist); a second caller while the pool is in use runs its tasks on its own
 // thread. Helpers sleep on a condition variable between calls.
 #pragma once
 
+#include <unistd.h>
+#if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
-#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -53,7 +57,9 @@ class TaskPool {
       threads_.emplace_back([this] { loop(); });
       off_cpu_ = -1;  // the new thread has the caller's mask
     }
+#if defined(__linux__)
     keep_off(sched_getcpu());
+#endif
     body_ = &body;
     n_ = n;
     next_.store(0);
@@ -96,9 +102,8 @@ class TaskPool {
     return t < n_ ? t : int64_t{-1};
   }) {}
 
-  // Helpers may run on every core the process may use but the caller's: woken
-  // on the caller's core (the scheduler's default when the others are busy)
-  // a helper would only start once the caller has done every task.
+  // Helpers may run on every core the caller may use but its current one.
+#if defined(__linux__)
   void keep_off(int cpu) {
     if (cpu < 0 || cpu == off_cpu_) return;
     cpu_set_t mask;
@@ -109,6 +114,7 @@ class TaskPool {
     for (auto& t : threads_) pthread_setaffinity_np(t.native_handle(), sizeof(mask), &mask);
     off_cpu_ = cpu;
   }
+#endif
 
   static void serial(int64_t n, const TaskBody& body) {
     int64_t next = 0;
