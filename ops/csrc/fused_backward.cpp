@@ -24,7 +24,6 @@
 
 #include "task_pool.h"
 
-#include <atomic>
 #include <cmath>
 #include <vector>
 

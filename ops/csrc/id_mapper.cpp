@@ -11,7 +11,6 @@
 #include "task_pool.h"
 
 #include <algorithm>
-#include <atomic>
 #include <type_traits>
 #include <unordered_map>
 #include <vector>
@@ -299,8 +298,10 @@ __attribute__((always_inline)) inline uint64_t splitmix64(uint64_t z) {
 // target_clones): with AVX-512 (x86-64-v4) its 64-bit multiplies and int64 -> double
 // conversions are vector instructions (8 columns at a time), elsewhere they are
 // scalar. Every level computes the same IEEE operations, so the values are
-// bit for bit equal.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// bit for bit equal. (The x86-64-v3/v4 levels need GCC 11 and glibc's ifunc; other
+// toolchains build the one baseline loop.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    defined(__GLIBC__)
 #define RECIS_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define RECIS_ROW_CLONES
