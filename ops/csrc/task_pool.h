@@ -84,16 +84,22 @@ class TaskPool {
   }
 
   // This process's pool (a new one in a forked child; the parent's is left as is).
+  // No lock: a fork while another thread held one would leave it held in the child.
   static TaskPool& get() {
-    static std::mutex mu;
-    static TaskPool* pool = nullptr;
-    static pid_t owner = 0;
-    std::lock_guard<std::mutex> g(mu);
-    if (pool == nullptr || owner != getpid()) {
-      pool = new TaskPool();  // never deleted: its threads live as long as the process
-      owner = getpid();
+    struct Owned {
+      TaskPool* pool;
+      pid_t pid;
+    };
+    static std::atomic<Owned*> current{nullptr};
+    const pid_t me = getpid();
+    Owned* seen = current.load();
+    while (seen == nullptr || seen->pid != me) {
+      // never deleted: a pool's threads live as long as the process (and the loser
+      // of a race here is a pool that never started a thread)
+      Owned* mine = new Owned{new TaskPool(), me};
+      if (current.compare_exchange_strong(seen, mine)) return *mine->pool;
     }
-    return *pool;
+    return *seen->pool;
   }
 
  private:
