@@ -45,7 +45,7 @@ from recis.errors import ConfigError
 from recis.features import Schema
 from recis.io.batch import Batch
 
-from .layers import MLP, SequenceEmbedding, dense_norm, masked_softmax, select_features
+from .layers import MLP, SequenceEmbedding, dense_norm, masked_softmax, positions, select_features
 
 
 @dataclass(config=STRICT)
@@ -232,7 +232,7 @@ class HiformerLayer(nn.Module):
         k, v = kv.chunk(2, 1)
         idx = None if only is None else [int(i) for i in only]
         if idx is not None:
-            x, h = x[:, idx], h[:, idx]
+            x, h = x[:, positions(idx)], h[:, positions(idx)]
         x = x + self.drop(self.o(_attend(self.q(h, idx), k, v, self.heads), idx))
         f = torch.relu(self.ffn_in(self.norm2(x), idx))
         return x + self.drop(self.ffn_out(f, idx))
@@ -393,7 +393,7 @@ class HHFT(nn.Module):
 
         d = config.d_model
         per_feature = config.dense_tokens == "feature"
-        self.block_dense = [[dense_index[n] for n in blk.dense] for blk in config.blocks]
+        self.block_dense = [positions([dense_index[n] for n in b.dense]) for b in config.blocks]
         self.target_attn = nn.ModuleDict()
         self.proj = nn.ModuleList()
         self.feature_tokens = nn.ModuleList()

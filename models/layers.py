@@ -79,6 +79,14 @@ def select_features(kjt: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTenso
     return KeyedJaggedTensor.from_jt_dict({k: jts[k] for k in keys})
 
 
+def positions(idx: list[int]) -> list[int] | slice:
+    """``idx`` as a slice when it is a run of consecutive positions: ``x[:, positions(idx)]``
+    is then a view, not a gather (the same values, and the same gradients)."""
+    if idx and idx == list(range(idx[0], idx[-1] + 1)):
+        return slice(idx[0], idx[-1] + 1)
+    return idx
+
+
 def padded_ids(
     kjt: KeyedJaggedTensor, key: str, max_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
