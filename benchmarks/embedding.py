@@ -27,7 +27,7 @@ affinity mask, capped by a cgroup quota), not the machine's core count.
    (what any first table loads, ~2.7 MB, is the process's, not the table's);
 5. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
    2 processes x 1 thread vs 1 process x 2 threads, same global batch; ``--dist-rounds``
-   alternating rounds, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
+   alternating rounds, default 5, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
 
 Last line: one JSON object with the goal keys ``vs_torchrec_rowwise_1t``,
 ``vs_torchrec_adagrad_1t``, ``vs_torchrec_rowwise_all``, ``mapper_new_mids_per_s``,
@@ -379,7 +379,7 @@ def main() -> None:
     )
     p.add_argument("--mapper-threads", default="all", help="threads of the mapper part")
     p.add_argument(
-        "--dist-rounds", type=int, default=1, help="alternating rounds of distributed_vs_threads"
+        "--dist-rounds", type=int, default=5, help="alternating rounds of distributed_vs_threads"
     )
     args = p.parse_args()
     skip = set(args.skip.split(","))
