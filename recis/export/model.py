@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recis.io import Batch, to_batch
+from recis.io import Batch
 
 from .dense import load_dense
 from .exporter import load_tables, table_infos
 from .manifest import manifest_schema, read_manifest
-from .rows import rows_table
+from .rows import request_batch, rows_table
 from .scoring import SchemaScoring, task_outputs
 from .tables import TableLookup
 
@@ -107,4 +107,4 @@ class ServingModel(SchemaScoring):
         return rows_table(self.columns, rows)
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
-        return to_batch(self.table(rows), self.schema, "request", nan_policy=self.nan_policy)
+        return request_batch(rows, self.schema, self.nan_policy)

@@ -23,13 +23,13 @@ from torch import nn
 
 from recis.errors import ConfigError
 from recis.features import Schema
-from recis.io import Batch, to_batch
+from recis.io import Batch
 from recis.models.deepbow import DeepBoW
 from recis.models.layers import text_or_list_ids
 
 from .dense import FILES, load_graph, save_graph
 from .manifest import manifest_schema, read_manifest
-from .rows import rows_table
+from .rows import request_batch
 from .scoring import QueryTopK, SchemaScoring, task_outputs
 from .term_index import ProductSearch
 
@@ -137,8 +137,7 @@ class RelevanceModel(SchemaScoring, QueryTopK):
 
     def query_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """Rows with the query text, converted with the query column's schema part."""
-        table = rows_table(self.query_schema.columns, rows)
-        return to_batch(table, self.query_schema, "request", nan_policy=self.nan_policy)
+        return request_batch(rows, self.query_schema, self.nan_policy)
 
     def topk_batch(
         self, batch: Batch, k: int, exclude: list[list[int]] | None = None
@@ -151,8 +150,7 @@ class RelevanceModel(SchemaScoring, QueryTopK):
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """JSON rows validated and converted as training data (DataError names the column)."""
-        table = rows_table(self.schema.columns, rows)
-        return to_batch(table, self.schema, "request", nan_policy=self.nan_policy)
+        return request_batch(rows, self.schema, self.nan_policy)
 
     @torch.no_grad()
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:

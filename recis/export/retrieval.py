@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from recis.io import Batch, to_batch
+from recis.io import Batch
 
 from .delta import Chain, load_part, version_chain
 from .dense import load_graph
 from .index import ItemSearch
 from .manifest import manifest_schema, read_manifest
-from .rows import rows_table
+from .rows import request_batch
 from .scoring import QueryTopK, SchemaScoring, task_outputs
 from .tables import TableInfo
 from .towers import INPUTS, OUTPUT, SIDES, TowerFrontend, side_schema, tower_part
@@ -46,12 +46,7 @@ class ServingTower:
 
     def batch(self, rows: list[dict[str, Any]]) -> Batch:
         """JSON rows validated and converted as training data (DataError names the column)."""
-        return to_batch(
-            rows_table(self.schema.columns, rows),
-            self.schema,
-            "request",
-            nan_policy=self.nan_policy,
-        )
+        return request_batch(rows, self.schema, self.nan_policy)
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:
@@ -94,8 +89,7 @@ class RetrievalModel(SchemaScoring, QueryTopK):
 
     def encode_queries(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         """``[B, D]`` query embeddings of JSON rows (the query tower's columns)."""
-        tower = self.towers["query"]
-        return tower.encode(tower.batch(rows))
+        return self.towers["query"].encode(self.query_batch(rows))
 
     def query_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """Query rows converted with the query tower's schema part."""
@@ -111,9 +105,7 @@ class RetrievalModel(SchemaScoring, QueryTopK):
 
     def rows_batch(self, rows: list[dict[str, Any]]) -> Batch:
         """``(query, item)`` rows converted with both towers' schema parts (one Batch)."""
-        return to_batch(
-            rows_table(self.pair.columns, rows), self.pair, "request", nan_policy=self.nan_policy
-        )
+        return request_batch(rows, self.pair, self.nan_policy)
 
     @torch.no_grad()
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:

@@ -7,6 +7,8 @@ from typing import Any
 import pyarrow as pa
 
 from recis.errors import DataError
+from recis.features import Schema
+from recis.io import Batch, to_batch
 
 
 def rows_table(columns: list[str], rows: list[dict[str, Any]]) -> pa.Table:
@@ -24,3 +26,10 @@ def rows_table(columns: list[str], rows: list[dict[str, Any]]) -> pa.Table:
             raise DataError(f"values of mixed or unsupported types ({err})", column=col) from None
         names.append(col)
     return pa.table(arrays, names=names)
+
+
+def request_batch(rows: list[dict[str, Any]], schema: Schema, nan_policy: str) -> Batch:
+    """JSON rows (at least one) validated and converted as training data is, with the columns
+    of ``schema`` (:func:`rows_table`, then :func:`recis.io.to_batch`); DataError names the
+    bad column and row."""
+    return to_batch(rows_table(schema.columns, rows), schema, "request", nan_policy=nan_policy)
