@@ -136,27 +136,24 @@ def trl_args(stage: TrainerArgs, run: StageRun) -> dict[str, Any]:
 
 
 def train_and_save(
-    trainer: Any, model_dir: Path, resume: str | None = None
+    trainer: Any, model_dir: Path, resume: str | None = None, merge_lora: bool = False
 ) -> list[dict[str, Any]]:
-    """Train (from checkpoint ``resume``), save the model and its tokenizer to ``model_dir``;
-    trl's log history. transformers prints each log dict on stdout: it goes to stderr, so
-    stdout keeps the results."""
+    """Train (from checkpoint ``resume``), save the model and its tokenizer to ``model_dir``
+    (``merge_lora``: the adapters merged in, so that the next stage starts from a plain
+    model); trl's log history. transformers prints each log dict on stdout: it goes to
+    stderr, so stdout keeps the results."""
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(model_dir))
+    if merge_lora:
+        trainer.model.merge_and_unload().save_pretrained(str(model_dir))
+    else:
+        trainer.save_model(str(model_dir))
     trainer.processing_class.save_pretrained(str(model_dir))
     return list(trainer.state.log_history)
 
 
 def _train(trainer: Any, run: StageRun) -> list[dict[str, Any]]:
-    if run.lora is None:
-        return train_and_save(trainer, run.model_dir, run.checkpoint())
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.train(resume_from_checkpoint=run.checkpoint())
-    # adapters merged: the next stage starts from a plain model
-    trainer.model.merge_and_unload().save_pretrained(str(run.model_dir))
-    trainer.processing_class.save_pretrained(str(run.model_dir))
-    return list(trainer.state.log_history)
+    return train_and_save(trainer, run.model_dir, run.checkpoint(), run.lora is not None)
 
 
 def sft_rows(task: RelevanceTask, examples: Sequence[Example]) -> list[dict[str, str]]:
