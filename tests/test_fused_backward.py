@@ -5,6 +5,8 @@ row's sum of squares)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -194,43 +196,50 @@ def _child_step(coll, x, queue) -> None:  # runs in a forked child
     queue.put([w.numpy() for w in _step_weights(coll, x)])
 
 
-def test_forked_child_runs_the_native_ops() -> None:
+def _collection(names: list[str], opt: str, **table: Any):  # type: ignore[no-untyped-def]
+    """A hashed collection of dim-8 tables ``names``, feature ``f<name>`` each."""
+    tables = [TableConfig(name=n, dim=8, **table) for n in names]
+    feats = [SparseFeature(f"f{n}", table=n) for n in names]
+    return build_embedding_collection(tables, feats, "cpu", SparseOptimizerConfig(name=opt, lr=0.1))
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch (and so the native ops' pool) at 2 threads: the pool has a helper."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_forked_child_runs_the_native_ops(two_threads: None) -> None:
     """The native ops' thread pool (ops/csrc/task_pool.h) is the parent's until a fork: a
     forked child (a reader worker) gets its own and computes the same step as the parent."""
     import multiprocessing
 
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # a pool helper in the parent before the fork
-    try:
-        tables = [TableConfig(name=n, dim=8, capacity=64) for n in ("a", "b", "c")]
-        feats = [SparseFeature(f"f{n}", table=n) for n in ("a", "b", "c")]
-        coll = build_embedding_collection(
-            tables, feats, "cpu", SparseOptimizerConfig(name="adagrad", lr=0.1)
-        )
-        x = KeyedJaggedTensor(
-            keys=["fa", "fb", "fc"],
-            values=torch.arange(30) % 11 * 2**40,
-            lengths=torch.tensor([3, 2, 5, 4, 1, 5, 2, 3, 5]),
-        )
-        _step_weights(coll, x)
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child_step, args=(coll, x, queue))
-        proc.start()
-        got = queue.get(timeout=120)
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-        want = _step_weights(coll, x)  # the parent's pool still works after the fork
-        assert len(got) == len(want) == 3
-        for g, w in zip(got, want):
-            assert torch.equal(torch.from_numpy(g), w)
-    finally:
-        torch.set_num_threads(threads)
+    coll = _collection(["a", "b", "c"], "adagrad", capacity=64)
+    x = KeyedJaggedTensor(
+        keys=["fa", "fb", "fc"],
+        values=torch.arange(30) % 11 * 2**40,
+        lengths=torch.tensor([3, 2, 5, 4, 1, 5, 2, 3, 5]),
+    )
+    _step_weights(coll, x)  # the pool's helper started in the parent
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_step, args=(coll, x, queue))
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    want = _step_weights(coll, x)  # the parent's pool still works after the fork
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want):
+        assert torch.equal(torch.from_numpy(g), w)
 
 
-def test_concurrent_callers_share_the_pool() -> None:
+def test_concurrent_callers_share_the_pool(two_threads: None) -> None:
     """Two Python threads training their own collections at once: one takes the native ops'
     pool, the other runs its tasks on its own thread (ops/csrc/task_pool.h); both end with
     the weights a collection trained alone ends with."""
@@ -238,42 +247,32 @@ def test_concurrent_callers_share_the_pool() -> None:
 
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        tables = [TableConfig(name=f"t{i}", dim=8, capacity=256, eviction="lru") for i in range(6)]
-        feats = [SparseFeature(f"f{i}", table=f"t{i}") for i in range(6)]
-        gen = torch.Generator().manual_seed(3)
-        batches = [
-            KeyedJaggedTensor(
-                keys=[f"f{i}" for i in range(6)],
-                values=torch.randint(0, 2**40, (6 * 16 * 4,), generator=gen),
-                lengths=torch.full((6 * 16,), 4),
-            )
-            for _ in range(20)
-        ]
+    names = [f"t{i}" for i in range(6)]
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        KeyedJaggedTensor(
+            keys=[f"f{n}" for n in names],
+            values=torch.randint(0, 2**40, (6 * 16 * 4,), generator=gen),
+            lengths=torch.full((6 * 16,), 4),
+        )
+        for _ in range(20)
+    ]
 
-        def build():  # type: ignore[no-untyped-def]
-            return build_embedding_collection(
-                tables, feats, "cpu", SparseOptimizerConfig(name="rowwise_adagrad", lr=0.1)
-            )
+    def train(out: list) -> None:  # type: ignore[type-arg]
+        coll = _collection(names, "rowwise_adagrad", capacity=256, eviction="lru")
+        for x in batches:
+            last = _step_weights(coll, x)
+        out.extend(last)
 
-        def train(coll, out: list) -> None:  # type: ignore[no-untyped-def]
-            for x in batches:
-                coll(x).values().pow(2).sum().backward()
-            out.extend(coll.groups[g].weight(j).clone() for g, j in coll.where.values())
-
-        alone: list[torch.Tensor] = []
-        train(build(), alone)
-        got: list[list[torch.Tensor]] = [[], []]
-        workers = [threading.Thread(target=train, args=(build(), got[i])) for i in range(2)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(120)
-        for result in got:
-            assert len(result) == len(alone) == 6
-            for a, b in zip(result, alone):
-                assert torch.equal(a, b)
-    finally:
-        torch.set_num_threads(threads)
+    alone: list[torch.Tensor] = []
+    train(alone)
+    got: list[list[torch.Tensor]] = [[], []]
+    workers = [threading.Thread(target=train, args=(got[i],)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    for result in got:
+        assert len(result) == len(alone) == 6
+        for a, b in zip(result, alone):
+            assert torch.equal(a, b)
