@@ -128,28 +128,35 @@ class Server:
     def score(self, rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         return call_url(self.url + "/score", {"rows": rows})
 
-    def score_concurrently(
-        self, rows: list[dict[str, Any]], requests: int, task: str
-    ) -> tuple[list[list[float]], int]:
-        """``requests`` concurrent ``/score`` requests of ``rows[i : i + 2]`` each (all must
-        answer 200): their ``task`` scores in request order, and the forwards they took
-        (fewer than ``requests`` when the server batched them)."""
+    def concurrently(
+        self, path: str, bodies: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One request per body to ``path``, all at once (each must answer 200, and the
+        server must count each as batched): the answers in body order, and the forwards
+        (or searches) they took, fewer than the requests when the server batched them."""
         before = self.call("/health")[1]["batched"]
         got: dict[int, tuple[int, dict[str, Any]]] = {}
         threads = [
-            threading.Thread(target=lambda i=i: got.update({i: self.score(rows[i : i + 2])}))
-            for i in range(requests)
+            threading.Thread(target=lambda i=i, b=b: got.update({i: self.call(path, b)}))
+            for i, b in enumerate(bodies)
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         after = self.call("/health")[1]["batched"]
-        assert after["requests"] - before["requests"] >= requests
-        assert all(got[i][0] == 200 for i in range(requests)), got
-        return [got[i][1]["scores"][task] for i in range(requests)], (
-            after["forwards"] - before["forwards"]
-        )
+        assert after["requests"] - before["requests"] == len(bodies)
+        assert all(got[i][0] == 200 for i in range(len(bodies))), got
+        return [got[i][1] for i in range(len(bodies))], after["forwards"] - before["forwards"]
+
+    def score_concurrently(
+        self, rows: list[dict[str, Any]], requests: int, task: str
+    ) -> tuple[list[list[float]], int]:
+        """``requests`` concurrent ``/score`` requests of ``rows[i : i + 2]`` each: their
+        ``task`` scores in request order, and the forwards they took (:meth:`concurrently`)."""
+        bodies = [{"rows": rows[i : i + 2]} for i in range(requests)]
+        answers, forwards = self.concurrently("/score", bodies)
+        return [a["scores"][task] for a in answers], forwards
 
 
 def _server_process(out: Path, run: Path) -> Iterator[Server]:

@@ -94,21 +94,10 @@ def test_ready_missing_keeps_previous_then_swaps_under_load(server: Any) -> None
 def test_concurrent_requests_batched_score_as_alone(server: Any) -> None:
     rows = _rows(server.run, 12)
     alone = [server.score([r])[1]["scores"]["click"][0] for r in rows[:6]]
-    got: dict[int, tuple[int, dict[str, Any]]] = {}
-
-    def one(i: int) -> None:  # 12 requests at once: batched together by the server
-        got[i] = server.score([rows[i % 6]] if i < 10 else rows[:2])
-
-    before = server.call("/health")[1]["batched"]
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert all(got[i][0] == 200 for i in range(12))
-    after = server.call("/health")[1]["batched"]
-    assert after["requests"] - before["requests"] == 12
-    assert after["forwards"] - before["forwards"] < 12  # some were scored together
+    # 12 requests at once: batched together by the server
+    bodies = [{"rows": [rows[i % 6]] if i < 10 else rows[:2]} for i in range(12)]
+    got, forwards = server.concurrently("/score", bodies)
+    assert forwards < 12  # some were scored together
     for i in range(10):
-        assert got[i][1]["scores"]["click"][0] == pytest.approx(alone[i % 6], abs=1e-6)
-    assert got[10][1]["scores"]["click"] == pytest.approx(alone[:2], abs=1e-6)
+        assert got[i]["scores"]["click"][0] == pytest.approx(alone[i % 6], abs=1e-6)
+    assert got[10]["scores"]["click"] == pytest.approx(alone[:2], abs=1e-6)

@@ -111,8 +111,6 @@ def test_topk_over_http_with_exclusion(tt_server: Any) -> None:
 def test_concurrent_topk_requests_batched_answer_as_alone(tt_server: Any) -> None:
     """/topk requests arriving together (the server batches within 30 ms) are searched in
     fewer calls than requests, each with its own k and exclusions, as when sent alone."""
-    import threading
-
     rows = _rows(tt_server.run, 12)
     query = [c for c in rows[0] if c.startswith("query")]
     bodies = []
@@ -124,24 +122,12 @@ def test_concurrent_topk_requests_batched_answer_as_alone(tt_server: Any) -> Non
         bodies.append(body)
     alone = [tt_server.call("/topk", b) for b in bodies]
     assert all(status == 200 for status, _ in alone)
-    before = tt_server.call("/health")[1]["batched"]
-    got: dict[int, tuple[int, dict[str, Any]]] = {}
-    threads = [
-        threading.Thread(target=lambda i=i: got.update({i: tt_server.call("/topk", bodies[i])}))
-        for i in range(6)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    after = tt_server.call("/health")[1]["batched"]
-    assert after["requests"] - before["requests"] == 6
-    assert after["forwards"] - before["forwards"] < 6  # some were searched together
+    got, searches = tt_server.concurrently("/topk", bodies)
+    assert searches < 6  # some were searched together
     for i in range(6):
-        assert got[i][0] == 200
-        assert got[i][1]["ids"] == alone[i][1]["ids"]
-        assert len(got[i][1]["ids"][0]) == 3 + i
-        np.testing.assert_allclose(got[i][1]["scores"], alone[i][1]["scores"], rtol=0, atol=1e-6)
+        assert got[i]["ids"] == alone[i][1]["ids"]
+        assert len(got[i]["ids"][0]) == 3 + i
+        np.testing.assert_allclose(got[i]["scores"], alone[i][1]["scores"], rtol=0, atol=1e-6)
 
 
 def test_pair_rows_score_as_eval_and_bad_requests(tt_server: Any) -> None:
