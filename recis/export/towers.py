@@ -38,6 +38,9 @@ from .tables import SequenceLookup, TableInfo, TableLookup, pack_tables
 
 SIDES = ("query", "item")
 KINDS = ("tables", "sequence")  # a tower's pooled-id tables, its sequences' per-position ones
+# per kind: the tower spec's key of its table entries, and of the features that need them
+ENTRIES = {"tables": "tables", "sequence": "sequence_tables"}
+FEATURES = {"tables": "sparse", "sequence": "sequence"}
 INPUTS = ["pooled", "seq", "seq_mask", "text_ids", "text_mask"]
 OUTPUT = "tower_out"
 
@@ -244,7 +247,7 @@ def tower_part(side: str, kind: str) -> TablePart:
         spec = manifest.get("towers", {}).get(side)
         if spec is None:
             return None, []
-        entries = spec["tables" if kind == "tables" else "sequence_tables"]
+        entries = spec[ENTRIES[kind]]
         return spec[f"{kind}_file"], [TableInfo(**t) for t in entries]
 
     return TablePart(f"{side}.{kind}", locate)
@@ -266,7 +269,7 @@ def _save_side_tables(
     spec["tables"], spec["sequence_tables"] = [], []
     rows: dict[str, dict[str, int]] = {}
     for kind in KINDS:
-        if not spec["sparse" if kind == "tables" else "sequence"]:
+        if not spec[FEATURES[kind]]:
             continue
         if kind == "tables":
             collection = model.embedding[side]
@@ -278,9 +281,7 @@ def _save_side_tables(
             tensors, infos = pack_tables(hashed, int8, sequences=True)
         part = tower_part(side, kind)
         spec[f"{kind}_file"], changed = write_part(folder, part, (tensors, infos), base)
-        spec["tables" if kind == "tables" else "sequence_tables"] = [
-            dataclasses.asdict(t) for t in infos
-        ]
+        spec[ENTRIES[kind]] = [dataclasses.asdict(t) for t in infos]
         if changed is not None:
             rows[part.key] = changed
     return rows
