@@ -72,7 +72,8 @@ EXTENSIONS: dict[str, Extension] = {
 
 
 def tag(ext: Extension, csrc: Path | None = None) -> str:
-    """12 hex digits naming one build: source bytes, flags, torch version, Python ABI, CPU."""
+    """12 hex digits naming one build: source and header bytes, flags, torch version, Python
+    ABI, CPU."""
     h = hashlib.sha256(((csrc or CSRC) / ext.source).read_bytes())
     for header in ext.headers:
         h.update(((csrc or CSRC) / header).read_bytes())
