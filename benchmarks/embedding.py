@@ -15,17 +15,22 @@ affinity mask, capped by a cgroup quota), not the machine's core count.
    mapped beforehand, for SGD, Adagrad and row-wise Adagrad (``vs_torchrec_<opt>_<t>``,
    > 1: recis faster); Adam, which fbgemm lacks on CPU, against nn.EmbeddingBag(sparse)
    + torch.optim.SparseAdam (``vs_sparseadam_<t>``);
-2. ``busy_slowdown``: median row-wise step at all cores with a CPU-bound process pinned
+2. ``map_ahead_<t>``: a training step of recis' DLRM (default MLPs, 13 dense inputs,
+   the 26 tables above with row-wise Adagrad, Adam on the dense part) with ``map_ahead``
+   off / on: the next batch's ids looked up in the background during this step (> 1:
+   faster with it); each run starts with nothing in flight, so its first step maps
+   plainly on both sides;
+3. ``busy_slowdown``: median row-wise step at all cores with a CPU-bound process pinned
    to the same cores / median idle step (busy and idle runs alternate in this run);
-3. IdMapper (26 LRU tables, one call per step as the collection makes it): M ids/s
+4. IdMapper (26 LRU tables, one call per step as the collection makes it): M ids/s
    for batches of only new ids and of only known ids, and vs torchrec MCH on a Zipf
    stream (eviction every step);
-4. resident memory of a full 1M-row dim-16 table with its mapper, per optimizer, divided
+5. resident memory of a full 1M-row dim-16 table with its mapper, per optimizer, divided
    by the bytes of its weights plus optimizer state: the default table (no eviction) and
    an LRU one (``_lru``), and Adagrad at sizes around ``0.9 * 2^20`` (cliffs). One child
    process per eviction kind, one table at a time, after a 16-row table of each kind
    (what any first table loads, ~2.7 MB, is the process's, not the table's);
-5. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
+6. ``distributed_vs_threads``: ``benchmarks/distributed.py --vs-threads`` (sharded DLRM,
    2 processes x 1 thread vs 1 process x 2 threads, same global batch; ``--dist-rounds``
    alternating rounds, default 5, 8 steps each) with its CPU-time cap ``distributed_cpu_cap``.
 
@@ -172,6 +177,66 @@ def bench_steps(opt: str, tag: str, args: argparse.Namespace) -> dict[str, float
     out.update(runs["recis"].stats(f"recis_{SHORT[opt]}_{tag}"))
     out.update(runs[base_name].stats(f"{base_name}_{SHORT[opt]}_{tag}"))
     out[f"load_{SHORT[opt]}_{tag}"] = (lo + load()) / 2
+    return out
+
+
+def dlrm_step(map_ahead: bool, capacity: int, raw: list) -> tuple[Callable[[int], None], object]:  # type: ignore[type-arg]
+    """A training step of recis' DLRM (default MLPs, 13 dense inputs) over the benchmark's
+    26 LRU tables (row-wise Adagrad), Adam on the dense part; the step of call ``i`` trains
+    on ``raw[i]`` and names ``raw[i + 1]`` as the next batch. Returns (step, collection)."""
+    from recis.config import TableConfig
+    from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+    from recis.io.batch import Batch
+    from recis.models import DLRM, DLRMConfig
+
+    schema = Schema(
+        dense=[DenseFeature(f"d{i}") for i in range(13)],
+        sparse=[SparseFeature(name=f"f{f}", table=f"t{f}") for f in range(F)],
+        labels=[LabelSpec("click", column="label")],
+    )
+    torch.manual_seed(0)
+    tables = [TableConfig(name=f"t{f}", dim=D, capacity=capacity, eviction="lru") for f in range(F)]
+    model = DLRM(DLRMConfig(tables=tables, bottom_mlp=[64, D]), schema, torch.device("cpu"))
+    model.train()
+    model.sparse_arch.map_ahead = map_ahead
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.randn(B, 13, generator=gen)
+    label = {"click": (torch.rand(B, generator=gen) < 0.25).float()}
+
+    def step(i: int) -> None:
+        model.sparse_arch.prefetch(raw[i + 1])
+        logit = model(Batch(raw[i], dense, label))["click"]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label["click"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, model.sparse_arch
+
+
+def bench_map_ahead(tag: str, args: argparse.Namespace) -> dict[str, float]:
+    """recis' DLRM training step with mapping ahead off vs on (the same stream)."""
+    n = (args.warmup + args.runs) * args.steps
+    raw = [to_kjt(ids) for ids in zipf_batches(n + 1, seed=4)]
+    built = {
+        name: dlrm_step(on, args.capacity, raw) for name, on in (("plain", False), ("ahead", True))
+    }
+    lo = load()
+    # a run's first step has nothing in flight (the probe for it would have run during
+    # the other side's run, off the clock)
+    runs = alternate(
+        {k: v[0] for k, v in built.items()},
+        args.runs,
+        args.steps,
+        args.warmup,
+        before=lambda name: built[name][1].drop_ahead(),
+    )
+    out = ratio(runs["plain"], runs["ahead"], f"map_ahead_{tag}")
+    out.update(runs["plain"].stats(f"map_ahead_plain_{tag}"))
+    out.update(runs["ahead"].stats(f"map_ahead_on_{tag}"))
+    out[f"map_ahead_used_{tag}"] = built["ahead"][1].prefetched_lookups
+    out[f"load_map_ahead_{tag}"] = (lo + load()) / 2
     return out
 
 
@@ -375,7 +440,9 @@ def main() -> None:
     p.add_argument("--memory-rows", type=int, default=1_000_000)
     p.add_argument("--cliff-sizes", default="943000,944000", help="rows around 2^20 * 0.9")
     p.add_argument(
-        "--skip", default="", help="comma list of: steps,busy,mapper,mch,memory,distributed"
+        "--skip",
+        default="",
+        help="comma list of: steps,map_ahead,busy,mapper,mch,memory,distributed",
     )
     p.add_argument("--mapper-threads", default="all", help="threads of the mapper part")
     p.add_argument(
@@ -396,6 +463,10 @@ def main() -> None:
                 result,
                 f"vs_torchrec_{SHORT[opt]}_{tag}" if opt != "adam" else f"vs_sparseadam_{tag}",
             )
+            gc.collect()
+        if "map_ahead" not in skip:
+            result.update(bench_map_ahead(tag, args))
+            show(result, f"map_ahead_{tag}")
             gc.collect()
     torch.set_num_threads(cores)
     if "busy" not in skip:

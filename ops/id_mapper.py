@@ -24,7 +24,7 @@ Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from recis.errors import EmbeddingError, TableFullError
 from . import id_mapper_probe as probe
 from .id_mapper_probe import EMPTY, TOMB, native_kernels
 from .id_policy import FREE, Admission, Eviction, expired, grown_capacity, victims
+
+if TYPE_CHECKING:
+    from .map_ahead import Probe
 
 __all__ = ["Eviction", "IdMapper", "MapResult", "map_many", "native_kernels"]
 
@@ -140,6 +143,7 @@ class IdMapper:
         self._nat = native_kernels() if native in (None, True) else None
         if native and self._nat is None:
             raise EmbeddingError(f"table {name!r}: native IdMapper kernels could not be built")
+        self.version = 0  # goes up whenever an id's row may change (see probe_many)
         self._allocate(capacity)
 
     # ------------------------------------------------------------------ storage
@@ -153,9 +157,15 @@ class IdMapper:
         self._set_slots(_num_slots(capacity))
 
     def _set_slots(self, n: int) -> None:
+        self.version += 1
         self.slots = np.full(n, EMPTY, np.int32)
         self.rbits = probe.row_bits(self.capacity)  # slot = tag << rbits | row
         self.n_tomb = 0
+
+    @property
+    def native(self) -> bool:
+        """Whether the C++ probe loops run this mapper."""
+        return self._nat is not None
 
     @property
     def size(self) -> int:
@@ -182,6 +192,7 @@ class IdMapper:
 
     def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Insert distinct keys known to be absent, at ``rows``."""
+        self.version += 1
         self.n_tomb -= probe.insert(self.slots, self.row_key, keys, rows, self._nat, self.rbits)
 
     def _rebuild(self, n_slots: int | None = None) -> None:
@@ -331,6 +342,7 @@ class IdMapper:
 
     def _took(self, taken: int, reused: int) -> np.ndarray:
         """Account for ``taken`` free rows given by the native pass; returns them."""
+        self.version += 1
         self.n_tomb -= reused
         used = min(taken, len(self.recycled))
         rows = np.concatenate(
@@ -373,6 +385,7 @@ class IdMapper:
         rows = victims(self.eviction, last, self.row_count, k, step, self.ttl_steps)
         if len(rows) == 0:
             return rows
+        self.version += 1
         pos = self._find(self.row_key[rows])
         self.slots[pos] = TOMB
         self.n_tomb += len(rows)
@@ -475,15 +488,19 @@ def map_many(
     ids: list[torch.Tensor | np.ndarray],
     step: int,
     counts: list[torch.Tensor | np.ndarray | None] | None = None,
+    ahead: Probe | None = None,
 ) -> list[MapResult]:
     """``[m.map(x, step, counts=c) for m, x, c in ...]`` with one native call for every
     mapper that needs nothing but free rows (see :meth:`IdMapper._native_applies`).
 
     The native call runs the tables as a few large parallel tasks (whole tables per
     thread) instead of a parallel region per table: on a busy machine each region
-    waits for its slowest thread. Results equal the one-by-one calls'.
+    waits for its slowest thread. Results equal the one-by-one calls'. ``ahead``:
+    :func:`recis.ops.map_ahead.probe_many`'s result for the same ``ids`` (only its unchanged mappers' rows
+    are used; the results are the same with or without it).
     """
     counts = counts or [None] * len(mappers)
+    hints = ahead.hints(mappers) if ahead is not None else [None] * len(mappers)
     keys = [_as_keys(x, m.name) for m, x in zip(mappers, ids)]
     occ = [m._occurrences(k, c) for m, k, c in zip(mappers, keys, counts)]
     fast = [i for i, (m, k) in enumerate(zip(mappers, keys)) if m._native_applies(len(k))]
@@ -492,7 +509,8 @@ def map_many(
         args = list(zip(*(mappers[i]._native_args(keys[i]) for i in fast)))
         nat = mappers[fast[0]]._nat
         assert nat is not None  # _native_applies checked it
-        rows, taken, reused = nat.find_or_insert_many(*args[:4], step, *args[4:])
+        found = [_hint(hints[i], len(keys[i])) for i in fast]
+        rows, taken, reused = nat.find_or_insert_many(*args[:4], step, *args[4:], found)
         for i, r, t, u in zip(fast, rows, taken, reused):
             new_rows = mappers[i]._took(t, u)
             out[i] = mappers[i]._finish(r.numpy(), occ[i], new_rows, new_rows, _NO_ROWS)
@@ -500,3 +518,10 @@ def map_many(
         if out[i] is None:
             out[i] = m.map(keys[i], step, counts=occ[i])
     return [r for r in out if r is not None]
+
+
+def _hint(rows: np.ndarray | None, n: int) -> torch.Tensor:
+    """A probe's rows for the native call (empty: look every key up)."""
+    if rows is None or len(rows) != n:
+        return probe.EMPTY_I64
+    return torch.from_numpy(rows)

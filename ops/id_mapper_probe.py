@@ -25,6 +25,7 @@ _FIB = np.uint64(0x9E3779B97F4A7C15)
 _TAG = np.uint64(0xC2B2AE3D27D4EB4F)
 _32 = np.uint64(32)
 EMPTY_I32 = torch.zeros(0, dtype=torch.int32)  # "no row_last": an empty int32 tensor
+EMPTY_I64 = torch.zeros(0, dtype=torch.int64)  # "no hints": an empty int64 tensor
 
 
 def native_kernels() -> Any:

@@ -290,6 +290,9 @@ class TrainConfig:
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stopping: EarlyStoppingConfig | None = None
     tensorboard: bool = True
+    # look the next batch's ids up in the background during this step (hashed tables):
+    # auto = on a GPU, or when torch's threads leave one of the process's cores free
+    map_ahead: Literal["auto", "on", "off"] = "auto"
 
 
 ShardingKind = Literal["table_wise", "row_wise", "column_wise", "data_parallel", "auto"]

@@ -90,23 +90,28 @@ def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
     return a == b
 
 
-@pytest.mark.parametrize("send_ahead", [False, True])
-def test_exact_resume_is_bitwise(small_ctr, tmp_path, send_ahead) -> None:
-    """``send_ahead``: the model sends the next batch's ids ahead, so fit reads one batch
-    ahead; checkpoints still hold the position after the last batch trained on."""
+@pytest.mark.parametrize(
+    ("send_ahead", "map_ahead"), [(False, "off"), (False, "on"), (True, "off")]
+)
+def test_exact_resume_is_bitwise(small_ctr, tmp_path, send_ahead, map_ahead) -> None:
+    """``send_ahead``: the model sends the next batch's ids ahead, ``map_ahead``: the hashed
+    collection looks them up ahead; either way fit reads one batch ahead, and checkpoints
+    still hold the position after the last batch trained on."""
     # 20k rows at batch 1024: 20 batches an epoch, so 2N = 50 steps cross
     # two epoch boundaries and the stop at N = 25 falls mid-epoch
-    full = _trainer(small_ctr, tmp_path / "full", 50, send_ahead=send_ahead)
+    kw = {"send_ahead": send_ahead, "map_ahead": map_ahead}
+    full = _trainer(small_ctr, tmp_path / "full", 50, **kw)
     full.fit()
-    half = _trainer(small_ctr, tmp_path / "half", 25, send_ahead=send_ahead)
+    half = _trainer(small_ctr, tmp_path / "half", 25, **kw)
     half.fit()
-    resumed = _trainer(small_ctr, tmp_path / "half", 50, seed=99, send_ahead=send_ahead)
+    resumed = _trainer(small_ctr, tmp_path / "half", 50, seed=99, **kw)
     resumed.resume(latest_checkpoint(tmp_path / "half"))  # other init: all must load
     assert resumed.step == 25 and resumed.train_data.state_dict()["epoch"] == 1
     # the batch read ahead went back to the reader: it is where the checkpoint says
     assert half.train_data.state_dict() == resumed.train_data.state_dict()
-    if send_ahead:  # every step but the first of each fit found its ids sent ahead
-        assert half.model.sparse_arch.prefetched_lookups == 25 - 2
+    # every step but the first of each fit found its ids sent (or looked up) ahead
+    ahead = half.model.sparse_arch.prefetched_lookups
+    assert ahead == (25 - 2 if send_ahead or map_ahead == "on" else 0)
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -120,7 +125,7 @@ def test_exact_resume_is_bitwise(small_ctr, tmp_path, send_ahead) -> None:
     assert full.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
     assert full.train_data.state_dict() == resumed.train_data.state_dict()
     # without restoring the position/RNG the run would differ (the test can fail)
-    other = _trainer(small_ctr, tmp_path / "other", 25, seed=1)
+    other = _trainer(small_ctr, tmp_path / "other", 25, seed=1, map_ahead=map_ahead)
     other.fit()
     assert not torch.equal(other.model.state_dict()["top_arch.0.weight"], a["top_arch.0.weight"])
 

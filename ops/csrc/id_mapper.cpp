@@ -120,6 +120,7 @@ struct MapJob {
   int64_t rbits;  // row bits of a slot (the tag is above them)
   int32_t mask;
   int32_t* last;
+  const int64_t* hint;  // rows found ahead (-1: probe), or nullptr
   const int32_t* recycled;
   int64_t n_recycled, next_unused;
   int64_t* out;
@@ -128,8 +129,11 @@ struct MapJob {
 
 MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys,
                 torch::Tensor row_last, torch::Tensor recycled, int64_t next_unused, int64_t n_free,
-                int64_t rbits, torch::Tensor out) {
+                int64_t rbits, torch::Tensor out, torch::Tensor hint) {
   TORCH_CHECK(keys.numel() <= n_free, "find_or_insert: more ids than free rows");
+  const bool hinted = hint.defined() && hint.numel() > 0;
+  TORCH_CHECK(!hinted || hint.numel() == keys.numel(),
+              "find_or_insert: ", hint.numel(), " hints for ", keys.numel(), " keys");
   MapJob j;
   j.s = slots.data_ptr<int32_t>();
   j.rk = row_key.data_ptr<int64_t>();
@@ -139,6 +143,7 @@ MapJob make_job(torch::Tensor slots, torch::Tensor row_key, torch::Tensor keys,
   j.rbits = rbits;
   j.mask = row_mask(rbits);
   j.last = row_last.numel() ? row_last.data_ptr<int32_t>() : nullptr;
+  j.hint = hinted ? hint.data_ptr<int64_t>() : nullptr;
   j.recycled = recycled.numel() ? recycled.data_ptr<int32_t>() : nullptr;
   j.n_recycled = recycled.numel();
   j.next_unused = next_unused;
@@ -181,9 +186,35 @@ void insert_misses(MapJob& j, int32_t st) {
   }
 }
 
-// find() of one job over keys [b, e), without a parallel region of its own.
+// The row of one key in a job's table, -1 when absent; a row found gets
+// last[row] = st when the job stamps.
+inline int64_t find_one(const MapJob& j, uint64_t key, int32_t st) {
+  const int32_t tag = tag_of(key, j.rbits);
+  uint64_t p = home(key, j.ns);
+  for (;;) {
+    const int32_t v = j.s[p];
+    if (v == kEmpty) return -1;
+    if (v >= 0 && (v & ~j.mask) == tag && static_cast<uint64_t>(j.rk[v & j.mask]) == key) {
+      if (j.last) j.last[v & j.mask] = st;
+      return v & j.mask;
+    }
+    p = next_slot(p, j.ns);
+  }
+}
+
+// find() of one job over keys [b, e), without a parallel region of its own. With
+// hints (rows a read-only probe found on this same, unchanged table), a hinted
+// key is only stamped; the others are probed.
 void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
   constexpr int64_t kA = 16;
+  if (j.hint) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t h = j.hint[i];
+      if (h >= 0 && j.last) j.last[h] = st;
+      j.out[i] = h >= 0 ? h : find_one(j, static_cast<uint64_t>(j.k[i]), st);
+    }
+    return;
+  }
   for (int64_t i = b; i < e; ++i) {
     if (i + 2 * kA < e) {
       __builtin_prefetch(j.s + home(static_cast<uint64_t>(j.k[i + 2 * kA]), j.ns));
@@ -196,21 +227,7 @@ void find_range(MapJob& j, int64_t b, int64_t e, int32_t st) {
         if (j.last) __builtin_prefetch(j.last + (v & j.mask), 1);
       }
     }
-    const uint64_t key = static_cast<uint64_t>(j.k[i]);
-    const int32_t tag = tag_of(key, j.rbits);
-    uint64_t p = home(key, j.ns);
-    int64_t r = -1;
-    for (;;) {
-      const int32_t v = j.s[p];
-      if (v == kEmpty) break;
-      if (v >= 0 && (v & ~j.mask) == tag && static_cast<uint64_t>(j.rk[v & j.mask]) == key) {
-        r = v & j.mask;
-        if (j.last) j.last[r] = st;
-        break;
-      }
-      p = next_slot(p, j.ns);
-    }
-    j.out[i] = r;
+    j.out[i] = find_one(j, static_cast<uint64_t>(j.k[i]), st);
   }
 }
 
@@ -253,21 +270,24 @@ std::tuple<torch::Tensor, int64_t, int64_t> find_or_insert(
     int64_t step, torch::Tensor recycled, int64_t next_unused, int64_t n_free, int64_t rbits) {
   auto out = torch::empty({keys.numel()}, torch::kInt64);
   std::vector<MapJob> jobs{
-      make_job(slots, row_key, keys, row_last, recycled, next_unused, n_free, rbits, out)};
+      make_job(slots, row_key, keys, row_last, recycled, next_unused, n_free, rbits, out, torch::Tensor())};
   run_jobs(jobs, static_cast<int32_t>(step));
   return {out, jobs[0].taken, jobs[0].reused};
 }
 
 // find_or_insert over several tables in one call (argument i of each list is
 // table i's); returns (rows per table, rows taken per table, reused per table).
+// hints: per table, empty or int64 [n] rows that find_many gave for these keys on
+// the table as it is now (-1: not found), so only the keys without one are probed.
 std::tuple<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>>
 find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor> row_key,
                     std::vector<torch::Tensor> keys, std::vector<torch::Tensor> row_last, int64_t step,
                     std::vector<torch::Tensor> recycled, std::vector<int64_t> next_unused,
-                    std::vector<int64_t> n_free, std::vector<int64_t> rbits) {
+                    std::vector<int64_t> n_free, std::vector<int64_t> rbits,
+                    std::vector<torch::Tensor> hints) {
   const size_t t = keys.size();
   TORCH_CHECK(slots.size() == t && row_key.size() == t && row_last.size() == t &&
-                  recycled.size() == t &&
+                  recycled.size() == t && hints.size() == t &&
                   next_unused.size() == t && n_free.size() == t && rbits.size() == t,
               "find_or_insert_many: lists of different lengths");
   std::vector<torch::Tensor> outs;
@@ -275,7 +295,7 @@ find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor>
   for (size_t i = 0; i < t; ++i) {
     outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
     jobs.push_back(make_job(slots[i], row_key[i], keys[i], row_last[i], recycled[i],
-                            next_unused[i], n_free[i], rbits[i], outs.back()));
+                            next_unused[i], n_free[i], rbits[i], outs.back(), hints[i]));
   }
   run_jobs(jobs, static_cast<int32_t>(step));
   std::vector<int64_t> taken, reused;
@@ -284,6 +304,36 @@ find_or_insert_many(std::vector<torch::Tensor> slots, std::vector<torch::Tensor>
     reused.push_back(j.reused);
   }
   return {outs, taken, reused};
+}
+
+// Rows of each table's keys, -1 where absent: a read-only probe (no stamps, no
+// inserts) on the calling thread alone, with the GIL released: the training
+// pipeline runs it in a background thread for the next batch while this one trains.
+std::vector<torch::Tensor> find_many(std::vector<torch::Tensor> slots,
+                                     std::vector<torch::Tensor> row_key,
+                                     std::vector<torch::Tensor> keys, std::vector<int64_t> rbits) {
+  const size_t t = keys.size();
+  TORCH_CHECK(slots.size() == t && row_key.size() == t && rbits.size() == t,
+              "find_many: lists of different lengths");
+  std::vector<torch::Tensor> outs;
+  for (size_t i = 0; i < t; ++i) {
+    outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
+    MapJob j;
+    j.s = slots[i].data_ptr<int32_t>();
+    j.rk = row_key[i].data_ptr<int64_t>();
+    j.k = keys[i].data_ptr<int64_t>();
+    j.n = keys[i].numel();
+    j.ns = static_cast<uint64_t>(slots[i].numel());
+    j.rbits = rbits[i];
+    j.mask = row_mask(rbits[i]);
+    j.last = nullptr;
+    j.hint = nullptr;
+    j.recycled = nullptr;
+    j.n_recycled = j.next_unused = 0;
+    j.out = outs.back().data_ptr<int64_t>();
+    find_range(j, 0, j.n, 0);
+  }
+  return outs;
 }
 
 namespace {
@@ -424,6 +474,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("find_or_insert_many", &find_or_insert_many, "find_or_insert over several tables",
         py::call_guard<py::gil_scoped_release>());
   m.def("init_rows_many", &init_rows_many, "fresh rows of several tables",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("find_many", &find_many, "read-only find over several tables, one thread",
         py::call_guard<py::gil_scoped_release>());
   m.def("find", &find, "find rows of keys");
   m.def("insert", &insert, "insert absent keys");

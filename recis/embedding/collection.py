@@ -17,6 +17,7 @@ from recis.errors import ConfigError, EmbeddingError
 from recis.features import SparseFeature, features_by_table
 from recis.ops.fresh_rows import FreshRows, native_applies, write_fresh_rows
 from recis.ops.id_mapper import IdMapper, MapResult, map_many
+from recis.ops.map_ahead import MapAhead
 from recis.optim.spec import resolve_sparse
 
 from .groups import FbgemmTableGroup, GroupDict, TableSlot, TorchTableGroup, default_scale
@@ -45,6 +46,12 @@ class HashedEmbeddingCollection(LookupModule):
     The collection counts training steps: ``step`` goes up by one on each
     forward in training mode (``module.training``); LRU and TTL use it. Eval
     forwards neither insert ids nor count.
+
+    ``map_ahead`` (set by the trainer, ``train.map_ahead``): the training pipeline's
+    :meth:`prefetch` names the next batch, and right after this step's own mapping its ids
+    are looked up read-only in a background thread (:mod:`recis.ops.map_ahead`) while this
+    step's dense work runs; the next step then only marks the rows found as seen and maps
+    the rest. The results are exactly those without it.
 
     Shapes: input KJT with ``F`` keys, batch ``B``; :meth:`forward` returns a
     KeyedTensor ``[B, sum of D]`` with one key per pooled feature;
@@ -89,6 +96,9 @@ class HashedEmbeddingCollection(LookupModule):
         self.table_of = {f.name: f.table_name for f in features}
         self.weighted = {f.name: f.weight_column is not None for f in features}
         self.mappers: dict[str, IdMapper] = {}
+        self.map_ahead = False
+        self._ahead = MapAhead()
+        self._upcoming: KeyedJaggedTensor | None = None  # the next batch, from prefetch
         slots: dict[str, list[TableSlot]] = {}
         spec: dict[str, tuple[str, str, SparseOptimizerConfig]] = {}
         for i, t in enumerate(self.tables.values()):
@@ -199,6 +209,8 @@ class HashedEmbeddingCollection(LookupModule):
         for t in hashed:
             if ids[t].dtype.is_floating_point or ids[t].dtype == torch.bool:
                 raise EmbeddingError(f"table {t!r}: ids must be integers, got {ids[t].dtype}")
+        # the probe started during the last step, if it was of these ids (waits for it)
+        ahead = self._ahead.take({t: ids[t] for t in hashed}) if hashed else None
         results: dict[str, MapResult | torch.Tensor] = dict(
             zip(
                 hashed,
@@ -207,6 +219,7 @@ class HashedEmbeddingCollection(LookupModule):
                     [ids[t] for t in hashed],
                     self.step,
                     [counts.get(t) for t in hashed],
+                    ahead,
                 ),
             )
         )
@@ -270,12 +283,12 @@ class HashedEmbeddingCollection(LookupModule):
         if missing:
             raise EmbeddingError(f"input has no feature(s) {missing} (keys: {keys})")
         b = kjt.stride()
-        values, lengths = kjt.values(), kjt.lengths()
+        lengths = kjt.lengths()
         weights = kjt.weights_or_none()
-        vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
         at = {k: i for i, k in enumerate(keys)}
-        seg = {k: (vo[i], vo[i + 1]) for i, k in enumerate(keys)}
-        rows = self._feature_rows(values, seg)
+        seg = _segments(kjt)
+        rows = self._feature_rows(kjt, seg)
+        self._probe_upcoming()  # the mappers stay as they are until the next lookup
         pooled: dict[str, torch.Tensor] = {}
         last_pooled: tuple[list[str], torch.Tensor] | None = None
         seqs: dict[str, JaggedTensor] = {}
@@ -314,15 +327,28 @@ class HashedEmbeddingCollection(LookupModule):
             ]
         ).to(self.device, torch.float32)
 
-    def _feature_rows(
-        self, values: torch.Tensor, seg: dict[str, tuple[int, int]]
+    def _table_ids(
+        self,
+        kjt: KeyedJaggedTensor,
+        seg: dict[str, tuple[int, int]],
+        known: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Each feature's table rows ``[n_f]``: its ids (``values[seg[f]]``) mapped with the
-        other features of its table in one go."""
-        table_ids = {
-            t: torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
+        """Each table's ids ``[n_t]``: its features' ids (``values[seg[f]]``) in order, or
+        ``known[table]`` where given."""
+        values, known = kjt.values(), known or {}
+        return {
+            t: known[t]
+            if t in known
+            else torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
             for t in self.tables
         }
+
+    def _feature_rows(
+        self, kjt: KeyedJaggedTensor, seg: dict[str, tuple[int, int]]
+    ) -> dict[str, torch.Tensor]:
+        """Each feature's table rows ``[n_f]``: its ids mapped with the other features of its
+        table in one go (a table's ids as probed ahead when ``kjt`` is the batch probed)."""
+        table_ids = self._table_ids(kjt, seg, self._ahead.ids_for(kjt) if self.training else None)
         rows: dict[str, torch.Tensor] = {}
         for table, r in self._map_all(table_ids).items():
             o = 0
@@ -331,6 +357,42 @@ class HashedEmbeddingCollection(LookupModule):
                 rows[f] = r[o : o + n]
                 o += n
         return rows
+
+    # ------------------------------------------------------------------ mapping ahead
+    @property
+    def sends_ahead(self) -> bool:
+        """Whether :meth:`prefetch` maps ahead: ``map_ahead`` set, hashed tables, native kernels."""
+        return (
+            self.map_ahead and bool(self.mappers) and all(m.native for m in self.mappers.values())
+        )
+
+    @property
+    def prefetched_lookups(self) -> int:
+        """Training lookups that used the probe made ahead for their batch."""
+        return self._ahead.taken
+
+    def prefetch(self, kjt: KeyedJaggedTensor) -> bool:
+        """Name the next training batch: its ids are probed once this step's are mapped."""
+        if not self.sends_ahead:
+            return False
+        self._upcoming = kjt
+        return True
+
+    def drop_ahead(self) -> None:
+        """Forget the batch :meth:`prefetch` named and any probe in flight (the next lookup
+        maps plainly)."""
+        self._upcoming = None
+        self._ahead.drop()
+
+    def _probe_upcoming(self) -> None:
+        """Start the background probe of the batch :meth:`prefetch` named, if any."""
+        kjt, self._upcoming = self._upcoming, None
+        if kjt is None or not self.training:
+            return
+        if any(f not in kjt.keys() for f in self.pooled_features + self.sequence_features):
+            return  # not a batch of this collection's features: its lookup will say so
+        ids = self._table_ids(kjt, _segments(kjt))
+        self._ahead.start(kjt, {t: ids[t].cpu() for t in self.mappers}, self.mappers)
 
     def _keyed(
         self,
@@ -379,6 +441,7 @@ class HashedEmbeddingCollection(LookupModule):
         """Replace hashed ``table``'s rows by ``rows`` (the fields of :meth:`live_rows`;
         ids beyond the capacity are dropped as the mapper's ``insert_items`` does)."""
         mapper = self.mappers[table]
+        self._ahead.drop()  # it reads the mappers
         mapper.clear()
         last, count = rows.get("last"), rows.get("count")
         at = mapper.insert_items(
@@ -420,6 +483,7 @@ class HashedEmbeddingCollection(LookupModule):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         # runs before the groups load theirs: resize grown tables first
+        self._ahead.drop()  # it reads the mappers
         self.step = int(state["step"])
         for name, st in state["mappers"].items():
             self.mappers[name].load_state_dict(st)
@@ -466,6 +530,12 @@ class HashedEmbeddingCollection(LookupModule):
             out[f"{name}.ids"] = ids_t.contiguous()
             out[f"{name}.weights"] = vec.float().cpu().contiguous()
         save_file(out, str(path))
+
+
+def _segments(kjt: KeyedJaggedTensor) -> dict[str, tuple[int, int]]:
+    """Each key's ``[start, end)`` in ``kjt.values()``."""
+    vo = [0, *np.cumsum(kjt.length_per_key()).tolist()]
+    return {k: (vo[i], vo[i + 1]) for i, k in enumerate(kjt.keys())}
 
 
 def _new_mapper(t: TableConfig, capacity: int, seed: int) -> IdMapper:

@@ -26,6 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.io.batch import Batch
 from recis.io.loader import Loader
+from recis.ops.cores import usable_cores
 
 
 @runtime_checkable
@@ -73,6 +74,31 @@ class EpochRestart(Protocol):
     """Data that can start an epoch from its first batch (a reader)."""
 
     def set_epoch(self, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class MapsAhead(Protocol):
+    """A model part that can map the next batch's ids ahead (the hashed collection's
+    ``map_ahead``); :func:`set_map_ahead` turns it on before the pipeline is built."""
+
+    map_ahead: bool
+
+
+def wants_map_ahead(mode: str, device: torch.device) -> bool:
+    """``train.map_ahead`` resolved: ``on`` / ``off``, or for ``auto`` whether a core is
+    free for the background look-up: on a GPU (the host idles while it runs the step) or
+    when torch's pool is smaller than the cores this process may use."""
+    if mode != "auto":
+        return mode == "on"
+    return device.type != "cpu" or torch.get_num_threads() < usable_cores()
+
+
+def set_map_ahead(model: nn.Module, on: bool) -> int:
+    """Set ``map_ahead`` on each of the model's :class:`MapsAhead` parts; returns how many."""
+    parts = [m for m in model.modules() if isinstance(m, MapsAhead)]
+    for m in parts:
+        m.map_ahead = on
+    return len(parts)
 
 
 def ahead_stages(model: nn.Module) -> list[PreparesAhead]:

@@ -40,6 +40,7 @@ from .checkpointer import Checkpointer, is_rank0, load_trainer_state
 from .context import TrainContext
 from .ending import RunEnd
 from .model_api import DeclaresTasks, DefinesLoss, unwrapped
+from .pipeline import set_map_ahead, wants_map_ahead
 from .runlog import RunLogger
 from .signals import StopSignals
 from .state import rng_state
@@ -106,6 +107,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = as_callbacks(callbacks)
         self.early_stopping = self._early_stopping()
+        set_map_ahead(model, wants_map_ahead(config.map_ahead, self.device))
         self.pipeline = self.context.pipeline(train_data, model)
         built = self.context.optimizers(model, config)
         if built is None:  # one process: torch optimizers over the dense and sparse split
