@@ -188,7 +188,7 @@ void insert_misses(MapJob& j, int32_t st) {
 
 // The row of one key in a job's table, -1 when absent; a row found gets
 // last[row] = st when the job stamps.
-inline int64_t find_one(const MapJob& j, uint64_t key, int32_t st) {
+__attribute__((always_inline)) inline int64_t find_one(const MapJob& j, uint64_t key, int32_t st) {
   const int32_t tag = tag_of(key, j.rbits);
   uint64_t p = home(key, j.ns);
   for (;;) {
