@@ -117,9 +117,13 @@ class HashedEmbeddingCollection(LookupModule):
         self.where: dict[str, tuple[str, int]] = {}  # table -> (group, index in group)
         for key, ts in slots.items():
             pooling, dtype, opt = spec[key]
-            fused = resolve_sparse(opt, "table_group", device).fused  # else recis' Adam(W)
-            cls = FbgemmTableGroup if fused else TorchTableGroup
-            self.groups[key] = cls(ts, pooling, dtype, opt, device)
+            if resolve_sparse(opt, "table_group", device).fused:  # else recis' Adam(W)
+                # rows come from the mappers, or ids _map checked against the capacity
+                self.groups[key] = FbgemmTableGroup(
+                    ts, pooling, dtype, opt, device, rows_checked=True
+                )
+            else:
+                self.groups[key] = TorchTableGroup(ts, pooling, dtype, opt, device)
             for j, s in enumerate(ts):
                 self.where[s.name] = (key, j)
         for name in self.mappers:
@@ -336,12 +340,12 @@ class HashedEmbeddingCollection(LookupModule):
         """Each table's ids ``[n_t]``: its features' ids (``values[seg[f]]``) in order, or
         ``known[table]`` where given."""
         values, known = kjt.values(), known or {}
-        return {
-            t: known[t]
-            if t in known
-            else torch.cat([values[seg[f][0] : seg[f][1]] for f in self.where_features(t)])
-            for t in self.tables
-        }
+        out = {}
+        for t in self.tables:
+            parts = [values[seg[f][0] : seg[f][1]] for f in self.where_features(t)]
+            # one feature: its slice of values, a view (no copy)
+            out[t] = known.get(t, parts[0] if len(parts) == 1 else torch.cat(parts))
+        return out
 
     def _feature_rows(
         self, kjt: KeyedJaggedTensor, seg: dict[str, tuple[int, int]]

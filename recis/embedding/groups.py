@@ -23,7 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fbgemm_gpu.split_embedding_configs import SparseType
-from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+    BoundsCheckMode,
+    EmbeddingLocation,
+    PoolingMode,
+)
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
@@ -153,6 +157,10 @@ class FbgemmTableGroup(TableGroup):
         dtype: ``fp32`` or ``fp16`` weights (outputs are fp32).
         optimizer: ``sgd``, ``adagrad`` or ``rowwise_adagrad`` settings.
         device: where weights live (CPU: ``EmbeddingLocation.HOST``).
+        rows_checked: the caller guarantees every index is a row of its table (the
+            collection's mappers give only such rows): fbgemm's per-call bounds check of
+            the indices is skipped. Otherwise fbgemm's default (``WARNING``: an index out
+            of range reads row 0, with a warning).
     """
 
     def __init__(
@@ -162,8 +170,10 @@ class FbgemmTableGroup(TableGroup):
         dtype: str,
         optimizer: SparseOptimizerConfig,
         device: torch.device,
+        rows_checked: bool = False,
     ) -> None:
         super().__init__(tables, pooling, dtype, optimizer, device)
+        self.bounds_check = BoundsCheckMode.NONE if rows_checked else BoundsCheckMode.WARNING
         self.resolution = resolve_sparse(optimizer, "table_group", device)
         self._build()
         for t, w in zip(self.tables, self._weights):
@@ -192,6 +202,7 @@ class FbgemmTableGroup(TableGroup):
             # itself (:meth:`_lookup`), the same way on every device
             weight_decay=0.0,
             weight_decay_mode=WeightDecayMode.NONE,
+            bounds_check_mode=self.bounds_check,
             device=self.device,
         )
         for p in self.tbe.parameters():
