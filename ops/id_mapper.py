@@ -24,7 +24,7 @@ Memory per table of capacity ``C`` (the part a plain embedding table lacks):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from recis.errors import EmbeddingError, TableFullError
 from . import id_mapper_probe as probe
 from .id_mapper_probe import EMPTY, TOMB, native_kernels
 from .id_policy import FREE, Admission, Eviction, expired, grown_capacity, victims
-
-if TYPE_CHECKING:
-    from .map_ahead import Probe
 
 __all__ = ["Eviction", "IdMapper", "MapResult", "map_many", "native_kernels"]
 
@@ -488,19 +485,19 @@ def map_many(
     ids: list[torch.Tensor | np.ndarray],
     step: int,
     counts: list[torch.Tensor | np.ndarray | None] | None = None,
-    ahead: Probe | None = None,
+    hints: list[np.ndarray | None] | None = None,
 ) -> list[MapResult]:
     """``[m.map(x, step, counts=c) for m, x, c in ...]`` with one native call for every
     mapper that needs nothing but free rows (see :meth:`IdMapper._native_applies`).
 
     The native call runs the tables as a few large parallel tasks (whole tables per
     thread) instead of a parallel region per table: on a busy machine each region
-    waits for its slowest thread. Results equal the one-by-one calls'. ``ahead``:
-    :func:`recis.ops.map_ahead.probe_many`'s result for the same ``ids`` (only its unchanged mappers' rows
-    are used; the results are the same with or without it).
+    waits for its slowest thread. Results equal the one-by-one calls'. ``hints``: per
+    mapper, None or the rows of its ids found ahead (int64, -1: not found) on the table
+    as it is now (:meth:`recis.ops.map_ahead.Probe.hints`): only the others are looked up.
     """
     counts = counts or [None] * len(mappers)
-    hints = ahead.hints(mappers) if ahead is not None else [None] * len(mappers)
+    hints = hints or [None] * len(mappers)
     keys = [_as_keys(x, m.name) for m, x in zip(mappers, ids)]
     occ = [m._occurrences(k, c) for m, k, c in zip(mappers, keys, counts)]
     fast = [i for i, (m, k) in enumerate(zip(mappers, keys)) if m._native_applies(len(k))]

@@ -46,10 +46,10 @@ class Probe:
 
 def probe_many(mappers: list[IdMapper], ids: list[torch.Tensor | np.ndarray]) -> Probe | None:
     """A read-only look-up of ``ids[i]`` in ``mappers[i]`` on the calling thread alone (the
-    GIL released): nothing is inserted or marked seen. Handed to :func:`~recis.ops.id_mapper.
-    map_many` as ``ahead``, the keys found are only marked seen, not looked up again; a
-    mapper changed in between (its version moved) is looked up afresh, so the result is
-    always ``map_many``'s without a probe. The caller must not change the mappers while
+    GIL released): nothing is inserted or marked seen. Its :meth:`Probe.hints` handed to
+    :func:`~recis.ops.id_mapper.map_many`: the keys found are only marked seen, not looked
+    up again; a mapper changed in between (its version moved) gets no hints and is looked
+    up afresh, so the result is always ``map_many``'s without a probe. The caller must not change the mappers while
     this runs. None without the native kernels.
     """
     nat = mappers[0]._nat if mappers else None

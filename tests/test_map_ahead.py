@@ -54,7 +54,9 @@ def test_probed_mapping_equals_plain_mapping(kind) -> None:
         ahead = probe_many(probed, ids)
         assert ahead is not None
         hinted += sum(int((r >= 0).sum()) for r in ahead.rows)
-        for a, b in zip(map_many(plain, ids, step), map_many(probed, ids, step, ahead=ahead)):
+        for a, b in zip(
+            map_many(plain, ids, step), map_many(probed, ids, step, hints=ahead.hints(probed))
+        ):
             assert torch.equal(a.rows, b.rows)
             assert np.array_equal(a.fresh_rows, b.fresh_rows)
             assert np.array_equal(a.reset_rows, b.reset_rows) and a.capacity == b.capacity
@@ -77,11 +79,12 @@ def test_a_probe_of_a_changed_mapper_is_not_used() -> None:
     for x in (m, twin):
         x.map(more, 2)  # changes the table: the probe is stale
     wrong = Probe([np.full(200, 7, np.int64)], stale.versions)
-    got = map_many([m], [torch.arange(200)], 3, ahead=wrong)[0]
+    got = map_many([m], [torch.arange(200)], 3, hints=wrong.hints([m]))[0]
     assert torch.equal(got.rows, map_many([twin], [torch.arange(200)], 3)[0].rows)
     forged = Probe([np.full(200, 7, np.int64)], [m.version])
     assert torch.equal(
-        map_many([m], [torch.arange(200)], 4, ahead=forged)[0].rows, torch.full((200,), 7)
+        map_many([m], [torch.arange(200)], 4, hints=forged.hints([m]))[0].rows,
+        torch.full((200,), 7),
     )
 
 

@@ -215,15 +215,16 @@ class HashedEmbeddingCollection(LookupModule):
                 raise EmbeddingError(f"table {t!r}: ids must be integers, got {ids[t].dtype}")
         # the probe started during the last step, if it was of these ids (waits for it)
         ahead = self._ahead.take({t: ids[t] for t in hashed}) if hashed else None
+        mappers = [self.mappers[t] for t in hashed]
         results: dict[str, MapResult | torch.Tensor] = dict(
             zip(
                 hashed,
                 map_many(
-                    [self.mappers[t] for t in hashed],
+                    mappers,
                     [ids[t] for t in hashed],
                     self.step,
                     [counts.get(t) for t in hashed],
-                    ahead,
+                    None if ahead is None else ahead.hints(mappers),
                 ),
             )
         )
