@@ -140,7 +140,7 @@ class IdMapper:
         self._nat = native_kernels() if native in (None, True) else None
         if native and self._nat is None:
             raise EmbeddingError(f"table {name!r}: native IdMapper kernels could not be built")
-        self.version = 0  # goes up whenever an id's row may change (see probe_many)
+        self.version = 0  # goes up whenever an id's row may change (recis.ops.map_ahead)
         self._allocate(capacity)
 
     # ------------------------------------------------------------------ storage

@@ -49,8 +49,8 @@ def probe_many(mappers: list[IdMapper], ids: list[torch.Tensor | np.ndarray]) ->
     GIL released): nothing is inserted or marked seen. Its :meth:`Probe.hints` handed to
     :func:`~recis.ops.id_mapper.map_many`: the keys found are only marked seen, not looked
     up again; a mapper changed in between (its version moved) gets no hints and is looked
-    up afresh, so the result is always ``map_many``'s without a probe. The caller must not change the mappers while
-    this runs. None without the native kernels.
+    up afresh, so the result is always ``map_many``'s without a probe. The caller must not
+    change the mappers while this runs. None without the native kernels.
     """
     nat = mappers[0]._nat if mappers else None
     if nat is None or any(m._nat is None for m in mappers):
@@ -85,9 +85,10 @@ class MapAhead:
     Example::
 
         ahead = MapAhead()
-        ahead.start(kjt_next, {"user": ids}, {"user": mapper})   # after this step's mapping
-        ...                                                     # this step's dense work
-        probe = ahead.take(kjt_next, {"user": ids})  # before the next mapping: Probe or None
+        ahead.start(kjt_next, {"user": ids}, {"user": mapper})  # after this step's mapping
+        ...                                                    # this step's dense work
+        probe = ahead.take({"user": ids})  # before the next mapping: a Probe, or None
+        map_many([mapper], [ids], step, hints=probe.hints([mapper]) if probe else None)
     """
 
     def __init__(self) -> None:
