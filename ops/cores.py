@@ -84,3 +84,12 @@ def usable_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path | None = None) -> i
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
     return max(1, n)
+
+
+def processes_on_node() -> int | None:
+    """Processes of this run on this node, as torchrun (``LOCAL_WORLD_SIZE``) or horovodrun
+    (``HOROVOD_LOCAL_SIZE``) export it; None when neither launched this process."""
+    for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return None

@@ -200,7 +200,9 @@ def test_the_trainer_maps_ahead_exactly(small_ctr, tmp_path) -> None:
     assert models["on"].sparse_arch.prefetched_lookups == 24 - 2  # 20 batches an epoch
 
 
-def test_auto_maps_ahead_when_a_core_is_free() -> None:
+def test_auto_maps_ahead_when_a_core_is_free(monkeypatch) -> None:
+    for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
+        monkeypatch.delenv(key, raising=False)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(usable_cores())
@@ -210,6 +212,11 @@ def test_auto_maps_ahead_when_a_core_is_free() -> None:
         assert not wants_map_ahead("off", torch.device("cuda"))
         if usable_cores() > 1:
             torch.set_num_threads(1)
+            assert wants_map_ahead("auto", torch.device("cpu"))
+            # the run's other processes on this node have the other cores (torchrun)
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(usable_cores()))
+            assert not wants_map_ahead("auto", torch.device("cpu"))
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
             assert wants_map_ahead("auto", torch.device("cpu"))
     finally:
         torch.set_num_threads(before)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from recis.errors import ConfigError
+from recis.ops.cores import processes_on_node
 
 Launcher = Literal["none", "torchrun", "horovod"]
 
@@ -70,10 +71,7 @@ class DistContext:
     @property
     def local_size(self) -> int:
         """Processes of this run on this node (torchrun and horovodrun both export it)."""
-        for key in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE"):
-            if key in os.environ:
-                return int(os.environ[key])
-        return self.world_size
+        return processes_on_node() or self.world_size
 
 
 def detect_launcher() -> Launcher:

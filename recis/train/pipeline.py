@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recis.io.batch import Batch
 from recis.io.loader import Loader
-from recis.ops.cores import usable_cores
+from recis.ops.cores import processes_on_node, usable_cores
 
 
 @runtime_checkable
@@ -87,10 +87,12 @@ class MapsAhead(Protocol):
 def wants_map_ahead(mode: str, device: torch.device) -> bool:
     """``train.map_ahead`` resolved: ``on`` / ``off``, or for ``auto`` whether a core is
     free for the background look-up: on a GPU (the host idles while it runs the step) or
-    when torch's pool is smaller than the cores this process may use."""
+    when torch's pool is smaller than this process's share of the cores it may use (the
+    run's processes on this node share them)."""
     if mode != "auto":
         return mode == "on"
-    return device.type != "cpu" or torch.get_num_threads() < usable_cores()
+    share = usable_cores() // (processes_on_node() or 1)
+    return device.type != "cpu" or torch.get_num_threads() < share
 
 
 def set_map_ahead(model: nn.Module, on: bool) -> int:
