@@ -96,7 +96,7 @@ def _kjt(rng: np.random.Generator, b: int = 128) -> KeyedJaggedTensor:
     )
 
 
-def _collection(ahead: bool) -> HashedEmbeddingCollection:
+def _collection(ahead: bool, device: str = "cpu") -> HashedEmbeddingCollection:
     tables = [
         TableConfig(name="ta", dim=8, capacity=1500, eviction="lru"),
         TableConfig(name="tb", dim=8, capacity=1500, eviction="lfu"),
@@ -106,7 +106,7 @@ def _collection(ahead: bool) -> HashedEmbeddingCollection:
         SparseFeature("b", table="tb"),
         SparseFeature("c", table="ta"),
     ]
-    ec = build_embedding_collection(tables, feats, "cpu", SparseOptimizerConfig(lr=0.05))
+    ec = build_embedding_collection(tables, feats, device, SparseOptimizerConfig(lr=0.05))
     assert isinstance(ec, HashedEmbeddingCollection)
     ec.map_ahead = ahead
     return ec.train()
@@ -153,6 +153,27 @@ def test_a_collection_mapping_ahead_trains_bit_for_bit_as_one_that_does_not() ->
     # lookup then took (unused); 18 had nothing ahead
     assert ahead.prefetched_lookups == 23 - 3
     assert plain.prefetched_lookups == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_mapping_ahead_on_cuda_gives_the_same_rows_and_weights() -> None:
+    """On a GPU the batches live on the device; the probe copies the next batch's ids to
+    the host. The mappers end bit for bit equal, the weights equal to fp32 rounding."""
+    torch.manual_seed(0)
+    plain, ahead = _collection(False, "cuda"), _collection(True, "cuda")
+    rng = np.random.default_rng(4)
+    batches = [_kjt(rng).to(torch.device("cuda")) for _ in range(12)]
+    for i, kjt in enumerate(batches):
+        if i + 1 < len(batches):
+            ahead.prefetch(batches[i + 1])
+        for ec in (plain, ahead):
+            ec(kjt).values().square().sum().backward()
+    for t in plain.mappers:
+        a, b = plain.live_rows(t), ahead.live_rows(t)
+        assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["last"], b["last"])
+        assert torch.allclose(a["weights"], b["weights"], atol=1e-6)
+    assert ahead.prefetched_lookups == 11
 
 
 def test_the_trainer_maps_ahead_exactly(small_ctr, tmp_path) -> None:
