@@ -286,8 +286,8 @@ def bench_mapper(args: argparse.Namespace) -> dict[str, float]:
 
     Each side has its own tables: ``new`` maps a batch of ids never seen before each run,
     ``known`` maps a batch it was given before the timing (so the alternating order of
-    the sides cannot turn one's ids into the other's). Both have room for every id of
-    both sides (a full table takes the slower path that makes room first)."""
+    the sides cannot turn one's ids into the other's). Each has twice the rows its ids
+    need (a full table takes the slower path that makes room first)."""
     from recis.ops.id_mapper import IdMapper
 
     gen = np.random.default_rng(3)

@@ -506,7 +506,7 @@ def map_many(
         args = list(zip(*(mappers[i]._native_args(keys[i]) for i in fast)))
         nat = mappers[fast[0]]._nat
         assert nat is not None  # _native_applies checked it
-        found = [_hint(hints[i], len(keys[i])) for i in fast]
+        found = [_hint(hints[i]) for i in fast]
         rows, taken, reused = nat.find_or_insert_many(*args[:4], step, *args[4:], found)
         for i, r, t, u in zip(fast, rows, taken, reused):
             new_rows = mappers[i]._took(t, u)
@@ -517,8 +517,7 @@ def map_many(
     return [r for r in out if r is not None]
 
 
-def _hint(rows: np.ndarray | None, n: int) -> torch.Tensor:
-    """A probe's rows for the native call (empty: look every key up)."""
-    if rows is None or len(rows) != n:
-        return probe.EMPTY_I64
-    return torch.from_numpy(rows)
+def _hint(rows: np.ndarray | None) -> torch.Tensor:
+    """A probe's rows for the native call (empty: look every key up; the call checks that
+    there is one per key)."""
+    return probe.EMPTY_I64 if rows is None else torch.from_numpy(rows)

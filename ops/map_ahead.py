@@ -53,7 +53,7 @@ def probe_many(mappers: list[IdMapper], ids: list[torch.Tensor | np.ndarray]) ->
     change the mappers while this runs. None without the native kernels.
     """
     nat = mappers[0]._nat if mappers else None
-    if nat is None or any(m._nat is None for m in mappers):
+    if nat is None or not all(m.native for m in mappers):
         return None
     versions = [m.version for m in mappers]  # before reading anything
     keys = [torch.from_numpy(_as_keys(x, m.name).view(np.int64)) for m, x in zip(mappers, ids)]

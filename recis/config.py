@@ -291,7 +291,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     tensorboard: bool = True
     # look the next batch's ids up in the background during this step (hashed tables):
-    # auto = on a GPU, or when torch's threads leave one of the process's cores free
+    # auto = on a GPU, or when torch's threads leave a core of the process's share free
     map_ahead: Literal["auto", "on", "off"] = "auto"
 
 

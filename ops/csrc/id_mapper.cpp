@@ -316,21 +316,11 @@ std::vector<torch::Tensor> find_many(std::vector<torch::Tensor> slots,
   TORCH_CHECK(slots.size() == t && row_key.size() == t && rbits.size() == t,
               "find_many: lists of different lengths");
   std::vector<torch::Tensor> outs;
+  const torch::Tensor none = torch::empty({0}, torch::kInt32);  // no row_last, no free rows
   for (size_t i = 0; i < t; ++i) {
     outs.push_back(torch::empty({keys[i].numel()}, torch::kInt64));
-    MapJob j;
-    j.s = slots[i].data_ptr<int32_t>();
-    j.rk = row_key[i].data_ptr<int64_t>();
-    j.k = keys[i].data_ptr<int64_t>();
-    j.n = keys[i].numel();
-    j.ns = static_cast<uint64_t>(slots[i].numel());
-    j.rbits = rbits[i];
-    j.mask = row_mask(rbits[i]);
-    j.last = nullptr;
-    j.hint = nullptr;
-    j.recycled = nullptr;
-    j.n_recycled = j.next_unused = 0;
-    j.out = outs.back().data_ptr<int64_t>();
+    MapJob j = make_job(slots[i], row_key[i], keys[i], none, none, 0, keys[i].numel(), rbits[i],
+                        outs.back(), torch::Tensor());
     find_range(j, 0, j.n, 0);
   }
   return outs;

@@ -95,12 +95,11 @@ def wants_map_ahead(mode: str, device: torch.device) -> bool:
     return device.type != "cpu" or torch.get_num_threads() < share
 
 
-def set_map_ahead(model: nn.Module, on: bool) -> int:
-    """Set ``map_ahead`` on each of the model's :class:`MapsAhead` parts; returns how many."""
-    parts = [m for m in model.modules() if isinstance(m, MapsAhead)]
-    for m in parts:
-        m.map_ahead = on
-    return len(parts)
+def set_map_ahead(model: nn.Module, on: bool) -> None:
+    """Set ``map_ahead`` on each of the model's :class:`MapsAhead` parts."""
+    for m in model.modules():
+        if isinstance(m, MapsAhead):
+            m.map_ahead = on
 
 
 def ahead_stages(model: nn.Module) -> list[PreparesAhead]:
