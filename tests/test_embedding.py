@@ -340,3 +340,30 @@ def test_fresh_rows_written_natively_equal_the_tensor_path(
         for sa, sb in zip(a.states(j), b.states(j)):
             assert torch.equal(sa, sb), name
     assert native.mappers["a"].size == 6
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_unpooled_lookup_without_grad_gathers_the_same_rows(dtype: str) -> None:
+    """Without autograd a pooling-none group gathers its rows from the weights instead of
+    the one-id-bag lookup: the same fp32 values, feature-major, each feature from its own
+    table, an empty batch included."""
+    from recis.embedding.groups import FbgemmTableGroup, TableSlot
+
+    slots = [
+        TableSlot(name="a", dim=4, rows=9, init_scale=0.5, features=["x", "y"]),
+        TableSlot(name="b", dim=4, rows=5, init_scale=0.5, features=["z"]),
+    ]
+    opt = SparseOptimizerConfig(name="rowwise_adagrad", lr=0.1)
+    group = FbgemmTableGroup(slots, "none", dtype, opt, CPU, rows_checked=True)
+    lengths = torch.tensor([3, 0, 0, 2, 0, 2])  # x: 3 + 0 ids, y: 0 + 2, z: 0 + 2
+    indices = torch.tensor([0, 8, 4, 7, 1, 4, 3])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    looked_up = group(indices, offsets)  # grad enabled: the one-id-bag lookup
+    with torch.no_grad():
+        gathered = group(indices, offsets)
+        empty = group(torch.zeros(0, dtype=torch.int64), torch.zeros(7, dtype=torch.int64))
+    assert looked_up.requires_grad and gathered.dtype == torch.float32
+    assert torch.equal(gathered, looked_up.detach())
+    want = torch.cat([group.weight(0)[indices[:5]], group.weight(1)[indices[5:]]]).float()
+    assert torch.equal(gathered, want) and gathered.abs().sum() > 0
+    assert empty.shape == (0, 4)
