@@ -274,7 +274,11 @@ class TargetAttention(nn.Module):
         self.mass = mass
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        scores = torch.einsum("bd,bld->bl", self.q(target), self.k(seq)) * self.scale
+        q = self.q(target)  # [B, Ds]
+        # <q, W_k s_l + b_k> = <W_k^T q, s_l> + <q, b_k>: the key projection of the B L
+        # positions (the layer's largest matmul) becomes one of the B queries
+        scores = torch.einsum("bd,bld->bl", q @ self.k.weight, seq) + (q @ self.k.bias)[:, None]
+        scores = scores * self.scale
         pooled = torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq)
         if not self.mass:
             return pooled
@@ -472,7 +476,8 @@ class HHFT(nn.Module):
             if dense_idx and not per_feature:
                 parts.append(dense[:, dense_idx])
             if blk.sequence:
-                seq = torch.cat([seqs[n][0] for n in blk.sequence], dim=-1)  # [B, L, Ds]
+                values = [seqs[n][0] for n in blk.sequence]  # one: no copy of [B, L, Ds]
+                seq = values[0] if len(values) == 1 else torch.cat(values, dim=-1)
                 target = torch.cat([emb[n] for n in blk.target], dim=-1)  # [B, Dt]
                 parts.append(self.target_attn[blk.name](seq, seqs[blk.sequence[0]][1], target))
             if parts:
