@@ -334,10 +334,10 @@ class FbgemmTableGroup(TableGroup):
         return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
     def _gathered(self, indices: torch.Tensor, bounds: torch.Tensor | None) -> torch.Tensor:
-        """``[N, D]`` without autograd: each table's rows gathered from its weights (the
-        lookup of one-id bags above, a boolean select and the fbgemm call, cost 3-4x more),
-        the same fp32 values. ``bounds`` are the offsets where each feature's ids start
-        (and the end), None for an empty batch."""
+        """``[N, D]`` without autograd: each table's rows gathered from its weights, the same
+        fp32 values as the one-id-bag lookup above (which with its boolean select took 2.0
+        ms against 0.31 for 21k history ids, docs/embedding.md). ``bounds`` are the offsets
+        where each feature's ids start (and the end), None for an empty batch."""
         dim = self.feature_dims[0] if self.feature_dims else 0
         if bounds is None or indices.numel() == 0:
             return torch.zeros(0, dim, device=indices.device)
