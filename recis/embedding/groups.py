@@ -317,7 +317,8 @@ class FbgemmTableGroup(TableGroup):
     def _unpooled(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``[N, D]``: every id a bag of one in a SUM lookup (feature ``f``'s ``n_f`` ids are
         its first ``n_f`` bags of ``max n_f``; the rest are empty), same rows, same update,
-        and fbgemm's pooled backward instead of its slow unpooled one."""
+        and fbgemm's pooled backward instead of its slow unpooled one. Without autograd,
+        on rows the caller checked: :meth:`_gathered`."""
         nf = len(self.feature_names)
         b = (offsets.numel() - 1) // max(nf, 1)
         if not torch.is_grad_enabled() and self.bounds_check == BoundsCheckMode.NONE:
