@@ -362,8 +362,9 @@ def test_unpooled_lookup_without_grad_gathers_the_same_rows(dtype: str) -> None:
     with torch.no_grad():
         gathered = group(indices, offsets)
         empty = group(torch.zeros(0, dtype=torch.int64), torch.zeros(7, dtype=torch.int64))
+        no_rows = group(torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
     assert looked_up.requires_grad and gathered.dtype == torch.float32
     assert torch.equal(gathered, looked_up.detach())
     want = torch.cat([group.weight(0)[indices[:5]], group.weight(1)[indices[5:]]]).float()
     assert torch.equal(gathered, want) and gathered.abs().sum() > 0
-    assert empty.shape == (0, 4)
+    assert empty.shape == no_rows.shape == (0, 4) and no_rows.dtype == torch.float32
