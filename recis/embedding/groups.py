@@ -115,8 +115,6 @@ class TableGroup(nn.Module):
         self.feature_names = [f for t in tables for f in t.features]
         self.feature_dims = [t.dim for t in tables for _ in t.features]
 
-    tables: list[TableSlot]
-
     def weight(self, i: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -157,10 +155,9 @@ class FbgemmTableGroup(TableGroup):
         dtype: ``fp32`` or ``fp16`` weights (outputs are fp32).
         optimizer: ``sgd``, ``adagrad`` or ``rowwise_adagrad`` settings.
         device: where weights live (CPU: ``EmbeddingLocation.HOST``).
-        rows_checked: the caller guarantees every index is a row of its table (the
-            collection's mappers give only such rows): fbgemm's per-call bounds check of
-            the indices is skipped. Otherwise fbgemm's default (``WARNING``: an index out
-            of range reads row 0, with a warning).
+        rows_checked: the caller guarantees every index is a row of its table (as the
+            collection's mappers do): fbgemm's bounds check is skipped. Otherwise fbgemm's
+            default (``WARNING``: an index out of range reads row 0, with a warning).
     """
 
     def __init__(
@@ -280,7 +277,7 @@ class FbgemmTableGroup(TableGroup):
         b = (offsets.numel() - 1) // max(nf, 1)
         if not wd or not torch.is_grad_enabled() or b == 0 or indices.numel() == 0:
             return fused_lookup(self.tbe, indices, offsets, per_sample_weights)
-        bounds = offsets[::b].tolist()
+        bounds = feature_bounds(offsets, nf)
         lengths = (offsets[1:] - offsets[:-1]).view(nf, b)
         uniq: dict[int, torch.Tensor] = {}  # first feature of a table -> its distinct rows
         f = 0
@@ -320,7 +317,7 @@ class FbgemmTableGroup(TableGroup):
         nf = len(self.feature_names)
         b = (offsets.numel() - 1) // max(nf, 1)
         if not torch.is_grad_enabled() and self.bounds_check == BoundsCheckMode.NONE:
-            return self._gathered(indices, offsets[::b].tolist() if b else [0] * (nf + 1))
+            return self._gathered(indices, feature_bounds(offsets, nf))
         starts = offsets[:-1:b] if b else offsets.new_zeros(nf)
         n = offsets[b::b] - starts if b else offsets.new_zeros(nf)
         width = int(n.max()) if nf and indices.numel() else 0
@@ -333,9 +330,8 @@ class FbgemmTableGroup(TableGroup):
         return out[i[None] < n[:, None]]  # feature-major, as the ids came
 
     def _gathered(self, indices: torch.Tensor, at: list[int]) -> torch.Tensor:
-        """``[N, D]`` without autograd: each table's rows gathered, the same fp32 values as the
-        one-id-bag lookup (2.0 ms against 0.31 for 21k ids, docs/embedding.md). ``at``:
-        where each feature's ids start, and the end."""
+        """``[N, D]`` without autograd: each table's rows gathered (``at``: feature bounds), the
+        same fp32 values as the one-id-bag lookup in 1/6 of its time (docs/embedding.md)."""
         parts, f = [], 0
         for i, t in enumerate(self.tables):
             k = len(t.features)
@@ -398,7 +394,7 @@ class TorchTableGroup(TableGroup):
         """Same contract as :meth:`FbgemmTableGroup.forward`."""
         nf = len(self.feature_names)
         b = (offsets.numel() - 1) // max(nf, 1)
-        bounds = offsets[:: max(b, 1)].tolist() if b else [0] * (nf + 1)
+        bounds = feature_bounds(offsets, nf)
         outs: list[torch.Tensor] = []
         f = 0
         for i, t in enumerate(self.tables):
@@ -470,6 +466,12 @@ class GroupDict(nn.ModuleDict):
     def groups(self) -> list[TableGroup]:
         """The groups in insertion order (``values()``, typed)."""
         return [self[k] for k in self.keys()]
+
+
+def feature_bounds(offsets: torch.Tensor, nf: int) -> list[int]:
+    """Where each of the ``nf`` features' ids start in ``indices``, then the end (zeros: no rows)."""
+    b = (offsets.numel() - 1) // max(nf, 1)
+    return offsets[::b].tolist() if b else [0] * (nf + 1)
 
 
 def _distinct(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
