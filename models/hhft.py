@@ -274,9 +274,8 @@ class TargetAttention(nn.Module):
         self.mass = mass
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        q = self.q(target)  # [B, Ds]
-        # <q, W_k s_l + b_k> = <W_k^T q, s_l> + <q, b_k>: the key projection of the B L
-        # positions (the layer's largest matmul) becomes one of the B queries
+        q = self.q(target)  # [B, Ds]; <q, W_k s_l + b_k> = <W_k^T q, s_l> + <q, b_k>: W_k maps
+        # the B queries, not the B L history positions (the layer's largest matmul)
         scores = torch.einsum("bd,bld->bl", q @ self.k.weight, seq) + (q @ self.k.bias)[:, None]
         scores = scores * self.scale
         pooled = torch.einsum("bl,bld->bd", masked_softmax(scores, mask), seq)
