@@ -10,7 +10,10 @@ DyKnow-RAG, each starting from the SFT model with the same budget (``--rl-steps`
 ``--rl-batch`` completions). DyKnow-RAG's corpus: the titles of the train part's label-2 pairs
 (``--corpus-unseen``: only of queries other than the ``--train`` pairs', so that no training
 query finds its own answer in it, as no test query does)
-(BM25 over character 1-2-grams; a chunk equal to the pair's own title is skipped).
+(BM25 over character 1-2-grams; a chunk equal to the pair's own title is skipped;
+``--retriever dense``: recis' dense retriever instead, the dual encoder of a ``retrieval_grpo``
+run trained here first, InfoNCE only, ``--dual-steps`` steps, on the train part's pairs with
+``label == 2`` as positives).
 
 Keys (last line, one JSON object): ``<stage>_auc`` (ROC-AUC of the one-pass serving score,
 ``label == 2``), ``<stage>_acc`` and ``<stage>_acc_level_k`` (argmax level), ``<stage>_seconds``
@@ -19,7 +22,8 @@ trained on), ``dyknow_no_context_auc`` (the DyKnow model with the chunk left out
 ``bm25_auc`` (recis.io.lexical BM25 over the same test pairs), ``<stage>_vs_sft`` (AUC ratio),
 ``sft_more_*`` (SFT continued from the SFT model for the RL stages' budget of examples: the
 like-for-like reference of the RL stages), ``<stage>_no_context_auc``,
-``load_before/after`` (load average: the machine is shared).
+``load_before/after`` (load average: the machine is shared), ``retriever`` and with ``dense``
+``dual_seconds`` (training the dual encoder).
 
 Usage: ``python benchmarks/relevance_rl.py [--train 2000 --test 1000 --sft-steps 200 ...]``
 (``--work DIR --resume``: train only the stages missing from DIR's run);
@@ -132,6 +136,31 @@ def config(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def dual_encoder(work: Path, pairs: list[dict], steps: int) -> Path:
+    """Train the dense retriever (``kind: retrieval_grpo``, InfoNCE only) on ``pairs``; its
+    config file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from recis.cli import main as cli
+
+    pq.write_table(pa.Table.from_pylist(pairs), work / "dual_pairs.parquet")
+    cfg = {
+        "kind": "retrieval_grpo",
+        "run_dir": str(work / "dual"),
+        "data": {"path": str(work / "dual_pairs.parquet"), "positive": 2, "split": None},
+        "infonce": {"steps": steps},
+        "grpo": {"steps": 0},
+    }
+    path = work / "dual.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    trained = (work / "dual" / "infonce" / "model").exists()
+    if not trained and cli(["train", str(path), "--overwrite"]) != 0:
+        raise SystemExit("training the dual encoder failed")
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", type=int, default=2000)
@@ -147,6 +176,8 @@ def main() -> None:
     p.add_argument(
         "--corpus-unseen", action="store_true", help="no training query's answer in the corpus"
     )
+    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--dual-steps", type=int, default=300, help="InfoNCE steps (dense)")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument(
         "--resume", action="store_true", help="reuse --work's run: only missing stages train"
@@ -178,9 +209,20 @@ def main() -> None:
     corpus = sorted({r["title"] for r in all_train if r["label"] == 2 and r["query"] not in seen})
     pq.write_table(pa.table({"text": corpus}), work / "corpus.parquet")
     out: dict[str, Any] = {"bm25_auc": bm25_auc(all_train, test_rows)}
+    raw, retriever = config(work, args), None
+    if args.retriever == "dense":
+        start = time.perf_counter()
+        dual = dual_encoder(work, all_train, args.dual_steps)
+        out["dual_seconds"] = time.perf_counter() - start
+        raw["retriever"].update(kind="dense", run_config=str(dual))
     start = time.perf_counter()
-    cfg = build_llm_config(config(work, args))
-    results = train(cfg, resume=args.resume, overwrite=not args.resume)
+    cfg = build_llm_config(raw)
+    if args.retriever == "dense":
+        from recis.retrieval_rl.chunks import DenseChunkRetriever
+
+        assert cfg.retriever is not None
+        retriever = DenseChunkRetriever.from_config(cfg.retriever)
+    results = train(cfg, args.resume, not args.resume, retriever)
     out["total_seconds"] = time.perf_counter() - start
     for stage, m in results.items():
         out[f"{stage}_auc"] = m.get("auc")

@@ -420,8 +420,9 @@ def _tool(args: argparse.Namespace) -> int | None:
         return lrem(args)
     if args.command in ("train", "eval") and _is_relevance_llm(args.config):
         from recis.llm.command import main as relevance_llm  # issue 18
+        from recis.retrieval_rl.chunks import DenseChunkRetriever
 
-        return relevance_llm(args)
+        return relevance_llm(args, {"dense": DenseChunkRetriever.from_config})
     return None
 
 

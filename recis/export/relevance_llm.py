@@ -138,6 +138,11 @@ class LLMRun:
         cfg = self.cfg
         if cfg.retriever is None or cfg.data.context is not None:
             return None
+        if cfg.retriever.kind != "bm25":
+            raise ConfigError(
+                f"retriever.kind: {cfg.retriever.kind}: an exported relevance LLM carries a BM25 "
+                "retriever only; serve rows with a context column (data.context) instead"
+            )
         return BM25Retriever.from_config(cfg.retriever)
 
 

@@ -9,6 +9,7 @@ of a stage of the run) in one forward pass per batch and writes the scores next 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import CheckpointError, ConfigError, OutputError
 from recis.llm.config import RelevanceLLMConfig, load_llm_config
+from recis.llm.retrieval import ChunkRetriever, RetrieverLoader, attach_context, build_retriever
 
 
 def _print(results: dict[str, dict[str, Any]]) -> None:
@@ -42,13 +44,15 @@ def model_dir(cfg: RelevanceLLMConfig, checkpoint: str) -> Path:
     )
 
 
-def score_file(cfg: RelevanceLLMConfig, checkpoint: str) -> tuple[dict[str, Any], Path]:
+def score_file(
+    cfg: RelevanceLLMConfig, checkpoint: str, retriever: ChunkRetriever | None = None
+) -> tuple[dict[str, Any], Path]:
     """Score ``data.eval`` with the model; writes ``run_dir/scores-<name>.parquet`` (query,
-    title, label, score, p_<level>...) and returns the metrics and that path."""
+    title, label, score, p_<level>...) and returns the metrics and that path. Chunks, where
+    the config has a retriever and no context column: from ``retriever``, else its BM25."""
     import numpy as np
 
     from recis.llm.model import load_model, load_tokenizer
-    from recis.llm.retrieval import BM25Retriever
     from recis.llm.scoring import cumulative_score, level_probs, relevance_metrics
     from recis.llm.task import RelevanceTask, load_examples
 
@@ -58,7 +62,7 @@ def score_file(cfg: RelevanceLLMConfig, checkpoint: str) -> tuple[dict[str, Any]
     task = RelevanceTask(cfg.prompt, cfg.levels)
     examples = load_examples(cfg.data.eval, cfg.data, cfg.levels, cfg.data.max_eval)
     if cfg.retriever is not None and cfg.data.context is None:
-        examples = BM25Retriever.from_config(cfg.retriever).with_context(examples)
+        examples = attach_context(retriever or build_retriever(cfg.retriever), examples)
     model, tok = load_model(path, cfg.device), load_tokenizer(path)
     probs = level_probs(model, tok, task, examples, cfg.eval_batch_size)
     cols: dict[str, Any] = {
@@ -81,19 +85,23 @@ def score_file(cfg: RelevanceLLMConfig, checkpoint: str) -> tuple[dict[str, Any]
     return relevance_metrics(probs, examples, task), out
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``recis train`` / ``recis eval`` for a relevance-LLM config."""
+def main(args: argparse.Namespace, loaders: Mapping[str, RetrieverLoader] | None = None) -> int:
+    """Run ``recis train`` / ``recis eval`` for a relevance-LLM config; ``loaders`` build the
+    retriever kinds this layer does not hold (``dense``: recis.cli passes it)."""
     cfg = load_llm_config(args.config, args.overrides)
+    retriever = None
+    if cfg.retriever is not None and cfg.data.context is None:
+        retriever = build_retriever(cfg.retriever, loaders)
     if args.command == "train":
         from recis.llm.pipeline import train
 
         if args.resume is not None:
             cfg.run_dir = args.resume
 
-        _print(train(cfg, resume=args.resume is not None, overwrite=args.overwrite))
+        _print(train(cfg, args.resume is not None, args.overwrite, retriever))
         print(f"run directory: {cfg.run_dir}")
         return 0
-    metrics, out = score_file(cfg, args.checkpoint)
+    metrics, out = score_file(cfg, args.checkpoint, retriever)
     _print({"evaluation": metrics})
     print(f"scores: {out}")
     return 0

@@ -148,12 +148,25 @@ class PromptConfig:
 
 @dataclass(config=STRICT)
 class RetrieverConfig:
-    """BM25 over a text corpus (one chunk per row of ``text``) for DyKnow-RAG's context."""
+    """Where DyKnow-RAG's context chunk comes from: a text corpus (one chunk per row of
+    ``text``) searched with ``kind: bm25`` (``k1``, ``b``) or ``kind: dense``, the dual encoder
+    of a trained ``retrieval_grpo`` run (``run_config``: its config file; ``stage``: its
+    ``infonce`` or ``grpo`` model), which encodes the corpus with its item tower and each
+    query with its query tower."""
 
     corpus: str
     text: str = "text"
+    kind: Literal["bm25", "dense"] = "bm25"
     k1: float = Field(default=1.2, gt=0)
     b: float = Field(default=0.75, ge=0, le=1)
+    run_config: str | None = None
+    stage: Literal["infonce", "grpo"] = "infonce"
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrieverConfig:
+        if self.kind == "dense" and self.run_config is None:
+            raise ValueError("run_config: kind dense needs a retrieval_grpo config file")
+        return self
 
 
 @dataclass(config=STRICT)

@@ -40,7 +40,7 @@ from recis.llm.config import (
 )
 from recis.llm.model import build_scratch, load_model, load_tokenizer
 from recis.llm.plots import plot_llm_run
-from recis.llm.retrieval import BM25Retriever
+from recis.llm.retrieval import ChunkRetriever, attach_context, build_retriever
 from recis.llm.rewards import StepReward
 from recis.llm.scoring import level_probs, level_token_ids, relevance_metrics
 from recis.llm.stages import StageRun, run_dpo, run_grpo, run_sft, sample, sft_rows
@@ -124,7 +124,11 @@ class Pipeline:
     """One run of ``cfg`` (see the module docstring)."""
 
     def __init__(
-        self, cfg: RelevanceLLMConfig, resume: bool = False, overwrite: bool = False
+        self,
+        cfg: RelevanceLLMConfig,
+        resume: bool = False,
+        overwrite: bool = False,
+        retriever: ChunkRetriever | None = None,
     ) -> None:
         self.cfg = cfg
         self.resume = resume
@@ -134,9 +138,9 @@ class Pipeline:
         ev = cfg.data.eval
         self.eval = load_examples(ev, cfg.data, cfg.levels, cfg.data.max_eval) if ev else []
         if cfg.retriever is not None and cfg.data.context is None:
-            retriever = BM25Retriever.from_config(cfg.retriever)
-            self.train = retriever.with_context(self.train)
-            self.eval = retriever.with_context(self.eval)
+            retriever = retriever or build_retriever(cfg.retriever)
+            self.train = attach_context(retriever, self.train)
+            self.eval = attach_context(retriever, self.eval)
         self.run_dir = prepare_dir(cfg, resume, overwrite)  # the data read: now write
         self.logger = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
 
@@ -243,7 +247,11 @@ class Pipeline:
 
 
 def train(
-    cfg: RelevanceLLMConfig, resume: bool = False, overwrite: bool = False
+    cfg: RelevanceLLMConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    retriever: ChunkRetriever | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run every stage of ``cfg``; returns each stage's eval metrics."""
-    return Pipeline(cfg, resume, overwrite).run()
+    """Run every stage of ``cfg`` (DyKnow-RAG's chunks from ``retriever``, else the BM25 of
+    ``cfg.retriever``); returns each stage's eval metrics."""
+    return Pipeline(cfg, resume, overwrite, retriever).run()

@@ -62,6 +62,7 @@ class GramTower(nn.Module):
 
     def __init__(self, buckets: int, width: int, dim: int, device: torch.device | str) -> None:
         super().__init__()
+        self.dim = dim
         self.bag = nn.EmbeddingBag(buckets, width, mode="mean", device=device)
         nn.init.normal_(self.bag.weight, std=0.1)
         self.mlp = nn.Sequential(

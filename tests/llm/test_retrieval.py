@@ -31,3 +31,53 @@ def test_a_chunk_equal_to_the_title_is_passed_over():
     r = BM25Retriever(["red shoe", "red shoe sale"])
     ex = Example("red shoe", "red shoe", 1)
     assert r.with_context([ex])[0].context == "red shoe sale"
+
+
+def _encoder(queries: list[str], corpus: list[str]):  # noqa: ANN202
+    from recis.retrieval_rl.encoder import TextDualEncoder, TokenizedTexts
+
+    torch.manual_seed(0)
+    return TextDualEncoder(
+        TokenizedTexts.build(queries, 256), TokenizedTexts.build(corpus, 256), 256, 8, 8
+    )
+
+
+def test_dense_chunks_are_the_encoders_top_inner_products() -> None:
+    import numpy as np
+
+    from recis.llm.retrieval import attach_context
+    from recis.retrieval_rl.chunks import DenseChunkRetriever
+    from recis.retrieval_rl.encoder import TokenizedTexts
+    from recis.retrieval_rl.synth_dense import DenseRetriever
+
+    queries = ["red shoe", "blue lamp", "green desk sofa"]
+    corpus = [f"{w} chunk {i}" for i, w in enumerate(["red", "blue", "green", "desk", "lamp"])]
+    model = _encoder(["unrelated query"], ["an item the run had"])  # its own pool is not used
+    r = DenseChunkRetriever(DenseRetriever(model, 256, chunk=2, pool=corpus), corpus)
+    with torch.no_grad():  # by hand: query tower on the queries, item tower on the corpus
+        u = model.query_tower(*TokenizedTexts.build(queries, 256).take(np.arange(3)))
+        v = model.item_tower(*TokenizedTexts.build(corpus, 256).take(np.arange(5)))
+    want = (u @ v.T).topk(3, dim=1).indices.tolist()
+    assert r.search(queries, 3) == want
+    assert r.search([], 2) == []
+    # the best chunk is attached unless it restates the title; then the second best
+    best, second = want[0][0], want[0][1]
+    got = attach_context(r, [Example("red shoe", "t", 1), Example("red shoe", corpus[best], 1)])
+    assert [e.context for e in got] == [corpus[best], corpus[second]]
+
+
+def test_dense_retriever_kind_is_checked_and_needs_a_loader(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    from recis.errors import ConfigError
+    from recis.llm.config import RetrieverConfig
+    from recis.llm.retrieval import build_retriever
+    from recis.retrieval_rl.chunks import DenseChunkRetriever
+
+    with pytest.raises(ValueError, match="run_config: kind dense needs"):
+        RetrieverConfig(corpus="c.parquet", kind="dense")
+    cfg = RetrieverConfig(corpus="c.parquet", kind="dense", run_config=str(tmp_path / "x.yaml"))
+    with pytest.raises(ConfigError, match=r"retriever\.kind: dense is loaded by `recis train`"):
+        build_retriever(cfg)
+    with pytest.raises(ConfigError, match="x.yaml"):  # the loader names the missing file
+        build_retriever(cfg, {"dense": DenseChunkRetriever.from_config})
