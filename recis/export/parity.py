@@ -16,8 +16,21 @@ from .retrieval import RetrievalModel
 from .source import load_run
 
 
+def near_pair_share(scores: np.ndarray, labels: np.ndarray, gap: float) -> float:
+    """The share of (positive, negative) pairs whose scores are at most ``gap`` apart: the
+    most an AUC can move when every score moves by at most ``gap / 2`` (only those pairs can
+    change order). 0 without both classes."""
+    pos, neg = np.sort(scores[labels > 0.5]), np.sort(scores[labels <= 0.5])
+    if not len(pos) or not len(neg):
+        return 0.0
+    near = np.searchsorted(neg, pos + gap, "right") - np.searchsorted(neg, pos - gap, "left")
+    return float(near.sum()) / (len(pos) * len(neg))
+
+
 def eval_parity(run_dir: str | Path, version_dir: str | Path) -> dict[str, Any]:
-    """Per task: the largest |exported - eval| score over the run's eval rows, and both AUCs.
+    """Per task: the largest |exported - eval| score over the run's eval rows, both AUCs and
+    ``auc_flip_bound`` (:func:`near_pair_share` at twice that difference: how far the AUC
+    may move from those differences alone).
 
     The eval side is the trainer's own prediction (:meth:`recis.train.Trainer.predict`,
     what ``recis eval`` reports from) with the same checkpoint the export was made from; the
@@ -31,9 +44,11 @@ def eval_parity(run_dir: str | Path, version_dir: str | Path) -> dict[str, Any]:
     for task, ref in preds.items():
         got = np.concatenate([p[task] for p in parts])
         auc_eval, auc_export = metrics.auc(ref, labels[task]), metrics.auc(got, labels[task])
+        diff = float(np.abs(got - ref).max()) if len(ref) else 0.0
         out[task] = {
             "rows": int(len(ref)),
-            "max_abs_diff": float(np.abs(got - ref).max()) if len(ref) else 0.0,
+            "max_abs_diff": diff,
+            "auc_flip_bound": near_pair_share(ref, labels[task], 2 * diff),
             "auc_eval": auc_eval,
             "auc_export": auc_export,
             "auc_delta": None if auc_eval is None or auc_export is None else auc_export - auc_eval,
