@@ -81,7 +81,8 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type | 
             expected = _EXPECTED.get(expected, expected)
             msg = f"expected {expected}, got {e['input']!r}"
         else:
-            msg = e["msg"]
+            # a validator's ValueError: its own message, without pydantic's "Value error, "
+            msg = e["msg"].removeprefix("Value error, ") if kind == "value_error" else e["msg"]
             if "input" in e and not isinstance(e["input"], dict | list):
                 msg = f"{msg}, got {e['input']!r}"
         lines.append(f"{loc_str}: {msg}")

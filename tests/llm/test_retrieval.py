@@ -69,6 +69,7 @@ def test_dense_chunks_are_the_encoders_top_inner_products() -> None:
 def test_dense_retriever_kind_is_checked_and_needs_a_loader(tmp_path) -> None:  # noqa: ANN001
     import pytest
 
+    from recis.config import validate
     from recis.errors import ConfigError
     from recis.llm.config import RetrieverConfig
     from recis.llm.retrieval import build_retriever
@@ -76,6 +77,9 @@ def test_dense_retriever_kind_is_checked_and_needs_a_loader(tmp_path) -> None:  
 
     with pytest.raises(ValueError, match="run_config: kind dense needs"):
         RetrieverConfig(corpus="c.parquet", kind="dense")
+    with pytest.raises(ConfigError) as err:  # as a config file gives it: the field and why
+        validate(RetrieverConfig, {"corpus": "c.parquet", "kind": "dense"})
+    assert str(err.value) == "<root>: run_config: kind dense needs a retrieval_grpo config file"
     cfg = RetrieverConfig(corpus="c.parquet", kind="dense", run_config=str(tmp_path / "x.yaml"))
     with pytest.raises(ConfigError, match=r"retriever\.kind: dense is loaded by `recis train`"):
         build_retriever(cfg)
