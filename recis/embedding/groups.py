@@ -315,9 +315,9 @@ class FbgemmTableGroup(TableGroup):
         and fbgemm's pooled backward instead of its slow unpooled one. Without autograd,
         on rows the caller checked: :meth:`_gathered`."""
         nf = len(self.feature_names)
-        b = (offsets.numel() - 1) // max(nf, 1)
         if not torch.is_grad_enabled() and self.bounds_check == BoundsCheckMode.NONE:
             return self._gathered(indices, feature_bounds(offsets, nf))
+        b = (offsets.numel() - 1) // max(nf, 1)
         starts = offsets[:-1:b] if b else offsets.new_zeros(nf)
         n = offsets[b::b] - starts if b else offsets.new_zeros(nf)
         width = int(n.max()) if nf and indices.numel() else 0

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import CheckpointError, ConfigError, OutputError
 from recis.llm.config import RelevanceLLMConfig, load_llm_config
-from recis.llm.retrieval import ChunkRetriever, RetrieverLoader, attach_context, build_retriever
+from recis.llm.retrieval import ChunkRetriever, RetrieverLoader, attach_context, context_retriever
 
 
 def _print(results: dict[str, dict[str, Any]]) -> None:
@@ -61,8 +61,9 @@ def score_file(
     path = model_dir(cfg, checkpoint)
     task = RelevanceTask(cfg.prompt, cfg.levels)
     examples = load_examples(cfg.data.eval, cfg.data, cfg.levels, cfg.data.max_eval)
-    if cfg.retriever is not None and cfg.data.context is None:
-        examples = attach_context(retriever or build_retriever(cfg.retriever), examples)
+    retriever = context_retriever(cfg, retriever)
+    if retriever is not None:
+        examples = attach_context(retriever, examples)
     model, tok = load_model(path, cfg.device), load_tokenizer(path)
     probs = level_probs(model, tok, task, examples, cfg.eval_batch_size)
     cols: dict[str, Any] = {
@@ -89,9 +90,7 @@ def main(args: argparse.Namespace, loaders: Mapping[str, RetrieverLoader] | None
     """Run ``recis train`` / ``recis eval`` for a relevance-LLM config; ``loaders`` build the
     retriever kinds this layer does not hold (``dense``: recis.cli passes it)."""
     cfg = load_llm_config(args.config, args.overrides)
-    retriever = None
-    if cfg.retriever is not None and cfg.data.context is None:
-        retriever = build_retriever(cfg.retriever, loaders)
+    retriever = context_retriever(cfg, loaders=loaders)
     if args.command == "train":
         from recis.llm.pipeline import train
 

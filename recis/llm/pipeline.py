@@ -40,7 +40,7 @@ from recis.llm.config import (
 )
 from recis.llm.model import build_scratch, load_model, load_tokenizer
 from recis.llm.plots import plot_llm_run
-from recis.llm.retrieval import ChunkRetriever, attach_context, build_retriever
+from recis.llm.retrieval import ChunkRetriever, attach_context, context_retriever
 from recis.llm.rewards import StepReward
 from recis.llm.scoring import level_probs, level_token_ids, relevance_metrics
 from recis.llm.stages import StageRun, run_dpo, run_grpo, run_sft, sample, sft_rows
@@ -137,8 +137,8 @@ class Pipeline:
         self.train = load_examples(cfg.data.train, cfg.data, cfg.levels, cfg.data.max_train)
         ev = cfg.data.eval
         self.eval = load_examples(ev, cfg.data, cfg.levels, cfg.data.max_eval) if ev else []
-        if cfg.retriever is not None and cfg.data.context is None:
-            retriever = retriever or build_retriever(cfg.retriever)
+        retriever = context_retriever(cfg, retriever)
+        if retriever is not None:
             self.train = attach_context(retriever, self.train)
             self.eval = attach_context(retriever, self.eval)
         self.run_dir = prepare_dir(cfg, resume, overwrite)  # the data read: now write

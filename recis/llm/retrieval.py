@@ -19,7 +19,7 @@ import torch
 
 from recis.errors import ConfigError
 from recis.io.lexical import BM25Index
-from recis.llm.config import RetrieverConfig
+from recis.llm.config import RelevanceLLMConfig, RetrieverConfig
 from recis.llm.example import Example
 from recis.llm.task import read_table
 
@@ -103,3 +103,15 @@ def build_retriever(
             "pass the retriever (e.g. recis.retrieval_rl.chunks.DenseChunkRetriever.from_config)"
         )
     return loader(cfg)
+
+
+def context_retriever(
+    cfg: RelevanceLLMConfig,
+    given: ChunkRetriever | None = None,
+    loaders: Mapping[str, RetrieverLoader] | None = None,
+) -> ChunkRetriever | None:
+    """Where the pairs' chunks come from: None when ``cfg`` has no retriever or reads them from
+    a context column; else ``given``, or the one ``cfg.retriever`` names (:func:`build_retriever`)."""
+    if cfg.retriever is None or cfg.data.context is not None:
+        return None
+    return given or build_retriever(cfg.retriever, loaders)
