@@ -39,6 +39,10 @@ class LlamaSurgery(LayerSurgery):
     def unit_width(self) -> int:
         return self.attn.num_key_value_groups * self.attn.head_dim
 
+    @property
+    def narrowest_unit_width(self) -> int:
+        return int(self.attn.head_dim)
+
     def heads_of(self, units: int) -> int:
         return units * self.attn.num_key_value_groups
 

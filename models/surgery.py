@@ -60,6 +60,12 @@ class LayerSurgery(ABC):
     @abstractmethod
     def ffn(self) -> int: ...
 
+    @property
+    def narrowest_unit_width(self) -> int:
+        """Columns per unit in the narrowest projection it narrows (what the pruner's
+        ``align`` rounds): ``unit_width``; one key/value head's under grouped-query attention."""
+        return self.unit_width
+
     @abstractmethod
     def attention_out(self) -> torch.Tensor:
         """Output-projection weight ``[G, out, units * unit_width]``."""

@@ -179,6 +179,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--samples", type=int, default=256, help="calibration rows")
     pp.add_argument("--schedule", choices=["uniform", "incremental"], default="uniform")
     pp.add_argument("--method", choices=["slimgpt", "magnitude", "obs-select"], default="slimgpt")
+    pp.add_argument(
+        "--align", type=int, default=8, help="kept widths in multiples of this (1: exact counts)"
+    )
     pp.add_argument("--checkpoint", help="checkpoint folder (default: best, final or newest)")
     pp.add_argument(
         "--finetune-steps", type=int, default=0, help="recovery fine-tune steps (0: none)"
@@ -193,7 +196,7 @@ def _prune(args: argparse.Namespace) -> None:
     from recis.prune.run import prune_run
     from recis.prune.slimgpt import PruneOptions
 
-    options = PruneOptions(args.ratio, method=args.method, schedule=args.schedule)
+    options = PruneOptions(args.ratio, method=args.method, schedule=args.schedule, align=args.align)
     tune = None
     if args.finetune_steps:
         tune = FinetuneOptions(args.finetune_steps, args.finetune_lr_scale)

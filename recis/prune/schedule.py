@@ -39,23 +39,40 @@ def layer_ratios(
     return [min(0.95, max(0.0, ratio * (1 - spread) + b * s)) for s in shape]
 
 
-def removal_counts(ratios: list[float], units: list[int]) -> list[int]:
+def removal_counts(
+    ratios: list[float], units: list[int], steps: list[int] | None = None
+) -> list[int]:
     """How many of each layer's ``units`` (heads, or channels per group) its ratio removes,
-    the total kept at ``round(sum(r_i u_i))``: each layer gets ``floor(r_i u_i)``, the
-    layers with the largest remainders one more (ties: the deeper layer first; at least one
-    unit kept in each layer).
+    the total as close to ``sum(r_i u_i)`` as whole units allow: each layer gets
+    ``floor(r_i u_i)``, the layers with the largest remainders one more (ties: the deeper
+    layer first; at least one unit kept in each layer).
 
     Rounding each layer on its own loses the total where units are few: 30% of 8 heads
     rounds to 2 (25%) in every layer; over three such layers 7 of 24 heads go (29%).
+
+    ``steps[i]``: layer ``i`` removes, and so keeps, a multiple of ``steps[i]`` units (kept
+    widths in whole SIMD vectors, :func:`align_steps`); a layer with fewer than two steps of
+    units, or not a whole number of them, uses 1. A layer gets its extra step where that
+    brings the total closer to the model's share.
     """
+    steps = [
+        s if s > 1 and u % s == 0 and u >= 2 * s else 1
+        for s, u in zip(steps or [1] * len(units), units)
+    ]
     want = [r * u for r, u in zip(ratios, units)]
-    counts = [min(u - 1, max(0, math.floor(w))) for w, u in zip(want, units)]
-    extra = round(sum(want)) - sum(counts)
-    order = sorted(range(len(units)), key=lambda i: (-(want[i] - math.floor(want[i])), -i))
-    for i in order:
-        if extra <= 0:
-            break
-        if counts[i] < units[i] - 1:
-            counts[i] += 1
-            extra -= 1
+    share = sum(want)
+    counts = [min(u - s, max(0, math.floor(w / s) * s)) for w, u, s in zip(want, units, steps)]
+    short = [(w - c) / s for w, c, s in zip(want, counts, steps)]
+    for i in sorted(range(len(units)), key=lambda i: (-short[i], -i)):
+        total, step = sum(counts), steps[i]
+        if counts[i] + step <= units[i] - step and total + step - share < share - total:
+            counts[i] += step
     return counts
+
+
+def align_steps(align: int, widths: list[int]) -> list[int]:
+    """Units per step so that ``k`` steps of units ``widths[i]`` columns wide are a multiple
+    of ``align`` columns: ``align / gcd(align, width)`` (``align`` <= 1: 1)."""
+    if align <= 1:
+        return [1] * len(widths)
+    return [align // math.gcd(align, w) for w in widths]

@@ -148,3 +148,23 @@ def test_removal_counts_keep_the_models_share_where_layers_round_down() -> None:
     inc = layer_ratios(0.3, 5, "incremental")
     counts = removal_counts(inc, [64] * 5)
     assert sum(counts) == round(0.3 * 64 * 5) and counts == sorted(counts)
+
+
+def test_aligned_counts_keep_whole_vectors_and_the_models_share() -> None:
+    from recis.prune.schedule import align_steps, removal_counts
+
+    # heads of 4 columns with align 8 go in pairs, of 8 or 16 columns one by one
+    assert align_steps(8, [4, 8, 16, 12]) == [2, 1, 1, 2] and align_steps(1, [4]) == [1]
+    assert align_steps(16, [4, 8]) == [4, 2]
+    # 30% of three FFNs of 256 in steps of 8: 76.8 asked each (153.6 in all), 72 each by
+    # whole steps, the deeper layer gets 8 more (152); kept 184 and 176, both multiples of 8
+    assert removal_counts([0.3] * 2, [256] * 2, [8, 8]) == [72, 80]
+    # 30% of 8 heads x 3 in pairs: 7.2 asked, 6 by whole pairs; a pair more (8) is closer
+    assert removal_counts([0.3] * 3, [8] * 3, [2] * 3) == [2, 2, 4]
+    # the same in fours (head width 4, align 16): 0 by whole steps, then 4, 8 (|8 - 7.2| <
+    # |4 - 7.2|); the shallowest stays whole
+    assert removal_counts([0.3] * 3, [8] * 3, [4] * 3) == [0, 4, 4]
+    # a layer with fewer than two steps of units, or not a whole number of them: step 1
+    assert removal_counts([0.5, 0.5], [8, 12], [8, 8]) == [4, 6]
+    counts = removal_counts([0.3] * 4, [128] * 4, [16] * 4)  # 153.6 asked
+    assert all(c % 16 == 0 for c in counts) and abs(sum(counts) - 0.3 * 512) <= 8
