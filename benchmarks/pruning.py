@@ -18,7 +18,8 @@ pruned model's logits are from the dense model's on the first 4,096 test rows
 (dense parameters of the pruned layers, transformer layers and HHFT's task heads, pruned /
 original; ``model_params_ratio``: whole model), ``latency_ratio`` (pruned / original
 forward of one batch of 256 test rows, CPU, ``--threads`` torch threads, ``--latency-runs``
-alternating runs, ratio of the medians; ``latency_ratio_cpu``: of the CPU times;
+alternating runs, ratio of the medians; the median of ``--latency-repeats`` such ratios,
+each in ``latency_ratio_repeats``; ``latency_ratio_cpu``: of the CPU times;
 ``latency_load``: load average before/after; ``layer_{name}_ms`` / ``layer_{name}_ratio``:
 each pruned layer alone, original median and pruned / original; HHFT's ``tokens_ms``: its
 block tokens alone, the part no pruning touches). Also the wall time of pruning a random
@@ -40,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from _timing import alternate, load, ratio
@@ -123,18 +125,34 @@ def _auc(cfg_path: Path, checkpoint: Path, test: Path, metric: str) -> float:
     return float(runner.evaluate(cfg, checkpoint)[metric])
 
 
-def _latency(a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int) -> dict[str, Any]:
+def _latency(
+    a: torch.nn.Module, b: torch.nn.Module, batch: Any, runs: int, repeats: int = 1
+) -> dict[str, Any]:
     """Forward of one batch, original ``a`` and pruned ``b`` alternating (who goes first
     alternates too, :func:`_timing.alternate`): median wall and CPU ms of each, the ratio of
-    the medians (wall, with the min/max per-round ratio, and CPU), the load before/after."""
+    the medians (wall, with the min/max per-round ratio, and CPU), the load before/after.
+    With ``repeats`` > 1 the whole measurement runs that many times and every figure is the
+    median over the repeats (``latency_ratio_repeats``: each repeat's ratio): the shared
+    machine's speed drifts within a repeat, by up to 1.5x between repeats."""
     load_before = load()
+    each: list[dict[str, Any]] = []
     with torch.no_grad():
         sides = {"original": lambda _: a(batch), "pruned": lambda _: b(batch)}
-        out = alternate(sides, runs, warmup=2)
+        for _ in range(repeats):
+            out = alternate(sides, runs, warmup=2)
+            each.append(
+                {
+                    **out["original"].stats("latency"),
+                    **out["pruned"].stats("latency_pruned"),
+                    **ratio(out["pruned"], out["original"], "latency_ratio"),
+                }
+            )
+    med = {key: float(np.median([e[key] for e in each])) for key in each[0]}
+    med["latency_ratio_min"] = min(e["latency_ratio_min"] for e in each)
+    med["latency_ratio_max"] = max(e["latency_ratio_max"] for e in each)
     return {
-        **out["original"].stats("latency"),
-        **out["pruned"].stats("latency_pruned"),
-        **ratio(out["pruned"], out["original"], "latency_ratio"),
+        **med,
+        "latency_ratio_repeats": [e["latency_ratio"] for e in each],
         "latency_load": [load_before, load()],
     }
 
@@ -247,13 +265,29 @@ def evaluate_model(name: str, run: Path, work: Path, args: argparse.Namespace) -
                 out[f"{key}_prune_seconds"] = record["seconds"]
                 out[f"{key}_params_ratio"] = _layer_params(pruned) / _layer_params(dense)
                 out[f"{key}_model_params_ratio"] = record["params_ratio"]
-                lat = _latency(dense, pruned, batch, args.latency_runs)
+                lat = _latency(dense, pruned, batch, args.latency_runs, args.latency_repeats)
                 lat.update(_layer_latency(dense, pruned, batch, args.latency_runs))
                 lat.update(_tokens_latency(dense, batch, args.latency_runs))
                 out.update({f"{key}_{k}": v for k, v in lat.items()})
         out[f"{key}_auc_kept"] = out[f"{key}_auc_slimgpt"] / out[f"{name}_auc_dense"]
         print(json.dumps({k: v for k, v in out.items() if k.startswith(key)}), flush=True)
+    out[f"{name}_goals"] = goals(out, name, args.ratios)
     return out
+
+
+def goals(out: dict[str, Any], name: str, ratios: list[float]) -> dict[str, bool]:
+    """Issue 20's goals for one model: SlimGPT above magnitude at every ratio; at 30%,
+    >= 99% of the dense AUC without fine-tuning and latency ratio <= 0.8."""
+    flags: dict[str, bool] = {}
+    for share in ratios:
+        key = f"{name}_{int(round(share * 100))}"
+        flags[f"{key}_slimgpt_beats_magnitude"] = (
+            out[f"{key}_auc_slimgpt"] > out[f"{key}_auc_magnitude"]
+        )
+        if abs(share - 0.3) < 1e-9:
+            flags[f"{key}_kept_99"] = out[f"{key}_auc_kept"] >= 0.99
+            flags[f"{key}_latency_le_0.8"] = out[f"{key}_latency_ratio"] <= 0.8
+    return flags
 
 
 def time_big() -> dict[str, Any]:
@@ -304,6 +338,9 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true", help="use the runs' newest checkpoints")
     p.add_argument("--big-only", action="store_true", help="only time the ~100M model")
     p.add_argument("--latency-runs", type=int, default=30)
+    p.add_argument(
+        "--latency-repeats", type=int, default=5, help="median of this many latency ratios"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (latency, pruning)")
     p.add_argument(
         "--finetune-steps", type=int, default=0, help="also SlimGPT + recovery fine-tune"
