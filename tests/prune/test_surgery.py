@@ -241,3 +241,37 @@ def test_hhft_task_head_hidden_channels_prune_as_an_ffn_and_reload(tmp_path, mak
             for name, m in (("slimgpt", slim), ("obs-select", model))
         }
     assert err["slimgpt"] < err["obs-select"], err
+
+
+def test_align_keeps_grouped_query_widths_in_whole_vectors() -> None:
+    """Under grouped-query attention a unit is one key/value head (4 columns here) with its
+    2 query heads: align 8 removes key/value heads in pairs, so the key/value projections,
+    the query projection and the FFN all keep multiples of 8 outputs."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+    )
+
+    def widths(align: int) -> list[tuple[int, int, int]]:
+        model = transformers.LlamaModel(cfg).eval()
+        prune_model(model, PruneOptions(0.3, method="magnitude", align=align))
+        return [
+            (
+                layer.self_attn.k_proj.out_features,
+                layer.self_attn.q_proj.out_features,
+                layer.mlp.up_proj.out_features,
+            )
+            for layer in model.layers
+        ]
+
+    # 30% of 4 key/value heads per layer (2.4 of 8 in all): in pairs 0 and 2 (the deeper
+    # layer first); FFN 48 in 8s: 14.4 asked per layer, 16 each (32 of 28.8: closer than 24)
+    assert widths(8) == [(16, 32, 32), (8, 16, 32)]
+    # exact counts: one key/value head per layer, 12 columns left, not whole vectors
+    assert widths(1) == [(12, 24, 34), (12, 24, 33)]
