@@ -6,7 +6,7 @@ recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
 recis vocab build CONFIG.yaml [--set ...]
-recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--finetune-steps N]
+recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--align N] [--finetune-steps N]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
              [--split-towers] [--items FILES] [--index flat|ivf] [--nlist N] [--nprobe N]
 recis serve DIR [--port P] [--host H] [--batch-ms MS] [--threads N]
