@@ -16,12 +16,16 @@ from recis.prune.slimgpt import PruneOptions, PruneReport, prune_model
 transformers = pytest.importorskip("transformers")
 
 
-def _hf(family: str) -> nn.Module:
+def _hf(family: str, llama_heads: tuple[int, int] = (4, 2)) -> nn.Module:
     torch.manual_seed(0)
     common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, intermediate_size=48)
-    if family == "llama":  # grouped-query attention: 4 query heads over 2 key/value heads
+    if family == "llama":  # grouped-query attention: (query heads, key/value heads)
+        heads, kv_heads = llama_heads
         cfg = transformers.LlamaConfig(
-            **common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32
+            **common,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=32,
         )
         return transformers.LlamaModel(cfg).eval()
     if family == "gpt2":
@@ -247,19 +251,9 @@ def test_align_keeps_grouped_query_widths_in_whole_vectors() -> None:
     """Under grouped-query attention a unit is one key/value head (4 columns here) with its
     2 query heads: align 8 removes key/value heads in pairs, so the key/value projections,
     the query projection and the FFN all keep multiples of 8 outputs."""
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=48,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-    )
 
     def widths(align: int) -> list[tuple[int, int, int]]:
-        model = transformers.LlamaModel(cfg).eval()
+        model = _hf("llama", llama_heads=(8, 4))  # the same seeded model each call
         prune_model(model, PruneOptions(0.3, method="magnitude", align=align))
         return [
             (
