@@ -181,6 +181,40 @@ def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
     assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
 
 
+def _folds_module():
+    spec = importlib.util.spec_from_file_location("ctr_folds", ROOT / "benchmarks" / "ctr_folds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_earlier_fold_is_the_same_size_slice_one_period_before(tmp_path: Path) -> None:
+    """Fold 2 validates on the train part's last ``len(valid)`` rows and trains on the rest;
+    fold 1 is the recipe's split; no fold folder holds a test file."""
+    mod = _folds_module()
+    train = pa.table({"timestamp": [1, 2, 2, 3, 5, 8, 9], "like": [0.0, 1, 0, 1, 1, 0, 1]})
+    head, tail = mod.earlier_fold(train, 3)
+    assert head.column("timestamp").to_pylist() == [1, 2, 2, 3]
+    assert tail.column("timestamp").to_pylist() == [5, 8, 9]
+    with pytest.raises(ValueError, match="timestamp order"):
+        mod.earlier_fold(pa.table({"timestamp": [1, 3, 2]}), 1)
+    with pytest.raises(ValueError, match="valid_rows 7"):
+        mod.earlier_fold(train, 7)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    pq.write_table(train, prepared / "train.parquet")
+    pq.write_table(pa.table({"timestamp": [10, 11], "like": [1.0, 0]}), prepared / "valid.parquet")
+    pq.write_table(pa.table({"timestamp": [12], "like": [1.0]}), prepared / "test.parquet")
+    fold1, fold2 = mod.write_folds(prepared, tmp_path / "folds")
+    assert sorted(p.name for p in fold1.iterdir()) == ["train.parquet", "valid.parquet"]
+    assert sorted(p.name for p in fold2.iterdir()) == ["train.parquet", "valid.parquet"]
+    assert pq.read_table(fold1 / "valid.parquet").column("timestamp").to_pylist() == [10, 11]
+    assert pq.read_table(fold2 / "train.parquet").column("timestamp").to_pylist() == [1, 2, 2, 3, 5]
+    assert pq.read_table(fold2 / "valid.parquet").column("timestamp").to_pylist() == [8, 9]
+    out = mod.compare("hhft", [], 1, tmp_path / "no_data", tmp_path / "work")
+    assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
+
+
 def test_benchmark_plot_keeps_the_curves_of_families_not_run(tmp_path: Path) -> None:
     """``real_data.py --only ctr`` replaces the CTR curves and keeps the relevance ones that
     an earlier run left in the JSON beside the plot."""
