@@ -11,12 +11,13 @@ classical baselines of the datasets' READMEs computed in the same run.
   relevance tower (``benchmarks/real_data_relevance.py``).
 
 Usage: ``python benchmarks/real_data.py [--only ctr,retrieval,relevance] [--out DIR]
-[--plot PNG]``. Writes a plot of eval AUC per epoch (CTR and relevance; the curves of the
+[--plot PNG] [--ctr-seeds N]``. Writes a plot of eval AUC per epoch (CTR and relevance; the curves of the
 families a run leaves out come from the JSON beside the plot, written by earlier runs) and prints one
 JSON object as the last line, with the keys ``ctr_lr_auc, dlrm_auc, deepfm_auc, hhft_auc,
 retrieval_knn_hr10, two_tower_hr10, relevance_bm25_auc, relevance_lr_auc, deepbow_auc,
 dense_relevance_auc`` (relevance on ``label == 2``; the ``label >= 1`` figures carry a
-``_ge1`` suffix) plus the ratios and the goals of issue 15 as booleans.
+``_ge1`` suffix) plus the ratios and the goals of issue 15 as booleans (with
+``--ctr-seeds N`` the CTR goals also on the medians over seeds, ``_median`` keys).
 Without ``../shared/data`` it prints ``{"skipped": ...}`` and exits 0.
 """
 
@@ -55,6 +56,10 @@ def goals(out: dict[str, Any]) -> dict[str, bool]:
         "goal_deepbow_ge_lr_plus_0.01": ("deepbow_auc", "relevance_lr_auc", 0.01),
         "goal_deepbow_ge1_ge_lr_plus_0.01": ("deepbow_auc_ge1", "relevance_lr_auc_ge1", 0.01),
         "goal_deepbow_ge_dense": ("deepbow_auc", "dense_relevance_auc", 0.0),
+        # with --ctr-seeds N: the CTR goals on the medians over seeds as well
+        "goal_dlrm_ge_lr_plus_0.01_median": ("dlrm_auc_median", "ctr_lr_auc", 0.01),
+        "goal_hhft_ge_dlrm_plus_0.003_median": ("hhft_auc_median", "dlrm_auc_median", 0.003),
+        "goal_deepfm_ge_lr_median": ("deepfm_auc_median", "ctr_lr_auc", 0.0),
     }
     result = {}
     for name, (a, b, margin) in checks.items():
@@ -109,6 +114,7 @@ def main() -> None:
     p.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families")
     p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "real_data_auc.png"))
+    p.add_argument("--ctr-seeds", type=int, default=1, help="CTR seeds per recipe (medians)")
     args = p.parse_args()
     if not DATA.is_dir():
         print(json.dumps({"skipped": f"no shared data at {DATA}"}))
@@ -120,7 +126,8 @@ def main() -> None:
         if name not in FAMILIES:
             sys.exit(f"--only: unknown family {name!r} (choose from {', '.join(FAMILIES)})")
         t0 = time.perf_counter()
-        result = _family(name).run(DATA, work / name)
+        extra = {"seeds": args.ctr_seeds} if name == "ctr" else {}
+        result = _family(name).run(DATA, work / name, **extra)
         per_model = result.pop("history", {})
         if isinstance(per_model, dict):  # {model: [eval AUC per epoch]}
             for model, values in per_model.items():

@@ -10,14 +10,16 @@
   (``valid``) after every epoch, stopped early on valid AUC, the best epoch's weights
   restored; the restored model is then evaluated once on the test part.
 
-Usage: ``python benchmarks/real_data_ctr.py [--work DIR]``. The last line printed is one
+Usage: ``python benchmarks/real_data_ctr.py [--work DIR] [--seeds N]``. The last line printed is one
 JSON object: ``ctr_lr_auc``, ``ctr_lr_same_features_auc`` (the same LR on the recipes'
 inputs, see :func:`lr_same_features`), ``ctr_lr_same_rows_auc`` and
 ``ctr_lr_same_rows_valid_auc`` (that LR fitted on the networks' rows only, train minus
 valid: test and valid AUC), ``<model>_auc`` (test), ``<model>_logloss``,
 ``<model>_best_epoch``, ``<model>_valid_auc`` (best epoch), ``<model>_restored_auc`` (valid
 AUC of the restored weights), ``<model>_restored_ok``, ``<model>_seconds``, ``history``
-(valid AUC per epoch per model), or ``{"skipped": reason}`` without the shared data.
+(valid AUC per epoch per model), with ``--seeds N`` also ``<model>_auc_seeds`` and
+``<model>_auc_median`` (test AUC of seeds 0 .. N-1), or ``{"skipped": reason}`` without the
+shared data.
 """
 
 from __future__ import annotations
@@ -243,9 +245,11 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
+def run(data_dir: Path, work_dir: Path, seeds: int = 1) -> dict[str, Any]:
     """All three recipes and the LR baseline; ``data_dir`` is ``shared/data`` (the folder
-    holding ``ml_latest_small``)."""
+    holding ``ml_latest_small``). ``seeds`` > 1 also trains seeds 1 .. seeds-1 of each recipe
+    and adds ``<model>_auc_seeds`` (test AUC per seed, seed 0 first) and ``<model>_auc_median``:
+    one run's margin between two models is inside the seed spread."""
     src = Path(data_dir) / "ml_latest_small"
     if not (src / "ratings.parquet").is_file():
         return {"skipped": f"no {src}/ratings.parquet"}
@@ -272,6 +276,14 @@ def run(data_dir: Path, work_dir: Path) -> dict[str, Any]:
         history[name] = res.pop("history")
         out.update({f"{name}_{k}": v for k, v in res.items()})
     out["history"] = history
+    for name in MODELS if seeds > 1 else ():
+        aucs = [out[f"{name}_auc"]]
+        for seed in range(1, seeds):
+            aucs.append(
+                train_recipe(name, prepared, work_dir / f"runs_s{seed}", [f"seed={seed}"])["auc"]
+            )
+        out[f"{name}_auc_seeds"] = aucs
+        out[f"{name}_auc_median"] = float(np.median(aucs))
     return out
 
 
@@ -280,12 +292,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder")
     parser.add_argument("--plot", type=Path, default=None, help="write the valid AUC curves here")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per recipe (medians)")
     args = parser.parse_args()
     if args.work is not None:
-        result = run(args.data, args.work)
+        result = run(args.data, args.work, args.seeds)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(args.data, Path(tmp))
+            result = run(args.data, Path(tmp), args.seeds)
     if args.plot is not None and "history" in result:
         plot(result["history"], args.plot)
     for key, value in result.items():

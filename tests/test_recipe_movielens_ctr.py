@@ -229,6 +229,26 @@ def test_benchmark_plot_keeps_the_curves_of_families_not_run(tmp_path: Path) -> 
     assert mod.merged_history({}, path) == second
 
 
+def test_benchmark_goals_on_medians_only_when_seeds_ran() -> None:
+    """One run's goals always; the ``_median`` goals only when ``--ctr-seeds`` gave medians."""
+    spec = importlib.util.spec_from_file_location("real_data", ROOT / "benchmarks" / "real_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    one = {"ctr_lr_auc": 0.66, "dlrm_auc": 0.7965, "deepfm_auc": 0.7978, "hhft_auc": 0.7996}
+    got = mod.goals(dict(one))
+    assert got == {
+        "goal_dlrm_ge_lr_plus_0.01": True,
+        "goal_hhft_ge_dlrm_plus_0.003": True,
+        "goal_deepfm_ge_lr": True,
+    }
+    medians = {"dlrm_auc_median": 0.7990, "deepfm_auc_median": 0.65, "hhft_auc_median": 0.7995}
+    got = mod.goals({**one, **medians})
+    assert got["goal_hhft_ge_dlrm_plus_0.003_median"] is False  # 0.0005 above, not 0.003
+    assert got["goal_dlrm_ge_lr_plus_0.01_median"] is True
+    assert got["goal_deepfm_ge_lr_median"] is False
+    assert got["goal_hhft_ge_dlrm_plus_0.003"] is True
+
+
 def test_recipe_configs_load() -> None:
     """The shipped configs validate; the quantile boundaries in them are increasing."""
     from recis.config import load_config
