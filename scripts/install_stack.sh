@@ -64,10 +64,11 @@ if ! install_torch; then
     fi
 fi
 
-# 2. torchrec without its metadata's CUDA fbgemm-gpu; its real needs are in the stack
-"${PIP_INSTALL[@]}" -q --no-deps "$(grep -E '^torchrec==' "$CONS")"
-# 3. the rest of the stack, under the variant's pins
+# 2. the rest of the stack, under the variant's pins (torchrec's real needs are in it)
 "${PIP_INSTALL[@]}" -q "${where[@]}" -r requirements/stack.txt -c "$CONS"
+# 3. torchrec without its metadata's CUDA fbgemm-gpu, after the stack: an install with
+#    dependencies after it would report "torchrec requires fbgemm-gpu, which is not installed"
+"${PIP_INSTALL[@]}" -q --no-deps "$(grep -E '^torchrec==' "$CONS")"
 # 4. recis itself, editable, without dependencies (they are all above)
 "${PIP_INSTALL[@]}" -q --no-deps --no-build-isolation -e .
 "$PY" -c "import torch, fbgemm_gpu, torchrec; print('recis stack ($VARIANT): torch', torch.__version__, '| fbgemm', fbgemm_gpu.__version__, '| torchrec', torchrec.__version__)"
