@@ -276,12 +276,11 @@ def run(data_dir: Path, work_dir: Path, seeds: int = 1) -> dict[str, Any]:
         history[name] = res.pop("history")
         out.update({f"{name}_{k}": v for k, v in res.items()})
     out["history"] = history
-    for name in MODELS if seeds > 1 else ():
+    for name in MODELS if seeds > 1 else []:  # test AUC of seeds 1 .. seeds-1 beside seed 0's
         aucs = [out[f"{name}_auc"]]
         for seed in range(1, seeds):
-            aucs.append(
-                train_recipe(name, prepared, work_dir / f"runs_s{seed}", [f"seed={seed}"])["auc"]
-            )
+            res = train_recipe(name, prepared, work_dir / f"runs_s{seed}", [f"seed={seed}"])
+            aucs.append(res["auc"])
         out[f"{name}_auc_seeds"] = aucs
         out[f"{name}_auc_median"] = float(np.median(aucs))
     return out
