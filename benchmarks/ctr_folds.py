@@ -37,15 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data_ctr import DATA, MODELS, RECIPE, train_recipe  # noqa: E402
+from real_data_ctr import DATA, MODELS, prepare_log, train_recipe  # noqa: E402
 
 
 def earlier_fold(train: pa.Table, valid_rows: int) -> tuple[pa.Table, pa.Table]:
     """``train`` split into (its rows before the last ``valid_rows``, those last rows): a
     validation slice one period earlier. ``train`` must be in time order (``timestamp``
     non-decreasing, as ``prepare.py`` writes it)."""
-    ts = train.column("timestamp").to_numpy()
-    if len(ts) and np.any(np.diff(ts) < 0):
+    if np.any(np.diff(train.column("timestamp").to_numpy()) < 0):
         raise ValueError("train.parquet: rows are not in timestamp order")
     if not 0 < valid_rows < len(train):
         raise ValueError(f"valid_rows {valid_rows}: needs 0 < valid_rows < {len(train)} rows")
@@ -74,12 +73,7 @@ def compare(
     src = Path(data_dir) / "ml_latest_small"
     if not (src / "ratings.parquet").is_file():
         return {"skipped": f"no {src}/ratings.parquet"}
-    sys.path.insert(0, str(RECIPE))
-    from prepare import prepare
-
-    prepared = work / "movielens_ctr"
-    prepare(src, prepared)
-    folds = write_folds(prepared, work / "folds")
+    folds = write_folds(prepare_log(src, work / "movielens_ctr"), work / "folds")
     out: dict[str, Any] = {"model": model, "overrides": overrides, "seeds": seeds}
     seconds: dict[str, list[float]] = {"shipped": [], "variant": []}
     for k, folder in enumerate(folds, start=1):

@@ -245,6 +245,16 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
+def prepare_log(src: Path, out: Path) -> Path:
+    """The recipe's ``prepare.py`` run on ``src`` (``ml_latest_small``): its train, valid and
+    test files in ``out``, which is returned."""
+    sys.path.insert(0, str(RECIPE))
+    from prepare import prepare
+
+    prepare(src, out)
+    return out
+
+
 def run(data_dir: Path, work_dir: Path, seeds: int = 1) -> dict[str, Any]:
     """All three recipes and the LR baseline; ``data_dir`` is ``shared/data`` (the folder
     holding ``ml_latest_small``). ``seeds`` > 1 also trains seeds 1 .. seeds-1 of each recipe
@@ -253,12 +263,8 @@ def run(data_dir: Path, work_dir: Path, seeds: int = 1) -> dict[str, Any]:
     src = Path(data_dir) / "ml_latest_small"
     if not (src / "ratings.parquet").is_file():
         return {"skipped": f"no {src}/ratings.parquet"}
-    sys.path.insert(0, str(RECIPE))
-    from prepare import prepare
-
     work_dir = Path(work_dir)
-    prepared = work_dir / "movielens_ctr"
-    prepare(src, prepared)
+    prepared = prepare_log(src, work_dir / "movielens_ctr")
     t0 = time.perf_counter()
     lr = lr_baseline(src)
     out: dict[str, Any] = {

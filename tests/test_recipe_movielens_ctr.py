@@ -20,11 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "recipes" / "movielens_ctr"
 
 
-def _prepare_module():
-    spec = importlib.util.spec_from_file_location("movielens_ctr_prepare", RECIPE / "prepare.py")
+def _load(path: Path):
+    """A script that is not a package module (the recipe's prepare step, a benchmark)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _prepare_module():
+    return _load(RECIPE / "prepare.py")
 
 
 def test_quantile_transform_maps_to_bucket_fraction() -> None:
@@ -172,26 +177,15 @@ def test_history_genres_follow_the_window_and_skip_unknown_movies() -> None:
 
 
 def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "real_data_ctr", ROOT / "benchmarks" / "real_data_ctr.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load(ROOT / "benchmarks" / "real_data_ctr.py")
     out = mod.run(tmp_path / "no_data", tmp_path / "work")
     assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
-
-
-def _folds_module():
-    spec = importlib.util.spec_from_file_location("ctr_folds", ROOT / "benchmarks" / "ctr_folds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_earlier_fold_is_the_same_size_slice_one_period_before(tmp_path: Path) -> None:
     """Fold 2 validates on the train part's last ``len(valid)`` rows and trains on the rest;
     fold 1 is the recipe's split; no fold folder holds a test file."""
-    mod = _folds_module()
+    mod = _load(ROOT / "benchmarks" / "ctr_folds.py")
     train = pa.table({"timestamp": [1, 2, 2, 3, 5, 8, 9], "like": [0.0, 1, 0, 1, 1, 0, 1]})
     head, tail = mod.earlier_fold(train, 3)
     assert head.column("timestamp").to_pylist() == [1, 2, 2, 3]
@@ -218,9 +212,7 @@ def test_earlier_fold_is_the_same_size_slice_one_period_before(tmp_path: Path) -
 def test_benchmark_plot_keeps_the_curves_of_families_not_run(tmp_path: Path) -> None:
     """``real_data.py --only ctr`` replaces the CTR curves and keeps the relevance ones that
     an earlier run left in the JSON beside the plot."""
-    spec = importlib.util.spec_from_file_location("real_data", ROOT / "benchmarks" / "real_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load(ROOT / "benchmarks" / "real_data.py")
     path = tmp_path / "auc.json"
     first = {"ctr/dlrm": [0.7, 0.71], "relevance/deepbow": [0.6, 0.65]}
     assert mod.merged_history(first, path) == first
@@ -231,9 +223,7 @@ def test_benchmark_plot_keeps_the_curves_of_families_not_run(tmp_path: Path) -> 
 
 def test_benchmark_goals_on_medians_only_when_seeds_ran() -> None:
     """One run's goals always; the ``_median`` goals only when ``--ctr-seeds`` gave medians."""
-    spec = importlib.util.spec_from_file_location("real_data", ROOT / "benchmarks" / "real_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load(ROOT / "benchmarks" / "real_data.py")
     one = {"ctr_lr_auc": 0.66, "dlrm_auc": 0.7965, "deepfm_auc": 0.7978, "hhft_auc": 0.7996}
     got = mod.goals(dict(one))
     assert got == {
