@@ -184,7 +184,8 @@ def test_benchmark_skips_without_the_shared_data(tmp_path: Path) -> None:
 
 def test_earlier_fold_is_the_same_size_slice_one_period_before(tmp_path: Path) -> None:
     """Fold 2 validates on the train part's last ``len(valid)`` rows and trains on the rest;
-    fold 1 is the recipe's split; no fold folder holds a test file."""
+    fold 1 is the recipe's split; fold 3 keeps valid and trains on the train part's first
+    70% (a gap between them); no fold folder holds a test file."""
     mod = _load(ROOT / "benchmarks" / "ctr_folds.py")
     train = pa.table({"timestamp": [1, 2, 2, 3, 5, 8, 9], "like": [0.0, 1, 0, 1, 1, 0, 1]})
     head, tail = mod.earlier_fold(train, 3)
@@ -199,12 +200,18 @@ def test_earlier_fold_is_the_same_size_slice_one_period_before(tmp_path: Path) -
     pq.write_table(train, prepared / "train.parquet")
     pq.write_table(pa.table({"timestamp": [10, 11], "like": [1.0, 0]}), prepared / "valid.parquet")
     pq.write_table(pa.table({"timestamp": [12], "like": [1.0]}), prepared / "test.parquet")
-    fold1, fold2 = mod.write_folds(prepared, tmp_path / "folds")
-    assert sorted(p.name for p in fold1.iterdir()) == ["train.parquet", "valid.parquet"]
-    assert sorted(p.name for p in fold2.iterdir()) == ["train.parquet", "valid.parquet"]
+    folds = mod.write_folds(prepared, tmp_path / "folds")
+    assert len(folds) == 3
+    fold1, fold2, fold3 = folds
+    for fold in folds:
+        assert sorted(p.name for p in fold.iterdir()) == ["train.parquet", "valid.parquet"]
     assert pq.read_table(fold1 / "valid.parquet").column("timestamp").to_pylist() == [10, 11]
     assert pq.read_table(fold2 / "train.parquet").column("timestamp").to_pylist() == [1, 2, 2, 3, 5]
     assert pq.read_table(fold2 / "valid.parquet").column("timestamp").to_pylist() == [8, 9]
+    assert pq.read_table(fold3 / "train.parquet").column("timestamp").to_pylist() == [1, 2, 2, 3]
+    assert pq.read_table(fold3 / "valid.parquet").column("timestamp").to_pylist() == [10, 11]
+    with pytest.raises(ValueError, match="keep 0.1: leaves 0 of 7"):
+        mod.gap_fold(train, train, keep=0.1)
     out = mod.compare("hhft", [], 1, tmp_path / "no_data", tmp_path / "work")
     assert set(out) == {"skipped"} and "ratings.parquet" in out["skipped"]
 
