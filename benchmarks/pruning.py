@@ -6,7 +6,8 @@ trained to the recipe's own epochs and early stop unless ``--epochs``):
 * ``text``: the dense relevance tower (``DenseRelevance``) with a small BERT encoder built
   from config (hidden 64, 2 layers, 8 heads, FFN 256) on qbqtc; metric ``very_relevant/auc``;
 * ``hhft``: HHFT (the MovieLens recipe as it is, with 8 heads, FFN 4x and 2 heterogeneous
-  layers + its Hiformer layer with the full key/value map, as measured since session 7) on
+  layers + its Hiformer layer with the full key/value map and one token per dense
+  statistic, as measured since session 7) on
   MovieLens (protocol 2 click log); metric ``like/auc``.
 
 Each is pruned at each ratio with SlimGPT (OBS selection + update, uniform schedule), the
@@ -72,7 +73,9 @@ def configs(work: Path, epochs: int | None = None) -> dict[str, dict[str, Any]]:
     ml = work / "data" / "movielens_ctr"
     hhft["run_dir"] = str(work / "runs" / "hhft")
     hhft["data"].update(train=str(ml / "train.parquet"), eval=str(ml / "valid.parquet"))
-    hhft["model"].update(num_heads=8, ffn_mult=4, hetero_layers=2, kv_rank=None)
+    hhft["model"].update(
+        num_heads=8, ffn_mult=4, hetero_layers=2, kv_rank=None, dense_tokens="feature"
+    )
     if epochs is not None:
         hhft["train"].update(epochs=epochs)
         hhft["train"]["schedule"]["total_steps"] = 142 * epochs
