@@ -13,8 +13,8 @@ shipped recipe in the same run (runs alternate shipped / variant):
   ``valid.parquet`` for validation, 21,781 rows after the last training row (August 2007 to
   November 2014 on ``prepare.py``'s split). The test part lies on average about that many
   rows (18,151) beyond the end of training; the valid slices of folds 1-2 lie right after
-  theirs. Of the three it is the one that ranks the shipped recipes
-  as the test part does (DLRM above DeepFM and HHFT, session 15; fold 1 puts HHFT first).
+  theirs. Of the three it is the one that ranked the recipes as the test part does (session
+  15: DLRM above DeepFM and the HHFT of sessions 6-14, which fold 1 put first).
 
 Nothing reads ``test.parquet``: the folds' folders hold train and valid files only.
 
