@@ -1,11 +1,13 @@
 """Reader throughput vs raw pyarrow, and vs the DLRM training step, in one run on the same files.
 
     .venv/bin/python benchmarks/io.py [--rows 400000] [--batch-size 4096] [--steps 30]
+        [--format parquet|jsonl]
 
 1. ``vs_raw_pyarrow``: rows/s of ``recis.io.Reader`` (parquet -> Batch: validation,
    KJT building, dense transforms, labels; no shuffle) divided by rows/s of
    ``pyarrow.parquet.read_table(columns) + to_numpy()`` of every column, same files.
-   Target >= 0.5.
+   Target >= 0.5. With ``--format jsonl`` the same rows are written as JSON Lines and
+   the raw side is ``pyarrow.json.read_json`` (whole file, every field) + ``to_numpy()``.
 2. ``vs_train_step``: rows/s of the reader as configured for training (shuffle
    on, prefetch thread) divided by rows/s of DLRM ``Trainer.train_step`` (the
    example config's model, CPU) on the same batch size. Target >= 5.
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import torch
 
@@ -36,14 +39,23 @@ from recis.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def raw_pyarrow(files: list[str], columns: list[str]) -> int:
+def raw_pyarrow(files: list[str], columns: list[str], fmt: str = "parquet") -> int:
     rows = 0
     for f in files:
-        table = pq.read_table(f, columns=columns)
+        table = pq.read_table(f, columns=columns) if fmt == "parquet" else pajson.read_json(f)
         for name in columns:
             table.column(name).to_numpy()
         rows += table.num_rows
     return rows
+
+
+def as_jsonl(path: str) -> str:
+    """The parquet file ``path`` written beside it as JSON Lines (one object per row)."""
+    out = path.rsplit(".", 1)[0] + ".jsonl"
+    with open(out, "w", encoding="utf-8") as f:
+        for batch in pq.ParquetFile(path).iter_batches(65536):
+            f.writelines(json.dumps(row) + "\n" for row in batch.to_pylist())
+    return out
 
 
 def read_all(reader: Reader) -> int:
@@ -77,6 +89,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -85,14 +98,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate_ctr(tmp, num_train=args.rows, num_eval=1000, files=args.files, seed=0)
         files = resolve_paths(Path(tmp) / "train")
-        cols = schema.columns
+        cols, fmt = schema.columns, args.format
+        if fmt == "jsonl":
+            files = [as_jsonl(f) for f in files]
 
         rates, cpu = best_rates(
             {
-                "raw": lambda: raw_pyarrow(files, cols),
-                "plain": lambda: read_all(Reader(files, schema, args.batch_size, prefetch=2)),
+                "raw": lambda: raw_pyarrow(files, cols, fmt),
+                "plain": lambda: read_all(
+                    Reader(files, schema, args.batch_size, prefetch=2, format=fmt)
+                ),
                 "shuffled": lambda: read_all(
-                    Reader(files, schema, args.batch_size, shuffle=True, seed=0)
+                    Reader(files, schema, args.batch_size, shuffle=True, seed=0, format=fmt)
                 ),
             },
             args.repeats,
@@ -102,7 +119,7 @@ def main() -> None:
         model = build_model(cfg.model, schema, torch.device("cpu"))
         trainer = Trainer(model, [], None, cfg.train, run_dir=None)
         batches = []
-        for b in Reader(files, schema, args.batch_size, shuffle=True, seed=0):
+        for b in Reader(files, schema, args.batch_size, shuffle=True, seed=0, format=fmt):
             batches.append(b)
             if len(batches) == args.steps + 3:
                 break
@@ -114,17 +131,19 @@ def main() -> None:
         train = args.steps * args.batch_size / (time.perf_counter() - t0)
 
     print(
-        f"rows: {args.rows} in {args.files} files, batch {args.batch_size}, {args.threads} threads"
+        f"rows: {args.rows} in {args.files} {args.format} files, batch {args.batch_size},"
+        f" {args.threads} threads"
     )
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("                                   wall rows/s   rows per CPU-s")
-    print(f"raw pyarrow read_table+to_numpy : {raw:12,.0f} {cpu['raw']:14,.0f}")
+    print(f"raw pyarrow read+to_numpy       : {raw:12,.0f} {cpu['raw']:14,.0f}")
     print(f"recis Reader (no shuffle)       : {plain:12,.0f} {cpu['plain']:14,.0f}")
     print(f"recis Reader (shuffle, prefetch): {shuffled:12,.0f} {cpu['shuffled']:14,.0f}")
     print(f"DLRM train_step                 : {train:12,.0f} rows/s")
     print(
         json.dumps(
             {
+                "format": args.format,
                 "vs_raw_pyarrow": round(plain / raw, 3),
                 "vs_train_step": round(shuffled / train, 2),
                 "vs_raw_pyarrow_cpu": round(cpu["plain"] / cpu["raw"], 3),

@@ -16,6 +16,7 @@ SUFFIXES = {
     "orc": (".orc",),
     "csv": (".csv", ".csv.gz", ".txt"),
     "tsv": (".tsv", ".tsv.gz", ".txt"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz"),
 }
 
 

@@ -76,7 +76,7 @@ class Reader:
         paths: file, directory, glob or list (local, a URI, or on ``filesystem``).
         schema: which columns become which features.
         batch_size: rows per batch (only the last batch of an epoch may be shorter).
-        format: ``parquet``, ``orc``, ``csv`` or ``tsv``.
+        format: ``parquet``, ``orc``, ``csv``, ``tsv`` or ``jsonl``.
         shuffle: permute unit order per epoch and rows within each buffer.
         seed: shuffle seed; the order depends only on seed, epoch and shard layout.
         rank, world_size: this process's place among the training processes

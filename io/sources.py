@@ -2,9 +2,10 @@
 
 A *unit* is the smallest piece a reader schedules: one parquet row group
 (pyarrow.dataset fragments split by row group), one ORC file (pyarrow.orc,
-read stripe by stripe) or one CSV/TSV file (pyarrow.csv, streamed). Every unit
-knows its row count before any data is read (parquet and ORC footers; CSV
-files are counted once with a streaming parse), which is what lets readers
+read stripe by stripe), one CSV/TSV file (pyarrow.csv, streamed) or one JSON Lines
+file (pyarrow.json in line-aligned blocks, :mod:`recis.io.jsonl`). Every unit
+knows its row count before any data is read (parquet and ORC footers; CSV and JSON
+Lines files are counted once with a streaming parse), which is what lets readers
 split rows exactly across ranks and workers and seek on resume. Paths are
 resolved by :mod:`recis.io.paths`.
 """
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
-from . import arrow_handlers
+from . import arrow_handlers, jsonl
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ CRITEO_TYPES = {
 }
 
 
-# (rows, bad lines) per CSV file identity
+# (rows, bad lines) per CSV file identity; the scan of each JSON Lines file
 _CSV_ROWS: dict[tuple, tuple[int, list[tuple[int, int, str]]]] = {}
+_JSONL_SCANS: dict[tuple, jsonl.Scan] = {}
 
 
 @dataclass
@@ -147,10 +149,11 @@ class Source:
     Args:
         files: resolved paths (see :func:`resolve_paths`).
         columns: the columns to read (``Schema.columns``).
-        fmt: ``parquet``, ``orc``, ``csv`` or ``tsv``.
+        fmt: ``parquet``, ``orc``, ``csv``, ``tsv`` or ``jsonl``.
         filesystem: pyarrow filesystem (None: local).
         csv: parsing options for CSV/TSV.
-        skip_bad_lines: CSV lines with the wrong field count are recorded in
+        skip_bad_lines: CSV lines with the wrong field count (JSON Lines: lines that are
+            not a JSON object) are recorded in
             ``bad_lines`` (file -> [(row, line, text)]) and left out of the rows;
             otherwise they are a DataError naming the file, row and line.
         text_columns: CSV columns read as strings whatever their content (integer ids
@@ -193,11 +196,12 @@ class Source:
         return line - 1 - self._header_lines
 
     def line_of(self, row: int, file: int | None = None) -> int | None:
-        """CSV: the physical line (1-based, header counted) of data row ``row``; else None.
+        """CSV and JSON Lines: the physical line (1-based, header counted) of data row
+        ``row``; else None.
 
         With ``file`` (its index) blank lines are counted too; without it they are not.
         """
-        if self.fmt not in ("csv", "tsv"):
+        if self.fmt not in ("csv", "tsv", "jsonl"):
             return None
         line = int(row) + 1 + self._header_lines
         return line if file is None else self.physical_line(file, line)
@@ -314,7 +318,11 @@ class Source:
 
     def _list_units(self) -> list[Unit]:
         units: list[Unit] = []
-        listers = {"parquet": self._units_parquet, "orc": self._units_orc}
+        listers = {
+            "parquet": self._units_parquet,
+            "orc": self._units_orc,
+            "jsonl": self._units_jsonl,
+        }
         lister = listers.get(self.fmt, self._units_csv)  # csv and tsv
         for i, path in enumerate(self.files):
             self._check_nonempty(i)
@@ -378,6 +386,28 @@ class Source:
         if n == 0:
             raise DataError("empty file (no rows)", path=self.files[i])
         return [Unit(i, 0, n)]
+
+    def _units_jsonl(self, i: int) -> list[Unit]:
+        # one pass counts the rows and fixes the columns' types over every block; cached by
+        # file identity as for CSV
+        info = self.fs.get_file_info(self.files[i])
+        key = (
+            type(self.fs).__name__,
+            info.path,
+            info.size,
+            info.mtime_ns,
+            tuple(self.columns),
+            self.skip_bad_lines,
+        )
+        found = _JSONL_SCANS.get(key)
+        if found is None:
+            found = jsonl.scan(self.fs, self.files[i], self.columns, self.skip_bad_lines)
+            _JSONL_SCANS[key] = found
+        self.schemas[i] = found.schema
+        self.bad_lines[i] = list(found.bad_lines)
+        self._bad_sorted[i] = np.array(sorted(r for r, _, _ in found.bad_lines), np.int64)
+        self._blank_lines[i] = found.blank_lines
+        return [Unit(i, 0, found.rows)]
 
     # -- reading ---------------------------------------------------------------------------
     def _open_csv(
@@ -478,6 +508,14 @@ class Source:
                         yield pa.Table.from_batches([rb.slice(max(0, start - seen))])
                     seen += rb.num_rows
                 self._short(path, seen, unit.num_rows, "the footer")
+            elif self.fmt == "jsonl":
+                seen = 0
+                schema = self.schemas[unit.file]
+                for t in jsonl.read_blocks(self.fs, path, schema, self.skip_bad_lines):
+                    if seen + t.num_rows > start:
+                        yield t.slice(max(0, start - seen))
+                    seen += t.num_rows
+                self._short(path, seen, unit.num_rows, "the count made when the reader was built")
             else:
                 seen = 0
                 for rb in self._open_csv(unit.file):

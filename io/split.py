@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import ConfigError, DataError
 
+from . import jsonl
 from .sources import SUFFIXES, resolve_paths
 
 Method = Literal["random", "time", "leave-last-out", "group"]
@@ -60,7 +61,8 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
 def read_input(
     paths: str | os.PathLike | list, format: str | None = None, columns: list[str] | None = None
 ) -> pa.Table:
-    """One Arrow table from parquet / ORC / CSV / TSV files (a file, directory or glob).
+    """One Arrow table from parquet / ORC / CSV / TSV / JSON Lines files (a file, directory or
+    glob).
 
     ``format`` None: taken from the first file's suffix (parquet when unknown).
     """
@@ -73,6 +75,8 @@ def read_input(
                 tables.append(pq.read_table(f, columns=columns))
             elif fmt == "orc":
                 tables.append(paorc.read_table(f, columns=columns))
+            elif fmt == "jsonl":
+                tables.append(jsonl.read_table(f, columns))
             else:
                 tables.append(_read_csv_lossless(f, fmt, columns))
         except (pa.ArrowException, OSError) as err:
@@ -123,7 +127,7 @@ def _read_csv_lossless(path: str, fmt: str, columns: list[str] | None) -> pa.Tab
 
 def _guess_format(paths: str | os.PathLike | list) -> str:
     first = str(paths[0] if isinstance(paths, list | tuple) else paths).lower()
-    for fmt in ("orc", "tsv", "csv"):
+    for fmt in ("orc", "tsv", "csv", "jsonl"):
         if first.endswith(SUFFIXES[fmt]) and not first.endswith(".txt"):
             return fmt
     return "parquet"

@@ -24,6 +24,7 @@ from recis.config import DataConfig
 from recis.errors import ConfigError, DataError
 from recis.features import TextFeature, VocabTokenizer
 
+from . import jsonl
 from .sources import SUFFIXES, CsvOptions, resolve_paths
 from .validate import is_list
 
@@ -77,6 +78,8 @@ def read_texts(
                 )
             elif fmt == "orc":
                 tables = iter([orc.ORCFile(path).read(columns=columns)])
+            elif fmt == "jsonl":
+                tables = iter([jsonl.read_table(path, columns)])
             else:
                 tables = iter([_csv_texts(path, columns, fmt, csv or CsvOptions())])
             for table in tables:

@@ -247,7 +247,7 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("input", nargs="+", help="parquet / ORC / CSV / TSV file(s), folder or glob")
     sp.add_argument("--out", required=True, help="output folder (<part>.parquet)")
     sp.add_argument("--by", required=True, choices=["random", "time", "leave-last-out", "group"])
-    sp.add_argument("--format", choices=["parquet", "orc", "csv", "tsv"], default=None)
+    sp.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
     sp.add_argument(
         "--fractions", nargs="+", type=float, default=[0.8, 0.2], help="train [valid] test"
     )

@@ -1,0 +1,307 @@
+"""JSON Lines files (one JSON object per line, ``.jsonl`` / ``.ndjson``, gzip detected) on
+``pyarrow.json``, in line-aligned blocks.
+
+pyarrow's own streaming JSON reader infers each column's type from its first block and fails
+when a later block differs (``Column(/x) changed from number to string``), and it numbers
+rows within a block. So a file is read here in blocks of whole lines that recis cuts itself:
+
+1. :func:`scan` (once per file, when a reader is built; cached by the caller) parses every
+   block, counts the rows, and unifies the requested columns' types over all blocks (an
+   integer column with a float in a later block is a double column; a column that is a
+   string in one row and a number in another is a :class:`DataError` naming the column and
+   rows). An integer too big for int64 (a uint64 id) is read as uint64, not a double that
+   would merge neighbouring ids.
+2. :func:`read_blocks` parses the blocks again with that schema fixed (other fields are
+   skipped unparsed), so every block has the same columns and types.
+
+Row numbers are 0-based data rows (blank lines are not rows; a malformed line is one) and
+lines are 1-based physical lines, in every error. A malformed line (not a JSON object) is a
+DataError naming the file, row and line, or, with ``skip_bad=True``, left out and listed in
+the scan's ``bad_lines`` like CSV lines with the wrong field count.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
+
+from recis.errors import DataError
+
+BLOCK_BYTES = 1 << 22  # bytes per parsed block (whole lines; a longer line is its own block)
+_EXACT = 2.0**53  # doubles hold every integer below this; above it a JSON id may have merged
+
+_ROW = re.compile(r"in row (\d+)")
+_COLUMN = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)")
+
+
+@dataclass
+class Block:
+    """Whole lines of a file: their bytes, the 1-based number of the first line and the
+    0-based data row of the first non-blank line."""
+
+    data: bytes
+    line0: int
+    row0: int
+    skipped: tuple[int, ...] = ()  # lines blanked out as malformed: still rows
+
+    def all_lines(self) -> list[tuple[int, bytes]]:
+        """``(physical line, text)`` of every line, in order."""
+        raw = self.data.split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        return [(self.line0 + k, t) for k, t in enumerate(raw)]
+
+    def lines(self) -> list[tuple[int, bytes]]:
+        """``(physical line, text)`` of the non-blank lines (the rows), in order."""
+        return [(n, t) for n, t in self.all_lines() if t.strip()]
+
+
+@dataclass
+class Scan:
+    """What one pass over a file found: rows, the requested columns' unified schema (those
+    the file has), the lines left out (``(row, line, text)``) and the blank lines."""
+
+    rows: int
+    schema: pa.Schema
+    bad_lines: list[tuple[int, int, str]] = field(default_factory=list)
+    blank_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def blocks(fs: pafs.FileSystem, path: str, size: int | None = None) -> Iterator[Block]:
+    """The file as blocks of about ``size`` (default ``BLOCK_BYTES``) bytes of whole lines
+    (decompressed)."""
+    size = size or BLOCK_BYTES
+    line, row, rest = 1, 0, b""
+    with fs.open_input_stream(path, compression="detect") as f:
+        while True:
+            chunk = f.read(size)
+            data = rest + chunk
+            # at the end the rest is the last line (without its line end)
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if cut == 0 and chunk:  # no line end yet: read on (a line longer than a block)
+                rest = data
+                continue
+            block, rest = Block(data[:cut], line, row), data[cut:]
+            if block.data:
+                yield block
+                every = block.all_lines()
+                row += sum(1 for _, t in every if t.strip())
+                line += len(every)
+            if not chunk:
+                return
+
+
+def _parse(data: bytes, schema: pa.Schema | None) -> pa.Table:
+    """One block; with ``schema`` only its fields are parsed (others skipped)."""
+    read = pajson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
+    parse = (
+        pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        if schema is not None
+        else pajson.ParseOptions()
+    )
+    return pajson.read_json(pa.BufferReader(data), read_options=read, parse_options=parse)
+
+
+def _bad_line(text: bytes) -> str | None:
+    """Why a line is not a JSON object (None: it is one)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"not valid JSON ({err})"
+    return None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+
+
+def _without_bad(block: Block, path: str, skip_bad: bool, bad: list[tuple[int, int, str]]) -> Block:
+    """``block`` without its malformed lines (each added to ``bad``); without ``skip_bad`` the
+    first one is a DataError."""
+    keep, skipped, row = [], [], block.row0
+    for line, text in block.all_lines():
+        why = _bad_line(text) if text.strip() else None
+        if why is None:
+            keep.append(text)
+            row += bool(text.strip())
+            continue
+        if not skip_bad:
+            hint = (
+                " (a JSON array file? recis reads one object per line)"
+                if line == 1 and text.lstrip().startswith(b"[")
+                else ""
+            )
+            raise DataError(f"bad JSON line: {why}{hint}", path=path, row=row, line=line)
+        bad.append((row, line, text.decode("utf-8", "replace")[:200]))
+        keep.append(b"")  # blanked: line numbers stay, the row is left out
+        skipped.append(line)
+        row += 1
+    data = b"\n".join(keep) + b"\n" if any(t.strip() for t in keep) else b""
+    return Block(data, block.line0, block.row0, tuple(skipped))
+
+
+def _locate(block: Block, err: Exception, path: str) -> DataError:
+    """A DataError naming the row and line of pyarrow's block-relative ``in row N``."""
+    msg = str(err).replace("JSON parse error: ", "").strip()
+    lines = block.lines()
+    m = _ROW.search(msg)
+    k = int(m.group(1)) if m else None
+    if k is None or k >= len(lines):
+        return DataError(f"cannot read JSON: {msg}", path=path)
+    col = _COLUMN.search(msg)
+    text = _ROW.sub("", msg).strip().rstrip(".")
+    if col:
+        text = f"JSON {col.group(3)} where earlier rows have a {col.group(2)}"
+    line = lines[k][0]
+    row = block.row0 + k + sum(1 for n in block.skipped if n < line)
+    return DataError(text, path=path, row=row, line=line, column=col.group(1) if col else None)
+
+
+def _integer_type(data: bytes, name: str, typ: pa.DataType) -> pa.DataType:
+    """``typ`` (a double or list of doubles pyarrow inferred for ``name``) or the integer type
+    its values parse as exactly, when they are integers too big for a double to keep apart."""
+    for ints in (pa.int64(), pa.uint64()):
+        target = pa.list_(ints) if pa.types.is_list(typ) else ints
+        try:
+            _parse(data, pa.schema([(name, target)]))
+        except pa.ArrowInvalid:
+            continue
+        return target
+    return typ
+
+
+def _needs_exact(col: pa.ChunkedArray) -> bool:
+    values = pc.list_flatten(col) if pa.types.is_list(col.type) else col
+    values = pc.drop_null(values)
+    if not len(values) or not pa.types.is_floating(values.type):
+        return False
+    big = pc.max(pc.abs(values)).as_py() >= _EXACT
+    return bool(big and pc.all(pc.equal(values, pc.floor(values))).as_py())
+
+
+def _unify(
+    path: str, seen: dict[str, tuple[pa.DataType, int]], name: str, typ: pa.DataType, row: int
+) -> None:
+    """Fold block type ``typ`` of column ``name`` (first row ``row``) into ``seen``."""
+    if name not in seen or pa.types.is_null(seen[name][0]):
+        seen[name] = (typ, row)
+        return
+    old, first = seen[name]
+    if pa.types.is_null(typ) or old == typ:
+        return
+    ints = {pa.int64(), pa.uint64()}
+    if {old, typ} == ints or {old, typ} == {pa.list_(t) for t in ints}:
+        merged = typ if "uint64" in str(typ) else old  # uint64 ids next to small ones
+    else:
+        try:
+            both = [pa.schema([(name, old)]), pa.schema([(name, typ)])]
+            merged = pa.unify_schemas(both, promote_options="permissive").field(name).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            merged = None
+    if merged is None or pa.types.is_string(old) != pa.types.is_string(typ):
+        raise DataError(
+            f"JSON {typ} in the rows from {row} on, {old} in the rows from {first} on",
+            path=path,
+            column=name,
+        )
+    seen[name] = (merged, first)
+
+
+def _project(block: Block, wanted: set[str]) -> bytes:
+    """The block's lines with only the ``wanted`` fields (Python's json: the slow path for
+    a block whose other fields change type, which pyarrow cannot infer)."""
+    out = []
+    for _, text in block.lines():
+        row = json.loads(text)
+        out.append(json.dumps({k: v for k, v in row.items() if k in wanted}))
+    return ("\n".join(out) + "\n").encode()
+
+
+def _scan_block(
+    block: Block, path: str, wanted: set[str], skip_bad: bool, bad: list[tuple[int, int, str]]
+) -> tuple[pa.Table, bytes, int]:
+    """The block parsed with inferred types: (table, the bytes parsed, bad lines left out)."""
+    try:
+        return _parse(block.data, None), block.data, 0
+    except pa.ArrowInvalid as err:
+        before = len(bad)
+        clean = _without_bad(block, path, skip_bad, bad)
+        col = _COLUMN.search(str(err))
+        if len(bad) == before and col and col.group(1) in wanted:
+            raise _locate(block, err, path) from None
+    data = _project(clean, wanted) if clean.data else b""
+    try:
+        return (_parse(data, None) if data else pa.table({})), data, len(bad) - before
+    except pa.ArrowInvalid as err:  # a wanted column changes type inside the block
+        raise _locate(clean, err, path) from None
+
+
+def scan(fs: pafs.FileSystem, path: str, columns: list[str], skip_bad: bool = False) -> Scan:
+    """Rows, unified schema of the requested ``columns``, bad and blank lines of ``path``."""
+    wanted = set(columns)
+    seen: dict[str, tuple[pa.DataType, int]] = {}
+    bad: list[tuple[int, int, str]] = []
+    blank: list[int] = []
+    rows = 0
+    for block in blocks(fs, path):
+        blank += [n for n, t in block.all_lines() if not t.strip()]
+        table, data, n_bad = _scan_block(block, path, wanted, skip_bad, bad)
+        for name in table.column_names:
+            if name in wanted:
+                col = table.column(name)
+                typ = _integer_type(data, name, col.type) if _needs_exact(col) else col.type
+                _unify(path, seen, name, typ, block.row0)
+        rows += table.num_rows + n_bad
+    schema = pa.schema([(c, seen[c][0]) for c in columns if c in seen])
+    if rows == 0:
+        raise DataError("empty file (no rows)", path=path)
+    if rows == len(bad):
+        row, line, _ = bad[0]
+        raise DataError(
+            f"no readable row: all {len(bad)} rows are bad lines (the first: row {row}, line"
+            f" {line})",
+            path=path,
+        )
+    return Scan(rows - len(bad), schema, bad, np.asarray(blank, np.int64))
+
+
+def read_blocks(
+    fs: pafs.FileSystem, path: str, schema: pa.Schema, skip_bad: bool = False
+) -> Iterator[pa.Table]:
+    """The file's readable rows in order, block by block, with ``schema``'s columns."""
+    for block in blocks(fs, path):
+        try:
+            table = _parse(block.data, schema)
+        except pa.ArrowInvalid as err:
+            clean = _without_bad(block, path, skip_bad, [])
+            if clean.data == block.data:
+                raise _locate(block, err, path) from None
+            if not clean.data:
+                continue
+            try:
+                table = _parse(clean.data, schema)
+            except pa.ArrowInvalid as err2:
+                raise _locate(clean, err2, path) from None
+        yield table
+
+
+def read_table(
+    path: str, columns: list[str] | None = None, fs: pafs.FileSystem | None = None
+) -> pa.Table:
+    """A whole JSON Lines file as one table (``columns``: only these; default all)."""
+    fs = fs or pafs.LocalFileSystem()
+    if columns is None:
+        columns = []
+        for block in blocks(fs, path):
+            try:
+                names = _parse(block.data, None).column_names
+            except pa.ArrowInvalid as err:
+                raise _locate(block, err, path) from None
+            columns += [n for n in names if n not in columns]
+    found = scan(fs, path, columns)
+    tables = list(read_blocks(fs, path, found.schema))
+    return pa.concat_tables(tables) if tables else found.schema.empty_table()
