@@ -36,6 +36,7 @@ import pyarrow.json as pajson
 from recis.errors import DataError
 
 BLOCK_BYTES = 1 << 22  # bytes per parsed block (whole lines; a longer line is its own block)
+PIECE_BYTES = 1 << 20  # pieces of a block pyarrow's threads parse in parallel (read pass)
 _EXACT = 2.0**53  # doubles hold every integer below this; above it a JSON id may have merged
 
 _ROW = re.compile(r"in row (\d+)")
@@ -99,9 +100,12 @@ def blocks(fs: pafs.FileSystem, path: str, size: int | None = None) -> Iterator[
                 return
 
 
-def _parse(data: bytes, schema: pa.Schema | None) -> pa.Table:
-    """One block; with ``schema`` only its fields are parsed (others skipped)."""
-    read = pajson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
+def _parse(data: bytes, schema: pa.Schema | None, threads: bool = False) -> pa.Table:
+    """One block; with ``schema`` only its fields are parsed (others skipped). ``threads``:
+    pyarrow parses pieces of ``PIECE_BYTES`` in parallel (its errors then number rows within
+    a piece: parse again without threads to place one)."""
+    size = PIECE_BYTES if threads else max(len(data) + 1, 1 << 16)
+    read = pajson.ReadOptions(use_threads=threads, block_size=size)
     parse = (
         pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
         if schema is not None
@@ -273,8 +277,16 @@ def read_blocks(
     fs: pafs.FileSystem, path: str, schema: pa.Schema, skip_bad: bool = False
 ) -> Iterator[pa.Table]:
     """The file's readable rows in order, block by block, with ``schema``'s columns."""
+    threads = pa.cpu_count() > 1
     for block in blocks(fs, path):
         try:
+            table = _parse(block.data, schema, threads)
+        except pa.ArrowInvalid:
+            pass
+        else:
+            yield table
+            continue
+        try:  # one piece: pyarrow's row numbers are then the block's
             table = _parse(block.data, schema)
         except pa.ArrowInvalid as err:
             clean = _without_bad(block, path, skip_bad, [])

@@ -353,19 +353,18 @@ class Source:
             raise DataError("empty file (no rows)", path=self.files[i])
         return [Unit(i, 0, int(f.nrows))]
 
+    def _file_key(self, i: int, options: object) -> tuple:
+        """File ``i``'s identity (filesystem, path, size, mtime) with the read ``options``:
+        the key of a per-process cache of what a counting pass found."""
+        info = self.fs.get_file_info(self.files[i])
+        fs = type(self.fs).__name__
+        return (fs, info.path, info.size, info.mtime_ns, options, self.skip_bad_lines)
+
     def _units_csv(self, i: int) -> list[Unit]:
         # one streaming parse of the first column counts the rows (CSV has no footer) and
         # records the bad lines; the result is cached by file identity, so forked DataLoader
         # workers and later epochs of readers in this process do not parse the file again
-        info = self.fs.get_file_info(self.files[i])
-        key = (
-            type(self.fs).__name__,
-            info.path,
-            info.size,
-            info.mtime_ns,
-            repr(self.csv),
-            self.skip_bad_lines,
-        )
+        key = self._file_key(i, repr(self.csv))
         cached = _CSV_ROWS.get(key)
         if cached is None:
             self.bad_lines[i] = []
@@ -390,15 +389,7 @@ class Source:
     def _units_jsonl(self, i: int) -> list[Unit]:
         # one pass counts the rows and fixes the columns' types over every block; cached by
         # file identity as for CSV
-        info = self.fs.get_file_info(self.files[i])
-        key = (
-            type(self.fs).__name__,
-            info.path,
-            info.size,
-            info.mtime_ns,
-            tuple(self.columns),
-            self.skip_bad_lines,
-        )
+        key = self._file_key(i, tuple(self.columns))
         found = _JSONL_SCANS.get(key)
         if found is None:
             found = jsonl.scan(self.fs, self.files[i], self.columns, self.skip_bad_lines)

@@ -75,8 +75,10 @@ def _concat(batches: list) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of ~1 KiB: a 60-row file spans several, so types are unified across them."""
+    """Blocks of ~1 KiB: a 60-row file spans several, so types are unified across them; with
+    more than one core pyarrow parses pieces of ~512 bytes of each in parallel."""
     monkeypatch.setattr(jsonl, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(jsonl, "PIECE_BYTES", 512)
 
 
 def test_jsonl_gives_the_parquet_batches(tmp_path, small_blocks):
