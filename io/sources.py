@@ -373,7 +373,12 @@ class Source:
             self.bad_lines[i] = [(r, self.physical_line(i, k), t) for r, k, t in self.bad_lines[i]]
             cached = (n, list(self.bad_lines[i]))
             _CSV_ROWS[key] = cached
-        n, self.bad_lines[i] = cached[0], list(cached[1])
+        self.bad_lines[i] = list(cached[1])
+        return self._counted_unit(i, cached[0])
+
+    def _counted_unit(self, i: int, n: int) -> list[Unit]:
+        """The one unit of text file ``i`` (CSV, JSON Lines) with ``n`` readable rows, its
+        bad lines (``self.bad_lines[i]``) indexed; no readable row is a DataError."""
         self._bad_sorted[i] = np.array(sorted(r for r, _, _ in self.bad_lines[i]), np.int64)
         if n == 0 and self.bad_lines[i]:
             row, line, _ = self.bad_lines[i][0]
@@ -396,9 +401,8 @@ class Source:
             _JSONL_SCANS[key] = found
         self.schemas[i] = found.schema
         self.bad_lines[i] = list(found.bad_lines)
-        self._bad_sorted[i] = np.array(sorted(r for r, _, _ in found.bad_lines), np.int64)
         self._blank_lines[i] = found.blank_lines
-        return [Unit(i, 0, found.rows)]
+        return self._counted_unit(i, found.rows)
 
     # -- reading ---------------------------------------------------------------------------
     def _open_csv(
