@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +65,12 @@ class Block:
         """``(physical line, text)`` of the non-blank lines (the rows), in order."""
         return [(n, t) for n, t in self.all_lines() if t.strip()]
 
+    @cached_property
+    def layout(self) -> tuple[int, list[int]]:
+        """(number of lines, 1-based numbers of the blank ones), worked out once."""
+        every = self.all_lines()
+        return len(every), [n for n, t in every if not t.strip()]
+
 
 @dataclass
 class Scan:
@@ -93,9 +100,9 @@ def blocks(fs: pafs.FileSystem, path: str, size: int | None = None) -> Iterator[
             block, rest = Block(data[:cut], line, row), data[cut:]
             if block.data:
                 yield block
-                every = block.all_lines()
-                row += sum(1 for _, t in every if t.strip())
-                line += len(every)
+                n_lines, blank = block.layout
+                row += n_lines - len(blank)
+                line += n_lines
             if not chunk:
                 return
 
@@ -215,9 +222,11 @@ def _unify(
     seen[name] = (merged, first)
 
 
-def _project(block: Block, wanted: set[str]) -> bytes:
+def _project(block: Block, wanted: set[str] | None) -> bytes:
     """The block's lines with only the ``wanted`` fields (Python's json: the slow path for
     a block whose other fields change type, which pyarrow cannot infer)."""
+    if wanted is None:
+        return block.data
     out = []
     for _, text in block.lines():
         row = json.loads(text)
@@ -226,7 +235,11 @@ def _project(block: Block, wanted: set[str]) -> bytes:
 
 
 def _scan_block(
-    block: Block, path: str, wanted: set[str], skip_bad: bool, bad: list[tuple[int, int, str]]
+    block: Block,
+    path: str,
+    wanted: set[str] | None,
+    skip_bad: bool,
+    bad: list[tuple[int, int, str]],
 ) -> tuple[pa.Table, bytes, int]:
     """The block parsed with inferred types: (table, the bytes parsed, bad lines left out)."""
     try:
@@ -235,7 +248,7 @@ def _scan_block(
         before = len(bad)
         clean = _without_bad(block, path, skip_bad, bad)
         col = _COLUMN.search(str(err))
-        if len(bad) == before and col and col.group(1) in wanted:
+        if len(bad) == before and col and (wanted is None or col.group(1) in wanted):
             raise _locate(block, err, path) from None
     data = _project(clean, wanted) if clean.data else b""
     try:
@@ -244,32 +257,25 @@ def _scan_block(
         raise _locate(clean, err, path) from None
 
 
-def scan(fs: pafs.FileSystem, path: str, columns: list[str], skip_bad: bool = False) -> Scan:
-    """Rows, unified schema of the requested ``columns``, bad and blank lines of ``path``."""
-    wanted = set(columns)
+def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bool = False) -> Scan:
+    """Rows (readable ones), unified schema of the requested ``columns`` (None: every field, in
+    the order first seen), bad and blank lines of ``path``."""
+    wanted = None if columns is None else set(columns)
     seen: dict[str, tuple[pa.DataType, int]] = {}
     bad: list[tuple[int, int, str]] = []
     blank: list[int] = []
     rows = 0
     for block in blocks(fs, path):
-        blank += [n for n, t in block.all_lines() if not t.strip()]
+        blank += block.layout[1]
         table, data, n_bad = _scan_block(block, path, wanted, skip_bad, bad)
         for name in table.column_names:
-            if name in wanted:
+            if wanted is None or name in wanted:
                 col = table.column(name)
                 typ = _integer_type(data, name, col.type) if _needs_exact(col) else col.type
                 _unify(path, seen, name, typ, block.row0)
         rows += table.num_rows + n_bad
-    schema = pa.schema([(c, seen[c][0]) for c in columns if c in seen])
-    if rows == 0:
-        raise DataError("empty file (no rows)", path=path)
-    if rows == len(bad):
-        row, line, _ = bad[0]
-        raise DataError(
-            f"no readable row: all {len(bad)} rows are bad lines (the first: row {row}, line"
-            f" {line})",
-            path=path,
-        )
+    names = list(seen) if columns is None else [c for c in columns if c in seen]
+    schema = pa.schema([(c, seen[c][0]) for c in names])
     return Scan(rows - len(bad), schema, bad, np.asarray(blank, np.int64))
 
 
@@ -306,14 +312,8 @@ def read_table(
 ) -> pa.Table:
     """A whole JSON Lines file as one table (``columns``: only these; default all)."""
     fs = fs or pafs.LocalFileSystem()
-    if columns is None:
-        columns = []
-        for block in blocks(fs, path):
-            try:
-                names = _parse(block.data, None).column_names
-            except pa.ArrowInvalid as err:
-                raise _locate(block, err, path) from None
-            columns += [n for n in names if n not in columns]
     found = scan(fs, path, columns)
+    if not found.rows:
+        raise DataError("empty file (no rows)", path=path)
     tables = list(read_blocks(fs, path, found.schema))
     return pa.concat_tables(tables) if tables else found.schema.empty_table()
