@@ -36,6 +36,8 @@ import pyarrow.json as pajson
 
 from recis.errors import DataError
 
+from . import nested
+
 BLOCK_BYTES = 1 << 22  # bytes per parsed block (whole lines; a longer line is its own block)
 PIECE_BYTES = 1 << 20  # pieces of a block pyarrow's threads parse in parallel (read pass)
 _EXACT = 2.0**53  # doubles hold every integer below this; above it a JSON id may have merged
@@ -169,16 +171,18 @@ def _locate(block: Block, err: Exception, path: str) -> DataError:
         text = f"JSON {col.group(3)} where earlier rows have a {col.group(2)}"
     line = lines[k][0]
     row = block.row0 + k + sum(1 for n in block.skipped if n < line)
-    return DataError(text, path=path, row=row, line=line, column=col.group(1) if col else None)
+    column = col.group(1).replace("/", ".") if col else None  # a nested field's dotted path
+    return DataError(text, path=path, row=row, line=line, column=column)
 
 
-def _integer_type(data: bytes, name: str, typ: pa.DataType) -> pa.DataType:
-    """``typ`` (a double or list of doubles pyarrow inferred for ``name``) or the integer type
-    its values parse as exactly, when they are integers too big for a double to keep apart."""
+def _integer_type(data: bytes, path: nested.Path, typ: pa.DataType) -> pa.DataType:
+    """``typ`` (a double or list of doubles pyarrow inferred for the field at ``path``) or the
+    integer type its values parse as exactly, when they are integers too big for a double to
+    keep apart."""
     for ints in (pa.int64(), pa.uint64()):
         target = pa.list_(ints) if pa.types.is_list(typ) else ints
         try:
-            _parse(data, pa.schema([(name, target)]))
+            _parse(data, nested.nest([(path, target)]))
         except pa.ArrowInvalid:
             continue
         return target
@@ -222,16 +226,45 @@ def _unify(
     seen[name] = (merged, first)
 
 
+def _tree(wanted: set[str]) -> dict:
+    """The fields to keep of each object: name -> True (all of it) or the tree of its fields
+    (a wanted ``a.b`` keeps a top-level ``a.b`` and the field ``b`` of an object ``a``)."""
+    tree: dict = {c: True for c in wanted}
+    for c in sorted(wanted, key=len):
+        *parents, leaf = c.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+            if node is True:
+                break
+        else:
+            if parents:
+                node[leaf] = True
+    return tree
+
+
+def _keep(obj: dict, tree: dict) -> dict:
+    return {
+        k: _keep(v, tree[k]) if isinstance(v, dict) and tree[k] is not True else v
+        for k, v in obj.items()
+        if k in tree
+    }
+
+
 def _project(block: Block, wanted: set[str] | None) -> bytes:
-    """The block's lines with only the ``wanted`` fields (Python's json: the slow path for
-    a block whose other fields change type, which pyarrow cannot infer)."""
+    """The block's lines with only the ``wanted`` fields, nested ones by their dotted paths
+    (Python's json: the slow path for a block whose other fields change type, which pyarrow
+    cannot infer)."""
     if wanted is None:
         return block.data
-    out = []
-    for _, text in block.lines():
-        row = json.loads(text)
-        out.append(json.dumps({k: v for k, v in row.items() if k in wanted}))
+    tree = _tree(wanted)
+    out = [json.dumps(_keep(json.loads(text), tree)) for _, text in block.lines()]
     return ("\n".join(out) + "\n").encode()
+
+
+def _under(name: str, wanted: set[str]) -> bool:
+    """Whether the field ``name`` (dotted path) is wanted, inside a wanted one or holds one."""
+    return any(w == name or w.startswith(name + ".") or name.startswith(w + ".") for w in wanted)
 
 
 def _scan_block(
@@ -248,7 +281,8 @@ def _scan_block(
         before = len(bad)
         clean = _without_bad(block, path, skip_bad, bad)
         col = _COLUMN.search(str(err))
-        if len(bad) == before and col and (wanted is None or col.group(1) in wanted):
+        name = col.group(1).replace("/", ".") if col else ""
+        if len(bad) == before and col and (wanted is None or _under(name, wanted)):
             raise _locate(block, err, path) from None
     data = _project(clean, wanted) if clean.data else b""
     try:
@@ -262,27 +296,32 @@ def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bo
     the order first seen), bad and blank lines of ``path``."""
     wanted = None if columns is None else set(columns)
     seen: dict[str, tuple[pa.DataType, int]] = {}
+    where: dict[str, nested.Path] = {}
     bad: list[tuple[int, int, str]] = []
     blank: list[int] = []
     rows = 0
     for block in blocks(fs, path):
         blank += block.layout[1]
         table, data, n_bad = _scan_block(block, path, wanted, skip_bad, bad)
-        for name in table.column_names:
-            if wanted is None or name in wanted:
-                col = table.column(name)
-                typ = _integer_type(data, name, col.type) if _needs_exact(col) else col.type
+        found = nested.paths(table.schema)
+        for name in table.column_names if columns is None else columns:
+            if name in found:
+                where[name] = found[name][0]
+                col = nested.select(table, [name]).column(0)
+                exact = _needs_exact(col)
+                typ = _integer_type(data, where[name], col.type) if exact else col.type
                 _unify(path, seen, name, typ, block.row0)
         rows += table.num_rows + n_bad
     names = list(seen) if columns is None else [c for c in columns if c in seen]
-    schema = pa.schema([(c, seen[c][0]) for c in names])
+    schema = nested.nest([(where[c], seen[c][0]) for c in names])
     return Scan(rows - len(bad), schema, bad, np.asarray(blank, np.int64))
 
 
 def read_blocks(
     fs: pafs.FileSystem, path: str, schema: pa.Schema, skip_bad: bool = False
 ) -> Iterator[pa.Table]:
-    """The file's readable rows in order, block by block, with ``schema``'s columns."""
+    """The file's readable rows in order, block by block, with ``schema``'s columns (a scan's
+    schema: nested fields inside their structs, see :func:`recis.io.nested.select`)."""
     threads = pa.cpu_count() > 1
     for block in blocks(fs, path):
         try:
@@ -310,10 +349,14 @@ def read_blocks(
 def read_table(
     path: str, columns: list[str] | None = None, fs: pafs.FileSystem | None = None
 ) -> pa.Table:
-    """A whole JSON Lines file as one table (``columns``: only these; default all)."""
+    """A whole JSON Lines file as one table (``columns``: only these, nested fields by their
+    dotted paths, as columns of those names; default all, objects as struct columns)."""
     fs = fs or pafs.LocalFileSystem()
     found = scan(fs, path, columns)
     if not found.rows:
         raise DataError("empty file (no rows)", path=path)
     tables = list(read_blocks(fs, path, found.schema))
-    return pa.concat_tables(tables) if tables else found.schema.empty_table()
+    table = pa.concat_tables(tables) if tables else found.schema.empty_table()
+    if columns is None:
+        return table
+    return nested.select(table, [c for c in columns if c in nested.paths(table.schema)])

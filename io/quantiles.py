@@ -10,9 +10,12 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from recis.errors import DataError
+
+from . import nested
 
 
 def quantile_boundaries(
@@ -41,10 +44,11 @@ def boundaries_from_files(
 ) -> dict[str, list[float]]:
     """``{column: boundaries}`` over the numeric ``columns`` of the (training) files."""
     data = ds.dataset(paths if isinstance(paths, list) else str(paths), format=format)
-    missing = [c for c in columns if c not in data.schema.names]
+    found = nested.paths(data.schema)  # a field inside a struct column by its dotted path
+    missing = [c for c in columns if c not in found]
     if missing:
         raise DataError(
             "no such column for quantile boundaries", path=str(paths), column=missing[0]
         )
-    table = data.to_table(columns=columns)
+    table = data.to_table(columns={c: pc.field(*found[c][0]) for c in columns})
     return {c: quantile_boundaries(table[c], buckets) for c in columns}

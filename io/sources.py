@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
-from . import arrow_handlers, jsonl
+from . import arrow_handlers, jsonl, nested
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
@@ -450,13 +450,14 @@ class Source:
         return arrow_handlers.track(reader, handler)
 
     def schema(self, i: int) -> pa.Schema:
-        """Arrow schema of file ``i`` (CSV: types as inferred from its first block)."""
+        """Arrow schema of file ``i`` (CSV: types as inferred from its first block), with a
+        field for every dotted path inside its struct columns (:mod:`recis.io.nested`)."""
         if i not in self.schemas:
             try:
                 self.schemas[i] = self._open_csv(i).schema
             except (pa.ArrowException, OSError) as err:
                 self._fail(self.files[i], err, i=i)
-        return self.schemas[i]
+        return nested.flat_schema(self.schemas[i])
 
     def _present(self, i: int) -> list[str]:
         names = set(self.schema(i).names)
@@ -470,7 +471,7 @@ class Source:
         """
         cols = self._present(unit.file)
         for t in self._read(unit, start):
-            yield t.select(cols)
+            yield nested.select(t, cols)
 
     def _short(self, path: str, got: int, want: int, what: str) -> None:
         if got != want:
@@ -482,7 +483,9 @@ class Source:
 
     def _read(self, unit: Unit, start: int) -> Iterator[pa.Table]:
         path = self.files[unit.file]
-        cols = self._present(unit.file)
+        # nested fields by their dotted paths: parquet and ORC then read only those leaves
+        present = self._present(unit.file)
+        cols = nested.read_columns(self.schemas[unit.file], present)
         try:
             if self.fmt == "parquet":
                 # ParquetFile.read_row_group is ~25% faster than scanning the dataset

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import ConfigError, DataError
 
-from . import jsonl
+from . import jsonl, nested
 from .sources import SUFFIXES, resolve_paths
 
 Method = Literal["random", "time", "leave-last-out", "group"]
@@ -64,17 +64,16 @@ def read_input(
     """One Arrow table from parquet / ORC / CSV / TSV / JSON Lines files (a file, directory or
     glob).
 
-    ``format`` None: taken from the first file's suffix (parquet when unknown).
+    ``format`` None: taken from the first file's suffix (parquet when unknown). ``columns``
+    may name fields inside struct columns by their dotted paths (:mod:`recis.io.nested`).
     """
     fmt = format or _guess_format(paths)
     files = resolve_paths(paths, SUFFIXES[fmt])
     tables = []
     for f in files:
         try:
-            if fmt == "parquet":
-                tables.append(pq.read_table(f, columns=columns))
-            elif fmt == "orc":
-                tables.append(paorc.read_table(f, columns=columns))
+            if fmt in ("parquet", "orc"):
+                tables.append(_read_columnar(f, fmt, columns))
             elif fmt == "jsonl":
                 tables.append(jsonl.read_table(f, columns))
             else:
@@ -85,6 +84,25 @@ def read_input(
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowException as err:
         raise DataError(f"files have different schemas: {err}", path=str(paths)) from None
+
+
+def _read_columnar(path: str, fmt: str, columns: list[str] | None) -> pa.Table:
+    """A parquet or ORC file (``columns``: only these, nested ones by their dotted paths)."""
+    if fmt == "parquet":
+        f = pq.ParquetFile(path)
+        schema, read = f.schema_arrow, f.read
+    else:
+        o = paorc.ORCFile(path)
+        schema, read = o.schema, o.read
+    if columns is None:
+        return read()
+    found = nested.paths(schema)
+    for c in columns:
+        if c not in found:
+            raise DataError(
+                f"missing column (file has {', '.join(schema.names)})", path=path, column=c
+            )
+    return nested.select(read(columns=nested.read_columns(schema, columns)), columns)
 
 
 _INTEGER_TEXT = r"^\s*[+-]?[0-9]+\s*$"
@@ -135,9 +153,9 @@ def _guess_format(paths: str | os.PathLike | list) -> str:
 
 def _column(table: pa.Table, name: str, what: str) -> np.ndarray:
     """A column as numpy, refusing nulls (DataError names the column and first null row)."""
-    if name not in table.column_names:
+    if name not in nested.paths(table.schema):  # a field inside a struct by its dotted path
         raise ConfigError(f"split {what}: no column {name!r} (columns: {table.column_names})")
-    col = table.column(name).combine_chunks()
+    col = nested.select(table, [name]).column(0).combine_chunks()
     if col.null_count:
         row = int(pc.index(pc.is_null(col), True).as_py())
         raise DataError(f"null {what} value", column=name, row=row)

@@ -24,7 +24,7 @@ from recis.config import DataConfig
 from recis.errors import ConfigError, DataError
 from recis.features import TextFeature, VocabTokenizer
 
-from . import jsonl
+from . import jsonl, nested
 from .sources import SUFFIXES, CsvOptions, resolve_paths
 from .validate import is_list
 
@@ -72,19 +72,21 @@ def read_texts(
     for path in resolve_paths(paths, SUFFIXES[fmt]):
         try:
             if fmt == "parquet":
+                pf = pq.ParquetFile(path)
+                read = nested.read_columns(pf.schema_arrow, columns)  # a struct's field alone
                 tables: Iterator = (
-                    pa.Table.from_batches([b])
-                    for b in pq.ParquetFile(path).iter_batches(columns=columns)
+                    pa.Table.from_batches([b]) for b in pf.iter_batches(columns=read)
                 )
             elif fmt == "orc":
-                tables = iter([orc.ORCFile(path).read(columns=columns)])
+                of = orc.ORCFile(path)
+                tables = iter([of.read(columns=nested.read_columns(of.schema, columns))])
             elif fmt == "jsonl":
                 tables = iter([jsonl.read_table(path, columns)])
             else:
                 tables = iter([_csv_texts(path, columns, fmt, csv or CsvOptions())])
             for table in tables:
                 for c in columns:
-                    col = table.column(c)
+                    col = nested.select(table, [c]).column(0)
                     if is_list(col.type):  # the list layouts: a row's strings, space-joined
                         col = pc.binary_join(col.cast(pa.list_(pa.string())), " ")
                     col = pc.drop_null(col.cast(pa.string()))

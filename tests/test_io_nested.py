@@ -1,0 +1,226 @@
+"""Fields inside struct columns (BigQuery / Spark exports, nested JSON objects) read by their
+dotted paths: the same batches as the flat layout in parquet, ORC and JSON Lines, a null
+struct as missing values, errors naming the dotted path, split / quantiles / vocab too."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.orc as paorc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recis.errors import ConfigError, DataError
+from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+from recis.io import Reader, jsonl, nested
+from recis.io.quantiles import boundaries_from_files
+from recis.io.split import read_input, split_table
+from recis.io.vocab import read_texts
+
+N = 40
+BIG = 2**64 - 1  # a uint64 id above int64
+
+
+def _nested_rows() -> list[dict]:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(N):
+        user = {
+            "id": BIG - i if i % 7 == 0 else int(rng.integers(0, 2**40)),
+            "age": None if i % 5 == 2 else float(rng.integers(18, 70)),
+            "geo": {"city": f"city{i % 4}", "zip": str(i)},
+        }
+        rows.append(
+            {
+                "rid": i,
+                "user": None if i % 9 == 4 else user,  # a null struct: every field missing
+                "ctx": {"hist": [int(x) for x in rng.integers(0, 50, i % 4)], "hour": i % 24},
+                "labels": {"click": [float(i % 2)]},  # the single-element list layout
+            }
+        )
+    return rows
+
+
+def _flat(rows: list[dict]) -> pa.Table:
+    out = []
+    for r in rows:
+        u = r["user"] or {}
+        out.append(
+            {
+                "rid": r["rid"],
+                "user.id": u.get("id"),
+                "age": u.get("age"),
+                "city": (u.get("geo") or {}).get("city"),
+                "hist": r["ctx"]["hist"],
+                "hour": r["ctx"]["hour"],
+                "click": r["labels"]["click"],
+            }
+        )
+    schema = pa.schema(
+        [
+            ("rid", pa.int64()),
+            ("user.id", pa.uint64()),
+            ("age", pa.float64()),
+            ("city", pa.string()),
+            ("hist", pa.list_(pa.int64())),
+            ("hour", pa.int64()),
+            ("click", pa.list_(pa.float64())),
+        ]
+    )
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def _nested_table(rows: list[dict], ids: pa.DataType | None = None) -> pa.Table:
+    user = pa.struct(
+        [
+            ("id", ids or pa.uint64()),
+            ("age", pa.float64()),
+            ("geo", pa.struct([("city", pa.string()), ("zip", pa.string())])),
+        ]
+    )
+    schema = pa.schema(
+        [
+            ("rid", pa.int64()),
+            ("user", user),
+            ("ctx", pa.struct([("hist", pa.list_(pa.int64())), ("hour", pa.int64())])),
+            ("labels", pa.struct([("click", pa.list_(pa.float64()))])),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _schema(**columns: str) -> Schema:
+    c = {"id": "user.id", "age": "user.age", "city": "user.geo.city", "hist": "ctx.hist"}
+    c = {**c, "hour": "ctx.hour", "click": "labels.click", **columns}
+    return Schema(
+        dense=[DenseFeature(name="age", column=c["age"], fill=-1.0)],
+        sparse=[
+            SparseFeature(name="uid", column=c["id"], table="user"),
+            SparseFeature(name="city", column=c["city"], dtype="string"),
+            SparseFeature(name="hist", column=c["hist"], table="item"),
+            SparseFeature(name="hour", column=c["hour"]),
+        ],
+        labels=[LabelSpec(name="click", column=c["click"])],
+        extras=["rid"],
+    )
+
+
+def _concat(batches: list) -> dict[str, torch.Tensor]:
+    out = {
+        "rid": torch.cat([b.extras["rid"] for b in batches]),
+        "dense": torch.cat([b.dense for b in batches]),
+        "click": torch.cat([b.labels["click"] for b in batches]),
+    }
+    for key in ("uid", "city", "hist", "hour"):
+        jts = [b.sparse[key] for b in batches]
+        out[key] = torch.cat([j.values() for j in jts])
+        out[key + "_len"] = torch.cat([j.lengths() for j in jts])
+    return out
+
+
+def _write_jsonl(path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+@pytest.fixture
+def expected(tmp_path) -> dict[str, torch.Tensor]:
+    """The batches of the same rows stored flat (the `user.id` column named with a dot)."""
+    pq.write_table(_flat(_nested_rows()), tmp_path / "flat.parquet")
+    flat = _schema(age="age", city="city", hist="hist", hour="hour", click="click")
+    return _concat(list(Reader(tmp_path / "flat.parquet", flat, 16)))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "orc", "jsonl"])
+def test_nested_fields_give_the_flat_batches(tmp_path, expected, fmt, monkeypatch):
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 1024)  # several blocks: types unified over them
+    rows = _nested_rows()
+    path = tmp_path / f"n.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(_nested_table(rows), path)
+    elif fmt == "orc":  # ORC has no uint64: the same 64 bits as int64
+        for r in rows:
+            if r["user"]:
+                r["user"]["id"] = int(np.array(r["user"]["id"], np.uint64).view(np.int64))
+        paorc.write_table(_nested_table(rows, pa.int64()), path)
+    else:
+        for r in rows:  # fields recis does not read, one of them changing type
+            if r["user"]:
+                r["user"]["extra"] = "text" if r["rid"] > 20 else r["rid"]
+        _write_jsonl(path, rows)
+    got = _concat(list(Reader(path, _schema(), 16, format=fmt)))
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), (fmt, k)
+    # the values themselves: a null struct has no id and the fill value, uint64 exact
+    assert expected["rid"].tolist() == list(range(N))
+    assert expected["uid_len"][4].item() == 0 and expected["dense"][4, 0].item() == -1.0
+    assert expected["dense"][2, 0].item() == -1.0  # a null field inside a present struct
+    assert expected["uid"][0].item() == np.array(BIG, np.uint64).view(np.int64).item()
+    assert expected["hist_len"].tolist() == [i % 4 for i in range(N)]
+    assert expected["click"].tolist() == [float(i % 2) for i in range(N)]
+
+
+def test_paths_and_precedence():
+    schema = pa.schema(
+        [
+            ("a.b", pa.int64()),
+            ("a", pa.struct([("b", pa.string()), ("c", pa.struct([("d", pa.float32())]))])),
+        ]
+    )
+    found = nested.paths(schema)
+    assert found["a.b"] == (("a.b",), pa.int64())  # the top-level column wins
+    assert found["a.c.d"] == (("a", "c", "d"), pa.float32())
+    assert nested.read_columns(schema, ["a.c.d", "a.b", "zz"]) == ["a.c.d", "a.b"]
+    assert nested.nest([(("a", "c", "d"), pa.int64()), (("x",), pa.string())]) == pa.schema(
+        [("x", pa.string()), ("a", pa.struct([("c", pa.struct([("d", pa.int64())]))]))]
+    )
+    table = pa.table({"a.b": [1], "a": [{"b": "s", "c": {"d": 2.5}}]})
+    got = nested.select(table, ["a.b", "a.c.d"])
+    assert got.column_names == ["a.b", "a.c.d"] and got.to_pylist() == [{"a.b": 1, "a.c.d": 2.5}]
+
+
+def test_missing_and_mistyped_paths_are_named(tmp_path):
+    rows = _nested_rows()
+    pq.write_table(_nested_table(rows), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n\.parquet.*user\.nope.*missing column"):
+        Reader(tmp_path / "n.parquet", _schema(age="user.nope"), 16)
+    with pytest.raises(DataError, match=r"user\.geo.*wrong type struct"):
+        Reader(tmp_path / "n.parquet", _schema(age="user.geo"), 16)
+    # JSON: a read nested field that is a string in one row and a number in another
+    rows[30]["user"]["age"] = "old"
+    _write_jsonl(tmp_path / "n.jsonl", rows)
+    with pytest.raises(DataError, match=r"n\.jsonl, column 'user\.age', row 30 \(line 31\)"):
+        list(Reader(tmp_path / "n.jsonl", _schema(), 16, format="jsonl"))
+
+
+def test_split_quantiles_and_vocab_read_nested_paths(tmp_path):
+    rows = _nested_rows()
+    table = _nested_table(rows)
+    pq.write_table(table, tmp_path / "n.parquet")
+    _write_jsonl(tmp_path / "n.jsonl", rows)
+    for name in ("n.parquet", "n.jsonl"):
+        got = read_input(tmp_path / name, columns=["rid", "ctx.hour", "user.geo.city"])
+        assert got.column_names == ["rid", "ctx.hour", "user.geo.city"], name
+        assert got.column("ctx.hour").to_pylist() == [i % 24 for i in range(N)]
+        cities = [None if i % 9 == 4 else f"city{i % 4}" for i in range(N)]
+        assert got.column("user.geo.city").to_pylist() == cities
+    with pytest.raises(DataError, match=r"user\.nope.*missing column"):
+        read_input(tmp_path / "n.parquet", columns=["user.nope"])
+    # a split keyed by a nested field: every hour in one part
+    parts = split_table(table, "group", group="ctx.hour", fractions=(0.5, 0.5), seed=3)
+    hours = [
+        set(p.column("ctx").combine_chunks().field("hour").to_pylist()) for p in parts.values()
+    ]
+    assert not hours[0] & hours[1] and sum(p.num_rows for p in parts.values()) == N
+    with pytest.raises(ConfigError, match="ctx.nope"):
+        split_table(table, "group", group="ctx.nope")
+    ages = [r["user"]["age"] for r in rows if r["user"] and r["user"]["age"] is not None]
+    bounds = boundaries_from_files(tmp_path / "n.parquet", ["user.age"], buckets=4)
+    want = np.quantile(ages, [0.25, 0.5, 0.75])
+    assert bounds["user.age"] == sorted({float(f"{x:.6g}") for x in want})
+    texts = list(read_texts(tmp_path / "n.parquet", ["user.geo.city"]))
+    assert texts == [f"city{i % 4}" for i in range(N) if i % 9 != 4]
