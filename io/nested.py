@@ -1,11 +1,14 @@
-"""Fields inside struct columns, named by dotted paths (``user.age``, ``ctx.geo.city``).
+"""Fields inside struct and map columns, named by dotted paths (``user.age``,
+``ctx.geo.city``, ``tag_scores.keys``).
 
 Logs exported from BigQuery, Spark or Kafka, and JSON objects with objects inside, store
-features in struct columns. Any schema field (``column:`` / ``name``) may name a field
-inside one by its path, with a dot between the levels: the reader reads only that leaf
-(parquet and ORC read the one nested column; JSON Lines parses only it) and hands it on as
-a column of that name, so validation, errors and conversion see an ordinary column. A null
-struct makes its fields null (the feature's fill / missing-id rule then applies).
+features in struct columns; Hive and Spark tables keep weighted id sets in map columns. A
+schema field's ``column:`` may name a field inside a struct by its path, a dot between the
+levels, and a map's keys or values as ``<map>.keys`` / ``<map>.values`` (``list`` columns:
+ids and their aligned weights). The reader reads only that leaf (parquet and ORC read the
+one nested column; JSON Lines parses only it) and hands it on as a column of that name, so
+validation, errors and conversion see an ordinary column. A null struct or map makes its
+fields null (the feature's fill / missing-id rule then applies).
 
 A top-level column whose own name contains a dot wins over a nested path of the same text.
 """
@@ -18,49 +21,86 @@ import pyarrow.compute as pc
 Path = tuple[str, ...]
 
 
+MAP_PARTS = ("keys", "values")
+
+
+def _children(t: pa.DataType) -> list[tuple[str, pa.DataType]]:
+    """The named parts of a struct (its fields) or of a map (``keys``, ``values``: lists)."""
+    if pa.types.is_struct(t):
+        return [(f.name, f.type) for f in t]
+    if pa.types.is_map(t):
+        return [("keys", pa.list_(t.key_type)), ("values", pa.list_(t.item_type))]
+    return []
+
+
 def _walk(prefix: str, path: Path, t: pa.DataType, out: dict[str, tuple[Path, pa.DataType]]):
-    for f in t:
-        name, sub = f"{prefix}.{f.name}", (*path, f.name)
-        out.setdefault(name, (sub, f.type))
-        if pa.types.is_struct(f.type):
-            _walk(name, sub, f.type, out)
+    for part, typ in _children(t):
+        name, sub = f"{prefix}.{part}", (*path, part)
+        out.setdefault(name, (sub, typ))
+        _walk(name, sub, typ, out)
 
 
 def paths(schema: pa.Schema) -> dict[str, tuple[Path, pa.DataType]]:
-    """Every column name a schema answers to -> (path of field names, type): its top-level
-    fields, then the dotted paths inside its struct fields (top-level names first, so they
+    """Every column name a schema answers to -> (path of parts, type): its top-level fields,
+    then the dotted paths inside its struct and map fields (top-level names first, so they
     win)."""
     out: dict[str, tuple[Path, pa.DataType]] = {f.name: ((f.name,), f.type) for f in schema}
     for f in schema:
-        if pa.types.is_struct(f.type):
-            _walk(f.name, (f.name,), f.type, out)
+        _walk(f.name, (f.name,), f.type, out)
     return out
 
 
 def flat_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` with a field for every dotted path inside its struct columns."""
-    if not any(pa.types.is_struct(f.type) for f in schema):
+    """``schema`` with a field for every dotted path inside its struct and map columns."""
+    if not any(_children(f.type) for f in schema):
         return schema
     return pa.schema([pa.field(name, t) for name, (_, t) in paths(schema).items()])
 
 
 def read_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
     """What to ask parquet / ORC for to get ``columns`` (those ``schema`` has): top-level
-    names as they are, a nested field by its dotted path (only that leaf is read)."""
+    names as they are, a struct's field by its dotted path (only that leaf is read), a map's
+    keys or values by the map's path (the whole map is read)."""
     found = paths(schema)
     out: list[str] = []
     for c in columns:
-        if c in found:
-            path = found[c][0]
-            want = path[0] if len(path) == 1 else ".".join(path)
-            if want not in out:
-                out.append(want)
+        if c not in found:
+            continue
+        path = found[c][0]
+        t, keep = schema.field(path[0]).type, [path[0]]
+        for part in path[1:]:
+            if not pa.types.is_struct(t):
+                break
+            t = t.field(part).type
+            keep.append(part)
+        want = ".".join(keep)
+        if want not in out:
+            out.append(want)
     return out
+
+
+def _map_part(col: pa.Array, part: str) -> pa.Array:
+    """A map column's keys or values as ``list<...>`` (a null map: a null list)."""
+    t = col.type
+    entries = col.cast(pa.list_(pa.struct([t.key_field, t.item_field])))
+    child = entries.flatten().field(0 if part == "keys" else 1)
+    offsets = entries.offsets
+    offsets = pc.subtract(offsets, offsets[0])  # a slice's offsets start past 0
+    return pa.ListArray.from_arrays(offsets, child, mask=entries.is_null())
+
+
+def _part(col: pa.Array | pa.ChunkedArray, part: str) -> pa.Array | pa.ChunkedArray:
+    if not pa.types.is_map(col.type):
+        return pc.struct_field(col, [part])
+    if isinstance(col, pa.ChunkedArray):
+        t = dict(_children(col.type))[part]
+        return pa.chunked_array([_map_part(c, part) for c in col.chunks], type=t)
+    return _map_part(col, part)
 
 
 def select(table: pa.Table, columns: list[str]) -> pa.Table:
     """A table of ``columns`` (names or dotted paths ``table`` answers to), nested fields
-    taken out of their structs (a null struct gives null fields)."""
+    taken out of their structs and maps (a null struct or map gives nulls)."""
     if all(c in table.column_names for c in columns):
         return table.select(columns)
     found = paths(table.schema)
@@ -68,7 +108,9 @@ def select(table: pa.Table, columns: list[str]) -> pa.Table:
     for c in columns:
         path = found[c][0]
         col = table.column(path[0])
-        arrays.append(col if len(path) == 1 else pc.struct_field(col, list(path[1:])))
+        for part in path[1:]:
+            col = _part(col, part)
+        arrays.append(col)
     return pa.table(arrays, names=columns)
 
 

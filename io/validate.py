@@ -100,6 +100,13 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
 
 
 def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
+    if pa.types.is_map(t):
+        bad(
+            f.source,
+            t,
+            f"ids (a map: name its keys as column {f.source}.keys and their weights as"
+            f" weight_column {f.source}.values)",
+        )
     leaf = _leaf(t)
     if pa.types.is_null(leaf):
         return

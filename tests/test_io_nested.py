@@ -224,3 +224,70 @@ def test_split_quantiles_and_vocab_read_nested_paths(tmp_path):
     assert bounds["user.age"] == sorted({float(f"{x:.6g}") for x in want})
     texts = list(read_texts(tmp_path / "n.parquet", ["user.geo.city"]))
     assert texts == [f"city{i % 4}" for i in range(N) if i % 9 != 4]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "orc"])
+def test_map_columns_are_weighted_ids(tmp_path, fmt):
+    """A Hive / Spark ``map<string, float>`` (tag -> score), top level or inside a struct:
+    ``<map>.keys`` are the ids, ``<map>.values`` their weights, as the same rows stored as two
+    aligned lists give."""
+    rng = np.random.default_rng(2)
+    tags = [
+        None if i % 6 == 1 else [(f"t{k}", float(rng.random())) for k in range(i % 4)]
+        for i in range(N)
+    ]
+    prefs = [[(int(k), float(k) / 2) for k in rng.integers(0, 99, i % 3)] for i in range(N)]
+    scores = pa.map_(pa.string(), pa.float32())
+    nested_table = pa.table(
+        {
+            "y": pa.array([float(i % 2) for i in range(N)]),
+            "tag_scores": pa.array(tags, scores),
+            "user": pa.array(
+                [{"prefs": p} for p in prefs],
+                pa.struct([("prefs", pa.map_(pa.int64(), pa.float64()))]),
+            ),
+        }
+    )
+    flat = pa.table(
+        {
+            "y": nested_table.column("y"),
+            "tag": pa.array([None if t is None else [k for k, _ in t] for t in tags]),
+            "w": pa.array(
+                [None if t is None else [v for _, v in t] for t in tags], pa.list_(pa.float32())
+            ),
+            "pref": pa.array([[k for k, _ in p] for p in prefs], pa.list_(pa.int64())),
+            "pw": pa.array([[v for _, v in p] for p in prefs]),
+        }
+    )
+
+    def schema(tag, w, pref, pw) -> Schema:
+        return Schema(
+            sparse=[
+                SparseFeature(name="tag", column=tag, weight_column=w, dtype="string"),
+                SparseFeature(name="pref", column=pref, weight_column=pw),
+            ],
+            labels=[LabelSpec(name="y")],
+        )
+
+    pq.write_table(flat, tmp_path / "flat.parquet")
+    (paorc.write_table if fmt == "orc" else pq.write_table)(nested_table, tmp_path / f"m.{fmt}")
+    want = list(Reader(tmp_path / "flat.parquet", schema("tag", "w", "pref", "pw"), 16))
+    mapped = schema("tag_scores.keys", "tag_scores.values", "user.prefs.keys", "user.prefs.values")
+    got = list(Reader(tmp_path / f"m.{fmt}", mapped, 16, format=fmt))
+    for a, b in zip(got, want, strict=True):
+        for key in ("tag", "pref"):
+            ja, jb = a.sparse[key], b.sparse[key]
+            assert torch.equal(ja.values(), jb.values()) and torch.equal(ja.lengths(), jb.lengths())
+            assert torch.equal(ja.weights(), jb.weights())
+    lengths = torch.cat([b.sparse["tag"].lengths() for b in got]).tolist()
+    assert lengths == [0 if i % 6 == 1 else i % 4 for i in range(N)]  # a null map: no id
+    weights = torch.cat([b.sparse["tag"].weights() for b in got])
+    assert weights.tolist() == pytest.approx([v for t in tags if t for _, v in t])
+
+
+def test_a_map_named_whole_says_how_to_name_its_keys(tmp_path):
+    scores = pa.array([[("a", 1.0)]], pa.map_(pa.string(), pa.float32()))
+    pq.write_table(pa.table({"y": [1.0], "m": scores}), tmp_path / "m.parquet")
+    schema = Schema(sparse=[SparseFeature(name="m")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"column 'm'.*column m\.keys .*weight_column m\.values"):
+        Reader(tmp_path / "m.parquet", schema, 4)
