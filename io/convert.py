@@ -26,9 +26,11 @@ from .validate import (
     check_columns,
     id_column,
     is_list,
+    kv_weights,
     list_lengths,
     parse_int_strings,
     scalar_values,
+    splits,
 )
 
 
@@ -118,6 +120,8 @@ def _ids(
     """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
     col = id_column(table, f)  # a separator splits strings into lists here
     weights = _array(table, f.weight_column) if f.weight_column else None
+    if f.kv_separator is not None and splits(table.column(f.source).type, f):
+        weights = kv_weights(table, f)  # "id:weight" pieces
     if isinstance(col, pa.ChunkedArray) and (is_list(col.type) or col.null_count):
         col = col.combine_chunks()  # one Arrow array for the list/null handling below
     if pa.types.is_null(col.type):
@@ -313,7 +317,7 @@ class Columns:
 
 def convert_columns(table: pa.Table | pa.RecordBatch, schema: Schema) -> Columns:
     """Convert rows already validated (see :func:`to_batch`) to numpy :class:`Columns`."""
-    weighted = any(f.weight_column for f in schema.sparse)
+    weighted = any(f.weighted for f in schema.sparse)
     ids = []
     for f in schema.sparse:
         v, n, w = _ids(table, f)

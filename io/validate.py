@@ -14,6 +14,7 @@ and quarantines them.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -274,19 +275,58 @@ def _label_problems(lab: LabelSpec, v: np.ndarray) -> list[tuple[np.ndarray, str
 
 def id_column(table: pa.Table, f: SparseFeature) -> pa.Array | pa.ChunkedArray:
     """The ids column of ``f``: a string column with ``separator`` is split into
-    ``list<string>`` (empty pieces become nulls, i.e. no id)."""
+    ``list<string>`` (empty pieces become nulls, i.e. no id; with ``kv_separator`` the
+    id part of each ``id:weight`` piece)."""
     col = table.column(f.source)
-    if f.separator is None or not _is_string(col.type):
-        return col
+    return _split(col, f)[0] if splits(col.type, f) else col
+
+
+def splits(t: pa.DataType, f: SparseFeature) -> bool:
+    """Whether ``f``'s column of type ``t`` is split into pieces: a string column with
+    ``separator``, or a ``list<string>`` of ``id:weight`` pieces with ``kv_separator``."""
+    if f.separator is None:
+        return False
+    return _is_string(t) or (f.kv_separator is not None and is_list(t) and _is_string(_leaf(t)))
+
+
+def kv_weights(table: pa.Table, f: SparseFeature) -> pa.ListArray:
+    """``list<double>`` weights of ``f``'s ``id:weight`` pieces, aligned with
+    :func:`id_column` (1 for a piece without ``kv_separator``; null where the weight is
+    not a finite number)."""
+    return _split(table.column(f.source), f)[1]
+
+
+_FLOAT_TEXT = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
+
+
+def _split(col: pa.Array | pa.ChunkedArray, f: SparseFeature) -> tuple[pa.ListArray, pa.ListArray]:
+    """(ids, weights) of a ``separator`` string column; weights only with ``kv_separator``."""
     text = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(text.type):
-        text = text.dictionary_decode()
-    pieces = pc.split_pattern(text.cast(pa.string()), f.separator)
+    if is_list(text.type):  # already pieces: list<string> of "id:weight"
+        pieces = text.cast(pa.list_(pa.string()))
+    else:
+        if pa.types.is_dictionary(text.type):
+            text = text.dictionary_decode()
+        pieces = pc.split_pattern(text.cast(pa.string()), f.separator)
     values = pieces.flatten()
-    values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
     offsets = pc.cumulative_sum(pc.fill_null(pc.list_value_length(pieces), 0)).to_numpy()
     offsets = pa.array(np.concatenate(([0], offsets)).astype(np.int32))
-    return pa.ListArray.from_arrays(offsets, values, mask=pieces.is_null())
+    weights = pa.nulls(len(values), pa.float64())
+    if f.kv_separator is not None:  # the weight follows the last kv_separator (greedy id)
+        sep = re.escape(f.kv_separator)
+        kv = pc.extract_regex(values, rf"^(?P<id>.*){sep}(?P<w>.*)$")
+        has = kv.is_valid()
+        text_w = pc.if_else(has, kv.field("w"), "1")
+        values = pc.if_else(has, kv.field("id"), values)
+        ok = pc.fill_null(pc.match_substring_regex(text_w, _FLOAT_TEXT), False)
+        w = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text_w), None), pa.float64())
+        weights = pc.if_else(pc.is_finite(w), w, None)
+    values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+    mask = pieces.is_null()
+    return (
+        pa.ListArray.from_arrays(offsets, values, mask=mask),
+        pa.ListArray.from_arrays(offsets, weights, mask=mask),
+    )
 
 
 # one problem of some rows: ``(mask [N] bool, column, what)``
@@ -372,6 +412,13 @@ def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
             rows[np.repeat(np.arange(len(ids)), list_lengths(ids))[wrong]] = True
             wrong = rows
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
+    if s.kv_separator is not None and splits(table.column(s.source).type, s):
+        w = kv_weights(table, s)
+        bad_w = ~w.flatten().is_valid().to_numpy(zero_copy_only=False)
+        bad_w &= ids.flatten().is_valid().to_numpy(zero_copy_only=False)
+        rows = np.zeros(len(ids), dtype=bool)
+        rows[np.repeat(np.arange(len(ids)), list_lengths(ids))[bad_w]] = True
+        yield rows, s.source, f"weight is not a finite number (after {s.kv_separator!r})"
     if s.weight_column:
         w = table.column(s.weight_column).combine_chunks()
         if is_list(ids.type):

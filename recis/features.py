@@ -81,7 +81,11 @@ class SparseFeature:
     (or a float column for scalar ids): the values become the KJT weights.
     ``separator`` splits a string column holding several ids in one text
     (``"Action|Comedy"``: MovieLens genres, TorchEasyRec tag strings) into a
-    multi-hot list; empty pieces are no id.
+    multi-hot list; empty pieces are no id. ``kv_separator`` (with ``separator``) reads
+    weighted ids written as ``id:weight`` pieces (``"sports:0.8|music:0.2"``, EasyRec's
+    tag features): the weight follows the last ``kv_separator`` of a piece (a piece
+    without one weighs 1) and becomes the KJT weight; a weight that is not a finite
+    number is a bad row.
     """
 
     name: str
@@ -92,15 +96,26 @@ class SparseFeature:
     truncate: Literal["first", "last"] = "first"
     weight_column: str | None = None
     separator: str | None = Field(default=None, min_length=1)
+    kv_separator: str | None = Field(default=None, min_length=1)
 
     def __post_init__(self) -> None:
-        if self.separator is not None and self.weight_column is not None:
-            from recis.errors import ConfigError
+        from recis.errors import ConfigError
 
+        where = f"data.schema.sparse.{self.name}"
+        if self.separator is not None and self.weight_column is not None:
             raise ConfigError(
-                f"data.schema.sparse.{self.name}.separator: weights need a list column"
-                " (weight_column with separator)"
+                f"{where}.separator: weights need a list column (weight_column with"
+                " separator); for 'id:weight' pieces set kv_separator"
             )
+        if self.kv_separator is not None and self.separator is None:
+            raise ConfigError(f"{where}.kv_separator needs separator (between the pieces)")
+        if self.kv_separator is not None and self.kv_separator == self.separator:
+            raise ConfigError(f"{where}.kv_separator must differ from separator")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the ids come with weights (``weight_column`` or ``id:weight`` pieces)."""
+        return self.weight_column is not None or self.kv_separator is not None
 
     @property
     def source(self) -> str:

@@ -402,6 +402,50 @@ def test_ids_joined_by_a_separator_are_multi_hot(tmp_path):
     assert b.sparse["hist"].values().tolist() == [1, 2, 3]
 
 
+def test_id_weight_pieces_are_weighted_ids(tmp_path):
+    """EasyRec tag features: ``id:weight`` pieces in one string (or a list<string>) give the
+    same KJT as a list<string> of ids with an aligned list<float> of weights."""
+    table = pa.table(
+        {
+            "tags": ["sports:0.8|music:0.25|news", "", None, "http://a.b:2:0.5|:3|x: 1e-1 "],
+            "pieces": [
+                ["sports:0.8", "music:0.25", "news"],
+                [],
+                None,
+                ["http://a.b:2:0.5", ":3", "x: 1e-1 "],
+            ],
+            "y": [0.0, 1.0, 0.0, 1.0],
+        }
+    )
+    f = _write(table, tmp_path / "kv.parquet", "parquet")
+    schema = Schema(
+        sparse=[
+            SparseFeature(name="tags", table="t", separator="|", kv_separator=":"),
+            SparseFeature(name="pieces", table="t", separator="|", kv_separator=":"),
+        ],
+        labels=[LabelSpec(name="y")],
+    )
+    (b,) = list(Reader(f, schema, 8))
+    ids = ["sports", "music", "news", "http://a.b:2", "x"]  # the weight follows the last ':'
+    for key in ("tags", "pieces"):
+        jt = b.sparse[key]
+        assert jt.lengths().tolist() == [3, 0, 0, 2], key  # an empty id (":3") is no id
+        assert jt.values().tolist() == hash_strings(ids, salt="t").tolist(), key
+        assert jt.weights().tolist() == pytest.approx([0.8, 0.25, 1.0, 0.5, 0.1]), key
+    bad = pa.table({"tags": ["a:1|b:x", "c:2", "d:inf", "e:"], "y": [0.0, 1.0, 0.0, 1.0]})
+    g = _write(bad, tmp_path / "bad.parquet", "parquet")
+    one = Schema(sparse=[schema.sparse[0]], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"column 'tags', row 0: weight is not a finite number"):
+        list(Reader(g, one, 8))
+    (kept,) = list(Reader(g, one, 8, on_bad_row="skip", max_bad_fraction=0.9))
+    assert kept.sparse["tags"].weights().tolist() == [2.0]  # rows 0, 2 and 3 skipped
+    # pydantic's ValidationError (a ValueError) here; loading a run config makes it a ConfigError
+    with pytest.raises(ValueError, match=r"sparse\.x\.kv_separator needs separator"):
+        SparseFeature(name="x", kv_separator=":")
+    with pytest.raises(ValueError, match="must differ"):
+        SparseFeature(name="x", separator=":", kv_separator=":")
+
+
 def test_movielens_genres_split_unchanged():
     f = _needs("ml_latest_small", "movies.parquet")
     genres = pq.read_table(f, columns=["genres"]).column("genres").to_pylist()

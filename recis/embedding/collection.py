@@ -94,7 +94,7 @@ class HashedEmbeddingCollection(LookupModule):
         self.step = 0
         self.tables = {t.name: t for t in tables if t.name in feats_of}
         self.table_of = {f.name: f.table_name for f in features}
-        self.weighted = {f.name: f.weight_column is not None for f in features}
+        self.weighted = {f.name: f.weighted for f in features}
         self.mappers: dict[str, IdMapper] = {}
         self.map_ahead = False
         self._ahead = MapAhead()
