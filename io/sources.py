@@ -183,6 +183,7 @@ class Source:
         self._bad_sorted: dict[int, np.ndarray] = {}
         self._blank_lines: dict[int, np.ndarray] = {}
         self._fragments: dict[int, list[ds.Fragment]] = {}
+        self._columns: dict[int, tuple[list[str], list[str]]] = {}
         self.schemas: dict[int, pa.Schema] = {}
         self.units = self._list_units()
 
@@ -460,8 +461,17 @@ class Source:
         return nested.flat_schema(self.schemas[i])
 
     def _present(self, i: int) -> list[str]:
-        names = set(self.schema(i).names)
-        return [c for c in self.columns if c in names]
+        return self._columns_of(i)[0]
+
+    def _columns_of(self, i: int) -> tuple[list[str], list[str]]:
+        """File ``i``'s requested columns that it has, and what to ask its reader for to get
+        them (:func:`recis.io.nested.read_columns`); worked out once per file."""
+        found = self._columns.get(i)
+        if found is None:
+            names = set(self.schema(i).names)
+            present = [c for c in self.columns if c in names]
+            found = self._columns[i] = (present, nested.read_columns(self.schemas[i], present))
+        return found
 
     def read(self, unit: Unit, start: int = 0) -> Iterator[pa.Table]:
         """Rows ``start..`` of ``unit`` as tables of the requested columns, in file order.
@@ -484,8 +494,7 @@ class Source:
     def _read(self, unit: Unit, start: int) -> Iterator[pa.Table]:
         path = self.files[unit.file]
         # nested fields by their dotted paths: parquet and ORC then read only those leaves
-        present = self._present(unit.file)
-        cols = nested.read_columns(self.schemas[unit.file], present)
+        cols = self._columns_of(unit.file)[1]
         try:
             if self.fmt == "parquet":
                 # ParquetFile.read_row_group is ~25% faster than scanning the dataset
