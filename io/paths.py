@@ -87,7 +87,10 @@ def resolve_paths(
     """Expand a file, a directory, a glob, or a list of those into a sorted file list.
 
     Local paths come back absolute; with ``filesystem`` (pyarrow or fsspec) or
-    a URI (``s3://...``) paths are listed on that filesystem. Hidden files
+    a URI (``s3://...``) paths are listed on that filesystem. A directory gives its files
+    with one of ``suffixes``; one that has none gives its files without a suffix (the
+    ``000000_0`` / ``part-00000`` files of Hive and MapReduce tables), read as the format
+    asked for. Hidden files
     (``.x``, ``_x``) are ignored: in a directory, any file with such a component below it
     (Spark's ``_temporary/0/part-1.parquet``, ``.ipynb_checkpoints/x.parquet``); from a
     glob, such names and anything that is not a file (``_SUCCESS``, folders). Raises DataError naming the
@@ -122,15 +125,20 @@ def resolve_paths(
             raise DataError(f"unreadable path: {err}", path=item) from None
         if info.type == pafs.FileType.Directory:
             sel = pafs.FileSelector(path, recursive=True)
-            found = sorted(
-                f.path
+            files = [
+                f
                 for f in fs.get_file_info(sel)
-                if f.type == pafs.FileType.File
-                and f.base_name.endswith(suffixes)
-                and not _hidden(f.path, below=path)
-            )
+                if f.type == pafs.FileType.File and not _hidden(f.path, below=path)
+            ]
+            found = sorted(f.path for f in files if f.base_name.endswith(suffixes))
+            if not found:  # Hive / MapReduce output names: 000000_0, part-00000
+                found = sorted(f.path for f in files if "." not in f.base_name)
             if not found:
-                raise DataError(f"directory has no {'/'.join(suffixes)} file", path=item)
+                raise DataError(
+                    f"directory has no {'/'.join(suffixes)} file (nor one without a suffix,"
+                    " as Hive writes)",
+                    path=item,
+                )
             out.extend(found)
         elif info.type == pafs.FileType.File:
             out.append(path)

@@ -44,6 +44,10 @@ CRITEO_TYPES = {
 }
 
 
+# Hive text tables (LazySimpleSerDe): fields, collection items and map keys are separated by
+# ^A, ^B and ^C (read lists with ``separator: "\x02"``, maps with ``kv_separator: "\x03"``)
+HIVE_DELIMITER = "\x01"
+
 # (rows, bad lines) per CSV file identity; the scan of each JSON Lines file
 _CSV_ROWS: dict[tuple, tuple[int, list[tuple[int, int, str]]]] = {}
 _JSONL_SCANS: dict[tuple, jsonl.Scan] = {}
@@ -51,7 +55,9 @@ _JSONL_SCANS: dict[tuple, jsonl.Scan] = {}
 
 @dataclass
 class CsvOptions:
-    """How to parse CSV/TSV text. ``layout="criteo"`` sets the Criteo TSV columns and types."""
+    """How to parse CSV/TSV text. ``layout="criteo"`` sets the Criteo TSV columns and types;
+    ``layout="hive"`` Hive's text tables (``\\x01`` between fields, no header, no quoting,
+    ``\\N`` and empty fields null)."""
 
     delimiter: str | None = None
     header: bool = True
@@ -59,6 +65,7 @@ class CsvOptions:
     column_types: dict[str, pa.DataType] = field(default_factory=dict)
     null_values: list[str] | None = None
     layout: str | None = None
+    quoting: bool = True
 
     @classmethod
     def from_config(cls, c: CsvConfig) -> CsvOptions:
@@ -78,8 +85,18 @@ class CsvOptions:
             out.column_names = out.column_names or list(CRITEO_COLUMNS)
             out.column_types = {**CRITEO_TYPES, **out.column_types}
             out.delimiter = out.delimiter or "\t"
+        if out.layout == "hive":  # LazySimpleSerDe: ^A between fields, \N for NULL
+            out.header, out.quoting = False, False
+            out.delimiter = out.delimiter or HIVE_DELIMITER
+            out.null_values = out.null_values if out.null_values is not None else ["\\N", ""]
         out.delimiter = out.delimiter or ("\t" if fmt == "tsv" else ",")
         return out
+
+    def parse_options(self, **kw: object) -> pacsv.ParseOptions:
+        """Resolved options' delimiter and quoting (one rule for every CSV reader)."""
+        return pacsv.ParseOptions(
+            delimiter=self.delimiter, quote_char='"' if self.quoting else False, **kw
+        )
 
     def read_options(self, **kw: object) -> pacsv.ReadOptions:
         """How resolved options name the columns (one rule for every CSV reader).
@@ -427,7 +444,7 @@ class Source:
         # CPython ends the thread inside a C++ destructor and the process aborts (SIGABRT,
         # "terminate called without an active exception"; tests/faults/test_exit_abort.py)
         handler = invalid if self.skip_bad_lines else None
-        parse = pacsv.ParseOptions(delimiter=o.delimiter, invalid_row_handler=handler)
+        parse = o.parse_options(invalid_row_handler=handler)
         types = {c: pa.string() for c in self.text_columns}
         types.update(o.column_types)
         if binary is not None:

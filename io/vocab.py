@@ -53,7 +53,7 @@ def _csv_texts(path: str, columns: list[str], fmt: str, csv: CsvOptions) -> pa.T
     return pacsv.read_csv(
         path,
         read_options=o.read_options(),
-        parse_options=pacsv.ParseOptions(delimiter=o.delimiter),
+        parse_options=o.parse_options(),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns,
             column_types={c: pa.string() for c in columns},

@@ -52,9 +52,11 @@ class SyntheticConfig:
 
 @dataclass(config=STRICT)
 class CsvConfig:
-    """CSV/TSV parsing. ``layout: criteo`` is the Criteo TSV (label, I1..I13, C1..C26, no header)."""
+    """CSV/TSV parsing. ``layout: criteo`` is the Criteo TSV (label, I1..I13, C1..C26, no
+    header); ``layout: hive`` Hive's text tables (``\\x01`` between fields, no header, no
+    quoting, ``\\N`` and empty fields null; name the columns in ``column_names``)."""
 
-    layout: Literal["none", "criteo"] = "none"
+    layout: Literal["none", "criteo", "hive"] = "none"
     delimiter: str | None = None
     header: bool = True
     column_names: list[str] | None = None

@@ -19,7 +19,7 @@ from recis.cli import main
 from recis.config import load_config
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
-from recis.io import Reader, reader_from_config
+from recis.io import CsvOptions, Reader, reader_from_config
 from recis.ops.hashing import hash_strings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -454,3 +454,72 @@ def test_movielens_genres_split_unchanged():
     )
     n = sum(int(b.sparse["genres"].lengths().sum()) for b in Reader(f, schema, 4096))
     assert n == sum(len(g.split("|")) for g in genres)
+
+
+def test_hive_text_and_orc_tables_read_unchanged(tmp_path):
+    """A Hive table directory as Hive writes it: files ``000000_0`` without a suffix beside
+    ``_SUCCESS`` and ``.crc`` files; text rows with ^A between fields, ^B between list items,
+    ^C between a map's key and value, ``\\N`` for NULL and no quoting (a title may hold
+    ``"``). The batches equal those of the same rows in parquet."""
+    rows = [
+        (1, 2.5, 7, ["a", "b"], {"x": 0.5, "y": 2.0}, '"hi" she said'),
+        (0, None, 8, [], {}, ""),
+        (1, 0.25, None, ["c"], {"z": 1.0}, "plain"),
+    ]
+
+    def text(r) -> str:
+        y, price, user, tags, scores, title = r
+        fields = [
+            str(y),
+            "\\N" if price is None else str(price),
+            "\\N" if user is None else str(user),
+            "\x02".join(tags),
+            "\x02".join(f"{k}\x03{v}" for k, v in scores.items()),
+            title,
+        ]
+        return "\x01".join(fields) + "\n"
+
+    table = tmp_path / "tbl"
+    table.mkdir()
+    (table / "000000_0").write_text(text(rows[0]) + text(rows[1]), encoding="utf-8")
+    (table / "000001_0").write_text(text(rows[2]), encoding="utf-8")
+    (table / "_SUCCESS").write_text("")
+    (table / ".000000_0.crc").write_bytes(b"\x00\x01")
+    names = ["y", "price", "user", "tags", "scores", "title"]
+    schema = Schema(
+        dense=[DenseFeature(name="price", fill=-1.0)],
+        sparse=[
+            SparseFeature(name="user"),
+            SparseFeature(name="tags", separator="\x02"),
+            SparseFeature(name="scores", table="tags", separator="\x02", kv_separator="\x03"),
+            SparseFeature(name="title", dtype="string"),
+        ],
+        labels=[LabelSpec(name="y")],
+    )
+    csv = CsvOptions(layout="hive", column_names=names)
+    (got,) = list(Reader(table, schema, 8, format="csv", csv=csv))
+    assert got.labels["y"].tolist() == [1.0, 0.0, 1.0]
+    assert got.dense[:, 0].tolist() == [2.5, -1.0, 0.25]  # \N -> fill
+    assert got.sparse["user"].lengths().tolist() == [1, 1, 0]
+    assert (
+        got.sparse["tags"].values().tolist() == hash_strings(["a", "b", "c"], salt="tags").tolist()
+    )
+    s = got.sparse["scores"]
+    assert s.values().tolist() == hash_strings(["x", "y", "z"], salt="tags").tolist()
+    assert s.weights().tolist() == [0.5, 2.0, 1.0]
+    t = got.sparse["title"]  # the quote is text; an empty field is no id
+    assert t.lengths().tolist() == [1, 0, 1]
+    assert t.values().tolist() == hash_strings(['"hi" she said', "plain"], salt="title").tolist()
+    # a Hive ORC table: the same suffix-less names
+    orc_dir = tmp_path / "orc_tbl"
+    orc_dir.mkdir()
+    orc.write_table(pa.table({"y": [1.0, 0.0], "user": [7, 8]}), orc_dir / "000000_0")
+    (orc_dir / "_SUCCESS").write_text("")
+    small = Schema(sparse=[SparseFeature(name="user")], labels=[LabelSpec(name="y")])
+    (b,) = list(Reader(orc_dir, small, 8, format="orc"))
+    assert b.sparse["user"].values().tolist() == [7, 8]
+    with pytest.raises(DataError, match="nor one without a suffix"):
+        empty = tmp_path / "none"
+        empty.mkdir()
+        (empty / "notes.md").write_text("x")
+        Reader(empty, small, 8, format="orc")
