@@ -27,9 +27,9 @@ from .validate import (
     id_column,
     is_list,
     kv_weights,
+    label_values,
     list_lengths,
     parse_int_strings,
-    scalar_values,
     splits,
 )
 
@@ -188,7 +188,7 @@ def _is_text(t: pa.DataType) -> bool:
 def _label(table: pa.Table, spec: LabelSpec) -> np.ndarray:
     """``[B]`` float32 label (a single-element list is its element), binarized at
     ``positive_at`` when set."""
-    v, _ = scalar_values(table.column(spec.source))
+    v, _, _ = label_values(table.column(spec.source), spec)
     if spec.positive_at is not None:
         return (v >= spec.positive_at).astype(np.float32)
     return v.astype(np.float32)

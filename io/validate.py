@@ -77,8 +77,12 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
 
     for lab in schema.labels:
         t = get(lab.source)
-        if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
-            bad(lab.source, t, "a number column (or list<number> of one value per row)")
+        if lab.values is not None:
+            if not (_is_string(_leaf(t)) or pa.types.is_null(t)):
+                bad(lab.source, t, "a string column (the label's values map strings to numbers)")
+        elif not (_is_number(_leaf(t)) or pa.types.is_null(t)):
+            hint = " (map the strings with the label's values)" if _is_string(_leaf(t)) else ""
+            bad(lab.source, t, f"a number column (or list<number> of one value per row){hint}")
     for f in schema.dense:
         t = get(f.source)
         if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
@@ -368,9 +372,43 @@ def _one_value(column: str, lengths: np.ndarray | None, what: str) -> Iterator[F
         yield lengths > 1, column, f"list of more than one value (one {what} expected)"
 
 
+def label_values(
+    col: pa.Array | pa.ChunkedArray, lab: LabelSpec
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`scalar_values` of a label column after ``lab.values`` maps its strings to
+    numbers: ``(values, lengths, unknown)``, ``unknown [B]`` marking the rows holding a
+    string the map lacks (None without a map)."""
+    if lab.values is None:
+        return (*scalar_values(col), None)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan), None, np.zeros(len(col), dtype=bool)
+    flat = col.flatten() if is_list(col.type) else col
+    flat = flat.dictionary_decode() if pa.types.is_dictionary(flat.type) else flat
+    idx = pc.index_in(flat.cast(pa.string()), value_set=pa.array(list(lab.values), pa.string()))
+    mapped = pc.take(pa.array(list(lab.values.values()), pa.float64()), idx)
+    miss = (flat.is_valid().to_numpy(zero_copy_only=False)) & ~idx.is_valid().to_numpy(
+        zero_copy_only=False
+    )
+    if is_list(col.type):
+        lengths = list_lengths(col)
+        offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
+        mapped = pa.ListArray.from_arrays(offsets, mapped, mask=col.is_null())
+        unknown = np.zeros(len(col), dtype=bool)
+        unknown[np.repeat(np.arange(len(col)), lengths)[miss]] = True
+    else:
+        unknown = miss
+    v, lengths = scalar_values(mapped)
+    return v, lengths, unknown
+
+
 def _label_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
     for lab in schema.labels:
-        v, lengths = scalar_values(table.column(lab.source))
+        v, lengths, unknown = label_values(table.column(lab.source), lab)
+        if unknown is not None:
+            keys = ", ".join(list(lab.values)[:8]) + (", ..." if len(lab.values) > 8 else "")
+            yield unknown, lab.source, f"label not in values ({keys})"
         yield from _one_value(lab.source, lengths, "label")
         yield np.isnan(v), lab.source, "null or NaN label"
         yield np.isinf(v), lab.source, "inf label"

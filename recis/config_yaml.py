@@ -62,10 +62,15 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_object(node, deep=deep)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        # a key is its text as written: config mapping keys are names (fields, columns, the
+        # label strings of ``values``), and YAML would make ``true:`` the bool True and
+        # ``1:`` the int 1, which equal each other and print as "True"
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == _CORE + "merge" or not isinstance(key_node, yaml.ScalarNode):
                 continue  # ``<<`` merges are meant to be overridden by the keys beside them
+            if key_node.tag != _CORE + "str" and key_node.tag != _CORE + "null":
+                key_node.tag = _CORE + "str"  # true, 1, 2.5: the text
             key = self.construct_object(key_node)
             line = _line(key_node.start_mark)
             if key in seen:

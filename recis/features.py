@@ -241,6 +241,11 @@ class LabelSpec:
     ``{kind: graded, max: 2, positive_at: 1}``). A single-element list column (the
     RecIS / TorchEasyRec ``list<double>`` label) is read as its element; 0 or more
     than 1 elements is a DataError.
+
+    ``values`` maps a string label column to numbers before any of that: Amazon ESCI's
+    ``{E: 3, S: 2, C: 1, I: 0}``, ``{click: 1, skip: 0}``, ``{"true": 1, "false": 0}``. A
+    string not in the map is a bad row naming the value (case and surrounding spaces
+    count).
     """
 
     name: str
@@ -248,6 +253,7 @@ class LabelSpec:
     kind: Literal["binary", "soft", "graded", "real"] = "binary"
     max: float | None = None
     positive_at: float | None = None
+    values: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         from recis.errors import ConfigError
@@ -257,6 +263,8 @@ class LabelSpec:
             raise ConfigError(f"{where}.max: kind graded needs the top grade (> 0)")
         if self.kind != "graded" and self.max is not None:
             raise ConfigError(f"{where}.max: only kind graded has a top grade")
+        if self.values is not None and not self.values:
+            raise ConfigError(f"{where}.values: an empty map (string label -> number)")
 
     @property
     def target(self) -> str:

@@ -82,3 +82,17 @@ def test_a_key_given_twice_in_overrides_is_refused():
     # different keys, and a list index next to its list, are still fine
     raw = apply_overrides({"a": [1, 2]}, ["a.0=5", "data.batch_size=8", "data.x=1"])
     assert raw == {"a": [5, 2], "data": {"batch_size": 8, "x": 1}}
+
+
+def test_mapping_keys_are_read_as_written(tmp_path):
+    """``values: {true: 1, false: 0}`` maps the label strings "true" / "false": YAML alone
+    would make the keys the bools True / False (printed "True"), and ``1:`` equal to ``true:``."""
+    from recis.config_base import validate
+    from recis.config_yaml import load_text
+    from recis.features import LabelSpec
+
+    raw = load_text("{name: y, values: {true: 1, false: 0, 1: 1, E: 3}}", "t.yaml")
+    spec = validate(LabelSpec, raw, "data.schema.labels.0")
+    assert spec.values == {"true": 1.0, "false": 0.0, "1": 1.0, "E": 3.0}
+    with pytest.raises(ConfigError, match=r"t\.yaml:1: duplicate key 'true'"):
+        load_text("{values: {true: 1, true: 0}}", "t.yaml")

@@ -523,3 +523,47 @@ def test_hive_text_and_orc_tables_read_unchanged(tmp_path):
         empty.mkdir()
         (empty / "notes.md").write_text("x")
         Reader(empty, small, 8, format="orc")
+
+
+def test_string_labels_are_mapped_by_values(tmp_path):
+    """Amazon ESCI's labels are the strings E / S / C / I: ``values`` maps them to grades
+    (then ``positive_at`` binarizes); a string the map lacks is a bad row naming it."""
+    esci = {"E": 3.0, "S": 2.0, "C": 1.0, "I": 0.0}
+    table = pa.table(
+        {
+            "esci_label": pa.array(["E", "I", "S", "C", "E"]).dictionary_encode(),
+            "as_list": [["E"], ["I"], ["S"], ["C"], ["E"]],
+            "flag": ["true", "false", "false", "true", "false"],
+            "q": [1, 2, 3, 4, 5],
+        }
+    )
+    f = _write(table, tmp_path / "esci.parquet", "parquet")
+    schema = Schema(
+        sparse=[SparseFeature(name="q")],
+        labels=[
+            LabelSpec(name="grade", column="esci_label", kind="graded", max=3, values=esci),
+            LabelSpec(
+                name="rel", column="as_list", kind="graded", max=3, values=esci, positive_at=2
+            ),
+            LabelSpec(name="click", column="flag", values={"true": 1, "false": 0}),
+        ],
+    )
+    (b,) = list(Reader(f, schema, 8))
+    assert b.labels["grade"].tolist() == [3.0, 0.0, 2.0, 1.0, 3.0]
+    assert b.labels["rel"].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert b.labels["click"].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    bad = _write(
+        pa.table({"esci_label": ["E", "e", "S"], "q": [1, 2, 3]}), tmp_path / "b.parquet", "parquet"
+    )
+    one = Schema(sparse=[SparseFeature(name="q")], labels=[schema.labels[0]])
+    with pytest.raises(DataError, match=r"row 1: label not in values \(E, S, C, I\) \(value 'e'\)"):
+        list(Reader(bad, one, 8))
+    (kept,) = list(Reader(bad, one, 8, on_bad_row="skip", max_bad_fraction=0.5))
+    assert kept.labels["grade"].tolist() == [3.0, 2.0]
+    plain = Schema(sparse=[SparseFeature(name="q")], labels=[LabelSpec(name="esci_label")])
+    with pytest.raises(DataError, match="map the strings with the label's values"):
+        Reader(bad, plain, 8)
+    numbers = _write(pa.table({"y": [1.0], "q": [1]}), tmp_path / "n.parquet", "parquet")
+    mapped = Schema(sparse=[SparseFeature(name="q")], labels=[LabelSpec(name="y", values=esci)])
+    with pytest.raises(DataError, match="column 'y'.*a string column"):
+        Reader(numbers, mapped, 8)
