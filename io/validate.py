@@ -391,22 +391,20 @@ def label_values(
     miss = (flat.is_valid().to_numpy(zero_copy_only=False)) & ~idx.is_valid().to_numpy(
         zero_copy_only=False
     )
+    unknown = miss
     if is_list(col.type):
-        lengths = list_lengths(col)
-        offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
+        n = list_lengths(col)
+        offsets = pa.array(np.concatenate(([0], np.cumsum(n))).astype(np.int32))
         mapped = pa.ListArray.from_arrays(offsets, mapped, mask=col.is_null())
         unknown = np.zeros(len(col), dtype=bool)
-        unknown[np.repeat(np.arange(len(col)), lengths)[miss]] = True
-    else:
-        unknown = miss
-    v, lengths = scalar_values(mapped)
-    return v, lengths, unknown
+        unknown[np.repeat(np.arange(len(col)), n)[miss]] = True
+    return (*scalar_values(mapped), unknown)
 
 
 def _label_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
     for lab in schema.labels:
         v, lengths, unknown = label_values(table.column(lab.source), lab)
-        if unknown is not None:
+        if unknown is not None and lab.values is not None:
             keys = ", ".join(list(lab.values)[:8]) + (", ..." if len(lab.values) > 8 else "")
             yield unknown, lab.source, f"label not in values ({keys})"
         yield from _one_value(lab.source, lengths, "label")
