@@ -75,7 +75,11 @@ def read_input(
             if fmt in ("parquet", "orc"):
                 tables.append(_read_columnar(f, fmt, columns))
             elif fmt == "jsonl":
-                tables.append(jsonl.read_table(f, columns))
+                table = jsonl.read_table(f, columns)
+                for c in columns or []:
+                    if c not in table.column_names:  # a field no line of the file has
+                        raise DataError("missing column (no line has it)", path=f, column=c)
+                tables.append(table)
             else:
                 tables.append(_read_csv_lossless(f, fmt, columns))
         except (pa.ArrowException, OSError) as err:

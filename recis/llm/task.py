@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from recis.errors import DataError
+from recis.io.split import read_input
 from recis.llm.config import LevelsConfig, PromptConfig, RelevanceDataConfig
 from recis.llm.example import Example
 from recis.llm.rationale import Rationale, write_rationale
@@ -35,19 +34,15 @@ _LEVEL_LAST = re.compile(r"level=(\S+?)(?:;|\s|$)")
 
 
 def read_table(path: str, columns: Sequence[str]) -> pa.Table:
-    """Read ``columns`` of a parquet / CSV / TSV file (by suffix) with pyarrow.
+    """Read ``columns`` of a parquet / ORC / CSV / TSV / JSON Lines file (by suffix; parquet
+    when unknown) with :func:`recis.io.split.read_input`: nested fields by their dotted paths.
 
     Raises DataError naming the file (missing, unreadable, or a column not in it)."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise DataError("no such file", path=path)
     try:
-        if p.suffix in (".csv", ".tsv"):
-            opts = pacsv.ParseOptions(delimiter="\t" if p.suffix == ".tsv" else ",")
-            table = pacsv.read_csv(p, parse_options=opts)
-        else:
-            table = pq.read_table(p)
-    except (pa.ArrowInvalid, OSError) as err:
+        table = read_input(path, columns=list(columns))
+    except OSError as err:
         raise DataError(f"cannot read: {err}", path=path) from None
     for c in columns:
         if c not in table.column_names:
@@ -73,9 +68,12 @@ def load_examples(
             if rows[c][i] is None:
                 raise DataError("null value", path=path, column=c, row=i)
         label = rows[data.label][i]
+        if isinstance(label, str) and label in levels.names:  # ESCI's E / S / C / I
+            label = levels.names.index(label)
         if not isinstance(label, int) or not 0 <= label < len(levels.names):
             raise DataError(
-                f"label {label!r} is not a level 0..{len(levels.names) - 1}",
+                f"label {label!r} is not a level 0..{len(levels.names) - 1}"
+                f" (nor a level name: {', '.join(levels.names)})",
                 path=path,
                 column=data.label,
                 row=i,

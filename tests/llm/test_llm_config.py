@@ -70,5 +70,35 @@ def test_bad_labels_are_data_errors_naming_file_row_column(tiny, tmp_path):
     plain = cfg.data.__class__(train=str(bad))
     with pytest.raises(DataError, match=r"bad.parquet.*'label'.*row 1.*level 0..3"):
         load_examples(str(bad), plain, cfg.levels)
-    with pytest.raises(DataError, match="no column 'brand'"):
+    with pytest.raises(DataError, match=r"bad\.parquet, column 'brand': missing column"):
         load_examples(str(bad), cfg.data, cfg.levels)
+
+
+def test_examples_from_json_lines_with_level_names_as_labels(tiny, tmp_path):
+    """Amazon ESCI stores its labels as the letters E / S / C / I: with those as the level
+    names they are read as the levels; a JSON Lines file with nested fields reads too."""
+    import json
+
+    cfg = build_llm_config(
+        raw(data={"train": str(tiny.train_file)}, levels={"names": ["I", "C", "S", "E"]})
+    )
+    path = tmp_path / "esci.jsonl"
+    rows = [
+        {"q": {"text": "red shoe"}, "p": {"title": "red running shoe"}, "esci_label": "E"},
+        {"q": {"text": "red shoe"}, "p": {"title": "blue hat"}, "esci_label": "I"},
+        {"q": {"text": "hat"}, "p": {"title": "hat stand"}, "esci_label": "C"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = cfg.data.__class__(train=str(path), query="q.text", title="p.title", label="esci_label")
+    got = load_examples(str(path), data, cfg.levels)
+    assert [(e.query, e.title, e.label) for e in got] == [
+        ("red shoe", "red running shoe", 3),
+        ("red shoe", "blue hat", 0),
+        ("hat", "hat stand", 1),
+    ]
+    rows[2]["esci_label"] = "X"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        DataError, match=r"esci\.jsonl, column 'esci_label', row 2: .*nor a level name: I, C, S, E"
+    ):
+        load_examples(str(path), data, cfg.levels)
