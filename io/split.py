@@ -1,8 +1,11 @@
 """Splitting an interaction or relevance log into train / valid / test parquet files.
 
-Four methods, all deterministic (same input and seed -> the same rows on each side):
+Five methods, all deterministic (same input and seed -> the same rows on each side):
 
 - ``random``: rows shuffled by ``seed``, cut at the given fractions.
+- ``order``: the rows as the files hold them (files in name order), cut at the fractions:
+  for logs written in time order without a timestamp column (Criteo's day files: the
+  last day tests).
 - ``time``: rows ordered by a timestamp column (ties by ``tiebreak`` columns, then row
   order); the first fraction trains, the last tests.
 - ``leave-last-out``: per user, interactions ordered by (time, item, row); the latest
@@ -36,8 +39,8 @@ from recis.errors import ConfigError, DataError
 from . import jsonl, nested
 from .sources import SUFFIXES, resolve_paths
 
-Method = Literal["random", "time", "leave-last-out", "group"]
-METHODS: tuple[str, ...] = ("random", "time", "leave-last-out", "group")
+Method = Literal["random", "order", "time", "leave-last-out", "group"]
+METHODS: tuple[str, ...] = ("random", "order", "time", "leave-last-out", "group")
 GROUP_BUCKETS = 100
 
 
@@ -273,6 +276,8 @@ def split_table(
 
     if method == "random":
         idx = split_random(table.num_rows, fractions, seed)
+    elif method == "order":
+        idx = _cut(np.arange(table.num_rows), _check_fractions(fractions))
     elif method == "time":
         idx = split_by_time(table, need(time, "--time"), fractions, tiebreak)
     elif method == "leave-last-out":

@@ -244,9 +244,12 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
     """``recis split``: see recis.io.split and docs/evaluation.md."""
     help = "split a log into train/valid/test parquet files (deterministic)"
     sp = sub.add_parser("split", help=help, description=help)
-    sp.add_argument("input", nargs="+", help="parquet / ORC / CSV / TSV file(s), folder or glob")
+    sp.add_argument(
+        "input", nargs="+", help="parquet / ORC / CSV / TSV / JSON Lines file(s), folder or glob"
+    )
     sp.add_argument("--out", required=True, help="output folder (<part>.parquet)")
-    sp.add_argument("--by", required=True, choices=["random", "time", "leave-last-out", "group"])
+    methods = ["random", "order", "time", "leave-last-out", "group"]  # recis.io.split.METHODS
+    sp.add_argument("--by", required=True, choices=methods)
     sp.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
     sp.add_argument(
         "--fractions", nargs="+", type=float, default=[0.8, 0.2], help="train [valid] test"

@@ -48,6 +48,7 @@ def _check_partition(parts: dict[str, pa.Table], n: int) -> None:
     "method,opts",
     [
         ("random", {"fractions": [0.7, 0.1, 0.2], "seed": 3}),
+        ("order", {"fractions": [0.8, 0.1, 0.1]}),
         ("time", {"time": "ts", "tiebreak": ["user", "item"], "fractions": [0.8, 0.2]}),
         ("leave-last-out", {"user": "user", "time": "ts", "item": "item", "valid": True}),
         ("group", {"group": "query", "fractions": [0.8, 0.2], "seed": 0}),
@@ -74,6 +75,34 @@ def test_time_split_puts_the_earliest_rows_in_train() -> None:
     assert parts["train"].num_rows == 400
     key = lambda t: list(zip(*(t.column(c).to_pylist() for c in ("ts", "user", "item", "row"))))  # noqa: E731
     assert max(key(parts["train"])) < min(key(parts["test"]))
+
+
+def test_order_split_cuts_the_rows_as_stored(tmp_path: Path) -> None:
+    """Logs in time order without a timestamp column (Criteo's day files): the first rows
+    train, the last test, files taken in name order."""
+    table = _log(100)
+    parts = split_table(table, "order", fractions=[0.9, 0.1])
+    assert _rows(parts) == {"train": list(range(90)), "test": list(range(90, 100))}
+    for k in range(2):
+        pq.write_table(table.slice(50 * k, 50), tmp_path / f"day_{k}.parquet")
+    assert (
+        main(
+            [
+                "split",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--by",
+                "order",
+                "--fractions",
+                "0.5",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    test = pq.read_table(tmp_path / "out" / "test.parquet")
+    assert test.column("row").to_pylist() == list(range(50, 100))  # the second day
 
 
 def test_leave_last_out_holds_out_each_users_latest() -> None:
