@@ -273,6 +273,81 @@ def test_torcheasyrec_layout_example_reads_and_trains(tmp_path):
     _train(tmp_path, "torcheasyrec_layout.yaml")
 
 
+def _events_table(n: int) -> pa.Table:
+    """The nested event log of ``examples/nested_layout.yaml`` (Spark / BigQuery export)."""
+    rng = np.random.default_rng(2)
+    tags = [[(f"t{j}", float(j + 1) / 4) for j in range(i % 3)] for i in range(n)]
+    user = pa.struct(
+        [
+            ("id", pa.string()),
+            ("age", pa.int64()),
+            ("geo", pa.struct([("country", pa.string()), ("city", pa.string())])),
+        ]
+    )
+    item = pa.struct(
+        [
+            ("id", pa.int64()),
+            ("category", pa.string()),
+            ("price", pa.float64()),
+            ("tag_scores", pa.map_(pa.string(), pa.float32())),
+        ]
+    )
+    return pa.table(
+        {
+            "label": pa.array(
+                [{"click": bool(i % 2), "dwell_s": 1.5} for i in range(n)],
+                pa.struct([("click", pa.bool_()), ("dwell_s", pa.float64())]),
+            ),
+            "user": pa.array(
+                [
+                    None
+                    if i % 7 == 3
+                    else {
+                        "id": f"u{i % 9}",
+                        "age": 20 + i % 30,
+                        "geo": {"country": "de", "city": "x"},
+                    }
+                    for i in range(n)
+                ],
+                user,
+            ),
+            "item": pa.array(
+                [
+                    {
+                        "id": int(rng.integers(0, 50)),
+                        "category": f"c{i % 4}",
+                        "price": float(rng.uniform(1, 9)),
+                        "tag_scores": tags[i],
+                    }
+                    for i in range(n)
+                ],
+                item,
+            ),
+            "context": pa.array(
+                [
+                    {"hour": i % 24, "clicks": [int(x) for x in rng.integers(0, 50, i % 5)]}
+                    for i in range(n)
+                ],
+                pa.struct([("hour", pa.int32()), ("clicks", pa.list_(pa.int64()))]),
+            ),
+        }
+    )
+
+
+def test_nested_layout_example_reads_and_trains(tmp_path):
+    for split, n in (("train", 64), ("eval", 32)):
+        (tmp_path / split).mkdir()
+        _write(_events_table(n), tmp_path / split / "part-0.parquet", "parquet")
+    cfg = load_config(ROOT / "examples" / "nested_layout.yaml")
+    (b,) = list(reader_from_config(cfg.data, str(tmp_path / "eval"), train=False))
+    assert b.labels["click"].tolist()[:4] == [0.0, 1.0, 0.0, 1.0]
+    assert b.sparse["tags"].lengths().tolist()[:3] == [0, 1, 2]
+    assert b.sparse["tags"].weights().tolist()[:3] == [0.25, 0.25, 0.5]
+    assert b.sparse["user_id"].lengths().tolist()[3] == 0  # a null user struct: no id
+    assert b.dense[3, 0].item() == 0.0 and b.dense[0, 0].item() == 20.0  # age, filled
+    _train(tmp_path, "nested_layout.yaml")
+
+
 def _train(tmp_path: Path, example: str) -> None:
     run_dir = tmp_path / "run"
     rc = main(
