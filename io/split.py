@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from recis.errors import ConfigError, DataError
 
 from . import jsonl, nested
+from .csv_options import CsvOptions
 from .sources import SUFFIXES, resolve_paths
 
 Method = Literal["random", "order", "time", "leave-last-out", "group"]
@@ -62,13 +63,18 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
 
 
 def read_input(
-    paths: str | os.PathLike | list, format: str | None = None, columns: list[str] | None = None
+    paths: str | os.PathLike | list,
+    format: str | None = None,
+    columns: list[str] | None = None,
+    csv: CsvOptions | None = None,
 ) -> pa.Table:
     """One Arrow table from parquet / ORC / CSV / TSV / JSON Lines files (a file, directory or
     glob).
 
     ``format`` None: taken from the first file's suffix (parquet when unknown). ``columns``
     may name fields inside struct columns by their dotted paths (:mod:`recis.io.nested`).
+    ``csv``: how CSV/TSV text is parsed (delimiter, header, names, the Criteo and Hive
+    layouts), as ``data.csv`` of a run config.
     """
     fmt = format or _guess_format(paths)
     files = resolve_paths(paths, SUFFIXES[fmt])
@@ -84,7 +90,7 @@ def read_input(
                         raise DataError("missing column (no line has it)", path=f, column=c)
                 tables.append(table)
             else:
-                tables.append(_read_csv_lossless(f, fmt, columns))
+                tables.append(_read_csv_lossless(f, (csv or CsvOptions()).resolved(fmt), columns))
         except (pa.ArrowException, OSError) as err:
             raise DataError(f"cannot read as {fmt}: {err}", path=f) from None
     try:
@@ -115,7 +121,7 @@ def _read_columnar(path: str, fmt: str, columns: list[str] | None) -> pa.Table:
 _INTEGER_TEXT = r"^\s*[+-]?[0-9]+\s*$"
 
 
-def _read_csv_lossless(path: str, fmt: str, columns: list[str] | None) -> pa.Table:
+def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> pa.Table:
     """A CSV/TSV file with Arrow's type inference, except where it would lose an id.
 
     A column Arrow infers as int64 stays text when a value does not print back as
@@ -123,19 +129,19 @@ def _read_csv_lossless(path: str, fmt: str, columns: list[str] | None) -> pa.Tab
     integer (ids above int64 would collapse: 18446744073709551615 and ...614 are
     one double). Other columns keep Arrow's inferred type.
     """
-    opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-    table = pacsv.read_csv(
-        path, parse_options=opts, convert_options=pacsv.ConvertOptions(include_columns=columns)
-    )
+    opts, read = o.parse_options(), o.read_options()
+    nulls = {} if o.null_values is None else {"null_values": o.null_values}
+    conv = pacsv.ConvertOptions(include_columns=columns, column_types=o.column_types, **nulls)
+    table = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
     numeric = [
         f.name for f in table.schema if pa.types.is_int64(f.type) or pa.types.is_floating(f.type)
     ]
     if not numeric:
         return table
     conv = pacsv.ConvertOptions(
-        include_columns=numeric, column_types={c: pa.string() for c in numeric}
+        include_columns=numeric, column_types={c: pa.string() for c in numeric}, **nulls
     )
-    texts = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
+    texts = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
     for name in numeric:
         col = table.column(name)
         valid = pc.is_valid(col)
@@ -309,12 +315,14 @@ def split_files(
     method: Method,
     *,
     format: str | None = None,
+    csv: CsvOptions | None = None,
     **options: Any,
 ) -> dict[str, int]:
-    """Read ``input``, split it (options as :func:`split_table`), write the parts.
+    """Read ``input`` (``format`` and ``csv`` as :func:`read_input`), split it (options as
+    :func:`split_table`), write the parts.
 
     Returns ``{part: rows}``.
     """
-    parts = split_table(read_input(input, format), method, **options)
+    parts = split_table(read_input(input, format, csv=csv), method, **options)
     write_parts(parts, out_dir)
     return {name: t.num_rows for name, t in parts.items()}

@@ -261,6 +261,11 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--item", help="item column: orders a user's equal times (leave-last-out)")
     sp.add_argument("--valid", action="store_true", help="leave-last-out: second-to-last->valid")
     sp.add_argument("--group", help="group column, e.g. the query string (group)")
+    sp.add_argument(
+        "--csv",
+        help="CSV/TSV parsing as a YAML mapping, the fields of a run config's data.csv:"
+        " '{layout: hive, column_names: [user, item, ts]}'",
+    )
 
 
 def _split(args: argparse.Namespace) -> None:
@@ -276,7 +281,15 @@ def _split(args: argparse.Namespace) -> None:
         "valid": args.valid,
         "group": args.group,
     }
-    rows = split_files(args.input, args.out, args.by, format=args.format, **opts)
+    csv = None
+    if args.csv is not None:
+        from recis.config import CsvConfig
+        from recis.config_base import validate
+        from recis.config_yaml import load_text
+        from recis.io import CsvOptions
+
+        csv = CsvOptions.from_config(validate(CsvConfig, load_text(args.csv, "--csv"), "--csv"))
+    rows = split_files(args.input, args.out, args.by, format=args.format, csv=csv, **opts)
     for name, n in rows.items():
         print(f"{name}: {n} rows -> {args.out}/{name}.parquet")
 

@@ -214,3 +214,25 @@ def test_movielens_protocols_reproduce_the_readme_counts(tmp_path: Path) -> None
         ratings, tmp_path / "l", "leave-last-out", user="userId", time="timestamp", item="movieId"
     )
     assert rows["test"] == 610  # README protocol 1: one test item per user
+
+
+def test_cli_split_reads_a_hive_text_table(tmp_path: Path, capsys) -> None:
+    """``--csv`` takes a run config's ``data.csv`` fields: a Hive text table (^A fields,
+    ``\\N`` nulls, suffix-less files) split by user keeps each user's rows together."""
+    table = tmp_path / "tbl"
+    table.mkdir()
+    lines = [f"u{i % 5}\x01{i}\x01" + ("\\N" if i % 4 == 0 else f"{i / 2}") for i in range(40)]
+    (table / "000000_0").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (table / "_SUCCESS").write_text("")
+    out = tmp_path / "out"
+    argv = ["split", str(table), "--format", "csv", "--out", str(out), "--by", "group"]
+    argv += ["--group", "user", "--csv", "{layout: hive, column_names: [user, item, score]}"]
+    assert main(argv) == 0
+    parts = {p: pq.read_table(out / f"{p}.parquet") for p in ("train", "test")}
+    assert sum(t.num_rows for t in parts.values()) == 40
+    users = [set(t.column("user").to_pylist()) for t in parts.values()]
+    assert not users[0] & users[1]
+    scores = pa.concat_tables(parts.values()).column("score")
+    assert scores.null_count == 10 and pa.types.is_floating(scores.type)  # \N is null
+    assert main([*argv[:-1], "{layout: excel}"]) != 0
+    assert "--csv.layout: Input should be 'none', 'criteo' or 'hive'" in capsys.readouterr().err
