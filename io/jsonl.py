@@ -305,15 +305,25 @@ def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bo
         table, data, n_bad = _scan_block(block, path, wanted, skip_bad, bad)
         found = nested.paths(table.schema)
         for name in table.column_names if columns is None else columns:
-            if name in found:
-                where[name] = found[name][0]
-                col = nested.select(table, [name]).column(0)
-                exact = _needs_exact(col)
-                typ = _integer_type(data, where[name], col.type) if exact else col.type
-                _unify(path, seen, name, typ, block.row0)
+            if name not in found:
+                continue
+            # what is parsed: the field itself, or the whole array of objects it lies in
+            prefix, typ = nested.read_prefix(table.schema, found[name][0])
+            col = nested.select(table, [name]).column(0)
+            if _needs_exact(col):
+                if prefix != found[name][0]:
+                    raise DataError(
+                        "integers above 2**53 inside a JSON array of objects would lose"
+                        " digits as doubles: write these ids as strings",
+                        path=path,
+                        column=name,
+                    )
+                typ = _integer_type(data, prefix, col.type)
+            key = ".".join(prefix)
+            where[key] = prefix
+            _unify(path, seen, key, typ, block.row0)
         rows += table.num_rows + n_bad
-    names = list(seen) if columns is None else [c for c in columns if c in seen]
-    schema = nested.nest([(where[c], seen[c][0]) for c in names])
+    schema = nested.nest([(where[k], t) for k, (t, _) in seen.items()])
     return Scan(rows - len(bad), schema, bad, np.asarray(blank, np.int64))
 
 

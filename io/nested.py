@@ -24,12 +24,20 @@ Path = tuple[str, ...]
 MAP_PARTS = ("keys", "values")
 
 
+def _is_records(t: pa.DataType) -> bool:
+    """A list of structs (BigQuery's REPEATED RECORD, a JSON array of objects)."""
+    return pa.types.is_list(t) and pa.types.is_struct(t.value_type)
+
+
 def _children(t: pa.DataType) -> list[tuple[str, pa.DataType]]:
-    """The named parts of a struct (its fields) or of a map (``keys``, ``values``: lists)."""
+    """The named parts of a struct (its fields), a map (``keys``, ``values``: lists) or a list
+    of structs (each field across the row's records: a list)."""
     if pa.types.is_struct(t):
         return [(f.name, f.type) for f in t]
     if pa.types.is_map(t):
         return [("keys", pa.list_(t.key_type)), ("values", pa.list_(t.item_type))]
+    if _is_records(t):
+        return [(f.name, pa.list_(f.type)) for f in t.value_type]
     return []
 
 
@@ -57,45 +65,54 @@ def flat_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(name, t) for name, (_, t) in paths(schema).items()])
 
 
+def read_prefix(schema: pa.Schema, path: Path) -> tuple[Path, pa.DataType]:
+    """The part of ``path`` a file reader can select, and its type: the path through structs
+    only, up to the whole map or list of structs the rest lies in."""
+    t, keep = schema.field(path[0]).type, [path[0]]
+    for part in path[1:]:
+        if not pa.types.is_struct(t):
+            break
+        t = t.field(part).type
+        keep.append(part)
+    return tuple(keep), t
+
+
 def read_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
     """What to ask parquet / ORC for to get ``columns`` (those ``schema`` has): top-level
     names as they are, a struct's field by its dotted path (only that leaf is read), a map's
-    keys or values by the map's path (the whole map is read)."""
+    keys or values or a field of a list of structs by the path of that map or list (read
+    whole)."""
     found = paths(schema)
     out: list[str] = []
     for c in columns:
         if c not in found:
             continue
-        path = found[c][0]
-        t, keep = schema.field(path[0]).type, [path[0]]
-        for part in path[1:]:
-            if not pa.types.is_struct(t):
-                break
-            t = t.field(part).type
-            keep.append(part)
-        want = ".".join(keep)
+        want = ".".join(read_prefix(schema, found[c][0])[0])
         if want not in out:
             out.append(want)
     return out
 
 
-def _map_part(col: pa.Array, part: str) -> pa.Array:
-    """A map column's keys or values as ``list<...>`` (a null map: a null list)."""
-    t = col.type
-    entries = col.cast(pa.list_(pa.struct([t.key_field, t.item_field])))
-    child = entries.flatten().field(0 if part == "keys" else 1)
-    offsets = entries.offsets
+def _records_part(col: pa.Array, part: str) -> pa.Array:
+    """Field ``part`` of each row's records (a list of structs, or a map's key/value
+    entries) as ``list<...>``: a null list stays null, a null record gives a null item."""
+    if pa.types.is_map(col.type):
+        t = col.type
+        col = col.cast(pa.list_(pa.struct([t.key_field, t.item_field])))
+        part = t.key_field.name if part == "keys" else t.item_field.name
+    child = pc.struct_field(col.flatten(), [part])
+    offsets = col.offsets
     offsets = pc.subtract(offsets, offsets[0])  # a slice's offsets start past 0
-    return pa.ListArray.from_arrays(offsets, child, mask=entries.is_null())
+    return pa.ListArray.from_arrays(offsets, child, mask=col.is_null())
 
 
 def _part(col: pa.Array | pa.ChunkedArray, part: str) -> pa.Array | pa.ChunkedArray:
-    if not pa.types.is_map(col.type):
+    if pa.types.is_struct(col.type):
         return pc.struct_field(col, [part])
     if isinstance(col, pa.ChunkedArray):
         t = dict(_children(col.type))[part]
-        return pa.chunked_array([_map_part(c, part) for c in col.chunks], type=t)
-    return _map_part(col, part)
+        return pa.chunked_array([_records_part(c, part) for c in col.chunks], type=t)
+    return _records_part(col, part)
 
 
 def select(table: pa.Table, columns: list[str]) -> pa.Table:

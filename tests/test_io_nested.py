@@ -291,3 +291,62 @@ def test_a_map_named_whole_says_how_to_name_its_keys(tmp_path):
     schema = Schema(sparse=[SparseFeature(name="m")], labels=[LabelSpec(name="y")])
     with pytest.raises(DataError, match=r"column 'm'.*column m\.keys .*weight_column m\.values"):
         Reader(tmp_path / "m.parquet", schema, 4)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_fields_of_repeated_records_are_lists(tmp_path, fmt, monkeypatch):
+    """BigQuery's REPEATED RECORD / a JSON array of objects (``items: [{id, qty}, ...]``):
+    ``items.id`` is the row's list of ids, ``items.qty`` the aligned weights."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 512)
+    rng = np.random.default_rng(3)
+    items = [
+        None
+        if i % 8 == 5
+        else [{"id": int(rng.integers(0, 99)), "qty": float(k + 1)} for k in range(i % 4)]
+        for i in range(N)
+    ]
+    rows = [
+        {"y": float(i % 2), "order": {"items": it, "shop": f"s{i % 3}"}}
+        for i, it in enumerate(items)
+    ]
+    flat = pa.table(
+        {
+            "y": [r["y"] for r in rows],
+            "ids": pa.array(
+                [None if it is None else [x["id"] for x in it] for it in items],
+                pa.list_(pa.int64()),
+            ),
+            "qty": pa.array(
+                [None if it is None else [x["qty"] for x in it] for it in items],
+                pa.list_(pa.float64()),
+            ),
+        }
+    )
+    pq.write_table(flat, tmp_path / "flat.parquet")
+    path = tmp_path / f"o.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        _write_jsonl(path, rows)
+
+    def schema(ids: str, qty: str) -> Schema:
+        return Schema(
+            sparse=[SparseFeature(name="item", column=ids, weight_column=qty)],
+            labels=[LabelSpec(name="y")],
+        )
+
+    want = list(Reader(tmp_path / "flat.parquet", schema("ids", "qty"), 16))
+    got = list(Reader(path, schema("order.items.id", "order.items.qty"), 16, format=fmt))
+    for a, b in zip(got, want, strict=True):
+        ja, jb = a.sparse["item"], b.sparse["item"]
+        assert torch.equal(ja.values(), jb.values()) and torch.equal(ja.lengths(), jb.lengths())
+        assert torch.equal(ja.weights(), jb.weights())
+    lengths = torch.cat([b.sparse["item"].lengths() for b in got]).tolist()
+    assert lengths == [0 if i % 8 == 5 else i % 4 for i in range(N)]
+    if fmt == "jsonl":  # a uint64 id in an array of objects: refused, not rounded
+        rows[7]["order"]["items"] = [{"id": 2**63 + 1, "qty": 1.0}]  # a uint64
+        _write_jsonl(path, rows)
+        with pytest.raises(
+            DataError, match=r"column 'order\.items\.id'.*write these ids as strings"
+        ):
+            Reader(path, schema("order.items.id", "order.items.qty"), 16, format=fmt)
