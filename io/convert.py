@@ -53,6 +53,8 @@ def _floats(
     if pa.types.is_null(arr.type):
         out[:] = fill
         return out
+    if pa.types.is_decimal(arr.type):  # numpy would get Python Decimal objects
+        arr = pc.cast(arr, pa.float64(), safe=False)
     with np.errstate(over="ignore"):  # past float32's range: inf, then the fill below
         np.copyto(out, arr.to_numpy(zero_copy_only=False), casting="unsafe")
     if arr.null_count or pa.types.is_floating(arr.type):
@@ -196,6 +198,12 @@ def _label(table: pa.Table, spec: LabelSpec) -> np.ndarray:
 
 def _extra(col: pa.Array) -> np.ndarray:
     """``[B]`` values of a number column, or the single elements of a list column."""
+    if pa.types.is_decimal(col.type) or (
+        is_list(col.type) and pa.types.is_decimal(col.type.value_type)
+    ):
+        col = pc.cast(
+            col, pa.list_(pa.float64()) if is_list(col.type) else pa.float64(), safe=False
+        )
     if is_list(col.type):
         lengths = list_lengths(col)
         flat = col.flatten().to_numpy(zero_copy_only=False)

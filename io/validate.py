@@ -35,7 +35,14 @@ def is_list(t: pa.DataType) -> bool:
 
 
 def _is_number(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    """A value column's type: integers, floats, booleans and decimals (Hive / Spark
+    ``DECIMAL(10, 2)`` prices, read as float; ids in a decimal column are refused apart)."""
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+    )
 
 
 def _is_string(t: pa.DataType) -> bool:

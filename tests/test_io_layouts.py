@@ -642,3 +642,48 @@ def test_string_labels_are_mapped_by_values(tmp_path):
     mapped = Schema(sparse=[SparseFeature(name="q")], labels=[LabelSpec(name="y", values=esci)])
     with pytest.raises(DataError, match="column 'y'.*a string column"):
         Reader(numbers, mapped, 8)
+
+
+def test_decimal_values_are_read_as_floats(tmp_path):
+    """Hive / Spark store prices as DECIMAL(10, 2): dense values, labels, weights and extras
+    from decimal columns (and single-element decimal lists) are floats; ids in a decimal
+    column stay refused."""
+    import decimal
+
+    def dec(values, t=pa.decimal128(10, 2)):
+        return pa.array([None if v is None else decimal.Decimal(v) for v in values], t)
+
+    table = pa.table(
+        {
+            "price": dec(["12.34", None, "0.10"]),
+            "price_list": pa.array(
+                [[decimal.Decimal("1.5")], [decimal.Decimal("2.25")], []],
+                pa.list_(pa.decimal128(6, 2)),
+            ),
+            "y": dec(["1", "0", "1"], pa.decimal128(1, 0)),
+            "tags": [["a"], ["b", "c"], []],
+            "w": pa.array(
+                [[decimal.Decimal("0.5")], [decimal.Decimal("1"), decimal.Decimal("2")], []],
+                pa.list_(pa.decimal128(4, 1)),
+            ),
+            "amount": dec(["3.00", "4.50", "5.25"]),
+        }
+    )
+    f = _write(table, tmp_path / "d.parquet", "parquet")
+    schema = Schema(
+        dense=[
+            DenseFeature(name="price", fill=-1.0),
+            DenseFeature(name="price_list", on_empty="fill", fill=0.0),
+        ],
+        sparse=[SparseFeature(name="tags", weight_column="w")],
+        labels=[LabelSpec(name="y")],
+        extras=["amount"],
+    )
+    (b,) = list(Reader(f, schema, 8))
+    assert b.dense.flatten().tolist() == pytest.approx([12.34, 1.5, -1.0, 2.25, 0.1, 0.0])
+    assert b.labels["y"].tolist() == [1.0, 0.0, 1.0]
+    assert b.sparse["tags"].weights().tolist() == [0.5, 1.0, 2.0]
+    assert b.extras["amount"].tolist() == [3.0, 4.5, 5.25]
+    ids = Schema(sparse=[SparseFeature(name="price")], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match="integer ids of at most 64 bits"):
+        Reader(f, ids, 8)
