@@ -650,8 +650,9 @@ def test_decimal_values_are_read_as_floats(tmp_path):
     column stay refused."""
     import decimal
 
-    def dec(values, t=pa.decimal128(10, 2)):
-        return pa.array([None if v is None else decimal.Decimal(v) for v in values], t)
+    def dec(values, t=None):
+        cells = [None if v is None else decimal.Decimal(v) for v in values]
+        return pa.array(cells, t or pa.decimal128(10, 2))
 
     table = pa.table(
         {
