@@ -58,8 +58,29 @@ def paths(schema: pa.Schema) -> dict[str, tuple[Path, pa.DataType]]:
     return out
 
 
+def plain_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with Arrow's view strings (``string_view``, ``binary_view``: Polars' in-memory
+    strings, kept by files pyarrow writes from them) as plain ``string`` / ``binary``, at any
+    depth; every reader and kernel downstream takes those."""
+    if pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(plain_type(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(plain_type(t.key_type), plain_type(t.item_type))
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(plain_type(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(plain_type(t.value_type)))
+    return t
+
+
 def flat_schema(schema: pa.Schema) -> pa.Schema:
-    """``schema`` with a field for every dotted path inside its struct and map columns."""
+    """``schema`` with a field for every dotted path inside its struct and map columns, view
+    types as plain ones (:func:`plain_type`)."""
+    schema = pa.schema([f.with_type(plain_type(f.type)) for f in schema])
     if not any(_children(f.type) for f in schema):
         return schema
     return pa.schema([pa.field(name, t) for name, (_, t) in paths(schema).items()])
@@ -120,15 +141,20 @@ def select(table: pa.Table, columns: list[str]) -> pa.Table:
     taken out of their structs and maps (a null struct or map gives nulls)."""
     names = set(table.schema.names)  # (column_names builds a new list on every call)
     if all(c in names for c in columns):
-        return table.select(columns)
-    found = paths(table.schema)
-    arrays = []
-    for c in columns:
-        path = found[c][0]
-        col = table.column(path[0])
-        for part in path[1:]:
-            col = _part(col, part)
-        arrays.append(col)
+        arrays = [table.column(c) for c in columns]
+    else:
+        found = paths(table.schema)
+        arrays = []
+        for c in columns:
+            path = found[c][0]
+            col = table.column(path[0])
+            for part in path[1:]:
+                col = _part(col, part)
+            arrays.append(col)
+    for k, col in enumerate(arrays):
+        plain = plain_type(col.type)
+        if plain != col.type:
+            arrays[k] = col.cast(plain)
     return pa.table(arrays, names=columns)
 
 

@@ -688,3 +688,38 @@ def test_decimal_values_are_read_as_floats(tmp_path):
     ids = Schema(sparse=[SparseFeature(name="price")], labels=[LabelSpec(name="y")])
     with pytest.raises(DataError, match="integer ids of at most 64 bits"):
         Reader(f, ids, 8)
+
+
+def test_polars_style_view_and_large_types_read_unchanged(tmp_path):
+    """Files written from Polars frames keep Arrow's ``string_view`` strings and large
+    lists; recis reads them as the plain types: the same ids as ``string`` columns give."""
+    views = pa.table(
+        {
+            "uid": pa.array(["a", "b", None], pa.string_view()),
+            "tags": pa.array([["x"], [], ["y", "z"]], pa.large_list(pa.string_view())),
+            "y": pa.array([[1.0], [0.0], [1.0]], pa.large_list(pa.float64())),
+            "d": pa.array([0.5, 1.5, 2.5], pa.float32()),
+        }
+    )
+    plain = pa.table(
+        {
+            "uid": pa.array(["a", "b", None]),
+            "tags": pa.array([["x"], [], ["y", "z"]]),
+            "y": pa.array([1.0, 0.0, 1.0]),
+            "d": pa.array([0.5, 1.5, 2.5], pa.float32()),
+        }
+    )
+    a = _write(views, tmp_path / "views.parquet", "parquet")
+    b = _write(plain, tmp_path / "plain.parquet", "parquet")
+    assert pa.types.is_string_view(pq.read_schema(a).field("uid").type)  # kept by the file
+    schema = Schema(
+        dense=[DenseFeature(name="d")],
+        sparse=[SparseFeature(name="uid"), SparseFeature(name="tags")],
+        labels=[LabelSpec(name="y")],
+    )
+    (got,) = list(Reader(a, schema, 8))
+    (want,) = list(Reader(b, schema, 8))
+    for key in ("uid", "tags"):
+        assert got.sparse[key].values().tolist() == want.sparse[key].values().tolist()
+        assert got.sparse[key].lengths().tolist() == want.sparse[key].lengths().tolist()
+    assert got.labels["y"].tolist() == [1.0, 0.0, 1.0]
