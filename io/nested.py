@@ -15,6 +15,8 @@ A top-level column whose own name contains a dot wins over a nested path of the 
 
 from __future__ import annotations
 
+import functools
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -141,7 +143,7 @@ def select(table: pa.Table, columns: list[str]) -> pa.Table:
     taken out of their structs and maps (a null struct or map gives nulls)."""
     names = set(table.schema.names)  # (column_names builds a new list on every call)
     if all(c in names for c in columns):
-        arrays = [table.column(c) for c in columns]
+        out = table.select(columns)
     else:
         found = paths(table.schema)
         arrays = []
@@ -151,11 +153,17 @@ def select(table: pa.Table, columns: list[str]) -> pa.Table:
             for part in path[1:]:
                 col = _part(col, part)
             arrays.append(col)
-    for k, col in enumerate(arrays):
-        plain = plain_type(col.type)
-        if plain != col.type:
-            arrays[k] = col.cast(plain)
-    return pa.table(arrays, names=columns)
+        out = pa.table(arrays, names=columns)
+    for k, plain in _view_casts(out.schema):
+        out = out.set_column(k, columns[k], out.column(k).cast(plain))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _view_casts(schema: pa.Schema) -> tuple[tuple[int, pa.DataType], ...]:
+    """(index, plain type) of the columns of ``schema`` holding view types (once per schema)."""
+    plain = [(k, plain_type(f.type)) for k, f in enumerate(schema)]
+    return tuple((k, t) for k, t in plain if t != schema.field(k).type)
 
 
 def nest(fields: list[tuple[Path, pa.DataType]]) -> pa.Schema:
