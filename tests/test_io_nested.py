@@ -350,3 +350,53 @@ def test_fields_of_repeated_records_are_lists(tmp_path, fmt, monkeypatch):
             DataError, match=r"column 'order\.items\.id'.*write these ids as strings"
         ):
             Reader(path, schema("order.items.id", "order.items.qty"), 16, format=fmt)
+
+
+def test_serving_requests_read_the_same_paths_from_nested_json():
+    """A model trained on struct columns is served nested JSON requests: the dotted paths
+    resolve in the request objects as in the files (flat keys of the same name also work)."""
+    from recis.export.rows import request_batch
+
+    schema = Schema(
+        dense=[DenseFeature(name="age", column="user.age", fill=-1.0)],
+        sparse=[
+            SparseFeature(name="city", column="user.geo.city", dtype="string"),
+            SparseFeature(name="item", column="order.items.id", weight_column="order.items.qty"),
+            SparseFeature(
+                name="tag", column="tags.keys", weight_column="tags.values", dtype="string"
+            ),
+        ],
+    )
+    nested_rows = [
+        {
+            "user": {"age": 31, "geo": {"city": "x"}},
+            "order": {"items": [{"id": 4, "qty": 2.0}]},
+            "tags": {"a": 0.5},
+        },
+        {"user": None, "order": {"items": []}, "tags": {}},
+    ]
+    flat_rows = [
+        {
+            "user.age": 31,
+            "user.geo.city": "x",
+            "order.items.id": [4],
+            "order.items.qty": [2.0],
+            "tags.keys": ["a"],
+            "tags.values": [0.5],
+        },
+        {
+            "user.age": None,
+            "user.geo.city": None,
+            "order.items.id": [],
+            "order.items.qty": [],
+            "tags.keys": [],
+            "tags.values": [],
+        },
+    ]
+    got, want = request_batch(nested_rows, schema, "fill"), request_batch(flat_rows, schema, "fill")
+    assert got.dense.flatten().tolist() == want.dense.flatten().tolist() == [31.0, -1.0]
+    for key in ("city", "item", "tag"):
+        assert got.sparse[key].values().tolist() == want.sparse[key].values().tolist(), key
+        assert got.sparse[key].lengths().tolist() == want.sparse[key].lengths().tolist(), key
+        assert got.sparse[key].weights().tolist() == want.sparse[key].weights().tolist(), key
+    assert got.sparse["item"].weights().tolist()[:1] == [2.0]
