@@ -10,7 +10,6 @@ from recis.errors import DataError
 from recis.features import Schema
 from recis.io import Batch, to_batch
 
-
 _ABSENT = object()
 
 
