@@ -79,6 +79,37 @@ def _is_file(fs: pafs.FileSystem, filesystem: object | None, path: str) -> bool:
     return filesystem.isfile(path) if isinstance(filesystem, GlobbingFileSystem) else True
 
 
+# folders of table formats whose data files outlive the commits that removed them: reading
+# every file of such a folder would read deleted and overwritten rows
+_TABLE_LOGS = {
+    "_delta_log": "a Delta Lake table (deltalake: DeltaTable(path).file_uris())",
+    ".hoodie": "an Apache Hudi table",
+    "metadata": "an Apache Iceberg table (pyiceberg: table.scan().plan_files())",
+}
+
+
+def _refuse_table_format(entries: list, root: str, item: str) -> None:
+    """DataError for a folder that is a Delta Lake, Hudi or Iceberg table: its files are not
+    its rows (removed files stay until vacuumed); pass the current files instead."""
+    top = {
+        e.path.replace("\\", "/")[len(root.rstrip("/")) + 1 :]: e
+        for e in entries
+        if e.path.replace("\\", "/").startswith(root.rstrip("/") + "/")
+    }
+    for name, what in _TABLE_LOGS.items():
+        if top.get(name) is None or top[name].type != pafs.FileType.Directory:
+            continue
+        if name == "metadata" and not any(
+            p.startswith("metadata/") and p.endswith(".metadata.json") for p in top
+        ):
+            continue
+        raise DataError(
+            f"the folder is {what}: it keeps data files that later commits removed; pass the"
+            " table's current data files (a list or a glob) instead of the folder",
+            path=item,
+        )
+
+
 def resolve_paths(
     paths: str | os.PathLike | list,
     suffixes: tuple[str, ...] = SUFFIXES["parquet"],
@@ -125,9 +156,11 @@ def resolve_paths(
             raise DataError(f"unreadable path: {err}", path=item) from None
         if info.type == pafs.FileType.Directory:
             sel = pafs.FileSelector(path, recursive=True)
+            entries = fs.get_file_info(sel)
+            _refuse_table_format(entries, path, item)
             files = [
                 f
-                for f in fs.get_file_info(sel)
+                for f in entries
                 if f.type == pafs.FileType.File and not _hidden(f.path, below=path)
             ]
             found = sorted(f.path for f in files if f.base_name.endswith(suffixes))

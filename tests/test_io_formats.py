@@ -198,3 +198,26 @@ def test_directory_and_glob_skip_hidden_and_underscore_paths(tmp_path):
     assert resolve_paths(root / "_temporary") == [str(root / "_temporary/0/part-1.parquet")]
     with pytest.raises(DataError, match="glob matched no file"):
         resolve_paths(str(root / "_*"))
+
+
+def test_table_format_folders_are_refused_not_misread(tmp_path):
+    """A Delta Lake / Iceberg folder holds files its log has removed: reading every file would
+    read deleted rows, so the folder is refused with what to pass instead."""
+    from recis.errors import DataError
+    from recis.io import resolve_paths
+
+    delta = tmp_path / "delta"
+    (delta / "_delta_log").mkdir(parents=True)
+    (delta / "_delta_log" / "00000000000000000000.json").write_text("{}\n")
+    pq.write_table(pa.table({"x": [1]}), delta / "part-0.parquet")
+    with pytest.raises(DataError, match=r"Delta Lake table.*current data files"):
+        resolve_paths(delta)
+    assert resolve_paths(delta / "part-0.parquet") == [str(delta / "part-0.parquet")]
+    iceberg = tmp_path / "ice"
+    (iceberg / "metadata").mkdir(parents=True)
+    (iceberg / "data").mkdir()
+    pq.write_table(pa.table({"x": [1]}), iceberg / "data" / "a.parquet")
+    assert resolve_paths(iceberg) == [str(iceberg / "data" / "a.parquet")]  # no table metadata
+    (iceberg / "metadata" / "v1.metadata.json").write_text("{}")
+    with pytest.raises(DataError, match="Iceberg"):
+        resolve_paths(iceberg)
