@@ -1,14 +1,16 @@
-"""Fields inside struct and map columns, named by dotted paths (``user.age``,
-``ctx.geo.city``, ``tag_scores.keys``).
+"""Fields inside struct, map and list-of-struct columns, named by dotted paths (``user.age``,
+``ctx.geo.city``, ``tag_scores.keys``, ``order.items.id``).
 
 Logs exported from BigQuery, Spark or Kafka, and JSON objects with objects inside, store
-features in struct columns; Hive and Spark tables keep weighted id sets in map columns. A
-schema field's ``column:`` may name a field inside a struct by its path, a dot between the
-levels, and a map's keys or values as ``<map>.keys`` / ``<map>.values`` (``list`` columns:
-ids and their aligned weights). The reader reads only that leaf (parquet and ORC read the
-one nested column; JSON Lines parses only it) and hands it on as a column of that name, so
-validation, errors and conversion see an ordinary column. A null struct or map makes its
-fields null (the feature's fill / missing-id rule then applies).
+features in struct columns; Hive and Spark tables keep weighted id sets in map columns;
+BigQuery's REPEATED RECORDs and JSON arrays of objects are lists of structs. A schema
+field's ``column:`` may name a field inside a struct by its path, a dot between the levels,
+a map's keys or values as ``<map>.keys`` / ``<map>.values`` and a field of a list of structs
+as ``<list>.<field>`` (``list`` columns: ids and their aligned weights). The reader reads
+only what it needs (parquet and ORC the one nested column, or the whole map or list; JSON
+Lines parses only those fields) and hands it on as a column of that name, so validation,
+errors and conversion see an ordinary column. A null struct, map or list makes its fields
+null (the feature's fill / missing-id rule then applies).
 
 A top-level column whose own name contains a dot wins over a nested path of the same text.
 """
@@ -21,9 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 Path = tuple[str, ...]
-
-
-MAP_PARTS = ("keys", "values")
 
 
 def _is_records(t: pa.DataType) -> bool:
