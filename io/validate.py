@@ -403,9 +403,16 @@ def label_values(
         n = list_lengths(col)
         offsets = pa.array(np.concatenate(([0], np.cumsum(n))).astype(np.int32))
         mapped = pa.ListArray.from_arrays(offsets, mapped, mask=col.is_null())
-        unknown = np.zeros(len(col), dtype=bool)
-        unknown[np.repeat(np.arange(len(col)), n)[miss]] = True
+        unknown = _rows_with(n, miss)
     return (*scalar_values(mapped), unknown)
+
+
+def _rows_with(lengths: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """bool ``[B]``: the rows of a list column (``lengths [B]``) holding a value marked in
+    ``values [sum(lengths)]``."""
+    rows = np.zeros(len(lengths), dtype=bool)
+    rows[np.repeat(np.arange(len(lengths)), lengths)[values]] = True
+    return rows
 
 
 def _label_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
@@ -451,16 +458,13 @@ def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
         valid = flat.is_valid().to_numpy(zero_copy_only=False)
         wrong = valid & ~int_string_ok(flat)
         if is_list(ids.type):
-            rows = np.zeros(len(ids), dtype=bool)
-            rows[np.repeat(np.arange(len(ids)), list_lengths(ids))[wrong]] = True
-            wrong = rows
+            wrong = _rows_with(list_lengths(ids), wrong)
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
     if s.kv_separator is not None and splits(table.column(s.source).type, s):
         w = kv_weights(table, s)
         bad_w = ~w.flatten().is_valid().to_numpy(zero_copy_only=False)
         bad_w &= ids.flatten().is_valid().to_numpy(zero_copy_only=False)
-        rows = np.zeros(len(ids), dtype=bool)
-        rows[np.repeat(np.arange(len(ids)), list_lengths(ids))[bad_w]] = True
+        rows = _rows_with(list_lengths(ids), bad_w)
         yield rows, s.source, f"weight is not a finite number (after {s.kv_separator!r})"
     if s.weight_column:
         w = table.column(s.weight_column).combine_chunks()
