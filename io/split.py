@@ -130,7 +130,9 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     one double). Other columns keep Arrow's inferred type.
     """
     opts, read = o.parse_options(), o.read_options()
-    nulls = {} if o.null_values is None else {"null_values": o.null_values}
+    nulls: dict = {} if o.null_values is None else {"null_values": o.null_values}
+    if o.layout == "hive":  # Hive's \N is NULL in string columns too, as the reader reads it
+        nulls["strings_can_be_null"] = True
     conv = pacsv.ConvertOptions(include_columns=columns, column_types=o.column_types, **nulls)
     table = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
     numeric = [

@@ -234,5 +234,9 @@ def test_cli_split_reads_a_hive_text_table(tmp_path: Path, capsys) -> None:
     assert not users[0] & users[1]
     scores = pa.concat_tables(parts.values()).column("score")
     assert scores.null_count == 10 and pa.types.is_floating(scores.type)  # \N is null
+    lines[3] = "\\N\x013\x011.5"  # a null user: named, not a user called "\N"
+    (table / "000000_0").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(argv) != 0
+    assert "column 'user', row 3: null group value" in capsys.readouterr().err
     assert main([*argv[:-1], "{layout: excel}"]) != 0
     assert "--csv.layout: Input should be 'none', 'criteo' or 'hive'" in capsys.readouterr().err
