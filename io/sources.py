@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
-from . import arrow_handlers, jsonl, nested
+from . import arrow_handlers, jsonl, nested, partitions
 from .csv_options import CRITEO_COLUMNS, CsvOptions, first_failing  # noqa: F401 - re-exported
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
@@ -103,7 +103,9 @@ class Source:
         self._bad_sorted: dict[int, np.ndarray] = {}
         self._blank_lines: dict[int, np.ndarray] = {}
         self._fragments: dict[int, list[ds.Fragment]] = {}
-        self._columns: dict[int, tuple[list[str], list[str]]] = {}
+        self._columns: dict[int, tuple[list[str], list[str], list[str]]] = {}
+        self._partitions = [partitions.values(f) for f in files]
+        self._partition_types = partitions.types(self._partitions)
         self.schemas: dict[int, pa.Schema] = {}
         self.units = self._list_units()
 
@@ -372,25 +374,35 @@ class Source:
 
     def schema(self, i: int) -> pa.Schema:
         """Arrow schema of file ``i`` (CSV: types as inferred from its first block), with a
-        field for every dotted path inside its struct columns (:mod:`recis.io.nested`)."""
+        field for every dotted path inside its struct columns (:mod:`recis.io.nested`) and
+        for each ``key=value`` folder above it (:mod:`recis.io.partitions`)."""
         if i not in self.schemas:
             try:
                 self.schemas[i] = self._open_csv(i).schema
             except (pa.ArrowException, OSError) as err:
                 self._fail(self.files[i], err, i=i)
-        return nested.flat_schema(self.schemas[i])
+        flat = nested.flat_schema(self.schemas[i])
+        names = set(flat.names)
+        for key in self._partitions[i]:
+            if key not in names:  # a column of the file wins over its folder's
+                flat = flat.append(pa.field(key, self._partition_types[key]))
+        return flat
 
     def _present(self, i: int) -> list[str]:
         return self._columns_of(i)[0]
 
-    def _columns_of(self, i: int) -> tuple[list[str], list[str]]:
-        """File ``i``'s requested columns that it has, and what to ask its reader for to get
-        them (:func:`recis.io.nested.read_columns`); worked out once per file."""
+    def _columns_of(self, i: int) -> tuple[list[str], list[str], list[str]]:
+        """File ``i``'s requested columns that it has, what to ask its reader for to get
+        them (:func:`recis.io.nested.read_columns`) and which of them come from its folders
+        (partition values); worked out once per file."""
         found = self._columns.get(i)
         if found is None:
             names = set(self.schema(i).names)
             present = [c for c in self.columns if c in names]
-            found = self._columns[i] = (present, nested.read_columns(self.schemas[i], present))
+            held = nested.paths(self.schemas[i])
+            folder = [c for c in present if c not in held]
+            read = nested.read_columns(self.schemas[i], present)
+            found = self._columns[i] = (present, read, folder)
         return found
 
     def read(self, unit: Unit, start: int = 0) -> Iterator[pa.Table]:
@@ -399,9 +411,15 @@ class Source:
         Parquet page checksums are verified where the writer stored them, and the rows
         read are checked against the footer's (or the CSV count's) row count.
         """
-        cols = self._present(unit.file)
+        cols, _, folder = self._columns_of(unit.file)
+        held = [c for c in cols if c not in folder]
+        values = self._partitions[unit.file]
         for t in self._read(unit, start):
-            yield nested.select(t, cols)
+            t = nested.select(t, held)
+            for key in folder:  # the partition value of the file's folders, every row
+                column = partitions.constant(values[key], self._partition_types[key], len(t))
+                t = t.append_column(key, column)
+            yield t.select(cols) if folder else t
 
     def _short(self, path: str, got: int, want: int, what: str) -> None:
         if got != want:

@@ -221,3 +221,40 @@ def test_table_format_folders_are_refused_not_misread(tmp_path):
     (iceberg / "metadata" / "v1.metadata.json").write_text("{}")
     with pytest.raises(DataError, match="Iceberg"):
         resolve_paths(iceberg)
+
+
+def test_hive_partition_folders_are_columns(tmp_path):
+    """Spark's partitionBy writes ``dt=.../country=.../part-0.parquet`` without those columns
+    in the files: a schema names them like any column, each file's rows get its folders'
+    values (integers as int64, Hive's default partition as null); a file's own column wins."""
+    root = tmp_path / "clicks"
+    folders = {
+        "dt=20240101/country=de": [1.0, 0.0],
+        "dt=20240102/country=fr%20x": [1.0],  # Spark escapes a space as %20
+        "dt=20240102/country=__HIVE_DEFAULT_PARTITION__": [0.0, 1.0, 1.0],
+    }
+    for folder, ys in folders.items():
+        (root / folder).mkdir(parents=True)
+        pq.write_table(
+            pa.table({"y": ys, "uid": list(range(len(ys)))}), root / folder / "part-0.parquet"
+        )
+    schema = Schema(
+        sparse=[SparseFeature(name="country", dtype="string"), SparseFeature(name="uid")],
+        labels=[LabelSpec(name="y")],
+        extras=["dt"],
+    )
+    (b,) = list(Reader(root, schema, 16))
+    assert b.extras["dt"].tolist() == [20240101] * 2 + [20240102] * 4
+    country = b.sparse["country"]
+    assert country.lengths().tolist() == [1, 1, 0, 0, 0, 1]  # files in path order; null: no id
+    assert country.values().tolist() == hash_strings(["de", "de", "fr x"], salt="country").tolist()
+    # a file that holds the column itself keeps its own values
+    pq.write_table(
+        pa.table({"y": [1.0], "uid": [9], "country": ["it"]}),
+        root / "dt=20240101/country=de/part-1.parquet",
+    )
+    (b,) = list(Reader(root, schema, 16))
+    assert (
+        b.sparse["country"].values().tolist()[:3]
+        == hash_strings(["de", "de", "it"], salt="country").tolist()
+    )
