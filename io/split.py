@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import ConfigError, DataError
 
-from . import jsonl, nested
+from . import jsonl, nested, partitions
 from .csv_options import CsvOptions
 from .sources import SUFFIXES, resolve_paths
 
@@ -74,25 +74,33 @@ def read_input(
     ``format`` None: taken from the first file's suffix (parquet when unknown). ``columns``
     may name fields inside struct columns by their dotted paths (:mod:`recis.io.nested`).
     ``csv``: how CSV/TSV text is parsed (delimiter, header, names, the Criteo and Hive
-    layouts), as ``data.csv`` of a run config.
+    layouts), as ``data.csv`` of a run config. The ``key=value`` folders of a partitioned
+    table are columns too (:mod:`recis.io.partitions`).
     """
     fmt = format or _guess_format(paths)
     files = resolve_paths(paths, SUFFIXES[fmt])
+    folders = [partitions.values(f) for f in files]
+    types = partitions.types(folders)
     tables = []
-    for f in files:
+    for f, values in zip(files, folders):
+        # a requested partition key comes from the folder; unrequested, the file's own wins
+        held = None if columns is None else [c for c in columns if c not in values]
         try:
             if fmt in ("parquet", "orc"):
-                tables.append(_read_columnar(f, fmt, columns))
+                table = _read_columnar(f, fmt, held)
             elif fmt == "jsonl":
-                table = jsonl.read_table(f, columns)
-                for c in columns or []:
+                table = jsonl.read_table(f, held)
+                for c in held or []:
                     if c not in table.column_names:  # a field no line of the file has
                         raise DataError("missing column (no line has it)", path=f, column=c)
-                tables.append(table)
             else:
-                tables.append(_read_csv_lossless(f, (csv or CsvOptions()).resolved(fmt), columns))
+                table = _read_csv_lossless(f, (csv or CsvOptions()).resolved(fmt), held)
         except (pa.ArrowException, OSError) as err:
             raise DataError(f"cannot read as {fmt}: {err}", path=f) from None
+        for key, value in values.items():
+            if key not in table.column_names and (columns is None or key in columns):
+                table = table.append_column(key, partitions.constant(value, types[key], len(table)))
+        tables.append(table if columns is None else table.select(columns))
     try:
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowException as err:

@@ -13,7 +13,7 @@ import pytest
 
 from recis.cli import main
 from recis.errors import ConfigError, DataError
-from recis.io.split import split_files, split_table
+from recis.io.split import read_input, split_files, split_table
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -240,3 +240,20 @@ def test_cli_split_reads_a_hive_text_table(tmp_path: Path, capsys) -> None:
     assert "column 'user', row 3: null group value" in capsys.readouterr().err
     assert main([*argv[:-1], "{layout: excel}"]) != 0
     assert "--csv.layout: Input should be 'none', 'criteo' or 'hive'" in capsys.readouterr().err
+
+
+def test_split_reads_partition_folders_as_columns(tmp_path: Path) -> None:
+    """A Spark-partitioned log (``dt=.../part-0.parquet``, no ``dt`` in the files) splits by
+    its partition date: the later day tests."""
+    for day, n in ((20240101, 30), (20240102, 10)):
+        (tmp_path / f"dt={day}").mkdir()
+        pq.write_table(
+            pa.table({"user": [f"u{i}" for i in range(n)]}),
+            tmp_path / f"dt={day}" / "part-0.parquet",
+        )
+    out = tmp_path / "out"
+    argv = ["split", str(tmp_path), "--out", str(out), "--by", "time", "--time", "dt"]
+    assert main([*argv, "--fractions", "0.75", "0.25"]) == 0
+    test = pq.read_table(out / "test.parquet")
+    assert test.column("dt").to_pylist() == [20240102] * 10
+    assert read_input(tmp_path, columns=["dt", "user"]).column_names == ["dt", "user"]
