@@ -26,11 +26,9 @@ from .validate import (
     check_columns,
     id_column,
     is_list,
-    kv_weights,
     label_values,
     list_lengths,
     parse_int_strings,
-    splits,
 )
 
 
@@ -120,10 +118,9 @@ def _ids(
     table: pa.Table, f: SparseFeature
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """int64 ids ``[sum(L)]``, lengths ``[B]`` (None: one id per row), weights or None."""
-    col = id_column(table, f)  # a separator splits strings into lists here
-    weights = _array(table, f.weight_column) if f.weight_column else None
-    if f.kv_separator is not None and splits(table.column(f.source).type, f):
-        weights = kv_weights(table, f)  # "id:weight" pieces
+    col, weights = id_column(table, f)  # a separator splits strings into lists here
+    if f.weight_column:  # (never with a separator: the config refuses the two together)
+        weights = _array(table, f.weight_column)
     if isinstance(col, pa.ChunkedArray) and (is_list(col.type) or col.null_count):
         col = col.combine_chunks()  # one Arrow array for the list/null handling below
     if pa.types.is_null(col.type):

@@ -284,27 +284,28 @@ def _label_problems(lab: LabelSpec, v: np.ndarray) -> list[tuple[np.ndarray, str
     return []
 
 
-def id_column(table: pa.Table, f: SparseFeature) -> pa.Array | pa.ChunkedArray:
-    """The ids column of ``f``: a string column with ``separator`` is split into
-    ``list<string>`` (empty pieces become nulls, i.e. no id; with ``kv_separator`` the
-    id part of each ``id:weight`` piece)."""
+def id_column(
+    table: pa.Table, f: SparseFeature
+) -> tuple[pa.Array | pa.ChunkedArray, pa.ListArray | None]:
+    """The ids column of ``f`` and the weights its ``id:weight`` pieces carry (None without
+    ``kv_separator``), from one split of the text. A string column with ``separator`` is
+    split into ``list<string>`` (empty pieces become nulls, i.e. no id; with ``kv_separator``
+    the id part of each piece, and ``list<string>`` pieces too). The weights are
+    ``list<double>`` aligned with the ids: 1 for a piece without ``kv_separator``, null where
+    the weight is not a finite number."""
     col = table.column(f.source)
-    return _split(col, f)[0] if splits(col.type, f) else col
+    if not _splits(col.type, f):
+        return col, None
+    ids, weights = _split(col, f)
+    return ids, weights if f.kv_separator is not None else None
 
 
-def splits(t: pa.DataType, f: SparseFeature) -> bool:
+def _splits(t: pa.DataType, f: SparseFeature) -> bool:
     """Whether ``f``'s column of type ``t`` is split into pieces: a string column with
     ``separator``, or a ``list<string>`` of ``id:weight`` pieces with ``kv_separator``."""
     if f.separator is None:
         return False
     return _is_string(t) or (f.kv_separator is not None and is_list(t) and _is_string(_leaf(t)))
-
-
-def kv_weights(table: pa.Table, f: SparseFeature) -> pa.ListArray:
-    """``list<double>`` weights of ``f``'s ``id:weight`` pieces, aligned with
-    :func:`id_column` (1 for a piece without ``kv_separator``; null where the weight is
-    not a finite number)."""
-    return _split(table.column(f.source), f)[1]
 
 
 _FLOAT_TEXT = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
@@ -451,7 +452,7 @@ def _dense_flags(col: pa.Array, f: DenseFeature, nan_policy: str) -> Iterator[Fl
 
 
 def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
-    ids = id_column(table, s)
+    ids, kv = id_column(table, s)
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     if s.dtype == "int" and _is_string(_leaf(ids.type)):
         flat = ids.flatten() if is_list(ids.type) else ids
@@ -460,9 +461,8 @@ def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
         if is_list(ids.type):
             wrong = _rows_with(list_lengths(ids), wrong)
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
-    if s.kv_separator is not None and splits(table.column(s.source).type, s):
-        w = kv_weights(table, s)
-        bad_w = ~w.flatten().is_valid().to_numpy(zero_copy_only=False)
+    if kv is not None:
+        bad_w = ~kv.flatten().is_valid().to_numpy(zero_copy_only=False)
         bad_w &= ids.flatten().is_valid().to_numpy(zero_copy_only=False)
         rows = _rows_with(list_lengths(ids), bad_w)
         yield rows, s.source, f"weight is not a finite number (after {s.kv_separator!r})"
