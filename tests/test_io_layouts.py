@@ -235,11 +235,17 @@ def test_csv_ids_under_dtype_int_are_parsed_with_row_and_line(tmp_path):
         list(Reader(tmp_path / "a.csv", schema, 8, format="csv"))
 
 
-def test_recis_layout_example_reads_and_trains(tmp_path):
+def _example(tmp_path: Path, table, fmt: str, example: str):  # noqa: ANN001 - a table maker
+    """``tmp_path/train`` (64 rows) and ``tmp_path/eval`` (32) written by ``table(n)`` as
+    ``fmt``; the example config ``example`` loaded."""
     for split, n in (("train", 64), ("eval", 32)):
         (tmp_path / split).mkdir()
-        _write(_recis_table(n), tmp_path / split / "part-0.orc", "orc")
-    cfg = load_config(ROOT / "examples" / "recis_layout.yaml")
+        _write(table(n), tmp_path / split / f"part-0.{fmt}", fmt)
+    return load_config(ROOT / "examples" / example)
+
+
+def test_recis_layout_example_reads_and_trains(tmp_path):
+    cfg = _example(tmp_path, _recis_table, "orc", "recis_layout.yaml")
     reader = reader_from_config(cfg.data, str(tmp_path / "train"), train=False)
     assert sum(b.batch_size for b in reader) == 64
     _train(tmp_path, "recis_layout.yaml")
@@ -263,10 +269,7 @@ def _tzrec_table(n: int) -> pa.Table:
 
 
 def test_torcheasyrec_layout_example_reads_and_trains(tmp_path):
-    for split, n in (("train", 64), ("eval", 32)):
-        (tmp_path / split).mkdir()
-        _write(_tzrec_table(n), tmp_path / split / "part-0.parquet", "parquet")
-    cfg = load_config(ROOT / "examples" / "torcheasyrec_layout.yaml")
+    cfg = _example(tmp_path, _tzrec_table, "parquet", "torcheasyrec_layout.yaml")
     (b,) = list(reader_from_config(cfg.data, str(tmp_path / "eval"), train=False))
     assert b.sparse["tags"].weights().tolist()[:1] == [0.5]
     assert b.sparse["tags"].lengths().tolist()[:3] == [0, 1, 2]
@@ -335,10 +338,7 @@ def _events_table(n: int) -> pa.Table:
 
 
 def test_nested_layout_example_reads_and_trains(tmp_path):
-    for split, n in (("train", 64), ("eval", 32)):
-        (tmp_path / split).mkdir()
-        _write(_events_table(n), tmp_path / split / "part-0.parquet", "parquet")
-    cfg = load_config(ROOT / "examples" / "nested_layout.yaml")
+    cfg = _example(tmp_path, _events_table, "parquet", "nested_layout.yaml")
     (b,) = list(reader_from_config(cfg.data, str(tmp_path / "eval"), train=False))
     assert b.labels["click"].tolist()[:4] == [0.0, 1.0, 0.0, 1.0]
     assert b.sparse["tags"].lengths().tolist()[:3] == [0, 1, 2]
