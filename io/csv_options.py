@@ -32,7 +32,9 @@ HIVE_DELIMITER = "\x01"
 class CsvOptions:
     """How to parse CSV/TSV text. ``layout="criteo"`` sets the Criteo TSV columns and types;
     ``layout="hive"`` Hive's text tables (``\\x01`` between fields, no header, no quoting,
-    ``\\N`` and empty fields null)."""
+    ``\\N`` and empty fields null). ``encoding`` is the files' text encoding (a Python codec
+    name: ``gbk``, ``latin-1``, ``cp1252``; Arrow transcodes to UTF-8 while reading);
+    ``decimal_point`` the character before a number's fraction (``,`` in European exports)."""
 
     delimiter: str | None = None
     header: bool = True
@@ -41,6 +43,8 @@ class CsvOptions:
     null_values: list[str] | None = None
     layout: str | None = None
     quoting: bool = True
+    encoding: str = "utf8"
+    decimal_point: str = "."
 
     @classmethod
     def from_config(cls, c: CsvConfig) -> CsvOptions:
@@ -51,6 +55,8 @@ class CsvOptions:
             column_names=c.column_names,
             null_values=c.null_values,
             layout=None if c.layout == "none" else c.layout,
+            encoding=c.encoding,
+            decimal_point=c.decimal_point,
         )
 
     def resolved(self, fmt: str) -> CsvOptions:
@@ -83,8 +89,17 @@ class CsvOptions:
             column_names=self.column_names,
             autogenerate_column_names=not self.header and not self.column_names,
             skip_rows=1 if self.header and self.column_names else 0,
+            encoding=self.encoding,
             **kw,
         )
+
+    def convert_options(self, **kw: object) -> pacsv.ConvertOptions:
+        """Resolved options' nulls and decimal point with ``kw`` (columns, types) on top (one
+        rule for every CSV reader)."""
+        base: dict = {"decimal_point": self.decimal_point}
+        if self.null_values is not None:
+            base["null_values"] = self.null_values
+        return pacsv.ConvertOptions(**(base | kw))
 
 
 def _casts(arr: pa.Array, target: pa.DataType) -> bool:

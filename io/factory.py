@@ -55,6 +55,7 @@ def reader_from_config(
         on_bad_row=data.on_bad_row,
         quarantine=data.quarantine,
         max_bad_fraction=data.max_bad_fraction,
+        on_missing_column=data.on_missing_column,
         csv=csv,
         drop_last=data.drop_last and train,
         pin_memory=data.pin_memory,

@@ -48,13 +48,20 @@ from .quarantine import BAD_LINE, Quarantine, check_bad_fraction, record
 from .reader_state import STATE_KEYS, STATE_VERSION, SkipTally, check_options, start_state
 from .sources import SUFFIXES as _SUFFIXES
 from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
-from .validate import bad_rows, check_files
+from .validate import bad_rows, check_files, missing_columns
 
 
 def _open_source(
-    files: list[str], schema: Schema, format: str, fs: Any, csv: CsvOptions | None, skip: bool
+    files: list[str],
+    schema: Schema,
+    format: str,
+    fs: Any,
+    csv: CsvOptions | None,
+    skip: bool,
+    missing_as_null: bool = False,
 ) -> Source:
-    """The :class:`Source` over ``files`` (``skip``: leave out CSV lines that fail to parse)."""
+    """The :class:`Source` over ``files`` (``skip``: leave out CSV lines that fail to parse;
+    ``missing_as_null``: a column a file lacks is null in its rows)."""
     return Source(
         files,
         schema.columns,
@@ -62,6 +69,7 @@ def _open_source(
         fs,
         csv,
         skip_bad_lines=skip,
+        missing_as_null=missing_as_null,
         # CSV ids under dtype int or string are read as text, whatever a block looks like:
         # int ids are parsed (checked per row) by recis, string ids hashed as written
         # ("007" stays "007"; one file's all-digit block cannot make the column int64)
@@ -96,6 +104,10 @@ class Reader:
         filesystem: a pyarrow or fsspec filesystem for the paths.
         drop_last: drop the short last batch of each epoch.
         pin_memory: pin batches in the prefetch thread (fast host-to-GPU copies; no-op on CPU).
+        on_missing_column: ``raise`` (DataError naming the file and column) or ``null``: a
+            column some files lack (added after they were written) is null in their rows
+            (dense ``fill``, no ids, a bad row for a label); a column no file has is still
+            a DataError.
     """
 
     def __init__(
@@ -121,6 +133,7 @@ class Reader:
         drop_last: bool = False,
         pin_memory: bool = False,
         max_bad_fraction: float = 0.01,
+        on_missing_column: str = "raise",
     ) -> None:
         check_options(dict(locals()))
         fs = as_arrow_fs(filesystem)
@@ -142,10 +155,14 @@ class Reader:
         self.drop_last = drop_last
         # pinning needs an accelerator runtime; without one it is a no-op rather than an error
         self.pin = pin_memory and torch.accelerator.is_available()
-        self.source = _open_source(self.files, schema, format, fs, csv, on_bad_row == "skip")
+        self.source = _open_source(
+            self.files, schema, format, fs, csv, on_bad_row == "skip", on_missing_column == "null"
+        )
         self.num_rows = sum(u.num_rows for u in self.source.units)
         # every file's columns and types, from metadata, before the first step
         check_files(schema, self.files, [self.source.schema(i) for i in range(len(self.files))])
+        # logged by the first shard only: every rank and worker reads the same files
+        self.missing_columns = missing_columns(self.files, self.source.absent, self.shard == 0)
         self._lock = threading.Lock()
         self._state = start_state(0)
 

@@ -29,6 +29,7 @@ def check_options(o: dict[str, Any]) -> None:
         "nan_policy": o["nan_policy"] in ("fill", "raise"),
         "on_bad_row": o["on_bad_row"] in ("raise", "skip"),
         "max_bad_fraction": 0.0 <= o["max_bad_fraction"] <= 1.0,
+        "on_missing_column": o["on_missing_column"] in ("raise", "null"),
     }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:

@@ -89,6 +89,7 @@ class Source:
         csv: CsvOptions | None = None,
         skip_bad_lines: bool = False,
         text_columns: list[str] | tuple[str, ...] = (),
+        missing_as_null: bool = False,
     ) -> None:
         if fmt not in SUFFIXES:
             raise DataError(f"unknown format {fmt!r}; expected one of {sorted(SUFFIXES)}")
@@ -99,6 +100,10 @@ class Source:
         self.csv = (csv or CsvOptions()).resolved(fmt)
         self.skip_bad_lines = skip_bad_lines
         self.text_columns = list(text_columns)
+        # a requested column a file lacks is all null there (a column added after the file
+        # was written); ``absent[i]``: those of file ``i``, known once its schema is read
+        self.missing_as_null = missing_as_null
+        self.absent: dict[int, list[str]] = {}
         self.bad_lines: dict[int, list[tuple[int, int, str]]] = {}
         self._bad_sorted: dict[int, np.ndarray] = {}
         self._blank_lines: dict[int, np.ndarray] = {}
@@ -191,7 +196,10 @@ class Source:
             if conv.group(2) is not None:  # Arrow named the line: trust it over the search
                 row = self.row_of_line(int(conv.group(2)))
             line_no = self.line_of(row, i) if row is not None else None
-            raise DataError(conv.group(3), path=path, column=column, row=row, line=line_no)
+            text = conv.group(3)
+            if "invalid UTF8" in text and self.csv.encoding.replace("-", "").lower() == "utf8":
+                text += " (the file is not UTF-8: name its encoding in data.csv.encoding, e.g. gbk)"
+            raise DataError(text, path=path, column=column, row=row, line=line_no)
         raise DataError(f"{what}: {msg}", path=path) from None
 
     def _locate_bad_value(self, i: int, k: int) -> tuple[str | None, int | None]:
@@ -226,7 +234,7 @@ class Source:
         except (pa.ArrowException, OSError):
             return []
         fields = next(
-            csvlib.reader([first.decode("utf-8", "replace")], delimiter=o.delimiter or ",")
+            csvlib.reader([first.decode(o.encoding, "replace")], delimiter=o.delimiter or ",")
         )
         return fields if o.header else [f"f{k}" for k in range(len(fields))]
 
@@ -355,8 +363,6 @@ class Source:
         if binary is not None:
             types[binary] = pa.binary()
         conv_kw: dict = {"column_types": types, "strings_can_be_null": True}
-        if o.null_values is not None:
-            conv_kw["null_values"] = o.null_values
         stream = self.fs.open_input_stream(path, compression="detect")
         if count_only:
             first = o.column_names[0] if o.column_names else None
@@ -364,9 +370,9 @@ class Source:
                 conv_kw["include_columns"] = [first]
                 conv_kw["column_types"] = {first: pa.binary()}  # counts, never converts
         if handler is None:
-            return pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
+            return pacsv.open_csv(stream, read, parse, o.convert_options(**conv_kw))
         try:  # Arrow keeps the handler: released before Python exits (see arrow_handlers)
-            reader = pacsv.open_csv(stream, read, parse, pacsv.ConvertOptions(**conv_kw))
+            reader = pacsv.open_csv(stream, read, parse, o.convert_options(**conv_kw))
         except BaseException:
             arrow_handlers.track(None, handler)
             raise
@@ -386,6 +392,11 @@ class Source:
         for key in self._partitions[i]:
             if key not in names:  # a column of the file wins over its folder's
                 flat = flat.append(pa.field(key, self._partition_types[key]))
+        if self.missing_as_null:
+            have = set(flat.names)
+            self.absent[i] = [c for c in self.columns if c not in have]
+            for c in self.absent[i]:
+                flat = flat.append(pa.field(c, pa.null()))
         return flat
 
     def _present(self, i: int) -> list[str]:
@@ -394,7 +405,7 @@ class Source:
     def _columns_of(self, i: int) -> tuple[list[str], list[str], list[str]]:
         """File ``i``'s requested columns that it has, what to ask its reader for to get
         them (:func:`recis.io.nested.read_columns`) and which of them come from its folders
-        (partition values); worked out once per file."""
+        (partition values) or are absent (all null); worked out once per file."""
         found = self._columns.get(i)
         if found is None:
             names = set(self.schema(i).names)
@@ -417,7 +428,10 @@ class Source:
         for t in self._read(unit, start):
             t = nested.select(t, held)
             for key in folder:  # the partition value of the file's folders, every row
-                column = partitions.constant(values[key], self._partition_types[key], len(t))
+                if key in values:
+                    column = partitions.constant(values[key], self._partition_types[key], len(t))
+                else:  # a column the file lacks (missing_as_null)
+                    column = pa.nulls(len(t))
                 t = t.append_column(key, column)
             yield t.select(cols) if folder else t
 

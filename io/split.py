@@ -138,17 +138,16 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     one double). Other columns keep Arrow's inferred type.
     """
     opts, read = o.parse_options(), o.read_options()
-    nulls: dict = {} if o.null_values is None else {"null_values": o.null_values}
-    if o.layout == "hive":  # Hive's \N is NULL in string columns too, as the reader reads it
-        nulls["strings_can_be_null"] = True
-    conv = pacsv.ConvertOptions(include_columns=columns, column_types=o.column_types, **nulls)
+    # Hive's \N is NULL in string columns too, as the reader reads it
+    nulls: dict = {"strings_can_be_null": True} if o.layout == "hive" else {}
+    conv = o.convert_options(include_columns=columns, column_types=o.column_types, **nulls)
     table = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
     numeric = [
         f.name for f in table.schema if pa.types.is_int64(f.type) or pa.types.is_floating(f.type)
     ]
     if not numeric:
         return table
-    conv = pacsv.ConvertOptions(
+    conv = o.convert_options(
         include_columns=numeric, column_types={c: pa.string() for c in numeric}, **nulls
     )
     texts = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)

@@ -14,6 +14,7 @@ and quarantines them.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections.abc import Iterator
 
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
+
+_log = logging.getLogger("recis.io")
 
 _LISTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
 _INT64_MAX = "9223372036854775807"
@@ -59,15 +62,16 @@ def _is_signed(t: pa.DataType) -> bool:
     return pa.types.is_signed_integer(t)
 
 
-def check_columns(schema: Schema, arrow: pa.Schema, path: str) -> None:
-    """Raise DataError naming ``path`` and the column if a column is absent or mistyped."""
+def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -> None:
+    """Raise DataError naming ``path`` and the column if a column is absent (``hint`` then
+    follows the message) or mistyped."""
 
     def get(col: str) -> pa.DataType:
         i = arrow.get_field_index(col)
         if i < 0:
             raise DataError(
                 f"missing column (file has {', '.join(arrow.names[:12])}"
-                f"{', ...' if len(arrow.names) > 12 else ''})",
+                f"{', ...' if len(arrow.names) > 12 else ''}){hint}",
                 path=path,
                 column=col,
             )
@@ -147,8 +151,10 @@ def check_files(schema: Schema, files: list[str], arrow: list[pa.Schema]) -> Non
     place and a signed integer in another (their 64 bits would alias: uint64
     2**64 - 1 and int64 -1 are the same id).
     """
+    # several files: a column may have been added after the older ones were written
+    hint = "; if older files predate it, data.on_missing_column: null" if len(files) > 1 else ""
     for path, s in zip(files, arrow):
-        check_columns(schema, s, path)
+        check_columns(schema, s, path, hint)
     first: dict[str, tuple[pa.DataType, str]] = {}
     for path, s in zip(files, arrow):
         for col in schema.columns:
@@ -160,6 +166,37 @@ def check_files(schema: Schema, files: list[str], arrow: list[pa.Schema]) -> Non
             if t != t0 and not _unifies(t0, t):
                 raise DataError(f"type {t} does not match {t0} in {p0}", path=path, column=col)
     _check_signedness(schema, files, arrow)
+
+
+def missing_columns(
+    files: list[str], absent: dict[int, list[str]], log: bool = True
+) -> dict[str, list[str]]:
+    """``column -> the files that lack it`` when a reader reads missing columns as null
+    (``absent``: per file index, as :class:`~recis.io.sources.Source` found them), with
+    ``log`` one warning per column. A column that every file lacks is a DataError: that is
+    a misspelt or wrong column, not one added after older files were written."""
+    out: dict[str, list[str]] = {}
+    for i, cols in sorted(absent.items()):
+        for c in cols:
+            out.setdefault(c, []).append(files[i])
+    for col, lacking in out.items():
+        if len(lacking) == len(files):
+            where = "the file" if len(files) == 1 else f"all {len(files)} files"
+            raise DataError(
+                f"missing column in {where} (on_missing_column: null reads a column that only"
+                " some files lack as null)",
+                path=lacking[0],
+                column=col,
+            )
+        if log:
+            _log.warning(
+                "column %r is missing in %d of %d files (the first: %s): read as null there",
+                col,
+                len(lacking),
+                len(files),
+                lacking[0],
+            )
+    return out
 
 
 def _unifies(a: pa.DataType, b: pa.DataType) -> bool:

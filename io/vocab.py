@@ -54,7 +54,7 @@ def _csv_texts(path: str, columns: list[str], fmt: str, csv: CsvOptions) -> pa.T
         path,
         read_options=o.read_options(),
         parse_options=o.parse_options(),
-        convert_options=pacsv.ConvertOptions(
+        convert_options=o.convert_options(
             include_columns=columns,
             column_types={c: pa.string() for c in columns},
             null_values=o.null_values or [""],

@@ -17,6 +17,7 @@ keeps pydantic's usual coercion.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tempfile
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass
 
 from recis.config_base import STRICT as STRICT
@@ -54,13 +55,32 @@ class SyntheticConfig:
 class CsvConfig:
     """CSV/TSV parsing. ``layout: criteo`` is the Criteo TSV (label, I1..I13, C1..C26, no
     header); ``layout: hive`` Hive's text tables (``\\x01`` between fields, no header, no
-    quoting, ``\\N`` and empty fields null; name the columns in ``column_names``)."""
+    quoting, ``\\N`` and empty fields null; name the columns in ``column_names``).
+    ``encoding``: the files' text encoding, a Python codec name (``gbk``, ``latin-1``);
+    ``decimal_point``: ``,`` for numbers written ``0,5``."""
 
     layout: Literal["none", "criteo", "hive"] = "none"
     delimiter: str | None = None
     header: bool = True
     column_names: list[str] | None = None
     null_values: list[str] | None = None
+    encoding: str = "utf8"
+    decimal_point: str = Field(default=".", min_length=1, max_length=1)
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, name: str) -> str:
+        try:
+            codecs.lookup(name)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {name!r} (a Python codec name: utf8, gbk, latin-1, cp1252)"
+            ) from None
+        return name
+
+    def __post_init__(self) -> None:
+        if self.decimal_point == self.delimiter:
+            raise ValueError(f"decimal_point {self.decimal_point!r} is also the delimiter")
 
 
 @dataclass(config=STRICT)
@@ -76,7 +96,9 @@ class DataConfig:
     them to ``quarantine``; an epoch whose skipped rows pass ``max_bad_fraction``
     of its rows, default 0.01, or whose rows are all bad, stops with a DataError),
     ``prefetch`` batches converted ahead in a background thread,
-    ``shuffle_buffer`` rows per shuffle chunk, ``num_workers`` DataLoader
+    ``on_missing_column: null`` reads a column that some files lack (added after they were
+    written) as null in their rows, ``shuffle_buffer`` rows per shuffle chunk,
+    ``num_workers`` DataLoader
     worker processes (0: read in the training process), ``pin_memory`` for
     fast copies to an accelerator.
     """
@@ -95,6 +117,7 @@ class DataConfig:
     on_bad_row: Literal["raise", "skip"] = "raise"
     quarantine: str | None = None
     max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
+    on_missing_column: Literal["raise", "null"] = "raise"
     prefetch: int = Field(default=2, ge=0)
     shuffle_buffer: int = Field(default=65536, gt=0)
     num_workers: int = Field(default=0, ge=0)
