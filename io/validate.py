@@ -133,12 +133,10 @@ def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
             "integer ids of at most 64 bits (a decimal column can hold more);"
             " store int64/uint64, or strings with dtype: string",
         )
-    if f.dtype != "string" and pa.types.is_floating(leaf):
-        bad(f.source, t, "integer ids (ids in a float column); use int64 or list<int64>")
     if f.dtype == "string":
         if not (_is_string(leaf) or pa.types.is_integer(leaf)):
             bad(f.source, t, "string ids (string or list<string>)")
-    elif not (pa.types.is_integer(leaf) or _is_string(leaf)):
+    elif not (pa.types.is_integer(leaf) or _is_string(leaf) or pa.types.is_floating(leaf)):
         bad(f.source, t, "integer or string ids (int64, list<int64>, string, list<string>)")
 
 
@@ -331,10 +329,33 @@ def id_column(
     ``list<double>`` aligned with the ids: 1 for a piece without ``kv_separator``, null where
     the weight is not a finite number."""
     col = table.column(f.source)
+    if pa.types.is_floating(_leaf(col.type)):
+        return _nan_as_null(col), None
     if not _splits(col.type, f):
         return col, None
     ids, weights = _split(col, f)
     return ids, weights if f.kv_separator is not None else None
+
+
+def _nan_as_null(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A float id column (or list of them) with NaN as null: pandas writes an integer
+    column with missing values as float64 with NaN, which is "no id" here."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    values = arr.flatten() if is_list(arr.type) else arr
+    values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+    if not is_list(arr.type):
+        return values
+    offsets = pa.array(np.concatenate(([0], np.cumsum(list_lengths(arr)))).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, values, mask=arr.is_null())
+
+
+def float_id_problems(values: pa.Array) -> np.ndarray:
+    """bool ``[N]``: float ids that are not integers a float of that width holds exactly
+    (2**53 for float64, 2**24 for float32; past that, ids have merged when written)."""
+    v = values.to_numpy(zero_copy_only=False)
+    exact = float(2 ** (np.finfo(v.dtype).nmant + 1))
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(v) & ((np.abs(v) > exact) | (v != np.floor(v)))
 
 
 def _splits(t: pa.DataType, f: SparseFeature) -> bool:
@@ -498,6 +519,12 @@ def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
         if is_list(ids.type):
             wrong = _rows_with(list_lengths(ids), wrong)
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
+    if pa.types.is_floating(_leaf(ids.type)):  # pandas' integers with NaN: whole floats
+        flat = ids.flatten() if is_list(ids.type) else ids
+        wrong = float_id_problems(flat)
+        if is_list(ids.type):
+            wrong = _rows_with(list_lengths(ids), wrong)
+        yield wrong, s.source, "id in a float column is not a whole number it holds exactly"
     if kv is not None:
         bad_w = ~kv.flatten().is_valid().to_numpy(zero_copy_only=False)
         bad_w &= ids.flatten().is_valid().to_numpy(zero_copy_only=False)

@@ -174,3 +174,23 @@ def test_a_label_older_files_lack_is_a_bad_row_not_a_guess(tmp_path):
     assert b.labels["y"].tolist() == [1.0] and b.dense[:, 0].tolist() == [2.0]
     assert b.sparse["city"].values().tolist() == hash_strings(["b"], salt="city").tolist()
     assert skip.bad_rows_report() == {"y: null or NaN label": 1}
+
+
+def test_integer_ids_that_pandas_wrote_as_floats(tmp_path):
+    """An int column with a missing value leaves pandas as float64 (NaN, or null through
+    pyarrow), and a CSV export as ``12345.0``: the same ids as int64 files give."""
+    schema = Schema(labels=[LabelSpec(name="y")], sparse=[SparseFeature(name="item")])
+    ints = tmp_path / "a.parquet"
+    floats = tmp_path / "b.parquet"
+    text = tmp_path / "c.csv"
+    pq.write_table(pa.table({"y": [1.0, 0.0], "item": [12345, 2**40]}), ints)
+    pq.write_table(
+        pa.table({"y": [1.0, 0.0, 1.0], "item": pa.array([12345.0, None, float(2**40)])}), floats
+    )
+    text.write_text("y,item\n1,12345.0\n0,\n1,1099511627776.0\n")
+    (b,) = list(Reader([str(ints), str(floats)], schema, 8))
+    assert b.sparse["item"].values().tolist() == [12345, 2**40, 12345, 2**40]
+    assert b.sparse["item"].lengths().tolist() == [1, 1, 1, 0, 1]
+    (c,) = list(Reader(text, schema, 8, format="csv"))
+    assert c.sparse["item"].values().tolist() == [12345, 2**40]
+    assert c.sparse["item"].lengths().tolist() == [1, 0, 1]

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
@@ -51,9 +52,25 @@ def test_wrong_type(tmp_path):
 
 
 def test_ids_in_a_float_column(tmp_path):
-    f = _write(tmp_path / "a.parquet", ids=np.arange(40, dtype=np.float64))
-    with pytest.raises(DataError, match=r"column 'ids': .*ids in a float column"):
-        _read(f)
+    """pandas writes integer ids with a missing value as float64 with NaN: whole numbers are
+    the ids, NaN no id; a fraction, or a value past what the float holds exactly, is a bad
+    row naming it."""
+    ids = np.arange(40, dtype=np.float64)
+    ids[3] = np.nan
+    batches = _read(_write(tmp_path / "a.parquet", ids=ids))
+    got = torch.cat([b.sparse["ids"].values() for b in batches]).tolist()
+    assert got == [i for i in range(40) if i != 3]
+    assert torch.cat([b.sparse["ids"].lengths() for b in batches]).tolist()[2:5] == [1, 0, 1]
+    for bad, value in [(21.5, "21.5"), (2.0**53 + 2, "9007199254740994.0"), (np.inf, "inf")]:
+        ids[21] = bad
+        f = _write(tmp_path / "b.parquet", ids=ids)
+        with pytest.raises(
+            DataError, match=rf"column 'ids', row 21: id in a float column .*\(value {value}\)"
+        ):
+            _read(f)
+    f32 = _write(tmp_path / "c.parquet", ids=pa.array(np.full(40, 2.0**24 + 2, np.float32)))
+    with pytest.raises(DataError, match=r"row 0: id in a float column is not a whole number"):
+        _read(f32)
 
 
 @pytest.mark.parametrize("bad", ["null", "nan"])
