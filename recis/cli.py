@@ -447,10 +447,15 @@ def _tool(args: argparse.Namespace) -> int | None:
 
 def _configured(args: argparse.Namespace) -> int:
     """``vocab``, ``train`` and ``eval`` of a recis run config (one process or N)."""
-    import recis.models  # noqa: F401  (registers the zoo's models that load_config resolves)
-    from recis.config import load_config
+    from recis.config import RunConfig, apply_overrides, build_run_config, load_yaml, validate
 
-    cfg = load_config(args.config, args.overrides)
+    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    # every section but the model's first: a typo there is answered before torch and the
+    # model zoo are imported (0.5 s instead of 7 on a 2-core machine)
+    validate(RunConfig, raw)
+    import recis.models  # noqa: F401  (registers the zoo's models that the model section needs)
+
+    cfg = build_run_config(raw)
     if args.command == "vocab":
         _vocab(cfg, only_missing=False)
         return 0

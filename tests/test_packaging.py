@@ -62,3 +62,30 @@ def test_wheel_maps_sibling_folders(tmp_path):
     assert not any(n.startswith(("io/", "ops/", "models/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "recis = recis.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_config_typos_and_plots_answer_before_torch_loads(tmp_path):
+    """A misspelt field is reported, and a run's metrics are plotted, without importing torch
+    (7-10 s on a 2-core machine): the train sections are checked before the model zoo loads,
+    and recis.train resolves its names on first use."""
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(
+        (ROOT / "examples" / "dlrm_synthetic.yaml").read_text().replace("  epochs:", "  epohcs:")
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 0.5}\n')
+    code = (
+        "import sys; from recis.cli import main\n"
+        f"typo = main(['train', {str(cfg)!r}])\n"
+        f"plot = main(['plot', {str(run)!r}])\n"
+        "print(typo, plot, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split()[-3:] == ["2", "0", "False"], proc.stdout + proc.stderr
+    assert "train.epohcs: unknown field (did you mean 'epochs'?)" in proc.stderr
+    assert (run / "plots" / "loss.png").stat().st_size > 0
+    import recis.train  # the lazy names resolve to the modules' objects
+
+    assert recis.train.Trainer is __import__("recis.train.trainer", fromlist=["_"]).Trainer
+    assert sorted(recis.train.__all__) == sorted(recis.train._HOME)

@@ -1,11 +1,35 @@
 """recis.train: the trainer and its pipeline and context, callbacks, checkpoints, run logs
-and plots."""
+and plots.
 
-from .callbacks import Callback, EarlyStopping
-from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint, save_checkpoint
-from .context import TrainContext
-from .pipeline import PreparesAhead, TrainPipeline
-from .trainer import Trainer
+The names below load on first use: ``recis plot`` and ``recis.train.runlog`` need neither
+torch nor torchrec, and importing them through this package loaded both (10 s for a plot
+on a 2-core machine, 1.3 s without).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .callbacks import Callback, EarlyStopping
+    from .checkpoint import CheckpointManager, latest_checkpoint, load_checkpoint, save_checkpoint
+    from .context import TrainContext
+    from .pipeline import PreparesAhead, TrainPipeline
+    from .trainer import Trainer
+
+_HOME = {
+    "Callback": "callbacks",
+    "EarlyStopping": "callbacks",
+    "CheckpointManager": "checkpoint",
+    "latest_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "TrainContext": "context",
+    "PreparesAhead": "pipeline",
+    "TrainPipeline": "pipeline",
+    "Trainer": "trainer",
+}
 
 __all__ = [
     "Callback",
@@ -19,3 +43,11 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come back here
+    return value
