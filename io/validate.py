@@ -349,13 +349,15 @@ def _nan_as_null(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, values, mask=arr.is_null())
 
 
-def float_id_problems(values: pa.Array) -> np.ndarray:
-    """bool ``[N]``: float ids that are not integers a float of that width holds exactly
-    (2**53 for float64, 2**24 for float32; past that, ids have merged when written)."""
+def _float_id_problems(values: pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
+    """bool ``[N]`` each: float ids that are not whole numbers, and whole ones past what a
+    float of that width holds exactly (where ids have merged when written); and that bound's
+    power of 2 (53 for float64, 24 for float32)."""
     v = values.to_numpy(zero_copy_only=False)
-    exact = float(2 ** (np.finfo(v.dtype).nmant + 1))
+    bits = np.finfo(v.dtype).nmant + 1
     with np.errstate(invalid="ignore"):
-        return ~np.isnan(v) & ((np.abs(v) > exact) | (v != np.floor(v)))
+        big = np.abs(v) > float(2**bits)
+        return ~np.isnan(v) & ~big & (v != np.floor(v)), big, bits
 
 
 def _splits(t: pa.DataType, f: SparseFeature) -> bool:
@@ -520,11 +522,16 @@ def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
             wrong = _rows_with(list_lengths(ids), wrong)
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
     if pa.types.is_floating(_leaf(ids.type)):  # pandas' integers with NaN: whole floats
-        flat = ids.flatten() if is_list(ids.type) else ids
-        wrong = float_id_problems(flat)
+        fraction, big, bits = _float_id_problems(ids.flatten() if is_list(ids.type) else ids)
         if is_list(ids.type):
-            wrong = _rows_with(list_lengths(ids), wrong)
-        yield wrong, s.source, "id in a float column is not a whole number it holds exactly"
+            fraction, big = (_rows_with(list_lengths(ids), m) for m in (fraction, big))
+        yield fraction, s.source, "id in a float column is not a whole number"
+        yield (
+            big,
+            s.source,
+            f"id in a float column past 2**{bits}, where floats merge integers (a CSV of larger"
+            " ids: set dtype: string on the feature to hash them as written)",
+        )
     if kv is not None:
         bad_w = ~kv.flatten().is_valid().to_numpy(zero_copy_only=False)
         bad_w &= ids.flatten().is_valid().to_numpy(zero_copy_only=False)
