@@ -14,6 +14,12 @@ rows within a block. So a file is read here in blocks of whole lines that recis 
 2. :func:`read_blocks` parses the blocks again with that schema fixed (other fields are
    skipped unparsed), so every block has the same columns and types.
 
+A JSON object whose keys vary from row to row (``{"tag_scores": {"sports": 0.8}}``: the keys
+are the data) is read as a map when the schema names ``<object>.keys`` / ``<object>.values``:
+its keys are strings, its values one type over the file (numbers unify to double), entries
+with a null value are left out. pyarrow's JSON reader has no map type, so such objects are
+taken from the lines with Python's json (the scan records their value type).
+
 Row numbers are 0-based data rows (blank lines are not rows; a malformed line is one) and
 lines are 1-based physical lines, in every error. A malformed line (not a JSON object) is a
 DataError naming the file, row and line, or, with ``skip_bad=True``, left out and listed in
@@ -226,6 +232,54 @@ def _unify(
     seen[name] = (merged, first)
 
 
+def _object_parents(columns: list[str]) -> dict[str, str]:
+    """``<object>.keys`` / ``<object>.values`` names -> the object's dotted path."""
+    return {
+        c: c.rsplit(".", 1)[0] for c in columns if c.endswith((".keys", ".values")) and "." in c
+    }
+
+
+def _map_values(path: str, name: str, t: pa.DataType) -> pa.DataType:
+    """The value type of a keyed object that pyarrow inferred as the struct ``t`` (one field
+    per key seen): its fields' types unified (null when it has none)."""
+    if not pa.types.is_struct(t) and not pa.types.is_null(t):
+        raise DataError(f"JSON {t}, not an object: no keys to read", path=path, column=name)
+    out: dict[str, tuple[pa.DataType, int]] = {}
+    for f in t if pa.types.is_struct(t) else []:
+        if pa.types.is_struct(f.type) or pa.types.is_list(f.type):
+            raise DataError(
+                f"JSON object whose value for {f.name!r} is {f.type}: a keyed object's values"
+                " must be numbers or strings",
+                path=path,
+                column=name,
+            )
+        _unify(path, out, name, f.type, 0)
+    return out[name][0] if out else pa.null()
+
+
+def _keyed(lines: list[bytes], name: str, t: pa.MapType) -> pa.MapArray:
+    """The keyed object at dotted path ``name`` of each line as a map (null where the line
+    has none; entries with a null value left out)."""
+    parts = name.split(".")
+    offsets, keys, values, missing = [0], [], [], []
+    for text in lines:
+        obj = json.loads(text)
+        for p in parts:
+            obj = obj.get(p) if isinstance(obj, dict) else None
+        missing.append(not isinstance(obj, dict))
+        for k, v in obj.items() if isinstance(obj, dict) else ():
+            if v is not None:
+                keys.append(k)
+                values.append(v)
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.array(keys, pa.string()),
+        pa.array(values, t.item_type),
+        mask=pa.array(missing),
+    )
+
+
 def _tree(wanted: set[str]) -> dict:
     """The fields to keep of each object: name -> True (all of it) or the tree of its fields
     (a wanted ``a.b`` keeps a top-level ``a.b`` and the field ``b`` of an object ``a``)."""
@@ -295,6 +349,10 @@ def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bo
     """Rows (readable ones), unified schema of the requested ``columns`` (None: every field, in
     the order first seen), bad and blank lines of ``path``."""
     wanted = None if columns is None else set(columns)
+    objects = _object_parents(columns or [])
+    if wanted is not None:  # a projected line keeps such an object whole
+        wanted |= set(objects)
+    maps: dict[str, tuple[pa.DataType, int]] = {}
     seen: dict[str, tuple[pa.DataType, int]] = {}
     where: dict[str, nested.Path] = {}
     bad: list[tuple[int, int, str]] = []
@@ -305,6 +363,10 @@ def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bo
         table, data, n_bad = _scan_block(block, path, wanted, skip_bad, bad)
         found = nested.paths(table.schema)
         for name in table.column_names if columns is None else columns:
+            parent = objects.get(name)
+            if name not in found and parent in found:
+                _unify(path, maps, parent, _map_values(path, parent, found[parent][1]), block.row0)
+                continue
             if name not in found:
                 continue
             # what is parsed: the field itself, or the whole array of objects it lies in
@@ -324,6 +386,9 @@ def scan(fs: pafs.FileSystem, path: str, columns: list[str] | None, skip_bad: bo
             _unify(path, seen, key, typ, block.row0)
         rows += table.num_rows + n_bad
     schema = nested.nest([(where[k], t) for k, (t, _) in seen.items()])
+    for name, (values, _) in maps.items():  # keyed objects: top-level map columns
+        values = pa.float64() if pa.types.is_null(values) else values
+        schema = schema.append(pa.field(name, pa.map_(pa.string(), values)))
     return Scan(rows - len(bad), schema, bad, np.asarray(blank, np.int64))
 
 
@@ -331,29 +396,46 @@ def read_blocks(
     fs: pafs.FileSystem, path: str, schema: pa.Schema, skip_bad: bool = False
 ) -> Iterator[pa.Table]:
     """The file's readable rows in order, block by block, with ``schema``'s columns (a scan's
-    schema: nested fields inside their structs, see :func:`recis.io.nested.select`)."""
+    schema: nested fields inside their structs, see :func:`recis.io.nested.select`; its map
+    columns are keyed objects, taken from the lines)."""
     threads = pa.cpu_count() > 1
+    keyed = [f for f in schema if pa.types.is_map(f.type)]
+    if keyed:
+        schema = pa.schema([f for f in schema if not pa.types.is_map(f.type)])
     for block in blocks(fs, path):
-        try:
-            table = _parse(block.data, schema, threads)
-        except pa.ArrowInvalid:
-            pass
-        else:
-            yield table
+        table, data = _read_block(block, path, schema, skip_bad, threads)
+        if table is None:
             continue
-        try:  # one piece: pyarrow's row numbers are then the block's
-            table = _parse(block.data, schema)
-        except pa.ArrowInvalid as err:
-            clean = _without_bad(block, path, skip_bad, [])
-            if clean.data == block.data:
-                raise _locate(block, err, path) from None
-            if not clean.data:
-                continue
-            try:
-                table = _parse(clean.data, schema)
-            except pa.ArrowInvalid as err2:
-                raise _locate(clean, err2, path) from None
+        if keyed:
+            lines = [t for t in data.split(b"\n") if t.strip()]
+            if len(lines) != table.num_rows:  # the two parsers must see the same rows
+                raise DataError(f"{len(lines)} lines but {table.num_rows} rows parsed", path=path)
+            for f in keyed:
+                table = table.append_column(f.name, _keyed(lines, f.name, f.type))
         yield table
+
+
+def _read_block(
+    block: Block, path: str, schema: pa.Schema, skip_bad: bool, threads: bool
+) -> tuple[pa.Table | None, bytes]:
+    """One block parsed with ``schema`` and the bytes parsed (without its malformed lines when
+    ``skip_bad``); None when no line is left."""
+    try:
+        return _parse(block.data, schema, threads), block.data
+    except pa.ArrowInvalid:
+        pass
+    try:  # one piece: pyarrow's row numbers are then the block's
+        return _parse(block.data, schema), block.data
+    except pa.ArrowInvalid as err:
+        clean = _without_bad(block, path, skip_bad, [])
+        if clean.data == block.data:
+            raise _locate(block, err, path) from None
+        if not clean.data:
+            return None, b""
+        try:
+            return _parse(clean.data, schema), clean.data
+        except pa.ArrowInvalid as err2:
+            raise _locate(clean, err2, path) from None
 
 
 def read_table(

@@ -226,11 +226,13 @@ def test_split_quantiles_and_vocab_read_nested_paths(tmp_path):
     assert texts == [f"city{i % 4}" for i in range(N) if i % 9 != 4]
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "orc"])
-def test_map_columns_are_weighted_ids(tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["parquet", "orc", "jsonl"])
+def test_map_columns_are_weighted_ids(tmp_path, fmt, monkeypatch):
     """A Hive / Spark ``map<string, float>`` (tag -> score), top level or inside a struct:
     ``<map>.keys`` are the ids, ``<map>.values`` their weights, as the same rows stored as two
-    aligned lists give."""
+    aligned lists give. In JSON Lines the map is an object whose keys vary by row (several
+    blocks, so the value type is unified over them: ints and floats)."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 512)
     rng = np.random.default_rng(2)
     tags = [
         None if i % 6 == 1 else [(f"t{k}", float(rng.random())) for k in range(i % 4)]
@@ -264,13 +266,23 @@ def test_map_columns_are_weighted_ids(tmp_path, fmt):
         return Schema(
             sparse=[
                 SparseFeature(name="tag", column=tag, weight_column=w, dtype="string"),
-                SparseFeature(name="pref", column=pref, weight_column=pw),
+                # JSON object keys are strings: dtype int reads "12" as the id 12
+                SparseFeature(name="pref", column=pref, weight_column=pw, dtype="int"),
             ],
             labels=[LabelSpec(name="y")],
         )
 
     pq.write_table(flat, tmp_path / "flat.parquet")
-    (paorc.write_table if fmt == "orc" else pq.write_table)(nested_table, tmp_path / f"m.{fmt}")
+    if fmt == "jsonl":
+        with open(tmp_path / "m.jsonl", "w") as out:
+            for i, (t, p) in enumerate(zip(tags, prefs)):
+                row = {"y": float(i % 2), "tag_scores": None if t is None else dict(t)}
+                # whole-number scores as JSON integers, null scores left out of the map
+                prefs_obj = {str(k): int(v) if v == int(v) else v for k, v in p}
+                row["user"] = {"prefs": prefs_obj | {"gone": None}}
+                out.write(json.dumps(row) + "\n")
+    else:
+        (paorc.write_table if fmt == "orc" else pq.write_table)(nested_table, tmp_path / f"m.{fmt}")
     want = list(Reader(tmp_path / "flat.parquet", schema("tag", "w", "pref", "pw"), 16))
     mapped = schema("tag_scores.keys", "tag_scores.values", "user.prefs.keys", "user.prefs.values")
     got = list(Reader(tmp_path / f"m.{fmt}", mapped, 16, format=fmt))
@@ -400,3 +412,23 @@ def test_serving_requests_read_the_same_paths_from_nested_json():
         assert got.sparse[key].lengths().tolist() == want.sparse[key].lengths().tolist(), key
         assert got.sparse[key].weights().tolist() == want.sparse[key].weights().tolist(), key
     assert got.sparse["item"].weights().tolist()[:1] == [2.0]
+
+
+def test_keyed_json_objects_in_split_and_their_errors(tmp_path):
+    """``read_input`` (recis split) reads a keyed object's keys and values too; an object whose
+    values are objects, or a field that is not an object, is named."""
+    f = tmp_path / "k.jsonl"
+    f.write_text('{"u": 1, "s": {"a": 1, "b": 2.5}}\n{"u": 2, "s": {}}\n{"u": 3, "s": null}\n')
+    t = read_input(f, columns=["u", "s.keys", "s.values"])
+    assert t.column("s.keys").to_pylist() == [["a", "b"], [], None]
+    assert t.column("s.values").to_pylist() == [[1.0, 2.5], [], None]
+    schema = Schema(
+        sparse=[SparseFeature(name="s", column="s.keys", weight_column="s.values")],
+        labels=[LabelSpec(name="u", kind="real")],
+    )
+    f.write_text('{"u": 1, "s": {"a": {"deep": 1}}}\n')
+    with pytest.raises(DataError, match=r"column 's'.*value for 'a' is struct"):
+        Reader(f, schema, 4, format="jsonl")
+    f.write_text('{"u": 1, "s": 5}\n')
+    with pytest.raises(DataError, match=r"column 's': JSON int64, not an object"):
+        Reader(f, schema, 4, format="jsonl")
