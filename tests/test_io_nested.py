@@ -383,7 +383,7 @@ def test_serving_requests_read_the_same_paths_from_nested_json():
         {
             "user": {"age": 31, "geo": {"city": "x"}},
             "order": {"items": [{"id": 4, "qty": 2.0}]},
-            "tags": {"a": 0.5},
+            "tags": {"a": 0.5, "gone": None},  # a null entry is left out, as in files
         },
         {"user": None, "order": {"items": []}, "tags": {}},
     ]

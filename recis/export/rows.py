@@ -32,7 +32,9 @@ def _lookup(row: Any, col: str) -> Any:
         found = [_lookup(v, rest) for v in value]
         return [None if v is _ABSENT else v for v in found]
     if isinstance(value, dict) and rest in ("keys", "values") and rest not in value:
-        return list(value) if rest == "keys" else list(value.values())
+        # as recis.io.jsonl reads keyed objects: an entry with a null value is left out
+        kept = [(k, v) for k, v in value.items() if v is not None]
+        return [k for k, _ in kept] if rest == "keys" else [v for _, v in kept]
     return _lookup(value, rest)
 
 
