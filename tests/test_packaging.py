@@ -64,10 +64,13 @@ def test_wheel_maps_sibling_folders(tmp_path):
     assert "recis = recis.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
-def test_config_typos_and_plots_answer_before_torch_loads(tmp_path):
-    """A misspelt field is reported, and a run's metrics are plotted, without importing torch
-    (7-10 s on a 2-core machine): the train sections are checked before the model zoo loads,
-    and recis.train resolves its names on first use."""
+def test_config_typos_plots_and_splits_answer_before_torch_loads(tmp_path):
+    """A misspelt field is reported, a run's metrics are plotted and a log is split without
+    importing torch (7-10 s on a 2-core machine): the train sections are checked before the
+    model zoo loads, and recis.train and recis.io resolve their names on first use."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     cfg = tmp_path / "typo.yaml"
     cfg.write_text(
         (ROOT / "examples" / "dlrm_synthetic.yaml").read_text().replace("  epochs:", "  epohcs:")
@@ -75,17 +78,34 @@ def test_config_typos_and_plots_answer_before_torch_loads(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 0.5}\n')
+    log = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user": [1, 1, 2, 2], "ts": [1, 2, 1, 2]}), log)
+    split = [
+        "split",
+        str(log),
+        "--out",
+        str(tmp_path / "parts"),
+        "--by",
+        "leave-last-out",
+        "--user",
+        "user",
+    ]
     code = (
         "import sys; from recis.cli import main\n"
         f"typo = main(['train', {str(cfg)!r}])\n"
         f"plot = main(['plot', {str(run)!r}])\n"
-        "print(typo, plot, 'torch' in sys.modules)"
+        f"split = main({split!r} + ['--time', 'ts'])\n"
+        "print(typo, plot, split, 'torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.stdout.split()[-3:] == ["2", "0", "False"], proc.stdout + proc.stderr
+    assert proc.stdout.split()[-4:] == ["2", "0", "0", "False"], proc.stdout + proc.stderr
+    assert pq.read_table(tmp_path / "parts" / "test.parquet").column("ts").to_pylist() == [2, 2]
     assert "train.epohcs: unknown field (did you mean 'epochs'?)" in proc.stderr
     assert (run / "plots" / "loss.png").stat().st_size > 0
+    import recis.io
     import recis.train  # the lazy names resolve to the modules' objects
 
     assert recis.train.Trainer is __import__("recis.train.trainer", fromlist=["_"]).Trainer
-    assert sorted(recis.train.__all__) == sorted(recis.train._HOME)
+    assert recis.io.Reader is __import__("recis.io.reader", fromlist=["_"]).Reader
+    for package in (recis.io, recis.train):
+        assert sorted(package.__all__) == sorted(package._HOME)
