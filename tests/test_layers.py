@@ -4,7 +4,7 @@ Read from the source (AST), not by importing: every ``import`` and ``from ... im
 ``recis`` module, at module level or inside a function, is an edge. The layers, bottom to top
 (docs/architecture.md); a package may import its own layer and the layers below it:
 
-    types        recis (the package's __init__), errors, features, config_yaml, config_base,
+    types        recis (the package's __init__), errors, lazy, features, config_yaml, config_base,
                  config
     ops          recis.ops
     io           recis.io
@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "recis",
             "recis.errors",
+            "recis.lazy",
             "recis.features",
             "recis.config_yaml",
             "recis.config_base",
