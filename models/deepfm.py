@@ -82,7 +82,7 @@ class DeepFM(nn.Module):
         self.first_order = model_embedding(
             config, wide_feats, device, template_tables, tables=wide_tables
         )
-        num_dense = len(schema.dense)
+        num_dense = schema.dense_dim  # columns: a feature of dim k is k of them
         self.dense_norm = dense_norm(num_dense, config.dense_norm, device)
         self.dense_linear = nn.Linear(num_dense, len(self.tasks), device=device)
         self.dnn = MLP(

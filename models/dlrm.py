@@ -74,7 +74,7 @@ class DLRM(nn.Module):
                     f"model.tables.{f.table_name}.dim: {dims[f.table_name]} != bottom_mlp[-1] {d}"
                 )
         self.tasks = [label.name for label in schema.labels]
-        self.num_dense = len(schema.dense)
+        self.num_dense = schema.dense_dim  # columns: a feature of dim k is k of them
         self.sparse_arch = model_embedding(config, schema.sparse, device, template_tables)
         self.dense_arch = MLP(self.num_dense, config.bottom_mlp, device=device)
         n = len(schema.sparse) + 1

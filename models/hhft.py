@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -334,7 +335,7 @@ class HHFT(nn.Module):
         self._build_embeddings(config, schema, device, template_tables)
         groups = self._build_block_tokens(config, schema)
         self._build_encoder(config, groups)
-        self._build_outputs(config, len(schema.dense))
+        self._build_outputs(config, schema.dense_dim)
         self.to(device)
 
     def _build_embeddings(
@@ -385,20 +386,24 @@ class HHFT(nn.Module):
         index of every token, task tokens last (one more block)."""
         dims = {t.name: t.dim for t in config.tables}
         table_of = {f.name: f.table_name for f in schema.sparse}
-        dense_index = {f.name: i for i, f in enumerate(schema.dense)}
+        starts = np.cumsum([0] + [f.dim for f in schema.dense])  # a feature's columns
+        dense_cols = {
+            f.name: list(range(starts[i], starts[i + 1])) for i, f in enumerate(schema.dense)
+        }
 
         def width(names: list[str]) -> int:
             return sum(dims[table_of[n]] for n in names)
 
         d = config.d_model
         per_feature = config.dense_tokens == "feature"
-        self.block_dense = [positions([dense_index[n] for n in b.dense]) for b in config.blocks]
+        cols = [[c for n in b.dense for c in dense_cols[n]] for b in config.blocks]
+        self.block_dense = [positions(c) for c in cols]
         self.target_attn = nn.ModuleDict()
         self.proj = nn.ModuleList()
         self.feature_tokens = nn.ModuleList()
         groups: list[int] = []
         for i, blk in enumerate(config.blocks):
-            in_dim = width(blk.sparse) + (0 if per_feature else len(blk.dense))
+            in_dim = width(blk.sparse) + (0 if per_feature else len(cols[i]))
             if blk.sequence:
                 seq_dim = width(blk.sequence)
                 self.target_attn[blk.name] = TargetAttention(
@@ -409,8 +414,8 @@ class HHFT(nn.Module):
             self.proj.append(nn.Linear(in_dim, blk.tokens * d) if in_dim else nn.Identity())
             groups += [i] * (blk.tokens if in_dim else 0)
             if per_feature:
-                self.feature_tokens.append(FeatureTokens(len(blk.dense), d))
-                groups += [i] * len(blk.dense)
+                self.feature_tokens.append(FeatureTokens(len(cols[i]), d))  # one per column
+                groups += [i] * len(cols[i])
         self.task_tokens = nn.Parameter(torch.randn(self.num_tasks, d) * 0.02)
         groups += [len(config.blocks)] * self.num_tasks
         return groups
