@@ -77,7 +77,7 @@ def read_input(
     layouts), as ``data.csv`` of a run config. The ``key=value`` folders of a partitioned
     table are columns too (:mod:`recis.io.partitions`).
     """
-    fmt = format or _guess_format(paths)
+    fmt = format or guess_format(paths)
     files = resolve_paths(paths, SUFFIXES[fmt])
     folders = [partitions.values(f) for f in files]
     types = partitions.types(folders)
@@ -165,7 +165,8 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     return table
 
 
-def _guess_format(paths: str | os.PathLike | list) -> str:
+def guess_format(paths: str | os.PathLike | list) -> str:
+    """The format of the first path by its suffix (parquet when none matches)."""
     first = str(paths[0] if isinstance(paths, list | tuple) else paths).lower()
     for fmt in ("orc", "tsv", "csv", "jsonl"):
         if first.endswith(SUFFIXES[fmt]) and not first.endswith(".txt"):

@@ -5,6 +5,7 @@ recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
+recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm] [...]
 recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--align N] [--finetune-steps N]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("run_dir", help="run directory (holds metrics.jsonl)")
     _add_split(sub)
+    _add_init(sub)
     _add_vocab(sub)
     _add_prune(sub)
     _add_serving(sub)
@@ -268,6 +270,53 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    """``recis init``: see recis.recipe and docs/data.md#recis-init."""
+    help = "write a run config for your training files (schema read off a sample, recipe defaults)"
+    ip = sub.add_parser("init", help=help, description=help)
+    ip.add_argument("train", help="training file(s): a file, folder or glob")
+    ip.add_argument("--label", action="append", required=True, help="label column (repeatable)")
+    ip.add_argument("--eval", help="validation file(s): evaluation every epoch, early stopping")
+    ip.add_argument("--out", default="recis.yaml", help="config to write (not overwritten)")
+    ip.add_argument("--model", choices=["dlrm", "deepfm"], default="dlrm")
+    ip.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
+    ip.add_argument("--csv", help="CSV/TSV parsing as a YAML mapping (data.csv's fields)")
+    ip.add_argument("--rows", type=int, default=200_000, help="rows sampled (the first ones)")
+    ip.add_argument("--ignore", nargs="*", default=[], help="columns not to read")
+    ip.add_argument(
+        "--positive-at", type=float, default=None, help="a label >= this is 1 (ratings: 4)"
+    )
+    ip.add_argument("--run-dir", default=None, help="the config's run_dir (runs/<out's stem>)")
+
+
+def _init(args: argparse.Namespace) -> None:
+    from recis.recipe import init_config
+
+    csv = None
+    if args.csv is not None:
+        from recis.config_yaml import load_text
+
+        csv = load_text(args.csv, "--csv")
+    done = init_config(
+        args.train,
+        args.label,
+        args.out,
+        eval_path=args.eval,
+        fmt=args.format,
+        csv=csv,
+        model=args.model,
+        rows=args.rows,
+        ignore=args.ignore,
+        positive_at=args.positive_at,
+        run_dir=args.run_dir,
+    )
+    print(
+        f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id features, "
+        f"{len(done['skipped'])} columns not read ({', '.join(done['skipped']) or 'none'}); "
+        f"train with: recis train {done['path']}"
+    )
+
+
 def _split(args: argparse.Namespace) -> None:
     from recis.io.split import split_files
 
@@ -417,7 +466,13 @@ def _tool(args: argparse.Namespace) -> int | None:
         for path in plot_run(args.run_dir):
             print(path)
         return 0
-    commands = {"prune": _prune, "split": _split, "export": _serving, "serve": _serving}
+    commands = {
+        "prune": _prune,
+        "split": _split,
+        "init": _init,
+        "export": _serving,
+        "serve": _serving,
+    }
     if args.command in commands:  # export, serve: issue 21
         commands[args.command](args)
         return 0

@@ -13,7 +13,7 @@ Read from the source (AST), not by importing: every ``import`` and ``from ... im
     synthetic    recis.synthetic (data with known ground truth: data.synthetic, benchmarks)
     train        recis.train
     distributed  recis.distributed (and the one run entry, recis.distributed.run)
-    applications recis.llm, recis.retrieval_rl, recis.prune, recis.doctor (later export,
+    applications recis.llm, recis.retrieval_rl, recis.prune, recis.doctor, recis.recipe (later export,
                  serve, index, rl)
     entry        recis.cli
 
@@ -64,6 +64,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "recis.retrieval_rl",
             "recis.prune",
             "recis.doctor",
+            "recis.recipe",
             "recis.export",
             "recis.serve",
             "recis.index",

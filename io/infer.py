@@ -1,0 +1,363 @@
+"""A ``data.schema`` read off the files: which column is a label, a dense value, an id
+feature or nothing, with the settings the shipped recipes use, and why.
+
+``recis init`` (:mod:`recis.recipe`) writes a run config from it; a user reviews the result
+(every choice carries its reason as a comment) instead of writing a schema by hand for a
+log of fifty columns. The rules (first match wins), per column of a sample of the rows:
+
+* skipped: the labels' own columns, columns named in ``ignore``, timestamps and dates (and
+  integer columns named like ``timestamp`` / ``ts`` / ``date``: use them to split, ``recis
+  split --by time``), binary, columns with one value or no value, and keys (a string or
+  integer column with a different value on nearly every row: a request or row id).
+* **id features** (``SparseFeature``, one embedding table each, hashed strings or 64-bit
+  integer ids): string columns, integer columns named like ids (``user_id``, ``movieId``)
+  or with at most ``CATEGORICAL_MAX`` distinct values (``hour``, ``gender``), whole-number
+  float columns of that kind (pandas' integers with a missing value), lists of integers or
+  strings (multi-hot; a list column whose ids are mostly a scalar id column's shares
+  that column's table, as a behaviour sequence shares the item table), strings of joined
+  ids (``Action|Comedy``: ``separator``), text with spaces (its words as a bag of ids), and
+  maps (keys as ids, values as weights).
+* **dense features**: other numbers and single-value lists of numbers (the RecIS layout);
+  heavy-tailed non-negative ones (counts, prices: the 99th percentile over 20 times the
+  median) bucketed by their quantiles (``transform: quantile``, 16 buckets from the
+  sample), the others standardised with the sample's mean and deviation; nulls filled with
+  the median. Fixed-length lists of floats (pretrained vectors) are one ``dim`` feature.
+
+Tables start at a power of two above twice the ids seen in the sample and grow
+(``growable``); a long-tailed id column (over half its ids seen once, more than 1,000 ids)
+gets ``admission_min_count: 2``: ids seen once in training get no row.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recis.errors import ConfigError, DataError
+
+from . import nested
+from .quantiles import quantile_boundaries
+
+CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
+KEY_SHARE = 0.9  # distinct values per row above which a column is a key, not a feature
+SKEW = 20.0  # p99 / median above which a non-negative column is bucketed by quantiles
+QUANTILE_BUCKETS = 16
+DIM = 16  # embedding width (the DLRM / DeepFM recipes' bottom MLP ends at it)
+SEPARATORS = ("|", ";", ",", "\x02")
+SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
+_ID_NAME = re.compile(r"(?:^|[_\-.])ids?$|[a-z0-9]I[dD]s?$", re.IGNORECASE)
+_TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day)$", re.I)
+
+
+@dataclass
+class Choice:
+    """What one column becomes: ``section`` ``labels`` / ``dense`` / ``sparse`` / ``skip``,
+    its schema entry, the table entry of an id feature, and why."""
+
+    column: str
+    section: str
+    why: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] | None = None
+    ids: pa.Array | None = field(default=None, repr=False)  # an id feature's distinct ids
+    multi: bool = False  # ids from a list column (a sequence or a set)
+
+
+def _feature_name(column: str, taken: set[str]) -> str:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", column).strip("_") or "f"
+    name = name if not name[0].isdigit() else f"f_{name}"
+    out, k = name, 2
+    while out in taken:
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _leaf(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_list(t) or pa.types.is_large_list(t) else t
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+    )
+
+
+def _numbers(col: pa.ChunkedArray) -> np.ndarray:
+    """float64 values without nulls / NaN (bools and decimals cast)."""
+    arr = pc.drop_null(col.combine_chunks())
+    v = arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    return v[np.isfinite(v)]
+
+
+def _distinct(col: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.count_distinct(col, mode="only_valid").as_py())
+
+
+def _table(name: str, values: pa.Array) -> dict[str, Any]:
+    """A table for the ids ``values`` (flattened, nulls dropped) of a sample."""
+    counts = pc.value_counts(pc.drop_null(values))
+    distinct = len(counts)
+    capacity = 1 << max(4, math.ceil(math.log2(max(2 * distinct, 2))))
+    table: dict[str, Any] = {"name": name, "dim": DIM, "capacity": capacity}
+    table.update(growable=True, max_capacity=max(capacity, 1 << 24))
+    once = int(np.sum(counts.field("counts").to_numpy() == 1)) if distinct else 0
+    if distinct > 1000 and once > distinct / 2:
+        table["admission_min_count"] = 2
+    return table
+
+
+def _dense(name: str, column: str, v: np.ndarray) -> Choice:
+    median = _round(float(np.median(v)))
+    spec: dict[str, Any] = {"name": name, "fill": median}
+    if column != name:
+        spec["column"] = column
+    p99 = float(np.quantile(v, 0.99))
+    if v.min() >= 0 and p99 > SKEW * max(float(np.median(v)), 1e-12):
+        spec.update(transform="quantile", boundaries=quantile_boundaries(v, QUANTILE_BUCKETS))
+        why = f"heavy-tailed (median {median:g}, 99th percentile {p99:.4g}): quantile buckets"
+    else:
+        spec.update(transform="standardize", mean=_round(v.mean()), std=_round(v.std()))
+        why = "number: standardised"
+    return Choice(column, "dense", why, spec)
+
+
+def _sparse(
+    name: str, column: str, values: pa.Array, why: str, multi: bool = False, **extra: Any
+) -> Choice:
+    spec: dict[str, Any] = {"name": name}
+    if column != name:
+        spec["column"] = column
+    spec.update(extra)
+    ids = pc.unique(pc.drop_null(values))
+    table = _table(name, values)
+    if multi or "separator" in extra:  # a row's several ids: their mean, as the recipes
+        table["pooling"] = "mean"
+    return Choice(column, "sparse", why, spec, table, ids, multi)
+
+
+def _separator(texts: pa.Array) -> str | None:
+    """The character that joins ids in most of these strings (``Action|Comedy``)."""
+    for sep in SEPARATORS:
+        has = pc.match_substring(texts, sep)
+        if pc.mean(has.cast(pa.float64())).as_py() >= 0.2:
+            pieces = pc.list_flatten(pc.split_pattern(texts, sep))
+            if pc.mean(pc.utf8_length(pieces)).as_py() <= 30:
+                return sep
+    return None
+
+
+def _string_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Choice:
+    texts = pc.drop_null(col.combine_chunks())
+    if pa.types.is_dictionary(texts.type):
+        texts = texts.dictionary_decode()
+    texts = texts.cast(pa.string())
+    if not len(texts):
+        return Choice(column, "skip", "no value in the sample")
+    distinct = _distinct(texts)
+    if distinct == 1:
+        return Choice(column, "skip", "one value in the sample")
+    sep = _separator(texts)
+    if sep is not None:
+        pieces = pc.list_flatten(pc.split_pattern(texts, sep))
+        why = f"ids joined by {sep!r}: multi-hot"
+        return _sparse(name, column, pieces, why, separator=sep)
+    spaced = pc.mean(pc.match_substring(texts, " ").cast(pa.float64())).as_py()
+    if pc.mean(pc.utf8_length(texts)).as_py() >= 20 and spaced >= 0.5:
+        words = pc.list_flatten(pc.split_pattern(texts, " "))
+        why = "text: its words as a bag of hashed ids (first 64)"
+        return _sparse(name, column, words, why, separator=" ", max_len=64)
+    if rows >= 1000 and distinct > KEY_SHARE * len(texts):
+        return Choice(column, "skip", f"{distinct} values in {len(texts)} rows: a key")
+    return _sparse(name, column, texts, f"strings ({distinct} values): hashed ids")
+
+
+def _number_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Choice:
+    t = col.type
+    v = _numbers(col)
+    if not len(v):
+        return Choice(column, "skip", "no value in the sample")
+    distinct = len(np.unique(v))
+    if distinct == 1:
+        return Choice(column, "skip", "one value in the sample")
+    whole = pa.types.is_integer(t) or (
+        pa.types.is_floating(t) and bool(np.all(v == np.floor(v))) and np.abs(v).max() < 2**53
+    )
+    if whole and rows >= 1000 and distinct > KEY_SHARE * len(v):
+        return Choice(column, "skip", f"{distinct} values in {len(v)} rows: a key")
+    ids = pa.array(v.astype(np.int64)) if whole else None  # NaN and nulls left out
+    if ids is not None and _ID_NAME.search(column):
+        return _sparse(name, column, ids, "named as ids")
+    if ids is not None and distinct <= CATEGORICAL_MAX and not pa.types.is_boolean(t):
+        return _sparse(name, column, ids, f"{distinct} whole values: categorical ids")
+    return _dense(name, column, v)
+
+
+def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Choice:
+    arr = col.combine_chunks()
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(arr)
+    leaf = _leaf(col.type)
+    if not len(flat):
+        return Choice(column, "skip", "no value in the sample")
+    if np.all(lengths[pc.is_valid(arr).to_numpy(zero_copy_only=False)] == 1):
+        scalar = pa.chunked_array([flat])  # the RecIS layout: one value per list
+        if _is_string(leaf):
+            return _string_column(name, column, scalar, rows)
+        return _number_column(name, column, scalar, rows)
+    if pa.types.is_floating(leaf) and len(set(lengths[lengths > 0].tolist())) == 1:
+        dim = int(lengths.max())
+        spec = {"name": name, "dim": dim, "on_empty": "fill"}
+        if column != name:
+            spec["column"] = column
+        return Choice(column, "dense", f"vectors of {dim} floats", spec)
+    if not (_is_string(leaf) or pa.types.is_integer(leaf)):
+        return Choice(column, "skip", f"lists of {leaf}: not ids")
+    p99 = int(np.quantile(lengths, 0.99))
+    extra: dict[str, Any] = {}
+    if p99 > 20:
+        extra.update(max_len=min(100, p99), truncate="last")
+    why = f"lists of ids (up to {int(lengths.max())}): multi-hot"
+    return _sparse(name, column, flat, why, multi=True, **extra)
+
+
+def _label(column: str, col: pa.ChunkedArray, positive_at: float | None) -> Choice:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", column).strip("_") or "label"
+    spec: dict[str, Any] = {"name": name}
+    if column != name:
+        spec["column"] = column
+    leaf = _leaf(col.type)
+    if not _is_number(leaf):
+        raise ConfigError(
+            f"--label {column}: {col.type} values; map them to numbers in the config "
+            "(LabelSpec values, docs/data.md#labels)"
+        )
+    flat = pc.list_flatten(col.combine_chunks()) if _is_list(col.type) else col
+    v = _numbers(pa.chunked_array([flat]) if _is_list(col.type) else col)
+    if positive_at is not None:
+        spec.update(kind="real", positive_at=positive_at)
+        return Choice(column, "labels", f"real values, 1 where >= {positive_at:g}", spec)
+    seen = set(np.unique(v).tolist())
+    if seen <= {0.0, 1.0}:
+        return Choice(column, "labels", "0/1 label", spec)
+    shown = ", ".join(f"{x:g}" for x in sorted(seen)[:8])
+    raise ConfigError(
+        f"--label {column}: values {shown}{', ...' if len(seen) > 8 else ''} are not 0/1; "
+        "pass --positive-at X to make it 1 where the value is >= X (ratings: 4; -1/+1: 0)"
+    )
+
+
+def infer_schema(
+    table: pa.Table,
+    labels: list[str],
+    ignore: list[str] | tuple[str, ...] = (),
+    positive_at: float | None = None,
+) -> list[Choice]:
+    """One :class:`Choice` per column of ``table`` (a sample of the training rows; fields of
+    struct columns by their dotted paths), labels first. Raises ConfigError for a label
+    the table lacks or whose values are not 0/1 (without ``positive_at``), and when no
+    column is left to be a feature."""
+    found = nested.paths(table.schema)
+    for lab in labels:
+        if lab not in found:
+            raise ConfigError(
+                f"--label {lab}: no such column (the files have {table.column_names})"
+            )
+    rows = table.num_rows
+    taken: set[str] = set()
+    out = [_label(lab, nested.select(table, [lab]).column(0), positive_at) for lab in labels]
+    taken.update(c.spec["name"] for c in out)
+    for column, (_, t) in found.items():
+        if column in labels or column in ignore:
+            continue
+        if pa.types.is_struct(t) or (column.endswith(".values") and column[:-7] in found):
+            continue  # a struct's fields come one by one; a map's values weigh its keys
+        col = nested.select(table, [column]).column(0)
+        if pa.types.is_map(t):
+            continue  # read as <map>.keys below
+        if column.endswith(".keys") and pa.types.is_map(found[column[:-5]][1]):
+            name = _feature_name(column[:-5], taken)
+            weights = column[:-5] + ".values"
+            weighted = _is_number(_leaf(found[weights][1]))
+            why = "a map: its keys as ids" + (", its values as their weights" if weighted else "")
+            keys = pc.list_flatten(col.combine_chunks())
+            choice = _sparse(name, column, keys, why, multi=True)
+            if weighted:
+                choice.spec["weight_column"] = weights
+            out.append(choice)
+            continue
+        out.append(_column(column, t, col, rows, taken))
+    if not any(c.section in ("dense", "sparse") for c in out):
+        raise DataError("no column is left to be a feature", path=None)
+    _share_tables(out)
+    return out
+
+
+def _column(
+    column: str, t: pa.DataType, col: pa.ChunkedArray, rows: int, taken: set[str]
+) -> Choice:
+    leaf = _leaf(t)
+    if pa.types.is_temporal(leaf):
+        return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")
+    if _TIME_NAME.search(column) and pa.types.is_integer(leaf):
+        return Choice(column, "skip", "named as a time: for splitting (recis split --by time)")
+    if pa.types.is_binary(leaf) or pa.types.is_large_binary(leaf) or pa.types.is_null(leaf):
+        return Choice(column, "skip", f"{t}: no value recis reads as a feature")
+    name = _feature_name(column, taken)
+    if _is_list(t):
+        choice = _list_column(name, column, col, rows)
+    elif _is_string(t):
+        choice = _string_column(name, column, col, rows)
+    elif _is_number(t):
+        choice = _number_column(name, column, col, rows)
+    else:
+        choice = Choice(column, "skip", f"{t}: not a type recis reads as a feature")
+    if choice.section == "skip":
+        taken.discard(name)
+    return choice
+
+
+def _share_tables(choices: list[Choice]) -> None:
+    """A list id feature whose ids are mostly those of a scalar id feature (Jaccard index of
+    the two samples' ids at least ``SHARE``; the closest one) reads that feature's table:
+    history and candidate items in one space, as in DIN. (Lists sharing another list's
+    table were tried on MovieLens: level for DLRM, far lower for DeepFM; docs/data.md.)"""
+    scalars = [c for c in choices if c.section == "sparse" and not c.multi and c.ids is not None]
+    for c in choices:
+        if not (c.section == "sparse" and c.multi and c.ids is not None and len(c.ids)):
+            continue
+        best, best_j = None, SHARE
+        for s in scalars:
+            assert s.ids is not None
+            if _is_string(s.ids.type) != _is_string(c.ids.type):
+                continue
+            inside = pc.sum(pc.is_in(c.ids, value_set=s.ids.cast(c.ids.type))).as_py() or 0
+            jaccard = inside / (len(c.ids) + len(s.ids) - inside)
+            if jaccard >= best_j:
+                best, best_j = s, jaccard
+        if best is not None:
+            c.spec["table"], c.table = best.spec["name"], None
+            c.why += f"; its ids are {best.column}'s (Jaccard {best_j:.2f}): that table"

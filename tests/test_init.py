@@ -1,0 +1,136 @@
+"""``recis init``: a run config read off a log's columns, that ``recis train`` then trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from recis.cli import main
+from recis.errors import ConfigError, DataError
+from recis.io.infer import infer_schema
+
+N = 3000
+
+
+def _log(seed: int, n: int = N) -> pa.Table:
+    """An ad log with one column of every kind the rules tell apart."""
+    rng = np.random.default_rng(seed)
+    ctr = rng.random(n)
+    items = rng.integers(1, 400, n)
+    hist = [rng.choice(items, size=int(k)).tolist() for k in rng.integers(0, 40, n)]
+    age = rng.integers(18, 60, n).astype(float)
+    age[::17] = np.nan  # pandas' int column with a missing value
+    words = ["red", "running", "shoes", "for", "men", "women", "light", "trail", "size", "ten"]
+    return pa.table(
+        {
+            "click": (rng.random(n) < ctr).astype(np.int64),
+            "user_id": rng.integers(0, 2000, n),
+            "itemId": items,
+            "hist_items": pa.array(hist, pa.list_(pa.int64())),
+            "price": np.round(rng.lognormal(3, 1.5, n), 2),
+            "ctr_7d": ctr,
+            "hour": rng.integers(0, 24, n),
+            "age": age,
+            "cate": [f"c{k}" for k in rng.integers(0, 30, n)],
+            "tags": ["|".join(f"t{k}" for k in rng.integers(0, 50, 3)) for _ in range(n)],
+            "title": [" ".join(rng.choice(words, 6)) for _ in range(n)],
+            "request_id": [f"r{i:08d}" for i in range(n)],
+            "ts": np.arange(n, dtype=np.int64) + 1_700_000_000,
+            "event_time": pa.array(np.arange(n) * 1_000_000, pa.timestamp("us")),
+            "site": ["s"] * n,
+            "emb": pa.array(rng.normal(size=(n, 4)).tolist(), pa.list_(pa.float32())),
+            "scores": pa.array(
+                [[(f"k{k}", float(k)) for k in rng.integers(0, 9, 2)] for _ in range(n)],
+                pa.map_(pa.string(), pa.float32()),
+            ),
+        }
+    )
+
+
+def _entries(cfg: dict, section: str) -> dict[str, dict]:
+    return {e["name"]: e for e in cfg["data"]["schema"].get(section, [])}
+
+
+def test_init_writes_a_config_that_trains(tmp_path, capsys):
+    train, valid = tmp_path / "train.parquet", tmp_path / "valid.parquet"
+    pq.write_table(_log(0), train)
+    pq.write_table(_log(1, 1000), valid)
+    out = tmp_path / "ads.yaml"
+    run = tmp_path / "run"
+    args = ["init", str(train), "--label", "click", "--eval", str(valid), "--out", str(out)]
+    assert main([*args, "--run-dir", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "request_id, ts, event_time, site" in printed and f"recis train {out}" in printed
+    text = out.read_text()
+    cfg = yaml.safe_load(text)
+    dense, sparse = _entries(cfg, "dense"), _entries(cfg, "sparse")
+    assert _entries(cfg, "labels") == {"click": {"name": "click"}}
+    # numbers: heavy-tailed ones bucketed by quantiles, the others standardised
+    assert dense["price"]["transform"] == "quantile" and len(dense["price"]["boundaries"]) == 15
+    assert dense["ctr_7d"]["transform"] == "standardize"
+    assert dense["ctr_7d"]["mean"] == pytest.approx(0.5, abs=0.03)
+    assert dense["emb"] == {"name": "emb", "dim": 4, "on_empty": "fill"}
+    # ids: by name, few whole values (float too), strings, joined ids, text, lists, maps
+    assert set(sparse) == {
+        "user_id", "itemId", "hist_items", "hour", "age", "cate", "tags", "title", "scores"
+    }  # fmt: skip
+    assert sparse["tags"]["separator"] == "|"
+    assert sparse["title"] == {"name": "title", "separator": " ", "max_len": 64}
+    assert sparse["hist_items"]["table"] == "itemId"  # the sequence reads the item table
+    assert sparse["hist_items"]["max_len"] == 39 and sparse["hist_items"]["truncate"] == "last"
+    assert sparse["scores"] == {
+        "name": "scores", "column": "scores.keys", "weight_column": "scores.values"
+    }  # fmt: skip
+    tables = {t["name"]: t for t in cfg["model"]["tables"]}
+    assert "hist_items" not in tables and tables["itemId"]["pooling"] == "mean"
+    assert tables["hour"]["capacity"] == 64 and tables["user_id"]["growable"] is True
+    # every choice says why, and the keys and times are named as not read
+    assert "# heavy-tailed" in text and "# named as ids" in text
+    assert "#   request_id: 3000 values in 3000 rows: a key" in text
+    assert "#   ts: named as a time" in text and "#   event_time: timestamp[us]" in text
+    assert cfg["train"]["early_stopping"]["metric"] == "click/auc"
+    assert cfg["train"]["schedule"]["total_steps"] == 10 * 6  # 3000 rows / 512, 10 epochs
+    # and recis train trains it as written
+    assert main(["train", str(out), "--set", "threads=1", "--set", "train.epochs=3"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["click/auc"] > 0.65  # the click rate is ctr_7d: its AUC is about 0.75
+    capsys.readouterr()
+    assert main(args) == 2  # a config is never overwritten
+    assert f"recis: error: {out}: exists" in capsys.readouterr().err
+
+
+def test_labels_that_are_not_0_1_need_a_threshold(tmp_path):
+    t = pa.table({"rating": [1.0, 4.5, 3.0, 5.0], "movie": [1, 2, 3, 4], "x": [0.1, 0.2, 0.3, 0.9]})
+    with pytest.raises(
+        ConfigError, match=r"--label rating: values 1, 3, 4.5, 5 are not 0/1.*--positive-at"
+    ):
+        infer_schema(t, ["rating"])
+    (label, *_) = infer_schema(t, ["rating"], positive_at=4)
+    assert label.spec == {"name": "rating", "kind": "real", "positive_at": 4}
+    with pytest.raises(ConfigError, match=r"--label clicked: no such column"):
+        infer_schema(t, ["clicked"])
+    with pytest.raises(ConfigError, match=r"--label s: string values; map them"):
+        infer_schema(pa.table({"s": ["E", "I"], "x": [1.0, 2.0]}), ["s"])
+    with pytest.raises(DataError, match="no column is left to be a feature"):
+        infer_schema(pa.table({"y": [0, 1], "k": [5, 5]}), ["y"])
+
+
+def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
+    f = tmp_path / "log.csv"
+    rows = ["y;price;shop"] + [f"{i % 2};{i},5;s{i % 7}" for i in range(200)]
+    f.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "c.yaml"
+    csv = "{delimiter: ';', decimal_point: ','}"
+    assert main(["init", str(f), "--label", "y", "--csv", csv, "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["data"]["format"] == "csv"
+    assert cfg["data"]["csv"] == {"delimiter": ";", "decimal_point": ","}
+    assert _entries(cfg, "dense")["price"]["mean"] == pytest.approx(100.0)  # 0,5 ... 199,5
+    assert "early_stopping" not in cfg["train"]  # no --eval: nothing to stop on
+    assert Path(out).read_text().count("# No --eval") == 1
