@@ -76,7 +76,10 @@ class DeepFM(nn.Module):
         # first-order weights: a per-id scalar, stored as the sum of a dim-4 row because
         # fbgemm's fused kernels need dims that are multiples of 4 (same function class)
         wide_tables = [
-            dataclasses.replace(t, name=f"{t.name}_w", dim=4, pooling="sum") for t in config.tables
+            dataclasses.replace(
+                t, name=f"{t.name}_w", dim=4, pooling="mean" if t.pooling == "mean" else "sum"
+            )
+            for t in config.tables
         ]
         wide_feats = [dataclasses.replace(f, table=f"{f.table_name}_w") for f in schema.sparse]
         self.first_order = model_embedding(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -54,3 +55,31 @@ def test_deepfm_learns_synthetic_ctr(small_ctr) -> None:
     cfg = TrainConfig(epochs=1, max_steps=20, progress=False)
     result = Trainer(model, train, evals, cfg).fit()
     assert 0.6 < result["click/auc"] <= info.oracle_auc + 0.01
+
+
+def test_first_order_weights_pool_as_their_table() -> None:
+    """A mean-pooled table's first-order weights are averaged over a row's ids, as its
+    embeddings are: a history of 100 ids adds one weight's worth, not 100 (that sum drowned
+    the MovieLens genre histories: valid AUC 0.7483 -> 0.7834 with the average)."""
+    torch.manual_seed(0)
+    schema = Schema(
+        sparse=[SparseFeature(name="m"), SparseFeature(name="s")], labels=[LabelSpec(name="y")]
+    )
+    tables = [
+        TableConfig(name="m", dim=4, capacity=10, pooling="mean"),
+        TableConfig(name="s", dim=4, capacity=10, pooling="sum"),
+    ]
+    model = DeepFM(DeepFMConfig(tables=tables, dnn=[8]), schema, torch.device("cpu"))
+
+    def first(m_ids: list[int], s_ids: list[int]) -> float:
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=["m", "s"],
+            values=torch.tensor(m_ids + s_ids),
+            lengths=torch.tensor([len(m_ids), len(s_ids)]),
+        )
+        return float(model.first_order(kjt).values().sum())
+
+    first([5], [5])  # rows for the ids
+    one_m, one_s = first([5], []), first([], [5])
+    assert first([5, 5, 5], []) == pytest.approx(one_m)  # mean: the same weight
+    assert first([], [5, 5, 5]) == pytest.approx(3 * one_s)  # sum: three times
