@@ -43,6 +43,7 @@ from recis.errors import ConfigError, DataError
 
 from . import nested
 from .quantiles import quantile_boundaries
+from .validate import is_list, is_number, is_string, leaf_type
 
 CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
 KEY_SHARE = 0.9  # distinct values per row above which a column is a key, not a feature
@@ -81,29 +82,6 @@ def _feature_name(column: str, taken: set[str]) -> str:
 
 def _round(x: float) -> float:
     return float(f"{x:.6g}")
-
-
-def _leaf(t: pa.DataType) -> pa.DataType:
-    return t.value_type if pa.types.is_list(t) or pa.types.is_large_list(t) else t
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t)
-
-
-def _is_string(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _is_number(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_decimal(t)
-    )
 
 
 def _numbers(col: pa.ChunkedArray) -> np.ndarray:
@@ -220,12 +198,12 @@ def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Cho
     arr = col.combine_chunks()
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(arr)
-    leaf = _leaf(col.type)
+    leaf = leaf_type(col.type)
     if not len(flat):
         return Choice(column, "skip", "no value in the sample")
     if np.all(lengths[pc.is_valid(arr).to_numpy(zero_copy_only=False)] == 1):
         scalar = pa.chunked_array([flat])  # the RecIS layout: one value per list
-        if _is_string(leaf):
+        if is_string(leaf):
             return _string_column(name, column, scalar, rows)
         return _number_column(name, column, scalar, rows)
     if pa.types.is_floating(leaf) and len(set(lengths[lengths > 0].tolist())) == 1:
@@ -234,7 +212,7 @@ def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Cho
         if column != name:
             spec["column"] = column
         return Choice(column, "dense", f"vectors of {dim} floats", spec)
-    if not (_is_string(leaf) or pa.types.is_integer(leaf)):
+    if not (is_string(leaf) or pa.types.is_integer(leaf)):
         return Choice(column, "skip", f"lists of {leaf}: not ids")
     p99 = int(np.quantile(lengths, 0.99))
     extra: dict[str, Any] = {}
@@ -249,14 +227,14 @@ def _label(column: str, col: pa.ChunkedArray, positive_at: float | None) -> Choi
     spec: dict[str, Any] = {"name": name}
     if column != name:
         spec["column"] = column
-    leaf = _leaf(col.type)
-    if not _is_number(leaf):
+    leaf = leaf_type(col.type)
+    if not is_number(leaf):
         raise ConfigError(
             f"--label {column}: {col.type} values; map them to numbers in the config "
             "(LabelSpec values, docs/data.md#labels)"
         )
-    flat = pc.list_flatten(col.combine_chunks()) if _is_list(col.type) else col
-    v = _numbers(pa.chunked_array([flat]) if _is_list(col.type) else col)
+    flat = pc.list_flatten(col.combine_chunks()) if is_list(col.type) else col
+    v = _numbers(pa.chunked_array([flat]) if is_list(col.type) else col)
     if positive_at is not None:
         spec.update(kind="real", positive_at=positive_at)
         return Choice(column, "labels", f"real values, 1 where >= {positive_at:g}", spec)
@@ -301,7 +279,7 @@ def infer_schema(
         if column.endswith(".keys") and pa.types.is_map(found[column[:-5]][1]):
             name = _feature_name(column[:-5], taken)
             weights = column[:-5] + ".values"
-            weighted = _is_number(_leaf(found[weights][1]))
+            weighted = is_number(leaf_type(found[weights][1]))
             why = "a map: its keys as ids" + (", its values as their weights" if weighted else "")
             keys = pc.list_flatten(col.combine_chunks())
             choice = _sparse(name, column, keys, why, multi=True)
@@ -319,7 +297,7 @@ def infer_schema(
 def _column(
     column: str, t: pa.DataType, col: pa.ChunkedArray, rows: int, taken: set[str]
 ) -> Choice:
-    leaf = _leaf(t)
+    leaf = leaf_type(t)
     if pa.types.is_temporal(leaf):
         return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")
     if _TIME_NAME.search(column) and pa.types.is_integer(leaf):
@@ -327,11 +305,11 @@ def _column(
     if pa.types.is_binary(leaf) or pa.types.is_large_binary(leaf) or pa.types.is_null(leaf):
         return Choice(column, "skip", f"{t}: no value recis reads as a feature")
     name = _feature_name(column, taken)
-    if _is_list(t):
+    if is_list(t):
         choice = _list_column(name, column, col, rows)
-    elif _is_string(t):
+    elif is_string(t):
         choice = _string_column(name, column, col, rows)
-    elif _is_number(t):
+    elif is_number(t):
         choice = _number_column(name, column, col, rows)
     else:
         choice = Choice(column, "skip", f"{t}: not a type recis reads as a feature")
@@ -352,7 +330,7 @@ def _share_tables(choices: list[Choice]) -> None:
         best, best_j = None, SHARE
         for s in scalars:
             assert s.ids is not None
-            if _is_string(s.ids.type) != _is_string(c.ids.type):
+            if is_string(s.ids.type) != is_string(c.ids.type):
                 continue
             inside = pc.sum(pc.is_in(c.ids, value_set=s.ids.cast(c.ids.type))).as_py() or 0
             jaccard = inside / (len(c.ids) + len(s.ids) - inside)

@@ -37,7 +37,7 @@ def is_list(t: pa.DataType) -> bool:
     return any(f(t) for f in _LISTS)
 
 
-def _is_number(t: pa.DataType) -> bool:
+def is_number(t: pa.DataType) -> bool:
     """A value column's type: integers, floats, booleans and decimals (Hive / Spark
     ``DECIMAL(10, 2)`` prices, read as float; ids in a decimal column are refused apart)."""
     return (
@@ -48,13 +48,13 @@ def _is_number(t: pa.DataType) -> bool:
     )
 
 
-def _is_string(t: pa.DataType) -> bool:
+def is_string(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-def _leaf(t: pa.DataType) -> pa.DataType:
+def leaf_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if is_list(t) else t
 
 
@@ -78,7 +78,7 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -
         return arrow.field(i).type
 
     def bad(col: str, t: pa.DataType, want: str) -> None:
-        leaf = _leaf(t)
+        leaf = leaf_type(t)
         hint = (
             " (bytes that are not UTF-8 text)"
             if pa.types.is_binary(leaf) or pa.types.is_large_binary(leaf)
@@ -89,29 +89,29 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -
     for lab in schema.labels:
         t = get(lab.source)
         if lab.values is not None:
-            if not (_is_string(_leaf(t)) or pa.types.is_null(t)):
+            if not (is_string(leaf_type(t)) or pa.types.is_null(t)):
                 bad(lab.source, t, "a string column (the label's values map strings to numbers)")
-        elif not (_is_number(_leaf(t)) or pa.types.is_null(t)):
-            hint = " (map the strings with the label's values)" if _is_string(_leaf(t)) else ""
+        elif not (is_number(leaf_type(t)) or pa.types.is_null(t)):
+            hint = " (map the strings with the label's values)" if is_string(leaf_type(t)) else ""
             bad(lab.source, t, f"a number column (or list<number> of one value per row){hint}")
     for f in schema.dense:
         t = get(f.source)
-        if not (_is_number(_leaf(t)) or pa.types.is_null(t)):
+        if not (is_number(leaf_type(t)) or pa.types.is_null(t)):
             bad(f.source, t, "a number or list<number> column")
     for s in schema.sparse:
         t = get(s.source)
         _check_ids(s, t, bad)
         if s.weight_column:
             w = get(s.weight_column)
-            if not _is_number(_leaf(w)) or is_list(w) != is_list(t):
+            if not is_number(leaf_type(w)) or is_list(w) != is_list(t):
                 bad(s.weight_column, w, f"numbers shaped like {s.source} ({t})")
     for x in schema.text:
         t = get(x.source)
-        if not (_is_string(_leaf(t)) or pa.types.is_null(t)):
+        if not (is_string(leaf_type(t)) or pa.types.is_null(t)):
             bad(x.source, t, "a string or list<string> column")
     for col in schema.extras:
         t = get(col)
-        if not _is_number(_leaf(t)):
+        if not is_number(leaf_type(t)):
             bad(col, t, "a number column (or list<number> of one value per row)")
 
 
@@ -123,7 +123,7 @@ def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
             f"ids (a map: name its keys as column {f.source}.keys and their weights as"
             f" weight_column {f.source}.values)",
         )
-    leaf = _leaf(t)
+    leaf = leaf_type(t)
     if pa.types.is_null(leaf):
         return
     if pa.types.is_decimal(leaf):
@@ -134,9 +134,9 @@ def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
             " store int64/uint64, or strings with dtype: string",
         )
     if f.dtype == "string":
-        if not (_is_string(leaf) or pa.types.is_integer(leaf)):
+        if not (is_string(leaf) or pa.types.is_integer(leaf)):
             bad(f.source, t, "string ids (string or list<string>)")
-    elif not (pa.types.is_integer(leaf) or _is_string(leaf) or pa.types.is_floating(leaf)):
+    elif not (pa.types.is_integer(leaf) or is_string(leaf) or pa.types.is_floating(leaf)):
         bad(f.source, t, "integer or string ids (int64, list<int64>, string, list<string>)")
 
 
@@ -200,7 +200,7 @@ def missing_columns(
 def _unifies(a: pa.DataType, b: pa.DataType) -> bool:
     if pa.types.is_null(a) or pa.types.is_null(b):
         return True  # e.g. a CSV column with no value in one file: every row null
-    if _is_string(_leaf(a)) != _is_string(_leaf(b)):
+    if is_string(leaf_type(a)) != is_string(leaf_type(b)):
         return False  # auto ids: strings are hashed, integers are not: never mix them
     try:
         pa.unify_schemas(
@@ -218,7 +218,7 @@ def _check_signedness(schema: Schema, files: list[str], arrow: list[pa.Schema]) 
         if f.dtype == "string":
             continue  # integers are hashed as text there: no aliasing
         for path, s in zip(files, arrow):
-            leaf = _leaf(s.field(f.source).type)
+            leaf = leaf_type(s.field(f.source).type)
             if not pa.types.is_integer(leaf):
                 continue
             if not (pa.types.is_uint64(leaf) or _is_signed(leaf)):
@@ -329,7 +329,7 @@ def id_column(
     ``list<double>`` aligned with the ids: 1 for a piece without ``kv_separator``, null where
     the weight is not a finite number."""
     col = table.column(f.source)
-    if pa.types.is_floating(_leaf(col.type)):
+    if pa.types.is_floating(leaf_type(col.type)):
         return _nan_as_null(col), None
     if not _splits(col.type, f):
         return col, None
@@ -365,7 +365,7 @@ def _splits(t: pa.DataType, f: SparseFeature) -> bool:
     ``separator``, or a ``list<string>`` of ``id:weight`` pieces with ``kv_separator``."""
     if f.separator is None:
         return False
-    return _is_string(t) or (f.kv_separator is not None and is_list(t) and _is_string(_leaf(t)))
+    return is_string(t) or (f.kv_separator is not None and is_list(t) and is_string(leaf_type(t)))
 
 
 _FLOAT_TEXT = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
@@ -514,14 +514,14 @@ def _dense_flags(col: pa.Array, f: DenseFeature, nan_policy: str) -> Iterator[Fl
 def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
     ids, kv = id_column(table, s)
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if s.dtype == "int" and _is_string(_leaf(ids.type)):
+    if s.dtype == "int" and is_string(leaf_type(ids.type)):
         flat = ids.flatten() if is_list(ids.type) else ids
         valid = flat.is_valid().to_numpy(zero_copy_only=False)
         wrong = valid & ~int_string_ok(flat)
         if is_list(ids.type):
             wrong = _rows_with(list_lengths(ids), wrong)
         yield wrong, s.source, "id is not a 64-bit integer (dtype: int)"
-    if pa.types.is_floating(_leaf(ids.type)):  # pandas' integers with NaN: whole floats
+    if pa.types.is_floating(leaf_type(ids.type)):  # pandas' integers with NaN: whole floats
         fraction, big, bits = _float_id_problems(ids.flatten() if is_list(ids.type) else ids)
         if is_list(ids.type):
             fraction, big = (_rows_with(list_lengths(ids), m) for m in (fraction, big))
