@@ -51,6 +51,7 @@ SKEW = 20.0  # p99 / median above which a non-negative column is bucketed by qua
 QUANTILE_BUCKETS = 16
 DIM = 16  # embedding width (the DLRM / DeepFM recipes' bottom MLP ends at it)
 SEPARATORS = ("|", ";", ",", "\x02")
+KEYED_FIELDS = 8  # fields of a JSON object from which its keys may be data (a dict feature)
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
 _ID_NAME = re.compile(r"(?:^|[_\-.])ids?$|[a-z0-9]I[dD]s?$", re.IGNORECASE)
 _TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day)$", re.I)
@@ -253,11 +254,14 @@ def infer_schema(
     labels: list[str],
     ignore: list[str] | tuple[str, ...] = (),
     positive_at: float | None = None,
+    keyed_objects: bool = False,
 ) -> list[Choice]:
     """One :class:`Choice` per column of ``table`` (a sample of the training rows; fields of
-    struct columns by their dotted paths), labels first. Raises ConfigError for a label
-    the table lacks or whose values are not 0/1 (without ``positive_at``), and when no
-    column is left to be a feature."""
+    struct columns by their dotted paths), labels first. With ``keyed_objects`` (JSON
+    Lines) an object whose keys are data (:func:`_is_keyed`) is one weighted id feature
+    ``<object>.keys`` / ``.values`` rather than a feature per key. Raises ConfigError for a
+    label the table lacks or whose values are not 0/1 (without ``positive_at``), and when
+    no column is left to be a feature."""
     found = nested.paths(table.schema)
     for lab in labels:
         if lab not in found:
@@ -268,8 +272,18 @@ def infer_schema(
     taken: set[str] = set()
     out = [_label(lab, nested.select(table, [lab]).column(0), positive_at) for lab in labels]
     taken.update(c.spec["name"] for c in out)
+    keyed: list[str] = []
     for column, (_, t) in found.items():
-        if column in labels or column in ignore:
+        if column in labels or column in ignore or any(column.startswith(k + ".") for k in keyed):
+            continue
+        if keyed_objects and pa.types.is_struct(t) and _is_keyed(table, column, t):
+            keyed.append(column)
+            name = _feature_name(column, taken)
+            keys = pa.array([f.name for f in t])
+            why = f"an object of {t.num_fields} keys, few a row: keys as ids, values as weights"
+            choice = _sparse(name, f"{column}.keys", keys, why, multi=True)
+            choice.spec["weight_column"] = f"{column}.values"
+            out.append(choice)
             continue
         if pa.types.is_struct(t) or (column.endswith(".values") and column[:-7] in found):
             continue  # a struct's fields come one by one; a map's values weigh its keys
@@ -292,6 +306,17 @@ def infer_schema(
         raise DataError("no column is left to be a feature", path=None)
     _share_tables(out)
     return out
+
+
+def _is_keyed(table: pa.Table, column: str, t: pa.StructType) -> bool:
+    """Whether a JSON object column holds a dict feature (``{"sports": 0.8}``: the keys are
+    the data) rather than fields: at least ``KEYED_FIELDS`` keys seen, all with numbers, and
+    on average under half of them in a row."""
+    if t.num_fields < KEYED_FIELDS or not all(is_number(f.type) for f in t):
+        return False
+    col = nested.select(table, [column]).column(0).combine_chunks()
+    present = sum(int(pc.sum(col.field(i).is_valid()).as_py() or 0) for i in range(t.num_fields))
+    return present < 0.5 * t.num_fields * max(len(col), 1)
 
 
 def _column(

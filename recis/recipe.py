@@ -166,7 +166,8 @@ def init_config(
     fmt = fmt or guess_format(train)
     options = CsvOptions.from_config(_csv_config(csv)) if csv else None
     table, _ = sample(train, fmt, options, rows)
-    choices = infer_schema(table, labels, ignore or [], positive_at)
+    keyed = fmt == "jsonl"  # a JSON object's keys may be data
+    choices = infer_schema(table, labels, ignore or [], positive_at, keyed_objects=keyed)
     total = _count_rows(train, fmt, options, table.num_rows)
     text = render(
         choices,

@@ -134,3 +134,29 @@ def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     assert _entries(cfg, "dense")["price"]["mean"] == pytest.approx(100.0)  # 0,5 ... 199,5
     assert "early_stopping" not in cfg["train"]  # no --eval: nothing to stop on
     assert Path(out).read_text().count("# No --eval") == 1
+
+
+def test_init_on_json_lines_reads_dict_features_as_weighted_ids(tmp_path):
+    """A JSON object whose keys are data (tag -> score, a few of 30 a row) is one weighted id
+    feature; an object of a few fields (``ctx``) is read field by field."""
+    rng = np.random.default_rng(3)
+    f = tmp_path / "events.jsonl"
+    with open(f, "w") as out:
+        for i in range(600):
+            tags = {f"tag{k}": round(float(rng.random()), 2) for k in rng.choice(30, 3)}
+            ctx = {"hour": int(rng.integers(0, 24)), "os": ["ios", "android"][i % 2]}
+            row = {"y": int(rng.random() < 0.3), "price": float(rng.random()), "tags": tags}
+            out.write(json.dumps(row | {"ctx": ctx}) + "\n")
+    cfg_path = tmp_path / "j.yaml"
+    assert main(["init", str(f), "--label", "y", "--out", str(cfg_path)]) == 0
+    cfg = yaml.safe_load(cfg_path.read_text())
+    sparse = _entries(cfg, "sparse")
+    assert sparse["tags"] == {
+        "name": "tags", "column": "tags.keys", "weight_column": "tags.values"
+    }  # fmt: skip
+    assert sparse["ctx_hour"]["column"] == "ctx.hour" and sparse["ctx_os"]["column"] == "ctx.os"
+    assert cfg["data"]["format"] == "jsonl" and "price" in _entries(cfg, "dense")
+    run = tmp_path / "run"
+    overrides = ["--set", f"run_dir={run}", "--set", "threads=1", "--set", "train.epochs=1"]
+    assert main(["train", str(cfg_path), *overrides]) == 0
+    assert (run / "checkpoints" / "final").is_dir()
