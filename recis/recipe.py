@@ -33,8 +33,11 @@ EPOCHS = 10
 MODELS = ("dlrm", "deepfm")
 
 
-def sample(paths: Any, fmt: str, csv: CsvOptions | None, rows: int) -> tuple[pa.Table, int]:
-    """The first ``rows`` rows of the files (in path order) and how many files were read."""
+def sample(
+    paths: Any, fmt: str, csv: CsvOptions | None, rows: int
+) -> tuple[pa.Table, list[str], int]:
+    """The first ``rows`` rows of the files (in path order), the files read and how many
+    rows those files hold."""
     files = resolve_paths(paths, SUFFIXES[fmt])
     tables, n = [], 0
     for f in files:
@@ -44,7 +47,7 @@ def sample(paths: Any, fmt: str, csv: CsvOptions | None, rows: int) -> tuple[pa.
         if n >= rows:
             break
     table = pa.concat_tables(tables, promote_options="default").slice(0, rows)
-    return table, len(tables)
+    return table, files[: len(tables)], n
 
 
 def _flow(entry: dict[str, Any]) -> str:
@@ -165,10 +168,10 @@ def init_config(
         raise ConfigError(f"{out}: exists; remove it or pass another --out")
     fmt = fmt or guess_format(train)
     options = CsvOptions.from_config(_csv_config(csv)) if csv else None
-    table, _ = sample(train, fmt, options, rows)
+    table, read, in_read = sample(train, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     choices = infer_schema(table, labels, ignore or [], positive_at, keyed_objects=keyed)
-    total = _count_rows(train, fmt, options, table.num_rows)
+    total = _count_rows(train, fmt, read, in_read)
     text = render(
         choices,
         train,
@@ -209,10 +212,10 @@ def _csv_config(csv: dict[str, Any]) -> Any:
     return validate(CsvConfig, csv, prefix="--csv")
 
 
-def _count_rows(train: str, fmt: str, csv: CsvOptions | None, sampled: int) -> int:
-    """Rows of the training files: parquet and ORC from their footers, text formats counted
-    only as far as the sample (a text file has no footer; the schedule then assumes the
-    sample's size, which the comment in the config says)."""
+def _count_rows(train: str, fmt: str, read: list[str], in_read: int) -> int:
+    """Rows of the training files: parquet and ORC from their footers; text formats have
+    none, so the files read for the sample are counted and the others estimated by their
+    size (the same rows per byte)."""
     import pyarrow.orc as paorc
     import pyarrow.parquet as pq
 
@@ -221,4 +224,11 @@ def _count_rows(train: str, fmt: str, csv: CsvOptions | None, sampled: int) -> i
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if fmt == "orc":
         return sum(paorc.ORCFile(f).nrows for f in files)
-    return sampled
+    if len(read) == len(files):
+        return in_read
+    try:
+        size = {f: os.path.getsize(f) for f in files}
+    except OSError:  # not a local file (a URI): the rows read, which the schedule then assumes
+        return in_read
+    done = sum(size[f] for f in read)
+    return in_read + round(in_read / max(done, 1) * sum(size[f] for f in files[len(read) :]))

@@ -160,3 +160,16 @@ def test_init_on_json_lines_reads_dict_features_as_weighted_ids(tmp_path):
     overrides = ["--set", f"run_dir={run}", "--set", "threads=1", "--set", "train.epochs=1"]
     assert main(["train", str(cfg_path), *overrides]) == 0
     assert (run / "checkpoints" / "final").is_dir()
+
+
+def test_rows_of_text_files_beyond_the_sample_are_estimated_by_size(tmp_path):
+    """A CSV has no footer: the files the sample read are counted, the others scaled by
+    their size, so the schedule spans the whole training set."""
+    from recis.recipe import _count_rows, sample
+
+    for k in range(4):  # four files of 500 rows, the same width
+        rows = ["y,x"] + [f"{i % 2},{1000 + i}" for i in range(500)]
+        (tmp_path / f"part-{k}.csv").write_text("\n".join(rows) + "\n")
+    table, read, in_read = sample(str(tmp_path), "csv", None, 700)
+    assert table.num_rows == 700 and len(read) == 2 and in_read == 1000
+    assert _count_rows(str(tmp_path), "csv", read, in_read) == 2000
