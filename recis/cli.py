@@ -271,7 +271,7 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
-    """``recis init``: see recis.recipe and docs/data.md#recis-init."""
+    """``recis init``: see recis.recipe and docs/data.md (recis init)."""
     help = "write a run config for your training files (schema read off a sample, recipe defaults)"
     ip = sub.add_parser("init", help=help, description=help)
     ip.add_argument("train", help="training file(s): a file, folder or glob")

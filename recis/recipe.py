@@ -121,7 +121,7 @@ def render(
         f"# Written by `recis init` from {source} ({total_rows} rows in all);",
         "# review it, then train it with `recis train` on this file.",
         "# Each schema entry says why it was chosen; the model and train sections are the",
-        "# shipped MovieLens CTR recipes' settings (docs/models/dlrm.md, docs/data.md#recis-init).",
+        "# shipped MovieLens CTR recipes' settings (docs/models/dlrm.md; the rules: docs/data.md, recis init).",
     ]
     if eval_path is None:
         lines.append("# No --eval: no early stopping (recis split makes a validation file).")
