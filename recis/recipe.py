@@ -125,7 +125,8 @@ def render(
     ]
     if eval_path is None:
         lines.append("# No --eval: no early stopping (recis split makes a validation file).")
-    lines += [f"run_dir: {run_dir}", "device: cpu", "seed: 0", ""]
+    top = {"run_dir": run_dir, "device": "cpu", "seed": 0}
+    lines += [*yaml.safe_dump(top, sort_keys=False).splitlines(), ""]
     lines += yaml.safe_dump({"data": data}, sort_keys=False, width=10**9).splitlines()
     lines.append("  schema:")
     for section in ("labels", "dense", "sparse"):
