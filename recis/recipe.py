@@ -165,6 +165,8 @@ def init_config(
     """Write a run config for the files at ``train`` to ``out`` (refused if it exists);
     returns ``{"path", "rows", "labels", "dense", "sparse", "skipped"}``."""
     out = Path(out)
+    if rows < 1:
+        raise ConfigError(f"--rows {rows}: must be at least 1")
     if out.exists():
         raise ConfigError(f"{out}: exists; remove it or pass another --out")
     fmt = fmt or guess_format(train)
