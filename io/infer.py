@@ -81,6 +81,11 @@ def _feature_name(column: str, taken: set[str]) -> str:
     return out
 
 
+def _spec(name: str, column: str, **extra: Any) -> dict[str, Any]:
+    """A schema entry: its name, the column when that differs, then ``extra``."""
+    return {"name": name, **({"column": column} if column != name else {}), **extra}
+
+
 def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
@@ -96,9 +101,8 @@ def _distinct(col: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.count_distinct(col, mode="only_valid").as_py())
 
 
-def _table(name: str, values: pa.Array) -> dict[str, Any]:
-    """A table for the ids ``values`` (flattened, nulls dropped) of a sample."""
-    counts = pc.value_counts(pc.drop_null(values))
+def _table(name: str, counts: pa.StructArray) -> dict[str, Any]:
+    """A table for the ids of a sample (``counts``: their ``pc.value_counts``)."""
     distinct = len(counts)
     capacity = 1 << max(4, math.ceil(math.log2(max(2 * distinct, 2))))
     table: dict[str, Any] = {"name": name, "dim": DIM, "capacity": capacity}
@@ -111,9 +115,7 @@ def _table(name: str, values: pa.Array) -> dict[str, Any]:
 
 def _dense(name: str, column: str, v: np.ndarray) -> Choice:
     median = _round(float(np.median(v)))
-    spec: dict[str, Any] = {"name": name, "fill": median}
-    if column != name:
-        spec["column"] = column
+    spec = _spec(name, column, fill=median)
     p99 = float(np.quantile(v, 0.99))
     if v.min() >= 0 and p99 > SKEW * max(float(np.median(v)), 1e-12):
         spec.update(transform="quantile", boundaries=quantile_boundaries(v, QUANTILE_BUCKETS))
@@ -127,15 +129,12 @@ def _dense(name: str, column: str, v: np.ndarray) -> Choice:
 def _sparse(
     name: str, column: str, values: pa.Array, why: str, multi: bool = False, **extra: Any
 ) -> Choice:
-    spec: dict[str, Any] = {"name": name}
-    if column != name:
-        spec["column"] = column
-    spec.update(extra)
-    ids = pc.unique(pc.drop_null(values))
-    table = _table(name, values)
+    counts = pc.value_counts(pc.drop_null(values))
+    table = _table(name, counts)
     if multi or "separator" in extra:  # a row's several ids: their mean, as the recipes
         table["pooling"] = "mean"
-    return Choice(column, "sparse", why, spec, table, ids, multi)
+    spec = _spec(name, column, **extra)
+    return Choice(column, "sparse", why, spec, table, counts.field("values"), multi)
 
 
 def _separator(texts: pa.Array) -> str | None:
@@ -209,9 +208,7 @@ def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Cho
         return _number_column(name, column, scalar, rows)
     if pa.types.is_floating(leaf) and len(set(lengths[lengths > 0].tolist())) == 1:
         dim = int(lengths.max())
-        spec = {"name": name, "dim": dim, "on_empty": "fill"}
-        if column != name:
-            spec["column"] = column
+        spec = _spec(name, column, dim=dim, on_empty="fill")
         return Choice(column, "dense", f"vectors of {dim} floats", spec)
     if not (is_string(leaf) or pa.types.is_integer(leaf)):
         return Choice(column, "skip", f"lists of {leaf}: not ids")
@@ -223,11 +220,8 @@ def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Cho
     return _sparse(name, column, flat, why, multi=True, **extra)
 
 
-def _label(column: str, col: pa.ChunkedArray, positive_at: float | None) -> Choice:
-    name = re.sub(r"[^0-9A-Za-z_]", "_", column).strip("_") or "label"
-    spec: dict[str, Any] = {"name": name}
-    if column != name:
-        spec["column"] = column
+def _label(name: str, column: str, col: pa.ChunkedArray, positive_at: float | None) -> Choice:
+    spec = _spec(name, column)
     leaf = leaf_type(col.type)
     if not is_number(leaf):
         raise ConfigError(
@@ -270,8 +264,10 @@ def infer_schema(
             )
     rows = table.num_rows
     taken: set[str] = set()
-    out = [_label(lab, nested.select(table, [lab]).column(0), positive_at) for lab in labels]
-    taken.update(c.spec["name"] for c in out)
+    out = [
+        _label(_feature_name(lab, taken), lab, nested.select(table, [lab]).column(0), positive_at)
+        for lab in labels
+    ]
     keyed: list[str] = []
     for column, (_, t) in found.items():
         if column in labels or column in ignore or any(column.startswith(k + ".") for k in keyed):
@@ -285,12 +281,13 @@ def infer_schema(
             choice.spec["weight_column"] = f"{column}.values"
             out.append(choice)
             continue
-        if pa.types.is_struct(t) or (column.endswith(".values") and column[:-7] in found):
-            continue  # a struct's fields come one by one; a map's values weigh its keys
+        parent = found.get(column.rsplit(".", 1)[0], ((), pa.null()))[1]
+        if pa.types.is_struct(t) or pa.types.is_map(t):
+            continue  # a struct's fields come one by one, a map as <map>.keys below
+        if column.endswith(".values") and pa.types.is_map(parent):
+            continue  # a map's values weigh its keys
         col = nested.select(table, [column]).column(0)
-        if pa.types.is_map(t):
-            continue  # read as <map>.keys below
-        if column.endswith(".keys") and pa.types.is_map(found[column[:-5]][1]):
+        if column.endswith(".keys") and pa.types.is_map(parent):
             name = _feature_name(column[:-5], taken)
             weights = column[:-5] + ".values"
             weighted = is_number(leaf_type(found[weights][1]))
@@ -362,5 +359,7 @@ def _share_tables(choices: list[Choice]) -> None:
             if jaccard >= best_j:
                 best, best_j = s, jaccard
         if best is not None:
+            assert best.table is not None
             c.spec["table"], c.table = best.spec["name"], None
+            best.table["pooling"] = "mean"  # a row's several ids: their mean, as the list
             c.why += f"; its ids are {best.column}'s (Jaccard {best_j:.2f}): that table"

@@ -34,11 +34,10 @@ MODELS = ("dlrm", "deepfm")
 
 
 def sample(
-    paths: Any, fmt: str, csv: CsvOptions | None, rows: int
+    files: list[str], fmt: str, csv: CsvOptions | None, rows: int
 ) -> tuple[pa.Table, list[str], int]:
-    """The first ``rows`` rows of the files (in path order), the files read and how many
-    rows those files hold."""
-    files = resolve_paths(paths, SUFFIXES[fmt])
+    """The first ``rows`` rows of ``files`` (in order), the files read and how many rows
+    those files hold."""
     tables, n = [], 0
     for f in files:
         t = read_input(f, fmt, csv=csv)
@@ -112,11 +111,6 @@ def render(
     steps = max(1, math.ceil(total_rows / BATCH))
     first = labels[0].spec["name"] if eval_path is not None else None
     tables = [c.table for c in choices if c.section == "sparse" and c.table is not None]
-    for c in choices:  # a table a list feature shares is pooled by mean, as the list
-        if c.section == "sparse" and c.table is None:
-            for t in tables:
-                if t["name"] == c.spec["table"]:
-                    t["pooling"] = "mean"
     lines = [
         f"# Written by `recis init` from {source} ({total_rows} rows in all);",
         "# review it, then train it with `recis train` on this file.",
@@ -171,10 +165,11 @@ def init_config(
         raise ConfigError(f"{out}: exists; remove it or pass another --out")
     fmt = fmt or guess_format(train)
     options = CsvOptions.from_config(_csv_config(csv)) if csv else None
-    table, read, in_read = sample(train, fmt, options, rows)
+    files = resolve_paths(train, SUFFIXES[fmt])
+    table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     choices = infer_schema(table, labels, ignore or [], positive_at, keyed_objects=keyed)
-    total = _count_rows(train, fmt, read, in_read)
+    total = _count_rows(files, fmt, read, in_read)
     text = render(
         choices,
         train,
@@ -215,14 +210,13 @@ def _csv_config(csv: dict[str, Any]) -> Any:
     return validate(CsvConfig, csv, prefix="--csv")
 
 
-def _count_rows(train: str, fmt: str, read: list[str], in_read: int) -> int:
+def _count_rows(files: list[str], fmt: str, read: list[str], in_read: int) -> int:
     """Rows of the training files: parquet and ORC from their footers; text formats have
     none, so the files read for the sample are counted and the others estimated by their
     size (the same rows per byte)."""
     import pyarrow.orc as paorc
     import pyarrow.parquet as pq
 
-    files = resolve_paths(train, SUFFIXES[fmt])
     if fmt == "parquet":
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if fmt == "orc":

@@ -165,11 +165,24 @@ def test_init_on_json_lines_reads_dict_features_as_weighted_ids(tmp_path):
 def test_rows_of_text_files_beyond_the_sample_are_estimated_by_size(tmp_path):
     """A CSV has no footer: the files the sample read are counted, the others scaled by
     their size, so the schedule spans the whole training set."""
+    from recis.io.paths import resolve_paths
     from recis.recipe import _count_rows, sample
 
     for k in range(4):  # four files of 500 rows, the same width
         rows = ["y,x"] + [f"{i % 2},{1000 + i}" for i in range(500)]
         (tmp_path / f"part-{k}.csv").write_text("\n".join(rows) + "\n")
-    table, read, in_read = sample(str(tmp_path), "csv", None, 700)
+    files = resolve_paths(str(tmp_path), (".csv",))
+    table, read, in_read = sample(files, "csv", None, 700)
     assert table.num_rows == 700 and len(read) == 2 and in_read == 1000
-    assert _count_rows(str(tmp_path), "csv", read, in_read) == 2000
+    assert _count_rows(files, "csv", read, in_read) == 2000
+
+
+def test_a_struct_field_named_values_is_a_field_not_map_weights():
+    """Only a map's ``values`` weigh its keys: a struct may have a field of that name."""
+    stats = pa.array(
+        [{"values": i / 7, "n": i % 3} for i in range(50)],
+        pa.struct([("values", pa.float64()), ("n", pa.int64())]),
+    )
+    t = pa.table({"y": [i % 2 for i in range(50)], "stats": stats})
+    by = {c.column: c.section for c in infer_schema(t, ["y"])}
+    assert by["stats.values"] == "dense" and by["stats.n"] == "sparse"
