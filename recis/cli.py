@@ -502,15 +502,15 @@ def _tool(args: argparse.Namespace) -> int | None:
 
 def _configured(args: argparse.Namespace) -> int:
     """``vocab``, ``train`` and ``eval`` of a recis run config (one process or N)."""
-    from recis.config import RunConfig, apply_overrides, build_run_config, load_yaml, validate
+    from recis.config import RunConfig, apply_overrides, complete_run_config, load_yaml, validate
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     # every section but the model's first: a typo there is answered before torch and the
     # model zoo are imported (0.5 s instead of 7 on a 2-core machine)
-    validate(RunConfig, raw)
+    cfg = validate(RunConfig, raw)
     import recis.models  # noqa: F401  (registers the zoo's models that the model section needs)
 
-    cfg = build_run_config(raw)
+    cfg = complete_run_config(cfg)
     if args.command == "vocab":
         _vocab(cfg, only_missing=False)
         return 0

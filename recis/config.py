@@ -387,7 +387,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a whole run config, including the model section against its model's class."""
-    cfg = validate(RunConfig, raw)
+    return complete_run_config(validate(RunConfig, raw))
+
+
+def complete_run_config(cfg: RunConfig) -> RunConfig:
+    """What a run config validated as :class:`RunConfig` still needs: the device checked (this
+    loads torch), the labels against the tasks, the model section against its model's class
+    (the zoo registered) and the one sparse optimizer."""
     check_device(cfg.device)
     check_task_labels(cfg.data.schema_.labels, [(t.name, t.loss) for t in cfg.train.tasks])
     cfg.model = model_config(cfg.model if cfg.model is not None else {})
