@@ -271,50 +271,16 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
-    """``recis init``: see recis.recipe and docs/data.md (recis init)."""
-    help = "write a run config for your training files (schema read off a sample, recipe defaults)"
-    ip = sub.add_parser("init", help=help, description=help)
-    ip.add_argument("train", help="training file(s): a file, folder or glob")
-    ip.add_argument("--label", action="append", required=True, help="label column (repeatable)")
-    ip.add_argument("--eval", help="validation file(s): evaluation every epoch, early stopping")
-    ip.add_argument("--out", default="recis.yaml", help="config to write (not overwritten)")
-    ip.add_argument("--model", choices=["dlrm", "deepfm"], default="dlrm")
-    ip.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
-    ip.add_argument("--csv", help="CSV/TSV parsing as a YAML mapping (data.csv's fields)")
-    ip.add_argument("--rows", type=int, default=200_000, help="rows sampled (the first ones)")
-    ip.add_argument("--ignore", nargs="*", default=[], help="columns not to read")
-    ip.add_argument(
-        "--positive-at", type=float, default=None, help="a label >= this is 1 (ratings: 4)"
-    )
-    ip.add_argument("--run-dir", default=None, help="the config's run_dir (runs/<out's stem>)")
+    """``recis init``: see recis.init_command, recis.recipe and docs/data.md (recis init)."""
+    from recis.init_command import HELP, add_arguments
+
+    add_arguments(sub.add_parser("init", help=HELP, description=HELP))
 
 
 def _init(args: argparse.Namespace) -> None:
-    from recis.recipe import init_config
+    from recis.init_command import main
 
-    csv = None
-    if args.csv is not None:
-        from recis.config_yaml import load_text
-
-        csv = load_text(args.csv, "--csv")
-    done = init_config(
-        args.train,
-        args.label,
-        args.out,
-        eval_path=args.eval,
-        fmt=args.format,
-        csv=csv,
-        model=args.model,
-        rows=args.rows,
-        ignore=args.ignore,
-        positive_at=args.positive_at,
-        run_dir=args.run_dir,
-    )
-    print(
-        f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id features, "
-        f"{len(done['skipped'])} columns not read ({', '.join(done['skipped']) or 'none'}); "
-        f"train with: recis train {done['path']}"
-    )
+    main(args)
 
 
 def _split(args: argparse.Namespace) -> None:

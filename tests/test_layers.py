@@ -13,8 +13,8 @@ Read from the source (AST), not by importing: every ``import`` and ``from ... im
     synthetic    recis.synthetic (data with known ground truth: data.synthetic, benchmarks)
     train        recis.train
     distributed  recis.distributed (and the one run entry, recis.distributed.run)
-    applications recis.llm, recis.retrieval_rl, recis.prune, recis.doctor, recis.recipe (later export,
-                 serve, index, rl)
+    applications recis.llm, recis.retrieval_rl, recis.prune, recis.doctor, recis.recipe,
+                 recis.init_command (later export, serve, index, rl)
     entry        recis.cli
 
 A new top-level package or module must be placed in ``LAYERS`` (the test says so by name).
@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "recis.prune",
             "recis.doctor",
             "recis.recipe",
+            "recis.init_command",
             "recis.export",
             "recis.serve",
             "recis.index",
