@@ -15,8 +15,10 @@ log of fifty columns. The rules (first match wins), per column of a sample of th
   float columns of that kind (pandas' integers with a missing value), lists of integers or
   strings (multi-hot; a list column whose ids are mostly a scalar id column's shares
   that column's table, as a behaviour sequence shares the item table), strings of joined
-  ids (``Action|Comedy``: ``separator``), text with spaces (its words as a bag of ids), and
-  maps (keys as ids, values as weights).
+  ids (``Action|Comedy``: ``separator``), text (its words, or in Chinese and Japanese its
+  characters and character pairs, as a bag of hashed terms: ``tokenizer``; a text whose
+  terms are mostly another's reads that one's table), and maps (keys as ids, values as
+  weights).
 * **dense features**: other numbers and single-value lists of numbers (the RecIS layout);
   heavy-tailed non-negative ones (counts, prices: the 99th percentile over 20 times the
   median) bucketed by their quantiles (``transform: quantile``, 16 buckets from the
@@ -40,9 +42,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recis.errors import ConfigError, DataError
+from recis.features import NgramTokenizer
 
 from . import nested
 from .quantiles import quantile_boundaries
+from .tokenizers import has_cjk, term_ids
 from .validate import is_list, is_number, is_string, leaf_type
 
 CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
@@ -52,6 +56,7 @@ QUANTILE_BUCKETS = 16
 DIM = 16  # embedding width (the DLRM / DeepFM recipes' bottom MLP ends at it)
 SEPARATORS = ("|", ";", ",", "\x02")
 KEYED_FIELDS = 8  # fields of a JSON object from which its keys may be data (a dict feature)
+TEXT_MAX_LEN = 128  # terms of a text feature kept at most (its 99th percentile when fewer)
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
 _ID_NAME = re.compile(r"(?:^|[_\-.])ids?$|[a-z0-9]I[dD]s?$", re.IGNORECASE)
 _TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day)$", re.I)
@@ -101,12 +106,16 @@ def _distinct(col: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.count_distinct(col, mode="only_valid").as_py())
 
 
+def _capacity(distinct: int) -> dict[str, Any]:
+    """A growable table's sizes for ``distinct`` ids seen in the sample."""
+    capacity = 1 << max(4, math.ceil(math.log2(max(2 * distinct, 2))))
+    return {"capacity": capacity, "growable": True, "max_capacity": max(capacity, 1 << 24)}
+
+
 def _table(name: str, counts: pa.StructArray) -> dict[str, Any]:
     """A table for the ids of a sample (``counts``: their ``pc.value_counts``)."""
     distinct = len(counts)
-    capacity = 1 << max(4, math.ceil(math.log2(max(2 * distinct, 2))))
-    table: dict[str, Any] = {"name": name, "dim": DIM, "capacity": capacity}
-    table.update(growable=True, max_capacity=max(capacity, 1 << 24))
+    table: dict[str, Any] = {"name": name, "dim": DIM, **_capacity(distinct)}
     once = int(np.sum(counts.field("counts").to_numpy() == 1)) if distinct else 0
     if distinct > 1000 and once > distinct / 2:
         table["admission_min_count"] = 2
@@ -148,6 +157,25 @@ def _separator(texts: pa.Array) -> str | None:
     return None
 
 
+def _text_words(texts: pa.Array, distinct: int) -> int | None:
+    """The word n-gram order to read a string column as text with (None: not text).
+
+    Text has over ``CATEGORICAL_MAX`` values and either spaces in most values and 20
+    characters on average (words: their unigrams) or, in a script written without spaces
+    (Chinese, Japanese), characters in most values and 4 on average: there a character
+    is a word, so 1-2-grams take in the two-character words."""
+    if distinct <= CATEGORICAL_MAX:
+        return None
+    length = pc.mean(pc.utf8_length(texts)).as_py()
+    spaced = pc.mean(pc.match_substring(texts, " ").cast(pa.float64())).as_py()
+    if length >= 20 and spaced >= 0.5:
+        return 1
+    sample = texts.slice(0, 2000).to_pylist()
+    if length >= 4 and sum(map(has_cjk, sample)) >= 0.5 * len(sample):
+        return 2
+    return None
+
+
 def _string_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Choice:
     texts = pc.drop_null(col.combine_chunks())
     if pa.types.is_dictionary(texts.type):
@@ -163,11 +191,18 @@ def _string_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
         pieces = pc.list_flatten(pc.split_pattern(texts, sep))
         why = f"ids joined by {sep!r}: multi-hot"
         return _sparse(name, column, pieces, why, separator=sep)
-    spaced = pc.mean(pc.match_substring(texts, " ").cast(pa.float64())).as_py()
-    if pc.mean(pc.utf8_length(texts)).as_py() >= 20 and spaced >= 0.5:
-        words = pc.list_flatten(pc.split_pattern(texts, " "))
-        why = "text: its words as a bag of hashed ids (first 64)"
-        return _sparse(name, column, words, why, separator=" ", max_len=64)
+    words = _text_words(texts, distinct)
+    if words is not None:
+        spec = NgramTokenizer(words=words)
+        terms = term_ids(texts, spec)
+        p99 = int(np.quantile(pc.list_value_length(terms).to_numpy(zero_copy_only=False), 0.99))
+        max_len = max(16, min(TEXT_MAX_LEN, p99))
+        what = "words" if words == 1 else "characters and character pairs"
+        why = f"text: its {what} as a bag of hashed ids (first {max_len})"
+        tok = {"kind": "ngram", "words": words}
+        choice = _sparse(name, column, terms.flatten(), why, multi=True, tokenizer=tok)
+        choice.spec["max_len"] = max_len
+        return choice
     if rows >= 1000 and distinct > KEY_SHARE * len(texts):
         return Choice(column, "skip", f"{distinct} values in {len(texts)} rows: a key")
     return _sparse(name, column, texts, f"strings ({distinct} values): hashed ids")
@@ -346,9 +381,12 @@ def _share_tables(choices: list[Choice]) -> None:
     history and candidate items in one space, as in DIN. (Lists sharing another list's
     table were tried on MovieLens: level for DLRM, far lower for DeepFM; docs/data.md.)"""
     scalars = [c for c in choices if c.section == "sparse" and not c.multi and c.ids is not None]
+    _share_text_tables(choices)
     for c in choices:
         if not (c.section == "sparse" and c.multi and c.ids is not None and len(c.ids)):
             continue
+        if c.table is None:
+            continue  # already on another text feature's table
         best, best_j = None, SHARE
         for s in scalars:
             assert s.ids is not None
@@ -363,3 +401,23 @@ def _share_tables(choices: list[Choice]) -> None:
             c.spec["table"], c.table = best.spec["name"], None
             best.table["pooling"] = "mean"  # a row's several ids: their mean, as the list
             c.why += f"; its ids are {best.column}'s (Jaccard {best_j:.2f}): that table"
+
+
+def _share_text_tables(choices: list[Choice]) -> None:
+    """A text feature whose terms are mostly another's (at least ``SHARE`` of the smaller
+    vocabulary in both) reads the earlier one's table: a query and the titles it matches
+    in one embedding space, so a model's interactions between the two measure their
+    overlap. (Equal terms already get equal ids: one tokenizer salt.)"""
+    texts = [c for c in choices if c.section == "sparse" and "tokenizer" in c.spec]
+    for i, c in enumerate(texts):
+        assert c.ids is not None
+        for s in texts[:i]:
+            if s.table is None or s.ids is None:
+                continue  # s itself reads another table: share that one's owner instead
+            inside = pc.sum(pc.is_in(c.ids, value_set=s.ids)).as_py() or 0
+            share = inside / max(min(len(c.ids), len(s.ids)), 1)
+            if share >= SHARE:
+                c.spec["table"], c.table = s.spec["name"], None
+                s.table.update(_capacity(len(s.ids) + len(c.ids) - inside))
+                c.why += f"; {share:.0%} of its terms are {s.column}'s: that table"
+                break

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recis.errors import ConfigError, DataError
 from recis.features import (
@@ -55,6 +57,11 @@ class TextTokenizer(Protocol):
     def pieces(self, text: str) -> list[tuple[int, str]]:
         """One text's ``(id, piece)`` pairs in order, untruncated."""
         ...
+
+
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` has a character of a script written without spaces (CJK, kana)."""
+    return _IS_CJK.search(text) is not None
 
 
 def normalize(text: str, form: Normalization, lowercase: bool) -> str:
@@ -200,6 +207,10 @@ class NgramHasher:
         return np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
 
     def encode(self, texts: Sequence[str], max_length: int, keep_last: bool = False) -> Encoded:
+        return _pad(self.ragged(texts), max_length, keep_last)
+
+    def ragged(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's term ids ``[n_i]`` int64, untruncated."""
         memo = self._text_ids
         rows: list[np.ndarray | None] = [memo.get(t) for t in texts]
         todo = [i for i, r in enumerate(rows) if r is None]
@@ -213,7 +224,7 @@ class NgramHasher:
                 rows[i] = memo[texts[i]] = flat[bounds[k] : bounds[k + 1]]
         done = [r for r in rows if r is not None]
         assert len(done) == len(rows)  # every row was memoized or hashed above
-        return _pad(done, max_length, keep_last)
+        return done
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         terms = self.terms(text)
@@ -301,7 +312,28 @@ def _build(spec: NgramTokenizer | VocabTokenizer | HFTokenizer) -> TextTokenizer
 
 def tokenizer_for(feature: TextFeature) -> TextTokenizer:
     """The tokenizer of a text feature (one per process and distinct spec)."""
-    spec = feature.tokenizer
+    return _cached(feature.tokenizer)
+
+
+def term_ids(col: pa.Array | pa.ChunkedArray, spec: NgramTokenizer) -> pa.ListArray:
+    """``list<int64>``: each text's term ids in order (a tokenized
+    :class:`~recis.features.SparseFeature`); a ``list<string>`` row is its strings joined by
+    spaces, a null text is a null list (no id)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.binary_join(arr.cast(pa.list_(pa.string())), " ")  # list<string> (checked)
+    hasher = _cached(spec)
+    assert isinstance(hasher, NgramHasher)
+    rows = hasher.ragged(pc.fill_null(arr.cast(pa.string()), "").to_pylist())
+    lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
+    values = pa.array(np.concatenate(rows) if rows else np.zeros(0, np.int64), pa.int64())
+    return pa.ListArray.from_arrays(offsets, values, mask=arr.is_null())
+
+
+def _cached(spec: NgramTokenizer | VocabTokenizer | HFTokenizer) -> TextTokenizer:
     # pydantic dataclasses are not hashable: the spec's repr is its cache key; a vocabulary
     # file rebuilt in place is picked up through its modification time
     key = repr(spec)

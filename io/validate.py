@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 from recis.errors import DataError
 from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature
 
+from .tokenizers import term_ids
+
 _log = logging.getLogger("recis.io")
 
 _LISTS = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
@@ -133,7 +135,10 @@ def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
             "integer ids of at most 64 bits (a decimal column can hold more);"
             " store int64/uint64, or strings with dtype: string",
         )
-    if f.dtype == "string":
+    if f.tokenizer is not None:
+        if not is_string(leaf):
+            bad(f.source, t, "text for the tokenizer (string or list<string>)")
+    elif f.dtype == "string":
         if not (is_string(leaf) or pa.types.is_integer(leaf)):
             bad(f.source, t, "string ids (string or list<string>)")
     elif not (pa.types.is_integer(leaf) or is_string(leaf) or pa.types.is_floating(leaf)):
@@ -329,6 +334,8 @@ def id_column(
     ``list<double>`` aligned with the ids: 1 for a piece without ``kv_separator``, null where
     the weight is not a finite number."""
     col = table.column(f.source)
+    if f.tokenizer is not None and is_string(leaf_type(col.type)):
+        return term_ids(col, f.tokenizer), None
     if pa.types.is_floating(leaf_type(col.type)):
         return _nan_as_null(col), None
     if not _splits(col.type, f):

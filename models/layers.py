@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -61,7 +62,11 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         for i, out in enumerate(sizes):
-            layers.append(nn.Linear(in_dim, out, device=device))
+            with warnings.catch_warnings():
+                # no inputs (a DLRM without dense features): the layer is its bias, a learned
+                # constant, and torch warns that initialising its empty weight does nothing
+                warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+                layers.append(nn.Linear(in_dim, out, device=device))
             last = i == len(sizes) - 1
             if not last or last_activation:
                 layers.append(nn.ReLU())

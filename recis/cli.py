@@ -21,6 +21,7 @@ Ctrl-C); ``--debug``, anywhere on the command line, prints the traceback before 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -377,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _warning_line
+                # torch tells torchrec's developers (once a process, at the first batch) that
+                # is_fx_tracing also covers torch.export: nothing a recis user can act on
+                logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
             return _main(argv)
     except (Exception, KeyboardInterrupt) as err:
         return _fail(err, debug)

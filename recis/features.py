@@ -59,73 +59,6 @@ class DenseFeature:
         return self.column or self.name
 
 
-@dataclass(config=_STRICT)
-class SparseFeature:
-    """An id feature looked up in embedding table ``table`` (default: its own name).
-
-    The column is a scalar (one id per row, null = no id) or a list (multi-hot,
-    a sequence). ``dtype`` ``auto`` (default) follows the column: integer ids
-    pass through, string ids are hashed. ``int`` passes integer ids of any
-    width through as int64 (negative and huge values included: the embedding
-    engine maps them; ``uint64`` keeps its 64 bits, see ``docs/data.md`` "Real
-    layouts") and parses string columns as base-10 int64 ids (a value that is not
-    one is a DataError naming the row); ``string`` hashes strings (integers
-    are cast to their decimal text first) with
-    :func:`recis.ops.hashing.hash_strings` salted by the table name, so
-    features sharing a table share ids.
-
-    ``max_len`` truncates list rows to at most that many ids, keeping the
-    ``first`` or the ``last`` ones (``truncate``; ``last`` keeps the most
-    recent items of a behaviour sequence stored oldest-first).
-    ``weight_column`` names a ``list<float>`` column aligned with the ids
-    (or a float column for scalar ids): the values become the KJT weights.
-    ``separator`` splits a string column holding several ids in one text
-    (``"Action|Comedy"``: MovieLens genres, TorchEasyRec tag strings) into a
-    multi-hot list; empty pieces are no id. ``kv_separator`` (with ``separator``) reads
-    weighted ids written as ``id:weight`` pieces (``"sports:0.8|music:0.2"``, EasyRec's
-    tag features): the weight follows the last ``kv_separator`` of a piece (a piece
-    without one weighs 1) and becomes the KJT weight; a weight that is not a finite
-    number is a bad row.
-    """
-
-    name: str
-    column: str | None = None
-    table: str | None = None
-    dtype: Literal["auto", "int", "string"] = "auto"
-    max_len: int | None = Field(default=None, gt=0)
-    truncate: Literal["first", "last"] = "first"
-    weight_column: str | None = None
-    separator: str | None = Field(default=None, min_length=1)
-    kv_separator: str | None = Field(default=None, min_length=1)
-
-    def __post_init__(self) -> None:
-        from recis.errors import ConfigError
-
-        where = f"data.schema.sparse.{self.name}"
-        if self.separator is not None and self.weight_column is not None:
-            raise ConfigError(
-                f"{where}.separator: weights need a list column (weight_column with"
-                " separator); for 'id:weight' pieces set kv_separator"
-            )
-        if self.kv_separator is not None and self.separator is None:
-            raise ConfigError(f"{where}.kv_separator needs separator (between the pieces)")
-        if self.kv_separator is not None and self.kv_separator == self.separator:
-            raise ConfigError(f"{where}.kv_separator must differ from separator")
-
-    @property
-    def weighted(self) -> bool:
-        """Whether the ids come with weights (``weight_column`` or ``id:weight`` pieces)."""
-        return self.weight_column is not None or self.kv_separator is not None
-
-    @property
-    def source(self) -> str:
-        return self.column or self.name
-
-    @property
-    def table_name(self) -> str:
-        return self.table or self.name
-
-
 # Unicode normalization of text before tokenizing (``none``: the text as written)
 Normalization = Literal["NFKC", "NFC", "NFKD", "NFD", "none"]
 
@@ -158,6 +91,97 @@ class NgramTokenizer:
             raise ConfigError(f"tokenizer.chars: orders must be 1..8, got {self.chars}")
         if not self.words and not self.chars:
             raise ConfigError("tokenizer: words is 0 and chars is empty: no terms at all")
+
+
+@dataclass(config=_STRICT)
+class SparseFeature:
+    """An id feature looked up in embedding table ``table`` (default: its own name).
+
+    The column is a scalar (one id per row, null = no id) or a list (multi-hot,
+    a sequence). ``dtype`` ``auto`` (default) follows the column: integer ids
+    pass through, string ids are hashed. ``int`` passes integer ids of any
+    width through as int64 (negative and huge values included: the embedding
+    engine maps them; ``uint64`` keeps its 64 bits, see ``docs/data.md`` "Real
+    layouts") and parses string columns as base-10 int64 ids (a value that is not
+    one is a DataError naming the row); ``string`` hashes strings (integers
+    are cast to their decimal text first) with
+    :func:`recis.ops.hashing.hash_strings` salted by the table name, so
+    features sharing a table share ids.
+
+    ``max_len`` truncates list rows to at most that many ids, keeping the
+    ``first`` or the ``last`` ones (``truncate``; ``last`` keeps the most
+    recent items of a behaviour sequence stored oldest-first).
+    ``weight_column`` names a ``list<float>`` column aligned with the ids
+    (or a float column for scalar ids): the values become the KJT weights.
+    ``separator`` splits a string column holding several ids in one text
+    (``"Action|Comedy"``: MovieLens genres, TorchEasyRec tag strings) into a
+    multi-hot list; empty pieces are no id. ``kv_separator`` (with ``separator``) reads
+    weighted ids written as ``id:weight`` pieces (``"sports:0.8|music:0.2"``, EasyRec's
+    tag features): the weight follows the last ``kv_separator`` of a piece (a piece
+    without one weighs 1) and becomes the KJT weight; a weight that is not a finite
+    number is a bad row.
+
+    ``tokenizer`` (an :class:`NgramTokenizer`) reads a text column (``string``, or
+    ``list<string>`` joined by spaces) as the bag of its hashed word / char n-grams, in
+    order, so a query or a title feeds any model's id path (DLRM, DeepFM, HHFT, the
+    towers) as multi-hot ids; ``max_len`` keeps the first (or last) terms. The ids are the
+    tokenizer's, not salted by the table, so equal terms of two text features get one id
+    and, on one table, one embedding. A :class:`TextFeature` gives the same text as a
+    padded token sequence to the models that read one (DeepBoW, the LLM towers).
+    """
+
+    name: str
+    column: str | None = None
+    table: str | None = None
+    dtype: Literal["auto", "int", "string"] = "auto"
+    max_len: int | None = Field(default=None, gt=0)
+    truncate: Literal["first", "last"] = "first"
+    weight_column: str | None = None
+    separator: str | None = Field(default=None, min_length=1)
+    kv_separator: str | None = Field(default=None, min_length=1)
+    tokenizer: NgramTokenizer | None = None
+
+    def __post_init__(self) -> None:
+        from recis.errors import ConfigError
+
+        where = f"data.schema.sparse.{self.name}"
+        if self.tokenizer is not None:
+            clash = [
+                k
+                for k, v in (
+                    ("separator", self.separator),
+                    ("kv_separator", self.kv_separator),
+                    ("weight_column", self.weight_column),
+                )
+                if v is not None
+            ] + (["dtype"] if self.dtype != "auto" else [])
+            if clash:
+                raise ConfigError(
+                    f"{where}.tokenizer: the tokenizer makes the ids and splits the text;"
+                    f" drop {', '.join(clash)}"
+                )
+        if self.separator is not None and self.weight_column is not None:
+            raise ConfigError(
+                f"{where}.separator: weights need a list column (weight_column with"
+                " separator); for 'id:weight' pieces set kv_separator"
+            )
+        if self.kv_separator is not None and self.separator is None:
+            raise ConfigError(f"{where}.kv_separator needs separator (between the pieces)")
+        if self.kv_separator is not None and self.kv_separator == self.separator:
+            raise ConfigError(f"{where}.kv_separator must differ from separator")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the ids come with weights (``weight_column`` or ``id:weight`` pieces)."""
+        return self.weight_column is not None or self.kv_separator is not None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
 
 
 @dataclass(config=_STRICT)

@@ -81,7 +81,9 @@ def test_init_writes_a_config_that_trains(tmp_path, capsys):
         "user_id", "itemId", "hist_items", "hour", "age", "cate", "tags", "title", "scores"
     }  # fmt: skip
     assert sparse["tags"]["separator"] == "|"
-    assert sparse["title"] == {"name": "title", "separator": " ", "max_len": 64}
+    # text: its words as a bag of hashed terms (6 a row: max_len is its floor, 16)
+    word_bag = {"kind": "ngram", "words": 1}
+    assert sparse["title"] == {"name": "title", "tokenizer": word_bag, "max_len": 16}
     assert sparse["hist_items"]["table"] == "itemId"  # the sequence reads the item table
     assert sparse["hist_items"]["max_len"] == 39 and sparse["hist_items"]["truncate"] == "last"
     assert sparse["scores"] == {
