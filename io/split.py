@@ -135,15 +135,19 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     A column Arrow infers as int64 stays text when a value does not print back as
     written (``007``, ``+5``); one inferred as double stays text when every value is an
     integer (ids above int64 would collapse: 18446744073709551615 and ...614 are
-    one double). Other columns keep Arrow's inferred type.
+    one double). Other columns keep Arrow's inferred type, and columns whose type the
+    options name keep that type.
     """
     opts, read = o.parse_options(), o.read_options()
     # Hive's \N is NULL in string columns too, as the reader reads it
     nulls: dict = {"strings_can_be_null": True} if o.layout == "hive" else {}
     conv = o.convert_options(include_columns=columns, column_types=o.column_types, **nulls)
     table = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
-    numeric = [
-        f.name for f in table.schema if pa.types.is_int64(f.type) or pa.types.is_floating(f.type)
+    numeric = [  # inferred ones: a type the options give (the Criteo layout's) is kept
+        f.name
+        for f in table.schema
+        if (pa.types.is_int64(f.type) or pa.types.is_floating(f.type))
+        and f.name not in o.column_types
     ]
     if not numeric:
         return table

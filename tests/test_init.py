@@ -138,6 +138,31 @@ def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     assert Path(out).read_text().count("# No --eval") == 1
 
 
+def test_init_on_a_criteo_tsv_keeps_the_layouts_types(tmp_path):
+    # the Criteo layout declares the label a float and the counts integers: the sample keeps
+    # those types (before, its 0/1 label came back as text: "--label label: string values")
+    rng = np.random.default_rng(0)
+    lines = [
+        "\t".join(
+            [str(i % 2)]
+            + [str(int(rng.integers(0, 500))) if i % 5 else "" for _ in range(13)]
+            + [format(int(rng.integers(0, 90)), "08x") for _ in range(26)]
+        )
+        for i in range(300)
+    ]
+    f = tmp_path / "day_0.tsv"
+    f.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "c.yaml"
+    assert (
+        main(["init", str(f), "--label", "label", "--csv", "{layout: criteo}", "--out", str(out)])
+        == 0
+    )
+    cfg = yaml.safe_load(out.read_text())
+    assert _entries(cfg, "labels") == {"label": {"name": "label"}}
+    assert set(_entries(cfg, "dense")) == {f"I{i}" for i in range(1, 14)}
+    assert set(_entries(cfg, "sparse")) == {f"C{i}" for i in range(1, 27)}
+
+
 def test_init_on_json_lines_reads_dict_features_as_weighted_ids(tmp_path):
     """A JSON object whose keys are data (tag -> score, a few of 30 a row) is one weighted id
     feature; an object of a few fields (``ctx``) is read field by field."""
