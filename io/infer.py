@@ -6,8 +6,9 @@ feature or nothing, with the settings the shipped recipes use, and why.
 log of fifty columns. The rules (first match wins), per column of a sample of the rows:
 
 * skipped: the labels' own columns, columns named in ``ignore``, timestamps and dates (and
-  integer columns named like ``timestamp`` / ``ts`` / ``date``: use them to split, ``recis
-  split --by time``), binary, columns with one value or no value, and keys (a string or
+  integer columns named like ``timestamp`` / ``ts`` / ``date`` / ``hour`` with more than
+  ``CATEGORICAL_MAX`` values, such as Avazu's ``hour`` 14102100: use them to split, ``recis
+  split --by time``; with fewer, an hour of the day is a category), binary, columns with one value or no value, and keys (a string or
   integer column with a different value on nearly every row: a request or row id).
 * **id features** (``SparseFeature``, one embedding table each, hashed strings or 64-bit
   integer ids): string columns, integer columns named like ids (``user_id``, ``movieId``)
@@ -59,7 +60,7 @@ KEYED_FIELDS = 8  # fields of a JSON object from which its keys may be data (a d
 TEXT_MAX_LEN = 128  # terms of a text feature kept at most (its 99th percentile when fewer)
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
 _ID_NAME = re.compile(r"(?:^|[_\-.])ids?$|[a-z0-9]I[dD]s?$", re.IGNORECASE)
-_TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day)$", re.I)
+_TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day|hour)$", re.I)
 
 
 @dataclass
@@ -357,7 +358,8 @@ def _column(
     leaf = leaf_type(t)
     if pa.types.is_temporal(leaf):
         return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")
-    if _TIME_NAME.search(column) and pa.types.is_integer(leaf):
+    if _TIME_NAME.search(column) and pa.types.is_integer(leaf) and _distinct(col) > CATEGORICAL_MAX:
+        # (with few values, an hour of the day or a day of the week: a category below)
         return Choice(column, "skip", "named as a time: for splitting (recis split --by time)")
     if pa.types.is_binary(leaf) or pa.types.is_large_binary(leaf) or pa.types.is_null(leaf):
         return Choice(column, "skip", f"{t}: no value recis reads as a feature")

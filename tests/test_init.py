@@ -213,3 +213,20 @@ def test_a_struct_field_named_values_is_a_field_not_map_weights():
     t = pa.table({"y": [i % 2 for i in range(50)], "stats": stats})
     by = {c.column: c.section for c in infer_schema(t, ["y"])}
     assert by["stats.values"] == "dense" and by["stats.n"] == "sparse"
+
+
+def test_a_time_named_integer_is_a_category_with_few_values_and_a_time_with_many():
+    n = 2000
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "click": rng.integers(0, 2, n),
+            "hour": 14102100 + rng.integers(0, 10, n) * 100 + rng.integers(0, 24, n),  # Avazu
+            "hour_of_day": rng.integers(0, 24, n),
+            "day": rng.integers(0, 7, n),
+        }
+    )
+    got = {c.column: (c.section, c.why) for c in infer_schema(table, ["click"])}
+    assert got["hour"] == ("skip", "named as a time: for splitting (recis split --by time)")
+    assert got["day"] == ("sparse", "7 whole values: categorical ids")
+    assert got["hour_of_day"] == ("sparse", "24 whole values: categorical ids")
