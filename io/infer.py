@@ -59,8 +59,13 @@ SEPARATORS = ("|", ";", ",", "\x02")
 KEYED_FIELDS = 8  # fields of a JSON object from which its keys may be data (a dict feature)
 TEXT_MAX_LEN = 128  # terms of a text feature kept at most (its 99th percentile when fewer)
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
-_ID_NAME = re.compile(r"(?:^|[_\-.])ids?$|[a-z0-9]I[dD]s?$", re.IGNORECASE)
-_TIME_NAME = re.compile(r"(?:^|[_\-.])(?:ts|time|timestamp|date|datetime|dt|day|hour)$", re.I)
+# a name's last word, after a separator (any case) or in camelCase (``movieId``, ``unixReviewTime``;
+# case-sensitive there, so that ``paid`` or ``valid`` are not ids)
+_ID_NAME = re.compile(r"(?i:(?:^|[_\-.])[a-z]?ids?)$|[a-z0-9](?:Id|ID)s?$")  # uid, iid too
+_TIME_WORDS = "ts|time|timestamp|date|datetime|dt|day|hour"
+_TIME_NAME = re.compile(
+    rf"(?i:(?:^|[_\-.])(?:{_TIME_WORDS}))$|[a-z0-9](?:Ts|TS|Time|Timestamp|Date|Datetime|Day|Hour)$"
+)
 
 
 @dataclass

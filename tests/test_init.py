@@ -215,7 +215,7 @@ def test_a_struct_field_named_values_is_a_field_not_map_weights():
     assert by["stats.values"] == "dense" and by["stats.n"] == "sparse"
 
 
-def test_a_time_named_integer_is_a_category_with_few_values_and_a_time_with_many():
+def test_names_of_ids_and_times_and_time_named_categories():
     n = 2000
     rng = np.random.default_rng(0)
     table = pa.table(
@@ -224,9 +224,15 @@ def test_a_time_named_integer_is_a_category_with_few_values_and_a_time_with_many
             "hour": 14102100 + rng.integers(0, 10, n) * 100 + rng.integers(0, 24, n),  # Avazu
             "hour_of_day": rng.integers(0, 24, n),
             "day": rng.integers(0, 7, n),
+            "unixReviewTime": 1_400_000_000 + rng.integers(0, 10**6, n),  # camelCase names
+            "asinId": rng.integers(0, 900, n) * 7,
+            "uid": rng.integers(0, 500, n),
+            "paid": rng.integers(0, 1000, n),  # a word ending in "id" is no id
         }
     )
     got = {c.column: (c.section, c.why) for c in infer_schema(table, ["click"])}
+    assert got["unixReviewTime"][0] == "skip" and got["paid"] == ("dense", "number: standardised")
+    assert got["asinId"] == got["uid"] == ("sparse", "named as ids")
     assert got["hour"] == ("skip", "named as a time: for splitting (recis split --by time)")
     assert got["day"] == ("sparse", "7 whole values: categorical ids")
     assert got["hour_of_day"] == ("sparse", "24 whole values: categorical ids")
