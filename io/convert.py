@@ -20,6 +20,7 @@ from recis.features import DenseFeature, LabelSpec, Schema, SparseFeature, TextF
 from recis.ops.hashing import hash_strings
 
 from .batch import Batch
+from .lexical import lexical_columns
 from .tokenizers import load_tokenizer, tokenizer_for  # noqa: F401 - load_tokenizer re-exported
 from .validate import (
     bad_rows,
@@ -68,8 +69,12 @@ def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
     buf = np.empty((sum(f.dim for f in feats), n), dtype=np.float32)
     j = 0
     for f in feats:
-        col = table.column(f.source)
         v = buf[j : j + f.dim]
+        if f.lexical is not None:  # computed from two text columns
+            v[:] = lexical_columns(table, f)
+            j += f.dim
+            continue
+        col = table.column(f.source)
         if is_list(col.type):
             col = _array(table, f.source)
             lengths = list_lengths(col)

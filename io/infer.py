@@ -290,13 +290,15 @@ def infer_schema(
     ignore: list[str] | tuple[str, ...] = (),
     positive_at: float | None = None,
     keyed_objects: bool = False,
+    stats_dir: str = ".",
 ) -> list[Choice]:
     """One :class:`Choice` per column of ``table`` (a sample of the training rows; fields of
     struct columns by their dotted paths), labels first. With ``keyed_objects`` (JSON
     Lines) an object whose keys are data (:func:`_is_keyed`) is one weighted id feature
     ``<object>.keys`` / ``.values`` rather than a feature per key. Raises ConfigError for a
     label the table lacks or whose values are not 0/1 (without ``positive_at``), and when
-    no column is left to be a feature."""
+    no column is left to be a feature. A lexical feature's statistics file goes in
+    ``stats_dir`` (the run directory)."""
     found = nested.paths(table.schema)
     for lab in labels:
         if lab not in found:
@@ -342,7 +344,7 @@ def infer_schema(
         out.append(_column(column, t, col, rows, taken))
     if not any(c.section in ("dense", "sparse") for c in out):
         raise DataError("no column is left to be a feature", path=None)
-    _share_tables(out)
+    _share_tables(out, stats_dir)
     return out
 
 
@@ -382,13 +384,13 @@ def _column(
     return choice
 
 
-def _share_tables(choices: list[Choice]) -> None:
+def _share_tables(choices: list[Choice], stats_dir: str) -> None:
     """A list id feature whose ids are mostly those of a scalar id feature (Jaccard index of
     the two samples' ids at least ``SHARE``; the closest one) reads that feature's table:
     history and candidate items in one space, as in DIN. (Lists sharing another list's
     table were tried on MovieLens: level for DLRM, far lower for DeepFM; docs/data.md.)"""
     scalars = [c for c in choices if c.section == "sparse" and not c.multi and c.ids is not None]
-    _share_text_tables(choices)
+    _share_text_tables(choices, stats_dir)
     for c in choices:
         if not (c.section == "sparse" and c.multi and c.ids is not None and len(c.ids)):
             continue
@@ -410,11 +412,12 @@ def _share_tables(choices: list[Choice]) -> None:
             c.why += f"; its ids are {best.column}'s (Jaccard {best_j:.2f}): that table"
 
 
-def _share_text_tables(choices: list[Choice]) -> None:
+def _share_text_tables(choices: list[Choice], stats_dir: str) -> None:
     """A text feature whose terms are mostly another's (at least ``SHARE`` of the smaller
     vocabulary in both) reads the earlier one's table: a query and the titles it matches
     in one embedding space, so a model's interactions between the two measure their
-    overlap. (Equal terms already get equal ids: one tokenizer salt.)"""
+    overlap. (Equal terms already get equal ids: one tokenizer salt.) Such a pair also gets
+    a lexical dense feature (:func:`_lexical`)."""
     texts = [c for c in choices if c.section == "sparse" and "tokenizer" in c.spec]
     for i, c in enumerate(texts):
         assert c.ids is not None
@@ -427,4 +430,21 @@ def _share_text_tables(choices: list[Choice]) -> None:
                 c.spec["table"], c.table = s.spec["name"], None
                 s.table.update(_capacity(len(s.ids) + len(c.ids) - inside))
                 c.why += f"; {share:.0%} of its terms are {s.column}'s: that table"
+                choices.append(_lexical(s, c, stats_dir))
                 break
+
+
+def _lexical(a: Choice, b: Choice, stats_dir: str) -> Choice:
+    """The lexical match features of two text columns (:mod:`recis.io.lexical`: TF-IDF
+    cosine, BM25, character overlaps, containment, lengths), the one with fewer distinct
+    terms as the query; the statistics are fitted on the train files at train start."""
+    assert a.ids is not None and b.ids is not None
+    query, title = (a, b) if len(a.ids) <= len(b.ids) else (b, a)
+    name = f"{query.spec['name']}_{title.spec['name']}_match"
+    stats = f"{stats_dir}/{name}.safetensors"
+    spec = {"name": name, "lexical": {"query": query.column, "title": title.column, "stats": stats}}
+    why = (
+        f"lexical match of {query.column} and {title.column}: TF-IDF cosine, BM25, overlaps"
+        " (9 columns; statistics fitted on the train files when training starts)"
+    )
+    return Choice(f"{query.column}+{title.column}", "dense", why, spec)

@@ -31,10 +31,11 @@ Every step is vectorised over the pairs (Arrow compute and numpy) except the sub
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,11 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from recis.errors import CheckpointError, ConfigError, DataError
+from recis.features import LEXICAL_DIM, DenseFeature
 from recis.ops.hashing import hash_strings
+
+if TYPE_CHECKING:
+    from recis.config import DataConfig
 
 FEATURES = (
     "tfidf_cosine",
@@ -57,6 +62,7 @@ FEATURES = (
     "log_title_len",
 )
 _SALT = "lexical"
+assert len(FEATURES) == LEXICAL_DIM  # the width a lexical DenseFeature declares
 
 Texts: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[str]
 
@@ -272,7 +278,9 @@ class LexicalMatcher:
             "avg_title_len": repr(self.avg_title_len),
         }
         tensors = {"terms": self.terms, "df_all": self.df_all, "df_title": self.df_title}
-        save_file(tensors, str(path), metadata=meta)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole, or not there
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -364,3 +372,76 @@ __all__ = [
     "char_ngrams",
     "normalize_texts",
 ]
+
+
+_MATCHERS: dict[str, LexicalMatcher] = {}
+
+
+def matcher_for(f: DenseFeature) -> LexicalMatcher:
+    """The fitted statistics of a lexical dense feature (one load per process and file
+    version)."""
+    assert f.lexical is not None
+    path = Path(f.lexical.stats)
+    if not path.is_file():
+        raise ConfigError(
+            f"data.schema.dense.{f.name}.lexical.stats: {path} does not exist; `recis vocab "
+            "build CONFIG` (or `recis train`) fits it on the train files"
+        )
+    key = f"{path.resolve()}@{path.stat().st_mtime_ns}"
+    if key not in _MATCHERS:
+        _MATCHERS[key] = LexicalMatcher.load(path)
+    return _MATCHERS[key]
+
+
+def text_column(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A string column as texts; a ``list<string>`` row (the list layouts) space-joined."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = pc.binary_join(arr.cast(pa.list_(pa.string())), " ")
+    return arr
+
+
+def lexical_columns(table: pa.Table, f: DenseFeature) -> np.ndarray:
+    """``[9, N]`` float32: a lexical dense feature's columns for the rows of ``table``."""
+    assert f.lexical is not None
+    q, t = (text_column(table.column(c)) for c in (f.lexical.query, f.lexical.title))
+    return matcher_for(f).features(q, t).T
+
+
+def lexical_features(dense: Sequence[DenseFeature]) -> dict[str, list[DenseFeature]]:
+    """``{stats path: [features]}`` of the lexical dense features."""
+    out: dict[str, list[DenseFeature]] = {}
+    for f in dense:
+        if f.lexical is not None:
+            out.setdefault(f.lexical.stats, []).append(f)
+    return out
+
+
+def fit_lexical_stats(
+    data: DataConfig, train_paths: str | list[str], only_missing: bool = False
+) -> dict[str, int]:
+    """Fit and save the statistics of every lexical dense feature on the **train** files
+    (eval text never shapes them); ``{path: training pairs}``. Features naming one file
+    share it: fitted on all their (query, title) pairs. ``only_missing``: keep the files
+    that exist (the step run at train start)."""
+    from .csv_options import CsvOptions
+    from .split import read_input
+
+    out: dict[str, int] = {}
+    for path, feats in lexical_features(data.schema_.dense).items():
+        if only_missing and Path(path).is_file():
+            continue
+        cols = list(dict.fromkeys(c for f in feats for c in f.sources))
+        table = read_input(train_paths, data.format, cols, CsvOptions.from_config(data.csv))
+        queries = [text_column(table.column(f.lexical.query)) for f in feats if f.lexical]
+        titles = [text_column(table.column(f.lexical.title)) for f in feats if f.lexical]
+        q, t = pa.chunked_array(queries, pa.string()), pa.chunked_array(titles, pa.string())
+        try:
+            LexicalMatcher.fit(q, t).save(path)
+        except OSError as err:
+            field = f"data.schema.dense.{feats[0].name}.lexical.stats"
+            raise ConfigError(f"{field}: cannot write {path}: {err.strerror}") from None
+        out[path] = len(q)
+    return out

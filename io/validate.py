@@ -97,9 +97,12 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -
             hint = " (map the strings with the label's values)" if is_string(leaf_type(t)) else ""
             bad(lab.source, t, f"a number column (or list<number> of one value per row){hint}")
     for f in schema.dense:
-        t = get(f.source)
-        if not (is_number(leaf_type(t)) or pa.types.is_null(t)):
-            bad(f.source, t, "a number or list<number> column")
+        for c in f.sources:
+            t = get(c)
+            if f.lexical is not None and not (is_string(leaf_type(t)) or pa.types.is_null(t)):
+                bad(c, t, f"text for the lexical feature {f.name} (string or list<string>)")
+            elif f.lexical is None and not (is_number(leaf_type(t)) or pa.types.is_null(t)):
+                bad(c, t, "a number or list<number> column")
     for s in schema.sparse:
         t = get(s.source)
         _check_ids(s, t, bad)
@@ -427,6 +430,7 @@ def bad_rows(table: pa.Table, schema: Schema, nan_policy: str) -> tuple[np.ndarr
         *(
             _dense_flags(table.column(f.source).combine_chunks(), f, nan_policy)
             for f in schema.dense
+            if f.lexical is None  # computed: always finite
         ),
         *(_sparse_flags(table, s) for s in schema.sparse),
         _extra_flags(table, schema),

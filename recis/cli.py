@@ -215,23 +215,31 @@ def _prune(args: argparse.Namespace) -> None:
 
 def _add_vocab(sub: argparse._SubParsersAction) -> None:
     """``recis vocab build``: see recis.io.vocab and docs/text.md."""
-    help = "subword vocabularies of the config's text features (trained on the train files)"
+    help = (
+        "subword vocabularies of the config's text features and statistics of its lexical"
+        " features (fitted on the train files)"
+    )
     vp = sub.add_parser("vocab", help=help, description=help)
     vsub = vp.add_subparsers(dest="vocab_command", required=True)
-    help = "train and save every tokenizer.json the schema's vocab tokenizers name"
+    help = "train and save every tokenizer.json and lexical statistics file the schema names"
     bp = vsub.add_parser("build", help=help, description=help)
     bp.add_argument("config", help="YAML run config")
     bp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _vocab(cfg, only_missing: bool) -> None:
-    """Build the schema's vocabularies (all, or those missing: the step at train start)."""
+    """Build the schema's vocabularies and fit its lexical features' statistics (all, or
+    those missing: the step at train start)."""
     from recis.errors import ConfigError
+    from recis.io.lexical import fit_lexical_stats, lexical_features
     from recis.io.vocab import build_vocabularies, vocab_features
 
-    paths = vocab_features(cfg.data.schema_.text)
+    paths = [*vocab_features(cfg.data.schema_.text), *lexical_features(cfg.data.schema_.dense)]
     if not only_missing and not paths:
-        raise ConfigError("data.schema.text: no text feature has a tokenizer of kind vocab")
+        raise ConfigError(
+            "data.schema: no text feature has a tokenizer of kind vocab and no dense feature"
+            " is lexical"
+        )
     missing = [p for p in paths if not os.path.isfile(p)]
     if only_missing and not missing:
         return
@@ -241,6 +249,8 @@ def _vocab(cfg, only_missing: bool) -> None:
     for path, size in build_vocabularies(cfg.data, train_path, only_missing).items():
         if not only_missing or path in missing:
             print(f"vocabulary: {size} pieces -> {path}", flush=True)
+    for path, pairs in fit_lexical_stats(cfg.data, train_path, only_missing).items():
+        print(f"lexical statistics: {pairs} pairs -> {path}", flush=True)
 
 
 def _add_split(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,21 @@ from pydantic.dataclasses import dataclass
 _STRICT = ConfigDict(extra="forbid")
 
 
+# columns of a lexical match feature: recis.io.lexical.FEATURES (TF-IDF cosine, BM25, ...)
+LEXICAL_DIM = 9
+
+
+@dataclass(config=_STRICT)
+class LexicalInputs:
+    """The two text columns of a lexical match :class:`DenseFeature`, and the file of its
+    text statistics (document frequencies fitted on the train files: ``recis vocab build``,
+    or ``recis train`` when the file is missing)."""
+
+    query: str
+    title: str
+    stats: str
+
+
 @dataclass(config=_STRICT)
 class DenseFeature:
     """A float column (or a ``list<double>`` column of ``dim`` values per row).
@@ -32,6 +47,12 @@ class DenseFeature:
     ``<= x``) divided by their count, in ``[0, 1]``: quantile boundaries computed on
     the training data (:func:`recis.io.quantiles.quantile_boundaries`) make any
     heavy-tailed column about uniform.
+
+    With ``lexical`` the feature is computed, not read: the ``LEXICAL_DIM`` (9) lexical
+    match signals of a query column and a title column (TF-IDF cosine, BM25, character
+    and bigram overlap shares, containment, log lengths; :mod:`recis.io.lexical`) with the
+    statistics in ``lexical.stats``; ``dim`` is 9, no ``column`` or ``transform``, a null
+    text is "".
     """
 
     name: str
@@ -45,9 +66,18 @@ class DenseFeature:
     # an empty list where dim values are needed: a DataError, or ``fill`` when "fill"
     on_empty: Literal["raise", "fill"] = "raise"
     boundaries: list[float] | None = None
+    lexical: LexicalInputs | None = None
 
     def __post_init__(self) -> None:
         # ValueError: the config loader reports it under this feature's field path
+        if self.lexical is not None:
+            if self.dim == 1:
+                self.dim = LEXICAL_DIM
+            if self.dim != LEXICAL_DIM or self.column is not None or self.transform != "none":
+                raise ValueError(
+                    f"{self.name}: a lexical feature is {LEXICAL_DIM} computed columns"
+                    " (no column, transform or other dim)"
+                )
         b = self.boundaries
         if self.transform == "quantile" and not b:
             raise ValueError(f"{self.name}: transform quantile needs boundaries")
@@ -57,6 +87,11 @@ class DenseFeature:
     @property
     def source(self) -> str:
         return self.column or self.name
+
+    @property
+    def sources(self) -> list[str]:
+        """The columns it is read (or computed) from."""
+        return [self.lexical.query, self.lexical.title] if self.lexical else [self.source]
 
 
 # Unicode normalization of text before tokenizing (``none``: the text as written)
@@ -313,7 +348,7 @@ class Schema:
 
     @property
     def columns(self) -> list[str]:
-        cols = [f.source for f in self.dense] + [f.source for f in self.sparse]
+        cols = [c for f in self.dense for c in f.sources] + [f.source for f in self.sparse]
         cols += [f.weight_column for f in self.sparse if f.weight_column]
         cols += [label.source for label in self.labels]
         cols += [t.source for t in self.text]

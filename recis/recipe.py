@@ -168,7 +168,8 @@ def init_config(
     files = resolve_paths(train, SUFFIXES[fmt])
     table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
-    choices = infer_schema(table, labels, ignore or [], positive_at, keyed_objects=keyed)
+    run_dir = run_dir or f"runs/{out.stem}"
+    choices = infer_schema(table, labels, ignore or [], positive_at, keyed, stats_dir=run_dir)
     total = _count_rows(files, fmt, read, in_read)
     text = render(
         choices,
@@ -178,7 +179,7 @@ def init_config(
         csv,
         model,
         total,
-        run_dir or f"runs/{out.stem}",
+        run_dir,
         source=f"a sample of {table.num_rows} rows of {train}",
     )
     import recis.models  # noqa: F401  (the model section's config classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,70 @@ def test_bad_settings_and_files_are_named(tmp_path) -> None:
     bad.write_bytes(b"not a file")
     with pytest.raises(CheckpointError, match="x.safetensors"):
         LexicalMatcher.load(bad)
+
+
+def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_exports(
+    tmp_path, capsys
+) -> None:
+    """``DenseFeature(lexical=...)``: the reader computes the 9 columns of each (query, title)
+    row with the fitted statistics, ``recis vocab build`` fits them on the train files only,
+    an export carries the file, and a missing file or a number column is a one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from recis.cli import main
+    from recis.errors import DataError
+    from recis.export.manifest import bundle_tokenizers, manifest_schema
+    from recis.features import DenseFeature, LabelSpec, Schema
+    from recis.io import Reader
+
+    queries = ["红色跑鞋", "phone case", None, "蓝色手机壳"]
+    titles = ["男款红色跑鞋 特价", "blue silicone phone case", "wireless charger", None]
+    pq.write_table(
+        pa.table({"q": queries, "t": titles, "y": [1.0, 1.0, 0.0, 0.0], "n": [1, 2, 3, 4]}),
+        tmp_path / "train.parquet",
+    )
+    pq.write_table(
+        pa.table({"q": ["rain boots"], "t": ["rain boots sale"], "y": [1.0], "n": [5]}),
+        tmp_path / "eval.parquet",
+    )
+    stats = tmp_path / "run" / "match.safetensors"
+    feature = {"name": "match", "lexical": {"query": "q", "title": "t", "stats": str(stats)}}
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "data": {
+            "train": str(tmp_path / "train.parquet"),
+            "eval": str(tmp_path / "eval.parquet"),
+            "schema": {"dense": [feature], "labels": [{"name": "y"}]},
+        },
+        "model": {"name": "dlrm", "bottom_mlp": [8, 4], "top_mlp": [8], "tables": []},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["vocab", "build", str(config)]) == 0
+    assert f"lexical statistics: 4 pairs -> {stats}" in capsys.readouterr().out
+    # fitted on the train pairs (nulls as ""), not the eval ones
+    want = LexicalMatcher.fit([x or "" for x in queries], [x or "" for x in titles])
+    assert LexicalMatcher.load(stats).terms.tolist() == want.terms.tolist()
+
+    schema = Schema(dense=[DenseFeature(**feature)], labels=[LabelSpec(name="y")])
+    assert schema.dense_dim == len(FEATURES) and schema.columns == ["q", "t", "y"]
+    (b,) = list(Reader(tmp_path / "train.parquet", schema, 8))
+    np.testing.assert_array_equal(b.dense.numpy(), want.features(queries, titles))
+    assert b.dense[0, 0] > 0.5 and b.dense[2, 0] == 0  # a null query matches nothing
+
+    # an export carries the statistics: its schema reads them from the version folder
+    version = tmp_path / "export" / "v1"
+    bundled = bundle_tokenizers(cfg["data"]["schema"], version)
+    served = manifest_schema(version, {"schema": bundled})
+    assert Path(served.dense[0].lexical.stats).read_bytes() == stats.read_bytes()
+    assert str(version) in served.dense[0].lexical.stats
+
+    stats.unlink()
+    with pytest.raises(ConfigError, match=r"dense\.match\.lexical\.stats: .* does not exist; "):
+        list(Reader(tmp_path / "train.parquet", schema, 8))
+    numbers = DenseFeature(name="m2", lexical={"query": "n", "title": "t", "stats": str(stats)})
+    bad = Schema(dense=[numbers], labels=[LabelSpec(name="y")])
+    with pytest.raises(DataError, match=r"column 'n'.*text for the lexical feature m2"):
+        list(Reader(tmp_path / "train.parquet", bad, 8))

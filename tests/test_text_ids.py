@@ -98,7 +98,8 @@ def test_init_reads_chinese_text_as_terms_and_the_model_ranks_unseen_queries(
     tmp_path, capsys
 ) -> None:
     # train and eval queries share no brand, so no eval query or title string was seen in
-    # training: only their terms carry over (one hashed id per string scores AUC 0.5)
+    # training: only their terms and their lexical match carry over (one hashed id per
+    # string, the config recis init wrote before it read text, scores AUC 0.5)
     pq.write_table(_pairs(0, 3000, BRANDS[:8]), tmp_path / "train.parquet")
     pq.write_table(_pairs(1, 800, BRANDS[8:]), tmp_path / "valid.parquet")
     out, run = tmp_path / "rel.yaml", tmp_path / "run"
@@ -112,7 +113,12 @@ def test_init_reads_chinese_text_as_terms_and_the_model_ranks_unseen_queries(
     assert sparse["title"]["table"] == "query"  # the query's terms are the title's
     assert [t["name"] for t in cfg["model"]["tables"]] == ["query"]
     assert "text: its characters and character pairs" in out.read_text()
+    # the pair's lexical match, its statistics fitted when training starts
+    (match,) = cfg["data"]["schema"]["dense"]
+    stats = f"{run}/query_title_match.safetensors"
+    assert match["lexical"] == {"query": "query", "title": "title", "stats": stats}
     capsys.readouterr()
     sets = ["threads=1", "train.epochs=4", "train.sparse_optimizer.lr=0.05"]
     assert main(["train", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+    assert f"lexical statistics: 3000 pairs -> {stats}" in capsys.readouterr().out
     assert json.loads((run / "eval.json").read_text())["click/auc"] > 0.9

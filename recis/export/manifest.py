@@ -37,29 +37,43 @@ def read_manifest(version_dir: Path, check_files: bool = True) -> dict[str, Any]
 TOKENIZERS = "tokenizers"
 
 
+def _text_files(schema: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """``(entry, key, field)`` of every file path a schema's features read: a text feature's
+    tokenizer files (a ``vocab`` tokenizer's ``tokenizer.json``, an ``hf`` tokenizer's
+    directory) and a lexical dense feature's statistics."""
+    refs = []
+    for feature in schema.get("text", []):
+        tok = feature.get("tokenizer") or {}
+        if tok.get("path"):  # (the n-gram tokenizer hashes: no files)
+            refs.append((tok, "path", f"data.schema.text.{feature['name']}.tokenizer.path"))
+    for feature in schema.get("dense", []):
+        if feature.get("lexical"):
+            refs.append(
+                (feature["lexical"], "stats", f"data.schema.dense.{feature['name']}.lexical.stats")
+            )
+    return refs
+
+
 def bundle_tokenizers(schema: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Copy the files of every text feature's tokenizer that has any (a ``vocab``
-    tokenizer's ``tokenizer.json``, an ``hf`` tokenizer's directory) into
-    ``folder/tokenizers/<i>/``; ``schema`` (a config dict) with those paths made relative to
-    the version, so a version is served without the run directory."""
+    """Copy the files of every tokenizer and lexical feature that has any
+    (:func:`_text_files`) into ``folder/tokenizers/<i>/``; ``schema`` (a config dict) with
+    those paths made relative to the version, so a version is served without the run
+    directory."""
     out = copy.deepcopy(schema)
     copied: dict[str, str] = {}
-    for feature in out.get("text", []):
-        tok = feature.get("tokenizer") or {}
-        src = tok.get("path")
-        if not src:
-            continue  # the n-gram tokenizer hashes: no files
+    for entry, key, field in _text_files(out):
+        src = entry[key]
         if src not in copied:
             dst = folder / TOKENIZERS / str(len(copied))
-            copied[src] = _copy_tokenizer(Path(src), dst, f"data.schema.text.{feature['name']}")
-        tok["path"] = copied[src]
+            copied[src] = _copy_tokenizer(Path(src), dst, field)
+        entry[key] = copied[src]
     return out
 
 
 def _copy_tokenizer(src: Path, dst: Path, field: str) -> str:
     """Copy ``src`` (a file or a directory of files) under ``dst``; its path in the version."""
     if not src.exists():
-        raise ConfigError(f"{field}.tokenizer.path: {src} does not exist (bundled in exports)")
+        raise ConfigError(f"{field}: {src} does not exist (bundled in exports)")
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     base = src.parent if src.is_file() else src
     for f in files:
@@ -73,12 +87,11 @@ def _copy_tokenizer(src: Path, dst: Path, field: str) -> str:
 
 
 def manifest_schema(version_dir: Path, manifest: dict[str, Any]) -> Schema:
-    """The version's input schema, its bundled tokenizers' paths resolved in ``version_dir``."""
+    """The version's input schema, its bundled files' paths resolved in ``version_dir``."""
     schema = copy.deepcopy(manifest["schema"])
-    for feature in schema.get("text", []):
-        tok = feature.get("tokenizer") or {}
-        if tok.get("path") and tok["path"].startswith(TOKENIZERS + "/"):
-            tok["path"] = str(version_dir / tok["path"])
+    for entry, key, _ in _text_files(schema):
+        if entry[key].startswith(TOKENIZERS + "/"):
+            entry[key] = str(version_dir / entry[key])
     return validate(Schema, schema, prefix="schema")
 
 
