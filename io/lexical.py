@@ -279,8 +279,11 @@ class LexicalMatcher:
         }
         tensors = {"terms": self.terms, "df_all": self.df_all, "df_title": self.df_title}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole, or not there
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # (gone after the replace; a failed write's leftover)
         return path
 
     @classmethod

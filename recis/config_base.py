@@ -83,6 +83,10 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type | 
         else:
             # a validator's ValueError: its own message, without pydantic's "Value error, "
             msg = e["msg"].removeprefix("Value error, ") if kind == "value_error" else e["msg"]
+            head = loc_str.split(".", 1)[0]
+            if kind == "value_error" and msg.split(":", 1)[0].startswith(f"{head}."):
+                lines.append(msg)  # the validator named its own field (by name, not index)
+                continue
             if "input" in e and not isinstance(e["input"], dict | list):
                 msg = f"{msg}, got {e['input']!r}"
         lines.append(f"{loc_str}: {msg}")

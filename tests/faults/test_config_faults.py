@@ -28,6 +28,17 @@ def _config(tmp_path: Path, text: str = "", name: str = "c.yaml") -> Path:
     return path
 
 
+def test_a_check_that_names_its_field_is_not_prefixed_twice():
+    bad = "data.schema.sparse.0.tokenizer={kind: ngram}"
+    with pytest.raises(ConfigError) as err:
+        load_config(EXAMPLE, [bad, "data.schema.sparse.0.separator=' '"])
+    feature = load_config(EXAMPLE).data.schema_.sparse[0].name
+    assert str(err.value) == (
+        f"data.schema.sparse.{feature}.tokenizer: the tokenizer makes the ids and splits the"
+        " text; drop separator"
+    )
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
