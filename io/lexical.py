@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from recis.errors import CheckpointError, ConfigError, DataError
@@ -289,7 +290,7 @@ class LexicalMatcher:
     @classmethod
     def load(cls, path: str | Path) -> LexicalMatcher:
         """Statistics written by :meth:`save`."""
-        from safetensors import SafetensorError, safe_open
+        from safetensors import safe_open
 
         try:
             with safe_open(str(path), "np") as f:
@@ -443,8 +444,9 @@ def fit_lexical_stats(
         q, t = pa.chunked_array(queries, pa.string()), pa.chunked_array(titles, pa.string())
         try:
             LexicalMatcher.fit(q, t).save(path)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:  # safetensors wraps its I/O errors
             field = f"data.schema.dense.{feats[0].name}.lexical.stats"
-            raise ConfigError(f"{field}: cannot write {path}: {err.strerror}") from None
+            why = getattr(err, "strerror", None) or str(err)
+            raise ConfigError(f"{field}: cannot write {path}: {why}") from None
         out[path] = len(q)
     return out

@@ -126,6 +126,7 @@ def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_export
         tmp_path / "eval.parquet",
     )
     stats = tmp_path / "run" / "match.safetensors"
+    field = "data.schema.dense.0.lexical.stats"
     feature = {"name": "match", "lexical": {"query": "q", "title": "t", "stats": str(stats)}}
     cfg = {
         "run_dir": str(tmp_path / "run"),
@@ -140,6 +141,13 @@ def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_export
     config.write_text(yaml.safe_dump(cfg))
     assert main(["vocab", "build", str(config)]) == 0
     assert f"lexical statistics: 4 pairs -> {stats}" in capsys.readouterr().out
+    # a file that cannot be written: one line naming the field, nothing left behind
+    for where in ("/proc/match.safetensors", str(config / "match.safetensors")):
+        assert main(["vocab", "build", str(config), "--set", f"{field}={where}"]) == 2
+        err = capsys.readouterr().err
+        named = "data.schema.dense.match.lexical.stats"
+        assert err.startswith(f"recis: error: {named}: cannot write {where}: ")
+        assert err.count("\n") == 1
     # fitted on the train pairs (nulls as ""), not the eval ones
     want = LexicalMatcher.fit([x or "" for x in queries], [x or "" for x in titles])
     assert LexicalMatcher.load(stats).terms.tolist() == want.terms.tolist()
