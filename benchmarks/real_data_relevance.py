@@ -150,6 +150,9 @@ def train_recipe(
             f"data.train={data_dir / 'train.parquet'}",
             f"data.eval={data_dir / 'valid.parquet'}",
             f"run_dir={work_dir / name}",
+            # the statistics prepare.py fitted on the same train rows (recis train would fit
+            # the same ones into the recipe's path)
+            f"data.schema.dense.0.lexical.stats={data_dir / 'lexical.safetensors'}",
             "train.progress=false",
             "train.tensorboard=false",
             *(overrides or []),

@@ -100,7 +100,7 @@ def test_bad_settings_and_files_are_named(tmp_path) -> None:
 
 
 def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_exports(
-    tmp_path, capsys
+    tmp_path, capsys, monkeypatch
 ) -> None:
     """``DenseFeature(lexical=...)``: the reader computes the 9 columns of each (query, title)
     row with the fitted statistics, ``recis vocab build`` fits them on the train files only,
@@ -156,6 +156,16 @@ def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_export
     assert schema.dense_dim == len(FEATURES) and schema.columns == ["q", "t", "y"]
     (b,) = list(Reader(tmp_path / "train.parquet", schema, 8))
     np.testing.assert_array_equal(b.dense.numpy(), want.features(queries, titles))
+    # read again: the pairs come from the matcher's memory, in the batch's order; and with
+    # a memory of 3 pairs, filled by the first batch of 2, it starts again
+    from recis.io import lexical
+
+    for memo, batch in ((1 << 17, 3), (3, 2)):
+        monkeypatch.setattr(lexical, "_PAIR_MEMO", memo)
+        again = np.concatenate(
+            [x.dense.numpy() for x in Reader(tmp_path / "train.parquet", schema, batch)]
+        )
+        np.testing.assert_array_equal(again, b.dense.numpy())
     assert b.dense[0, 0] > 0.5 and b.dense[2, 0] == 0  # a null query matches nothing
 
     # an export carries the statistics: its schema reads them from the version folder

@@ -16,6 +16,9 @@ at ``valid``, never at ``test``. A query's rows stay on one side of both splits.
 The text statistics of the lexical features (document frequencies, BM25 average title
 length; :class:`recis.io.lexical.LexicalMatcher`) are fitted on ``train`` only and written to
 ``OUT/lexical.safetensors``; valid and test rows are scored with them, as new pairs would be.
+The recipes compute the same features in the reader (a ``lexical`` dense feature, its
+statistics fitted on ``train.parquet`` by ``recis train``); the ``lexical`` column is for the
+scikit-learn reference and for anyone training elsewhere.
 
 ==================  ==================  ====================================================
 column              type                what
