@@ -20,7 +20,9 @@
   target, ``label``, ``id`` and the precomputed ``lexical`` column ignored), trained as
   written: text as bags of hashed terms on one table plus the pair's lexical match feature
   (statistics fitted on train), DLRM with the MovieLens recipe's settings, early stopping
-  on valid; ``init_best_epoch``;
+  on valid; ``init_best_epoch``; ``init_deepbow_auc`` (``_ge1``): ``recis init --model
+  deepbow`` the same way, one config of both targets (the texts as DeepBoW's query and
+  product, their lexical match);
 * ``history``: valid AUC per epoch, ``{model: [...], model_ge1: [...]}``;
 * ``explanations``: DeepBoW's top shared terms (and top product-prior terms of the title)
   for a few test pairs with label 2, and
@@ -46,7 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RECIPE = ROOT / "examples" / "recipes" / "qbqtc_relevance"
-MODELS = ("deepbow", "dense_relevance", "init")  # init: the config `recis init` writes
+# init, init_deepbow: the configs `recis init` writes (--model dlrm, deepbow)
+MODELS = ("deepbow", "dense_relevance", "init", "init_deepbow")
 TARGETS = {"very_relevant": "", "relevant": "_ge1"}  # task -> key suffix
 
 
@@ -188,27 +191,33 @@ def train_recipe(
     return out, trainer
 
 
-def init_first_try(data_dir: Path, work_dir: Path, threads: int | None) -> dict[str, Any]:
-    """``recis init`` on ``data_dir/train.parquet`` per target, trained as written (no edit),
-    evaluated once on ``test.parquet`` with the restored best epoch."""
+def init_first_try(
+    data_dir: Path, work_dir: Path, threads: int | None, model: str = "dlrm"
+) -> dict[str, Any]:
+    """``recis init --model MODEL`` on ``data_dir/train.parquet``, trained as written (no
+    edit), evaluated once on ``test.parquet`` with the restored best epoch: DLRM one config
+    per target (``init_*``), DeepBoW one config of both targets (``init_deepbow_*``)."""
     from recis.config import load_config
     from recis.io import reader_from_config
     from recis.io.lexical import fit_lexical_stats
     from recis.recipe import init_config
     from recis.train import runner
 
+    runs = [list(TARGETS)] if model == "deepbow" else [[t] for t in TARGETS]
+    key = "init" if model == "dlrm" else f"init_{model}"
     out: dict[str, Any] = {}
-    for task, suffix in TARGETS.items():
-        path = work_dir / f"init_{task}.yaml"
+    for tasks in runs:
+        name = f"{key}_{'_'.join(tasks)}"
         init_config(
             str(data_dir / "train.parquet"),
-            [task],
-            path,
+            tasks,
+            work_dir / f"{name}.yaml",
             eval_path=str(data_dir / "valid.parquet"),
-            ignore=["id", "label", "lexical", *(t for t in TARGETS if t != task)],
-            run_dir=str(work_dir / f"init_{task}"),
+            model=model,
+            ignore=["id", "label", "lexical", *(t for t in TARGETS if t not in tasks)],
+            run_dir=str(work_dir / name),
         )
-        cfg = load_config(path, [f"threads={threads}"] if threads else [])
+        cfg = load_config(work_dir / f"{name}.yaml", [f"threads={threads}"] if threads else [])
         fit_lexical_stats(cfg.data, cfg.data.train)  # what `recis train` does first
         t0 = time.perf_counter()
         trainer, _ = runner.build(cfg)
@@ -216,9 +225,11 @@ def init_first_try(data_dir: Path, work_dir: Path, threads: int | None) -> dict[
         test = trainer.evaluate(
             reader_from_config(cfg.data, str(data_dir / "test.parquet"), train=False)
         )
-        out[f"init_auc{suffix}"] = float(test[f"{task}/auc"])
-        out[f"init_best_epoch{suffix}"] = fit.get("best_epoch")
-        out[f"init_seconds{suffix}"] = round(time.perf_counter() - t0, 1)
+        suffix = TARGETS[tasks[0]]
+        for task in tasks:
+            out[f"{key}_auc{TARGETS[task]}"] = float(test[f"{task}/auc"])
+        out[f"{key}_best_epoch{suffix}"] = fit.get("best_epoch")
+        out[f"{key}_seconds{suffix}"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -267,13 +278,10 @@ def run(
     out["baselines_seconds"] = round(time.perf_counter() - t0, 1)
     history: dict[str, list[float]] = {}
     for name in models:
-        if name == "init":
-            out.update(
-                {
-                    f"relevance_{k}": v
-                    for k, v in init_first_try(prepared, work_dir, threads).items()
-                }
-            )
+        if name.startswith("init"):  # init (DLRM) or init_deepbow
+            model = name.removeprefix("init").removeprefix("_") or "dlrm"
+            got = init_first_try(prepared, work_dir, threads, model)
+            out.update({f"relevance_{k}": v for k, v in got.items()})
             continue
         extra = ([f"threads={threads}"] if threads else []) + list(overrides or [])
         res, trainer = train_recipe(name, prepared, work_dir / "runs", extra)

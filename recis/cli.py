@@ -5,7 +5,7 @@ recis eval CONFIG.yaml --checkpoint DIR [--set ...]
 recis plot RUN_DIR
 recis doctor
 recis split INPUT --out DIR --by random|time|leave-last-out|group [...]
-recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm] [...]
+recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm|deepbow] [...]
 recis vocab build CONFIG.yaml [--set ...]
 recis prune RUN_DIR --ratio R --out DIR [--calibration FILE] [--schedule S] [--method M] [--align N] [--finetune-steps N]
 recis export RUN_DIR --out DIR [--format export|torchscript|onnx] [--int8-embeddings] [--keep K] [--delta]

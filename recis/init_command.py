@@ -1,7 +1,7 @@
 """``recis init``: the command line of :mod:`recis.recipe` (argparse only, so building the
 CLI imports neither pyarrow nor torch).
 
-    recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm]
+    recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm|deepbow]
         [--format F] [--csv YAML] [--rows N] [--ignore COL ...] [--positive-at X] [--run-dir D]
 """
 
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", required=True, help="label column (repeatable)")
     p.add_argument("--eval", help="validation file(s): evaluation every epoch, early stopping")
     p.add_argument("--out", default="recis.yaml", help="config to write (not overwritten)")
-    p.add_argument("--model", choices=["dlrm", "deepfm"], default="dlrm")
+    p.add_argument("--model", choices=["dlrm", "deepfm", "deepbow"], default="dlrm")
     p.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
     p.add_argument("--csv", help="CSV/TSV parsing as a YAML mapping (data.csv's fields)")
     p.add_argument("--rows", type=int, default=200_000, help="rows sampled (the first ones)")
@@ -46,7 +46,9 @@ def main(args: argparse.Namespace) -> None:
         run_dir=args.run_dir,
     )
     print(
-        f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id features, "
+        f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id"
+        + (f", {len(done['text'])} text" if done["text"] else "")
+        + " features, "
         f"{len(done['skipped'])} columns not read ({', '.join(done['skipped']) or 'none'}); "
         f"train with: recis train {done['path']}"
     )

@@ -6,8 +6,10 @@ model and training sections are the settings of the shipped MovieLens CTR recipe
 DeepFM with batch-normalised dense inputs and a wide dense term, dropout 0.2, AdamW 3e-3
 with a cosine schedule, a small embedding learning rate, evaluation every epoch with early
 stopping on AUC and the best epoch restored), which beat logistic regression on real data
-(docs/models/dlrm.md). Every schema entry carries the reason for its choice as a comment;
-the config is validated as ``recis train`` would before it is written.
+(docs/models/dlrm.md), or for ``deepbow`` (a query-title relevance log) those of the shipped
+qbqtc DeepBoW recipe (docs/models/deepbow.md): the two texts and their lexical match.
+Every schema entry carries the reason for its choice as a comment; the config is validated
+as ``recis train`` would before it is written.
 """
 
 from __future__ import annotations
@@ -30,7 +32,26 @@ from recis.io.split import guess_format, read_input
 
 BATCH = 512
 EPOCHS = 10
-MODELS = ("dlrm", "deepfm")
+MODELS = ("dlrm", "deepfm", "deepbow")
+# the qbqtc DeepBoW recipe's (examples/recipes/qbqtc_relevance/deepbow.yaml)
+RELEVANCE_BATCH = 256
+RELEVANCE_EPOCHS = 6
+DEEPBOW = {
+    "product_id": None,
+    "vocab": 32768,
+    "dim": 32,
+    "layers": 0,
+    "heads": 2,
+    "expansion_k": 0,
+    "bag_size": 64,
+    "sparsity_weight": 0.001,
+    "dense_inputs": True,
+    "dense_hidden": 64,
+    "dropout": 0.1,
+    "product_prior": True,
+    "prior_scale": 10.0,
+    "prior_weights": "uniform",
+}
 
 
 def sample(
@@ -54,7 +75,18 @@ def _flow(entry: dict[str, Any]) -> str:
     return yaml.safe_dump(entry, default_flow_style=True, width=10**9, sort_keys=False).strip()
 
 
-def _model(name: str, tables: list[dict[str, Any]]) -> dict[str, Any]:
+def _model(name: str, tables: list[dict[str, Any]], choices: list[Choice]) -> dict[str, Any]:
+    if name == "deepbow":
+        texts = {c.column: c.spec for c in choices if c.section == "text"}
+        (pair,) = (c.spec["lexical"] for c in choices if "lexical" in c.spec)
+        query, product = texts[pair["query"]], texts[pair["title"]]
+        return {
+            "name": name,
+            "query_text": query["name"],
+            "product_text": product["name"],
+            "max_len": max(query["max_length"], product["max_length"]),
+            **DEEPBOW,
+        }
     if name == "dlrm":
         head = {"bottom_mlp": [64, 16], "top_mlp": [256, 128], "dropout": 0.2}
         head |= {"dense_norm": True, "wide_dense": True}
@@ -63,18 +95,25 @@ def _model(name: str, tables: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, **head, "tables": tables}
 
 
-def _train(label: str | None, steps_per_epoch: int) -> dict[str, Any]:
+def _train(label: str | None, steps_per_epoch: int, relevance: bool) -> dict[str, Any]:
+    epochs = RELEVANCE_EPOCHS if relevance else EPOCHS
     train: dict[str, Any] = {
-        "epochs": EPOCHS,
-        "dense_optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
+        "epochs": epochs,
+        "dense_optimizer": {
+            "name": "adamw",
+            "lr": 0.005 if relevance else 0.003,
+            "weight_decay": 0.01,
+        },
         "sparse_optimizer": {"name": "adagrad", "lr": 0.0003},
         "schedule": {
             "name": "cosine",
             "warmup_steps": 20,
-            "total_steps": EPOCHS * steps_per_epoch,
+            "total_steps": epochs * steps_per_epoch,
             "min_lr_ratio": 0.1,
         },
     }
+    if relevance:  # DeepBoW has no embedding tables
+        del train["sparse_optimizer"]
     if label is not None:
         train["eval_each_epoch"] = True
         train["early_stopping"] = {
@@ -84,6 +123,37 @@ def _train(label: str | None, steps_per_epoch: int) -> dict[str, Any]:
             "restore_best": True,
         }
     return train | {"log_every": 50, "progress": False}
+
+
+def for_deepbow(choices: list[Choice]) -> list[Choice]:
+    """DeepBoW's schema: the labels, the text pair that :func:`~recis.io.infer.infer_schema`
+    found (the one with fewer distinct terms the query) as text features, and their lexical
+    match; every other column is left out. ConfigError without such a pair."""
+    match = next((c for c in choices if c.section == "dense" and "lexical" in c.spec), None)
+    if match is None:
+        texts = [c.column for c in choices if "tokenizer" in c.spec]
+        found = (
+            f"the text columns {', '.join(texts)} share too few terms"
+            if texts
+            else "no text column"
+        )
+        raise ConfigError(f"--model deepbow: needs a query and a title text column ({found})")
+    pair = {match.spec["lexical"]["query"]: "query", match.spec["lexical"]["title"]: "product"}
+    out = []
+    for c in choices:
+        if c.section in ("labels", "skip") or c is match:
+            out.append(c)
+        elif c.section == "sparse" and c.column in pair:
+            spec = {k: v for k, v in c.spec.items() if k in ("name", "column", "tokenizer")}
+            # at most bag_size terms: DeepBoW then scores the bags pairwise, [B, Tq, Tp]; longer
+            # texts go through [B, vocab] vectors (an epoch on qbqtc: 73 s against 16 s)
+            spec["max_length"] = min(c.spec["max_len"], DEEPBOW["bag_size"])
+            what = c.why.split(" (first")[0]
+            why = f"{what} (first {spec['max_length']}); DeepBoW's {pair[c.column]} text"
+            out.append(Choice(c.column, "text", why, spec))
+        else:
+            out.append(Choice(c.column, "skip", "not read by DeepBoW (the texts and their match)"))
+    return out
 
 
 def render(
@@ -106,16 +176,22 @@ def render(
     data |= {"format": fmt}
     if csv:
         data["csv"] = csv
-    data |= {"batch_size": BATCH, "eval_batch_size": 8192, "shuffle": True}
+    relevance = model == "deepbow"
+    data |= {"batch_size": RELEVANCE_BATCH if relevance else BATCH}
+    data |= {"eval_batch_size": 8192, "shuffle": True}
+    if relevance:
+        data["drop_last"] = True  # the calibration's batch norm needs more than one row
     labels = [c for c in choices if c.section == "labels"]
-    steps = max(1, math.ceil(total_rows / BATCH))
+    steps = max(1, math.ceil(total_rows / data["batch_size"]))
     first = labels[0].spec["name"] if eval_path is not None else None
     tables = [c.table for c in choices if c.section == "sparse" and c.table is not None]
     lines = [
         f"# Written by `recis init` from {source} ({total_rows} rows in all);",
         "# review it, then train it with `recis train` on this file.",
         "# Each schema entry says why it was chosen; the model and train sections are the",
-        "# shipped MovieLens CTR recipes' settings (docs/models/dlrm.md; the rules: docs/data.md, recis init).",
+        "# shipped qbqtc DeepBoW recipe's settings (docs/models/deepbow.md; the rules: docs/data.md, recis init)."
+        if relevance
+        else "# shipped MovieLens CTR recipes' settings (docs/models/dlrm.md; the rules: docs/data.md, recis init).",
     ]
     if eval_path is None:
         lines.append("# No --eval: no early stopping (recis split makes a validation file).")
@@ -123,7 +199,7 @@ def render(
     lines += [*yaml.safe_dump(top, sort_keys=False).splitlines(), ""]
     lines += yaml.safe_dump({"data": data}, sort_keys=False, width=10**9).splitlines()
     lines.append("  schema:")
-    for section in ("labels", "dense", "sparse"):
+    for section in ("labels", "dense", "sparse", "text"):
         picked = [c for c in choices if c.section == section]
         if picked:
             lines.append(f"    {section}:")
@@ -133,10 +209,11 @@ def render(
         lines.append("    # not read:")
         lines += [f"    #   {c.column}: {c.why}" for c in skipped]
     lines.append("")
-    body = {"model": _model(model, tables), "train": _train(first, steps)}
+    body = {"model": _model(model, tables, choices), "train": _train(first, steps, relevance)}
     for key, value in body.items():
-        text = yaml.safe_dump({key: value}, sort_keys=False, width=10**9, default_flow_style=None)
-        if key == "model":  # one table per line
+        flow = None if key == "train" or tables else False  # (a model of scalars: one per line)
+        text = yaml.safe_dump({key: value}, sort_keys=False, width=10**9, default_flow_style=flow)
+        if key == "model" and tables:  # one table per line
             head, _, _ = text.partition("  tables:\n")
             text = head + "  tables:\n" + "".join(f"  - {_flow(t)}\n" for t in tables)
         lines += text.splitlines() + [""]
@@ -170,6 +247,8 @@ def init_config(
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     run_dir = run_dir or f"runs/{out.stem}"
     choices = infer_schema(table, labels, ignore or [], positive_at, keyed, stats_dir=run_dir)
+    if model == "deepbow":
+        choices = for_deepbow(choices)
     total = _count_rows(files, fmt, read, in_read)
     text = render(
         choices,
@@ -193,13 +272,15 @@ def init_config(
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{out}: cannot write the config: {err.strerror}") from None
-    by = {s: [c.column for c in choices if c.section == s] for s in ("dense", "sparse", "skip")}
+    sections = ("dense", "sparse", "text", "skip")
+    by = {s: [c.column for c in choices if c.section == s] for s in sections}
     return {
         "path": str(out),
         "rows": total,
         "labels": labels,
         "dense": by["dense"],
         "sparse": by["sparse"],
+        "text": by["text"],
         "skipped": by["skip"],
     }
 

@@ -122,3 +122,36 @@ def test_init_reads_chinese_text_as_terms_and_the_model_ranks_unseen_queries(
     assert main(["train", str(out), *(a for s in sets for a in ("--set", s))]) == 0
     assert f"lexical statistics: 3000 pairs -> {stats}" in capsys.readouterr().out
     assert json.loads((run / "eval.json").read_text())["click/auc"] > 0.9
+
+
+def test_init_writes_a_deepbow_config_for_a_relevance_log(tmp_path, capsys) -> None:
+    pq.write_table(_pairs(0, 3000, BRANDS[:8]), tmp_path / "train.parquet")
+    pq.write_table(_pairs(1, 800, BRANDS[8:]), tmp_path / "valid.parquet")
+    out, run = tmp_path / "rel.yaml", tmp_path / "run"
+    args = ["init", str(tmp_path / "train.parquet"), "--label", "click", "--model", "deepbow"]
+    args += ["--eval", str(tmp_path / "valid.parquet"), "--out", str(out), "--run-dir", str(run)]
+    assert main(args) == 0
+    assert "1 dense, 0 id, 2 text features" in capsys.readouterr().out
+    cfg = yaml.safe_load(out.read_text())
+    schema = cfg["data"]["schema"]
+    assert [t["name"] for t in schema["text"]] == ["query", "title"] and "sparse" not in schema
+    assert [d["name"] for d in schema["dense"]] == ["query_title_match"]
+    model = cfg["model"]
+    assert (model["name"], model["query_text"], model["product_text"]) == (
+        "deepbow",
+        "query",
+        "title",
+    )
+    assert model["max_len"] <= model["bag_size"]  # the pairwise scoring path
+    assert main(["train", str(out), "--set", "threads=1", "--set", "train.epochs=3"]) == 0
+    assert json.loads((run / "eval.json").read_text())["click/auc"] > 0.9
+    # a log without a query and a title: one line saying what is missing
+    pq.write_table(
+        pa.table({"click": [0, 1] * 50, "shop": [f"s{i}" for i in range(100)]}),
+        tmp_path / "ads.parquet",
+    )
+    args = ["init", str(tmp_path / "ads.parquet"), "--label", "click", "--model", "deepbow"]
+    assert main([*args, "--out", str(tmp_path / "ads.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        "recis: error: --model deepbow: needs a query and a title text column (no text column)\n"
+    )
