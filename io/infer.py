@@ -8,8 +8,9 @@ log of fifty columns. The rules (first match wins), per column of a sample of th
 * skipped: the labels' own columns, columns named in ``ignore``, timestamps and dates (and
   integer columns named like ``timestamp`` / ``ts`` / ``date`` / ``hour`` with more than
   ``CATEGORICAL_MAX`` values, such as Avazu's ``hour`` 14102100: use them to split, ``recis
-  split --by time``; with fewer, an hour of the day is a category), binary, columns with one value or no value, and keys (a string or
-  integer column with a different value on nearly every row: a request or row id).
+  split --by time``; with fewer, an hour of the day is a category), binary, columns with
+  one value or no value, and keys (a string or integer column with a different value on
+  nearly every row: a request or row id).
 * **id features** (``SparseFeature``, one embedding table each, hashed strings or 64-bit
   integer ids): string columns, integer columns named like ids (``user_id``, ``movieId``)
   or with at most ``CATEGORICAL_MAX`` distinct values (``hour``, ``gender``), whole-number
