@@ -21,7 +21,11 @@ from recis.ops.hashing import hash_strings
 
 from .batch import Batch
 from .lexical import lexical_columns
-from .tokenizers import load_tokenizer, tokenizer_for  # noqa: F401 - load_tokenizer re-exported
+from .tokenizers import (  # noqa: F401 - load_tokenizer re-exported
+    load_tokenizer,
+    text_column,
+    tokenizer_for,
+)
 from .validate import (
     bad_rows,
     check_columns,
@@ -173,10 +177,7 @@ def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
     """
     out: dict[str, np.ndarray] = {}
     for f in feats:
-        col = _array(table, f.source)
-        if is_list(col.type):
-            col = pc.binary_join(col.cast(pa.list_(pa.string())), " ")
-        texts = pc.fill_null(col.cast(pa.string()), "").to_pylist()
+        texts = pc.fill_null(text_column(table.column(f.source)), "").to_pylist()
         ids, mask = tokenizer_for(f).encode(texts, f.max_length, keep_last=f.truncate == "last")
         out[f.name] = ids
         out[f"{f.name}_mask"] = mask

@@ -48,6 +48,8 @@ from recis.errors import CheckpointError, ConfigError, DataError
 from recis.features import LEXICAL_DIM, DenseFeature
 from recis.ops.hashing import hash_strings
 
+from .tokenizers import text_column
+
 if TYPE_CHECKING:
     from recis.config import DataConfig
 
@@ -398,16 +400,6 @@ def matcher_for(f: DenseFeature) -> LexicalMatcher:
     return _MATCHERS[key]
 
 
-def text_column(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A string column as texts; a ``list<string>`` row (the list layouts) space-joined."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        arr = pc.binary_join(arr.cast(pa.list_(pa.string())), " ")
-    return arr
-
-
 _PAIR_MEMO = 1 << 17  # (query, title) pairs whose features a matcher remembers
 
 
@@ -431,9 +423,13 @@ def lexical_columns(table: pa.Table, f: DenseFeature) -> np.ndarray:
         new = matcher.features(q.take(rows), t.take(rows))
         for i, x in zip(todo, new):
             memo[keys[i]] = x
-    if len(todo) == len(keys):
+    if todo and len(todo) == len(keys):
         return new.T
-    return np.stack([memo[k] for k in keys], axis=1)
+    return (
+        np.stack([memo[k] for k in keys], axis=1)
+        if keys
+        else np.zeros((LEXICAL_DIM, 0), np.float32)
+    )
 
 
 def lexical_features(dense: Sequence[DenseFeature]) -> dict[str, list[DenseFeature]]:

@@ -315,18 +315,25 @@ def tokenizer_for(feature: TextFeature) -> TextTokenizer:
     return _cached(feature.tokenizer)
 
 
-def term_ids(col: pa.Array | pa.ChunkedArray, spec: NgramTokenizer) -> pa.ListArray:
-    """``list<int64>``: each text's term ids in order (a tokenized
-    :class:`~recis.features.SparseFeature`); a ``list<string>`` row is its strings joined by
-    spaces, a null text is a null list (no id)."""
+def text_column(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A text column as one ``string`` array, nulls kept: a dictionary decoded, a
+    ``list<string>`` row (the RecIS / TorchEasyRec layouts) its strings joined by spaces."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = pc.binary_join(arr.cast(pa.list_(pa.string())), " ")  # list<string> (checked)
+    return arr.cast(pa.string())
+
+
+def term_ids(col: pa.Array | pa.ChunkedArray, spec: NgramTokenizer) -> pa.ListArray:
+    """``list<int64>``: each text's term ids in order (a tokenized
+    :class:`~recis.features.SparseFeature`); a ``list<string>`` row is its strings joined by
+    spaces, a null text is a null list (no id)."""
+    arr = text_column(col)
     hasher = _cached(spec)
     assert isinstance(hasher, NgramHasher)
-    rows = hasher.ragged(pc.fill_null(arr.cast(pa.string()), "").to_pylist())
+    rows = hasher.ragged(pc.fill_null(arr, "").to_pylist())
     lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
     offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
     values = pa.array(np.concatenate(rows) if rows else np.zeros(0, np.int64), pa.int64())

@@ -523,6 +523,8 @@ def _dense_flags(col: pa.Array, f: DenseFeature, nan_policy: str) -> Iterator[Fl
 
 
 def _sparse_flags(table: pa.Table, s: SparseFeature) -> Iterator[Flag]:
+    if s.tokenizer is not None:
+        return  # any text is a valid bag of terms (its type is checked per file)
     ids, kv = id_column(table, s)
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     if s.dtype == "int" and is_string(leaf_type(ids.type)):

@@ -166,6 +166,11 @@ def test_a_lexical_dense_feature_is_computed_by_the_reader_and_bundled_in_export
             [x.dense.numpy() for x in Reader(tmp_path / "train.parquet", schema, batch)]
         )
         np.testing.assert_array_equal(again, b.dense.numpy())
+    # a batch without rows: nine empty columns
+    empty = lexical.lexical_columns(
+        pa.table({"q": pa.array([], pa.string()), "t": pa.array([], pa.string())}), schema.dense[0]
+    )
+    assert empty.shape == (len(FEATURES), 0) and empty.dtype == np.float32
     assert b.dense[0, 0] > 0.5 and b.dense[2, 0] == 0  # a null query matches nothing
 
     # an export carries the statistics: its schema reads them from the version folder
