@@ -12,7 +12,6 @@ resolved by :mod:`recis.io.paths`.
 
 from __future__ import annotations
 
-import csv as csvlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -233,9 +232,7 @@ class Source:
                 first = f.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
         except (pa.ArrowException, OSError):
             return []
-        fields = next(
-            csvlib.reader([first.decode(o.encoding, "replace")], delimiter=o.delimiter or ",")
-        )
+        fields = o.split_line(first.decode(o.encoding, "replace"))
         return fields if o.header else [f"f{k}" for k in range(len(fields))]
 
     def _check_nonempty(self, i: int) -> None:
@@ -363,7 +360,7 @@ class Source:
         if binary is not None:
             types[binary] = pa.binary()
         conv_kw: dict = {"column_types": types, "strings_can_be_null": True}
-        stream = self.fs.open_input_stream(path, compression="detect")
+        stream = o.open(self.fs.open_input_stream(path, compression="detect"))
         if count_only:
             first = o.column_names[0] if o.column_names else None
             if first is not None:

@@ -142,7 +142,9 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     # Hive's \N is NULL in string columns too, as the reader reads it
     nulls: dict = {"strings_can_be_null": True} if o.layout == "hive" else {}
     conv = o.convert_options(include_columns=columns, column_types=o.column_types, **nulls)
-    table = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
+    table = pacsv.read_csv(
+        o.open(path), read_options=read, parse_options=opts, convert_options=conv
+    )
     numeric = [  # inferred ones: a type the options give (the Criteo layout's) is kept
         f.name
         for f in table.schema
@@ -154,7 +156,9 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
     conv = o.convert_options(
         include_columns=numeric, column_types={c: pa.string() for c in numeric}, **nulls
     )
-    texts = pacsv.read_csv(path, read_options=read, parse_options=opts, convert_options=conv)
+    texts = pacsv.read_csv(
+        o.open(path), read_options=read, parse_options=opts, convert_options=conv
+    )
     for name in numeric:
         col = table.column(name)
         valid = pc.is_valid(col)
@@ -170,12 +174,24 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
 
 
 def guess_format(paths: str | os.PathLike | list) -> str:
-    """The format of the first path by its suffix (parquet when none matches)."""
-    first = str(paths[0] if isinstance(paths, list | tuple) else paths).lower()
+    """The format of the first path by its suffix; a local file with another suffix
+    (``ratings.dat``, ``part-00000``) by its first bytes: parquet's and ORC's magic, JSON
+    Lines' ``{``, else delimited text (``csv``). Parquet when nothing tells."""
+    first = str(paths[0] if isinstance(paths, list | tuple) else paths)
     for fmt in ("orc", "tsv", "csv", "jsonl"):
-        if first.endswith(SUFFIXES[fmt]) and not first.endswith(".txt"):
+        if first.lower().endswith(SUFFIXES[fmt]) and not first.lower().endswith(".txt"):
             return fmt
-    return "parquet"
+    if first.lower().endswith(SUFFIXES["parquet"]) or not os.path.isfile(first):
+        return "parquet"
+    with open(first, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"ORC"):
+        return "orc"
+    if head.lstrip().startswith(b"{"):
+        return "jsonl"
+    return "csv" if head and b"\x00" not in head else "parquet"
 
 
 def _column(table: pa.Table, name: str, what: str) -> np.ndarray:

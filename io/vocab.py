@@ -51,7 +51,7 @@ def vocab_features(features: Sequence[TextFeature]) -> dict[str, list[TextFeatur
 def _csv_texts(path: str, columns: list[str], fmt: str, csv: CsvOptions) -> pa.Table:
     o = csv.resolved(fmt)
     return pacsv.read_csv(
-        path,
+        o.open(path),
         read_options=o.read_options(),
         parse_options=o.parse_options(),
         convert_options=o.convert_options(

@@ -307,15 +307,19 @@ def _split(args: argparse.Namespace) -> None:
         "valid": args.valid,
         "group": args.group,
     }
-    csv = None
-    if args.csv is not None:
-        from recis.config import CsvConfig
-        from recis.config_base import validate
-        from recis.config_yaml import load_text
-        from recis.io import CsvOptions
+    from recis.config import CsvConfig
+    from recis.config_base import validate
+    from recis.config_yaml import load_text
+    from recis.io import CsvOptions
+    from recis.io.csv_options import sniffed_options
+    from recis.io.paths import SUFFIXES, resolve_paths
+    from recis.io.split import guess_format
 
-        csv = CsvOptions.from_config(validate(CsvConfig, load_text(args.csv, "--csv"), "--csv"))
-    rows = split_files(args.input, args.out, args.by, format=args.format, csv=csv, **opts)
+    fmt = args.format or guess_format(args.input)
+    given = load_text(args.csv, "--csv") if args.csv is not None else None
+    given = sniffed_options(resolve_paths(args.input, SUFFIXES[fmt])[0], fmt, given)
+    csv = CsvOptions.from_config(validate(CsvConfig, given, "--csv")) if given else None
+    rows = split_files(args.input, args.out, args.by, format=fmt, csv=csv, **opts)
     for name, n in rows.items():
         print(f"{name}: {n} rows -> {args.out}/{name}.parquet")
 

@@ -57,7 +57,9 @@ class CsvConfig:
     header); ``layout: hive`` Hive's text tables (``\\x01`` between fields, no header, no
     quoting, ``\\N`` and empty fields null; name the columns in ``column_names``).
     ``encoding``: the files' text encoding, a Python codec name (``gbk``, ``latin-1``);
-    ``decimal_point``: ``,`` for numbers written ``0,5``."""
+    ``decimal_point``: ``,`` for numbers written ``0,5``. ``delimiter`` may be several
+    characters (MovieLens 1M's ``::``); quotes do not protect such a delimiter inside a
+    value."""
 
     layout: Literal["none", "criteo", "hive"] = "none"
     delimiter: str | None = None
@@ -77,6 +79,15 @@ class CsvConfig:
                 f"unknown encoding {name!r} (a Python codec name: utf8, gbk, latin-1, cp1252)"
             ) from None
         return name
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in '"\r\n')):
+            raise ValueError(
+                f"{value!r}: a delimiter is one or more characters, no quote or newline"
+            )
+        return value
 
     def __post_init__(self) -> None:
         if self.decimal_point == self.delimiter:

@@ -14,6 +14,7 @@ as ``recis train`` would before it is written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 
 from recis.config import build_run_config
 from recis.errors import ConfigError, OutputError
-from recis.io.csv_options import CsvOptions
+from recis.io.csv_options import CsvOptions, sniffed_options
 from recis.io.infer import Choice, infer_schema
 from recis.io.paths import resolve_paths
 from recis.io.sources import SUFFIXES
@@ -241,8 +242,9 @@ def init_config(
     if out.exists():
         raise ConfigError(f"{out}: exists; remove it or pass another --out")
     fmt = fmt or guess_format(train)
-    options = CsvOptions.from_config(_csv_config(csv)) if csv else None
     files = resolve_paths(train, SUFFIXES[fmt])
+    csv = _sniffed(files[0], fmt, csv, labels)
+    options = CsvOptions.from_config(_csv_config(csv)) if csv else None
     table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     run_dir = run_dir or f"runs/{out.stem}"
@@ -283,6 +285,32 @@ def init_config(
         "text": by["text"],
         "skipped": by["skip"],
     }
+
+
+def _sniffed(
+    path: str, fmt: str, csv: dict[str, Any] | None, labels: list[str]
+) -> dict[str, Any] | None:
+    """``csv`` with what the first lines of a CSV/TSV file tell where it is silent
+    (:func:`recis.io.csv_options.sniffed_options`). A file without a header line whose labels
+    are not named ``f0``, ``f1``, ... stops with the ``--csv`` to write."""
+    found = sniffed_options(path, fmt, csv)
+    if (
+        found.get("header") is False
+        and not found.get("column_names")
+        and "header" not in (csv or {})
+    ):
+        delimiter = found.get("delimiter", "\t" if fmt == "tsv" else ",")
+        with pa.input_stream(path, compression="detect") as f:
+            first = f.read(1 << 16).decode(found.get("encoding", "utf8"), "replace").split("\n")[0]
+        n = len(CsvOptions(delimiter=delimiter).split_line(first.rstrip("\r")))
+        names = [f"f{k}" for k in range(n)]
+        if any(label not in names for label in labels):
+            hint = json.dumps({**found, "column_names": names})
+            raise ConfigError(
+                f"{path}: no header line (the first line is data: {first[:60]!r}); "
+                f"name its {n} columns: --csv '{hint}' with your names"
+            )
+    return found or None
 
 
 def _csv_config(csv: dict[str, Any]) -> Any:

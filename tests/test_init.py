@@ -236,3 +236,91 @@ def test_names_of_ids_and_times_and_time_named_categories():
     assert got["hour"] == ("skip", "named as a time: for splitting (recis split --by time)")
     assert got["day"] == ("sparse", "7 whole values: categorical ids")
     assert got["hour_of_day"] == ("sparse", "24 whole values: categorical ids")
+
+
+def test_init_and_split_read_a_movielens_1m_dat_file(tmp_path, capsys):
+    """``ratings.dat`` as MovieLens 1M ships it: ``::`` between fields, no header line, a
+    suffix that names no format. The format, the delimiter and the missing header are read
+    off the file; the labels need the columns' names, and the error gives the line to pass."""
+    from recis.config import load_config
+    from recis.io import reader_from_config
+
+    rng = np.random.default_rng(5)
+    rows = [
+        (
+            int(rng.integers(1, 60)),
+            int(rng.integers(1, 300)),
+            int(rng.integers(1, 6)),
+            978300760 + i,
+        )
+        for i in range(600)
+    ]
+    f = tmp_path / "ratings.dat"
+    f.write_text("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in rows))
+    out = tmp_path / "ml.yaml"
+    assert main(["init", str(f), "--label", "rating", "--out", str(out)]) != 0
+    msg = capsys.readouterr().err.strip()
+    assert "no header line (the first line is data: '" in msg and "\n" not in msg
+    hint = json.loads(msg.split("--csv '")[1].split("'")[0])
+    assert hint == {"delimiter": "::", "header": False, "column_names": ["f0", "f1", "f2", "f3"]}
+    assert not out.exists()
+
+    csv = json.dumps({"column_names": ["user_id", "movie_id", "rating", "timestamp"]})
+    args = ["init", str(f), "--csv", csv, "--label", "rating", "--positive-at", "4"]
+    assert main([*args, "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["data"]["format"] == "csv"
+    assert cfg["data"]["csv"]["delimiter"] == "::" and cfg["data"]["csv"]["header"] is False
+    assert set(_entries(cfg, "sparse")) == {"user_id", "movie_id"}
+    run = load_config(out)
+    batch = next(iter(reader_from_config(run.data, run.data.train, train=False)))
+    assert batch.labels["rating"].tolist()[:20] == [float(r >= 4) for _, _, r, _ in rows[:20]]
+
+    split = tmp_path / "split"
+    by_time = ["split", str(f), "--by", "time", "--time", "timestamp", "--out", str(split)]
+    assert main([*by_time, "--csv", csv, "--fractions", "0.8", "0.2"]) == 0
+    train = pq.read_table(split / "train.parquet")
+    assert train.num_rows == 480 and train.column("rating").to_pylist()[:3] == [
+        r for _, _, r, _ in rows[:3]
+    ]
+
+
+def test_the_format_of_a_file_without_a_known_suffix_is_read_off_its_bytes(tmp_path):
+    from recis.io.split import guess_format
+
+    table = pa.table({"a": [1, 2]})
+    pq.write_table(table, tmp_path / "part-00000")
+    import pyarrow.orc as paorc
+
+    paorc.write_table(table, tmp_path / "000000_0")
+    (tmp_path / "events.log").write_text('{"a": 1}\n{"a": 2}\n')
+    (tmp_path / "ratings.dat").write_text("1::2\n")
+    got = {
+        n: guess_format(tmp_path / n)
+        for n in ("part-00000", "000000_0", "events.log", "ratings.dat")
+    }
+    assert got == {
+        "part-00000": "parquet",
+        "000000_0": "orc",
+        "events.log": "jsonl",
+        "ratings.dat": "csv",
+    }
+    assert guess_format(tmp_path / "x.parquet") == "parquet"  # by suffix, need not exist
+    assert guess_format(tmp_path) == "parquet"  # a folder: its parts' format is not sniffed
+
+
+def test_sniffing_a_delimiter_prefers_the_one_between_columns():
+    from recis.io.csv_options import sniff
+
+    cases = {
+        "id,tags,score\n1,a||b||c,0.5\n2,c||d||e,0.7\n": (",", True),
+        "1::Toy Story (1995)::Animation|Comedy\n2::Heat, The (1995)::Crime\n": ("::", False),
+        "query\ttitle\nred shoes\tnike red\nblue\tthing\n": ("\t", True),
+        "y;x\n1;2\n0;3\n": (";", True),
+        "1,2\n3,4\n": (",", False),
+    }
+    for text, (delimiter, header) in cases.items():
+        path = Path(pytest.importorskip("tempfile").mkdtemp()) / "f.txt"
+        path.write_text(text)
+        found = sniff(str(path))
+        assert (found["delimiter"], found["header"]) == (delimiter, header), text

@@ -194,3 +194,56 @@ def test_integer_ids_that_pandas_wrote_as_floats(tmp_path):
     (c,) = list(Reader(text, schema, 8, format="csv"))
     assert c.sparse["item"].values().tolist() == [12345, 2**40]
     assert c.sparse["item"].lengths().tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "encoding", "a", "b"),
+    [("::", "utf8", "北京", "上海"), ("||", "gbk", "東", "億"), ("；", "utf8", "a", "b")],
+)
+def test_delimiters_of_several_characters_read_as_one_character_ones(
+    tmp_path, delimiter, encoding, a, b
+):
+    """MovieLens 1M's ``::`` (and any delimiter that is not one ASCII character) through the
+    reader, the split tool and the vocabulary builder, in UTF-8 and GBK. ``東`` and ``億`` end
+    in the byte of ``|`` in GBK (0x967C, 0x837C): the text is decoded before the delimiter
+    is replaced, so ``東||`` is the value ``東`` and a delimiter."""
+    text = TEXT.format(a=a, b=b)
+    plain, multi = tmp_path / "plain.csv", tmp_path / "multi.dat"
+    plain.write_text(text, encoding="utf-8")
+    multi.write_bytes(text.replace(",", delimiter).encode(encoding))
+    opts = CsvOptions(delimiter=delimiter, encoding=encoding)
+    (got,) = list(Reader(multi, SCHEMA, 8, format="csv", csv=opts))
+    (want,) = list(Reader(plain, SCHEMA, 8, format="csv"))
+    assert got.sparse["city"].values().tolist() == want.sparse["city"].values().tolist()
+    assert got.dense[:, 0].tolist() == [0.5, 1.5, 2.5]
+    assert read_input(multi, "csv", csv=opts).column("city").to_pylist() == [a, b, a]
+    assert list(read_texts(multi, ["city"], "csv", opts)) == [a, b, a]
+
+
+def test_a_delimiter_split_between_reads_is_still_one(tmp_path, monkeypatch):
+    from recis.io import csv_options
+
+    monkeypatch.setattr(csv_options.DelimiterStream, "_BLOCK", 3)  # every cut position
+    lines = ["y::x::city"] + [f"{i % 2}::{i}.5::c{i}" for i in range(40)]
+    f = tmp_path / "ratings.dat"
+    f.write_text("\n".join(lines) + "\n")
+    table = read_input(f, "csv", csv=CsvOptions(delimiter="::"))
+    assert table.column("x").to_pylist() == [i + 0.5 for i in range(40)]
+    assert table.column("city").to_pylist() == [f"c{i}" for i in range(40)]
+    # a bad line still names its line number (the rewrite keeps the lines)
+    f.write_text("\n".join([*lines[:5], "1::2", *lines[5:]]) + "\n")
+    with pytest.raises(DataError, match=rf"file {f}, row 4 \(line 6\): bad line"):
+        list(Reader(f, SCHEMA, 64, format="csv", csv=CsvOptions(delimiter="::")))
+
+
+def test_the_stand_in_character_inside_the_text_is_refused(tmp_path):
+    f = tmp_path / "odd.dat"
+    f.write_text("y::x::city\n1::0.5::a\x1fb\n")
+    with pytest.raises(DataError, match=rf"file {f}: .*holds the character '\\x1f'"):
+        list(Reader(f, SCHEMA, 8, format="csv", csv=CsvOptions(delimiter="::")))
+
+
+@pytest.mark.parametrize("bad", ["", '"', "a\nb"])
+def test_an_empty_or_quoting_delimiter_is_refused(bad):
+    with pytest.raises(ValueError, match="a delimiter is one or more characters"):
+        DataConfig(schema=SCHEMA, format="csv", csv={"delimiter": bad})
