@@ -262,15 +262,25 @@ def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Cho
     return _sparse(name, column, flat, why, multi=True, **extra)
 
 
-def _label(name: str, column: str, col: pa.ChunkedArray, positive_at: float | None) -> Choice:
+def _label(
+    name: str,
+    column: str,
+    col: pa.ChunkedArray,
+    positive_at: float | None,
+    positive: list[str] | None = None,
+) -> Choice:
     spec = _spec(name, column)
     leaf = leaf_type(col.type)
+    flat = pc.list_flatten(col.combine_chunks()) if is_list(col.type) else col
+    if is_string(leaf):
+        return _string_label(column, flat, positive, spec)
     if not is_number(leaf):
         raise ConfigError(
             f"--label {column}: {col.type} values; map them to numbers in the config "
             "(LabelSpec values, docs/data.md#labels)"
         )
-    flat = pc.list_flatten(col.combine_chunks()) if is_list(col.type) else col
+    if positive is not None:
+        raise ConfigError(f"--positive: --label {column} holds numbers (use --positive-at)")
     v = _numbers(pa.chunked_array([flat]) if is_list(col.type) else col)
     if positive_at is not None:
         spec.update(kind="real", positive_at=positive_at)
@@ -285,6 +295,29 @@ def _label(name: str, column: str, col: pa.ChunkedArray, positive_at: float | No
     )
 
 
+def _string_label(
+    column: str, flat: pa.Array | pa.ChunkedArray, positive: list[str] | None, spec: dict
+) -> Choice:
+    """A string label (``buy`` / ``pv``, ``yes`` / ``no``) as ``values``: 1 for the
+    ``positive`` strings, 0 for the others the sample holds."""
+    seen = sorted({v for v in flat.to_pylist() if v is not None})
+    shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
+    if positive is None:
+        raise ConfigError(
+            f"--label {column}: strings ({shown}); pass --positive V [V ...] to make it 1 for "
+            "those and 0 for the others (or map them in the config: LabelSpec values)"
+        )
+    ones = [v for v in positive if v in seen]
+    if not ones:
+        raise ConfigError(
+            f"--positive {' '.join(positive)}: no value of --label {column} ({shown})"
+        )
+    spec["values"] = {v: 1.0 if v in ones else 0.0 for v in seen}
+    zeros = len(seen) - len(ones)
+    why = f"strings: 1 for {', '.join(ones)}, 0 for the other {zeros} in the sample"
+    return Choice(column, "labels", why, spec)
+
+
 def infer_schema(
     table: pa.Table,
     labels: list[str],
@@ -292,12 +325,14 @@ def infer_schema(
     positive_at: float | None = None,
     keyed_objects: bool = False,
     stats_dir: str = ".",
+    positive: list[str] | None = None,
 ) -> list[Choice]:
     """One :class:`Choice` per column of ``table`` (a sample of the training rows; fields of
     struct columns by their dotted paths), labels first. With ``keyed_objects`` (JSON
     Lines) an object whose keys are data (:func:`_is_keyed`) is one weighted id feature
     ``<object>.keys`` / ``.values`` rather than a feature per key. Raises ConfigError for a
-    label the table lacks or whose values are not 0/1 (without ``positive_at``), and when
+    label the table lacks or whose values are not 0/1 (without ``positive_at``; a string
+    label without ``positive``, the strings that are 1), and when
     no column is left to be a feature. A lexical feature's statistics file goes in
     ``stats_dir`` (the run directory)."""
     found = nested.paths(table.schema)
@@ -309,7 +344,13 @@ def infer_schema(
     rows = table.num_rows
     taken: set[str] = set()
     out = [
-        _label(_feature_name(lab, taken), lab, nested.select(table, [lab]).column(0), positive_at)
+        _label(
+            _feature_name(lab, taken),
+            lab,
+            nested.select(table, [lab]).column(0),
+            positive_at,
+            positive,
+        )
         for lab in labels
     ]
     keyed: list[str] = []

@@ -2,7 +2,8 @@
 CLI imports neither pyarrow nor torch).
 
     recis init TRAIN --label COL [--eval FILE] [--out CONFIG.yaml] [--model dlrm|deepfm|deepbow]
-        [--format F] [--csv YAML] [--rows N] [--ignore COL ...] [--positive-at X] [--run-dir D]
+        [--format F] [--csv YAML] [--rows N] [--ignore COL ...]
+        [--positive-at X | --positive V ...] [--run-dir D]
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--positive-at", type=float, default=None, help="a label >= this is 1 (ratings: 4)"
     )
+    p.add_argument(
+        "--positive", nargs="+", default=None, help="a string label is 1 for these (buy, yes)"
+    )
     p.add_argument("--run-dir", default=None, help="the config's run_dir (runs/<out's stem>)")
 
 
@@ -44,6 +48,7 @@ def main(args: argparse.Namespace) -> None:
         ignore=args.ignore,
         positive_at=args.positive_at,
         run_dir=args.run_dir,
+        positive=args.positive,
     )
     print(
         f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id"

@@ -233,6 +233,7 @@ def init_config(
     ignore: list[str] | None = None,
     positive_at: float | None = None,
     run_dir: str | None = None,
+    positive: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write a run config for the files at ``train`` to ``out`` (refused if it exists);
     returns ``{"path", "rows", "labels", "dense", "sparse", "skipped"}``."""
@@ -248,7 +249,9 @@ def init_config(
     table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     run_dir = run_dir or f"runs/{out.stem}"
-    choices = infer_schema(table, labels, ignore or [], positive_at, keyed, stats_dir=run_dir)
+    choices = infer_schema(
+        table, labels, ignore or [], positive_at, keyed, stats_dir=run_dir, positive=positive
+    )
     if model == "deepbow":
         choices = for_deepbow(choices)
     total = _count_rows(files, fmt, read, in_read)

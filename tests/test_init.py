@@ -117,10 +117,40 @@ def test_labels_that_are_not_0_1_need_a_threshold(tmp_path):
     assert label.spec == {"name": "rating", "kind": "real", "positive_at": 4}
     with pytest.raises(ConfigError, match=r"--label clicked: no such column"):
         infer_schema(t, ["clicked"])
-    with pytest.raises(ConfigError, match=r"--label s: string values; map them"):
-        infer_schema(pa.table({"s": ["E", "I"], "x": [1.0, 2.0]}), ["s"])
+    with pytest.raises(ConfigError, match=r"--positive: --label rating holds numbers"):
+        infer_schema(t, ["rating"], positive=["5"])
     with pytest.raises(DataError, match="no column is left to be a feature"):
         infer_schema(pa.table({"y": [0, 1], "k": [5, 5]}), ["y"])
+
+
+def test_a_string_label_is_1_for_the_values_named_positive(tmp_path):
+    """Taobao's ``behavior_type`` (pv, cart, fav, buy): ``--positive buy cart`` writes the
+    label's ``values`` map, which the reader applies."""
+    from recis.config import load_config
+    from recis.io import reader_from_config
+
+    kinds = ["pv", "pv", "cart", "pv", "buy", "fav", "pv", "buy"] * 40
+    f = tmp_path / "behavior.parquet"
+    n = len(kinds)
+    pq.write_table(pa.table({"behavior_type": kinds, "user_id": np.arange(n) % 37}), f)
+    t = pq.read_table(f)
+    with pytest.raises(
+        ConfigError, match=r"--label behavior_type: strings \(buy, cart, fav, pv\); pass --positive"
+    ):
+        infer_schema(t, ["behavior_type"])
+    with pytest.raises(ConfigError, match=r"--positive click: no value of --label behavior_type"):
+        infer_schema(t, ["behavior_type"], positive=["click"])
+    out = tmp_path / "b.yaml"
+    args = ["init", str(f), "--label", "behavior_type", "--positive", "buy", "cart"]
+    assert main([*args, "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    label = _entries(cfg, "labels")["behavior_type"]
+    assert label["values"] == {"buy": 1.0, "cart": 1.0, "fav": 0.0, "pv": 0.0}
+    assert "strings: 1 for buy, cart, 0 for the other 2 in the sample" in out.read_text()
+    run = load_config(out)
+    (batch, *_) = reader_from_config(run.data, run.data.train, train=False)
+    want = [float(k in ("buy", "cart")) for k in kinds]
+    assert batch.labels["behavior_type"].tolist() == want[: batch.batch_size]
 
 
 def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
