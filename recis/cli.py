@@ -254,31 +254,10 @@ def _vocab(cfg, only_missing: bool) -> None:
 
 
 def _add_split(sub: argparse._SubParsersAction) -> None:
-    """``recis split``: see recis.io.split and docs/evaluation.md."""
-    help = "split a log into train/valid/test parquet files (deterministic)"
-    sp = sub.add_parser("split", help=help, description=help)
-    sp.add_argument(
-        "input", nargs="+", help="parquet / ORC / CSV / TSV / JSON Lines file(s), folder or glob"
-    )
-    sp.add_argument("--out", required=True, help="output folder (<part>.parquet)")
-    methods = ["random", "order", "time", "leave-last-out", "group"]  # recis.io.split.METHODS
-    sp.add_argument("--by", required=True, choices=methods)
-    sp.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
-    sp.add_argument(
-        "--fractions", nargs="+", type=float, default=[0.8, 0.2], help="train [valid] test"
-    )
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--time", help="timestamp column (time, leave-last-out)")
-    sp.add_argument("--tiebreak", nargs="*", default=[], help="columns ordering equal times")
-    sp.add_argument("--user", help="user column (leave-last-out)")
-    sp.add_argument("--item", help="item column: orders a user's equal times (leave-last-out)")
-    sp.add_argument("--valid", action="store_true", help="leave-last-out: second-to-last->valid")
-    sp.add_argument("--group", help="group column, e.g. the query string (group)")
-    sp.add_argument(
-        "--csv",
-        help="CSV/TSV parsing as a YAML mapping, the fields of a run config's data.csv:"
-        " '{layout: hive, column_names: [user, item, ts]}'",
-    )
+    """``recis split``: see recis.split_command, recis.io.split and docs/evaluation.md."""
+    from recis.split_command import HELP, add_arguments
+
+    add_arguments(sub.add_parser("split", help=HELP, description=HELP))
 
 
 def _add_init(sub: argparse._SubParsersAction) -> None:
@@ -295,33 +274,9 @@ def _init(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from recis.io.split import split_files
+    from recis.split_command import main
 
-    opts = {
-        "fractions": args.fractions,
-        "seed": args.seed,
-        "time": args.time,
-        "tiebreak": args.tiebreak,
-        "user": args.user,
-        "item": args.item,
-        "valid": args.valid,
-        "group": args.group,
-    }
-    from recis.config import CsvConfig
-    from recis.config_base import validate
-    from recis.config_yaml import load_text
-    from recis.io import CsvOptions
-    from recis.io.csv_options import sniffed_options
-    from recis.io.paths import SUFFIXES, resolve_paths
-    from recis.io.split import guess_format
-
-    fmt = args.format or guess_format(args.input)
-    given = load_text(args.csv, "--csv") if args.csv is not None else None
-    given = sniffed_options(resolve_paths(args.input, SUFFIXES[fmt])[0], fmt, given)
-    csv = CsvOptions.from_config(validate(CsvConfig, given, "--csv")) if given else None
-    rows = split_files(args.input, args.out, args.by, format=fmt, csv=csv, **opts)
-    for name, n in rows.items():
-        print(f"{name}: {n} rows -> {args.out}/{name}.parquet")
+    main(args)
 
 
 def _print_result(result: dict) -> None:

@@ -14,7 +14,7 @@ Read from the source (AST), not by importing: every ``import`` and ``from ... im
     train        recis.train
     distributed  recis.distributed (and the one run entry, recis.distributed.run)
     applications recis.llm, recis.retrieval_rl, recis.prune, recis.doctor, recis.recipe,
-                 recis.init_command (later export, serve, index, rl)
+                 recis.init_command, recis.split_command (later export, serve, index, rl)
     entry        recis.cli
 
 A new top-level package or module must be placed in ``LAYERS`` (the test says so by name).
@@ -66,6 +66,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "recis.doctor",
             "recis.recipe",
             "recis.init_command",
+            "recis.split_command",
             "recis.export",
             "recis.serve",
             "recis.index",
