@@ -230,7 +230,8 @@ def first_failing(arr: pa.Array, target: pa.DataType) -> int | None:
     return lo
 
 
-# delimiters `sniff` tries, several-character ones first (``::`` before a lone ``:``)
+# the delimiters `sniff` tries; of those that fit, the one giving the most fields wins, then
+# the earlier one here
 SNIFFED = ("::", "||", "\t", ",", ";", "|", "\x01")
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 
@@ -275,8 +276,8 @@ def sniffed_options(path: str, fmt: str, given: dict[str, Any] | None) -> dict[s
     """A ``data.csv`` mapping ``given`` with what :func:`sniff` reads off ``path`` where it
     is silent: a CSV delimiter other than ``,``, and ``header: false`` when the first line is
     data (without ``column_names`` Arrow then names the columns ``f0``, ``f1``, ...; with
-    them the first line is no longer taken for the header they replace). Other formats and the Criteo and
-    Hive layouts are returned as given."""
+    them the first line is no longer dropped as the header they replace). Other formats
+    and the Criteo and Hive layouts are returned as given."""
     out = dict(given or {})
     if fmt not in ("csv", "tsv") or out.get("layout", "none") != "none":
         return out
