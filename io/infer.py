@@ -22,7 +22,7 @@ log of fifty columns. The rules (first match wins), per column of a sample of th
   terms are mostly another's reads that one's table), and maps (keys as ids, values as
   weights).
 * **dense features**: other numbers and single-value lists of numbers (the RecIS layout);
-  heavy-tailed non-negative ones (counts, prices: the 99th percentile over 20 times the
+  flags (booleans, floats that are 0 or 1) as they are; heavy-tailed non-negative ones (counts, prices: the 99th percentile over 20 times the
   median) bucketed by their quantiles (``transform: quantile``, 16 buckets from the
   sample), the others standardised with the sample's mean and deviation; nulls filled with
   the median. Fixed-length lists of floats (pretrained vectors) are one ``dim`` feature.
@@ -132,6 +132,8 @@ def _table(name: str, counts: pa.StructArray) -> dict[str, Any]:
 def _dense(name: str, column: str, v: np.ndarray) -> Choice:
     median = _round(float(np.median(v)))
     spec = _spec(name, column, fill=median)
+    if np.isin(v, (0.0, 1.0)).all():  # a flag: buckets of two values would only rename it
+        return Choice(column, "dense", "0/1 values (a flag): as they are", spec)
     p99 = float(np.quantile(v, 0.99))
     if v.min() >= 0 and p99 > SKEW * max(float(np.median(v)), 1e-12):
         spec.update(transform="quantile", boundaries=quantile_boundaries(v, QUANTILE_BUCKETS))

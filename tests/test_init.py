@@ -119,6 +119,8 @@ def test_labels_that_are_not_0_1_need_a_threshold(tmp_path):
         infer_schema(t, ["clicked"])
     with pytest.raises(ConfigError, match=r"--positive: --label rating holds numbers"):
         infer_schema(t, ["rating"], positive=["5"])
+    flags = infer_schema(pa.table({"y": [0, 1] * 5, "is_new": [True, False] * 5}), ["y"])
+    assert flags[1].spec == {"name": "is_new", "fill": 0.5} and "a flag" in flags[1].why
     with pytest.raises(DataError, match="no column is left to be a feature"):
         infer_schema(pa.table({"y": [0, 1], "k": [5, 5]}), ["y"])
 
