@@ -62,7 +62,8 @@ TEXT_MAX_LEN = 128  # terms of a text feature kept at most (its 99th percentile 
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
 # a name's last word, after a separator (any case) or in camelCase (``movieId``, ``unixReviewTime``;
 # case-sensitive there, so that ``paid`` or ``valid`` are not ids)
-_ID_NAME = re.compile(r"(?i:(?:^|[_\-.])[a-z]?ids?)$|[a-z0-9](?:Id|ID)s?$")  # uid, iid too
+# uid, iid too; after a non-ASCII letter any case (Chinese schemas: 用户ID, 商品id)
+_ID_NAME = re.compile(r"(?i:(?:^|[_\-.])[a-z]?ids?)$|[a-z0-9](?:Id|ID)s?$|[^\x00-\x7f](?i:ids?)$")
 _TIME_WORDS = "ts|time|timestamp|date|datetime|dt|day|hour"
 _TIME_NAME = re.compile(
     rf"(?i:(?:^|[_\-.])(?:{_TIME_WORDS}))$|[a-z0-9](?:Ts|TS|Time|Timestamp|Date|Datetime|Day|Hour)$"
@@ -84,7 +85,7 @@ class Choice:
 
 
 def _feature_name(column: str, taken: set[str]) -> str:
-    name = re.sub(r"[^0-9A-Za-z_]", "_", column).strip("_") or "f"
+    name = re.sub(r"\W", "_", column).strip("_") or "f"  # letters of any script kept
     name = name if not name[0].isdigit() else f"f_{name}"
     out, k = name, 2
     while out in taken:

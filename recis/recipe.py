@@ -73,7 +73,9 @@ def sample(
 
 def _flow(entry: dict[str, Any]) -> str:
     """One schema or table entry as a YAML flow mapping on one line."""
-    return yaml.safe_dump(entry, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    return yaml.safe_dump(
+        entry, default_flow_style=True, width=10**9, sort_keys=False, allow_unicode=True
+    ).strip()
 
 
 def _model(name: str, tables: list[dict[str, Any]], choices: list[Choice]) -> dict[str, Any]:
@@ -197,8 +199,10 @@ def render(
     if eval_path is None:
         lines.append("# No --eval: no early stopping (recis split makes a validation file).")
     top = {"run_dir": run_dir, "device": "cpu", "seed": 0}
-    lines += [*yaml.safe_dump(top, sort_keys=False).splitlines(), ""]
-    lines += yaml.safe_dump({"data": data}, sort_keys=False, width=10**9).splitlines()
+    lines += [*yaml.safe_dump(top, sort_keys=False, allow_unicode=True).splitlines(), ""]
+    lines += yaml.safe_dump(
+        {"data": data}, sort_keys=False, width=10**9, allow_unicode=True
+    ).splitlines()
     lines.append("  schema:")
     for section in ("labels", "dense", "sparse", "text"):
         picked = [c for c in choices if c.section == section]
@@ -213,7 +217,9 @@ def render(
     body = {"model": _model(model, tables, choices), "train": _train(first, steps, relevance)}
     for key, value in body.items():
         flow = None if key == "train" or tables else False  # (a model of scalars: one per line)
-        text = yaml.safe_dump({key: value}, sort_keys=False, width=10**9, default_flow_style=flow)
+        text = yaml.safe_dump(
+            {key: value}, sort_keys=False, width=10**9, default_flow_style=flow, allow_unicode=True
+        )
         if key == "model" and tables:  # one table per line
             head, _, _ = text.partition("  tables:\n")
             text = head + "  tables:\n" + "".join(f"  - {_flow(t)}\n" for t in tables)

@@ -155,6 +155,27 @@ def test_a_string_label_is_1_for_the_values_named_positive(tmp_path):
     assert batch.labels["behavior_type"].tolist() == want[: batch.batch_size]
 
 
+def test_names_in_other_scripts_are_kept_and_written_as_they_read(tmp_path):
+    """A Chinese header stays the features' and tables' names (spaces and dashes become
+    ``_``), and the YAML holds the characters, not ``\\u`` escapes."""
+    rng = np.random.default_rng(2)
+    f = tmp_path / "cn.csv"
+    rows = ["是否点击,用户ID,商品 类目,价格"] + [
+        f"{i % 2},{rng.integers(0, 200)},c{rng.integers(0, 20)},{rng.random() * 100:.2f}"
+        for i in range(400)
+    ]
+    f.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cn.yaml"
+    assert main(["init", str(f), "--label", "是否点击", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "\\u" not in text and "{name: 商品_类目, column: 商品 类目}" in text
+    cfg = yaml.safe_load(text)
+    assert set(_entries(cfg, "labels")) == {"是否点击"}
+    assert set(_entries(cfg, "sparse")) == {"用户ID", "商品_类目"}
+    assert set(_entries(cfg, "dense")) == {"价格"}
+    assert {t["name"] for t in cfg["model"]["tables"]} == {"用户ID", "商品_类目"}
+
+
 def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     f = tmp_path / "log.csv"
     rows = ["y;price;shop"] + [f"{i % 2};{i},5;s{i % 7}" for i in range(200)]
@@ -260,9 +281,12 @@ def test_names_of_ids_and_times_and_time_named_categories():
             "asinId": rng.integers(0, 900, n) * 7,
             "uid": rng.integers(0, 500, n),
             "paid": rng.integers(0, 1000, n),  # a word ending in "id" is no id
+            "用户ID": rng.integers(0, 700, n),  # a Chinese schema's ids
+            "商品id": rng.integers(0, 700, n),
         }
     )
     got = {c.column: (c.section, c.why) for c in infer_schema(table, ["click"])}
+    assert got["用户ID"] == got["商品id"] == ("sparse", "named as ids")
     assert got["unixReviewTime"][0] == "skip" and got["paid"] == ("dense", "number: standardised")
     assert got["asinId"] == got["uid"] == ("sparse", "named as ids")
     assert got["hour"] == ("skip", "named as a time: for splitting (recis split --by time)")
