@@ -82,6 +82,7 @@ class Choice:
     table: dict[str, Any] | None = None
     ids: pa.Array | None = field(default=None, repr=False)  # an id feature's distinct ids
     multi: bool = False  # ids from a list column (a sequence or a set)
+    missing: float = 0.0  # a label's share of sampled rows without a value (null or NaN)
 
 
 def _feature_name(column: str, taken: set[str]) -> str:
@@ -111,7 +112,11 @@ def _numbers(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _distinct(col: pa.ChunkedArray | pa.Array) -> int:
-    return int(pc.count_distinct(col, mode="only_valid").as_py())
+    """Distinct non-null values (of the items, for a list column)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    while is_list(arr.type):
+        arr = pc.list_flatten(arr)
+    return int(pc.count_distinct(arr, mode="only_valid").as_py())
 
 
 def _capacity(distinct: int) -> dict[str, Any]:
@@ -298,6 +303,19 @@ def _label(
     )
 
 
+def _missing(col: pa.ChunkedArray | pa.Array) -> int:
+    """Rows of a label column without a value: null, NaN, an empty list (the RecIS layout's
+    single-element lists: its element)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if is_list(arr.type):
+        lengths = pc.list_value_length(arr).fill_null(0)
+        some = pc.greater(lengths, 0)
+        empty = len(arr) - int(pc.sum(some).as_py() or 0)
+        return empty + _missing(pc.list_element(arr.filter(some), 0))
+    nan = pa.types.is_floating(arr.type)
+    return int(pc.sum(arr.is_null(nan_is_null=nan)).as_py() or 0)
+
+
 def _string_label(
     column: str, flat: pa.Array | pa.ChunkedArray, positive: list[str] | None, spec: dict
 ) -> Choice:
@@ -346,16 +364,14 @@ def infer_schema(
             )
     rows = table.num_rows
     taken: set[str] = set()
-    out = [
-        _label(
-            _feature_name(lab, taken),
-            lab,
-            nested.select(table, [lab]).column(0),
-            positive_at,
-            positive,
-        )
-        for lab in labels
-    ]
+    out = []
+    for lab in labels:
+        col = nested.select(table, [lab]).column(0)
+        choice = _label(_feature_name(lab, taken), lab, col, positive_at, positive)
+        choice.missing = _missing(col) / max(rows, 1)
+        if choice.missing:
+            choice.why += f"; {choice.missing:.2%} of the sampled rows have none: skipped"
+        out.append(choice)
     keyed: list[str] = []
     for column, (_, t) in found.items():
         if column in labels or column in ignore or any(column.startswith(k + ".") for k in keyed):

@@ -185,6 +185,10 @@ def render(
     if relevance:
         data["drop_last"] = True  # the calibration's batch norm needs more than one row
     labels = [c for c in choices if c.section == "labels"]
+    missing = max((c.missing for c in labels), default=0.0)
+    if missing:  # rows without a label are left out and counted, not a stop at the first
+        data["on_bad_row"] = "skip"
+        data["max_bad_fraction"] = min(1.0, max(0.01, math.ceil(200 * missing) / 100))
     steps = max(1, math.ceil(total_rows / data["batch_size"]))
     first = labels[0].spec["name"] if eval_path is not None else None
     tables = [c.table for c in choices if c.section == "sparse" and c.table is not None]

@@ -176,6 +176,47 @@ def test_names_in_other_scripts_are_kept_and_written_as_they_read(tmp_path):
     assert {t["name"] for t in cfg["model"]["tables"]} == {"用户ID", "商品_类目"}
 
 
+def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
+    """A log whose label is missing on some rows (null, NaN, an empty RecIS list) trains
+    with those rows left out (``on_bad_row: skip``), its ``max_bad_fraction`` twice the
+    sample's share rounded up to a percent; a list of structs whose fields include a time
+    (``behaviors.ts``) is read field by field (before: ``count_distinct`` had no kernel for
+    the list, and init stopped)."""
+    from recis.config import load_config
+    from recis.io import reader_from_config
+
+    rng = np.random.default_rng(4)
+    n = 1000
+    click = [None if i % 50 == 0 else float(rng.random() < 0.3) for i in range(n)]
+    click[7] = float("nan")
+    seq = [
+        [
+            {"item": int(x), "ts": 10**9 + int(x) * 1000 + j}
+            for j, x in enumerate(rng.integers(0, 300, 5))
+        ]
+        for _ in range(n)
+    ]
+    behaviors = pa.array(seq, pa.list_(pa.struct([("item", pa.int64()), ("ts", pa.int64())])))
+    f = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"click": click, "item_id": rng.integers(0, 300, n), "behaviors": behaviors}), f
+    )
+    out = tmp_path / "c.yaml"
+    assert main(["init", str(f), "--label", "click", "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["data"]["on_bad_row"] == "skip" and cfg["data"]["max_bad_fraction"] == 0.05
+    assert "2.10% of the sampled rows have none: skipped" in out.read_text()
+    assert _entries(cfg, "sparse")["behaviors_item"]["column"] == "behaviors.item"
+    assert "behaviors_ts" not in _entries(cfg, "sparse")  # a time: for splitting
+    run = load_config(out)
+    reader = reader_from_config(run.data, run.data.train, train=False)
+    assert sum(b.batch_size for b in reader) == n - 21
+
+    recis = pa.array([[1.0], [], [0.0], None, [float("nan")]], pa.list_(pa.float64()))
+    (label, *_) = infer_schema(pa.table({"y": recis, "k": [1, 2, 3, 4, 5]}), ["y"])
+    assert label.missing == pytest.approx(3 / 5)
+
+
 def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     f = tmp_path / "log.csv"
     rows = ["y;price;shop"] + [f"{i % 2};{i},5;s{i % 7}" for i in range(200)]
