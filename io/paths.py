@@ -11,12 +11,20 @@ import pyarrow.fs as pafs
 
 from recis.errors import DataError
 
+# text files compressed as Arrow's input streams decompress them (by these suffixes)
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
+
+
+def _text(*suffixes: str) -> tuple[str, ...]:
+    return tuple(s + c for s in suffixes for c in ("", *COMPRESSED))
+
+
 SUFFIXES = {
     "parquet": (".parquet", ".pq"),
     "orc": (".orc",),
-    "csv": (".csv", ".csv.gz", ".txt"),
-    "tsv": (".tsv", ".tsv.gz", ".txt"),
-    "jsonl": (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz"),
+    "csv": (*_text(".csv"), ".txt"),
+    "tsv": (*_text(".tsv"), ".txt"),
+    "jsonl": _text(".jsonl", ".ndjson", ".json"),
 }
 
 

@@ -183,7 +183,7 @@ def guess_format(paths: str | os.PathLike | list) -> str:
             return fmt
     if first.lower().endswith(SUFFIXES["parquet"]) or not os.path.isfile(first):
         return "parquet"
-    with open(first, "rb") as f:
+    with pa.input_stream(first, compression="detect") as f:  # ratings.dat.gz: the text
         head = f.read(4096)
     if head.startswith(b"PAR1"):
         return "parquet"

@@ -403,6 +403,23 @@ def test_the_format_of_a_file_without_a_known_suffix_is_read_off_its_bytes(tmp_p
         "ratings.dat": "csv",
     }
     assert guess_format(tmp_path / "x.parquet") == "parquet"  # by suffix, need not exist
+    # compressed text: by the suffix under the compression's, or by the decompressed bytes
+    from recis.io.paths import SUFFIXES, resolve_paths
+    from recis.io.split import read_input
+
+    text = "y\tk\n1\t2\n0\t3\n"
+    for name, codec in (
+        ("log.tsv.bz2", "bz2"),
+        ("log.tsv.zst", "zstd"),
+        ("ratings.dat.gz", "gzip"),
+    ):
+        with pa.CompressedOutputStream(str(tmp_path / name), codec) as out:
+            out.write(text.encode())
+    assert guess_format(tmp_path / "log.tsv.bz2") == guess_format(tmp_path / "log.tsv.zst") == "tsv"
+    assert guess_format(tmp_path / "ratings.dat.gz") == "csv"
+    assert read_input(tmp_path / "log.tsv.zst").column("k").to_pylist() == [2, 3]
+    listed = [Path(f).name for f in resolve_paths(tmp_path, SUFFIXES["tsv"])]
+    assert listed == ["log.tsv.bz2", "log.tsv.zst"]
     assert guess_format(tmp_path) == "parquet"  # a folder: its parts' format is not sniffed
 
 
