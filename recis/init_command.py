@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from recis.config_yaml import load_text
-    from recis.recipe import init_config
+    from recis.recipe import init_config, shown
 
     done = init_config(
         args.train,
@@ -54,6 +54,7 @@ def main(args: argparse.Namespace) -> None:
         f"{done['path']}: {len(done['dense'])} dense, {len(done['sparse'])} id"
         + (f", {len(done['text'])} text" if done["text"] else "")
         + " features, "
-        f"{len(done['skipped'])} columns not read ({', '.join(done['skipped']) or 'none'}); "
+        f"{len(done['skipped'])} columns not read "
+        f"({', '.join(map(shown, done['skipped'])) or 'none'}); "
         f"train with: recis train {done['path']}"
     )

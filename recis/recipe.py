@@ -71,6 +71,12 @@ def sample(
     return table, files[: len(tables)], n
 
 
+def shown(column: str) -> str:
+    """A column's name as messages show it (``""`` for the unnamed column a trailing
+    delimiter makes)."""
+    return column or '""'
+
+
 def _flow(entry: dict[str, Any]) -> str:
     """One schema or table entry as a YAML flow mapping on one line."""
     return yaml.safe_dump(
@@ -216,7 +222,7 @@ def render(
     skipped = [c for c in choices if c.section == "skip"]
     if skipped:
         lines.append("    # not read:")
-        lines += [f"    #   {c.column}: {c.why}" for c in skipped]
+        lines += [f"    #   {shown(c.column)}: {c.why}" for c in skipped]
     lines.append("")
     body = {"model": _model(model, tables, choices), "train": _train(first, steps, relevance)}
     for key, value in body.items():

@@ -217,6 +217,15 @@ def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
     assert label.missing == pytest.approx(3 / 5)
 
 
+def test_a_trailing_delimiter_s_unnamed_column_is_shown_by_name(tmp_path, capsys):
+    f = tmp_path / "trail.csv"
+    f.write_text("y,k,\n" + "".join(f"{i % 2},k{i % 9},\n" for i in range(100)))
+    out = tmp_path / "c.yaml"
+    assert main(["init", str(f), "--label", "y", "--out", str(out)]) == 0
+    assert '1 columns not read (""); train with' in capsys.readouterr().out
+    assert '    #   "": null: no value recis reads as a feature' in out.read_text()
+
+
 def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     f = tmp_path / "log.csv"
     rows = ["y;price;shop"] + [f"{i % 2};{i},5;s{i % 7}" for i in range(200)]
