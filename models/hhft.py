@@ -95,6 +95,10 @@ class HHFTConfig(ModelConfig):
     # candidate, log(1 + sum_l sigmoid(score_l)): softmax weights sum to 1 and lose it (DIN
     # keeps it with unnormalised weights); liked vs watched matches ~ the user's affinity
     sequence_mass: bool = False
+    # in training, each row's block tokens are each replaced by zeros with this probability
+    # before the encoder (task tokens never): a block's information must also be reachable
+    # through the others (structured dropout over features, as token dropping in ViTs)
+    token_dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
 class GroupedLinear(nn.Module):
@@ -490,6 +494,11 @@ class HHFT(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         dense = self.dense_norm(batch.dense)  # [B, Dd]
         x = self.tokens(batch, dense)  # [B, N, d]
+        p = self.config.token_dropout
+        if self.training and p > 0:
+            n = x.shape[1] - self.num_tasks
+            keep = (torch.rand(x.shape[0], n, 1, device=x.device) >= p).to(x.dtype)
+            x = torch.cat([x[:, :n] * keep, x[:, n:]], dim=1)
         for layer in self.hetero:
             x = layer(x)
         for i, layer in enumerate(self.hiformer):

@@ -278,3 +278,29 @@ def test_sequence_mass_is_a_soft_count_of_matching_history() -> None:
     alone = model(_batch(rows))["click"]
     padded = model(_batch(rows + [(2, 2, 2, list(range(1, 10)))]))["click"][:2]
     torch.testing.assert_close(padded, alone, atol=1e-6, rtol=1e-6)
+
+
+def test_token_dropout_zeroes_whole_block_tokens_in_training_only() -> None:
+    """``token_dropout: p``: in training each row's block tokens are each zeroed with
+    probability ``p`` before the encoder (the task tokens never); in evaluation the model is
+    the one without it, weight for weight."""
+    torch.manual_seed(3)
+    model = HHFT(_config(token_dropout=0.5), _schema(), torch.device("cpu"))
+    plain = HHFT(_config(), _schema(), torch.device("cpu"))
+    plain.load_state_dict(model.state_dict())
+    rows = [(u % 9, u % 7, u % 5, [u % 11, (u + 3) % 11]) for u in range(256)]
+    batch = _batch(rows)
+    model.eval(), plain.eval()
+    for task, logits in model(batch).items():
+        torch.testing.assert_close(logits, plain(batch)[task])
+    seen = []
+    model.hetero[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    model.train()
+    model(batch)
+    tokens = model.tokens(batch, model.dense_norm(batch.dense))  # [B, N, d]: 4 block + 2 task
+    x = seen[0]
+    zero = (x == 0).all(-1)  # [B, N]
+    same = (x == tokens).all(-1)
+    assert (zero | same).all() and not zero[:, -2:].any()  # task tokens kept
+    share = zero[:, :-2].float().mean().item()
+    assert 0.4 < share < 0.6, share
