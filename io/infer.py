@@ -22,10 +22,11 @@ log of fifty columns. The rules (first match wins), per column of a sample of th
   terms are mostly another's reads that one's table), and maps (keys as ids, values as
   weights).
 * **dense features**: other numbers and single-value lists of numbers (the RecIS layout);
-  flags (booleans, floats that are 0 or 1) as they are; heavy-tailed non-negative ones (counts, prices: the 99th percentile over 20 times the
-  median) bucketed by their quantiles (``transform: quantile``, 16 buckets from the
-  sample), the others standardised with the sample's mean and deviation; nulls filled with
-  the median. Fixed-length lists of floats (pretrained vectors) are one ``dim`` feature.
+  flags (booleans, floats that are 0 or 1) as they are; heavy-tailed non-negative ones
+  (counts, prices: the 99th percentile over 20 times the median) bucketed by their
+  quantiles (``transform: quantile``, 16 buckets from the sample), the others standardised
+  with the sample's mean and deviation; nulls filled with the median. Fixed-length lists
+  of floats (pretrained vectors) are one ``dim`` feature.
 
 Tables start at a power of two above twice the ids seen in the sample and grow
 (``growable``); a long-tailed id column (over half its ids seen once, more than 1,000 ids)
