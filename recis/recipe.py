@@ -25,7 +25,7 @@ import yaml
 
 from recis.config import build_run_config
 from recis.errors import ConfigError, OutputError
-from recis.io.csv_options import CsvOptions, sniffed_options
+from recis.io.csv_options import CRITEO_COLUMNS, CsvOptions, sniffed_options
 from recis.io.infer import Choice, infer_schema
 from recis.io.paths import resolve_paths
 from recis.io.sources import SUFFIXES
@@ -325,9 +325,15 @@ def _sniffed(
         names = [f"f{k}" for k in range(n)]
         if any(label not in names for label in labels):
             hint = json.dumps({**found, "column_names": names})
+            criteo = n == len(CRITEO_COLUMNS) and delimiter == "\t"
             raise ConfigError(
                 f"{path}: no header line (the first line is data: {first[:60]!r}); "
-                f"name its {n} columns: --csv '{hint}' with your names"
+                + (
+                    "a Criteo log? --csv '{layout: criteo}' names its columns; else "
+                    if criteo
+                    else ""
+                )
+                + f"name its {n} columns: --csv '{hint}' with your names"
             )
     return found or None
 

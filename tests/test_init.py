@@ -14,6 +14,7 @@ import yaml
 from recis.cli import main
 from recis.errors import ConfigError, DataError
 from recis.io.infer import infer_schema
+from recis.recipe import init_config
 
 N = 3000
 
@@ -264,6 +265,13 @@ def test_init_on_a_criteo_tsv_keeps_the_layouts_types(tmp_path):
     assert _entries(cfg, "labels") == {"label": {"name": "label"}}
     assert set(_entries(cfg, "dense")) == {f"I{i}" for i in range(1, 14)}
     assert set(_entries(cfg, "sparse")) == {f"C{i}" for i in range(1, 27)}
+    # Criteo's own train.txt, without the layout: the error names it
+    txt = tmp_path / "train.txt"
+    txt.write_text(f.read_text())
+    with pytest.raises(
+        ConfigError, match=r"no header line .*a Criteo log\? --csv '\{layout: criteo\}'"
+    ):
+        init_config(str(txt), ["label"], tmp_path / "t.yaml")
 
 
 def test_init_on_json_lines_reads_dict_features_as_weighted_ids(tmp_path):
