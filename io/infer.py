@@ -229,7 +229,9 @@ def _number_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
     v = _numbers(col)
     if not len(v):
         return Choice(column, "skip", "no value in the sample")
-    distinct = len(np.unique(v))
+    # integers counted as they are: uint64 ids above 2^53 would collapse as floats
+    exact = pc.drop_null(col.combine_chunks()) if pa.types.is_integer(t) else None
+    distinct = _distinct(exact) if exact is not None else len(np.unique(v))
     if distinct == 1:
         return Choice(column, "skip", "one value in the sample")
     whole = pa.types.is_integer(t) or (
@@ -237,7 +239,12 @@ def _number_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
     )
     if whole and rows >= 1000 and distinct > KEY_SHARE * len(v):
         return Choice(column, "skip", f"{distinct} values in {len(v)} rows: a key")
-    ids = pa.array(v.astype(np.int64)) if whole else None  # NaN and nulls left out
+    ids = None  # NaN and nulls left out; uint64 as the int64 of the same bits
+    if exact is not None:
+        ints = exact.to_numpy(zero_copy_only=False)
+        ids = pa.array(ints.view(np.int64) if ints.dtype == np.uint64 else ints.astype(np.int64))
+    elif whole:
+        ids = pa.array(v.astype(np.int64))
     if ids is not None and _ID_NAME.search(column):
         return _sparse(name, column, ids, "named as ids")
     if ids is not None and distinct <= CATEGORICAL_MAX and not pa.types.is_boolean(t):

@@ -65,6 +65,11 @@ class DeepFM(nn.Module):
         template_tables: bool = False,
     ) -> None:
         super().__init__()
+        if not schema.sparse:
+            raise ConfigError(
+                "model.name: deepfm needs id features (data.schema.sparse) for its FM and "
+                "first-order terms; dlrm trains on dense features alone"
+            )
         self.tasks = [label.name for label in schema.labels]
         dims = {t.name: t.dim for t in config.tables}
         used = {dims[f.table_name] for f in schema.sparse if f.table_name in dims}

@@ -100,10 +100,10 @@ class DLRM(nn.Module):
         # sparse first: when sharded, its output exchange runs while the dense MLP computes,
         # and in backward the dense MLP's gradients come before the (long) embedding
         # backward, so their all-reduce (DDP, Horovod) overlaps it instead of following it
-        kt = self.sparse_arch(batch.sparse)
+        # (a log of dense columns only has no lookup: the model is its MLPs and wide term)
+        emb = self.sparse_arch(batch.sparse).to_dict() if self.feature_names else {}
         x = self.dense_norm(batch.dense)  # [B, Dd]
         dense = self.dense_arch(x)  # [B, D]
-        emb = kt.to_dict()
         stacked = torch.stack([dense] + [emb[k] for k in self.feature_names], dim=1)  # [B, F+1, D]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F+1, F+1]
         inter = dots[:, self._tri_rows, self._tri_cols]  # [B, (F+1)F/2]

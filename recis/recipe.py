@@ -270,6 +270,8 @@ def init_config(
     )
     if model == "deepbow":
         choices = for_deepbow(choices)
+    if model == "deepfm" and not any(c.section == "sparse" for c in choices):
+        raise ConfigError("--model deepfm: no column became an id feature (use --model dlrm)")
     total = _count_rows(files, fmt, read, in_read)
     text = render(
         choices,

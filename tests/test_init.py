@@ -9,9 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from recis.cli import main
+from recis.config import load_config
 from recis.errors import ConfigError, DataError
 from recis.io.infer import infer_schema
 from recis.recipe import init_config
@@ -225,6 +227,50 @@ def test_a_trailing_delimiter_s_unnamed_column_is_shown_by_name(tmp_path, capsys
     assert main(["init", str(f), "--label", "y", "--out", str(out)]) == 0
     assert '1 columns not read (""); train with' in capsys.readouterr().out
     assert '    #   "": null: no value recis reads as a feature' in out.read_text()
+
+
+def test_wide_and_exact_types_from_spark_and_hive(tmp_path):
+    """uint64 ids above 2^63 (the RecIS layout's hashed ids) stay distinct ids (as floats
+    they were one value, and the column was dropped); decimals are dense, dates times."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    ids = np.uint64(2**63) + (rng.integers(0, 1000, n).astype(np.uint64) * np.uint64(7919))
+    t = pa.table(
+        {
+            "label": pa.array(rng.integers(0, 2, n).astype(np.int8)),
+            "price": pa.array([f"{x:.2f}" for x in rng.random(n) * 100]).cast(pa.decimal128(10, 2)),
+            "dt": pa.array(rng.integers(19000, 19030, n).astype(np.int32)).cast(pa.date32()),
+            "item_id": pa.array(ids, pa.uint64()),
+        }
+    )
+    got = {c.column: c for c in infer_schema(t, ["label"])}
+    distinct = len(np.unique(ids))  # 859 of the 1,000
+    assert got["item_id"].section == "sparse" and len(got["item_id"].ids.unique()) == distinct
+    assert got["item_id"].table["capacity"] == 2048  # a power of two above twice them
+    assert got["price"].section == "dense" and got["dt"].section == "skip"
+
+
+def test_a_log_of_dense_columns_only_trains_a_dlrm(tmp_path):
+    """No column becomes an id: DLRM is its MLPs and wide term (before, its embedding lookup
+    stopped with 'no pooled tables'); DeepFM, an FM over ids, is refused in one line."""
+    from recis.models import DeepFM, DeepFMConfig
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    x = rng.normal(size=(n, 3))
+    y = (x[:, 0] - x[:, 1] + 0.5 * rng.normal(size=n) > 0).astype(np.int64)
+    f = tmp_path / "dense.parquet"
+    pq.write_table(pa.table({"y": y, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}), f)
+    out = tmp_path / "d.yaml"
+    with pytest.raises(ConfigError, match="--model deepfm: no column became an id feature"):
+        init_config(str(f), ["y"], out, model="deepfm")
+    assert main(["init", str(f), "--label", "y", "--eval", str(f), "--out", str(out)]) == 0
+    run = tmp_path / "run"
+    assert main(["train", str(out), "--set", f"run_dir={run}"]) == 0
+    assert json.loads((run / "eval.json").read_text())["y/auc"] > 0.85
+    schema = load_config(out).data.schema_
+    with pytest.raises(ConfigError, match="deepfm needs id features"):
+        DeepFM(DeepFMConfig(tables=[]), schema, torch.device("cpu"))
 
 
 def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
