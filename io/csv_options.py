@@ -236,13 +236,15 @@ SNIFFED = ("::", "||", "\t", ",", ";", "|", "\x01")
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 
 
-def sniff(path: str, encoding: str = "utf8", lines: int = 20) -> dict[str, Any]:
+def sniff(
+    path: str, encoding: str = "utf8", delimiter: str | None = None, lines: int = 20
+) -> dict[str, Any]:
     """The delimiter and header of a delimited text file, read off its first ``lines``
-    lines: ``{"delimiter": d, "header": bool, "first": line}`` (``{}`` for a file with no
-    complete line).
+    lines: ``{"delimiter": d, "header": bool, "first": line, "fields": [...]}`` (the first
+    line and its fields; ``{}`` for a file with no complete line).
 
-    The delimiter is the one of :data:`SNIFFED` that splits every line into the same
-    number of fields, the most fields (two or more) if several do (a ``||``-joined list
+    Without ``delimiter``, it is the one of :data:`SNIFFED` that splits every line into the
+    same number of fields, the most fields (two or more) if several do (a ``||``-joined list
     column then loses to the ``,`` between columns), else ``,``; quotes are respected for
     one-character delimiters. The first line is a header when a column that is a number on
     every later line is not one there; it is data when such a column is a number there too;
@@ -255,12 +257,13 @@ def sniff(path: str, encoding: str = "utf8", lines: int = 20) -> dict[str, Any]:
     rows = [line.rstrip("\r") for line in texts[:lines] if line.strip()]
     if not rows:
         return {}
-    delimiter, most = ",", 1
-    for cand in SNIFFED:
-        o = CsvOptions(delimiter=cand)
-        counts = {len(o.split_line(line)) for line in rows}
-        if len(counts) == 1 and (n := counts.pop()) > most:
-            delimiter, most = cand, n
+    if delimiter is None:
+        delimiter, most = ",", 1
+        for cand in SNIFFED:
+            o = CsvOptions(delimiter=cand)
+            counts = {len(o.split_line(line)) for line in rows}
+            if len(counts) == 1 and (n := counts.pop()) > most:
+                delimiter, most = cand, n
     o = CsvOptions(delimiter=delimiter)
     first, *rest = [o.split_line(line) for line in rows]
     numeric = [
@@ -269,23 +272,27 @@ def sniff(path: str, encoding: str = "utf8", lines: int = 20) -> dict[str, Any]:
         if rest and all(j < len(r) and _NUMBER.match(r[j]) for r in rest)
     ]
     header = not numeric or not all(_NUMBER.match(first[j]) for j in numeric)
-    return {"delimiter": delimiter, "header": header, "first": rows[0]}
+    return {"delimiter": delimiter, "header": header, "first": rows[0], "fields": first}
 
 
-def sniffed_options(path: str, fmt: str, given: dict[str, Any] | None) -> dict[str, Any]:
+def sniffed_options(
+    path: str, fmt: str, given: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``data.csv`` mapping ``given`` with what :func:`sniff` reads off ``path`` where it
     is silent: a CSV delimiter other than ``,``, and ``header: false`` when the first line is
     data (without ``column_names`` Arrow then names the columns ``f0``, ``f1``, ...; with
-    them the first line is no longer dropped as the header they replace). Other formats
-    and the Criteo and Hive layouts are returned as given."""
+    them the first line is no longer dropped as the header they replace); and what
+    :func:`sniff` found (``{}`` when nothing was read). Other formats and the Criteo and
+    Hive layouts are returned as given."""
     out = dict(given or {})
     if fmt not in ("csv", "tsv") or out.get("layout", "none") != "none":
-        return out
-    found = sniff(path, out.get("encoding", "utf8"))
+        return out, {}
+    delimiter = out.get("delimiter") or ("\t" if fmt == "tsv" else None)
+    found = sniff(path, out.get("encoding", "utf8"), delimiter)
     if not found:
-        return out
-    if fmt == "csv" and "delimiter" not in out and found["delimiter"] != ",":
+        return out, found
+    if delimiter is None and found["delimiter"] != ",":
         out["delimiter"] = found["delimiter"]
     if "header" not in out and not found["header"]:  # column_names would replace a line
         out["header"] = False
-    return out
+    return out, found

@@ -178,10 +178,11 @@ def guess_format(paths: str | os.PathLike | list) -> str:
     (``ratings.dat``, ``part-00000``) by its first bytes: parquet's and ORC's magic, JSON
     Lines' ``{``, else delimited text (``csv``). Parquet when nothing tells."""
     first = str(paths[0] if isinstance(paths, list | tuple) else paths)
+    low = first.lower()
     for fmt in ("orc", "tsv", "csv", "jsonl"):
-        if first.lower().endswith(SUFFIXES[fmt]) and not first.lower().endswith(".txt"):
+        if low.endswith(SUFFIXES[fmt]) and not low.endswith(".txt"):
             return fmt
-    if first.lower().endswith(SUFFIXES["parquet"]) or not os.path.isfile(first):
+    if low.endswith(SUFFIXES["parquet"]) or not os.path.isfile(first):
         return "parquet"
     with pa.input_stream(first, compression="detect") as f:  # ratings.dat.gz: the text
         head = f.read(4096)

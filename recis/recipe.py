@@ -261,7 +261,7 @@ def init_config(
     fmt = fmt or guess_format(train)
     files = resolve_paths(train, SUFFIXES[fmt])
     csv = _sniffed(files[0], fmt, csv, labels)
-    options = CsvOptions.from_config(_csv_config(csv)) if csv else None
+    options = csv_options(csv)
     table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
     run_dir = run_dir or f"runs/{out.stem}"
@@ -314,22 +314,16 @@ def _sniffed(
     """``csv`` with what the first lines of a CSV/TSV file tell where it is silent
     (:func:`recis.io.csv_options.sniffed_options`). A file without a header line whose labels
     are not named ``f0``, ``f1``, ... stops with the ``--csv`` to write."""
-    found = sniffed_options(path, fmt, csv)
-    if (
-        found.get("header") is False
-        and not found.get("column_names")
-        and "header" not in (csv or {})
-    ):
-        delimiter = found.get("delimiter", "\t" if fmt == "tsv" else ",")
-        with pa.input_stream(path, compression="detect") as f:
-            first = f.read(1 << 16).decode(found.get("encoding", "utf8"), "replace").split("\n")[0]
-        n = len(CsvOptions(delimiter=delimiter).split_line(first.rstrip("\r")))
+    options, found = sniffed_options(path, fmt, csv)
+    no_header = bool(found) and not found["header"] and "header" not in (csv or {})
+    if no_header and not options.get("column_names"):
+        n = len(found["fields"])
         names = [f"f{k}" for k in range(n)]
         if any(label not in names for label in labels):
-            hint = json.dumps({**found, "column_names": names})
-            criteo = n == len(CRITEO_COLUMNS) and delimiter == "\t"
+            hint = json.dumps({**options, "column_names": names})
+            criteo = n == len(CRITEO_COLUMNS) and found["delimiter"] == "\t"
             raise ConfigError(
-                f"{path}: no header line (the first line is data: {first[:60]!r}); "
+                f"{path}: no header line (the first line is data: {found['first'][:60]!r}); "
                 + (
                     "a Criteo log? --csv '{layout: criteo}' names its columns; else "
                     if criteo
@@ -337,14 +331,16 @@ def _sniffed(
                 )
                 + f"name its {n} columns: --csv '{hint}' with your names"
             )
-    return found or None
+    return options or None
 
 
-def _csv_config(csv: dict[str, Any]) -> Any:
+def csv_options(csv: dict[str, Any] | None) -> CsvOptions | None:
+    """A ``--csv`` mapping validated as a run config's ``data.csv`` (errors name
+    ``--csv.<field>``), as :class:`CsvOptions`; None without one."""
     from recis.config import CsvConfig
     from recis.config_base import validate
 
-    return validate(CsvConfig, csv, prefix="--csv")
+    return CsvOptions.from_config(validate(CsvConfig, csv, prefix="--csv")) if csv else None
 
 
 def _count_rows(files: list[str], fmt: str, read: list[str], in_read: int) -> int:

@@ -39,13 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from recis.config import CsvConfig
-    from recis.config_base import validate
     from recis.config_yaml import load_text
-    from recis.io import CsvOptions
     from recis.io.csv_options import sniffed_options
     from recis.io.paths import SUFFIXES, resolve_paths
     from recis.io.split import guess_format, split_files
+    from recis.recipe import csv_options
 
     opts = {
         "fractions": args.fractions,
@@ -59,8 +57,8 @@ def main(args: argparse.Namespace) -> None:
     }
     fmt = args.format or guess_format(args.input)
     given = load_text(args.csv, "--csv") if args.csv is not None else None
-    given = sniffed_options(resolve_paths(args.input, SUFFIXES[fmt])[0], fmt, given)
-    csv = CsvOptions.from_config(validate(CsvConfig, given, "--csv")) if given else None
+    given, _ = sniffed_options(resolve_paths(args.input, SUFFIXES[fmt])[0], fmt, given)
+    csv = csv_options(given)
     rows = split_files(args.input, args.out, args.by, format=fmt, csv=csv, **opts)
     for name, n in rows.items():
         print(f"{name}: {n} rows -> {args.out}/{name}.parquet")

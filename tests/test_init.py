@@ -486,7 +486,7 @@ def test_the_format_of_a_file_without_a_known_suffix_is_read_off_its_bytes(tmp_p
     assert guess_format(tmp_path) == "parquet"  # a folder: its parts' format is not sniffed
 
 
-def test_sniffing_a_delimiter_prefers_the_one_between_columns():
+def test_sniffing_a_delimiter_prefers_the_one_between_columns(tmp_path):
     from recis.io.csv_options import sniff
 
     cases = {
@@ -497,7 +497,7 @@ def test_sniffing_a_delimiter_prefers_the_one_between_columns():
         "1,2\n3,4\n": (",", False),
     }
     for text, (delimiter, header) in cases.items():
-        path = Path(pytest.importorskip("tempfile").mkdtemp()) / "f.txt"
+        path = tmp_path / "f.txt"
         path.write_text(text)
         found = sniff(str(path))
         assert (found["delimiter"], found["header"]) == (delimiter, header), text
