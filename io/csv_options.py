@@ -216,6 +216,18 @@ def _casts(arr: pa.Array, target: pa.DataType) -> bool:
     return True
 
 
+def csv_options(csv: dict[str, Any] | None) -> CsvOptions | None:
+    """A ``--csv`` mapping of ``recis init`` / ``recis split`` validated as a run config's
+    ``data.csv`` (errors name ``--csv.<field>``), as :class:`CsvOptions`; None without one.
+    (Imports no torch: ``recis split`` answers before it loads.)"""
+    if not csv:
+        return None
+    from recis.config import CsvConfig
+    from recis.config_base import validate
+
+    return CsvOptions.from_config(validate(CsvConfig, csv, prefix="--csv"))
+
+
 def first_failing(arr: pa.Array, target: pa.DataType) -> int | None:
     """Index of the first value of ``arr`` (binary) that does not convert to ``target``."""
     if _casts(arr, target):

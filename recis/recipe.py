@@ -25,7 +25,7 @@ import yaml
 
 from recis.config import build_run_config
 from recis.errors import ConfigError, OutputError
-from recis.io.csv_options import CRITEO_COLUMNS, CsvOptions, sniffed_options
+from recis.io.csv_options import CRITEO_COLUMNS, CsvOptions, csv_options, sniffed_options
 from recis.io.infer import Choice, infer_schema
 from recis.io.paths import resolve_paths
 from recis.io.sources import SUFFIXES
@@ -332,15 +332,6 @@ def _sniffed(
                 + f"name its {n} columns: --csv '{hint}' with your names"
             )
     return options or None
-
-
-def csv_options(csv: dict[str, Any] | None) -> CsvOptions | None:
-    """A ``--csv`` mapping validated as a run config's ``data.csv`` (errors name
-    ``--csv.<field>``), as :class:`CsvOptions`; None without one."""
-    from recis.config import CsvConfig
-    from recis.config_base import validate
-
-    return CsvOptions.from_config(validate(CsvConfig, csv, prefix="--csv")) if csv else None
 
 
 def _count_rows(files: list[str], fmt: str, read: list[str], in_read: int) -> int:

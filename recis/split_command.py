@@ -40,10 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from recis.config_yaml import load_text
-    from recis.io.csv_options import sniffed_options
+    from recis.io.csv_options import csv_options, sniffed_options
     from recis.io.paths import SUFFIXES, resolve_paths
     from recis.io.split import guess_format, split_files
-    from recis.recipe import csv_options
 
     opts = {
         "fractions": args.fractions,
