@@ -203,11 +203,49 @@ def _column(table: pa.Table, name: str, what: str) -> np.ndarray:
     if col.null_count:
         row = int(pc.index(pc.is_null(col), True).as_py())
         raise DataError(f"null {what} value", column=name, row=row)
+    if what == "time" and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = _text_times(col)  # a date written as text orders by the date it names
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return np.asarray(col.to_pylist(), dtype=object)
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         col = col.cast(pa.int64())
     return col.to_numpy(zero_copy_only=False)
+
+
+# dates as logs write them, tried in this order after ISO 8601 (with or without a zone):
+# month first before day first, so 03/09/2016 is March 9 unless some day is over 12
+TEXT_TIME_FORMATS = (
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d.%m.%Y",
+    "%m %d, %Y",
+    "%b %d, %Y",
+    "%B %d, %Y",
+    "%d %b %Y",
+    "%d-%b-%Y",
+)
+
+
+def _text_times(col: pa.Array) -> pa.Array:
+    """Times written as text, as timestamps when one format reads every one of them (ISO 8601
+    first, then ``TEXT_TIME_FORMATS``): ``09 13, 2009`` before ``01 02, 2010`` although it
+    sorts after it as text. Text that no format reads whole is returned as it is (ordered
+    as text, right for any zero-padded year-first form)."""
+    for unit in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+        try:
+            return col.cast(unit)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    text = col.cast(pa.string())
+    for fmt in TEXT_TIME_FORMATS:
+        times = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
+        if times.null_count == 0:
+            return times
+    return col
 
 
 def _sort_key(values: np.ndarray) -> np.ndarray:

@@ -288,6 +288,22 @@ def _print_result(result: dict) -> None:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
+def _print_unevaluated(run_dir: str) -> None:
+    """What a run without eval data trained: its steps and last training loss, and how to
+    get an evaluation (instead of an empty ``evaluation:``)."""
+    from recis.train.runlog import read_records
+
+    train = [r for r in read_records(run_dir) if r.get("split") == "train" and "loss" in r]
+    if train:
+        last = train[-1]
+        print(
+            f"  none: no data.eval (recis init --eval FILE, or recis split makes one); "
+            f"trained {last['step']} steps, last training loss {last['loss']:.4f}"
+        )
+    else:
+        print("  none: no data.eval (recis init --eval FILE, or recis split makes one)")
+
+
 def _interrupted(result: dict, run_dir: str, launcher: str = "none") -> int:
     """One line for a run stopped by SIGINT / SIGTERM: where its checkpoint is, how to go on;
     the exit status is 128 + the signal number (130, 143)."""
@@ -468,6 +484,8 @@ def _configured(args: argparse.Namespace) -> int:
             return _interrupted(result, cfg.run_dir, launcher)
         if result is not None:  # rank 0
             _print_result(result)
+            if not set(result) - {"skipped_rows"}:
+                _print_unevaluated(cfg.run_dir)
             print(f"run directory: {cfg.run_dir}")
     else:
         result = run.evaluate(cfg, args.checkpoint, launcher)

@@ -501,3 +501,45 @@ def test_sniffing_a_delimiter_prefers_the_one_between_columns(tmp_path):
         path.write_text(text)
         found = sniff(str(path))
         assert (found["delimiter"], found["header"]) == (delimiter, header), text
+
+
+def test_measures_keys_dates_and_ids_as_public_logs_name_them():
+    """Columns as KuaiRec, RetailRocket, Amazon reviews and pandas write them: near-unique
+    whole numbers are keys only when named or numbered like one (a duration is a number),
+    entity names without a separator are ids, and times come as epochs, YYYYMMDD or text."""
+    n = 2000
+    rng = np.random.default_rng(0)
+    days = rng.integers(1, 28, n)
+    table = pa.table(
+        {
+            "click": rng.integers(0, 2, n),
+            "Unnamed: 0": np.arange(n),  # pandas' index, written by to_csv
+            "seq": np.arange(n) + 7,  # numbered rows
+            "transactionid": rng.permutation(10**6)[:n],
+            "play_duration": rng.permutation(10**6)[:n],  # milliseconds: a measure
+            "visitorid": rng.integers(0, 900, n),
+            "item": rng.integers(0, 900, n),
+            "rating_count": rng.integers(0, 900, n),
+            "date": 20200700 + days,  # KuaiRec's YYYYMMDD, few values
+            "timestamp": 1_593_898_068.378 + np.arange(n) * 0.5,  # float epoch seconds
+            "reviewTime": [
+                f"{m:02d} {d}, 20{y}" for m, d, y in zip(days % 12 + 1, days, days % 9 + 10)
+            ],
+            "created": [f"2016-03-{d:02d} 08:00:00Z" for d in days],
+            "day": rng.integers(0, 7, n),
+        }
+    )
+    got = {c.column: (c.section, c.why) for c in infer_schema(table, ["click"])}
+    for key in ("Unnamed: 0", "seq", "transactionid"):
+        assert got[key] == ("skip", f"{n} values in {n} rows: a key"), key
+    assert got["play_duration"][0] == "dense"
+    assert got["visitorid"] == got["item"] == ("sparse", "named as ids")
+    assert got["rating_count"][0] == "dense"
+    assert got["date"] == (
+        "skip",
+        "named as a time (YYYYMMDD): for splitting (recis split --by time)",
+    )
+    assert got["timestamp"][1].startswith("named as a time (seconds since 1970)")
+    assert got["reviewTime"][1].startswith("dates as text (")
+    assert got["created"][0] == "skip"
+    assert got["day"] == ("sparse", "7 whole values: categorical ids")

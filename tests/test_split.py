@@ -13,7 +13,7 @@ import pytest
 
 from recis.cli import main
 from recis.errors import ConfigError, DataError
-from recis.io.split import read_input, split_files, split_table
+from recis.io.split import read_input, split_by_time, split_files, split_table
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -257,3 +257,24 @@ def test_split_reads_partition_folders_as_columns(tmp_path: Path) -> None:
     test = pq.read_table(out / "test.parquet")
     assert test.column("dt").to_pylist() == [20240102] * 10
     assert read_input(tmp_path, columns=["dt", "user"]).column_names == ["dt", "user"]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["09 13, 2009", "01 02, 2010", "12 31, 2008", "1 5, 2010"],  # Amazon's reviewTime
+        ["13/09/2009", "02/01/2010", "31/12/2008", "05/01/2010"],  # day first: a day over 12
+        ["Sep 13, 2009", "Jan 2, 2010", "Dec 31, 2008", "Jan 5, 2010"],
+        [
+            "2009-09-13T10:00:00Z",
+            "2010-01-02T00:00:00+01:00",
+            "2008-12-31T23:59:00Z",
+            "2010-01-05T00:00:00Z",
+        ],
+    ],
+)
+def test_time_split_orders_dates_written_as_text_by_date(texts: list[str]) -> None:
+    """As text ``09 13, 2009`` sorts after ``01 02, 2010``; the split reads it as a date."""
+    table = pa.table({"t": texts, "x": [0, 1, 2, 3]})
+    parts = split_by_time(table, "t", [0.5, 0.5])
+    assert parts["train"].tolist() == [0, 2] and parts["test"].tolist() == [1, 3]
