@@ -52,6 +52,7 @@ from .quantiles import quantile_boundaries
 from .tokenizers import has_cjk, term_ids
 from .validate import is_list, is_number, is_string, leaf_type
 
+GROUP = "qid"  # the query group of a ranking set (LIBSVM, LETOR): metrics per query
 CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
 KEY_SHARE = 0.9  # distinct values per row above which a column is a key, not a feature
 SKEW = 20.0  # p99 / median above which a non-negative column is bucketed by quantiles
@@ -422,7 +423,8 @@ def infer_schema(
     """One :class:`Choice` per column of ``table`` (a sample of the training rows; fields of
     struct columns by their dotted paths), labels first. With ``keyed_objects`` (JSON
     Lines) an object whose keys are data (:func:`_is_keyed`) is one weighted id feature
-    ``<object>.keys`` / ``.values`` rather than a feature per key. Raises ConfigError for a
+    ``<object>.keys`` / ``.values`` rather than a feature per key. An integer ``qid`` column
+    is section ``group``: the query groups of per-query metrics. Raises ConfigError for a
     label the table lacks or whose values are not 0/1 (without ``positive_at``; a string
     label without ``positive``, the strings that are 1), and when
     no column is left to be a feature. A lexical feature's statistics file goes in
@@ -445,7 +447,8 @@ def infer_schema(
         out.append(choice)
     keyed: list[str] = []
     for column, (_, t) in found.items():
-        if column in labels or column in ignore or any(column.startswith(k + ".") for k in keyed):
+        inside = [*keyed, *ignore]  # an ignored struct or map: its fields too
+        if column in labels or column in ignore or any(column.startswith(k + ".") for k in inside):
             continue
         if keyed_objects and pa.types.is_struct(t) and _is_keyed(table, column, t):
             keyed.append(column)
@@ -495,6 +498,8 @@ def _column(
     column: str, t: pa.DataType, col: pa.ChunkedArray, rows: int, taken: set[str]
 ) -> Choice:
     leaf = leaf_type(t)
+    if column == GROUP and pa.types.is_integer(t):  # a ranking set's query id (LIBSVM's qid)
+        return Choice(column, "group", "query groups: per-query gauc and ndcg@10", {})
     if pa.types.is_temporal(leaf):
         return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")
     if _TIME_NAME.search(column) and is_number(leaf) and not pa.types.is_boolean(leaf):

@@ -25,6 +25,7 @@ SUFFIXES = {
     "csv": (*_text(".csv"), ".txt"),
     "tsv": (*_text(".tsv"), ".txt"),
     "jsonl": _text(".jsonl", ".ndjson", ".json"),
+    "libsvm": (*_text(".svm", ".libsvm", ".svmlight"), ".txt"),
 }
 
 

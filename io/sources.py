@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 
 from recis.errors import DataError
 
-from . import arrow_handlers, jsonl, nested, partitions
+from . import arrow_handlers, jsonl, libsvm, nested, partitions
 from .csv_options import CRITEO_COLUMNS, CsvOptions, first_failing  # noqa: F401 - re-exported
 from .paths import SUFFIXES, as_arrow_fs, resolve_paths  # noqa: F401 - re-exported
 
 # (rows, bad lines) per CSV file identity; the scan of each JSON Lines file
 _CSV_ROWS: dict[tuple, tuple[int, list[tuple[int, int, str]]]] = {}
 _JSONL_SCANS: dict[tuple, jsonl.Scan] = {}
+_LIBSVM_SCANS: dict[tuple, libsvm.Scan] = {}
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Source:
 
         With ``file`` (its index) blank lines are counted too; without it they are not.
         """
-        if self.fmt not in ("csv", "tsv", "jsonl"):
+        if self.fmt not in ("csv", "tsv", "jsonl", "libsvm"):
             return None
         line = int(row) + 1 + self._header_lines
         return line if file is None else self.physical_line(file, line)
@@ -250,6 +251,7 @@ class Source:
             "parquet": self._units_parquet,
             "orc": self._units_orc,
             "jsonl": self._units_jsonl,
+            "libsvm": self._units_libsvm,
         }
         lister = listers.get(self.fmt, self._units_csv)  # csv and tsv
         for i, path in enumerate(self.files):
@@ -328,6 +330,18 @@ class Source:
             found = jsonl.scan(self.fs, self.files[i], self.columns, self.skip_bad_lines)
             _JSONL_SCANS[key] = found
         self.schemas[i] = found.schema
+        self.bad_lines[i] = list(found.bad_lines)
+        self._blank_lines[i] = found.blank_lines
+        return self._counted_unit(i, found.rows)
+
+    def _units_libsvm(self, i: int) -> list[Unit]:
+        # one pass counts and checks the lines (cached by file identity as for CSV); the
+        # columns are the layout's (label, qid, features, the f<k> asked for)
+        key = self._file_key(i, "libsvm")
+        found = _LIBSVM_SCANS.get(key)
+        if found is None:
+            found = _LIBSVM_SCANS[key] = libsvm.scan(self.fs, self.files[i], self.skip_bad_lines)
+        self.schemas[i] = libsvm.schema(self.columns or None, found.max_index)
         self.bad_lines[i] = list(found.bad_lines)
         self._blank_lines[i] = found.blank_lines
         return self._counted_unit(i, found.rows)
@@ -464,6 +478,14 @@ class Source:
                         yield pa.Table.from_batches([rb.slice(max(0, start - seen))])
                     seen += rb.num_rows
                 self._short(path, seen, unit.num_rows, "the footer")
+            elif self.fmt == "libsvm":
+                seen = 0
+                names = self.schemas[unit.file].names
+                for t in libsvm.read_blocks(self.fs, path, names, self.skip_bad_lines):
+                    if seen + t.num_rows > start:
+                        yield t.slice(max(0, start - seen))
+                    seen += t.num_rows
+                self._short(path, seen, unit.num_rows, "the count made when the reader was built")
             elif self.fmt == "jsonl":
                 seen = 0
                 schema = self.schemas[unit.file]

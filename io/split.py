@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from recis.errors import ConfigError, DataError
 
-from . import jsonl, nested, partitions
+from . import jsonl, libsvm, nested, partitions
 from .csv_options import CsvOptions
 from .sources import SUFFIXES, resolve_paths
 
@@ -46,12 +46,15 @@ GROUP_BUCKETS = 100
 
 
 def part_names(fractions: Sequence[float]) -> list[str]:
-    """``train, test`` for two fractions, ``train, valid, test`` for three."""
+    """``train, test`` for two fractions, ``train, valid, test`` for three; ``train`` for
+    one (``[1]``: the whole input, a copy as parquet of a log that comes split)."""
+    if len(fractions) == 1:
+        return ["train"]
     if len(fractions) == 2:
         return ["train", "test"]
     if len(fractions) == 3:
         return ["train", "valid", "test"]
-    raise ConfigError(f"split fractions: expected 2 or 3 values, got {len(fractions)}")
+    raise ConfigError(f"split fractions: expected 1, 2 or 3 values, got {len(fractions)}")
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -88,6 +91,8 @@ def read_input(
         try:
             if fmt in ("parquet", "orc"):
                 table = _read_columnar(f, fmt, held)
+            elif fmt == "libsvm":
+                table = libsvm.read_table(f, held)
             elif fmt == "jsonl":
                 table = jsonl.read_table(f, held)
                 for c in held or []:
@@ -176,10 +181,11 @@ def _read_csv_lossless(path: str, o: CsvOptions, columns: list[str] | None) -> p
 def guess_format(paths: str | os.PathLike | list) -> str:
     """The format of the first path by its suffix; a local file with another suffix
     (``ratings.dat``, ``part-00000``) by its first bytes: parquet's and ORC's magic, JSON
-    Lines' ``{``, else delimited text (``csv``). Parquet when nothing tells."""
+    Lines' ``{``, LIBSVM's ``label index:value ...`` lines, else delimited text (``csv``).
+    Parquet when nothing tells."""
     first = str(paths[0] if isinstance(paths, list | tuple) else paths)
     low = first.lower()
-    for fmt in ("orc", "tsv", "csv", "jsonl"):
+    for fmt in ("orc", "tsv", "csv", "jsonl", "libsvm"):
         if low.endswith(SUFFIXES[fmt]) and not low.endswith(".txt"):
             return fmt
     if low.endswith(SUFFIXES["parquet"]) or not os.path.isfile(first):
@@ -192,6 +198,9 @@ def guess_format(paths: str | os.PathLike | list) -> str:
         return "orc"
     if head.lstrip().startswith(b"{"):
         return "jsonl"
+    lines = [t for t in head.split(b"\n")[:-1] if t.strip()] or [head]
+    if libsvm.looks_like([t.decode("latin-1") for t in lines[:20]]):
+        return "libsvm"  # label [qid:Q] index:value ... (MSLR, the LIBSVM site's logs)
     return "csv" if head and b"\x00" not in head else "parquet"
 
 

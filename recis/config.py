@@ -117,7 +117,7 @@ class DataConfig:
     schema_: Schema = Field(alias="schema")
     train: str | list[str] | None = None
     eval: str | list[str] | None = None
-    format: Literal["parquet", "orc", "csv", "tsv", "jsonl"] = "parquet"
+    format: Literal["parquet", "orc", "csv", "tsv", "jsonl", "libsvm"] = "parquet"
     batch_size: int = Field(default=1024, gt=0)
     eval_batch_size: int | None = Field(default=None, gt=0)
     shuffle: bool = True

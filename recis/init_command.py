@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", help="validation file(s): evaluation every epoch, early stopping")
     p.add_argument("--out", default="recis.yaml", help="config to write (not overwritten)")
     p.add_argument("--model", choices=["dlrm", "deepfm", "deepbow"], default="dlrm")
-    p.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
+    p.add_argument(
+        "--format", choices=["parquet", "orc", "csv", "tsv", "jsonl", "libsvm"], default=None
+    )
     p.add_argument("--csv", help="CSV/TSV parsing as a YAML mapping (data.csv's fields)")
     p.add_argument("--rows", type=int, default=200_000, help="rows sampled (the first ones)")
     p.add_argument("--ignore", nargs="*", default=[], help="columns not to read")

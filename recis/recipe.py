@@ -27,6 +27,7 @@ from recis.config import build_run_config
 from recis.errors import ConfigError, OutputError
 from recis.io.csv_options import CRITEO_COLUMNS, CsvOptions, csv_options, sniffed_options
 from recis.io.infer import Choice, infer_schema
+from recis.io.libsvm import FEATURES, index_of
 from recis.io.paths import resolve_paths
 from recis.io.sources import SUFFIXES
 from recis.io.split import guess_format, read_input
@@ -77,8 +78,8 @@ def shown(column: str) -> str:
     return column or '""'
 
 
-def _flow(entry: dict[str, Any]) -> str:
-    """One schema or table entry as a YAML flow mapping on one line."""
+def _flow(entry: dict[str, Any] | list[Any]) -> str:
+    """One schema or table entry (or a list) as YAML flow style on one line."""
     return yaml.safe_dump(
         entry, default_flow_style=True, width=10**9, sort_keys=False, allow_unicode=True
     ).strip()
@@ -213,18 +214,25 @@ def render(
     lines += yaml.safe_dump(
         {"data": data}, sort_keys=False, width=10**9, allow_unicode=True
     ).splitlines()
+    groups = [c.column for c in choices if c.section == "group"]
     lines.append("  schema:")
     for section in ("labels", "dense", "sparse", "text"):
         picked = [c for c in choices if c.section == section]
         if picked:
             lines.append(f"    {section}:")
             lines += [f"      - {_flow(c.spec)}  # {c.why}" for c in picked]
+    if groups:  # passed through to the metrics, never a feature
+        why = next(c.why for c in choices if c.section == "group")
+        lines.append(f"    extras: {_flow(groups)}  # {why}")
     skipped = [c for c in choices if c.section == "skip"]
     if skipped:
         lines.append("    # not read:")
         lines += [f"    #   {shown(c.column)}: {c.why}" for c in skipped]
     lines.append("")
     body = {"model": _model(model, tables, choices), "train": _train(first, steps, relevance)}
+    if groups:
+        names = [c.spec["name"] for c in labels]
+        body["train"]["tasks"] = [{"name": n, "group_column": groups[0]} for n in names]
     for key, value in body.items():
         flow = None if key == "train" or tables else False  # (a model of scalars: one per line)
         text = yaml.safe_dump(
@@ -264,6 +272,8 @@ def init_config(
     options = csv_options(csv)
     table, read, in_read = sample(files, fmt, options, rows)
     keyed = fmt == "jsonl"  # a JSON object's keys may be data
+    if fmt == "libsvm" and any(index_of(c) is not None for c in table.column_names):
+        ignore = [*(ignore or []), FEATURES]  # its indices are read as dense columns f<k>
     run_dir = run_dir or f"runs/{out.stem}"
     choices = infer_schema(
         table, labels, ignore or [], positive_at, keyed, stats_dir=run_dir, positive=positive

@@ -15,14 +15,22 @@ HELP = "split a log into train/valid/test parquet files (deterministic)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "input", nargs="+", help="parquet / ORC / CSV / TSV / JSON Lines file(s), folder or glob"
+        "input",
+        nargs="+",
+        help="parquet / ORC / CSV / TSV / JSON Lines / LIBSVM file(s), folder or glob",
     )
     p.add_argument("--out", required=True, help="output folder (<part>.parquet)")
     methods = ["random", "order", "time", "leave-last-out", "group"]  # recis.io.split.METHODS
     p.add_argument("--by", required=True, choices=methods)
-    p.add_argument("--format", choices=["parquet", "orc", "csv", "tsv", "jsonl"], default=None)
     p.add_argument(
-        "--fractions", nargs="+", type=float, default=[0.8, 0.2], help="train [valid] test"
+        "--format", choices=["parquet", "orc", "csv", "tsv", "jsonl", "libsvm"], default=None
+    )
+    p.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=[0.8, 0.2],
+        help="train [valid] test (1: the whole input as train.parquet)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time", help="timestamp column (time, leave-last-out)")
