@@ -31,9 +31,11 @@ from .validate import (
     check_columns,
     id_column,
     is_list,
+    is_string,
     label_values,
     list_lengths,
     parse_int_strings,
+    text_numbers,
 )
 
 
@@ -86,6 +88,8 @@ def _dense(table: pa.Table, feats: list[DenseFeature]) -> np.ndarray:
             full = lengths == f.dim  # empty / null rows keep the fill value
             flat = _floats(col.flatten(), f.fill)
             v[:, full] = flat[_flat_index(lengths, full, f.dim)].reshape(-1, f.dim).T
+        elif is_string(col.type):  # numbers as text, checked per row (validate.bad_rows)
+            _floats(text_numbers(col)[0], f.fill, out=v[0])
         else:
             _floats(col, f.fill, out=v[0])  # from the chunked column: no Arrow concat first
         if f.transform == "log":
@@ -156,9 +160,9 @@ def _ids(
         lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
         values = col.filter(valid)
         w = weights.filter(valid) if weights is not None else None
-    if f.dtype == "string" or (f.dtype == "auto" and _is_text(values.type)):
+    if f.dtype == "string" or (f.dtype == "auto" and is_string(values.type)):
         ids = hash_strings(values, salt=f.table_name)
-    elif _is_text(values.type):  # dtype int: decimal strings, checked by validate.bad_rows
+    elif is_string(values.type):  # dtype int: decimal strings, checked by validate.bad_rows
         ids = parse_int_strings(values)
     else:
         # uint64 keeps its 64 bits (>= 2**63 become negative int64; validate.check_files
@@ -182,12 +186,6 @@ def _text(table: pa.Table, feats: list[TextFeature]) -> dict[str, np.ndarray]:
         out[f.name] = ids
         out[f"{f.name}_mask"] = mask
     return out
-
-
-def _is_text(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _label(table: pa.Table, spec: LabelSpec) -> np.ndarray:

@@ -50,7 +50,7 @@ from recis.features import NgramTokenizer
 from . import nested
 from .quantiles import quantile_boundaries
 from .tokenizers import has_cjk, term_ids
-from .validate import is_list, is_number, is_string, leaf_type
+from .validate import is_list, is_number, is_string, leaf_type, text_numbers
 
 GROUP = "qid"  # the query group of a ranking set (LIBSVM, LETOR): metrics per query
 CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
@@ -231,6 +231,12 @@ def _string_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
     distinct = _distinct(texts)
     if distinct == 1:
         return Choice(column, "skip", "one value in the sample")
+    numbers, wrong = text_numbers(texts)  # a Hive STRING column of prices, JSON's "vote": "2"
+    if not wrong.any() and numbers.null_count < len(numbers):
+        choice = _number_column(name, column, pa.chunked_array([numbers]), rows)
+        if choice.section == "dense":  # (ids written as digits stay hashed strings, below)
+            choice.why = f"numbers as text: {choice.why}"
+            return choice
     sep = _separator(texts)
     if sep is not None:
         pieces = pc.list_flatten(pc.split_pattern(texts, sep))

@@ -56,6 +56,25 @@ def is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+# a number as text: what Arrow's cast to float64 reads (surrounding spaces trimmed first)
+_NUMBER_TEXT = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:nan|inf|infinity))$"
+
+
+def text_numbers(arr: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Numbers written as text (Hive ``STRING`` columns, JSON's ``"vote": "2"``) as float64,
+    a blank text null, and the rows whose text is not a number (``bad``, null there)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    ok = pc.match_substring_regex(text, _NUMBER_TEXT).fill_null(False)
+    blank = pc.equal(text, "").fill_null(True)
+    bad = pc.and_(pc.invert(ok), pc.invert(blank)).to_numpy(zero_copy_only=False)
+    kept = pc.if_else(ok, text, pa.scalar(None, pa.string()))
+    return kept.cast(pa.float64()), bad
+
+
 def leaf_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if is_list(t) else t
 
@@ -101,8 +120,8 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -
             t = get(c)
             if f.lexical is not None and not (is_string(leaf_type(t)) or pa.types.is_null(t)):
                 bad(c, t, f"text for the lexical feature {f.name} (string or list<string>)")
-            elif f.lexical is None and not (is_number(leaf_type(t)) or pa.types.is_null(t)):
-                bad(c, t, "a number or list<number> column")
+            elif f.lexical is None and not (is_number(leaf_type(t)) or _plain(t)):
+                bad(c, t, "a number or list<number> column (or numbers as text)")
     for s in schema.sparse:
         t = get(s.source)
         _check_ids(s, t, bad)
@@ -118,6 +137,11 @@ def check_columns(schema: Schema, arrow: pa.Schema, path: str, hint: str = "") -
         t = get(col)
         if not is_number(leaf_type(t)):
             bad(col, t, "a number column (or list<number> of one value per row)")
+
+
+def _plain(t: pa.DataType) -> bool:
+    """Null or string columns: a dense feature reads them as numbers (:func:`text_numbers`)."""
+    return pa.types.is_null(t) or is_string(t)
 
 
 def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
@@ -503,6 +527,9 @@ def _label_flags(table: pa.Table, schema: Schema) -> Iterator[Flag]:
 
 def _dense_flags(col: pa.Array, f: DenseFeature, nan_policy: str) -> Iterator[Flag]:
     policy = f.on_nan or nan_policy
+    if is_string(col.type):
+        col, wrong = text_numbers(col)
+        yield wrong, f.source, "dense value is not a number"
     if not is_list(col.type):
         if policy == "raise":
             yield _nan_or_null(col, inf=True), f.source, "null, NaN or inf dense value"

@@ -543,3 +543,22 @@ def test_measures_keys_dates_and_ids_as_public_logs_name_them():
     assert got["reviewTime"][1].startswith("dates as text (")
     assert got["created"][0] == "skip"
     assert got["day"] == ("sparse", "7 whole values: categorical ids")
+
+
+def test_numbers_written_as_text_become_dense_and_digit_ids_stay_hashed():
+    n = 2000
+    rng = np.random.default_rng(1)
+    table = pa.table(
+        {
+            "click": rng.integers(0, 2, n),
+            "price": [f"{x:.2f}" for x in rng.lognormal(3, 1, n)],  # a Hive STRING column
+            "user_id": [str(x) for x in rng.integers(0, 500, n)],
+            "vote": [str(x) if x else "" for x in rng.integers(0, 300, n)],
+            "thousands": [f"{x:,}" for x in rng.integers(0, 10**6, n)],  # "1,234": not plain
+        }
+    )
+    got = {c.column: c for c in infer_schema(table, ["click"])}
+    assert got["price"].section == "dense" and got["price"].why.startswith("numbers as text: ")
+    assert got["vote"].section == "dense"
+    assert got["user_id"].section == "sparse" and got["user_id"].why.startswith("strings")
+    assert got["thousands"].section != "dense"

@@ -46,8 +46,14 @@ def test_missing_column(tmp_path):
 
 
 def test_wrong_type(tmp_path):
-    f = _write(tmp_path / "a.parquet", x=[f"s{i}" for i in range(40)])
-    with pytest.raises(DataError, match=r"a\.parquet, column 'x': wrong type string"):
+    f = _write(tmp_path / "a.parquet", x=[[f"s{i}"] for i in range(40)])
+    with pytest.raises(
+        DataError, match=r"a\.parquet, column 'x': wrong type list<element: string>"
+    ):
+        _read(f)
+    # a string column may hold numbers as text (a Hive STRING column): words are bad rows
+    f = _write(tmp_path / "b.parquet", x=[f"s{i}" for i in range(40)])
+    with pytest.raises(DataError, match=r"b\.parquet, column 'x', row 0.*not a number"):
         _read(f)
 
 

@@ -723,3 +723,23 @@ def test_polars_style_view_and_large_types_read_unchanged(tmp_path):
         assert got.sparse[key].values().tolist() == want.sparse[key].values().tolist()
         assert got.sparse[key].lengths().tolist() == want.sparse[key].lengths().tolist()
     assert got.labels["y"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_numbers_written_as_text_are_dense_values(tmp_path):
+    """A Hive ``STRING`` column of prices: read as numbers, a blank text is the fill, a text
+    that is not a number is a bad row named by file, row and column (or skipped)."""
+    price = ["1.5", " 20 ", "", None, "3e2", "-0.25", "nan", "7"]
+    y = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    pq.write_table(pa.table({"y": y, "price": price}), tmp_path / "a.parquet")
+    schema = Schema(dense=[DenseFeature(name="price", fill=-1.0)], labels=[LabelSpec(name="y")])
+    got = np.concatenate([b.dense[:, 0].numpy() for b in Reader(tmp_path / "a.parquet", schema, 4)])
+    assert got.tolist() == [1.5, 20.0, -1.0, -1.0, 300.0, -0.25, -1.0, 7.0]
+    price[5] = "1,234"
+    pq.write_table(pa.table({"y": y, "price": price}), tmp_path / "b.parquet")
+    with pytest.raises(DataError) as err:
+        list(Reader(tmp_path / "b.parquet", schema, 4))
+    msg = str(err.value)
+    assert "b.parquet" in msg and "'price'" in msg and "row 5" in msg and "not a number" in msg
+    reader = Reader(tmp_path / "b.parquet", schema, 4, on_bad_row="skip", max_bad_fraction=0.2)
+    kept = np.concatenate([b.dense[:, 0].numpy() for b in reader])
+    assert kept.tolist() == [1.5, 20.0, -1.0, -1.0, 300.0, -1.0, 7.0]
