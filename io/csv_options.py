@@ -246,6 +246,21 @@ def first_failing(arr: pa.Array, target: pa.DataType) -> int | None:
 # the earlier one here
 SNIFFED = ("::", "||", "\t", ",", ";", "|", "\x01")
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+_COMMA_DECIMAL = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 17,60: a European export's number
+_WHOLE = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def _decimal_point(delimiter: str, rows: list[list[str]]) -> str:
+    """``,`` when some column holds ``17,60`` numbers on every row (whole numbers aside) and
+    ``,`` is not the delimiter; else ``.``."""
+    if delimiter == "," or not rows:
+        return "."
+    for j in range(min(len(r) for r in rows)):
+        values = [r[j] for r in rows if r[j].strip()]
+        comma = [bool(_COMMA_DECIMAL.match(v)) for v in values]
+        if any(comma) and all(c or _WHOLE.match(v) for c, v in zip(comma, values)):
+            return ","
+    return "."
 
 
 def sniff(
@@ -260,7 +275,8 @@ def sniff(
     column then loses to the ``,`` between columns), else ``,``; quotes are respected for
     one-character delimiters. The first line is a header when a column that is a number on
     every later line is not one there; it is data when such a column is a number there too;
-    with no numeric column it is taken for a header."""
+    with no numeric column it is taken for a header. ``decimal_point`` is ``,`` when a column
+    holds ``17,60`` numbers and ``,`` is not the delimiter."""
     with pa.input_stream(path, compression="detect") as f:
         raw = f.read(1 << 16)
     texts = raw.decode(encoding, "replace").split("\n")
@@ -278,20 +294,25 @@ def sniff(
                 delimiter, most = cand, n
     o = CsvOptions(delimiter=delimiter)
     first, *rest = [o.split_line(line) for line in rows]
+    point = _decimal_point(delimiter, rest)
+
+    def number(text: str) -> bool:
+        return bool(_NUMBER.match(text) or point == "," and _COMMA_DECIMAL.match(text))
+
     numeric = [
-        j
-        for j in range(len(first))
-        if rest and all(j < len(r) and _NUMBER.match(r[j]) for r in rest)
+        j for j in range(len(first)) if rest and all(j < len(r) and number(r[j]) for r in rest)
     ]
-    header = not numeric or not all(_NUMBER.match(first[j]) for j in numeric)
-    return {"delimiter": delimiter, "header": header, "first": rows[0], "fields": first}
+    header = not numeric or not all(number(first[j]) for j in numeric)
+    found = {"delimiter": delimiter, "header": header, "first": rows[0], "fields": first}
+    return found | {"decimal_point": point}
 
 
 def sniffed_options(
     path: str, fmt: str, given: dict[str, Any] | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``data.csv`` mapping ``given`` with what :func:`sniff` reads off ``path`` where it
-    is silent: a CSV delimiter other than ``,``, and ``header: false`` when the first line is
+    is silent: a CSV delimiter other than ``,``, a decimal comma (``17,60`` with ``;`` between
+    fields, as European exports write numbers), and ``header: false`` when the first line is
     data (without ``column_names`` Arrow then names the columns ``f0``, ``f1``, ...; with
     them the first line is no longer dropped as the header they replace); and what
     :func:`sniff` found (``{}`` when nothing was read). Other formats and the Criteo and
@@ -307,4 +328,6 @@ def sniffed_options(
         out["delimiter"] = found["delimiter"]
     if "header" not in out and not found["header"]:  # column_names would replace a line
         out["header"] = False
+    if "decimal_point" not in out and found["decimal_point"] != ".":
+        out["decimal_point"] = found["decimal_point"]
     return out, found

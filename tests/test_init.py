@@ -562,3 +562,22 @@ def test_numbers_written_as_text_become_dense_and_digit_ids_stay_hashed():
     assert got["vote"].section == "dense"
     assert got["user_id"].section == "sparse" and got["user_id"].why.startswith("strings")
     assert got["thousands"].section != "dense"
+
+
+def test_a_european_export_s_decimal_commas_are_read_as_numbers(tmp_path):
+    """Excel's CSV in a European locale: ``;`` between fields, ``17,60`` numbers, a UTF-8
+    byte order mark and CRLF line ends. Before, the prices were ids joined by ``,``."""
+    rng = np.random.default_rng(2)
+    lines = ["user_id;price;click"]
+    prices = np.round(rng.lognormal(3, 1, 500), 2)
+    for p in prices:
+        lines.append(f"{rng.integers(0, 50)};{p:.2f};{rng.integers(0, 2)}".replace(".", ","))
+    path = tmp_path / "export.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
+    out = tmp_path / "e.yaml"
+    assert main(["init", str(path), "--label", "click", "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["data"]["csv"] == {"delimiter": ";", "decimal_point": ","}
+    price = _entries(cfg, "dense")["price"]
+    assert price["fill"] == pytest.approx(float(np.median(prices)), rel=1e-4)
+    assert "user_id" in _entries(cfg, "sparse")
