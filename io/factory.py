@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from recis.config import DataConfig
+from recis.errors import ConfigError
 from recis.features import Schema
 
 from .loader import Loader
@@ -34,11 +35,17 @@ def reader_from_config(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    rows: str = "all",
 ) -> Reader | Loader:
     """The reader a :class:`~recis.config.DataConfig` describes (train or eval split).
 
-    Eval readers never shuffle or drop rows and use ``eval_batch_size``.
+    Eval readers never shuffle or drop rows and use ``eval_batch_size``. ``rows``: ``all``,
+    or with ``data.holdout`` ``fit`` (the rows before the held-out tail) or ``holdout`` (the
+    tail, in file order).
     """
+    window = {"all": None, "fit": (0.0, 1.0 - data.holdout), "holdout": (1.0 - data.holdout, 1.0)}
+    if rows != "all" and not data.holdout:
+        raise ConfigError(f"rows {rows!r}: data.holdout is not set")
     csv = CsvOptions.from_config(data.csv)
     return make_reader(
         paths,
@@ -60,6 +67,7 @@ def reader_from_config(
         drop_last=data.drop_last and train,
         pin_memory=data.pin_memory,
         num_workers=data.num_workers,
+        window=window[rows],
     )
 
 

@@ -47,7 +47,7 @@ from .prefetch import background
 from .quarantine import BAD_LINE, Quarantine, check_bad_fraction, record
 from .reader_state import STATE_KEYS, STATE_VERSION, SkipTally, check_options, start_state
 from .sources import SUFFIXES as _SUFFIXES
-from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths
+from .sources import CsvOptions, Source, Unit, as_arrow_fs, resolve_paths, window_units
 from .validate import bad_rows, check_files, missing_columns
 
 
@@ -108,6 +108,9 @@ class Reader:
             column some files lack (added after they were written) is null in their rows
             (dense ``fill``, no ids, a bad row for a label); a column no file has is still
             a DataError.
+        window: ``(lo, hi)`` fractions: read only rows ``[floor(lo n), floor(hi n))`` of the
+            files' ``n`` rows in file order (``data.holdout``: the last fraction evaluates,
+            the rows before it train), before sharding and shuffling.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class Reader:
         pin_memory: bool = False,
         max_bad_fraction: float = 0.01,
         on_missing_column: str = "raise",
+        window: tuple[float, float] | None = None,
     ) -> None:
         check_options(dict(locals()))
         fs = as_arrow_fs(filesystem)
@@ -158,6 +162,8 @@ class Reader:
         self.source = _open_source(
             self.files, schema, format, fs, csv, on_bad_row == "skip", on_missing_column == "null"
         )
+        if window is not None:  # a held-out tail (data.holdout) or the rows before it
+            self.source.units = window_units(self.source.units, *window)
         self.num_rows = sum(u.num_rows for u in self.source.units)
         # every file's columns and types, from metadata, before the first step
         check_files(schema, self.files, [self.source.schema(i) for i in range(len(self.files))])

@@ -30,6 +30,7 @@ def check_options(o: dict[str, Any]) -> None:
         "on_bad_row": o["on_bad_row"] in ("raise", "skip"),
         "max_bad_fraction": 0.0 <= o["max_bad_fraction"] <= 1.0,
         "on_missing_column": o["on_missing_column"] in ("raise", "null"),
+        "window": o.get("window") is None or 0 <= o["window"][0] < o["window"][1] <= 1,
     }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:

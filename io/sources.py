@@ -39,12 +39,33 @@ _LIBSVM_SCANS: dict[tuple, libsvm.Scan] = {}
 
 @dataclass(frozen=True)
 class Unit:
-    """``num_rows`` rows of file ``file`` (index into the file list), part ``part``."""
+    """``num_rows`` rows of file ``file`` (index into the file list), part ``part``.
+
+    ``skip``: the rows of the part before the unit's first, ``part_rows`` the part's rows,
+    when a row window cut the part (:func:`window_units`)."""
 
     file: int
     part: int
     num_rows: int
     row0: int = 0  # row of the unit's first row within its file (CSV: among readable lines)
+    skip: int = 0
+    part_rows: int = 0  # the whole part's rows when cut (0: num_rows)
+
+
+def window_units(units: list[Unit], lo: float, hi: float) -> list[Unit]:
+    """The units holding rows ``[floor(lo n), floor(hi n))`` of ``units``' ``n`` rows in
+    file order, the parts at the two ends cut (a held-out tail: ``lo=0.9, hi=1``)."""
+    n = sum(u.num_rows for u in units)
+    a, b = int(np.floor(lo * n + 1e-9)), int(np.floor(hi * n + 1e-9))
+    out, start = [], 0
+    for u in units:
+        first, last = max(a, start), min(b, start + u.num_rows)
+        if first < last:
+            cut = first - start
+            rows = u.part_rows or u.num_rows
+            out.append(Unit(u.file, u.part, last - first, u.row0 + cut, u.skip + cut, rows))
+        start += u.num_rows
+    return out
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -436,8 +457,10 @@ class Source:
         cols, _, folder = self._columns_of(unit.file)
         held = [c for c in cols if c not in folder]
         values = self._partitions[unit.file]
-        for t in self._read(unit, start):
-            t = nested.select(t, held)
+        left = unit.num_rows - start  # a cut part ends before its file or row group does
+        for t in self._pieces_of(unit, start):
+            t = nested.select(t.slice(0, left), held)
+            left -= t.num_rows
             for key in folder:  # the partition value of the file's folders, every row
                 if key in values:
                     column = partitions.constant(values[key], self._partition_types[key], len(t))
@@ -445,6 +468,15 @@ class Source:
                     column = pa.nulls(len(t))
                 t = t.append_column(key, column)
             yield t.select(cols) if folder else t
+            if left <= 0:
+                return
+
+    def _pieces_of(self, unit: Unit, start: int) -> Iterator[pa.Table]:
+        """Rows ``start..`` of ``unit``: of its whole part, from the unit's first on."""
+        if not unit.part_rows:
+            return self._read(unit, start)
+        whole = Unit(unit.file, unit.part, unit.part_rows, unit.row0 - unit.skip)
+        return self._read(whole, unit.skip + start)
 
     def _short(self, path: str, got: int, want: int, what: str) -> None:
         if got != want:

@@ -111,7 +111,8 @@ class DataConfig:
     written) as null in their rows, ``shuffle_buffer`` rows per shuffle chunk,
     ``num_workers`` DataLoader
     worker processes (0: read in the training process), ``pin_memory`` for
-    fast copies to an accelerator.
+    fast copies to an accelerator. ``holdout``: without ``eval``, the last fraction of the
+    training rows in file order is the eval data (early stopping) and is not trained on.
     """
 
     schema_: Schema = Field(alias="schema")
@@ -134,6 +135,14 @@ class DataConfig:
     num_workers: int = Field(default=0, ge=0)
     drop_last: bool = False
     pin_memory: bool = False
+    holdout: float = Field(default=0.0, ge=0, lt=0.5)
+
+    def __post_init__(self) -> None:
+        if self.holdout and self.eval is not None:
+            raise ValueError(
+                "holdout: set data.eval or data.holdout, not both (to score another file with"
+                " recis eval: --set data.holdout=0 --set data.eval=FILE)"
+            )
 
 
 @dataclass(config=STRICT)

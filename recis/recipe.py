@@ -33,6 +33,7 @@ from recis.io.sources import SUFFIXES
 from recis.io.split import guess_format, read_input
 
 BATCH = 512
+HOLDOUT = 0.1  # data.holdout without --eval: CTR models overfit after an epoch or two
 EPOCHS = 10
 MODELS = ("dlrm", "deepfm", "deepbow")
 # the qbqtc DeepBoW recipe's (examples/recipes/qbqtc_relevance/deepbow.yaml)
@@ -105,7 +106,7 @@ def _model(name: str, tables: list[dict[str, Any]], choices: list[Choice]) -> di
     return {"name": name, **head, "tables": tables}
 
 
-def _train(label: str | None, steps_per_epoch: int, relevance: bool) -> dict[str, Any]:
+def _train(label: str, steps_per_epoch: int, relevance: bool) -> dict[str, Any]:
     epochs = RELEVANCE_EPOCHS if relevance else EPOCHS
     train: dict[str, Any] = {
         "epochs": epochs,
@@ -124,14 +125,13 @@ def _train(label: str | None, steps_per_epoch: int, relevance: bool) -> dict[str
     }
     if relevance:  # DeepBoW has no embedding tables
         del train["sparse_optimizer"]
-    if label is not None:
-        train["eval_each_epoch"] = True
-        train["early_stopping"] = {
-            "metric": f"{label}/auc",
-            "mode": "max",
-            "patience": 2,
-            "restore_best": True,
-        }
+    train["eval_each_epoch"] = True  # on --eval's files, or the held-out tail
+    train["early_stopping"] = {
+        "metric": f"{label}/auc",
+        "mode": "max",
+        "patience": 2,
+        "restore_best": True,
+    }
     return train | {"log_every": 50, "progress": False}
 
 
@@ -184,6 +184,8 @@ def render(
     if eval_path is not None:
         data["eval"] = eval_path
     data |= {"format": fmt}
+    if eval_path is None:  # early stopping on the training rows' tail, never trained on
+        data["holdout"] = HOLDOUT
     if csv:
         data["csv"] = csv
     relevance = model == "deepbow"
@@ -196,8 +198,9 @@ def render(
     if missing:  # rows without a label are left out and counted, not a stop at the first
         data["on_bad_row"] = "skip"
         data["max_bad_fraction"] = min(1.0, max(0.01, math.ceil(200 * missing) / 100))
-    steps = max(1, math.ceil(total_rows / data["batch_size"]))
-    first = labels[0].spec["name"] if eval_path is not None else None
+    fit = total_rows * (1 - data.get("holdout", 0.0))  # the rows each epoch trains on
+    steps = max(1, math.ceil(fit / data["batch_size"]))
+    first = labels[0].spec["name"]
     tables = [c.table for c in choices if c.section == "sparse" and c.table is not None]
     lines = [
         f"# Written by `recis init` from {source} ({total_rows} rows in all);",
@@ -208,7 +211,11 @@ def render(
         else "# shipped MovieLens CTR recipes' settings (docs/models/dlrm.md; the rules: docs/data.md, recis init).",
     ]
     if eval_path is None:
-        lines.append("# No --eval: no early stopping (recis split makes a validation file).")
+        lines += [
+            f"# No --eval: the last {HOLDOUT:.0%} of the training rows (in file order) evaluate each",
+            "# epoch for early stopping (data.holdout) and are not trained on; recis split makes",
+            "# a validation file by time, user or query instead.",
+        ]
     top = {"run_dir": run_dir, "device": "cpu", "seed": 0}
     lines += [*yaml.safe_dump(top, sort_keys=False, allow_unicode=True).splitlines(), ""]
     lines += yaml.safe_dump(

@@ -284,7 +284,9 @@ def test_init_on_a_csv_keeps_its_parsing_options(tmp_path):
     assert cfg["data"]["format"] == "csv"
     assert cfg["data"]["csv"] == {"delimiter": ";", "decimal_point": ","}
     assert _entries(cfg, "dense")["price"]["mean"] == pytest.approx(100.0)  # 0,5 ... 199,5
-    assert "early_stopping" not in cfg["train"]  # no --eval: nothing to stop on
+    # no --eval: the last 10% of the rows evaluate each epoch, early stopping on them
+    assert cfg["data"]["holdout"] == 0.1 and cfg["train"]["early_stopping"]["metric"] == "y/auc"
+    assert cfg["train"]["schedule"]["total_steps"] == 10  # 180 rows trained on: 1 step an epoch
     assert Path(out).read_text().count("# No --eval") == 1
 
 
@@ -581,3 +583,31 @@ def test_a_european_export_s_decimal_commas_are_read_as_numbers(tmp_path):
     price = _entries(cfg, "dense")["price"]
     assert price["fill"] == pytest.approx(float(np.median(prices)), rel=1e-4)
     assert "user_id" in _entries(cfg, "sparse")
+
+
+def test_without_eval_files_the_tail_of_the_training_rows_stops_training(tmp_path):
+    """No ``--eval``: ``data.holdout: 0.1``; the last 10% of the rows in file order are the
+    eval data and are never trained on, and early stopping watches them."""
+    from recis.train.runner import build
+
+    path = tmp_path / "log.parquet"
+    table = _log(0).append_column("row", pa.array(np.arange(N, dtype=np.float64)))
+    pq.write_table(table, path, row_group_size=700)  # the cut falls inside a row group
+    out, run = tmp_path / "h.yaml", tmp_path / "run"
+    args = ["init", str(path), "--label", "click", "--out", str(out), "--run-dir", str(run)]
+    assert main([*args, "--ignore", "row"]) == 0
+    raw = yaml.safe_load(out.read_text())
+    assert raw["data"]["holdout"] == 0.1 and "eval" not in raw["data"]
+    assert raw["train"]["schedule"]["total_steps"] == 10 * 6  # 2,700 rows / 512, 10 epochs
+    raw["data"]["schema"]["extras"] = ["row"]
+    out.write_text(yaml.safe_dump(raw))
+    trainer, _ = build(load_config(out))
+    assert trainer.train_data.num_rows == 2700 and trainer.eval_data.num_rows == 300
+    held = torch.cat([b.extras["row"] for b in trainer.eval_data]).tolist()
+    fit = torch.cat([b.extras["row"] for b in trainer.train_data]).tolist()
+    assert held == list(range(2700, N)) and sorted(fit) == list(range(2700))
+    assert main(["train", str(out), "--set", "threads=1", "--set", "train.epochs=3"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["click/auc"] > 0.65 and result["best_epoch"] >= 1
+    with pytest.raises(ConfigError, match="data.eval or data.holdout, not both"):
+        load_config(out, [f"data.eval={path}"])

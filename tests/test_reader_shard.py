@@ -257,3 +257,48 @@ def test_break_stops_the_background_threads_and_errors_reach_the_consumer(uneven
     pq.write_table(pa.table({"rid": [0, 1], "x": [1.0, 2.0], "ids": ids, "y": [0.0, None]}), bad)
     with pytest.raises(DataError, match="row 1: null or NaN label"):
         list(Reader([path, str(bad)], SCHEMA, 8, prefetch=2))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_row_window_holds_out_the_tail_in_file_order(uneven, shuffle):
+    """``data.holdout``'s readers: the rows before the cut train (any shard, shuffled), the
+    tail evaluates; a row group or file cut in two gives each side its own rows."""
+    path, n = uneven
+    cut = int(np.floor(0.85 * n))  # 337: inside part-3's row groups of 64
+    fit = [
+        rids(
+            Reader(
+                path,
+                SCHEMA,
+                10,
+                shuffle=shuffle,
+                seed=3,
+                rank=r,
+                world_size=2,
+                shuffle_buffer=32,
+                window=(0.0, 0.85),
+            )
+        )
+        for r in range(2)
+    ]
+    held = rids(Reader(path, SCHEMA, 10, window=(0.85, 1.0)))
+    assert sorted(fit[0] + fit[1]) == list(range(cut)) and not set(fit[0]) & set(fit[1])
+    assert held == list(range(cut, n))  # the last rows, in file order
+
+
+def test_resume_inside_a_row_window(tmp_path):
+    import pyarrow.csv as pacsv
+
+    t = pa.table(
+        {"rid": np.arange(300), "x": np.arange(300.0), "ids": np.arange(300), "y": np.zeros(300)}
+    )
+    pacsv.write_csv(t, tmp_path / "a.csv")
+    kw = dict(format="csv", shuffle=True, seed=2, shuffle_buffer=40, window=(0.5, 1.0))
+    whole = rids(Reader(tmp_path / "a.csv", SCHEMA, 16, **kw))
+    assert sorted(whole) == list(range(150, 300))
+    r = Reader(tmp_path / "a.csv", SCHEMA, 16, **kw)
+    it = iter(r)
+    head = rids(next(it) for _ in range(4))
+    again = Reader(tmp_path / "a.csv", SCHEMA, 16, **kw)
+    again.load_state_dict(r.state_dict())
+    assert head + rids(again) == whole

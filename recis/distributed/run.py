@@ -22,7 +22,6 @@ import yaml
 
 from recis.config import RunConfig, to_dict
 from recis.errors import ConfigError, OutputError
-from recis.io import reader_from_config
 from recis.models import build_model
 from recis.optim.spec import check_sharded_tables
 from recis.train import Trainer
@@ -33,6 +32,7 @@ from recis.train.runner import (
     claim_run_dir,
     eval_path,
     prepare_data,
+    readers,
     report,
     seed_everything,
     set_threads,
@@ -62,11 +62,7 @@ def build(cfg: RunConfig, ctx: DistContext) -> tuple[Trainer, Info | None]:
         prepare_data(cfg)  # generates synthetic data once, not once per rank
     dist.barrier()
     train_path, eval_path_, info = prepare_data(cfg)
-    shard = {"seed": cfg.seed, "rank": ctx.rank, "world_size": ctx.world_size}
-    train = reader_from_config(cfg.data, train_path, train=True, **shard)
-    evals = None
-    if eval_path_ is not None:
-        evals = reader_from_config(cfg.data, eval_path_, train=False, **shard)
+    train, evals = readers(cfg, train_path, eval_path_, rank=ctx.rank, world_size=ctx.world_size)
     # hashed tables: each rank allocates only its shard (shard_model builds them)
     model = build_model(cfg.model, cfg.data.schema_, ctx.device, template_tables=ctx.world_size > 1)
     d = cfg.distributed
@@ -170,9 +166,11 @@ def evaluate(
 
     def body(ctx: DistContext) -> dict[str, Any]:
         trainer, info = build(cfg, ctx)
-        evals = eval_path(cfg)
-        if evals is None or trainer.eval_data is None:
-            raise ConfigError("data.eval: recis eval needs eval data (or data.synthetic)")
+        evals = eval_path(cfg) or "holdout"  # data.holdout: the training rows' tail
+        if trainer.eval_data is None:
+            raise ConfigError(
+                "data.eval: recis eval needs eval data (or data.holdout, or data.synthetic)"
+            )
         if not ctx.is_distributed and (path / ".metadata").exists():
             # hashed tables are saved by id (any world size): their one-process sharded form
             # reads that layout and looks up like the plain collection

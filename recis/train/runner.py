@@ -61,16 +61,31 @@ def set_threads(threads: int | None, processes_here: int = 1) -> int:
     return torch.get_num_threads()
 
 
+def readers(
+    cfg: RunConfig, train_path: str | list[str], eval_path: str | list[str] | None, **shard: Any
+) -> tuple[Any, Any]:
+    """The train and eval readers of this process: the eval data's, or with
+    ``data.holdout`` (no eval data) the tail of the training rows, which training then
+    leaves out; no eval reader without either."""
+    held = bool(cfg.data.holdout) and eval_path is None
+    seed = {"seed": cfg.seed, **shard}
+    train = reader_from_config(
+        cfg.data, train_path, train=True, rows="fit" if held else "all", **seed
+    )
+    if eval_path is not None:
+        return train, reader_from_config(cfg.data, eval_path, train=False, **seed)
+    if held:
+        return train, reader_from_config(cfg.data, train_path, train=False, rows="holdout", **seed)
+    return train, None
+
+
 def build(cfg: RunConfig, for_training: bool = True) -> tuple[Trainer, Info | None]:
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     train_path, eval_path, info = prepare_data(cfg)
     schema = cfg.data.schema_
     device = torch.device(cfg.device)
-    train_data = reader_from_config(cfg.data, train_path, train=True, seed=cfg.seed)
-    eval_data = None
-    if eval_path is not None:
-        eval_data = reader_from_config(cfg.data, eval_path, train=False, seed=cfg.seed)
+    train_data, eval_data = readers(cfg, train_path, eval_path)
     model = build_model(cfg.model, schema, device)
     trainer = Trainer(model, train_data, eval_data, cfg.train, run_dir=cfg.run_dir, device=device)
     return trainer, info
