@@ -504,7 +504,7 @@ def _column(
     column: str, t: pa.DataType, col: pa.ChunkedArray, rows: int, taken: set[str]
 ) -> Choice:
     leaf = leaf_type(t)
-    if column == GROUP and pa.types.is_integer(t):  # a ranking set's query id (LIBSVM's qid)
+    if column == GROUP and pa.types.is_integer(t) and col.null_count == 0:  # LIBSVM's qid
         return Choice(column, "group", "query groups: per-query gauc and ndcg@10", {})
     if pa.types.is_temporal(leaf):
         return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")

@@ -159,3 +159,31 @@ def test_split_converts_a_file_that_comes_split_to_parquet(tmp_path, capsys):
     assert got.equals(
         read_input(tmp_path / "train.txt").replace_schema_metadata(got.schema.metadata)
     )
+
+
+def test_init_on_a_click_log_of_hashed_indices_reads_them_as_weighted_ids(tmp_path):
+    """The LIBSVM site's Criteo layout: one-hot indices up to millions, no ``qid``: the map
+    as weighted ids (dense columns would be millions wide), no query groups."""
+    rng = np.random.default_rng(6)
+    lines = []
+    for _ in range(3000):
+        idx = set(rng.integers(100, 2_000_000, 12).tolist())
+        click = rng.random() < 0.5
+        idx.add(7 if click else 8)  # the signal: index 7 on clicks, 8 on the others
+        if rng.random() < 0.1:
+            idx ^= {7, 8}  # noise
+        lines.append(f"{int(click)} " + " ".join(f"{k}:1" for k in sorted(idx)))
+    (tmp_path / "day.svm").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "c.yaml"
+    args = ["init", str(tmp_path / "day.svm"), "--label", "label", "--out", str(out)]
+    assert main([*args, "--run-dir", str(tmp_path / "run")]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    schema = cfg["data"]["schema"]
+    assert schema["sparse"] == [
+        {"name": "features", "column": "features.keys", "weight_column": "features.values"}
+    ]
+    assert "dense" not in schema and "extras" not in schema and "tasks" not in cfg["train"]
+    assert "#   qid: no value in the sample" in out.read_text()
+    assert main(["train", str(out), "--set", "threads=1"]) == 0
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["label/auc"] > 0.8  # index 7 against 8: about 0.9 of the rows tell
