@@ -50,7 +50,7 @@ from recis.features import NgramTokenizer
 from . import nested
 from .quantiles import quantile_boundaries
 from .tokenizers import has_cjk, term_ids
-from .validate import is_list, is_number, is_string, leaf_type, text_numbers
+from .validate import is_list, is_number, is_string, leaf_type, text_numbers, time_part
 
 GROUP = "qid"  # the query group of a ranking set (LIBSVM, LETOR): metrics per query
 CATEGORICAL_MAX = 64  # an integer column with at most this many values is categorical
@@ -113,6 +113,7 @@ class Choice:
     ids: pa.Array | None = field(default=None, repr=False)  # an id feature's distinct ids
     multi: bool = False  # ids from a list column (a sequence or a set)
     missing: float = 0.0  # a label's share of sampled rows without a value (null or NaN)
+    clock: str | None = None  # a time column's unit: "time" (timestamp, date), "s", "ms", "us"
 
 
 def _feature_name(column: str, taken: set[str]) -> str:
@@ -299,10 +300,10 @@ def _is_key(column: str, v: np.ndarray) -> bool:
 
 def _clock(v: np.ndarray) -> str | None:
     """The time encoding that numbers look like, or None: seconds, milliseconds or
-    microseconds since 1970 (years 1998 to 2103), or whole ``YYYYMMDD`` / ``YYYYMMDDHH``."""
+    microseconds since 1970 (years 1973 to 2103), or whole ``YYYYMMDD`` / ``YYYYMMDDHH``."""
     lo, hi = float(v.min()), float(v.max())
     for unit, scale in (("seconds", 1.0), ("milliseconds", 1e3), ("microseconds", 1e6)):
-        if 9e8 * scale <= lo and hi <= 4.2e9 * scale:
+        if 1e8 * scale <= lo and hi <= 4.2e9 * scale:
             return f"{unit} since 1970"
     if not np.all(v == np.floor(v)):
         return None
@@ -313,6 +314,45 @@ def _clock(v: np.ndarray) -> str | None:
         if np.all((y >= 1900) & (y <= 2100) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)):
             return form
     return None
+
+
+_UNITS = {
+    "seconds since 1970": "s",
+    "milliseconds since 1970": "ms",
+    "microseconds since 1970": "us",
+}
+# names of the parts of a time a log may already hold as columns
+_PART_NAMES = {
+    "hour": {"hour", "hour_of_day", "hod", "hr"},
+    "weekday": {"weekday", "day_of_week", "dayofweek", "dow", "wday", "week_day"},
+}
+
+
+def _time_parts(table: pa.Table, choices: list[Choice], taken: set[str]) -> list[Choice]:
+    """The hour of the day and the day of the week of the first time column (a timestamp,
+    or epoch seconds / milliseconds / microseconds by name) as categorical ids, those the
+    log does not hold already and that vary in the sample."""
+    times = [c for c in choices if c.clock]
+    if not times:
+        return []
+    t = times[0]
+    col = nested.select(table, [t.column]).column(0)
+    have = {c.lower() for c in table.column_names}
+    out = []
+    for part, names in _PART_NAMES.items():
+        if have & names:
+            continue
+        unit = t.clock if t.clock and t.clock != "time" else "s"
+        values = pc.drop_null(time_part(col, part, unit))
+        if _distinct(values) < 2:  # (a date has no hour)
+            continue
+        name = _feature_name(f"{t.column}_{part}", taken)
+        extra: dict[str, Any] = {"time": part} | ({"time_unit": unit} if unit != "s" else {})
+        why = f"the {'hour of the day' if part == 'hour' else 'day of the week'} of {t.column}"
+        choice = _sparse(name, t.column, values, f"{why}: categorical ids", **extra)
+        choice.ids = None  # (hours are no items: no list shares their table)
+        out.append(choice)
+    return out
 
 
 def _text_dates(texts: pa.Array) -> bool:
@@ -483,6 +523,7 @@ def infer_schema(
             out.append(choice)
             continue
         out.append(_column(column, t, col, rows, taken))
+    out += _time_parts(table, out, taken)
     if not any(c.section in ("dense", "sparse") for c in out):
         raise DataError("no column is left to be a feature", path=None)
     _share_tables(out, stats_dir)
@@ -507,7 +548,9 @@ def _column(
     if column == GROUP and pa.types.is_integer(t) and col.null_count == 0:  # LIBSVM's qid
         return Choice(column, "group", "query groups: per-query gauc and ndcg@10", {})
     if pa.types.is_temporal(leaf):
-        return Choice(column, "skip", f"{t}: a time, for splitting (recis split --by time)")
+        why = f"{t}: a time, for splitting (recis split --by time)"
+        timed = pa.types.is_timestamp(t) or pa.types.is_date(t)
+        return Choice(column, "skip", why, clock="time" if timed else None)
     if _TIME_NAME.search(column) and is_number(leaf) and not pa.types.is_boolean(leaf):
         # epoch seconds, YYYYMMDD, or many values (Avazu's hour 14102100); with few values
         # and no calendar, an hour of the day or a day of the week: a category below
@@ -519,9 +562,9 @@ def _column(
             and _distinct(col) > CATEGORICAL_MAX
         ):
             shown = f" ({clock})" if clock else ""
-            return Choice(
-                column, "skip", f"named as a time{shown}: for splitting (recis split --by time)"
-            )
+            why = f"named as a time{shown}: for splitting (recis split --by time)"
+            unit = _UNITS.get(clock or "")
+            return Choice(column, "skip", why, clock=unit)
     if is_string(t) and len(texts := pc.drop_null(col.combine_chunks())):
         texts = texts.dictionary_decode() if pa.types.is_dictionary(texts.type) else texts
         if _text_dates(texts.cast(pa.string())):

@@ -155,6 +155,10 @@ def _check_ids(f: SparseFeature, t: pa.DataType, bad) -> None:  # noqa: ANN001
     leaf = leaf_type(t)
     if pa.types.is_null(leaf):
         return
+    if f.time is not None:
+        if not (pa.types.is_timestamp(t) or pa.types.is_date(t) or is_number(t)):
+            bad(f.source, t, f"a timestamp, date or number column (time: {f.time})")
+        return
     if pa.types.is_decimal(leaf):
         bad(
             f.source,
@@ -361,6 +365,8 @@ def id_column(
     ``list<double>`` aligned with the ids: 1 for a piece without ``kv_separator``, null where
     the weight is not a finite number."""
     col = table.column(f.source)
+    if f.time is not None:
+        return time_part(col, f.time, f.time_unit), None
     if f.tokenizer is not None and is_string(leaf_type(col.type)):
         return term_ids(col, f.tokenizer), None
     if pa.types.is_floating(leaf_type(col.type)):
@@ -369,6 +375,23 @@ def id_column(
         return col, None
     ids, weights = _split(col, f)
     return ids, weights if f.kv_separator is not None else None
+
+
+_TIME_PARTS = {"hour": pc.hour, "weekday": pc.day_of_week, "month": pc.month, "day": pc.day}
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
+
+
+def time_part(col: pa.Array | pa.ChunkedArray, part: str, unit: str = "s") -> pa.Array:
+    """``part`` of each time of a timestamp, date or number column (numbers: ``unit`` since
+    1970, UTC) as int64; a null (or NaN) time is null."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_date(arr.type):
+        arr = arr.cast(pa.timestamp("s"))
+    elif not pa.types.is_timestamp(arr.type):  # numbers since 1970, as microseconds
+        us = pc.multiply(arr.cast(pa.float64()), 1_000_000 / _PER_SECOND[unit])
+        us = pc.if_else(pc.is_finite(us), us, pa.scalar(None, pa.float64()))
+        arr = pc.round(us).cast(pa.int64()).cast(pa.timestamp("us"))
+    return _TIME_PARTS[part](arr).cast(pa.int64())
 
 
 def _nan_as_null(col: pa.Array | pa.ChunkedArray) -> pa.Array:

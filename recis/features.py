@@ -163,6 +163,11 @@ class SparseFeature:
     tokenizer's, not salted by the table, so equal terms of two text features get one id
     and, on one table, one embedding. A :class:`TextFeature` gives the same text as a
     padded token sequence to the models that read one (DeepBoW, the LLM towers).
+
+    ``time`` (``hour``, ``weekday`` 0 = Monday, ``month``, ``day`` of the month) reads a
+    time column (a timestamp, in its own time zone; a date; or a number of ``time_unit``
+    since 1970, UTC) as that part of the time, one categorical id a row (a null time: no
+    id): the hour of the day and the day of the week a log's clicks depend on.
     """
 
     name: str
@@ -175,11 +180,28 @@ class SparseFeature:
     separator: str | None = Field(default=None, min_length=1)
     kv_separator: str | None = Field(default=None, min_length=1)
     tokenizer: NgramTokenizer | None = None
+    time: Literal["hour", "weekday", "month", "day"] | None = None
+    time_unit: Literal["s", "ms", "us"] = "s"
 
     def __post_init__(self) -> None:
         from recis.errors import ConfigError
 
         where = f"data.schema.sparse.{self.name}"
+        if self.time is not None:
+            clash = [
+                k
+                for k, v in (
+                    ("separator", self.separator),
+                    ("weight_column", self.weight_column),
+                    ("tokenizer", self.tokenizer),
+                    ("max_len", self.max_len),
+                )
+                if v is not None
+            ] + (["dtype"] if self.dtype != "auto" else [])
+            if clash:
+                raise ConfigError(
+                    f"{where}.time: one id a row from a time column; drop {', '.join(clash)}"
+                )
         if self.tokenizer is not None:
             clash = [
                 k

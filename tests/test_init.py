@@ -611,3 +611,26 @@ def test_without_eval_files_the_tail_of_the_training_rows_stops_training(tmp_pat
     assert result["click/auc"] > 0.65 and result["best_epoch"] >= 1
     with pytest.raises(ConfigError, match="data.eval or data.holdout, not both"):
         load_config(out, [f"data.eval={path}"])
+
+
+def test_a_time_column_gives_the_hour_and_weekday_the_log_lacks(tmp_path):
+    n = 2000
+    rng = np.random.default_rng(3)
+    ms = 1_433_221_332_117 + np.sort(rng.integers(0, 30 * 86_400_000, n))  # RetailRocket's
+    table = pa.table(
+        {"click": rng.integers(0, 2, n), "timestamp": ms, "itemid": rng.integers(0, 99, n)}
+    )
+    got = {c.spec.get("name", c.column): c for c in infer_schema(table, ["click"])}
+    assert got["timestamp"].section == "skip"  # still not a feature itself
+    hour, day = got["timestamp_hour"].spec, got["timestamp_weekday"].spec
+    assert hour == {
+        "name": "timestamp_hour",
+        "column": "timestamp",
+        "time": "hour",
+        "time_unit": "ms",
+    }
+    assert day["time"] == "weekday" and got["timestamp_weekday"].table["capacity"] == 16
+    # a log that holds the hour already gets only the weekday
+    with_hour = table.append_column("hour", pa.array(rng.integers(0, 24, n)))
+    names = {c.spec.get("name") for c in infer_schema(with_hour, ["click"])}
+    assert "timestamp_weekday" in names and "timestamp_hour" not in names

@@ -743,3 +743,40 @@ def test_numbers_written_as_text_are_dense_values(tmp_path):
     reader = Reader(tmp_path / "b.parquet", schema, 4, on_bad_row="skip", max_bad_fraction=0.2)
     kept = np.concatenate([b.dense[:, 0].numpy() for b in reader])
     assert kept.tolist() == [1.5, 20.0, -1.0, -1.0, 300.0, -1.0, 7.0]
+
+
+def test_a_time_column_read_as_its_hour_and_weekday(tmp_path):
+    """``time: hour`` / ``weekday``: the part of a timestamp (in its own zone), a date, or
+    epoch seconds / milliseconds (UTC) as one categorical id a row; a null time no id."""
+    import datetime as dt
+
+    when = [dt.datetime(2024, 1, 1, 23, 30), dt.datetime(2024, 1, 6, 8), None]  # Mon, Sat
+    secs = [1704151800.0, 1704528000.0, float("nan")]  # the same times, UTC
+    table = pa.table(
+        {
+            "y": [0.0, 1.0, 0.0],
+            "ts": pa.array(when, pa.timestamp("us")),
+            "local": pa.array(when, pa.timestamp("us", tz="Asia/Shanghai")),  # UTC + 8
+            "epoch": secs,
+            "ms": pa.array([int(1000 * s) if s == s else None for s in secs], pa.int64()),
+            "day": pa.array([w.date() if w else None for w in when], pa.date32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    feats = [
+        SparseFeature(name="h", column="ts", time="hour"),
+        SparseFeature(name="lh", column="local", time="hour"),
+        SparseFeature(name="eh", column="epoch", time="hour"),
+        SparseFeature(name="mw", column="ms", time="weekday", time_unit="ms"),
+        SparseFeature(name="dw", column="day", time="weekday"),
+    ]
+    schema = Schema(sparse=feats, labels=[LabelSpec(name="y")])
+    (batch,) = list(Reader(tmp_path / "t.parquet", schema, 8))
+    got = {k: batch.sparse[k].values().tolist() for k in batch.sparse.keys()}
+    assert got == {"h": [23, 8], "lh": [7, 16], "eh": [23, 8], "mw": [0, 5], "dw": [0, 5]}
+    assert batch.sparse["h"].lengths().tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match=r"sparse\.h\.time: .*drop separator"):
+        SparseFeature(name="h", time="hour", separator="|")
+    pq.write_table(pa.table({"y": [0.0], "ts": ["monday"]}), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match="a timestamp, date or number column"):
+        Reader(tmp_path / "s.parquet", Schema(sparse=feats[:1], labels=[LabelSpec(name="y")]), 8)
