@@ -351,6 +351,7 @@ def _time_parts(table: pa.Table, choices: list[Choice], taken: set[str]) -> list
         why = f"the {'hour of the day' if part == 'hour' else 'day of the week'} of {t.column}"
         choice = _sparse(name, t.column, values, f"{why}: categorical ids", **extra)
         choice.ids = None  # (hours are no items: no list shares their table)
+        choice.column = f"{t.column}:{part}"  # (the time column itself is skipped)
         out.append(choice)
     return out
 
