@@ -187,36 +187,17 @@ class SparseFeature:
         from recis.errors import ConfigError
 
         where = f"data.schema.sparse.{self.name}"
-        if self.time is not None:
-            clash = [
-                k
-                for k, v in (
-                    ("separator", self.separator),
-                    ("weight_column", self.weight_column),
-                    ("tokenizer", self.tokenizer),
-                    ("max_len", self.max_len),
-                )
-                if v is not None
-            ] + (["dtype"] if self.dtype != "auto" else [])
+        rules = (
+            ("time", "one id a row from a time column", ("separator", "weight_column", "tokenizer", "max_len")),
+            ("tokenizer", "the tokenizer makes the ids and splits the text", ("separator", "kv_separator", "weight_column")),
+        )  # fmt: skip
+        for field, what, others in rules:
+            if getattr(self, field) is None:
+                continue
+            clash = [k for k in others if getattr(self, k) is not None]
+            clash += ["dtype"] if self.dtype != "auto" else []
             if clash:
-                raise ConfigError(
-                    f"{where}.time: one id a row from a time column; drop {', '.join(clash)}"
-                )
-        if self.tokenizer is not None:
-            clash = [
-                k
-                for k, v in (
-                    ("separator", self.separator),
-                    ("kv_separator", self.kv_separator),
-                    ("weight_column", self.weight_column),
-                )
-                if v is not None
-            ] + (["dtype"] if self.dtype != "auto" else [])
-            if clash:
-                raise ConfigError(
-                    f"{where}.tokenizer: the tokenizer makes the ids and splits the text;"
-                    f" drop {', '.join(clash)}"
-                )
+                raise ConfigError(f"{where}.{field}: {what}; drop {', '.join(clash)}")
         if self.separator is not None and self.weight_column is not None:
             raise ConfigError(
                 f"{where}.separator: weights need a list column (weight_column with"
