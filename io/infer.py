@@ -48,6 +48,16 @@ from recis.errors import ConfigError, DataError
 from recis.features import NgramTokenizer
 
 from . import nested
+from .colnames import (
+    ENTITY_NAME,
+    ID_NAME,
+    PART_NAMES,
+    TIME_NAME,
+    UNITS,
+    is_key,
+    text_dates,
+    time_encoding,
+)
 from .quantiles import quantile_boundaries
 from .tokenizers import has_cjk, term_ids
 from .validate import is_list, is_number, is_string, leaf_type, text_numbers, time_part
@@ -62,42 +72,6 @@ SEPARATORS = ("|", ";", ",", "\x02")
 KEYED_FIELDS = 8  # fields of a JSON object from which its keys may be data (a dict feature)
 TEXT_MAX_LEN = 128  # terms of a text feature kept at most (its 99th percentile when fewer)
 SHARE = 0.5  # Jaccard index of a list feature's and a scalar feature's ids to share a table
-# a name's last word, after a separator (any case) or in camelCase (``movieId``, ``unixReviewTime``;
-# case-sensitive there, so that ``paid`` or ``valid`` are not ids)
-# uid, iid too; after a non-ASCII letter any case (Chinese schemas: 用户ID, 商品id)
-_ID_NAME = re.compile(r"(?i:(?:^|[_\-.])[a-z]?ids?)$|[a-z0-9](?:Id|ID)s?$|[^\x00-\x7f](?i:ids?)$")
-# what logs name their entities, written with or without "id" and a separator (``itemid``,
-# ``visitorid``, ``user``, ``movie_no``: RetailRocket, Taobao, Last.fm)
-_ENTITIES = (
-    "user|item|product|sku|spu|goods|video|movie|song|track|artist|album|book|ad|campaign"
-    "|advertiser|creative|shop|store|seller|merchant|brand|cat|cate|category|doc|news|article"
-    "|query|session|visitor|customer|member|account|device|app|site|publisher|author|channel"
-    "|city|region|province|country|zip|zipcode|postcode|poi|hotel|business|course|tag|genre"
-)
-# what logs name their events and records: ids only with the suffix (``transactionid``,
-# ``order_no``; a ``rating`` or ``click`` column is a number)
-_RECORDS = (
-    "transaction|order|txn|request|impression|event|click|cart|basket|invoice|payment|ticket"
-    "|message|comment|review|rating|play|visit|search|page|coupon|promotion|offer|feed|photo"
-    "|image|group|game|player|listing|job|company|question|answer|topic|playlist|episode|post"
-)
-_ENTITY_NAME = re.compile(
-    rf"(?i)(?:^|[_\-.])(?:(?:{_ENTITIES})(?:_?ids?|_?no|_?key|_?code)?|(?:{_RECORDS})_?(?:ids?|no|key))$"
-)
-# what a row number or an index is named (pandas' ``Unnamed: 0`` and ``__index_level_0__``)
-_KEY_NAME = re.compile(
-    r"(?i)^(?:id|key|index|idx|row|row_?(?:id|no|num|number)|unnamed: ?\d+|__index_level_\d+__)$"
-)
-_TIME_WORDS = "ts|time|timestamp|date|datetime|dt|day|hour"
-_TIME_NAME = re.compile(
-    rf"(?i:(?:^|[_\-.])(?:{_TIME_WORDS}))$|[a-z0-9](?:Ts|TS|Time|Timestamp|Date|Datetime|Day|Hour)$"
-)
-_MONTHS = re.compile(
-    r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?(?=[\s\d,./-]|$)"
-)
-# a date or time written as text: digits and date punctuation only (month names taken out),
-# a year 1900-2099 among them (``09 13, 2009``, ``2016/03/09 08:00``, ``13-Mar-2016``)
-_DATE_TEXT = re.compile(r"^(?=.*(?<!\d)(?:19|20)\d\d(?!\d))(?=(?:\D*\d){6})[\d\s/.,:TZ+-]+$")
 
 
 @dataclass
@@ -273,7 +247,7 @@ def _number_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
     whole = pa.types.is_integer(t) or (
         pa.types.is_floating(t) and bool(np.all(v == np.floor(v))) and np.abs(v).max() < 2**53
     )
-    if whole and rows >= 1000 and distinct > KEY_SHARE * len(v) and _is_key(column, v):
+    if whole and rows >= 1000 and distinct > KEY_SHARE * len(v) and is_key(column, v):
         return Choice(column, "skip", f"{distinct} values in {len(v)} rows: a key")
     ids = None  # NaN and nulls left out; uint64 as the int64 of the same bits
     if exact is not None:
@@ -281,51 +255,11 @@ def _number_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> C
         ids = pa.array(ints.view(np.int64) if ints.dtype == np.uint64 else ints.astype(np.int64))
     elif whole:
         ids = pa.array(v.astype(np.int64))
-    if ids is not None and (_ID_NAME.search(column) or _ENTITY_NAME.search(column)):
+    if ids is not None and (ID_NAME.search(column) or ENTITY_NAME.search(column)):
         return _sparse(name, column, ids, "named as ids")
     if ids is not None and distinct <= CATEGORICAL_MAX and not pa.types.is_boolean(t):
         return _sparse(name, column, ids, f"{distinct} whole values: categorical ids")
     return _dense(name, column, v)
-
-
-def _is_key(column: str, v: np.ndarray) -> bool:
-    """Whether whole numbers with a different value on nearly every row identify the rows
-    (named as an id or an index, numbered consecutively, or hashes beyond 2^53) rather than
-    measure something (a duration in milliseconds, a price in cents: a dense feature)."""
-    if _ID_NAME.search(column) or _ENTITY_NAME.search(column) or _KEY_NAME.search(column):
-        return True
-    steps = np.diff(np.sort(v))
-    return bool(np.mean(steps == 1) > 0.9 or np.abs(v).max() >= 2**53)
-
-
-def _clock(v: np.ndarray) -> str | None:
-    """The time encoding that numbers look like, or None: seconds, milliseconds or
-    microseconds since 1970 (years 1973 to 2103), or whole ``YYYYMMDD`` / ``YYYYMMDDHH``."""
-    lo, hi = float(v.min()), float(v.max())
-    for unit, scale in (("seconds", 1.0), ("milliseconds", 1e3), ("microseconds", 1e6)):
-        if 1e8 * scale <= lo and hi <= 4.2e9 * scale:
-            return f"{unit} since 1970"
-    if not np.all(v == np.floor(v)):
-        return None
-    for form, day in (("YYYYMMDD", v), ("YYYYMMDDHH", v // 100)):
-        if form == "YYYYMMDDHH" and not np.all(v % 100 < 24):
-            continue
-        y, m, d = day // 10000, day // 100 % 100, day % 100
-        if np.all((y >= 1900) & (y <= 2100) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)):
-            return form
-    return None
-
-
-_UNITS = {
-    "seconds since 1970": "s",
-    "milliseconds since 1970": "ms",
-    "microseconds since 1970": "us",
-}
-# names of the parts of a time a log may already hold as columns
-_PART_NAMES = {
-    "hour": {"hour", "hour_of_day", "hod", "hr"},
-    "weekday": {"weekday", "day_of_week", "dayofweek", "dow", "wday", "week_day"},
-}
 
 
 def _time_parts(table: pa.Table, choices: list[Choice], taken: set[str]) -> list[Choice]:
@@ -339,7 +273,7 @@ def _time_parts(table: pa.Table, choices: list[Choice], taken: set[str]) -> list
     col = nested.select(table, [t.column]).column(0)
     have = {c.lower() for c in table.column_names}
     out = []
-    for part, names in _PART_NAMES.items():
+    for part, names in PART_NAMES.items():
         if have & names:
             continue
         unit = t.clock if t.clock and t.clock != "time" else "s"
@@ -354,13 +288,6 @@ def _time_parts(table: pa.Table, choices: list[Choice], taken: set[str]) -> list
         choice.column = f"{t.column}:{part}"  # (the time column itself is skipped)
         out.append(choice)
     return out
-
-
-def _text_dates(texts: pa.Array) -> bool:
-    """Whether nearly all of these strings are dates or times (:data:`_DATE_TEXT`)."""
-    sample = texts.slice(0, 2000).to_pylist()
-    hits = sum(bool(_DATE_TEXT.match(_MONTHS.sub("", t).strip())) for t in sample)
-    return hits >= 0.9 * len(sample)
 
 
 def _list_column(name: str, column: str, col: pa.ChunkedArray, rows: int) -> Choice:
@@ -552,11 +479,11 @@ def _column(
         why = f"{t}: a time, for splitting (recis split --by time)"
         timed = pa.types.is_timestamp(t) or pa.types.is_date(t)
         return Choice(column, "skip", why, clock="time" if timed else None)
-    if _TIME_NAME.search(column) and is_number(leaf) and not pa.types.is_boolean(leaf):
+    if TIME_NAME.search(column) and is_number(leaf) and not pa.types.is_boolean(leaf):
         # epoch seconds, YYYYMMDD, or many values (Avazu's hour 14102100); with few values
         # and no calendar, an hour of the day or a day of the week: a category below
         v = _numbers(col) if not is_list(t) else None
-        clock = _clock(v) if v is not None and len(v) else None
+        clock = time_encoding(v) if v is not None and len(v) else None
         if (
             clock
             or (pa.types.is_integer(leaf) or not is_list(t))
@@ -564,11 +491,11 @@ def _column(
         ):
             shown = f" ({clock})" if clock else ""
             why = f"named as a time{shown}: for splitting (recis split --by time)"
-            unit = _UNITS.get(clock or "")
+            unit = UNITS.get(clock or "")
             return Choice(column, "skip", why, clock=unit)
     if is_string(t) and len(texts := pc.drop_null(col.combine_chunks())):
         texts = texts.dictionary_decode() if pa.types.is_dictionary(texts.type) else texts
-        if _text_dates(texts.cast(pa.string())):
+        if text_dates(texts.cast(pa.string())):
             return Choice(
                 column,
                 "skip",
