@@ -100,27 +100,15 @@ class Parsed:
     def rows(self) -> int:
         return len(self.label)
 
-    def column(self, name: str) -> pa.Array:
-        if name == LABEL:
-            return self.label
-        if name == QID:
-            return self.qid
-        if name == FEATURES:
-            return pa.MapArray.from_arrays(
-                pa.array(self.offsets.astype(np.int32)), pa.array(self.keys), pa.array(self.values)
-            )
-        k = index_of(name)
-        if k is None:
-            raise KeyError(name)
-        out = np.zeros(self.rows, np.float32)
-        hit = self.keys == k
-        rows = np.repeat(np.arange(self.rows), np.diff(self.offsets))
-        out[rows[hit]] = self.values[hit]
-        return pa.array(out)
-
     def table(self, names: list[str]) -> pa.Table:
+        """The columns ``names`` (label, qid, features, f<k>) of these rows."""
         dense = [n for n in names if index_of(n) is not None]
-        cols = {n: self.column(n) for n in names if n not in dense}
+        cols: dict[str, pa.Array] = {LABEL: self.label, QID: self.qid}
+        if FEATURES in names:
+            offsets = pa.array(self.offsets.astype(np.int32))
+            cols[FEATURES] = pa.MapArray.from_arrays(
+                offsets, pa.array(self.keys), pa.array(self.values)
+            )
         if dense:  # one scatter into a [rows, K] matrix for every f<k> asked for
             ks = np.array([index_of(n) for n in dense], np.int64)
             slot = np.full(int(max(ks.max(), self.keys.max(initial=0))) + 1, -1, np.int64)

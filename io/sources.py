@@ -457,10 +457,15 @@ class Source:
         cols, _, folder = self._columns_of(unit.file)
         held = [c for c in cols if c not in folder]
         values = self._partitions[unit.file]
-        left = unit.num_rows - start  # a cut part ends before its file or row group does
+        # a unit cut from the head of its part stops at its last row; any other reads to
+        # the end of the part, where the row count is checked (a file grown or shrunk)
+        cut = unit.part_rows and unit.skip + unit.num_rows < unit.part_rows
+        left = unit.num_rows - start
         for t in self._pieces_of(unit, start):
-            t = nested.select(t.slice(0, left), held)
-            left -= t.num_rows
+            if cut:
+                t = t.slice(0, left)
+                left -= t.num_rows
+            t = nested.select(t, held)
             for key in folder:  # the partition value of the file's folders, every row
                 if key in values:
                     column = partitions.constant(values[key], self._partition_types[key], len(t))
@@ -468,7 +473,7 @@ class Source:
                     column = pa.nulls(len(t))
                 t = t.append_column(key, column)
             yield t.select(cols) if folder else t
-            if left <= 0:
+            if cut and left <= 0:
                 return
 
     def _pieces_of(self, unit: Unit, start: int) -> Iterator[pa.Table]:

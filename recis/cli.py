@@ -294,14 +294,9 @@ def _print_unevaluated(run_dir: str) -> None:
     from recis.train.runlog import read_records
 
     train = [r for r in read_records(run_dir) if r.get("split") == "train" and "loss" in r]
-    if train:
-        last = train[-1]
-        print(
-            f"  none: no data.eval (recis init --eval FILE, or recis split makes one); "
-            f"trained {last['step']} steps, last training loss {last['loss']:.4f}"
-        )
-    else:
-        print("  none: no data.eval (recis init --eval FILE, or recis split makes one)")
+    last = train[-1] if train else None
+    done = f"; trained {last['step']} steps, last training loss {last['loss']:.4f}" if last else ""
+    print(f"  none: no data.eval (recis init --eval FILE, or recis split makes one){done}")
 
 
 def _interrupted(result: dict, run_dir: str, launcher: str = "none") -> int:
